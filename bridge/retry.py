@@ -1,0 +1,59 @@
+"""One typed retry policy for everything that talks to a chain or a database.
+
+Only errors whose class says ``retryable = True`` are retried; everything else is
+raised at once.  Callers mark an operation as safe to repeat by going through
+``RetryPolicy.run``; broadcasting is *not* wrapped blindly: a failed broadcast is
+first checked against the chain (see the chain adapters' ``send``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable, TypeVar
+
+from bridge.errors import BridgeError
+
+T = TypeVar("T")
+log = logging.getLogger("bridge.retry")
+
+
+def is_retryable(exc: BaseException) -> bool:
+    if isinstance(exc, BridgeError):
+        return exc.retryable
+    # Transport failures below our own error mapping (aiohttp, sockets) are transient.
+    return isinstance(exc, (ConnectionError, asyncio.TimeoutError, TimeoutError))
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 5
+    base_delay: float = 0.05
+    max_delay: float = 2.0
+    multiplier: float = 2.0
+    jitter: float = 0.1
+    retry_on: Callable[[BaseException], bool] = field(default=is_retryable)
+
+    def delay(self, attempt: int) -> float:
+        """Backoff before attempt ``attempt + 1`` (attempt counts from 1)."""
+        d = min(self.max_delay, self.base_delay * self.multiplier ** (attempt - 1))
+        return d * (1 + random.uniform(-self.jitter, self.jitter))
+
+    async def run(self, fn: Callable[[], Awaitable[T]], *, what: str = "call") -> T:
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await fn()
+            except BaseException as exc:  # noqa: BLE001 - filtered right below
+                if isinstance(exc, asyncio.CancelledError) or not self.retry_on(exc) or attempt >= self.attempts:
+                    raise
+                wait = self.delay(attempt)
+                log.debug("retrying %s after %s (attempt %d/%d, %.2fs)", what, exc, attempt, self.attempts, wait)
+                await asyncio.sleep(wait)
+
+
+DEFAULT_RETRY = RetryPolicy()
+NO_RETRY = RetryPolicy(attempts=1)

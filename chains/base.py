@@ -1,0 +1,115 @@
+"""The narrow async interface every chain family implements.
+
+Only what the rest of the bridge needs: the head, blocks with their parent
+hash (for reorg detection), the events in a height range, sending, and waiting
+for confirmations.  Optional features default to ``Unsupported`` so callers can
+probe safely.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from bridge.errors import ConfirmationTimeout, Unsupported
+
+
+@dataclass(frozen=True)
+class BlockRef:
+    """A block as the indexer sees it: enough to follow a chain and notice a reorg."""
+
+    height: int
+    hash: str  # hex, as the chain's RPC shows it (bitcoind: big-endian display; EVM: 0x-prefixed)
+    parent_hash: str
+    timestamp: int
+
+
+@dataclass(frozen=True)
+class ChainEvent:
+    """One thing that happened on chain, with a key that is unique on that chain.
+
+    Bitcoin: a transaction (key ``txid``) or an output (``txid:vout``).
+    EVM: a log (key ``txhash:logindex``).
+    """
+
+    key: str
+    block: BlockRef
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TxStatus:
+    txid: str
+    confirmations: int  # 0 = in the mempool / pending; -1 = unknown to the node
+    block: BlockRef | None = None
+
+
+class ChainAdapter(abc.ABC):
+    """One implementation per chain family (``chains.evm``, ``chains.bitcoin``)."""
+
+    family: str = "abstract"
+
+    @property
+    @abc.abstractmethod
+    def chain_id(self) -> str:
+        """A stable id for this chain, e.g. ``evm:31337`` or ``bitcoin:regtest``."""
+
+    @abc.abstractmethod
+    async def head(self) -> BlockRef: ...
+
+    @abc.abstractmethod
+    async def block_by_height(self, height: int) -> BlockRef: ...
+
+    @abc.abstractmethod
+    async def block_by_hash(self, block_hash: str) -> BlockRef: ...
+
+    @abc.abstractmethod
+    async def events(self, from_height: int, to_height: int, selector: Any = None) -> list[ChainEvent]:
+        """Events in blocks ``from_height..to_height`` inclusive, in chain order.
+
+        ``selector`` is family specific (EVM: a log filter; Bitcoin: which scripts or
+        transactions are of interest; ``None``: everything).
+        """
+
+    @abc.abstractmethod
+    async def send(self, tx: Any) -> str:
+        """Broadcast a signed transaction and return its id.
+
+        Safe to call again with the same transaction: a broadcast that already
+        landed is detected and its id returned, never a duplicate spend.
+        """
+
+    @abc.abstractmethod
+    async def tx_status(self, txid: str) -> TxStatus: ...
+
+    async def wait_for_confirmations(self, txid: str, confirmations: int = 1, timeout: float = 60.0, poll: float = 0.2) -> TxStatus:
+        deadline = time.monotonic() + timeout
+        while True:
+            status = await self.tx_status(txid)
+            if status.confirmations >= confirmations:
+                return status
+            if time.monotonic() >= deadline:
+                raise ConfirmationTimeout(
+                    f"{txid} has {max(status.confirmations, 0)} of {confirmations} confirmations after {timeout:.0f}s",
+                    txid=txid,
+                    confirmations=status.confirmations,
+                )
+            await asyncio.sleep(poll)
+
+    # --- optional features ----------------------------------------------------
+
+    async def mine(self, blocks: int = 1) -> list[str]:
+        """Devnets only: produce blocks now."""
+        raise Unsupported(f"{self.family} adapter cannot mine blocks")
+
+    async def close(self) -> None:
+        return None
+
+    async def __aenter__(self) -> "ChainAdapter":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

@@ -1,0 +1,132 @@
+"""Foundry's Anvil, run from the pinned npm package (never downloaded at run time)."""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from bridge.errors import DevnetError
+from devnets.process import free_port, pid_alive, read_pid, spawn, stop_pid, wait_ready
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+#: Anvil's default dev mnemonic; its first accounts are the funded devnet keys.
+DEV_MNEMONIC = "test test test test test test test test test test test junk"
+
+
+def _platform_package() -> str:
+    system = {"Linux": "linux", "Darwin": "darwin", "Windows": "win32"}.get(platform.system(), platform.system().lower())
+    machine = platform.machine().lower()
+    arch = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}.get(machine, machine)
+    return f"anvil-{system}-{arch}"
+
+
+def find_anvil(explicit: str | None = None, from_path: bool = False, root: Path = REPO_ROOT) -> str:
+    """The anvil binary: an explicit path, else PATH when asked, else node_modules."""
+    if explicit:
+        if not Path(explicit).exists():
+            raise DevnetError(f"anvil not found at {explicit}")
+        return explicit
+    if from_path:
+        found = shutil.which("anvil")
+        if not found:
+            raise DevnetError("anvil was asked for from PATH but is not on PATH")
+        return found
+    exe = "anvil.exe" if platform.system() == "Windows" else "anvil"
+    candidate = root / "node_modules" / "@foundry-rs" / _platform_package() / "bin" / exe
+    if candidate.exists():
+        return str(candidate)
+    raise DevnetError(
+        f"pinned anvil not found at {candidate}; run `npm ci` (or `make demo`) to install node_modules"
+    )
+
+
+def rpc(url: str, method: str, params: list | None = None, timeout: float = 5.0):
+    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params or []}).encode()
+    req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        reply = json.loads(resp.read())
+    if reply.get("error"):
+        raise DevnetError(f"anvil {method} failed: {reply['error']}")
+    return reply["result"]
+
+
+@dataclass
+class Anvil:
+    """An Anvil process whose state lives in ``data_dir``."""
+
+    data_dir: Path
+    port: int = 0
+    host: str = "127.0.0.1"
+    chain_id: int = 31337
+    hardfork: str = "prague"
+    binary: str | None = None
+    accounts: int = 10
+    balance_eth: int = 10_000
+    block_time: float | None = None  # None: mine on every transaction
+
+    def __post_init__(self) -> None:
+        self.data_dir = Path(self.data_dir)
+        if not self.port:
+            self.port = free_port(self.host)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.data_dir / "anvil.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return self.data_dir / "anvil.log"
+
+    @property
+    def state_file(self) -> Path:
+        return self.data_dir / "anvil-state.json"
+
+    def answers(self) -> bool:
+        try:
+            return int(rpc(self.url, "eth_chainId", timeout=1.0), 16) == self.chain_id
+        except Exception:
+            return False
+
+    def running_pid(self) -> int | None:
+        pid = read_pid(self.pid_file)
+        return pid if pid is not None and pid_alive(pid) else None
+
+    def start(self, timeout: float = 60.0) -> int:
+        """Start (or find already running) and wait until it answers; returns the pid."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        pid = self.running_pid()
+        if pid is not None and self.answers():
+            return pid
+        argv = [
+            find_anvil(self.binary),
+            "--host", self.host,
+            "--port", str(self.port),
+            "--chain-id", str(self.chain_id),
+            "--hardfork", self.hardfork,
+            "--accounts", str(self.accounts),
+            "--balance", str(self.balance_eth),
+            "--mnemonic", DEV_MNEMONIC,
+            # State survives `down`/`up`: dumped on exit and every few seconds, loaded on start.
+            "--state", str(self.state_file),
+            "--state-interval", "5",
+        ]
+        if self.block_time:
+            argv += ["--block-time", str(self.block_time)]
+        proc = spawn(argv, self.log_file, self.pid_file)
+        wait_ready(self.answers, proc.pid, f"anvil on {self.url}", self.log_file, timeout)
+        return proc.pid
+
+    def stop(self) -> bool:
+        pid = read_pid(self.pid_file)
+        stopped = stop_pid(pid) if pid is not None else False
+        self.pid_file.unlink(missing_ok=True)
+        return stopped
