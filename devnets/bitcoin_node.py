@@ -1,0 +1,132 @@
+"""The devnet's Bitcoin regtest node as a child process: the embedded node
+(``python -m devnets.regtest``) by default, or a real ``bitcoind -regtest``.
+
+Both keep their chain in ``<data_dir>/regtest`` and, without a user/password,
+write bitcoind's ``.cookie`` there, so clients cannot tell them apart.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import sys
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from bridge.errors import DevnetError
+from devnets.process import free_port, pid_alive, read_pid, spawn, stop_pid, wait_ready
+
+
+@dataclass
+class BitcoinNode:
+    data_dir: Path
+    port: int = 0
+    host: str = "127.0.0.1"
+    backend: str = "embedded"  # or "bitcoind"
+    bitcoind_path: str | None = None
+    rpc_user: str | None = None
+    rpc_password: str | None = None
+
+    def __post_init__(self) -> None:
+        self.data_dir = Path(self.data_dir)
+        if not self.port:
+            self.port = free_port(self.host)
+        if self.backend not in ("embedded", "bitcoind"):
+            raise DevnetError(f"unknown bitcoin backend {self.backend!r}: use 'embedded' or 'bitcoind'")
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}/"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.data_dir / "bitcoin.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return self.data_dir / "bitcoin.log"
+
+    @property
+    def cookie_file(self) -> Path:
+        return self.data_dir / "regtest" / ".cookie"
+
+    def auth(self) -> tuple[str, str]:
+        if self.rpc_user and self.rpc_password:
+            return self.rpc_user, self.rpc_password
+        try:
+            user, _, password = self.cookie_file.read_text().strip().partition(":")
+        except FileNotFoundError:
+            raise DevnetError(f"no RPC credentials: {self.cookie_file} does not exist (is the node running?)") from None
+        return user, password
+
+    def argv(self) -> list[str]:
+        if self.backend == "embedded":
+            argv = [sys.executable, "-m", "devnets.regtest", "--datadir", str(self.data_dir),
+                    "--rpcport", str(self.port), "--rpcbind", self.host]
+            if self.rpc_user and self.rpc_password:
+                argv += ["--rpcuser", self.rpc_user, "--rpcpassword", self.rpc_password]
+            return argv
+        exe = self.bitcoind_path or shutil.which("bitcoind")
+        if not exe:
+            raise DevnetError("the bitcoind backend was chosen but no bitcoind was given (--bitcoind PATH) or found on PATH")
+        argv = [exe, "-regtest", f"-datadir={self.data_dir}", f"-rpcport={self.port}", f"-rpcbind={self.host}",
+                "-rpcallowip=127.0.0.1", "-server=1", "-txindex=1", "-listen=0", "-fallbackfee=0.00001",
+                "-printtoconsole=1", "-disablewallet=1"]
+        if self.rpc_user and self.rpc_password:
+            argv += [f"-rpcuser={self.rpc_user}", f"-rpcpassword={self.rpc_password}"]
+        return argv
+
+    def call(self, method: str, *params, timeout: float = 30.0):
+        user, password = self.auth()
+        body = json.dumps({"jsonrpc": "1.0", "id": "devnet", "method": method, "params": list(params)}).encode()
+        req = urllib.request.Request(self.url, data=body, headers={
+            "Content-Type": "application/json",
+            "Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode(),
+        })
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                reply = json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            payload = exc.read()
+            try:
+                reply = json.loads(payload)
+            except ValueError:
+                raise DevnetError(f"bitcoin node {method}: HTTP {exc.code}") from None
+        if reply.get("error"):
+            err = reply["error"]
+            raise DevnetError(f"bitcoin node {method} failed: {err.get('message')} (code {err.get('code')})", code=err.get("code"))
+        return reply["result"]
+
+    def answers(self) -> bool:
+        try:
+            self.call("getblockcount", timeout=2.0)
+            return True
+        except Exception:
+            return False
+
+    def running_pid(self) -> int | None:
+        pid = read_pid(self.pid_file)
+        return pid if pid is not None and pid_alive(pid) else None
+
+    def start(self, timeout: float = 90.0) -> int:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        pid = self.running_pid()
+        if pid is not None and self.answers():
+            return pid
+        proc = spawn(self.argv(), self.log_file, self.pid_file, cwd=Path(__file__).resolve().parent.parent)
+        wait_ready(self.answers, proc.pid, f"bitcoin {self.backend} node on {self.url}", self.log_file, timeout)
+        return proc.pid
+
+    def stop(self) -> bool:
+        pid = read_pid(self.pid_file)
+        if pid is not None and pid_alive(pid):
+            try:
+                self.call("stop", timeout=5.0)  # lets the node flush and persist its mempool
+            except Exception:
+                pass
+        stopped = stop_pid(pid, timeout=30.0) if pid is not None else False
+        self.pid_file.unlink(missing_ok=True)
+        return stopped
