@@ -1,0 +1,117 @@
+"""The one runner every relayer daemon sits on.
+
+A daemon is a class with ``name`` and ``async def run(self, stop: asyncio.Event)``;
+the runner gives it settings, logging, metrics, an HTTP endpoint for
+``/health`` and ``/metrics`` (Prometheus text format), SIGTERM/SIGINT handling,
+and a graceful shutdown: ``stop`` is set, the daemon gets ``shutdown_grace``
+seconds to finish its current step, then it is cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from aiohttp import web
+
+from bridge.settings import Settings
+
+log = logging.getLogger("relayers.runner")
+
+
+class Metrics:
+    """Counters and gauges, labelled by name only; enough for operators and tests."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.counters: dict[str, int] = defaultdict(int)
+        self.gauges: dict[str, float] = {}
+        self.started = time.time()
+
+    def inc(self, name: str, by: int = 1) -> None:
+        self.counters[name] += by
+
+    def set(self, name: str, value: float) -> None:
+        self.gauges[name] = value
+
+    def render(self) -> str:
+        lines = [f"{self.prefix}_uptime_seconds {time.time() - self.started:.3f}"]
+        lines += [f"{self.prefix}_{k}_total {v}" for k, v in sorted(self.counters.items())]
+        lines += [f"{self.prefix}_{k} {v}" for k, v in sorted(self.gauges.items())]
+        return "\n".join(lines) + "\n"
+
+
+class Daemon(Protocol):
+    name: str
+    metrics: Metrics
+
+    async def run(self, stop: asyncio.Event) -> None: ...
+
+
+@dataclass
+class Runner:
+    daemon: Daemon
+    settings: Settings
+    http_host: str = "127.0.0.1"
+    http_port: int | None = None  # None: no HTTP endpoint
+    shutdown_grace: float = 10.0
+    extra_routes: list[web.RouteDef] = field(default_factory=list)
+
+    async def _serve_http(self) -> web.AppRunner | None:
+        if self.http_port is None:
+            return None
+        app = web.Application()
+
+        async def health(_req: web.Request) -> web.Response:
+            return web.json_response({"daemon": self.daemon.name, "ok": True})
+
+        async def metrics(_req: web.Request) -> web.Response:
+            return web.Response(text=self.daemon.metrics.render(), content_type="text/plain")
+
+        app.add_routes([web.get("/health", health), web.get("/metrics", metrics), *self.extra_routes])
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, self.http_host, self.http_port)
+        await site.start()
+        log.info("%s serving http on %s:%s", self.daemon.name, self.http_host, self.http_port)
+        return runner
+
+    async def run(self) -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(sig, stop.set)
+            except (NotImplementedError, RuntimeError):  # not the main thread / not POSIX
+                pass
+        http = await self._serve_http()
+        task = asyncio.create_task(self.daemon.run(stop), name=self.daemon.name)
+        log.info("%s started", self.daemon.name)
+        stopper = asyncio.create_task(stop.wait())
+        try:
+            done, _ = await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            if task in done:
+                task.result()  # a daemon that returns or raises on its own ends the process
+                return 0
+            log.info("%s stopping (grace %.1fs)", self.daemon.name, self.shutdown_grace)
+            try:
+                await asyncio.wait_for(asyncio.shield(task), self.shutdown_grace)
+            except asyncio.TimeoutError:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+            return 0
+        finally:
+            stopper.cancel()
+            if http is not None:
+                await http.cleanup()
+            log.info("%s stopped", self.daemon.name)
+
+
+def run_daemon(daemon: Daemon, settings: Settings, **kwargs) -> int:
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return asyncio.run(Runner(daemon, settings, **kwargs).run())

@@ -1,0 +1,62 @@
+"""The shared daemon runner: metrics over HTTP, graceful stop on SIGTERM."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import textwrap
+import urllib.request
+
+from bridge.testing import wait_until
+from devnets.process import free_port
+
+DAEMON = textwrap.dedent(
+    """
+    import asyncio, sys
+    from bridge.settings import load_settings
+    from relayers.runner import Metrics, run_daemon
+
+    class Ticker:
+        name = "ticker"
+        def __init__(self):
+            self.metrics = Metrics("ticker")
+        async def run(self, stop):
+            while not stop.is_set():
+                self.metrics.inc("ticks")
+                try:
+                    await asyncio.wait_for(stop.wait(), 0.01)
+                except asyncio.TimeoutError:
+                    pass
+            print("clean shutdown", flush=True)
+
+    sys.exit(run_daemon(Ticker(), load_settings(environ={}), http_port=int(sys.argv[1])))
+    """
+)
+
+
+def _get(url: str) -> str | None:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as resp:
+            return resp.read().decode()
+    except OSError:
+        return None
+
+
+async def test_daemon_serves_metrics_and_stops_cleanly_on_sigterm():
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-c", DAEMON, str(port)], stdout=subprocess.PIPE, text=True)
+    try:
+        def ticked():
+            body = _get(f"http://127.0.0.1:{port}/metrics")
+            return body and any(line.startswith("ticker_ticks_total ") and int(line.split()[1]) > 3 for line in body.splitlines())
+
+        await wait_until(ticked, timeout=20, what="the ticker's counter to show on /metrics")
+        assert '"ok": true' in _get(f"http://127.0.0.1:{port}/health")
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=20)
+        assert proc.returncode == 0
+        assert "clean shutdown" in out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
