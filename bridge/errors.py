@@ -161,3 +161,11 @@ class LedgerConcurrencyError(LedgerError):
     """A concurrent writer changed the same rows; the batch can be retried as a whole."""
 
     retryable = True
+
+
+class PendingTransferError(LedgerError):
+    """A post or void names a pending transfer that is unknown, already resolved or expired."""
+
+
+class PriceRejected(LedgerError):
+    """The margin view refused an oracle price: too few fresh reports, or reporters disagree."""

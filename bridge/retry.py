@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable, TypeVar
 
@@ -53,6 +54,20 @@ class RetryPolicy:
                 wait = self.delay(attempt)
                 log.debug("retrying %s after %s (attempt %d/%d, %.2fs)", what, exc, attempt, self.attempts, wait)
                 await asyncio.sleep(wait)
+
+    def run_sync(self, fn: Callable[[], T], *, what: str = "call") -> T:
+        """``run`` for blocking callers (database work done in a worker thread or a CLI)."""
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return fn()
+            except Exception as exc:  # noqa: BLE001 - filtered right below
+                if not self.retry_on(exc) or attempt >= self.attempts:
+                    raise
+                wait = self.delay(attempt)
+                log.debug("retrying %s after %s (attempt %d/%d, %.2fs)", what, exc, attempt, self.attempts, wait)
+                time.sleep(wait)
 
 
 DEFAULT_RETRY = RetryPolicy()
