@@ -1,0 +1,362 @@
+"""Follow a chain at a confirmation depth and hand its events to a consumer exactly once.
+
+The indexer only uses the ``ChainAdapter`` interface, so one implementation serves
+every chain family.  Each ``step()`` processes one batch of blocks up to the safe
+height (``head - confirmations + 1``):
+
+1. fetch the batch's ``BlockRef``s and check that they chain by parent hash to the
+   stored cursor hash;
+2. on a mismatch the chain reorganised below the cursor: walk back over the stored
+   recent hashes until they agree with the chain (the fork point), call
+   ``consumer.on_revert`` with the orphaned blocks and the event keys delivered in
+   them (newest first), forget those blocks and move the cursor back to the fork
+   point -- all in one database transaction;
+3. otherwise fetch the batch's events, call ``consumer.on_events(events, block,
+   session=...)`` for every block that has any, in chain order, then record the
+   blocks, the delivered keys and the cursor move, and commit -- again in one
+   transaction.
+
+When caught up it re-checks that the cursor block is still canonical, so a reorg
+that does not lengthen the chain is noticed too.
+
+Crash-safety contract
+---------------------
+The consumer is handed the indexer's ``session`` (a ``sqlmodel.Session`` whose
+transaction is open).  Whatever the consumer writes through that session commits
+atomically with the delivery log and the cursor move, or not at all.  Hence:
+
+* A consumer that records its effects through ``session`` sees every canonical
+  event exactly once, across crashes (kill -9) and restarts: a crash before the
+  commit loses the consumer's writes together with the cursor move, and the batch
+  is delivered again; a crash after it finds the cursor already past the batch.
+* A consumer whose effects leave the database (a broadcast, an HTTP call) gets
+  at-least-once delivery: the same batch may be delivered again after a crash, so
+  such effects must be idempotent by ``ChainEvent.key``.
+* A consumer that raises aborts the batch: nothing is recorded, and the same
+  events are delivered again on the next step.
+* ``on_revert`` follows the same rules: its writes commit with the rewind.
+* Keep ``on_events`` short: on SQLite the transaction holds the write lock while
+  the consumer runs.
+
+Reorgs deeper than ``keep_blocks`` cannot be rewound exactly and raise
+``ReorgBeyondWindow`` (operator action needed); choose ``keep_blocks`` well above
+any plausible reorg depth.  Two live instances with the same name are refused by a
+compare-and-set on the cursor (``Conflict``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from bridge.errors import InputError, ReorgDetected
+from bridge.retry import DEFAULT_RETRY, RetryPolicy, is_retryable
+from chains.base import BlockRef, ChainAdapter, ChainEvent
+from chains.cursor_store import Cursor, CursorStore, OrphanedBlock, create_tables
+
+__all__ = ["Indexer", "IndexerConsumer", "OrphanedBlock", "ReorgBeyondWindow", "StepResult"]
+
+log = logging.getLogger("chains.indexer")
+
+#: How many ``block_by_height`` calls run at once when fetching a batch's headers.
+_FETCH_CONCURRENCY = 16
+
+
+class ReorgBeyondWindow(ReorgDetected):
+    """The chain changed below the oldest block hash the indexer kept; it cannot rewind exactly."""
+
+    retryable = False
+
+
+class IndexerConsumer(Protocol):
+    async def on_events(self, events: list[ChainEvent], block: BlockRef, *, session: Session) -> None:
+        """The canonical events of ``block`` (never empty), in chain order."""
+
+    async def on_revert(self, orphaned: list[OrphanedBlock], *, session: Session) -> None:
+        """Blocks whose events were delivered and are no longer canonical, newest first."""
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What one ``step()`` did.
+
+    ``kind``: ``indexed`` (blocks processed), ``idle`` (caught up), ``reorg``
+    (rewound to ``to_height``, the fork point), ``retry`` (the chain moved while
+    the batch was being read; nothing was recorded, step again).
+    """
+
+    kind: str
+    from_height: int | None = None
+    to_height: int | None = None
+    blocks: int = 0
+    events: int = 0
+    reverted_events: int = 0
+    head: int | None = None
+
+    @property
+    def caught_up(self) -> bool:
+        return self.kind == "idle"
+
+
+class _ChainMoved(Exception):
+    """The batch read is inconsistent (the chain changed mid-read); retry the step."""
+
+
+@dataclass
+class _Progress:
+    every: float = 5.0
+    last_log: float = field(default_factory=time.monotonic)
+    blocks_since: int = 0
+    events_since: int = 0
+
+
+class Indexer:
+    def __init__(
+        self,
+        name: str,
+        adapter: ChainAdapter,
+        engine: Engine,
+        consumer: IndexerConsumer,
+        selector: Any = None,
+        confirmations: int = 1,
+        batch_blocks: int = 500,
+        poll_interval: float = 0.5,
+        start_height: int = 0,
+        keep_blocks: int = 1000,
+        retry: RetryPolicy = DEFAULT_RETRY,
+        log_every: float = 5.0,
+    ) -> None:
+        if not name:
+            raise InputError("indexer name must not be empty")
+        if confirmations < 0:
+            raise InputError(f"confirmations must be >= 0, got {confirmations}", confirmations=confirmations)
+        if batch_blocks < 1:
+            raise InputError(f"batch_blocks must be >= 1, got {batch_blocks}", batch_blocks=batch_blocks)
+        if poll_interval <= 0:
+            raise InputError(f"poll_interval must be > 0, got {poll_interval}", poll_interval=poll_interval)
+        if start_height < 0:
+            raise InputError(f"start_height must be >= 0, got {start_height}", start_height=start_height)
+        if keep_blocks < 1:
+            raise InputError(f"keep_blocks must be >= 1, got {keep_blocks}", keep_blocks=keep_blocks)
+        self.name = name
+        self.adapter = adapter
+        self.engine = engine
+        self.consumer = consumer
+        self.selector = selector
+        # 0 and 1 both mean "up to the head": a block is its own first confirmation.
+        self.confirmations = max(confirmations, 1)
+        self.batch_blocks = batch_blocks
+        self.poll_interval = poll_interval
+        self.start_height = start_height
+        self.keep_blocks = keep_blocks
+        self.retry = retry
+        self.store = CursorStore(name, adapter.chain_id)
+        self.stats: dict[str, Any] = {
+            "height": None, "head": None, "lag": None, "blocks": 0, "events": 0, "batches": 0,
+            "reorgs": 0, "deepest_reorg": 0, "reverted_events": 0, "retries": 0, "errors": 0,
+            "blocks_per_s": 0.0, "events_per_s": 0.0,
+        }
+        self._progress = _Progress(every=log_every)
+        create_tables(engine)
+
+    # --- public -----------------------------------------------------------------
+
+    def cursor(self) -> Cursor | None:
+        with Session(self.engine) as session:
+            return self.store.load(session)
+
+    async def step(self) -> StepResult:
+        head = await self._read(self.adapter.head, "head")
+        safe = head.height - self.confirmations + 1
+        cursor = self._cursor_or_create()
+        self.stats["head"] = head.height
+        self.stats["lag"] = max(safe - cursor.height, 0)
+        low = cursor.height + 1
+        high = min(safe, low + self.batch_blocks - 1)
+        try:
+            if low > safe:
+                if cursor.hash is not None and not await self._canonical(cursor, head):
+                    return await self._rewind(cursor, head)
+                return StepResult("idle", head=head.height)
+            refs = await self._block_refs(low, high)
+            if cursor.hash is not None and refs[0].parent_hash != cursor.hash:
+                return await self._rewind(cursor, head)
+            return await self._deliver(cursor, refs, head)
+        except _ChainMoved as exc:
+            self.stats["retries"] += 1
+            log.info("indexer %s: chain moved while reading %d..%d (%s); retrying", self.name, low, high, exc)
+            return StepResult("retry", low, high, head=head.height)
+
+    async def run(self, stop_event: asyncio.Event | None = None) -> None:
+        """Step until ``stop_event`` is set; sleep ``poll_interval`` only when caught up.
+
+        Errors that say retrying can help (node down, timeouts) are logged and retried
+        with the retry policy's backoff; anything else is raised.
+        """
+        stop = stop_event or asyncio.Event()
+        failures = 0
+        while not stop.is_set():
+            try:
+                result = await self.step()
+                failures = 0
+            except Exception as exc:
+                if not is_retryable(exc):
+                    raise
+                failures += 1
+                self.stats["errors"] += 1
+                delay = max(self.retry.delay(failures), self.poll_interval)
+                log.warning("indexer %s: %s; retrying in %.2fs", self.name, exc, delay)
+                await _sleep_unless(stop, delay)
+                continue
+            if result.caught_up:
+                await _sleep_unless(stop, self.poll_interval)
+
+    # --- reading the chain ----------------------------------------------------------
+
+    async def _read(self, fn, what: str, *args):
+        return await self.retry.run(lambda: fn(*args), what=f"{self.name}: {what}")
+
+    async def _block_refs(self, low: int, high: int) -> list[BlockRef]:
+        gate = asyncio.Semaphore(_FETCH_CONCURRENCY)
+
+        async def one(height: int) -> BlockRef:
+            async with gate:
+                return await self._read(self.adapter.block_by_height, "block_by_height", height)
+
+        refs = list(await asyncio.gather(*(one(h) for h in range(low, high + 1))))
+        for prev, ref in zip(refs, refs[1:]):
+            if ref.parent_hash != prev.hash:
+                raise _ChainMoved(f"block {ref.height} does not chain to {prev.height}")
+        return refs
+
+    async def _canonical(self, cursor: Cursor, head: BlockRef) -> bool:
+        if cursor.height > head.height:
+            return False
+        ref = await self._read(self.adapter.block_by_height, "block_by_height", cursor.height)
+        return ref.hash == cursor.hash
+
+    # --- delivering -------------------------------------------------------------------
+
+    async def _deliver(self, cursor: Cursor, refs: list[BlockRef], head: BlockRef) -> StepResult:
+        low, high = refs[0].height, refs[-1].height
+        started = time.monotonic()
+        events = await self._read(self.adapter.events, "events", low, high, self.selector)
+        by_height: dict[int, list[ChainEvent]] = {}
+        for ev in events:
+            by_height.setdefault(ev.block.height, []).append(ev)
+        ref_at = {r.height: r for r in refs}
+        for height, evs in by_height.items():
+            ref = ref_at.get(height)
+            if ref is None:
+                raise _ChainMoved(f"events() returned block {height}, outside {low}..{high}")
+            if evs[0].block.hash != ref.hash:
+                raise _ChainMoved(f"events of block {height} come from {evs[0].block.hash}, header says {ref.hash}")
+        deliveries = [
+            {"event_key": ev.key, "height": ev.block.height, "block_hash": ev.block.hash} for ev in events
+        ]
+        with Session(self.engine) as session:
+            for ref in refs:
+                evs = by_height.get(ref.height)
+                if evs:
+                    await self.consumer.on_events(evs, ref, session=session)
+            self.store.move(session, cursor, high, refs[-1].hash)
+            self.store.record(session, [(r.height, r.hash) for r in refs], deliveries)
+            self.store.prune_below(session, high - self.keep_blocks + 1)
+            session.commit()
+        self._count(len(refs), len(events), high, time.monotonic() - started)
+        return StepResult("indexed", low, high, blocks=len(refs), events=len(events), head=head.height)
+
+    # --- reorgs ---------------------------------------------------------------------------
+
+    async def _rewind(self, cursor: Cursor, head: BlockRef) -> StepResult:
+        fork = await self._fork_point(cursor, head)
+        if fork == cursor.height:
+            # The cursor block is canonical again: the mismatch came from a read mid-switch.
+            raise _ChainMoved(f"block {fork} is canonical again")
+        with Session(self.engine) as session:
+            orphaned = self.store.delivered_above(session, fork)
+            reverted = [b for b in orphaned if b.event_keys]
+            if reverted:
+                await self.consumer.on_revert(reverted, session=session)
+            fork_hash = self.store.stored_hashes(session, fork, fork).get(fork)
+            self.store.forget_above(session, fork)
+            self.store.move(session, cursor, fork, fork_hash)
+            session.commit()
+        depth = cursor.height - fork
+        n_reverted = sum(len(b.event_keys) for b in reverted)
+        self.stats["reorgs"] += 1
+        self.stats["deepest_reorg"] = max(self.stats["deepest_reorg"], depth)
+        self.stats["reverted_events"] += n_reverted
+        self.stats["height"] = fork
+        log.warning(
+            "indexer %s on %s: reorg of depth %d below %d; rewound to %d, reverted %d events",
+            self.name, self.store.chain_id, depth, cursor.height, fork, n_reverted,
+        )
+        return StepResult("reorg", cursor.height, fork, reverted_events=n_reverted, head=head.height)
+
+    async def _fork_point(self, cursor: Cursor, head: BlockRef) -> int:
+        """The highest stored height whose hash the chain still has."""
+        window_low = max(cursor.first_height, cursor.height - self.keep_blocks + 1)
+        with Session(self.engine) as session:
+            stored = self.store.stored_hashes(session, window_low, cursor.height)
+        height = cursor.height
+        while height >= window_low:
+            if height <= head.height and height in stored:
+                ref = await self._read(self.adapter.block_by_height, "block_by_height", height)
+                if ref.hash == stored[height]:
+                    return height
+            height -= 1
+        if window_low == cursor.first_height:
+            return cursor.first_height - 1
+        raise ReorgBeyondWindow(
+            f"indexer {self.name!r} on {self.store.chain_id}: the chain differs at every stored block "
+            f"{window_low}..{cursor.height}; the reorg is deeper than keep_blocks={self.keep_blocks}",
+            indexer=self.name, chain_id=self.store.chain_id, window_low=window_low, cursor=cursor.height,
+        )
+
+    # --- bookkeeping -------------------------------------------------------------------------
+
+    def _cursor_or_create(self) -> Cursor:
+        with Session(self.engine) as session:
+            cursor = self.store.load(session)
+            if cursor is None:
+                cursor = self.store.create(session, self.start_height)
+                session.commit()
+                log.info("indexer %s on %s: new cursor, starting at %d", self.name, self.store.chain_id, self.start_height)
+            self.stats["height"] = cursor.height
+            return cursor
+
+    def _count(self, blocks: int, events: int, height: int, seconds: float) -> None:
+        s = self.stats
+        s["blocks"] += blocks
+        s["events"] += events
+        s["batches"] += 1
+        s["height"] = height
+        s["lag"] = max((s["head"] or height) - self.confirmations + 1 - height, 0)
+        s["last_batch_seconds"] = round(seconds, 4)
+        p = self._progress
+        p.blocks_since += blocks
+        p.events_since += events
+        now = time.monotonic()
+        if now - p.last_log >= p.every:
+            elapsed = now - p.last_log
+            s["blocks_per_s"] = round(p.blocks_since / elapsed, 1)
+            s["events_per_s"] = round(p.events_since / elapsed, 1)
+            log.info(
+                "indexer %s on %s: height %d (lag %d), %.1f blocks/s, %.1f events/s, %d events total",
+                self.name, self.store.chain_id, height, s["lag"], s["blocks_per_s"], s["events_per_s"], s["events"],
+            )
+            p.last_log, p.blocks_since, p.events_since = now, 0, 0
+
+
+async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+    except asyncio.TimeoutError:
+        pass
