@@ -1,0 +1,595 @@
+"""The ``ChainAdapter`` for EVM chains (Anvil in development, any JSON-RPC node otherwise).
+
+Keys are local (eth_account) and every transaction is signed here as EIP-1559
+(type 2).  Reads go through the bridge's retry policy; a broadcast is retried only
+after checking whether the previous attempt landed, and never re-signed blindly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+from eth_account import Account
+from eth_account.datastructures import SignedTransaction
+from eth_account.signers.local import LocalAccount
+from eth_utils import is_address, keccak, to_checksum_address
+
+from bridge.errors import (
+    AlreadyInChain,
+    ChainUnavailable,
+    ConfigError,
+    ContractReverted,
+    InputError,
+    NonceConflict,
+    NotFound,
+    ReorgDetected,
+    Unsupported,
+)
+from bridge.retry import DEFAULT_RETRY, RetryPolicy
+from chains.base import BlockRef, ChainAdapter, ChainEvent, TxStatus
+from chains.evm_fees import FEE_HISTORY_BLOCKS, TIP_PERCENTILE, Fees, bumped, choose_fees, fees_from_history
+from chains.evm_nonce import NonceManager
+from chains.evm_revert import describe_revert
+from chains.evm_rpc import EvmRpc, LogRangeTooLarge, is_already_known, is_nonce_too_low
+
+#: ``eth_estimateGas`` is exact for the state it ran on; the margin absorbs state moving underneath.
+GAS_MARGIN_NUM, GAS_MARGIN_DEN = 6, 5
+#: Headers fetched per batch request, and batch requests in flight, when attaching blocks to logs.
+HEADER_BATCH = 250
+HEADER_CONCURRENCY = 4
+
+Key = str | bytes | LocalAccount
+_BLOCK_TAGS = {"latest", "pending", "earliest", "safe", "finalized"}
+
+
+@dataclass(frozen=True)
+class EvmLogFilter:
+    """Which logs ``events`` returns: emitting contract(s) and topic positions (``None`` = any).
+
+    ``topics`` follows ``eth_getLogs``: position i matches a topic, a list of
+    alternatives, or ``None`` for any value.
+    """
+
+    address: str | list[str] | None = None
+    topics: list[str | list[str] | None] | None = None
+
+    def to_params(self) -> dict[str, Any]:
+        params: dict[str, Any] = {}
+        if self.address is not None:
+            addresses = [self.address] if isinstance(self.address, str) else list(self.address)
+            params["address"] = [_address(a, "log filter address") for a in addresses]
+        if self.topics is not None:
+            params["topics"] = [_topic(t) for t in self.topics]
+        return params
+
+
+@dataclass(frozen=True)
+class EvmReceipt:
+    tx_hash: str
+    status: int  # 1 success, 0 reverted
+    block_number: int
+    block_hash: str
+    gas_used: int
+    effective_gas_price: int
+    contract_address: str | None
+    #: Each log in the same shape as ``ChainEvent.data`` from ``events``.
+    logs: list[dict[str, Any]]
+
+
+def _address(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not is_address(value):
+        raise InputError(f"{what} is not an EVM address: {value!r}")
+    return to_checksum_address(value)
+
+
+def _topic(value: Any) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, list):
+        return [_topic(v) for v in value]
+    if isinstance(value, bytes) and len(value) == 32:
+        return "0x" + value.hex()
+    if isinstance(value, str) and value.startswith("0x") and len(value) == 66:
+        return value.lower()
+    raise InputError(f"a log topic must be 32 bytes (0x + 64 hex digits), got {value!r}")
+
+
+def _data(value: bytes | str) -> str:
+    if isinstance(value, (bytes, bytearray)):
+        return "0x" + bytes(value).hex()
+    if isinstance(value, str):
+        body = value[2:] if value.startswith("0x") else value
+        try:
+            bytes.fromhex(body)
+        except ValueError:
+            raise InputError(f"data is not hex: {value[:20]!r}...") from None
+        return "0x" + body.lower()
+    raise InputError(f"data must be bytes or a hex string, got {type(value).__name__}")
+
+
+def _wei(value: Any, what: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise InputError(f"{what} must be a non-negative int (wei), got {value!r}")
+    return value
+
+
+def _block_param(block: int | str) -> str:
+    if isinstance(block, int) and not isinstance(block, bool):
+        if block < 0:
+            raise InputError(f"block height must be >= 0, got {block}")
+        return hex(block)
+    if isinstance(block, str) and (block in _BLOCK_TAGS or (block.startswith("0x") and len(block) == 66)):
+        return block
+    raise InputError(f"block must be a height, a 0x block hash or one of {sorted(_BLOCK_TAGS)}, got {block!r}")
+
+
+def block_ref(block: dict[str, Any]) -> BlockRef:
+    return BlockRef(
+        height=int(block["number"], 16),
+        hash=block["hash"],
+        parent_hash=block["parentHash"],
+        timestamp=int(block["timestamp"], 16),
+    )
+
+
+def log_data(log: dict[str, Any]) -> dict[str, Any]:
+    """A node log as the bridge passes it on: hex strings for bytes, ints for positions."""
+    return {
+        "address": log["address"].lower(),
+        "topics": log["topics"],
+        "data": log["data"],
+        "tx_hash": log["transactionHash"],
+        "tx_index": int(log["transactionIndex"], 16),
+        "log_index": int(log["logIndex"], 16),
+        "block_number": int(log["blockNumber"], 16),
+        "block_hash": log["blockHash"],
+    }
+
+
+def raw_tx_hash(raw: bytes) -> str:
+    """The hash a node will give a signed transaction (keccak of its network encoding)."""
+    return "0x" + keccak(raw).hex()
+
+
+def _raw_bytes(tx: bytes | str | SignedTransaction) -> bytes:
+    if isinstance(tx, SignedTransaction):
+        return bytes(tx.raw_transaction)
+    if isinstance(tx, (bytes, bytearray)):
+        return bytes(tx)
+    if isinstance(tx, str):
+        try:
+            return bytes.fromhex(tx[2:] if tx.startswith("0x") else tx)
+        except ValueError:
+            raise InputError("a raw transaction must be hex") from None
+    raise InputError(f"send takes signed transaction bytes, hex or a SignedTransaction, got {type(tx).__name__}")
+
+
+class EvmAdapter(ChainAdapter):
+    family = "evm"
+
+    def __init__(
+        self,
+        url: str,
+        chain_id: int | None = None,
+        confirmations: int = 1,
+        log_chunk_size: int = 2000,
+        retry: RetryPolicy = DEFAULT_RETRY,
+        timeout: float = 30.0,
+    ) -> None:
+        if log_chunk_size < 1:
+            raise InputError(f"log_chunk_size must be >= 1, got {log_chunk_size}")
+        if confirmations < 0:
+            raise InputError(f"confirmations must be >= 0, got {confirmations}")
+        self.url = url
+        self.confirmations = confirmations
+        self.log_chunk_size = log_chunk_size
+        self.retry = retry
+        self.rpc = EvmRpc(url, timeout=timeout)
+        self._expected_chain_id = chain_id
+        self._chain_id: int | None = None
+        self.nonces = NonceManager(self._pending_count)
+        self._accounts: dict[bytes, LocalAccount] = {}
+        # Sends retry only on NonceConflict (fresh nonce, fresh signature); an unknown
+        # outcome is never re-signed, since a new nonce could spend twice.
+        self._nonce_retry = dataclasses.replace(retry, retry_on=lambda e: isinstance(e, NonceConflict))
+        # A broadcast retries on transport errors only, checking each time whether it landed.
+        self._broadcast_retry = dataclasses.replace(retry, retry_on=lambda e: isinstance(e, ChainUnavailable))
+
+    @classmethod
+    async def connect(cls, url: str, **kwargs: Any) -> "EvmAdapter":
+        """An adapter whose chain id is already read (and checked against ``chain_id`` if given)."""
+        adapter = cls(url, **kwargs)
+        await adapter.chain_id_int()
+        return adapter
+
+    @property
+    def w3(self):
+        """The AsyncWeb3 instance (for ABI encoding; the adapter's own calls bypass its formatters)."""
+        return self.rpc.w3
+
+    # --- identity ------------------------------------------------------------
+
+    async def chain_id_int(self) -> int:
+        if self._chain_id is None:
+            found = int(await self._read("eth_chainId"), 16)
+            if self._expected_chain_id is not None and found != self._expected_chain_id:
+                raise ConfigError(f"{self.url} serves chain id {found}, configured {self._expected_chain_id}")
+            self._chain_id = found
+        return self._chain_id
+
+    @property
+    def chain_id(self) -> str:
+        known = self._chain_id if self._chain_id is not None else self._expected_chain_id
+        if known is None:
+            raise ConfigError("the chain id is not known yet: pass chain_id= or use `await EvmAdapter.connect(url)`")
+        return f"evm:{known}"
+
+    # --- reads ---------------------------------------------------------------
+
+    async def _read(self, method: str, *params: Any) -> Any:
+        return await self.retry.run(lambda: self.rpc.call(method, params), what=method)
+
+    async def _read_batch(self, calls: Sequence[tuple[str, Sequence[Any]]]) -> list[Any]:
+        return await self.retry.run(lambda: self.rpc.batch(calls), what=f"batch of {len(calls)}")
+
+    async def head(self) -> BlockRef:
+        return block_ref(await self._read("eth_getBlockByNumber", "latest", False))
+
+    async def height(self) -> int:
+        return int(await self._read("eth_blockNumber"), 16)
+
+    async def block_by_height(self, height: int) -> BlockRef:
+        block = await self._read("eth_getBlockByNumber", _block_param(height), False)
+        if block is None:
+            raise NotFound(f"no block at height {height} on {self.url}", height=height)
+        return block_ref(block)
+
+    async def block_by_hash(self, block_hash: str) -> BlockRef:
+        block = await self._read("eth_getBlockByHash", _block_param(block_hash), False)
+        if block is None:
+            raise NotFound(f"no block {block_hash} on {self.url}", block_hash=block_hash)
+        return block_ref(block)
+
+    async def balance(self, address: str, block: int | str = "latest") -> int:
+        return int(await self._read("eth_getBalance", _address(address, "address"), _block_param(block)), 16)
+
+    async def code(self, address: str, block: int | str = "latest") -> bytes:
+        return bytes.fromhex((await self._read("eth_getCode", _address(address, "address"), _block_param(block)))[2:])
+
+    async def call(
+        self, to: str, data: bytes | str, block: int | str = "latest", sender: str | None = None, value: int = 0
+    ) -> bytes:
+        """``eth_call``; a revert raises ``ContractReverted`` with the revert data."""
+        request: dict[str, Any] = {"to": _address(to, "to"), "data": _data(data)}
+        if sender is not None:
+            request["from"] = _address(sender, "sender")
+        if _wei(value, "value"):
+            request["value"] = hex(value)
+        return bytes.fromhex((await self._read("eth_call", request, _block_param(block)))[2:])
+
+    async def _pending_count(self, address: str) -> int:
+        return int(await self._read("eth_getTransactionCount", address, "pending"), 16)
+
+    # --- events --------------------------------------------------------------
+
+    async def events(self, from_height: int, to_height: int, selector: EvmLogFilter | None = None) -> list[ChainEvent]:
+        if selector is not None and not isinstance(selector, EvmLogFilter):
+            raise InputError(f"the EVM selector is an EvmLogFilter, got {type(selector).__name__}")
+        if from_height < 0 or to_height < from_height:
+            raise InputError(f"bad block range {from_height}..{to_height}")
+        base = selector.to_params() if selector else {}
+        logs = await self._logs(from_height, to_height, base)
+        blocks = await self._blocks_for(logs)
+        events = [
+            ChainEvent(key=f"{log['transactionHash']}:{int(log['logIndex'], 16)}", block=blocks[log["blockHash"]], data=log_data(log))
+            for log in logs
+        ]
+        events.sort(key=lambda e: (e.block.height, e.data["log_index"]))
+        return events
+
+    async def _logs(self, from_height: int, to_height: int, base: dict[str, Any]) -> list[dict[str, Any]]:
+        """Logs of the range, asked for ``log_chunk_size`` blocks at a time, halving on "too large"."""
+        logs: list[dict[str, Any]] = []
+        chunk = self.log_chunk_size
+        start = from_height
+        while start <= to_height:
+            end = min(to_height, start + chunk - 1)
+            params = {**base, "fromBlock": hex(start), "toBlock": hex(end)}
+            try:
+                part = await self._read("eth_getLogs", params)
+            except LogRangeTooLarge:
+                if end == start:
+                    raise
+                chunk = max(1, (end - start + 1) // 2)
+                continue
+            # A log flagged removed belongs to a block that was reorged away.
+            logs.extend(log for log in part if not log.get("removed"))
+            start = end + 1
+        return logs
+
+    async def _blocks_for(self, logs: list[dict[str, Any]]) -> dict[str, BlockRef]:
+        """The headers (by hash, so each is exactly the block its logs came from) of blocks with logs."""
+        hashes = list(dict.fromkeys(log["blockHash"] for log in logs))
+        gate = asyncio.Semaphore(HEADER_CONCURRENCY)
+
+        async def fetch(group: list[str]) -> list[Any]:
+            async with gate:
+                return await self._read_batch([("eth_getBlockByHash", (h, False)) for h in group])
+
+        groups = [hashes[i : i + HEADER_BATCH] for i in range(0, len(hashes), HEADER_BATCH)]
+        found: dict[str, BlockRef] = {}
+        for group, blocks in zip(groups, await asyncio.gather(*(fetch(g) for g in groups))):
+            for block_hash, block in zip(group, blocks):
+                if block is None:
+                    raise ReorgDetected(f"block {block_hash} holding logs is gone from {self.url}", block_hash=block_hash)
+                found[block_hash] = block_ref(block)
+        return found
+
+    # --- accounts and fees ---------------------------------------------------
+
+    def account(self, key: Key) -> LocalAccount:
+        """The local account for a private key (hex, bytes, or an eth_account ``LocalAccount``)."""
+        if isinstance(key, LocalAccount):
+            return key
+        raw = bytes.fromhex(key[2:] if key.startswith("0x") else key) if isinstance(key, str) else bytes(key)
+        if raw not in self._accounts:
+            try:
+                self._accounts[raw] = Account.from_key(raw)
+            except (ValueError, TypeError):
+                raise InputError("not a valid secp256k1 private key") from None
+        return self._accounts[raw]
+
+    async def suggest_fees(self) -> Fees:
+        try:
+            history = await self._read("eth_feeHistory", hex(FEE_HISTORY_BLOCKS), "latest", [TIP_PERCENTILE])
+        except Unsupported:
+            price = int(await self._read("eth_gasPrice"), 16)
+            return Fees(max_fee=2 * price, priority_fee=min(price, 10**9))
+        return fees_from_history(history)
+
+    async def estimate_gas(self, sender: str, to: str | None, value: int = 0, data: bytes | str = b"") -> int:
+        """``eth_estimateGas`` plus a margin; a revert raises ``ContractReverted`` with its data."""
+        request: dict[str, Any] = {"from": sender, "value": hex(value), "data": _data(data)}
+        if to is not None:
+            request["to"] = to
+        estimate = int(await self._read("eth_estimateGas", request), 16)
+        return estimate * GAS_MARGIN_NUM // GAS_MARGIN_DEN
+
+    # --- sending -------------------------------------------------------------
+
+    async def transact(
+        self,
+        key: Key,
+        to: str | None,
+        value: int = 0,
+        data: bytes | str = b"",
+        gas: int | None = None,
+        max_fee: int | None = None,
+        priority_fee: int | None = None,
+    ) -> str:
+        """Sign and broadcast an EIP-1559 transaction from ``key``; returns its hash.
+
+        ``to=None`` creates a contract.  A ``ChainUnavailable`` from here means the
+        outcome is unknown: the signed transaction's hash is in
+        ``exc.details["tx_hash"]``; check ``tx_status`` before sending anything new.
+        """
+        sender = self.account(key)
+        target = None if to is None else _address(to, "to")
+        _wei(value, "value")
+        payload = _data(data)
+        if gas is not None:
+            _wei(gas, "gas")
+        fees = choose_fees(await self.suggest_fees(), max_fee, priority_fee)
+        if gas is None:
+            gas = await self.estimate_gas(sender.address, target, value, payload)
+        chain_id = await self.chain_id_int()
+
+        async def attempt() -> str:
+            async with self.nonces.reserve(sender.address) as nonce:
+                signed = sender.sign_transaction(
+                    {
+                        "type": 2,
+                        "chainId": chain_id,
+                        "nonce": nonce,
+                        "to": target,
+                        "value": value,
+                        "data": payload,
+                        "gas": gas,
+                        "maxFeePerGas": fees.max_fee,
+                        "maxPriorityFeePerGas": fees.priority_fee,
+                    }
+                )
+                return await self.send(signed.raw_transaction)
+
+        return await self._nonce_retry.run(attempt, what=f"transact from {sender.address}")
+
+    async def send(self, tx: bytes | str | SignedTransaction) -> str:
+        """Broadcast signed bytes; idempotent: the same bytes twice give the same hash, one spend."""
+        raw = _raw_bytes(tx)
+        tx_hash = raw_tx_hash(raw)
+        attempts = 0
+
+        async def attempt() -> str:
+            nonlocal attempts
+            attempts += 1
+            # After a transport failure the first broadcast may have landed: look before resending.
+            if attempts > 1 and await self._tx_known(tx_hash):
+                return tx_hash
+            try:
+                return (await self.rpc.call("eth_sendRawTransaction", ["0x" + raw.hex()])).lower()
+            except NonceConflict as exc:
+                if is_already_known(exc) or (is_nonce_too_low(exc) and await self._tx_known(tx_hash)):
+                    return tx_hash
+                raise
+
+        try:
+            return await self._broadcast_retry.run(attempt, what=f"broadcast {tx_hash}")
+        except ChainUnavailable as exc:
+            raise ChainUnavailable(f"{exc.message}; {tx_hash} may or may not have been received", tx_hash=tx_hash) from exc
+
+    async def _tx_known(self, tx_hash: str) -> bool:
+        return await self._read("eth_getTransactionByHash", tx_hash) is not None
+
+    async def replace(self, key: Key, original_txhash: str, fee_multiplier: float | int | str = 1.125) -> str:
+        """Re-sign a pending transaction (same nonce, to, value, data, gas) with higher fees.
+
+        Both fees rise by at least 10% (nodes refuse less) and at least to today's
+        suggestion.  Returns the replacement's hash; whichever of the two is mined,
+        the other becomes invalid.
+        """
+        sender = self.account(key)
+        original = await self._read("eth_getTransactionByHash", original_txhash)
+        if original is None:
+            raise NotFound(f"transaction {original_txhash} is unknown to {self.url}", tx_hash=original_txhash)
+        if original.get("blockNumber") is not None:
+            raise AlreadyInChain(f"{original_txhash} is already mined; nothing to replace", tx_hash=original_txhash)
+        if original["from"].lower() != sender.address.lower():
+            raise InputError(f"{original_txhash} was sent by {original['from']}, not by the given key {sender.address}")
+        if "maxFeePerGas" in original:
+            old = Fees(int(original["maxFeePerGas"], 16), int(original["maxPriorityFeePerGas"], 16))
+        else:
+            price = int(original["gasPrice"], 16)
+            old = Fees(price, price)
+        new = bumped(old, fee_multiplier, floor=await self.suggest_fees())
+        signed = sender.sign_transaction(
+            {
+                "type": 2,
+                "chainId": await self.chain_id_int(),
+                "nonce": int(original["nonce"], 16),
+                "to": original.get("to") and to_checksum_address(original["to"]),
+                "value": int(original["value"], 16),
+                "data": original["input"],
+                "gas": int(original["gas"], 16),
+                "maxFeePerGas": new.max_fee,
+                "maxPriorityFeePerGas": new.priority_fee,
+            }
+        )
+        return await self.send(signed.raw_transaction)
+
+    # --- outcomes ------------------------------------------------------------
+
+    async def tx_status(self, txid: str) -> TxStatus:
+        tx, head = await self._read_batch([("eth_getTransactionByHash", (txid,)), ("eth_blockNumber", ())])
+        if tx is None:
+            return TxStatus(txid=txid, confirmations=-1)
+        if tx.get("blockHash") is None:
+            return TxStatus(txid=txid, confirmations=0)
+        try:
+            block = await self.block_by_hash(tx["blockHash"])
+        except NotFound:  # reorged out between the two calls; it is pending again or gone
+            return TxStatus(txid=txid, confirmations=0)
+        return TxStatus(txid=txid, confirmations=int(head, 16) - block.height + 1, block=block)
+
+    async def wait_for_confirmations(
+        self, txid: str, confirmations: int | None = None, timeout: float = 60.0, poll: float = 0.2
+    ) -> TxStatus:
+        """As ``ChainAdapter.wait_for_confirmations``; the default depth is the adapter's ``confirmations``."""
+        wanted = self.confirmations if confirmations is None else confirmations
+        return await super().wait_for_confirmations(txid, wanted, timeout, poll)
+
+    async def receipt(self, txhash: str, abi: Iterable[dict[str, Any]] = ()) -> EvmReceipt:
+        """The mined receipt; ``NotFound`` while pending; ``ContractReverted`` when it failed.
+
+        For a failed transaction the call is replayed with ``eth_call`` on the state
+        before its block, to recover the revert data (pass ``abi`` to name custom errors).
+        """
+        raw = await self._read("eth_getTransactionReceipt", txhash)
+        if raw is None:
+            raise NotFound(f"no receipt for {txhash} (unknown or not mined yet)", tx_hash=txhash)
+        receipt = EvmReceipt(
+            tx_hash=raw["transactionHash"],
+            status=int(raw["status"], 16),
+            block_number=int(raw["blockNumber"], 16),
+            block_hash=raw["blockHash"],
+            gas_used=int(raw["gasUsed"], 16),
+            effective_gas_price=int(raw.get("effectiveGasPrice") or "0x0", 16),
+            contract_address=raw.get("contractAddress") and to_checksum_address(raw["contractAddress"]),
+            logs=[log_data(log) for log in raw.get("logs", [])],
+        )
+        if receipt.status == 0:
+            data = await self._replay_revert(txhash, receipt.block_number)
+            reason = describe_revert(data, abi) if data is not None else "reverted (replay could not reproduce the revert data)"
+            raise ContractReverted(f"{txhash} reverted in block {receipt.block_number}: {reason}", reason=reason, data=data, tx_hash=txhash)
+        return receipt
+
+    async def _replay_revert(self, txhash: str, block_number: int) -> str | None:
+        tx = await self._read("eth_getTransactionByHash", txhash)
+        if tx is None:
+            return None
+        request = {"from": tx["from"], "value": tx["value"], "data": tx["input"], "gas": tx["gas"]}
+        if tx.get("to"):
+            request["to"] = tx["to"]
+        try:
+            await self._read("eth_call", request, hex(max(block_number - 1, 0)))
+        except ContractReverted as exc:
+            return exc.data
+        return None
+
+    async def wait_for_receipt(self, txhash: str, timeout: float = 60.0, abi: Iterable[dict[str, Any]] = ()) -> EvmReceipt:
+        await self.wait_for_confirmations(txhash, max(self.confirmations, 1), timeout=timeout)
+        return await self.receipt(txhash, abi)
+
+    async def deploy(self, key: Key, abi: list[dict[str, Any]], bytecode: bytes | str, *args: Any, timeout: float = 60.0) -> str:
+        """Create a contract and wait for it; returns its checksum address."""
+        try:
+            init = self.w3.eth.contract(abi=abi, bytecode=_data(bytecode)).constructor(*args).data_in_transaction
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"constructor arguments do not match the ABI: {exc}") from exc
+        txhash = await self.transact(key, None, data=init)
+        receipt = await self.wait_for_receipt(txhash, timeout=timeout, abi=abi)
+        if receipt.contract_address is None:
+            raise ContractReverted(f"{txhash} created no contract", tx_hash=txhash)
+        return receipt.contract_address
+
+    # --- devnet controls (Anvil; Hardhat-style names as fallback) ---------------
+
+    async def _devnet(self, methods: Sequence[str], *params: Any) -> Any:
+        for method in methods:
+            try:
+                return await self._read(method, *params)
+            except Unsupported:
+                continue
+        raise Unsupported(f"{self.url} offers none of {', '.join(methods)}")
+
+    async def mine(self, blocks: int = 1) -> list[str]:
+        if blocks < 1:
+            raise InputError(f"blocks must be >= 1, got {blocks}")
+        try:
+            await self._read("anvil_mine", hex(blocks))
+        except Unsupported:
+            for _ in range(blocks):
+                await self._devnet(["evm_mine"])
+        top = await self.height()
+        found = await self._read_batch([("eth_getBlockByNumber", (hex(h), False)) for h in range(top - blocks + 1, top + 1)])
+        return [b["hash"] for b in found]
+
+    async def set_automine(self, enabled: bool) -> None:
+        await self._devnet(["evm_setAutomine", "anvil_setAutomine"], enabled)
+
+    async def set_balance(self, address: str, wei: int) -> None:
+        await self._devnet(["anvil_setBalance", "hardhat_setBalance"], _address(address, "address"), hex(_wei(wei, "wei")))
+
+    async def snapshot(self) -> str:
+        return await self._devnet(["evm_snapshot"])
+
+    async def revert(self, snapshot_id: str) -> None:
+        """Back to ``snapshot_id`` (which, as on Anvil, is then used up)."""
+        if not await self._devnet(["evm_revert"], snapshot_id):
+            raise NotFound(f"no snapshot {snapshot_id} on {self.url}", snapshot_id=snapshot_id)
+        self.nonces.forget_all()
+
+    async def reorg(self, depth: int, txs: Sequence[tuple[bytes | str | SignedTransaction, int]] = ()) -> BlockRef:
+        """Replace the top ``depth`` blocks (Anvil ``anvil_reorg``); ``txs`` are (signed tx, block offset) pairs
+        to include in the new blocks.  Returns the new head."""
+        if depth < 1:
+            raise InputError(f"reorg depth must be >= 1, got {depth}")
+        pairs = [["0x" + _raw_bytes(tx).hex(), offset] for tx, offset in txs]
+        await self._devnet(["anvil_reorg"], depth, pairs)
+        self.nonces.forget_all()
+        return await self.head()
+
+    async def close(self) -> None:
+        await self.rpc.close()
