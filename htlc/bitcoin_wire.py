@@ -1,0 +1,182 @@
+"""The Bitcoin transaction wire format and the two signature digests.
+
+Serialise and parse transactions (with or without witness), and compute the
+BIP143 digest (segwit v0 inputs: P2WSH, P2WPKH) and the legacy digest (the P2SH
+HTLC template).  Kept apart from the builders so ``htlc.audit`` and
+``htlc.secret`` can read transactions without depending on them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+from bridge.errors import InputError
+
+SEQUENCE_FINAL = 0xFFFFFFFF
+SIGHASH_ALL = 1
+
+
+def sha256d(data: bytes) -> bytes:
+    return hashlib.sha256(hashlib.sha256(data).digest()).digest()
+
+
+def varint(n: int) -> bytes:
+    if n < 0xFD:
+        return bytes([n])
+    if n <= 0xFFFF:
+        return b"\xfd" + n.to_bytes(2, "little")
+    if n <= 0xFFFFFFFF:
+        return b"\xfe" + n.to_bytes(4, "little")
+    return b"\xff" + n.to_bytes(8, "little")
+
+
+def _varbytes(data: bytes) -> bytes:
+    return varint(len(data)) + data
+
+
+# --- the transaction model ---------------------------------------------------------
+
+
+@dataclass
+class TxIn:
+    txid: str  # display (big-endian) hex, as the node prints it
+    vout: int
+    script_sig: bytes = b""
+    sequence: int = SEQUENCE_FINAL
+    witness: list[bytes] = field(default_factory=list)
+
+    def outpoint(self) -> bytes:
+        return bytes.fromhex(self.txid)[::-1] + self.vout.to_bytes(4, "little")
+
+
+@dataclass
+class TxOut:
+    value: int
+    script_pubkey: bytes
+
+    def serialize(self) -> bytes:
+        return self.value.to_bytes(8, "little") + _varbytes(self.script_pubkey)
+
+
+@dataclass
+class Tx:
+    inputs: list[TxIn]
+    outputs: list[TxOut]
+    locktime: int = 0
+    version: int = 2
+
+    def serialize(self, with_witness: bool = True) -> bytes:
+        segwit = with_witness and any(i.witness for i in self.inputs)
+        out = bytearray(self.version.to_bytes(4, "little"))
+        if segwit:
+            out += b"\x00\x01"
+        out += varint(len(self.inputs))
+        for i in self.inputs:
+            out += i.outpoint() + _varbytes(i.script_sig) + i.sequence.to_bytes(4, "little")
+        out += varint(len(self.outputs))
+        for o in self.outputs:
+            out += o.serialize()
+        if segwit:
+            for i in self.inputs:
+                out += varint(len(i.witness)) + b"".join(_varbytes(item) for item in i.witness)
+        out += self.locktime.to_bytes(4, "little")
+        return bytes(out)
+
+    @property
+    def txid(self) -> str:
+        return sha256d(self.serialize(with_witness=False))[::-1].hex()
+
+    @property
+    def weight(self) -> int:
+        return 3 * len(self.serialize(with_witness=False)) + len(self.serialize())
+
+    @property
+    def vsize(self) -> int:
+        return (self.weight + 3) // 4
+
+    @classmethod
+    def parse(cls, raw: bytes) -> Tx:
+        """Decode a serialised transaction; ``InputError`` if it is malformed or has trailing bytes."""
+        reader = _Reader(bytes(raw))
+        version = reader.int(4)
+        segwit = reader.peek(2) == b"\x00\x01"
+        if segwit:
+            reader.take(2)
+        inputs = []
+        for _ in range(reader.varint()):
+            outpoint = reader.take(36)
+            inputs.append(TxIn(
+                txid=outpoint[:32][::-1].hex(), vout=int.from_bytes(outpoint[32:], "little"),
+                script_sig=reader.take(reader.varint()), sequence=reader.int(4),
+            ))
+        outputs = [TxOut(reader.int(8), reader.take(reader.varint())) for _ in range(reader.varint())]
+        if segwit:
+            for txin in inputs:
+                txin.witness = [reader.take(reader.varint()) for _ in range(reader.varint())]
+        locktime = reader.int(4)
+        if reader.remaining():
+            raise InputError(f"transaction has {reader.remaining()} trailing bytes after its lock time")
+        if not inputs:
+            raise InputError("transaction has no inputs")
+        return cls(inputs, outputs, locktime, version)
+
+
+class _Reader:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.pos = 0
+
+    def take(self, n: int) -> bytes:
+        if self.pos + n > len(self.data):
+            raise InputError(f"transaction truncated: wanted {n} bytes at offset {self.pos}, have {len(self.data) - self.pos}")
+        chunk = self.data[self.pos:self.pos + n]
+        self.pos += n
+        return chunk
+
+    def peek(self, n: int) -> bytes:
+        return self.data[self.pos:self.pos + n]
+
+    def int(self, n: int) -> int:
+        return int.from_bytes(self.take(n), "little")
+
+    def varint(self) -> int:
+        first = self.int(1)
+        return {0xFD: lambda: self.int(2), 0xFE: lambda: self.int(4), 0xFF: lambda: self.int(8)}.get(first, lambda: first)()
+
+    def remaining(self) -> int:
+        return len(self.data) - self.pos
+
+
+def parse_tx_hex(tx_hex: str) -> Tx:
+    try:
+        raw = bytes.fromhex(tx_hex.strip())
+    except ValueError:
+        raise InputError("transaction is not valid hex") from None
+    return Tx.parse(raw)
+
+
+# --- signature digests ----------------------------------------------------------------
+
+
+def segwit_v0_sighash(tx: Tx, index: int, script_code: bytes, amount: int, hash_type: int = SIGHASH_ALL) -> bytes:
+    """BIP143 digest (SIGHASH_ALL) for input ``index`` spending ``amount`` sats."""
+    prevouts = sha256d(b"".join(i.outpoint() for i in tx.inputs))
+    sequences = sha256d(b"".join(i.sequence.to_bytes(4, "little") for i in tx.inputs))
+    outputs = sha256d(b"".join(o.serialize() for o in tx.outputs))
+    txin = tx.inputs[index]
+    preimage = b"".join([
+        tx.version.to_bytes(4, "little"), prevouts, sequences, txin.outpoint(), _varbytes(script_code),
+        amount.to_bytes(8, "little"), txin.sequence.to_bytes(4, "little"), outputs,
+        tx.locktime.to_bytes(4, "little"), hash_type.to_bytes(4, "little"),
+    ])
+    return sha256d(preimage)
+
+
+def legacy_sighash(tx: Tx, index: int, script_code: bytes, hash_type: int = SIGHASH_ALL) -> bytes:
+    """The pre-segwit digest (SIGHASH_ALL): every scriptSig emptied but this input's, set to ``script_code``."""
+    copy = Tx(
+        [TxIn(i.txid, i.vout, script_code if n == index else b"", i.sequence) for n, i in enumerate(tx.inputs)],
+        tx.outputs, tx.locktime, tx.version,
+    )
+    return sha256d(copy.serialize(with_witness=False) + hash_type.to_bytes(4, "little"))

@@ -1,0 +1,38 @@
+"""Pull the swap secret out of a transaction that claimed an HTLC.
+
+The claimer must reveal the preimage on chain to spend: in the witness (P2WSH)
+or the scriptSig (P2SH template).  We look for it by what it is, a 32-byte
+item hashing to the hashlock, not by its position, so any spending layout works.
+"""
+
+from __future__ import annotations
+
+from bridge.errors import InputError, NotFound
+from htlc.bitcoin_script import SECRET_SIZE, iter_pushes, sha256
+from htlc.bitcoin_wire import Tx
+
+
+class SecretNotFound(NotFound):
+    """The transaction reveals no preimage of the given hash."""
+
+
+def extract_secret(tx: bytes, hashlock: bytes) -> bytes:
+    """The 32-byte secret ``s`` with ``sha256(s) == hashlock`` revealed by ``tx``, else ``SecretNotFound``."""
+    if len(hashlock) != 32:
+        raise InputError(f"hashlock must be 32 bytes, got {len(hashlock)}", field="hashlock")
+    parsed = Tx.parse(tx)
+    for txin in parsed.inputs:
+        items = list(txin.witness)
+        try:
+            items += [data for _, _, data in iter_pushes(txin.script_sig) if data is not None]
+        except InputError:
+            # A scriptSig that does not parse as pushes cannot have revealed anything usable.
+            pass
+        for item in items:
+            if len(item) == SECRET_SIZE and sha256(item) == hashlock:
+                return item
+    raise SecretNotFound(
+        f"transaction {parsed.txid} reveals no 32-byte preimage of {hashlock.hex()} "
+        f"(checked the witness and scriptSig of its {len(parsed.inputs)} inputs)",
+        txid=parsed.txid, hashlock=hashlock.hex(),
+    )
