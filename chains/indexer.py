@@ -17,7 +17,11 @@ height (``head - confirmations + 1``):
    transaction.
 
 When caught up it re-checks that the cursor block is still canonical, so a reorg
-that does not lengthen the chain is noticed too.
+that does not lengthen the chain is noticed too.  A batch is read headers first,
+then events; every event must come from the header's block at its height and the
+headers must chain, else the chain moved mid-read and the step records nothing
+(``StepResult.kind == "retry"``).  Adapter reads retry by themselves; ``run()``
+backs off on errors that say retrying can help and raises the others.
 
 Crash-safety contract
 ---------------------
@@ -172,7 +176,7 @@ class Indexer:
             return self.store.load(session)
 
     async def step(self) -> StepResult:
-        head = await self._read(self.adapter.head, "head")
+        head = await self.adapter.head()
         safe = head.height - self.confirmations + 1
         cursor = self._cursor_or_create()
         self.stats["head"] = head.height
@@ -219,15 +223,12 @@ class Indexer:
 
     # --- reading the chain ----------------------------------------------------------
 
-    async def _read(self, fn, what: str, *args):
-        return await self.retry.run(lambda: fn(*args), what=f"{self.name}: {what}")
-
     async def _block_refs(self, low: int, high: int) -> list[BlockRef]:
         gate = asyncio.Semaphore(_FETCH_CONCURRENCY)
 
         async def one(height: int) -> BlockRef:
             async with gate:
-                return await self._read(self.adapter.block_by_height, "block_by_height", height)
+                return await self.adapter.block_by_height(height)
 
         refs = list(await asyncio.gather(*(one(h) for h in range(low, high + 1))))
         for prev, ref in zip(refs, refs[1:]):
@@ -238,7 +239,7 @@ class Indexer:
     async def _canonical(self, cursor: Cursor, head: BlockRef) -> bool:
         if cursor.height > head.height:
             return False
-        ref = await self._read(self.adapter.block_by_height, "block_by_height", cursor.height)
+        ref = await self.adapter.block_by_height(cursor.height)
         return ref.hash == cursor.hash
 
     # --- delivering -------------------------------------------------------------------
@@ -246,7 +247,10 @@ class Indexer:
     async def _deliver(self, cursor: Cursor, refs: list[BlockRef], head: BlockRef) -> StepResult:
         low, high = refs[0].height, refs[-1].height
         started = time.monotonic()
-        events = await self._read(self.adapter.events, "events", low, high, self.selector)
+        try:
+            events = await self.adapter.events(low, high, self.selector)
+        except ReorgDetected as exc:  # the adapter saw a block vanish while reading
+            raise _ChainMoved(exc.message) from exc
         by_height: dict[int, list[ChainEvent]] = {}
         for ev in events:
             by_height.setdefault(ev.block.height, []).append(ev)
@@ -308,7 +312,7 @@ class Indexer:
         height = cursor.height
         while height >= window_low:
             if height <= head.height and height in stored:
-                ref = await self._read(self.adapter.block_by_height, "block_by_height", height)
+                ref = await self.adapter.block_by_height(height)
                 if ref.hash == stored[height]:
                     return height
             height -= 1

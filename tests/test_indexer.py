@@ -6,16 +6,19 @@ the session the indexer hands it -- the exactly-once contract under test.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import uuid
 from typing import Any
 
 import pytest
-from sqlalchemy import Column, Integer, MetaData, String, Table, func, insert, select
+from sqlalchemy import Column, Integer, MetaData, String, Table, insert, select
 from sqlmodel import Session
 
 from bridge.db import POSTGRES_TEST_URL, make_engine, postgres_available
 from bridge.errors import ChainUnavailable, Conflict, InputError, NotFound
+from bridge.retry import RetryPolicy
+from bridge.testing import wait_until
 from chains.base import BlockRef, ChainAdapter, ChainEvent, TxStatus
 from chains.cursor_store import IndexerBlock, IndexerCursor, IndexerDelivery
 from chains.indexer import Indexer, OrphanedBlock, ReorgBeyondWindow
@@ -370,12 +373,9 @@ async def test_two_live_instances_cannot_both_move_the_cursor(engine, name):
 
 
 async def test_run_follows_new_blocks_and_retries_a_node_outage(engine, name):
-    import asyncio
-
-    from bridge.testing import wait_until
-
     chain = chain_with_events(5)
-    indexer = Indexer(name, chain, engine, Recorder(name), poll_interval=0.01)
+    quick = RetryPolicy(base_delay=0.01, max_delay=0.05)
+    indexer = Indexer(name, chain, engine, Recorder(name), poll_interval=0.01, retry=quick)
     stop = asyncio.Event()
     task = asyncio.create_task(indexer.run(stop))
     await wait_until(lambda: recorded(engine, name) == chain.canonical_keys(), timeout=10, what="first blocks")
