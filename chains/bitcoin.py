@@ -1,0 +1,348 @@
+"""The Bitcoin ``ChainAdapter``: blocks, transactions in a range, coins, fees, broadcast.
+
+Everything goes through ``BitcoinRpc`` (no node wallet).  Block scans fetch
+``getblockhash`` and ``getblock <hash> 2`` in batches so a range of blocks costs
+two round trips per chunk, and the per-transaction work is one dict lookup per
+output/input when a filter is given.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, Iterable, Sequence
+
+from bridge.errors import (
+    AlreadyInChain,
+    ChainUnavailable,
+    InputError,
+    NotFound,
+    RpcError,
+    TransactionRejected,
+)
+from bridge.retry import RetryPolicy
+from chains.base import BlockRef, ChainAdapter, ChainEvent, TxStatus
+from chains.bitcoin_rpc import BitcoinRpc
+from chains.bitcoin_tx import TxSummary, address_to_script, btc_to_sats, parse_tx
+from chains.bitcoin_wallet import MAX_FEE, MAX_FEERATE, BtcKey, SignedTx, Utxo, build_payment
+
+COINBASE_MATURITY = 100
+HASH_CHUNK = 1000
+#: A ``getblock`` batch aims at this many transactions: enough to amortise a round trip,
+#: few enough that one reply of verbose blocks stays around ten MB.
+TXS_PER_BATCH = 5000
+MAX_BLOCKS_PER_BATCH = 200
+
+# scantxoutset refuses a second scan while one runs (ours or another client's); wait it out.
+_SCAN_BUSY_RETRY = RetryPolicy(
+    attempts=40,
+    base_delay=0.05,
+    max_delay=0.5,
+    retry_on=lambda exc: isinstance(exc, RpcError) and "already in progress" in exc.message,
+)
+
+
+@dataclass(frozen=True)
+class BitcoinTxFilter:
+    """Which transactions ``events`` keeps: those paying to ``scripts`` or spending ``outpoints``.
+
+    ``None`` for both fields keeps nothing of that kind; pass ``selector=None`` to
+    ``events`` to keep every transaction.  Outputs to a watched script found during
+    a scan are watched too, so a coin funded and spent inside one scanned range
+    shows both transactions.
+    """
+
+    scripts: frozenset[bytes] | None = None
+    outpoints: frozenset[tuple[str, int]] | None = None
+
+    def __init__(self, scripts: Iterable[bytes] | None = None, outpoints: Iterable[tuple[str, int]] | None = None) -> None:
+        object.__setattr__(self, "scripts", None if scripts is None else frozenset(bytes(s) for s in scripts))
+        object.__setattr__(self, "outpoints", None if outpoints is None else frozenset((t, int(n)) for t, n in outpoints))
+
+
+@dataclass
+class _ScanState:
+    script_hex: set[str]
+    outpoints: set[tuple[str, int]] = field(default_factory=set)
+
+
+def _block_ref(block: dict[str, Any]) -> BlockRef:
+    return BlockRef(
+        height=block["height"],
+        hash=block["hash"],
+        parent_hash=block.get("previousblockhash") or "00" * 32,
+        timestamp=int(block["time"]),
+    )
+
+
+class BitcoinAdapter(ChainAdapter):
+    family = "bitcoin"
+
+    def __init__(
+        self,
+        rpc: BitcoinRpc,
+        network: str = "regtest",
+        confirmations: int = 1,
+        fallback_feerate: int = 2,
+        max_feerate: int = MAX_FEERATE,
+        max_fee: int = MAX_FEE,
+    ) -> None:
+        self.rpc = rpc
+        self.network = network
+        self.confirmations = confirmations
+        self.fallback_feerate = fallback_feerate
+        self.max_feerate = max_feerate
+        self.max_fee = max_fee
+
+    @classmethod
+    def from_settings(cls, settings: Any, **rpc_overrides: Any) -> "BitcoinAdapter":
+        """Build from ``bridge.settings.BitcoinSettings``."""
+        rpc = BitcoinRpc(
+            rpc_overrides.pop("url", settings.rpc_url),
+            user=settings.rpc_user,
+            password=settings.rpc_password,
+            cookie_file=settings.cookie_file if settings.rpc_user is None else None,
+            timeout=settings.rpc_timeout,
+            **rpc_overrides,
+        )
+        return cls(rpc, network=settings.network, confirmations=settings.confirmations, fallback_feerate=settings.fallback_feerate)
+
+    @property
+    def chain_id(self) -> str:
+        return f"bitcoin:{self.network}"
+
+    async def close(self) -> None:
+        await self.rpc.close()
+
+    # --- blocks ---------------------------------------------------------------
+
+    async def head(self) -> BlockRef:
+        return await self.block_by_hash(await self.rpc.call("getbestblockhash"))
+
+    async def block_by_height(self, height: int) -> BlockRef:
+        if height < 0:
+            raise InputError(f"block height must be >= 0, got {height}")
+        return await self.block_by_hash(await self.rpc.call("getblockhash", height))
+
+    async def block_by_hash(self, block_hash: str) -> BlockRef:
+        return _block_ref(await self.rpc.call("getblockheader", block_hash, True))
+
+    async def height(self) -> int:
+        return int(await self.rpc.call("getblockcount"))
+
+    async def events(self, from_height: int, to_height: int, selector: BitcoinTxFilter | None = None) -> list[ChainEvent]:
+        """Transactions of blocks ``from_height..to_height`` as events keyed by txid.
+
+        ``data`` holds ``txid``, ``index`` (position in its block) and ``tx``: the node's
+        verbose transaction (amounts as ``Decimal`` BTC; use ``btc_to_sats``).
+        """
+        if from_height < 0 or to_height < from_height:
+            raise InputError(f"bad height range {from_height}..{to_height}")
+        state = None
+        if selector is not None:
+            state = _ScanState(
+                script_hex={s.hex() for s in selector.scripts or ()},
+                outpoints=set(selector.outpoints or ()),
+            )
+        hashes: list[str] = []
+        for start in range(from_height, to_height + 1, HASH_CHUNK):
+            stop = min(start + HASH_CHUNK, to_height + 1)
+            hashes += await self.rpc.batch([("getblockhash", [h]) for h in range(start, stop)])
+
+        def fetch(chunk: list[str]) -> asyncio.Task[list[Any]]:
+            return asyncio.ensure_future(self.rpc.batch([("getblock", [h, 2]) for h in chunk]))
+
+        # Each getblock batch is sized from the previous one's tx count, and the next batch
+        # is in flight while this one is filtered, so the node and this process overlap.
+        events: list[ChainEvent] = []
+        pending: asyncio.Task[list[Any]] | None = fetch(hashes[:1])
+        pos = 1
+        try:
+            while pending is not None:
+                blocks = await pending
+                per_block = max(1, sum(len(b["tx"]) for b in blocks) // len(blocks))
+                size = max(1, min(MAX_BLOCKS_PER_BATCH, TXS_PER_BATCH // per_block))
+                pending = fetch(hashes[pos : pos + size]) if pos < len(hashes) else None
+                pos += size
+                for block in blocks:
+                    self._block_events(block, state, events)
+        finally:
+            if pending is not None and not pending.done():
+                pending.cancel()
+        return events
+
+    @staticmethod
+    def _block_events(block: dict[str, Any], state: _ScanState | None, out: list[ChainEvent]) -> None:
+        ref = _block_ref(block)
+        txs = block["tx"]
+        if state is None:
+            out.extend(ChainEvent(tx["txid"], ref, {"txid": tx["txid"], "index": i, "tx": tx}) for i, tx in enumerate(txs))
+            return
+        scripts, outpoints = state.script_hex, state.outpoints
+        for i, tx in enumerate(txs):
+            txid = tx["txid"]
+            hit = False
+            if outpoints:
+                for vin in tx["vin"]:
+                    if (vin.get("txid"), vin.get("vout")) in outpoints:
+                        hit = True
+                        break
+            if scripts:
+                for vout in tx["vout"]:
+                    if vout["scriptPubKey"]["hex"] in scripts:
+                        hit = True
+                        # Watch the new coin so its spend later in this scan is found too.
+                        outpoints.add((txid, vout["n"]))
+            if hit:
+                out.append(ChainEvent(txid, ref, {"txid": txid, "index": i, "tx": tx}))
+
+    # --- transactions ---------------------------------------------------------
+
+    async def send(self, tx: str | bytes | SignedTx) -> str:
+        """Broadcast; idempotent: a transaction the node already has returns its txid."""
+        raw_hex = tx.raw_hex if isinstance(tx, SignedTx) else tx.hex() if isinstance(tx, bytes) else tx
+        try:
+            summary = parse_tx(bytes.fromhex(raw_hex))
+        except ValueError:
+            raise InputError("raw transaction is not hex") from None
+        try:
+            return await self.rpc.call("sendrawtransaction", raw_hex)
+        except AlreadyInChain:
+            return summary.txid
+        except (TransactionRejected, ChainUnavailable):
+            # A rejection (e.g. inputs spent: by this very tx, confirmed) or a lost reply may
+            # hide a first broadcast that landed; ask the node before reporting failure.
+            if await self._is_known(summary):
+                return summary.txid
+            raise
+
+    async def _is_known(self, summary: TxSummary) -> bool:
+        try:
+            await self.rpc.call("getrawtransaction", summary.txid, False)
+            return True
+        except RpcError:
+            pass  # -5: not in the mempool (nor in a tx index, if the node keeps one)
+        except NotFound:
+            pass
+        if not summary.outputs:
+            return False
+        outs = await self.rpc.batch([("gettxout", [summary.txid, n, True]) for n in range(len(summary.outputs))])
+        return any(o is not None for o in outs)
+
+    async def tx_status(self, txid: str) -> TxStatus:
+        """Confirmations of ``txid``: from the mempool/tx index, else from its first output.
+
+        A confirmed transaction whose output 0 is spent is unknown (-1) to a node
+        without ``-txindex``; the bridge's own watchers follow such spends with ``events``.
+        """
+        try:
+            entry = await self.rpc.call("getrawtransaction", txid, True)
+        except NotFound:
+            entry = None
+        if entry is not None:
+            if not entry.get("confirmations") or "blockhash" not in entry:
+                return TxStatus(txid=txid, confirmations=0)
+            return TxStatus(txid=txid, confirmations=int(entry["confirmations"]), block=await self.block_by_hash(entry["blockhash"]))
+        out = await self.rpc.call("gettxout", txid, 0, True)
+        if out is None:
+            return TxStatus(txid=txid, confirmations=-1)
+        confirmations = int(out.get("confirmations") or 0)
+        if confirmations == 0:
+            return TxStatus(txid=txid, confirmations=0)
+        best = await self.block_by_hash(out["bestblock"])
+        return TxStatus(txid=txid, confirmations=confirmations, block=await self.block_by_height(best.height - confirmations + 1))
+
+    async def mine(self, blocks: int = 1, address: str | None = None) -> list[str]:
+        """Devnets only: mine ``blocks`` to ``address`` (default: a throwaway key's address)."""
+        if blocks < 1:
+            raise InputError(f"blocks must be >= 1, got {blocks}")
+        address = address or BtcKey.generate().p2wpkh_address(self.network)
+        return await self.rpc.call("generatetoaddress", blocks, address)
+
+    # --- coins and fees ---------------------------------------------------------
+
+    async def utxos(self, targets: Iterable[str | bytes], include_mempool: bool = False) -> list[Utxo]:
+        """Unspent outputs paying to the given addresses or scriptPubKeys.
+
+        Confirmed coins come from ``scantxoutset``; coins already spent by a mempool
+        transaction are dropped.  With ``include_mempool`` the unconfirmed outputs
+        (``height=None``) to the targets are added.
+        """
+        scripts = {address_to_script(t, self.network) if isinstance(t, str) else bytes(t) for t in targets}
+        if not scripts:
+            return []
+        descriptors = [f"raw({s.hex()})" for s in sorted(scripts)]
+        scan = await _SCAN_BUSY_RETRY.run(lambda: self.rpc.call("scantxoutset", "start", descriptors), what="scantxoutset")
+        found = scan.get("unspents", [])
+        # scantxoutset sees only the confirmed UTXO set; gettxout(include_mempool) answers
+        # null for a coin a mempool tx spends, and always says whether the coin is a coinbase.
+        live = await self.rpc.batch([("gettxout", [u["txid"], u["vout"], True]) for u in found])
+        coins = [
+            Utxo(
+                txid=u["txid"],
+                vout=int(u["vout"]),
+                value_sats=btc_to_sats(u["amount"]),
+                script_pubkey=bytes.fromhex(u["scriptPubKey"]),
+                height=int(u["height"]),
+                coinbase=bool(out.get("coinbase", u.get("coinbase", False))),
+            )
+            for u, out in zip(found, live)
+            if out is not None
+        ]
+        if include_mempool:
+            coins += await self._mempool_coins(await self.rpc.call("getrawmempool"), scripts)
+        return sorted(coins, key=lambda u: (u.height is None, u.height or 0, u.txid, u.vout))
+
+    async def _mempool_coins(self, mempool: Sequence[str], scripts: set[bytes]) -> list[Utxo]:
+        if not mempool:
+            return []
+        txs = await self.rpc.batch([("getrawtransaction", [txid, True]) for txid in mempool])
+        spent = {(vin.get("txid"), vin.get("vout")) for tx in txs for vin in tx["vin"]}
+        wanted = {s.hex() for s in scripts}
+        return [
+            Utxo(tx["txid"], int(out["n"]), btc_to_sats(out["value"]), bytes.fromhex(out["scriptPubKey"]["hex"]), None)
+            for tx in txs
+            for out in tx["vout"]
+            if out["scriptPubKey"]["hex"] in wanted and (tx["txid"], out["n"]) not in spent
+        ]
+
+    async def balance(self, targets: Iterable[str | bytes]) -> int:
+        """Confirmed sats held by the addresses/scripts (coins spent in the mempool excluded)."""
+        return sum(u.value_sats for u in await self.utxos(targets))
+
+    async def estimate_feerate(self, target: int = 6) -> int:
+        """Feerate in sat/vB (int, rounded up) for confirmation within ``target`` blocks."""
+        try:
+            estimate = await self.rpc.call("estimatesmartfee", target)
+        except RpcError:
+            return self.fallback_feerate
+        btc_per_kvb = estimate.get("feerate") if isinstance(estimate, dict) else None
+        if btc_per_kvb is None or Decimal(btc_per_kvb) <= 0:
+            return self.fallback_feerate
+        return max(1, math.ceil(Decimal(btc_per_kvb) * 100_000_000 / 1000))
+
+    async def send_to(
+        self,
+        keys: Sequence[BtcKey],
+        outputs: Sequence[tuple[str | bytes, int]],
+        feerate: int | None = None,
+        change_script: bytes | None = None,
+        broadcast: bool = True,
+        include_mempool: bool = True,
+    ) -> SignedTx:
+        """Pay ``outputs`` from coins of ``keys``' P2WPKH addresses; sign, and broadcast unless told not to."""
+        if not keys:
+            raise InputError("send_to needs at least one key")
+        feerate = await self.estimate_feerate() if feerate is None else feerate
+        coins = await self.utxos([k.p2wpkh_script for k in keys], include_mempool=include_mempool)
+        tip = await self.height()
+        # A coinbase output is spendable once it has COINBASE_MATURITY confirmations.
+        coins = [u for u in coins if not (u.coinbase and u.height is not None and tip - u.height + 1 < COINBASE_MATURITY)]
+        signed = build_payment(
+            keys, coins, outputs, feerate, change_script=change_script, network=self.network, max_feerate=self.max_feerate, max_fee=self.max_fee
+        )
+        if broadcast:
+            await self.send(signed.raw_hex)
+        return signed

@@ -1,0 +1,252 @@
+"""Keys, coin selection and P2WPKH signing without any node wallet.
+
+The bridge holds its own keys (``BtcKey``, a thin wrapper over bitcoinlib's ``Key``)
+and builds its own transactions (``build_payment``) with bitcoinlib's
+``Transaction``; the adapter finds the coins (``BitcoinAdapter.utxos``) and
+broadcasts (``BitcoinAdapter.send_to``).
+
+Coin selection is largest-first: on a devnet or a bridge hot wallet the coins are
+few, so the gain of branch-and-bound (an exact, changeless match) is rare, while
+largest-first is deterministic, always finds a solution when one exists, and
+keeps the input count (and so the fee and the signing time) low.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+from bitcoinlib.encoding import EncodingError, base58encode, change_base
+from bitcoinlib.keys import BKeyError, Key
+from bitcoinlib.keys import sign as _bitcoinlib_sign
+from bitcoinlib.transactions import Transaction, TransactionError
+
+from bridge.errors import InputError, InsufficientFunds
+from chains.bitcoin_tx import (
+    BECH32_HRP,
+    address_to_script,
+    dust_threshold,
+    hash160,
+    is_op_return,
+    p2wpkh_script,
+    parse_tx,
+    sha256d,
+)
+
+# Bitcoin Core's WIF version bytes; bitcoinlib's "regtest" uses the mainnet byte, Core uses the testnet one.
+_WIF_VERSION = {"mainnet": 0x80, "testnet": 0xEF, "signet": 0xEF, "regtest": 0xEF}
+_SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+
+#: Refuse a payment whose feerate (sat/vB) or total fee (sats) is above these unless the caller raises them.
+MAX_FEERATE = 1_000
+MAX_FEE = 1_000_000
+
+# Weight units of a P2WPKH spend: outpoint(36) + empty scriptSig(1) + sequence(4) non-witness, and a
+# witness of 2 items: a DER signature of at most 72 bytes (+ sighash byte) and a 33-byte key.
+_P2WPKH_INPUT_WEIGHT = 41 * 4 + (1 + 1 + 73 + 1 + 33)
+# version(4) + locktime(4) + in/out counts (1 each) non-witness, plus the segwit marker and flag.
+_TX_OVERHEAD_WEIGHT = 10 * 4 + 2
+
+
+class BtcKey:
+    """A secp256k1 private key the bridge holds, with its P2WPKH script and address."""
+
+    __slots__ = ("_key", "secret")
+
+    def __init__(self, secret: bytes) -> None:
+        if len(secret) != 32 or not 0 < int.from_bytes(secret, "big") < _SECP256K1_N:
+            raise InputError("a bitcoin private key is 32 bytes in 1..n-1")
+        self.secret = secret
+        self._key = Key(secret, network="regtest", compressed=True)
+
+    @classmethod
+    def generate(cls) -> "BtcKey":
+        while True:
+            secret = secrets.token_bytes(32)
+            if 0 < int.from_bytes(secret, "big") < _SECP256K1_N:
+                return cls(secret)
+
+    @classmethod
+    def from_hex(cls, hex_secret: str) -> "BtcKey":
+        try:
+            return cls(bytes.fromhex(hex_secret.removeprefix("0x")))
+        except ValueError:
+            raise InputError("private key hex is not valid hex") from None
+
+    @classmethod
+    def from_wif(cls, wif: str) -> "BtcKey":
+        """Accepts Bitcoin Core's WIF for any network (compressed keys only: P2WPKH needs them)."""
+        try:
+            raw = change_base(wif, 58, 256)
+        except (EncodingError, ValueError, TypeError):
+            raise InputError("WIF is not valid base58") from None
+        if len(raw) != 38 or raw[0] not in (0x80, 0xEF) or raw[33] != 0x01 or sha256d(raw[:34])[:4] != raw[34:]:
+            raise InputError("WIF must be a checksummed compressed private key (version 0x80 or 0xef)")
+        return cls(raw[1:33])
+
+    def wif(self, network: str = "regtest") -> str:
+        payload = bytes([_WIF_VERSION[network]]) + self.secret + b"\x01"
+        return base58encode(payload + sha256d(payload)[:4])
+
+    @property
+    def pubkey(self) -> bytes:
+        """Compressed SEC1 public key (33 bytes)."""
+        return self._key.public_byte
+
+    @property
+    def pubkey_hash(self) -> bytes:
+        return hash160(self.pubkey)
+
+    @property
+    def p2wpkh_script(self) -> bytes:
+        return p2wpkh_script(self.pubkey_hash)
+
+    def p2wpkh_address(self, network: str = "regtest") -> str:
+        if network not in BECH32_HRP:
+            raise InputError(f"unknown bitcoin network {network!r}")
+        return self._key.address(encoding="bech32", script_type="p2wpkh", prefix=BECH32_HRP[network])
+
+    def sign_digest(self, digest: bytes) -> bytes:
+        """DER signature (low-S, RFC 6979) of a 32-byte sighash, without the sighash-type byte."""
+        if len(digest) != 32:
+            raise InputError("sign_digest needs a 32-byte digest")
+        return _bitcoinlib_sign(digest, self._key).as_der_encoded(include_hash_type=False)
+
+    def __repr__(self) -> str:  # never show the secret
+        return f"BtcKey(pubkey={self.pubkey.hex()})"
+
+
+@dataclass(frozen=True)
+class Utxo:
+    txid: str
+    vout: int
+    value_sats: int
+    script_pubkey: bytes
+    height: int | None  # None: unconfirmed (in the mempool)
+    coinbase: bool = False
+
+    @property
+    def outpoint(self) -> tuple[str, int]:
+        return (self.txid, self.vout)
+
+
+@dataclass(frozen=True)
+class SignedTx:
+    raw_hex: str
+    txid: str
+    fee_sats: int
+    vsize: int
+    inputs: tuple[Utxo, ...]
+    change_vout: int | None
+
+
+def _output_weight(script: bytes) -> int:
+    return (8 + 1 + len(script)) * 4
+
+
+def _resolve_outputs(outputs: Sequence[tuple[str | bytes, int]], network: str) -> list[tuple[bytes, int]]:
+    if not outputs:
+        raise InputError("a payment needs at least one output")
+    resolved = []
+    for i, (dest, value) in enumerate(outputs):
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise InputError(f"output {i}: value must be int sats, got {type(value).__name__}")
+        script = address_to_script(dest, network) if isinstance(dest, str) else bytes(dest)
+        if value < 0:
+            raise InputError(f"output {i}: negative value {value}")
+        if is_op_return(script):
+            if value != 0:
+                raise InputError(f"output {i}: an OP_RETURN output must carry 0 sats")
+        elif value < dust_threshold(script):
+            raise InputError(f"output {i}: {value} sats is dust for this script (minimum {dust_threshold(script)})")
+        resolved.append((script, value))
+    return resolved
+
+
+def select_coins(utxos: Iterable[Utxo], target: int, feerate: int, fixed_weight: int) -> tuple[list[Utxo], int]:
+    """Largest-first: add coins until they pay ``target`` plus the fee of the tx so far.
+
+    Returns the chosen coins and the fee (sats) for a tx without change.
+    """
+    chosen: list[Utxo] = []
+    total = 0
+    weight = fixed_weight
+    for utxo in sorted(utxos, key=lambda u: (-u.value_sats, u.txid, u.vout)):
+        chosen.append(utxo)
+        total += utxo.value_sats
+        weight += _P2WPKH_INPUT_WEIGHT
+        fee = math.ceil(weight / 4) * feerate
+        if total >= target + fee:
+            return chosen, fee
+    fee = math.ceil((weight + _P2WPKH_INPUT_WEIGHT * (not chosen)) / 4) * feerate
+    raise InsufficientFunds(
+        f"coins worth {total} sats cannot pay {target} sats plus a fee of about {fee} sats",
+        available=total,
+        needed=target + fee,
+    )
+
+
+def build_payment(
+    keys: Sequence[BtcKey],
+    utxos: Iterable[Utxo],
+    outputs: Sequence[tuple[str | bytes, int]],
+    feerate: int,
+    change_script: bytes | None = None,
+    network: str = "regtest",
+    max_feerate: int = MAX_FEERATE,
+    max_fee: int = MAX_FEE,
+) -> SignedTx:
+    """Select coins owned by ``keys`` (P2WPKH), pay ``outputs`` and sign (BIP143).
+
+    ``outputs`` are ``(address or scriptPubKey, sats)``.  Change goes to
+    ``change_script`` (default: the first key's P2WPKH) when it is above dust
+    after paying for itself; otherwise it is left to the fee.
+    """
+    if not keys:
+        raise InputError("build_payment needs at least one key")
+    if not isinstance(feerate, int) or isinstance(feerate, bool) or feerate < 1:
+        raise InputError(f"feerate must be a positive int (sat/vB), got {feerate!r}")
+    if feerate > max_feerate:
+        raise InputError(f"feerate {feerate} sat/vB is above the limit of {max_feerate} sat/vB (absurd fee)")
+    resolved = _resolve_outputs(outputs, network)
+    by_script = {k.p2wpkh_script: k for k in keys}
+    spendable = [u for u in utxos if u.script_pubkey in by_script]
+    change_script = keys[0].p2wpkh_script if change_script is None else change_script
+
+    target = sum(v for _, v in resolved)
+    fixed_weight = _TX_OVERHEAD_WEIGHT + sum(_output_weight(s) for s, _ in resolved)
+    chosen, fee = select_coins(spendable, target, feerate, fixed_weight)
+    total_in = sum(u.value_sats for u in chosen)
+    weight = fixed_weight + _P2WPKH_INPUT_WEIGHT * len(chosen)
+
+    change_vout = None
+    fee_with_change = math.ceil((weight + _output_weight(change_script)) / 4) * feerate
+    change = total_in - target - fee_with_change
+    if change >= dust_threshold(change_script):
+        resolved.append((change_script, change))
+        change_vout = len(resolved) - 1
+        fee = fee_with_change
+    else:
+        fee = total_in - target
+    if fee > max_fee:
+        raise InputError(f"fee of {fee} sats is above the limit of {max_fee} sats (absurd fee)")
+
+    tx = Transaction(network="regtest", witness_type="segwit", version=2)
+    for utxo in chosen:
+        key = by_script[utxo.script_pubkey]
+        tx.add_input(utxo.txid, utxo.vout, keys=key._key.public_hex, value=utxo.value_sats, witness_type="segwit", script_type="sig_pubkey")
+    for script, value in resolved:
+        tx.add_output(value, lock_script=script)
+    try:
+        for i, utxo in enumerate(chosen):
+            tx.sign(keys=by_script[utxo.script_pubkey]._key, index_n=i)
+    except (TransactionError, BKeyError) as exc:
+        raise InputError(f"signing failed: {exc}") from None
+    if not tx.verify():
+        raise InputError("signed transaction does not verify (wrong key for a coin?)")
+    raw = tx.raw()
+    summary = parse_tx(raw)
+    return SignedTx(raw_hex=raw.hex(), txid=summary.txid, fee_sats=fee, vsize=summary.vsize, inputs=tuple(chosen), change_vout=change_vout)
+
