@@ -37,9 +37,10 @@ from chains.evm_rpc import EvmRpc, LogRangeTooLarge, is_already_known, is_nonce_
 
 #: ``eth_estimateGas`` is exact for the state it ran on; the margin absorbs state moving underneath.
 GAS_MARGIN_NUM, GAS_MARGIN_DEN = 6, 5
-#: Headers fetched per batch request, and batch requests in flight, when attaching blocks to logs.
+#: Headers fetched per batch request when attaching blocks to logs.
 HEADER_BATCH = 250
-HEADER_CONCURRENCY = 4
+#: Log chunks in flight at once: the node builds one reply while we decode another.
+LOG_CONCURRENCY = 3
 
 Key = str | bytes | LocalAccount
 _BLOCK_TAGS = {"latest", "pending", "earliest", "safe", "finalized"}
@@ -276,34 +277,53 @@ class EvmAdapter(ChainAdapter):
     # --- events --------------------------------------------------------------
 
     async def events(self, from_height: int, to_height: int, selector: EvmLogFilter | None = None) -> list[ChainEvent]:
+        """Logs in ``from_height..to_height`` as events keyed ``txhash:logindex``, in chain order.
+
+        The range is asked for in ``log_chunk_size`` blocks, a few chunks in flight
+        at once; a chunk the node calls too large is halved (and later chunks use
+        the smaller size).  Each event carries the block its log came from (looked
+        up by the log's block hash, so parent hashes are exact for reorg checks).
+        """
         if selector is not None and not isinstance(selector, EvmLogFilter):
             raise InputError(f"the EVM selector is an EvmLogFilter, got {type(selector).__name__}")
         if from_height < 0 or to_height < from_height:
             raise InputError(f"bad block range {from_height}..{to_height}")
         base = selector.to_params() if selector else {}
-        logs = await self._logs(from_height, to_height, base)
-        blocks = await self._blocks_for(logs)
-        events = [
-            ChainEvent(key=f"{log['transactionHash']}:{int(log['logIndex'], 16)}", block=blocks[log["blockHash"]], data=log_data(log))
-            for log in logs
-        ]
+        chunk = [self.log_chunk_size]  # shrinks for the whole call once the node says "too large"
+        gate = asyncio.Semaphore(LOG_CONCURRENCY)
+
+        async def one(start: int, end: int) -> list[ChainEvent]:
+            async with gate:
+                logs = await self._logs(start, end, base, chunk)
+                blocks = await self._blocks_for(logs)
+            return [
+                ChainEvent(f"{log['transactionHash']}:{int(log['logIndex'], 16)}", blocks[log["blockHash"]], log_data(log))
+                for log in logs
+            ]
+
+        step = self.log_chunk_size
+        async with asyncio.TaskGroup() as group:
+            tasks = [
+                group.create_task(one(start, min(to_height, start + step - 1)))
+                for start in range(from_height, to_height + 1, step)
+            ]
+        events = [event for task in tasks for event in task.result()]
         events.sort(key=lambda e: (e.block.height, e.data["log_index"]))
         return events
 
-    async def _logs(self, from_height: int, to_height: int, base: dict[str, Any]) -> list[dict[str, Any]]:
-        """Logs of the range, asked for ``log_chunk_size`` blocks at a time, halving on "too large"."""
+    async def _logs(self, from_height: int, to_height: int, base: dict[str, Any], chunk: list[int]) -> list[dict[str, Any]]:
+        """Logs of one planned chunk, in sub-chunks of ``chunk[0]`` blocks, halving it on "too large"."""
         logs: list[dict[str, Any]] = []
-        chunk = self.log_chunk_size
         start = from_height
         while start <= to_height:
-            end = min(to_height, start + chunk - 1)
+            end = min(to_height, start + chunk[0] - 1)
             params = {**base, "fromBlock": hex(start), "toBlock": hex(end)}
             try:
                 part = await self._read("eth_getLogs", params)
             except LogRangeTooLarge:
                 if end == start:
                     raise
-                chunk = max(1, (end - start + 1) // 2)
+                chunk[0] = min(chunk[0], max(1, (end - start + 1) // 2))
                 continue
             # A log flagged removed belongs to a block that was reorged away.
             logs.extend(log for log in part if not log.get("removed"))
@@ -313,15 +333,12 @@ class EvmAdapter(ChainAdapter):
     async def _blocks_for(self, logs: list[dict[str, Any]]) -> dict[str, BlockRef]:
         """The headers (by hash, so each is exactly the block its logs came from) of blocks with logs."""
         hashes = list(dict.fromkeys(log["blockHash"] for log in logs))
-        gate = asyncio.Semaphore(HEADER_CONCURRENCY)
-
-        async def fetch(group: list[str]) -> list[Any]:
-            async with gate:
-                return await self._read_batch([("eth_getBlockByHash", (h, False)) for h in group])
-
         groups = [hashes[i : i + HEADER_BATCH] for i in range(0, len(hashes), HEADER_BATCH)]
+        replies = await asyncio.gather(
+            *(self._read_batch([("eth_getBlockByHash", (h, False)) for h in group]) for group in groups)
+        )
         found: dict[str, BlockRef] = {}
-        for group, blocks in zip(groups, await asyncio.gather(*(fetch(g) for g in groups))):
+        for group, blocks in zip(groups, replies):
             for block_hash, block in zip(group, blocks):
                 if block is None:
                     raise ReorgDetected(f"block {block_hash} holding logs is gone from {self.url}", block_hash=block_hash)
