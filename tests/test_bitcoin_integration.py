@@ -1,0 +1,173 @@
+"""The Bitcoin adapter and the wallet-less signing tools against the real embedded regtest node.
+
+The node is shared by the whole session (other tests mine and send too), so every
+test uses fresh keys and asserts only on its own coins and transactions.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from bridge.errors import InsufficientFunds, MissingInputs, NotFound, TransactionRejected
+from bridge.testing import wait_until
+from chains.bitcoin import COINBASE_MATURITY, BitcoinAdapter, BitcoinTxFilter
+from chains.bitcoin_rpc import BitcoinRpc
+from chains.bitcoin_tx import btc_to_sats, parse_tx
+from chains.bitcoin_wallet import BtcKey, Utxo, build_payment
+
+
+@pytest.fixture
+async def btc(regtest):
+    user, password = regtest.rpc_auth
+    adapter = BitcoinAdapter(BitcoinRpc(regtest.rpc_url, user=user, password=password))
+    yield adapter
+    await adapter.close()
+
+
+async def fund(btc: BitcoinAdapter, key: BtcKey) -> int:
+    """Mine one block paying ``key`` and mature it; returns the coinbase value in sats."""
+    [block_hash] = await btc.mine(1, key.p2wpkh_address())
+    block = await btc.rpc.call("getblock", block_hash, 2)
+    coinbase_out = next(o for o in block["tx"][0]["vout"] if o["scriptPubKey"]["hex"] == key.p2wpkh_script.hex())
+    await btc.mine(COINBASE_MATURITY)
+    return btc_to_sats(coinbase_out["value"])
+
+
+async def test_head_and_blocks_link_by_parent_hash(btc):
+    await btc.mine(2)
+    head = await btc.head()
+    parent = await btc.block_by_height(head.height - 1)
+    assert head.parent_hash == parent.hash
+    assert await btc.block_by_hash(head.hash) == head
+    assert btc.chain_id == "bitcoin:regtest"
+    with pytest.raises(NotFound):
+        await btc.block_by_height(head.height + 1000)
+
+
+async def test_fresh_regtest_has_no_fee_estimate_so_the_fallback_is_used(btc):
+    assert await btc.estimate_feerate(2) == 2
+
+
+async def test_mine_to_a_key_then_spend_the_matured_coinbase(btc):
+    key, dest = BtcKey.generate(), BtcKey.generate()
+    reward = await fund(btc, key)
+    coins = await btc.utxos([key.p2wpkh_address()])
+    assert [(c.value_sats, c.coinbase) for c in coins] == [(reward, True)]
+
+    signed = await btc.send_to([key], [(dest.p2wpkh_address(), 1_234_567)], feerate=3)
+    assert (await btc.tx_status(signed.txid)).confirmations == 0
+    # Spent in the mempool: scantxoutset still lists the coin, the adapter must not.
+    assert await btc.balance([key.p2wpkh_address()]) == 0
+    await btc.mine(1)
+    status = await btc.wait_for_confirmations(signed.txid, 1, timeout=30)
+    assert status.block is not None and status.block.height == (await btc.head()).height
+
+    assert await btc.balance([dest.p2wpkh_address()]) == 1_234_567
+    assert await btc.balance([key.p2wpkh_script]) == reward - 1_234_567 - signed.fee_sats
+    entry = await btc.rpc.call("getrawtransaction", signed.txid, True, status.block.hash)
+    assert signed.fee_sats >= 3 * entry["vsize"]
+
+
+async def test_immature_coinbase_is_not_spent(btc):
+    key = BtcKey.generate()
+    await btc.mine(1, key.p2wpkh_address())
+    await btc.mine(COINBASE_MATURITY - 2)  # one block short of spendable in the next block
+    with pytest.raises(InsufficientFunds):
+        await btc.send_to([key], [(BtcKey.generate().p2wpkh_address(), 10_000)], feerate=2)
+    await btc.mine(1)
+    signed = await btc.send_to([key], [(BtcKey.generate().p2wpkh_address(), 10_000)], feerate=2)
+    assert (await btc.tx_status(signed.txid)).confirmations == 0
+
+
+async def test_unconfirmed_change_can_be_spent_again(btc):
+    key, dest = BtcKey.generate(), BtcKey.generate()
+    await fund(btc, key)
+    first = await btc.send_to([key], [(dest.p2wpkh_address(), 50_000)], feerate=2)
+    second = await btc.send_to([key], [(dest.p2wpkh_address(), 60_000)], feerate=2)
+    assert second.inputs[0].outpoint == (first.txid, first.change_vout)
+    await btc.mine(1)
+    await btc.wait_for_confirmations(second.txid, 1, timeout=30)
+    assert await btc.balance([dest.p2wpkh_address()]) == 110_000
+
+
+async def test_broadcasting_twice_returns_the_same_txid(btc):
+    key = BtcKey.generate()
+    await fund(btc, key)
+    signed = await btc.send_to([key], [(BtcKey.generate().p2wpkh_address(), 70_000)], feerate=2, broadcast=False)
+    assert (await btc.tx_status(signed.txid)).confirmations == -1
+    assert await btc.send(signed.raw_hex) == signed.txid
+    assert await btc.send(signed.raw_hex) == signed.txid  # in the mempool already
+    await btc.mine(1)
+    assert await btc.send(signed.raw_hex) == signed.txid  # confirmed already (-27 or known outputs)
+    mempool = await btc.rpc.call("getrawmempool")
+    assert signed.txid not in mempool
+    assert (await btc.tx_status(signed.txid)).confirmations >= 1
+
+
+async def test_rejected_transaction_carries_the_nodes_reason(btc):
+    key, thief = BtcKey.generate(), BtcKey.generate()
+    await fund(btc, key)
+    [coin] = await btc.utxos([key.p2wpkh_script])
+    # The thief claims the coin is his: the witness key does not match the output's program.
+    forged = build_payment([thief], [Utxo(coin.txid, coin.vout, coin.value_sats, thief.p2wpkh_script, coin.height)],
+                           [(thief.p2wpkh_address(), 100_000)], feerate=2)
+    with pytest.raises(TransactionRejected) as info:
+        await btc.send(forged.raw_hex)
+    assert "mandatory-script-verify-flag-failed" in info.value.reason
+    assert info.value.details["code"] == -26
+    assert await btc.balance([key.p2wpkh_script]) == coin.value_sats
+
+
+async def test_spending_a_coin_that_does_not_exist_is_missing_inputs(btc):
+    key = BtcKey.generate()
+    ghost = Utxo("ab" * 32, 0, 100_000, key.p2wpkh_script, 1)
+    signed = build_payment([key], [ghost], [(key.p2wpkh_address(), 50_000)], feerate=2)
+    with pytest.raises(MissingInputs):
+        await btc.send(signed.raw_hex)
+
+
+async def test_events_filter_finds_exactly_the_watched_transactions(btc):
+    key, watched, other = BtcKey.generate(), BtcKey.generate(), BtcKey.generate()
+    await fund(btc, key)
+    start = (await btc.head()).height + 1
+    pay_watched = await btc.send_to([key], [(watched.p2wpkh_address(), 200_000)], feerate=2)
+    pay_other = await btc.send_to([key], [(other.p2wpkh_address(), 300_000)], feerate=2)
+    await btc.mine(1)
+    # The watched coin is spent in the next block: found through the outpoint seen in the scan.
+    spend_watched = await btc.send_to([watched], [(other.p2wpkh_address(), 150_000)], feerate=2)
+    await btc.mine(1)
+    await btc.wait_for_confirmations(spend_watched.txid, 1, timeout=30)
+    end = (await btc.head()).height
+
+    by_script = await btc.events(start, end, BitcoinTxFilter(scripts={watched.p2wpkh_script}))
+    assert [e.key for e in by_script] == [pay_watched.txid, spend_watched.txid]
+    assert by_script[0].block.height == start and by_script[1].block.height == end
+
+    vout = next(i for i, (_, s) in enumerate(parse_tx(bytes.fromhex(pay_other.raw_hex)).outputs) if s == other.p2wpkh_script)
+    by_outpoint = await btc.events(start, end, BitcoinTxFilter(outpoints={(pay_other.txid, vout)}))
+    assert by_outpoint == []  # that coin is unspent
+    by_outpoint = await btc.events(start, end, BitcoinTxFilter(outpoints={(pay_watched.txid, 0)}))
+    assert [e.key for e in by_outpoint] == [spend_watched.txid]
+
+    everything = await btc.events(start, end)
+    n_tx = [len((await btc.rpc.call("getblock", (await btc.block_by_height(h)).hash, 1))["tx"]) for h in (start, end)]
+    assert len(everything) == sum(n_tx)
+    assert {pay_watched.txid, pay_other.txid, spend_watched.txid} <= {e.key for e in everything}
+    assert everything[0].data["index"] == 0  # the coinbase comes first
+
+
+async def test_tx_status_follows_a_transaction_into_a_block(btc):
+    key = BtcKey.generate()
+    await fund(btc, key)
+    signed = await btc.send_to([key], [(BtcKey.generate().p2wpkh_address(), 10_000)], feerate=2)
+    assert (await btc.tx_status(signed.txid)).confirmations == 0
+    [block_hash] = await btc.mine(1)
+    status = await wait_until(lambda: _confirmed(btc, signed.txid), timeout=30, what="tx confirmed")
+    assert status.block.hash == block_hash
+    await btc.mine(2)
+    assert (await btc.tx_status(signed.txid)).confirmations == 3
+
+
+async def _confirmed(btc: BitcoinAdapter, txid: str):
+    status = await btc.tx_status(txid)
+    return status if status.confirmations >= 1 else None
