@@ -12,7 +12,7 @@ transaction (re-signed until the fee matches, since a DER signature is 71 or
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from bitcoinlib.keys import Key, sign
 
@@ -44,17 +44,25 @@ DEFAULT_MAX_FEE = 1_000_000
 MAX_FEE_FRACTION_PERCENT = 10
 
 
-def sign_digest(key: Key, digest: bytes) -> bytes:
+#: A bitcoinlib ``Key``, or any key object with ``pubkey`` (33 bytes) and
+#: ``sign_digest(digest) -> DER`` such as ``chains.bitcoin_wallet.BtcKey``.
+Signer = Any
+
+
+def sign_digest(key: Signer, digest: bytes) -> bytes:
     """DER signature with low S (bitcoinlib enforces it) plus the SIGHASH_ALL byte."""
-    if not key.is_private:
-        raise InputError("signing needs a private key, got a public one")
-    return sign(digest, key, hash_type=SIGHASH_ALL).as_der_encoded(include_hash_type=True)
+    if isinstance(key, Key):
+        if not key.is_private:
+            raise InputError("signing needs a private key, got a public one")
+        return sign(digest, key, hash_type=SIGHASH_ALL).as_der_encoded(include_hash_type=True)
+    return key.sign_digest(digest) + bytes([SIGHASH_ALL])
 
 
-def pubkey_of(key: Key) -> bytes:
-    if not key.compressed:
+def pubkey_of(key: Signer) -> bytes:
+    pubkey = key.public_byte if isinstance(key, Key) else key.pubkey
+    if len(pubkey) != 33:
         raise InputError("uncompressed keys cannot sign segwit inputs; use a compressed key")
-    return key.public_byte
+    return pubkey
 
 
 # --- coins, results, fee policy --------------------------------------------------------
@@ -151,7 +159,7 @@ def _destination_script(destination: str | bytes, network: str) -> bytes:
 
 def build_funding(
     utxos: Sequence[Utxo],
-    key: Key,
+    key: Signer,
     htlc_script_pubkey: bytes,
     amount: int,
     feerate: int,
@@ -208,7 +216,7 @@ def build_funding(
 
 def spend_htlc(
     coin: HtlcCoin,
-    key: Key,
+    key: Signer,
     stack: Sequence[bytes],
     destination: str | bytes,
     feerate: int,
@@ -239,15 +247,15 @@ def spend_htlc(
         return tx
 
     tx, fee = _fit_fee(build, feerate)
-    _check_fee(fee, coin.amount, max_fee, "spend")
     _check_output(coin.amount - fee, spk, "output")
+    _check_fee(fee, coin.amount, max_fee, "spend")
     return SignedTx(tx.serialize(), tx.txid, tx.vsize, fee)
 
 
 def build_claim(
     coin: HtlcCoin,
     preimage: bytes,
-    claim_key: Key,
+    claim_key: Signer,
     destination: str | bytes,
     feerate: int,
     *,
@@ -271,7 +279,7 @@ def build_claim(
 
 def build_refund(
     coin: HtlcCoin,
-    refund_key: Key,
+    refund_key: Signer,
     destination: str | bytes,
     feerate: int,
     *,

@@ -1,0 +1,369 @@
+"""Unit tests of the Bitcoin HTLC: scripts, addresses, transactions, audit, extract-secret.
+
+Spends are checked with Bitcoin Core's own script interpreter (libbitcoinkernel
+through py-bitcoinkernel), so "valid" here means what consensus says, not what
+our builder believes.  The node-level behaviour (mempool reject reasons,
+non-final) is in test_htlc_btc_regtest.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+
+import pbk
+import pytest
+from bitcoinlib.encoding import pubkeyhash_to_addr_bech32
+from bitcoinlib.keys import Key
+
+from bridge.errors import InputError, InsufficientFunds
+from htlc.audit import AuditError, audit
+from htlc.bitcoin_address import address_to_script_pubkey, script_pubkey_to_address
+from htlc.bitcoin_script import (
+    TEMPLATE_P2SH_BIP199,
+    hash160,
+    p2sh_htlc_script,
+    p2wpkh_script_pubkey,
+    p2wsh_htlc_script,
+    push_int,
+)
+from htlc.bitcoin_tx import (
+    SEQUENCE_LOCKTIME,
+    SEQUENCE_RBF,
+    HtlcCoin,
+    Utxo,
+    build_claim,
+    build_funding,
+    build_refund,
+    dust_threshold,
+    spend_htlc,
+)
+from htlc.bitcoin_wire import Tx
+from htlc.secret import SecretNotFound, extract_secret
+
+FLAGS = pbk.ScriptVerificationFlags.ALL & ~pbk.ScriptVerificationFlags.TAPROOT
+FAKE_TXID = "ab" * 32
+
+
+def consensus_ok(raw: bytes, index: int, script_pubkey: bytes, amount: int) -> bool:
+    """Bitcoin Core's verdict on input ``index`` of ``raw`` spending ``script_pubkey``."""
+    return bool(pbk.ScriptPubkey(script_pubkey).verify(amount, pbk.Transaction(raw), None, index, FLAGS))
+
+
+@pytest.fixture(scope="module")
+def keys():
+    return {"claim": Key(), "refund": Key(), "wallet": Key()}
+
+
+@pytest.fixture
+def secret():
+    s = secrets.token_bytes(32)
+    return s, hashlib.sha256(s).digest()
+
+
+def p2wsh_coin(keys, hashlock, height=150, amount=1_000_000):
+    script = p2wsh_htlc_script(hashlock, keys["claim"].public_byte, keys["refund"].public_byte, height)
+    return HtlcCoin(FAKE_TXID, 1, amount, script)
+
+
+def p2sh_coin(keys, hashlock, lock=1_700_000_000, amount=1_000_000):
+    script = p2sh_htlc_script(hashlock, hash160(keys["claim"].public_byte), hash160(keys["refund"].public_byte), lock)
+    return HtlcCoin(FAKE_TXID, 0, amount, script, TEMPLATE_P2SH_BIP199)
+
+
+# --- scripts and addresses ----------------------------------------------------------------
+
+
+def test_p2wsh_script_is_the_design_template_byte_for_byte():
+    h, ck, rk = bytes(range(32)), Key(1).public_byte, Key(2).public_byte
+    expected = (
+        "63" "82" "0120" "88" "a8" "20" + h.hex() + "88" "21" + ck.hex()
+        + "67" "03a08601" "b1" "75" "21" + rk.hex() + "68" "ac"
+    )
+    assert p2wsh_htlc_script(h, ck, rk, 100_000).hex() == expected
+
+
+def test_p2sh_script_is_the_bip199_decred_template():
+    h, a, b = b"\x01" * 32, b"\xaa" * 20, b"\xbb" * 20
+    expected = (
+        "63" "82" "0120" "88" "a8" "20" + h.hex() + "88" "76" "a9" "14" + a.hex()
+        + "67" "04" + (1_700_000_000).to_bytes(4, "little").hex() + "b1" "75" "76" "a9" "14" + b.hex() + "68" "88" "ac"
+    )
+    assert p2sh_htlc_script(h, a, b, 1_700_000_000).hex() == expected
+
+
+@pytest.mark.parametrize(
+    "height, encoded",
+    [(1, "51"), (16, "60"), (17, "0111"), (127, "017f"), (128, "028000"), (150, "029600"),
+     (255, "02ff00"), (256, "020001"), (32767, "02ff7f"), (32768, "03008000"), (499_999_999, "04ff64cd1d")],
+)
+def test_refund_height_is_a_minimal_script_number(height, encoded):
+    assert push_int(height).hex() == encoded
+    script = p2wsh_htlc_script(b"\0" * 32, Key(1).public_byte, Key(2).public_byte, height)
+    assert encoded in script.hex()
+    assert audit(script).locktime == height
+
+
+@pytest.mark.parametrize("height", [0, -5, 500_000_000, 2**32])
+def test_refund_height_out_of_range_is_refused(height):
+    with pytest.raises(InputError, match="height|positive|lock time"):
+        p2wsh_htlc_script(b"\0" * 32, Key(1).public_byte, Key(2).public_byte, height)
+
+
+def test_bad_parameters_are_refused_by_name():
+    good = Key(1).public_byte
+    with pytest.raises(InputError, match="hashlock must be 32 bytes"):
+        p2wsh_htlc_script(b"\0" * 31, good, good, 200)
+    with pytest.raises(InputError, match="claim pubkey .* not a compressed"):
+        p2wsh_htlc_script(b"\0" * 32, b"\x04" + good[1:], good, 200)
+    with pytest.raises(InputError, match="refund pubkey must be 33 bytes"):
+        p2wsh_htlc_script(b"\0" * 32, good, Key(2).public_uncompressed_byte, 200)
+    with pytest.raises(InputError, match="claim pubkey hash must be 20 bytes"):
+        p2sh_htlc_script(b"\0" * 32, b"\0" * 21, b"\0" * 20, 200)
+
+
+@pytest.mark.parametrize("network, hrp", [("regtest", "bcrt"), ("testnet", "tb"), ("mainnet", "bc")])
+def test_p2wsh_address_per_network_matches_bitcoinlib_bech32(keys, secret, network, hrp):
+    coin = p2wsh_coin(keys, secret[1])
+    terms = audit(coin.script, network=network)
+    assert terms.address.startswith(hrp + "1q")
+    assert terms.address == pubkeyhash_to_addr_bech32(hashlib.sha256(coin.script).digest(), prefix=hrp)
+    assert address_to_script_pubkey(terms.address, network) == terms.script_pubkey
+
+
+@pytest.mark.parametrize("network, first", [("regtest", "2"), ("testnet", "2"), ("mainnet", "3")])
+def test_p2sh_address_uses_core_base58_prefixes(keys, secret, network, first):
+    terms = audit(p2sh_coin(keys, secret[1]).script, network=network)
+    assert terms.address[0] == first
+    assert address_to_script_pubkey(terms.address, network) == terms.script_pubkey
+
+
+def test_address_for_another_network_or_mangled_is_refused():
+    spk = p2wpkh_script_pubkey(Key(3).public_byte)
+    addr = script_pubkey_to_address(spk, "regtest")
+    with pytest.raises(InputError, match="not a valid mainnet address"):
+        address_to_script_pubkey(addr, "mainnet")
+    mangled = addr[:-1] + ("q" if addr[-1] != "q" else "p")
+    with pytest.raises(InputError, match="bad checksum"):
+        address_to_script_pubkey(mangled, "regtest")
+
+
+# --- claim and refund, judged by Bitcoin Core's interpreter -----------------------------------------
+
+
+def test_claim_witness_layout_and_consensus(keys, secret):
+    s, h = secret
+    coin = p2wsh_coin(keys, h)
+    spk = audit(coin.script).script_pubkey
+    claim = build_claim(coin, s, keys["claim"], p2wpkh_script_pubkey(keys["claim"].public_byte), feerate=3)
+    tx = Tx.parse(claim.raw)
+    sig, preimage, branch, script = tx.inputs[0].witness
+    assert (preimage, branch, script) == (s, b"\x01", coin.script) and sig[-1] == 1
+    assert tx.inputs[0].sequence == SEQUENCE_RBF and tx.locktime == 0
+    assert claim.fee == 3 * claim.vsize == coin.amount - tx.outputs[0].value
+    assert consensus_ok(claim.raw, 0, spk, coin.amount)
+
+
+def test_refund_sets_locktime_and_non_final_sequence(keys, secret):
+    coin = p2wsh_coin(keys, secret[1], height=321)
+    spk = audit(coin.script).script_pubkey
+    refund = build_refund(coin, keys["refund"], p2wpkh_script_pubkey(keys["refund"].public_byte), feerate=2)
+    tx = Tx.parse(refund.raw)
+    assert tx.locktime == 321 and tx.inputs[0].sequence == SEQUENCE_LOCKTIME
+    assert tx.inputs[0].witness[1:] == [b"", coin.script]
+    assert consensus_ok(refund.raw, 0, spk, coin.amount)
+
+
+def test_consensus_rejects_wrong_preimage_long_preimage_and_early_locktime(keys, secret):
+    s, h = secret
+    coin = p2wsh_coin(keys, h, height=321)
+    spk, dest = audit(coin.script).script_pubkey, p2wpkh_script_pubkey(keys["wallet"].public_byte)
+    wrong = spend_htlc(coin, keys["claim"], [secrets.token_bytes(32), b"\x01"], dest, 2)
+    long = spend_htlc(coin, keys["claim"], [s + b"\0", b"\x01"], dest, 2)
+    early = spend_htlc(coin, keys["refund"], [b""], dest, 2, locktime=320, sequence=SEQUENCE_LOCKTIME)
+    final_seq = spend_htlc(coin, keys["refund"], [b""], dest, 2, locktime=321, sequence=0xFFFFFFFF)
+    thief = spend_htlc(coin, keys["wallet"], [s, b"\x01"], dest, 2)
+    for tx in (wrong, long, early, final_seq, thief):
+        assert not consensus_ok(tx.raw, 0, spk, coin.amount)
+
+
+def test_builders_refuse_spends_the_script_would_reject(keys, secret):
+    s, h = secret
+    coin = p2wsh_coin(keys, h)
+    dest = p2wpkh_script_pubkey(keys["wallet"].public_byte)
+    with pytest.raises(InputError, match="does not match the HTLC's hashlock"):
+        build_claim(coin, secrets.token_bytes(32), keys["claim"], dest, 2)
+    with pytest.raises(InputError, match="preimage must be 32 bytes, got 33"):
+        build_claim(coin, s + b"\0", keys["claim"], dest, 2)
+    with pytest.raises(InputError, match="claim key is not"):
+        build_claim(coin, s, keys["refund"], dest, 2)
+    with pytest.raises(InputError, match="refund key is not"):
+        build_refund(coin, keys["claim"], dest, 2)
+
+
+def test_p2sh_bip199_claim_and_refund(keys, secret):
+    s, h = secret
+    coin = p2sh_coin(keys, h)
+    spk = audit(coin.script).script_pubkey
+    dest = p2wpkh_script_pubkey(keys["wallet"].public_byte)
+    claim = build_claim(coin, s, keys["claim"], dest, 2)
+    refund = build_refund(coin, keys["refund"], dest, 2)
+    assert consensus_ok(claim.raw, 0, spk, coin.amount)
+    assert consensus_ok(refund.raw, 0, spk, coin.amount)
+    # scriptSig: <sig> <pubkey> <secret> OP_1 <redeem> / <sig> <pubkey> OP_0 <redeem>
+    claim_sig = Tx.parse(claim.raw).inputs[0].script_sig
+    assert (b"\x21" + keys["claim"].public_byte + b"\x20" + s + b"\x51\x4c" + bytes([len(coin.script)]) + coin.script) in claim_sig
+    refund_tx = Tx.parse(refund.raw)
+    assert refund_tx.inputs[0].script_sig.endswith(b"\x00\x4c" + bytes([len(coin.script)]) + coin.script)
+    assert refund_tx.locktime == 1_700_000_000
+    wrong = spend_htlc(coin, keys["claim"], [secrets.token_bytes(32), b"\x01"], dest, 2)
+    assert not consensus_ok(wrong.raw, 0, spk, coin.amount)
+
+
+# --- fees, dust -------------------------------------------------------------------------------
+
+
+def test_dust_thresholds_match_bitcoin_core():
+    assert dust_threshold(b"\x00\x14" + b"\0" * 20) == 294
+    assert dust_threshold(b"\x00\x20" + b"\0" * 32) == 330
+    assert dust_threshold(b"\x76\xa9\x14" + b"\0" * 20 + b"\x88\xac") == 546
+    assert dust_threshold(b"\xa9\x14" + b"\0" * 20 + b"\x87") == 540
+
+
+def test_claim_that_would_leave_dust_is_refused(keys, secret):
+    s, h = secret
+    coin = p2wsh_coin(keys, h, amount=3_000)
+    dest = p2wpkh_script_pubkey(keys["wallet"].public_byte)
+    with pytest.raises(InputError, match="would be dust"):
+        build_claim(p2wsh_coin(keys, h, amount=400), s, keys["claim"], dest, 1, max_fee=1_000)
+    with pytest.raises(InputError, match=r"more than 10% of the 3000 sat"):
+        build_claim(coin, s, keys["claim"], dest, 5)
+    with pytest.raises(InputError, match="exceeds the configured maximum 500 sat"):
+        build_claim(p2wsh_coin(keys, h, amount=1_000_000), s, keys["claim"], dest, 5, max_fee=500)
+    with pytest.raises(InputError, match="feerate must be a whole number"):
+        build_claim(p2wsh_coin(keys, h), s, keys["claim"], dest, 0)
+
+
+# --- funding ---------------------------------------------------------------------------------
+
+
+def wallet_coins(keys, *amounts):
+    spk = p2wpkh_script_pubkey(keys["wallet"].public_byte)
+    return [Utxo(f"{n + 1:02x}" * 32, n, amount, spk) for n, amount in enumerate(amounts)]
+
+
+def test_funding_selects_largest_first_pays_change_and_signs_every_input(keys, secret):
+    coin = p2wsh_coin(keys, secret[1])
+    htlc_spk = audit(coin.script).script_pubkey
+    coins = wallet_coins(keys, 60_000, 700_000, 500_000)
+    funding = build_funding(coins, keys["wallet"], htlc_spk, 1_000_000, feerate=4)
+    tx = Tx.parse(funding.raw)
+    assert [(i.txid, i.vout) for i in tx.inputs] == [(coins[1].txid, 1), (coins[2].txid, 2)]
+    assert tx.outputs[0].value == 1_000_000 and tx.outputs[0].script_pubkey == htlc_spk
+    assert tx.outputs[1].script_pubkey == coins[0].script_pubkey
+    assert sum(o.value for o in tx.outputs) + funding.fee == 1_200_000
+    assert 4 * funding.vsize <= funding.fee <= 4 * (funding.vsize + 1)
+    for n, u in enumerate((coins[1], coins[2])):
+        assert consensus_ok(funding.raw, n, u.script_pubkey, u.amount)
+    terms = audit(coin.script, funding.raw)
+    assert (terms.funding_txid, terms.output_index, terms.amount) == (funding.txid, 0, 1_000_000)
+
+
+def test_funding_leaves_dust_change_to_the_fee(keys, secret):
+    htlc_spk = audit(p2wsh_coin(keys, secret[1]).script).script_pubkey
+    funding = build_funding(wallet_coins(keys, 100_000 + 300), keys["wallet"], htlc_spk, 100_000, feerate=1)
+    tx = Tx.parse(funding.raw)
+    assert len(tx.outputs) == 1 and funding.fee == 300
+
+
+def test_funding_refusals(keys, secret):
+    htlc_spk = audit(p2wsh_coin(keys, secret[1]).script).script_pubkey
+    with pytest.raises(InsufficientFunds, match="cannot pay 100000 sat"):
+        build_funding(wallet_coins(keys, 50_000, 50_000), keys["wallet"], htlc_spk, 100_000, 2)
+    with pytest.raises(InputError, match="HTLC amount of 329 sat would be dust"):
+        build_funding(wallet_coins(keys, 50_000), keys["wallet"], htlc_spk, 329, 2)
+    with pytest.raises(InputError, match="not paid to this key"):
+        build_funding(wallet_coins(keys, 50_000), keys["claim"], htlc_spk, 10_000, 2)
+    with pytest.raises(InputError, match="more than 10%"):
+        build_funding(wallet_coins(keys, 50_000), keys["wallet"], htlc_spk, 1_000, 20)
+
+
+# --- audit -------------------------------------------------------------------------------------
+
+
+def test_audit_reports_terms(keys, secret):
+    coin = p2wsh_coin(keys, secret[1], height=777)
+    t = audit(coin.script)
+    assert (t.template, t.hashlock, t.claim_pubkey, t.refund_pubkey) == ("p2wsh", secret[1], keys["claim"].public_byte, keys["refund"].public_byte)
+    assert (t.locktime, t.lock_kind, t.claim_pubkey_hash) == (777, "height", hash160(keys["claim"].public_byte))
+    p = audit(p2sh_coin(keys, secret[1]).script)
+    assert (p.template, p.claim_pubkey, p.refund_pubkey_hash, p.lock_kind) == ("p2sh-bip199", None, hash160(keys["refund"].public_byte), "time")
+    assert p.to_dict()["hashlock"] == secret[1].hex()
+
+
+def _refused(script: bytes) -> AuditError:
+    with pytest.raises(AuditError) as info:
+        audit(script)
+    return info.value
+
+
+def test_audit_refusals_name_the_first_differing_byte(keys, secret):
+    script = p2wsh_coin(keys, secret[1], height=150).script
+    # OP_SIZE 33: a 33-byte preimage would pass on Bitcoin but not on the EVM leg.
+    e = _refused(script[:3] + b"\x21" + script[4:])
+    assert e.position == 3 and "the secret size 32" in e.reason
+    e = _refused(script[:4] + b"\x87" + script[5:])
+    assert e.position == 4 and "expected OP_EQUALVERIFY (0x88), found 0x87 (OP_EQUAL)" in e.reason
+    e = _refused(script + b"\x61")
+    assert e.position == len(script) and "unexpected bytes after the final OP_CHECKSIG" in e.reason
+    lock_at = 3 + 1 + 1 + 1 + 33 + 1 + 34 + 1
+    e = _refused(script[:lock_at] + b"\x03\x96\x00\x00" + script[lock_at + 3:])
+    assert e.position == lock_at and "not minimally encoded" in e.reason
+    e = _refused(script[:lock_at] + b"\x4c\x02\x96\x00" + script[lock_at + 3:])
+    assert e.position == lock_at and "1 to 5 bytes" in e.reason
+    e = _refused(script[:-1])
+    assert "script ends at byte" in e.reason
+    e = _refused(b"\x51")
+    assert e.position == 0 and e.template is None
+    e = _refused(script[:lock_at] + push_int(1_700_000_000) + script[lock_at + 3:])
+    assert e.position == lock_at and "not a block height" in e.reason
+
+
+def test_audit_refuses_a_key_that_is_not_a_point(keys, secret):
+    script = bytearray(p2wsh_coin(keys, secret[1]).script)
+    script[41] = 0x04  # the claim key's prefix: uncompressed marker in a 33-byte push
+    e = _refused(bytes(script))
+    assert e.position == 41 and "not a compressed secp256k1 public key" in e.reason
+
+
+def test_audit_with_funding_tx_that_does_not_pay_it(keys, secret):
+    coin = p2wsh_coin(keys, secret[1])
+    other = p2wsh_coin(keys, hashlib.sha256(b"other").digest())
+    funding = build_funding(wallet_coins(keys, 200_000), keys["wallet"], audit(other.script).script_pubkey, 100_000, 2)
+    with pytest.raises(AuditError, match="pays nothing to the HTLC address bcrt1q"):
+        audit(coin.script, funding.raw)
+    with pytest.raises(AuditError, match="funding transaction: transaction truncated"):
+        audit(coin.script, funding.raw[:-5])
+
+
+# --- extract-secret ---------------------------------------------------------------------------
+
+
+def test_extract_secret_from_witness_and_scriptsig(keys, secret):
+    s, h = secret
+    dest = p2wpkh_script_pubkey(keys["wallet"].public_byte)
+    assert extract_secret(build_claim(p2wsh_coin(keys, h), s, keys["claim"], dest, 2).raw, h) == s
+    assert extract_secret(build_claim(p2sh_coin(keys, h), s, keys["claim"], dest, 2).raw, h) == s
+
+
+def test_extract_secret_says_when_it_is_not_there(keys, secret):
+    s, h = secret
+    dest = p2wpkh_script_pubkey(keys["wallet"].public_byte)
+    refund = build_refund(p2wsh_coin(keys, h), keys["refund"], dest, 2)
+    with pytest.raises(SecretNotFound, match=f"reveals no 32-byte preimage of {h.hex()}"):
+        extract_secret(refund.raw, h)
+    claim = build_claim(p2wsh_coin(keys, h), s, keys["claim"], dest, 2)
+    with pytest.raises(SecretNotFound):
+        extract_secret(claim.raw, hashlib.sha256(b"another swap").digest())
+    with pytest.raises(InputError, match="truncated"):
+        extract_secret(claim.raw[:10], h)
