@@ -23,6 +23,7 @@ from bridge.errors import (
     TransactionRejected,
 )
 from bridge.retry import RetryPolicy
+from bridge.settings import Settings
 from chains.base import BlockRef, ChainAdapter, ChainEvent, TxStatus
 from chains.bitcoin_rpc import BitcoinRpc, gc_paused
 from chains.bitcoin_tx import TxSummary, address_to_script, btc_to_sats, parse_tx
@@ -97,17 +98,14 @@ class BitcoinAdapter(ChainAdapter):
         self.max_fee = max_fee
 
     @classmethod
-    def from_settings(cls, settings: Any, **rpc_overrides: Any) -> "BitcoinAdapter":
-        """Build from ``bridge.settings.BitcoinSettings``."""
-        rpc = BitcoinRpc(
-            rpc_overrides.pop("url", settings.rpc_url),
-            user=settings.rpc_user,
-            password=settings.rpc_password,
-            cookie_file=settings.cookie_file if settings.rpc_user is None else None,
-            timeout=settings.rpc_timeout,
-            **rpc_overrides,
-        )
-        return cls(rpc, network=settings.network, confirmations=settings.confirmations, fallback_feerate=settings.fallback_feerate)
+    def from_settings(cls, settings: Settings) -> "BitcoinAdapter":
+        """Connect as configured: user/password if set, else the cookie file (default in the devnet data dir)."""
+        btc = settings.bitcoin
+        cookie = None
+        if btc.rpc_user is None:
+            cookie = btc.cookie_file or settings.data_path / "bitcoin" / "regtest" / ".cookie"
+        rpc = BitcoinRpc(btc.rpc_url, user=btc.rpc_user, password=btc.rpc_password, cookie_file=cookie, timeout=btc.rpc_timeout)
+        return cls(rpc, network=btc.network, confirmations=btc.confirmations, fallback_feerate=btc.fallback_feerate)
 
     @property
     def chain_id(self) -> str:
