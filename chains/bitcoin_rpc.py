@@ -142,6 +142,7 @@ class BitcoinRpc:
         self.retry = retry
         self._auth_header: str | None = None
         self._session: aiohttp.ClientSession | None = None
+        self._session_loop: asyncio.AbstractEventLoop | None = None
         self._ids = itertools.count(1)
 
     # --- auth -------------------------------------------------------------------
@@ -163,7 +164,11 @@ class BitcoinRpc:
     # --- transport --------------------------------------------------------------
 
     def _get_session(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
+        loop = asyncio.get_running_loop()
+        # A session is bound to its event loop; a client reused from another loop (pytest
+        # gives each test its own) starts a fresh one instead of failing.
+        if self._session is None or self._session.closed or self._session_loop is not loop:
+            self._session_loop = loop
             self._session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=self.timeout),
                 connector=aiohttp.TCPConnector(limit=8),
@@ -171,9 +176,9 @@ class BitcoinRpc:
         return self._session
 
     async def close(self) -> None:
-        if self._session is not None:
+        if self._session is not None and self._session_loop is asyncio.get_running_loop():
             await self._session.close()
-            self._session = None
+        self._session = None
 
     async def __aenter__(self) -> "BitcoinRpc":
         return self
