@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from eth_account import Account
 from eth_account.datastructures import SignedTransaction
@@ -34,6 +34,9 @@ from chains.evm_fees import FEE_HISTORY_BLOCKS, TIP_PERCENTILE, Fees, bumped, ch
 from chains.evm_nonce import NonceManager
 from chains.evm_revert import describe_revert
 from chains.evm_rpc import EvmRpc, LogRangeTooLarge, is_already_known, is_nonce_too_low
+
+if TYPE_CHECKING:
+    from bridge.settings import EvmSettings
 
 #: ``eth_estimateGas`` is exact for the state it ran on; the margin absorbs state moving underneath.
 GAS_MARGIN_NUM, GAS_MARGIN_DEN = 6, 5
@@ -198,6 +201,17 @@ class EvmAdapter(ChainAdapter):
         self._nonce_retry = dataclasses.replace(retry, retry_on=lambda e: isinstance(e, NonceConflict))
         # A broadcast retries on transport errors only, checking each time whether it landed.
         self._broadcast_retry = dataclasses.replace(retry, retry_on=lambda e: isinstance(e, ChainUnavailable))
+
+    @classmethod
+    def from_settings(cls, settings: "EvmSettings", retry: RetryPolicy = DEFAULT_RETRY) -> "EvmAdapter":
+        return cls(
+            settings.rpc_url,
+            chain_id=settings.chain_id,
+            confirmations=settings.confirmations,
+            log_chunk_size=settings.log_chunk_size,
+            retry=retry,
+            timeout=settings.rpc_timeout,
+        )
 
     @classmethod
     async def connect(cls, url: str, **kwargs: Any) -> "EvmAdapter":
@@ -545,8 +559,11 @@ class EvmAdapter(ChainAdapter):
             return exc.data
         return None
 
-    async def wait_for_receipt(self, txhash: str, timeout: float = 60.0, abi: Iterable[dict[str, Any]] = ()) -> EvmReceipt:
-        await self.wait_for_confirmations(txhash, max(self.confirmations, 1), timeout=timeout)
+    async def wait_for_receipt(
+        self, txhash: str, timeout: float = 60.0, abi: Iterable[dict[str, Any]] = (), confirmations: int = 1
+    ) -> EvmReceipt:
+        """Wait until mined (or ``confirmations`` deep), then ``receipt``."""
+        await self.wait_for_confirmations(txhash, max(confirmations, 1), timeout=timeout)
         return await self.receipt(txhash, abi)
 
     async def deploy(self, key: Key, abi: list[dict[str, Any]], bytecode: bytes | str, *args: Any, timeout: float = 60.0) -> str:

@@ -247,8 +247,8 @@ async def test_log_chunks_halve_when_the_node_says_too_large(evm):
     emitter = await evm.deploy(key, [], init_code(LOGGER_RUNTIME))
     start = (await evm.head()).height + 1
     for i in range(5):
-        await evm.transact(key.key, emitter, data=bytes.fromhex(topic(i)[2:]))
-    end = (await evm.head()).height
+        last = await evm.transact(key.key, emitter, data=bytes.fromhex(topic(i)[2:]))
+    end = (await evm.wait_for_receipt(last)).block_number
     evm.log_chunk_size = 1000
     refused, answered = [], []
     real_call = evm.rpc.call
