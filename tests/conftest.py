@@ -21,3 +21,16 @@ def anvil(tmp_path_factory):
     log.info("anvil up at %s (data %s)", node.url, node.data_dir)
     yield node
     node.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ledger_db(request, tmp_path):
+    """``(url, engine)`` of an empty database, once on SQLite and once on PostgreSQL
+    (a fresh schema, dropped afterwards; skipped with the reason when unreachable)."""
+    from bridge.db import postgres_available
+    from bridge.ledger.testdb import fresh_database
+
+    if request.param == "postgresql" and (reason := postgres_available()):
+        pytest.skip(reason)
+    with fresh_database(request.param, tmp_path) as db:
+        yield db
