@@ -333,3 +333,62 @@ def test_check_notices_a_stale_artifact(tmp_path, monkeypatch):
         "HTLC.json: differs from a fresh compile",
         "Removed.json: no contract of that name in the sources",
     ]
+
+
+# --- reentrancy and concurrency ---------------------------------------------------------
+
+#: A recipient that, when paid, tries to claim the same swap again and records why it could not.
+REENTRANT_RECIPIENT = """
+// SPDX-License-Identifier: MIT
+pragma solidity 0.8.37;
+import "HTLC.sol";
+
+contract ReentrantRecipient {
+    HTLC public immutable htlc;
+    HTLC.Swap private swap;
+    bytes private preimage;
+    bytes public innerRevert;
+    uint256 public received;
+
+    constructor(HTLC htlc_) { htlc = htlc_; }
+
+    function arm(HTLC.Swap calldata swap_, bytes calldata preimage_) external {
+        swap = swap_;
+        preimage = preimage_;
+    }
+
+    receive() external payable {
+        received += msg.value;
+        try htlc.claim(swap, preimage) {} catch (bytes memory reason) { innerRevert = reason; }
+    }
+}
+"""
+
+
+async def test_reentrant_claim_is_refused_and_pays_once(htlc, chain, url):
+    sources = {**htlc_compile.read_sources(), "ReentrantRecipient.sol": REENTRANT_RECIPIENT}
+    attacker_art = htlc_compile.run_solc(sources)["contracts"]["ReentrantRecipient.sol"]["ReentrantRecipient"]
+    sender, relayer = new_party(url), new_party(url)
+    attacker = await chain.deploy(sender.key, attacker_art["abi"], attacker_art["evm"]["bytecode"]["object"], htlc.address)
+
+    held_before = await chain.balance(htlc.address)
+    swap_id, preimage, _ = await lock_eth(htlc, url, sender, Party(attacker, ""), 2 * ONE_ETH)
+    swap = (await htlc.locked_swap(swap_id)).swap
+    await chain.wait_for_receipt(await chain.transact(sender.key, attacker, 0, encode_call(attacker_art["abi"], "arm", swap.as_tuple(), preimage)))
+
+    await htlc.claim(relayer.key, swap_id, preimage)
+    assert await chain.balance(attacker) == 2 * ONE_ETH
+    assert await chain.balance(htlc.address) == held_before
+    inner = decode_result(attacker_art["abi"], "innerRevert", await chain.call(attacker, encode_call(attacker_art["abi"], "innerRevert")))[0]
+    assert revert_reason("0x" + inner.hex()) == "Reentrancy"
+
+
+async def test_concurrent_locks_from_one_sender_get_distinct_nonces(htlc, url):
+    sender, recipient = new_party(url), new_party(url)
+    _, hashlock = secret_pair()
+    expiry = chain_time(url) + LOCK_SECONDS
+    results = await asyncio.gather(*(htlc.lock(sender.key, recipient.address, ETH, 100 + i, hashlock, expiry) for i in range(5)))
+    swaps = [(await htlc.locked_swap(swap_id)).swap for swap_id, _ in results]
+    assert sorted(s.nonce for s in swaps) == [0, 1, 2, 3, 4]
+    assert sorted(s.amount for s in swaps) == [100, 101, 102, 103, 104]
+    assert [await htlc.swap(swap_id) for swap_id, _ in results] == [SwapStatus.LOCKED] * 5
