@@ -3,6 +3,11 @@
 Keys are local (eth_account) and every transaction is signed here as EIP-1559
 (type 2).  Reads go through the bridge's retry policy; a broadcast is retried only
 after checking whether the previous attempt landed, and never re-signed blindly.
+
+    async with await EvmAdapter.connect("http://127.0.0.1:8545") as chain:
+        txhash = await chain.transact(key, to, value=10**18)
+        await chain.wait_for_confirmations(txhash, 1)
+        events = await chain.events(100, 200, EvmLogFilter(address=htlc, topics=[LOCKED_TOPIC]))
 """
 
 from __future__ import annotations

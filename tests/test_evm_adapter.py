@@ -128,6 +128,43 @@ async def test_twenty_concurrent_senders_from_one_key_get_nonces_0_to_19(evm):
     assert int(await evm.rpc.call("eth_getTransactionCount", [sender.address, "latest"]), 16) == 20
 
 
+@pytest.mark.slow
+async def test_soak_many_concurrent_senders_on_several_keys(evm):
+    keys, receiver = [await funded(evm) for _ in range(5)], Account.create()
+
+    hashes = await asyncio.gather(*(evm.transact(k.key, receiver.address, value=1) for k in keys for _ in range(60)))
+
+    for txhash in hashes:
+        await evm.wait_for_confirmations(txhash, 1, timeout=60)
+    assert await evm.balance(receiver.address) == 300
+    for k in keys:
+        assert int(await evm.rpc.call("eth_getTransactionCount", [k.address, "latest"]), 16) == 60
+
+
+async def test_a_broadcast_whose_answer_was_lost_is_looked_up_not_resent(evm):
+    sender, receiver = await funded(evm), Account.create()
+    broadcasts = []
+    real_call = evm.rpc.call
+
+    async def answer_lost_once(method, params=()):
+        result = await real_call(method, params)
+        if method == "eth_sendRawTransaction":
+            broadcasts.append(result)
+            if len(broadcasts) == 1:
+                raise ChainUnavailable("connection reset after the node took the transaction")
+        return result
+
+    evm.rpc.call = answer_lost_once
+    first = await evm.transact(sender.key, receiver.address, value=500)
+    second = await evm.transact(sender.key, receiver.address, value=5)
+
+    assert broadcasts == [first, second]  # the lost one was found on chain, not broadcast again
+    for txhash in (first, second):
+        await evm.wait_for_confirmations(txhash, 1, timeout=30)
+    assert [await nonce_of(evm, h) for h in (first, second)] == [0, 1]
+    assert await evm.balance(receiver.address) == 505
+
+
 async def test_a_refused_send_leaves_no_nonce_gap(evm):
     sender, receiver = await funded(evm, ETH), Account.create()
 
