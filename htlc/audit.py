@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from bridge.errors import InputError
-from htlc.bitcoin_address import network_params
 from htlc.bitcoin_script import (
     OP_1,
     OP_1NEGATE,
@@ -34,6 +33,7 @@ from htlc.bitcoin_script import (
     TEMPLATE_P2SH_BIP199,
     TEMPLATE_P2WSH,
     check_locktime,
+    check_network,
     decode_script_num,
     hash160,
     htlc_address,
@@ -234,7 +234,7 @@ def audit(script: bytes, funding_tx: bytes | None = None, network: str = "regtes
 
     With ``funding_tx`` (raw bytes) also find the one output paying the HTLC and its amount.
     """
-    network_params(network)
+    check_network(network)
     if not isinstance(script, (bytes, bytearray)) or not script:
         raise AuditError("empty script", 0)
     script = bytes(script)

@@ -24,9 +24,10 @@ import hashlib
 from typing import Iterator
 
 from bitcoinlib.encoding import hash160 as _hash160
+from bitcoinlib.encoding import pubkeyhash_to_addr_base58, pubkeyhash_to_addr_bech32
 
 from bridge.errors import InputError
-from htlc.bitcoin_address import script_pubkey_to_address
+from chains.bitcoin_tx import BASE58_VERSIONS, BECH32_HRP
 
 OP_0 = 0x00
 OP_PUSHDATA1 = 0x4C
@@ -249,10 +250,6 @@ def p2sh_script_pubkey(redeem_script: bytes) -> bytes:
     return bytes([OP_HASH160, 20]) + hash160(redeem_script) + bytes([OP_EQUAL])
 
 
-def p2wpkh_script_pubkey(pubkey: bytes) -> bytes:
-    return bytes([OP_0, 20]) + hash160(pubkey)
-
-
 def htlc_script_pubkey(template: str, script: bytes) -> bytes:
     if template == TEMPLATE_P2WSH:
         return p2wsh_script_pubkey(script)
@@ -261,6 +258,21 @@ def htlc_script_pubkey(template: str, script: bytes) -> bytes:
     raise InputError(f"unknown HTLC template {template!r}")
 
 
+def check_network(network: str) -> str:
+    if network not in BECH32_HRP:
+        raise InputError(f"unknown Bitcoin network {network!r}; expected one of {', '.join(BECH32_HRP)}", network=network)
+    return network
+
+
 def htlc_address(template: str, script: bytes, network: str = "regtest") -> str:
-    """``bcrt1q…``/``tb1q…``/``bc1q…`` for P2WSH, ``2…``/``3…`` for the P2SH template."""
-    return script_pubkey_to_address(htlc_script_pubkey(template, script), network)
+    """``bcrt1q…``/``tb1q…``/``bc1q…`` for P2WSH, ``2…``/``3…`` for the P2SH template.
+
+    bitcoinlib's encoders are given Bitcoin Core's prefixes explicitly: its own
+    "regtest" network would use mainnet base58 versions.
+    """
+    check_network(network)
+    if template == TEMPLATE_P2WSH:
+        return pubkeyhash_to_addr_bech32(sha256(script), prefix=BECH32_HRP[network], witver=0)
+    if template == TEMPLATE_P2SH_BIP199:
+        return pubkeyhash_to_addr_base58(hash160(script), prefix=bytes([BASE58_VERSIONS[network][1]]))
+    raise InputError(f"unknown HTLC template {template!r}")

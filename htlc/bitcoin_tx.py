@@ -1,43 +1,46 @@
-"""Bitcoin transactions for HTLCs, built and signed here with bitcoinlib keys.
+"""Bitcoin transactions for HTLCs, built and signed here with bitcoinlib keys (no node wallet).
 
-Serialisation, the two signature digests (BIP143 for P2WSH/P2WPKH inputs,
-the legacy one for the P2SH template) and the builders: funding from the
-party's own P2WPKH coins, claim and refund of either HTLC template.
+* funding: the party's own P2WPKH coins, selected, changed and signed by the
+  Bitcoin adapter's wallet code (``chains.bitcoin_wallet``), plus the HTLC checks;
+* claim and refund of either HTLC template, signed here (BIP143 digest for
+  P2WSH, the legacy digest for the P2SH template; ``htlc.bitcoin_wire``).
 
-Fees come from an integer feerate in sat/vB applied to the vsize of the signed
-transaction (re-signed until the fee matches, since a DER signature is 71 or
-72 bytes); a builder refuses dust outputs and absurd fees with ``InputError``.
+Claim/refund fees are an integer feerate in sat/vB times the vsize of the
+signed transaction itself (re-signed until they agree, since a DER signature
+is 70 to 72 bytes).  Every builder refuses dust outputs and absurd fees (above
+``max_fee`` or 10% of the amount moved) with ``InputError``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from bitcoinlib.keys import Key, sign
 
-from bridge.errors import InputError, InsufficientFunds
+from bridge.errors import InputError
+from chains import bitcoin_wallet as wallet
+from chains.bitcoin_tx import address_to_script, dust_threshold
 from htlc.audit import audit
-from htlc.bitcoin_address import address_to_script_pubkey
 from htlc.bitcoin_script import (
     SECRET_SIZE,
     TEMPLATE_P2SH_BIP199,
     TEMPLATE_P2WSH,
     hash160,
     htlc_script_pubkey,
-    p2wpkh_script_pubkey,
     push_data,
     sha256,
 )
-from htlc.bitcoin_wire import SEQUENCE_FINAL, SIGHASH_ALL, Tx, TxIn, TxOut, legacy_sighash, segwit_v0_sighash, varint
+from htlc.bitcoin_wire import SEQUENCE_FINAL, SIGHASH_ALL, Tx, TxIn, TxOut, legacy_sighash, segwit_v0_sighash
+
+if TYPE_CHECKING:
+    from chains.bitcoin import BitcoinAdapter
 
 #: Non-final, so nLockTime is enforced (needed by OP_CHECKLOCKTIMEVERIFY), no RBF signal.
 SEQUENCE_LOCKTIME = 0xFFFFFFFE
 #: BIP125 replaceable: a claim can be fee-bumped if it sits in the mempool too long.
 SEQUENCE_RBF = 0xFFFFFFFD
 
-#: Bitcoin Core's default dust relay feerate, sat/kvB.
-DUST_RELAY_FEERATE = 3000
 #: Refuse any single transaction paying more than this (0.01 BTC) unless told otherwise.
 DEFAULT_MAX_FEE = 1_000_000
 #: ...or more than this share of the amount it moves.
@@ -69,16 +72,6 @@ def pubkey_of(key: Signer) -> bytes:
 
 
 @dataclass(frozen=True)
-class Utxo:
-    """A coin of the party's own (P2WPKH) wallet."""
-
-    txid: str
-    vout: int
-    amount: int
-    script_pubkey: bytes
-
-
-@dataclass(frozen=True)
 class HtlcCoin:
     """A funded HTLC output: where it is, what it holds, and the script behind it."""
 
@@ -99,17 +92,6 @@ class SignedTx:
     @property
     def hex(self) -> str:
         return self.raw.hex()
-
-
-def dust_threshold(script_pubkey: bytes) -> int:
-    """Bitcoin Core's ``GetDustThreshold`` at the default dust relay feerate."""
-    size = 8 + len(varint(len(script_pubkey))) + len(script_pubkey)
-    is_witness_program = 4 <= len(script_pubkey) <= 42 and script_pubkey[1] == len(script_pubkey) - 2 and (
-        script_pubkey[0] == 0 or 0x51 <= script_pubkey[0] <= 0x60
-    )
-    # The cost of spending it later: outpoint, scriptSig length, sequence, and a signature + key.
-    size += 32 + 4 + 1 + (107 // 4 if is_witness_program else 107) + 4
-    return size * DUST_RELAY_FEERATE // 1000
 
 
 def _check_feerate(feerate: int) -> int:
@@ -151,64 +133,55 @@ def _fit_fee(build: Callable[[int], Tx], feerate: int) -> tuple[Tx, int]:
 
 
 def _destination_script(destination: str | bytes, network: str) -> bytes:
-    return address_to_script_pubkey(destination, network) if isinstance(destination, str) else bytes(destination)
+    return address_to_script(destination, network) if isinstance(destination, str) else bytes(destination)
 
 
 # --- funding -------------------------------------------------------------------------------
 
 
 def build_funding(
-    utxos: Sequence[Utxo],
-    key: Signer,
+    utxos: Iterable[wallet.Utxo],
+    keys: Sequence[wallet.BtcKey],
     htlc_script_pubkey: bytes,
     amount: int,
     feerate: int,
     *,
-    change: str | bytes | None = None,
+    change_script: bytes | None = None,
     network: str = "regtest",
     max_fee: int = DEFAULT_MAX_FEE,
-) -> SignedTx:
-    """Pay ``amount`` sats to the HTLC output from ``key``'s P2WPKH coins, change back to ``change``
-    (default: the same P2WPKH).  Coins are taken largest first; a change below dust goes to the fee."""
+) -> wallet.SignedTx:
+    """Pay ``amount`` sats to an HTLC output from the P2WPKH coins of ``keys``.
+
+    Coin selection, change and signing are the Bitcoin adapter's (``build_payment``);
+    this adds the HTLC-specific refusals: a dust HTLC, a fee above 10% of the amount.
+    """
     _check_feerate(feerate)
     _check_output(amount, htlc_script_pubkey, "HTLC amount")
-    pubkey = pubkey_of(key)
-    own_spk = p2wpkh_script_pubkey(pubkey)
-    for u in utxos:
-        if u.script_pubkey != own_spk:
-            raise InputError(f"coin {u.txid}:{u.vout} is not paid to this key's P2WPKH output", coin=f"{u.txid}:{u.vout}")
-    change_spk = own_spk if change is None else _destination_script(change, network)
-    coins = sorted(utxos, key=lambda u: (-u.amount, u.txid, u.vout))
-
-    def build(selected: Sequence[Utxo], outputs: list[TxOut]) -> Tx:
-        tx = Tx([TxIn(u.txid, u.vout, sequence=SEQUENCE_RBF) for u in selected], outputs)
-        script_code = b"\x76\xa9\x14" + hash160(pubkey) + b"\x88\xac"
-        for n, u in enumerate(selected):
-            sig = sign_digest(key, segwit_v0_sighash(tx, n, script_code, u.amount))
-            tx.inputs[n].witness = [sig, pubkey]
-        return tx
-
-    total = 0
-    for count in range(1, len(coins) + 1):
-        selected = coins[:count]
-        total += selected[-1].amount
-        if total <= amount:
-            continue
-        tx, fee = _fit_fee(
-            lambda f: build(selected, [TxOut(amount, htlc_script_pubkey), TxOut(max(total - amount - f, 0), change_spk)]),
-            feerate,
-        )
-        if total - amount - fee >= dust_threshold(change_spk):
-            _check_fee(fee, amount, max_fee, "funding")
-            return SignedTx(tx.serialize(), tx.txid, tx.vsize, fee)
-        tx = build(selected, [TxOut(amount, htlc_script_pubkey)])
-        if total - amount >= feerate * tx.vsize:
-            _check_fee(total - amount, amount, max_fee, "funding")
-            return SignedTx(tx.serialize(), tx.txid, tx.vsize, total - amount)
-    raise InsufficientFunds(
-        f"coins worth {sum(u.amount for u in utxos)} sat cannot pay {amount} sat plus fees at {feerate} sat/vB",
-        available=sum(u.amount for u in utxos), amount=amount,
+    signed = wallet.build_payment(
+        keys, utxos, [(htlc_script_pubkey, amount)], feerate, change_script=change_script, network=network, max_fee=max_fee
     )
+    _check_fee(signed.fee_sats, amount, max_fee, "funding")
+    return signed
+
+
+async def fund_htlc(
+    adapter: BitcoinAdapter,
+    keys: Sequence[wallet.BtcKey],
+    script: bytes,
+    amount: int,
+    feerate: int | None = None,
+    *,
+    template: str = TEMPLATE_P2WSH,
+    max_fee: int = DEFAULT_MAX_FEE,
+) -> tuple[HtlcCoin, wallet.SignedTx]:
+    """Fund the HTLC ``script`` from ``keys``' coins (the adapter selects and signs), check, broadcast."""
+    spk = htlc_script_pubkey(template, script)
+    _check_output(amount, spk, "HTLC amount")
+    signed = await adapter.send_to(keys, [(spk, amount)], feerate, broadcast=False)
+    _check_fee(signed.fee_sats, amount, max_fee, "funding")
+    await adapter.send(signed.raw_hex)
+    vout = next(n for n, out in enumerate(Tx.parse(bytes.fromhex(signed.raw_hex)).outputs) if out.script_pubkey == spk)
+    return HtlcCoin(signed.txid, vout, amount, script, template), signed
 
 
 # --- spending an HTLC ------------------------------------------------------------------------
