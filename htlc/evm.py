@@ -89,10 +89,6 @@ class SwapParams:
     def id(self) -> bytes:
         return compute_swap_id(self)
 
-    @property
-    def is_eth(self) -> bool:
-        return self.token == ETH
-
 
 def compute_swap_id(params: SwapParams) -> bytes:
     """The id the contract gives these parameters: keccak256 of their ABI encoding."""
