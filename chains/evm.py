@@ -21,6 +21,7 @@ from eth_account import Account
 from eth_account.datastructures import SignedTransaction
 from eth_account.signers.local import LocalAccount
 from eth_utils import is_address, keccak, to_checksum_address
+from web3 import AsyncWeb3
 
 from bridge.errors import (
     AlreadyInChain,
@@ -226,7 +227,7 @@ class EvmAdapter(ChainAdapter):
         return adapter
 
     @property
-    def w3(self):
+    def w3(self) -> AsyncWeb3:
         """The AsyncWeb3 instance (for ABI encoding; the adapter's own calls bypass its formatters)."""
         return self.rpc.w3
 

@@ -9,7 +9,6 @@ Anvil (``own_anvil``) so they cannot disturb anyone else's session node.
 from __future__ import annotations
 
 import asyncio
-import logging
 
 import pytest
 from eth_account import Account
@@ -24,13 +23,11 @@ from bridge.errors import (
     NotFound,
 )
 from bridge.retry import RetryPolicy
-from bridge.testing import wait_until
 from chains.evm import EvmAdapter, EvmLogFilter
 from chains.evm_rpc import LogRangeTooLarge
 from devnets.anvil import Anvil
 from devnets.process import free_port
 
-log = logging.getLogger("tests.evm")
 
 ETH = 10**18
 EXPIRED_ABI = [{"type": "error", "name": "Expired", "inputs": [{"name": "deadline", "type": "uint256"}]}]
