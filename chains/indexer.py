@@ -59,7 +59,7 @@ from typing import Any, Protocol
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from bridge.errors import InputError, ReorgDetected
+from bridge.errors import InputError, NotFound, ReorgDetected
 from bridge.retry import DEFAULT_RETRY, RetryPolicy, is_retryable
 from chains.base import BlockRef, ChainAdapter, ChainEvent
 from chains.cursor_store import Cursor, CursorStore, OrphanedBlock, create_tables
@@ -228,7 +228,10 @@ class Indexer:
 
         async def one(height: int) -> BlockRef:
             async with gate:
-                return await self.adapter.block_by_height(height)
+                try:
+                    return await self.adapter.block_by_height(height)
+                except NotFound as exc:  # the chain got shorter since head() was read
+                    raise _ChainMoved(exc.message) from exc
 
         refs = list(await asyncio.gather(*(one(h) for h in range(low, high + 1))))
         for prev, ref in zip(refs, refs[1:]):
@@ -239,7 +242,10 @@ class Indexer:
     async def _canonical(self, cursor: Cursor, head: BlockRef) -> bool:
         if cursor.height > head.height:
             return False
-        ref = await self.adapter.block_by_height(cursor.height)
+        try:
+            ref = await self.adapter.block_by_height(cursor.height)
+        except NotFound:
+            return False
         return ref.hash == cursor.hash
 
     # --- delivering -------------------------------------------------------------------
@@ -312,8 +318,11 @@ class Indexer:
         height = cursor.height
         while height >= window_low:
             if height <= head.height and height in stored:
-                ref = await self.adapter.block_by_height(height)
-                if ref.hash == stored[height]:
+                try:
+                    ref = await self.adapter.block_by_height(height)
+                except NotFound:  # shorter than head() said: not this height
+                    ref = None
+                if ref is not None and ref.hash == stored[height]:
                     return height
             height -= 1
         if window_low == cursor.first_height:

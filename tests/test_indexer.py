@@ -37,6 +37,8 @@ class FakeChain(ChainAdapter):
         self.blocks: list[BlockRef] = [BlockRef(0, "g" + "0" * 8, "0" * 9, 0)]
         self.keys: dict[str, list[str]] = {self.blocks[0].hash: []}
         self.fail_next: list[BaseException] = []
+        #: Answered once by ``head()`` instead of the real head (a node that moved on between two calls).
+        self.stale_head: BlockRef | None = None
         #: Called between the headers read and the events read, to simulate a race.
         self.before_events = None
 
@@ -67,6 +69,9 @@ class FakeChain(ChainAdapter):
 
     async def head(self) -> BlockRef:
         self._maybe_fail()
+        if self.stale_head is not None:
+            stale, self.stale_head = self.stale_head, None
+            return stale
         return self.blocks[-1]
 
     async def block_by_height(self, height: int) -> BlockRef:
@@ -355,6 +360,19 @@ async def test_chain_moving_between_headers_and_events_records_nothing(engine, n
 
     assert result.kind == "retry"
     assert indexer.cursor().height == -1 and recorded(engine, name) == []
+    await drain(indexer)
+    assert recorded(engine, name) == chain.canonical_keys()
+
+
+async def test_chain_shrinking_between_head_and_headers_records_nothing(engine, name):
+    chain = chain_with_events(6)
+    indexer = Indexer(name, chain, engine, Recorder(name))
+    await drain(indexer)
+    chain.stale_head = BlockRef(9, "gone", "gone-parent", 9)  # head() says 9, blocks stop at 6
+
+    result = await indexer.step()
+
+    assert result.kind == "retry" and indexer.cursor().height == 6
     await drain(indexer)
     assert recorded(engine, name) == chain.canonical_keys()
 
