@@ -95,7 +95,7 @@ contract HTLC {
             // under-collateralised, so it is refused outright.
             uint256 before = _balanceOf(token);
             _callToken(token, abi.encodeCall(IERC20Minimal.transferFrom, (msg.sender, address(this), amount)));
-            if (_balanceOf(token) - before != amount) revert FeeOnTransferToken();
+            if (_balanceOf(token) != before + amount) revert FeeOnTransferToken();
         }
     }
 
