@@ -23,6 +23,20 @@ def anvil(tmp_path_factory):
     node.stop()
 
 
+@pytest.fixture(scope="session")
+def regtest(tmp_path_factory):
+    """The embedded Bitcoin regtest node (``devnets.regtest.RegtestProcess``) for the whole session,
+    as its own process: ``.rpc_url``, ``.rpc_auth`` (user, password), sync ``.rpc(method, *params)``.
+    Shared by many tests: mine to your own addresses and never assume an exact height."""
+    from devnets.regtest import RegtestProcess
+
+    node = RegtestProcess(tmp_path_factory.mktemp("regtest"))
+    node.start()
+    log.info("regtest node up at %s (data %s)", node.rpc_url, node.datadir)
+    yield node
+    node.stop()
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def ledger_db(request, tmp_path):
     """``(url, engine)`` of an empty database, once on SQLite and once on PostgreSQL

@@ -1,0 +1,196 @@
+"""The RPC method table: each method declares its arguments like bitcoind's ``RPCHelpMan`` so
+argument binding, type errors and ``help`` texts come out the way bitcoind writes them."""
+
+from __future__ import annotations
+
+import inspect
+import json
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    from devnets.regtest.node import RegtestNode
+
+# bitcoind's RPC error codes (src/rpc/protocol.h)
+RPC_MISC_ERROR = -1
+RPC_TYPE_ERROR = -3
+RPC_INVALID_ADDRESS_OR_KEY = -5
+RPC_OUT_OF_MEMORY = -7
+RPC_INVALID_PARAMETER = -8
+RPC_DATABASE_ERROR = -20
+RPC_DESERIALIZATION_ERROR = -22
+RPC_VERIFY_ERROR = -25
+RPC_VERIFY_REJECTED = -26
+RPC_VERIFY_ALREADY_IN_UTXO_SET = -27
+RPC_IN_WARMUP = -28
+RPC_METHOD_DEPRECATED = -32
+RPC_WALLET_NOT_FOUND = -18
+RPC_METHOD_NOT_FOUND = -32601
+
+
+class RpcFailure(Exception):
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+# JSON type names as UniValue spells them in type errors.
+def json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, (int, float, Decimal)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return "object"
+
+
+# Accepted JSON types per RPCArg type (RPCArg::MatchesType).
+_ACCEPTS = {
+    "numeric": ("number",),
+    "string": ("string",),
+    "hex": ("string",),
+    "boolean": ("bool",),
+    "json object": ("object",),
+    "json array": ("array",),
+    "amount": ("number", "string"),
+    "range": ("number", "array"),
+    "string or numeric": ("number", "string"),
+    "any": ("null", "bool", "number", "string", "array", "object"),
+}
+_EXPECTED_NAME = {"numeric": "number", "string": "string", "hex": "string", "boolean": "bool",
+                  "json object": "object", "json array": "array", "amount": "number", "range": "number",
+                  "string or numeric": "number"}
+
+
+@dataclass
+class Arg:
+    name: str
+    type: str  # a key of _ACCEPTS; also shown in help
+    doc: str
+    default: Any = inspect.Parameter.empty  # empty: required
+    default_doc: str | None = None
+
+    @property
+    def optional(self) -> bool:
+        return self.default is not inspect.Parameter.empty
+
+
+@dataclass
+class Method:
+    name: str
+    category: str
+    description: str
+    args: list[Arg]
+    result: str
+    examples: list[str]
+    fn: Callable[..., Any]
+    aliases: list[str] = field(default_factory=list)
+
+    def usage(self) -> str:
+        parts = []
+        opened = 0
+        for arg in self.args:
+            shown = f'"{arg.name}"' if arg.type in ("string", "hex") else arg.name
+            if arg.optional:
+                parts.append(f"( {shown}")
+                opened += 1
+            else:
+                parts.append(shown)
+        line = " ".join([self.name, *parts]) + (" )" * opened)
+        return line
+
+    def help_text(self) -> str:
+        out = [self.usage(), "", self.description.strip(), ""]
+        if self.args:
+            out.append("Arguments:")
+            for i, arg in enumerate(self.args, 1):
+                if arg.optional:
+                    need = f"optional, default={arg.default_doc if arg.default_doc is not None else json.dumps(arg.default)}"
+                else:
+                    need = "required"
+                out.append(f"{i}. {arg.name:<21} ({arg.type}, {need}) {arg.doc}")
+            out.append("")
+        out.append("Result:")
+        out.append(self.result.strip())
+        out.append("")
+        out.append("Examples:")
+        for ex in self.examples:
+            out.append(f"> bitcoin-cli {self.name} {ex}".rstrip())
+        out.append(
+            f"> curl --user myusername --data-binary '{{\"jsonrpc\": \"2.0\", \"id\": \"curltest\", \"method\": \"{self.name}\", \"params\": []}}' "
+            "-H 'content-type: application/json' http://127.0.0.1:18443/"
+        )
+        return "\n".join(out) + "\n"
+
+
+REGISTRY: dict[str, Method] = {}
+
+
+def rpc(name: str, category: str, description: str, args: list[Arg] | None = None, result: str = "",
+        examples: list[str] | None = None):
+    def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
+        REGISTRY[name] = Method(name, category, description, args or [], result, examples or [""], fn)
+        return fn
+
+    return wrap
+
+
+def _bind(method: Method, params: list | dict) -> list[Any]:
+    if isinstance(params, dict):
+        positional: list[Any] = []
+        names = [a.name for a in method.args]
+        extra = dict(params)
+        if "args" in extra and isinstance(extra["args"], list):
+            positional = list(extra.pop("args"))
+        for key in extra:
+            if key not in names:
+                raise RpcFailure(RPC_INVALID_PARAMETER, f"Unknown named parameter {key}")
+        values = positional + [None] * (len(names) - len(positional))
+        for key, value in extra.items():
+            idx = names.index(key)
+            if idx < len(positional):
+                raise RpcFailure(RPC_INVALID_PARAMETER, f"Parameter {key} specified twice both as positional and named argument")
+            values[idx] = value
+        while values and values[-1] is None:
+            values.pop()
+        params = values
+    required = sum(1 for a in method.args if not a.optional)
+    if len(params) < required or len(params) > len(method.args):
+        raise RpcFailure(RPC_MISC_ERROR, method.help_text())
+    mismatches = []
+    for i, arg in enumerate(method.args[: len(params)]):
+        value = params[i]
+        if value is None and arg.optional:
+            continue
+        got = json_type(value)
+        if got not in _ACCEPTS[arg.type]:
+            mismatches.append(
+                f'    "Position {i + 1} ({arg.name})": "JSON value of type {got} is not of expected type {_EXPECTED_NAME[arg.type]}"'
+            )
+    if mismatches:
+        raise RpcFailure(RPC_TYPE_ERROR, "Wrong type passed:\n{\n" + ",\n".join(mismatches) + "\n}")
+    values = []
+    for i, arg in enumerate(method.args):
+        value = params[i] if i < len(params) else None
+        values.append(arg.default if value is None and arg.optional else value)
+    return values
+
+
+async def call_method(node: "RegtestNode", name: str, params: list | dict) -> Any:
+    method = REGISTRY[name]
+    values = _bind(method, params)
+    result = method.fn(node, *values)
+    if inspect.isawaitable(result):
+        result = await result
+    return result
+
+
+# Each method module registers its methods on import.
+from devnets.regtest.methods import blockchain, control, mining, rawtransactions  # noqa: E402,F401

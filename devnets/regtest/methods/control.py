@@ -1,0 +1,155 @@
+"""Control and network RPCs, ``help``, and bitcoind's answers for wallet RPCs with no wallet loaded."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from devnets.regtest.methods import (
+    REGISTRY,
+    RPC_INVALID_PARAMETER,
+    RPC_MISC_ERROR,
+    RPC_WALLET_NOT_FOUND,
+    Arg,
+    RpcFailure,
+    rpc,
+)
+from devnets.regtest.methods.common import int_arg
+
+if TYPE_CHECKING:
+    from devnets.regtest.node import RegtestNode
+
+VERSION = 280000
+SUBVERSION = "/Satoshi:28.0.0(embedded-kernel)/"
+NO_WALLET = ("No wallet is loaded. Load a wallet using loadwallet or create a new one with createwallet. "
+             "(Note: A default wallet is no longer automatically created)")
+
+
+@rpc("help", "Control", "List all commands, or get help for a specified command.",
+     [Arg("command", "string", "The command to get help on", None, default_doc="all commands")],
+     result='"str"    (string) The help text', examples=[""])
+def help_(node: "RegtestNode", command: str | None) -> str:
+    if command:
+        method = REGISTRY.get(command)
+        if method is None:
+            return f"help: unknown command: {command}"
+        return method.help_text().rstrip("\n")
+    lines: list[str] = []
+    for category in sorted({m.category for m in REGISTRY.values()} - {"Hidden"}):
+        if lines:
+            lines.append("")
+        lines.append(f"== {category} ==")
+        lines.extend(m.usage() for m in sorted(REGISTRY.values(), key=lambda m: m.name) if m.category == category)
+    return "\n".join(lines)
+
+
+@rpc("stop", "Control", "Request a graceful shutdown of Bitcoin Core.", result='"str"    (string) A string with the content \'Bitcoin Core stopping\'')
+def stop(node: "RegtestNode") -> str:
+    node.request_stop()
+    return "Bitcoin Core stopping"
+
+
+@rpc("uptime", "Control", "Returns the total uptime of the server.",
+     result="n    (numeric) The number of seconds that the server has been running")
+def uptime(node: "RegtestNode") -> int:
+    return int(time.time() - node.started_at)
+
+
+@rpc("setmocktime", "Hidden", "Set the local time to given timestamp (-regtest only)",
+     [Arg("timestamp", "numeric", "UNIX epoch time\nPass 0 to go back to using the system time.")], result="null    (json null)")
+def setmocktime(node: "RegtestNode", timestamp: Any) -> None:
+    t = int_arg(timestamp)
+    if t < 0:
+        raise RpcFailure(RPC_INVALID_PARAMETER, f"Mocktime cannot be negative: {t}.")
+    node.set_mocktime(t)
+
+
+@rpc("getnetworkinfo", "Network", "Returns an object containing various state info regarding P2P networking.",
+     result='{\n  "version" : n,  (numeric) the server version\n  ...\n}')
+def getnetworkinfo(node: "RegtestNode") -> dict[str, Any]:
+    from devnets.regtest.decode import amount_to_btc
+
+    return {
+        "version": VERSION,
+        "subversion": SUBVERSION,
+        "protocolversion": 70016,
+        "localservices": "0000000000000c09",
+        "localservicesnames": ["NETWORK", "WITNESS", "NETWORK_LIMITED", "P2P_V2"],
+        "localrelay": True,
+        "timeoffset": 0,
+        "networkactive": True,
+        "connections": 0,
+        "connections_in": 0,
+        "connections_out": 0,
+        "networks": [],
+        "relayfee": amount_to_btc(1000),
+        "incrementalfee": amount_to_btc(1000),
+        "localaddresses": [],
+        "warnings": [],
+    }
+
+
+@rpc("getconnectioncount", "Network", "Returns the number of connections to other nodes.", result="n    (numeric) The connection count")
+def getconnectioncount(node: "RegtestNode") -> int:
+    return 0
+
+
+@rpc("getpeerinfo", "Network", "Returns data about each connected network peer as a json array of objects.", result="[ ]")
+def getpeerinfo(node: "RegtestNode") -> list:
+    return []
+
+
+@rpc("ping", "Network", "Requests that a ping be sent to all other nodes, to measure ping time.", result="null    (json null)")
+def ping(node: "RegtestNode") -> None:
+    return None
+
+
+@rpc("listwallets", "Wallet", "Returns a list of currently loaded wallets.", result="[ ]")
+def listwallets(node: "RegtestNode") -> list:
+    return []
+
+
+def _no_wallet(name: str, description: str) -> None:
+    def fn(node: "RegtestNode", *args: Any) -> None:
+        raise RpcFailure(RPC_WALLET_NOT_FOUND, NO_WALLET)
+
+    optional = [Arg(f"arg{i}", "any", "", None, default_doc="") for i in range(1, 9)]
+    rpc(name, "Wallet", description, optional)(fn)
+
+
+for _name, _desc in [
+    ("getbalance", "Returns the total available balance."),
+    ("getbalances", "Returns an object with all balances in BTC."),
+    ("getnewaddress", "Returns a new Bitcoin address for receiving payments."),
+    ("getrawchangeaddress", "Returns a new Bitcoin address, for receiving change."),
+    ("getwalletinfo", "Returns an object containing various wallet state info."),
+    ("listunspent", "Returns array of unspent transaction outputs."),
+    ("listtransactions", "Returns up to 'count' most recent transactions."),
+    ("gettransaction", "Get detailed information about in-wallet transaction <txid>"),
+    ("sendtoaddress", "Send an amount to a given address."),
+    ("sendmany", "Send multiple times."),
+    ("signrawtransactionwithwallet", "Sign inputs for raw transaction (serialized, hex-encoded)."),
+    ("fundrawtransaction", "Add inputs to a transaction until it has enough in value to meet its out value."),
+    ("walletprocesspsbt", "Update a PSBT with input information from our wallet and then sign inputs."),
+    ("getaddressinfo", "Return information about the given bitcoin address."),
+    ("importdescriptors", "Import descriptors."),
+    ("listdescriptors", "List descriptors imported into a descriptor-enabled wallet."),
+    ("bumpfee", "Bumps the fee of an opt-in-RBF transaction T, replacing it with a new transaction B."),
+    ("abandontransaction", "Mark in-wallet transaction <txid> as abandoned"),
+]:
+    _no_wallet(_name, _desc)
+
+
+def _wallet_unsupported(name: str, description: str) -> None:
+    def fn(node: "RegtestNode", *args: Any) -> None:
+        raise RpcFailure(RPC_MISC_ERROR, f"{name}: the embedded regtest node has no wallet; the project signs with its own keys")
+
+    optional = [Arg(f"arg{i}", "any", "", None, default_doc="") for i in range(1, 9)]
+    rpc(name, "Wallet", description, optional)(fn)
+
+
+for _name, _desc in [
+    ("createwallet", "Creates and loads a new wallet."),
+    ("loadwallet", "Loads a wallet from a wallet file or directory."),
+]:
+    _wallet_unsupported(_name, _desc)

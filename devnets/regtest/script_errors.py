@@ -1,0 +1,225 @@
+"""Why a script failed, in Core's ``ScriptErrorString`` words.
+
+The kernel's verify call answers only yes or no; bitcoind's reject reason carries the script error
+("mandatory-script-verify-flag-failed (Script failed an OP_EQUALVERIFY operation)").  Once the
+kernel has said no, this re-runs the failing input's script in a small interpreter that knows the
+opcodes our contracts use (hash locks, CLTV/CSV refunds, IF/ELSE) to name the first failing step.
+Signatures cannot be checked here; they are assumed good, so a script that otherwise succeeds is
+reported as failing on its final stack, which is what Core says for a bad signature under the
+consensus flags.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from devnets.regtest import primitives as p
+
+EVAL_FALSE = "Script evaluated without error but finished with a false/empty top stack element"
+EQUALVERIFY = "Script failed an OP_EQUALVERIFY operation"
+VERIFY = "Script failed an OP_VERIFY operation"
+CHECKSIGVERIFY = "Script failed an OP_CHECKSIGVERIFY operation"
+STACK_SIZE = "Operation not valid with the current stack size"
+UNBALANCED = "Invalid OP_IF construction"
+LOCKTIME = "Locktime requirement not satisfied"
+NEGATIVE_LOCKTIME = "Negative locktime"
+CLEANSTACK = "Stack size must be exactly one after execution"
+WITNESS_MISMATCH = "Witness program hash mismatch"
+WITNESS_EMPTY = "Witness program was passed an empty witness"
+WITNESS_MISMATCH_SIZE = "Witness program has incorrect length"
+OP_RETURN = "OP_RETURN was encountered"
+BAD_OPCODE = "Opcode missing or not understood"
+
+_LOCKTIME_THRESHOLD = 500_000_000
+
+
+class _Fail(Exception):
+    pass
+
+
+def _num(b: bytes) -> int:
+    if not b:
+        return 0
+    v = int.from_bytes(b, "little")
+    if b[-1] & 0x80:
+        return -(v & ~(0x80 << (8 * (len(b) - 1))))
+    return v
+
+
+def _true(b: bytes) -> bool:
+    for i, c in enumerate(b):
+        if c:
+            return not (i == len(b) - 1 and c == 0x80)
+    return False
+
+
+def _ops(script: bytes):
+    i = 0
+    while i < len(script):
+        op = script[i]
+        i += 1
+        if op <= 0x4E:
+            if op < 0x4C:
+                n = op
+            elif op == 0x4C:
+                n = script[i]
+                i += 1
+            elif op == 0x4D:
+                n = int.from_bytes(script[i:i + 2], "little")
+                i += 2
+            else:
+                n = int.from_bytes(script[i:i + 4], "little")
+                i += 4
+            yield op, script[i:i + n]
+            i += n
+        else:
+            yield op, None
+
+
+def _run(script: bytes, stack: list[bytes], tx: p.Tx, index: int) -> None:
+    exec_stack: list[bool] = []
+
+    def need(n: int) -> None:
+        if len(stack) < n:
+            raise _Fail(STACK_SIZE)
+
+    for op, data in _ops(script):
+        executing = all(exec_stack)
+        if 0x63 <= op <= 0x68:  # IF NOTIF VERIF VERNOTIF ELSE ENDIF
+            if op in (0x63, 0x64):
+                value = False
+                if executing:
+                    need(1)
+                    value = _true(stack.pop())
+                    if op == 0x64:
+                        value = not value
+                exec_stack.append(value)
+            elif op == 0x67:
+                if not exec_stack:
+                    raise _Fail(UNBALANCED)
+                exec_stack[-1] = not exec_stack[-1]
+            elif op == 0x68:
+                if not exec_stack:
+                    raise _Fail(UNBALANCED)
+                exec_stack.pop()
+            else:
+                raise _Fail(BAD_OPCODE)
+            continue
+        if not executing:
+            continue
+        if data is not None:
+            stack.append(data)
+        elif op == 0x00:
+            stack.append(b"")
+        elif op == 0x4F or 0x51 <= op <= 0x60:
+            n = -1 if op == 0x4F else op - 0x50
+            stack.append(p.script_num_encode(n))
+        elif op == 0x61:  # NOP
+            pass
+        elif op == 0x69:  # VERIFY
+            need(1)
+            if not _true(stack.pop()):
+                raise _Fail(VERIFY)
+        elif op == 0x6A:
+            raise _Fail(OP_RETURN)
+        elif op == 0x75:  # DROP
+            need(1)
+            stack.pop()
+        elif op == 0x76:  # DUP
+            need(1)
+            stack.append(stack[-1])
+        elif op == 0x7C:  # SWAP
+            need(2)
+            stack[-1], stack[-2] = stack[-2], stack[-1]
+        elif op == 0x82:  # SIZE
+            need(1)
+            stack.append(p.script_num_encode(len(stack[-1])))
+        elif op in (0x87, 0x88):  # EQUAL, EQUALVERIFY
+            need(2)
+            a, b = stack.pop(), stack.pop()
+            if op == 0x88:
+                if a != b:
+                    raise _Fail(EQUALVERIFY)
+            else:
+                stack.append(b"\x01" if a == b else b"")
+        elif op in (0xA6, 0xA8, 0xA9, 0xAA):  # RIPEMD160 SHA256 HASH160 HASH256
+            need(1)
+            x = stack.pop()
+            if op == 0xA6:
+                stack.append(hashlib.new("ripemd160", x).digest())
+            elif op == 0xA8:
+                stack.append(hashlib.sha256(x).digest())
+            elif op == 0xA9:
+                stack.append(p.hash160(x))
+            else:
+                stack.append(p.hash256(x))
+        elif op in (0xAC, 0xAD):  # CHECKSIG(VERIFY): assumed good, see module doc
+            need(2)
+            stack.pop()
+            stack.pop()
+            if op == 0xAC:
+                stack.append(b"\x01")
+        elif op == 0xB1:  # CHECKLOCKTIMEVERIFY
+            need(1)
+            lock = _num(stack[-1])
+            if lock < 0:
+                raise _Fail(NEGATIVE_LOCKTIME)
+            if (lock < _LOCKTIME_THRESHOLD) != (tx.locktime < _LOCKTIME_THRESHOLD) or lock > tx.locktime:
+                raise _Fail(LOCKTIME)
+            if tx.vin[index].sequence == p.SEQUENCE_FINAL:
+                raise _Fail(LOCKTIME)
+        elif op == 0xB2:  # CHECKSEQUENCEVERIFY
+            need(1)
+            seq = _num(stack[-1])
+            if seq < 0:
+                raise _Fail(NEGATIVE_LOCKTIME)
+            if not seq & (1 << 31):
+                txseq = tx.vin[index].sequence
+                if tx.version < 2 or txseq & (1 << 31):
+                    raise _Fail(LOCKTIME)
+                mask = (1 << 22) | 0xFFFF
+                a, b = seq & mask, txseq & mask
+                if ((a < (1 << 22)) != (b < (1 << 22))) or a > b:
+                    raise _Fail(LOCKTIME)
+        elif op in (0xB0, 0xB3, 0xB4, 0xB5, 0xB6, 0xB7, 0xB8, 0xB9):  # NOP1, NOP4-10
+            pass
+        else:
+            raise _Fail(BAD_OPCODE)
+    if exec_stack:
+        raise _Fail(UNBALANCED)
+
+
+def diagnose(tx: p.Tx, index: int, script_pubkey: bytes) -> str:
+    """Core's script error text for input ``index`` (called only after the kernel said invalid)."""
+    txin = tx.vin[index]
+    witness = list(txin.witness)
+    try:
+        if len(script_pubkey) == 34 and script_pubkey[:2] == b"\x00\x20":
+            if not witness:
+                return WITNESS_EMPTY
+            witness_script = witness[-1]
+            if hashlib.sha256(witness_script).digest() != script_pubkey[2:]:
+                return WITNESS_MISMATCH
+            stack = witness[:-1]
+            _run(witness_script, stack, tx, index)
+            if len(stack) != 1:
+                return CLEANSTACK
+            if not _true(stack[-1]):
+                return EVAL_FALSE
+            return EVAL_FALSE
+        if len(script_pubkey) == 22 and script_pubkey[:2] == b"\x00\x14":
+            if not witness:
+                return WITNESS_EMPTY
+            if len(witness) != 2:
+                return WITNESS_MISMATCH
+            if p.hash160(witness[1]) != script_pubkey[2:]:
+                return EQUALVERIFY
+            return EVAL_FALSE
+        stack: list[bytes] = []
+        _run(txin.script_sig, stack, tx, index)
+        _run(script_pubkey, stack, tx, index)
+        return EVAL_FALSE
+    except _Fail as failure:
+        return str(failure)
+    except (IndexError, ValueError):
+        return EVAL_FALSE
