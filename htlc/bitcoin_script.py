@@ -49,6 +49,13 @@ OP_HASH160 = 0xA9
 OP_CHECKSIG = 0xAC
 OP_CHECKLOCKTIMEVERIFY = 0xB1
 
+#: Names of other opcodes a tampered script is likely to carry, for readable refusals.
+_MORE_NAMES = {
+    0x61: "OP_NOP", 0x64: "OP_NOTIF", 0x69: "OP_VERIFY", 0x6A: "OP_RETURN", 0x74: "OP_DEPTH", 0x7C: "OP_SWAP",
+    0x9A: "OP_BOOLAND", 0x9B: "OP_BOOLOR", 0xA6: "OP_RIPEMD160", 0xA7: "OP_SHA1", 0xAA: "OP_HASH256",
+    0xAB: "OP_CODESEPARATOR", 0xAD: "OP_CHECKSIGVERIFY", 0xAE: "OP_CHECKMULTISIG", 0xB2: "OP_CHECKSEQUENCEVERIFY",
+}
+
 OPCODE_NAMES = {
     OP_0: "OP_0", OP_PUSHDATA1: "OP_PUSHDATA1", OP_PUSHDATA2: "OP_PUSHDATA2", OP_PUSHDATA4: "OP_PUSHDATA4",
     OP_1NEGATE: "OP_1NEGATE", OP_IF: "OP_IF", OP_ELSE: "OP_ELSE", OP_ENDIF: "OP_ENDIF", OP_DROP: "OP_DROP",
@@ -56,6 +63,7 @@ OPCODE_NAMES = {
     OP_SHA256: "OP_SHA256", OP_HASH160: "OP_HASH160", OP_CHECKSIG: "OP_CHECKSIG",
     OP_CHECKLOCKTIMEVERIFY: "OP_CHECKLOCKTIMEVERIFY",
     **{OP_1 + i: f"OP_{i + 1}" for i in range(16)},
+    **_MORE_NAMES,
 }
 
 #: nLockTime values below this are block heights, at or above it Unix times (BIP65).

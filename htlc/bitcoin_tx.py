@@ -270,3 +270,9 @@ def build_refund(
         network=network, max_fee=max_fee,
     )
 
+
+
+async def find_htlc_coins(adapter: BitcoinAdapter, script: bytes, template: str = TEMPLATE_P2WSH) -> list[HtlcCoin]:
+    """Unspent outputs paying the HTLC (confirmed, and unconfirmed ones in the node's mempool)."""
+    coins = await adapter.utxos([htlc_script_pubkey(template, script)], include_mempool=True)
+    return [HtlcCoin(u.txid, u.vout, u.value_sats, script, template) for u in coins]

@@ -294,7 +294,7 @@ def test_audit_refusals_name_the_first_differing_byte(keys, secret):
     e = _refused(script[:4] + b"\x87" + script[5:])
     assert e.position == 4 and "expected OP_EQUALVERIFY (0x88), found 0x87 (OP_EQUAL)" in e.reason
     e = _refused(script + b"\x61")
-    assert e.position == len(script) and "unexpected bytes after the final OP_CHECKSIG" in e.reason
+    assert e.position == len(script) and "unexpected trailing bytes (1) after the final OP_CHECKSIG, starting with 0x61 (OP_NOP)" in e.reason
     lock_at = 3 + 1 + 1 + 1 + 33 + 1 + 34 + 1
     e = _refused(script[:lock_at] + b"\x03\x96\x00\x00" + script[lock_at + 3:])
     assert e.position == lock_at and "not minimally encoded" in e.reason
