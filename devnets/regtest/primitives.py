@@ -9,6 +9,7 @@ give bitcoind's display order (reversed hex).
 from __future__ import annotations
 
 import hashlib
+import re
 import struct
 from functools import cached_property
 from typing import NamedTuple, Sequence
@@ -70,6 +71,16 @@ def tagged_hash(tag: str, data: bytes) -> bytes:
     """BIP340 tagged hash."""
     t = _sha256(tag.encode()).digest()
     return _sha256(t + t + data).digest()
+
+
+_HEX = re.compile(r"(?:[0-9a-fA-F]{2})*")
+
+
+def parse_hex(text: str, message: str = "TX decode failed") -> bytes:
+    """Core's ``IsHex`` + ``ParseHex``: an even number of hex digits, nothing else (no spaces, no 0x)."""
+    if not isinstance(text, str) or _HEX.fullmatch(text) is None:
+        raise DecodeError(message, reason="not hex")
+    return bytes.fromhex(text)
 
 
 # --- compact size -----------------------------------------------------------
@@ -155,14 +166,15 @@ def _read_bytes(buf: bytes, pos: int) -> tuple[bytes, int]:
     return buf[pos:end], end
 
 
-def _parse_tx(buf: bytes, start: int) -> tuple["Tx", int]:
-    """Parse one transaction (witness serialization allowed) at ``start``; return it and its end."""
+def _parse_tx(buf: bytes, start: int, allow_witness: bool = True) -> tuple["Tx", int]:
+    """Parse one transaction at ``start``; return it and its end.  Without ``allow_witness`` an
+    empty input vector is read literally (Core's TX_NO_WITNESS form)."""
     try:
         version = _i32(buf, start)[0]
         pos = start + 4
         n_in, pos = read_compact_size(buf, pos)
         flags = 0
-        if n_in == 0:
+        if n_in == 0 and allow_witness:
             # BIP144: an empty input vector is the segwit marker; the next byte is the flag.
             flags = buf[pos]
             pos += 1
@@ -179,7 +191,7 @@ def _parse_tx(buf: bytes, start: int) -> tuple["Tx", int]:
             pos += 4
             append_in(TxIn(OutPoint(prev_hash, idx), script_sig, seq, ()))
         vout: list[TxOut] = []
-        if flags != 0 or n_in != 0:
+        if flags != 0 or n_in != 0 or not allow_witness:
             n_out, pos = read_compact_size(buf, pos)
             append_out = vout.append
             for _ in range(n_out):
@@ -225,21 +237,17 @@ class Tx:
         self.locktime = locktime
 
     @classmethod
-    def parse(cls, raw: bytes | bytearray | memoryview) -> "Tx":
-        """Strict parse of one whole serialization (witness form allowed); raises ``DecodeError``."""
+    def parse(cls, raw: bytes | bytearray | memoryview, allow_witness: bool = True) -> "Tx":
+        """Strict parse of one whole serialization; raises ``DecodeError``."""
         buf = bytes(raw)
-        tx, end = _parse_tx(buf, 0)
+        tx, end = _parse_tx(buf, 0, allow_witness)
         if end != len(buf):
             raise DecodeError(reason="trailing bytes after transaction")
         return tx
 
     @classmethod
     def from_hex(cls, hex_str: str) -> "Tx":
-        try:
-            raw = bytes.fromhex(hex_str)
-        except (ValueError, TypeError):
-            raise DecodeError(reason="not hex") from None
-        return cls.parse(raw)
+        return cls.parse(parse_hex(hex_str))
 
     # serialization ---------------------------------------------------------
 
@@ -408,11 +416,7 @@ class Block:
 
     @classmethod
     def from_hex(cls, hex_str: str) -> "Block":
-        try:
-            raw = bytes.fromhex(hex_str)
-        except (ValueError, TypeError):
-            raise DecodeError("Block decode failed", reason="not hex") from None
-        return cls.parse(raw)
+        return cls.parse(parse_hex(hex_str, "Block decode failed"))
 
     @cached_property
     def _raw(self) -> bytes:
