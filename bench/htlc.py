@@ -84,7 +84,28 @@ def evm_figures() -> dict[str, int]:
 
 
 def btc_figures() -> dict[str, int] | str:
-    return "not yet"
+    """vsize of the signed claim and refund of each Bitcoin HTLC template (one input, one P2WPKH output).
+
+    Built offline with fixed keys: a transaction's vsize does not depend on the chain,
+    only on its signatures' DER length (70-72 bytes), so a figure can vary by one vB.
+    """
+    from chains.bitcoin_wallet import BtcKey
+    from htlc.bitcoin_script import TEMPLATE_P2SH_BIP199, TEMPLATE_P2WSH, hash160, p2sh_htlc_script, p2wsh_htlc_script
+    from htlc.bitcoin_tx import HtlcCoin, build_claim, build_refund
+
+    claimer, refunder = (BtcKey(hashlib.sha256(f"bench-btc-{n}".encode()).digest()) for n in range(2))
+    secret = hashlib.sha256(b"bench secret").digest()
+    hashlock = hashlib.sha256(secret).digest()
+    scripts = {
+        TEMPLATE_P2WSH: p2wsh_htlc_script(hashlock, claimer.pubkey, refunder.pubkey, 800_000 - 1),
+        TEMPLATE_P2SH_BIP199: p2sh_htlc_script(hashlock, claimer.pubkey_hash, refunder.pubkey_hash, 800_000 - 1),
+    }
+    figures: dict[str, int] = {}
+    for template, script in scripts.items():
+        coin = HtlcCoin("00" * 32, 0, 1_000_000, script, template)
+        figures[f"BTC {template} claim"] = build_claim(coin, secret, claimer, claimer.p2wpkh_script, 1).vsize
+        figures[f"BTC {template} refund"] = build_refund(coin, refunder, refunder.p2wpkh_script, 1).vsize
+    return figures
 
 
 def main() -> int:
