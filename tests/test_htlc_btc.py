@@ -346,3 +346,14 @@ def test_extract_secret_says_when_it_is_not_there(keys, secret):
         extract_secret(claim.raw, hashlib.sha256(b"another swap").digest())
     with pytest.raises(InputError, match="truncated"):
         extract_secret(claim.raw[:10], h)
+
+
+def test_a_plain_bitcoinlib_key_signs_too_and_rbf_can_be_off(secret):
+    s, h = secret
+    claimer, refunder = Key(), Key()
+    coin = HtlcCoin(FAKE_TXID, 0, 500_000, p2wsh_htlc_script(h, claimer.public_byte, refunder.public_byte, 999))
+    claim = build_claim(coin, s, claimer, b"\x00\x14" + hash160(claimer.public_byte), 2, rbf=False)
+    assert Tx.parse(claim.raw).inputs[0].sequence == 0xFFFFFFFF
+    assert consensus_ok(claim.raw, 0, audit(coin.script).script_pubkey, coin.amount)
+    with pytest.raises(InputError, match="private key"):
+        build_claim(coin, s, Key(claimer.public_hex), b"\x00\x14" + hash160(claimer.public_byte), 2)

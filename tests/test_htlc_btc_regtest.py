@@ -95,12 +95,12 @@ async def test_lock_then_claim_pays_bob_and_reveals_the_secret(btc, funder, temp
     assert await find_htlc_coins(btc, coin.script, template) == [coin]
     claim = build_claim(coin, secret, bob, bob.p2wpkh_address(), feerate=2)
     assert await btc.send(claim.raw) == claim.txid
-    await btc.mine(1)
+    [block] = await btc.mine(1)
     assert await btc.balance([bob.p2wpkh_script]) == LOCKED - claim.fee
     assert await btc.balance([audit(coin.script).script_pubkey]) == 0
     assert await find_htlc_coins(btc, coin.script, template) == []
     # Alice learns the secret from the chain: the raw claim as the node returns it.
-    raw = await btc.rpc.call("getrawtransaction", claim.txid, False)
+    raw = await btc.rpc.call("getrawtransaction", claim.txid, False, block)
     assert extract_secret(bytes.fromhex(raw), hashlib.sha256(secret).digest()) == secret
 
 
