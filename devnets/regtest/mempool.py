@@ -152,7 +152,7 @@ class Mempool:
         for txin in tx.vin:
             ptxid, n = txin.prevout.txid_hex, txin.prevout.n
             mem = self.mempool_coin(ptxid, n)
-            if mem is not None and ptxid not in conflicts:
+            if mem is not None:
                 spent.append(mem)
                 coin_heights.append(height)
                 parents.add(ptxid)
@@ -190,6 +190,12 @@ class Mempool:
         min_fee = sc.fee_for_size(MIN_RELAY_FEERATE, vsize)
         if fee < min_fee:
             raise Rejected("min relay fee not met", f"{fee} < {min_fee}")
+
+        ancestors = set(parents)
+        for parent in parents:
+            ancestors |= self.ancestors(parent)
+        if len(ancestors) + 1 > sc.DEFAULT_ANCESTOR_LIMIT:
+            raise Rejected("too-long-mempool-chain", f"too many unconfirmed ancestors [limit: {sc.DEFAULT_ANCESTOR_LIMIT}]")
 
         if conflicts:
             _check_replacement(self, tx, txid, fee, vsize, conflicts, parents)

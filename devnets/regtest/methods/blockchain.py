@@ -159,14 +159,14 @@ def getblock(node: "RegtestNode", blockhash: str, verbosity_arg: Any) -> Any:
         out["tx"] = [tx.txid for tx in block.txs]
     else:
         undo = _undo(node, h) if active else None
+        from devnets.regtest.decode import SpentOutput
+
         txs = []
         for i, tx in enumerate(block.txs):
             kw: dict[str, Any] = {}
             if undo is not None and i > 0:
-                coins = undo[i - 1]
-                kw["fee"] = sum(c[0] for c in coins) - tx.total_out
-                if level >= 3:
-                    kw["prevouts"] = [p.TxOut(c[0], c[1]) for c in coins]
+                kw["prevouts"] = [SpentOutput(p.TxOut(c[0], c[1]), c[2], c[3]) for c in undo[i - 1]]
+                kw["include_prevout"] = level >= 3
             txs.append(_tx_json(node, tx, include_hex=True, **kw))
         out["tx"] = txs
     out["nTx"] = len(block.txs)

@@ -35,10 +35,10 @@ def parse_hex(value: str, name: str) -> bytes:
 
 def decode_tx(hexstring: str) -> p.Tx:
     """``DecodeHexTx``: any hex or parse failure is bitcoind's -22 "TX decode failed"."""
-    if len(hexstring) % 2 or not _HEX.match(hexstring):
-        raise RpcFailure(RPC_DESERIALIZATION_ERROR, "TX decode failed")
+    from devnets.regtest.decode import decode_hex_tx
+
     try:
-        return p.Tx.parse(bytes.fromhex(hexstring))
+        return decode_hex_tx(hexstring)
     except p.DecodeError:
         raise RpcFailure(RPC_DESERIALIZATION_ERROR, "TX decode failed") from None
 
@@ -69,17 +69,9 @@ def int_arg(value: Any) -> int:
 
 
 def spk_json(script: bytes) -> dict[str, Any]:
-    """Core's ``ScriptToUniv`` with address and hex: asm, desc, hex, address (when any), type."""
-    from devnets.regtest.address import script_to_address
-    from devnets.regtest.descriptors import infer_descriptor
-    from devnets.regtest.script import classify, disassemble
+    from devnets.regtest.decode import script_pubkey_json
 
-    out: dict[str, Any] = {"asm": disassemble(script), "desc": infer_descriptor(script, NETWORK), "hex": script.hex()}
-    address = script_to_address(script, NETWORK)
-    if address is not None:
-        out["address"] = address
-    out["type"] = classify(script)
-    return out
+    return script_pubkey_json(script, NETWORK)
 
 
 def address_script(address: str) -> bytes:

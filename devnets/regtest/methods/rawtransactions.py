@@ -101,9 +101,13 @@ def _tx_result(node: "RegtestNode", tx: p.Tx, level: int, block_hash: str | None
           "If iswitness is not present, heuristic tests will be used in decoding.", None, default_doc="depends on heuristic tests")],
      result='{\n  "txid" : "hex",  (string) The transaction id\n  ...\n}', examples=['"hexstring"'])
 def decoderawtransaction(node: "RegtestNode", hexstring: str, iswitness: bool | None) -> dict[str, Any]:
-    from devnets.regtest.decode import tx_to_json
+    from devnets.regtest.decode import decode_hex_tx, tx_to_json
 
-    return tx_to_json(decode_tx(hexstring), NETWORK)
+    try:
+        tx = decode_hex_tx(hexstring, try_no_witness=iswitness is not True, try_witness=iswitness is not False)
+    except p.DecodeError:
+        raise RpcFailure(RPC_DESERIALIZATION_ERROR, "TX decode failed") from None
+    return tx_to_json(tx, NETWORK)
 
 
 @rpc("decodescript", "Rawtransactions", "Decode a hex-encoded script.",
