@@ -92,8 +92,9 @@ async def run(data_dir: Path, keep: bool) -> int:
     summary: dict = {}
     try:
         tl.say(f"starting devnets in {data_dir}")
-        descriptor = devnet.up(progress=lambda m: tl.say(m))
-        status = devnet.status()
+        # The devnet manager is synchronous (it is also the CLI's); keep it off the event loop.
+        descriptor = await asyncio.to_thread(devnet.up, tl.say)
+        status = await asyncio.to_thread(devnet.status)
         tl.say(f"heights: EVM {status['evm']['height']}, Bitcoin {status['bitcoin']['height']}")
         for acct in descriptor["evm"]["accounts"][:2]:
             tl.say(f"funded EVM account {acct['index']}: {acct['address']}")
@@ -103,7 +104,7 @@ async def run(data_dir: Path, keep: bool) -> int:
         summary["bitcoin"] = await bitcoin_phase(descriptor, tl)
     finally:
         if not keep:
-            devnet.down(progress=lambda m: tl.say(m))
+            await asyncio.to_thread(devnet.down, tl.say)
     print("\n=== demo summary ===")
     print(f"EVM     1 ETH transfer confirmed in block {summary['evm']['block']} (tx {summary['evm']['txid']})")
     print(f"Bitcoin 1 BTC payment confirmed at height {summary['bitcoin']['block']} "

@@ -132,6 +132,7 @@ class Devnet:
         progress(f"bitcoin    up at {self.bitcoin.url} (pid {btc_pid}, {self.bitcoin_backend} regtest node)")
         self._fund_bitcoin(progress)
         descriptor = self._describe(anvil_pid, btc_pid)
+        descriptor["contracts"] = self._deploy(descriptor, progress)
         self.descriptor_path.write_text(json.dumps(descriptor, indent=2) + "\n")
         progress(f"descriptor {self.descriptor_path} ({time.monotonic() - t0:.1f}s)")
         return descriptor
@@ -146,6 +147,18 @@ class Devnet:
         # Mature every coinbase above: 100 more blocks to the miner key.
         self.bitcoin.call("generatetoaddress", testkeys.COINBASE_MATURITY, btc_keys[0].address)
         progress(f"bitcoin    funded {len(btc_keys)} keys, height {self.bitcoin.call('getblockcount')}")
+
+    def _deploy(self, descriptor: dict, progress) -> dict:
+        import asyncio
+
+        from devnets.deploy import deploy_contracts
+
+        recorded = (self.read_descriptor() or {}).get("contracts")
+        contracts = asyncio.run(deploy_contracts(self.anvil.url, descriptor["evm"]["accounts"], recorded, Path(self.data_dir)))
+        if contracts is not recorded:
+            tokens = ", ".join(f"{sym} {t['address']}" for sym, t in contracts["tokens"].items())
+            progress(f"evm        deployed HTLC {contracts['htlc']}, token {tokens} (minted to every test account)")
+        return contracts
 
     def _describe(self, anvil_pid: int, btc_pid: int) -> dict:
         user, password = self.bitcoin.auth()

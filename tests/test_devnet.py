@@ -40,6 +40,17 @@ def test_up_is_idempotent_and_down_stops_exactly_what_it_started(data_dir):
 
     status = json.loads(bridgectl(data_dir, "status", "--json").stdout)
     assert status["evm"]["answers"] and status["bitcoin"]["answers"]
+    evm_height = status["evm"]["height"]
+    # Contracts are deployed and the test token minted to every test account.
+    from devnets.anvil import rpc as evm_rpc
+    from devnets.deploy import TOKEN_MINT_PER_ACCOUNT, TOKEN_SYMBOL
+
+    contracts = first["contracts"]
+    assert len(evm_rpc(first["evm"]["rpc_url"], "eth_getCode", [contracts["htlc"], "latest"])) > 1000
+    token = contracts["tokens"][TOKEN_SYMBOL]["address"]
+    holder = first["evm"]["accounts"][9]["address"]
+    call = {"to": token, "data": "0x70a08231" + holder[2:].lower().rjust(64, "0")}  # balanceOf(holder)
+    assert int(evm_rpc(first["evm"]["rpc_url"], "eth_call", [call, "latest"]), 16) == TOKEN_MINT_PER_ACCOUNT
     # Funding: 5 blocks per key + 100 to mature them.
     assert status["bitcoin"]["height"] == 5 * 5 + 100
     # Every test key holds mature coins the node can find without a wallet.
@@ -51,11 +62,10 @@ def test_up_is_idempotent_and_down_stops_exactly_what_it_started(data_dir):
     second = json.loads(bridgectl(data_dir, "up", "--json").stdout)
     assert second["evm"]["pid"] == first["evm"]["pid"]
     assert second["bitcoin"]["pid"] == first["bitcoin"]["pid"]
+    assert second["contracts"] == first["contracts"]
     assert json.loads(bridgectl(data_dir, "status", "--json").stdout)["bitcoin"]["height"] == 125
 
     log.info("phase: down stops both, by pid")
-    from devnets.anvil import rpc as evm_rpc
-
     evm_rpc(first["evm"]["rpc_url"], "anvil_mine", ["0x3"])
     bridgectl(data_dir, "down")
     assert not pid_alive(first["evm"]["pid"]) and not pid_alive(first["bitcoin"]["pid"])
@@ -66,15 +76,16 @@ def test_up_is_idempotent_and_down_stops_exactly_what_it_started(data_dir):
     log.info("phase: up again resumes both chains where they were")
     third = json.loads(bridgectl(data_dir, "up", "--json").stdout)
     assert third["evm"]["port"] == first["evm"]["port"]
+    assert third["contracts"] == first["contracts"]  # still deployed: not deployed again
     resumed = json.loads(bridgectl(data_dir, "status", "--json").stdout)
     assert resumed["bitcoin"]["height"] == 125
-    assert resumed["evm"]["height"] == 3  # Anvil's state was dumped on stop and loaded on start
+    assert resumed["evm"]["height"] == evm_height + 3  # Anvil's state was dumped on stop and loaded on start
 
     log.info("phase: reset wipes both chains and starts fresh")
     _btc(third, "generatetoaddress", 3, first["bitcoin"]["keys"][0]["address"])
     bridgectl(data_dir, "reset", "--json")
     fresh = json.loads(bridgectl(data_dir, "status", "--json").stdout)
-    assert fresh["bitcoin"]["height"] == 125 and fresh["evm"]["height"] == 0
+    assert fresh["bitcoin"]["height"] == 125 and fresh["evm"]["height"] == evm_height
 
 
 def _btc(descriptor, method, *params):
