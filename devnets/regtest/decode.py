@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from decimal import Decimal, InvalidOperation
+from functools import lru_cache
 from typing import Any, NamedTuple, Sequence
 
 from bridge.errors import InputError
@@ -135,7 +136,14 @@ def decode_hex_tx(hex_str: str, try_no_witness: bool = True, try_witness: bool =
 
 def script_pubkey_json(script: bytes, net: str | Network = "regtest", include_hex: bool = True) -> dict[str, Any]:
     """Core's ``ScriptToUniv`` with addresses: asm, desc, hex?, address?, type."""
-    out: dict[str, Any] = {"asm": disassemble(script), "desc": infer_descriptor(script, net)}
+    return dict(_script_pubkey_items(script, network(net), include_hex))
+
+
+@lru_cache(maxsize=16384)
+def _script_pubkey_items(script: bytes, net: Network, include_hex: bool) -> tuple[tuple[str, str], ...]:
+    # Cached: the same output scripts (addresses) recur across a block, and the descriptor
+    # checksum and bech32 encoding are the slow part of a transaction's JSON.
+    out: dict[str, str] = {"asm": disassemble(script), "desc": infer_descriptor(script, net)}
     if include_hex:
         out["hex"] = script.hex()
     kind = classify(script)
@@ -144,7 +152,7 @@ def script_pubkey_json(script: bytes, net: str | Network = "regtest", include_he
         if address is not None:
             out["address"] = address
     out["type"] = kind
-    return out
+    return tuple(out.items())
 
 
 def tx_to_json(
