@@ -10,7 +10,7 @@ allowance, a key we do not hold).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from bridge.errors import InputError
@@ -226,7 +226,7 @@ def _with_funding(terms: HtlcTerms, funding_tx: bytes) -> HtlcTerms:
         # Each output would be a separate HTLC to claim; refuse rather than count only one of them.
         raise AuditError(f"funding transaction {tx.txid} pays the HTLC address in {len(paying)} outputs {paying}; expected one")
     index = paying[0]
-    return HtlcTerms(**{**terms.__dict__, "funding_txid": tx.txid, "output_index": index, "amount": tx.outputs[index].value})
+    return replace(terms, funding_txid=tx.txid, output_index=index, amount=tx.outputs[index].value)
 
 
 def audit(script: bytes, funding_tx: bytes | None = None, network: str = "regtest") -> HtlcTerms:

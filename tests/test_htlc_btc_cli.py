@@ -15,9 +15,9 @@ import pytest
 from bitcoinlib.keys import Key
 
 from bridge.cli import main
-from chains.bitcoin import COINBASE_MATURITY
 from chains.bitcoin_wallet import BtcKey
 from htlc.bitcoin_script import p2wsh_htlc_script
+from test_htlc_btc_regtest import mine_coins
 
 SECRET = bytes(range(32))
 HASH = hashlib.sha256(SECRET).digest()
@@ -69,8 +69,7 @@ def balance(regtest, key: BtcKey) -> int:
 
 def test_lock_claim_and_refund_by_hand(regtest, node_env, capsys):
     alice, bob = BtcKey.generate(), BtcKey.generate()
-    regtest.rpc("generatetoaddress", 1, alice.p2wpkh_address())
-    regtest.rpc("generatetoaddress", COINBASE_MATURITY, BtcKey.generate().p2wpkh_address())
+    mine_coins(regtest, alice, 1_000_000)
     common = [*node_env, "htlc"]
 
     code, out, err = run(capsys, *common, "btc-lock", "--key", alice.secret.hex(), "--amount", "250000",

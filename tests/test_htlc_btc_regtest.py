@@ -32,11 +32,26 @@ PARTY_FUNDS = 1_000_000
 LOCKED = 300_000
 
 
+def mine_coins(regtest, key: BtcKey, at_least: int) -> None:
+    """Mine to ``key`` until its coinbases total ``at_least`` sats, then mature them.
+
+    Regtest halves the subsidy every 150 blocks and the session's node is shared,
+    so how many blocks that takes depends on how far other tests have mined.
+    """
+    total = 0
+    while total < at_least:
+        height = regtest.rpc("getblockcount") + 1
+        subsidy = (50 * 100_000_000) >> (height // 150) if height // 150 < 64 else 0
+        assert subsidy > 0, f"regtest subsidy exhausted at height {height}: no coins to test with"
+        regtest.rpc("generatetoaddress", 1, key.p2wpkh_address())
+        total += subsidy
+    regtest.rpc("generatetoaddress", COINBASE_MATURITY, BtcKey.generate().p2wpkh_address())
+
+
 @pytest.fixture(scope="module")
 def funder(regtest) -> BtcKey:
     key = BtcKey.generate()
-    regtest.rpc("generatetoaddress", 3, key.p2wpkh_address())
-    regtest.rpc("generatetoaddress", COINBASE_MATURITY, BtcKey.generate().p2wpkh_address())
+    mine_coins(regtest, key, 10 * PARTY_FUNDS)
     return key
 
 
