@@ -153,7 +153,7 @@ def sendrawtransaction(node: "RegtestNode", hexstring: str, maxfeerate: Any, max
         node.accept_tx(tx, max_rate)
     except Rejected as r:
         if r.kind == "missing-inputs":
-            raise RpcFailure(RPC_VERIFY_ERROR, "Inputs missing or spent") from None
+            raise RpcFailure(RPC_VERIFY_ERROR, r.text) from None
         if r.kind == "already-in-utxo-set":
             raise RpcFailure(RPC_VERIFY_ALREADY_IN_UTXO_SET, "Transaction outputs already in utxo set") from None
         if r.kind == "max-fee":
