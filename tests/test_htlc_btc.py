@@ -357,3 +357,49 @@ def test_a_plain_bitcoinlib_key_signs_too_and_rbf_can_be_off(secret):
     assert consensus_ok(claim.raw, 0, audit(coin.script).script_pubkey, coin.amount)
     with pytest.raises(InputError, match="private key"):
         build_claim(coin, s, Key(claimer.public_hex), b"\x00\x14" + hash160(claimer.public_byte), 2)
+
+
+# --- interoperability: a real decred/atomicswap (btcatomicswap, testnet) initiation -------------------
+
+DECRED_SECRET = "58febdffd0dd5c141d27c45d8fb1a962e2e9a4eb991fac2da0bca56bd99736ca"
+DECRED_CONTRACT = (
+    "6382012088a82029bc7db3f1809b2bbd2091e5225d7dc2660826a78b8b734b8783cf2ae3830db88876a914d71c92b78069af7047d0a6c3"
+    "67be634aeb5ad6ac6704ab0d045bb17576a91499c51785eb8ed83a06e495aee769f687616cdd4f6888ac"
+)
+DECRED_CONTRACT_TX = (
+    "0200000000010156901f407052d8c5185a54246e764d8304574aae13847c71ea5a2afb73d9e8e80000000017160014253584f1f207ff24"
+    "4c2d9dd10f2508b265f31395feffffff028a1be8020000000017a9144a0de4a6e8e5a52c7c249890a00c8bafa217510b8750d412000000"
+    "000017a914f0a2561a9fd9de1ce4ee98f70de86ae3312f4873870247304402202761c014d6a3c69584d437153e0eb75f12e21f06ea2678"
+    "18bb7eca933ed892ef02201fd5ed6e24ae6fb684386a58cfcbbfde0ae1e16260bc52d3ce7e79a5e9ab98d80121031be3ad72917139bda0"
+    "c3b4c3aa0e405772bb1b10168104604b4140eb7bf6338200000000"
+)
+DECRED_REFUND_TX = (
+    "0200000001d82f1c4a209385a503dfe519ac050f14f98983e62406bb6e5203fc2c4d957da301000000cf483045022100c367297bef6e53"
+    "b5de7522c396979eac70e7d9eb62adf727083cf3ef777192c402201f799215dd284f2d3d3a6fd10453b83b28ac01e43e6e5a1ef5ef39b9"
+    "7b35c0cf0121028d69b6cdc4c6ed23170c0918388a6c9b27811372db9954d898affbcd40ede697004c616382012088a82029bc7db3f180"
+    "9b2bbd2091e5225d7dc2660826a78b8b734b8783cf2ae3830db88876a914d71c92b78069af7047d0a6c367be634aeb5ad6ac6704ab0d04"
+    "5bb17576a91499c51785eb8ed83a06e495aee769f687616cdd4f6888ac000000000127d31200000000001976a914063f138942d2b2af93"
+    "5c678c2a99ae9470d8908e88acab0d045b"
+)
+
+
+def test_audit_accepts_a_decred_atomicswap_contract_and_its_funding():
+    t = audit(bytes.fromhex(DECRED_CONTRACT), bytes.fromhex(DECRED_CONTRACT_TX), network="testnet")
+    assert (t.template, t.address) == ("p2sh-bip199", "2NFBadefP7PrqDWyyjfJZbvpJrs1Tx8BSke")
+    assert t.hashlock == hashlib.sha256(bytes.fromhex(DECRED_SECRET)).digest()
+    assert (t.claim_pubkey_hash.hex(), t.refund_pubkey_hash.hex()) == (
+        "d71c92b78069af7047d0a6c367be634aeb5ad6ac", "99c51785eb8ed83a06e495aee769f687616cdd4f")
+    assert (t.locktime, t.lock_kind) == (1_526_992_299, "time")  # 2018-05-22 12:31:39 UTC
+    assert (t.funding_txid, t.output_index, t.amount) == (
+        "a37d954d2cfc03526ebb0624e68389f9140f05ac19e5df03a58593204a1c2fd8", 1, 1_234_000)
+
+
+def test_decred_refund_parses_verifies_and_reveals_no_secret():
+    raw = bytes.fromhex(DECRED_REFUND_TX)
+    tx = Tx.parse(raw)
+    assert tx.txid == "bda4c504b8ce4df6ac50e4914d16421c50ba4defb916e1142b5bcad25efede97"
+    assert tx.serialize() == raw and tx.locktime == 1_526_992_299
+    spk = audit(bytes.fromhex(DECRED_CONTRACT), network="testnet").script_pubkey
+    assert consensus_ok(raw, 0, spk, 1_234_000)
+    with pytest.raises(SecretNotFound):
+        extract_secret(raw, audit(bytes.fromhex(DECRED_CONTRACT)).hashlock)
