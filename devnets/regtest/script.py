@@ -387,7 +387,9 @@ def is_dust(txout: TxOut, dust_relay_feerate: int = DUST_RELAY_TX_FEE) -> bool:
 
 def standard_tx_reject_reason(tx: Tx, max_datacarrier_bytes: int | None = MAX_OP_RETURN_RELAY,
                               dust_relay_feerate: int = DUST_RELAY_TX_FEE) -> str | None:
-    """Core's ``IsStandardTx`` plus the small-size check: the reject reason bitcoind gives, or ``None``.
+    """Core's ``IsStandardTx`` (v28 order: any dust output is refused; v29's single zero-fee
+    "ephemeral dust" output is not modelled) plus the mempool's small-size check: the reject
+    reason bitcoind gives, or ``None``.
 
     Checks that need the spent outputs (``bad-txns-nonstandard-inputs``, witness policy) are the
     mempool's job."""
@@ -401,19 +403,15 @@ def standard_tx_reject_reason(tx: Tx, max_datacarrier_bytes: int | None = MAX_OP
         if not is_push_only(txin.script_sig):
             return "scriptsig-not-pushonly"
     data_outputs = 0
-    dust_outputs = 0
     for txout in tx.vout:
-        kind = classify(txout.script_pubkey)
         if not is_standard_output(txout.script_pubkey, max_datacarrier_bytes):
             return "scriptpubkey"
-        if kind == "nulldata":
+        if classify(txout.script_pubkey) == "nulldata":
             data_outputs += 1
         elif is_dust(txout, dust_relay_feerate):
-            dust_outputs += 1
+            return "dust"
     if data_outputs > 1:
         return "multi-op-return"
-    if dust_outputs > 0:
-        return "dust"
     if tx.stripped_size < MIN_STANDARD_TX_NONWITNESS_SIZE:
         return "tx-size-small"
     return None

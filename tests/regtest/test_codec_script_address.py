@@ -243,3 +243,31 @@ def test_assemble_builds_what_disassemble_reads():
     script = assemble("OP_SHA256", b"\x11" * 32, "OP_EQUALVERIFY", b"\x21" * 33, "CHECKSIG")
     assert disassemble(script) == f"OP_SHA256 {'11' * 32} OP_EQUALVERIFY {'21' * 33} OP_CHECKSIG"
     assert hash160(PK1).hex() == "751e76e8199196d454941c45d1b3a323f1433bd6"
+
+
+# BIP173 / BIP350 checksum-only test strings.
+BECH32_VALID = ["A12UEL5L", "a12uel5l",
+                "an83characterlonghumanreadablepartthatcontainsthenumber1andtheexcludedcharactersbio1tt5tgs",
+                "abcdef1qpzry9x8gf2tvdw0s3jn54khce6mua7lmqqqxw",
+                "11" + "q" * 82 + "c8247j",
+                "split1checkupstagehandshakeupstreamerranterredcaperred2y9e3w", "?1ezyfcl"]
+BECH32M_VALID = ["A1LQFN3A", "a1lqfn3a",
+                 "an83characterlonghumanreadablepartthatcontainsthetheexcludedcharactersbioandnumber11sg7hg6",
+                 "abcdef1l7aum6echk45nj3s0wdvt2fg8x9yrzpqzd3ryx",
+                 "11" + "l" * 83 + "udsr8",
+                 "split1checkupstagehandshakeupstreamerranterredcaperredlc445v", "?1v759aa"]
+BECH32_INVALID = [" 1nwldj5", "\x7f1axkwrx", "an84characterslonghumanreadablepartthatcontainsthenumber1andtheexcludedcharactersbio1569pvx",
+                  "pzry9x0s0muk", "1pzry9x0s0muk", "x1b4n0q5v", "li1dgmt3", "A1G7SGD8", "10a06t8", "1qzzfhee"]
+
+
+def test_bip173_bip350_checksum_vectors():
+    from devnets.regtest.address import Encoding
+
+    for text in BECH32_VALID:
+        assert bech32_decode(text)[0] is Encoding.BECH32, text
+    for text in BECH32M_VALID:
+        assert bech32_decode(text)[0] is Encoding.BECH32M, text
+    for text in BECH32_INVALID:
+        assert bech32_decode(text) is None, text
+    assert address_to_script("tb1qrp33g0q5c5txsp9arysrx4k6zdkfs4nce4xj0gdcccefvpysxf3q0sl5k7", "testnet").hex() == \
+        "00201863143c14c5166804bd19203356da136c985678cd4d27a1b8c6329604903262"
