@@ -10,7 +10,14 @@ message that says so.
 from __future__ import annotations
 
 from bridge.errors import InputError
-from devnets.regtest.address import InvalidAddress, Network, address_to_script, network, script_to_address
+from devnets.regtest.address import (
+    InvalidAddress,
+    Network,
+    address_to_script,
+    b58check_decode,
+    network,
+    script_to_address,
+)
 from devnets.regtest.primitives import hash160, push_int, sha256, tagged_hash
 from devnets.regtest.script import classify, multisig_params, witness_program
 
@@ -195,22 +202,24 @@ def _is_hex(text: str) -> bool:
 
 def _parse_key(expr: str, ctx: str) -> bytes:
     """A key expression -> serialized public key (33/65 bytes, or 32 x-only bytes only inside tr)."""
-    if expr.startswith("["):
-        close = expr.find("]")
-        if close == -1:
-            raise InvalidDescriptor("Key origin start '[ character expected but not found, got ']' instead")
-        origin = expr[1:close].split("/")
-        if len(origin[0]) != 8:
-            raise InvalidDescriptor(f"Fingerprint is not 4 bytes ({len(origin[0])} characters instead of 8 characters)")
-        if not _is_hex(origin[0]):
-            raise InvalidDescriptor(f"Fingerprint '{origin[0]}' is not hex")
-        expr = expr[close + 1 :]
-    if "/" in expr or "*" in expr or expr[:4] in ("xpub", "tpub", "xprv", "tprv"):
-        raise InvalidDescriptor(f"key '{expr}' is not valid: extended keys and derivation paths are not "
-                                "supported by the embedded regtest node (use hex public keys)")
+    origin_split = expr.split("]")
+    if len(origin_split) > 2:
+        raise InvalidDescriptor("Multiple ']' characters found for a single pubkey")
+    if len(origin_split) == 2:
+        origin, expr = origin_split
+        if not origin.startswith("["):
+            raise InvalidDescriptor("Key origin start '[ character expected but not found, got "
+                                    f"'{origin[0] if origin else ']'}' instead")
+        fingerprint = origin[1:].split("/")[0]
+        if len(fingerprint) != 8:
+            raise InvalidDescriptor(f"Fingerprint is not 4 bytes ({len(fingerprint)} characters instead of 8 characters)")
+        if not _is_hex(fingerprint):
+            raise InvalidDescriptor(f"Fingerprint '{fingerprint}' is not hex")
     if not _is_hex(expr):
-        raise InvalidDescriptor(f"key '{expr}' is not valid: only hex public keys are supported by the "
-                                "embedded regtest node")
+        if "/" in expr or "*" in expr or b58check_decode(expr, 82) is not None:
+            raise InvalidDescriptor(f"key '{expr}' is not supported by the embedded regtest node: extended keys, "
+                                    "derivation paths and private keys are not implemented (use hex public keys)")
+        raise InvalidDescriptor(f"key '{expr}' is not valid")
     key = bytes.fromhex(expr)
     if len(key) == 32 and ctx in ("tr", "rawtr"):
         if _lift_x(int.from_bytes(key, "big")) is None:

@@ -110,6 +110,11 @@ def test_taproot_key_path_matches_bip86():
         (f"multi(3,{PK1},{PK2})", "Multisig threshold cannot be larger than the number of keys; threshold is 3 "
                                   "but only 2 keys specified"),
         (f"multi(1,{PK1},{PK2},{PK1},{PK2})", "Cannot have 4 pubkeys in bare multisig; only at most 3 pubkeys"),
+        ("pk(nothex)", "key 'nothex' is not valid"),
+        (f"pk(d34db33f]{PK1})", "Key origin start '[ character expected but not found, got 'd' instead"),
+        (f"pk([d34db33f]]{PK1})", "Multiple ']' characters found for a single pubkey"),
+        (f"pk([d34db3]{PK1})", "Fingerprint is not 4 bytes (6 characters instead of 8 characters)"),
+        (f"pk([d34db33g/1]{PK1})", "Fingerprint 'd34db33g' is not hex"),
     ],
 )
 def test_parse_errors(desc, message):
@@ -119,8 +124,9 @@ def test_parse_errors(desc, message):
 
 
 def test_unsupported_forms_say_so():
+    wif = "cMahea7zqjxrtgAbB7LSGbcQUr1uX1ojuat9jZodMN87JcbXMTcA"  # regtest WIF of private key 1
     for desc in ("wpkh(tpubD6NzVbkrYhZ4XgiXtGrdW5XDAPFCL9h7we1vwNCpn8tGbBcgfVYjXyhBo2Ag4pDh2oZL1nXyxQHXbdCo2Dm6wkT"
-                 "3X6FcHCYGpSn5XqVHbLY/0/*)", f"tr({BIP86_INTERNAL},pk({PK1}))"):
+                 "3X6FcHCYGpSn5XqVHbLY/0/*)", f"tr({BIP86_INTERNAL},pk({PK1}))", f"wpkh({wif})"):
         with pytest.raises(InvalidDescriptor, match="not supported by the embedded regtest node"):
             parse_descriptor(desc)
 
