@@ -27,6 +27,7 @@ from bridge.errors import InputError, InsufficientFunds
 from chains.bitcoin_tx import (
     BECH32_HRP,
     address_to_script,
+    compact_size,
     dust_threshold,
     hash160,
     is_op_return,
@@ -43,11 +44,21 @@ _SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD036414
 MAX_FEERATE = 1_000
 MAX_FEE = 1_000_000
 
-# Weight units of a P2WPKH spend: outpoint(36) + empty scriptSig(1) + sequence(4) non-witness, and a
-# witness of 2 items: a DER signature of at most 72 bytes (+ sighash byte) and a 33-byte key.
-_P2WPKH_INPUT_WEIGHT = 41 * 4 + (1 + 1 + 73 + 1 + 33)
-# version(4) + locktime(4) + in/out counts (1 each) non-witness, plus the segwit marker and flag.
-_TX_OVERHEAD_WEIGHT = 10 * 4 + 2
+# Witness of a P2WPKH spend: item count, then a DER signature of at most 72 bytes with its
+# sighash byte (low-S keeps s at 32 bytes; r may need 33) and the 33-byte compressed key.
+_P2WPKH_WITNESS_BYTES = 1 + 1 + 72 + 1 + 33
+
+
+def estimate_weight(n_inputs: int, output_scripts: Sequence[bytes]) -> int:
+    """Weight of a segwit tx spending ``n_inputs`` P2WPKH coins to ``output_scripts`` (never under the real one)."""
+    outputs = sum(8 + len(compact_size(len(s))) + len(s) for s in output_scripts)
+    # version, locktime, both counts, then outpoint + empty scriptSig + sequence per input.
+    base = 8 + len(compact_size(n_inputs)) + len(compact_size(len(output_scripts))) + outputs + 41 * n_inputs
+    return 4 * base + 2 + _P2WPKH_WITNESS_BYTES * n_inputs  # +2: segwit marker and flag
+
+
+def fee_for(weight: int, feerate: int) -> int:
+    return math.ceil(weight / 4) * feerate
 
 
 class BtcKey:
@@ -142,10 +153,6 @@ class SignedTx:
     change_vout: int | None
 
 
-def _output_weight(script: bytes) -> int:
-    return (8 + 1 + len(script)) * 4
-
-
 def _resolve_outputs(outputs: Sequence[tuple[str | bytes, int]], network: str) -> list[tuple[bytes, int]]:
     if not outputs:
         raise InputError("a payment needs at least one output")
@@ -165,22 +172,20 @@ def _resolve_outputs(outputs: Sequence[tuple[str | bytes, int]], network: str) -
     return resolved
 
 
-def select_coins(utxos: Iterable[Utxo], target: int, feerate: int, fixed_weight: int) -> tuple[list[Utxo], int]:
+def select_coins(utxos: Iterable[Utxo], target: int, feerate: int, output_scripts: Sequence[bytes]) -> tuple[list[Utxo], int]:
     """Largest-first: add coins until they pay ``target`` plus the fee of the tx so far.
 
     Returns the chosen coins and the fee (sats) for a tx without change.
     """
     chosen: list[Utxo] = []
     total = 0
-    weight = fixed_weight
     for utxo in sorted(utxos, key=lambda u: (-u.value_sats, u.txid, u.vout)):
         chosen.append(utxo)
         total += utxo.value_sats
-        weight += _P2WPKH_INPUT_WEIGHT
-        fee = math.ceil(weight / 4) * feerate
+        fee = fee_for(estimate_weight(len(chosen), output_scripts), feerate)
         if total >= target + fee:
             return chosen, fee
-    fee = math.ceil((weight + _P2WPKH_INPUT_WEIGHT * (not chosen)) / 4) * feerate
+    fee = fee_for(estimate_weight(max(1, len(chosen)), output_scripts), feerate)
     raise InsufficientFunds(
         f"coins worth {total} sats cannot pay {target} sats plus a fee of about {fee} sats",
         available=total,
@@ -216,13 +221,12 @@ def build_payment(
     change_script = keys[0].p2wpkh_script if change_script is None else change_script
 
     target = sum(v for _, v in resolved)
-    fixed_weight = _TX_OVERHEAD_WEIGHT + sum(_output_weight(s) for s, _ in resolved)
-    chosen, fee = select_coins(spendable, target, feerate, fixed_weight)
+    scripts = [s for s, _ in resolved]
+    chosen, fee = select_coins(spendable, target, feerate, scripts)
     total_in = sum(u.value_sats for u in chosen)
-    weight = fixed_weight + _P2WPKH_INPUT_WEIGHT * len(chosen)
 
     change_vout = None
-    fee_with_change = math.ceil((weight + _output_weight(change_script)) / 4) * feerate
+    fee_with_change = fee_for(estimate_weight(len(chosen), scripts + [change_script]), feerate)
     change = total_in - target - fee_with_change
     if change >= dust_threshold(change_script):
         resolved.append((change_script, change))
@@ -244,8 +248,6 @@ def build_payment(
             tx.sign(keys=by_script[utxo.script_pubkey]._key, index_n=i)
     except (TransactionError, BKeyError) as exc:
         raise InputError(f"signing failed: {exc}") from None
-    if not tx.verify():
-        raise InputError("signed transaction does not verify (wrong key for a coin?)")
     raw = tx.raw()
     summary = parse_tx(raw)
     return SignedTx(raw_hex=raw.hex(), txid=summary.txid, fee_sats=fee, vsize=summary.vsize, inputs=tuple(chosen), change_vout=change_vout)

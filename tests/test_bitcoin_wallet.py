@@ -143,3 +143,11 @@ def test_several_keys_sign_their_own_inputs():
     for n, inp in enumerate(tx.inputs):
         inp.value = signed.inputs[n].value_sats
     assert tx.verify()
+
+
+@pytest.mark.parametrize("n_outputs", [1, 252, 253, 600])
+def test_fee_estimate_never_undercuts_the_real_size(n_outputs):
+    key = BtcKey.generate()
+    coins = [coin(key, 10_000_000, n) for n in range(3)]
+    signed = build_payment([key], coins, [(key.p2wpkh_script, 1_000)] * n_outputs, feerate=1)
+    assert signed.vsize <= signed.fee_sats <= signed.vsize + 2
