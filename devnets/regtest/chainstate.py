@@ -39,6 +39,7 @@ class ChainState:
         self.datadir = Path(datadir)
         self.kernel = Kernel(self.datadir)
         self.store = Store(self.datadir / "indexes.sqlite")
+        self._tip: tuple[int, int] | None = None  # (height, median time past), dropped on every change
 
     def close(self) -> None:
         self.kernel.close()
@@ -88,6 +89,7 @@ class ChainState:
             connect.append(index_block(block, raw, height))
             connected.append(block)
         s.apply(disconnect, connect)
+        self._tip = None
         return ChainChange(disconnected, connected)
 
     def submit(self, raw: bytes) -> tuple[BlockOutcome, ChainChange]:
@@ -96,9 +98,16 @@ class ChainState:
 
     # --- chain facts --------------------------------------------------------------------------
 
+    def _tip_facts(self) -> tuple[int, int]:
+        # Read on every mempool acceptance; cached so a burst of transactions costs no queries.
+        if self._tip is None:
+            height = self.store.tip_height()
+            self._tip = (height, self._mtp_at(height))
+        return self._tip
+
     @property
     def height(self) -> int:
-        return self.store.tip_height()
+        return self._tip_facts()[0]
 
     def tip_hash(self) -> str:
         return self.store.hash_at(self.height) or ""
@@ -106,7 +115,12 @@ class ChainState:
     def median_time_past(self, height: int | None = None) -> int:
         """Median of the 11 header times ending at ``height`` (Core's GetMedianTimePast)."""
         if height is None:
-            height = self.height
+            return self._tip_facts()[1]
+        return self._mtp_at(height)
+
+    def _mtp_at(self, height: int) -> int:
+        if height < 0:
+            return 0
         times = sorted(self.store.times(max(0, height - 10), height))
         return times[len(times) // 2]
 

@@ -51,6 +51,9 @@ class RegtestNode:
         self.stopped = asyncio.Event()
         self._server = None
         self._cookie: Path | None = None
+        # Mempool changes not yet written (batched: one commit per RPC request, not per tx).
+        self._mempool_added: dict[str, tuple[str, bytes, int]] = {}
+        self._mempool_removed: set[str] = set()
 
     # --- life cycle -------------------------------------------------------------------------------
 
@@ -87,6 +90,7 @@ class RegtestNode:
 
     def close(self) -> None:
         if self.chain is not None:
+            self.flush_mempool()
             self.chain.close()
             self.chain = None
         if self._cookie is not None:
@@ -125,9 +129,21 @@ class RegtestNode:
     # --- transactions ----------------------------------------------------------------------------
 
     def accept_tx(self, tx: p.Tx, max_feerate: int | None = None) -> Entry:
+        """Into the mempool; persisted at the next ``flush_mempool`` (the RPC server flushes before
+        it answers, so an acknowledged transaction is on disk)."""
         entry, removed = self.mempool.accept(tx, max_feerate)
-        self.chain.store.mempool_replace([(tx.txid, tx.serialize(), entry.time)], removed)
+        for txid in removed:
+            self._mempool_added.pop(txid, None)
+            self._mempool_removed.add(txid)
+        self._mempool_added[tx.txid] = (tx.txid, tx.serialize(), entry.time)
+        self._mempool_removed.discard(tx.txid)
         return entry
+
+    def flush_mempool(self) -> None:
+        if self._mempool_added or self._mempool_removed:
+            self.chain.store.mempool_replace(list(self._mempool_added.values()), list(self._mempool_removed))
+            self._mempool_added.clear()
+            self._mempool_removed.clear()
 
     def _load_mempool(self) -> None:
         rows = list(self.chain.store.mempool_rows())
@@ -152,6 +168,7 @@ class RegtestNode:
     def _after_chain_change(self, change: ChainChange) -> None:
         if not change.disconnected and not change.connected:
             return
+        self.flush_mempool()
         before = set(self.mempool.entries)
         if not change.disconnected:
             for block in change.connected:

@@ -106,12 +106,17 @@ class RpcServer:
         except (ValueError, UnicodeDecodeError):
             return self._json(500, _reply(False, None, {"code": RPC_PARSE_ERROR, "message": "Parse error"}, None))
         async with self._lock:
-            if isinstance(payload, list):
-                replies = [r for r in [await self._one(item, batch=True) for item in payload] if r is not None]
-                return self._json(200, [r[1] for r in replies])
-            if not isinstance(payload, dict):
-                return self._json(400, _reply(False, None, {"code": RPC_INVALID_REQUEST, "message": "Top-level object parse error"}, None))
-            reply = await self._one(payload, batch=False)
+            try:
+                if isinstance(payload, list):
+                    replies = [r for r in [await self._one(item, batch=True) for item in payload] if r is not None]
+                    return self._json(200, [r[1] for r in replies])
+                if not isinstance(payload, dict):
+                    return self._json(400, _reply(False, None, {"code": RPC_INVALID_REQUEST, "message": "Top-level object parse error"}, None))
+                reply = await self._one(payload, batch=False)
+            finally:
+                # Before answering: whatever the request put in the mempool is on disk.
+                if self.node.chain is not None:
+                    self.node.flush_mempool()
         if reply is None:
             return web.Response(status=204)
         status, obj = reply
