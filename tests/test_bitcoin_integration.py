@@ -6,14 +6,17 @@ test uses fresh keys and asserts only on its own coins and transactions.
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
-from bridge.errors import InsufficientFunds, MissingInputs, NotFound, TransactionRejected
+from bridge.errors import ChainUnavailable, InsufficientFunds, MissingInputs, NotFound, TransactionRejected
 from bridge.testing import wait_until
 from chains.bitcoin import COINBASE_MATURITY, BitcoinAdapter, BitcoinTxFilter
 from chains.bitcoin_rpc import BitcoinRpc
 from chains.bitcoin_tx import btc_to_sats, parse_tx
 from chains.bitcoin_wallet import BtcKey, Utxo, build_payment
+from devnets.regtest import RegtestProcess
 
 
 @pytest.fixture
@@ -171,3 +174,22 @@ async def test_tx_status_follows_a_transaction_into_a_block(btc):
 async def _confirmed(btc: BitcoinAdapter, txid: str):
     status = await btc.tx_status(txid)
     return status if status.confirmations >= 1 else None
+
+
+async def test_cookie_auth_survives_a_node_restart(tmp_path):
+    # A node of its own: restarting the shared one would disturb other tests.
+    node = RegtestProcess(tmp_path / "node", rpcuser=None, rpcpassword=None)
+    await asyncio.to_thread(node.start)
+    cookie = tmp_path / "node" / "regtest" / ".cookie"
+    try:
+        async with BitcoinAdapter(BitcoinRpc(node.rpc_url, cookie_file=cookie)) as btc:
+            await btc.mine(3)
+            first_cookie = cookie.read_text()
+            await asyncio.to_thread(node.stop)
+            with pytest.raises(ChainUnavailable):
+                await btc.height()
+            await asyncio.to_thread(node.start)
+            assert cookie.read_text() != first_cookie  # a new secret: the client must re-read it
+            assert await btc.height() == 3
+    finally:
+        await asyncio.to_thread(node.stop)
