@@ -100,7 +100,7 @@ def test_taproot_key_path_matches_bip86():
         ("addr(bcrt1qqqqq)", "Address is not valid"),
         ("addr(1BgGZ9tcN4rm9KBzDn7KprQz87SZ26SAMH)", "Address is not valid"),  # mainnet address on regtest
         ("raw(zz)", "Raw script is not hex"),
-        (f"sh(raw(00))", "Can only have raw() at top level"),
+        ("sh(raw(00))", "Can only have raw() at top level"),
         (f"wsh(wpkh({PK1}))", "Can only have wpkh() at top level or inside sh()"),
         (f"sh(sh(pk({PK1})))", "Can only have sh() at top level"),
         (f"wsh(wsh(pk({PK1})))", "Can only have wsh() at top level or inside sh()"),
