@@ -1,0 +1,314 @@
+"""The swap state machine's step handlers, for both roles, and the loop that runs them.
+
+A step reads the swap, looks at the chains, and either records a transition (with
+whatever it must remember, e.g. a signed transaction, *before* broadcasting it) or
+defers the swap with the reason it waits (shown by ``swap status``).  Handlers are
+idempotent: running one twice, or after a crash at any point, repeats only safe
+actions (re-broadcast of stored bytes, on-chain look-ups before EVM sends).
+
+Initiator (trader):  created -> initiator_lock_intended -> initiator_locked
+    -> participant_locked -> claim_intended -> claimed
+    (from initiator_locked/participant_locked at its own expiry: refund_intended -> refunded)
+Participant (LP):    created -> participant_lock_intended -> participant_locked
+    -> claim_intended -> claimed
+    (refused lock or no lock in time: failed; own expiry without the secret: refund_intended -> refunded)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable
+
+from bridge.errors import BridgeError, TransactionRejected
+from bridge.retry import RetryPolicy, is_retryable
+from bridge.swaps import models as m
+from bridge.swaps.legs import Leg, LockRefused, NotYet
+from bridge.swaps.models import INITIATOR, PARTICIPANT, SwapLeg
+from bridge.swaps.store import SwapStore, SwapView
+from bridge.swaps.timelock import TimelockPolicy, TimelockRefused
+
+log = logging.getLogger("bridge.swaps")
+
+#: Backoff for errors (not for plain waiting, which polls at ``poll_interval``).
+ERROR_BACKOFF = RetryPolicy(base_delay=0.5, max_delay=30.0, jitter=0.2)
+
+
+class LpPort:
+    """What the initiator's engine needs from the LP (``protocol.LpClient`` over HTTP)."""
+
+    async def accept(self, view: SwapView) -> dict: ...
+
+    async def notify_locked(self, view: SwapView) -> None: ...
+
+    async def participant_lock(self, view: SwapView) -> dict | None: ...
+
+
+@dataclass
+class SwapEngine:
+    store: SwapStore
+    legs: dict[str, Leg]  # by chain: "bitcoin", "evm"
+    policy: TimelockPolicy = field(default_factory=TimelockPolicy)
+    confirmations: dict[str, int] = field(default_factory=lambda: {"bitcoin": 1, "evm": 1})
+    lp: LpPort | None = None
+    poll_interval: float = 0.5
+    error_backoff: RetryPolicy = ERROR_BACKOFF
+    #: Called after every transition (metrics, ledger recording, progress output).
+    on_transition: Callable[[SwapView], Awaitable[None] | None] | None = None
+
+    # --- running ----------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event, only: set[str] | None = None) -> None:
+        """Step every due swap until ``stop`` is set (``only``: just these swaps, and return
+        once they are all finished)."""
+        while not stop.is_set():
+            ids = [i for i in self.store.due() if only is None or i in only]
+            for swap_id in ids:
+                if stop.is_set():
+                    break
+                await self.step(swap_id)
+            if only is not None and all(self.store.get(i).swap.state in m.TERMINAL for i in only):
+                return
+            try:
+                await asyncio.wait_for(stop.wait(), self.poll_interval)
+            except asyncio.TimeoutError:
+                pass
+
+    async def step(self, swap_id: str) -> SwapView:
+        view = self.store.get(swap_id)
+        handler = self._handlers().get((view.swap.role, view.swap.state))
+        if handler is None:
+            return view
+        try:
+            await handler(view)
+        except NotYet as exc:
+            self.store.defer(swap_id, f"waiting: {exc.message}", self.poll_interval, count_retry=False)
+        except Exception as exc:  # noqa: BLE001 - every failure is recorded on the swap and retried
+            attempt = view.swap.retries + 1
+            delay = self.error_backoff.delay(min(attempt, 10))
+            text = exc.message if isinstance(exc, BridgeError) else f"{type(exc).__name__}: {exc}"
+            kind = "retrying" if is_retryable(exc) else "error (retrying)"
+            log.log(logging.INFO if is_retryable(exc) else logging.WARNING, "swap %s %s: %s", swap_id, kind, text)
+            self.store.defer(swap_id, f"{kind}: {text}", delay)
+        return self.store.get(swap_id)
+
+    def _handlers(self) -> dict[tuple[str, str], Callable[[SwapView], Awaitable[None]]]:
+        return {
+            (INITIATOR, m.CREATED): self._initiator_created,
+            (INITIATOR, m.INITIATOR_LOCK_INTENDED): self._lock_intended,
+            (INITIATOR, m.INITIATOR_LOCKED): self._initiator_locked,
+            (INITIATOR, m.PARTICIPANT_LOCKED): self._initiator_participant_locked,
+            (PARTICIPANT, m.CREATED): self._participant_created,
+            (PARTICIPANT, m.PARTICIPANT_LOCK_INTENDED): self._lock_intended,
+            (PARTICIPANT, m.PARTICIPANT_LOCKED): self._participant_locked,
+            (INITIATOR, m.CLAIM_INTENDED): self._spend_intended,
+            (PARTICIPANT, m.CLAIM_INTENDED): self._spend_intended,
+            (INITIATOR, m.REFUND_INTENDED): self._spend_intended,
+            (PARTICIPANT, m.REFUND_INTENDED): self._spend_intended,
+        }
+
+    async def _move(self, view: SwapView, to: str, note: str = "", swap_fields: dict | None = None, legs: dict | None = None) -> SwapView:
+        new = self.store.transition(view.swap.id, view.swap.state, to, note, swap_fields, legs)
+        log.info("swap %s: %s -> %s %s", new.swap.id, view.swap.state, to, note)
+        if self.on_transition is not None:
+            result = self.on_transition(new)
+            if asyncio.iscoroutine(result):
+                await result
+        return new
+
+    def _ops(self, leg: SwapLeg) -> Leg:
+        return self.legs[leg.chain]
+
+    @staticmethod
+    def _own_leg(view: SwapView) -> SwapLeg:
+        return view.leg(view.swap.role)
+
+    # --- initiator ------------------------------------------------------------------
+
+    async def _initiator_created(self, view: SwapView) -> None:
+        ileg = view.leg(INITIATOR)
+        ops = self._ops(ileg)
+        if not view.swap.accepted:
+            if self.lp is None:
+                raise NotYet("no LP connection to agree the terms with")
+            try:
+                terms = await self.lp.accept(view)
+            except BridgeError as exc:
+                if exc.retryable:
+                    raise
+                await self._move(view, m.FAILED, f"LP refused: {exc.message}", {"last_error": f"LP refused: {exc.message}"})
+                return
+            view = await self._move(view, m.CREATED, "LP accepted", {"accepted": True}, {
+                INITIATOR: {"recipient": terms["lp"][ileg.chain]},
+                PARTICIPANT: {"sender": terms["lp"][view.leg(PARTICIPANT).chain]},
+            })
+            ileg = view.leg(INITIATOR)
+        try:
+            self.policy.check_initiator_lock(ileg.chain, ileg.expiry, await ops.now())
+        except TimelockRefused as exc:
+            await self._move(view, m.FAILED, f"not locking: {exc.reason}", {"last_error": exc.reason})
+            return
+        fields = await ops.prepare_lock(view, ileg)
+        view = await self._move(view, m.INITIATOR_LOCK_INTENDED, "lock recorded before broadcast", legs={INITIATOR: fields})
+        await self._lock_intended(view)
+
+    async def _lock_intended(self, view: SwapView) -> None:
+        leg = self._own_leg(view)
+        ops = self._ops(leg)
+        fields = await ops.broadcast_lock(view, leg)
+        if fields and any(getattr(leg, k) != v for k, v in fields.items()):
+            view = self.store.transition(view.swap.id, view.swap.state, view.swap.state, "lock broadcast", legs={leg.leg: fields})
+            leg = self._own_leg(view)
+        confirmations = await ops.lock_confirmations(view, leg)
+        need = self.confirmations[leg.chain]
+        if confirmations < need:
+            raise NotYet(f"our lock {leg.lock_ref} has {max(confirmations, 0)}/{need} confirmations")
+        to = m.INITIATOR_LOCKED if view.swap.role == INITIATOR else m.PARTICIPANT_LOCKED
+        view = await self._move(view, to, f"lock {leg.lock_ref} confirmed")
+        await self._handlers()[(view.swap.role, to)](view)
+
+    async def _refund_if_expired(self, view: SwapView) -> bool:
+        leg = self._own_leg(view)
+        ops = self._ops(leg)
+        if not self.policy.expired(leg.chain, leg.expiry, await ops.now()):
+            return False
+        fields = await ops.prepare_spend(view, leg, "refund", None)
+        view = await self._move(view, m.REFUND_INTENDED, "own lock expired; refund recorded before broadcast", legs={leg.leg: fields})
+        await self._spend_intended(view)
+        return True
+
+    async def _initiator_locked(self, view: SwapView) -> None:
+        if await self._refund_if_expired(view):
+            return
+        if self.lp is None:
+            raise NotYet("no LP connection to report the lock to")
+        try:
+            if not view.swap.lp_notified:
+                await self.lp.notify_locked(view)
+                view = self.store.transition(view.swap.id, m.INITIATOR_LOCKED, m.INITIATOR_LOCKED, swap_fields={"lp_notified": True})
+            lock = await self.lp.participant_lock(view)
+        except BridgeError as exc:
+            # An unreachable or confused LP is a wait like any other: our refund at expiry is what protects us.
+            raise NotYet(f"LP: {exc.message}; {await self._time_left_text(view.leg(INITIATOR))}") from None
+        pleg = view.leg(PARTICIPANT)
+        ops = self._ops(pleg)
+        if not lock or not lock.get("lock_ref"):
+            raise NotYet(f"the LP has not locked yet; {await self._time_left_text(view.leg(INITIATOR))}")
+        try:
+            seen = await ops.audit_lock(view, pleg, lock["lock_ref"], lock.get("script"))
+        except LockRefused as exc:
+            # Never claim a bad lock; keep watching (the LP may still lock correctly) and refund at expiry.
+            raise NotYet(f"LP's lock refused: {exc.reason}") from None
+        need = self.confirmations[pleg.chain]
+        if seen.confirmations < need:
+            raise NotYet(f"LP's lock {seen.ref} has {seen.confirmations}/{need} confirmations")
+        view = await self._move(view, m.PARTICIPANT_LOCKED, f"LP's lock {seen.ref} audited", legs={PARTICIPANT: {
+            "lock_ref": seen.ref, "lock_tx": seen.tx, "expiry": seen.expiry, "script": lock.get("script"),
+        }})
+        await self._initiator_participant_locked(view)
+
+    async def _initiator_participant_locked(self, view: SwapView) -> None:
+        pleg = view.leg(PARTICIPANT)
+        ops = self._ops(pleg)
+        try:
+            self.policy.check_claim(pleg.chain, pleg.expiry, await ops.now())
+        except TimelockRefused as exc:
+            if await self._refund_if_expired(view):
+                return
+            raise NotYet(f"not claiming: {exc.reason}; {await self._time_left_text(view.leg(INITIATOR))}") from None
+        fields = await ops.prepare_spend(view, pleg, "claim", bytes.fromhex(view.swap.secret))
+        view = await self._move(view, m.CLAIM_INTENDED, "claim recorded before broadcast", legs={PARTICIPANT: fields})
+        await self._spend_intended(view)
+
+    # --- participant -----------------------------------------------------------------
+
+    async def _participant_created(self, view: SwapView) -> None:
+        ileg, pleg = view.leg(INITIATOR), view.leg(PARTICIPANT)
+        iops, pops = self._ops(ileg), self._ops(pleg)
+        inow = await iops.now()
+        if not ileg.lock_ref:
+            if self.policy.seconds_left(ileg.chain, ileg.expiry, inow) < self.policy.safety_gap + self.policy.min_participant_lock:
+                await self._fail(view, "the trader did not lock in time")
+                return
+            raise NotYet("the trader has not reported a lock yet")
+        try:
+            seen = await iops.audit_lock(view, ileg, ileg.lock_ref, ileg.script)
+        except LockRefused as exc:
+            await self._fail(view, f"trader's lock refused: {exc.reason}")
+            return
+        need = self.confirmations[ileg.chain]
+        if seen.confirmations < need:
+            raise NotYet(f"trader's lock {seen.ref} has {seen.confirmations}/{need} confirmations; not locking before {need}")
+        pnow = await pops.now()
+        try:
+            expiry = self.policy.participant_expiry(pleg.chain, ileg.chain, ileg.expiry, pnow, inow)
+        except TimelockRefused as exc:
+            await self._fail(view, f"trader's lock refused: {exc.reason}")
+            return
+        balance = await pops.balance(pleg.token)
+        if balance < pleg.value:
+            await self._fail(view, f"not enough {pleg.asset} to lock: have {balance}, need {pleg.value}")
+            return
+        planned = replace_leg(pleg, expiry=expiry)
+        fields = await pops.prepare_lock(view, planned)
+        view = await self._move(view, m.PARTICIPANT_LOCK_INTENDED, f"trader's lock {seen.ref} audited; lock recorded before broadcast", legs={
+            INITIATOR: {"lock_tx": seen.tx}, PARTICIPANT: {"expiry": expiry, **fields},
+        })
+        await self._lock_intended(view)
+
+    async def _fail(self, view: SwapView, reason: str) -> None:
+        await self._move(view, m.FAILED, reason, {"last_error": reason})
+
+    async def _participant_locked(self, view: SwapView) -> None:
+        pleg, ileg = view.leg(PARTICIPANT), view.leg(INITIATOR)
+        secret = await self._ops(pleg).find_secret(view, pleg)
+        if secret is not None:
+            claim_view = SwapView(replace_swap(view, secret=secret.hex()), view.legs, view.actions)
+            fields = await self._ops(ileg).prepare_spend(claim_view, ileg, "claim", secret)
+            view = await self._move(view, m.CLAIM_INTENDED, "secret revealed; claim recorded before broadcast",
+                                    {"secret": secret.hex()}, {INITIATOR: fields})
+            await self._spend_intended(view)
+            return
+        if await self._refund_if_expired(view):
+            return
+        raise NotYet(f"waiting for the secret; {await self._time_left_text(pleg)}")
+
+    # --- claim and refund (both roles) --------------------------------------------------
+
+    async def _spend_intended(self, view: SwapView) -> None:
+        kind = "claim" if view.swap.state == m.CLAIM_INTENDED else "refund"
+        leg = next(l for l in view.legs.values() if l.spend_kind == kind)
+        ops = self._ops(leg)
+        try:
+            await ops.broadcast_spend(view, leg)
+        except TransactionRejected as exc:
+            if "non-final" in (exc.reason or "") or "locktime" in (exc.reason or ""):
+                raise NotYet(f"{kind} not final yet: {exc.reason}") from None
+            raise
+        confirmations = await ops.spend_confirmations(view, leg)
+        if confirmations < 1:
+            raise NotYet(f"our {kind} of {leg.lock_ref} has {max(confirmations, 0)}/1 confirmations")
+        await self._move(view, m.CLAIMED if kind == "claim" else m.REFUNDED, f"{kind} of {leg.lock_ref} confirmed")
+
+    async def _time_left_text(self, leg: SwapLeg) -> str:
+        if leg.expiry is None:
+            return "expiry not set"
+        now = await self._ops(leg).now()
+        if leg.chain == "bitcoin":
+            return f"{leg.expiry - now.height} blocks to the {leg.leg} leg's expiry (height {leg.expiry})"
+        return f"{leg.expiry - now.timestamp}s to the {leg.leg} leg's expiry"
+
+
+def replace_leg(leg: SwapLeg, **changes: object) -> SwapLeg:
+    copy = SwapLeg.model_validate(leg.model_dump())
+    for k, v in changes.items():
+        setattr(copy, k, v)
+    return copy
+
+
+def replace_swap(view: SwapView, **changes: object) -> m.Swap:
+    copy = m.Swap.model_validate(view.swap.model_dump())
+    for k, v in changes.items():
+        setattr(copy, k, v)
+    return copy

@@ -1,0 +1,98 @@
+"""The persisted swap: one ``Swap`` row per party's view, two ``SwapLeg`` rows, an action log.
+
+State names are stored as text and never renamed: a database written by an older
+version must still read the same.  The initiator (trader) locks first on the
+"initiator" leg; the participant (LP) locks the "participant" leg.
+Amounts are stored as decimal text because wei overflows a 64-bit column.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from sqlmodel import Field, SQLModel
+
+INITIATOR = "initiator"
+PARTICIPANT = "participant"
+LEGS = (INITIATOR, PARTICIPANT)
+
+CREATED = "created"
+INITIATOR_LOCK_INTENDED = "initiator_lock_intended"
+INITIATOR_LOCKED = "initiator_locked"
+PARTICIPANT_LOCK_INTENDED = "participant_lock_intended"
+PARTICIPANT_LOCKED = "participant_locked"
+CLAIM_INTENDED = "claim_intended"
+CLAIMED = "claimed"
+REFUND_INTENDED = "refund_intended"
+REFUNDED = "refunded"
+FAILED = "failed"  # refused or abandoned before this party locked anything
+
+STATES = (
+    CREATED, INITIATOR_LOCK_INTENDED, INITIATOR_LOCKED, PARTICIPANT_LOCK_INTENDED, PARTICIPANT_LOCKED,
+    CLAIM_INTENDED, CLAIMED, REFUND_INTENDED, REFUNDED, FAILED,
+)
+TERMINAL = frozenset({CLAIMED, REFUNDED, FAILED})
+
+
+class Swap(SQLModel, table=True):
+    __tablename__ = "swap"
+
+    id: str = Field(primary_key=True)
+    role: str  # INITIATOR or PARTICIPANT: whose view this row is
+    state: str = Field(index=True)
+    hashlock: str  # hex sha256 of the secret
+    #: hex; the initiator stores it before the hashlock leaves the process,
+    #: the participant once it is revealed on chain.
+    secret: Optional[str] = None
+    lp_url: Optional[str] = None
+    #: The LP accepted these terms (initiator's view); always true on the LP's side.
+    accepted: bool = False
+    #: The initiator told the LP where its lock is (initiator's view).
+    lp_notified: bool = False
+    created_at: float
+    updated_at: float
+    retries: int = 0
+    next_attempt_at: float = Field(default=0.0, index=True)
+    last_error: Optional[str] = None
+
+
+class SwapLeg(SQLModel, table=True):
+    __tablename__ = "swap_leg"
+
+    swap_id: str = Field(primary_key=True, foreign_key="swap.id")
+    leg: str = Field(primary_key=True)  # INITIATOR or PARTICIPANT
+    chain: str  # "bitcoin" or "evm"
+    asset: str  # "btc", "eth", or a token symbol
+    token: Optional[str] = None  # ERC-20 address
+    amount: str  # base units, decimal text
+    #: Bitcoin: compressed pubkeys (hex) of the refund (sender) and claim (recipient) keys;
+    #: EVM: addresses.
+    sender: Optional[str] = None
+    recipient: Optional[str] = None
+    #: Bitcoin: block height (CLTV); EVM: unix seconds of chain time.
+    expiry: Optional[int] = None
+    script: Optional[str] = None  # Bitcoin witness script, hex
+    #: Bitcoin: "txid:vout" of the HTLC output; EVM: the contract's swap id (0x hex).
+    lock_ref: Optional[str] = None
+    lock_tx: Optional[str] = None
+    lock_raw: Optional[str] = None  # Bitcoin signed funding tx, kept for re-broadcast
+    #: Where to start looking on chain: the head height when the lock was intended.
+    watch_from: Optional[int] = None
+    spend_kind: Optional[str] = None  # "claim" or "refund", by this party
+    spend_tx: Optional[str] = None
+    spend_raw: Optional[str] = None  # Bitcoin signed claim/refund, kept for re-broadcast
+
+    @property
+    def value(self) -> int:
+        return int(self.amount)
+
+
+class SwapAction(SQLModel, table=True):
+    __tablename__ = "swap_action"
+
+    seq: Optional[int] = Field(default=None, primary_key=True)
+    swap_id: str = Field(index=True, foreign_key="swap.id")
+    at: float
+    from_state: Optional[str] = None
+    to_state: str
+    note: str = ""

@@ -1,0 +1,68 @@
+"""One party's swap machinery, wired from settings: chain adapters, legs, store, engine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from bridge.db import make_engine
+from bridge.errors import ConfigError
+from bridge.settings import Settings
+from bridge.swaps.assets import BITCOIN, EVM, AssetBook
+from bridge.swaps.config import SwapConfig
+from bridge.swaps.engine import LpPort, SwapEngine
+from bridge.swaps.legs import BitcoinLeg, EvmLeg, Leg
+from bridge.swaps.protocol import new_trader_swap
+from bridge.swaps.store import SwapStore, SwapView
+from chains.bitcoin import BitcoinAdapter
+from chains.bitcoin_wallet import BtcKey
+from chains.evm import EvmAdapter
+from htlc.evm import EvmHtlc
+
+
+@dataclass
+class Party:
+    settings: Settings
+    config: SwapConfig
+    store: SwapStore
+    legs: dict[str, Leg]
+    engine: SwapEngine
+    assets: AssetBook
+    adapters: list[Any]
+
+    @classmethod
+    async def open(cls, settings: Settings, config: SwapConfig, lp: LpPort | None = None) -> "Party":
+        if not config.btc_key or not config.evm_key or not config.htlc:
+            missing = [k for k in ("btc_key", "evm_key", "htlc") if not getattr(config, k)]
+            raise ConfigError(f"swap config lacks {', '.join(missing)} (file or BRIDGE_SWAP_* environment)")
+        store = SwapStore(make_engine(settings.db_url))
+        btc = BitcoinAdapter.from_settings(settings)
+        evm = EvmAdapter.from_settings(settings.evm)
+        await evm.chain_id_int()
+        legs: dict[str, Leg] = {
+            BITCOIN: BitcoinLeg(btc, BtcKey.from_hex(config.btc_key.removeprefix("0x")), config.btc_feerate),
+            EVM: EvmLeg(evm, EvmHtlc(evm, config.htlc), config.evm_key),
+        }
+        engine = SwapEngine(
+            store, legs, config.policy(), {BITCOIN: 1, EVM: 1, **config.confirmations}, lp, config.poll_interval
+        )
+        return cls(settings, config, store, legs, engine, config.assets(), [btc, evm])
+
+    async def start_swap(self, lp_url: str, sell_spec: str, buy_spec: str) -> SwapView:
+        """Record a new swap as initiator (secret stored first); the engine does the rest."""
+        sell, sell_amount = self.assets.parse(sell_spec)
+        buy, buy_amount = self.assets.parse(buy_spec)
+        sell_now = await self.legs[sell.chain].now()
+        buy_now = await self.legs[buy.chain].now()
+        return new_trader_swap(
+            self.store, lp_url, sell, sell_amount, buy, buy_amount, self.identity(sell.chain), self.identity(buy.chain),
+            self.engine.policy.initiator_expiry(sell.chain, sell_now), {sell.chain: sell_now.height, buy.chain: buy_now.height},
+        )
+
+    def identity(self, chain: str) -> str:
+        return self.legs[chain].identity
+
+    async def close(self) -> None:
+        for adapter in self.adapters:
+            await adapter.close()
+        self.store.engine.dispose()

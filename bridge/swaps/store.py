@@ -1,0 +1,147 @@
+"""Swap persistence: every state change and the data it depends on commit together.
+
+A handler computes what it wants to record (a signed transaction, a lock
+reference) and calls ``transition``; the row's current state is checked inside
+the same transaction, so two runners racing on one swap cannot both move it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, select
+
+from bridge.db import init_db
+from bridge.errors import Conflict, InputError, NotFound
+from bridge.swaps.models import LEGS, STATES, TERMINAL, Swap, SwapAction, SwapLeg
+
+
+@dataclass(frozen=True)
+class SwapView:
+    """A detached snapshot of one swap: its row, both legs and its log."""
+
+    swap: Swap
+    legs: dict[str, SwapLeg]
+    actions: list[SwapAction]
+
+    def leg(self, name: str) -> SwapLeg:
+        return self.legs[name]
+
+
+class SwapStore:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        init_db(engine)
+
+    def _session(self) -> Session:
+        return Session(self.engine, expire_on_commit=False)
+
+    def create(self, swap: Swap, legs: Iterable[SwapLeg], note: str = "") -> SwapView:
+        """Insert a new swap; the same id with the same content again is a no-op (idempotent accept)."""
+        legs = list(legs)
+        if sorted(l.leg for l in legs) != sorted(LEGS):
+            raise InputError("a swap has exactly one initiator and one participant leg")
+        with self._session() as s, s.begin():
+            existing = s.get(Swap, swap.id)
+            if existing is not None:
+                old = {l.leg: l for l in s.exec(select(SwapLeg).where(SwapLeg.swap_id == swap.id))}
+                same = existing.hashlock == swap.hashlock and existing.role == swap.role and all(
+                    (old[l.leg].chain, old[l.leg].asset, old[l.leg].amount) == (l.chain, l.asset, l.amount) for l in legs
+                )
+                if not same:
+                    raise Conflict(f"swap {swap.id} already exists with other terms", swap_id=swap.id)
+            else:
+                s.add(swap)
+                s.flush()
+                for leg in legs:
+                    s.add(leg)
+                s.add(SwapAction(swap_id=swap.id, at=swap.created_at, from_state=None, to_state=swap.state, note=note))
+        return self.get(swap.id)
+
+    def get(self, swap_id: str) -> SwapView:
+        with self._session() as s:
+            swap = s.get(Swap, swap_id)
+            if swap is None:
+                raise NotFound(f"no swap {swap_id}", swap_id=swap_id)
+            legs = {l.leg: l for l in s.exec(select(SwapLeg).where(SwapLeg.swap_id == swap_id))}
+            actions = list(s.exec(select(SwapAction).where(SwapAction.swap_id == swap_id).order_by(SwapAction.seq)))
+            return SwapView(swap, legs, actions)
+
+    def list(self, states: Iterable[str] | None = None) -> list[SwapView]:
+        with self._session() as s:
+            q = select(Swap.id).order_by(Swap.created_at)
+            if states is not None:
+                q = q.where(Swap.state.in_(list(states)))
+            ids = list(s.exec(q))
+        return [self.get(i) for i in ids]
+
+    def due(self, now: float | None = None) -> list[str]:
+        """Ids of unfinished swaps whose next attempt is due."""
+        now = time.time() if now is None else now
+        with self._session() as s:
+            q = select(Swap.id).where(Swap.state.not_in(list(TERMINAL)), Swap.next_attempt_at <= now).order_by(Swap.next_attempt_at)
+            return list(s.exec(q))
+
+    def transition(
+        self,
+        swap_id: str,
+        expect: str | Iterable[str],
+        to: str,
+        note: str = "",
+        swap_fields: dict[str, Any] | None = None,
+        legs: dict[str, dict[str, Any]] | None = None,
+    ) -> SwapView:
+        """Move ``swap_id`` from ``expect`` to ``to`` and write the given fields, atomically.
+
+        ``to == expect`` records data without a state change (no log line unless ``note``).
+        Raises ``Conflict`` when the swap is no longer in ``expect`` (someone else moved it).
+        """
+        if to not in STATES:
+            raise InputError(f"unknown swap state {to!r}", field="state")
+        expected = {expect} if isinstance(expect, str) else set(expect)
+        now = time.time()
+        with self._session() as s, s.begin():
+            swap = s.get(Swap, swap_id)
+            if swap is None:
+                raise NotFound(f"no swap {swap_id}", swap_id=swap_id)
+            if swap.state not in expected:
+                raise Conflict(f"swap {swap_id} is {swap.state}, not {'/'.join(sorted(expected))}", swap_id=swap_id, state=swap.state)
+            for name, value in (swap_fields or {}).items():
+                setattr(swap, name, value)
+            for leg_name, fields in (legs or {}).items():
+                leg = s.get(SwapLeg, (swap_id, leg_name))
+                for name, value in fields.items():
+                    setattr(leg, name, value)
+                s.add(leg)
+            previous = swap.state
+            changed = previous != to
+            if changed:
+                swap.retries, swap.last_error, swap.next_attempt_at = 0, None, now
+            swap.state, swap.updated_at = to, now
+            s.add(swap)
+            if changed or note:
+                s.add(SwapAction(swap_id=swap_id, at=now, from_state=previous, to_state=to, note=note))
+        return self.get(swap_id)
+
+    def defer(self, swap_id: str, reason: str, delay: float, count_retry: bool = True) -> None:
+        """Try again after ``delay`` seconds, remembering why (a wait or an error)."""
+        with self._session() as s, s.begin():
+            swap = s.get(Swap, swap_id)
+            if swap is None:
+                raise NotFound(f"no swap {swap_id}", swap_id=swap_id)
+            if count_retry:
+                swap.retries += 1
+            swap.last_error = reason
+            swap.next_attempt_at = time.time() + delay
+            s.add(swap)
+
+    def wake(self, swap_id: str) -> None:
+        """Make a swap due now (new information arrived, e.g. the trader's lock notice)."""
+        with self._session() as s, s.begin():
+            swap = s.get(Swap, swap_id)
+            if swap is not None:
+                swap.next_attempt_at = 0.0
+                s.add(swap)

@@ -1,0 +1,97 @@
+"""The liquidity provider's daemon: quotes and swap requests over HTTP, and its swap engine.
+
+    bridgectl relayer run lp [--swap-config swaps.toml]
+
+Runs on the shared ``relayers.runner`` (health, metrics, graceful SIGTERM); the
+engine steps every unfinished LP swap: audit the trader's lock, lock, claim once
+the secret is revealed, refund at expiry.  Restart-safe: the state is in the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Awaitable, Callable
+
+from aiohttp import web
+
+from bridge.errors import BridgeError, Conflict, InputError, NotFound
+from bridge.swaps.party import Party
+from bridge.swaps.protocol import LiquidityProvider, describe
+from bridge.swaps.store import SwapView
+from relayers.runner import Metrics
+
+log = logging.getLogger("relayers.lp")
+
+
+class LpDaemon:
+    name = "lp"
+
+    def __init__(self, party: Party) -> None:
+        self.party = party
+        self.metrics = Metrics("bridge_lp")
+        self.provider = LiquidityProvider(party.store, party.legs, party.assets, party.config.markets(), party.config.policy())
+        party.engine.on_transition = self._count
+
+    def _count(self, view: SwapView) -> None:
+        self.metrics.inc(f"swaps_{view.swap.state}")
+
+    async def run(self, stop: asyncio.Event) -> None:
+        try:
+            await self.party.engine.run(stop)
+        finally:
+            await self.party.close()
+
+    # --- HTTP ------------------------------------------------------------------------
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.get("/quote", _json(self._quote)),
+            web.post("/swaps", _json(self._accept)),
+            web.get("/swaps/{id}", _json(self._status)),
+            web.post("/swaps/{id}/lock", _json(self._lock_notice)),
+        ]
+
+    async def _quote(self, req: web.Request) -> dict[str, Any]:
+        q = req.query
+        amount = q.get("amount", "")
+        if not amount.isdigit():
+            raise InputError("amount must be an integer of base units", field="amount")
+        return self.provider.quote(q.get("sell", ""), q.get("buy", ""), int(amount))
+
+    async def _accept(self, req: web.Request) -> dict[str, Any]:
+        answer = await self.provider.accept(await _body(req))
+        self.metrics.inc("swaps_accepted")
+        return answer
+
+    async def _status(self, req: web.Request) -> dict[str, Any]:
+        return describe(self.party.store.get(req.match_info["id"]))
+
+    async def _lock_notice(self, req: web.Request) -> dict[str, Any]:
+        return self.provider.lock_notice(req.match_info["id"], await _body(req))
+
+
+async def _body(req: web.Request) -> dict[str, Any]:
+    try:
+        body = await req.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        raise InputError("request body must be a JSON object")
+    return body
+
+
+def _json(handler: Callable[[web.Request], Awaitable[dict[str, Any]]]) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """Answer JSON; a refusal is a 4xx whose body names the reason, anything else a 500."""
+
+    async def wrapped(req: web.Request) -> web.Response:
+        try:
+            return web.json_response(await handler(req))
+        except BridgeError as exc:
+            status = 404 if isinstance(exc, NotFound) else 409 if isinstance(exc, Conflict) else 503 if exc.retryable else 400
+            return web.json_response(exc.to_dict(), status=status)
+        except Exception as exc:  # noqa: BLE001 - the client gets a 500, the log the trace
+            log.exception("%s %s failed", req.method, req.path)
+            return web.json_response({"error": type(exc).__name__, "message": str(exc)}, status=500)
+
+    return wrapped
