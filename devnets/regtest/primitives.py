@@ -158,6 +158,11 @@ class TxOut(NamedTuple):
         return _I64.pack(self.value) + ser_compact_size(len(self.script_pubkey)) + self.script_pubkey
 
 
+# The parser builds the NamedTuples with tuple.__new__: the same objects without the Python-level
+# __new__ call (about 0.3 us saved per input/output on the mempool's hot path).
+_new = tuple.__new__
+
+
 def _read_bytes(buf: bytes, pos: int) -> tuple[bytes, int]:
     n, pos = read_compact_size(buf, pos)
     end = pos + n
@@ -189,7 +194,7 @@ def _parse_tx(buf: bytes, start: int, allow_witness: bool = True) -> tuple["Tx",
             script_sig, pos = _read_bytes(buf, pos)
             seq, = _u32(buf, pos)
             pos += 4
-            append_in(TxIn(OutPoint(prev_hash, idx), script_sig, seq, ()))
+            append_in(_new(TxIn, (_new(OutPoint, (prev_hash, idx)), script_sig, seq, ())))
         vout: list[TxOut] = []
         if flags != 0 or n_in != 0 or not allow_witness:
             n_out, pos = read_compact_size(buf, pos)
@@ -197,7 +202,7 @@ def _parse_tx(buf: bytes, start: int, allow_witness: bool = True) -> tuple["Tx",
             for _ in range(n_out):
                 value, = _i64(buf, pos)
                 spk, pos = _read_bytes(buf, pos + 8)
-                append_out(TxOut(value, spk))
+                append_out(_new(TxOut, (value, spk)))
         body_end = pos
         if flags & 1:
             flags ^= 1
@@ -210,7 +215,8 @@ def _parse_tx(buf: bytes, start: int, allow_witness: bool = True) -> tuple["Tx",
                     items.append(item)
                 if items:
                     any_witness = True
-                    vin[i] = vin[i]._replace(witness=tuple(items))
+                    prevout, script_sig, seq, _ = vin[i]
+                    vin[i] = _new(TxIn, (prevout, script_sig, seq, tuple(items)))
             if not any_witness:
                 raise DecodeError(reason="Superfluous witness record")
         if flags:
