@@ -153,3 +153,56 @@ async def check_errors_keep_the_node_serving(rpc: Rpc) -> None:
     assert status == 413
 
     assert isinstance(await rpc("getblockcount"), int)
+
+
+def _resolve(block: p.Block, coinbase_value_delta: int = 0) -> p.Block:
+    cb = block.txs[0]
+    if coinbase_value_delta:
+        cb = p.Tx(cb.version, cb.vin, [cb.vout[0]._replace(value=cb.vout[0].value + coinbase_value_delta), *cb.vout[1:]], cb.locktime)
+    txs = [cb, *block.txs[1:]]
+    header = block.header._replace(merkle_root=p.merkle_root([t.txid_bytes for t in txs]), nonce=0)
+    return p.Block(p.solve_regtest(header), txs)
+
+
+async def check_mining_rpcs(rpc: Rpc) -> None:
+    alice, burn = Wallet.new(), Wallet.new()
+    coin = await mature_coin(rpc, alice, burn.address)
+    tx = spend_p2wpkh(alice, [coin], [(alice.script, coin.value - FEE)])
+    await rpc("sendrawtransaction", tx.serialize().hex())
+
+    # generateblock: explicit txids, not submitted, then submitblock by hand.
+    built = await rpc("generateblock", burn.address, [tx.txid], False)
+    block = p.Block.parse(bytes.fromhex(built["hex"]))
+    assert block.hash == built["hash"] and [t.txid for t in block.txs[1:]] == [tx.txid]
+    assert await rpc("getbestblockhash") != built["hash"]
+
+    bad_amount = _resolve(block, coinbase_value_delta=1)
+    assert await rpc("submitblock", bad_amount.serialize().hex()) == "bad-cb-amount"
+    high = block.header
+    while int.from_bytes(p.hash256(high.serialize()), "little") <= p.bits_to_target(high.bits):
+        high = high._replace(nonce=high.nonce + 1)
+    assert await rpc("submitblock", p.Block(high, block.txs).serialize().hex()) == "high-hash"
+    assert await rpc("submitblock", built["hex"]) is None
+    assert await rpc("getbestblockhash") == built["hash"]
+    assert await rpc("submitblock", built["hex"]) == "duplicate"
+    assert await rpc("getrawmempool") == []
+    with pytest.raises(NodeError) as err:
+        await rpc("submitblock", "00")
+    assert (err.value.code, err.value.message) == (-22, "Block decode failed")
+
+    # generatetodescriptor and generateblock with a descriptor output.
+    [h] = await rpc("generatetodescriptor", 1, f"addr({alice.address})")
+    cb = (await rpc("getblock", h, 2))["tx"][0]
+    assert cb["vout"][0]["scriptPubKey"]["hex"] == alice.script.hex()
+    made = await rpc("generateblock", f"raw({alice.script.hex()})", [])
+    assert await rpc("getbestblockhash") == made["hash"] and "hex" not in made
+    with pytest.raises(NodeError) as err:
+        await rpc("generatetoaddress", 1, "notanaddress")
+    assert (err.value.code, err.value.message) == (-5, "Error: Invalid address")
+    with pytest.raises(NodeError) as err:
+        await rpc("generateblock", burn.address, ["11" * 32])
+    assert (err.value.code, err.value.message) == (-5, f"Transaction {'11' * 32} not in mempool.")
+    info = await rpc("getmininginfo")
+    assert info["chain"] == "regtest" and info["blocks"] == await rpc("getblockcount")
+    fee = await rpc("estimatesmartfee", 6)
+    assert "feerate" in fee or fee["errors"]

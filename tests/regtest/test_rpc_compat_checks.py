@@ -26,3 +26,7 @@ async def test_policy_rejections(rpc: Rpc) -> None:
 
 async def test_errors_keep_the_node_serving(rpc: Rpc) -> None:
     await rpc_checks.check_errors_keep_the_node_serving(rpc)
+
+
+async def test_mining_rpcs(rpc: Rpc) -> None:
+    await rpc_checks.check_mining_rpcs(rpc)

@@ -76,12 +76,20 @@ def _tx_result(node: "RegtestNode", tx: p.Tx, level: int, block_hash: str | None
                in_active: bool | None) -> Any:
     if level <= 0:
         return tx.serialize().hex()
-    from devnets.regtest.decode import tx_to_json
+    from devnets.regtest.decode import SpentOutput, tx_to_json
 
     out: dict[str, Any] = {}
     if in_active is not None:
         out["in_active_chain"] = in_active
-    out.update(tx_to_json(tx, NETWORK, include_hex=True))
+    prevouts = None
+    if level >= 2 and block_hash is not None and not tx.is_coinbase:
+        # Verbosity 2: fee and prevouts from the block's undo data, as bitcoind reads them.
+        block = p.Block.parse(node.chain.block_raw(block_hash)[0])
+        pos = next(i for i, t in enumerate(block.txs) if t.txid == tx.txid)
+        entry = node.chain.kernel.entry(block_hash)
+        coins = node.chain.kernel.spent_outputs(entry)[pos - 1]
+        prevouts = [SpentOutput(p.TxOut(c[0], c[1]), c[2], c[3]) for c in coins]
+    out.update(tx_to_json(tx, NETWORK, include_hex=True, prevouts=prevouts))
     if block_hash is not None:
         out["blockhash"] = block_hash
         if height is not None:
