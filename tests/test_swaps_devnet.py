@@ -199,3 +199,146 @@ async def test_btc_to_eth_happy_path(tmp_path, regtest, anvil, btc, evm, contrac
 def _state(party: Party, swap_id: str, state: str):
     view = party.store.get(swap_id)
     return view if view.swap.state == state else None
+
+
+async def test_erc20_to_btc_happy_path(tmp_path, regtest, anvil, btc, evm, contracts, automine):
+    trader_keys, lp_keys = await new_keys(evm, ONE_ETH), await new_keys(evm, ONE_ETH)
+    await fund_btc(btc, lp_keys.btc)
+    token = Erc20(evm, contracts["tusd"])
+    await token.mint(contracts["deployer"], trader_keys.address, 3_000 * 10**6)
+    async with running_lp(settings_for(tmp_path, "lp", regtest, anvil), swap_config(lp_keys, contracts)) as (lp_url, lp):
+        trader = await Party.open(settings_for(tmp_path, "trader", regtest, anvil), swap_config(trader_keys, contracts), LpClient())
+        try:
+            lp_btc_before = await btc.balance([lp_keys.btc.p2wpkh_script])
+            view = await trader.start_swap(lp_url, "tusd:1200", "btc:0.02")
+            done = await run_trader(trader, view.swap.id)
+            assert done.state == m.CLAIMED, done.last_error
+            await wait_until(lambda: _state(lp, view.swap.id, m.CLAIMED), timeout=60, what="LP claimed the tokens")
+            assert await token.balance(trader_keys.address) == 1_800 * 10**6
+            assert await token.balance(lp_keys.address) == 1_200 * 10**6
+            trader_btc = await btc.balance([trader_keys.btc.p2wpkh_script])
+            assert 2_000_000 - 10_000 < trader_btc < 2_000_000  # 0.02 BTC minus the claim fee
+            assert lp_btc_before - await btc.balance([lp_keys.btc.p2wpkh_script]) > 2_000_000
+            # The LP's BTC expiry sits at least the safety gap before the trader's EVM expiry.
+            lp_view = lp.store.get(view.swap.id)
+            btc_expiry, evm_expiry = lp_view.leg(PARTICIPANT).expiry, lp_view.leg(INITIATOR).expiry
+            locked_at = next(a.at for a in lp_view.actions if a.to_state == m.PARTICIPANT_LOCK_INTENDED)
+            assert btc_expiry is not None and evm_expiry - locked_at >= TIMELOCK["safety_gap"]
+        finally:
+            await trader.close()
+
+
+async def test_lp_gone_after_accepting_trader_refunds_at_expiry(tmp_path, regtest, anvil, btc, evm, contracts, automine):
+    trader_keys, lp_keys = await new_keys(evm, ONE_ETH // 10), await new_keys(evm, 20 * ONE_ETH)
+    await fund_btc(btc, trader_keys.btc)
+    trader = await Party.open(settings_for(tmp_path, "trader", regtest, anvil), swap_config(trader_keys, contracts), LpClient())
+    try:
+        before = await btc.balance([trader_keys.btc.p2wpkh_script])
+        async with running_lp(settings_for(tmp_path, "lp", regtest, anvil), swap_config(lp_keys, contracts)) as (lp_url, lp):
+            view = await trader.start_swap(lp_url, "btc:0.3", "eth:4")
+            # One step: the LP accepts, the trader records and broadcasts its lock; then the LP vanishes.
+            stepped = await trader.engine.step(view.swap.id)
+            assert stepped.swap.state == m.INITIATOR_LOCK_INTENDED and stepped.swap.accepted
+        task = asyncio.create_task(run_trader(trader, view.swap.id, timeout=120))
+        expiry = trader.store.get(view.swap.id).leg(INITIATOR).expiry
+
+        async def mined_to_expiry() -> bool:
+            if await btc.height() < expiry:
+                await btc.mine(min(20, expiry - await btc.height()))
+            return task.done()
+
+        await wait_until(mined_to_expiry, timeout=120, what="trader refunded")
+        done = task.result()
+        assert done.state == m.REFUNDED, done.last_error
+        refund_fee_and_lock_fee = before - await btc.balance([trader_keys.btc.p2wpkh_script])
+        assert 0 < refund_fee_and_lock_fee < 10_000  # only fees lost, the 0.3 BTC came back
+        states = [a.to_state for a in trader.store.get(view.swap.id).actions]
+        assert m.CLAIM_INTENDED not in states and states[-2:] == [m.REFUND_INTENDED, m.REFUNDED]
+    finally:
+        await trader.close()
+
+
+async def test_lp_refuses_too_short_timelock(tmp_path, regtest, anvil, btc, evm, contracts):
+    trader_keys, lp_keys = await new_keys(evm, ONE_ETH // 10), await new_keys(evm, 20 * ONE_ETH)
+    hasty = {**TIMELOCK, "safety_gap": 60, "initiator_lock": 1200, "min_participant_lock": 60}  # 20 blocks
+    async with running_lp(settings_for(tmp_path, "lp", regtest, anvil), swap_config(lp_keys, contracts)) as (lp_url, lp):
+        trader = await Party.open(settings_for(tmp_path, "trader", regtest, anvil), swap_config(trader_keys, contracts, timelock=hasty), LpClient())
+        try:
+            view = await trader.start_swap(lp_url, "btc:0.1", "eth:1")
+            done = (await trader.engine.step(view.swap.id)).swap
+            assert done.state == m.FAILED
+            assert "LP refused" in done.last_error and "safety gap" in done.last_error
+            assert trader.store.get(view.swap.id).leg(INITIATOR).lock_ref is None  # nothing was locked
+            assert lp.store.list() == []
+        finally:
+            await trader.close()
+
+
+async def _post(url: str, body: dict) -> tuple[int, dict]:
+    import aiohttp
+
+    async with aiohttp.ClientSession() as http, http.post(url, json=body) as resp:
+        return resp.status, await resp.json()
+
+
+async def hand_made_btc_lock(btc: BitcoinAdapter, lp_url: str, trader: Keys, sats: int, wei: int, *, lock_sats: int | None = None, wrong_hash: bool = False):
+    """Play a trader by hand: agree BTC->ETH terms with the LP, then lock (possibly not as agreed) and report it."""
+    import hashlib
+    import secrets
+    import uuid
+
+    from htlc.bitcoin_script import p2wsh_htlc_script
+    from htlc.bitcoin_tx import fund_htlc
+
+    secret = secrets.token_bytes(32)
+    hashlock = hashlib.sha256(secret).digest()
+    expiry = await btc.height() + 120
+    swap_id = uuid.uuid4().hex
+    status, answer = await _post(f"{lp_url}/swaps", {
+        "id": swap_id, "hashlock": hashlock.hex(), "initiator_expiry": expiry,
+        "sell": {"asset": "btc", "amount": str(sats)}, "buy": {"asset": "eth", "amount": str(wei)},
+        "trader": {"bitcoin": trader.btc.pubkey.hex(), "evm": trader.address},
+    })
+    assert status == 200, answer
+    locked_hash = hashlib.sha256(b"not the secret").digest() if wrong_hash else hashlock
+    script = p2wsh_htlc_script(locked_hash, bytes.fromhex(answer["lp"]["bitcoin"]), trader.btc.pubkey, expiry)
+    coin, _ = await fund_htlc(btc, [trader.btc], script, lock_sats or sats, 2)
+    status, _ = await _post(f"{lp_url}/swaps/{swap_id}/lock", {"lock_ref": f"{coin.txid}:{coin.vout}", "script": script.hex()})
+    assert status == 200
+    return swap_id
+
+
+@pytest.mark.parametrize("tamper, reason", [
+    ({"lock_sats": 29_000_000}, "wrong amount: the HTLC holds 29000000 sats, agreed 30000000"),
+    ({"wrong_hash": True}, "wrong hash"),
+])
+async def test_lp_refuses_a_lock_that_differs_from_the_terms(tmp_path, regtest, anvil, btc, evm, contracts, automine, tamper, reason):
+    trader_keys, lp_keys = await new_keys(evm, ONE_ETH // 10), await new_keys(evm, 20 * ONE_ETH)
+    await fund_btc(btc, trader_keys.btc)
+    async with running_lp(settings_for(tmp_path, "lp", regtest, anvil), swap_config(lp_keys, contracts)) as (lp_url, lp):
+        swap_id = await hand_made_btc_lock(btc, lp_url, trader_keys, 30_000_000, 4 * ONE_ETH, **tamper)
+        view = await wait_until(lambda: _state(lp, swap_id, m.FAILED), timeout=30, what="LP refused the lock")
+        assert reason in view.swap.last_error
+        assert view.leg(PARTICIPANT).lock_ref is None
+        assert await evm.balance(lp_keys.address) == 20 * ONE_ETH  # the LP locked nothing
+
+
+async def test_lp_waits_for_confirmations_before_locking(tmp_path, regtest, anvil, btc, evm, contracts):
+    trader_keys, lp_keys = await new_keys(evm, ONE_ETH // 10), await new_keys(evm, 20 * ONE_ETH)
+    await fund_btc(btc, trader_keys.btc)
+    config = swap_config(lp_keys, contracts, confirmations={"bitcoin": 2, "evm": 1})
+    async with running_lp(settings_for(tmp_path, "lp", regtest, anvil), config) as (lp_url, lp):
+        swap_id = await hand_made_btc_lock(btc, lp_url, trader_keys, 30_000_000, 4 * ONE_ETH)
+
+        def waiting_for(text: str):
+            view = lp.store.get(swap_id)
+            return view if view.swap.last_error and text in view.swap.last_error else None
+
+        view = await wait_until(lambda: waiting_for("has 0/2 confirmations; not locking"), timeout=30, what="LP waits (mempool)")
+        assert view.swap.state == m.CREATED and view.leg(PARTICIPANT).lock_ref is None
+        await btc.mine(1)
+        await wait_until(lambda: waiting_for("has 1/2 confirmations"), timeout=30, what="LP waits (1 conf)")
+        assert lp.store.get(swap_id).leg(PARTICIPANT).lock_ref is None
+        await btc.mine(1)
+        view = await wait_until(lambda: _state(lp, swap_id, m.PARTICIPANT_LOCKED), timeout=30, what="LP locked after 2 confirmations")
+        assert await evm.balance(lp_keys.address) < 16 * ONE_ETH

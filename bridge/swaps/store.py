@@ -109,6 +109,10 @@ class SwapStore:
                 raise NotFound(f"no swap {swap_id}", swap_id=swap_id)
             if swap.state not in expected:
                 raise Conflict(f"swap {swap_id} is {swap.state}, not {'/'.join(sorted(expected))}", swap_id=swap_id, state=swap.state)
+            previous = swap.state
+            changed = previous != to
+            if changed:
+                swap.retries, swap.last_error, swap.next_attempt_at = 0, None, now
             for name, value in (swap_fields or {}).items():
                 setattr(swap, name, value)
             for leg_name, fields in (legs or {}).items():
@@ -116,10 +120,6 @@ class SwapStore:
                 for name, value in fields.items():
                     setattr(leg, name, value)
                 s.add(leg)
-            previous = swap.state
-            changed = previous != to
-            if changed:
-                swap.retries, swap.last_error, swap.next_attempt_at = 0, None, now
             swap.state, swap.updated_at = to, now
             s.add(swap)
             if changed or note:
