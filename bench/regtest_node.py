@@ -53,20 +53,20 @@ class Signer:
 
 def prepare(node: RegtestNode, signer: Signer) -> list[p.Tx]:
     """Fan one matured coinbase out to N_SPENDS outputs, confirm it, sign one spend of each."""
-    [cb_block, _] = [node.mine(signer.script)[0], None]
+    cb_block, _ = node.mine(signer.script)
     for _ in range(100):
         node.mine(b"\x51")
     coinbase = cb_block.txs[0]
     each = (coinbase.vout[0].value - 100_000) // N_SPENDS
-    fan = signer.spend(coinbase.txid, 0, coinbase.vout[0].value, signer.script, 0)
-    fan = p.Tx(2, fan.vin, [p.TxOut(each, signer.script)] * N_SPENDS, 0)
-    fan = _resign(signer, fan, coinbase.vout[0].value)
+    unsigned = p.Tx(2, [p.TxIn(p.OutPoint.from_hex(coinbase.txid, 0), b"", 0xFFFFFFFD, ())],
+                    [p.TxOut(each, signer.script)] * N_SPENDS, 0)
+    fan = _sign_all_outputs(signer, unsigned, coinbase.vout[0].value)
     node.accept_tx(fan)
     node.mine(b"\x51")
     return [signer.spend(fan.txid, i, each, signer.script, each - FEE) for i in range(N_SPENDS)]
 
 
-def _resign(signer: Signer, tx: p.Tx, value: int) -> p.Tx:
+def _sign_all_outputs(signer: Signer, tx: p.Tx, value: int) -> p.Tx:
     h = p.hash256
     txin = tx.vin[0]
     pre = (struct.pack("<i", 2) + h(txin.prevout.serialize()) + h(struct.pack("<I", txin.sequence))

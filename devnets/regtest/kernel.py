@@ -74,7 +74,8 @@ class Kernel:
         _ensure_logging()
         self.datadir = Path(datadir)
         self.datadir.mkdir(parents=True, exist_ok=True)
-        self._checked: dict[str, bool] = {}
+        self._checked: dict[str, bool] = {}  # the last process_block's verdicts
+        self._invalid: set[str] = set()  # blocks found invalid, for submitblock's "duplicate-invalid"
         self._callbacks = pbk.ValidationInterfaceCallbacks(block_checked=self._on_block_checked)
         params = pbk.ChainParameters(pbk.ChainType.REGTEST)
         opts = pbk.ContextOptions()
@@ -147,25 +148,28 @@ class Kernel:
         except RuntimeError:
             return BlockOutcome("", False, False, "Block decode failed")
         block_hash = str(block.block_hash)
-        self._checked.pop(block_hash, None)
         with _log_lock:
             _last_accept_failure.clear()
         try:
             is_new = self.chainman.process_block(block)
         except pbk.ProcessBlockException:
+            self._checked.clear()
+            self._invalid.add(block_hash)
             with _log_lock:
                 text = _reasons.get(block_hash) or (_last_accept_failure[0] if _last_accept_failure else "rejected")
             return BlockOutcome(block_hash, False, False, reject_reason(text))
         valid = self._checked.get(block_hash)
+        self._checked.clear()
         if valid is False:
+            self._invalid.add(block_hash)
             with _log_lock:
                 text = _reasons.get(block_hash, "rejected")
             return BlockOutcome(block_hash, is_new, False, reject_reason(text))
         return BlockOutcome(block_hash, is_new, True, None)
 
-    def block_status(self, block_hash: str) -> bool | None:
-        """Whether the kernel found this block valid when it last checked it (None: never checked)."""
-        return self._checked.get(block_hash)
+    def known_invalid(self, block_hash: str) -> bool:
+        """Whether this process saw the kernel reject this block."""
+        return block_hash in self._invalid
 
     def close(self) -> None:
         """Destroy the chainstate manager: the kernel flushes its block index and UTXO set."""

@@ -60,7 +60,6 @@ class Entry:
     time: int
     height: int
     parents: set[str]
-    spent: list[tuple[int, bytes]]  # (value, script) per input
     children: set[str] = field(default_factory=set)
 
     @property
@@ -204,7 +203,7 @@ class Mempool:
 
         if max_feerate is not None and max_feerate > 0 and fee > sc.fee_for_size(max_feerate, vsize):
             raise Rejected("max-fee-exceeded", kind="max-fee")
-        entry = Entry(tx, fee, vsize, self.now(), self.chain.height, parents, spent)
+        entry = Entry(tx, fee, vsize, self.now(), self.chain.height, parents)
         return entry, conflicts | {d for c in conflicts for d in self.descendants(c)}
 
     def _verify_scripts(self, tx: p.Tx, spent: list[tuple[int, bytes]]) -> None:
@@ -279,49 +278,7 @@ class Mempool:
                     removed.extend(self.remove_with_descendants(spender))
         return removed
 
-    def revalidate(self) -> list[str]:
-        """After a reorg: evict what is no longer valid at the new tip (missing inputs, immature
-        coinbase, locks) with its descendants; return the evicted txids."""
-        evicted: list[str] = []
-        for txid in self.topological():
-            if txid not in self.entries:
-                continue
-            e = self.entries[txid]
-            self._remove_one(txid)
-            try:
-                entry, _ = self.check(e.tx)
-            except Rejected:
-                # Its descendants come later in the order and fail for missing inputs.
-                evicted.append(txid)
-                continue
-            entry.time = e.time
-            self.add(entry, set())
-        return evicted
-
-    # --- ordering -------------------------------------------------------------------------------
-
-    def topological(self) -> list[str]:
-        order: list[str] = []
-        done: set[str] = set()
-
-        def visit(t: str) -> None:
-            stack = [(t, False)]
-            while stack:
-                node, expanded = stack.pop()
-                if node in done:
-                    continue
-                if expanded:
-                    done.add(node)
-                    order.append(node)
-                    continue
-                stack.append((node, True))
-                for parent in self.entries[node].parents:
-                    if parent not in done:
-                        stack.append((parent, False))
-
-        for t in sorted(self.entries, key=lambda x: self.entries[x].time):
-            visit(t)
-        return order
+    # --- block assembly ------------------------------------------------------------------------
 
     def select_for_block(self, max_weight: int) -> list[Entry]:
         """Core's ancestor-feerate selection: repeatedly take the best package (tx plus its

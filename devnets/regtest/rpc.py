@@ -26,22 +26,26 @@ RPC_INVALID_REQUEST = -32600
 RPC_METHOD_NOT_FOUND = -32601
 RPC_PARSE_ERROR = -32700
 
-_DEC_TOKEN = re.compile(r'"\x1fD([-0-9.]+)\x1f"')
+_NUM_TOKEN = re.compile(r'"(?:\x1f|\\u001f)N([-+0-9.eE]+)(?:\x1f|\\u001f)"')
 
 
-def _encode_default(o: Any) -> Any:
-    if isinstance(o, Decimal):
-        # Marked strings become bare JSON numbers after encoding; json cannot emit raw numbers itself.
-        return f"\x1fD{o:f}\x1f"
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+def _raw_numbers(value: Any) -> Any:
+    """Decimals (amounts) keep their 8 decimals and floats get UniValue's 16 significant digits;
+    json cannot emit a number's text itself, so both travel as marked strings swapped back after."""
+    if isinstance(value, float):
+        return f"\x1fN{value:.16g}\x1f"
+    if isinstance(value, Decimal):
+        return f"\x1fN{value:f}\x1f"
+    if isinstance(value, dict):
+        return {k: _raw_numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_raw_numbers(v) for v in value]
+    return value
 
 
 def dumps(value: Any) -> str:
-    text = json.dumps(value, default=_encode_default, separators=(",", ":"), ensure_ascii=False)
-    if "\x1fD" in text or "\\u001fD" in text:
-        text = re.sub(r'"\\u001fD([-0-9.]+)\\u001f"', r"\1", text)
-        text = _DEC_TOKEN.sub(r"\1", text)
-    return text
+    text = json.dumps(_raw_numbers(value), separators=(",", ":"), ensure_ascii=False)
+    return _NUM_TOKEN.sub(r"\1", text) if "N" in text else text
 
 
 def _reply(version2: bool, result: Any, error: dict | None, req_id: Any) -> dict:

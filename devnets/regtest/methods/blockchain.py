@@ -10,8 +10,10 @@ from devnets.regtest.methods import (
     RPC_INVALID_ADDRESS_OR_KEY,
     RPC_INVALID_PARAMETER,
     RPC_MISC_ERROR,
+    RPC_TYPE_ERROR,
     Arg,
     RpcFailure,
+    json_type,
     rpc,
 )
 from devnets.regtest.methods.common import NETWORK, int_arg, parse_hash, spk_json, verbosity
@@ -147,7 +149,7 @@ def _tx_json(node: "RegtestNode", tx: p.Tx, **kw: Any) -> dict[str, Any]:
      examples=['"00000000c937983704a73af28acdec37b049d214adbda81d7e2a3dd146f6ed09"'])
 def getblock(node: "RegtestNode", blockhash: str, verbosity_arg: Any) -> Any:
     if not isinstance(verbosity_arg, (bool, int)):
-        raise RpcFailure(-3, f"JSON value of type {type(verbosity_arg).__name__} is not of expected type number")
+        raise RpcFailure(RPC_TYPE_ERROR, f"JSON value of type {json_type(verbosity_arg)} is not of expected type number")
     level = verbosity(verbosity_arg, 1)
     h = parse_hash(blockhash, "blockhash")
     block, raw, height, active = find_block(node, h)

@@ -138,7 +138,7 @@ def submitblock(node: "RegtestNode", hexdata: str, dummy: Any) -> Any:
         raise RpcFailure(RPC_DESERIALIZATION_ERROR, "Block does not start with a coinbase")
     known = node.chain.kernel.entry(block.hash)
     if known is not None and node.chain.kernel.has_block_data(known):
-        return "duplicate" if node.chain.kernel.block_status(block.hash) is not False else "duplicate-invalid"
+        return "duplicate-invalid" if node.chain.kernel.known_invalid(block.hash) else "duplicate"
     outcome = node.submit_block(block.serialize())
     if not outcome.valid:
         return outcome.reason
