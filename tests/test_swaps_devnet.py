@@ -342,3 +342,81 @@ async def test_lp_waits_for_confirmations_before_locking(tmp_path, regtest, anvi
         await btc.mine(1)
         view = await wait_until(lambda: _state(lp, swap_id, m.PARTICIPANT_LOCKED), timeout=30, what="LP locked after 2 confirmations")
         assert await evm.balance(lp_keys.address) < 16 * ONE_ETH
+
+
+def _toml(keys: Keys, contracts: dict[str, str], port: int) -> str:
+    timelock = "\n".join(f"{k} = {v}" for k, v in TIMELOCK.items())
+    return f"""
+btc_key = "{keys.btc.secret.hex()}"
+evm_key = "{keys.evm}"
+htlc = "{contracts['htlc']}"
+btc_feerate = 2
+poll_interval = 0.1
+[timelock]
+{timelock}
+[lp]
+port = {port}
+[lp.markets."eth/btc"]
+rate = "1/150000000000"
+min_sell = 1000000000000000
+max_sell = 100000000000000000000
+"""
+
+
+async def _cli(env: dict[str, str], *argv: str, timeout: float = 90) -> tuple[int, str, str]:
+    import os
+    import sys
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bridge", *argv, env={**os.environ, **env},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_cli_eth_to_btc_with_the_lp_daemon_process(tmp_path, regtest, anvil, btc, evm, contracts, automine):
+    import json
+    import os
+    import signal
+    import sys
+
+    trader_keys, lp_keys = await new_keys(evm, 3 * ONE_ETH), await new_keys(evm, ONE_ETH // 10)
+    await fund_btc(btc, lp_keys.btc)
+    user, password = regtest.rpc_auth
+    host, port = regtest.rpc_url.removeprefix("http://").rstrip("/").split(":")
+    base_env = {
+        "BRIDGE_BITCOIN__RPC_HOST": host, "BRIDGE_BITCOIN__RPC_PORT": port,
+        "BRIDGE_BITCOIN__RPC_USER": user, "BRIDGE_BITCOIN__RPC_PASSWORD": password, "BRIDGE_EVM__URL": anvil.url,
+    }
+    lp_port = free_port()
+    (tmp_path / "lp.toml").write_text(_toml(lp_keys, contracts, lp_port))
+    (tmp_path / "trader.toml").write_text(_toml(trader_keys, contracts, 0))
+    lp_env = {**base_env, "BRIDGE_DATA_DIR": str(tmp_path / "lp")}
+    trader_env = {**base_env, "BRIDGE_DATA_DIR": str(tmp_path / "trader")}
+    lp_proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bridge", "relayer", "run", "lp", "--swap-config", str(tmp_path / "lp.toml"),
+        env={**os.environ, **lp_env}, stdout=asyncio.subprocess.DEVNULL, stderr=open(tmp_path / "lp.log", "wb"),
+    )
+    try:
+        lp_url = f"http://127.0.0.1:{lp_port}"
+        await wait_until(lambda: _health(lp_url), timeout=30, what="LP daemon up")
+        code, out, err = await _cli(trader_env, "swap", "start", "--sell", "eth:1.5", "--buy", "btc:0.01", "--lp", lp_url,
+                                    "--swap-config", str(tmp_path / "trader.toml"))
+        assert code == 0, out + err
+        swap_id = out.split()[1].rstrip(":")
+        assert "initiator_locked" in out and "claimed" in out  # progress lines, state by state
+        code, out, _ = await _cli(trader_env, "swap", "status", swap_id, "--json", "--swap-config", str(tmp_path / "trader.toml"))
+        status = json.loads(out)
+        assert status["state"] == "claimed" and status["legs"]["participant"]["spend_kind"] == "claim"
+        code, out, _ = await _cli(trader_env, "swap", "list")
+        assert swap_id in out and "claimed" in out
+        assert 1_000_000 - 10_000 < await btc.balance([trader_keys.btc.p2wpkh_script]) < 1_000_000
+        await wait_until(lambda: _lp_paid(evm, lp_keys.address), timeout=60, what="LP claimed the ETH")
+    finally:
+        lp_proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(lp_proc.wait(), 20) == 0, (tmp_path / "lp.log").read_text()[-3000:]
+
+
+async def _lp_paid(evm: EvmAdapter, address: str) -> bool:
+    return await evm.balance(address) > ONE_ETH // 10 + ONE_ETH

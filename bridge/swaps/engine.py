@@ -21,7 +21,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
-from bridge.errors import BridgeError, TransactionRejected
+from bridge.errors import BridgeError, Conflict, InputError, TransactionRejected
 from bridge.retry import RetryPolicy, is_retryable
 from bridge.swaps import models as m
 from bridge.swaps.legs import Leg, LockRefused, NotYet
@@ -123,6 +123,47 @@ class SwapEngine:
     @staticmethod
     def _own_leg(view: SwapView) -> SwapLeg:
         return view.leg(view.swap.role)
+
+    # --- operator commands --------------------------------------------------------------
+
+    async def refund(self, swap_id: str) -> SwapView:
+        """Record the refund of this party's lock now (``swap refund``); refused before expiry."""
+        view = self.store.get(swap_id)
+        leg = self._own_leg(view)
+        if view.swap.state == m.REFUND_INTENDED:
+            return view
+        if view.swap.state in m.TERMINAL or view.swap.state == m.CLAIM_INTENDED:
+            raise Conflict(f"swap {swap_id} is {view.swap.state}; nothing to refund", swap_id=swap_id)
+        if not leg.lock_ref:
+            raise InputError(f"swap {swap_id} has no lock of ours to refund", swap_id=swap_id)
+        ops = self._ops(leg)
+        if view.swap.role == PARTICIPANT and await ops.find_secret(view, leg) is not None:
+            raise Conflict(f"swap {swap_id}: the secret is revealed; claim instead of refunding", swap_id=swap_id)
+        if not self.policy.expired(leg.chain, leg.expiry, await ops.now()):
+            raise InputError(f"swap {swap_id}: too early to refund, {await self._time_left_text(leg)}", swap_id=swap_id)
+        fields = await ops.prepare_spend(view, leg, "refund", None)
+        return await self._move(view, m.REFUND_INTENDED, "refund asked by the operator; recorded before broadcast", legs={leg.leg: fields})
+
+    async def audit(self, swap_id: str) -> dict[str, dict]:
+        """Both legs as the chains show them now, checked against the recorded terms."""
+        view = self.store.get(swap_id)
+        report: dict[str, dict] = {}
+        for name, leg in view.legs.items():
+            ops = self._ops(leg)
+            entry: dict = {"chain": leg.chain, "asset": leg.asset, "amount": leg.amount, "lock_ref": leg.lock_ref}
+            if not leg.lock_ref:
+                entry.update(ok=False, detail="not locked (or not reported) yet")
+            elif name == view.swap.role:
+                confirmations = await ops.lock_confirmations(view, leg)
+                entry.update(ok=True, confirmations=confirmations, detail=f"our lock, {confirmations} confirmations; {await self._time_left_text(leg)}")
+            else:
+                try:
+                    seen = await ops.audit_lock(view, leg, leg.lock_ref, leg.script)
+                    entry.update(ok=True, confirmations=seen.confirmations, detail=f"matches the terms, {seen.confirmations} confirmations; {await self._time_left_text(leg)}")
+                except (LockRefused, NotYet) as exc:
+                    entry.update(ok=False, detail=exc.message)
+            report[name] = entry
+        return report
 
     # --- initiator ------------------------------------------------------------------
 

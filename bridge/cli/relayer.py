@@ -1,0 +1,37 @@
+"""`bridgectl relayer run lp`: the relayer daemons, each on the shared runner.
+
+Only the liquidity provider exists so far; the watcher of issue 6 comes later.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from bridge.settings import load_settings
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("relayer", help="run relayer daemons")
+    cmds = parser.add_subparsers(dest="relayer_cmd", metavar="SUBCOMMAND", required=True)
+    run = cmds.add_parser("run", help="run a daemon until SIGTERM/SIGINT")
+    run.add_argument("daemon", choices=["lp"], help="lp: the liquidity provider (quotes, accepts and settles swaps)")
+    run.add_argument("--swap-config", help="swap TOML (default: $BRIDGE_SWAP_CONFIG or <data dir>/swaps.toml)")
+    run.add_argument("--host", default=None, help="HTTP bind address (default: the config's lp.host)")
+    run.add_argument("--port", type=int, default=None, help="HTTP port (default: the config's lp.port)")
+    run.set_defaults(func=cmd_run)
+
+
+async def cmd_run(args: argparse.Namespace) -> int:
+    from bridge.swaps.config import load_swap_config
+    from bridge.swaps.party import Party
+    from relayers.lp import LpDaemon
+    from relayers.runner import Runner
+
+    settings = load_settings(args.config, data_dir=args.data_dir)
+    config = load_swap_config(settings, args.swap_config)
+    daemon = LpDaemon(await Party.open(settings, config))
+    runner = Runner(
+        daemon, settings, http_host=args.host or config.lp.host, http_port=args.port or config.lp.port,
+        extra_routes=daemon.routes(),
+    )
+    return await runner.run()
