@@ -139,3 +139,26 @@ async def mature_coin(rpc: Rpc, owner: Wallet, burn_address: str) -> Coin:
 async def coin_of(rpc: Rpc, txid: str, vout: int) -> Coin:
     tx = p.Tx.parse(bytes.fromhex(await rpc("getrawtransaction", txid)))
     return Coin(txid, vout, tx.vout[vout].value)
+
+
+_FAUCETS: dict[str, tuple[Wallet, list[Coin]]] = {}
+FAUCET_OUTPUTS = 25
+
+
+async def fund(rpc: Rpc, owner: Wallet, burn_address: str) -> Coin:
+    """A confirmed coin paying ``owner``, drawn from a per-node faucet: one matured coinbase split
+    into many outputs, so tests on the shared session node do not each mine 100 blocks (every 150
+    blocks halve the regtest subsidy for everyone else in the session)."""
+    faucet, coins = _FAUCETS.get(rpc.url, (Wallet.new(), []))
+    if not coins:
+        base = await mature_coin(rpc, faucet, burn_address)
+        each = (base.value - 10_000) // FAUCET_OUTPUTS
+        fan = spend_p2wpkh(faucet, [base], [(faucet.script, each)] * FAUCET_OUTPUTS)
+        await rpc("sendrawtransaction", fan.serialize().hex())
+        coins = [Coin(fan.txid, i, each) for i in range(FAUCET_OUTPUTS)]
+        _FAUCETS[rpc.url] = (faucet, coins)
+    source = coins.pop()
+    pay = spend_p2wpkh(faucet, [source], [(owner.script, source.value - 1_000)])
+    await rpc("sendrawtransaction", pay.serialize().hex())
+    await rpc("generatetoaddress", 1, burn_address)
+    return Coin(pay.txid, 0, source.value - 1_000)

@@ -9,7 +9,7 @@ import json
 from decimal import Decimal
 
 import pytest
-from node_helpers import Coin, NodeError, Rpc, Wallet, mature_coin, spend_p2wpkh
+from node_helpers import Coin, NodeError, Rpc, Wallet, fund, spend_p2wpkh
 
 from devnets.regtest import primitives as p
 
@@ -45,7 +45,7 @@ async def check_blocks_and_headers(rpc: Rpc) -> None:
 
 async def check_spend_lookups_and_mempool(rpc: Rpc) -> None:
     alice, bob, burn = Wallet.new(), Wallet.new(), Wallet.new()
-    coin = await mature_coin(rpc, alice, burn.address)
+    coin = await fund(rpc, alice, burn.address)
     tx = spend_p2wpkh(alice, [coin], [(bob.script, 100_000), (alice.script, coin.value - 100_000 - FEE)])
     hex_ = tx.serialize().hex()
     [test] = await rpc("testmempoolaccept", [hex_])
@@ -88,7 +88,7 @@ async def check_spend_lookups_and_mempool(rpc: Rpc) -> None:
 
 async def check_policy_rejections(rpc: Rpc) -> None:
     alice, burn = Wallet.new(), Wallet.new()
-    coin = await mature_coin(rpc, alice, burn.address)
+    coin = await fund(rpc, alice, burn.address)
     low_fee = spend_p2wpkh(alice, [coin], [(alice.script, coin.value - 100)])
     with pytest.raises(NodeError) as err:
         await rpc("sendrawtransaction", low_fee.serialize().hex())
@@ -166,7 +166,7 @@ def _resolve(block: p.Block, coinbase_value_delta: int = 0) -> p.Block:
 
 async def check_mining_rpcs(rpc: Rpc) -> None:
     alice, burn = Wallet.new(), Wallet.new()
-    coin = await mature_coin(rpc, alice, burn.address)
+    coin = await fund(rpc, alice, burn.address)
     tx = spend_p2wpkh(alice, [coin], [(alice.script, coin.value - FEE)])
     await rpc("sendrawtransaction", tx.serialize().hex())
 

@@ -4,7 +4,7 @@ feerate, a two-block reorg that puts the disconnected transactions back in the m
 from __future__ import annotations
 
 import pytest
-from node_helpers import Coin, NodeError, Rpc, Wallet, coin_of, mature_coin, spend_p2wpkh
+from node_helpers import Coin, NodeError, Rpc, Wallet, coin_of, fund, spend_p2wpkh
 
 from devnets.regtest import RegtestProcess
 from devnets.regtest import primitives as p
@@ -28,7 +28,7 @@ def own_node(tmp_path):
 
 async def test_replacement_by_fee(rpc: Rpc) -> None:
     alice, bob, burn = Wallet.new(), Wallet.new(), Wallet.new()
-    coin = await mature_coin(rpc, alice, burn.address)
+    coin = await fund(rpc, alice, burn.address)
     first = spend_p2wpkh(alice, [coin], [(bob.script, coin.value - FEE)])
     await rpc("sendrawtransaction", first.serialize().hex())
 
@@ -58,7 +58,7 @@ async def test_replacement_by_fee(rpc: Rpc) -> None:
 
 async def test_chain_of_three_unconfirmed_is_mined_parents_first(rpc: Rpc) -> None:
     alice, burn = Wallet.new(), Wallet.new()
-    coin = await mature_coin(rpc, alice, burn.address)
+    coin = await fund(rpc, alice, burn.address)
     chain = []
     current = coin
     for _ in range(3):
@@ -83,7 +83,7 @@ async def test_chain_of_three_unconfirmed_is_mined_parents_first(rpc: Rpc) -> No
 async def test_reorg_of_two_blocks_returns_transactions_to_the_mempool(own_node) -> None:
     rpc = Rpc(own_node.rpc_url, own_node.rpc_auth)
     alice, bob, burn = Wallet.new(), Wallet.new(), Wallet.new()
-    coin = await mature_coin(rpc, alice, burn.address)
+    coin = await fund(rpc, alice, burn.address)
     pay = spend_p2wpkh(alice, [coin], [(bob.script, coin.value - FEE)])
     await rpc("sendrawtransaction", pay.serialize().hex())
     [first] = await rpc("generatetoaddress", 1, burn.address)

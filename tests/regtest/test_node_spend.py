@@ -14,6 +14,7 @@ from node_helpers import (
     NodeError,
     Rpc,
     Wallet,
+    fund,
     mature_coin,
     p2wsh,
     push,
@@ -68,14 +69,14 @@ async def test_matured_coinbase_spent_to_p2wpkh_and_p2wsh(rpc: Rpc) -> None:
 
 async def test_hashlock_and_cltv_rules_enforced_with_bitcoinds_reasons(rpc: Rpc) -> None:
     alice, bob, burn = Wallet.new(), Wallet.new(), Wallet.new()
-    coin = await mature_coin(rpc, alice, burn.address)
+    coin = await fund(rpc, alice, burn.address)
     secret = secrets.token_bytes(32)
     refund_height = await rpc("getblockcount") + 5
     script = htlc_script(hashlib.sha256(secret).digest(), bob.pubkey, alice.pubkey, refund_height)
-    fund = spend_p2wpkh(alice, [coin], [(p2wsh(script), coin.value - FEE)])
-    await rpc("sendrawtransaction", fund.serialize().hex())
+    funding = spend_p2wpkh(alice, [coin], [(p2wsh(script), coin.value - FEE)])
+    await rpc("sendrawtransaction", funding.serialize().hex())
     await rpc("generatetoaddress", 1, burn.address)
-    htlc = Coin(fund.txid, 0, coin.value - FEE)
+    htlc = Coin(funding.txid, 0, coin.value - FEE)
     out = [(bob.script, htlc.value - FEE)]
 
     wrong = spend_p2wsh(htlc, script, out, lambda d: [bob.sig(d), secrets.token_bytes(32), b"\x01"])
@@ -109,12 +110,12 @@ async def test_hashlock_and_cltv_rules_enforced_with_bitcoinds_reasons(rpc: Rpc)
 
 async def test_claim_with_right_preimage_is_mined(rpc: Rpc) -> None:
     alice, bob, burn = Wallet.new(), Wallet.new(), Wallet.new()
-    coin = await mature_coin(rpc, alice, burn.address)
+    coin = await fund(rpc, alice, burn.address)
     secret = secrets.token_bytes(32)
     script = htlc_script(hashlib.sha256(secret).digest(), bob.pubkey, alice.pubkey, 10_000)
-    fund = spend_p2wpkh(alice, [coin], [(p2wsh(script), coin.value - FEE)])
-    await rpc("sendrawtransaction", fund.serialize().hex())
-    htlc = Coin(fund.txid, 0, coin.value - FEE)
+    funding = spend_p2wpkh(alice, [coin], [(p2wsh(script), coin.value - FEE)])
+    await rpc("sendrawtransaction", funding.serialize().hex())
+    htlc = Coin(funding.txid, 0, coin.value - FEE)
     # Bad signature (alice signs bob's branch): the final CHECKSIG leaves false on the stack.
     forged = spend_p2wsh(htlc, script, [(bob.script, htlc.value - FEE)], lambda d: [alice.sig(d), secret, b"\x01"])
     with pytest.raises(NodeError) as err:
@@ -126,4 +127,4 @@ async def test_claim_with_right_preimage_is_mined(rpc: Rpc) -> None:
     assert await rpc("sendrawtransaction", claim.serialize().hex()) == claim.txid
     [block_hash] = await rpc("generatetoaddress", 1, burn.address)
     block = p.Block.parse(bytes.fromhex(await rpc("getblock", block_hash, 0)))
-    assert [t.txid for t in block.txs[1:]] == [fund.txid, claim.txid]
+    assert [t.txid for t in block.txs[1:]] == [funding.txid, claim.txid]
