@@ -420,3 +420,67 @@ async def test_cli_eth_to_btc_with_the_lp_daemon_process(tmp_path, regtest, anvi
 
 async def _lp_paid(evm: EvmAdapter, address: str) -> bool:
     return await evm.balance(address) > ONE_ETH // 10 + ONE_ETH
+
+
+async def test_trader_refuses_to_claim_too_late_and_both_sides_refund(tmp_path, regtest, anvil, btc, evm, contracts, automine):
+    trader_keys, lp_keys = await new_keys(evm, 2 * ONE_ETH), await new_keys(evm, ONE_ETH // 10)
+    await fund_btc(btc, lp_keys.btc)
+    async with running_lp(settings_for(tmp_path, "lp", regtest, anvil), swap_config(lp_keys, contracts)) as (lp_url, lp):
+        trader = await Party.open(settings_for(tmp_path, "trader", regtest, anvil), swap_config(trader_keys, contracts), LpClient())
+        try:
+            lp_btc_before = await btc.balance([lp_keys.btc.p2wpkh_script])
+            view = await trader.start_swap(lp_url, "eth:1", "btc:0.005")
+            assert (await trader.engine.step(view.swap.id)).swap.state == m.INITIATOR_LOCKED
+            lp_view = await wait_until(lambda: _state(lp, view.swap.id, m.PARTICIPANT_LOCKED), timeout=30, what="LP locked")
+            # The trader was away: the LP's BTC lock now has 4 blocks (~240 s) left, under the 300 s claim margin.
+            await btc.mine(lp_view.leg(PARTICIPANT).expiry - await btc.height() - 4)
+            waiting = await trader.engine.step(view.swap.id)
+            assert waiting.swap.state == m.PARTICIPANT_LOCKED and "not claiming" in waiting.swap.last_error
+            assert waiting.leg(PARTICIPANT).spend_kind is None  # the secret never left the trader
+            await btc.mine(4)
+            await wait_until(lambda: _state(lp, view.swap.id, m.REFUNDED), timeout=30, what="LP refunded its BTC")
+            assert lp_btc_before - await btc.balance([lp_keys.btc.p2wpkh_script]) < 10_000  # fees only
+            # The trader's ETH lock expires later (chain time); then its relayer refunds.
+            expiry = trader.store.get(view.swap.id).leg(INITIATOR).expiry
+            await evm.rpc.call("evm_setNextBlockTimestamp", [expiry])
+            await evm.mine(1)
+            done = await run_trader(trader, view.swap.id)
+            assert done.state == m.REFUNDED, done.last_error
+            assert 2 * ONE_ETH - await evm.balance(trader_keys.address) < 10**16  # gas only
+        finally:
+            await trader.close()
+
+
+class _CrashAfterIntent(Exception):
+    pass
+
+
+async def test_restart_after_recording_a_lock_rebroadcasts_the_same_transaction(tmp_path, regtest, anvil, btc, evm, contracts, automine):
+    """A crash between "intended" and the broadcast: the restarted engine sends the stored bytes, once."""
+    trader_keys, lp_keys = await new_keys(evm, ONE_ETH // 10), await new_keys(evm, 20 * ONE_ETH)
+    await fund_btc(btc, trader_keys.btc)
+    trader_settings = settings_for(tmp_path, "trader", regtest, anvil)
+    async with running_lp(settings_for(tmp_path, "lp", regtest, anvil), swap_config(lp_keys, contracts)) as (lp_url, lp):
+        first = await Party.open(trader_settings, swap_config(trader_keys, contracts), LpClient())
+        view = await first.start_swap(lp_url, "btc:0.2", "eth:2")
+
+        async def crash(*_args):
+            raise _CrashAfterIntent()
+
+        first.legs["bitcoin"].broadcast_lock = crash  # the process dies right after the intent committed
+        with pytest.raises(_CrashAfterIntent):
+            await first.engine._initiator_created(first.store.get(view.swap.id))
+        await first.close()
+        second = await Party.open(trader_settings, swap_config(trader_keys, contracts), LpClient())
+        try:
+            intended = second.store.get(view.swap.id)
+            assert intended.swap.state == m.INITIATOR_LOCK_INTENDED
+            lock_tx = intended.leg(INITIATOR).lock_tx
+            assert lock_tx not in await btc.rpc.call("getrawmempool")  # signed and stored, never sent
+            done = await run_trader(second, view.swap.id)
+            assert done.state == m.CLAIMED, done.last_error
+            assert second.store.get(view.swap.id).leg(INITIATOR).lock_tx == lock_tx
+            assert (await btc.tx_status(lock_tx)).confirmations >= 1
+            await wait_until(lambda: _state(lp, view.swap.id, m.CLAIMED), timeout=60, what="LP claimed")
+        finally:
+            await second.close()
