@@ -102,6 +102,11 @@ class SwapStore:
         if to not in STATES:
             raise InputError(f"unknown swap state {to!r}", field="state")
         expected = {expect} if isinstance(expect, str) else set(expect)
+        unknown = [n for n in (swap_fields or {}) if n not in Swap.model_fields] + [
+            f"{leg}.{n}" for leg, fields in (legs or {}).items() for n in fields if leg not in LEGS or n not in SwapLeg.model_fields
+        ]
+        if unknown:
+            raise InputError(f"not swap fields: {', '.join(unknown)}", fields=unknown)
         now = time.time()
         with self._session() as s, s.begin():
             swap = s.get(Swap, swap_id)

@@ -1,0 +1,177 @@
+"""Swap pieces without chains: exact amounts, the timelock rules, the state store, LP config."""
+
+from __future__ import annotations
+
+import time
+from fractions import Fraction
+
+import pytest
+
+from bridge.db import make_engine
+from bridge.errors import ConfigError, Conflict, InputError, NotFound
+from bridge.settings import Settings
+from bridge.swaps import models as m
+from bridge.swaps.assets import BTC, ETH, AssetBook
+from bridge.swaps.config import load_swap_config
+from bridge.swaps.models import INITIATOR, PARTICIPANT, Swap, SwapLeg
+from bridge.swaps.store import SwapStore
+from bridge.swaps.timelock import ChainTime, TimelockPolicy, TimelockRefused
+
+# --- amounts ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("spec, asset, base", [
+    ("btc:0.5", BTC, 50_000_000),
+    ("BTC:0.00000001", BTC, 1),
+    ("eth:7.5", ETH, 7_500_000_000_000_000_000),
+    ("eth:123456789.123456789123456789", ETH, 123456789_123456789123456789),
+    ("tusd:1200", None, 1_200_000_000),
+])
+def test_amounts_convert_exactly(spec, asset, base):
+    book = AssetBook({"tusd": ("0x" + "11" * 20, 6)})
+    got_asset, got = book.parse(spec)
+    assert got == base and isinstance(got, int)
+    if asset is not None:
+        assert got_asset == asset
+    assert got_asset.to_base(got_asset.to_whole(got)) == got
+
+
+@pytest.mark.parametrize("spec, words", [
+    ("btc:0.000000001", "more than 8 decimals"),
+    ("btc:-1", "must be positive"),
+    ("btc:0", "must be positive"),
+    ("btc:abc", "not a number"),
+    ("btc:NaN", "must be positive"),
+    ("doge:1", "unknown asset"),
+    ("btc0.5", "ASSET:AMOUNT"),
+])
+def test_bad_amounts_are_refused_by_name(spec, words):
+    with pytest.raises(InputError, match=words):
+        AssetBook().parse(spec)
+
+
+# --- timelocks -----------------------------------------------------------------------------
+
+POLICY = TimelockPolicy(safety_gap=1800, initiator_lock=7200, participant_lock=3600, min_participant_lock=600,
+                        claim_margin=300, btc_seconds_per_block=60)
+NOW = ChainTime(height=1000, timestamp=1_700_000_000)
+
+
+def test_initiator_expiry_rounds_blocks_up_and_participant_down():
+    assert POLICY.initiator_expiry("bitcoin", NOW) == 1120
+    assert POLICY.initiator_expiry("evm", NOW) == NOW.timestamp + 7200
+    odd = TimelockPolicy(safety_gap=100, initiator_lock=1000, participant_lock=500, min_participant_lock=100,
+                         claim_margin=50, btc_seconds_per_block=60)
+    assert odd.initiator_expiry("bitcoin", NOW) == 1017  # 1000 s -> 16.7 blocks -> 17
+    assert odd.expiry_after("bitcoin", 500, NOW) == 1008  # 500 s -> 8.3 blocks -> 8
+
+
+@pytest.mark.parametrize("initiator_chain, initiator_expiry, participant_chain", [
+    ("bitcoin", 1120, "evm"), ("evm", NOW.timestamp + 7200, "bitcoin"),
+    ("bitcoin", 1050, "evm"), ("evm", NOW.timestamp + 2500, "bitcoin"),
+])
+def test_participant_expiry_ends_at_least_the_gap_before_the_initiators(initiator_chain, initiator_expiry, participant_chain):
+    expiry = POLICY.participant_expiry(participant_chain, initiator_chain, initiator_expiry, NOW, NOW)
+    initiator_left = POLICY.seconds_left(initiator_chain, initiator_expiry, NOW)
+    participant_left = POLICY.seconds_left(participant_chain, expiry, NOW)
+    assert POLICY.min_participant_lock <= participant_left <= min(POLICY.participant_lock, initiator_left - POLICY.safety_gap)
+
+
+def test_participant_refuses_an_initiator_lock_too_close_to_expiry():
+    with pytest.raises(TimelockRefused, match="less than the safety gap 1800s plus the minimum participant lock 600s"):
+        POLICY.check_initiator_lock("bitcoin", 1000 + 39, NOW)  # 2340 s < 2400 s
+    assert POLICY.check_initiator_lock("bitcoin", 1000 + 40, NOW) == 600
+
+
+def test_initiator_refuses_to_claim_inside_the_margin():
+    POLICY.check_claim("evm", NOW.timestamp + 300, NOW)
+    with pytest.raises(TimelockRefused, match="under the claim margin 300s"):
+        POLICY.check_claim("evm", NOW.timestamp + 299, NOW)
+    with pytest.raises(TimelockRefused):
+        POLICY.check_claim("bitcoin", 1004, NOW)  # 4 blocks ~ 240 s
+
+
+def test_expiry_matches_cltv_and_the_contract():
+    assert not POLICY.expired("bitcoin", 1001, NOW) and POLICY.expired("bitcoin", 1000, NOW)
+    assert not POLICY.expired("evm", NOW.timestamp + 1, NOW) and POLICY.expired("evm", NOW.timestamp, NOW)
+
+
+def test_inconsistent_policies_are_refused():
+    with pytest.raises(InputError, match="no room for the safety gap"):
+        TimelockPolicy(safety_gap=3600, initiator_lock=3600)
+    with pytest.raises(InputError, match="positive"):
+        TimelockPolicy(claim_margin=0)
+
+
+# --- store -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def store(tmp_path):
+    return SwapStore(make_engine(f"sqlite:///{tmp_path / 'swaps.sqlite'}"))
+
+
+def new_swap(store: SwapStore, swap_id: str = "s1", amount: str = "50000000"):
+    now = time.time()
+    return store.create(
+        Swap(id=swap_id, role=INITIATOR, state=m.CREATED, hashlock="ab" * 32, secret="cd" * 32, created_at=now, updated_at=now),
+        [SwapLeg(swap_id=swap_id, leg=INITIATOR, chain="bitcoin", asset="btc", amount=amount),
+         SwapLeg(swap_id=swap_id, leg=PARTICIPANT, chain="evm", asset="eth", amount=str(10**22))],
+    )
+
+
+def test_create_is_idempotent_and_refuses_other_terms(store):
+    first = new_swap(store)
+    assert new_swap(store).swap.created_at == first.swap.created_at
+    with pytest.raises(Conflict):
+        new_swap(store, amount="1")
+    assert store.get("s1").leg(PARTICIPANT).value == 10**22  # wei beyond 64 bits survive
+
+
+def test_transition_checks_the_state_and_logs_it(store):
+    new_swap(store)
+    view = store.transition("s1", m.CREATED, m.INITIATOR_LOCK_INTENDED, "intent", legs={INITIATOR: {"lock_raw": "00"}})
+    assert view.swap.state == m.INITIATOR_LOCK_INTENDED and view.leg(INITIATOR).lock_raw == "00"
+    assert [(a.from_state, a.to_state) for a in view.actions] == [(None, m.CREATED), (m.CREATED, m.INITIATOR_LOCK_INTENDED)]
+    with pytest.raises(Conflict, match="is initiator_lock_intended, not created"):
+        store.transition("s1", m.CREATED, m.FAILED)
+    with pytest.raises(InputError):
+        store.transition("s1", m.INITIATOR_LOCK_INTENDED, "almost_done")
+    with pytest.raises(NotFound):
+        store.get("nope")
+
+
+def test_a_refused_transition_writes_nothing(store):
+    new_swap(store)
+    with pytest.raises(InputError, match="initiator.no_such_column"):
+        store.transition("s1", m.CREATED, m.INITIATOR_LOCK_INTENDED, legs={INITIATOR: {"no_such_column": 1}})
+    view = store.get("s1")
+    assert view.swap.state == m.CREATED and len(view.actions) == 1
+
+
+def test_defer_and_due(store):
+    new_swap(store)
+    assert store.due() == ["s1"]
+    store.defer("s1", "waiting: 0/1 confirmations", 60)
+    assert store.due() == [] and store.get("s1").swap.retries == 1
+    store.wake("s1")
+    assert store.due() == ["s1"]
+    store.transition("s1", m.CREATED, m.FAILED, swap_fields={"last_error": "LP refused"})
+    assert store.due() == [] and store.get("s1").swap.last_error == "LP refused"
+
+
+# --- config ----------------------------------------------------------------------------------
+
+
+def test_swap_config_file_and_environment(tmp_path):
+    (tmp_path / "swaps.toml").write_text(
+        'htlc = "0x' + "22" * 20 + '"\n[lp.markets."btc/eth"]\nrate = "150000000000/1"\nmin_sell = 1\nmax_sell = 100\n'
+    )
+    config = load_swap_config(Settings(data_dir=str(tmp_path)), environ={"BRIDGE_SWAP_BTC_KEY": "01" * 32})
+    assert config.btc_key == "01" * 32
+    assert config.markets()[("btc", "eth")].rate == Fraction(150_000_000_000)
+    (tmp_path / "bad.toml").write_text('[lp.markets."btc/eth"]\nrate = "1.5"\nmin_sell = 1\nmax_sell = 100\n')
+    with pytest.raises(ConfigError, match="rate 'NUM/DEN'"):
+        load_swap_config(Settings(data_dir=str(tmp_path)), str(tmp_path / "bad.toml"), environ={}).markets()
+    with pytest.raises(ConfigError, match="not found"):
+        load_swap_config(Settings(data_dir=str(tmp_path)), str(tmp_path / "missing.toml"), environ={})
