@@ -76,6 +76,7 @@ class Arg:
     doc: str
     default: Any = inspect.Parameter.empty  # empty: required
     default_doc: str | None = None
+    shown_type: str | None = None  # what help prints when the check is looser than the documented type
 
     @property
     def optional(self) -> bool:
@@ -115,7 +116,7 @@ class Method:
                     need = f"optional, default={arg.default_doc if arg.default_doc is not None else json.dumps(arg.default)}"
                 else:
                     need = "required"
-                out.append(f"{i}. {arg.name:<21} ({arg.type}, {need}) {arg.doc}")
+                out.append(f"{i}. {arg.name:<21} ({arg.shown_type or arg.type}, {need}) {arg.doc}")
             out.append("")
         out.append("Result:")
         out.append(self.result.strip())

@@ -144,7 +144,8 @@ def _tx_json(node: "RegtestNode", tx: p.Tx, **kw: Any) -> dict[str, Any]:
      "If verbosity is 2, returns an Object with information about block <hash> and information about each transaction.\n"
      "If verbosity is 3, returns an Object with information about block <hash> and information about each transaction, including prevout information for inputs (only for unpruned blocks in the current best chain).",
      [Arg("blockhash", "string", "The block hash"),
-      Arg("verbosity", "any", "0 for hex-encoded data, 1 for a JSON object, 2 for JSON object with transaction data, and 3 for JSON object with transaction data including prevout information for inputs", 1)],
+      Arg("verbosity", "any", "0 for hex-encoded data, 1 for a JSON object, 2 for JSON object with transaction data, and 3 for JSON object with transaction data including prevout information for inputs", 1,
+          shown_type="numeric")],
      result='"hex"    (string) A string that is serialized, hex-encoded data for block \'hash\'',
      examples=['"00000000c937983704a73af28acdec37b049d214adbda81d7e2a3dd146f6ed09"'])
 def getblock(node: "RegtestNode", blockhash: str, verbosity_arg: Any) -> Any:

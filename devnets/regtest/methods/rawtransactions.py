@@ -37,7 +37,8 @@ NOT_FOUND = "No such mempool or blockchain transaction. Use gettransaction for w
      "If verbosity is 1, returns a JSON Object with information about the transaction.\n"
      "If verbosity is 2, returns a JSON Object with information about the transaction, including fee and prevout information.",
      [Arg("txid", "string", "The transaction id"),
-      Arg("verbosity", "any", "0 for hex-encoded data, 1 for a JSON object, and 2 for JSON object with fee and prevout", 0),
+      Arg("verbosity", "any", "0 for hex-encoded data, 1 for a JSON object, and 2 for JSON object with fee and prevout", 0,
+          shown_type="numeric"),
       Arg("blockhash", "string", "The block in which to look for the transaction", None, default_doc="")],
      result='"str"    (string) The serialized transaction as a hex-encoded string for \'txid\'',
      examples=['"mytxid"', '"mytxid" 1', '"mytxid" 0 "myblockhash"'])
