@@ -1,5 +1,5 @@
-"""The two statements whose cost grows with the batch: inserting transfers and
-looking up which transfer ids already exist.
+"""The statements whose cost grows with the batch: inserting transfers, looking up
+which transfer ids already exist, and writing the totals of the accounts touched.
 
 Both go to the driver with pre-encoded values instead of through SQLAlchemy's
 per-row parameter processing, which measured at more than half the time of a
@@ -18,7 +18,9 @@ from typing import Iterable, Sequence
 
 from sqlalchemy.engine import Connection
 
-from bridge.ledger.models import AMOUNT_DIGITS, TRANSFER_COLUMNS, to_text
+from sqlalchemy.dialects import postgresql
+
+from bridge.ledger.models import AMOUNT_DIGITS, TOTAL_DIGITS, TRANSFER_COLUMNS, LedgerBalance, LedgerBalanceHistory, to_text
 
 _COLS = ", ".join(TRANSFER_COLUMNS)
 _AMOUNT = TRANSFER_COLUMNS.index("amount")
@@ -27,6 +29,14 @@ _PG_COPY = f"COPY ledger_transfers ({_COLS}) FROM STDIN"
 _LOOKUP_COLS = "id, kind, debit_account, credit_account, amount, pending_id, timeout, cause"
 _SQLITE_LOOKUP = f"SELECT {_LOOKUP_COLS} FROM ledger_transfers WHERE id IN (SELECT value FROM json_each(?))"
 _PG_LOOKUP = f"SELECT {_LOOKUP_COLS} FROM ledger_transfers WHERE id = ANY(%(ids)s)"
+
+_TOTALS = ("debits_posted", "credits_posted", "debits_pending", "credits_pending")
+_TOTAL_COLS = ("account_id", "asset", *_TOTALS, "height")
+_SQLITE_UPSERT = (
+    f"INSERT INTO ledger_balances ({', '.join(_TOTAL_COLS)}) VALUES ({', '.join('?' * len(_TOTAL_COLS))}) "
+    f"ON CONFLICT (account_id) DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in (*_TOTALS, 'height'))}"
+)
+_SQLITE_HISTORY = f"INSERT INTO ledger_balance_history ({', '.join(_TOTAL_COLS)}) VALUES ({', '.join('?' * len(_TOTAL_COLS))})"
 
 # COPY text format: backslash escapes for the characters that delimit fields and rows.
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
@@ -65,3 +75,19 @@ def existing_transfers(conn: Connection, ids: Iterable[str]) -> dict[str, dict]:
         found[id_] = dict(kind=kind, debit_account=debit, credit_account=credit, amount=int(amount),
                           pending_id=pending_id, timeout=timeout, cause=cause)
     return found
+
+
+def write_totals(conn: Connection, rows: Sequence[tuple]) -> None:
+    """Set the running totals of the accounts a batch touched and append them to the history.
+
+    ``rows``: ``(account_id, asset, debits_posted, credits_posted, debits_pending, credits_pending, height)``.
+    """
+    if conn.dialect.name == "postgresql":
+        dicts = [dict(zip(_TOTAL_COLS, r)) for r in rows]
+        up = postgresql.insert(LedgerBalance.__table__)
+        conn.execute(up.on_conflict_do_update(index_elements=["account_id"], set_={c: up.excluded[c] for c in (*_TOTALS, "height")}), dicts)
+        conn.execute(LedgerBalanceHistory.__table__.insert(), dicts)
+        return
+    encoded = [(a, asset, *(to_text(v, TOTAL_DIGITS) for v in totals), h) for a, asset, *totals, h in rows]
+    conn.exec_driver_sql(_SQLITE_UPSERT, encoded)
+    conn.exec_driver_sql(_SQLITE_HISTORY, encoded)

@@ -488,21 +488,11 @@ class Ledger:
             update(_HEAD).where(_HEAD.c.id == 1).values(height=_HEAD.c.height + 1).returning(_HEAD.c.height)
         ).scalar_one()
         bulk.insert_transfers(conn, [(height, i, *r) for i, r in enumerate(rows)])
-        touched = [
-            dict(account_id=aid, asset=t.asset, debits_posted=t.debits_posted, credits_posted=t.credits_posted,
-                 debits_pending=t.debits_pending, credits_pending=t.credits_pending, height=height)
+        bulk.write_totals(conn, [
+            (aid, t.asset, t.debits_posted, t.credits_posted, t.debits_pending, t.credits_pending, height)
             for aid, t in sorted(totals.items())
             if t.touched
-        ]
-        up = self._insert(_B)
-        conn.execute(
-            up.on_conflict_do_update(
-                index_elements=["account_id"],
-                set_={c: up.excluded[c] for c in ("debits_posted", "credits_posted", "debits_pending", "credits_pending", "height")},
-            ),
-            touched,
-        )
-        conn.execute(_H.insert(), touched)
+        ])
         if opened:
             conn.execute(
                 _P.insert(),

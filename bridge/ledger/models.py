@@ -56,9 +56,10 @@ class Amount(TypeDecorator):
 
 def to_text(value: int, digits: int) -> str:
     """SQLite storage form of an amount (see module docstring)."""
-    if value < 0 or value >= 10**digits:
+    text = str(value)
+    if value < 0 or len(text) > digits:
         raise ValueError(f"amount {value} does not fit {digits} digits")
-    return f"{value:0{digits}d}"
+    return text.zfill(digits)
 
 
 def amount_column(digits: int = AMOUNT_DIGITS, **kw) -> Column:
