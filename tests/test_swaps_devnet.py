@@ -192,8 +192,28 @@ async def test_btc_to_eth_happy_path(tmp_path, regtest, anvil, btc, evm, contrac
             htlc = EvmHtlc(evm, contracts["htlc"])
             claimed = [e for e in await htlc.events(0, swap_id=trader.store.get(view.swap.id).leg(PARTICIPANT).lock_ref) if hasattr(e, "preimage")]
             assert claimed[0].preimage.hex() == done.secret
+            # Both parties' books: escrow while locked, posted on claim, ids from swap id + leg.
+            eth_wei, sats = 75 * ONE_ETH // 10, ONE_BTC // 2
+            trader_btc_id, trader_evm_id = trader_keys.btc.pubkey.hex(), trader_keys.address
+            lp_btc_id, lp_evm_id = lp_keys.btc.pubkey.hex(), lp_keys.address
+            assert book(trader, trader_evm_id, "user", "ETH").balance == eth_wei
+            assert book(trader, trader_btc_id, "external", "BTC").balance == -sats
+            assert book(trader, f"swap-{view.swap.id}-initiator", "escrow", "BTC").debits_pending == sats  # LP's claim not seen by the trader
+            assert book(lp, lp_btc_id, "user", "BTC").balance == sats
+            assert book(lp, lp_evm_id, "external", "ETH").balance == -eth_wei
+            assert book(lp, trader_evm_id, "user", "ETH").balance == eth_wei
+            for party in (trader, lp):
+                assert book(party, f"swap-{view.swap.id}-participant", "escrow", "ETH").balance == 0
         finally:
             await trader.close()
+
+
+def book(party: Party, owner: str, kind: str, asset: str):
+    from bridge.ledger.queries import balances
+
+    found = [b for b in balances(party.store.engine, owner=owner) if b.kind == kind and b.asset == asset]
+    assert found, f"no ledger account {owner}/{kind}/{asset}"
+    return found[0]
 
 
 def _state(party: Party, swap_id: str, state: str):
@@ -254,6 +274,9 @@ async def test_lp_gone_after_accepting_trader_refunds_at_expiry(tmp_path, regtes
         assert 0 < refund_fee_and_lock_fee < 10_000  # only fees lost, the 0.3 BTC came back
         states = [a.to_state for a in trader.store.get(view.swap.id).actions]
         assert m.CLAIM_INTENDED not in states and states[-2:] == [m.REFUND_INTENDED, m.REFUNDED]
+        escrow = book(trader, f"swap-{view.swap.id}-initiator", "escrow", "BTC")
+        assert (escrow.balance, escrow.debits_pending) == (0, 0)  # reversed on refund
+        assert book(trader, trader_keys.btc.pubkey.hex(), "external", "BTC").balance == 0
     finally:
         await trader.close()
 

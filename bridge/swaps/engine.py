@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable
+from typing import TYPE_CHECKING, Awaitable, Callable
 
 from bridge.errors import BridgeError, Conflict, InputError, TransactionRejected
 from bridge.retry import RetryPolicy, is_retryable
@@ -28,6 +28,9 @@ from bridge.swaps.legs import Leg, LockRefused, NotYet
 from bridge.swaps.models import INITIATOR, PARTICIPANT, SwapLeg
 from bridge.swaps.store import SwapStore, SwapView
 from bridge.swaps.timelock import TimelockPolicy, TimelockRefused
+
+if TYPE_CHECKING:
+    from bridge.swaps.books import SwapBooks
 
 log = logging.getLogger("bridge.swaps")
 
@@ -54,14 +57,31 @@ class SwapEngine:
     lp: LpPort | None = None
     poll_interval: float = 0.5
     error_backoff: RetryPolicy = ERROR_BACKOFF
-    #: Called after every transition (metrics, ledger recording, progress output).
+    #: Records each transition's facts in the ledger (``books.SwapBooks``).
+    books: "SwapBooks | None" = None
+    #: Called after every transition (metrics, progress output).
     on_transition: Callable[[SwapView], Awaitable[None] | None] | None = None
 
     # --- running ----------------------------------------------------------------
 
+    def record(self, view: SwapView) -> None:
+        """Book the swap's facts; a failure is logged and redone by the next ``catch_up``."""
+        if self.books is None:
+            return
+        try:
+            self.books.record(view)
+        except Exception:  # noqa: BLE001 - the swap must go on; the books are idempotent and caught up later
+            log.exception("swap %s: ledger recording failed", view.swap.id)
+
+    def catch_up(self) -> None:
+        """Re-record every swap (after a crash between a transition and its ledger write)."""
+        for view in self.store.list():
+            self.record(view)
+
     async def run(self, stop: asyncio.Event, only: set[str] | None = None) -> None:
         """Step every due swap until ``stop`` is set (``only``: just these swaps, and return
         once they are all finished)."""
+        self.catch_up()
         while not stop.is_set():
             ids = [i for i in self.store.due() if only is None or i in only]
             for swap_id in ids:
@@ -111,6 +131,7 @@ class SwapEngine:
     async def _move(self, view: SwapView, to: str, note: str = "", swap_fields: dict | None = None, legs: dict | None = None) -> SwapView:
         new = self.store.transition(view.swap.id, view.swap.state, to, note, swap_fields, legs)
         log.info("swap %s: %s -> %s %s", new.swap.id, view.swap.state, to, note)
+        self.record(new)
         if self.on_transition is not None:
             result = self.on_transition(new)
             if asyncio.iscoroutine(result):

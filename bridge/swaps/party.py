@@ -8,7 +8,9 @@ from typing import Any
 from bridge.db import make_engine
 from bridge.errors import ConfigError
 from bridge.settings import Settings
+from bridge.ledger import Ledger
 from bridge.swaps.assets import BITCOIN, EVM, AssetBook
+from bridge.swaps.books import SwapBooks
 from bridge.swaps.config import SwapConfig
 from bridge.swaps.engine import LpPort, SwapEngine
 from bridge.swaps.legs import BitcoinLeg, EvmLeg, Leg
@@ -35,7 +37,8 @@ class Party:
         if not config.btc_key or not config.evm_key or not config.htlc:
             missing = [k for k in ("btc_key", "evm_key", "htlc") if not getattr(config, k)]
             raise ConfigError(f"swap config lacks {', '.join(missing)} (file or BRIDGE_SWAP_* environment)")
-        store = SwapStore(make_engine(settings.db_url))
+        db = make_engine(settings.db_url)
+        store = SwapStore(db)
         btc = BitcoinAdapter.from_settings(settings)
         evm = EvmAdapter.from_settings(settings.evm)
         await evm.chain_id_int()
@@ -46,6 +49,10 @@ class Party:
         engine = SwapEngine(
             store, legs, config.policy(), {BITCOIN: 1, EVM: 1, **config.confirmations}, lp, config.poll_interval
         )
+        books = SwapBooks(Ledger(db), await evm.chain_id_int())
+        for symbol, token in config.tokens.items():
+            books.register_token(token.address, token.decimals, symbol)
+        engine.books = books
         return cls(settings, config, store, legs, engine, config.assets(), [btc, evm])
 
     async def start_swap(self, lp_url: str, sell_spec: str, buy_spec: str) -> SwapView:

@@ -1,0 +1,92 @@
+"""Swap legs in the unified ledger: escrow while locked, posted on claim, reversed on refund.
+
+Per leg (ids ``swap:<id>:<leg>:<step>``, so recording the same fact twice, by one
+party after a restart or by both parties into one shared ledger, changes nothing):
+
+* locked:   ``<sender>/external/ASSET -> swap-<id>-<leg>/escrow/ASSET`` (the coins enter
+            the books as the chain holds them), then a hold ``escrow -> <recipient>/user/ASSET``;
+* claimed:  the hold is posted (the recipient has the coins);
+* refunded: the hold is voided and the escrow goes back out to ``<sender>/external``.
+
+Owners are the parties' chain identities (Bitcoin pubkey, EVM address).  A party
+records what it has itself seen confirmed on chain, so the initiator's books show its
+own lock escrowed until it learns more, which in this slice it does not for the leg
+the LP claims (the watcher of a later session will).
+"""
+
+from __future__ import annotations
+
+from bridge.ledger import Ledger, Transfer
+from bridge.ledger.assets import btc, erc20, eth
+from bridge.swaps import models as m
+from bridge.swaps.models import INITIATOR, PARTICIPANT, SwapLeg
+from bridge.swaps.store import SwapView
+
+
+class SwapBooks:
+    def __init__(self, ledger: Ledger, evm_chain_id: int) -> None:
+        self.ledger = ledger
+        self.evm_chain_id = evm_chain_id
+        ledger.register_asset(btc())
+        ledger.register_asset(eth(evm_chain_id))
+
+    def asset_code(self, leg: SwapLeg) -> str:
+        if leg.chain == "bitcoin":
+            return btc().code
+        if leg.token is None:
+            return eth(self.evm_chain_id).code
+        # The registry keys a token by chain and address; decimals and symbol do not enter the code.
+        return erc20(self.evm_chain_id, leg.token, 0, leg.asset).code
+
+    def register_token(self, address: str, decimals: int, symbol: str) -> None:
+        self.ledger.register_asset(erc20(self.evm_chain_id, address, decimals, symbol.upper()))
+
+    def record(self, view: SwapView) -> None:
+        """Write every fact the swap's state establishes (idempotent)."""
+        state = view.swap.state
+        for leg in view.legs.values():
+            if self._locked(view, leg):
+                self._lock(view, leg)
+        claimed = [l for l in view.legs.values() if state == m.CLAIMED and l.spend_kind == "claim"]
+        if view.swap.role == PARTICIPANT and state in (m.CLAIM_INTENDED, m.CLAIMED):
+            claimed.append(view.leg(PARTICIPANT))  # the LP learnt the secret from the trader's claim of it
+        for leg in claimed:
+            self.ledger.commit([Transfer.post(self._id(view, leg, "claim"), self._id(view, leg, "hold"))])
+        for leg in [l for l in view.legs.values() if state == m.REFUNDED and l.spend_kind == "refund"]:
+            code = self.asset_code(leg)
+            self.ledger.commit([
+                Transfer.void(self._id(view, leg, "void"), self._id(view, leg, "hold")),
+                Transfer(self._id(view, leg, "refund"), self._account(f"swap-{view.swap.id}-{leg.leg}", "escrow", code),
+                         self._account(leg.sender, "external", code), leg.value),
+            ])
+
+    @staticmethod
+    def _locked(view: SwapView, leg: SwapLeg) -> bool:
+        """Has this party seen ``leg``'s lock confirmed (and, if it is the other's, audited)?"""
+        state, role = view.swap.state, view.swap.role
+        if not leg.lock_ref:
+            return False
+        if role == INITIATOR:
+            if leg.leg == INITIATOR:
+                return state not in (m.CREATED, m.INITIATOR_LOCK_INTENDED, m.FAILED)
+            return leg.expiry is not None  # recorded only when the LP's lock passed audit
+        if leg.leg == INITIATOR:
+            return state not in (m.CREATED, m.FAILED)
+        return state not in (m.CREATED, m.PARTICIPANT_LOCK_INTENDED, m.FAILED)
+
+    def _lock(self, view: SwapView, leg: SwapLeg) -> None:
+        code = self.asset_code(leg)
+        escrow = self._account(f"swap-{view.swap.id}-{leg.leg}", "escrow", code)
+        self.ledger.commit([
+            Transfer(self._id(view, leg, "lock"), self._account(leg.sender, "external", code), escrow, leg.value,
+                     cause=f"{leg.chain}:{leg.lock_ref}"),
+            Transfer.hold(self._id(view, leg, "hold"), escrow, self._account(leg.recipient, "user", code), leg.value),
+        ])
+
+    def _account(self, owner: str, kind: str, code: str) -> int:
+        return self.ledger.open_account(owner, kind, code).id
+
+    @staticmethod
+    def _id(view: SwapView, leg: SwapLeg, step: str) -> str:
+        return f"swap:{view.swap.id}:{leg.leg}:{step}"
+
