@@ -193,3 +193,25 @@ async def test_cookie_auth_survives_a_node_restart(tmp_path):
             assert await btc.height() == 3
     finally:
         await asyncio.to_thread(node.stop)
+
+
+async def test_event_transactions_read_like_the_nodes_verbose_blocks(btc):
+    key = BtcKey.generate()
+    await fund(btc, key)
+    signed = await btc.send_to([key], [(BtcKey.generate().p2wpkh_address(), 40_000)], feerate=2)
+    [block_hash] = await btc.mine(1)
+    ref = await btc.block_by_hash(block_hash)
+    verbose = await btc.rpc.call("getblock", block_hash, 2)
+    events = await btc.events(ref.height, ref.height)
+    assert [e.key for e in events] == [tx["txid"] for tx in verbose["tx"]]
+    assert signed.txid in {e.key for e in events}
+    for event, node_tx in zip(events, verbose["tx"]):
+        assert event.block == ref
+        ours = event.data["tx"]
+        for field in ("txid", "hash", "version", "locktime", "hex"):
+            assert ours[field] == node_tx[field]
+        assert [(o["value"], o["n"], o["scriptPubKey"]["hex"]) for o in ours["vout"]] == [
+            (o["value"], o["n"], o["scriptPubKey"]["hex"]) for o in node_tx["vout"]
+        ]
+        fields = ("txid", "vout", "coinbase", "sequence", "txinwitness")
+        assert [{k: v[k] for k in fields if k in v} for v in ours["vin"]] == [{k: v[k] for k in fields if k in v} for v in node_tx["vin"]]

@@ -1,0 +1,196 @@
+"""Scanning serialized blocks (``getblock <hash> 0``) fast, in pure Python.
+
+Why not ``getblock <hash> 2``: a node spends most of a scan building verbose JSON
+(the embedded node serves about 8,000 tx/s that way against 60,000+ tx/s raw),
+and the client then decodes it all again.  Here one pass over the bytes finds each
+transaction's bounds and checks the filter with byte slices (outpoints and scripts
+are compared as raw bytes, no hex); only the transactions kept are turned into
+bitcoind-shaped dicts (``txid``, ``hash``, ``vin[].txid/vout/txinwitness``,
+``vout[].value/n/scriptPubKey.hex``; amounts as ``Decimal`` BTC like the RPC's).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from decimal import Decimal
+from collections.abc import Mapping
+from typing import Any, Callable, Iterator
+
+from bridge.errors import InputError
+
+_sha256 = hashlib.sha256
+_COINBASE_PREVOUT = b"\x00" * 32 + b"\xff\xff\xff\xff"
+
+
+def _sha256d(data: bytes) -> bytes:
+    return _sha256(_sha256(data).digest()).digest()
+
+
+def outpoint_key(txid: str, vout: int) -> bytes:
+    """An outpoint as it is serialized in an input: internal-order txid + 4-byte little-endian index."""
+    return bytes.fromhex(txid)[::-1] + vout.to_bytes(4, "little")
+
+
+def _varint(raw: bytes, pos: int) -> tuple[int, int]:
+    first = raw[pos]
+    if first < 0xFD:
+        return first, pos + 1
+    if first == 0xFD:
+        return int.from_bytes(raw[pos + 1 : pos + 3], "little"), pos + 3
+    if first == 0xFE:
+        return int.from_bytes(raw[pos + 1 : pos + 5], "little"), pos + 5
+    return int.from_bytes(raw[pos + 1 : pos + 9], "little"), pos + 9
+
+
+def block_header(raw: bytes) -> tuple[str, str, int]:
+    """(block hash, parent hash, timestamp) from a serialized block or header."""
+    return _sha256d(raw[:80])[::-1].hex(), raw[4:36][::-1].hex(), int.from_bytes(raw[68:72], "little")
+
+
+def scan_block(
+    raw: bytes,
+    scripts: set[bytes] | frozenset[bytes] | None,
+    outpoints: set[bytes] | None,
+    emit: Callable[[int, "BitcoinTx"], None],
+) -> None:
+    """Call ``emit(index, tx)`` for each transaction of the block that passes the filter.
+
+    ``scripts``/``outpoints`` ``None`` together: keep every transaction.  Otherwise a tx
+    is kept if it spends an outpoint in ``outpoints`` (``outpoint_key`` form) or pays
+    to a script in ``scripts``; the outputs it pays to watched scripts are added to
+    ``outpoints`` so a later spend in the same scan is kept too.
+    """
+    keep_all = scripts is None and outpoints is None
+    scripts = scripts or frozenset()
+    watch_spends = outpoints is not None
+    if outpoints is None:
+        outpoints = set()
+    try:
+        n_tx, pos = _varint(raw, 80)
+        for index in range(n_tx):
+            start = pos
+            segwit = raw[pos + 4] == 0 and raw[pos + 5] != 0
+            pos += 6 if segwit else 4
+            body_start = pos
+            n_in, pos = _varint(raw, pos)
+            hit = keep_all
+            for _ in range(n_in):
+                if watch_spends and not hit and raw[pos : pos + 36] in outpoints:
+                    hit = True
+                script_len, pos = _varint(raw, pos + 36)
+                pos += script_len + 4
+            n_out, pos = _varint(raw, pos)
+            paid: list[int] | None = None
+            for n in range(n_out):
+                script_len, spos = _varint(raw, pos + 8)
+                if scripts and raw[spos : spos + script_len] in scripts:
+                    hit = True
+                    (paid := paid or []).append(n)
+                pos = spos + script_len
+            body_end = pos
+            if segwit:
+                for _ in range(n_in):
+                    n_items, pos = _varint(raw, pos)
+                    for _ in range(n_items):
+                        item_len, pos = _varint(raw, pos)
+                        pos += item_len
+            pos += 4
+            if not hit:
+                continue
+            stripped = raw[start : start + 4] + raw[body_start:body_end] + raw[pos - 4 : pos] if segwit else raw[start:pos]
+            txid_le = _sha256d(stripped)[::-1]
+            if paid:
+                for n in paid:
+                    outpoints.add(txid_le[::-1] + n.to_bytes(4, "little"))
+            emit(index, BitcoinTx(raw, start, pos, segwit, txid_le.hex()))
+        if pos != len(raw):
+            raise ValueError(f"{len(raw) - pos:+d} bytes after the last transaction")
+    except (IndexError, KeyError, ValueError) as exc:
+        raise InputError(f"malformed serialized block: {exc}") from None
+
+
+class BitcoinTx(Mapping[str, Any]):
+    """One transaction of a scanned block, read-only, in bitcoind's verbose shape.
+
+    The fields are decoded on first access: a scan that only needs txids (an
+    indexer following every transaction) never pays for building them.
+    """
+
+    __slots__ = ("_raw", "_start", "_end", "_segwit", "txid", "_fields")
+
+    def __init__(self, raw: bytes, start: int, end: int, segwit: bool, txid: str) -> None:
+        self._raw, self._start, self._end, self._segwit, self.txid = raw, start, end, segwit, txid
+        self._fields: dict[str, Any] | None = None
+
+    @property
+    def raw(self) -> bytes:
+        return self._raw[self._start : self._end]
+
+    def _decoded(self) -> dict[str, Any]:
+        if self._fields is None:
+            self._fields = _tx_fields(self._raw, self._start, self._end, self._segwit, self.txid)
+        return self._fields
+
+    def __getitem__(self, key: str) -> Any:
+        return self._decoded()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._decoded())
+
+    def __len__(self) -> int:
+        return len(self._decoded())
+
+    def __repr__(self) -> str:
+        return f"BitcoinTx({self.txid})"
+
+
+def _tx_fields(raw: bytes, start: int, end: int, segwit: bool, txid: str) -> dict[str, Any]:
+    """The bitcoind ``getblock 2`` shape (a subset) of the transaction at ``raw[start:end]``."""
+    pos = start + (6 if segwit else 4)
+    n_in, pos = _varint(raw, pos)
+    vin: list[dict[str, Any]] = []
+    for _ in range(n_in):
+        prevout = raw[pos : pos + 36]
+        script_len, pos = _varint(raw, pos + 36)
+        script = raw[pos : pos + script_len].hex()
+        pos += script_len
+        sequence = int.from_bytes(raw[pos : pos + 4], "little")
+        pos += 4
+        if prevout == _COINBASE_PREVOUT:
+            vin.append({"coinbase": script, "sequence": sequence})
+        else:
+            vin.append(
+                {
+                    "txid": prevout[31::-1].hex(),
+                    "vout": int.from_bytes(prevout[32:], "little"),
+                    "scriptSig": {"hex": script},
+                    "sequence": sequence,
+                }
+            )
+    n_out, pos = _varint(raw, pos)
+    vout: list[dict[str, Any]] = []
+    for n in range(n_out):
+        value = int.from_bytes(raw[pos : pos + 8], "little")
+        script_len, pos = _varint(raw, pos + 8)
+        vout.append({"value": Decimal(value).scaleb(-8), "n": n, "scriptPubKey": {"hex": raw[pos : pos + script_len].hex()}})
+        pos += script_len
+    if segwit:
+        for entry in vin:
+            n_items, pos = _varint(raw, pos)
+            items = []
+            for _ in range(n_items):
+                item_len, pos = _varint(raw, pos)
+                items.append(raw[pos : pos + item_len].hex())
+                pos += item_len
+            if items:
+                entry["txinwitness"] = items
+    wtxid = _sha256d(raw[start:end])[::-1].hex() if segwit else txid
+    return {
+        "txid": txid,
+        "hash": wtxid,
+        "version": int.from_bytes(raw[start : start + 4], "little", signed=True),
+        "locktime": int.from_bytes(raw[end - 4 : end], "little"),
+        "vin": vin,
+        "vout": vout,
+        "hex": raw[start:end].hex(),
+    }
