@@ -82,8 +82,6 @@ class Kernel:
         opts.set_chainparams(params)
         opts.set_validation_interface(self._callbacks)
         self.context = pbk.Context(opts)
-        self.consensus_params = params.consensus_params
-        self._params = params
         cm_opts = pbk.ChainstateManagerOptions(
             self.context, str(self.datadir.absolute()), str((self.datadir / "blocks").absolute())
         )
@@ -106,18 +104,12 @@ class Kernel:
     def hash_at(self, height: int) -> str:
         return str(self.entry_at(height).block_hash)
 
-    def tip_hash(self) -> str:
-        return self.hash_at(self.chain.height)
-
     def entry(self, block_hash: str) -> pbk.BlockTreeEntry | None:
         key = pbk.BlockHash(bytes.fromhex(block_hash)[::-1])
         try:
             return self.chainman.block_tree_entries[key]
         except KeyError:
             return None
-
-    def in_active_chain(self, entry: pbk.BlockTreeEntry) -> bool:
-        return entry in self.chain.block_tree_entries
 
     def read_block(self, entry: pbk.BlockTreeEntry) -> bytes:
         return bytes(self.chainman.blocks[entry])
