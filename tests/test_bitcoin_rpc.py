@@ -334,3 +334,16 @@ async def test_send_after_a_lost_reply_checks_the_chain_before_failing(node, rpc
     node.handlers["sendrawtransaction"] = failing(-28, "warming up")
     with pytest.raises(ChainUnavailable):
         await adapter.send(signed.raw_hex)
+
+
+@pytest.mark.parametrize(
+    ("reply", "expected"),
+    [
+        ({"feerate": Decimal("0.00012345"), "blocks": 2}, 13),  # 12.345 sat/vB, rounded up
+        ({"feerate": Decimal("0.00001000"), "blocks": 2}, 1),
+        ({"errors": ["Insufficient data or no feerate found"], "blocks": 0}, 7),
+    ],
+)
+async def test_feerate_estimate_in_sat_per_vbyte_with_fallback(node, rpc, reply, expected):
+    node.handlers["estimatesmartfee"] = lambda p: reply
+    assert await BitcoinAdapter(rpc, fallback_feerate=7).estimate_feerate(2) == expected
