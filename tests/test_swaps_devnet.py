@@ -507,3 +507,36 @@ async def test_restart_after_recording_a_lock_rebroadcasts_the_same_transaction(
             await wait_until(lambda: _state(lp, view.swap.id, m.CLAIMED), timeout=60, what="LP claimed")
         finally:
             await second.close()
+
+
+async def test_restart_after_an_evm_lock_was_sent_finds_it_instead_of_locking_again(tmp_path, regtest, anvil, btc, evm, contracts, automine):
+    trader_keys, lp_keys = await new_keys(evm, ONE_ETH), await new_keys(evm, ONE_ETH)
+    await fund_btc(btc, lp_keys.btc)
+    token = Erc20(evm, contracts["tusd"])
+    await token.mint(contracts["deployer"], trader_keys.address, 1_000 * 10**6)
+    trader_settings = settings_for(tmp_path, "trader", regtest, anvil)
+    async with running_lp(settings_for(tmp_path, "lp", regtest, anvil), swap_config(lp_keys, contracts)) as (lp_url, lp):
+        first = await Party.open(trader_settings, swap_config(trader_keys, contracts), LpClient())
+        view = await first.start_swap(lp_url, "tusd:600", "btc:0.01")
+        real = first.legs["evm"].broadcast_lock
+
+        async def send_then_die(*args):
+            await real(*args)  # the lock is mined...
+            raise _CrashAfterIntent()  # ...but the process dies before recording it
+
+        first.legs["evm"].broadcast_lock = send_then_die
+        with pytest.raises(_CrashAfterIntent):
+            await first.engine._initiator_created(first.store.get(view.swap.id))
+        await first.close()
+        second = await Party.open(trader_settings, swap_config(trader_keys, contracts), LpClient())
+        try:
+            assert second.store.get(view.swap.id).leg(INITIATOR).lock_ref is None
+            done = await run_trader(second, view.swap.id)
+            assert done.state == m.CLAIMED, done.last_error
+            hashlock = bytes.fromhex(done.hashlock)
+            locks = [e for e in await EvmHtlc(evm, contracts["htlc"]).events(0) if getattr(e, "swap", None) and e.swap.hashlock == hashlock]
+            assert len(locks) == 1  # one lock, found again after the restart
+            assert await token.balance(trader_keys.address) == 400 * 10**6
+            await wait_until(lambda: _state(lp, view.swap.id, m.CLAIMED), timeout=60, what="LP claimed")
+        finally:
+            await second.close()

@@ -21,7 +21,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Awaitable, Callable
 
-from bridge.errors import BridgeError, Conflict, InputError, TransactionRejected
+from bridge.errors import BridgeError, Conflict, ContractReverted, InputError, TransactionRejected
 from bridge.retry import RetryPolicy, is_retryable
 from bridge.swaps import models as m
 from bridge.swaps.legs import Leg, LockRefused, NotYet
@@ -347,11 +347,27 @@ class SwapEngine:
         except TransactionRejected as exc:
             if "non-final" in (exc.reason or "") or "locktime" in (exc.reason or ""):
                 raise NotYet(f"{kind} not final yet: {exc.reason}") from None
-            raise
+            if not await self._claim_failed(view, kind, exc):
+                raise
+            return
+        except ContractReverted as exc:
+            if not await self._claim_failed(view, kind, exc):
+                raise
+            return
         confirmations = await ops.spend_confirmations(view, leg)
         if confirmations < 1:
             raise NotYet(f"our {kind} of {leg.lock_ref} has {max(confirmations, 0)}/1 confirmations")
         await self._move(view, m.CLAIMED if kind == "claim" else m.REFUNDED, f"{kind} of {leg.lock_ref} confirmed")
+
+    async def _claim_failed(self, view: SwapView, kind: str, exc: BridgeError) -> bool:
+        """The initiator's claim was refused for good (e.g. the LP's lock expired in between):
+        its own lock is then what it can still get back, at its expiry."""
+        if kind != "claim" or view.swap.role != INITIATOR or exc.retryable:
+            return False
+        log.warning("swap %s: claim refused (%s); falling back to refunding our lock at its expiry", view.swap.id, exc.message)
+        if await self._refund_if_expired(view):
+            return True
+        raise NotYet(f"claim refused ({exc.message}); refunding at {await self._time_left_text(self._own_leg(view))}")
 
     async def _time_left_text(self, leg: SwapLeg) -> str:
         if leg.expiry is None:
