@@ -192,6 +192,9 @@ def test_pending_void_and_bad_references(ledger, accts):
         ledger.commit([Transfer.void("v2", "nope")])
     with pytest.raises(PendingTransferError, match="not a pending one"):
         ledger.commit([Transfer.void("v3", "dep")])
+    ledger.commit([Transfer.hold("h2", alice.id, bob.id, 5)])
+    with pytest.raises(PendingTransferError, match="already posted by p2a"):
+        ledger.commit([Transfer.post("p2a", "h2"), Transfer.void("v2a", "h2")])
     with pytest.raises(InputError, match="takes no amount"):
         ledger.commit([Transfer("v4", amount=5, kind="void", pending_id="h")])
 
@@ -241,6 +244,11 @@ def test_balance_at_past_height_equals_replay(ledger, accts):
         assert queries.balances(ledger.engine, bob.id, at=at)[0].balance == replay[bob.id]
     with pytest.raises(InputError, match="height"):
         queries.balances(ledger.engine, at=21)
+    # Snapshot leaves of a past height do not move when more batches commit.
+    leaves_10 = queries.leaves(ledger.engine, 10)
+    ledger.commit([Transfer("later", world.id, bob.id, 1)])
+    assert queries.leaves(ledger.engine, 10) == leaves_10
+    assert leaves_10 == sorted((a.id, "BTC", b) for a, b in zip(accts, [-550, 550 - 126 + 4, 126 - 4]))
 
 
 def test_input_errors_change_nothing(ledger, accts):

@@ -110,7 +110,7 @@ def test_health_refused_on_stale_or_disputed_prices(book):
     feed(view, "BTC", BTC_USD, NOW)
     feed(view, usdc.code, USDC_USD, NOW)
     clock["now"] += 61
-    with pytest.raises(PriceRejected, match="fresh price reports"):
+    with pytest.raises(PriceRejected, match=r"0 fresh price reports, 2 needed \(2 older than 60s"):
         view.health("alice")
     view.record_price(PriceReport("BTC", BTC_USD, clock["now"], "oracle0"))
     view.record_price(PriceReport("BTC", BTC_USD * 103 // 100, clock["now"], "oracle1"))

@@ -432,6 +432,7 @@ class Ledger:
         rows: list[tuple] = []
         opened: dict[str, _Hold] = {}
         closed: list[str] = []
+        resolved: dict[str, tuple[str, str]] = {}  # hold id -> (kind, transfer id) within this batch
         for t in new:
             if t.kind in ("transfer", "pending"):
                 d, c = accounts[t.debit], accounts[t.credit]
@@ -463,7 +464,8 @@ class Ledger:
                 continue
             hold = opened.pop(t.pending_id, None) or holds.pop(t.pending_id, None)
             if hold is None:
-                raise self._hold_missing(conn, t)
+                raise self._hold_missing(conn, t, resolved)
+            resolved[hold.id] = (t.kind, t.id)
             expired = hold.expires_at is not None and hold.expires_at <= now
             if t.kind == "post" and expired:
                 raise PendingTransferError(f"transfer {t.id}: pending transfer {hold.id} timed out at {hold.expires_at}", transfer_id=t.id, pending_id=hold.id)
@@ -569,13 +571,17 @@ class Ledger:
                 holds[r["id"]] = _Hold(r["id"], r["debit_account"], r["credit_account"], r["asset"], r["amount"], r["expires_at"], True)
         return holds
 
-    def _hold_missing(self, conn: Connection, t: Transfer) -> PendingTransferError:
-        resolved = conn.execute(select(_T.c.id, _T.c.kind).where(_T.c.pending_id == t.pending_id)).first()
-        if resolved is not None:
-            verb = {"post": "posted", "void": "voided", "expire": "voided by timeout"}[resolved.kind]
+    def _hold_missing(self, conn: Connection, t: Transfer, in_batch: dict[str, tuple[str, str]]) -> PendingTransferError:
+        if t.pending_id in in_batch:
+            kind, by = in_batch[t.pending_id]
+        else:
+            row = conn.execute(select(_T.c.id, _T.c.kind).where(_T.c.pending_id == t.pending_id)).first()
+            kind, by = (row.kind, row.id) if row is not None else (None, None)
+        if kind is not None:
+            verb = {"post": "posted", "void": "voided", "expire": "voided by timeout"}[kind]
             return PendingTransferError(
-                f"transfer {t.id}: pending transfer {t.pending_id} was already {verb} by {resolved.id}",
-                transfer_id=t.id, pending_id=t.pending_id, resolved_by=resolved.id,
+                f"transfer {t.id}: pending transfer {t.pending_id} was already {verb} by {by}",
+                transfer_id=t.id, pending_id=t.pending_id, resolved_by=by,
             )
         kind = conn.execute(select(_T.c.kind).where(_T.c.id == t.pending_id)).scalar_one_or_none()
         if kind is not None:

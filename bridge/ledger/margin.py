@@ -19,7 +19,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
-from sqlalchemy import select
+from sqlalchemy import and_, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
@@ -180,10 +180,16 @@ class MarginView:
         assets = sorted(set(assets))
         now = self.clock()
         if reports is None:
+            # Only each reporter's newest report counts (stale ones too, so a refusal can say so).
+            newest = (
+                select(_R.c.asset, _R.c.reporter, func.max(_R.c.timestamp).label("ts"))
+                .where(_R.c.asset.in_(assets))
+                .group_by(_R.c.asset, _R.c.reporter)
+                .subquery()
+            )
+            q = select(_R).join(newest, and_(_R.c.asset == newest.c.asset, _R.c.reporter == newest.c.reporter, _R.c.timestamp == newest.c.ts))
             with self.engine.connect() as conn:
-                # Only the newest report per reporter counts; older ones cannot make a price fresher.
-                rows = conn.execute(select(_R).where(_R.c.asset.in_(assets), _R.c.timestamp >= now - self.policy.max_age))
-                reports = [PriceReport(r.asset, r.price, r.timestamp, r.reporter) for r in rows]
+                reports = [PriceReport(r.asset, r.price, r.timestamp, r.reporter) for r in conn.execute(q)]
         return {a: median_price(reports, a, self.policy, now) for a in assets}
 
     def health(self, owner: str | None = None, reports: Sequence[PriceReport] | None = None) -> list[Health]:

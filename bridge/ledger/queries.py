@@ -80,10 +80,13 @@ def current_height(conn: Connection) -> int:
 def balances(engine: Engine, account_id: int | None = None, at: int | None = None, owner: str | None = None) -> list[BalanceView]:
     """Balances of every account (or one, or one owner's) now, or as of height ``at``."""
     with engine.connect() as conn:
+        if engine.dialect.name == "postgresql":
+            # The height check and the rows must come from one snapshot.
+            conn.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         head = current_height(conn)
-        if at is not None and (not isinstance(at, int) or at < 0 or at > head):
+        if at is not None and (not _is_height(at) or at > head):
             raise InputError(f"height must be 0..{head} (the current height), got {at!r}", field="at")
-        if at is None or at == head:
+        if at is None:
             src = _B
             q = select(_A.c.id, _A.c.owner, _A.c.kind, _A.c.asset, src.c.debits_posted, src.c.credits_posted,
                        src.c.debits_pending, src.c.credits_pending, src.c.height).join(src, src.c.account_id == _A.c.id)
@@ -117,6 +120,17 @@ def balances(engine: Engine, account_id: int | None = None, at: int | None = Non
                     int(r.debits_pending), int(r.credits_pending), r.height)
         for r in rows
     ]
+
+
+def leaves(engine: Engine, at: int) -> list[tuple[int, str, int]]:
+    """``(account_id, asset, balance)`` of every account changed up to height ``at``, sorted:
+    what a snapshot of that height publishes.  Rows at or below a committed height never
+    change, so this is exact however many batches commit meanwhile."""
+    return sorted((b.account_id, b.asset, b.balance) for b in balances(engine, at=at))
+
+
+def _is_height(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _view(r) -> TransferView:
