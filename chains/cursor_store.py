@@ -1,14 +1,15 @@
-"""What an indexer persists: its cursor, the recent canonical block hashes, and a delivery log.
+"""What an indexer persists: its cursor and the recent blocks it processed, with their events.
 
-Three tables, all keyed by (indexer name, chain id) so any number of indexers
-share one database:
+Two tables, keyed by (indexer name, chain id) so any number of indexers share one
+database:
 
 * ``indexer_cursor``: the last processed height and hash.  ``hash`` is NULL
   before the first block is processed (nothing to chain the first block to).
-* ``indexer_block``: height -> hash of the recent blocks processed, pruned to a
-  window.  A reorg is found by comparing these with the chain, walking back.
-* ``indexer_delivery``: the event keys delivered per block within the same
-  window, so the orphaned blocks' events can be reverted exactly.
+* ``indexer_block``: the recent blocks processed (height, hash) and the keys of
+  the events delivered in each (the delivery log), pruned to a window.  A reorg is
+  found by comparing these hashes with the chain, walking back; the orphaned
+  blocks' keys say exactly which events to revert.  One row per block, not per
+  event, keeps a batch of 10^5 events to a few hundred rows.
 
 Every method works inside the caller's ``Session``; the indexer decides where a
 transaction begins and ends.
@@ -19,12 +20,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from sqlalchemy import BigInteger, Column, Index, delete, insert, select, update
+from sqlalchemy import JSON, BigInteger, Column, delete, insert, select, update
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError
 from sqlmodel import Field, Session, SQLModel
 
 from bridge.errors import Conflict
+from chains.base import BlockRef, ChainEvent
 
 
 def _now() -> datetime:
@@ -51,20 +52,11 @@ class IndexerBlock(SQLModel, table=True):
     chain_id: str = Field(primary_key=True)
     height: int = Field(sa_column=Column(BigInteger, primary_key=True))
     hash: str
+    #: Keys of the events delivered in this block, in chain order.
+    event_keys: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
 
 
-class IndexerDelivery(SQLModel, table=True):
-    __tablename__ = "indexer_delivery"
-    __table_args__ = (Index("ix_indexer_delivery_height", "name", "chain_id", "height"),)
-
-    name: str = Field(primary_key=True)
-    chain_id: str = Field(primary_key=True)
-    event_key: str = Field(primary_key=True)
-    height: int = Field(sa_column=Column(BigInteger, nullable=False))
-    block_hash: str
-
-
-TABLES = [IndexerCursor.__table__, IndexerBlock.__table__, IndexerDelivery.__table__]
+TABLES = [IndexerCursor.__table__, IndexerBlock.__table__]
 
 
 def create_tables(engine: Engine) -> None:
@@ -121,14 +113,11 @@ class CursorStore:
 
     def delivered_above(self, session: Session, height: int) -> list[OrphanedBlock]:
         """Stored blocks above ``height`` with the keys delivered in each, newest first."""
-        hashes = self.stored_hashes(session, height + 1, 2**62)
-        d = IndexerDelivery.__table__
-        keys: dict[int, list[str]] = {h: [] for h in hashes}
-        for r in session.execute(
-            select(d.c.height, d.c.event_key).where(self._mine(d) & (d.c.height > height)).order_by(d.c.height)
-        ):
-            keys.setdefault(r.height, []).append(r.event_key)
-        return [OrphanedBlock(h, hashes.get(h, ""), keys[h]) for h in sorted(keys, reverse=True)]
+        t = IndexerBlock.__table__
+        rows = session.execute(
+            select(t.c.height, t.c.hash, t.c.event_keys).where(self._mine(t) & (t.c.height > height)).order_by(t.c.height.desc())
+        )
+        return [OrphanedBlock(r.height, r.hash, list(r.event_keys)) for r in rows]
 
     def move(self, session: Session, old: Cursor, height: int, block_hash: str | None) -> Cursor:
         """Compare-and-set the cursor, so two live instances of one indexer cannot both deliver."""
@@ -147,44 +136,32 @@ class CursorStore:
             )
         return Cursor(height, block_hash, old.first_height)
 
-    def record(self, session: Session, blocks: list[tuple[int, str]], deliveries: list[dict]) -> None:
-        """Store processed blocks (height, hash) and delivery rows (event_key, height, block_hash)."""
+    def record(self, session: Session, blocks: list[BlockRef], events: list[ChainEvent]) -> None:
+        """Store processed blocks with the keys of the events delivered in each."""
+        keys: dict[int, list[str]] = {b.height: [] for b in blocks}
+        seen: set[str] = set()
+        for e in events:
+            if e.key in seen:
+                raise Conflict(
+                    f"indexer {self.name!r} on {self.chain_id}: event key {e.key!r} appears twice "
+                    f"(again in block {e.block.height}); the adapter's keys must be unique on the chain",
+                    indexer=self.name, chain_id=self.chain_id, event_key=e.key, height=e.block.height,
+                )
+            seen.add(e.key)
+            keys[e.block.height].append(e.key)
         if blocks:
             session.execute(
                 insert(IndexerBlock.__table__),
-                [{"name": self.name, "chain_id": self.chain_id, "height": h, "hash": bh} for h, bh in blocks],
+                [
+                    {"name": self.name, "chain_id": self.chain_id, "height": b.height, "hash": b.hash, "event_keys": keys[b.height]}
+                    for b in blocks
+                ],
             )
-        if deliveries:
-            keys = [row["event_key"] for row in deliveries]
-            if len(set(keys)) != len(keys):
-                self._refuse_repeat(deliveries, set())
-            try:
-                with session.begin_nested():
-                    session.execute(
-                        insert(IndexerDelivery.__table__),
-                        [{"name": self.name, "chain_id": self.chain_id, **row} for row in deliveries],
-                    )
-            except IntegrityError:
-                d = IndexerDelivery.__table__
-                known = set(session.execute(select(d.c.event_key).where(self._mine(d) & d.c.event_key.in_(keys))).scalars())
-                self._refuse_repeat(deliveries, known)
-                raise
-
-    def _refuse_repeat(self, deliveries: list[dict], known: set[str]) -> None:
-        seen = set(known)
-        for row in deliveries:
-            if row["event_key"] in seen:
-                raise Conflict(
-                    f"indexer {self.name!r} on {self.chain_id}: event key {row['event_key']!r} of block "
-                    f"{row['height']} was already delivered; the adapter's keys must be unique on the chain",
-                    indexer=self.name, chain_id=self.chain_id, event_key=row["event_key"], height=row["height"],
-                )
-            seen.add(row["event_key"])
 
     def forget_above(self, session: Session, height: int) -> None:
-        for table in (IndexerBlock.__table__, IndexerDelivery.__table__):
-            session.execute(delete(table).where(self._mine(table) & (table.c.height > height)))
+        t = IndexerBlock.__table__
+        session.execute(delete(t).where(self._mine(t) & (t.c.height > height)))
 
     def prune_below(self, session: Session, height: int) -> None:
-        for table in (IndexerBlock.__table__, IndexerDelivery.__table__):
-            session.execute(delete(table).where(self._mine(table) & (table.c.height < height)))
+        t = IndexerBlock.__table__
+        session.execute(delete(t).where(self._mine(t) & (t.c.height < height)))
