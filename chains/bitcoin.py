@@ -1,9 +1,9 @@
 """The Bitcoin ``ChainAdapter``: blocks, transactions in a range, coins, fees, broadcast.
 
 Everything goes through ``BitcoinRpc`` (no node wallet).  Block scans fetch
-``getblockhash`` and ``getblock <hash> 2`` in batches so a range of blocks costs
-two round trips per chunk, and the per-transaction work is one dict lookup per
-output/input when a filter is given.
+``getblockhash`` and serialized ``getblock <hash> 0`` in batches and scan the
+bytes with ``chains.bitcoin_block``; coins come from ``scantxoutset`` checked
+against the mempool; transactions are built and signed by ``chains.bitcoin_wallet``.
 """
 
 from __future__ import annotations
@@ -205,10 +205,8 @@ class BitcoinAdapter(ChainAdapter):
         try:
             await self.rpc.call("getrawtransaction", summary.txid, False)
             return True
-        except RpcError:
+        except (NotFound, RpcError):
             pass  # -5: not in the mempool (nor in a tx index, if the node keeps one)
-        except NotFound:
-            pass
         if not summary.outputs:
             return False
         outs = await self.rpc.batch([("gettxout", [summary.txid, n, True]) for n in range(len(summary.outputs))])
@@ -281,7 +279,16 @@ class BitcoinAdapter(ChainAdapter):
     async def _mempool_coins(self, mempool: Sequence[str], scripts: set[bytes]) -> list[Utxo]:
         if not mempool:
             return []
-        txs = await self.rpc.batch([("getrawtransaction", [txid, True]) for txid in mempool])
+        replies = await self.rpc.batch([("getrawtransaction", [txid, True]) for txid in mempool], return_exceptions=True)
+        # A tx mined or evicted since getrawmempool is NotFound here: its coins are in the
+        # UTXO set or gone, either way not mempool coins.
+        txs = []
+        for reply in replies:
+            if isinstance(reply, NotFound):
+                continue
+            if isinstance(reply, BaseException):
+                raise reply
+            txs.append(reply)
         spent = {(vin.get("txid"), vin.get("vout")) for tx in txs for vin in tx["vin"]}
         wanted = {s.hex() for s in scripts}
         return [

@@ -239,11 +239,12 @@ class BitcoinRpc:
 
         return await self._policy([method]).run(once, what=method)
 
-    async def batch(self, calls: Sequence[tuple[str, Sequence[Any] | dict[str, Any]]]) -> list[Any]:
+    async def batch(self, calls: Sequence[tuple[str, Sequence[Any] | dict[str, Any]]], return_exceptions: bool = False) -> list[Any]:
         """Send many calls in one HTTP request; results in call order.
 
-        Any failed call raises its typed error (the first one in call order).  The
-        whole batch is retried only when every call in it is a read.
+        A failed call raises its typed error (the first one in call order), or with
+        ``return_exceptions`` stands in the result list as that error.  The whole
+        batch is retried only when every call in it is a read.
         """
         if not calls:
             return []
@@ -265,8 +266,12 @@ class BitcoinRpc:
                 if reply is None:
                     raise RpcError(f"{req['method']}: no reply in batch", method=req["method"])
                 if reply.get("error"):
-                    raise map_rpc_error(reply["error"], req["method"])
-                results.append(reply.get("result"))
+                    error = map_rpc_error(reply["error"], req["method"])
+                    if not return_exceptions:
+                        raise error
+                    results.append(error)
+                else:
+                    results.append(reply.get("result"))
             return results
 
         return await self._policy(m for m, _ in calls).run(once, what=what)

@@ -347,3 +347,15 @@ async def test_send_after_a_lost_reply_checks_the_chain_before_failing(node, rpc
 async def test_feerate_estimate_in_sat_per_vbyte_with_fallback(node, rpc, reply, expected):
     node.handlers["estimatesmartfee"] = lambda p: reply
     assert await BitcoinAdapter(rpc, fallback_feerate=7).estimate_feerate(2) == expected
+
+
+async def test_batch_can_return_errors_in_place(node, rpc):
+    def height(params):
+        if params[0] == 1:
+            raise RpcFault(-8, "Block height out of range")
+        return f"hash{params[0]}"
+
+    node.handlers["getblockhash"] = height
+    results = await rpc.batch([("getblockhash", [h]) for h in range(3)], return_exceptions=True)
+    assert results[0] == "hash0" and results[2] == "hash2"
+    assert isinstance(results[1], NotFound)
