@@ -15,7 +15,7 @@ import pbk
 
 from devnets.regtest import primitives as p
 from devnets.regtest import script as sc
-from devnets.regtest.script_errors import diagnose
+from devnets.regtest.script_errors import diagnose, policy_failure, witness_standard
 
 MIN_RELAY_FEERATE = sc.DEFAULT_MIN_RELAY_TX_FEE  # sat/kvB
 INCREMENTAL_RELAY_FEERATE = sc.DEFAULT_INCREMENTAL_RELAY_FEE  # sat/kvB
@@ -183,8 +183,10 @@ class Mempool:
         fee = value_in - value_out
 
         for (_, script) in spent:
-            if sc.classify(script) == "nonstandard":
+            if sc.classify(script) in ("nonstandard", "witness_unknown"):
                 raise Rejected("bad-txns-nonstandard-inputs")
+        if not witness_standard(tx, [script for _, script in spent]):
+            raise Rejected("bad-witness-nonstandard")
         vsize = tx.vsize
         min_fee = sc.fee_for_size(MIN_RELAY_FEERATE, vsize)
         if fee < min_fee:
@@ -215,6 +217,9 @@ class Mempool:
             if not ok:
                 # Core 28 puts the script error inside the reason itself, with no debug part.
                 raise Rejected(f"mandatory-script-verify-flag-failed ({diagnose(tx, i, script)})")
+            policy = policy_failure(tx, i, script)
+            if policy is not None:
+                raise Rejected(f"non-mandatory-script-verify-flag ({policy})")
 
     def add(self, entry: Entry, replaced: set[str]) -> list[str]:
         removed = [t for t in replaced if t in self.entries]

@@ -1,4 +1,4 @@
-"""Why a script failed, in Core's ``ScriptErrorString`` words.
+"""Why a script failed, in Core's ``ScriptErrorString`` words, and the policy-only script rules.
 
 The kernel's verify call answers only yes or no; bitcoind's reject reason carries the script error
 ("mandatory-script-verify-flag-failed (Script failed an OP_EQUALVERIFY operation)").  Once the
@@ -7,6 +7,10 @@ opcodes our contracts use (hash locks, CLTV/CSV refunds, IF/ELSE) to name the fi
 Signatures cannot be checked here; they are assumed good, so a script that otherwise succeeds is
 reported as failing on its final stack, which is what Core says for a bad signature under the
 consensus flags.
+
+The kernel's C API only takes consensus flags, so bitcoind's extra standard flags are checked here
+after the kernel accepted an input (``policy_failure``) for the segwit v0 spends the project makes:
+minimal OP_IF arguments, strict-DER low-S signatures with a known sighash type, compressed keys.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import hashlib
 
 from devnets.regtest import primitives as p
+from devnets.regtest.script import is_p2sh, is_valid_signature_encoding, witness_program
 
 EVAL_FALSE = "Script evaluated without error but finished with a false/empty top stack element"
 EQUALVERIFY = "Script failed an OP_EQUALVERIFY operation"
@@ -29,6 +34,14 @@ WITNESS_EMPTY = "Witness program was passed an empty witness"
 WITNESS_MISMATCH_SIZE = "Witness program has incorrect length"
 OP_RETURN = "OP_RETURN was encountered"
 BAD_OPCODE = "Opcode missing or not understood"
+MINIMALIF = "OP_IF/NOTIF argument must be minimal"
+SIG_DER = "Non-canonical DER signature"
+SIG_HIGH_S = "Non-canonical signature: S value is unnecessarily high"
+SIG_HASHTYPE = "Signature hash type missing or not understood"
+PUBKEYTYPE = "Using non-compressed keys in segwit"
+UPGRADABLE_NOPS = "NOPx reserved for soft-fork upgrades"
+
+_HALF_ORDER = 0x7FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF5D576E7357A4501DDFE92F46681B20A0
 
 _LOCKTIME_THRESHOLD = 500_000_000
 
@@ -76,7 +89,22 @@ def _ops(script: bytes):
             yield op, None
 
 
-def _run(script: bytes, stack: list[bytes], tx: p.Tx, index: int) -> None:
+def _check_sig_and_key(sig: bytes, pubkey: bytes) -> None:
+    """Core's CheckSignatureEncoding (DERSIG, LOW_S, STRICTENC) then CheckPubKeyEncoding (segwit v0)."""
+    if sig:
+        if not is_valid_signature_encoding(sig):
+            raise _Fail(SIG_DER)
+        len_r = sig[3]
+        s_value = int.from_bytes(sig[6 + len_r:6 + len_r + sig[5 + len_r]], "big")
+        if s_value > _HALF_ORDER:
+            raise _Fail(SIG_HIGH_S)
+        if sig[-1] & ~0x80 not in (1, 2, 3):
+            raise _Fail(SIG_HASHTYPE)
+    if not (len(pubkey) == 33 and pubkey[0] in (2, 3)):
+        raise _Fail(PUBKEYTYPE)
+
+
+def _run(script: bytes, stack: list[bytes], tx: p.Tx, index: int, policy: bool = False) -> None:
     exec_stack: list[bool] = []
 
     def need(n: int) -> None:
@@ -90,7 +118,10 @@ def _run(script: bytes, stack: list[bytes], tx: p.Tx, index: int) -> None:
                 value = False
                 if executing:
                     need(1)
-                    value = _true(stack.pop())
+                    top = stack.pop()
+                    if policy and top not in (b"", b"\x01"):
+                        raise _Fail(MINIMALIF)
+                    value = _true(top)
                     if op == 0x64:
                         value = not value
                 exec_stack.append(value)
@@ -155,8 +186,10 @@ def _run(script: bytes, stack: list[bytes], tx: p.Tx, index: int) -> None:
                 stack.append(p.hash256(x))
         elif op in (0xAC, 0xAD):  # CHECKSIG(VERIFY): assumed good, see module doc
             need(2)
-            stack.pop()
-            stack.pop()
+            pubkey = stack.pop()
+            sig = stack.pop()
+            if policy:
+                _check_sig_and_key(sig, pubkey)
             if op == 0xAC:
                 stack.append(b"\x01")
         elif op == 0xB1:  # CHECKLOCKTIMEVERIFY
@@ -182,7 +215,8 @@ def _run(script: bytes, stack: list[bytes], tx: p.Tx, index: int) -> None:
                 if ((a < (1 << 22)) != (b < (1 << 22))) or a > b:
                     raise _Fail(LOCKTIME)
         elif op in (0xB0, 0xB3, 0xB4, 0xB5, 0xB6, 0xB7, 0xB8, 0xB9):  # NOP1, NOP4-10
-            pass
+            if policy:
+                raise _Fail(UPGRADABLE_NOPS)
         else:
             raise _Fail(BAD_OPCODE)
     if exec_stack:
@@ -223,3 +257,35 @@ def diagnose(tx: p.Tx, index: int, script_pubkey: bytes) -> str:
         return str(failure)
     except (IndexError, ValueError):
         return EVAL_FALSE
+
+
+def policy_failure(tx: p.Tx, index: int, script_pubkey: bytes) -> str | None:
+    """For an input the kernel accepted: the first standard-flags-only rule it breaks, or None.
+    Covers P2WPKH and P2WSH spends; other kinds pass (the kernel's consensus check stands)."""
+    witness = list(tx.vin[index].witness)
+    try:
+        if len(script_pubkey) == 22 and script_pubkey[:2] == b"\x00\x14":
+            _check_sig_and_key(witness[0], witness[1])
+        elif len(script_pubkey) == 34 and script_pubkey[:2] == b"\x00\x20":
+            _run(witness[-1], witness[:-1], tx, index, policy=True)
+    except _Fail as failure:
+        return str(failure)
+    except (IndexError, ValueError):
+        return None
+    return None
+
+
+def witness_standard(tx: p.Tx, spent_scripts: list[bytes]) -> bool:
+    """Core's ``IsWitnessStandard`` for what the project spends: no witness on a non-witness output,
+    and P2WSH witness scripts of at most 3600 bytes under at most 100 stack items of <= 80 bytes."""
+    for txin, script in zip(tx.vin, spent_scripts):
+        if not txin.witness or is_p2sh(script):  # P2SH-wrapped segwit: left to the kernel
+            continue
+        program = witness_program(script)
+        if program is None:
+            return False
+        if program[0] == 0 and len(program[1]) == 32:
+            items = txin.witness[:-1]
+            if len(txin.witness[-1]) > 3600 or len(items) > 100 or any(len(i) > 80 for i in items):
+                return False
+    return True

@@ -128,3 +128,44 @@ async def test_claim_with_right_preimage_is_mined(rpc: Rpc) -> None:
     [block_hash] = await rpc("generatetoaddress", 1, burn.address)
     block = p.Block.parse(bytes.fromhex(await rpc("getblock", block_hash, 0)))
     assert [t.txid for t in block.txs[1:]] == [funding.txid, claim.txid]
+
+
+def _high_s(sig: bytes) -> bytes:
+    """The same ECDSA signature with s replaced by n - s (valid for consensus, non-standard)."""
+    n = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+    len_r = sig[3]
+    r = sig[4:4 + len_r]
+    s = int.from_bytes(sig[6 + len_r:6 + len_r + sig[5 + len_r]], "big")
+    s_bytes = (n - s).to_bytes(33, "big").lstrip(b"\x00")
+    if s_bytes[0] & 0x80:
+        s_bytes = b"\x00" + s_bytes
+    body = b"\x02" + bytes([len(r)]) + r + b"\x02" + bytes([len(s_bytes)]) + s_bytes
+    return b"\x30" + bytes([len(body)]) + body + sig[-1:]
+
+
+async def test_policy_only_script_rules(rpc: Rpc) -> None:
+    alice, bob, burn = Wallet.new(), Wallet.new(), Wallet.new()
+    coin = await fund(rpc, alice, burn.address)
+    secret = secrets.token_bytes(32)
+    script = htlc_script(hashlib.sha256(secret).digest(), bob.pubkey, alice.pubkey, 10_000)
+    funding = spend_p2wpkh(alice, [coin], [(p2wsh(script), coin.value - FEE)])
+    await rpc("sendrawtransaction", funding.serialize().hex())
+    htlc = Coin(funding.txid, 0, coin.value - FEE)
+    out = [(bob.script, htlc.value - FEE)]
+
+    async def refused(tx) -> str:
+        with pytest.raises(NodeError) as err:
+            await rpc("sendrawtransaction", tx.serialize().hex())
+        assert err.value.code == -26
+        return err.value.message
+
+    # Consensus-valid, but bitcoind's standard flags refuse them.
+    non_minimal_if = spend_p2wsh(htlc, script, out, lambda d: [bob.sig(d), secret, b"\x02"])
+    assert await refused(non_minimal_if) == "non-mandatory-script-verify-flag (OP_IF/NOTIF argument must be minimal)"
+    high_s = spend_p2wsh(htlc, script, out, lambda d: [_high_s(bob.sig(d)), secret, b"\x01"])
+    assert await refused(high_s) == ("non-mandatory-script-verify-flag (Non-canonical signature: "
+                                     "S value is unnecessarily high)")
+    big_item = spend_p2wsh(htlc, script, out, lambda d: [bob.sig(d), secret + bytes(60), b"\x01"])
+    assert await refused(big_item) == "bad-witness-nonstandard"
+    good = spend_p2wsh(htlc, script, out, lambda d: [bob.sig(d), secret, b"\x01"])
+    assert await rpc("sendrawtransaction", good.serialize().hex()) == good.txid
