@@ -197,6 +197,10 @@ class Mempool:
             ancestors |= self.ancestors(parent)
         if len(ancestors) + 1 > sc.DEFAULT_ANCESTOR_LIMIT:
             raise Rejected("too-long-mempool-chain", f"too many unconfirmed ancestors [limit: {sc.DEFAULT_ANCESTOR_LIMIT}]")
+        for ancestor in ancestors:
+            if len(self.descendants(ancestor)) + 2 > sc.DEFAULT_DESCENDANT_LIMIT:
+                raise Rejected("too-long-mempool-chain",
+                               f"too many descendants for tx {ancestor} [limit: {sc.DEFAULT_DESCENDANT_LIMIT}]")
 
         if conflicts:
             _check_replacement(self, tx, txid, fee, vsize, conflicts, parents)

@@ -104,3 +104,18 @@ async def test_reorg_of_two_blocks_returns_transactions_to_the_mempool(own_node)
     # The kernel's new chain no longer holds the payment; mining puts it back in.
     [again] = await rpc("generatetoaddress", 1, burn.address)
     assert (await rpc("getblock", again, 1))["tx"][1:] == [pay.txid, pay2.txid]
+
+
+async def test_unconfirmed_chain_limit(rpc: Rpc) -> None:
+    alice, burn = Wallet.new(), Wallet.new()
+    current = await fund(rpc, alice, burn.address)
+    for _ in range(25):
+        tx = spend_p2wpkh(alice, [current], [(alice.script, current.value - FEE)])
+        await rpc("sendrawtransaction", tx.serialize().hex())
+        current = Coin(tx.txid, 0, current.value - FEE)
+    too_long = spend_p2wpkh(alice, [current], [(alice.script, current.value - FEE)])
+    with pytest.raises(NodeError) as err:
+        await rpc("sendrawtransaction", too_long.serialize().hex())
+    assert (err.value.code, err.value.message) == (-26, "too-long-mempool-chain, too many unconfirmed ancestors [limit: 25]")
+    await rpc("generatetoaddress", 1, burn.address)
+    assert await rpc("sendrawtransaction", too_long.serialize().hex()) == too_long.txid
