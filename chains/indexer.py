@@ -123,6 +123,23 @@ class _Progress:
 
 
 class Indexer:
+    """One named follower of one chain; its cursor lives in ``engine`` under (name, chain id).
+
+    ``selector`` is passed to ``adapter.events`` (``EvmLogFilter``, ``BitcoinTxFilter``,
+    ``None`` for everything).  ``start_height`` applies only when no cursor exists yet;
+    a new instance with the same name and engine resumes from the cursor.
+    ``keep_blocks`` is the rewind window.  ``stats`` holds the counters, including
+    ``blocks_per_s`` and ``events_per_s`` as of the last progress log line
+    (every ``log_every`` seconds).
+
+    Example::
+
+        indexer = Indexer("htlc-evm", adapter, make_engine(settings.db_url), consumer,
+                          selector=EvmLogFilter(address=htlc), confirmations=2,
+                          start_height=deploy_block, **settings.indexer.model_dump())
+        await indexer.run(stop_event)
+    """
+
     def __init__(
         self,
         name: str,
