@@ -62,7 +62,8 @@ class ChainState:
 
     # --- following the kernel ---------------------------------------------------------------
 
-    def sync(self) -> ChainChange:
+    def sync(self, known: p.Block | None = None) -> ChainChange:
+        """``known``: a block just handed to the kernel, so it need not be read back from disk."""
         k, s = self.kernel, self.store
         ours = s.tip_height()
         theirs = k.height
@@ -84,17 +85,21 @@ class ChainState:
         connect = []
         connected = []
         for height in range(fork + 1, theirs + 1):
-            raw = k.read_block(k.entry_at(height))
-            block = p.Block.parse(raw)
+            entry = k.entry_at(height)
+            if known is not None and str(entry.block_hash) == known.hash:
+                block, raw = known, known.serialize()
+            else:
+                raw = k.read_block(entry)
+                block = p.Block.parse(raw)
             connect.append(index_block(block, raw, height))
             connected.append(block)
         s.apply(disconnect, connect)
         self._tip = None
         return ChainChange(disconnected, connected)
 
-    def submit(self, raw: bytes) -> tuple[BlockOutcome, ChainChange]:
-        outcome = self.kernel.process_block(raw)
-        return outcome, self.sync()
+    def submit(self, block: p.Block) -> tuple[BlockOutcome, ChainChange]:
+        outcome = self.kernel.process_block(block.serialize())
+        return outcome, self.sync(block)
 
     # --- chain facts --------------------------------------------------------------------------
 

@@ -160,8 +160,8 @@ class RegtestNode:
 
     # --- blocks ------------------------------------------------------------------------------------
 
-    def submit_block(self, raw: bytes) -> BlockOutcome:
-        outcome, change = self.chain.submit(raw)
+    def submit_block(self, block: p.Block) -> BlockOutcome:
+        outcome, change = self.chain.submit(block)
         self._after_chain_change(change)
         return outcome
 
@@ -218,7 +218,7 @@ class RegtestNode:
         prev_mtp = self.chain.median_time_past() if prev_hash == tip else self.chain.kernel_mtp(prev_hash)
         now = time_ if time_ is not None else self.now()
         block = assemble(prev_hash, height, prev_mtp, now, payout_script, txs, fees)
-        outcome = self.submit_block(block.serialize())
+        outcome = self.submit_block(block)
         return block, outcome
 
     def _fees_of(self, txs: list[p.Tx]) -> int:

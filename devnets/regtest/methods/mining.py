@@ -139,7 +139,7 @@ def submitblock(node: "RegtestNode", hexdata: str, dummy: Any) -> Any:
     known = node.chain.kernel.entry(block.hash)
     if known is not None and node.chain.kernel.has_block_data(known):
         return "duplicate-invalid" if node.chain.kernel.known_invalid(block.hash) else "duplicate"
-    outcome = node.submit_block(block.serialize())
+    outcome = node.submit_block(block)
     if not outcome.valid:
         return outcome.reason
     if node.chain.tip_hash() != block.hash and node.chain.store.height_of(block.hash) is None:
