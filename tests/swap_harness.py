@@ -1,0 +1,541 @@
+"""Swaps as users run them, as real OS processes, for the crash tests and ``bench/swaps.py``.
+
+The LP is ``bridgectl relayer run lp`` and each trader ``bridgectl swap start`` (resumed
+after a crash with ``bridgectl swap status ID --watch``), each with its own data dir,
+keys and SQLite database, against a regtest node and an Anvil.  ``Books`` snapshots
+every party's balances and, at the end, checks them against what the swaps say, fee
+by fee, read back from the chains.
+
+Run through this file (``python tests/swap_harness.py [--crash-at POINT[#N]] -- ARGS``)
+a bridgectl process SIGKILLs itself the N-th time it reaches a named point of the swap
+(``CRASH_POINTS``); the bridge code itself knows nothing about it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from hashlib import sha256
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+#: Where a process can be told to die.  ``recorded.<state>``: just after a state change
+#: committed; ``*.before/after_broadcast``: around sending a lock or a claim/refund, so
+#: after-broadcast means "on chain (or in the mempool) but not yet recorded";
+#: ``evm.sent``: an EVM transaction accepted by the node, its receipt not yet read;
+#: ``notify.sent``: the LP was told of the trader's lock, the trader did not record it.
+CRASH_POINTS = (
+    "recorded.initiator_lock_intended", "recorded.initiator_locked", "recorded.participant_lock_intended",
+    "recorded.participant_locked", "recorded.claim_intended", "recorded.refund_intended", "recorded.claimed",
+    "lock.before_broadcast", "lock.after_broadcast", "spend.before_broadcast", "spend.after_broadcast",
+    "evm.sent", "notify.sent",
+)
+CRASH_MARK = "CRASH POINT REACHED:"
+
+ONE_BTC = 100_000_000
+ONE_ETH = 10**18
+#: Short but policy-valid timelocks: 120 blocks for a BTC initiator (60 s a block).
+TIMELOCK = {
+    "safety_gap": 1800, "initiator_lock": 7200, "participant_lock": 3600,
+    "min_participant_lock": 600, "claim_margin": 300, "btc_seconds_per_block": 60,
+}
+MARKETS = {
+    "btc/eth": ("150000000000/1", 10_000, 10 * ONE_BTC),
+    "eth/btc": ("1/150000000000", 10**15, 100 * ONE_ETH),
+    "tusd/btc": ("1/600", 10**6, 10**12),
+}
+
+
+# --- crash points, inside the bridgectl process ----------------------------------------------
+
+
+def install_crash_point(spec: str) -> None:
+    """Make this process SIGKILL itself at the N-th hit of ``POINT`` (``spec`` = ``POINT[#N]``)."""
+    from bridge.swaps import legs
+    from bridge.swaps.protocol import LpClient
+    from bridge.swaps.store import SwapStore
+    from chains.evm import EvmAdapter
+
+    point, _, nth = spec.partition("#")
+    if point not in CRASH_POINTS:
+        raise SystemExit(f"unknown crash point {point!r}; known: {', '.join(CRASH_POINTS)}")
+    wanted, hits = int(nth or 1), 0
+
+    def hit(name: str) -> None:
+        nonlocal hits
+        if name != point:
+            return
+        hits += 1
+        if hits == wanted:
+            sys.stderr.write(f"{CRASH_MARK} {spec}\n")
+            sys.stderr.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def around(cls: type, method: str, before: str | None, after: str | None) -> None:
+        original = getattr(cls, method)
+
+        async def wrapped(*args: Any, **kwargs: Any) -> Any:
+            if before:
+                hit(before)
+            result = await original(*args, **kwargs)
+            if after:
+                hit(after)
+            return result
+
+        setattr(cls, method, wrapped)
+
+    for leg_cls in (legs.BitcoinLeg, legs.EvmLeg):
+        around(leg_cls, "broadcast_lock", "lock.before_broadcast", "lock.after_broadcast")
+        around(leg_cls, "broadcast_spend", "spend.before_broadcast", "spend.after_broadcast")
+    around(EvmAdapter, "transact", None, "evm.sent")
+    around(LpClient, "notify_locked", None, "notify.sent")
+    transition = SwapStore.transition
+
+    def recorded(self: SwapStore, swap_id: str, expect: Any, to: str, *args: Any, **kwargs: Any) -> Any:
+        view = transition(self, swap_id, expect, to, *args, **kwargs)
+        if to not in ({expect} if isinstance(expect, str) else set(expect)):
+            hit(f"recorded.{to}")
+        return view
+
+    SwapStore.transition = recorded  # type: ignore[method-assign]
+
+
+def main(argv: list[str]) -> int:
+    crash = None
+    if argv[:1] == ["--crash-at"]:
+        crash, argv = argv[1], argv[2:]
+    if argv[:1] == ["--"]:
+        argv = argv[1:]
+    if crash:
+        install_crash_point(crash)
+    from bridge.cli import main as bridgectl
+
+    return bridgectl(argv)
+
+
+# --- devnets, keys, configs ---------------------------------------------------------------------
+
+
+@dataclass
+class Chains:
+    """Adapters on the two devnets plus the contracts deployed for the swaps."""
+
+    btc: Any  # chains.bitcoin.BitcoinAdapter
+    evm: Any  # chains.evm.EvmAdapter
+    btc_url: str
+    btc_auth: tuple[str, str]
+    evm_url: str
+    htlc: str = ""
+    tusd: str = ""
+    deployer: str = ""
+
+    @classmethod
+    async def open(cls, btc_url: str, btc_auth: tuple[str, str], evm_url: str) -> "Chains":
+        from eth_account import Account
+
+        from chains.bitcoin import BitcoinAdapter
+        from chains.bitcoin_rpc import BitcoinRpc
+        from chains.evm import EvmAdapter
+        from htlc.evm import Erc20, EvmHtlc
+
+        btc = BitcoinAdapter(BitcoinRpc(btc_url, user=btc_auth[0], password=btc_auth[1]))
+        evm = await EvmAdapter.connect(evm_url)
+        chains = cls(btc, evm, btc_url, btc_auth, evm_url)
+        deployer = Account.create()
+        await evm.set_balance(deployer.address, 10 * ONE_ETH)
+        chains.deployer = deployer.key.to_0x_hex()
+        chains.htlc = (await EvmHtlc.deploy(evm, chains.deployer)).address
+        chains.tusd = (await Erc20.deploy(evm, chains.deployer, "TestToken", "Test USD", "TUSD", 6)).address
+        return chains
+
+    async def close(self) -> None:
+        await self.btc.close()
+        await self.evm.close()
+
+    def env(self, data_dir: Path) -> dict[str, str]:
+        host, port = self.btc_url.removeprefix("http://").rstrip("/").split(":")
+        return {
+            "BRIDGE_BITCOIN__RPC_HOST": host, "BRIDGE_BITCOIN__RPC_PORT": port,
+            "BRIDGE_BITCOIN__RPC_USER": self.btc_auth[0], "BRIDGE_BITCOIN__RPC_PASSWORD": self.btc_auth[1],
+            "BRIDGE_EVM__URL": self.evm_url, "BRIDGE_DATA_DIR": str(data_dir), "PYTHONUNBUFFERED": "1",
+            "PYTHONPATH": str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        }
+
+    async def fund_btc(self, payments: list[tuple[bytes, int]]) -> None:
+        """Pay each (scriptPubKey, sats) from fresh coinbases, confirmed (a private node: 50 BTC a block early on)."""
+        from chains.bitcoin import COINBASE_MATURITY
+        from chains.bitcoin_wallet import BtcKey
+
+        funder = BtcKey.generate()
+        need = sum(s for _, s in payments) + ONE_BTC
+        while await self.btc.balance([funder.p2wpkh_script]) < need:
+            await self.btc.mine(1, funder.p2wpkh_address())
+            await self.btc.mine(COINBASE_MATURITY)
+        await self.btc.send_to([funder], payments, 2)
+        await self.btc.mine(1)
+
+    async def increase_evm_time(self, seconds: int) -> None:
+        await self.evm.rpc.call("evm_increaseTime", [seconds])
+        await self.evm.mine(1)
+
+
+@contextlib.asynccontextmanager
+async def automine(btc: Any, interval: float = 0.05):
+    """Mine a Bitcoin block whenever the mempool is not empty (Anvil automines by itself)."""
+    from bridge.testing import wait_until
+
+    async def mempool_mined() -> bool:
+        if await btc.rpc.call("getrawmempool"):
+            await btc.mine(1)
+        return False
+
+    task = asyncio.create_task(wait_until(mempool_mined, timeout=10**9, interval=interval, what="never"))
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+@dataclass
+class Identity:
+    btc: Any  # chains.bitcoin_wallet.BtcKey
+    evm_key: str
+    address: str
+
+    @classmethod
+    def new(cls) -> "Identity":
+        from eth_account import Account
+
+        from chains.bitcoin_wallet import BtcKey
+
+        acct = Account.create()
+        return cls(BtcKey.generate(), acct.key.to_0x_hex(), acct.address)
+
+
+def swap_toml(who: Identity, chains: Chains, port: int = 0, poll_interval: float = 0.1) -> str:
+    timelock = "\n".join(f"{k} = {v}" for k, v in TIMELOCK.items())
+    markets = "\n".join(
+        f'[lp.markets."{name}"]\nrate = "{rate}"\nmin_sell = {lo}\nmax_sell = {hi}' for name, (rate, lo, hi) in MARKETS.items()
+    )
+    return f"""btc_key = "{who.btc.secret.hex()}"
+evm_key = "{who.evm_key}"
+htlc = "{chains.htlc}"
+btc_feerate = 2
+poll_interval = {poll_interval}
+[tokens.tusd]
+address = "{chains.tusd}"
+decimals = 6
+[timelock]
+{timelock}
+[lp]
+port = {port}
+{markets}
+"""
+
+
+# --- processes -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Proc:
+    """One bridgectl process whose output goes to a log file kept in its data dir."""
+
+    popen: asyncio.subprocess.Process
+    log: Path
+    crash_at: str | None
+    started: float
+
+    @property
+    def returncode(self) -> int | None:
+        return self.popen.returncode
+
+    def crashed_at_point(self) -> bool:
+        return self.returncode == -signal.SIGKILL and self.crash_at is not None and CRASH_MARK in self.log.read_text(errors="replace")[-4000:]
+
+
+async def spawn(args: list[str], env: dict[str, str], log: Path, crash_at: str | None = None) -> Proc:
+    prefix = ["--crash-at", crash_at] if crash_at else []
+    with open(log, "ab") as out:
+        out.write(f"\n=== {time.strftime('%H:%M:%S')} bridgectl {' '.join(args)} (crash at {crash_at})\n".encode())
+        popen = await asyncio.create_subprocess_exec(
+            sys.executable, str(Path(__file__).resolve()), *prefix, "--", *args,
+            env={**os.environ, **env}, cwd=REPO_ROOT, stdout=out, stderr=out, start_new_session=True,
+        )
+    return Proc(popen, log, crash_at, time.monotonic())
+
+
+def sigkill(proc: Proc) -> bool:
+    """SIGKILL ``proc`` (only this pid); False if it had already ended."""
+    if proc.returncode is not None:
+        return False
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(proc.popen.pid, signal.SIGKILL)
+    return True
+
+
+async def reap(proc: Proc, timeout: float = 20.0) -> int:
+    from bridge.testing import wait_until
+
+    await wait_until(lambda: proc.returncode is not None, timeout=timeout, what=f"pid {proc.popen.pid} to end")
+    return proc.returncode  # type: ignore[return-value]
+
+
+async def http_ok(url: str) -> bool:
+    import aiohttp
+
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http, http.get(f"{url}/health") as resp:
+            return resp.status == 200
+    except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+        return False
+
+
+@dataclass
+class Party:
+    """A trader or the LP: keys, data dir, swap config, and its current process."""
+
+    name: str
+    who: Identity
+    home: Path
+    chains: Chains
+    port: int = 0
+    proc: Proc | None = None
+    kills: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.config.write_text(swap_toml(self.who, self.chains, self.port))
+
+    @property
+    def config(self) -> Path:
+        return self.home / "swaps.toml"
+
+    @property
+    def log(self) -> Path:
+        return self.home / "process.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def store(self) -> Any:
+        from bridge.db import make_engine
+        from bridge.swaps.store import SwapStore
+
+        return SwapStore(make_engine(f"sqlite:///{self.home / 'bridge.sqlite'}"))
+
+    async def run(self, args: list[str], crash_at: str | None = None) -> Proc:
+        self.proc = await spawn([*args, "--swap-config", str(self.config)], self.chains.env(self.home), self.log, crash_at)
+        return self.proc
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.returncode is None
+
+    def tail(self, chars: int = 3000) -> str:
+        return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""
+
+
+async def start_lp(party: Party, crash_at: str | None = None) -> Proc:
+    from bridge.testing import wait_until
+
+    proc = await party.run(["relayer", "run", "lp", "--port", str(party.port)], crash_at)
+    # A crash point may fire before the HTTP endpoint is up only if the engine resumes a swap first.
+    await wait_until(lambda: _up_or_dead(party), timeout=60, what=f"LP daemon up on {party.url} (log {party.log})")
+    return proc
+
+
+async def _up_or_dead(party: Party) -> bool:
+    return not party.alive() or await http_ok(party.url)
+
+
+# --- the books: balances before and after, fees from the chains -------------------------------
+
+
+@dataclass
+class Snapshot:
+    btc_height: int
+    evm_block: int
+    balances: dict[str, dict[str, int]]  # party -> asset -> base units
+
+
+class Books:
+    """Every party's BTC, ETH and TUSD, and the fees each paid, read from the chains."""
+
+    def __init__(self, chains: Chains, parties: list[Party]) -> None:
+        self.chains = chains
+        self.parties = parties
+
+    async def balances(self) -> dict[str, dict[str, int]]:
+        from htlc.evm import Erc20
+
+        token = Erc20(self.chains.evm, self.chains.tusd)
+        out = {}
+        for p in self.parties:
+            out[p.name] = {
+                "btc": await self.chains.btc.balance([p.who.btc.p2wpkh_script]),
+                "eth": await self.chains.evm.balance(p.who.address),
+                "tusd": await token.balance(p.who.address),
+            }
+        return out
+
+    async def snapshot(self) -> Snapshot:
+        return Snapshot(await self.chains.btc.height(), await self.chains.evm.height(), await self.balances())
+
+    async def btc_txs(self, start: Snapshot) -> list[dict[str, Any]]:
+        """Non-coinbase transactions mined after ``start``, with prevouts (getblock verbosity 3)."""
+        rpc = self.chains.btc.rpc
+        txs = []
+        for height in range(start.btc_height + 1, await self.chains.btc.height() + 1):
+            block = await rpc.call("getblock", await rpc.call("getblockhash", height), 3)
+            txs += block["tx"][1:]
+        return txs
+
+    async def evm_txs(self, start: Snapshot) -> list[dict[str, Any]]:
+        """Transactions mined after ``start`` with their receipts' gas used and effective gas price."""
+        evm = self.chains.evm
+        out = []
+        for number in range(start.evm_block + 1, await evm.height() + 1):
+            block = await evm.rpc.call("eth_getBlockByNumber", [hex(number), True])
+            for tx in block["transactions"]:
+                receipt = await evm.rpc.call("eth_getTransactionReceipt", [tx["hash"]])
+                out.append({"from": tx["from"].lower(), "hash": tx["hash"],
+                            "fee": int(receipt["gasUsed"], 16) * int(receipt["effectiveGasPrice"], 16)})
+        return out
+
+
+def sats(value: Any) -> int:
+    from chains.bitcoin_tx import btc_to_sats
+
+    return btc_to_sats(value)
+
+
+def btc_fees(txs: list[dict[str, Any]], scripts: dict[str, str]) -> dict[str, int]:
+    """Fee paid per party: a tx spending a party's P2WPKH coins is that party's (a lock or a
+    funding), a tx spending only HTLC outputs is paid by whoever its outputs go to (claim/refund)."""
+    owner_of = {spk: name for name, spk in scripts.items()}
+    fees = {name: 0 for name in scripts}
+    for tx in txs:
+        fee = sum(sats(v["prevout"]["value"]) for v in tx["vin"]) - sum(sats(o["value"]) for o in tx["vout"])
+        payers = {owner_of.get(v["prevout"]["scriptPubKey"]["hex"]) for v in tx["vin"]} - {None}
+        if not payers:
+            payers = {owner_of.get(o["scriptPubKey"]["hex"]) for o in tx["vout"]} - {None}
+        if len(payers) != 1:
+            raise AssertionError(f"bitcoin tx {tx['txid']} has no single paying party: {payers}")
+        fees[payers.pop()] += fee
+    return fees
+
+
+def htlc_outputs(txs: list[dict[str, Any]]) -> list[tuple[str, int]]:
+    return [(tx["txid"], o["n"]) for tx in txs for o in tx["vout"] if o["scriptPubKey"].get("type") == "witness_v0_scripthash"]
+
+
+def preimage_in(tx: dict[str, Any], outpoint: tuple[str, int], hashlock: str) -> bool:
+    for vin in tx["vin"]:
+        if (vin.get("txid"), vin.get("vout")) == outpoint:
+            return any(len(w) == 64 and sha256(bytes.fromhex(w)).hexdigest() == hashlock for w in vin.get("txinwitness", []))
+    return False
+
+
+def spender(txs: list[dict[str, Any]], outpoint: tuple[str, int]) -> dict[str, Any] | None:
+    return next((tx for tx in txs if any((v.get("txid"), v.get("vout")) == outpoint for v in tx["vin"])), None)
+
+
+async def reconcile(books: Books, start: Snapshot, lp: Party, traders: list[Party]) -> dict[str, Any]:
+    """Check every swap against both chains and both parties' records; raise AssertionError naming
+    each difference.  Returns the figures (swaps by outcome, fees, per-asset loss, which is 0)."""
+    from bridge.errors import NotFound
+    from bridge.swaps import models as m
+    from htlc.evm import EvmHtlc, Locked, SwapStatus
+
+    chains = books.chains
+    htlc = EvmHtlc(chains.evm, chains.htlc)
+    btc_txs = await books.btc_txs(start)
+    problems: list[str] = []
+    expected = {p.name: {"btc": 0, "eth": 0, "tusd": 0} for p in [lp, *traders]}
+    outcomes: dict[str, int] = {}
+    lp_store = lp.store()
+
+    async def leg_outcome(leg: Any, hashlock: str) -> str:
+        """What the chain says happened to one leg's lock: none, locked, claimed or refunded."""
+        if not leg.lock_ref:
+            return "none"
+        if leg.chain == "bitcoin":
+            txid, vout = leg.lock_ref.split(":")
+            tx = spender(btc_txs, (txid, int(vout)))
+            if tx is None:
+                return "locked"
+            return "claimed" if preimage_in(tx, (txid, int(vout)), hashlock) else "refunded"
+        status = await htlc.swap(leg.lock_ref)
+        return {SwapStatus.NONE: "none", SwapStatus.LOCKED: "locked", SwapStatus.CLAIMED: "claimed", SwapStatus.REFUNDED: "refunded"}[status]
+
+    for trader in traders:
+        for view in trader.store().list():
+            sid, ts = view.swap.id, view.swap.state
+            try:
+                lview = lp_store.get(sid)
+            except NotFound:
+                lview = None
+            ls = lview.swap.state if lview else "absent"
+            outcomes[f"{ts}/{ls}"] = outcomes.get(f"{ts}/{ls}", 0) + 1
+            where = f"swap {sid} ({trader.name} {ts}, LP {ls})"
+            if ts not in m.TERMINAL or ls not in (*m.TERMINAL, "absent"):
+                problems.append(f"{where}: not finished")
+            ileg = view.leg(m.INITIATOR)
+            pleg = lview.leg(m.PARTICIPANT) if lview else view.leg(m.PARTICIPANT)
+            i_out = await leg_outcome(ileg, view.swap.hashlock)
+            p_out = await leg_outcome(pleg, view.swap.hashlock)
+            want_i = "claimed" if ls == "claimed" else "refunded" if ts == "refunded" else "none"
+            want_p = "claimed" if ts == "claimed" else "refunded" if ls == "refunded" else "none"
+            if i_out != want_i:
+                problems.append(f"{where}: trader's lock {ileg.lock_ref} is {i_out} on chain, the records say {want_i}")
+            if p_out != want_p:
+                problems.append(f"{where}: LP's lock {pleg.lock_ref} is {p_out} on chain, the records say {want_p}")
+            if lview and ileg.lock_ref and lview.leg(m.INITIATOR).lock_ref not in (None, ileg.lock_ref):
+                problems.append(f"{where}: the LP recorded the trader's lock as {lview.leg(m.INITIATOR).lock_ref}, the trader {ileg.lock_ref}")
+            if i_out == "claimed":
+                expected[trader.name][ileg.asset] -= ileg.value
+                expected[lp.name][ileg.asset] += ileg.value
+            if p_out == "claimed":
+                expected[lp.name][pleg.asset] -= pleg.value
+                expected[trader.name][pleg.asset] += pleg.value
+
+    # Nothing left in any HTLC: every P2WSH output made since the start is spent, every EVM lock settled.
+    for txid, vout in htlc_outputs(btc_txs):
+        if await chains.btc.rpc.call("gettxout", txid, vout, True) is not None:
+            problems.append(f"bitcoin HTLC output {txid}:{vout} is still unspent")
+    for event in await htlc.events(start.evm_block + 1):
+        if isinstance(event, Locked) and await htlc.swap(event.id) == SwapStatus.LOCKED:
+            problems.append(f"EVM HTLC swap 0x{event.id.hex()} is still locked ({event.swap.amount} of {event.swap.token})")
+
+    end = await books.balances()
+    parties = [lp, *traders]
+    fees_btc = btc_fees(btc_txs, {p.name: p.who.btc.p2wpkh_script.hex() for p in parties})
+    evm_txs = await books.evm_txs(start)
+    fees_eth = {p.name: sum(t["fee"] for t in evm_txs if t["from"] == p.who.address.lower()) for p in parties}
+    lost = {"btc": 0, "eth": 0, "tusd": 0}
+    for p in parties:
+        fees = {"btc": fees_btc[p.name], "eth": fees_eth[p.name], "tusd": 0}
+        for asset in lost:
+            delta = end[p.name][asset] - start.balances[p.name][asset]
+            if delta != expected[p.name][asset] - fees[asset]:
+                problems.append(
+                    f"{p.name} {asset}: balance moved by {delta}, the swaps say {expected[p.name][asset]} minus fees {fees[asset]}"
+                )
+            lost[asset] -= delta + fees[asset]
+    if problems:
+        raise AssertionError("swap books do not balance:\n  " + "\n  ".join(problems))
+    return {"outcomes": outcomes, "lost": lost, "btc_fees": sum(fees_btc.values()), "eth_fees": sum(fees_eth.values()),
+            "btc_txs": len(btc_txs), "evm_txs": len(evm_txs)}
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,260 @@
+"""Swap crash tests: the LP daemon and the traders' processes SIGKILLed at random points, restarted.
+
+Every process is a real ``bridgectl`` (``relayer run lp``, ``swap start``, ``swap status ID
+--watch`` to resume) on a private regtest node and Anvil.  Kills are of two kinds, mixed
+by a seeded RNG (the seed is printed; rerun with ``SWAP_CRASH_SEED=<seed>``): a SIGKILL
+from here after a random delay, and a process killing itself at a named point of the swap
+(``swap_harness.CRASH_POINTS``, e.g. after a lock's broadcast, before it is recorded).
+A killed process is restarted on the same data dir.  At the end every swap must be
+claimed or refunded on both sides (or failed before anything was locked), each leg's fate
+on chain must be what both parties recorded, no HTLC may hold coins, and each party's
+balances must equal the start plus what its swaps say minus the fees of the transactions
+it sent (BTC fees from the transactions, EVM gas x effective gas price from receipts).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from bridge.swaps import models as m
+from bridge.testing import WaitTimeout, wait_until
+from devnets.anvil import Anvil
+from devnets.process import free_port
+from devnets.regtest import RegtestProcess
+from swap_harness import (
+    CRASH_POINTS, ONE_BTC, ONE_ETH, Books, Chains, Identity, Party, automine, reap, reconcile, sigkill, start_lp,
+)
+
+#: (sell, buy) of each trader slot, cycled: both directions for BTC/ETH and an ERC-20.
+TRADES = [("btc:0.05", "eth:0.75"), ("eth:0.3", "btc:0.02"), ("tusd:120", "btc:0.002"), ("btc:0.04", "eth:0.6")]
+
+
+def phase(text: str) -> None:
+    print(f"{time.strftime('%H:%M:%S')} {text}", flush=True)
+
+
+@pytest.fixture(scope="module")
+def nodes(tmp_path_factory):
+    """A private regtest node and Anvil: these tests mine hundreds of blocks and move EVM time."""
+    regtest = RegtestProcess(tmp_path_factory.mktemp("crash-regtest"))
+    regtest.start()
+    anvil = Anvil(tmp_path_factory.mktemp("crash-anvil"))
+    anvil.start()
+    yield regtest, anvil
+    anvil.stop()
+    regtest.stop()
+
+
+@pytest.fixture
+async def chains(nodes):
+    regtest, anvil = nodes
+    opened = await Chains.open(regtest.rpc_url, regtest.rpc_auth, anvil.url)
+    yield opened
+    await opened.close()
+
+
+@dataclass
+class Slot:
+    """One trader running its swaps one after the other."""
+
+    party: Party
+    sell: str
+    buy: str
+    current: str | None = None  # the swap its process works on; None: start a new one
+    known: set[str] = field(default_factory=set)
+    starting: bool = False  # the process is `swap start` (the id is read from its database)
+
+    def new_swap_id(self) -> str | None:
+        fresh = [v.swap.id for v in self.party.store().list() if v.swap.id not in self.known]
+        return fresh[0] if fresh else None
+
+
+@dataclass
+class Chaos:
+    rng: random.Random
+    lp: Party
+    slots: list[Slot]
+    kills_wanted: int
+    kills: list[str] = field(default_factory=list)
+    kill_at: dict[int, float] = field(default_factory=dict)  # pid -> monotonic time of its planned SIGKILL
+
+    def crash_point(self, lp: bool) -> str | None:
+        """Half the processes get a named point (the LP at its 1st..3rd hit), half a timed kill."""
+        if len(self.kills) >= self.kills_wanted or self.rng.random() < 0.5:
+            return None
+        point = self.rng.choice(CRASH_POINTS)
+        return f"{point}#{self.rng.randint(1, 3)}" if lp else point
+
+    def plan_kill(self, party: Party) -> None:
+        if party.proc is not None and party.proc.crash_at is None and len(self.kills) < self.kills_wanted:
+            self.kill_at[party.proc.popen.pid] = time.monotonic() + self.rng.uniform(1.0, 6.0)
+
+    def ended(self, party: Party) -> int | None:
+        """The exit code of the party's process if it ended (a kill is logged and counted)."""
+        proc = party.proc
+        if proc is None or proc.returncode is None:
+            return None
+        self.kill_at.pop(proc.popen.pid, None)
+        if proc.returncode == -signal.SIGKILL:
+            how = f"at {proc.crash_at}" if proc.crashed_at_point() else f"after {time.monotonic() - proc.started:.1f}s"
+            self.kills.append(f"{party.name} {how}")
+            phase(f"kill {len(self.kills)}: {party.name} SIGKILLed {how}")
+        party.proc = None
+        return proc.returncode
+
+    async def restart_lp(self) -> None:
+        code = self.ended(self.lp)
+        if code is None:
+            return
+        if code != -signal.SIGKILL:
+            raise AssertionError(f"LP exited with {code} without being killed; log {self.lp.log}:\n{self.lp.tail()}")
+        await start_lp(self.lp, self.crash_point(lp=True))
+        self.plan_kill(self.lp)
+
+    async def tend(self, slot: Slot, more_swaps: bool) -> None:
+        party = slot.party
+        if party.alive():
+            return
+        code = self.ended(party)
+        if slot.starting:
+            slot.current = slot.new_swap_id()  # None: killed before the swap was recorded
+            slot.starting = False
+        if code in (0, 1, 3) and slot.current is not None:
+            state = party.store().get(slot.current).swap.state
+            if code == 3 or state not in m.TERMINAL:
+                raise AssertionError(f"{party.name} exited {code} with swap {slot.current} {state}; log {party.log}:\n{party.tail()}")
+            phase(f"{party.name}: swap {slot.current} {state}")
+            slot.known.add(slot.current)
+            slot.current = None
+        elif code is not None and code != -signal.SIGKILL:
+            raise AssertionError(f"{party.name} exited {code}; log {party.log}:\n{party.tail()}")
+        if slot.current is not None:
+            await party.run(["swap", "status", slot.current, "--watch"], self.crash_point(lp=False))
+        elif more_swaps:
+            slot.starting = True
+            await party.run(["swap", "start", "--sell", slot.sell, "--buy", slot.buy, "--lp", self.lp.url], self.crash_point(lp=False))
+        else:
+            return
+        self.plan_kill(party)
+
+    def fire_due_kills(self) -> None:
+        now = time.monotonic()
+        for party in [self.lp, *(s.party for s in self.slots)]:
+            if party.alive() and self.kill_at.get(party.proc.popen.pid, float("inf")) <= now:
+                del self.kill_at[party.proc.popen.pid]
+                sigkill(party.proc)
+
+    def busy(self) -> bool:
+        return any(s.party.alive() or s.current is not None for s in self.slots)
+
+    def something_to_do(self) -> bool:
+        now = time.monotonic()
+        return any(
+            (p.proc is not None and p.proc.returncode is not None) or self.kill_at.get(p.proc.popen.pid if p.proc else -1, float("inf")) <= now
+            for p in [self.lp, *(s.party for s in self.slots)]
+        )
+
+
+async def make_parties(tmp_path: Path, chains: Chains, traders: int) -> tuple[Party, list[Slot]]:
+    from htlc.evm import Erc20
+
+    lp = Party("lp", Identity.new(), tmp_path / "lp", chains, port=free_port())
+    slots = [Slot(Party(f"trader{i}", Identity.new(), tmp_path / f"trader{i}", chains), *TRADES[i % len(TRADES)]) for i in range(traders)]
+    payments = [(lp.who.btc.p2wpkh_script, 5 * ONE_BTC)]
+    await chains.evm.set_balance(lp.who.address, 500 * ONE_ETH)
+    token = Erc20(chains.evm, chains.tusd)
+    for slot in slots:
+        asset = slot.sell.split(":")[0]
+        await chains.evm.set_balance(slot.party.who.address, 50 * ONE_ETH if asset == "eth" else ONE_ETH // 2)
+        if asset == "btc":
+            payments.append((slot.party.who.btc.p2wpkh_script, 3 * ONE_BTC))
+        if asset == "tusd":
+            await token.mint(chains.deployer, slot.party.who.address, 100_000 * 10**6)
+    await chains.fund_btc(payments)
+    return lp, slots
+
+
+def seed() -> int:
+    return int(os.environ.get("SWAP_CRASH_SEED") or random.SystemRandom().randrange(10**9))
+
+
+async def run_chaos(tmp_path: Path, chains: Chains, kills_wanted: int, traders: int, budget: float) -> dict:
+    chosen = seed()
+    phase(f"seed {chosen} (rerun with SWAP_CRASH_SEED={chosen}); data dirs and logs under {tmp_path}")
+    lp, slots = await make_parties(tmp_path, chains, traders)
+    books = Books(chains, [lp, *(s.party for s in slots)])
+    start = await books.snapshot()
+    chaos = Chaos(random.Random(chosen), lp, slots, kills_wanted)
+    deadline = time.monotonic() + budget
+    async with automine(chains.btc):
+        try:
+            phase("LP daemon starting")
+            await start_lp(lp, chaos.crash_point(lp=True))
+            chaos.plan_kill(lp)
+            while True:
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"chaos did not finish in {budget}s ({len(chaos.kills)} kills); data under {tmp_path}")
+                chaos.fire_due_kills()
+                await chaos.restart_lp()
+                more = len(chaos.kills) < kills_wanted
+                for slot in slots:
+                    await chaos.tend(slot, more)
+                if not more and not chaos.busy():
+                    break
+                await _tick(chaos)
+            phase(f"traders done after {len(chaos.kills)} kills; waiting for the LP to settle its side")
+            await wait_until(lambda: _lp_settled(chaos), timeout=180, interval=0.2, what=f"LP swaps all finished (log {lp.log})")
+        finally:
+            for party in [lp, *(s.party for s in slots)]:
+                if party.alive():
+                    os.kill(party.proc.popen.pid, signal.SIGTERM)
+                    await reap(party.proc)
+        # Let any last transaction of the settle phase be mined before reading balances.
+        await wait_until(lambda: _mempool_empty(chains), timeout=30, what="bitcoin mempool empty")
+    phase("reconciling the chains with both parties' records")
+    report = await reconcile(books, start, lp, [s.party for s in slots])
+    report["kills"] = chaos.kills
+    phase(f"{len(chaos.kills)} kills; outcomes {report['outcomes']}; lost {report['lost']}")
+    return report
+
+
+async def _tick(chaos: Chaos) -> None:
+    try:
+        await wait_until(chaos.something_to_do, timeout=0.5, interval=0.05)
+    except WaitTimeout:
+        pass  # nothing happened in half a second: look again (and re-check the deadline)
+
+
+async def _lp_settled(chaos: Chaos) -> bool:
+    await chaos.restart_lp()
+    views = chaos.lp.store().list()
+    return all(v.swap.state in m.TERMINAL for v in views)
+
+
+async def _mempool_empty(chains: Chains) -> bool:
+    return not await chains.btc.rpc.call("getrawmempool")
+
+
+def _assert_books(report: dict, kills_wanted: int) -> None:
+    assert len(report["kills"]) >= kills_wanted, report["kills"]
+    assert report["lost"] == {"btc": 0, "eth": 0, "tusd": 0}
+    unfinished = {k: v for k, v in report["outcomes"].items() if k.split("/")[0] not in m.TERMINAL}
+    assert not unfinished, report["outcomes"]
+
+
+async def test_swaps_survive_sigkill_at_random_points(tmp_path, chains):
+    report = await run_chaos(tmp_path, chains, kills_wanted=20, traders=4, budget=420)
+    _assert_books(report, 20)
+
+
+@pytest.mark.slow
+async def test_swaps_survive_sigkill_soak(tmp_path, chains):
+    report = await run_chaos(tmp_path, chains, kills_wanted=200, traders=4, budget=3600)
+    _assert_books(report, 200)
