@@ -18,9 +18,7 @@ from typing import Iterable, Sequence
 
 from sqlalchemy.engine import Connection
 
-from sqlalchemy.dialects import postgresql
-
-from bridge.ledger.models import AMOUNT_DIGITS, TOTAL_DIGITS, TRANSFER_COLUMNS, LedgerBalance, LedgerBalanceHistory, to_text
+from bridge.ledger.models import AMOUNT_DIGITS, TOTAL_DIGITS, TRANSFER_COLUMNS, to_text
 
 _COLS = ", ".join(TRANSFER_COLUMNS)
 _AMOUNT = TRANSFER_COLUMNS.index("amount")
@@ -36,28 +34,44 @@ _SQLITE_UPSERT = (
     f"INSERT INTO ledger_balances ({', '.join(_TOTAL_COLS)}) VALUES ({', '.join('?' * len(_TOTAL_COLS))}) "
     f"ON CONFLICT (account_id) DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in (*_TOTALS, 'height'))}"
 )
+_PG_UPDATE = (
+    f"UPDATE ledger_balances AS b SET {', '.join(f'{c} = v.{c}' for c in (*_TOTALS, 'height'))} "
+    f"FROM (VALUES %s) AS v ({', '.join(_TOTAL_COLS)}) WHERE b.account_id = v.account_id"
+)
+_PG_UPDATE_ROW = "(%s, %s, %s::numeric, %s::numeric, %s::numeric, %s::numeric, %s::bigint)"
+_PG_HISTORY_COPY = f"COPY ledger_balance_history ({', '.join(_TOTAL_COLS)}) FROM STDIN"
 _SQLITE_HISTORY = f"INSERT INTO ledger_balance_history ({', '.join(_TOTAL_COLS)}) VALUES ({', '.join('?' * len(_TOTAL_COLS))})"
 
 # COPY text format: backslash escapes for the characters that delimit fields and rows.
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+_NULL = "\\N"
 
 
-def _copy_field(value: object) -> str:
+def _esc(value: str | None) -> str:
     if value is None:
-        return "\\N"
-    if isinstance(value, str):
+        return _NULL
+    if "\\" in value or "\t" in value or "\n" in value or "\r" in value:
         return value.translate(_COPY_ESCAPES)
-    return str(value)
+    return value
+
+
+def _copy(conn: Connection, sql: str, lines: Iterable[str]) -> None:
+    buf = io.StringIO()
+    buf.writelines(lines)
+    buf.seek(0)
+    with conn.connection.dbapi_connection.cursor() as cur:
+        cur.copy_expert(sql, buf)
 
 
 def insert_transfers(conn: Connection, rows: Sequence[tuple]) -> None:
     """Insert rows given in ``TRANSFER_COLUMNS`` order (amounts as ints)."""
     if conn.dialect.name == "postgresql":
-        buf = io.StringIO()
-        buf.writelines("\t".join(map(_copy_field, r)) + "\n" for r in rows)
-        buf.seek(0)
-        with conn.connection.dbapi_connection.cursor() as cur:
-            cur.copy_expert(_PG_COPY, buf)
+        # Integer columns need no escaping; the text columns are escaped only when they must be.
+        _copy(conn, _PG_COPY, (
+            f"{h}\t{i}\t{_esc(tid)}\t{kind}\t{d}\t{c}\t{_esc(asset)}\t{amount}\t{_esc(pid)}\t"
+            f"{_NULL if timeout is None else timeout}\t{_esc(cause)}\n"
+            for h, i, tid, kind, d, c, asset, amount, pid, timeout, cause in rows
+        ))
         return
     encoded = [r[:_AMOUNT] + (to_text(r[_AMOUNT], AMOUNT_DIGITS),) + r[_AMOUNT + 1 :] for r in rows]
     conn.exec_driver_sql(_SQLITE_INSERT, encoded)
@@ -83,10 +97,13 @@ def write_totals(conn: Connection, rows: Sequence[tuple]) -> None:
     ``rows``: ``(account_id, asset, debits_posted, credits_posted, debits_pending, credits_pending, height)``.
     """
     if conn.dialect.name == "postgresql":
-        dicts = [dict(zip(_TOTAL_COLS, r)) for r in rows]
-        up = postgresql.insert(LedgerBalance.__table__)
-        conn.execute(up.on_conflict_do_update(index_elements=["account_id"], set_={c: up.excluded[c] for c in (*_TOTALS, "height")}), dicts)
-        conn.execute(LedgerBalanceHistory.__table__.insert(), dicts)
+        # Balance rows exist from account creation on, so one UPDATE ... FROM (VALUES ...)
+        # sets them all (psycopg2's executemany would be one round trip per account).
+        from psycopg2.extras import execute_values  # PostgreSQL is an optional extra
+
+        with conn.connection.dbapi_connection.cursor() as cur:
+            execute_values(cur, _PG_UPDATE, rows, template=_PG_UPDATE_ROW, page_size=len(rows))
+        _copy(conn, _PG_HISTORY_COPY, ("\t".join(map(str, (a, _esc(asset), *totals, h))) + "\n" for a, asset, *totals, h in rows))
         return
     encoded = [(a, asset, *(to_text(v, TOTAL_DIGITS) for v in totals), h) for a, asset, *totals, h in rows]
     conn.exec_driver_sql(_SQLITE_UPSERT, encoded)
