@@ -9,7 +9,9 @@ in a fresh schema, skipped with the reason when unreachable):
 * ledger: ``Ledger.commit`` in batches of 10,000, 100 and 1 transfer(s) between
   1,000 funded user accounts (overdraft checks, idempotency look-up, balance and
   history updates, height bump, commit included), and the replay of a 10,000 batch;
-* p50 / p99 latency of a single-transfer commit.
+* p50 / p99 latency of a single-transfer commit;
+* balances of every account at a past height from the history table, beside a
+  replay of the transfers up to that height (the two must agree).
 
 Goals (issue 5): SQLite >= 50,000 transfers/s batched and >= 25% of raw;
 PostgreSQL >= 20,000/s.  Usage::
@@ -29,7 +31,7 @@ from pathlib import Path
 from sqlalchemy import Column, Index, MetaData, Table
 
 from bridge.db import postgres_available
-from bridge.ledger import Ledger, Transfer
+from bridge.ledger import Ledger, Transfer, queries
 from bridge.ledger.models import AMOUNT_DIGITS, TRANSFER_COLUMNS, LedgerTransfer, to_text
 from bridge.ledger.testdb import BACKENDS, fresh_database
 
@@ -114,6 +116,20 @@ def bench_backend(backend: str, transfers: int, directory: Path) -> None:
         for size, (rate, _) in results.items():
             print(f"[{backend}] ledger batches of {size:>6}: {rate:>10,.0f} transfers/s  ({rate / raw:.0%} of raw)")
         print(f"[{backend}] replay of 10,000-batches (all no-ops): {replay:,.0f} transfers/s")
+        # Balances at a past height: the history table versus replaying the transfers.
+        at = ledger.height() // 2
+        start = time.perf_counter()
+        from_history = queries.balances(engine, at=at)
+        t_history = time.perf_counter() - start
+        start = time.perf_counter()
+        replay_bal: dict[int, int] = {}
+        for t in queries.iter_transfers(engine, 1, at):
+            replay_bal[t.debit_account] = replay_bal.get(t.debit_account, 0) - t.amount
+            replay_bal[t.credit_account] = replay_bal.get(t.credit_account, 0) + t.amount
+        t_replay = time.perf_counter() - start
+        assert {b.account_id: b.balance for b in from_history} == replay_bal
+        print(f"[{backend}] balances of {len(from_history)} accounts at height {at}: history table {t_history * 1e3:.0f} ms, "
+              f"replay of the transfers {t_replay * 1e3:.0f} ms")
         single = sorted(results[1][1])
         p50 = statistics.median(single) * 1e3
         p99 = single[int(len(single) * 0.99) - 1] * 1e3
