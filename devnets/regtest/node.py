@@ -62,7 +62,6 @@ class RegtestNode:
         self.netdir.mkdir(parents=True, exist_ok=True)
         self.chain = ChainState(self.netdir)
         self.chain.recover()
-        self.mocktime = int(self.chain.store.get_meta("mocktime") or 0)
         self.mempool = Mempool(self.chain_view, self.now)
         self._load_mempool()
         self.started_at = time.time()
@@ -117,8 +116,8 @@ class RegtestNode:
         return self.mocktime or int(time.time())
 
     def set_mocktime(self, t: int) -> None:
+        """Like bitcoind, mocktime lives in memory only: a restart goes back to the system clock."""
         self.mocktime = t
-        self.chain.store.set_meta("mocktime", str(t))
 
     # --- views the mempool needs -----------------------------------------------------------
 

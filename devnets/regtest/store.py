@@ -29,7 +29,6 @@ CREATE TABLE IF NOT EXISTS utxo (
     height INTEGER NOT NULL, coinbase INTEGER NOT NULL, PRIMARY KEY (txid, vout)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS utxo_script ON utxo (script);
 CREATE TABLE IF NOT EXISTS mempool (txid TEXT PRIMARY KEY, raw BLOB NOT NULL, time INTEGER NOT NULL, seq INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
@@ -179,12 +178,3 @@ class Store:
         except BaseException:
             db.execute("ROLLBACK")
             raise
-
-    # --- small settings (mocktime) ------------------------------------------------------------
-
-    def get_meta(self, key: str) -> str | None:
-        row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
-        return row[0] if row else None
-
-    def set_meta(self, key: str, value: str) -> None:
-        self.db.execute("INSERT OR REPLACE INTO meta VALUES (?,?)", (key, value))
