@@ -512,7 +512,8 @@ async def reconcile(books: Books, start: Snapshot, lp: Party, traders: list[Part
     for txid, vout in htlc_outputs(btc_txs):
         if await chains.btc.rpc.call("gettxout", txid, vout, True) is not None:
             problems.append(f"bitcoin HTLC output {txid}:{vout} is still unspent")
-    for event in await htlc.events(start.evm_block + 1):
+    evm_events = await htlc.events(start.evm_block + 1) if await chains.evm.height() > start.evm_block else []
+    for event in evm_events:
         if isinstance(event, Locked) and await htlc.swap(event.id) == SwapStatus.LOCKED:
             problems.append(f"EVM HTLC swap 0x{event.id.hex()} is still locked ({event.swap.amount} of {event.swap.token})")
 

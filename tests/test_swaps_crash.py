@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from bridge.errors import NotFound
 from bridge.swaps import models as m
 from bridge.testing import WaitTimeout, wait_until
 from devnets.anvil import Anvil
@@ -245,6 +246,7 @@ async def _mempool_empty(chains: Chains) -> bool:
 def _assert_books(report: dict, kills_wanted: int) -> None:
     assert len(report["kills"]) >= kills_wanted, report["kills"]
     assert report["lost"] == {"btc": 0, "eth": 0, "tusd": 0}
+    assert report["btc_fees"] > 0 and report["eth_fees"] > 0  # the fee accounting saw the swaps' transactions
     unfinished = {k: v for k, v in report["outcomes"].items() if k.split("/")[0] not in m.TERMINAL}
     assert not unfinished, report["outcomes"]
 
@@ -258,3 +260,99 @@ async def test_swaps_survive_sigkill_at_random_points(tmp_path, chains):
 async def test_swaps_survive_sigkill_soak(tmp_path, chains):
     report = await run_chaos(tmp_path, chains, kills_wanted=200, traders=4, budget=3600)
     _assert_books(report, 200)
+
+
+async def _run_until_exit(party: Party, args: list[str], crash_at: str | None = None, timeout: float = 120) -> int:
+    proc = await party.run(args, crash_at)
+    code = await reap(proc, timeout)
+    if crash_at is not None:
+        assert proc.crashed_at_point(), f"{party.name} did not die at {crash_at} (exit {code}); log {party.log}:\n{party.tail()}"
+        phase(f"{party.name} SIGKILLed itself at {crash_at}")
+    return code
+
+
+async def _mine_to(chains: Chains, height: int) -> bool:
+    if await chains.btc.height() < height:
+        await chains.btc.mine(min(25, height - await chains.btc.height()))
+    return await chains.btc.height() >= height
+
+
+def _state_is(party: Party, swap_id: str, state: str):
+    try:
+        view = party.store().get(swap_id)
+    except NotFound:
+        return None
+    return view if view.swap.state == state else None
+
+
+async def test_trader_killed_before_telling_the_lp_refunds_after_expiry(tmp_path, chains):
+    """Killed right after its lock confirmed, the trader never tells the LP; the LP gives up,
+    the restarted trader refunds at expiry (killed once more just after broadcasting the refund)."""
+    phase(f"data dirs and logs under {tmp_path}")
+    lp = Party("lp", Identity.new(), tmp_path / "lp", chains, port=free_port())
+    trader = Party("trader", Identity.new(), tmp_path / "trader", chains)
+    await chains.evm.set_balance(lp.who.address, 10 * ONE_ETH)
+    await chains.evm.set_balance(trader.who.address, ONE_ETH // 10)
+    await chains.fund_btc([(trader.who.btc.p2wpkh_script, ONE_BTC)])
+    books = Books(chains, [lp, trader])
+    start = await books.snapshot()
+    async with automine(chains.btc):
+        await start_lp(lp)
+        try:
+            await _run_until_exit(trader, ["swap", "start", "--sell", "btc:0.05", "--buy", "eth:0.75", "--lp", lp.url], "recorded.initiator_locked")
+            (view,) = trader.store().list()
+            assert view.swap.state == m.INITIATOR_LOCKED and not view.swap.lp_notified
+            phase(f"mining to the trader's expiry, height {view.leg(m.INITIATOR).expiry}")
+            await wait_until(lambda: _mine_to(chains, view.leg(m.INITIATOR).expiry), timeout=120, what="BTC expiry height")
+            failed = await wait_until(lambda: _state_is(lp, view.swap.id, m.FAILED), timeout=60, what="LP gave up on the swap")
+            assert "did not lock in time" in failed.swap.last_error
+            await _run_until_exit(trader, ["swap", "status", view.swap.id, "--watch"], "spend.after_broadcast")
+            assert await _run_until_exit(trader, ["swap", "status", view.swap.id, "--watch"]) == 0, trader.tail()
+        finally:
+            os.kill(lp.proc.popen.pid, signal.SIGTERM)
+            await reap(lp.proc)
+        await wait_until(lambda: _mempool_empty(chains), timeout=30, what="bitcoin mempool empty")
+    report = await reconcile(books, start, lp, [trader])
+    assert report["outcomes"] == {"refunded/failed": 1} and report["lost"] == {"btc": 0, "eth": 0, "tusd": 0}
+    assert [a.to_state for a in trader.store().get(view.swap.id).actions][-2:] == [m.REFUND_INTENDED, m.REFUNDED]
+
+
+async def test_both_refund_when_the_trader_stays_down_past_the_lps_expiry(tmp_path, chains):
+    """Killed after auditing the LP's lock (before claiming), the trader stays down past the LP's
+    expiry: the LP refunds (killed mid-way and restarted), and the restarted trader must not claim
+    too late but refund its own lock at its expiry."""
+    phase(f"data dirs and logs under {tmp_path}")
+    lp = Party("lp", Identity.new(), tmp_path / "lp", chains, port=free_port())
+    trader = Party("trader", Identity.new(), tmp_path / "trader", chains)
+    await chains.evm.set_balance(lp.who.address, 10 * ONE_ETH)
+    await chains.evm.set_balance(trader.who.address, ONE_ETH // 10)
+    await chains.fund_btc([(trader.who.btc.p2wpkh_script, ONE_BTC)])
+    books = Books(chains, [lp, trader])
+    start = await books.snapshot()
+    async with automine(chains.btc):
+        await start_lp(lp, "spend.before_broadcast")
+        try:
+            await _run_until_exit(trader, ["swap", "start", "--sell", "btc:0.05", "--buy", "eth:0.75", "--lp", lp.url], "recorded.participant_locked")
+            (view,) = trader.store().list()
+            lp_leg = view.leg(m.PARTICIPANT)
+            assert view.swap.state == m.PARTICIPANT_LOCKED and lp_leg.lock_ref
+            now = (await chains.evm.head()).timestamp
+            phase(f"moving EVM time {lp_leg.expiry - now + 1}s to the LP's expiry")
+            await chains.increase_evm_time(lp_leg.expiry - now + 1)
+            assert await reap(lp.proc, 60) == -signal.SIGKILL and lp.proc.crashed_at_point()
+            phase("LP SIGKILLed itself before broadcasting its refund; restarting it")
+            await start_lp(lp)
+            await wait_until(lambda: _state_is(lp, view.swap.id, m.REFUNDED), timeout=60, what="LP refunded")
+            resumed = await trader.run(["swap", "status", view.swap.id, "--watch"])
+            phase(f"mining to the trader's expiry, height {view.leg(m.INITIATOR).expiry}")
+            await wait_until(lambda: _mine_to(chains, view.leg(m.INITIATOR).expiry), timeout=120, what="BTC expiry height")
+            assert await reap(resumed, 120) == 0, trader.tail()
+        finally:
+            for party in (lp, trader):
+                if party.alive():
+                    os.kill(party.proc.popen.pid, signal.SIGTERM)
+                    await reap(party.proc)
+        await wait_until(lambda: _mempool_empty(chains), timeout=30, what="bitcoin mempool empty")
+    report = await reconcile(books, start, lp, [trader])
+    assert report["outcomes"] == {"refunded/refunded": 1} and report["lost"] == {"btc": 0, "eth": 0, "tusd": 0}
+    assert m.CLAIM_INTENDED not in [a.to_state for a in trader.store().get(view.swap.id).actions]
