@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import sys
+import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -97,7 +98,7 @@ class RegtestProcess:
         if pid is not None and pid_alive(pid):
             os.kill(pid, signal.SIGKILL)
             while pid_alive(pid):
-                pass
+                time.sleep(0.01)
         self.pid_file.unlink(missing_ok=True)
 
     def rpc(self, method: str, *params: Any, timeout: float = 30.0) -> Any:
