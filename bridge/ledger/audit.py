@@ -22,6 +22,7 @@ from bridge.ledger.models import (
     LedgerPending,
     LedgerTransfer,
 )
+from bridge.ledger.queries import begin_snapshot
 
 _T = LedgerTransfer.__table__
 
@@ -52,9 +53,7 @@ class AuditReport:
 
 def audit(engine: Engine, max_problems: int = 100) -> AuditReport:
     with engine.connect() as conn:
-        if engine.dialect.name == "postgresql":
-            conn.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-        # (SQLite: a read transaction in WAL mode is already one consistent snapshot.)
+        begin_snapshot(conn)
         height = conn.execute(select(LedgerHead.__table__.c.height)).scalar_one()
         accounts = {r.id: r for r in conn.execute(select(LedgerAccount.__table__))}
         stored = {r.account_id: r for r in conn.execute(select(LedgerBalance.__table__))}

@@ -73,6 +73,16 @@ class TransferView:
         return asdict(self)
 
 
+def begin_snapshot(conn: Connection) -> None:
+    """Make every following read on ``conn`` see one consistent state of the books."""
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+    else:
+        # pysqlite opens no transaction for SELECTs, so each would see the latest commit;
+        # an explicit (deferred) BEGIN pins the WAL snapshot at the first read.
+        conn.exec_driver_sql("BEGIN")
+
+
 def current_height(conn: Connection) -> int:
     return conn.execute(select(_HEAD.c.height).where(_HEAD.c.id == 1)).scalar_one()
 
@@ -80,9 +90,7 @@ def current_height(conn: Connection) -> int:
 def balances(engine: Engine, account_id: int | None = None, at: int | None = None, owner: str | None = None) -> list[BalanceView]:
     """Balances of every account (or one, or one owner's) now, or as of height ``at``."""
     with engine.connect() as conn:
-        if engine.dialect.name == "postgresql":
-            # The height check and the rows must come from one snapshot.
-            conn.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        begin_snapshot(conn)  # the height check and the rows must agree
         head = current_height(conn)
         if at is not None and (not _is_height(at) or at > head):
             raise InputError(f"height must be 0..{head} (the current height), got {at!r}", field="at")
