@@ -19,7 +19,7 @@ import os
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from hashlib import sha256
 from pathlib import Path
 from typing import Any
@@ -309,7 +309,7 @@ class Party:
     chains: Chains
     port: int = 0
     proc: Proc | None = None
-    kills: list[str] = field(default_factory=list)
+    _store: Any = None
 
     def __post_init__(self) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
@@ -328,10 +328,13 @@ class Party:
         return f"http://127.0.0.1:{self.port}"
 
     def store(self) -> Any:
+        """The party's swap database, read from this process (SQLite WAL: the party's commits are visible)."""
         from bridge.db import make_engine
         from bridge.swaps.store import SwapStore
 
-        return SwapStore(make_engine(f"sqlite:///{self.home / 'bridge.sqlite'}"))
+        if self._store is None:
+            self._store = SwapStore(make_engine(f"sqlite:///{self.home / 'bridge.sqlite'}"))
+        return self._store
 
     async def run(self, args: list[str], crash_at: str | None = None) -> Proc:
         self.proc = await spawn([*args, "--swap-config", str(self.config)], self.chains.env(self.home), self.log, crash_at)

@@ -1,0 +1,255 @@
+"""Swap timings on the devnets: end-to-end vs the floor, relayer reaction, concurrency, CPU.
+
+    python bench/swaps.py [--swaps 50] [--concurrent 1000] [--cap 300]
+
+Starts its own regtest node and Anvil (free ports, a temp dir) and the LP as its daemon
+process (``bridgectl relayer run lp``); traders run their engines in this process, as
+``bridgectl swap start`` does.  A task here mines a Bitcoin block whenever the mempool
+holds a transaction (Anvil automines).  Every swap is BTC -> ETH.  Prints, asserts nothing.
+
+- end-to-end: from ``start_swap`` to the LP's claim recorded confirmed (both legs settled);
+- floor: the same four transactions (BTC lock, EVM lock, EVM claim, BTC claim) sent one after
+  the other directly with the adapters, each mined at once;
+- reaction: from the moment this process first sees the EVM block holding the trader's claim
+  (the head polled every 5 ms) to the LP recording its BTC claim, which it broadcasts right after;
+- concurrency: N swaps started at once by 20 traders; all must end claimed on both sides;
+- CPU: the LP daemon's user+system time (``/proc/<pid>/stat``) over a phase, per swap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import os
+import secrets
+import statistics
+import sys
+import tempfile
+import time
+import tomllib
+from pathlib import Path
+
+# Run as `python bench/swaps.py`, this folder is first on sys.path and bench/htlc.py would
+# shadow the `htlc` package.
+if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+    sys.path.pop(0)
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "tests")]
+
+from bridge.settings import BitcoinSettings, EvmSettings, Settings  # noqa: E402
+from bridge.swaps import models as m  # noqa: E402
+from bridge.swaps.config import SwapConfig  # noqa: E402
+from bridge.swaps.models import Swap  # noqa: E402
+from bridge.swaps.party import Party as SwapParty  # noqa: E402
+from bridge.swaps.protocol import LpClient  # noqa: E402
+from bridge.testing import WaitTimeout, wait_until  # noqa: E402
+from devnets.anvil import Anvil  # noqa: E402
+from sqlmodel import Session, select  # noqa: E402
+from devnets.process import free_port  # noqa: E402
+from devnets.regtest import RegtestProcess  # noqa: E402
+from htlc.bitcoin_script import p2wsh_htlc_script  # noqa: E402
+from htlc.bitcoin_tx import build_claim, fund_htlc  # noqa: E402
+from htlc.evm import ETH, Claimed, EvmHtlc  # noqa: E402
+from swap_harness import ONE_BTC, ONE_ETH, Chains, Identity, Party, automine, reap, start_lp, swap_toml  # noqa: E402
+
+SELL, BUY = "btc:0.0002", "eth:0.003"  # 20,000 sats at the LP's 1.5e11 wei/sat
+SELL_SATS = 20_000
+TRADERS = 20
+POLL = 0.1  # both parties' engine poll interval (the swap config's poll_interval)
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def pct(values: list[float], q: int) -> float:
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
+
+
+async def open_trader(home: Path, chains: Chains, who: Identity) -> SwapParty:
+    home.mkdir(parents=True, exist_ok=True)
+    user, password = chains.btc_auth
+    host, port = chains.btc_url.removeprefix("http://").rstrip("/").split(":")
+    settings = Settings(
+        data_dir=str(home), database_url=f"sqlite:///{home / 'bridge.sqlite'}",
+        bitcoin=BitcoinSettings(rpc_host=host, rpc_port=int(port), rpc_user=user, rpc_password=password),
+        evm=EvmSettings(url=chains.evm_url),
+    )
+    config = SwapConfig.model_validate(tomllib.loads(swap_toml(who, chains, poll_interval=POLL)))
+    return await SwapParty.open(settings, config, LpClient())
+
+
+async def floor_once(chains: Chains, trader: Identity, lp: Identity) -> float:
+    """The four transactions of a swap, back to back, each mined as soon as it is sent."""
+    htlc = EvmHtlc(chains.evm, chains.htlc)
+    secret = secrets.token_bytes(32)
+    hashlock = hashlib.sha256(secret).digest()
+    started = time.perf_counter()
+    expiry = await chains.btc.height() + 120
+    script = p2wsh_htlc_script(hashlock, lp.btc.pubkey, trader.btc.pubkey, expiry)
+    coin, _ = await fund_htlc(chains.btc, [trader.btc], script, SELL_SATS, 2)
+    await chains.btc.mine(1)
+    evm_expiry = (await chains.evm.head()).timestamp + 3600
+    swap_id, _ = await htlc.lock(lp.evm_key, trader.address, ETH, 3 * 10**15, hashlock, evm_expiry)
+    await htlc.claim(trader.evm_key, swap_id, secret)
+    claim = build_claim(coin, secret, lp.btc, lp.btc.p2wpkh_script, 2, network=chains.btc.network)
+    await chains.btc.send(claim.hex)
+    await chains.btc.mine(1)
+    return time.perf_counter() - started
+
+
+class HeadWatch:
+    """When this process first saw each EVM block (the head polled every 5 ms)."""
+
+    def __init__(self, chains: Chains) -> None:
+        self.chains = chains
+        self.seen: dict[int, float] = {}
+
+    async def _poll(self) -> bool:
+        height = await self.chains.evm.height()
+        for n in range(max(self.seen, default=height - 1) + 1, height + 1):
+            self.seen.setdefault(n, time.time())
+        return False
+
+    def start(self) -> asyncio.Task:
+        return asyncio.create_task(wait_until(self._poll, timeout=10**9, interval=0.005))
+
+
+def lp_state(lp: Party, swap_id: str, state: str) -> float | None:
+    try:
+        view = lp.store().get(swap_id)
+    except Exception:  # noqa: BLE001 - not accepted yet
+        return None
+    return next((a.at for a in view.actions if a.to_state == state), None) if view.swap.state == state else None
+
+
+def lp_claimed(lp: Party) -> set[str]:
+    """Ids of the swaps the LP has claimed, in one query (polled while 1,000 swaps run)."""
+    with Session(lp.store().engine) as session:
+        return set(session.exec(select(Swap.id).where(Swap.state == m.CLAIMED)))
+
+
+async def sequential(chains: Chains, trader: SwapParty, lp: Party, count: int, watch: HeadWatch) -> tuple[list[float], list[float], float]:
+    htlc = EvmHtlc(chains.evm, chains.htlc)
+    e2e, reaction = [], []
+    cpu0 = cpu_seconds(lp.proc.popen.pid)
+    for _ in range(count):
+        started = time.time()
+        view = await trader.start_swap(lp.url, SELL, BUY)
+        await trader.engine.run(asyncio.Event(), only={view.swap.id})
+        done = trader.store.get(view.swap.id)
+        if done.swap.state != m.CLAIMED:
+            raise SystemExit(f"swap {view.swap.id} ended {done.swap.state}: {done.swap.last_error}")
+        claimed_at = await wait_until(lambda: lp_state(lp, view.swap.id, m.CLAIMED), timeout=60, what="LP claimed")
+        e2e.append(claimed_at - started)
+        lp_view = lp.store().get(view.swap.id)
+        intended = next(a.at for a in lp_view.actions if a.to_state == m.CLAIM_INTENDED)
+        (claim,) = [e for e in await htlc.events(lp_view.leg(m.PARTICIPANT).watch_from or 0, swap_id=lp_view.leg(m.PARTICIPANT).lock_ref) if isinstance(e, Claimed)]
+        reaction.append(intended - watch.seen[claim.where.block_number])
+    return e2e, reaction, (cpu_seconds(lp.proc.popen.pid) - cpu0) / count
+
+
+async def concurrent(chains: Chains, traders: list[SwapParty], lp: Party, count: int, cap: float) -> tuple[float, int, int, float, float]:
+    """Start ``count`` swaps at once across the traders; returns (seconds, claimed both sides,
+    unfinished, LP CPU s/swap, this process's CPU s/swap)."""
+    cpu0, own0 = cpu_seconds(lp.proc.popen.pid), time.process_time()
+    started = time.perf_counter()
+    ids: list[list[str]] = [[] for _ in traders]
+    for n in range(count):
+        view = await traders[n % len(traders)].start_swap(lp.url, SELL, BUY)
+        ids[n % len(traders)].append(view.swap.id)
+    stop = asyncio.Event()
+    runs = [asyncio.create_task(t.engine.run(stop, only=set(i))) for t, i in zip(traders, ids) if i]
+
+    wanted = {i for group in ids for i in group}
+
+    def lp_done() -> bool:
+        return wanted <= lp_claimed(lp)
+
+    try:
+        await wait_until(lambda: all(r.done() for r in runs) and lp_done(), timeout=cap, interval=0.5, what="all swaps settled")
+    except WaitTimeout:
+        pass
+    elapsed = time.perf_counter() - started
+    stop.set()
+    await asyncio.gather(*runs, return_exceptions=True)
+    lp_side = lp_claimed(lp)
+    both = sum(1 for t, group in zip(traders, ids) for i in group if t.store.get(i).swap.state == m.CLAIMED and i in lp_side)
+    lp_cpu = (cpu_seconds(lp.proc.popen.pid) - cpu0) / count
+    return elapsed, both, count - both, lp_cpu, (time.process_time() - own0) / count
+
+
+async def main(args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory(prefix="bench-swaps-") as tmp:
+        root = Path(tmp)
+        regtest, anvil = RegtestProcess(root / "regtest"), Anvil(root / "anvil")
+        regtest.start()
+        anvil.start()
+        chains = await Chains.open(regtest.rpc_url, regtest.rpc_auth, anvil.url)
+        lp = Party("lp", Identity.new(), root / "lp", chains, port=free_port())
+        trader_ids = [Identity.new() for _ in range(TRADERS)]
+        per_trader = -(-max(args.concurrent, args.swaps) // TRADERS) + 5
+        try:
+            await chains.evm.set_balance(lp.who.address, 10_000 * ONE_ETH)
+            for who in trader_ids:
+                await chains.evm.set_balance(who.address, 10 * ONE_ETH)
+            payments = [(lp.who.btc.p2wpkh_script, ONE_BTC)]
+            payments += [(who.btc.p2wpkh_script, 2 * SELL_SATS) for who in trader_ids for _ in range(per_trader)]
+            payments += [(trader_ids[0].btc.p2wpkh_script, ONE_BTC // 10)]
+            for start in range(0, len(payments), 500):  # keep each funding transaction standard-sized
+                await chains.fund_btc(payments[start:start + 500])
+            floors = [await floor_once(chains, trader_ids[0], lp.who) for _ in range(5)]
+            async with automine(chains.btc, interval=0.02):
+                await start_lp(lp)
+                traders = [await open_trader(root / f"trader{i}", chains, who) for i, who in enumerate(trader_ids)]
+                watch = HeadWatch(chains)
+                watcher = watch.start()
+                e2e, reaction, lp_cpu_seq = await sequential(chains, traders[0], lp, args.swaps, watch)
+                watcher.cancel()
+                floor = statistics.median(floors)
+                print(f"end-to-end over {args.swaps} sequential BTC->ETH swaps: median {statistics.median(e2e):.2f} s, "
+                      f"p95 {pct(e2e, 95):.2f} s; floor (4 txs + mining, median of 5) {floor:.2f} s; "
+                      f"ratio {statistics.median(e2e) / floor:.1f}x   [goal <= 3x floor]")
+                print(f"relayer reaction (reveal block seen -> LP claim recorded, then broadcast): median "
+                      f"{statistics.median(reaction) * 1000:.0f} ms, p95 {pct(reaction, 95) * 1000:.0f} ms, "
+                      f"max {max(reaction) * 1000:.0f} ms   [goal <= poll {POLL * 1000:.0f} ms + 50 ms]")
+                print(f"LP CPU per swap (sequential): {lp_cpu_seq * 1000:.0f} ms")
+                size, last = min(args.start_concurrent, args.concurrent), False
+                while True:
+                    elapsed, both, left, lp_cpu, own_cpu = await concurrent(chains, traders, lp, size, args.cap)
+                    verdict = "all finished" if left == 0 else f"{left} NOT finished within the {args.cap:.0f} s cap"
+                    print(f"{size} concurrent swaps ({TRADERS} traders, one LP): {elapsed:.1f} s, {both} claimed on both sides, "
+                          f"{verdict}; LP CPU {lp_cpu * 1000:.0f} ms/swap, trader engines + bench {own_cpu * 1000:.0f} ms/swap"
+                          f"   [goal: {args.concurrent} all finish, none lost]", flush=True)
+                    if left or last or size >= args.concurrent:
+                        break
+                    predicted = elapsed * args.concurrent / size
+                    if predicted <= args.cap * 0.9:
+                        size = args.concurrent
+                        continue
+                    fits = int(size * args.cap / elapsed * 0.8)
+                    print(f"  {args.concurrent} would take ~{predicted:.0f} s at this rate, over the {args.cap:.0f} s cap; "
+                          f"running the largest that should fit instead: {fits}", flush=True)
+                    if fits <= size:
+                        break
+                    size, last = fits, True
+                for trader in traders:
+                    await trader.close()
+        finally:
+            if lp.alive():
+                lp.proc.popen.terminate()
+                await reap(lp.proc)
+            await chains.close()
+            anvil.stop()
+            regtest.stop()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--swaps", type=int, default=50, help="sequential swaps for end-to-end and reaction")
+    parser.add_argument("--concurrent", type=int, default=1000, help="the concurrency goal")
+    parser.add_argument("--start-concurrent", type=int, default=100, help="first concurrency level tried")
+    parser.add_argument("--cap", type=float, default=300.0, help="seconds allowed for one concurrency level")
+    asyncio.run(main(parser.parse_args()))
