@@ -126,13 +126,13 @@ MINE_EVERY = 5000
 
 
 def _op_true_script() -> bytes:
-    from devnets.regtest.primitives import sha256
+    from chains.btc.primitives import sha256
 
     return b"\x00\x20" + sha256(OP_TRUE)
 
 
 def _spend(prevouts: list[tuple[str, int, int]], outputs: int, fee: int):
-    from devnets.regtest.primitives import OutPoint, Tx, TxIn, TxOut
+    from chains.btc.primitives import OutPoint, Tx, TxIn, TxOut
 
     each = (sum(v for _, _, v in prevouts) - fee) // outputs
     vin = [TxIn(OutPoint.from_hex(txid, n), b"", 0xFFFFFFFD, (OP_TRUE,)) for txid, n, _ in prevouts]
@@ -150,8 +150,8 @@ async def _send_and_mine(adapter, txs: list, miner_address: str) -> None:
 
 async def _build_regtest_chain(adapter, total_txs: int) -> None:
     from chains.bitcoin_tx import btc_to_sats
-    from devnets.regtest.address import encode_segwit_address
-    from devnets.regtest.primitives import sha256
+    from chains.btc.address import encode_segwit_address
+    from chains.btc.primitives import sha256
 
     op_true_address = encode_segwit_address("bcrt", 0, sha256(OP_TRUE))
     fanouts = -(-total_txs // FANOUT)

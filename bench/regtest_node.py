@@ -25,7 +25,7 @@ import aiohttp
 from bitcoinlib.keys import Key, sign
 
 from devnets.regtest import RegtestNode, RegtestProcess
-from devnets.regtest import primitives as p
+from chains.btc import primitives as p
 
 N_SPENDS = 2_000
 CACHE_10K = Path("/tmp/bench-regtest-10k")

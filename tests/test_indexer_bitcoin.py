@@ -29,8 +29,8 @@ from chains.bitcoin_rpc import BitcoinRpc
 from chains.bitcoin_tx import btc_to_sats
 from chains.indexer import Indexer
 from devnets.bitcoin_node import BitcoinNode
-from devnets.regtest.address import encode_segwit_address
-from devnets.regtest.primitives import OutPoint, Tx, TxIn, TxOut, sha256
+from chains.btc.address import encode_segwit_address
+from chains.btc.primitives import OutPoint, Tx, TxIn, TxOut, sha256
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_indexer import Recorder, _meta, net_view, recorded  # noqa: E402

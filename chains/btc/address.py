@@ -11,8 +11,8 @@ from enum import Enum
 from typing import NamedTuple
 
 from bridge.errors import InputError
-from devnets.regtest.primitives import sha256
-from devnets.regtest.script import is_p2pkh, is_p2sh, witness_program
+from chains.btc.primitives import sha256
+from chains.btc.script import is_p2pkh, is_p2sh, witness_program
 
 
 class InvalidAddress(InputError):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 
-from devnets.regtest.primitives import Tx, TxOut, push_data, ser_compact_size
+from chains.btc.primitives import Tx, TxOut, push_data, ser_compact_size
 
 # --- opcodes ----------------------------------------------------------------
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from devnets.regtest import primitives as p
+from chains.btc import primitives as p
 from devnets.regtest.kernel import BlockOutcome, Kernel
 from devnets.regtest.store import IndexedBlock, Store
 

@@ -14,9 +14,9 @@ from functools import lru_cache
 from typing import Any, NamedTuple, Sequence
 
 from bridge.errors import InputError
-from devnets.regtest.address import Network, decode_destination, network, script_to_address
+from chains.btc.address import Network, decode_destination, network, script_to_address
 from devnets.regtest.descriptors import descsum_create, infer_descriptor
-from devnets.regtest.primitives import (
+from chains.btc.primitives import (
     MAX_MONEY,
     DecodeError,
     Tx,
@@ -25,7 +25,7 @@ from devnets.regtest.primitives import (
     parse_hex,
     sha256,
 )
-from devnets.regtest.script import (
+from chains.btc.script import (
     MAX_SCRIPT_SIZE,
     classify,
     disassemble,

@@ -10,7 +10,7 @@ message that says so.
 from __future__ import annotations
 
 from bridge.errors import InputError
-from devnets.regtest.address import (
+from chains.btc.address import (
     InvalidAddress,
     Network,
     address_to_script,
@@ -18,8 +18,8 @@ from devnets.regtest.address import (
     network,
     script_to_address,
 )
-from devnets.regtest.primitives import hash160, push_int, sha256, tagged_hash
-from devnets.regtest.script import classify, multisig_params, witness_program
+from chains.btc.primitives import hash160, push_int, sha256, tagged_hash
+from chains.btc.script import classify, multisig_params, witness_program
 
 
 class InvalidDescriptor(InputError):

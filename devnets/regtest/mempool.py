@@ -13,8 +13,8 @@ from typing import Callable, Protocol
 
 import pbk
 
-from devnets.regtest import primitives as p
-from devnets.regtest import script as sc
+from chains.btc import primitives as p
+from chains.btc import script as sc
 from devnets.regtest.script_errors import diagnose, policy_failure, witness_standard
 
 MIN_RELAY_FEERATE = sc.DEFAULT_MIN_RELAY_TX_FEE  # sat/kvB

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from devnets.regtest import primitives as p
+from chains.btc import primitives as p
 
 MAX_BLOCK_WEIGHT = 4_000_000
 COINBASE_RESERVED_WEIGHT = 4_000  # Core's default -blockreservedweight room for the coinbase

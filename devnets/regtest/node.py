@@ -12,7 +12,7 @@ import secrets
 import time
 from pathlib import Path
 
-from devnets.regtest import primitives as p
+from chains.btc import primitives as p
 from devnets.regtest.chainstate import ChainChange, ChainState
 from devnets.regtest.kernel import BlockOutcome
 from devnets.regtest.mempool import Entry, Mempool, Rejected

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import hashlib
 
-from devnets.regtest import primitives as p
-from devnets.regtest.script import is_p2sh, is_valid_signature_encoding, witness_program
+from chains.btc import primitives as p
+from chains.btc.script import is_p2sh, is_valid_signature_encoding, witness_program
 
 EVAL_FALSE = "Script evaluated without error but finished with a false/empty top stack element"
 EQUALVERIFY = "Script failed an OP_EQUALVERIFY operation"

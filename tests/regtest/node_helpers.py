@@ -14,8 +14,8 @@ from typing import Any
 import aiohttp
 from bitcoinlib.keys import Key, sign
 
-from devnets.regtest import primitives as p
-from devnets.regtest.address import script_to_address
+from chains.btc import primitives as p
+from chains.btc.address import script_to_address
 
 SIGHASH_ALL = 1
 

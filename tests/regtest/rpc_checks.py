@@ -11,7 +11,7 @@ from decimal import Decimal
 import pytest
 from node_helpers import Coin, NodeError, Rpc, Wallet, fund, spend_p2wpkh
 
-from devnets.regtest import primitives as p
+from chains.btc import primitives as p
 
 FEE = 1_000
 MAX_BODY = 0x02000000

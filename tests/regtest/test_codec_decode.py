@@ -8,7 +8,7 @@ from decimal import Decimal
 import pytest
 from bitcoinlib.transactions import Transaction
 
-from devnets.regtest.address import script_to_address
+from chains.btc.address import script_to_address
 from devnets.regtest.decode import (
     InvalidAmount,
     SpentOutput,
@@ -20,7 +20,7 @@ from devnets.regtest.decode import (
     validate_address_json,
 )
 from devnets.regtest.descriptors import descsum_create, parse_descriptor
-from devnets.regtest.primitives import COIN, REGTEST_GENESIS_BLOCK, DecodeError, Tx, TxOut, coinbase_tx, hash160
+from chains.btc.primitives import COIN, REGTEST_GENESIS_BLOCK, DecodeError, Tx, TxOut, coinbase_tx, hash160
 
 from test_codec_primitives import BIP143_SIGNED, bitcoinlib_segwit_tx
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bridge.errors import InputError
-from devnets.regtest.address import address_to_script, script_to_address
+from chains.btc.address import address_to_script, script_to_address
 from devnets.regtest.descriptors import (
     InvalidDescriptor,
     descriptor_checksum,
@@ -14,7 +14,7 @@ from devnets.regtest.descriptors import (
     infer_descriptor,
     parse_descriptor,
 )
-from devnets.regtest.primitives import hash160, sha256
+from chains.btc.primitives import hash160, sha256
 
 # Core's descriptor_tests.cpp checksum example (same script, private and public form).
 CORE_PRV = ("sh(multi(2,[00000000/111'/222]xprvA1RpRA33e1JQ7ifknakTFpgNXPmW2YvmhqLQYMmrj4xJXXWYpDPS3xz7iAxn8L39njGVyuose"

@@ -11,7 +11,7 @@ from bitcoinlib.transactions import Transaction
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from devnets.regtest import primitives as p
+from chains.btc import primitives as p
 
 from test_codec_primitives import BIP143_P2SH_P2WPKH, BIP143_SIGNED, bitcoinlib_segwit_tx
 

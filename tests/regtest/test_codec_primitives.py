@@ -8,7 +8,7 @@ from bitcoinlib.transactions import Transaction
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from devnets.regtest.primitives import (
+from chains.btc.primitives import (
     COIN,
     NULL_HASH,
     REGTEST_BITS,

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bridge.errors import InputError
-from devnets.regtest.address import (
+from chains.btc.address import (
     InvalidAddress,
     address_to_script,
     b58check_decode,
@@ -17,8 +17,8 @@ from devnets.regtest.address import (
     locate_errors,
     script_to_address,
 )
-from devnets.regtest.primitives import OutPoint, Tx, TxIn, TxOut, hash160, push_int
-from devnets.regtest.script import (
+from chains.btc.primitives import OutPoint, Tx, TxIn, TxOut, hash160, push_int
+from chains.btc.script import (
     assemble,
     classify,
     disassemble,
@@ -261,7 +261,7 @@ BECH32_INVALID = [" 1nwldj5", "\x7f1axkwrx", "an84characterslonghumanreadablepar
 
 
 def test_bip173_bip350_checksum_vectors():
-    from devnets.regtest.address import Encoding
+    from chains.btc.address import Encoding
 
     for text in BECH32_VALID:
         assert bech32_decode(text)[0] is Encoding.BECH32, text

@@ -7,7 +7,7 @@ import pytest
 from node_helpers import Coin, NodeError, Rpc, Wallet, coin_of, fund, spend_p2wpkh
 
 from devnets.regtest import RegtestProcess
-from devnets.regtest import primitives as p
+from chains.btc import primitives as p
 
 FEE = 1_000
 

@@ -8,7 +8,7 @@ import secrets
 
 import pytest
 
-from devnets.regtest import primitives as p
+from chains.btc import primitives as p
 from node_helpers import (
     Coin,
     NodeError,

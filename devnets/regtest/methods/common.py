@@ -6,7 +6,7 @@ import re
 from decimal import Decimal
 from typing import Any
 
-from devnets.regtest import primitives as p
+from chains.btc import primitives as p
 from devnets.regtest.methods import (
     RPC_DESERIALIZATION_ERROR,
     RPC_INVALID_ADDRESS_OR_KEY,
@@ -75,7 +75,7 @@ def spk_json(script: bytes) -> dict[str, Any]:
 
 
 def address_script(address: str) -> bytes:
-    from devnets.regtest.address import InvalidAddress, address_to_script
+    from chains.btc.address import InvalidAddress, address_to_script
 
     try:
         return address_to_script(address, NETWORK)

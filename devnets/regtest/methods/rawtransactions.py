@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from devnets.regtest import primitives as p
+from chains.btc import primitives as p
 from devnets.regtest.mempool import DEFAULT_MAX_FEERATE, Rejected
 from devnets.regtest.methods import (
     RPC_DESERIALIZATION_ERROR,
