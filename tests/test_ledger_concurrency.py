@@ -101,9 +101,20 @@ async def test_eight_concurrent_writers_lose_no_update(hot_ledger, tmp_path):
         for batch in writer_batches(writer, hot):
             await ledger.acommit(batch)
 
+    audits: list = []
+
+    async def auditor() -> None:
+        # Audits read one snapshot: mid-flight they must still see balanced books.
+        for step in (20, 45, 70):
+            await wait_until(lambda: ledger.height() >= step, timeout=120, what=f"height {step}")
+            audits.append(await asyncio.to_thread(audit, ledger.engine))
+
     tasks = [asyncio.create_task(task_writer(w)) for w in range(TASKS)]
     go.touch()
+    watcher = asyncio.create_task(auditor())
     await asyncio.gather(*tasks)
+    await watcher
+    assert audits and all(r.ok for r in audits), [r.problems for r in audits if not r.ok]
     for p in procs:
         out, err = await asyncio.wait_for(p.communicate(), 120)
         assert p.returncode == 0, err.decode()[-3000:]
