@@ -232,7 +232,7 @@ class Ledger:
     def _setup(self, assets: list[Asset]) -> None:
         try:
             LEDGER_TABLES[0].metadata.create_all(self.engine, tables=LEDGER_TABLES)
-        except DBAPIError as exc:  # two processes creating the schema at once
+        except DBAPIError as exc:
             mapped = self._map(exc)
             if mapped is exc:
                 raise
@@ -404,7 +404,7 @@ class Ledger:
         text = str(orig).lower()
         if self._sqlite and ("locked" in text or "busy" in text):
             return LedgerConcurrencyError(f"SQLite database busy: {orig}")
-        if self._pg and "already exists" in text:  # concurrent CREATE TABLE during setup
+        if "already exists" in text:  # two processes creating the schema at once
             return LedgerConcurrencyError(f"concurrent schema creation: {str(orig).splitlines()[0]}")
         return exc
 

@@ -96,7 +96,7 @@ class LedgerBalance(SQLModel, table=True):
     __tablename__ = "ledger_balances"
 
     account_id: int = Field(primary_key=True, foreign_key="ledger_accounts.id")
-    asset: str = Field(max_length=120, index=True)
+    asset: str = Field(max_length=120)
     debits_posted: int = Field(sa_column=amount_column(TOTAL_DIGITS))
     credits_posted: int = Field(sa_column=amount_column(TOTAL_DIGITS))
     debits_pending: int = Field(sa_column=amount_column(TOTAL_DIGITS))
