@@ -466,6 +466,7 @@ async def reconcile(books: Books, start: Snapshot, lp: Party, traders: list[Part
     expected = {p.name: {"btc": 0, "eth": 0, "tusd": 0} for p in [lp, *traders]}
     outcomes: dict[str, int] = {}
     lp_store = lp.store()
+    fates: dict[str, dict[str, tuple[Any, str]]] = {}  # swap id -> leg -> (leg row, fate on chain)
 
     async def leg_outcome(leg: Any, hashlock: str) -> str:
         """What the chain says happened to one leg's lock: none, locked, claimed or refunded."""
@@ -504,6 +505,7 @@ async def reconcile(books: Books, start: Snapshot, lp: Party, traders: list[Part
                 problems.append(f"{where}: LP's lock {pleg.lock_ref} is {p_out} on chain, the records say {want_p}")
             if lview and ileg.lock_ref and lview.leg(m.INITIATOR).lock_ref not in (None, ileg.lock_ref):
                 problems.append(f"{where}: the LP recorded the trader's lock as {lview.leg(m.INITIATOR).lock_ref}, the trader {ileg.lock_ref}")
+            fates[sid] = {m.INITIATOR: (ileg, i_out), m.PARTICIPANT: (pleg, p_out)}
             if i_out == "claimed":
                 expected[trader.name][ileg.asset] -= ileg.value
                 expected[lp.name][ileg.asset] += ileg.value
@@ -519,6 +521,9 @@ async def reconcile(books: Books, start: Snapshot, lp: Party, traders: list[Part
     for event in evm_events:
         if isinstance(event, Locked) and await htlc.swap(event.id) == SwapStatus.LOCKED:
             problems.append(f"EVM HTLC swap 0x{event.id.hex()} is still locked ({event.swap.amount} of {event.swap.token})")
+
+    for party in [lp, *traders]:
+        problems += ledger_differences(party, party is lp, fates)
 
     end = await books.balances()
     parties = [lp, *traders]
@@ -539,6 +544,40 @@ async def reconcile(books: Books, start: Snapshot, lp: Party, traders: list[Part
         raise AssertionError("swap books do not balance:\n  " + "\n  ".join(problems))
     return {"outcomes": outcomes, "lost": lost, "btc_fees": sum(fees_btc.values()), "eth_fees": sum(fees_eth.values()),
             "btc_txs": len(btc_txs), "evm_txs": len(evm_txs)}
+
+
+def ledger_differences(party: Party, is_lp: bool, fates: dict[str, dict[str, tuple[Any, str]]]) -> list[str]:
+    """Where a party's ledger (``bridge.swaps.books``, in its own database) contradicts the chains.
+
+    A party books a leg's lock once it saw it confirmed (and audited), and its claim or
+    refund when it made it or learnt of it; it is never told when the counterparty claims
+    the trader's lock or refunds its own, so those legs may stay escrowed in that party's
+    books, but must never show the opposite outcome.
+    """
+    from bridge.ledger.queries import transfer
+    from bridge.swaps import models as m
+
+    engine = party.store().engine
+    out = []
+    for view in party.store().list():
+        for leg_name, (leg, fate) in fates.get(view.swap.id, {}).items():
+            booked = {}
+            for step in ("lock", "claim", "refund"):
+                with contextlib.suppress(Exception):
+                    booked[step] = transfer(engine, f"swap:{view.swap.id}:{leg_name}:{step}")
+            where = f"{party.name}'s ledger, swap {view.swap.id} {leg_name} leg (chain: {fate})"
+            own = leg_name == (m.PARTICIPANT if is_lp else m.INITIATOR)
+            knows = {"claimed": not own or is_lp, "refunded": own}.get(fate, False)
+            if fate == "none" and "lock" in booked:
+                out.append(f"{where}: books a lock the chain never saw")
+            if "claim" in booked and fate != "claimed" or "refund" in booked and fate != "refunded":
+                out.append(f"{where}: books {', '.join(sorted(booked))}")
+            if knows and not {"lock", fate.removesuffix("ed")} <= set(booked):
+                out.append(f"{where}: books only {', '.join(sorted(booked)) or 'nothing'}")
+            lock = booked.get("lock")
+            if lock is not None and (lock.amount != leg.value or lock.cause != f"{leg.chain}:{leg.lock_ref}"):
+                out.append(f"{where}: lock booked as {lock.amount} for {lock.cause}, the chain has {leg.value} at {leg.lock_ref}")
+    return out
 
 
 if __name__ == "__main__":

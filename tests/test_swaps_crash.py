@@ -30,7 +30,7 @@ from devnets.anvil import Anvil
 from devnets.process import free_port
 from devnets.regtest import RegtestProcess
 from swap_harness import (
-    CRASH_POINTS, ONE_BTC, ONE_ETH, Books, Chains, Identity, Party, automine, reap, reconcile, sigkill, start_lp,
+    CRASH_POINTS, ONE_BTC, ONE_ETH, Books, Chains, Identity, Party, Snapshot, automine, reap, reconcile, sigkill, start_lp,
 )
 
 #: (sell, buy) of each trader slot, cycled: both directions for BTC/ETH and an ERC-20.
@@ -314,6 +314,10 @@ async def test_trader_killed_before_telling_the_lp_refunds_after_expiry(tmp_path
         await wait_until(lambda: _mempool_empty(chains), timeout=30, what="bitcoin mempool empty")
     report = await reconcile(books, start, lp, [trader])
     assert report["outcomes"] == {"refunded/failed": 1} and report["lost"] == {"btc": 0, "eth": 0, "tusd": 0}
+    # The books are exact: one satoshi more at the start is a difference they name.
+    skewed = Snapshot(start.btc_height, start.evm_block, {**start.balances, "trader": {**start.balances["trader"], "btc": start.balances["trader"]["btc"] + 1}})
+    with pytest.raises(AssertionError, match="trader btc: balance moved by"):
+        await reconcile(books, skewed, lp, [trader])
     assert [a.to_state for a in trader.store().get(view.swap.id).actions][-2:] == [m.REFUND_INTENDED, m.REFUNDED]
 
 
