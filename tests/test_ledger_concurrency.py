@@ -140,5 +140,24 @@ async def test_eight_concurrent_writers_lose_no_update(hot_ledger, tmp_path):
     assert any(min(task_heights) < h < max(task_heights) for h, w in writer_at.items() if w >= TASKS)
 
 
+async def test_same_batch_delivered_concurrently_applies_once(hot_ledger):
+    """Relayers racing to deliver the same event: one commit wins, the others are no-ops
+    (on PostgreSQL the losers hit the unique id index and are retried as replays)."""
+    _, ledger, hot = hot_ledger
+    batch = [Transfer(f"msg:{i}", hot[i % 3], hot[(i + 1) % 3], 10 + i) for i in range(50)]
+    batch.append(Transfer.hold("msg:hold", hot[0], hot[1], 7))
+    before = {b.account_id: b.balance for b in queries.balances(ledger.engine)}
+    results = await asyncio.gather(*[ledger.acommit(batch) for _ in range(TASKS)])
+    assert sorted(r.applied for r in results) == [0] * (TASKS - 1) + [len(batch)]
+    after = {b.account_id: b.balance for b in queries.balances(ledger.engine)}
+    moved = {h: 0 for h in hot}
+    for t in batch[:-1]:
+        moved[t.debit] -= t.amount
+        moved[t.credit] += t.amount
+    assert {h: after[h] - before[h] for h in hot} == moved
+    assert ledger.height() == 2
+    assert audit(ledger.engine).ok
+
+
 if __name__ == "__main__":
     _worker_main(sys.argv[1], int(sys.argv[2]), sys.argv[3], [int(x) for x in sys.argv[4].split(",")])

@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field, replace
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, NoReturn, Sequence
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -202,6 +202,15 @@ def check_shape(t: Transfer, internal: bool = False) -> None:
             raise InputError(f"transfer {t.id}: a {t.kind} releases the whole hold; it takes no amount", field="amount", transfer_id=t.id)
 
 
+def _checked(batch: Sequence[Transfer]) -> list[Transfer]:
+    batch = list(batch)
+    if not batch:
+        raise InputError("empty batch", field="batch")
+    for t in batch:
+        check_shape(t)
+    return batch
+
+
 def _chunks(items: list, size: int) -> Iterable[list]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
@@ -225,6 +234,7 @@ class Ledger:
         self._pg = engine.dialect.name == "postgresql"
         self._insert = postgresql.insert if self._pg else sqlite.insert
         self._accounts: dict[int, Account] = {}
+        self._driver_error: type[Exception] = engine.dialect.loaded_dbapi.Error
         self.retry.run_sync(lambda: self._setup(asset_registry.default_assets() if assets is None else list(assets)), what="ledger setup")
 
     # -- setup and accounts ----------------------------------------------------
@@ -233,10 +243,7 @@ class Ledger:
         try:
             LEDGER_TABLES[0].metadata.create_all(self.engine, tables=LEDGER_TABLES)
         except DBAPIError as exc:
-            mapped = self._map(exc)
-            if mapped is exc:
-                raise
-            raise mapped from exc
+            self._raise_mapped(exc.orig, exc)
 
         def write(conn: Connection) -> None:
             conn.execute(self._insert(_HEAD).values(id=1, height=0).on_conflict_do_nothing(index_elements=["id"]))
@@ -339,20 +346,12 @@ class Ledger:
 
     def commit(self, batch: Sequence[Transfer]) -> CommitResult:
         """Commit ``batch`` atomically, in order; retried as a whole on write conflicts."""
-        batch = list(batch)
-        if not batch:
-            raise InputError("empty batch", field="batch")
-        for t in batch:
-            check_shape(t)
+        batch = _checked(batch)
         return self.retry.run_sync(lambda: self._attempt(batch), what="ledger commit")
 
     async def acommit(self, batch: Sequence[Transfer]) -> CommitResult:
         """``commit`` from async code: the blocking work runs in a worker thread."""
-        batch = list(batch)
-        if not batch:
-            raise InputError("empty batch", field="batch")
-        for t in batch:
-            check_shape(t)
+        batch = _checked(batch)
         return await self.retry.run(lambda: asyncio.to_thread(self._attempt, batch), what="ledger commit")
 
     def transfer(self, id: str, debit: int, credit: int, amount: int, cause: str | None = None) -> CommitResult:
@@ -391,22 +390,23 @@ class Ledger:
                 conn.commit()
                 return result
         except DBAPIError as exc:
-            mapped = self._map(exc)
-            if mapped is exc:
-                raise
-            raise mapped from exc
+            self._raise_mapped(exc.orig, exc)
+        except self._driver_error as exc:  # from the bulk paths, which use the driver directly
+            self._raise_mapped(exc, exc)
 
-    def _map(self, exc: DBAPIError) -> Exception:
-        orig = exc.orig
+    def _raise_mapped(self, orig: BaseException, exc: BaseException) -> NoReturn:
+        """Raise the retryable ledger error for a write conflict; any other error unchanged."""
         pgcode = getattr(orig, "pgcode", None)
-        if pgcode in _RETRY_PGCODES:
-            return LedgerConcurrencyError(f"concurrent ledger write, batch can be retried: {pgcode} {str(orig).splitlines()[0]}", pgcode=pgcode)
         text = str(orig).lower()
-        if self._sqlite and ("locked" in text or "busy" in text):
-            return LedgerConcurrencyError(f"SQLite database busy: {orig}")
-        if "already exists" in text:  # two processes creating the schema at once
-            return LedgerConcurrencyError(f"concurrent schema creation: {str(orig).splitlines()[0]}")
-        return exc
+        if pgcode in _RETRY_PGCODES:
+            reason = f"{pgcode} {str(orig).splitlines()[0]}"
+        elif self._sqlite and ("locked" in text or "busy" in text):
+            reason = f"SQLite database busy: {orig}"
+        elif "already exists" in text:  # two processes creating the schema at once
+            reason = f"concurrent schema creation: {str(orig).splitlines()[0]}"
+        else:
+            raise exc
+        raise LedgerConcurrencyError(f"concurrent ledger write, can be retried: {reason}", pgcode=pgcode) from exc
 
     def _sweep(self, conn: Connection, now: int) -> tuple[int, ...]:
         due = conn.execute(
