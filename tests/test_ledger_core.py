@@ -331,3 +331,19 @@ async def test_async_commit(ledger, accts):
     world, alice, _ = accts
     r = await ledger.acommit([Transfer("a1", world.id, alice.id, 5)])
     assert r.height == 1 and bal(ledger, alice) == 5
+
+
+def test_ids_from_events_are_canonical(ledger, accts):
+    from bridge.ledger import ids
+
+    txid = "AB" * 32
+    assert ids.btc_output(txid, 1) == ids.btc_output("0x" + txid.lower(), 1) == f"btc:{'ab' * 32}:1"
+    assert ids.swap_leg("0x" + "01" * 32, "claim") == f"swap:{'01' * 32}:claim"
+    assert ids.message("11" * 32) == f"msg:{'11' * 32}" and ids.evm_log("22" * 32, 0) == f"evm:{'22' * 32}:0"
+    for bad in (lambda: ids.btc_output("xyz", 0), lambda: ids.btc_output(txid, -1), lambda: ids.swap_leg(txid, "Claim!")):
+        with pytest.raises(InputError):
+            bad()
+    world, alice, _ = accts
+    # Two spellings of one deposit credit once.
+    ledger.commit([Transfer(ids.btc_output(txid, 0), world.id, alice.id, 5)])
+    assert ledger.commit([Transfer(ids.btc_output(txid.lower(), 0), world.id, alice.id, 5)]).applied == 0
