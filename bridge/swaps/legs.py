@@ -28,7 +28,7 @@ from htlc.bitcoin_script import TEMPLATE_P2WSH, htlc_script_pubkey, p2wsh_htlc_s
 from htlc.bitcoin_tx import HtlcCoin, build_claim, build_refund
 from htlc.bitcoin_wire import Tx
 from htlc.evm import ETH as ETH_TOKEN
-from htlc.evm import Claimed, Erc20, EvmHtlc, Locked, SwapParams, SwapStatus, load_artifact
+from htlc.evm import Claimed, Erc20, EvmHtlc, Locked, SwapStatus, load_artifact
 
 
 class LockRefused(InputError):

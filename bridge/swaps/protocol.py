@@ -103,8 +103,6 @@ class LiquidityProvider:
         sell_ops, buy_ops = self.legs[sell.chain], self.legs[buy.chain]
         now = await sell_ops.now()
         self.policy.check_initiator_lock(sell.chain, expiry, now)  # TimelockRefused names the rule
-        if req.get("swap_version", 1) != 1:
-            raise InputError("unsupported swap_version", field="swap_version")
         try:
             existing = self.store.get(swap_id)
         except NotFound:
@@ -132,7 +130,7 @@ class LiquidityProvider:
         if not isinstance(item, dict):
             raise InputError(f"{side} must be an object with asset and amount", field=side)
         asset = self.assets.get(str(item.get("asset", "")))
-        if (item.get("token") or None) != asset.token:
+        if str(item.get("token") or "").lower() != (asset.token or "").lower():
             raise InputError(f"{side} token {item.get('token')} is not this LP's {asset.symbol} ({asset.token})", field=side)
         try:
             amount = int(str(item.get("amount")))
