@@ -27,8 +27,8 @@ import statistics
 import sys
 import tempfile
 import time
-import tomllib
 from pathlib import Path
+from typing import Any
 
 # Run as `python bench/swaps.py`, this folder is first on sys.path and bench/htlc.py would
 # shadow the `htlc` package.
@@ -37,21 +37,18 @@ if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "tests")]
 
-from bridge.settings import BitcoinSettings, EvmSettings, Settings  # noqa: E402
 from bridge.swaps import models as m  # noqa: E402
-from bridge.swaps.config import SwapConfig  # noqa: E402
 from bridge.swaps.models import Swap  # noqa: E402
-from bridge.swaps.party import Party as SwapParty  # noqa: E402
 from bridge.swaps.protocol import LpClient  # noqa: E402
 from bridge.testing import WaitTimeout, wait_until  # noqa: E402
 from devnets.anvil import Anvil  # noqa: E402
 from sqlmodel import Session, select  # noqa: E402
 from devnets.process import free_port  # noqa: E402
-from devnets.regtest import RegtestProcess  # noqa: E402
+from devnets.bitcoin_node import BitcoinNode as RegtestProcess  # noqa: E402
 from htlc.bitcoin_script import p2wsh_htlc_script  # noqa: E402
 from htlc.bitcoin_tx import build_claim, fund_htlc  # noqa: E402
 from htlc.evm import ETH, Claimed, EvmHtlc  # noqa: E402
-from swap_harness import ONE_BTC, ONE_ETH, Chains, Identity, Party, automine, reap, start_lp, swap_toml  # noqa: E402
+from swap_harness import NODE_AUTH, ONE_BTC, ONE_ETH, Chains, bitcoin_node, Identity, Party, automine, open_party, reap, start_lp  # noqa: E402
 
 SELL, BUY = "btc:0.0002", "eth:0.003"  # 20,000 sats at the LP's 1.5e11 wei/sat
 SELL_SATS = 20_000
@@ -66,19 +63,6 @@ def cpu_seconds(pid: int) -> float:
 
 def pct(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
-
-
-async def open_trader(home: Path, chains: Chains, who: Identity) -> SwapParty:
-    home.mkdir(parents=True, exist_ok=True)
-    user, password = chains.btc_auth
-    host, port = chains.btc_url.removeprefix("http://").rstrip("/").split(":")
-    settings = Settings(
-        data_dir=str(home), database_url=f"sqlite:///{home / 'bridge.sqlite'}",
-        bitcoin=BitcoinSettings(rpc_host=host, rpc_port=int(port), rpc_user=user, rpc_password=password),
-        evm=EvmSettings(url=chains.evm_url),
-    )
-    config = SwapConfig.model_validate(tomllib.loads(swap_toml(who, chains, poll_interval=POLL)))
-    return await SwapParty.open(settings, config, LpClient())
 
 
 async def floor_once(chains: Chains, trader: Identity, lp: Identity) -> float:
@@ -131,7 +115,7 @@ def lp_claimed(lp: Party) -> set[str]:
         return set(session.exec(select(Swap.id).where(Swap.state == m.CLAIMED)))
 
 
-async def sequential(chains: Chains, trader: SwapParty, lp: Party, count: int, watch: HeadWatch) -> tuple[list[float], list[float], float]:
+async def sequential(chains: Chains, trader: Any, lp: Party, count: int, watch: HeadWatch) -> tuple[list[float], list[float], float]:
     htlc = EvmHtlc(chains.evm, chains.htlc)
     e2e, reaction = [], []
     cpu0 = cpu_seconds(lp.proc.popen.pid)
@@ -151,7 +135,7 @@ async def sequential(chains: Chains, trader: SwapParty, lp: Party, count: int, w
     return e2e, reaction, (cpu_seconds(lp.proc.popen.pid) - cpu0) / count
 
 
-async def concurrent(chains: Chains, traders: list[SwapParty], lp: Party, count: int, cap: float) -> tuple[float, int, int, float, float]:
+async def concurrent(chains: Chains, traders: list[Any], lp: Party, count: int, cap: float) -> tuple[float, int, int, float, float]:
     """Start ``count`` swaps at once across the traders; returns (seconds, claimed both sides,
     unfinished, LP CPU s/swap, this process's CPU s/swap)."""
     cpu0, own0 = cpu_seconds(lp.proc.popen.pid), time.process_time()
@@ -184,10 +168,10 @@ async def concurrent(chains: Chains, traders: list[SwapParty], lp: Party, count:
 async def main(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-swaps-") as tmp:
         root = Path(tmp)
-        regtest, anvil = RegtestProcess(root / "regtest"), Anvil(root / "anvil")
+        regtest, anvil = bitcoin_node(root / "regtest"), Anvil(root / "anvil")
         regtest.start()
         anvil.start()
-        chains = await Chains.open(regtest.rpc_url, regtest.rpc_auth, anvil.url)
+        chains = await Chains.open(f"http://{regtest.host}:{regtest.port}", NODE_AUTH, anvil.url)
         lp = Party("lp", Identity.new(), root / "lp", chains, port=free_port())
         trader_ids = [Identity.new() for _ in range(TRADERS)]
         per_trader = -(-max(args.concurrent, args.swaps) // TRADERS) + 5
@@ -203,7 +187,7 @@ async def main(args: argparse.Namespace) -> None:
             floors = [await floor_once(chains, trader_ids[0], lp.who) for _ in range(5)]
             async with automine(chains.btc, interval=0.02):
                 await start_lp(lp)
-                traders = [await open_trader(root / f"trader{i}", chains, who) for i, who in enumerate(trader_ids)]
+                traders = [await open_party(root / f"trader{i}", chains, who, LpClient(), POLL) for i, who in enumerate(trader_ids)]
                 watch = HeadWatch(chains)
                 watcher = watch.start()
                 e2e, reaction, lp_cpu_seq = await sequential(chains, traders[0], lp, args.swaps, watch)

@@ -123,6 +123,16 @@ def main(argv: list[str]) -> int:
 # --- devnets, keys, configs ---------------------------------------------------------------------
 
 
+NODE_AUTH = ("bridge", "bridge")
+
+
+def bitcoin_node(data_dir: Path) -> Any:
+    """A private embedded regtest node (``devnets.bitcoin_node.BitcoinNode``) with known RPC credentials."""
+    from devnets.bitcoin_node import BitcoinNode
+
+    return BitcoinNode(data_dir, rpc_user=NODE_AUTH[0], rpc_password=NODE_AUTH[1])
+
+
 @dataclass
 class Chains:
     """Adapters on the two devnets plus the contracts deployed for the swaps."""
@@ -240,6 +250,25 @@ decimals = 6
 port = {port}
 {markets}
 """
+
+
+async def open_party(home: Path, chains: Chains, who: Identity, lp: Any = None, poll_interval: float = 0.1) -> Any:
+    """A ``bridge.swaps.party.Party`` in this process (what ``bridgectl swap start`` runs), own SQLite file."""
+    import tomllib
+
+    from bridge.settings import BitcoinSettings, EvmSettings, Settings
+    from bridge.swaps.config import SwapConfig
+    from bridge.swaps.party import Party as SwapParty
+
+    home.mkdir(parents=True, exist_ok=True)
+    host, port = chains.btc_url.removeprefix("http://").rstrip("/").split(":")
+    settings = Settings(
+        data_dir=str(home), database_url=f"sqlite:///{home / 'bridge.sqlite'}",
+        bitcoin=BitcoinSettings(rpc_host=host, rpc_port=int(port), rpc_user=chains.btc_auth[0], rpc_password=chains.btc_auth[1]),
+        evm=EvmSettings(url=chains.evm_url),
+    )
+    config = SwapConfig.model_validate(tomllib.loads(swap_toml(who, chains, poll_interval=poll_interval)))
+    return await SwapParty.open(settings, config, lp)
 
 
 # --- processes -------------------------------------------------------------------------------------

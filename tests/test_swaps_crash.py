@@ -28,9 +28,9 @@ from bridge.swaps import models as m
 from bridge.testing import WaitTimeout, wait_until
 from devnets.anvil import Anvil
 from devnets.process import free_port
-from devnets.regtest import RegtestProcess
+from devnets.bitcoin_node import BitcoinNode as RegtestProcess
 from swap_harness import (
-    CRASH_POINTS, ONE_BTC, ONE_ETH, Books, Chains, Identity, Party, Snapshot, automine, reap, reconcile, sigkill, start_lp,
+    CRASH_POINTS, NODE_AUTH, ONE_BTC, ONE_ETH, Books, Chains, Identity, Party, Snapshot, automine, bitcoin_node, reap, reconcile, sigkill, start_lp,
 )
 
 #: (sell, buy) of each trader slot, cycled: both directions for BTC/ETH and an ERC-20.
@@ -44,19 +44,19 @@ def phase(text: str) -> None:
 @pytest.fixture(scope="module")
 def nodes(tmp_path_factory):
     """A private regtest node and Anvil: these tests mine hundreds of blocks and move EVM time."""
-    regtest = RegtestProcess(tmp_path_factory.mktemp("crash-regtest"))
-    regtest.start()
+    bitcoin = bitcoin_node(tmp_path_factory.mktemp("crash-regtest"))
+    bitcoin.start()
     anvil = Anvil(tmp_path_factory.mktemp("crash-anvil"))
     anvil.start()
-    yield regtest, anvil
+    yield bitcoin, anvil
     anvil.stop()
-    regtest.stop()
+    bitcoin.stop()
 
 
 @pytest.fixture
 async def chains(nodes):
-    regtest, anvil = nodes
-    opened = await Chains.open(regtest.rpc_url, regtest.rpc_auth, anvil.url)
+    bitcoin, anvil = nodes
+    opened = await Chains.open(f"http://{bitcoin.host}:{bitcoin.port}", NODE_AUTH, anvil.url)
     yield opened
     await opened.close()
 
@@ -360,3 +360,4 @@ async def test_both_refund_when_the_trader_stays_down_past_the_lps_expiry(tmp_pa
     report = await reconcile(books, start, lp, [trader])
     assert report["outcomes"] == {"refunded/refunded": 1} and report["lost"] == {"btc": 0, "eth": 0, "tusd": 0}
     assert m.CLAIM_INTENDED not in [a.to_state for a in trader.store().get(view.swap.id).actions]
+
