@@ -26,6 +26,7 @@ from chains.bitcoin_rpc import BitcoinRpc
 from chains.bitcoin_wallet import BtcKey
 from chains.evm import EvmAdapter
 from devnets.process import free_port
+from htlc.bitcoin_wire import Tx
 from htlc.evm import Erc20, EvmHtlc
 from relayers.lp import LpDaemon
 from relayers.runner import Runner
@@ -53,6 +54,18 @@ def contracts(anvil) -> dict[str, str]:
             await chain.close()
 
     return asyncio.run(deploy())
+
+
+@pytest.fixture(scope="module")
+def regtest(tmp_path_factory):
+    """A private regtest node: these tests mine hundreds of blocks, and a shared node's
+    subsidy (halving every 150 blocks on regtest) would run dry under other modules."""
+    from devnets.bitcoin_node import BitcoinNode
+
+    node = BitcoinNode(tmp_path_factory.mktemp("swaps-regtest"))
+    node.start()
+    yield node
+    node.stop()
 
 
 @pytest.fixture
@@ -87,9 +100,16 @@ async def automine(btc):
         await task
 
 
-async def fund_btc(btc: BitcoinAdapter, key: BtcKey, blocks: int = 1) -> None:
-    await btc.mine(blocks, key.p2wpkh_address())
-    await btc.mine(COINBASE_MATURITY)
+#: One faucet per module, filled from early (50 BTC) coinbases, pays every test's keys.
+_FAUCET = BtcKey.generate()
+
+
+async def fund_btc(btc: BitcoinAdapter, key: BtcKey, sats: int = 2 * ONE_BTC) -> None:
+    while await btc.balance([_FAUCET.p2wpkh_script]) < sats + ONE_BTC:
+        await btc.mine(5, _FAUCET.p2wpkh_address())
+        await btc.mine(COINBASE_MATURITY)
+    await btc.send_to([_FAUCET], [(key.p2wpkh_script, sats)], 2)
+    await btc.mine(1)
 
 
 @dataclass
@@ -479,9 +499,11 @@ class _CrashAfterIntent(Exception):
 
 
 async def test_restart_after_recording_a_lock_rebroadcasts_the_same_transaction(tmp_path, regtest, anvil, btc, evm, contracts, automine):
-    """A crash between "intended" and the broadcast: the restarted engine sends the stored bytes, once."""
+    """A crash between "intended" and the broadcast: the restarted engine sends the stored bytes,
+    once, and a swap started meanwhile does not take the coins that stored lock spends."""
     trader_keys, lp_keys = await new_keys(evm, ONE_ETH // 10), await new_keys(evm, 20 * ONE_ETH)
     await fund_btc(btc, trader_keys.btc)
+    await fund_btc(btc, trader_keys.btc)  # two coins: one for each swap
     trader_settings = settings_for(tmp_path, "trader", regtest, anvil)
     async with running_lp(settings_for(tmp_path, "lp", regtest, anvil), swap_config(lp_keys, contracts)) as (lp_url, lp):
         first = await Party.open(trader_settings, swap_config(trader_keys, contracts), LpClient())
@@ -500,6 +522,12 @@ async def test_restart_after_recording_a_lock_rebroadcasts_the_same_transaction(
             assert intended.swap.state == m.INITIATOR_LOCK_INTENDED
             lock_tx = intended.leg(INITIATOR).lock_tx
             assert lock_tx not in await btc.rpc.call("getrawmempool")  # signed and stored, never sent
+            stored_inputs = {(i.txid, i.vout) for i in Tx.parse(bytes.fromhex(intended.leg(INITIATOR).lock_raw)).inputs}
+            assert second.store.reserved_inputs() == stored_inputs
+            other = await second.start_swap(lp_url, "btc:0.1", "eth:1")
+            assert (await run_trader(second, other.swap.id)).state == m.CLAIMED
+            other_raw = second.store.get(other.swap.id).leg(INITIATOR).lock_raw
+            assert not {(i.txid, i.vout) for i in Tx.parse(bytes.fromhex(other_raw)).inputs} & stored_inputs
             done = await run_trader(second, view.swap.id)
             assert done.state == m.CLAIMED, done.last_error
             assert second.store.get(view.swap.id).leg(INITIATOR).lock_tx == lock_tx

@@ -12,16 +12,16 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from bridge.errors import BridgeError, InputError, NotFound
 from bridge.swaps.assets import BITCOIN, EVM
 from bridge.swaps.models import SwapLeg
 from bridge.swaps.store import SwapView
 from bridge.swaps.timelock import ChainTime
-from chains.bitcoin import BitcoinAdapter, BitcoinTxFilter
+from chains.bitcoin import COINBASE_MATURITY, BitcoinAdapter, BitcoinTxFilter
 from chains.bitcoin_tx import btc_to_sats
-from chains.bitcoin_wallet import BtcKey
+from chains.bitcoin_wallet import BtcKey, build_payment
 from chains.evm import EvmAdapter
 from htlc.audit import AuditError, audit
 from htlc.bitcoin_script import TEMPLATE_P2WSH, htlc_script_pubkey, p2wsh_htlc_script
@@ -68,10 +68,15 @@ def _split_ref(ref: str) -> tuple[str, int]:
 class BitcoinLeg:
     chain = BITCOIN
 
-    def __init__(self, adapter: BitcoinAdapter, key: BtcKey, feerate: int | None = None) -> None:
+    def __init__(
+        self, adapter: BitcoinAdapter, key: BtcKey, feerate: int | None = None,
+        reserved: Callable[[], set[tuple[str, int]]] = set,
+    ) -> None:
         self.adapter = adapter
         self.key = key
         self.feerate = feerate
+        #: Outpoints of our own stored, unconfirmed lock transactions (see ``SwapStore.reserved_inputs``).
+        self.reserved = reserved
 
     @property
     def identity(self) -> str:
@@ -98,7 +103,16 @@ class BitcoinLeg:
     async def prepare_lock(self, view: SwapView, leg: SwapLeg) -> dict[str, Any]:
         script = self._script(view, leg)
         spk = htlc_script_pubkey(TEMPLATE_P2WSH, script)
-        signed = await self.adapter.send_to([self.key], [(spk, leg.value)], await self._feerate(), broadcast=False)
+        coins = await self.adapter.utxos([self.key.p2wpkh_script], include_mempool=True)
+        tip = await self.adapter.height()
+        # Coins that a recorded but not yet broadcast lock will spend (after a crash) stay
+        # reserved for it: spending them here would make that stored transaction invalid.
+        reserved = self.reserved()
+        coins = [
+            u for u in coins
+            if u.outpoint not in reserved and not (u.coinbase and u.height is not None and tip - u.height + 1 < COINBASE_MATURITY)
+        ]
+        signed = build_payment([self.key], coins, [(spk, leg.value)], await self._feerate(), network=self.adapter.network)
         vout = next(n for n, out in enumerate(Tx.parse(bytes.fromhex(signed.raw_hex)).outputs) if out.script_pubkey == spk)
         return {
             "script": script.hex(), "lock_raw": signed.raw_hex, "lock_tx": signed.txid,

@@ -43,7 +43,7 @@ class Party:
         evm = EvmAdapter.from_settings(settings.evm)
         await evm.chain_id_int()
         legs: dict[str, Leg] = {
-            BITCOIN: BitcoinLeg(btc, BtcKey.from_hex(config.btc_key.removeprefix("0x")), config.btc_feerate),
+            BITCOIN: BitcoinLeg(btc, BtcKey.from_hex(config.btc_key.removeprefix("0x")), config.btc_feerate, store.reserved_inputs),
             EVM: EvmLeg(evm, EvmHtlc(evm, config.htlc), config.evm_key),
         }
         engine = SwapEngine(

@@ -16,7 +16,10 @@ from sqlmodel import Session, select
 
 from bridge.db import init_db
 from bridge.errors import Conflict, InputError, NotFound
-from bridge.swaps.models import LEGS, STATES, TERMINAL, Swap, SwapAction, SwapLeg
+from bridge.swaps.models import (
+    INITIATOR_LOCK_INTENDED, LEGS, PARTICIPANT_LOCK_INTENDED, STATES, TERMINAL, Swap, SwapAction, SwapLeg,
+)
+from htlc.bitcoin_wire import Tx
 
 
 @dataclass(frozen=True)
@@ -130,6 +133,17 @@ class SwapStore:
             if changed or note:
                 s.add(SwapAction(swap_id=swap_id, at=now, from_state=previous, to_state=to, note=note))
         return self.get(swap_id)
+
+    def reserved_inputs(self) -> set[tuple[str, int]]:
+        """Outpoints spent by Bitcoin locks recorded as intended and not yet seen confirmed."""
+        with self._session() as s:
+            rows = s.exec(
+                select(SwapLeg.lock_raw).join(Swap, Swap.id == SwapLeg.swap_id).where(
+                    Swap.state.in_([INITIATOR_LOCK_INTENDED, PARTICIPANT_LOCK_INTENDED]),
+                    SwapLeg.leg == Swap.role, SwapLeg.chain == "bitcoin", SwapLeg.lock_raw.is_not(None),
+                )
+            ).all()
+        return {(i.txid, i.vout) for raw in rows for i in Tx.parse(bytes.fromhex(raw)).inputs}
 
     def defer(self, swap_id: str, reason: str, delay: float, count_retry: bool = True) -> None:
         """Try again after ``delay`` seconds, remembering why (a wait or an error)."""
