@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import pytest
 from eth_account import Account
 
+from bridge.errors import InputError
 from bridge.settings import BitcoinSettings, EvmSettings, Settings
 from bridge.swaps import models as m
 from bridge.swaps.config import SwapConfig
@@ -281,6 +282,9 @@ async def test_lp_gone_after_accepting_trader_refunds_at_expiry(tmp_path, regtes
             assert stepped.swap.state == m.INITIATOR_LOCK_INTENDED and stepped.swap.accepted
         task = asyncio.create_task(run_trader(trader, view.swap.id, timeout=120))
         expiry = trader.store.get(view.swap.id).leg(INITIATOR).expiry
+        await wait_until(lambda: _state(trader, view.swap.id, m.INITIATOR_LOCKED), timeout=30, what="trader's lock confirmed")
+        with pytest.raises(InputError, match="too early to refund, [0-9]+ blocks to the initiator leg's expiry"):
+            await trader.engine.refund(view.swap.id)  # what `bridgectl swap refund ID` says before expiry
 
         async def mined_to_expiry() -> bool:
             if await btc.height() < expiry:
@@ -480,6 +484,9 @@ async def test_trader_refuses_to_claim_too_late_and_both_sides_refund(tmp_path, 
             waiting = await trader.engine.step(view.swap.id)
             assert waiting.swap.state == m.PARTICIPANT_LOCKED and "not claiming" in waiting.swap.last_error
             assert waiting.leg(PARTICIPANT).spend_kind is None  # the secret never left the trader
+            report = await trader.engine.audit(view.swap.id)  # `bridgectl swap audit ID`
+            assert report["initiator"]["ok"] and report["participant"]["ok"], report
+            assert "4 blocks to the participant leg's expiry" in report["participant"]["detail"]
             await btc.mine(4)
             await wait_until(lambda: _state(lp, view.swap.id, m.REFUNDED), timeout=30, what="LP refunded its BTC")
             assert lp_btc_before - await btc.balance([lp_keys.btc.p2wpkh_script]) < 10_000  # fees only
