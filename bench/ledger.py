@@ -22,6 +22,7 @@ PostgreSQL >= 20,000/s.  Usage::
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import statistics
 import tempfile
@@ -141,6 +142,8 @@ def main() -> None:
     ap.add_argument("--backend", choices=BACKENDS, action="append", help="default: both")
     ap.add_argument("--transfers", type=int, default=50_000, help="transfers in the 10,000-batch run (default 50,000)")
     args = ap.parse_args()
+    # Figures scale with free CPU: print the load so runs on a busy machine can be read.
+    print(f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs")
     for backend in args.backend or BACKENDS:
         if backend == "postgresql" and (reason := postgres_available()):
             print(f"[postgresql] skipped: {reason}")

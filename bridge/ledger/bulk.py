@@ -1,13 +1,17 @@
-"""The statements whose cost grows with the batch: inserting transfers, looking up
-which transfer ids already exist, and writing the totals of the accounts touched.
+"""Every statement of the commit path, as fixed SQL text sent to the driver.
 
-Both go to the driver with pre-encoded values instead of through SQLAlchemy's
-per-row parameter processing, which measured at more than half the time of a
-10,000-transfer batch.  SQLite: one ``executemany`` (the same call the raw baseline
-of ``bench/ledger.py`` makes), and the id look-up passes the ids as one JSON array
-(``json_each``) so the statement text is the same for every batch size.
-PostgreSQL: ``COPY ... FROM STDIN`` (multi-row INSERT through insertmanyvalues
-measured at about 10,000 rows/s here, COPY several times that) and ``= ANY(array)``.
+Measured reasons: for a 10,000-transfer batch, SQLAlchemy's per-row parameter
+processing was more than half the time; for a one-transfer batch, building and
+caching the Core statements cost several times what SQLite took to run them.
+So values are pre-encoded here (amounts as fixed-width text on SQLite, see
+``models``) and each statement is a constant string.
+
+SQLite: ``executemany`` for rows (the same call the raw baseline of
+``bench/ledger.py`` makes), lists of ids passed as one JSON array (``json_each``)
+so the text is the same for every batch size.  PostgreSQL: ``COPY ... FROM STDIN``
+for rows (INSERT through insertmanyvalues measured at about 10,000 rows/s here,
+COPY several times that), ``= ANY(array)`` for lists, and ``FOR UPDATE`` on every
+row the batch will change, taken in ascending key order so writers never deadlock.
 """
 
 from __future__ import annotations
@@ -108,3 +112,90 @@ def write_totals(conn: Connection, rows: Sequence[tuple]) -> None:
     encoded = [(a, asset, *(to_text(v, TOTAL_DIGITS) for v in totals), h) for a, asset, *totals, h in rows]
     conn.exec_driver_sql(_SQLITE_UPSERT, encoded)
     conn.exec_driver_sql(_SQLITE_HISTORY, encoded)
+
+
+def _pg(conn: Connection) -> bool:
+    return conn.dialect.name == "postgresql"
+
+
+def _list(conn: Connection, items: Sequence) -> object:
+    return list(items) if _pg(conn) else json.dumps(list(items))
+
+
+_SQL = {
+    # name: (SQLite, PostgreSQL)
+    "due": (
+        "SELECT id FROM ledger_pending WHERE expires_at IS NOT NULL AND expires_at <= ? ORDER BY id",
+        "SELECT id FROM ledger_pending WHERE expires_at IS NOT NULL AND expires_at <= %s ORDER BY id",
+    ),
+    "holds": (
+        "SELECT id, debit_account, credit_account, asset, amount, expires_at FROM ledger_pending "
+        "WHERE id IN (SELECT value FROM json_each(?)) ORDER BY id",
+        "SELECT id, debit_account, credit_account, asset, amount, expires_at FROM ledger_pending "
+        "WHERE id = ANY(%s) ORDER BY id FOR UPDATE",
+    ),
+    "totals": (
+        f"SELECT account_id, {', '.join(_TOTALS)} FROM ledger_balances "
+        "WHERE account_id IN (SELECT value FROM json_each(?)) ORDER BY account_id",
+        f"SELECT account_id, {', '.join(_TOTALS)} FROM ledger_balances "
+        "WHERE account_id = ANY(%s) ORDER BY account_id FOR UPDATE",
+    ),
+    "bump": (
+        "UPDATE ledger_head SET height = height + 1 WHERE id = 1 RETURNING height",
+        "UPDATE ledger_head SET height = height + 1 WHERE id = 1 RETURNING height",
+    ),
+    "batch": (
+        "INSERT INTO ledger_batches (height, committed_at, transfers) VALUES (?, ?, ?)",
+        "INSERT INTO ledger_batches (height, committed_at, transfers) VALUES (%s, %s, %s)",
+    ),
+    "add_holds": (
+        "INSERT INTO ledger_pending (id, debit_account, credit_account, asset, amount, expires_at, height) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO ledger_pending (id, debit_account, credit_account, asset, amount, expires_at, height) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s)",
+    ),
+    "drop_holds": (
+        "DELETE FROM ledger_pending WHERE id IN (SELECT value FROM json_each(?))",
+        "DELETE FROM ledger_pending WHERE id = ANY(%s)",
+    ),
+}
+
+
+def _run(conn: Connection, name: str, params: tuple):
+    return conn.exec_driver_sql(_SQL[name][_pg(conn)], params)
+
+
+def due_holds(conn: Connection, now: int) -> list[str]:
+    """Ids of open holds whose timeout has passed."""
+    return [r[0] for r in _run(conn, "due", (now,))]
+
+
+def lock_holds(conn: Connection, ids: Sequence[str]) -> list[tuple]:
+    """``(id, debit, credit, asset, amount, expires_at)`` of the open holds among ``ids``."""
+    return [(i, d, c, a, int(amount), exp) for i, d, c, a, amount, exp in _run(conn, "holds", (_list(conn, sorted(ids)),))]
+
+
+def lock_totals(conn: Connection, account_ids: Sequence[int]) -> list[tuple]:
+    """``(account_id, debits_posted, credits_posted, debits_pending, credits_pending)`` per account."""
+    return [(a, int(dp), int(cp), int(dq), int(cq)) for a, dp, cp, dq, cq in _run(conn, "totals", (_list(conn, sorted(account_ids)),))]
+
+
+def bump_height(conn: Connection) -> int:
+    """The next height; on PostgreSQL the head row stays locked until commit, so batches
+    become visible in height order."""
+    return _run(conn, "bump", ()).scalar_one()
+
+
+def record_batch(conn: Connection, height: int, committed_at: int, transfers: int) -> None:
+    _run(conn, "batch", (height, committed_at, transfers))
+
+
+def add_holds(conn: Connection, rows: Sequence[tuple]) -> None:
+    """``(id, debit, credit, asset, amount, expires_at, height)`` per new hold."""
+    if not _pg(conn):
+        rows = [(i, d, c, a, to_text(amount, AMOUNT_DIGITS), exp, h) for i, d, c, a, amount, exp, h in rows]
+    conn.exec_driver_sql(_SQL["add_holds"][_pg(conn)], list(rows))
+
+
+def drop_holds(conn: Connection, ids: Sequence[str]) -> None:
+    _run(conn, "drop_holds", (_list(conn, ids),))

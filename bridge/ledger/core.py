@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Callable, Iterable, NoReturn, Sequence
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
@@ -49,10 +49,7 @@ from bridge.ledger.models import (
     MAX_AMOUNT,
     LedgerAccount,
     LedgerBalance,
-    LedgerBalanceHistory,
-    LedgerBatch,
     LedgerHead,
-    LedgerPending,
     LedgerTransfer,
 )
 from bridge.retry import DEFAULT_RETRY, RetryPolicy
@@ -74,11 +71,8 @@ MAX_ID_LEN = 200
 
 _T = LedgerTransfer.__table__
 _B = LedgerBalance.__table__
-_H = LedgerBalanceHistory.__table__
-_P = LedgerPending.__table__
 _A = LedgerAccount.__table__
 _HEAD = LedgerHead.__table__
-_BATCH = LedgerBatch.__table__
 
 # PostgreSQL SQLSTATEs worth retrying the whole batch for: serialization failure,
 # deadlock, unique violation (a concurrent writer committed the same id first), lock timeout.
@@ -209,11 +203,6 @@ def _checked(batch: Sequence[Transfer]) -> list[Transfer]:
     for t in batch:
         check_shape(t)
     return batch
-
-
-def _chunks(items: list, size: int) -> Iterable[list]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
 
 
 class Ledger:
@@ -409,9 +398,7 @@ class Ledger:
         raise LedgerConcurrencyError(f"concurrent ledger write, can be retried: {reason}", pgcode=pgcode) from exc
 
     def _sweep(self, conn: Connection, now: int) -> tuple[int, ...]:
-        due = conn.execute(
-            select(_P.c.id).where(_P.c.expires_at.is_not(None), _P.c.expires_at <= now).order_by(_P.c.id)
-        ).scalars().all()
+        due = bulk.due_holds(conn, now)
         if not due:
             return ()
         result = self._apply(conn, [Transfer(f"expire:{pid}", kind="expire", pending_id=pid) for pid in due], now)
@@ -426,7 +413,7 @@ class Ledger:
         account_ids = {a for t in new for a in (t.debit, t.credit) if a is not None}
         account_ids.update(a for h in holds.values() for a in (h.debit, h.credit))
         accounts = self._load_accounts(conn, account_ids)
-        totals = self._lock_totals(conn, sorted(account_ids))
+        totals = self._lock_totals(conn, accounts)
         before = {aid: (t.credits_posted - t.debits_posted, t.debits_pending, t.credits_pending) for aid, t in totals.items()}
 
         rows: list[tuple] = []
@@ -486,9 +473,7 @@ class Ledger:
             rows.append(self._row(t, hold.debit, hold.credit, hold.asset, amount))
 
         self._check_zero_sum(totals, before)
-        height = conn.execute(
-            update(_HEAD).where(_HEAD.c.id == 1).values(height=_HEAD.c.height + 1).returning(_HEAD.c.height)
-        ).scalar_one()
+        height = bulk.bump_height(conn)
         bulk.insert_transfers(conn, [(height, i, *r) for i, r in enumerate(rows)])
         bulk.write_totals(conn, [
             (aid, t.asset, t.debits_posted, t.credits_posted, t.debits_pending, t.credits_pending, height)
@@ -496,14 +481,10 @@ class Ledger:
             if t.touched
         ])
         if opened:
-            conn.execute(
-                _P.insert(),
-                [dict(id=h.id, debit_account=h.debit, credit_account=h.credit, asset=h.asset, amount=h.amount,
-                      expires_at=h.expires_at, height=height) for h in opened.values()],
-            )
-        for chunk in _chunks(closed, 5000):
-            conn.execute(delete(_P).where(_P.c.id.in_(chunk)))
-        conn.execute(_BATCH.insert().values(height=height, committed_at=now, transfers=len(rows)))
+            bulk.add_holds(conn, [(h.id, h.debit, h.credit, h.asset, h.amount, h.expires_at, height) for h in opened.values()])
+        if closed:
+            bulk.drop_holds(conn, closed)
+        bulk.record_batch(conn, height, now, len(rows))
         return CommitResult(height, len(rows), len(batch) - len(rows))
 
     @staticmethod
@@ -561,15 +542,11 @@ class Ledger:
             transfer_id=t.id,
         )
 
-    def _load_holds(self, conn: Connection, ids: set[str]) -> dict[str, _Hold]:
-        holds: dict[str, _Hold] = {}
-        for chunk in _chunks(sorted(ids), 5000):
-            q = select(_P).where(_P.c.id.in_(chunk)).order_by(_P.c.id)
-            if self._pg:
-                q = q.with_for_update()
-            for r in conn.execute(q).mappings():
-                holds[r["id"]] = _Hold(r["id"], r["debit_account"], r["credit_account"], r["asset"], r["amount"], r["expires_at"], True)
-        return holds
+    @staticmethod
+    def _load_holds(conn: Connection, ids: set[str]) -> dict[str, _Hold]:
+        if not ids:
+            return {}
+        return {r[0]: _Hold(*r, from_db=True) for r in bulk.lock_holds(conn, ids)}
 
     def _hold_missing(self, conn: Connection, t: Transfer, in_batch: dict[str, tuple[str, str]]) -> PendingTransferError:
         if t.pending_id in in_batch:
@@ -588,15 +565,9 @@ class Ledger:
             return PendingTransferError(f"transfer {t.id}: {t.pending_id} is a {kind} transfer, not a pending one", transfer_id=t.id, pending_id=t.pending_id)
         return PendingTransferError(f"transfer {t.id}: no pending transfer {t.pending_id}", transfer_id=t.id, pending_id=t.pending_id)
 
-    def _lock_totals(self, conn: Connection, account_ids: list[int]) -> dict[int, _Totals]:
-        totals: dict[int, _Totals] = {}
-        for chunk in _chunks(account_ids, 5000):
-            q = select(_B).where(_B.c.account_id.in_(chunk)).order_by(_B.c.account_id)
-            if self._pg:
-                q = q.with_for_update()
-            for r in conn.execute(q).mappings():
-                totals[r["account_id"]] = _Totals(r["asset"], r["debits_posted"], r["credits_posted"], r["debits_pending"], r["credits_pending"])
-        return totals
+    @staticmethod
+    def _lock_totals(conn: Connection, accounts: dict[int, Account]) -> dict[int, _Totals]:
+        return {a: _Totals(accounts[a].asset, *values) for a, *values in bulk.lock_totals(conn, list(accounts))}
 
     @staticmethod
     def _check_zero_sum(totals: dict[int, _Totals], before: dict[int, tuple[int, int, int]]) -> None:
