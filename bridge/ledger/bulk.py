@@ -25,7 +25,6 @@ from sqlalchemy.engine import Connection
 from bridge.ledger.models import AMOUNT_DIGITS, TOTAL_DIGITS, TRANSFER_COLUMNS, to_text
 
 _COLS = ", ".join(TRANSFER_COLUMNS)
-_AMOUNT = TRANSFER_COLUMNS.index("amount")
 _SQLITE_INSERT = f"INSERT INTO ledger_transfers ({_COLS}) VALUES ({', '.join('?' * len(TRANSFER_COLUMNS))})"
 _PG_COPY = f"COPY ledger_transfers ({_COLS}) FROM STDIN"
 _LOOKUP_COLS = "id, kind, debit_account, credit_account, amount, pending_id, timeout, cause"
@@ -67,18 +66,20 @@ def _copy(conn: Connection, sql: str, lines: Iterable[str]) -> None:
         cur.copy_expert(sql, buf)
 
 
-def insert_transfers(conn: Connection, rows: Sequence[tuple]) -> None:
-    """Insert rows given in ``TRANSFER_COLUMNS`` order (amounts as ints)."""
+def insert_transfers(conn: Connection, height: int, rows: Sequence[tuple]) -> None:
+    """Insert a batch's rows, given in ``TRANSFER_COLUMNS`` order without height and index."""
     if conn.dialect.name == "postgresql":
         # Integer columns need no escaping; the text columns are escaped only when they must be.
         _copy(conn, _PG_COPY, (
-            f"{h}\t{i}\t{_esc(tid)}\t{kind}\t{d}\t{c}\t{_esc(asset)}\t{amount}\t{_esc(pid)}\t"
+            f"{height}\t{i}\t{_esc(tid)}\t{kind}\t{d}\t{c}\t{_esc(asset)}\t{amount}\t{_esc(pid)}\t"
             f"{_NULL if timeout is None else timeout}\t{_esc(cause)}\n"
-            for h, i, tid, kind, d, c, asset, amount, pid, timeout, cause in rows
+            for i, (tid, kind, d, c, asset, amount, pid, timeout, cause) in enumerate(rows)
         ))
         return
-    encoded = [r[:_AMOUNT] + (to_text(r[_AMOUNT], AMOUNT_DIGITS),) + r[_AMOUNT + 1 :] for r in rows]
-    conn.exec_driver_sql(_SQLITE_INSERT, encoded)
+    conn.exec_driver_sql(_SQLITE_INSERT, [
+        (height, i, tid, kind, d, c, asset, to_text(amount, AMOUNT_DIGITS), pid, timeout, cause)
+        for i, (tid, kind, d, c, asset, amount, pid, timeout, cause) in enumerate(rows)
+    ])
 
 
 def existing_transfers(conn: Connection, ids: Iterable[str]) -> dict[str, dict]:

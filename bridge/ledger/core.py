@@ -474,7 +474,7 @@ class Ledger:
 
         self._check_zero_sum(totals, before)
         height = bulk.bump_height(conn)
-        bulk.insert_transfers(conn, [(height, i, *r) for i, r in enumerate(rows)])
+        bulk.insert_transfers(conn, height, rows)
         bulk.write_totals(conn, [
             (aid, t.asset, t.debits_posted, t.credits_posted, t.debits_pending, t.credits_pending, height)
             for aid, t in sorted(totals.items())
