@@ -28,8 +28,6 @@ _COLS = ", ".join(TRANSFER_COLUMNS)
 _SQLITE_INSERT = f"INSERT INTO ledger_transfers ({_COLS}) VALUES ({', '.join('?' * len(TRANSFER_COLUMNS))})"
 _PG_COPY = f"COPY ledger_transfers ({_COLS}) FROM STDIN"
 _LOOKUP_COLS = "id, kind, debit_account, credit_account, amount, pending_id, timeout, cause"
-_SQLITE_LOOKUP = f"SELECT {_LOOKUP_COLS} FROM ledger_transfers WHERE id IN (SELECT value FROM json_each(?))"
-_PG_LOOKUP = f"SELECT {_LOOKUP_COLS} FROM ledger_transfers WHERE id = ANY(%(ids)s)"
 
 _TOTALS = ("debits_posted", "credits_posted", "debits_pending", "credits_pending")
 _TOTAL_COLS = ("account_id", "asset", *_TOTALS, "height")
@@ -84,13 +82,8 @@ def insert_transfers(conn: Connection, height: int, rows: Sequence[tuple]) -> No
 
 def existing_transfers(conn: Connection, ids: Iterable[str]) -> dict[str, dict]:
     """The stored content of those of ``ids`` that exist, by id (amounts as ints)."""
-    ids = list(ids)
-    if conn.dialect.name == "postgresql":
-        result = conn.exec_driver_sql(_PG_LOOKUP, {"ids": ids})
-    else:
-        result = conn.exec_driver_sql(_SQLITE_LOOKUP, (json.dumps(ids),))
     found: dict[str, dict] = {}
-    for id_, kind, debit, credit, amount, pending_id, timeout, cause in result:
+    for id_, kind, debit, credit, amount, pending_id, timeout, cause in _run(conn, "lookup", (_list(conn, ids),)):
         found[id_] = dict(kind=kind, debit_account=debit, credit_account=credit, amount=int(amount),
                           pending_id=pending_id, timeout=timeout, cause=cause)
     return found
@@ -119,12 +112,16 @@ def _pg(conn: Connection) -> bool:
     return conn.dialect.name == "postgresql"
 
 
-def _list(conn: Connection, items: Sequence) -> object:
+def _list(conn: Connection, items: Iterable) -> object:
     return list(items) if _pg(conn) else json.dumps(list(items))
 
 
 _SQL = {
     # name: (SQLite, PostgreSQL)
+    "lookup": (
+        f"SELECT {_LOOKUP_COLS} FROM ledger_transfers WHERE id IN (SELECT value FROM json_each(?))",
+        f"SELECT {_LOOKUP_COLS} FROM ledger_transfers WHERE id = ANY(%s)",
+    ),
     "due": (
         "SELECT id FROM ledger_pending WHERE expires_at IS NOT NULL AND expires_at <= ? ORDER BY id",
         "SELECT id FROM ledger_pending WHERE expires_at IS NOT NULL AND expires_at <= %s ORDER BY id",
