@@ -25,12 +25,13 @@ import pytest
 
 from bridge.errors import NotFound
 from bridge.swaps import models as m
+from bridge.swaps.protocol import LiquidityProvider, LpClient, describe
 from bridge.testing import WaitTimeout, wait_until
 from devnets.anvil import Anvil
 from devnets.process import free_port
 from devnets.bitcoin_node import BitcoinNode as RegtestProcess
 from swap_harness import (
-    CRASH_POINTS, NODE_AUTH, ONE_BTC, ONE_ETH, Books, Chains, Identity, Party, Snapshot, automine, bitcoin_node, reap, reconcile, sigkill, start_lp,
+    CRASH_POINTS, NODE_AUTH, ONE_BTC, ONE_ETH, Books, Chains, Identity, Party, Snapshot, automine, bitcoin_node, open_party, reap, reconcile, sigkill, start_lp,
 )
 
 #: (sell, buy) of each trader slot, cycled: both directions for BTC/ETH and an ERC-20.
@@ -361,3 +362,67 @@ async def test_both_refund_when_the_trader_stays_down_past_the_lps_expiry(tmp_pa
     assert report["outcomes"] == {"refunded/refunded": 1} and report["lost"] == {"btc": 0, "eth": 0, "tusd": 0}
     assert m.CLAIM_INTENDED not in [a.to_state for a in trader.store().get(view.swap.id).actions]
 
+
+class InProcessLp(LpClient):
+    """The trader's LP port answered by a ``LiquidityProvider`` in this process, so the test
+    decides when the LP's engine steps (the HTTP hop is all it skips)."""
+
+    def __init__(self, provider: LiquidityProvider) -> None:
+        super().__init__()
+        self.provider = provider
+
+    async def _call(self, method: str, url: str, body: dict | None = None) -> dict:
+        parts = url.split("://", 1)[1].split("/")[1:]
+        if method == "POST" and parts == ["swaps"]:
+            return await self.provider.accept(body or {})
+        if method == "POST" and parts[-1] == "lock":
+            return self.provider.lock_notice(parts[1], body or {})
+        return describe(self.provider.store.get(parts[1]))
+
+
+async def test_a_recorded_btc_lock_keeps_its_coins_when_its_broadcast_is_lost(tmp_path, chains, monkeypatch):
+    """The LP records swap A's signed BTC lock, its broadcast is lost (a crash or a dropped reply
+    leaves the same state), then it locks for swap B: A's lock must still go out."""
+    from bridge.errors import ChainUnavailable
+    from bridge.swaps import legs
+
+    lp_who, a_who, b_who = Identity.new(), Identity.new(), Identity.new()
+    await chains.fund_btc([(lp_who.btc.p2wpkh_script, ONE_BTC)])  # one coin: what the locks compete for
+    for who in (lp_who, a_who, b_who):
+        await chains.evm.set_balance(who.address, 10 * ONE_ETH)
+    lp = await open_party(tmp_path / "lp", chains, lp_who)
+    provider = LiquidityProvider(lp.store, lp.legs, lp.assets, lp.config.markets(), lp.config.policy())
+    traders = [await open_party(tmp_path / name, chains, who, InProcessLp(provider)) for name, who in (("a", a_who), ("b", b_who))]
+    try:
+        async with automine(chains.btc):
+            ids = []
+            for trader in traders:
+                view = await trader.start_swap("http://lp.invalid/", "eth:0.3", "btc:0.02")
+                await wait_until(lambda: _notified(trader, view.swap.id), timeout=30, what="trader locked and told the LP")
+                ids.append(view.swap.id)
+            real_broadcast = legs.BitcoinLeg.broadcast_lock
+            lost = []
+
+            async def first_broadcast_lost(self, view, leg):
+                if not lost:
+                    lost.append(view.swap.id)
+                    raise ChainUnavailable("reply lost (injected)")
+                return await real_broadcast(self, view, leg)
+
+            monkeypatch.setattr(legs.BitcoinLeg, "broadcast_lock", first_broadcast_lost)
+            assert (await lp.engine.step(ids[0])).swap.state == m.PARTICIPANT_LOCK_INTENDED and lost == [ids[0]]
+            await lp.engine.step(ids[1])
+
+            async def a_locked() -> bool:
+                lp.store.wake(ids[0])
+                return (await lp.engine.step(ids[0])).swap.state == m.PARTICIPANT_LOCKED
+
+            await wait_until(a_locked, timeout=20, what=f"swap A's recorded lock broadcast ({lp.store.get(ids[0]).swap.last_error})")
+    finally:
+        for party in (lp, *traders):
+            await party.close()
+
+
+async def _notified(trader, swap_id: str) -> bool:
+    view = await trader.engine.step(swap_id)
+    return view.swap.lp_notified
