@@ -24,7 +24,8 @@ from pathlib import Path
 import aiohttp
 from bitcoinlib.keys import Key, sign
 
-from devnets.regtest import RegtestNode, RegtestProcess
+from devnets.bitcoin_node import BitcoinNode
+from devnets.regtest import RegtestNode
 from chains.btc import primitives as p
 
 N_SPENDS = 2_000
@@ -101,7 +102,7 @@ async def bench_over_rpc() -> tuple[float, float, int]:
         node.open()
         spends = prepare(node, Signer())
         node.close()
-        proc = RegtestProcess(Path(d))
+        proc = BitcoinNode(Path(d))
         proc.start()
         try:
             token = base64.b64encode(("%s:%s" % proc.rpc_auth).encode()).decode()
@@ -148,7 +149,7 @@ def bench_startup() -> tuple[float, float]:
     in_process = time.perf_counter() - t
     assert node.chain.height == 10_000
     node.close()
-    proc = RegtestProcess(CACHE_10K)
+    proc = BitcoinNode(CACHE_10K)
     t = time.perf_counter()
     proc.start()
     as_process = time.perf_counter() - t

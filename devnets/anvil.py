@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import platform
 import shutil
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from bridge.errors import DevnetError
+from bridge.errors import DevnetError, RpcError
+from devnets import jsonrpc
 from devnets.process import free_port, pid_alive, read_pid, spawn, stop_pid, wait_ready
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -46,13 +45,10 @@ def find_anvil(explicit: str | None = None, from_path: bool = False, root: Path 
 
 
 def rpc(url: str, method: str, params: list | None = None, timeout: float = 5.0):
-    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params or []}).encode()
-    req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=timeout) as resp:
-        reply = json.loads(resp.read())
-    if reply.get("error"):
-        raise DevnetError(f"anvil {method} failed: {reply['error']}")
-    return reply["result"]
+    try:
+        return jsonrpc.call(url, method, params or [], timeout=timeout)
+    except RpcError as exc:
+        raise DevnetError(f"anvil {method} failed: {exc.message} (code {exc.code})", code=exc.code) from None
 
 
 @dataclass

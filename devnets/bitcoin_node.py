@@ -1,5 +1,6 @@
-"""The devnet's Bitcoin regtest node as a child process: the embedded node
-(``python -m devnets.regtest``) by default, or a real ``bitcoind -regtest``.
+"""The Bitcoin regtest node as a child process: the embedded node (``python -m devnets.regtest``)
+by default, or a real ``bitcoind -regtest``.  The devnet manager, the tests' ``regtest`` fixture
+and the benches all start their node through this.
 
 Both keep their chain in ``<data_dir>/regtest`` and, without a user/password,
 write bitcoind's ``.cookie`` there, so clients cannot tell them apart.
@@ -7,16 +8,17 @@ write bitcoind's ``.cookie`` there, so clients cannot tell them apart.
 
 from __future__ import annotations
 
-import base64
-import json
+import os
 import shutil
+import signal
 import sys
-import urllib.error
-import urllib.request
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from bridge.errors import DevnetError
+from devnets import jsonrpc
 from devnets.process import free_port, pid_alive, read_pid, spawn, stop_pid, wait_ready
 
 
@@ -38,8 +40,10 @@ class BitcoinNode:
             raise DevnetError(f"unknown bitcoin backend {self.backend!r}: use 'embedded' or 'bitcoind'")
 
     @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}/"
+    def rpc_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    url = rpc_url  # Anvil's name, for code that handles either node
 
     @property
     def pid_file(self) -> Path:
@@ -53,7 +57,9 @@ class BitcoinNode:
     def cookie_file(self) -> Path:
         return self.data_dir / "regtest" / ".cookie"
 
-    def auth(self) -> tuple[str, str]:
+    @property
+    def rpc_auth(self) -> tuple[str, str]:
+        """(user, password): the configured pair, else the cookie the running node wrote."""
         if self.rpc_user and self.rpc_password:
             return self.rpc_user, self.rpc_password
         try:
@@ -79,30 +85,13 @@ class BitcoinNode:
             argv += [f"-rpcuser={self.rpc_user}", f"-rpcpassword={self.rpc_password}"]
         return argv
 
-    def call(self, method: str, *params, timeout: float = 30.0):
-        user, password = self.auth()
-        body = json.dumps({"jsonrpc": "1.0", "id": "devnet", "method": method, "params": list(params)}).encode()
-        req = urllib.request.Request(self.url, data=body, headers={
-            "Content-Type": "application/json",
-            "Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode(),
-        })
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
-                reply = json.loads(resp.read())
-        except urllib.error.HTTPError as exc:
-            payload = exc.read()
-            try:
-                reply = json.loads(payload)
-            except ValueError:
-                raise DevnetError(f"bitcoin node {method}: HTTP {exc.code}") from None
-        if reply.get("error"):
-            err = reply["error"]
-            raise DevnetError(f"bitcoin node {method} failed: {err.get('message')} (code {err.get('code')})", code=err.get("code"))
-        return reply["result"]
+    def rpc(self, method: str, *params: Any, timeout: float = 30.0) -> Any:
+        """One JSON-RPC call; a node error raises ``RpcError`` with bitcoind's code and message."""
+        return jsonrpc.call(self.rpc_url, method, params, auth=self.rpc_auth, timeout=timeout, version="1.0")
 
     def answers(self) -> bool:
         try:
-            self.call("getblockcount", timeout=2.0)
+            self.rpc("getblockcount", timeout=2.0)
             return True
         except Exception:
             return False
@@ -117,16 +106,25 @@ class BitcoinNode:
         if pid is not None and self.answers():
             return pid
         proc = spawn(self.argv(), self.log_file, self.pid_file, cwd=Path(__file__).resolve().parent.parent)
-        wait_ready(self.answers, proc.pid, f"bitcoin {self.backend} node on {self.url}", self.log_file, timeout)
+        wait_ready(self.answers, proc.pid, f"bitcoin {self.backend} node on {self.rpc_url}", self.log_file, timeout)
         return proc.pid
 
     def stop(self) -> bool:
         pid = read_pid(self.pid_file)
         if pid is not None and pid_alive(pid):
             try:
-                self.call("stop", timeout=5.0)  # lets the node flush and persist its mempool
+                self.rpc("stop", timeout=5.0)  # lets the node flush and persist its mempool
             except Exception:
                 pass
         stopped = stop_pid(pid, timeout=30.0) if pid is not None else False
         self.pid_file.unlink(missing_ok=True)
         return stopped
+
+    def kill(self) -> None:
+        """SIGKILL, no clean-up: for crash-recovery tests."""
+        pid = read_pid(self.pid_file)
+        if pid is not None and pid_alive(pid):
+            os.kill(pid, signal.SIGKILL)
+            while pid_alive(pid):
+                time.sleep(0.01)
+        self.pid_file.unlink(missing_ok=True)

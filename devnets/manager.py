@@ -129,7 +129,7 @@ class Devnet:
         anvil_pid = self.anvil.start()
         progress(f"anvil      up at {self.anvil.url} (pid {anvil_pid}, chain id {self.chain_id}, {self.hardfork})")
         btc_pid = self.bitcoin.start()
-        progress(f"bitcoin    up at {self.bitcoin.url} (pid {btc_pid}, {self.bitcoin_backend} regtest node)")
+        progress(f"bitcoin    up at {self.bitcoin.rpc_url} (pid {btc_pid}, {self.bitcoin_backend} regtest node)")
         self._fund_bitcoin(progress)
         descriptor = self._describe(anvil_pid, btc_pid)
         descriptor["contracts"] = self._deploy(descriptor, progress)
@@ -138,15 +138,15 @@ class Devnet:
         return descriptor
 
     def _fund_bitcoin(self, progress) -> None:
-        height = self.bitcoin.call("getblockcount")
+        height = self.bitcoin.rpc("getblockcount")
         if height > 0:
             return  # funded on the first `up`; a second `up` changes nothing
         btc_keys = testkeys.btc_test_keys()
         for key in btc_keys:
-            self.bitcoin.call("generatetoaddress", testkeys.BTC_BLOCKS_PER_KEY, key.address)
+            self.bitcoin.rpc("generatetoaddress", testkeys.BTC_BLOCKS_PER_KEY, key.address)
         # Mature every coinbase above: 100 more blocks to the miner key.
-        self.bitcoin.call("generatetoaddress", testkeys.COINBASE_MATURITY, btc_keys[0].address)
-        progress(f"bitcoin    funded {len(btc_keys)} keys, height {self.bitcoin.call('getblockcount')}")
+        self.bitcoin.rpc("generatetoaddress", testkeys.COINBASE_MATURITY, btc_keys[0].address)
+        progress(f"bitcoin    funded {len(btc_keys)} keys, height {self.bitcoin.rpc('getblockcount')}")
 
     def _deploy(self, descriptor: dict, progress) -> dict:
         import asyncio
@@ -161,7 +161,7 @@ class Devnet:
         return contracts
 
     def _describe(self, anvil_pid: int, btc_pid: int) -> dict:
-        user, password = self.bitcoin.auth()
+        user, password = self.bitcoin.rpc_auth
         return {
             "data_dir": str(Path(self.data_dir).resolve()),
             "evm": {
@@ -174,7 +174,7 @@ class Devnet:
                 "accounts": testkeys.as_dicts(testkeys.evm_test_keys()),
             },
             "bitcoin": {
-                "rpc_url": self.bitcoin.url,
+                "rpc_url": self.bitcoin.rpc_url,
                 "port": self.bitcoin.port,
                 "network": "regtest",
                 "backend": self.bitcoin_backend,
@@ -211,7 +211,7 @@ class Devnet:
                 if name == "evm":
                     entry["height"] = int(evm_rpc(node.url, "eth_blockNumber", timeout=2.0), 16)
                 else:
-                    entry["height"] = node.call("getblockcount", timeout=2.0)
+                    entry["height"] = node.rpc("getblockcount", timeout=2.0)
                 entry["answers"] = True
             except Exception as exc:  # noqa: BLE001 - status reports, never raises
                 entry["answers"] = False

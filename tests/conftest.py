@@ -25,14 +25,14 @@ def anvil(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def regtest(tmp_path_factory):
-    """The embedded Bitcoin regtest node (``devnets.regtest.RegtestProcess``) for the whole session,
+    """The embedded Bitcoin regtest node (``devnets.bitcoin_node.BitcoinNode``) for the whole session,
     as its own process: ``.rpc_url``, ``.rpc_auth`` (user, password), sync ``.rpc(method, *params)``.
     Shared by many tests: mine to your own addresses and never assume an exact height."""
-    from devnets.regtest import RegtestProcess
+    from devnets.bitcoin_node import BitcoinNode
 
-    node = RegtestProcess(tmp_path_factory.mktemp("regtest"))
+    node = BitcoinNode(tmp_path_factory.mktemp("regtest"))
     node.start()
-    log.info("regtest node up at %s (data %s)", node.rpc_url, node.datadir)
+    log.info("regtest node up at %s (data %s)", node.rpc_url, node.data_dir)
     yield node
     node.stop()
 

@@ -14,9 +14,10 @@ from bridge.errors import ChainUnavailable, InsufficientFunds, MissingInputs, No
 from bridge.testing import wait_until
 from chains.bitcoin import COINBASE_MATURITY, BitcoinAdapter, BitcoinTxFilter
 from chains.bitcoin_rpc import BitcoinRpc
-from chains.bitcoin_tx import btc_to_sats, parse_tx
+from chains.bitcoin_tx import btc_to_sats
+from chains.btc.primitives import Tx
 from chains.bitcoin_wallet import BtcKey, Utxo, build_payment
-from devnets.regtest import RegtestProcess
+from devnets.bitcoin_node import BitcoinNode
 
 
 @pytest.fixture
@@ -154,7 +155,7 @@ async def test_events_filter_finds_exactly_the_watched_transactions(btc):
     assert [e.key for e in by_script] == [pay_watched.txid, spend_watched.txid]
     assert by_script[0].block.height == start and by_script[1].block.height == end
 
-    vout = next(i for i, (_, s) in enumerate(parse_tx(bytes.fromhex(pay_other.raw_hex)).outputs) if s == other.p2wpkh_script)
+    vout = next(i for i, (_, s) in enumerate(Tx.parse(bytes.fromhex(pay_other.raw_hex)).vout) if s == other.p2wpkh_script)
     by_outpoint = await btc.events(start, end, BitcoinTxFilter(outpoints={(pay_other.txid, vout)}))
     assert by_outpoint == []  # that coin is unspent
     by_outpoint = await btc.events(start, end, BitcoinTxFilter(outpoints={(pay_watched.txid, 0)}))
@@ -186,7 +187,7 @@ async def _confirmed(btc: BitcoinAdapter, txid: str):
 
 async def test_cookie_auth_survives_a_node_restart(tmp_path):
     # A node of its own: restarting the shared one would disturb other tests.
-    node = RegtestProcess(tmp_path / "node", rpcuser=None, rpcpassword=None)
+    node = BitcoinNode(tmp_path / "node")
     await asyncio.to_thread(node.start)
     cookie = tmp_path / "node" / "regtest" / ".cookie"
     try:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from node_helpers import Coin, NodeError, Rpc, Wallet, coin_of, fund, spend_p2wpkh
 
-from devnets.regtest import RegtestProcess
+from devnets.bitcoin_node import BitcoinNode
 from chains.btc import primitives as p
 
 FEE = 1_000
@@ -20,7 +20,7 @@ def rpc(regtest) -> Rpc:
 @pytest.fixture
 def own_node(tmp_path):
     """A private node, for tests that rewrite the chain (other tests share the session node)."""
-    node = RegtestProcess(tmp_path / "node")
+    node = BitcoinNode(tmp_path / "node", rpc_user="bridge", rpc_password="bridge")
     node.start()
     yield node
     node.stop()

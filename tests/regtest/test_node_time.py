@@ -7,14 +7,14 @@ import time
 import pytest
 from node_helpers import Coin, NodeError, Rpc, Wallet, mature_coin, spend_p2wpkh
 
-from devnets.regtest import RegtestProcess
+from devnets.bitcoin_node import BitcoinNode
 
 FEE = 1_000
 
 
 @pytest.fixture
 def rpc(tmp_path):
-    node = RegtestProcess(tmp_path / "node")
+    node = BitcoinNode(tmp_path / "node", rpc_user="bridge", rpc_password="bridge")
     node.start()
     yield Rpc(node.rpc_url, node.rpc_auth)
     node.stop()
