@@ -90,7 +90,7 @@ def btc_figures() -> dict[str, int] | str:
     only on its signatures' DER length (70-72 bytes), so a figure can vary by one vB.
     """
     from chains.bitcoin_wallet import BtcKey
-    from htlc.bitcoin_script import TEMPLATE_P2SH_BIP199, TEMPLATE_P2WSH, hash160, p2sh_htlc_script, p2wsh_htlc_script
+    from htlc.bitcoin_script import TEMPLATE_P2SH_BIP199, TEMPLATE_P2WSH, p2sh_htlc_script, p2wsh_htlc_script
     from htlc.bitcoin_tx import HtlcCoin, build_claim, build_refund
 
     claimer, refunder = (BtcKey(hashlib.sha256(f"bench-btc-{n}".encode()).digest()) for n in range(2))

@@ -27,8 +27,9 @@ from bridge.settings import Settings
 from chains.base import BlockRef, ChainAdapter, ChainEvent, TxStatus
 from chains.bitcoin_block import block_header, outpoint_key, scan_block
 from chains.bitcoin_rpc import BitcoinRpc, gc_paused
-from chains.bitcoin_tx import TxSummary, address_to_script, btc_to_sats, parse_tx
+from chains.bitcoin_tx import address_to_script, btc_to_sats
 from chains.bitcoin_wallet import MAX_FEE, MAX_FEERATE, BtcKey, SignedTx, Utxo, build_payment
+from chains.btc.primitives import Tx
 
 COINBASE_MATURITY = 100
 HASH_CHUNK = 1000
@@ -187,29 +188,29 @@ class BitcoinAdapter(ChainAdapter):
         """Broadcast; idempotent: a transaction the node already has returns its txid."""
         raw_hex = tx.raw_hex if isinstance(tx, SignedTx) else tx.hex() if isinstance(tx, bytes) else tx
         try:
-            summary = parse_tx(bytes.fromhex(raw_hex))
+            parsed = Tx.parse(bytes.fromhex(raw_hex))
         except ValueError:
             raise InputError("raw transaction is not hex") from None
         try:
             return await self.rpc.call("sendrawtransaction", raw_hex)
         except AlreadyInChain:
-            return summary.txid
+            return parsed.txid
         except (TransactionRejected, ChainUnavailable):
             # A rejection (e.g. inputs spent: by this very tx, confirmed) or a lost reply may
             # hide a first broadcast that landed; ask the node before reporting failure.
-            if await self._is_known(summary):
-                return summary.txid
+            if await self._is_known(parsed):
+                return parsed.txid
             raise
 
-    async def _is_known(self, summary: TxSummary) -> bool:
+    async def _is_known(self, parsed: Tx) -> bool:
         try:
-            await self.rpc.call("getrawtransaction", summary.txid, False)
+            await self.rpc.call("getrawtransaction", parsed.txid, False)
             return True
         except (NotFound, RpcError):
             pass  # -5: not in the mempool (nor in a tx index, if the node keeps one)
-        if not summary.outputs:
+        if not parsed.vout:
             return False
-        outs = await self.rpc.batch([("gettxout", [summary.txid, n, True]) for n in range(len(summary.outputs))])
+        outs = await self.rpc.batch([("gettxout", [parsed.txid, n, True]) for n in range(len(parsed.vout))])
         return any(o is not None for o in outs)
 
     async def tx_status(self, txid: str) -> TxStatus:

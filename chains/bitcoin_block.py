@@ -11,40 +11,23 @@ bitcoind-shaped dicts (``txid``, ``hash``, ``vin[].txid/vout/txinwitness``,
 
 from __future__ import annotations
 
-import hashlib
-from decimal import Decimal
 from collections.abc import Mapping
+from decimal import Decimal
 from typing import Any, Callable, Iterator
 
 from bridge.errors import InputError
-
-_sha256 = hashlib.sha256
-_COINBASE_PREVOUT = b"\x00" * 32 + b"\xff\xff\xff\xff"
-
-
-def _sha256d(data: bytes) -> bytes:
-    return _sha256(_sha256(data).digest()).digest()
+from chains.btc.primitives import BlockHeader, DecodeError, OutPoint, Tx, hash256, read_compact_size
 
 
 def outpoint_key(txid: str, vout: int) -> bytes:
     """An outpoint as it is serialized in an input: internal-order txid + 4-byte little-endian index."""
-    return bytes.fromhex(txid)[::-1] + vout.to_bytes(4, "little")
-
-
-def _varint(raw: bytes, pos: int) -> tuple[int, int]:
-    first = raw[pos]
-    if first < 0xFD:
-        return first, pos + 1
-    if first == 0xFD:
-        return int.from_bytes(raw[pos + 1 : pos + 3], "little"), pos + 3
-    if first == 0xFE:
-        return int.from_bytes(raw[pos + 1 : pos + 5], "little"), pos + 5
-    return int.from_bytes(raw[pos + 1 : pos + 9], "little"), pos + 9
+    return OutPoint.from_hex(txid, vout).serialize()
 
 
 def block_header(raw: bytes) -> tuple[str, str, int]:
     """(block hash, parent hash, timestamp) from a serialized block or header."""
-    return _sha256d(raw[:80])[::-1].hex(), raw[4:36][::-1].hex(), int.from_bytes(raw[68:72], "little")
+    header = BlockHeader.parse(raw[:80])
+    return header.hash, header.prev_hash_hex, header.time
 
 
 def scan_block(
@@ -66,23 +49,23 @@ def scan_block(
     if outpoints is None:
         outpoints = set()
     try:
-        n_tx, pos = _varint(raw, 80)
+        n_tx, pos = read_compact_size(raw, 80)
         for index in range(n_tx):
             start = pos
             segwit = raw[pos + 4] == 0 and raw[pos + 5] != 0
             pos += 6 if segwit else 4
             body_start = pos
-            n_in, pos = _varint(raw, pos)
+            n_in, pos = read_compact_size(raw, pos)
             hit = keep_all
             for _ in range(n_in):
                 if watch_spends and not hit and raw[pos : pos + 36] in outpoints:
                     hit = True
-                script_len, pos = _varint(raw, pos + 36)
+                script_len, pos = read_compact_size(raw, pos + 36)
                 pos += script_len + 4
-            n_out, pos = _varint(raw, pos)
+            n_out, pos = read_compact_size(raw, pos)
             paid: list[int] | None = None
             for n in range(n_out):
-                script_len, spos = _varint(raw, pos + 8)
+                script_len, spos = read_compact_size(raw, pos + 8)
                 if scripts and raw[spos : spos + script_len] in scripts:
                     hit = True
                     (paid := paid or []).append(n)
@@ -90,22 +73,24 @@ def scan_block(
             body_end = pos
             if segwit:
                 for _ in range(n_in):
-                    n_items, pos = _varint(raw, pos)
+                    n_items, pos = read_compact_size(raw, pos)
                     for _ in range(n_items):
-                        item_len, pos = _varint(raw, pos)
+                        item_len, pos = read_compact_size(raw, pos)
                         pos += item_len
             pos += 4
             if not hit:
                 continue
             stripped = raw[start : start + 4] + raw[body_start:body_end] + raw[pos - 4 : pos] if segwit else raw[start:pos]
-            txid_le = _sha256d(stripped)[::-1]
+            txid_le = hash256(stripped)[::-1]
             if paid:
                 for n in paid:
                     outpoints.add(txid_le[::-1] + n.to_bytes(4, "little"))
             emit(index, BitcoinTx(raw, start, pos, segwit, txid_le.hex()))
         if pos != len(raw):
             raise ValueError(f"{len(raw) - pos:+d} bytes after the last transaction")
-    except (IndexError, KeyError, ValueError) as exc:
+    except DecodeError as exc:
+        raise InputError(f"malformed serialized block: {exc.reason}") from None
+    except (IndexError, ValueError) as exc:
         raise InputError(f"malformed serialized block: {exc}") from None
 
 
@@ -146,50 +131,25 @@ class BitcoinTx(Mapping[str, Any]):
 
 def _tx_fields(raw: bytes, start: int, end: int, segwit: bool, txid: str) -> dict[str, Any]:
     """The bitcoind ``getblock 2`` shape (a subset) of the transaction at ``raw[start:end]``."""
-    pos = start + (6 if segwit else 4)
-    n_in, pos = _varint(raw, pos)
+    tx = Tx.parse(raw[start:end])
     vin: list[dict[str, Any]] = []
-    for _ in range(n_in):
-        prevout = raw[pos : pos + 36]
-        script_len, pos = _varint(raw, pos + 36)
-        script = raw[pos : pos + script_len].hex()
-        pos += script_len
-        sequence = int.from_bytes(raw[pos : pos + 4], "little")
-        pos += 4
-        if prevout == _COINBASE_PREVOUT:
-            vin.append({"coinbase": script, "sequence": sequence})
+    for txin in tx.vin:
+        script = txin.script_sig.hex()
+        if txin.prevout.is_null():
+            entry: dict[str, Any] = {"coinbase": script, "sequence": txin.sequence}
         else:
-            vin.append(
-                {
-                    "txid": prevout[31::-1].hex(),
-                    "vout": int.from_bytes(prevout[32:], "little"),
-                    "scriptSig": {"hex": script},
-                    "sequence": sequence,
-                }
-            )
-    n_out, pos = _varint(raw, pos)
-    vout: list[dict[str, Any]] = []
-    for n in range(n_out):
-        value = int.from_bytes(raw[pos : pos + 8], "little")
-        script_len, pos = _varint(raw, pos + 8)
-        vout.append({"value": Decimal(value).scaleb(-8), "n": n, "scriptPubKey": {"hex": raw[pos : pos + script_len].hex()}})
-        pos += script_len
-    if segwit:
-        for entry in vin:
-            n_items, pos = _varint(raw, pos)
-            items = []
-            for _ in range(n_items):
-                item_len, pos = _varint(raw, pos)
-                items.append(raw[pos : pos + item_len].hex())
-                pos += item_len
-            if items:
-                entry["txinwitness"] = items
-    wtxid = _sha256d(raw[start:end])[::-1].hex() if segwit else txid
+            entry = {"txid": txin.prevout.txid_hex, "vout": txin.prevout.n, "scriptSig": {"hex": script},
+                     "sequence": txin.sequence}
+        if txin.witness:
+            entry["txinwitness"] = [item.hex() for item in txin.witness]
+        vin.append(entry)
+    vout = [{"value": Decimal(out.value).scaleb(-8), "n": n, "scriptPubKey": {"hex": out.script_pubkey.hex()}}
+            for n, out in enumerate(tx.vout)]
     return {
         "txid": txid,
-        "hash": wtxid,
-        "version": int.from_bytes(raw[start : start + 4], "little", signed=True),
-        "locktime": int.from_bytes(raw[end - 4 : end], "little"),
+        "hash": tx.wtxid if segwit else txid,
+        "version": tx.version,
+        "locktime": tx.locktime,
         "vin": vin,
         "vout": vout,
         "hex": raw[start:end].hex(),

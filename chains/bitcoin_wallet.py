@@ -18,23 +18,16 @@ import secrets
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-from bitcoinlib.encoding import EncodingError, base58encode, change_base
 from bitcoinlib.keys import BKeyError, Key
 from bitcoinlib.keys import sign as _bitcoinlib_sign
 from bitcoinlib.transactions import Transaction, TransactionError
 
 from bridge.errors import InputError, InsufficientFunds
-from chains.bitcoin_tx import (
-    BECH32_HRP,
-    address_to_script,
-    compact_size,
-    dust_threshold,
-    hash160,
-    is_op_return,
-    p2wpkh_script,
-    parse_tx,
-    sha256d,
-)
+from chains.bitcoin_tx import address_to_script
+from chains.btc.address import b58decode, b58encode, encode_segwit_address
+from chains.btc.address import network as bitcoin_network
+from chains.btc.primitives import Tx, hash160, hash256, ser_compact_size
+from chains.btc.script import OP_RETURN, dust_threshold, p2wpkh_script
 
 # Bitcoin Core's WIF version bytes; bitcoinlib's "regtest" uses the mainnet byte, Core uses the testnet one.
 _WIF_VERSION = {"mainnet": 0x80, "testnet": 0xEF, "signet": 0xEF, "regtest": 0xEF}
@@ -51,9 +44,9 @@ _P2WPKH_WITNESS_BYTES = 1 + 1 + 72 + 1 + 33
 
 def estimate_weight(n_inputs: int, output_scripts: Sequence[bytes]) -> int:
     """Weight of a segwit tx spending ``n_inputs`` P2WPKH coins to ``output_scripts`` (never under the real one)."""
-    outputs = sum(8 + len(compact_size(len(s))) + len(s) for s in output_scripts)
+    outputs = sum(8 + len(ser_compact_size(len(s))) + len(s) for s in output_scripts)
     # version, locktime, both counts, then outpoint + empty scriptSig + sequence per input.
-    base = 8 + len(compact_size(n_inputs)) + len(compact_size(len(output_scripts))) + outputs + 41 * n_inputs
+    base = 8 + len(ser_compact_size(n_inputs)) + len(ser_compact_size(len(output_scripts))) + outputs + 41 * n_inputs
     return 4 * base + 2 + _P2WPKH_WITNESS_BYTES * n_inputs  # +2: segwit marker and flag
 
 
@@ -89,17 +82,16 @@ class BtcKey:
     @classmethod
     def from_wif(cls, wif: str) -> "BtcKey":
         """Accepts Bitcoin Core's WIF for any network (compressed keys only: P2WPKH needs them)."""
-        try:
-            raw = change_base(wif, 58, 256)
-        except (EncodingError, ValueError, TypeError):
-            raise InputError("WIF is not valid base58") from None
-        if len(raw) != 38 or raw[0] not in (0x80, 0xEF) or raw[33] != 0x01 or sha256d(raw[:34])[:4] != raw[34:]:
+        raw = b58decode(wif, 100)
+        if raw is None:
+            raise InputError("WIF is not valid base58")
+        if len(raw) != 38 or raw[0] not in (0x80, 0xEF) or raw[33] != 0x01 or hash256(raw[:34])[:4] != raw[34:]:
             raise InputError("WIF must be a checksummed compressed private key (version 0x80 or 0xef)")
         return cls(raw[1:33])
 
     def wif(self, network: str = "regtest") -> str:
         payload = bytes([_WIF_VERSION[network]]) + self.secret + b"\x01"
-        return base58encode(payload + sha256d(payload)[:4])
+        return b58encode(payload + hash256(payload)[:4])
 
     @property
     def pubkey(self) -> bytes:
@@ -115,9 +107,7 @@ class BtcKey:
         return p2wpkh_script(self.pubkey_hash)
 
     def p2wpkh_address(self, network: str = "regtest") -> str:
-        if network not in BECH32_HRP:
-            raise InputError(f"unknown bitcoin network {network!r}")
-        return self._key.address(encoding="bech32", script_type="p2wpkh", prefix=BECH32_HRP[network])
+        return encode_segwit_address(bitcoin_network(network).hrp, 0, self.pubkey_hash)
 
     def sign_digest(self, digest: bytes) -> bytes:
         """DER signature (low-S, RFC 6979) of a 32-byte sighash, without the sighash-type byte."""
@@ -163,7 +153,7 @@ def _resolve_outputs(outputs: Sequence[tuple[str | bytes, int]], network: str) -
         script = address_to_script(dest, network) if isinstance(dest, str) else bytes(dest)
         if value < 0:
             raise InputError(f"output {i}: negative value {value}")
-        if is_op_return(script):
+        if script[:1] == bytes((OP_RETURN,)):
             if value != 0:
                 raise InputError(f"output {i}: an OP_RETURN output must carry 0 sats")
         elif value < dust_threshold(script):
@@ -249,6 +239,6 @@ def build_payment(
     except (TransactionError, BKeyError) as exc:
         raise InputError(f"signing failed: {exc}") from None
     raw = tx.raw()
-    summary = parse_tx(raw)
-    return SignedTx(raw_hex=raw.hex(), txid=summary.txid, fee_sats=fee, vsize=summary.vsize, inputs=tuple(chosen), change_vout=change_vout)
+    signed = Tx.parse(raw)
+    return SignedTx(raw_hex=raw.hex(), txid=signed.txid, fee_sats=fee, vsize=signed.vsize, inputs=tuple(chosen), change_vout=change_vout)
 

@@ -14,7 +14,8 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from bridge.errors import InputError
-from htlc.bitcoin_script import (
+from chains.btc.primitives import hash160, push_int
+from chains.btc.script import (
     OP_1,
     OP_1NEGATE,
     OP_16,
@@ -29,19 +30,19 @@ from htlc.bitcoin_script import (
     OP_IF,
     OP_SHA256,
     OP_SIZE,
+    decode_script_num,
+)
+from htlc.bitcoin_script import (
     OPCODE_NAMES,
     TEMPLATE_P2SH_BIP199,
     TEMPLATE_P2WSH,
     check_locktime,
     check_network,
-    decode_script_num,
-    hash160,
     htlc_address,
     htlc_script_pubkey,
     is_compressed_pubkey,
     lock_kind,
     opcode_name,
-    push_int,
 )
 from htlc.bitcoin_wire import Tx
 

@@ -20,17 +20,11 @@ from bitcoinlib.keys import Key, sign
 
 from bridge.errors import InputError
 from chains import bitcoin_wallet as wallet
-from chains.bitcoin_tx import address_to_script, dust_threshold
+from chains.bitcoin_tx import address_to_script
+from chains.btc.primitives import hash160, sha256
+from chains.btc.script import dust_threshold, push_minimal
 from htlc.audit import audit
-from htlc.bitcoin_script import (
-    SECRET_SIZE,
-    TEMPLATE_P2SH_BIP199,
-    TEMPLATE_P2WSH,
-    hash160,
-    htlc_script_pubkey,
-    push_data,
-    sha256,
-)
+from htlc.bitcoin_script import SECRET_SIZE, TEMPLATE_P2SH_BIP199, TEMPLATE_P2WSH, htlc_script_pubkey
 from htlc.bitcoin_wire import SEQUENCE_FINAL, SIGHASH_ALL, Tx, TxIn, TxOut, legacy_sighash, segwit_v0_sighash
 
 if TYPE_CHECKING:
@@ -216,7 +210,7 @@ def spend_htlc(
             tx.inputs[0].witness = [sig, *stack, coin.script]
         else:
             sig = sign_digest(key, legacy_sighash(tx, 0, coin.script))
-            tx.inputs[0].script_sig = b"".join(push_data(item) for item in [sig, pubkey, *stack, coin.script])
+            tx.inputs[0].script_sig = b"".join(push_minimal(item) for item in [sig, pubkey, *stack, coin.script])
         return tx
 
     tx, fee = _fit_fee(build, feerate)

@@ -8,27 +8,14 @@ HTLC template).  Kept apart from the builders so ``htlc.audit`` and
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 
 from bridge.errors import InputError
+from chains.btc.primitives import hash256 as sha256d
+from chains.btc.primitives import ser_compact_size as varint
 
 SEQUENCE_FINAL = 0xFFFFFFFF
 SIGHASH_ALL = 1
-
-
-def sha256d(data: bytes) -> bytes:
-    return hashlib.sha256(hashlib.sha256(data).digest()).digest()
-
-
-def varint(n: int) -> bytes:
-    if n < 0xFD:
-        return bytes([n])
-    if n <= 0xFFFF:
-        return b"\xfd" + n.to_bytes(2, "little")
-    if n <= 0xFFFFFFFF:
-        return b"\xfe" + n.to_bytes(4, "little")
-    return b"\xff" + n.to_bytes(8, "little")
 
 
 def _varbytes(data: bytes) -> bytes:

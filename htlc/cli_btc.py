@@ -18,7 +18,8 @@ from bridge.cli import emit
 from bridge.errors import DevnetError, InputError, NotFound
 from bridge.settings import load_settings
 from htlc.audit import HtlcTerms, audit
-from htlc.bitcoin_script import TEMPLATE_P2SH_BIP199, TEMPLATE_P2WSH, hash160, p2sh_htlc_script, p2wsh_htlc_script
+from chains.btc.primitives import hash160
+from htlc.bitcoin_script import TEMPLATE_P2SH_BIP199, TEMPLATE_P2WSH, p2sh_htlc_script, p2wsh_htlc_script
 from htlc.secret import extract_secret
 
 

@@ -8,7 +8,8 @@ item hashing to the hashlock, not by its position, so any spending layout works.
 from __future__ import annotations
 
 from bridge.errors import InputError, NotFound
-from htlc.bitcoin_script import SECRET_SIZE, iter_pushes, sha256
+from chains.btc.primitives import sha256
+from htlc.bitcoin_script import SECRET_SIZE, iter_pushes
 from htlc.bitcoin_wire import Tx
 
 

@@ -7,13 +7,13 @@ import pytest
 
 from bridge.errors import InputError
 from chains.bitcoin_block import block_header, outpoint_key, scan_block
-from chains.bitcoin_tx import compact_size, parse_tx
+from chains.btc.primitives import Tx, ser_compact_size
 from chains.bitcoin_wallet import BtcKey, Utxo, build_payment
 
 
 def make_block(raw_txs: list[bytes]) -> bytes:
     header = (2).to_bytes(4, "little") + bytes.fromhex("11" * 32) + bytes(32) + (1_700_000_000).to_bytes(4, "little") + bytes(8)
-    return header + compact_size(len(raw_txs)) + b"".join(raw_txs)
+    return header + ser_compact_size(len(raw_txs)) + b"".join(raw_txs)
 
 
 def chain_of_payments():
@@ -35,7 +35,7 @@ def test_every_transaction_with_its_txid_and_fields():
     block = make_block(raws)
     txs = []
     scan_block(block, None, None, lambda i, tx: txs.append(tx))
-    assert [t.txid for t in txs] == txids == [parse_tx(r).txid for r in raws]
+    assert [t.txid for t in txs] == txids == [Tx.parse(r).txid for r in raws]
     first = txs[0]
     assert first["vin"][0]["txid"] == "cd" * 32 and first["vin"][0]["vout"] == 3
     assert len(first["vin"][0]["txinwitness"]) == 2

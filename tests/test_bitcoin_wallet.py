@@ -13,7 +13,9 @@ from bitcoinlib.keys import Key, Signature, verify
 from bitcoinlib.transactions import Transaction
 
 from bridge.errors import InputError, InsufficientFunds
-from chains.bitcoin_tx import address_to_script, btc_to_sats, dust_threshold, p2wsh_script, parse_tx
+from chains.bitcoin_tx import address_to_script, btc_to_sats
+from chains.btc.primitives import Tx
+from chains.btc.script import dust_threshold, p2wsh_script
 from chains.bitcoin_wallet import BtcKey, Utxo, build_payment
 
 # BIP173 test vector: the key whose hash160 is 751e76e8199196d454941c45d1b3a323f1433bd6.
@@ -97,7 +99,7 @@ def test_payment_with_change_is_signed_and_pays_its_feerate():
     key, dest = BtcKey.generate(), BtcKey.generate()
     signed = build_payment([key], [coin(key, 1_000_000, 0), coin(key, 20_000, 1)], [(dest.p2wpkh_address(), 300_000)], feerate=5)
     tx = Transaction.parse_hex(signed.raw_hex, network="regtest")
-    assert tx.txid == signed.txid == parse_tx(bytes.fromhex(signed.raw_hex)).txid
+    assert tx.txid == signed.txid == Tx.parse(bytes.fromhex(signed.raw_hex)).txid
     # Largest-first: the one big coin covers it.
     assert [i.value_sats for i in signed.inputs] == [1_000_000]
     values = [o.value for o in tx.outputs]
@@ -114,7 +116,7 @@ def test_change_below_dust_goes_to_the_fee():
     key, dest = BtcKey.generate(), BtcKey.generate()
     signed = build_payment([key], [coin(key, 100_000)], [(dest.p2wpkh_script, 100_000 - 110 * 2 - 200)], feerate=2)
     assert signed.change_vout is None
-    assert len(parse_tx(bytes.fromhex(signed.raw_hex)).outputs) == 1
+    assert len(Tx.parse(bytes.fromhex(signed.raw_hex)).vout) == 1
 
 
 def test_refusals_name_the_problem():

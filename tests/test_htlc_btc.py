@@ -20,7 +20,8 @@ from bridge.errors import InputError, InsufficientFunds
 from chains.bitcoin_tx import address_to_script
 from chains.bitcoin_wallet import BtcKey, Utxo
 from htlc.audit import AuditError, audit
-from htlc.bitcoin_script import TEMPLATE_P2SH_BIP199, hash160, p2sh_htlc_script, p2wsh_htlc_script, push_int
+from chains.btc.primitives import hash160, push_int
+from htlc.bitcoin_script import TEMPLATE_P2SH_BIP199, p2sh_htlc_script, p2wsh_htlc_script
 from htlc.bitcoin_tx import (
     SEQUENCE_LOCKTIME,
     SEQUENCE_RBF,

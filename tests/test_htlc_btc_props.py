@@ -23,8 +23,8 @@ from htlc.bitcoin_script import (
     is_compressed_pubkey,
     p2sh_htlc_script,
     p2wsh_htlc_script,
-    push_int,
 )
+from chains.btc.primitives import push_int
 
 pubkeys = st.tuples(st.sampled_from([b"\x02", b"\x03"]), st.binary(min_size=32, max_size=32)).map(b"".join).filter(is_compressed_pubkey)
 hashes = st.binary(min_size=32, max_size=32)

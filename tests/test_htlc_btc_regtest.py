@@ -17,7 +17,8 @@ from chains.bitcoin import COINBASE_MATURITY, BitcoinAdapter
 from chains.bitcoin_rpc import BitcoinRpc
 from chains.bitcoin_wallet import BtcKey
 from htlc.audit import audit
-from htlc.bitcoin_script import TEMPLATE_P2SH_BIP199, hash160, p2sh_htlc_script, p2wsh_htlc_script
+from chains.btc.primitives import hash160
+from htlc.bitcoin_script import TEMPLATE_P2SH_BIP199, p2sh_htlc_script, p2wsh_htlc_script
 from htlc.bitcoin_tx import (
     SEQUENCE_LOCKTIME,
     build_claim,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 
-from chains.btc.primitives import Tx, TxOut, push_data, ser_compact_size
+from chains.btc.primitives import Tx, TxOut, hash160, push_data, ser_compact_size, sha256
 
 # --- opcodes ----------------------------------------------------------------
 
@@ -21,10 +21,16 @@ OP_1NEGATE = 0x4F
 OP_RESERVED = 0x50
 OP_1 = 0x51
 OP_16 = 0x60
+OP_IF = 0x63
+OP_ELSE = 0x67
+OP_ENDIF = 0x68
 OP_RETURN = 0x6A
+OP_DROP = 0x75
 OP_DUP = 0x76
+OP_SIZE = 0x82
 OP_EQUAL = 0x87
 OP_EQUALVERIFY = 0x88
+OP_SHA256 = 0xA8
 OP_HASH160 = 0xA9
 OP_CHECKSIG = 0xAC
 OP_CHECKMULTISIG = 0xAE
@@ -210,6 +216,18 @@ def disassemble(script: bytes, sighash_decode: bool = False) -> str:
     return " ".join(words)
 
 
+def push_minimal(data: bytes) -> bytes:
+    """The push ``SCRIPT_VERIFY_MINIMALDATA`` requires: like ``push_data`` but OP_0, OP_1..OP_16 and
+    OP_1NEGATE for the data they stand for (what ``_is_minimal_push`` accepts)."""
+    if not data:
+        return bytes((OP_0,))
+    if len(data) == 1 and 1 <= data[0] <= 16:
+        return bytes((OP_1 + data[0] - 1,))
+    if data == b"\x81":
+        return bytes((OP_1NEGATE,))
+    return push_data(data)
+
+
 def assemble(*items: int | bytes | str) -> bytes:
     """Build a script: ints are opcodes, bytes are pushed (shortest push), strings are opcode names."""
     out = bytearray()
@@ -237,6 +255,18 @@ def witness_program(script: bytes) -> tuple[int, bytes] | None:
     if script[1] + 2 != n:
         return None
     return (0 if first == OP_0 else first - 0x50), script[2:]
+
+
+def p2wpkh_script(pubkey_hash: bytes) -> bytes:
+    return bytes((OP_0, 20)) + pubkey_hash
+
+
+def p2wsh_script(witness_script: bytes) -> bytes:
+    return bytes((OP_0, 32)) + sha256(witness_script)
+
+
+def p2sh_script(redeem_script: bytes) -> bytes:
+    return bytes((OP_HASH160, 20)) + hash160(redeem_script) + bytes((OP_EQUAL,))
 
 
 def is_p2sh(script: bytes) -> bool:
