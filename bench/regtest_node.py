@@ -15,7 +15,6 @@ import base64
 import json
 import resource
 import shutil
-import struct
 import sys
 import tempfile
 import time
@@ -24,9 +23,10 @@ from pathlib import Path
 import aiohttp
 from bitcoinlib.keys import Key, sign
 
+from chains.btc import primitives as p
+from chains.btc.sighash import segwit_v0_sighash
 from devnets.bitcoin_node import BitcoinNode
 from devnets.regtest import RegtestNode
-from chains.btc import primitives as p
 
 N_SPENDS = 2_000
 CACHE_10K = Path("/tmp/bench-regtest-10k")
@@ -43,12 +43,7 @@ class Signer:
     def spend(self, txid: str, vout: int, value: int, to: bytes, out_value: int) -> p.Tx:
         txin = p.TxIn(p.OutPoint.from_hex(txid, vout), b"", 0xFFFFFFFD, ())
         tx = p.Tx(2, [txin], [p.TxOut(out_value, to)], 0)
-        h = p.hash256
-        pre = (struct.pack("<i", 2) + h(txin.prevout.serialize()) + h(struct.pack("<I", txin.sequence))
-               + txin.prevout.serialize() + p.ser_compact_size(len(self.script_code)) + self.script_code
-               + struct.pack("<q", value) + struct.pack("<I", txin.sequence) + h(tx.vout[0].serialize())
-               + struct.pack("<I", 0) + struct.pack("<I", 1))
-        sig = sign(h(pre), self.key, hash_type=1).as_der_encoded(include_hash_type=True)
+        sig = sign(segwit_v0_sighash(tx, 0, self.script_code, value), self.key, hash_type=1).as_der_encoded(include_hash_type=True)
         return p.Tx(2, [txin._replace(witness=(sig, self.pubkey))], tx.vout, 0)
 
 
@@ -68,13 +63,8 @@ def prepare(node: RegtestNode, signer: Signer) -> list[p.Tx]:
 
 
 def _sign_all_outputs(signer: Signer, tx: p.Tx, value: int) -> p.Tx:
-    h = p.hash256
     txin = tx.vin[0]
-    pre = (struct.pack("<i", 2) + h(txin.prevout.serialize()) + h(struct.pack("<I", txin.sequence))
-           + txin.prevout.serialize() + p.ser_compact_size(len(signer.script_code)) + signer.script_code
-           + struct.pack("<q", value) + struct.pack("<I", txin.sequence) + h(b"".join(o.serialize() for o in tx.vout))
-           + struct.pack("<I", 0) + struct.pack("<I", 1))
-    sig = sign(h(pre), signer.key, hash_type=1).as_der_encoded(include_hash_type=True)
+    sig = sign(segwit_v0_sighash(tx, 0, signer.script_code, value), signer.key, hash_type=1).as_der_encoded(include_hash_type=True)
     return p.Tx(2, [txin._replace(witness=(sig, signer.pubkey))], tx.vout, 0)
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from bridge.errors import InputError
-from chains.btc.primitives import hash160, push_int
+from chains.btc.primitives import DecodeError, Tx, hash160, push_int
 from chains.btc.script import (
     OP_1,
     OP_1NEGATE,
@@ -44,7 +44,6 @@ from htlc.bitcoin_script import (
     lock_kind,
     opcode_name,
 )
-from htlc.bitcoin_wire import Tx
 
 
 class AuditError(InputError):
@@ -218,16 +217,16 @@ def _terms(template: str, fields: dict[str, Any], script: bytes, network: str) -
 def _with_funding(terms: HtlcTerms, funding_tx: bytes) -> HtlcTerms:
     try:
         tx = Tx.parse(funding_tx)
-    except InputError as exc:
-        raise AuditError(f"funding transaction: {exc.message}") from None
-    paying = [n for n, out in enumerate(tx.outputs) if out.script_pubkey == terms.script_pubkey]
+    except DecodeError as exc:
+        raise AuditError(f"funding transaction: {exc.message}: {exc.reason}") from None
+    paying = [n for n, out in enumerate(tx.vout) if out.script_pubkey == terms.script_pubkey]
     if not paying:
         raise AuditError(f"funding transaction {tx.txid} pays nothing to the HTLC address {terms.address}")
     if len(paying) > 1:
         # Each output would be a separate HTLC to claim; refuse rather than count only one of them.
         raise AuditError(f"funding transaction {tx.txid} pays the HTLC address in {len(paying)} outputs {paying}; expected one")
     index = paying[0]
-    return replace(terms, funding_txid=tx.txid, output_index=index, amount=tx.outputs[index].value)
+    return replace(terms, funding_txid=tx.txid, output_index=index, amount=tx.vout[index].value)
 
 
 def audit(script: bytes, funding_tx: bytes | None = None, network: str = "regtest") -> HtlcTerms:

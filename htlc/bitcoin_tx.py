@@ -3,7 +3,7 @@
 * funding: the party's own P2WPKH coins, selected, changed and signed by the
   Bitcoin adapter's wallet code (``chains.bitcoin_wallet``), plus the HTLC checks;
 * claim and refund of either HTLC template, signed here (BIP143 digest for
-  P2WSH, the legacy digest for the P2SH template; ``htlc.bitcoin_wire``).
+  P2WSH, the legacy digest for the P2SH template; ``chains.btc.sighash``).
 
 Claim/refund fees are an integer feerate in sat/vB times the vsize of the
 signed transaction itself (re-signed until they agree, since a DER signature
@@ -21,11 +21,11 @@ from bitcoinlib.keys import Key, sign
 from bridge.errors import InputError
 from chains import bitcoin_wallet as wallet
 from chains.bitcoin_tx import address_to_script
-from chains.btc.primitives import hash160, sha256
+from chains.btc.primitives import SEQUENCE_FINAL, OutPoint, Tx, TxIn, TxOut, hash160, sha256
 from chains.btc.script import dust_threshold, push_minimal
+from chains.btc.sighash import SIGHASH_ALL, legacy_sighash, segwit_v0_sighash
 from htlc.audit import audit
 from htlc.bitcoin_script import SECRET_SIZE, TEMPLATE_P2SH_BIP199, TEMPLATE_P2WSH, htlc_script_pubkey
-from htlc.bitcoin_wire import SEQUENCE_FINAL, SIGHASH_ALL, Tx, TxIn, TxOut, legacy_sighash, segwit_v0_sighash
 
 if TYPE_CHECKING:
     from chains.bitcoin import BitcoinAdapter
@@ -174,7 +174,7 @@ async def fund_htlc(
     signed = await adapter.send_to(keys, [(spk, amount)], feerate, broadcast=False)
     _check_fee(signed.fee_sats, amount, max_fee, "funding")
     await adapter.send(signed.raw_hex)
-    vout = next(n for n, out in enumerate(Tx.parse(bytes.fromhex(signed.raw_hex)).outputs) if out.script_pubkey == spk)
+    vout = next(n for n, out in enumerate(Tx.parse(bytes.fromhex(signed.raw_hex)).vout) if out.script_pubkey == spk)
     return HtlcCoin(signed.txid, vout, amount, script, template), signed
 
 
@@ -204,14 +204,15 @@ def spend_htlc(
         raise InputError(f"unknown HTLC template {coin.template!r}")
 
     def build(fee: int) -> Tx:
-        tx = Tx([TxIn(coin.txid, coin.vout, sequence=sequence)], [TxOut(max(coin.amount - fee, 0), spk)], locktime)
+        txin = TxIn(OutPoint.from_hex(coin.txid, coin.vout), b"", sequence)
+        unsigned = Tx(2, [txin], [TxOut(max(coin.amount - fee, 0), spk)], locktime)
         if coin.template == TEMPLATE_P2WSH:
-            sig = sign_digest(key, segwit_v0_sighash(tx, 0, coin.script, coin.amount))
-            tx.inputs[0].witness = [sig, *stack, coin.script]
+            sig = sign_digest(key, segwit_v0_sighash(unsigned, 0, coin.script, coin.amount))
+            txin = txin._replace(witness=(sig, *stack, coin.script))
         else:
-            sig = sign_digest(key, legacy_sighash(tx, 0, coin.script))
-            tx.inputs[0].script_sig = b"".join(push_minimal(item) for item in [sig, pubkey, *stack, coin.script])
-        return tx
+            sig = sign_digest(key, legacy_sighash(unsigned, 0, coin.script))
+            txin = txin._replace(script_sig=b"".join(push_minimal(item) for item in [sig, pubkey, *stack, coin.script]))
+        return Tx(2, [txin], unsigned.vout, locktime)
 
     tx, fee = _fit_fee(build, feerate)
     _check_output(coin.amount - fee, spk, "output")

@@ -1,9 +1,7 @@
-"""The Bitcoin transaction wire format and the two signature digests.
-
-Serialise and parse transactions (with or without witness), and compute the
-BIP143 digest (segwit v0 inputs: P2WSH, P2WPKH) and the legacy digest (the P2SH
-HTLC template).  Kept apart from the builders so ``htlc.audit`` and
-``htlc.secret`` can read transactions without depending on them.
+"""A mutable transaction model (``inputs``/``outputs``, display-order txids) still read by
+``bridge.swaps``.  Superseded by ``chains.btc.primitives.Tx`` (``vin``/``vout``) and
+``chains.btc.sighash``, which every other caller uses: delete this module once ``bridge.swaps``
+and its tests parse with ``chains.btc.primitives.Tx``.
 """
 
 from __future__ import annotations
@@ -15,7 +13,6 @@ from chains.btc.primitives import hash256 as sha256d
 from chains.btc.primitives import ser_compact_size as varint
 
 SEQUENCE_FINAL = 0xFFFFFFFF
-SIGHASH_ALL = 1
 
 
 def _varbytes(data: bytes) -> bytes:
@@ -133,37 +130,3 @@ class _Reader:
 
     def remaining(self) -> int:
         return len(self.data) - self.pos
-
-
-def parse_tx_hex(tx_hex: str) -> Tx:
-    try:
-        raw = bytes.fromhex(tx_hex.strip())
-    except ValueError:
-        raise InputError("transaction is not valid hex") from None
-    return Tx.parse(raw)
-
-
-# --- signature digests ----------------------------------------------------------------
-
-
-def segwit_v0_sighash(tx: Tx, index: int, script_code: bytes, amount: int, hash_type: int = SIGHASH_ALL) -> bytes:
-    """BIP143 digest (SIGHASH_ALL) for input ``index`` spending ``amount`` sats."""
-    prevouts = sha256d(b"".join(i.outpoint() for i in tx.inputs))
-    sequences = sha256d(b"".join(i.sequence.to_bytes(4, "little") for i in tx.inputs))
-    outputs = sha256d(b"".join(o.serialize() for o in tx.outputs))
-    txin = tx.inputs[index]
-    preimage = b"".join([
-        tx.version.to_bytes(4, "little"), prevouts, sequences, txin.outpoint(), _varbytes(script_code),
-        amount.to_bytes(8, "little"), txin.sequence.to_bytes(4, "little"), outputs,
-        tx.locktime.to_bytes(4, "little"), hash_type.to_bytes(4, "little"),
-    ])
-    return sha256d(preimage)
-
-
-def legacy_sighash(tx: Tx, index: int, script_code: bytes, hash_type: int = SIGHASH_ALL) -> bytes:
-    """The pre-segwit digest (SIGHASH_ALL): every scriptSig emptied but this input's, set to ``script_code``."""
-    copy = Tx(
-        [TxIn(i.txid, i.vout, script_code if n == index else b"", i.sequence) for n, i in enumerate(tx.inputs)],
-        tx.outputs, tx.locktime, tx.version,
-    )
-    return sha256d(copy.serialize(with_witness=False) + hash_type.to_bytes(4, "little"))

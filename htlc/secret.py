@@ -8,9 +8,8 @@ item hashing to the hashlock, not by its position, so any spending layout works.
 from __future__ import annotations
 
 from bridge.errors import InputError, NotFound
-from chains.btc.primitives import sha256
+from chains.btc.primitives import DecodeError, Tx, sha256
 from htlc.bitcoin_script import SECRET_SIZE, iter_pushes
-from htlc.bitcoin_wire import Tx
 
 
 class SecretNotFound(NotFound):
@@ -21,8 +20,11 @@ def extract_secret(tx: bytes, hashlock: bytes) -> bytes:
     """The 32-byte secret ``s`` with ``sha256(s) == hashlock`` revealed by ``tx``, else ``SecretNotFound``."""
     if len(hashlock) != 32:
         raise InputError(f"hashlock must be 32 bytes, got {len(hashlock)}", field="hashlock")
-    parsed = Tx.parse(tx)
-    for txin in parsed.inputs:
+    try:
+        parsed = Tx.parse(tx)
+    except DecodeError as exc:
+        raise InputError(f"claiming transaction: {exc.message}: {exc.reason}") from None
+    for txin in parsed.vin:
         items = list(txin.witness)
         try:
             items += [data for _, _, data in iter_pushes(txin.script_sig) if data is not None]
@@ -34,6 +36,6 @@ def extract_secret(tx: bytes, hashlock: bytes) -> bytes:
                 return item
     raise SecretNotFound(
         f"transaction {parsed.txid} reveals no 32-byte preimage of {hashlock.hex()} "
-        f"(checked the witness and scriptSig of its {len(parsed.inputs)} inputs)",
+        f"(checked the witness and scriptSig of its {len(parsed.vin)} inputs)",
         txid=parsed.txid, hashlock=hashlock.hex(),
     )

@@ -7,8 +7,8 @@ import pytest
 
 from bridge.errors import InputError
 from chains.bitcoin_block import block_header, outpoint_key, scan_block
-from chains.btc.primitives import Tx, ser_compact_size
 from chains.bitcoin_wallet import BtcKey, Utxo, build_payment
+from chains.btc.primitives import Tx, ser_compact_size
 
 
 def make_block(raw_txs: list[bytes]) -> bytes:

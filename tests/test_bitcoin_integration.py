@@ -15,8 +15,8 @@ from bridge.testing import wait_until
 from chains.bitcoin import COINBASE_MATURITY, BitcoinAdapter, BitcoinTxFilter
 from chains.bitcoin_rpc import BitcoinRpc
 from chains.bitcoin_tx import btc_to_sats
-from chains.btc.primitives import Tx
 from chains.bitcoin_wallet import BtcKey, Utxo, build_payment
+from chains.btc.primitives import Tx
 from devnets.bitcoin_node import BitcoinNode
 
 

@@ -14,9 +14,9 @@ from bitcoinlib.transactions import Transaction
 
 from bridge.errors import InputError, InsufficientFunds
 from chains.bitcoin_tx import address_to_script, btc_to_sats
+from chains.bitcoin_wallet import BtcKey, Utxo, build_payment
 from chains.btc.primitives import Tx
 from chains.btc.script import dust_threshold, p2wsh_script
-from chains.bitcoin_wallet import BtcKey, Utxo, build_payment
 
 # BIP173 test vector: the key whose hash160 is 751e76e8199196d454941c45d1b3a323f1433bd6.
 VECTOR_PUBKEY = "0279be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798"

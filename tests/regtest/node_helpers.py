@@ -1,12 +1,11 @@
 """Test-side helpers for the regtest node tests: an async JSON-RPC client and transactions signed
-with bitcoinlib keys (BIP143 digests computed here; no node wallet anywhere)."""
+with bitcoinlib keys (BIP143 digests from ``chains.btc.sighash``; no node wallet anywhere)."""
 
 from __future__ import annotations
 
 import base64
 import hashlib
 import json
-import struct
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -16,8 +15,7 @@ from bitcoinlib.keys import Key, sign
 
 from chains.btc import primitives as p
 from chains.btc.address import script_to_address
-
-SIGHASH_ALL = 1
+from chains.btc.sighash import SIGHASH_ALL, segwit_v0_sighash
 
 
 class NodeError(Exception):
@@ -74,18 +72,6 @@ class Wallet:
         return sign(digest, self.key, hash_type=SIGHASH_ALL).as_der_encoded(include_hash_type=True)
 
 
-def bip143_digest(tx: p.Tx, index: int, script_code: bytes, amount: int) -> bytes:
-    h = p.hash256
-    prevouts = h(b"".join(i.prevout.serialize() for i in tx.vin))
-    sequences = h(b"".join(struct.pack("<I", i.sequence) for i in tx.vin))
-    outputs = h(b"".join(o.serialize() for o in tx.vout))
-    txin = tx.vin[index]
-    pre = (struct.pack("<i", tx.version) + prevouts + sequences + txin.prevout.serialize()
-           + p.ser_compact_size(len(script_code)) + script_code + struct.pack("<q", amount)
-           + struct.pack("<I", txin.sequence) + outputs + struct.pack("<I", tx.locktime) + struct.pack("<I", SIGHASH_ALL))
-    return h(pre)
-
-
 @dataclass(frozen=True)
 class Coin:
     txid: str
@@ -100,7 +86,7 @@ def spend_p2wpkh(owner: Wallet, coins: list[Coin], outputs: list[tuple[bytes, in
     script_code = b"\x76\xa9\x14" + p.hash160(owner.pubkey) + b"\x88\xac"
     signed = []
     for i, c in enumerate(coins):
-        sig = owner.sig(bip143_digest(tx, i, script_code, c.value))
+        sig = owner.sig(segwit_v0_sighash(tx, i, script_code, c.value))
         signed.append(vin[i]._replace(witness=(sig, owner.pubkey)))
     return p.Tx(version, signed, tx.vout, locktime)
 
@@ -114,7 +100,7 @@ def spend_p2wsh(coin: Coin, witness_script: bytes, outputs: list[tuple[bytes, in
     """``witness_before_script(digest)`` returns the stack items that precede the witness script."""
     vin = [p.TxIn(p.OutPoint.from_hex(coin.txid, coin.vout), b"", sequence, ())]
     tx = p.Tx(2, vin, [p.TxOut(v, s) for s, v in outputs], locktime)
-    digest = bip143_digest(tx, 0, witness_script, coin.value)
+    digest = segwit_v0_sighash(tx, 0, witness_script, coin.value)
     items = tuple(witness_before_script(digest)) + (witness_script,)
     return p.Tx(2, [vin[0]._replace(witness=items)], tx.vout, locktime)
 
