@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from dataclasses import replace
 
 import pytest
 from sqlalchemy import func, select, text
@@ -347,3 +348,13 @@ def test_ids_from_events_are_canonical(ledger, accts):
     # Two spellings of one deposit credit once.
     ledger.commit([Transfer(ids.btc_output(txid, 0), world.id, alice.id, 5)])
     assert ledger.commit([Transfer(ids.btc_output(txid.lower(), 0), world.id, alice.id, 5)]).applied == 0
+
+
+def test_a_changed_haircut_survives_reopening_the_ledger(ledger_db, clock):
+    """An operator's `ledger haircut BTC 1000` must not make the next process refuse to start."""
+    _, engine = ledger_db
+    Ledger(engine, clock=clock).set_haircut("BTC", 1000)
+    reopened = Ledger(engine, clock=clock)  # registers the default assets again
+    assert reopened.assets()["BTC"].haircut_bps == 1000
+    with pytest.raises(IdempotencyConflict, match="decimals"):
+        reopened.register_asset(replace(reopened.assets()["BTC"], decimals=6))

@@ -91,14 +91,16 @@ def register(conn: Connection, asset: Asset) -> Asset:
             raise IdempotencyConflict(f"token {asset.address} on chain {asset.chain_id} is already {clash.code}", field="code")
         conn.execute(table.insert().values(**asset.row()))
         return asset
+    # The haircut is risk policy that operators change (``set_haircut``), not part of
+    # what the asset is: a later registration keeps the stored haircut.
     for name, value in asset.row().items():
-        if existing[name] != value:
+        if name != "haircut_bps" and existing[name] != value:
             raise IdempotencyConflict(
                 f"asset {asset.code} is registered with {name}={existing[name]!r}, not {value!r}",
                 field=name,
                 asset=asset.code,
             )
-    return asset
+    return Asset(**dict(existing))
 
 
 def load(conn: Connection, code: str) -> Asset:
