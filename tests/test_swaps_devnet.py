@@ -575,3 +575,40 @@ async def test_restart_after_an_evm_lock_was_sent_finds_it_instead_of_locking_ag
             await wait_until(lambda: _state(lp, view.swap.id, m.CLAIMED), timeout=60, what="LP claimed")
         finally:
             await second.close()
+
+
+async def test_concurrent_swaps_against_one_lp(tmp_path, regtest, anvil, btc, evm, contracts, automine):
+    """Four traders at once: the LP locks BTC twice and an ERC-20 twice concurrently (its coin
+    choice and token approvals must not collide), and everyone ends claimed."""
+    lp_keys = await new_keys(evm, ONE_ETH)
+    await fund_btc(btc, lp_keys.btc)
+    token = Erc20(evm, contracts["tusd"])
+    await token.mint(contracts["deployer"], lp_keys.address, 10_000 * 10**6)
+    markets = {"lp": {"markets": {
+        "tusd/btc": {"rate": "1/600", "min_sell": 10**6, "max_sell": 10**12},
+        "btc/tusd": {"rate": "600/1", "min_sell": 10_000, "max_sell": ONE_BTC},
+    }}}
+    trades = [("tusd:300", "btc:0.005"), ("tusd:240", "btc:0.004"), ("btc:0.01", "tusd:6"), ("btc:0.02", "tusd:12")]
+    async with running_lp(settings_for(tmp_path, "lp", regtest, anvil), swap_config(lp_keys, contracts, **markets)) as (lp_url, lp):
+        traders = []
+        for n, (sell, _) in enumerate(trades):
+            keys = await new_keys(evm, ONE_ETH // 10)
+            if sell.startswith("btc"):
+                await fund_btc(btc, keys.btc, ONE_BTC // 10)
+            else:
+                await token.mint(contracts["deployer"], keys.address, 1_000 * 10**6)
+            traders.append((keys, await Party.open(settings_for(tmp_path, f"trader{n}", regtest, anvil), swap_config(keys, contracts), LpClient())))
+        try:
+            views = [await party.start_swap(lp_url, sell, buy) for (_, party), (sell, buy) in zip(traders, trades)]
+            done = await asyncio.gather(*(run_trader(party, v.swap.id, timeout=120) for (_, party), v in zip(traders, views)))
+            assert [d.state for d in done] == [m.CLAIMED] * 4, [d.last_error for d in done]
+            for v in views:
+                await wait_until(lambda: _state(lp, v.swap.id, m.CLAIMED), timeout=60, what=f"LP claimed {v.swap.id}")
+            assert await token.balance(traders[2][0].address) == 6 * 10**6
+            assert await token.balance(traders[3][0].address) == 12 * 10**6
+            assert await token.balance(lp_keys.address) == 10_000 * 10**6 - 18 * 10**6 + 540 * 10**6
+            for keys, sats in ((traders[0][0], 500_000), (traders[1][0], 400_000)):
+                assert sats - 10_000 < await btc.balance([keys.btc.p2wpkh_script]) < sats
+        finally:
+            for _, party in traders:
+                await party.close()

@@ -57,6 +57,10 @@ class SwapEngine:
     lp: LpPort | None = None
     poll_interval: float = 0.5
     error_backoff: RetryPolicy = ERROR_BACKOFF
+    max_concurrency: int = 16
+    #: Per chain: choosing coins for a lock and recording it are one critical section, so
+    #: two swaps stepping at once never pick the same coins (recorded ones are reserved).
+    _prepare_guards: dict[str, asyncio.Lock] = field(default_factory=dict, repr=False)
     #: Records each transition's facts in the ledger (``books.SwapBooks``).
     books: "SwapBooks | None" = None
     #: Called after every transition (metrics, progress output).
@@ -80,20 +84,31 @@ class SwapEngine:
 
     async def run(self, stop: asyncio.Event, only: set[str] | None = None) -> None:
         """Step every due swap until ``stop`` is set (``only``: just these swaps, and return
-        once they are all finished)."""
+        once they are all finished).  Up to ``max_concurrency`` swaps step at once, each
+        swap in one step at a time, so one slow chain call does not hold up the others."""
         self.catch_up()
-        while not stop.is_set():
-            ids = [i for i in self.store.due() if only is None or i in only]
-            for swap_id in ids:
-                if stop.is_set():
-                    break
-                await self.step(swap_id)
-            if only is not None and all(self.store.get(i).swap.state in m.TERMINAL for i in only):
-                return
-            try:
-                await asyncio.wait_for(stop.wait(), self.poll_interval)
-            except asyncio.TimeoutError:
-                pass
+        running: dict[str, asyncio.Task[SwapView]] = {}
+        try:
+            while not stop.is_set():
+                for swap_id in self.store.due():
+                    if len(running) >= self.max_concurrency:
+                        break
+                    if swap_id not in running and (only is None or swap_id in only):
+                        running[swap_id] = asyncio.create_task(self.step(swap_id), name=f"swap {swap_id}")
+                if only is not None and not running and all(self.store.get(i).swap.state in m.TERMINAL for i in only):
+                    return
+                waiters: set[asyncio.Future] = {asyncio.ensure_future(stop.wait()), *running.values()}
+                await asyncio.wait(waiters, timeout=self.poll_interval, return_when=asyncio.FIRST_COMPLETED)
+                for waiter in waiters:
+                    if waiter not in running.values() and not waiter.done():
+                        waiter.cancel()
+                for swap_id in [i for i, t in running.items() if t.done()]:
+                    running.pop(swap_id).result()
+        finally:
+            # Let steps in flight finish (each ends in a recorded state); a hard stop cancels
+            # them, which is as safe as a crash.
+            if running:
+                await asyncio.gather(*running.values(), return_exceptions=True)
 
     async def step(self, swap_id: str) -> SwapView:
         view = self.store.get(swap_id)
@@ -137,6 +152,9 @@ class SwapEngine:
             if asyncio.iscoroutine(result):
                 await result
         return new
+
+    def _prepare_guard(self, chain: str) -> asyncio.Lock:
+        return self._prepare_guards.setdefault(chain, asyncio.Lock())
 
     def _ops(self, leg: SwapLeg) -> Leg:
         return self.legs[leg.chain]
@@ -211,8 +229,9 @@ class SwapEngine:
         except TimelockRefused as exc:
             await self._move(view, m.FAILED, f"not locking: {exc.reason}", {"last_error": exc.reason})
             return
-        fields = await ops.prepare_lock(view, ileg)
-        view = await self._move(view, m.INITIATOR_LOCK_INTENDED, "lock recorded before broadcast", legs={INITIATOR: fields})
+        async with self._prepare_guard(ileg.chain):
+            fields = await ops.prepare_lock(view, ileg)
+            view = await self._move(view, m.INITIATOR_LOCK_INTENDED, "lock recorded before broadcast", legs={INITIATOR: fields})
         await self._lock_intended(view)
 
     async def _lock_intended(self, view: SwapView) -> None:
@@ -308,15 +327,16 @@ class SwapEngine:
         except TimelockRefused as exc:
             await self._fail(view, f"trader's lock refused: {exc.reason}")
             return
-        balance = await pops.balance(pleg.token)
-        if balance < pleg.value:
-            await self._fail(view, f"not enough {pleg.asset} to lock: have {balance}, need {pleg.value}")
-            return
         planned = replace_leg(pleg, expiry=expiry)
-        fields = await pops.prepare_lock(view, planned)
-        view = await self._move(view, m.PARTICIPANT_LOCK_INTENDED, f"trader's lock {seen.ref} audited; lock recorded before broadcast", legs={
-            INITIATOR: {"lock_tx": seen.tx}, PARTICIPANT: {"expiry": expiry, **fields},
-        })
+        async with self._prepare_guard(pleg.chain):
+            balance = await pops.balance(pleg.token)
+            if balance < pleg.value:
+                await self._fail(view, f"not enough {pleg.asset} to lock: have {balance}, need {pleg.value}")
+                return
+            fields = await pops.prepare_lock(view, planned)
+            view = await self._move(view, m.PARTICIPANT_LOCK_INTENDED, f"trader's lock {seen.ref} audited; lock recorded before broadcast", legs={
+                INITIATOR: {"lock_tx": seen.tx}, PARTICIPANT: {"expiry": expiry, **fields},
+            })
         await self._lock_intended(view)
 
     async def _fail(self, view: SwapView, reason: str) -> None:

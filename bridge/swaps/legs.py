@@ -10,6 +10,7 @@ key has a transaction pending, so a restart never locks or claims twice.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -96,7 +97,10 @@ class BitcoinLeg:
         )
 
     async def balance(self, asset_token: str | None) -> int:
-        return await self.adapter.balance([self.key.p2wpkh_script])
+        """What a new lock can spend: our coins, unconfirmed change included, minus reserved ones."""
+        reserved = self.reserved()
+        coins = await self.adapter.utxos([self.key.p2wpkh_script], include_mempool=True)
+        return sum(u.value_sats for u in coins if u.outpoint not in reserved)
 
     # --- our lock -------------------------------------------------------------
 
@@ -216,6 +220,7 @@ class EvmLeg:
         self.key = key
         self.address = adapter.account(key).address
         self._code_checked = False
+        self._send_guard = asyncio.Lock()
 
     @property
     def identity(self) -> str:
@@ -260,12 +265,17 @@ class EvmLeg:
     async def broadcast_lock(self, view: SwapView, leg: SwapLeg) -> dict[str, Any]:
         found = await self._locked(view, leg)
         if found is None:
-            await self._check_no_pending()
-            token = leg.token or ETH_TOKEN
-            if leg.token is not None:
-                await Erc20(self.adapter, leg.token).approve(self.key, self.htlc.address, leg.value)
-            await self.htlc.lock(self.key, leg.recipient, token, leg.value, bytes.fromhex(view.swap.hashlock), leg.expiry)
-            found = await self._locked(view, leg)
+            # One lock at a time per key: an ERC-20 approval is overwritten by the next one, and
+            # the pending-transaction guard must not mistake another swap's lock for ours.
+            async with self._send_guard:
+                found = await self._locked(view, leg)
+                if found is None:
+                    await self._check_no_pending()
+                    token = leg.token or ETH_TOKEN
+                    if leg.token is not None:
+                        await Erc20(self.adapter, leg.token).approve(self.key, self.htlc.address, leg.value)
+                    await self.htlc.lock(self.key, leg.recipient, token, leg.value, bytes.fromhex(view.swap.hashlock), leg.expiry)
+                    found = await self._locked(view, leg)
             if found is None:
                 raise NotYet("lock sent but its Locked event is not visible yet")
         return {"lock_ref": "0x" + found.id.hex(), "lock_tx": found.where.tx_hash}
@@ -328,11 +338,12 @@ class EvmLeg:
         event, status = await self._params(leg)
         if status != SwapStatus.LOCKED:
             return  # settled already: by our earlier attempt, or by the counterparty
-        await self._check_no_pending()
-        if leg.spend_kind == "claim":
-            await self.htlc.claim(self.key, event.swap, bytes.fromhex(view.swap.secret))
-        else:
-            await self.htlc.refund(self.key, event.swap)
+        async with self._send_guard:
+            await self._check_no_pending()
+            if leg.spend_kind == "claim":
+                await self.htlc.claim(self.key, event.swap, bytes.fromhex(view.swap.secret))
+            else:
+                await self.htlc.refund(self.key, event.swap)
 
     async def spend_confirmations(self, view: SwapView, leg: SwapLeg) -> int:
         event, status = await self._params(leg)
