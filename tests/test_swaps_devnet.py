@@ -612,3 +612,46 @@ async def test_concurrent_swaps_against_one_lp(tmp_path, regtest, anvil, btc, ev
         finally:
             for _, party in traders:
                 await party.close()
+
+
+async def test_a_stuck_bitcoin_claim_is_replaced_with_a_higher_fee(tmp_path, regtest, anvil, btc, evm, contracts):
+    """No blocks while the trader's BTC claim waits: after ``fee_bump_after`` it is re-signed at a
+    higher feerate, recorded, and replaces the first version in the mempool; then it confirms."""
+    trader_keys, lp_keys = await new_keys(evm, 2 * ONE_ETH), await new_keys(evm, ONE_ETH // 10)
+    await fund_btc(btc, lp_keys.btc)
+    async with running_lp(settings_for(tmp_path, "lp", regtest, anvil), swap_config(lp_keys, contracts)) as (lp_url, lp):
+        trader = await Party.open(settings_for(tmp_path, "trader", regtest, anvil),
+                                  swap_config(trader_keys, contracts, fee_bump_after=0.5), LpClient())
+        try:
+            view = await trader.start_swap(lp_url, "eth:1", "btc:0.005")
+            task = asyncio.create_task(run_trader(trader, view.swap.id, timeout=120))
+
+            async def claim_waiting() -> bool:  # mine only until the trader's claim is in the mempool
+                if trader.store.get(view.swap.id).swap.state == m.CLAIM_INTENDED:
+                    return True
+                if await btc.rpc.call("getrawmempool"):
+                    await btc.mine(1)
+                return False
+
+            await wait_until(claim_waiting, timeout=60, what="trader's claim broadcast")
+            first = trader.store.get(view.swap.id).leg(PARTICIPANT)
+            bumped = await wait_until(lambda: _bumped(trader, view.swap.id, first.spend_tx), timeout=30, what="fee bump")
+            assert bumped.spend_feerate > first.spend_feerate == 2 and first.spend_tx in bumped.spend_history.split(",")
+            mempool = await btc.rpc.call("getrawmempool")
+            assert bumped.spend_tx in mempool and first.spend_tx not in mempool  # replaced, not added
+            await btc.mine(1)
+            done = await task
+            assert done.state == m.CLAIMED, done.last_error
+            def fee(leg) -> int:
+                return 500_000 - sum(o.value for o in Tx.parse(bytes.fromhex(leg.spend_raw)).outputs)
+
+            assert fee(bumped) > fee(first)
+            assert await btc.balance([trader_keys.btc.p2wpkh_script]) == 500_000 - fee(bumped)  # the bumped version confirmed
+            assert any("fee bump" in a.note for a in trader.store.get(view.swap.id).actions)
+        finally:
+            await trader.close()
+
+
+def _bumped(party: Party, swap_id: str, first_txid: str):
+    leg = party.store.get(swap_id).leg(PARTICIPANT)
+    return leg if leg.spend_tx != first_txid else None

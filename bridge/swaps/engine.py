@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Awaitable, Callable
 
@@ -58,6 +59,8 @@ class SwapEngine:
     poll_interval: float = 0.5
     error_backoff: RetryPolicy = ERROR_BACKOFF
     max_concurrency: int = 16
+    #: A Bitcoin claim/refund unconfirmed this long (seconds) is replaced with a higher fee.
+    bump_after: float = 600.0
     #: Per chain: choosing coins for a lock and recording it are one critical section, so
     #: two swaps stepping at once never pick the same coins (recorded ones are reserved).
     _prepare_guards: dict[str, asyncio.Lock] = field(default_factory=dict, repr=False)
@@ -362,6 +365,10 @@ class SwapEngine:
         kind = "claim" if view.swap.state == m.CLAIM_INTENDED else "refund"
         leg = next(l for l in view.legs.values() if l.spend_kind == kind)
         ops = self._ops(leg)
+        # Look before sending: after a fee bump, the older version may be the one that confirmed.
+        if await ops.spend_confirmations(view, leg) >= 1:
+            await self._move(view, m.CLAIMED if kind == "claim" else m.REFUNDED, f"{kind} of {leg.lock_ref} confirmed")
+            return
         try:
             await ops.broadcast_spend(view, leg)
         except TransactionRejected as exc:
@@ -374,10 +381,34 @@ class SwapEngine:
             if not await self._claim_failed(view, kind, exc):
                 raise
             return
+        if leg.spend_sent_at is None:
+            view = self.store.transition(view.swap.id, view.swap.state, view.swap.state, legs={leg.leg: {"spend_sent_at": time.time()}})
+            leg = view.leg(leg.leg)
         confirmations = await ops.spend_confirmations(view, leg)
-        if confirmations < 1:
-            raise NotYet(f"our {kind} of {leg.lock_ref} has {max(confirmations, 0)}/1 confirmations")
-        await self._move(view, m.CLAIMED if kind == "claim" else m.REFUNDED, f"{kind} of {leg.lock_ref} confirmed")
+        if confirmations >= 1:
+            await self._move(view, m.CLAIMED if kind == "claim" else m.REFUNDED, f"{kind} of {leg.lock_ref} confirmed")
+            return
+        if leg.chain == "bitcoin" and time.time() - leg.spend_sent_at >= self.bump_after:
+            await self._bump(view, leg, kind)
+        raise NotYet(f"our {kind} {leg.spend_tx} of {leg.lock_ref} has 0/1 confirmations")
+
+    async def _bump(self, view: SwapView, leg: SwapLeg, kind: str) -> None:
+        """Replace a Bitcoin claim/refund stuck in the mempool with a higher feerate (BIP125/full RBF);
+        the new version is recorded before it is sent, the old txids are kept as possible outcomes."""
+        old_rate = leg.spend_feerate or 1
+        new_rate = old_rate + max(1, old_rate // 2)
+        secret = bytes.fromhex(view.swap.secret) if kind == "claim" else None
+        try:
+            fields = await self._ops(leg).prepare_spend(view, leg, kind, secret, feerate=new_rate)
+        except InputError as exc:  # the fee would pass the builders' caps: keep waiting on this version
+            log.warning("swap %s: not bumping the %s fee to %d sat/vB: %s", view.swap.id, kind, new_rate, exc.message)
+            return
+        history = ",".join(t for t in ((leg.spend_history or "").split(",") + [leg.spend_tx]) if t)
+        view = self.store.transition(
+            view.swap.id, view.swap.state, view.swap.state, f"fee bump {old_rate} -> {new_rate} sat/vB, replaces {leg.spend_tx}",
+            legs={leg.leg: {**fields, "spend_history": history, "spend_sent_at": time.time()}},
+        )
+        await self._ops(leg).broadcast_spend(view, view.leg(leg.leg))
 
     async def _claim_failed(self, view: SwapView, kind: str, exc: BridgeError) -> bool:
         """The initiator's claim was refused for good (e.g. the LP's lock expired in between):

@@ -193,22 +193,27 @@ class BitcoinLeg:
                         return raw
         return None
 
-    async def prepare_spend(self, view: SwapView, leg: SwapLeg, kind: str, secret: bytes | None) -> dict[str, Any]:
+    async def prepare_spend(self, view: SwapView, leg: SwapLeg, kind: str, secret: bytes | None, feerate: int | None = None) -> dict[str, Any]:
         txid, vout = _split_ref(leg.lock_ref)
         coin = HtlcCoin(txid, vout, leg.value, bytes.fromhex(leg.script))
-        feerate = await self._feerate()
+        feerate = feerate or await self._feerate()
         network = self.adapter.network
         if kind == "claim":
             signed = build_claim(coin, secret, self.key, self.key.p2wpkh_script, feerate, network=network)
         else:
             signed = build_refund(coin, self.key, self.key.p2wpkh_script, feerate, network=network)
-        return {"spend_kind": kind, "spend_raw": signed.hex, "spend_tx": signed.txid}
+        return {"spend_kind": kind, "spend_raw": signed.hex, "spend_tx": signed.txid, "spend_feerate": feerate}
 
     async def broadcast_spend(self, view: SwapView, leg: SwapLeg) -> None:
         await self.adapter.send(leg.spend_raw)
 
     async def spend_confirmations(self, view: SwapView, leg: SwapLeg) -> int:
-        return (await self.adapter.tx_status(leg.spend_tx)).confirmations
+        """Confirmations of whichever version of our spend (fee bumps) made it, else 0/-1."""
+        best = -1
+        for txid in [leg.spend_tx, *(leg.spend_history or "").split(",")]:
+            if txid:
+                best = max(best, (await self.adapter.tx_status(txid)).confirmations)
+        return best
 
 
 class EvmLeg:
@@ -331,7 +336,7 @@ class EvmLeg:
                 return bytes(event.preimage)
         return None
 
-    async def prepare_spend(self, view: SwapView, leg: SwapLeg, kind: str, secret: bytes | None) -> dict[str, Any]:
+    async def prepare_spend(self, view: SwapView, leg: SwapLeg, kind: str, secret: bytes | None, feerate: int | None = None) -> dict[str, Any]:
         return {"spend_kind": kind}
 
     async def broadcast_spend(self, view: SwapView, leg: SwapLeg) -> None:

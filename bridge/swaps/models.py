@@ -81,6 +81,10 @@ class SwapLeg(SQLModel, table=True):
     spend_kind: Optional[str] = None  # "claim" or "refund", by this party
     spend_tx: Optional[str] = None
     spend_raw: Optional[str] = None  # Bitcoin signed claim/refund, kept for re-broadcast
+    spend_feerate: Optional[int] = None  # sat/vB of spend_raw
+    #: Earlier versions of the spend this one replaced (fee bumps), comma separated: any may confirm.
+    spend_history: Optional[str] = None
+    spend_sent_at: Optional[float] = None  # unix time this version was first broadcast
 
     @property
     def value(self) -> int:

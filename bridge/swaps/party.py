@@ -53,6 +53,7 @@ class Party:
         for symbol, token in config.tokens.items():
             books.register_token(token.address, token.decimals, symbol)
         engine.books = books
+        engine.bump_after = config.fee_bump_after
         return cls(settings, config, store, legs, engine, config.assets(), [btc, evm])
 
     async def start_swap(self, lp_url: str, sell_spec: str, buy_spec: str) -> SwapView:
