@@ -1,0 +1,82 @@
+"""The watcher daemon: finishes swaps for parties that are offline.
+
+    bridgectl relayer run watcher [--port N] [--evm-key-env VAR] [--stuck-blocks N]
+
+HTTP (on the shared ``relayers.runner``, beside /health and /metrics):
+
+* ``POST /jobs``: a watch job (``bridge.watch.jobs``); audited on chain before it is
+  stored.  201 with the job when new, 200 when the same job was already there, 400
+  with ``reason`` when refused, 409 for another job on the same HTLC.
+* ``GET /jobs/{id}``: the job, its state and every action it took.
+
+The loop steps every open job each ``poll_interval`` seconds (``bridge.watch.actions``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from aiohttp import web
+
+from bridge.watch.actions import Watcher, describe
+from bridge.watch.models import WatchJob
+from relayers.lp import _body, _json
+from relayers.runner import Metrics
+
+log = logging.getLogger("relayers.watcher")
+
+
+class WatcherDaemon:
+    name = "watcher"
+
+    def __init__(self, watcher: Watcher, poll_interval: float = 0.5) -> None:
+        self.watcher = watcher
+        self.poll_interval = poll_interval
+        self.metrics = Metrics("bridge_watcher")
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await self.watcher.step_all()
+            self._gauges()
+            try:
+                await asyncio.wait_for(stop.wait(), self.poll_interval)
+            except asyncio.TimeoutError:
+                pass
+
+    def _gauges(self) -> None:
+        counts: dict[str, int] = {}
+        for job in self.watcher.store.all():
+            counts[job.state] = counts.get(job.state, 0) + 1
+        for state, n in counts.items():
+            self.metrics.set(f"jobs_{state}", n)
+
+    # --- HTTP ------------------------------------------------------------------------
+
+    def routes(self) -> list[web.RouteDef]:
+        return [web.post("/jobs", self._submit), web.get("/jobs/{id}", _json(self._get))]
+
+    async def _submit(self, req: web.Request) -> web.Response:
+        created: list[bool] = []
+
+        async def handler(r: web.Request) -> dict[str, Any]:
+            job, new = await self.watcher.submit(await _body(r))
+            created.append(new)
+            if new:
+                self.metrics.inc("jobs_accepted")
+                log.info("accepted %s job %s on %s", job.kind, job.id, job.chain)
+            return self._view(job)
+
+        response = await _json(handler)(req)
+        if created == [True]:
+            response.set_status(201)
+        elif response.status == 400:
+            self.metrics.inc("jobs_refused")
+        return response
+
+    async def _get(self, req: web.Request) -> dict[str, Any]:
+        return self._view(self.watcher.store.get(req.match_info["id"]))
+
+    def _view(self, job: WatchJob) -> dict[str, Any]:
+        return describe(job, self.watcher.store.actions(job.id))

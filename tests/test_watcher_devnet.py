@@ -1,0 +1,372 @@
+"""The watcher on the real devnets (Anvil and a private embedded regtest node).
+
+Each test builds the two HTLCs of a swap with the HTLC primitives, lets one party
+hand its job to a watcher daemon (the shared runner, HTTP on a free port, SQLite in
+the test's temp dir) and then go silent, and checks what a user would: balances on
+chain, the job's state and actions, the transactions that were mined.  Bitcoin
+blocks are mined by the tests themselves, empty ones (``generateblock``) where a
+spend must stay unmined.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from eth_account import Account
+
+from bridge.db import make_engine
+from bridge.settings import Settings
+from bridge.testing import wait_until
+from bridge.watch.actions import WatchPolicy, Watcher
+from bridge.watch.models import CONFIRMED, SPEND_SENT
+from bridge.watch.presign import presign_claims, presign_refunds
+from bridge.watch.store import WatchStore
+from chains.bitcoin import COINBASE_MATURITY, BitcoinAdapter
+from chains.bitcoin_rpc import BitcoinRpc
+from chains.bitcoin_wallet import BtcKey
+from chains.evm import EvmAdapter
+from devnets.process import free_port
+from htlc.bitcoin_script import p2wsh_htlc_script
+from htlc.bitcoin_tx import build_claim, fund_htlc
+from htlc.evm import ETH, EvmHtlc
+from relayers.runner import Runner
+from relayers.watcher import WatcherDaemon
+
+ONE_BTC = 100_000_000
+ONE_ETH = 10**18
+HTLC_SATS = 1_000_000
+HTLC_WEI = ONE_ETH // 10
+
+
+@pytest.fixture(scope="module")
+def regtest(tmp_path_factory):
+    """A private node: these tests mine many (some empty) blocks."""
+    from devnets.bitcoin_node import BitcoinNode
+
+    node = BitcoinNode(tmp_path_factory.mktemp("watcher-regtest"))
+    node.start()
+    yield node
+    node.stop()
+
+
+@pytest.fixture
+async def btc(regtest):
+    user, password = regtest.rpc_auth
+    adapter = BitcoinAdapter(BitcoinRpc(regtest.rpc_url, user=user, password=password))
+    yield adapter
+    await adapter.close()
+
+
+@pytest.fixture
+async def evm(anvil):
+    adapter = await EvmAdapter.connect(anvil.url)
+    yield adapter
+    await adapter.close()
+
+
+@pytest.fixture
+async def htlc(evm) -> EvmHtlc:
+    deployer = Account.create()
+    await evm.set_balance(deployer.address, ONE_ETH)
+    return await EvmHtlc.deploy(evm, deployer.key.to_0x_hex())
+
+
+_FAUCET = BtcKey.generate()
+
+
+async def fund_btc(btc: BitcoinAdapter, key: BtcKey, sats: int = ONE_BTC) -> None:
+    while await btc.balance([_FAUCET.p2wpkh_script]) < sats + ONE_BTC:
+        await btc.mine(5, _FAUCET.p2wpkh_address())
+        await btc.mine(COINBASE_MATURITY)
+    await btc.send_to([_FAUCET], [(key.p2wpkh_script, sats)], 2)
+    await btc.mine(1)
+
+
+async def evm_account(evm: EvmAdapter, wei: int = ONE_ETH) -> tuple[str, str]:
+    acct = Account.create()
+    await evm.set_balance(acct.address, wei)
+    return acct.key.to_0x_hex(), acct.address
+
+
+async def mine_empty(btc: BitcoinAdapter, blocks: int) -> None:
+    """Blocks without the mempool's transactions: a spend sent to the mempool stays unmined."""
+    for _ in range(blocks):
+        await btc.rpc.call("generateblock", BtcKey.generate().p2wpkh_address(), [])
+
+
+@dataclass
+class RunningWatcher:
+    url: str
+    watcher: Watcher
+    task: asyncio.Task
+
+    @property
+    def store(self) -> WatchStore:
+        return self.watcher.store
+
+    async def submit(self, job: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"{self.url}/jobs", json=job) as resp:
+                return resp.status, await resp.json()
+
+    async def get(self, job_id: str) -> dict[str, Any]:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{self.url}/jobs/{job_id}") as resp:
+                assert resp.status == 200, await resp.text()
+                return await resp.json()
+
+    async def stop(self) -> None:
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+
+    async def state(self, job_id: str, state: str, level: int | None = None, timeout: float = 30.0) -> dict[str, Any]:
+        async def reached() -> dict[str, Any] | None:
+            job = await self.get(job_id)
+            return job if job["state"] == state and (level is None or job["spend_level"] == level) else None
+
+        return await wait_until(reached, timeout, what=f"job {job_id} in {state} (level {level})")
+
+
+@contextlib.asynccontextmanager
+async def running_watcher(db: Path, btc: BitcoinAdapter, evm: EvmAdapter, evm_key: str | None = None, **policy: Any):
+    watcher = Watcher(WatchStore(make_engine(f"sqlite:///{db}")), btc, evm, evm_key, WatchPolicy(**policy))
+    daemon = WatcherDaemon(watcher, poll_interval=0.05)
+    port = free_port()
+    runner = Runner(daemon, Settings(), http_port=port, extra_routes=daemon.routes(), shutdown_grace=1)
+    task = asyncio.create_task(runner.run())
+    running = RunningWatcher(f"http://127.0.0.1:{port}", watcher, task)
+    await wait_until(lambda: _health(running.url), 10, what="watcher http up")
+    try:
+        yield running
+    finally:
+        await running.stop()
+
+
+async def _health(url: str) -> bool:
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{url}/health") as resp:
+                return resp.status == 200
+    except aiohttp.ClientError:
+        return False
+
+
+@dataclass
+class BtcLock:
+    coin: Any
+    script: bytes
+    height: int  # tip before the lock
+
+
+async def lock_btc(btc: BitcoinAdapter, sender: BtcKey, claimer: BtcKey, hashlock: bytes, blocks: int) -> BtcLock:
+    tip = await btc.height()
+    script = p2wsh_htlc_script(hashlock, claimer.pubkey, sender.pubkey, tip + blocks)
+    coin, _ = await fund_htlc(btc, [sender], script, HTLC_SATS, 2)
+    await btc.mine(1)
+    return BtcLock(coin, script, tip)
+
+
+def btc_job(kind: str, lock: BtcLock, hashlock: bytes, payout: bytes, presigned: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+    return {
+        "kind": kind, "chain": "bitcoin", "hashlock": hashlock.hex(), "payout": payout.hex(),
+        "htlc": {"script": lock.script.hex(), "outpoint": f"{lock.coin.txid}:{lock.coin.vout}", "amount": lock.coin.amount},
+        "presigned": presigned, **extra,
+    }
+
+
+def new_secret() -> tuple[bytes, bytes]:
+    secret = secrets.token_bytes(32)
+    return secret, hashlib.sha256(secret).digest()
+
+
+# --- tests ------------------------------------------------------------------------------------
+
+
+async def test_watcher_claims_btc_for_offline_lp_and_bumps_the_stuck_claim(btc, evm, htlc, tmp_path):
+    """Trader sells BTC for ETH; the LP hands its BTC claim to the watcher and goes offline.
+    The trader claims the ETH (revealing the secret); the watcher completes the LP's
+    pre-signed claim, which sits unmined through empty blocks until the watcher
+    replaces it with the next rung of the ladder (RBF); that one is mined, to the LP."""
+    secret, hashlock = new_secret()
+    trader_btc, lp_btc = BtcKey.generate(), BtcKey.generate()
+    await fund_btc(btc, trader_btc)
+    trader_key, trader_addr = await evm_account(evm)
+    lp_key, _ = await evm_account(evm)
+
+    lock = await lock_btc(btc, trader_btc, lp_btc, hashlock, 100)
+    evm_from = await evm.height()
+    swap_id, _ = await htlc.lock(lp_key, trader_addr, ETH, HTLC_WEI, hashlock, (await evm.head()).timestamp + 3600)
+    ladder = presign_claims(lock.coin, lp_btc, lp_btc.p2wpkh_script)
+    job = btc_job("claim", lock, hashlock, lp_btc.p2wpkh_script, ladder, reveal={
+        "chain": "evm", "contract": htlc.address, "swap_id": swap_id.hex(), "from_height": evm_from,
+    })
+
+    async with running_watcher(tmp_path / "w.sqlite", btc, evm, stuck_blocks=2) as w:
+        status, body = await w.submit(job)
+        assert status == 201, body
+        assert (await w.submit(job))[0] == 200  # the same job again: accepted once
+        job_id = body["id"]
+
+        trader_before = await evm.balance(trader_addr)
+        await htlc.claim(trader_key, swap_id, secret)  # the trader takes its ETH: the secret is public
+        assert await evm.balance(trader_addr) > trader_before
+
+        first = await w.state(job_id, SPEND_SENT, level=0)
+        assert first["spend_tx"] in await btc.rpc.call("getrawmempool")
+        await mine_empty(btc, 2)
+        bumped = await w.state(job_id, SPEND_SENT, level=1)
+        mempool = await btc.rpc.call("getrawmempool")
+        assert bumped["spend_tx"] in mempool and first["spend_tx"] not in mempool, "the bump replaced the first claim"
+
+        await btc.mine(1)
+        done = await w.state(job_id, CONFIRMED)
+    assert done["spend_tx"] == bumped["spend_tx"]
+    fee_rung1 = HTLC_SATS - next(o for o in _outs(ladder[1]["tx"]))
+    assert await btc.balance([lp_btc.p2wpkh_script]) == HTLC_SATS - fee_rung1
+    assert (await btc.tx_status(first["spend_tx"])).confirmations == -1
+    notes = " | ".join(a["note"] for a in done["actions"])
+    assert "bump to 5 sat/vB" in notes
+
+
+def _outs(tx_hex: str) -> list[int]:
+    from chains.btc.primitives import Tx
+
+    return [o.value for o in Tx.from_hex(tx_hex).vout]
+
+
+async def test_watcher_claims_evm_for_offline_lp_and_bumps_the_stuck_claim(btc, evm, htlc, tmp_path):
+    """Trader sells ETH for BTC; the LP hands its ETH claim to the watcher and goes offline.
+    The trader claims the LP's BTC (the secret is in the witness); the watcher claims
+    the ETH for the LP from its own key.  Its first claim is priced under the base fee
+    of the blocks that follow, so it is not mined; the watcher re-signs it with the same
+    nonce and higher EIP-1559 fees.  The LP receives the ETH, the watcher paid the gas."""
+    secret, hashlock = new_secret()
+    trader_btc, lp_btc = BtcKey.generate(), BtcKey.generate()
+    await fund_btc(btc, lp_btc)
+    trader_key, trader_addr = await evm_account(evm)
+    _, lp_addr = await evm_account(evm)
+    watcher_key, watcher_addr = await evm_account(evm)
+
+    expiry = (await evm.head()).timestamp + 3600
+    swap_id, _ = await htlc.lock(trader_key, lp_addr, ETH, HTLC_WEI, hashlock, expiry)
+    params = (await htlc.locked_swap(swap_id)).swap
+    lock = await lock_btc(btc, lp_btc, trader_btc, hashlock, 50)
+    job = {
+        "kind": "claim", "chain": "evm", "hashlock": hashlock.hex(), "payout": lp_addr,
+        "htlc": {"contract": htlc.address, "swap": {
+            "sender": params.sender, "recipient": params.recipient, "token": params.token, "amount": params.amount,
+            "hashlock": params.hashlock.hex(), "expiry": params.expiry, "nonce": params.nonce,
+        }},
+        "reveal": {"chain": "bitcoin", "outpoint": f"{lock.coin.txid}:{lock.coin.vout}", "from_height": lock.height},
+    }
+    base_fee = int((await evm.rpc.call("eth_getBlockByNumber", ["latest", False]))["baseFeePerGas"], 16)
+    lp_before, watcher_before = await evm.balance(lp_addr), await evm.balance(watcher_addr)
+
+    await evm.set_automine(False)
+    try:
+        async with running_watcher(
+            tmp_path / "w.sqlite", btc, evm, watcher_key, stuck_blocks=2, evm_max_fee=2 * base_fee, evm_priority_fee=1,
+        ) as w:
+            status, body = await w.submit(job)
+            assert status == 201, body
+            job_id = body["id"]
+
+            claim = build_claim(lock.coin, secret, trader_btc, trader_btc.p2wpkh_script, 2)
+            await btc.send(claim.hex)
+            await btc.mine(1)
+
+            first = await w.state(job_id, SPEND_SENT, level=0)
+            # The next blocks cost 10x the base fee the first claim was priced for.
+            await evm.rpc.call("anvil_setNextBlockBaseFeePerGas", [hex(20 * base_fee)])
+            await evm.mine(2)
+            assert await htlc.swap(swap_id) == 1, "the underpriced claim was not mined"
+            bumped = await w.state(job_id, SPEND_SENT, level=1)
+            await evm.mine(1)
+            done = await w.state(job_id, CONFIRMED)
+    finally:
+        await evm.set_automine(True)
+
+    assert done["spend_tx"] == bumped["spend_tx"] != first["spend_tx"]
+    first_tx = await evm.rpc.call("eth_getTransactionByHash", [first["spend_tx"]])
+    assert first_tx is None or first_tx["blockNumber"] is None, "the first claim never made it into a block"
+    mined = await evm.rpc.call("eth_getTransactionByHash", [bumped["spend_tx"]])
+    assert mined["from"].lower() == watcher_addr.lower()
+    assert int(mined["maxFeePerGas"], 16) > 2 * base_fee
+    assert await evm.balance(lp_addr) == lp_before + HTLC_WEI
+    assert await evm.balance(watcher_addr) < watcher_before
+
+
+async def test_watcher_broadcasts_the_presigned_refund_at_expiry(btc, evm, tmp_path):
+    """A party locked BTC, pre-signed its refund and went offline; nobody claimed.
+    The watcher sends nothing before the refund height, then the refund, mined to the party."""
+    _, hashlock = new_secret()
+    party, counterparty = BtcKey.generate(), BtcKey.generate()
+    await fund_btc(btc, party)
+    lock = await lock_btc(btc, party, counterparty, hashlock, 6)
+    ladder = presign_refunds(lock.coin, party, party.p2wpkh_script)
+    before = await btc.balance([party.p2wpkh_script])
+
+    async with running_watcher(tmp_path / "w.sqlite", btc, evm) as w:
+        status, body = await w.submit(btc_job("refund", lock, hashlock, party.p2wpkh_script, ladder))
+        assert status == 201, body
+        job_id = body["id"]
+        assert body["expiry"] == lock.height + 6
+        while await btc.height() < lock.height + 5:
+            await btc.mine(1)
+            assert (await w.get(job_id))["state"] == "watching"
+        await btc.mine(1)  # tip = refund height: the refund is final in the next block
+        sent = await w.state(job_id, SPEND_SENT)
+        await btc.mine(1)
+        done = await w.state(job_id, CONFIRMED)
+    assert done["spend_tx"] == sent["spend_tx"]
+    assert await btc.balance([party.p2wpkh_script]) == before + HTLC_SATS - (HTLC_SATS - _outs(ladder[0]["tx"])[0])
+
+
+async def test_job_refused_when_a_presigned_tx_does_not_pay_the_party(btc, evm, tmp_path):
+    _, hashlock = new_secret()
+    party, counterparty, thief = BtcKey.generate(), BtcKey.generate(), BtcKey.generate()
+    await fund_btc(btc, party)
+    lock = await lock_btc(btc, party, counterparty, hashlock, 20)
+    honest = presign_refunds(lock.coin, party, party.p2wpkh_script)
+    elsewhere = presign_refunds(lock.coin, party, thief.p2wpkh_script)
+    forged = presign_refunds(lock.coin, thief, party.p2wpkh_script)
+
+    async with running_watcher(tmp_path / "w.sqlite", btc, evm) as w:
+        status, body = await w.submit(btc_job("refund", lock, hashlock, party.p2wpkh_script, [honest[0], elsewhere[1]]))
+        assert status == 400
+        assert "presigned[1] (refund) does not pay the party" in body["reason"]
+        status, body = await w.submit(btc_job("refund", lock, hashlock, party.p2wpkh_script, forged))
+        assert status == 400
+        assert "signature is not a valid SIGHASH_ALL signature by the script's refund key" in body["reason"]
+        status, body = await w.submit(btc_job("claim", lock, hashlock, party.p2wpkh_script, honest, secret="00" * 32))
+        assert status == 400 and body["field"] == "secret"
+        assert w.store.all() == []
+
+
+async def test_restarted_watcher_resumes_its_jobs(btc, evm, tmp_path):
+    """The watcher is stopped while a refund job waits; blocks pass; a new watcher on the
+    same database finds the job and refunds at expiry."""
+    _, hashlock = new_secret()
+    party, counterparty = BtcKey.generate(), BtcKey.generate()
+    await fund_btc(btc, party)
+    lock = await lock_btc(btc, party, counterparty, hashlock, 4)
+    ladder = presign_refunds(lock.coin, party, party.p2wpkh_script)
+    db = tmp_path / "w.sqlite"
+    async with running_watcher(db, btc, evm) as w:
+        status, body = await w.submit(btc_job("refund", lock, hashlock, party.p2wpkh_script, ladder))
+        assert status == 201, body
+    while await btc.height() < lock.height + 4:
+        await btc.mine(1)
+    async with running_watcher(db, btc, evm) as w:
+        await w.state(body["id"], SPEND_SENT)
+        await btc.mine(1)
+        await w.state(body["id"], CONFIRMED)
