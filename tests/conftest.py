@@ -37,6 +37,38 @@ def regtest(tmp_path_factory):
     node.stop()
 
 
+@pytest.fixture
+def own_regtest(tmp_path):
+    """A private regtest node for one test that rewrites the chain, restarts or kills the node; a fixed
+    user/password (not the cookie) so an ``rpc_auth`` taken before a restart still works after it."""
+    from devnets.bitcoin_node import BitcoinNode
+
+    node = BitcoinNode(tmp_path / "own-regtest", rpc_user="bridge", rpc_password="bridge")
+    node.start()
+    yield node
+    node.stop()
+
+
+@pytest.fixture
+async def btc(regtest):
+    """A ``BitcoinAdapter`` on the ``regtest`` node (a module's own ``regtest`` fixture wins)."""
+    from chains.bitcoin import BitcoinAdapter
+    from chains.bitcoin_rpc import BitcoinRpc
+
+    user, password = regtest.rpc_auth
+    adapter = BitcoinAdapter(BitcoinRpc(regtest.rpc_url, user=user, password=password))
+    yield adapter
+    await adapter.close()
+
+
+@pytest.fixture(scope="session")
+def faucet():
+    """One key that mines on the shared node and pays tests' keys (``await faucet.pay(btc, key, sats)``)."""
+    from support.faucet import Faucet
+
+    return Faucet()
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def ledger_db(request, tmp_path):
     """``(url, engine)`` of an empty database, once on SQLite and once on PostgreSQL

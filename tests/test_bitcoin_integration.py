@@ -20,34 +20,7 @@ from chains.btc.primitives import Tx
 from devnets.bitcoin_node import BitcoinNode
 
 
-@pytest.fixture
-async def btc(regtest):
-    user, password = regtest.rpc_auth
-    adapter = BitcoinAdapter(BitcoinRpc(regtest.rpc_url, user=user, password=password))
-    yield adapter
-    await adapter.close()
-
-
-#: One key funds every test of this module, so the shared node is not pushed 100 blocks per
-#: test through regtest's subsidy halvings (every 150 blocks) that other tests also live on.
-_FAUCET = BtcKey.generate()
 FUND_SATS = 2_000_000
-
-
-async def spendable(btc: BitcoinAdapter, key: BtcKey) -> int:
-    tip = await btc.height()
-    coins = await btc.utxos([key.p2wpkh_script], include_mempool=True)
-    return sum(c.value_sats for c in coins if not c.coinbase or tip - c.height + 1 >= COINBASE_MATURITY)
-
-
-async def fund(btc: BitcoinAdapter, key: BtcKey, amount: int = FUND_SATS) -> int:
-    """Pay ``amount`` to ``key`` from the module's faucet, confirmed; returns ``amount``."""
-    while await spendable(btc, _FAUCET) < amount + 100_000:
-        await btc.mine(10, _FAUCET.p2wpkh_address())
-        await btc.mine(COINBASE_MATURITY)
-    await btc.send_to([_FAUCET], [(key.p2wpkh_script, amount)], feerate=2)
-    await btc.mine(1)
-    return amount
 
 
 async def test_head_and_blocks_link_by_parent_hash(btc):
@@ -91,9 +64,9 @@ async def test_mine_to_a_key_and_spend_the_coinbase_once_mature(btc):
     assert signed.fee_sats >= 3 * entry["vsize"]
 
 
-async def test_unconfirmed_change_can_be_spent_again(btc):
+async def test_unconfirmed_change_can_be_spent_again(btc, faucet):
     key, dest = BtcKey.generate(), BtcKey.generate()
-    await fund(btc, key)
+    await faucet.pay(btc, key, FUND_SATS)
     first = await btc.send_to([key], [(dest.p2wpkh_address(), 50_000)], feerate=2)
     second = await btc.send_to([key], [(dest.p2wpkh_address(), 60_000)], feerate=2)
     assert second.inputs[0].outpoint == (first.txid, first.change_vout)
@@ -102,9 +75,9 @@ async def test_unconfirmed_change_can_be_spent_again(btc):
     assert await btc.balance([dest.p2wpkh_address()]) == 110_000
 
 
-async def test_broadcasting_twice_returns_the_same_txid(btc):
+async def test_broadcasting_twice_returns_the_same_txid(btc, faucet):
     key = BtcKey.generate()
-    await fund(btc, key)
+    await faucet.pay(btc, key, FUND_SATS)
     signed = await btc.send_to([key], [(BtcKey.generate().p2wpkh_address(), 70_000)], feerate=2, broadcast=False)
     assert (await btc.tx_status(signed.txid)).confirmations == -1
     assert await btc.send(signed.raw_hex) == signed.txid
@@ -116,9 +89,9 @@ async def test_broadcasting_twice_returns_the_same_txid(btc):
     assert (await btc.tx_status(signed.txid)).confirmations >= 1
 
 
-async def test_rejected_transaction_carries_the_nodes_reason(btc):
+async def test_rejected_transaction_carries_the_nodes_reason(btc, faucet):
     key, thief = BtcKey.generate(), BtcKey.generate()
-    await fund(btc, key)
+    await faucet.pay(btc, key, FUND_SATS)
     [coin] = await btc.utxos([key.p2wpkh_script])
     # The thief claims the coin is his: the witness key does not match the output's program.
     forged = build_payment([thief], [Utxo(coin.txid, coin.vout, coin.value_sats, thief.p2wpkh_script, coin.height)],
@@ -138,9 +111,9 @@ async def test_spending_a_coin_that_does_not_exist_is_missing_inputs(btc):
         await btc.send(signed.raw_hex)
 
 
-async def test_events_filter_finds_exactly_the_watched_transactions(btc):
+async def test_events_filter_finds_exactly_the_watched_transactions(btc, faucet):
     key, watched, other = BtcKey.generate(), BtcKey.generate(), BtcKey.generate()
-    await fund(btc, key)
+    await faucet.pay(btc, key, FUND_SATS)
     start = (await btc.head()).height + 1
     pay_watched = await btc.send_to([key], [(watched.p2wpkh_address(), 200_000)], feerate=2)
     pay_other = await btc.send_to([key], [(other.p2wpkh_address(), 300_000)], feerate=2)
@@ -168,9 +141,9 @@ async def test_events_filter_finds_exactly_the_watched_transactions(btc):
     assert everything[0].data["index"] == 0  # the coinbase comes first
 
 
-async def test_tx_status_follows_a_transaction_into_a_block(btc):
+async def test_tx_status_follows_a_transaction_into_a_block(btc, faucet):
     key = BtcKey.generate()
-    await fund(btc, key)
+    await faucet.pay(btc, key, FUND_SATS)
     signed = await btc.send_to([key], [(BtcKey.generate().p2wpkh_address(), 10_000)], feerate=2)
     assert (await btc.tx_status(signed.txid)).confirmations == 0
     [block_hash] = await btc.mine(1)
@@ -204,9 +177,9 @@ async def test_cookie_auth_survives_a_node_restart(tmp_path):
         await asyncio.to_thread(node.stop)
 
 
-async def test_event_transactions_read_like_the_nodes_verbose_blocks(btc):
+async def test_event_transactions_read_like_the_nodes_verbose_blocks(btc, faucet):
     key = BtcKey.generate()
-    await fund(btc, key)
+    await faucet.pay(btc, key, FUND_SATS)
     signed = await btc.send_to([key], [(BtcKey.generate().p2wpkh_address(), 40_000)], feerate=2)
     [block_hash] = await btc.mine(1)
     ref = await btc.block_by_hash(block_hash)

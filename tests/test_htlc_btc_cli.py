@@ -6,6 +6,7 @@ environment variables (no devnet descriptor in the temp data dir).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from decimal import Decimal
@@ -15,9 +16,10 @@ import pytest
 from bitcoinlib.keys import Key
 
 from bridge.cli import main
+from chains.bitcoin import BitcoinAdapter
+from chains.bitcoin_rpc import BitcoinRpc
 from chains.bitcoin_wallet import BtcKey
 from htlc.bitcoin_script import p2wsh_htlc_script
-from test_htlc_btc_regtest import mine_coins
 
 SECRET = bytes(range(32))
 HASH = hashlib.sha256(SECRET).digest()
@@ -67,9 +69,15 @@ def balance(regtest, key: BtcKey) -> int:
     return int(Decimal(str(scan["total_amount"])) * 100_000_000)
 
 
-def test_lock_claim_and_refund_by_hand(regtest, node_env, capsys):
+async def fund(regtest, faucet, key: BtcKey, sats: int) -> None:
+    user, password = regtest.rpc_auth
+    async with BitcoinAdapter(BitcoinRpc(regtest.rpc_url, user=user, password=password)) as btc:
+        await faucet.pay(btc, key, sats)
+
+
+def test_lock_claim_and_refund_by_hand(regtest, node_env, faucet, capsys):
     alice, bob = BtcKey.generate(), BtcKey.generate()
-    mine_coins(regtest, alice, 1_000_000)
+    asyncio.run(fund(regtest, faucet, alice, 1_000_000))  # a sync test: the CLI runs its own event loop
     common = [*node_env, "htlc"]
 
     code, out, err = run(capsys, *common, "btc-lock", "--key", alice.secret.hex(), "--amount", "250000",

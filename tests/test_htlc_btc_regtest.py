@@ -1,8 +1,8 @@
 """Bitcoin HTLCs on the embedded regtest node: lock, claim, refund, and what consensus refuses.
 
 The node is shared by the session, so each test uses fresh keys, asserts only on
-its own coins, and never assumes an exact height.  One funder key is mined to once
-per module (coinbase maturity is 100 blocks) and pays each test's parties.
+its own coins, and never assumes an exact height.  The session's faucet (``tests/support/faucet.py``)
+pays each test's parties.
 """
 
 from __future__ import annotations
@@ -13,11 +13,10 @@ import secrets
 import pytest
 
 from bridge.errors import TransactionRejected
-from chains.bitcoin import COINBASE_MATURITY, BitcoinAdapter
-from chains.bitcoin_rpc import BitcoinRpc
+from chains.bitcoin import BitcoinAdapter
 from chains.bitcoin_wallet import BtcKey
-from htlc.audit import audit
 from chains.btc.primitives import hash160
+from htlc.audit import audit
 from htlc.bitcoin_script import TEMPLATE_P2SH_BIP199, p2sh_htlc_script, p2wsh_htlc_script
 from htlc.bitcoin_tx import (
     SEQUENCE_LOCKTIME,
@@ -28,47 +27,16 @@ from htlc.bitcoin_tx import (
     spend_htlc,
 )
 from htlc.secret import extract_secret
+from support.faucet import Faucet
 
 PARTY_FUNDS = 1_000_000
 LOCKED = 300_000
 
 
-def mine_coins(regtest, key: BtcKey, at_least: int) -> None:
-    """Mine to ``key`` until its coinbases total ``at_least`` sats, then mature them.
-
-    Regtest halves the subsidy every 150 blocks and the session's node is shared,
-    so how many blocks that takes depends on how far other tests have mined.
-    """
-    total = 0
-    while total < at_least:
-        height = regtest.rpc("getblockcount") + 1
-        subsidy = (50 * 100_000_000) >> (height // 150) if height // 150 < 64 else 0
-        assert subsidy > 0, f"regtest subsidy exhausted at height {height}: no coins to test with"
-        regtest.rpc("generatetoaddress", 1, key.p2wpkh_address())
-        total += subsidy
-    regtest.rpc("generatetoaddress", COINBASE_MATURITY, BtcKey.generate().p2wpkh_address())
-
-
-@pytest.fixture(scope="module")
-def funder(regtest) -> BtcKey:
-    key = BtcKey.generate()
-    mine_coins(regtest, key, 10 * PARTY_FUNDS)
-    return key
-
-
-@pytest.fixture
-async def btc(regtest):
-    user, password = regtest.rpc_auth
-    adapter = BitcoinAdapter(BitcoinRpc(regtest.rpc_url, user=user, password=password))
-    yield adapter
-    await adapter.close()
-
-
-async def party(btc: BitcoinAdapter, funder: BtcKey) -> BtcKey:
+async def party(btc: BitcoinAdapter, faucet: Faucet) -> BtcKey:
     """A fresh key holding PARTY_FUNDS confirmed sats."""
     key = BtcKey.generate()
-    await btc.send_to([funder], [(key.p2wpkh_script, PARTY_FUNDS)], feerate=2)
-    await btc.mine(1)
+    await faucet.pay(btc, key, PARTY_FUNDS)
     assert await btc.balance([key.p2wpkh_script]) == PARTY_FUNDS
     return key
 
@@ -80,9 +48,9 @@ async def mine_to(btc: BitcoinAdapter, height: int) -> None:
     assert await btc.height() == height
 
 
-async def lock(btc, funder, template="p2wsh", lock_in=20):
+async def lock(btc, faucet, template="p2wsh", lock_in=20):
     """Alice locks LOCKED sats for Bob; returns (alice, bob, secret, coin, funding fee)."""
-    alice, bob = await party(btc, funder), BtcKey.generate()
+    alice, bob = await party(btc, faucet), BtcKey.generate()
     secret = secrets.token_bytes(32)
     h = hashlib.sha256(secret).digest()
     lock_height = await btc.height() + lock_in
@@ -106,8 +74,8 @@ async def rejected(btc: BitcoinAdapter, raw: bytes) -> str:
 
 
 @pytest.mark.parametrize("template", ["p2wsh", TEMPLATE_P2SH_BIP199])
-async def test_lock_then_claim_pays_bob_and_reveals_the_secret(btc, funder, template):
-    alice, bob, secret, coin, _ = await lock(btc, funder, template)
+async def test_lock_then_claim_pays_bob_and_reveals_the_secret(btc, faucet, template):
+    alice, bob, secret, coin, _ = await lock(btc, faucet, template)
     assert await find_htlc_coins(btc, coin.script, template) == [coin]
     claim = build_claim(coin, secret, bob, bob.p2wpkh_address(), feerate=2)
     assert await btc.send(claim.raw) == claim.txid
@@ -120,8 +88,8 @@ async def test_lock_then_claim_pays_bob_and_reveals_the_secret(btc, funder, temp
     assert extract_secret(bytes.fromhex(raw), hashlib.sha256(secret).digest()) == secret
 
 
-async def test_node_rejects_bad_claims_and_an_early_refund_with_consensus_reasons(btc, funder):
-    alice, bob, secret, coin, _ = await lock(btc, funder, lock_in=30)
+async def test_node_rejects_bad_claims_and_an_early_refund_with_consensus_reasons(btc, faucet):
+    alice, bob, secret, coin, _ = await lock(btc, faucet, lock_in=30)
     dest = bob.p2wpkh_script
     wrong = spend_htlc(coin, bob, [secrets.token_bytes(32), b"\x01"], dest, 2)
     long = spend_htlc(coin, bob, [secret + b"\x00", b"\x01"], dest, 2)
@@ -143,8 +111,8 @@ async def test_node_rejects_bad_claims_and_an_early_refund_with_consensus_reason
     assert await btc.balance([terms.script_pubkey]) == LOCKED
 
 
-async def test_refund_one_block_early_is_non_final_then_accepted(btc, funder):
-    alice, _, _, coin, funding_fee = await lock(btc, funder, lock_in=6)
+async def test_refund_one_block_early_is_non_final_then_accepted(btc, faucet):
+    alice, _, _, coin, funding_fee = await lock(btc, faucet, lock_in=6)
     lock_height = audit(coin.script).locktime
     refund = build_refund(coin, alice, alice.p2wpkh_address(), feerate=2)
     await mine_to(btc, lock_height - 1)
@@ -157,8 +125,8 @@ async def test_refund_one_block_early_is_non_final_then_accepted(btc, funder):
     assert await btc.balance([audit(coin.script).script_pubkey]) == 0
 
 
-async def test_p2sh_refund_after_lock(btc, funder):
-    alice, _, _, coin, funding_fee = await lock(btc, funder, TEMPLATE_P2SH_BIP199, lock_in=3)
+async def test_p2sh_refund_after_lock(btc, faucet):
+    alice, _, _, coin, funding_fee = await lock(btc, faucet, TEMPLATE_P2SH_BIP199, lock_in=3)
     refund = build_refund(coin, alice, alice.p2wpkh_address(), feerate=2)
     assert await rejected(btc, refund.raw) == "non-final"
     await mine_to(btc, audit(coin.script).locktime)

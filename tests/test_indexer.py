@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import signal
+import subprocess
 import uuid
+from typing import Callable
 from typing import Any
 
 import pytest
@@ -190,6 +193,52 @@ async def drain(indexer: Indexer, max_steps: int = 1000) -> list:
         if r.caught_up:
             return results
     raise AssertionError(f"indexer not caught up after {max_steps} steps")
+
+
+# --- shared by the devnet indexer tests (test_indexer_bitcoin.py, test_indexer_evm.py) -----------
+
+
+@pytest.fixture
+def db(tmp_path):
+    """``(url, engine)`` of a SQLite file, for tests that hand the URL to indexer worker processes."""
+    url = f"sqlite:///{tmp_path / 'indexer.sqlite'}"
+    engine = make_engine(url)
+    _meta.create_all(engine)
+    yield url, engine
+    engine.dispose()
+
+
+class SlowRecorder(Recorder):
+    """Takes its time per block, so the test's SIGKILL lands in the middle of the run."""
+
+    async def on_events(self, events, block, *, session):
+        await super().on_events(events, block, session=session)
+        await asyncio.sleep(0.05)
+
+
+async def kill_mid_run_and_resume(engine, name: str, expected: list[str], at_least: int,
+                                  worker: Callable[[str], subprocess.Popen]) -> list[str]:
+    """Start ``worker(log_name)`` (an indexer process storing with a ``SlowRecorder``), SIGKILL it once
+    ``at_least`` events are stored, start it again: the deliveries must be ``expected`` exactly, in
+    chain order, each once.  Returns what was stored at the kill."""
+    first = worker("worker1.log")
+    try:
+        await wait_until(lambda: len(recorded(engine, name)) >= at_least, timeout=60, what="first worker's deliveries")
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+    at_kill = recorded(engine, name)
+    assert at_least <= len(at_kill) < len(expected), "the kill must land mid-run"
+    assert at_kill == expected[: len(at_kill)]  # nothing but a prefix: no gap
+
+    second = worker("worker2.log")
+    try:
+        await wait_until(lambda: len(recorded(engine, name)) >= len(expected), timeout=60, what="second worker catching up")
+    finally:
+        second.send_signal(signal.SIGKILL)
+        second.wait(10)
+    assert recorded(engine, name) == expected  # each event once, in chain order, across the kill
+    return at_kill
 
 
 def chain_with_events(blocks: int, per_block: int = 2) -> FakeChain:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import subprocess
 import sys
 import uuid
@@ -23,17 +22,16 @@ from pathlib import Path
 import pytest
 
 from bridge.db import make_engine
-from bridge.testing import wait_until
 from chains.bitcoin import BitcoinAdapter
 from chains.bitcoin_rpc import BitcoinRpc
 from chains.bitcoin_tx import btc_to_sats
-from chains.indexer import Indexer
-from devnets.bitcoin_node import BitcoinNode
 from chains.btc.address import encode_segwit_address
 from chains.btc.primitives import OutPoint, Tx, TxIn, TxOut, sha256
+from chains.indexer import Indexer
+from devnets.bitcoin_node import BitcoinNode
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_indexer import Recorder, _meta, net_view, recorded  # noqa: E402
+from test_indexer import Recorder, SlowRecorder, db, drain, kill_mid_run_and_resume, net_view, recorded  # noqa: E402,F401 (db: fixture)
 
 OP_TRUE = b"\x51"
 OP_TRUE_SCRIPT = b"\x00\x20" + sha256(OP_TRUE)
@@ -54,25 +52,9 @@ def own_node(tmp_path_factory):
 
 @pytest.fixture
 async def btc(own_node):
-    adapter = BitcoinAdapter(BitcoinRpc(own_node.url, cookie_file=own_node.cookie_file))
+    adapter = BitcoinAdapter(BitcoinRpc(own_node.rpc_url, cookie_file=own_node.cookie_file))
     yield adapter
     await adapter.close()
-
-
-@pytest.fixture
-def db(tmp_path):
-    url = f"sqlite:///{tmp_path / 'indexer.sqlite'}"
-    engine = make_engine(url)
-    _meta.create_all(engine)
-    yield url, engine
-    engine.dispose()
-
-
-async def drain(indexer: Indexer) -> None:
-    for _ in range(200):
-        if (await indexer.step()).caught_up:
-            return
-    raise AssertionError("indexer not caught up after 200 steps")
 
 
 async def matured_op_true_coin(btc: BitcoinAdapter) -> tuple[str, int, int]:
@@ -96,7 +78,7 @@ async def test_regtest_reorg_consumer_sees_each_canonical_tx_exactly_once(btc, d
     await btc.mine(3)  # `moved` confirms at fork + 1
     fork = (await btc.head()).height - 3
     indexer = Indexer(name, btc, engine, Recorder(name), start_height=start, batch_blocks=4)
-    await drain(indexer)
+    await drain(indexer, max_steps=200)
     assert recorded(engine, name) == await canonical_txids(btc, start)
     orphaned = [e.key for e in await btc.events(fork + 1, fork + 3)]
     assert moved.txid in orphaned
@@ -109,7 +91,7 @@ async def test_regtest_reorg_consumer_sees_each_canonical_tx_exactly_once(btc, d
     await btc.send(second.hex())
     await btc.mine(1)
 
-    await drain(indexer)
+    await drain(indexer, max_steps=200)
 
     after = await canonical_txids(btc, start)
     assert moved.txid in after and second.txid in after
@@ -127,40 +109,16 @@ async def test_indexer_killed_and_restarted_resumes_without_gaps_or_duplicates(b
     expected = await canonical_txids(btc, start)
 
     def worker(log_name: str) -> subprocess.Popen:
-        argv = [sys.executable, __file__, own_node.url, str(own_node.cookie_file), url, name, str(start)]
+        argv = [sys.executable, __file__, own_node.rpc_url, str(own_node.cookie_file), url, name, str(start)]
         return subprocess.Popen(argv, stdout=open(tmp_path / log_name, "wb"), stderr=subprocess.STDOUT)
 
-    first = worker("worker1.log")
-    try:
-        await wait_until(lambda: len(recorded(engine, name)) >= 10, timeout=60, what="first worker's deliveries")
-    finally:
-        first.send_signal(signal.SIGKILL)
-        first.wait(10)
-    at_kill = recorded(engine, name)
-    assert 10 <= len(at_kill) < len(expected), "the kill must land mid-run"
-    assert at_kill == expected[: len(at_kill)]
-
-    second = worker("worker2.log")
-    try:
-        await wait_until(lambda: len(recorded(engine, name)) >= len(expected), timeout=60, what="second worker catching up")
-    finally:
-        second.send_signal(signal.SIGKILL)
-        second.wait(10)
-    assert recorded(engine, name) == expected  # each transaction once, in chain order, across the kill
-
-
-class _SlowRecorder(Recorder):
-    """Takes its time per block, so the test's SIGKILL lands in the middle of the run."""
-
-    async def on_events(self, events, block, *, session):
-        await super().on_events(events, block, session=session)
-        await asyncio.sleep(0.05)
+    await kill_mid_run_and_resume(engine, name, expected, 10, worker)
 
 
 async def _worker(url: str, cookie: str, db_url: str, name: str, start: int) -> None:
     engine = make_engine(db_url)
     async with BitcoinAdapter(BitcoinRpc(url, cookie_file=cookie)) as adapter:
-        indexer = Indexer(name, adapter, engine, _SlowRecorder(name), start_height=start, batch_blocks=1, poll_interval=0.05)
+        indexer = Indexer(name, adapter, engine, SlowRecorder(name), start_height=start, batch_blocks=1, poll_interval=0.05)
         print(f"worker {os.getpid()} resuming after {indexer.cursor()}", flush=True)
         await indexer.run()
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import subprocess
 import sys
 import uuid
@@ -21,14 +20,13 @@ from eth_account import Account
 from sqlalchemy import select
 
 from bridge.db import make_engine
-from bridge.testing import wait_until
 from chains.evm import EvmAdapter, EvmLogFilter
 from chains.indexer import Indexer
 from devnets.anvil import Anvil
 from devnets.keys import evm_test_keys
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_indexer import Recorder, _meta, net_view, recorded, seen  # noqa: E402
+from test_indexer import Recorder, SlowRecorder, db, drain, kill_mid_run_and_resume, net_view, recorded, seen  # noqa: E402,F401 (db: fixture)
 
 #: Runtime: ``for i in range(calldata[0:32]): LOG1(topic=i)``; hand assembled, 27 bytes.
 EMITTER_RUNTIME = bytes.fromhex("6000356000" "5b8181101560195780600060" "00a16001016005565b00")
@@ -61,22 +59,6 @@ async def adapter(own_anvil):
     await a.close()
 
 
-@pytest.fixture
-def db(tmp_path):
-    url = f"sqlite:///{tmp_path / 'indexer.sqlite'}"
-    engine = make_engine(url)
-    _meta.create_all(engine)
-    yield url, engine
-    engine.dispose()
-
-
-async def drain(indexer: Indexer) -> None:
-    for _ in range(200):
-        if (await indexer.step()).caught_up:
-            return
-    raise AssertionError("indexer not caught up after 200 steps")
-
-
 async def canonical_keys(adapter: EvmAdapter, selector: EvmLogFilter, start: int) -> list[str]:
     return [e.key for e in await adapter.events(start, (await adapter.head()).height, selector)]
 
@@ -89,7 +71,7 @@ async def test_anvil_reorg_consumer_sees_each_canonical_log_exactly_once(adapter
     for n in (3, 4, 5, 6, 7, 8):  # one transaction, one block each (automine)
         await adapter.wait_for_receipt(await adapter.transact(KEY, address, data=emit_call(n)))
     indexer = Indexer(name, adapter, engine, Recorder(name), selector=selector, start_height=start, batch_blocks=2)
-    await drain(indexer)
+    await drain(indexer, max_steps=200)
     before = await canonical_keys(adapter, selector, start)
     assert recorded(engine, name) == before and len(before) == 3 + 4 + 5 + 6 + 7 + 8
 
@@ -109,7 +91,7 @@ async def test_anvil_reorg_consumer_sees_each_canonical_log_exactly_once(adapter
     new_head = await adapter.reorg(3, [(branch[0], 0), (branch[1], 2)])
     assert new_head.height == head.height and new_head.hash != head.hash
 
-    await drain(indexer)
+    await drain(indexer, max_steps=200)
 
     after = await canonical_keys(adapter, selector, start)
     assert sorted(recorded(engine, name, "revert")) == sorted(orphaned)
@@ -130,41 +112,17 @@ async def test_indexer_killed_and_restarted_resumes_without_gaps_or_duplicates(a
         argv = [sys.executable, __file__, own_anvil.url, url, name, address, str(start)]
         return subprocess.Popen(argv, stdout=open(tmp_path / log_name, "wb"), stderr=subprocess.STDOUT)
 
-    first = worker("worker1.log")
-    try:
-        await wait_until(lambda: len(recorded(engine, name)) >= 15, timeout=60, what="first worker's deliveries")
-    finally:
-        first.send_signal(signal.SIGKILL)
-        first.wait(10)
-    at_kill = recorded(engine, name)
-    assert 15 <= len(at_kill) < len(expected), "the kill must land mid-run"
-    assert at_kill == expected[: len(at_kill)]  # nothing but a prefix: no gap
-
-    second = worker("worker2.log")
-    try:
-        await wait_until(lambda: len(recorded(engine, name)) >= len(expected), timeout=60, what="second worker catching up")
-    finally:
-        second.send_signal(signal.SIGKILL)
-        second.wait(10)
-    assert recorded(engine, name) == expected  # each log once, in chain order, across the kill
+    at_kill = await kill_mid_run_and_resume(engine, name, expected, 15, worker)
     with engine.connect() as conn:
         first_after = conn.execute(select(seen.c.event_key).where(seen.c.indexer == name).order_by(seen.c.id).offset(len(at_kill))).first()
     assert first_after.event_key == expected[len(at_kill)]
-
-
-class _SlowRecorder(Recorder):
-    """Takes its time per block, so the test's SIGKILL lands in the middle of the run."""
-
-    async def on_events(self, events, block, *, session):
-        await super().on_events(events, block, session=session)
-        await asyncio.sleep(0.05)
 
 
 async def _worker(url: str, db_url: str, name: str, address: str, start: int) -> None:
     engine = make_engine(db_url)
     async with await EvmAdapter.connect(url) as adapter:
         indexer = Indexer(
-            name, adapter, engine, _SlowRecorder(name), selector=EvmLogFilter(address=address),
+            name, adapter, engine, SlowRecorder(name), selector=EvmLogFilter(address=address),
             start_height=start, batch_blocks=1, poll_interval=0.05,
         )
         print(f"worker {os.getpid()} resuming after {indexer.cursor()}", flush=True)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 from node_helpers import Coin, NodeError, Rpc, Wallet, coin_of, fund, spend_p2wpkh
 
-from devnets.bitcoin_node import BitcoinNode
 from chains.btc import primitives as p
 
 FEE = 1_000
@@ -15,15 +14,6 @@ FEE = 1_000
 @pytest.fixture
 def rpc(regtest) -> Rpc:
     return Rpc(regtest.rpc_url, regtest.rpc_auth)
-
-
-@pytest.fixture
-def own_node(tmp_path):
-    """A private node, for tests that rewrite the chain (other tests share the session node)."""
-    node = BitcoinNode(tmp_path / "node", rpc_user="bridge", rpc_password="bridge")
-    node.start()
-    yield node
-    node.stop()
 
 
 async def test_replacement_by_fee(rpc: Rpc) -> None:
@@ -80,8 +70,8 @@ async def test_chain_of_three_unconfirmed_is_mined_parents_first(rpc: Rpc) -> No
     assert (await rpc("gettxout", chain[2].txid, 0))["confirmations"] == 1
 
 
-async def test_reorg_of_two_blocks_returns_transactions_to_the_mempool(own_node) -> None:
-    rpc = Rpc(own_node.rpc_url, own_node.rpc_auth)
+async def test_reorg_of_two_blocks_returns_transactions_to_the_mempool(own_regtest) -> None:
+    rpc = Rpc(own_regtest.rpc_url, own_regtest.rpc_auth)
     alice, bob, burn = Wallet.new(), Wallet.new(), Wallet.new()
     coin = await fund(rpc, alice, burn.address)
     pay = spend_p2wpkh(alice, [coin], [(bob.script, coin.value - FEE)])

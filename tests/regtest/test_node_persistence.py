@@ -6,25 +6,17 @@ from __future__ import annotations
 import asyncio
 import threading
 
-import pytest
 from node_helpers import Coin, Rpc, Wallet, mature_coin, spend_p2wpkh
 
 from bridge.testing import wait_until
-from devnets.process import pid_alive, read_pid
 from devnets.bitcoin_node import BitcoinNode
+from devnets.process import pid_alive, read_pid
 
 FEE = 1_000
 
 
-@pytest.fixture
-def node(tmp_path):
-    n = BitcoinNode(tmp_path / "node", rpc_user="bridge", rpc_password="bridge")
-    n.start()
-    yield n
-    n.stop()
-
-
-async def test_restart_finds_chain_indexes_and_mempool(node: BitcoinNode) -> None:
+async def test_restart_finds_chain_indexes_and_mempool(own_regtest: BitcoinNode) -> None:
+    node = own_regtest
     rpc = Rpc(node.rpc_url, node.rpc_auth)
     alice, bob, burn = Wallet.new(), Wallet.new(), Wallet.new()
     coin = await mature_coin(rpc, alice, burn.address)
@@ -59,7 +51,8 @@ async def test_restart_finds_chain_indexes_and_mempool(node: BitcoinNode) -> Non
     assert (await rpc("getblock", mined))["tx"][1:] == [pending.txid]
 
 
-async def test_kill_9_loses_no_accepted_block(node: BitcoinNode) -> None:
+async def test_kill_9_loses_no_accepted_block(own_regtest: BitcoinNode) -> None:
+    node = own_regtest
     rpc = Rpc(node.rpc_url, node.rpc_auth)
     burn = Wallet.new()
     accepted: list[str] = []

@@ -7,17 +7,13 @@ import time
 import pytest
 from node_helpers import Coin, NodeError, Rpc, Wallet, mature_coin, spend_p2wpkh
 
-from devnets.bitcoin_node import BitcoinNode
 
 FEE = 1_000
 
 
 @pytest.fixture
-def rpc(tmp_path):
-    node = BitcoinNode(tmp_path / "node", rpc_user="bridge", rpc_password="bridge")
-    node.start()
-    yield Rpc(node.rpc_url, node.rpc_auth)
-    node.stop()
+def rpc(own_regtest):
+    return Rpc(own_regtest.rpc_url, own_regtest.rpc_auth)
 
 
 async def test_time_locks_follow_mocktime(rpc: Rpc) -> None:

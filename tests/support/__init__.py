@@ -1,0 +1,1 @@
+"""Helpers several test modules share (importable as ``support.*``: pytest puts ``tests/`` on the path)."""
