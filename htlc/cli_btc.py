@@ -15,22 +15,13 @@ import secrets
 from typing import Any
 
 from bridge.cli import emit
+from bridge.cli.args import devnet_account, hex_bytes
 from bridge.errors import DevnetError, InputError, NotFound
 from bridge.settings import load_settings
-from htlc.audit import HtlcTerms, audit
 from chains.btc.primitives import hash160
+from htlc.audit import HtlcTerms, audit
 from htlc.bitcoin_script import TEMPLATE_P2SH_BIP199, TEMPLATE_P2WSH, p2sh_htlc_script, p2wsh_htlc_script
 from htlc.secret import extract_secret
-
-
-def _hex(value: str, what: str, size: int | None = None) -> bytes:
-    try:
-        raw = bytes.fromhex(value.strip().removeprefix("0x"))
-    except ValueError:
-        raise InputError(f"{what} is not hex", field=what) from None
-    if size is not None and len(raw) != size:
-        raise InputError(f"{what} must be {size} bytes ({2 * size} hex digits), got {len(raw)}", field=what)
-    return raw
 
 
 def _positive(value: str) -> int:
@@ -59,15 +50,15 @@ def _terms_text(t: HtlcTerms) -> str:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    funding = _hex(args.tx, "tx") if args.tx else None
-    terms = audit(_hex(args.script, "script"), funding, network=args.network)
+    funding = hex_bytes(args.tx, "tx") if args.tx else None
+    terms = audit(hex_bytes(args.script, "script"), funding, network=args.network)
     emit(args, terms.to_dict(), text="HTLC recognised\n" + _terms_text(terms))
     return 0
 
 
 def cmd_extract_secret(args: argparse.Namespace) -> int:
-    hashlock = _hex(args.hash, "hash", 32)
-    secret = extract_secret(_hex(args.tx, "tx"), hashlock)
+    hashlock = hex_bytes(args.hash, "hash", 32)
+    secret = extract_secret(hex_bytes(args.tx, "tx"), hashlock)
     emit(args, {"secret": secret.hex(), "hashlock": hashlock.hex()}, text=secret.hex())
     return 0
 
@@ -98,23 +89,20 @@ def _key(args: argparse.Namespace):
         return BtcKey.from_wif(args.wif)
     from devnets.keys import btc_test_keys
 
-    keys = btc_test_keys()
-    if not 0 <= args.account < len(keys):
-        raise InputError(f"--account must be 0..{len(keys) - 1}, got {args.account}", field="account")
-    return BtcKey.from_hex(keys[args.account].private_key)
+    return BtcKey.from_hex(devnet_account(btc_test_keys(), args.account).private_key)
 
 
 async def cmd_btc_lock(args: argparse.Namespace) -> int:
     from htlc.bitcoin_tx import fund_htlc
 
     if args.hashlock:
-        secret, hashlock = None, _hex(args.hashlock, "hashlock", 32)
+        secret, hashlock = None, hex_bytes(args.hashlock, "hashlock", 32)
     else:
-        secret = _hex(args.secret, "secret", 32) if args.secret else secrets.token_bytes(32)
+        secret = hex_bytes(args.secret, "secret", 32) if args.secret else secrets.token_bytes(32)
         hashlock = hashlib.sha256(secret).digest()
     key = _key(args)
-    claim_pubkey = _hex(args.claim_pubkey, "claim pubkey", 33)
-    refund_pubkey = _hex(args.refund_pubkey, "refund pubkey", 33) if args.refund_pubkey else key.pubkey
+    claim_pubkey = hex_bytes(args.claim_pubkey, "claim pubkey", 33)
+    refund_pubkey = hex_bytes(args.refund_pubkey, "refund pubkey", 33) if args.refund_pubkey else key.pubkey
     adapter = _adapter(args)
     try:
         lock = args.refund_height if args.refund_height is not None else await adapter.height() + args.refund_in
@@ -138,7 +126,7 @@ async def cmd_btc_lock(args: argparse.Namespace) -> int:
 async def _spend(args: argparse.Namespace, build) -> int:
     from htlc.bitcoin_tx import find_htlc_coins
 
-    script = _hex(args.script, "script")
+    script = hex_bytes(args.script, "script")
     key = _key(args)
     adapter = _adapter(args)
     try:
@@ -165,7 +153,7 @@ async def _spend(args: argparse.Namespace, build) -> int:
 async def cmd_btc_claim(args: argparse.Namespace) -> int:
     from htlc.bitcoin_tx import build_claim
 
-    secret = _hex(args.secret, "secret")
+    secret = hex_bytes(args.secret, "secret")
     return await _spend(args, lambda coin, key, dest, feerate, net: build_claim(coin, secret, key, dest, feerate, network=net))
 
 

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from bridge.cli import emit
-from bridge.errors import ConfigError, DevnetError, InputError, NotFound
+from bridge.cli.args import devnet_account, hex_bytes
+from bridge.errors import ConfigError, DevnetError, NotFound
 from bridge.settings import Settings, load_settings
 
 #: Where ``evm-deploy`` records addresses, inside the data dir.
@@ -49,28 +50,7 @@ def _key(args: argparse.Namespace) -> str:
         return args.key
     from devnets.keys import evm_test_keys
 
-    keys = evm_test_keys()
-    if not 0 <= args.account < len(keys):
-        raise InputError(f"--account must be 0..{len(keys) - 1}, got {args.account}", field="account")
-    return keys[args.account].private_key
-
-
-def _hex32(value: str, what: str) -> bytes:
-    try:
-        raw = bytes.fromhex(value.removeprefix("0x"))
-    except ValueError:
-        raise InputError(f"{what} is not hex: {value!r}", field=what) from None
-    if len(raw) != 32:
-        raise InputError(f"{what} must be 32 bytes (64 hex digits), got {len(raw)}", field=what)
-    return raw
-
-
-def _hex(value: str, what: str) -> bytes:
-    """Hex of any length: the contract, not the CLI, is the judge of a preimage's length."""
-    try:
-        return bytes.fromhex(value.removeprefix("0x"))
-    except ValueError:
-        raise InputError(f"{what} is not hex: {value!r}", field=what) from None
+    return devnet_account(evm_test_keys(), args.account).private_key
 
 
 def _amount(value: str) -> int:
@@ -142,9 +122,9 @@ async def cmd_evm_lock(args: argparse.Namespace) -> int:
     from htlc.evm import ETH, Erc20
 
     if args.hashlock:
-        secret, hashlock = None, _hex32(args.hashlock, "hashlock")
+        secret, hashlock = None, hex_bytes(args.hashlock, "hashlock", 32)
     else:
-        secret = _hex32(args.secret, "secret") if args.secret else secrets.token_bytes(32)
+        secret = hex_bytes(args.secret, "secret", 32) if args.secret else secrets.token_bytes(32)
         hashlock = hashlib.sha256(secret).digest()
     chain, htlc = await _open(args)
     try:
@@ -170,7 +150,7 @@ async def cmd_evm_lock(args: argparse.Namespace) -> int:
 async def cmd_evm_claim(args: argparse.Namespace) -> int:
     chain, htlc = await _open(args)
     try:
-        tx_hash = await htlc.claim(_key(args), _hex32(args.id, "id"), _hex(args.secret, "secret"))
+        tx_hash = await htlc.claim(_key(args), hex_bytes(args.id, "id", 32), hex_bytes(args.secret, "secret"))
     finally:
         await chain.close()
     emit(args, {"id": args.id, "tx": tx_hash, "status": "claimed"}, text=f"claimed {args.id} in {tx_hash}")
@@ -180,7 +160,7 @@ async def cmd_evm_claim(args: argparse.Namespace) -> int:
 async def cmd_evm_refund(args: argparse.Namespace) -> int:
     chain, htlc = await _open(args)
     try:
-        tx_hash = await htlc.refund(_key(args), _hex32(args.id, "id"))
+        tx_hash = await htlc.refund(_key(args), hex_bytes(args.id, "id", 32))
     finally:
         await chain.close()
     emit(args, {"id": args.id, "tx": tx_hash, "status": "refunded"}, text=f"refunded {args.id} in {tx_hash}")
@@ -190,7 +170,7 @@ async def cmd_evm_refund(args: argparse.Namespace) -> int:
 async def cmd_evm_show(args: argparse.Namespace) -> int:
     from htlc.evm import Claimed, Locked, SwapStatus
 
-    swap_id = _hex32(args.id, "id")
+    swap_id = hex_bytes(args.id, "id", 32)
     chain, htlc = await _open(args)
     try:
         status = await htlc.swap(swap_id)
