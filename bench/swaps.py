@@ -109,6 +109,11 @@ def lp_state(lp: Party, swap_id: str, state: str) -> float | None:
     return next((a.at for a in view.actions if a.to_state == state), None) if view.swap.state == state else None
 
 
+def unfinished(trader: Any) -> int:
+    with Session(trader.store.engine) as session:
+        return len(session.exec(select(Swap.id).where(Swap.state.not_in(list(m.TERMINAL)))).all())
+
+
 def lp_claimed(lp: Party) -> set[str]:
     """Ids of the swaps the LP has claimed, in one query (polled while 1,000 swaps run)."""
     with Session(lp.store().engine) as session:
@@ -145,7 +150,9 @@ async def concurrent(chains: Chains, traders: list[Any], lp: Party, count: int, 
         view = await traders[n % len(traders)].start_swap(lp.url, SELL, BUY)
         ids[n % len(traders)].append(view.swap.id)
     stop = asyncio.Event()
-    runs = [asyncio.create_task(t.engine.run(stop, only=set(i))) for t, i in zip(traders, ids) if i]
+    # Each trader's engine steps all its swaps, as the LP's does (``only=`` re-reads every listed
+    # swap on each pass, which is meant for one swap in `swap start`).
+    runs = [asyncio.create_task(t.engine.run(stop)) for t in traders]
 
     wanted = {i for group in ids for i in group}
 
@@ -153,7 +160,7 @@ async def concurrent(chains: Chains, traders: list[Any], lp: Party, count: int, 
         return wanted <= lp_claimed(lp)
 
     try:
-        await wait_until(lambda: all(r.done() for r in runs) and lp_done(), timeout=cap, interval=0.5, what="all swaps settled")
+        await wait_until(lambda: all(not unfinished(t) for t in traders) and lp_done(), timeout=cap, interval=0.5, what="all swaps settled")
     except WaitTimeout:
         pass
     elapsed = time.perf_counter() - started
@@ -200,25 +207,30 @@ async def main(args: argparse.Namespace) -> None:
                       f"{statistics.median(reaction) * 1000:.0f} ms, p95 {pct(reaction, 95) * 1000:.0f} ms, "
                       f"max {max(reaction) * 1000:.0f} ms   [goal <= poll {POLL * 1000:.0f} ms + 50 ms]")
                 print(f"LP CPU per swap (sequential): {lp_cpu_seq * 1000:.0f} ms")
-                size, last = min(args.start_concurrent, args.concurrent), False
-                while True:
+                size, best = min(args.start_concurrent, args.concurrent), 0
+                for _ in range(4):  # the start level and up to three steps towards the goal
                     elapsed, both, left, lp_cpu, own_cpu = await concurrent(chains, traders, lp, size, args.cap)
                     verdict = "all finished" if left == 0 else f"{left} NOT finished within the {args.cap:.0f} s cap"
                     print(f"{size} concurrent swaps ({TRADERS} traders, one LP): {elapsed:.1f} s, {both} claimed on both sides, "
-                          f"{verdict}; LP CPU {lp_cpu * 1000:.0f} ms/swap, trader engines + bench {own_cpu * 1000:.0f} ms/swap"
-                          f"   [goal: {args.concurrent} all finish, none lost]", flush=True)
-                    if left or last or size >= args.concurrent:
+                          f"{verdict}; LP CPU {lp_cpu * 1000:.0f} ms/swap, trader engines + bench {own_cpu * 1000:.0f} ms/swap", flush=True)
+                    if left:
                         break
-                    predicted = elapsed * args.concurrent / size
-                    if predicted <= args.cap * 0.9:
+                    best = size
+                    if size >= args.concurrent:
+                        break
+                    # Every waiting swap polls both chains and the LP, so the time grows about as size squared.
+                    predicted = elapsed * (args.concurrent / size) ** 2
+                    if predicted <= args.cap * 0.8:
                         size = args.concurrent
                         continue
-                    fits = int(size * args.cap / elapsed * 0.8)
-                    print(f"  {args.concurrent} would take ~{predicted:.0f} s at this rate, over the {args.cap:.0f} s cap; "
-                          f"running the largest that should fit instead: {fits}", flush=True)
-                    if fits <= size:
+                    fits = int(size * (args.cap / elapsed) ** 0.5 * 0.8)
+                    if fits <= size * 1.1:
                         break
-                    size, last = fits, True
+                    print(f"  {args.concurrent} would take ~{predicted:.0f} s (time ~ size squared), over the {args.cap:.0f} s cap; "
+                          f"next: {fits}", flush=True)
+                    size = fits
+                print(f"largest concurrency that all finished within the {args.cap:.0f} s cap: {best}"
+                      f"   [goal: {args.concurrent} all finish, none lost]")
                 for trader in traders:
                     await trader.close()
         finally:
