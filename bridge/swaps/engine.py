@@ -20,7 +20,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Awaitable, Callable
+from typing import TYPE_CHECKING, Awaitable, Callable, Protocol
 
 from bridge.errors import BridgeError, Conflict, ContractReverted, InputError, TransactionRejected
 from bridge.retry import RetryPolicy, is_retryable
@@ -39,7 +39,7 @@ log = logging.getLogger("bridge.swaps")
 ERROR_BACKOFF = RetryPolicy(base_delay=0.5, max_delay=30.0, jitter=0.2)
 
 
-class LpPort:
+class LpPort(Protocol):
     """What the initiator's engine needs from the LP (``protocol.LpClient`` over HTTP)."""
 
     async def accept(self, view: SwapView) -> dict: ...
