@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 
 from chains.btc import primitives as p
-from chains.btc.script import is_p2sh, is_valid_signature_encoding, witness_program
+from chains.btc.script import LOCKTIME_THRESHOLD, decode_script_num, is_p2sh, is_valid_signature_encoding, witness_program
 
 EVAL_FALSE = "Script evaluated without error but finished with a false/empty top stack element"
 EQUALVERIFY = "Script failed an OP_EQUALVERIFY operation"
@@ -43,20 +43,9 @@ UPGRADABLE_NOPS = "NOPx reserved for soft-fork upgrades"
 
 _HALF_ORDER = 0x7FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF5D576E7357A4501DDFE92F46681B20A0
 
-_LOCKTIME_THRESHOLD = 500_000_000
-
 
 class _Fail(Exception):
     pass
-
-
-def _num(b: bytes) -> int:
-    if not b:
-        return 0
-    v = int.from_bytes(b, "little")
-    if b[-1] & 0x80:
-        return -(v & ~(0x80 << (8 * (len(b) - 1))))
-    return v
 
 
 def _true(b: bytes) -> bool:
@@ -194,16 +183,16 @@ def _run(script: bytes, stack: list[bytes], tx: p.Tx, index: int, policy: bool =
                 stack.append(b"\x01")
         elif op == 0xB1:  # CHECKLOCKTIMEVERIFY
             need(1)
-            lock = _num(stack[-1])
+            lock = decode_script_num(stack[-1])
             if lock < 0:
                 raise _Fail(NEGATIVE_LOCKTIME)
-            if (lock < _LOCKTIME_THRESHOLD) != (tx.locktime < _LOCKTIME_THRESHOLD) or lock > tx.locktime:
+            if (lock < LOCKTIME_THRESHOLD) != (tx.locktime < LOCKTIME_THRESHOLD) or lock > tx.locktime:
                 raise _Fail(LOCKTIME)
             if tx.vin[index].sequence == p.SEQUENCE_FINAL:
                 raise _Fail(LOCKTIME)
         elif op == 0xB2:  # CHECKSEQUENCEVERIFY
             need(1)
-            seq = _num(stack[-1])
+            seq = decode_script_num(stack[-1])
             if seq < 0:
                 raise _Fail(NEGATIVE_LOCKTIME)
             if not seq & (1 << 31):
