@@ -13,7 +13,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import os
 import secrets
+import signal
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +48,7 @@ ONE_BTC = 100_000_000
 ONE_ETH = 10**18
 HTLC_SATS = 1_000_000
 HTLC_WEI = ONE_ETH // 10
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -352,21 +357,71 @@ async def test_job_refused_when_a_presigned_tx_does_not_pay_the_party(btc, evm, 
         assert w.store.all() == []
 
 
-async def test_restarted_watcher_resumes_its_jobs(btc, evm, tmp_path):
-    """The watcher is stopped while a refund job waits; blocks pass; a new watcher on the
-    same database finds the job and refunds at expiry."""
-    _, hashlock = new_secret()
+def watcher_process(regtest, anvil, data_dir: Path, port: int, evm_key: str) -> subprocess.Popen:
+    """``bridgectl relayer run watcher`` as its own OS process (so it can be SIGKILLed)."""
+    host, btc_port = regtest.rpc_url.removeprefix("http://").rstrip("/").split(":")
+    user, password = regtest.rpc_auth
+    env = {
+        **os.environ, "BRIDGE_BITCOIN__RPC_HOST": host, "BRIDGE_BITCOIN__RPC_PORT": btc_port,
+        "BRIDGE_BITCOIN__RPC_USER": user, "BRIDGE_BITCOIN__RPC_PASSWORD": password,
+        "BRIDGE_EVM__URL": anvil.url, "BRIDGE_DATA_DIR": str(data_dir), "WATCHER_EVM_KEY": evm_key,
+        "PYTHONPATH": str(REPO_ROOT),
+    }
+    argv = [sys.executable, "-m", "bridge", "relayer", "run", "watcher", "--port", str(port), "--poll-interval", "0.05"]
+    log = open(data_dir / f"watcher-{port}.log", "ab")
+    return subprocess.Popen(argv, env=env, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
+
+
+async def test_watcher_killed_and_restarted_resumes_its_jobs(regtest, anvil, btc, evm, htlc, tmp_path):
+    """``bridgectl relayer run watcher`` takes a BTC refund job and an EVM claim job, is
+    SIGKILLed, and while it is down the refund height passes and the secret is revealed.
+    Restarted on the same database it refunds the one and claims the other, once each."""
+    secret, hashlock = new_secret()
     party, counterparty = BtcKey.generate(), BtcKey.generate()
     await fund_btc(btc, party)
     lock = await lock_btc(btc, party, counterparty, hashlock, 4)
     ladder = presign_refunds(lock.coin, party, party.p2wpkh_script)
-    db = tmp_path / "w.sqlite"
-    async with running_watcher(db, btc, evm) as w:
-        status, body = await w.submit(btc_job("refund", lock, hashlock, party.p2wpkh_script, ladder))
-        assert status == 201, body
+    sender_key, _ = await evm_account(evm)
+    _, party_addr = await evm_account(evm)
+    watcher_key, _ = await evm_account(evm)
+    swap_id, _ = await htlc.lock(sender_key, party_addr, ETH, HTLC_WEI, hashlock, (await evm.head()).timestamp + 3600)
+    params = (await htlc.locked_swap(swap_id)).swap
+    claim_job = {
+        "kind": "claim", "chain": "evm", "hashlock": hashlock.hex(), "payout": party_addr, "secret": secret.hex(),
+        "htlc": {"contract": htlc.address, "swap": {
+            "sender": params.sender, "recipient": params.recipient, "token": params.token, "amount": params.amount,
+            "hashlock": params.hashlock.hex(), "expiry": params.expiry, "nonce": params.nonce,
+        }},
+    }
+    party_before, party_sats = await evm.balance(party_addr), await btc.balance([party.p2wpkh_script])
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    w = RunningWatcher(url, None, None)  # type: ignore[arg-type]
+
+    proc = watcher_process(regtest, anvil, tmp_path, port, watcher_key)
+    try:
+        await wait_until(lambda: _health(url), 60, what="watcher process up")
+        # The claim can be made at once: the kill lands somewhere in the watcher's first passes.
+        status, refund = await w.submit(btc_job("refund", lock, hashlock, party.p2wpkh_script, ladder))
+        assert status == 201, refund
+        status, claim = await w.submit(claim_job)
+        assert status == 201, claim
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
     while await btc.height() < lock.height + 4:
         await btc.mine(1)
-    async with running_watcher(db, btc, evm) as w:
-        await w.state(body["id"], SPEND_SENT)
+
+    proc = watcher_process(regtest, anvil, tmp_path, port, watcher_key)
+    try:
+        await wait_until(lambda: _health(url), 60, what="watcher process up again")
+        await w.state(refund["id"], SPEND_SENT)
         await btc.mine(1)
-        await w.state(body["id"], CONFIRMED)
+        refunded = await w.state(refund["id"], CONFIRMED)
+        claimed = await w.state(claim["id"], CONFIRMED)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    assert len(refunded["spend_history"]) == 1 and len(claimed["spend_history"]) == 1
+    assert await evm.balance(party_addr) == party_before + HTLC_WEI
+    assert await btc.balance([party.p2wpkh_script]) == party_sats + _outs(ladder[0]["tx"])[0]

@@ -14,11 +14,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("relayer", help="run relayer daemons")
     cmds = parser.add_subparsers(dest="relayer_cmd", metavar="SUBCOMMAND", required=True)
     run = cmds.add_parser("run", help="run a daemon until SIGTERM/SIGINT")
-    run.add_argument("daemon", choices=["lp"], help="lp: the liquidity provider (quotes, accepts and settles swaps)")
+    run.add_argument("daemon", choices=["lp", "watcher"], help="lp: the liquidity provider (quotes, accepts and settles swaps); watcher: finishes swaps for offline parties")
     run.add_argument("--swap-config", help="swap TOML (default: $BRIDGE_SWAP_CONFIG or <data dir>/swaps.toml)")
     run.add_argument("--host", default=None, help="HTTP bind address (default: the config's lp.host)")
     run.add_argument("--port", type=int, default=None, help="HTTP port (default: the config's lp.port)")
     run.set_defaults(func=cmd_run)
+    from bridge.cli.watch import add_run_options  # the watcher's hook (bridge/cli/watch.py)
+
+    add_run_options(run)
 
 
 async def cmd_run(args: argparse.Namespace) -> int:
@@ -27,6 +30,10 @@ async def cmd_run(args: argparse.Namespace) -> int:
     from relayers.lp import LpDaemon
     from relayers.runner import Runner
 
+    if args.daemon == "watcher":
+        from bridge.cli.watch import run_watcher
+
+        return await run_watcher(args)
     settings = load_settings(args.config, data_dir=args.data_dir)
     config = load_swap_config(settings, args.swap_config)
     daemon = LpDaemon(await Party.open(settings, config))

@@ -58,6 +58,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     audit.add_argument("id")
     audit.set_defaults(func=cmd_audit)
 
+    from bridge.cli.watch import register_swap_watch  # `swap watch`: the watcher's hook (bridge/cli/watch.py)
+
+    register_swap_watch(cmds)
+
 
 async def _party(args: argparse.Namespace, with_lp: bool = True):
     from bridge.swaps.config import load_swap_config

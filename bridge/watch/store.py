@@ -6,6 +6,7 @@ spend is recorded (``spend_intended``) exactly once, before it is broadcast.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any, Iterable
 
@@ -14,6 +15,8 @@ from sqlmodel import Session, select
 
 from bridge.errors import Conflict, NotFound
 from bridge.watch.models import STATES, TERMINAL, WATCHING, WatchAction, WatchJob, create_tables
+
+log = logging.getLogger("bridge.watch")
 
 
 class WatchStore:
@@ -76,6 +79,7 @@ class WatchStore:
             job.state, job.updated_at, job.attempts, job.last_error = to, now, 0, None
             s.add(job)
             s.add(WatchAction(job_id=job_id, at=now, from_state=from_state, to_state=to, note=note))
+        log.info("watch job %s: %s -> %s: %s", job_id, from_state, to, note)
         return self.get(job_id)
 
     def update(self, job_id: str, **fields: Any) -> None:

@@ -1,0 +1,107 @@
+"""The watcher from the command line.
+
+    bridgectl relayer run watcher [--port 8700] [--evm-key-env WATCHER_EVM_KEY] [--stuck-blocks 3]
+    bridgectl swap watch ID --watcher http://127.0.0.1:8700 [--feerates 2,5,12,30]
+
+``relayer run watcher`` runs ``relayers.watcher`` on the shared runner, with its jobs in
+the bridge database (settings); the EVM key it pays claim/refund gas from is read from
+the named environment variable (never from the command line, which other users can see).
+``swap watch`` is the party's side: it builds the watch jobs of one of its swaps
+(pre-signing the Bitcoin spends with its own key) and posts them to a watcher.
+These hook into the ``relayer`` and ``swap`` groups rather than forming a group.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+from bridge.cli import emit
+from bridge.errors import ChainUnavailable, InputError
+from bridge.settings import load_settings
+
+DEFAULT_PORT = 8700
+
+
+def add_run_options(run: argparse.ArgumentParser) -> None:
+    """Watcher options on ``relayer run`` (ignored by the other daemons)."""
+    run.add_argument("--evm-key-env", default="WATCHER_EVM_KEY",
+                     help="watcher: environment variable holding the EVM key that pays gas (default WATCHER_EVM_KEY)")
+    run.add_argument("--stuck-blocks", type=int, default=3, help="watcher: blocks a spend may stay unmined before a fee bump")
+    run.add_argument("--poll-interval", type=float, default=0.5, help="watcher: seconds between passes over the jobs")
+
+
+async def run_watcher(args: argparse.Namespace) -> int:
+    from bridge.db import make_engine
+    from bridge.watch.actions import WatchPolicy, Watcher
+    from bridge.watch.store import WatchStore
+    from chains.bitcoin import BitcoinAdapter
+    from chains.evm import EvmAdapter
+    from relayers.runner import Runner
+    from relayers.watcher import WatcherDaemon
+
+    settings = load_settings(args.config, data_dir=args.data_dir)
+    btc = BitcoinAdapter.from_settings(settings)
+    evm = EvmAdapter.from_settings(settings.evm)
+    try:
+        await evm.chain_id_int()
+        watcher = Watcher(
+            WatchStore(make_engine(settings.db_url)), btc, evm, os.environ.get(args.evm_key_env) or None,
+            WatchPolicy(stuck_blocks=args.stuck_blocks, confirmations=max(settings.bitcoin.confirmations, 1)),
+        )
+        daemon = WatcherDaemon(watcher, args.poll_interval)
+        runner = Runner(daemon, settings, http_host=args.host or "127.0.0.1", http_port=args.port or DEFAULT_PORT,
+                        extra_routes=daemon.routes())
+        return await runner.run()
+    finally:
+        await btc.close()
+        await evm.close()
+
+
+def register_swap_watch(cmds: argparse._SubParsersAction) -> None:
+    watch = cmds.add_parser("watch", help="hand a swap's claim and refund to a watcher (for while you are offline)")
+    watch.add_argument("id")
+    watch.add_argument("--watcher", required=True, help="the watcher's URL")
+    watch.add_argument("--feerates", default="2,5,12,30", help="sat/vB ladder pre-signed for Bitcoin spends")
+    watch.add_argument("--swap-config", help="swap TOML (default: $BRIDGE_SWAP_CONFIG or <data dir>/swaps.toml)")
+    watch.add_argument("--json", action="store_true", help="print JSON")
+    watch.set_defaults(func=cmd_swap_watch)
+
+
+async def cmd_swap_watch(args: argparse.Namespace) -> int:
+    import aiohttp
+
+    from bridge.swaps.config import load_swap_config
+    from bridge.swaps.party import Party
+    from bridge.swaps.assets import BITCOIN
+    from bridge.watch.handoff import swap_jobs
+
+    try:
+        feerates = [int(x) for x in args.feerates.split(",")]
+    except ValueError:
+        raise InputError(f"--feerates must be comma-separated whole sat/vB, got {args.feerates!r}", field="feerates") from None
+    settings = load_settings(args.config, data_dir=args.data_dir)
+    party = await Party.open(settings, load_swap_config(settings, args.swap_config))
+    try:
+        view = party.store.get(args.id)
+        btc_leg, evm_leg = party.legs[BITCOIN], party.legs["evm"]
+        jobs = await swap_jobs(view, btc_leg.key, evm_leg.htlc, settings.bitcoin.network, feerates)
+    finally:
+        await party.close()
+    answers: list[dict[str, Any]] = []
+    async with aiohttp.ClientSession() as http:
+        for job in jobs:
+            try:
+                async with http.post(f"{args.watcher.rstrip('/')}/jobs", json=job) as resp:
+                    body = await resp.json()
+                    if resp.status >= 400:
+                        raise InputError(f"watcher refused the {job['kind']} job: {body.get('reason') or body.get('message')}")
+            except aiohttp.ClientError as exc:
+                raise ChainUnavailable(f"watcher at {args.watcher} unreachable: {exc}") from None
+            answers.append(body)
+    lines = [f"{a['kind']} job {a['id']} on {a['chain']}: {a['state']}" for a in answers]
+    emit(args, answers, "\n".join(lines))
+    return 0
+
+
