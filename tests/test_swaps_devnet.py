@@ -655,3 +655,40 @@ async def test_a_stuck_bitcoin_claim_is_replaced_with_a_higher_fee(tmp_path, reg
 def _bumped(party: Party, swap_id: str, first_txid: str):
     leg = party.store.get(swap_id).leg(PARTICIPANT)
     return leg if leg.spend_tx != first_txid else None
+
+
+async def test_trader_back_after_the_lp_refunded_refunds_its_own_lock(tmp_path, regtest, anvil, btc, evm, contracts, automine):
+    """The trader recorded its claim and died before sending it; it returns after the LP took
+    its BTC back.  The claim can no longer go through (its input is spent), so the trader
+    refunds its ETH at its own expiry instead of retrying forever."""
+    trader_keys, lp_keys = await new_keys(evm, 2 * ONE_ETH), await new_keys(evm, ONE_ETH // 10)
+    await fund_btc(btc, lp_keys.btc)
+    trader_settings = settings_for(tmp_path, "trader", regtest, anvil)
+    async with running_lp(settings_for(tmp_path, "lp", regtest, anvil), swap_config(lp_keys, contracts)) as (lp_url, lp):
+        first = await Party.open(trader_settings, swap_config(trader_keys, contracts), LpClient())
+        view = await first.start_swap(lp_url, "eth:1", "btc:0.005")
+        assert (await first.engine.step(view.swap.id)).swap.state == m.INITIATOR_LOCKED
+        lp_view = await wait_until(lambda: _state(lp, view.swap.id, m.PARTICIPANT_LOCKED), timeout=30, what="LP locked")
+
+        async def crash(*_args):
+            raise _CrashAfterIntent()
+
+        first.legs["bitcoin"].broadcast_spend = crash
+        with pytest.raises(_CrashAfterIntent):
+            await first.engine._initiator_locked(first.store.get(view.swap.id))
+        assert first.store.get(view.swap.id).swap.state == m.CLAIM_INTENDED
+        await first.close()
+        await btc.mine(lp_view.leg(PARTICIPANT).expiry - await btc.height())
+        await wait_until(lambda: _state(lp, view.swap.id, m.REFUNDED), timeout=30, what="LP refunded")
+        second = await Party.open(trader_settings, swap_config(trader_keys, contracts), LpClient())
+        try:
+            waiting = await second.engine.step(view.swap.id)
+            assert waiting.swap.state == m.CLAIM_INTENDED and "claim refused" in waiting.swap.last_error
+            await evm.rpc.call("evm_setNextBlockTimestamp", [waiting.leg(INITIATOR).expiry])
+            await evm.mine(1)
+            done = await run_trader(second, view.swap.id)
+            assert done.state == m.REFUNDED, done.last_error
+            assert 2 * ONE_ETH - await evm.balance(trader_keys.address) < 10**16  # gas only
+            assert await btc.balance([trader_keys.btc.p2wpkh_script]) == 0
+        finally:
+            await second.close()

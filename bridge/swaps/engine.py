@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Awaitable, Callable, Protocol
 
-from bridge.errors import BridgeError, Conflict, ContractReverted, InputError, TransactionRejected
+from bridge.errors import BridgeError, Conflict, ContractReverted, InputError, MissingInputs, TransactionRejected
 from bridge.retry import RetryPolicy, is_retryable
 from bridge.swaps import models as m
 from bridge.swaps.legs import Leg, LockRefused, NotYet
@@ -411,9 +411,11 @@ class SwapEngine:
         await self._ops(leg).broadcast_spend(view, view.leg(leg.leg))
 
     async def _claim_failed(self, view: SwapView, kind: str, exc: BridgeError) -> bool:
-        """The initiator's claim was refused for good (e.g. the LP's lock expired in between):
+        """The initiator's claim was refused (e.g. the LP's lock expired or was refunded in between):
         its own lock is then what it can still get back, at its expiry."""
-        if kind != "claim" or view.swap.role != INITIATOR or exc.retryable:
+        # MissingInputs: the HTLC output we claim is gone (the LP refunded it, or a reorg dropped
+        # its lock); the claim may still go through if it comes back, so it is retried until then.
+        if kind != "claim" or view.swap.role != INITIATOR or (exc.retryable and not isinstance(exc, MissingInputs)):
             return False
         log.warning("swap %s: claim refused (%s); falling back to refunding our lock at its expiry", view.swap.id, exc.message)
         if await self._refund_if_expired(view):
