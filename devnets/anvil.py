@@ -9,7 +9,7 @@ from pathlib import Path
 
 from bridge.errors import DevnetError, RpcError
 from devnets import jsonrpc
-from devnets.process import free_port, pid_alive, read_pid, spawn, stop_pid, wait_ready
+from devnets.process import NodeProcess, free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -52,7 +52,7 @@ def rpc(url: str, method: str, params: list | None = None, timeout: float = 5.0)
 
 
 @dataclass
-class Anvil:
+class Anvil(NodeProcess):
     """An Anvil process whose state lives in ``data_dir``."""
 
     data_dir: Path
@@ -92,16 +92,10 @@ class Anvil:
         except Exception:
             return False
 
-    def running_pid(self) -> int | None:
-        pid = read_pid(self.pid_file)
-        return pid if pid is not None and pid_alive(pid) else None
+    def describe(self) -> str:
+        return f"anvil on {self.url}"
 
-    def start(self, timeout: float = 60.0) -> int:
-        """Start (or find already running) and wait until it answers; returns the pid."""
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        pid = self.running_pid()
-        if pid is not None and self.answers():
-            return pid
+    def argv(self) -> list[str]:
         argv = [
             find_anvil(self.binary),
             "--host", self.host,
@@ -117,12 +111,4 @@ class Anvil:
         ]
         if self.block_time:
             argv += ["--block-time", str(self.block_time)]
-        proc = spawn(argv, self.log_file, self.pid_file)
-        wait_ready(self.answers, proc.pid, f"anvil on {self.url}", self.log_file, timeout)
-        return proc.pid
-
-    def stop(self) -> bool:
-        pid = read_pid(self.pid_file)
-        stopped = stop_pid(pid) if pid is not None else False
-        self.pid_file.unlink(missing_ok=True)
-        return stopped
+        return argv

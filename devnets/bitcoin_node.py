@@ -8,22 +8,19 @@ write bitcoind's ``.cookie`` there, so clients cannot tell them apart.
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from bridge.errors import DevnetError
 from devnets import jsonrpc
-from devnets.process import free_port, pid_alive, read_pid, spawn, stop_pid, wait_ready
+from devnets.process import NodeProcess, free_port
 
 
 @dataclass
-class BitcoinNode:
+class BitcoinNode(NodeProcess):
     data_dir: Path
     port: int = 0
     host: str = "127.0.0.1"
@@ -31,6 +28,11 @@ class BitcoinNode:
     bitcoind_path: str | None = None
     rpc_user: str | None = None
     rpc_password: str | None = None
+
+    # ``python -m devnets.regtest`` must find the repository's packages.
+    cwd: ClassVar[Path] = Path(__file__).resolve().parent.parent
+    start_timeout: ClassVar[float] = 90.0
+    stop_timeout: ClassVar[float] = 30.0
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir)
@@ -96,35 +98,11 @@ class BitcoinNode:
         except Exception:
             return False
 
-    def running_pid(self) -> int | None:
-        pid = read_pid(self.pid_file)
-        return pid if pid is not None and pid_alive(pid) else None
+    def describe(self) -> str:
+        return f"bitcoin {self.backend} node on {self.rpc_url}"
 
-    def start(self, timeout: float = 90.0) -> int:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        pid = self.running_pid()
-        if pid is not None and self.answers():
-            return pid
-        proc = spawn(self.argv(), self.log_file, self.pid_file, cwd=Path(__file__).resolve().parent.parent)
-        wait_ready(self.answers, proc.pid, f"bitcoin {self.backend} node on {self.rpc_url}", self.log_file, timeout)
-        return proc.pid
-
-    def stop(self) -> bool:
-        pid = read_pid(self.pid_file)
-        if pid is not None and pid_alive(pid):
-            try:
-                self.rpc("stop", timeout=5.0)  # lets the node flush and persist its mempool
-            except Exception:
-                pass
-        stopped = stop_pid(pid, timeout=30.0) if pid is not None else False
-        self.pid_file.unlink(missing_ok=True)
-        return stopped
-
-    def kill(self) -> None:
-        """SIGKILL, no clean-up: for crash-recovery tests."""
-        pid = read_pid(self.pid_file)
-        if pid is not None and pid_alive(pid):
-            os.kill(pid, signal.SIGKILL)
-            while pid_alive(pid):
-                time.sleep(0.01)
-        self.pid_file.unlink(missing_ok=True)
+    def request_stop(self) -> None:
+        try:
+            self.rpc("stop", timeout=5.0)  # lets the node flush and persist its mempool
+        except Exception:
+            pass  # SIGTERM follows; the node shuts down cleanly on it too

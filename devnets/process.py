@@ -8,7 +8,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, ClassVar, Sequence
 
 from bridge.errors import DevnetError
 
@@ -104,3 +104,59 @@ def tail(path: Path, lines: int = 20) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except FileNotFoundError:
         return "(no log file)"
+
+
+class NodeProcess:
+    """A node run as a child process, its pid and log files in ``data_dir``.  Subclasses give
+    ``argv()`` (how to run it), ``answers()`` (ready: its RPC replies) and ``describe()``."""
+
+    data_dir: Path
+    pid_file: Path
+    log_file: Path
+    #: Working directory for the process (None: ours).
+    cwd: ClassVar[Path | None] = None
+    start_timeout: ClassVar[float] = 60.0
+    stop_timeout: ClassVar[float] = 20.0
+
+    def argv(self) -> list[str]:
+        raise NotImplementedError
+
+    def answers(self) -> bool:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+    def request_stop(self) -> None:
+        """Ask a running node to shut down by itself before it is sent SIGTERM (default: nothing)."""
+
+    def running_pid(self) -> int | None:
+        pid = read_pid(self.pid_file)
+        return pid if pid is not None and pid_alive(pid) else None
+
+    def start(self, timeout: float | None = None) -> int:
+        """Start (or find already running) and wait until it answers; returns the pid."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        pid = self.running_pid()
+        if pid is not None and self.answers():
+            return pid
+        proc = spawn(self.argv(), self.log_file, self.pid_file, cwd=self.cwd)
+        wait_ready(self.answers, proc.pid, self.describe(), self.log_file, timeout or self.start_timeout)
+        return proc.pid
+
+    def stop(self) -> bool:
+        pid = read_pid(self.pid_file)
+        if pid is not None and pid_alive(pid):
+            self.request_stop()
+        stopped = stop_pid(pid, self.stop_timeout) if pid is not None else False
+        self.pid_file.unlink(missing_ok=True)
+        return stopped
+
+    def kill(self) -> None:
+        """SIGKILL, no clean-up: for crash-recovery tests."""
+        pid = read_pid(self.pid_file)
+        if pid is not None and pid_alive(pid):
+            os.kill(pid, signal.SIGKILL)
+            while pid_alive(pid):
+                time.sleep(0.01)
+        self.pid_file.unlink(missing_ok=True)
