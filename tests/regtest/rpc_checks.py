@@ -1,7 +1,7 @@
 """RPC checks that hold for bitcoind -regtest and for the embedded node alike.
 
 Each check talks to a backend only through its RPC URL and credentials, so the same functions run
-against the embedded node (test_rpc_*.py) and against a real bitcoind (test_bitcoind_compat.py)."""
+against the embedded node and against a real bitcoind (both in test_rpc_compat_checks.py)."""
 
 from __future__ import annotations
 

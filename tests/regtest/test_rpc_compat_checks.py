@@ -1,15 +1,33 @@
-"""The backend-agnostic RPC checks (rpc_checks.py) against the embedded node."""
+"""The backend-agnostic RPC checks (rpc_checks.py) against the embedded node and, when one is on
+PATH, a real ``bitcoind -regtest``: proof that the checks (and so the embedded node) match bitcoind."""
 
 from __future__ import annotations
+
+import shutil
 
 import pytest
 import rpc_checks
 from node_helpers import Rpc
 
+from devnets.bitcoin_node import BitcoinNode
+
+
+@pytest.fixture(scope="module", params=["embedded", pytest.param("bitcoind", marks=pytest.mark.bitcoind)])
+def node(request, regtest, tmp_path_factory):
+    if request.param == "embedded":
+        yield regtest
+        return
+    if shutil.which("bitcoind") is None:
+        pytest.skip("bitcoind is not on PATH: the bitcoind compatibility checks need a real bitcoind -regtest")
+    bitcoind = BitcoinNode(tmp_path_factory.mktemp("bitcoind"), backend="bitcoind", rpc_user="bridge", rpc_password="bridge")
+    bitcoind.start()
+    yield bitcoind
+    bitcoind.stop()
+
 
 @pytest.fixture
-def rpc(regtest) -> Rpc:
-    return Rpc(regtest.rpc_url, regtest.rpc_auth)
+def rpc(node) -> Rpc:
+    return Rpc(node.rpc_url, node.rpc_auth)
 
 
 async def test_blocks_and_headers(rpc: Rpc) -> None:
