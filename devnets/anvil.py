@@ -6,6 +6,7 @@ import platform
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from bridge.errors import DevnetError, RpcError
 from devnets import jsonrpc
@@ -65,6 +66,8 @@ class Anvil(NodeProcess):
     balance_eth: int = 10_000
     block_time: float | None = None  # None: mine on every transaction
 
+    file_stem: ClassVar[str] = "anvil"
+
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir)
         if not self.port:
@@ -73,14 +76,6 @@ class Anvil(NodeProcess):
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
-
-    @property
-    def pid_file(self) -> Path:
-        return self.data_dir / "anvil.pid"
-
-    @property
-    def log_file(self) -> Path:
-        return self.data_dir / "anvil.log"
 
     @property
     def state_file(self) -> Path:

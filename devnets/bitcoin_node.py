@@ -29,6 +29,7 @@ class BitcoinNode(NodeProcess):
     rpc_user: str | None = None
     rpc_password: str | None = None
 
+    file_stem: ClassVar[str] = "bitcoin"
     # ``python -m devnets.regtest`` must find the repository's packages.
     cwd: ClassVar[Path] = Path(__file__).resolve().parent.parent
     start_timeout: ClassVar[float] = 90.0
@@ -46,14 +47,6 @@ class BitcoinNode(NodeProcess):
         return f"http://{self.host}:{self.port}"
 
     url = rpc_url  # Anvil's name, for code that handles either node
-
-    @property
-    def pid_file(self) -> Path:
-        return self.data_dir / "bitcoin.pid"
-
-    @property
-    def log_file(self) -> Path:
-        return self.data_dir / "bitcoin.log"
 
     @property
     def cookie_file(self) -> Path:

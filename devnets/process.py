@@ -111,12 +111,20 @@ class NodeProcess:
     ``argv()`` (how to run it), ``answers()`` (ready: its RPC replies) and ``describe()``."""
 
     data_dir: Path
-    pid_file: Path
-    log_file: Path
+    #: Names the pid and log files in ``data_dir``.
+    file_stem: ClassVar[str]
     #: Working directory for the process (None: ours).
     cwd: ClassVar[Path | None] = None
     start_timeout: ClassVar[float] = 60.0
     stop_timeout: ClassVar[float] = 20.0
+
+    @property
+    def pid_file(self) -> Path:
+        return self.data_dir / f"{self.file_stem}.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return self.data_dir / f"{self.file_stem}.log"
 
     def argv(self) -> list[str]:
         raise NotImplementedError

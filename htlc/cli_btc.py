@@ -15,23 +15,13 @@ import secrets
 from typing import Any
 
 from bridge.cli import emit
-from bridge.cli.args import devnet_account, hex_bytes
+from bridge.cli.args import devnet_account, hex_bytes, positive_int
 from bridge.errors import DevnetError, InputError, NotFound
 from bridge.settings import load_settings
 from chains.btc.primitives import hash160
 from htlc.audit import HtlcTerms, audit
 from htlc.bitcoin_script import TEMPLATE_P2SH_BIP199, TEMPLATE_P2WSH, p2sh_htlc_script, p2wsh_htlc_script
 from htlc.secret import extract_secret
-
-
-def _positive(value: str) -> int:
-    try:
-        n = int(value.replace("_", ""), 10)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
-    if n <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {n}")
-    return n
 
 
 def _terms_text(t: HtlcTerms) -> str:
@@ -179,7 +169,7 @@ def register_btc(hsub: argparse._SubParsersAction) -> None:
         who.add_argument("--key", help="private key (hex) that signs and, by default, receives")
         who.add_argument("--wif", help="private key in WIF")
         who.add_argument("--account", type=int, default=0, help="devnet test key index (default 0)")
-        sp.add_argument("--feerate", type=_positive, help="sat/vB (default: the node's estimate or the fallback)")
+        sp.add_argument("--feerate", type=positive_int("feerate"), help="sat/vB (default: the node's estimate or the fallback)")
         return sp
 
     au = command("audit", "check a Bitcoin HTLC script (and its funding tx) against the templates we accept", cmd_audit)
@@ -192,14 +182,14 @@ def register_btc(hsub: argparse._SubParsersAction) -> None:
     ex.add_argument("--hash", required=True, help="the HTLC's SHA-256 hashlock (hex)")
 
     lk = node_command("btc-lock", "fund a Bitcoin HTLC from the key's coins", cmd_btc_lock)
-    lk.add_argument("--amount", required=True, type=_positive, help="sats to lock")
+    lk.add_argument("--amount", required=True, type=positive_int("amount"), help="sats to lock")
     lk.add_argument("--claim-pubkey", required=True, help="compressed pubkey (hex) that can claim with the secret")
     lk.add_argument("--refund-pubkey", help="compressed pubkey (hex) that can refund (default: the signing key's)")
     lk.add_argument("--secret", help="32-byte secret (hex); default: a fresh random one, printed once")
     lk.add_argument("--hashlock", help="sha256 of a secret you keep elsewhere (hex)")
     when = lk.add_mutually_exclusive_group()
-    when.add_argument("--refund-height", type=_positive, help="absolute block height (or unix time for p2sh-bip199)")
-    when.add_argument("--refund-in", type=_positive, default=144, help="blocks from the tip (default 144)")
+    when.add_argument("--refund-height", type=positive_int("refund height"), help="absolute block height (or unix time for p2sh-bip199)")
+    when.add_argument("--refund-in", type=positive_int("refund-in"), default=144, help="blocks from the tip (default 144)")
     lk.add_argument("--template", default=TEMPLATE_P2WSH, choices=(TEMPLATE_P2WSH, TEMPLATE_P2SH_BIP199))
 
     for name, help, func in (

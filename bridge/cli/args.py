@@ -1,8 +1,10 @@
-"""Argument parsing shared by the command groups: hex values and the devnet test account to sign with."""
+"""Argument parsing shared by the command groups: hex values, positive whole numbers and the devnet
+test account to sign with."""
 
 from __future__ import annotations
 
-from typing import Sequence, TypeVar
+import argparse
+from typing import Callable, Sequence, TypeVar
 
 from bridge.errors import InputError
 
@@ -18,6 +20,21 @@ def hex_bytes(value: str, what: str, size: int | None = None) -> bytes:
     if size is not None and len(raw) != size:
         raise InputError(f"{what} must be {size} bytes ({2 * size} hex digits), got {len(raw)}", field=what)
     return raw
+
+
+def positive_int(what: str) -> Callable[[str], int]:
+    """An argparse ``type`` for a positive whole number (``_`` separators allowed), named ``what`` in errors."""
+
+    def parse(value: str) -> int:
+        try:
+            n = int(value.replace("_", ""), 10)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what} must be a whole number, got {value!r}") from None
+        if n <= 0:
+            raise argparse.ArgumentTypeError(f"{what} must be positive, got {n}")
+        return n
+
+    return parse
 
 
 def devnet_account(keys: Sequence[T], account: int) -> T:

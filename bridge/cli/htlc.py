@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from bridge.cli import emit
-from bridge.cli.args import devnet_account, hex_bytes
+from bridge.cli.args import devnet_account, hex_bytes, positive_int
 from bridge.errors import ConfigError, DevnetError, NotFound
 from bridge.settings import Settings, load_settings
 
@@ -51,16 +51,6 @@ def _key(args: argparse.Namespace) -> str:
     from devnets.keys import evm_test_keys
 
     return devnet_account(evm_test_keys(), args.account).private_key
-
-
-def _amount(value: str) -> int:
-    try:
-        amount = int(value.replace("_", ""), 10)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"amount must be an integer in base units (wei), got {value!r}") from None
-    if amount <= 0:
-        raise argparse.ArgumentTypeError(f"amount must be positive, got {amount}")
-    return amount
 
 
 def _deployment_path(settings: Settings) -> Path:
@@ -232,7 +222,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     lk = evm("evm-lock", "lock ETH or an ERC-20 for a recipient under a SHA-256 hashlock", cmd_evm_lock)
     lk.add_argument("--to", required=True, help="recipient address")
-    lk.add_argument("--amount", required=True, type=_amount, help="integer base units (wei for ETH)")
+    lk.add_argument("--amount", required=True, type=positive_int("amount in base units (wei for ETH)"), help="integer base units (wei for ETH)")
     lk.add_argument("--token", default="eth", help="ERC-20 address, or `eth` (default); the amount is approved first")
     lock_to = lk.add_mutually_exclusive_group()
     lock_to.add_argument("--secret", help="32-byte secret (hex); default: a fresh random one, printed once")
