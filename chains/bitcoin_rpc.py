@@ -33,16 +33,14 @@ from bridge.errors import (
     TransactionRejected,
 )
 from bridge.retry import DEFAULT_RETRY, NO_RETRY, RetryPolicy
-
-# bitcoind's RPCErrorCode values the bridge tells apart.
-RPC_MISC_ERROR = -1
-RPC_INVALID_ADDRESS_OR_KEY = -5
-RPC_INVALID_PARAMETER = -8
-RPC_VERIFY_ERROR = -25
-RPC_VERIFY_REJECTED = -26
-RPC_VERIFY_ALREADY_IN_CHAIN = -27
-RPC_IN_WARMUP = -28
-RPC_METHOD_NOT_FOUND = -32601
+from chains.btc.rpc_errors import (
+    RPC_IN_WARMUP,
+    RPC_INVALID_ADDRESS_OR_KEY,
+    RPC_INVALID_PARAMETER,
+    RPC_VERIFY_ALREADY_IN_UTXO_SET,
+    RPC_VERIFY_ERROR,
+    RPC_VERIFY_REJECTED,
+)
 
 #: Methods that change nothing on the node, so repeating them after a timeout is harmless.
 READ_METHODS = frozenset(
@@ -112,7 +110,7 @@ def map_rpc_error(error: dict[str, Any], method: str) -> BridgeError:
         return MissingInputs(text, code=code, method=method, reason=message)
     if code == RPC_VERIFY_REJECTED:
         return TransactionRejected(text, code=code, method=method, reason=message)
-    if code == RPC_VERIFY_ALREADY_IN_CHAIN:
+    if code == RPC_VERIFY_ALREADY_IN_UTXO_SET:
         return AlreadyInChain(text, code=code, method=method, reason=message)
     if code == RPC_IN_WARMUP:
         return ChainUnavailable(f"node is warming up ({method}): {message}", code=code, method=method)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from chains.btc.rpc_errors import RPC_INVALID_REQUEST, RPC_METHOD_NOT_FOUND, RPC_PARSE_ERROR
 from devnets.regtest.methods import REGISTRY, RpcFailure, call_method
 
 if TYPE_CHECKING:
@@ -22,9 +23,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("devnets.regtest.rpc")
 
 MAX_BODY = 0x02000000  # bitcoind's HTTP server limit (MAX_SIZE)
-RPC_INVALID_REQUEST = -32600
-RPC_METHOD_NOT_FOUND = -32601
-RPC_PARSE_ERROR = -32700
 
 _NUM_TOKEN = re.compile(r'"(?:\x1f|\\u001f)N([-+0-9.eE]+)(?:\x1f|\\u001f)"')
 

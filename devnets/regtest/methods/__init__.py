@@ -9,19 +9,10 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Callable
 
+from chains.btc.rpc_errors import RPC_INVALID_PARAMETER, RPC_MISC_ERROR, RPC_TYPE_ERROR
+
 if TYPE_CHECKING:
     from devnets.regtest.node import RegtestNode
-
-# bitcoind's RPC error codes (src/rpc/protocol.h)
-RPC_MISC_ERROR = -1
-RPC_TYPE_ERROR = -3
-RPC_INVALID_ADDRESS_OR_KEY = -5
-RPC_INVALID_PARAMETER = -8
-RPC_DESERIALIZATION_ERROR = -22
-RPC_VERIFY_ERROR = -25
-RPC_VERIFY_REJECTED = -26
-RPC_VERIFY_ALREADY_IN_UTXO_SET = -27
-RPC_WALLET_NOT_FOUND = -18
 
 
 class RpcFailure(Exception):

@@ -6,11 +6,13 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from chains.btc import primitives as p
-from devnets.regtest.methods import (
+from chains.btc.rpc_errors import (
     RPC_INVALID_ADDRESS_OR_KEY,
     RPC_INVALID_PARAMETER,
     RPC_MISC_ERROR,
     RPC_TYPE_ERROR,
+)
+from devnets.regtest.methods import (
     Arg,
     RpcFailure,
     json_type,

@@ -7,13 +7,13 @@ from decimal import Decimal
 from typing import Any
 
 from chains.btc import primitives as p
-from devnets.regtest.methods import (
+from chains.btc.rpc_errors import (
     RPC_DESERIALIZATION_ERROR,
     RPC_INVALID_ADDRESS_OR_KEY,
     RPC_INVALID_PARAMETER,
     RPC_TYPE_ERROR,
-    RpcFailure,
 )
+from devnets.regtest.methods import RpcFailure
 
 NETWORK = "regtest"
 _HEX = re.compile(r"^[0-9a-fA-F]*$")

@@ -5,11 +5,13 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from devnets.regtest.methods import (
-    REGISTRY,
+from chains.btc.rpc_errors import (
     RPC_INVALID_PARAMETER,
     RPC_MISC_ERROR,
     RPC_WALLET_NOT_FOUND,
+)
+from devnets.regtest.methods import (
+    REGISTRY,
     Arg,
     RpcFailure,
     rpc,

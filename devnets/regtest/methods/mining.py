@@ -7,16 +7,14 @@ from typing import TYPE_CHECKING, Any
 
 from chains.btc import primitives as p
 from devnets.regtest.mempool import Rejected
-from devnets.regtest.methods import (
+from chains.btc.rpc_errors import (
     RPC_DESERIALIZATION_ERROR,
     RPC_INVALID_ADDRESS_OR_KEY,
     RPC_INVALID_PARAMETER,
     RPC_MISC_ERROR,
     RPC_VERIFY_ERROR,
-    Arg,
-    RpcFailure,
-    rpc,
 )
+from devnets.regtest.methods import Arg, RpcFailure, rpc
 from devnets.regtest.methods.common import NETWORK, address_script, int_arg
 from devnets.regtest.miner import COINBASE_RESERVED_WEIGHT, MAX_BLOCK_WEIGHT
 

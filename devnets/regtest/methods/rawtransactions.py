@@ -7,17 +7,15 @@ from typing import TYPE_CHECKING, Any
 
 from chains.btc import primitives as p
 from devnets.regtest.mempool import DEFAULT_MAX_FEERATE, Rejected
-from devnets.regtest.methods import (
+from chains.btc.rpc_errors import (
     RPC_DESERIALIZATION_ERROR,
     RPC_INVALID_ADDRESS_OR_KEY,
     RPC_INVALID_PARAMETER,
     RPC_VERIFY_ALREADY_IN_UTXO_SET,
     RPC_VERIFY_ERROR,
     RPC_VERIFY_REJECTED,
-    Arg,
-    RpcFailure,
-    rpc,
 )
+from devnets.regtest.methods import Arg, RpcFailure, rpc
 from devnets.regtest.methods.blockchain import _btc
 from devnets.regtest.methods.common import NETWORK, decode_tx, feerate_per_kvb, parse_hash, parse_hex, verbosity
 
