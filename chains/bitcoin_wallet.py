@@ -24,7 +24,7 @@ from bitcoinlib.transactions import Transaction, TransactionError
 
 from bridge.errors import InputError, InsufficientFunds
 from chains.bitcoin_tx import address_to_script
-from chains.btc.address import b58decode, b58encode, encode_segwit_address
+from chains.btc.address import b58check_encode, b58decode, encode_segwit_address
 from chains.btc.address import network as bitcoin_network
 from chains.btc.primitives import Tx, hash160, hash256, ser_compact_size
 from chains.btc.script import OP_RETURN, dust_threshold, p2wpkh_script
@@ -91,7 +91,7 @@ class BtcKey:
 
     def wif(self, network: str = "regtest") -> str:
         payload = bytes([_WIF_VERSION[network]]) + self.secret + b"\x01"
-        return b58encode(payload + hash256(payload)[:4])
+        return b58check_encode(payload)
 
     @property
     def pubkey(self) -> bytes:
