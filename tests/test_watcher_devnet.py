@@ -5,7 +5,8 @@ hand its job to a watcher daemon (the shared runner, HTTP on a free port, SQLite
 the test's temp dir) and then go silent, and checks what a user would: balances on
 chain, the job's state and actions, the transactions that were mined.  Bitcoin
 blocks are mined by the tests themselves, empty ones (``generateblock``) where a
-spend must stay unmined.
+spend must stay unmined.  The last test drives a real swap (the swap engine and the
+LP daemon) and hands the trader's side to the watcher as ``bridgectl swap watch`` does.
 """
 
 from __future__ import annotations
@@ -27,10 +28,15 @@ import pytest
 from eth_account import Account
 
 from bridge.db import make_engine
-from bridge.settings import Settings
+from bridge.settings import BitcoinSettings, EvmSettings, Settings
+from bridge.swaps import models as m
+from bridge.swaps.config import SwapConfig
+from bridge.swaps.party import Party
+from bridge.swaps.protocol import LpClient
 from bridge.testing import wait_until
 from bridge.watch.actions import WatchPolicy, Watcher
-from bridge.watch.models import CONFIRMED, SPEND_SENT
+from bridge.watch.handoff import swap_jobs
+from bridge.watch.models import CONFIRMED, SPEND_SENT, SPENT_ELSEWHERE
 from bridge.watch.presign import presign_claims, presign_refunds
 from bridge.watch.store import WatchStore
 from chains.bitcoin import COINBASE_MATURITY, BitcoinAdapter
@@ -41,6 +47,7 @@ from devnets.process import free_port
 from htlc.bitcoin_script import p2wsh_htlc_script
 from htlc.bitcoin_tx import build_claim, fund_htlc
 from htlc.evm import ETH, EvmHtlc
+from relayers.lp import LpDaemon
 from relayers.runner import Runner
 from relayers.watcher import WatcherDaemon
 
@@ -425,3 +432,106 @@ async def test_watcher_killed_and_restarted_resumes_its_jobs(regtest, anvil, btc
     assert len(refunded["spend_history"]) == 1 and len(claimed["spend_history"]) == 1
     assert await evm.balance(party_addr) == party_before + HTLC_WEI
     assert await btc.balance([party.p2wpkh_script]) == party_sats + _outs(ladder[0]["tx"])[0]
+
+
+# --- a real swap: the engine and the LP daemon, the trader offline ----------------------------------
+
+#: Short but policy-valid timelocks for the engine-driven swap.
+TIMELOCK = {
+    "safety_gap": 1800, "initiator_lock": 7200, "participant_lock": 3600,
+    "min_participant_lock": 600, "claim_margin": 300, "btc_seconds_per_block": 60,
+}
+
+
+@pytest.fixture
+async def automine(btc):
+    """Mine a Bitcoin block whenever a transaction waits in the mempool, as Anvil does."""
+    async def loop() -> None:
+        while True:
+            if await btc.rpc.call("getrawmempool"):
+                await btc.mine(1)
+            await asyncio.sleep(0.05)
+
+    task = asyncio.create_task(loop())
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+def settings_for(tmp_path, name: str, regtest, anvil) -> Settings:
+    user, password = regtest.rpc_auth
+    host, port = regtest.rpc_url.removeprefix("http://").rstrip("/").split(":")
+    return Settings(
+        data_dir=str(tmp_path / name), database_url=f"sqlite:///{tmp_path / name / 'swaps.sqlite'}",
+        bitcoin=BitcoinSettings(rpc_host=host, rpc_port=int(port), rpc_user=user, rpc_password=password),
+        evm=EvmSettings(url=anvil.url),
+    )
+
+
+def swap_config(btc_key: BtcKey, evm_key: str, htlc_address: str) -> SwapConfig:
+    return SwapConfig.model_validate({
+        "btc_key": btc_key.secret.hex(), "evm_key": evm_key, "htlc": htlc_address, "btc_feerate": 2,
+        "poll_interval": 0.05, "timelock": TIMELOCK,
+        "lp": {"markets": {"btc/eth": {"rate": "150000000000/1", "min_sell": 10_000, "max_sell": 10 * ONE_BTC}}},
+    })
+
+
+async def test_trader_offline_after_lp_locked_watcher_claims_for_it(
+    tmp_path, regtest, anvil, btc, evm, htlc, automine,
+):
+    """BTC -> ETH with the swap engine and the LP daemon.  The trader (no ETH for gas, so its
+    own claim cannot go out) runs until the LP has locked, hands its jobs to the watcher
+    (``swap_jobs``, what ``bridgectl swap watch`` posts) and is never run again.  The watcher
+    claims the ETH for the trader with the trader's secret, paying the gas; the LP, online,
+    learns the secret from that claim and takes the BTC, which ends the trader's refund job."""
+    trader_btc, lp_btc = BtcKey.generate(), BtcKey.generate()
+    await fund_btc(btc, trader_btc)
+    trader_key, trader_addr = await evm_account(evm, 0)
+    lp_key, _ = await evm_account(evm, 10 * ONE_ETH)
+    watcher_key, watcher_addr = await evm_account(evm)
+
+    lp_settings = settings_for(tmp_path, "lp", regtest, anvil)
+    lp = await Party.open(lp_settings, swap_config(lp_btc, lp_key, htlc.address))
+    daemon = LpDaemon(lp)
+    port = free_port()
+    lp_task = asyncio.create_task(Runner(daemon, lp_settings, http_port=port, extra_routes=daemon.routes(), shutdown_grace=2).run())
+    lp_url = f"http://127.0.0.1:{port}"
+    trader = await Party.open(settings_for(tmp_path, "trader", regtest, anvil), swap_config(trader_btc, trader_key, htlc.address), LpClient())
+    try:
+        await wait_until(lambda: _health(lp_url), 10, what="LP up")
+        view = await trader.start_swap(lp_url, "btc:0.01", "eth:0.15")
+        swap_id = view.swap.id
+
+        async def lp_locked() -> bool:
+            # With no ETH for gas the trader's own claim cannot go out: it stops at the claim.
+            swap = (await trader.engine.step(swap_id)).swap
+            assert swap.state in (m.PARTICIPANT_LOCKED, m.CLAIM_INTENDED), f"trader in {swap.state}: {swap.last_error}"
+            return True
+
+        await wait_until(lp_locked, 60, interval=0.1, what="the LP's lock, audited by the trader")
+        jobs = await swap_jobs(trader.store.get(swap_id), trader_btc, trader.legs["evm"].htlc, "regtest")
+        assert [(j["kind"], j["chain"]) for j in jobs] == [("claim", "evm"), ("refund", "bitcoin")]
+        # The trader goes offline here: its engine is never stepped again.
+        trader_eth = await evm.balance(trader_addr)
+        watcher_eth = await evm.balance(watcher_addr)
+
+        async with running_watcher(tmp_path / "watcher.sqlite", btc, evm, watcher_key) as w:
+            ids = []
+            for job in jobs:
+                status, body = await w.submit(job)
+                assert status == 201, body
+                ids.append(body["id"])
+            claim = await w.state(ids[0], CONFIRMED, timeout=60)
+            await wait_until(lambda: lp.store.get(swap_id).swap.state == m.CLAIMED, 60, what="the LP claimed the BTC")
+            await w.state(ids[1], SPENT_ELSEWHERE, timeout=60)
+        assert await evm.balance(trader_addr) == trader_eth + 15 * ONE_ETH // 100  # the trader paid no gas
+        assert await evm.balance(watcher_addr) < watcher_eth
+        mined = await evm.rpc.call("eth_getTransactionByHash", [claim["spend_tx"]])
+        assert mined["from"].lower() == watcher_addr.lower()
+        assert trader.store.get(swap_id).swap.state in (m.PARTICIPANT_LOCKED, m.CLAIM_INTENDED)  # the trader did nothing
+    finally:
+        lp_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await lp_task
+        await trader.close()
