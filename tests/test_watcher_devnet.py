@@ -195,6 +195,16 @@ def btc_job(kind: str, lock: BtcLock, hashlock: bytes, payout: bytes, presigned:
     }
 
 
+def evm_job(kind: str, htlc: EvmHtlc, params: Any, payout: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "kind": kind, "chain": "evm", "hashlock": params.hashlock.hex(), "payout": payout,
+        "htlc": {"contract": htlc.address, "swap": {
+            "sender": params.sender, "recipient": params.recipient, "token": params.token, "amount": params.amount,
+            "hashlock": params.hashlock.hex(), "expiry": params.expiry, "nonce": params.nonce,
+        }}, **extra,
+    }
+
+
 def new_secret() -> tuple[bytes, bytes]:
     secret = secrets.token_bytes(32)
     return secret, hashlib.sha256(secret).digest()
@@ -272,14 +282,9 @@ async def test_watcher_claims_evm_for_offline_lp_and_bumps_the_stuck_claim(btc, 
     swap_id, _ = await htlc.lock(trader_key, lp_addr, ETH, HTLC_WEI, hashlock, expiry)
     params = (await htlc.locked_swap(swap_id)).swap
     lock = await lock_btc(btc, lp_btc, trader_btc, hashlock, 50)
-    job = {
-        "kind": "claim", "chain": "evm", "hashlock": hashlock.hex(), "payout": lp_addr,
-        "htlc": {"contract": htlc.address, "swap": {
-            "sender": params.sender, "recipient": params.recipient, "token": params.token, "amount": params.amount,
-            "hashlock": params.hashlock.hex(), "expiry": params.expiry, "nonce": params.nonce,
-        }},
-        "reveal": {"chain": "bitcoin", "outpoint": f"{lock.coin.txid}:{lock.coin.vout}", "from_height": lock.height},
-    }
+    job = evm_job("claim", htlc, params, lp_addr, reveal={
+        "chain": "bitcoin", "outpoint": f"{lock.coin.txid}:{lock.coin.vout}", "from_height": lock.height,
+    })
     base_fee = int((await evm.rpc.call("eth_getBlockByNumber", ["latest", False]))["baseFeePerGas"], 16)
     lp_before, watcher_before = await evm.balance(lp_addr), await evm.balance(watcher_addr)
 
@@ -343,6 +348,35 @@ async def test_watcher_broadcasts_the_presigned_refund_at_expiry(btc, evm, tmp_p
     assert await btc.balance([party.p2wpkh_script]) == before + HTLC_SATS - (HTLC_SATS - _outs(ladder[0]["tx"])[0])
 
 
+async def test_watcher_refunds_an_evm_lock_at_expiry(btc, evm, htlc, tmp_path):
+    """A party's ETH lock expires unclaimed while it is offline: the watcher calls ``refund``
+    (paying the gas) once the chain's time reaches the expiry; the ETH is back with the party."""
+    _, hashlock = new_secret()
+    party_key, party_addr = await evm_account(evm)
+    _, counterparty = await evm_account(evm)
+    watcher_key, watcher_addr = await evm_account(evm)
+    swap_id, _ = await htlc.lock(party_key, counterparty, ETH, HTLC_WEI, hashlock, (await evm.head()).timestamp + 600)
+    params = (await htlc.locked_swap(swap_id)).swap
+    party_before, watcher_before = await evm.balance(party_addr), await evm.balance(watcher_addr)
+
+    async with running_watcher(tmp_path / "w.sqlite", btc, evm, watcher_key) as w:
+        status, body = await w.submit(evm_job("claim", htlc, params, party_addr, secret="00" * 32))
+        assert status == 400 and body["field"] == "secret"
+        status, body = await w.submit(evm_job("refund", htlc, params, counterparty))
+        assert status == 400 and "is not the swap's sender" in body["reason"]
+        status, body = await w.submit(evm_job("refund", htlc, params, party_addr))
+        assert status == 201, body
+        await evm.mine(3)
+        assert (await w.get(body["id"]))["state"] == "watching"
+        await evm.rpc.call("evm_increaseTime", [601])
+        await evm.mine(1)
+        done = await w.state(body["id"], CONFIRMED)
+    assert await evm.balance(party_addr) == party_before + HTLC_WEI
+    assert await evm.balance(watcher_addr) < watcher_before
+    assert await htlc.swap(swap_id) == 3  # REFUNDED
+    assert (await evm.rpc.call("eth_getTransactionByHash", [done["spend_tx"]]))["from"].lower() == watcher_addr.lower()
+
+
 async def test_job_refused_when_a_presigned_tx_does_not_pay_the_party(btc, evm, tmp_path):
     _, hashlock = new_secret()
     party, counterparty, thief = BtcKey.generate(), BtcKey.generate(), BtcKey.generate()
@@ -393,13 +427,7 @@ async def test_watcher_killed_and_restarted_resumes_its_jobs(regtest, anvil, btc
     watcher_key, _ = await evm_account(evm)
     swap_id, _ = await htlc.lock(sender_key, party_addr, ETH, HTLC_WEI, hashlock, (await evm.head()).timestamp + 3600)
     params = (await htlc.locked_swap(swap_id)).swap
-    claim_job = {
-        "kind": "claim", "chain": "evm", "hashlock": hashlock.hex(), "payout": party_addr, "secret": secret.hex(),
-        "htlc": {"contract": htlc.address, "swap": {
-            "sender": params.sender, "recipient": params.recipient, "token": params.token, "amount": params.amount,
-            "hashlock": params.hashlock.hex(), "expiry": params.expiry, "nonce": params.nonce,
-        }},
-    }
+    claim_job = evm_job("claim", htlc, params, party_addr, secret=secret.hex())
     party_before, party_sats = await evm.balance(party_addr), await btc.balance([party.p2wpkh_script])
     port = free_port()
     url = f"http://127.0.0.1:{port}"

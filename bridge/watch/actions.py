@@ -18,6 +18,7 @@ party whichever of our transactions, or anyone's, made the claim).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -25,7 +26,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from bridge.errors import BridgeError, ConfigError
+from bridge.errors import BridgeError, ConfigError, NotFound
 from bridge.watch.jobs import BITCOIN, EVM, JobSpec, audit_job, parse_job
 from bridge.watch.models import (
     CLAIM, CONFIRMED, EXPIRED, SPEND_INTENDED, SPEND_SENT, SPENT_ELSEWHERE, WATCHING, WatchJob,
@@ -76,6 +77,10 @@ class Watcher:
     async def submit(self, body: Any) -> tuple[WatchJob, bool]:
         """Validate a job (shape, then on chain) and store it; returns ``(job, created)``."""
         spec = parse_job(body)
+        with contextlib.suppress(NotFound):
+            existing = self.store.get(spec.id)
+            if existing.spec == spec.canonical:
+                return existing, False  # a re-sent job: answered from the database, even once the HTLC is spent
         expiry = await audit_job(spec, self.btc, self.evm)
         now = time.time()
         job = WatchJob(
@@ -95,9 +100,10 @@ class Watcher:
         for job in jobs:
             try:
                 await self.step(job)
-            except BridgeError as exc:
-                log.warning("watch job %s (%s, %s): %s", job.id, job.kind, job.state, exc.message)
-                self.store.update(job.id, attempts=job.attempts + 1, last_error=exc.message)
+            except Exception as exc:  # noqa: BLE001 - one job's failure is recorded and retried, never stops the others
+                text = exc.message if isinstance(exc, BridgeError) else f"{type(exc).__name__}: {exc}"
+                log.warning("watch job %s (%s, %s): %s", job.id, job.kind, job.state, text)
+                self.store.update(job.id, attempts=job.attempts + 1, last_error=text)
 
     async def step(self, job: WatchJob) -> None:
         spec = parse_job(json.loads(job.spec))
