@@ -11,7 +11,8 @@ holds a transaction (Anvil automines).  Every swap is BTC -> ETH.  Prints, asser
 - floor: the same four transactions (BTC lock, EVM lock, EVM claim, BTC claim) sent one after
   the other directly with the adapters, each mined at once;
 - reaction: from the moment this process first sees the EVM block holding the trader's claim
-  (the head polled every 5 ms) to the LP recording its BTC claim, which it broadcasts right after;
+  (the head polled every 5 ms) to the LP recording its BTC claim, which it broadcasts right after,
+  and to this process seeing that claim in the node's mempool (polled every 5 ms);
 - concurrency: N swaps started at once by 20 traders; all must end claimed on both sides;
 - CPU: the LP daemon's user+system time (``/proc/<pid>/stat``) over a phase, per swap.
 """
@@ -85,16 +86,21 @@ async def floor_once(chains: Chains, trader: Identity, lp: Identity) -> float:
 
 
 class HeadWatch:
-    """When this process first saw each EVM block (the head polled every 5 ms)."""
+    """When this process first saw each EVM block and each Bitcoin mempool transaction
+    (both polled every 5 ms; the miner here waits 20 ms before mining what it sees)."""
 
     def __init__(self, chains: Chains) -> None:
         self.chains = chains
         self.seen: dict[int, float] = {}
+        self.in_mempool: dict[str, float] = {}
 
     async def _poll(self) -> bool:
         height = await self.chains.evm.height()
+        now = time.time()
         for n in range(max(self.seen, default=height - 1) + 1, height + 1):
-            self.seen.setdefault(n, time.time())
+            self.seen.setdefault(n, now)
+        for txid in await self.chains.btc.rpc.call("getrawmempool"):
+            self.in_mempool.setdefault(txid, time.time())
         return False
 
     def start(self) -> asyncio.Task:
@@ -120,9 +126,9 @@ def lp_claimed(lp: Party) -> set[str]:
         return set(session.exec(select(Swap.id).where(Swap.state == m.CLAIMED)))
 
 
-async def sequential(chains: Chains, trader: Any, lp: Party, count: int, watch: HeadWatch) -> tuple[list[float], list[float], float]:
+async def sequential(chains: Chains, trader: Any, lp: Party, count: int, watch: HeadWatch) -> tuple[list[float], list[float], list[float], float]:
     htlc = EvmHtlc(chains.evm, chains.htlc)
-    e2e, reaction = [], []
+    e2e, reaction, to_mempool = [], [], []
     cpu0 = cpu_seconds(lp.proc.popen.pid)
     for _ in range(count):
         started = time.time()
@@ -136,8 +142,12 @@ async def sequential(chains: Chains, trader: Any, lp: Party, count: int, watch: 
         lp_view = lp.store().get(view.swap.id)
         intended = next(a.at for a in lp_view.actions if a.to_state == m.CLAIM_INTENDED)
         (claim,) = [e for e in await htlc.events(lp_view.leg(m.PARTICIPANT).watch_from or 0, swap_id=lp_view.leg(m.PARTICIPANT).lock_ref) if isinstance(e, Claimed)]
-        reaction.append(intended - watch.seen[claim.where.block_number])
-    return e2e, reaction, (cpu_seconds(lp.proc.popen.pid) - cpu0) / count
+        revealed = watch.seen[claim.where.block_number]
+        reaction.append(intended - revealed)
+        claim_tx = lp_view.leg(m.INITIATOR).spend_tx
+        if claim_tx in watch.in_mempool:
+            to_mempool.append(watch.in_mempool[claim_tx] - revealed)
+    return e2e, reaction, to_mempool, (cpu_seconds(lp.proc.popen.pid) - cpu0) / count
 
 
 async def concurrent(chains: Chains, traders: list[Any], lp: Party, count: int, cap: float) -> tuple[float, int, int, float, float]:
@@ -197,7 +207,7 @@ async def main(args: argparse.Namespace) -> None:
                 traders = [await open_party(root / f"trader{i}", chains, who, LpClient(), POLL) for i, who in enumerate(trader_ids)]
                 watch = HeadWatch(chains)
                 watcher = watch.start()
-                e2e, reaction, lp_cpu_seq = await sequential(chains, traders[0], lp, args.swaps, watch)
+                e2e, reaction, to_mempool, lp_cpu_seq = await sequential(chains, traders[0], lp, args.swaps, watch)
                 watcher.cancel()
                 floor = statistics.median(floors)
                 print(f"end-to-end over {args.swaps} sequential BTC->ETH swaps: median {statistics.median(e2e):.2f} s, "
@@ -206,6 +216,10 @@ async def main(args: argparse.Namespace) -> None:
                 print(f"relayer reaction (reveal block seen -> LP claim recorded, then broadcast): median "
                       f"{statistics.median(reaction) * 1000:.0f} ms, p95 {pct(reaction, 95) * 1000:.0f} ms, "
                       f"max {max(reaction) * 1000:.0f} ms   [goal <= poll {POLL * 1000:.0f} ms + 50 ms]")
+                if to_mempool:
+                    print(f"  ... to the LP's claim seen in the node's mempool: median {statistics.median(to_mempool) * 1000:.0f} ms, "
+                          f"p95 {pct(to_mempool, 95) * 1000:.0f} ms, max {max(to_mempool) * 1000:.0f} ms "
+                          f"({len(to_mempool)}/{len(reaction)} claims caught before they were mined)")
                 print(f"LP CPU per swap (sequential): {lp_cpu_seq * 1000:.0f} ms")
                 size, best = min(args.start_concurrent, args.concurrent), 0
                 for _ in range(4):  # the start level and up to three steps towards the goal
