@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import os
 import secrets
 import signal
@@ -505,12 +506,33 @@ def swap_config(btc_key: BtcKey, evm_key: str, htlc_address: str) -> SwapConfig:
     })
 
 
+async def bridgectl_swap_watch(
+    home: Path, regtest, anvil, btc_key: BtcKey, evm_key: str, htlc_address: str, swap_id: str, watcher_url: str,
+) -> list[dict[str, Any]]:
+    """``bridgectl swap watch ID --watcher URL --json`` as the trader runs it, on the trader's data dir and database."""
+    (home / "swaps.toml").write_text(f'btc_key = "{btc_key.secret.hex()}"\nevm_key = "{evm_key}"\nhtlc = "{htlc_address}"\n')
+    host, port = regtest.rpc_url.removeprefix("http://").rstrip("/").split(":")
+    user, password = regtest.rpc_auth
+    env = {
+        **os.environ, "BRIDGE_BITCOIN__RPC_HOST": host, "BRIDGE_BITCOIN__RPC_PORT": port, "BRIDGE_BITCOIN__RPC_USER": user,
+        "BRIDGE_BITCOIN__RPC_PASSWORD": password, "BRIDGE_EVM__URL": anvil.url, "BRIDGE_DATA_DIR": str(home),
+        "BRIDGE_DATABASE_URL": f"sqlite:///{home / 'swaps.sqlite'}", "PYTHONPATH": str(REPO_ROOT),
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bridge", "swap", "watch", swap_id, "--watcher", watcher_url, "--json",
+        env=env, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    return json.loads(out)
+
+
 async def test_trader_offline_after_lp_locked_watcher_claims_for_it(
     tmp_path, regtest, anvil, btc, evm, htlc, automine,
 ):
     """BTC -> ETH with the swap engine and the LP daemon.  The trader (no ETH for gas, so its
     own claim cannot go out) runs until the LP has locked, hands its jobs to the watcher
-    (``swap_jobs``, what ``bridgectl swap watch`` posts) and is never run again.  The watcher
+    with ``bridgectl swap watch ID --watcher URL`` and is never run again.  The watcher
     claims the ETH for the trader with the trader's secret, paying the gas; the LP, online,
     learns the secret from that claim and takes the BTC, which ends the trader's refund job."""
     trader_btc, lp_btc = BtcKey.generate(), BtcKey.generate()
@@ -539,17 +561,15 @@ async def test_trader_offline_after_lp_locked_watcher_claims_for_it(
 
         await wait_until(lp_locked, 60, interval=0.1, what="the LP's lock, audited by the trader")
         jobs = await swap_jobs(trader.store.get(swap_id), trader_btc, trader.legs["evm"].htlc, "regtest")
-        assert [(j["kind"], j["chain"]) for j in jobs] == [("claim", "evm"), ("refund", "bitcoin")]
+        assert [(j["kind"], j["chain"], "secret" in j) for j in jobs] == [("claim", "evm", True), ("refund", "bitcoin", False)]
         # The trader goes offline here: its engine is never stepped again.
         trader_eth = await evm.balance(trader_addr)
         watcher_eth = await evm.balance(watcher_addr)
 
         async with running_watcher(tmp_path / "watcher.sqlite", btc, evm, watcher_key) as w:
-            ids = []
-            for job in jobs:
-                status, body = await w.submit(job)
-                assert status == 201, body
-                ids.append(body["id"])
+            answers = await bridgectl_swap_watch(tmp_path / "trader", regtest, anvil, trader_btc, trader_key, htlc.address, swap_id, w.url)
+            assert [(a["kind"], a["chain"], a["state"]) for a in answers] == [("claim", "evm", "watching"), ("refund", "bitcoin", "watching")]
+            ids = [a["id"] for a in answers]
             claim = await w.state(ids[0], CONFIRMED, timeout=60)
             await wait_until(lambda: lp.store.get(swap_id).swap.state == m.CLAIMED, 60, what="the LP claimed the BTC")
             await w.state(ids[1], SPENT_ELSEWHERE, timeout=60)
