@@ -235,15 +235,23 @@ class SwapEngine:
         async with self._prepare_guard(ileg.chain):
             fields = await ops.prepare_lock(view, ileg)
             view = await self._move(view, m.INITIATOR_LOCK_INTENDED, "lock recorded before broadcast", legs={INITIATOR: fields})
+            view = await self._send_lock(view)
         await self._lock_intended(view)
 
-    async def _lock_intended(self, view: SwapView) -> None:
+    async def _send_lock(self, view: SwapView) -> SwapView:
+        """Broadcast our recorded lock (again: idempotent) and record what the chain gave back.
+        Called inside the prepare guard right after recording, so the next swap's coin choice
+        sees this lock's inputs spent and its change in the mempool."""
         leg = self._own_leg(view)
-        ops = self._ops(leg)
-        fields = await ops.broadcast_lock(view, leg)
+        fields = await self._ops(leg).broadcast_lock(view, leg)
         if fields and any(getattr(leg, k) != v for k, v in fields.items()):
             view = self.store.transition(view.swap.id, view.swap.state, view.swap.state, "lock broadcast", legs={leg.leg: fields})
-            leg = self._own_leg(view)
+        return view
+
+    async def _lock_intended(self, view: SwapView) -> None:
+        view = await self._send_lock(view)
+        leg = self._own_leg(view)
+        ops = self._ops(leg)
         confirmations = await ops.lock_confirmations(view, leg)
         need = self.confirmations[leg.chain]
         if confirmations < need:
@@ -340,6 +348,7 @@ class SwapEngine:
             view = await self._move(view, m.PARTICIPANT_LOCK_INTENDED, f"trader's lock {seen.ref} audited; lock recorded before broadcast", legs={
                 INITIATOR: {"lock_tx": seen.tx}, PARTICIPANT: {"expiry": expiry, **fields},
             })
+            view = await self._send_lock(view)
         await self._lock_intended(view)
 
     async def _fail(self, view: SwapView, reason: str) -> None:

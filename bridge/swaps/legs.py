@@ -22,11 +22,11 @@ from bridge.swaps.store import SwapView
 from bridge.swaps.timelock import ChainTime
 from chains.bitcoin import COINBASE_MATURITY, BitcoinAdapter, BitcoinTxFilter
 from chains.bitcoin_tx import btc_to_sats
-from chains.bitcoin_wallet import BtcKey, build_payment
+from chains.bitcoin_wallet import BtcKey, Utxo
 from chains.evm import EvmAdapter
 from htlc.audit import AuditError, audit
 from htlc.bitcoin_script import TEMPLATE_P2WSH, htlc_script_pubkey, p2wsh_htlc_script
-from htlc.bitcoin_tx import HtlcCoin, build_claim, build_refund
+from htlc.bitcoin_tx import HtlcCoin, build_claim, build_funding, build_refund
 from htlc.bitcoin_wire import Tx
 from htlc.evm import ETH as ETH_TOKEN
 from htlc.evm import Claimed, Erc20, EvmHtlc, Locked, SwapStatus, load_artifact
@@ -96,27 +96,26 @@ class BitcoinLeg:
             bytes.fromhex(view.swap.hashlock), bytes.fromhex(leg.recipient), bytes.fromhex(leg.sender), leg.expiry
         )
 
-    async def balance(self, asset_token: str | None) -> int:
-        """What a new lock can spend: our coins, unconfirmed change included, minus reserved ones."""
-        reserved = self.reserved()
+    async def _spendable(self) -> list[Utxo]:
+        """Coins a new lock may use: ours, unconfirmed change included, mature, and not reserved
+        by a recorded but not yet broadcast lock (after a crash) whose stored bytes spend them."""
         coins = await self.adapter.utxos([self.key.p2wpkh_script], include_mempool=True)
-        return sum(u.value_sats for u in coins if u.outpoint not in reserved)
+        tip = await self.adapter.height()
+        reserved = self.reserved()
+        return [
+            u for u in coins
+            if u.outpoint not in reserved and not (u.coinbase and u.height is not None and tip - u.height + 1 < COINBASE_MATURITY)
+        ]
+
+    async def balance(self, asset_token: str | None) -> int:
+        return sum(u.value_sats for u in await self._spendable())
 
     # --- our lock -------------------------------------------------------------
 
     async def prepare_lock(self, view: SwapView, leg: SwapLeg) -> dict[str, Any]:
         script = self._script(view, leg)
         spk = htlc_script_pubkey(TEMPLATE_P2WSH, script)
-        coins = await self.adapter.utxos([self.key.p2wpkh_script], include_mempool=True)
-        tip = await self.adapter.height()
-        # Coins that a recorded but not yet broadcast lock will spend (after a crash) stay
-        # reserved for it: spending them here would make that stored transaction invalid.
-        reserved = self.reserved()
-        coins = [
-            u for u in coins
-            if u.outpoint not in reserved and not (u.coinbase and u.height is not None and tip - u.height + 1 < COINBASE_MATURITY)
-        ]
-        signed = build_payment([self.key], coins, [(spk, leg.value)], await self._feerate(), network=self.adapter.network)
+        signed = build_funding(await self._spendable(), [self.key], spk, leg.value, await self._feerate(), network=self.adapter.network)
         vout = next(n for n, out in enumerate(Tx.parse(bytes.fromhex(signed.raw_hex)).outputs) if out.script_pubkey == spk)
         return {
             "script": script.hex(), "lock_raw": signed.raw_hex, "lock_tx": signed.txid,
