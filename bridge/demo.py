@@ -1,4 +1,4 @@
-"""`make demo`: bring up both devnets, act on each chain, print what happened, stop.
+"""`make demo`: bring up both devnets, act on each chain, run three atomic swaps, print what happened, stop.
 
     python -m bridge.demo [--data-dir .devnet/demo] [--keep]
 
@@ -82,7 +82,7 @@ async def bitcoin_phase(descriptor: dict, tl: Timeline) -> dict:
         return {"txid": signed.txid, "block": status.block.height, "fee_sats": signed.fee_sats}
 
 
-async def run(data_dir: Path, keep: bool) -> int:
+async def run(data_dir: Path, keep: bool, skip_swaps: bool = False) -> int:
     from bridge.settings import load_settings
     from devnets.manager import Devnet
 
@@ -102,6 +102,11 @@ async def run(data_dir: Path, keep: bool) -> int:
             tl.say(f"funded Bitcoin key {key['index']}: {key['address']}")
         summary["evm"] = await evm_phase(descriptor, tl)
         summary["bitcoin"] = await bitcoin_phase(descriptor, tl)
+        if not skip_swaps:
+            from bridge.demo_swaps import run_swaps
+
+            tl.say("atomic swaps: an LP daemon and a trader, each with its own keys and database")
+            summary["swaps"] = await run_swaps(descriptor, data_dir, tl.say, devnet.bitcoin.rpc)
     finally:
         if not keep:
             await asyncio.to_thread(devnet.down, tl.say)
@@ -109,7 +114,11 @@ async def run(data_dir: Path, keep: bool) -> int:
     print(f"EVM     1 ETH transfer confirmed in block {summary['evm']['block']} (tx {summary['evm']['txid']})")
     print(f"Bitcoin 1 BTC payment confirmed at height {summary['bitcoin']['block']} "
           f"(tx {summary['bitcoin']['txid']}, fee {summary['bitcoin']['fee_sats']} sat)")
-    print(f"took {time.monotonic() - tl.started:.1f}s; nodes {'left running' if keep else 'stopped'}")
+    for swap_id, swap in summary.get("swaps", {}).get("swaps", {}).items():
+        print(f"\nswap {swap_id}: {swap['state']}\n{swap['timeline']}")
+    for party, balances in summary.get("swaps", {}).get("balances", {}).items():
+        print(f"\nledger of the {party} (bridgectl ledger balances):\n{balances}")
+    print(f"\ntook {time.monotonic() - tl.started:.1f}s; nodes {'left running' if keep else 'stopped'}")
     return 0
 
 
@@ -117,9 +126,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bridge.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default=".devnet/demo", type=Path)
     parser.add_argument("--keep", action="store_true", help="leave the demo's nodes running afterwards")
+    parser.add_argument("--no-swaps", action="store_true", help="only the devnet transfers, no swaps")
     args = parser.parse_args(argv)
     try:
-        return asyncio.run(run(args.data_dir, args.keep))
+        return asyncio.run(run(args.data_dir.resolve(), args.keep, args.no_swaps))
     except BridgeError as exc:
         print(f"demo failed: {exc.message}", file=sys.stderr)
         return 1
