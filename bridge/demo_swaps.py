@@ -101,15 +101,12 @@ class PartyDir:
             raise DevnetError(f"{self.name}: bridgectl {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}")
         return proc
 
-    def json(self, *args: str) -> dict | list:
-        return json.loads(self.run(*args, "--json").stdout)
-
 
 class Miner:
     """Mines a regtest block whenever the mempool holds a transaction."""
 
-    def __init__(self, rpc: Callable, say: Callable[[str], None]) -> None:
-        self.rpc, self.say = rpc, say
+    def __init__(self, rpc: Callable) -> None:
+        self.rpc = rpc
         self.address = None
         self.paused = False
         self._task: asyncio.Task | None = None
@@ -246,7 +243,7 @@ async def run_swaps(descriptor: dict, data_dir: Path, say, btc_rpc: Callable) ->
     lp_port = free_port()
     lp_party.write(descriptor, lp_port=lp_port)
     trader.write(descriptor)
-    miner = Miner(btc_rpc, say)
+    miner = Miner(btc_rpc)
     miner.start(btc_keys[0]["address"])
     lp = LpProcess(lp_party, lp_port)
     results: dict = {}
