@@ -137,9 +137,7 @@ class RunningWatcher:
                 return await resp.json()
 
     async def stop(self) -> None:
-        self.task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self.task
+        await stop_runner(self.task, "watcher")
 
     async def state(self, job_id: str, state: str, level: int | None = None, timeout: float = 30.0) -> dict[str, Any]:
         async def reached() -> dict[str, Any] | None:
@@ -147,6 +145,17 @@ class RunningWatcher:
             return job if job["state"] == state and (level is None or job["spend_level"] == level) else None
 
         return await wait_until(reached, timeout, what=f"job {job_id} in {state} (level {level})")
+
+
+async def stop_runner(task: asyncio.Task, daemon_name: str) -> None:
+    """Cancel a ``Runner.run`` task and its daemon's task: cancelling the runner alone
+    leaves the daemon's loop running (the runner stops it only on SIGTERM/SIGINT)."""
+    daemons = [t for t in asyncio.all_tasks() if t.get_name() == daemon_name]
+    for t in [task, *daemons]:
+        t.cancel()
+    for t in [task, *daemons]:
+        with contextlib.suppress(asyncio.CancelledError):
+            await t
 
 
 @contextlib.asynccontextmanager
@@ -579,7 +588,66 @@ async def test_trader_offline_after_lp_locked_watcher_claims_for_it(
         assert mined["from"].lower() == watcher_addr.lower()
         assert trader.store.get(swap_id).swap.state in (m.PARTICIPANT_LOCKED, m.CLAIM_INTENDED)  # the trader did nothing
     finally:
-        lp_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await lp_task
+        await stop_runner(lp_task, "lp")
+        await trader.close()
+
+
+async def test_lp_offline_after_locking_watcher_claims_its_btc_once_the_trader_reveals(
+    tmp_path, regtest, anvil, btc, evm, htlc, automine,
+):
+    """BTC -> ETH with the swap engine.  The LP locks its ETH, hands its jobs to the watcher
+    (a pre-signed BTC claim pointed at its own ETH lock for the secret, and the refund of
+    that lock) and shuts down.  The trader claims the ETH, revealing the secret; the watcher
+    completes the LP's BTC claim, and ends the LP's refund job as the ETH was claimed."""
+    trader_btc, lp_btc = BtcKey.generate(), BtcKey.generate()
+    await fund_btc(btc, trader_btc)
+    trader_key, trader_addr = await evm_account(evm, 0)
+    lp_key, lp_addr = await evm_account(evm, 10 * ONE_ETH)
+
+    lp_settings = settings_for(tmp_path, "lp", regtest, anvil)
+    lp = await Party.open(lp_settings, swap_config(lp_btc, lp_key, htlc.address))
+    daemon = LpDaemon(lp)
+    port = free_port()
+    lp_task = asyncio.create_task(Runner(daemon, lp_settings, http_port=port, extra_routes=daemon.routes(), shutdown_grace=2).run())
+    lp_url = f"http://127.0.0.1:{port}"
+    trader = await Party.open(settings_for(tmp_path, "trader", regtest, anvil), swap_config(trader_btc, trader_key, htlc.address), LpClient())
+    try:
+        await wait_until(lambda: _health(lp_url), 10, what="LP up")
+        view = await trader.start_swap(lp_url, "btc:0.01", "eth:0.15")
+        swap_id = view.swap.id
+
+        async def lp_locked() -> bool:
+            # The trader learns of the LP's lock from the LP; with no ETH for gas it cannot claim yet.
+            swap = (await trader.engine.step(swap_id)).swap
+            assert swap.state in (m.PARTICIPANT_LOCKED, m.CLAIM_INTENDED), f"trader in {swap.state}: {swap.last_error}"
+            return True
+
+        await wait_until(lp_locked, 60, interval=0.1, what="the LP's lock, audited by the trader")
+        await wait_until(lambda: lp.store.get(swap_id).swap.state == m.PARTICIPANT_LOCKED, 60, what="the LP's lock recorded")
+        jobs = await swap_jobs(lp.store.get(swap_id), lp_btc, EvmHtlc(evm, htlc.address), "regtest")
+        assert [(j["kind"], j["chain"], j.get("reveal", {}).get("chain")) for j in jobs] == [
+            ("claim", "bitcoin", "evm"), ("refund", "evm", None)]
+        await stop_runner(lp_task, "lp")  # the LP goes offline
+        await evm.set_balance(trader_addr, ONE_ETH // 100)  # the trader can pay for its claim now
+
+        async with running_watcher(tmp_path / "watcher.sqlite", btc, evm, Account.create().key.to_0x_hex()) as w:
+            ids = []
+            for job in jobs:
+                status, body = await w.submit(job)
+                assert status == 201, body
+                ids.append(body["id"])
+
+            async def trader_claimed() -> bool:
+                swap = (await trader.engine.step(swap_id)).swap
+                assert swap.state == m.CLAIMED, f"trader in {swap.state}: {swap.last_error}"
+                return True
+
+            await wait_until(trader_claimed, 60, interval=0.1, what="the trader's claim of the ETH")
+            claim = await w.state(ids[0], CONFIRMED, timeout=60)
+            await w.state(ids[1], SPENT_ELSEWHERE, timeout=60)
+        assert await btc.balance([lp_btc.p2wpkh_script]) == _outs(jobs[0]["presigned"][0]["tx"])[0]  # 0.01 BTC less the 2 sat/vB fee
+        assert claim["spend_level"] == 0 and claim["secret_known"]
+        assert lp.store.get(swap_id).swap.state == m.PARTICIPANT_LOCKED  # the LP did nothing meanwhile
+    finally:
+        await stop_runner(lp_task, "lp")
         await trader.close()
