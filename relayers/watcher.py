@@ -46,10 +46,7 @@ class WatcherDaemon:
                 pass
 
     def _gauges(self) -> None:
-        counts: dict[str, int] = {}
-        for job in self.watcher.store.all():
-            counts[job.state] = counts.get(job.state, 0) + 1
-        for state, n in counts.items():
+        for state, n in self.watcher.store.counts().items():
             self.metrics.set(f"jobs_{state}", n)
 
     # --- HTTP ------------------------------------------------------------------------

@@ -354,6 +354,14 @@ async def test_watcher_broadcasts_the_presigned_refund_at_expiry(btc, evm, tmp_p
         sent = await w.state(job_id, SPEND_SENT)
         await btc.mine(1)
         done = await w.state(job_id, CONFIRMED)
+
+        async def metrics() -> bool:
+            async with aiohttp.ClientSession() as http, http.get(f"{w.url}/metrics") as resp:
+                text = await resp.text()
+            assert "bridge_watcher_jobs_confirmed 1\n" in text and "bridge_watcher_jobs_watching 0\n" in text, text
+            return True
+
+        await wait_until(metrics, 5, what="the watcher's metrics")
     assert done["spend_tx"] == sent["spend_tx"]
     assert await btc.balance([party.p2wpkh_script]) == before + HTLC_SATS - (HTLC_SATS - _outs(ladder[0]["tx"])[0])
 

@@ -7,7 +7,8 @@ the expiry, then refund it to the party); both go through the same states:
     watching -> spend_intended -> spend_sent -> confirmed
                       ^______________|  (a fee bump: a new spend recorded, then sent)
     watching -> spent_elsewhere   (someone else claimed or refunded the HTLC first)
-    watching -> expired           (claim jobs only: the lock expired, no secret seen)
+    watching -> expired           (EVM claim jobs: the contract refuses claims from the expiry
+                                   on; a Bitcoin claim stays possible until the output is spent)
 """
 
 from __future__ import annotations

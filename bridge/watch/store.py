@@ -10,6 +10,7 @@ import logging
 import time
 from typing import Any, Iterable
 
+from sqlalchemy import func
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
@@ -56,6 +57,12 @@ class WatchStore:
     def all(self) -> list[WatchJob]:
         with self._session() as s:
             return list(s.exec(select(WatchJob).order_by(WatchJob.created_at)))
+
+    def counts(self) -> dict[str, int]:
+        """Jobs per state, every state named (zero included)."""
+        with self._session() as s:
+            found = dict(s.exec(select(WatchJob.state, func.count()).group_by(WatchJob.state)).all())
+        return {state: found.get(state, 0) for state in STATES}
 
     def actions(self, job_id: str) -> list[WatchAction]:
         with self._session() as s:
