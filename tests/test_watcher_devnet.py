@@ -659,3 +659,54 @@ async def test_lp_offline_after_locking_watcher_claims_its_btc_once_the_trader_r
     finally:
         await stop_runner(lp_task, "lp")
         await trader.close()
+
+
+async def test_spend_recorded_before_broadcast_is_sent_once_after_a_crash_either_side_of_the_send(btc, evm, htlc, tmp_path):
+    """The two crash windows of a spend, made exact by stepping the watcher by hand:
+    recorded but never sent (a new watcher sends the stored bytes), and sent but not
+    recorded as sent (a new watcher sends them again, harmlessly).  Each chain ends
+    with exactly the one recorded transaction: same txid, same EVM nonce."""
+    secret, hashlock = new_secret()
+    party, counterparty = BtcKey.generate(), BtcKey.generate()
+    await fund_btc(btc, party)
+    lock = await lock_btc(btc, party, counterparty, hashlock, 2)
+    sender_key, _ = await evm_account(evm)
+    _, party_addr = await evm_account(evm)
+    watcher_key, watcher_addr = await evm_account(evm)
+    swap_id, _ = await htlc.lock(sender_key, party_addr, ETH, HTLC_WEI, hashlock, (await evm.head()).timestamp + 3600)
+    params = (await htlc.locked_swap(swap_id)).swap
+    while await btc.height() < lock.height + 2:
+        await btc.mine(1)
+    db = f"sqlite:///{tmp_path / 'w.sqlite'}"
+
+    def fresh_watcher() -> Watcher:  # what a restarted process builds from the same database
+        return Watcher(WatchStore(make_engine(db)), btc, evm, watcher_key)
+
+    first = fresh_watcher()
+    refund, _ = await first.submit(btc_job("refund", lock, hashlock, party.p2wpkh_script, presign_refunds(lock.coin, party, party.p2wpkh_script)))
+    claim, _ = await first.submit(evm_job("claim", htlc, params, party_addr, secret=secret.hex()))
+    for job in (refund, claim):
+        await first.step(first.store.get(job.id))
+    refund, claim = first.store.get(refund.id), first.store.get(claim.id)
+    assert refund.state == claim.state == "spend_intended"
+    assert await btc.rpc.call("getrawmempool") == []
+    assert int(await evm.rpc.call("eth_getTransactionCount", [watcher_addr, "pending"]), 16) == 0
+
+    # Window 1 for the refund (nothing sent); window 2 for the claim (sent, the crash before recording it).
+    await evm.send(claim.spend_raw)
+    second = fresh_watcher()
+    await second.step_all()
+    assert second.store.get(refund.id).state == second.store.get(claim.id).state == SPEND_SENT
+    assert await btc.rpc.call("getrawmempool") == [refund.spend_tx]
+    await btc.mine(1)
+    await wait_until(lambda: _stepped_to(second, [refund.id, claim.id], CONFIRMED), 20, what="both spends confirmed")
+    assert int(await evm.rpc.call("eth_getTransactionCount", [watcher_addr, "latest"]), 16) == 1
+    mined = await evm.rpc.call("eth_getTransactionByHash", [claim.spend_tx])
+    assert mined["blockNumber"] is not None and int(mined["nonce"], 16) == 0
+    assert [second.store.get(i).spend_history for i in (refund.id, claim.id)] == [refund.spend_tx, claim.spend_tx]
+    assert await evm.balance(party_addr) == ONE_ETH + HTLC_WEI
+
+
+async def _stepped_to(watcher: Watcher, ids: list[str], state: str) -> bool:
+    await watcher.step_all()
+    return all(watcher.store.get(i).state == state for i in ids)
