@@ -47,7 +47,7 @@ from chains.evm import EvmAdapter
 from devnets.process import free_port
 from htlc.bitcoin_script import p2wsh_htlc_script
 from htlc.bitcoin_tx import build_claim, fund_htlc
-from htlc.evm import ETH, EvmHtlc
+from htlc.evm import ETH, Erc20, EvmHtlc
 from relayers.lp import LpDaemon
 from relayers.runner import Runner
 from relayers.watcher import WatcherDaemon
@@ -710,3 +710,23 @@ async def test_spend_recorded_before_broadcast_is_sent_once_after_a_crash_either
 async def _stepped_to(watcher: Watcher, ids: list[str], state: str) -> bool:
     await watcher.step_all()
     return all(watcher.store.get(i).state == state for i in ids)
+
+
+async def test_watcher_claims_an_erc20_leg(btc, evm, htlc, tmp_path):
+    """The same claim for a token lock: the contract pays the party the tokens, the watcher the gas."""
+    secret, hashlock = new_secret()
+    deployer_key, _ = await evm_account(evm)
+    sender_key, sender_addr = await evm_account(evm)
+    _, party_addr = await evm_account(evm, 0)
+    watcher_key, _ = await evm_account(evm)
+    token = await Erc20.deploy(evm, deployer_key, "TestToken", "Test USD", "TUSD", 6)
+    await token.mint(deployer_key, sender_addr, 500 * 10**6)
+    await token.approve(sender_key, htlc.address, 500 * 10**6)
+    swap_id, _ = await htlc.lock(sender_key, party_addr, token.address, 500 * 10**6, hashlock, (await evm.head()).timestamp + 3600)
+    params = (await htlc.locked_swap(swap_id)).swap
+    async with running_watcher(tmp_path / "w.sqlite", btc, evm, watcher_key) as w:
+        status, body = await w.submit(evm_job("claim", htlc, params, party_addr, secret=secret.hex()))
+        assert status == 201, body
+        await w.state(body["id"], CONFIRMED)
+    assert await token.balance(party_addr) == 500 * 10**6
+    assert await evm.balance(party_addr) == 0  # the party spent nothing on gas

@@ -83,8 +83,8 @@ class JobSpec:
 
     @property
     def id(self) -> str:
-        """Same job, same id: a party re-sending its job (or two watchers) agree on it."""
-        ref = self.htlc.get("outpoint") or f"{self.htlc.get('contract', '')}:{self.swap.id.hex() if self.chain == EVM else ''}"
+        """One id per HTLC and kind: a re-sent job finds its row, another job for that HTLC conflicts."""
+        ref = self.htlc["outpoint"] if self.chain == BITCOIN else f"{self.htlc['contract']}:{self.swap.id.hex()}"
         return hashlib.sha256(f"{self.chain}|{self.kind}|{ref}".lower().encode()).hexdigest()[:32]
 
     @property
