@@ -45,7 +45,6 @@ from bridge.testing import WaitTimeout, wait_until  # noqa: E402
 from devnets.anvil import Anvil  # noqa: E402
 from sqlmodel import Session, select  # noqa: E402
 from devnets.process import free_port  # noqa: E402
-from devnets.bitcoin_node import BitcoinNode as RegtestProcess  # noqa: E402
 from htlc.bitcoin_script import p2wsh_htlc_script  # noqa: E402
 from htlc.bitcoin_tx import build_claim, fund_htlc  # noqa: E402
 from htlc.evm import ETH, Claimed, EvmHtlc  # noqa: E402

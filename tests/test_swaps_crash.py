@@ -29,7 +29,6 @@ from bridge.swaps.protocol import LiquidityProvider, LpClient, describe
 from bridge.testing import WaitTimeout, wait_until
 from devnets.anvil import Anvil
 from devnets.process import free_port
-from devnets.bitcoin_node import BitcoinNode as RegtestProcess
 from swap_harness import (
     CRASH_POINTS, NODE_AUTH, ONE_BTC, ONE_ETH, Books, Chains, Identity, Party, Snapshot, automine, bitcoin_node, open_party, reap, reconcile, sigkill, start_lp,
 )
