@@ -90,6 +90,10 @@ class SwapEngine:
         once they are all finished).  Up to ``max_concurrency`` swaps step at once, each
         swap in one step at a time, so one slow chain call does not hold up the others."""
         self.catch_up()
+        # Re-send recorded locks first: until they are out, the coins they spend are reserved.
+        for view in self.store.list([m.INITIATOR_LOCK_INTENDED, m.PARTICIPANT_LOCK_INTENDED]):
+            if only is None or view.swap.id in only:
+                await self.step(view.swap.id)
         running: dict[str, asyncio.Task[SwapView]] = {}
         try:
             while not stop.is_set():
@@ -342,6 +346,9 @@ class SwapEngine:
         async with self._prepare_guard(pleg.chain):
             balance = await pops.balance(pleg.token)
             if balance < pleg.value:
+                if await pops.balance(pleg.token, include_reserved=True) >= pleg.value:
+                    # Coins held for another recorded lock that is about to be re-sent (after a restart).
+                    raise NotYet(f"{pleg.asset} coins are reserved by a lock not yet re-sent")
                 await self._fail(view, f"not enough {pleg.asset} to lock: have {balance}, need {pleg.value}")
                 return
             fields = await pops.prepare_lock(view, planned)

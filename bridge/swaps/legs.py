@@ -96,19 +96,19 @@ class BitcoinLeg:
             bytes.fromhex(view.swap.hashlock), bytes.fromhex(leg.recipient), bytes.fromhex(leg.sender), leg.expiry
         )
 
-    async def _spendable(self) -> list[Utxo]:
+    async def _spendable(self, include_reserved: bool = False) -> list[Utxo]:
         """Coins a new lock may use: ours, unconfirmed change included, mature, and not reserved
         by a recorded but not yet broadcast lock (after a crash) whose stored bytes spend them."""
         coins = await self.adapter.utxos([self.key.p2wpkh_script], include_mempool=True)
         tip = await self.adapter.height()
-        reserved = self.reserved()
+        reserved = set() if include_reserved else self.reserved()
         return [
             u for u in coins
             if u.outpoint not in reserved and not (u.coinbase and u.height is not None and tip - u.height + 1 < COINBASE_MATURITY)
         ]
 
-    async def balance(self, asset_token: str | None) -> int:
-        return sum(u.value_sats for u in await self._spendable())
+    async def balance(self, asset_token: str | None, include_reserved: bool = False) -> int:
+        return sum(u.value_sats for u in await self._spendable(include_reserved))
 
     # --- our lock -------------------------------------------------------------
 
@@ -234,7 +234,7 @@ class EvmLeg:
         head = await self.adapter.head()
         return ChainTime(head.height, head.timestamp)
 
-    async def balance(self, token: str | None) -> int:
+    async def balance(self, token: str | None, include_reserved: bool = False) -> int:
         if token is None:
             return await self.adapter.balance(self.address)
         return await Erc20(self.adapter, token).balance(self.address)
