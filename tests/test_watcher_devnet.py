@@ -44,6 +44,7 @@ from chains.bitcoin import COINBASE_MATURITY, BitcoinAdapter
 from chains.bitcoin_rpc import BitcoinRpc
 from chains.bitcoin_wallet import BtcKey
 from chains.evm import EvmAdapter
+from chains.fee_bump import EvmTxFields
 from devnets.process import free_port
 from htlc.bitcoin_script import p2wsh_htlc_script
 from htlc.bitcoin_tx import build_claim, fund_htlc
@@ -140,9 +141,11 @@ class RunningWatcher:
         await stop_runner(self.task, "watcher")
 
     async def state(self, job_id: str, state: str, level: int | None = None, timeout: float = 30.0) -> dict[str, Any]:
-        async def reached() -> dict[str, Any] | None:
+        async def reached() -> dict[str, Any]:
             job = await self.get(job_id)
-            return job if job["state"] == state and (level is None or job["spend_level"] == level) else None
+            assert job["state"] == state and (level is None or job["spend_level"] == level), (
+                f"{job['state']} level {job['spend_level']}, last error {job['last_error']}, last note {job['actions'][-1]['note']}")
+            return job
 
         return await wait_until(reached, timeout, what=f"job {job_id} in {state} (level {level})")
 
@@ -730,3 +733,54 @@ async def test_watcher_claims_an_erc20_leg(btc, evm, htlc, tmp_path):
         await w.state(body["id"], CONFIRMED)
     assert await token.balance(party_addr) == 500 * 10**6
     assert await evm.balance(party_addr) == 0  # the party spent nothing on gas
+
+
+async def test_evm_nonces_stay_with_the_watchers_dropped_spends(btc, evm, htlc, tmp_path):
+    """A claim priced under the next blocks' base fee is dropped by Anvil.  A second job must
+    not sign with the nonce the dropped claim still holds.  Then the key's owner spends that
+    nonce by hand: the dropped claim goes out again under a fresh nonce.  Both swaps end claimed."""
+    hashlocks = [new_secret() for _ in range(2)]
+    sender_key, _ = await evm_account(evm)
+    _, party_addr = await evm_account(evm, 0)
+    watcher_key, watcher_addr = await evm_account(evm)
+    expiry = (await evm.head()).timestamp + 3600
+    params = []
+    for _, hashlock in hashlocks:
+        swap_id, _ = await htlc.lock(sender_key, party_addr, ETH, HTLC_WEI, hashlock, expiry)
+        params.append((await htlc.locked_swap(swap_id)).swap)
+    base_fee = int((await evm.rpc.call("eth_getBlockByNumber", ["latest", False]))["baseFeePerGas"], 16)
+    db = tmp_path / "w.sqlite"
+
+    async def nonce_of(tx_hash: str) -> int:
+        return int((await evm.rpc.call("eth_getTransactionByHash", [tx_hash]))["nonce"], 16)
+
+    await evm.set_automine(False)
+    try:
+        async with running_watcher(db, btc, evm, watcher_key, stuck_blocks=3, evm_max_fee=2 * base_fee, evm_priority_fee=1) as w:
+            _, a = await w.submit(evm_job("claim", htlc, params[0], party_addr, secret=hashlocks[0][0].hex()))
+            sent_a = await w.state(a["id"], SPEND_SENT)
+            assert await nonce_of(sent_a["spend_tx"]) == 0
+            await evm.rpc.call("anvil_setNextBlockBaseFeePerGas", [hex(20 * base_fee)])
+            await evm.mine(1)
+            assert await evm.rpc.call("eth_getTransactionByHash", [sent_a["spend_tx"]]) is None, "Anvil dropped it"
+
+        async with running_watcher(db, btc, evm, watcher_key, stuck_blocks=3) as w:  # node-suggested fees from here
+            _, b = await w.submit(evm_job("claim", htlc, params[1], party_addr, secret=hashlocks[1][0].hex()))
+            sent_b = await w.state(b["id"], SPEND_SENT)
+            assert await nonce_of(sent_b["spend_tx"]) == 1, "nonce 0 still belongs to the dropped claim"
+
+            # The owner uses the key by hand and nonce 0 is mined in a transfer (B, nonce 1, with it).
+            fees = await evm.suggest_fees()
+            by_hand = EvmTxFields(await evm.chain_id_int(), 0, watcher_addr, "0x", 21_000, fees.max_fee, fees.priority_fee)
+            await evm.send(by_hand.sign(evm, watcher_key)[0])
+            await evm.mine(1)
+            await w.state(b["id"], CONFIRMED)
+            await evm.mine(1)
+            resent = await w.state(a["id"], SPEND_SENT, level=1)
+            assert await nonce_of(resent["spend_tx"]) == 2
+            assert "the old one was taken" in resent["actions"][-2]["note"]
+            await evm.mine(1)
+            await w.state(a["id"], CONFIRMED)
+    finally:
+        await evm.set_automine(True)
+    assert await evm.balance(party_addr) == 2 * HTLC_WEI

@@ -23,7 +23,7 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from bridge.errors import BridgeError, ConfigError, NotFound
@@ -261,7 +261,7 @@ class Watcher:
         fees = choose_fees(await self.evm.suggest_fees(), self.policy.evm_max_fee, self.policy.evm_priority_fee)
         fields = EvmTxFields(
             chain_id=await self.evm.chain_id_int(),
-            nonce=int(await self.evm.rpc.call("eth_getTransactionCount", [sender, "pending"]), 16),
+            nonce=await self._next_nonce(sender),
             to=htlc.address, data="0x" + data.hex(), gas=await self.evm.estimate_gas(sender, htlc.address, 0, data),
             max_fee=fees.max_fee, priority_fee=fees.priority_fee,
         )
@@ -271,6 +271,13 @@ class Watcher:
             secret=secret.hex() if secret else job.secret, spend_level=0, spend_raw=raw, spend_tx=tx_hash,
             evm_tx=json.dumps(fields.to_dict()),
         )
+
+    async def _next_nonce(self, sender: str) -> int:
+        """The node's pending count, but never a nonce one of our unconfirmed spends holds:
+        a spend the node dropped (underpriced) still owns its nonce until it is bumped."""
+        pending = int(await self.evm.rpc.call("eth_getTransactionCount", [sender, "pending"]), 16)
+        held = [json.loads(j.evm_tx)["nonce"] for j in self.store.open_jobs() if j.chain == EVM and j.evm_tx]
+        return max([pending, *(n + 1 for n in held)])
 
     async def _broadcast_evm(self, job: WatchJob, spec: JobSpec) -> None:
         tip = await self.evm.height()
@@ -305,10 +312,18 @@ class Watcher:
             return
         # Stuck, whether still pending or evicted as underpriced (Anvil drops those): same nonce, higher fees.
         fields = await evm_bump(self.evm, EvmTxFields.from_dict(json.loads(job.evm_tx)), self.policy.evm_bump_multiplier)
+        sender = self.evm.account(self.evm_key).address
+        mined_count = int(await self.evm.rpc.call("eth_getTransactionCount", [sender, "latest"]), 16)
+        how = f"same nonce {fields.nonce}"
+        if mined_count > fields.nonce:
+            # Another transaction of this key took the nonce (ours was dropped meanwhile): the swap
+            # is still locked, so the claim or refund goes out again under the next free nonce.
+            fields = replace(fields, nonce=await self._next_nonce(sender))
+            how = f"nonce {fields.nonce} (the old one was taken)"
         raw, tx_hash = fields.sign(self.evm, self.evm_key)
         self.store.transition(
             job.id, SPEND_SENT, SPEND_INTENDED,
-            f"{job.spend_tx} pending {tip - job.sent_height} blocks: same nonce {fields.nonce}, "
+            f"{job.spend_tx} pending {tip - job.sent_height} blocks: {how}, "
             f"max fee {fields.max_fee}, tip {fields.priority_fee} wei",
             spend_level=job.spend_level + 1, spend_raw=raw, spend_tx=tx_hash, evm_tx=json.dumps(fields.to_dict()),
         )
