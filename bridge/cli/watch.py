@@ -48,7 +48,7 @@ async def run_watcher(args: argparse.Namespace) -> int:
         await evm.chain_id_int()
         watcher = Watcher(
             WatchStore(make_engine(settings.db_url)), btc, evm, os.environ.get(args.evm_key_env) or None,
-            WatchPolicy(stuck_blocks=args.stuck_blocks, confirmations=max(settings.bitcoin.confirmations, 1)),
+            WatchPolicy(stuck_blocks=args.stuck_blocks, confirmations=max(settings.bitcoin.confirmations, settings.evm.confirmations, 1)),
         )
         daemon = WatcherDaemon(watcher, args.poll_interval)
         runner = Runner(daemon, settings, http_host=args.host or "127.0.0.1", http_port=args.port or DEFAULT_PORT,

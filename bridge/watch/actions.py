@@ -298,7 +298,10 @@ class Watcher:
         status = await self._htlc(spec).swap(spec.swap.id)
         wanted = SwapStatus.CLAIMED if job.kind == CLAIM else SwapStatus.REFUNDED
         if status == wanted:
-            mined = [h for h in job.spend_history.split(",") if (await self.evm.tx_status(h)).confirmations > 0]
+            depths = {h: (await self.evm.tx_status(h)).confirmations for h in job.spend_history.split(",")}
+            mined = [h for h, depth in depths.items() if depth > 0]
+            if mined and depths[mined[0]] < self.policy.confirmations:
+                return  # ours, not deep enough yet
             by = f"by {mined[0]}" if mined else "by another sender"
             self.store.transition(job.id, SPEND_SENT, CONFIRMED, f"swap {status.name.lower()} {by}", spend_tx=mined[0] if mined else job.spend_tx)
             return
