@@ -183,7 +183,7 @@ async def bench_bitcoin(total_txs: int, db_url: str, cache: Path) -> None:
     began = time.perf_counter()
     node.start()
     try:
-        async with BitcoinAdapter(BitcoinRpc(node.url, cookie_file=node.cookie_file, timeout=300)) as adapter:
+        async with BitcoinAdapter(BitcoinRpc(node.rpc_url, cookie_file=node.cookie_file, timeout=300)) as adapter:
             cached = ready.exists()
             if not cached:
                 await _build_regtest_chain(adapter, total_txs)

@@ -7,6 +7,10 @@ transaction's bounds and checks the filter with byte slices (outpoints and scrip
 are compared as raw bytes, no hex); only the transactions kept are turned into
 bitcoind-shaped dicts (``txid``, ``hash``, ``vin[].txid/vout/txinwitness``,
 ``vout[].value/n/scriptPubKey.hex``; amounts as ``Decimal`` BTC like the RPC's).
+
+The pass does not build ``chains.btc.primitives.Tx`` objects for every transaction (most are
+dropped by the filter); it shares the codec's compact-size reader, hashes and header parser, and
+the kept transactions are decoded with ``Tx.parse``.
 """
 
 from __future__ import annotations
