@@ -107,6 +107,11 @@ class Runner:
             return 0
         finally:
             stopper.cancel()
+            if not task.done():
+                # Cancelled from outside (an embedding program or a test): the daemon must not
+                # outlive its runner.
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
             if http is not None:
                 await http.cleanup()
             log.info("%s stopped", self.daemon.name)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import subprocess
 import sys
@@ -60,3 +61,31 @@ async def test_daemon_serves_metrics_and_stops_cleanly_on_sigterm():
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+async def test_cancelling_the_runner_stops_its_daemon():
+    from bridge.settings import load_settings
+    from relayers.runner import Metrics, Runner
+
+    class Forever:
+        name = "forever"
+
+        def __init__(self) -> None:
+            self.metrics = Metrics("forever")
+            self.running = False
+            self.cancelled = False
+
+        async def run(self, stop):
+            self.running = True
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                self.cancelled = True
+                raise
+
+    daemon = Forever()
+    task = asyncio.create_task(Runner(daemon, load_settings(environ={})).run())
+    await wait_until(lambda: daemon.running, timeout=10, what="the daemon to start")
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert daemon.cancelled
