@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 
-from bridge.errors import BridgeError, Conflict, InputError, NotFound
+from bridge.errors import InputError
 from bridge.swaps.party import Party
 from bridge.swaps.protocol import LiquidityProvider, describe
 from bridge.swaps.store import SwapView
-from relayers.runner import Metrics
+from relayers.runner import Metrics, json_body, json_handler
 
 log = logging.getLogger("relayers.lp")
 
@@ -46,10 +46,10 @@ class LpDaemon:
 
     def routes(self) -> list[web.RouteDef]:
         return [
-            web.get("/quote", _json(self._quote)),
-            web.post("/swaps", _json(self._accept)),
-            web.get("/swaps/{id}", _json(self._status)),
-            web.post("/swaps/{id}/lock", _json(self._lock_notice)),
+            web.get("/quote", json_handler(self._quote)),
+            web.post("/swaps", json_handler(self._accept)),
+            web.get("/swaps/{id}", json_handler(self._status)),
+            web.post("/swaps/{id}/lock", json_handler(self._lock_notice)),
         ]
 
     async def _quote(self, req: web.Request) -> dict[str, Any]:
@@ -60,7 +60,7 @@ class LpDaemon:
         return self.provider.quote(q.get("sell", ""), q.get("buy", ""), int(amount))
 
     async def _accept(self, req: web.Request) -> dict[str, Any]:
-        answer = await self.provider.accept(await _body(req))
+        answer = await self.provider.accept(await json_body(req))
         self.metrics.inc("swaps_accepted")
         return answer
 
@@ -68,30 +68,6 @@ class LpDaemon:
         return describe(self.party.store.get(req.match_info["id"]))
 
     async def _lock_notice(self, req: web.Request) -> dict[str, Any]:
-        return self.provider.lock_notice(req.match_info["id"], await _body(req))
+        return self.provider.lock_notice(req.match_info["id"], await json_body(req))
 
 
-async def _body(req: web.Request) -> dict[str, Any]:
-    try:
-        body = await req.json()
-    except ValueError:
-        body = None
-    if not isinstance(body, dict):
-        raise InputError("request body must be a JSON object")
-    return body
-
-
-def _json(handler: Callable[[web.Request], Awaitable[dict[str, Any]]]) -> Callable[[web.Request], Awaitable[web.Response]]:
-    """Answer JSON; a refusal is a 4xx whose body names the reason, anything else a 500."""
-
-    async def wrapped(req: web.Request) -> web.Response:
-        try:
-            return web.json_response(await handler(req))
-        except BridgeError as exc:
-            status = 404 if isinstance(exc, NotFound) else 409 if isinstance(exc, Conflict) else 503 if exc.retryable else 400
-            return web.json_response(exc.to_dict(), status=status)
-        except Exception as exc:  # noqa: BLE001 - the client gets a 500, the log the trace
-            log.exception("%s %s failed", req.method, req.path)
-            return web.json_response({"error": type(exc).__name__, "message": str(exc)}, status=500)
-
-    return wrapped

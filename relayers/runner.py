@@ -15,10 +15,11 @@ import signal
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Awaitable, Callable, Protocol
 
 from aiohttp import web
 
+from bridge.errors import BridgeError, Conflict, InputError, NotFound
 from bridge.settings import Settings
 
 log = logging.getLogger("relayers.runner")
@@ -44,6 +45,36 @@ class Metrics:
         lines += [f"{self.prefix}_{k}_total {v}" for k, v in sorted(self.counters.items())]
         lines += [f"{self.prefix}_{k} {v}" for k, v in sorted(self.gauges.items())]
         return "\n".join(lines) + "\n"
+
+
+# --- HTTP endpoints of the daemons ------------------------------------------------
+
+
+async def json_body(req: web.Request) -> dict[str, Any]:
+    """The request's JSON object, or an ``InputError`` (a 400) saying it is not one."""
+    try:
+        body = await req.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        raise InputError("request body must be a JSON object")
+    return body
+
+
+def json_handler(handler: Callable[[web.Request], Awaitable[dict[str, Any]]]) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """Answer JSON; a refusal is a 4xx whose body names the reason, anything else a 500."""
+
+    async def wrapped(req: web.Request) -> web.Response:
+        try:
+            return web.json_response(await handler(req))
+        except BridgeError as exc:
+            status = 404 if isinstance(exc, NotFound) else 409 if isinstance(exc, Conflict) else 503 if exc.retryable else 400
+            return web.json_response(exc.to_dict(), status=status)
+        except Exception as exc:  # noqa: BLE001 - the client gets a 500, the log the trace
+            log.exception("%s %s failed", req.method, req.path)
+            return web.json_response({"error": type(exc).__name__, "message": str(exc)}, status=500)
+
+    return wrapped
 
 
 class Daemon(Protocol):

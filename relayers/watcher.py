@@ -22,8 +22,7 @@ from aiohttp import web
 
 from bridge.watch.actions import Watcher, describe
 from bridge.watch.models import WatchJob
-from relayers.lp import _body, _json
-from relayers.runner import Metrics
+from relayers.runner import Metrics, json_body, json_handler
 
 log = logging.getLogger("relayers.watcher")
 
@@ -52,20 +51,20 @@ class WatcherDaemon:
     # --- HTTP ------------------------------------------------------------------------
 
     def routes(self) -> list[web.RouteDef]:
-        return [web.post("/jobs", self._submit), web.get("/jobs/{id}", _json(self._get))]
+        return [web.post("/jobs", self._submit), web.get("/jobs/{id}", json_handler(self._get))]
 
     async def _submit(self, req: web.Request) -> web.Response:
         created: list[bool] = []
 
         async def handler(r: web.Request) -> dict[str, Any]:
-            job, new = await self.watcher.submit(await _body(r))
+            job, new = await self.watcher.submit(await json_body(r))
             created.append(new)
             if new:
                 self.metrics.inc("jobs_accepted")
                 log.info("accepted %s job %s on %s", job.kind, job.id, job.chain)
             return self._view(job)
 
-        response = await _json(handler)(req)
+        response = await json_handler(handler)(req)
         if created == [True]:
             response.set_status(201)
         elif response.status == 400:

@@ -1,6 +1,8 @@
-"""`bridgectl relayer run lp`: the relayer daemons, each on the shared runner.
+"""`bridgectl relayer run lp|watcher`: the relayer daemons, each on the shared runner.
 
-Only the liquidity provider exists so far; the watcher of issue 6 comes later.
+lp: the liquidity provider (quotes, accepts and settles swaps); watcher: finishes
+swaps for parties that are offline (claims and refunds handed to it with
+`bridgectl swap watch`).
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     run = cmds.add_parser("run", help="run a daemon until SIGTERM/SIGINT")
     run.add_argument("daemon", choices=["lp", "watcher"], help="lp: the liquidity provider (quotes, accepts and settles swaps); watcher: finishes swaps for offline parties")
     run.add_argument("--swap-config", help="swap TOML (default: $BRIDGE_SWAP_CONFIG or <data dir>/swaps.toml)")
-    run.add_argument("--host", default=None, help="HTTP bind address (default: the config's lp.host)")
-    run.add_argument("--port", type=int, default=None, help="HTTP port (default: the config's lp.port)")
+    run.add_argument("--host", default=None, help="HTTP bind address (default: lp.host from the swap config for the LP, 127.0.0.1 for the watcher)")
+    run.add_argument("--port", type=int, default=None, help="HTTP port (default: lp.port from the swap config for the LP, 8700 for the watcher)")
     run.set_defaults(func=cmd_run)
     from bridge.cli.watch import add_run_options  # the watcher's hook (bridge/cli/watch.py)
 
