@@ -23,11 +23,10 @@ from bridge.swaps.party import Party
 from bridge.swaps.protocol import LpClient
 from bridge.testing import wait_until
 from chains.bitcoin import COINBASE_MATURITY, BitcoinAdapter
-from chains.bitcoin_rpc import BitcoinRpc
 from chains.bitcoin_wallet import BtcKey
 from chains.evm import EvmAdapter
 from devnets.process import free_port
-from htlc.bitcoin_wire import Tx
+from chains.btc.primitives import Tx
 from htlc.evm import Erc20, EvmHtlc
 from relayers.lp import LpDaemon
 from relayers.runner import Runner
@@ -67,14 +66,6 @@ def regtest(tmp_path_factory):
     node.start()
     yield node
     node.stop()
-
-
-@pytest.fixture
-async def btc(regtest):
-    user, password = regtest.rpc_auth
-    adapter = BitcoinAdapter(BitcoinRpc(regtest.rpc_url, user=user, password=password))
-    yield adapter
-    await adapter.close()
 
 
 @pytest.fixture
@@ -529,12 +520,12 @@ async def test_restart_after_recording_a_lock_rebroadcasts_the_same_transaction(
             assert intended.swap.state == m.INITIATOR_LOCK_INTENDED
             lock_tx = intended.leg(INITIATOR).lock_tx
             assert lock_tx not in await btc.rpc.call("getrawmempool")  # signed and stored, never sent
-            stored_inputs = {(i.txid, i.vout) for i in Tx.parse(bytes.fromhex(intended.leg(INITIATOR).lock_raw)).inputs}
+            stored_inputs = {(i.prevout.txid_hex, i.prevout.n) for i in Tx.parse(bytes.fromhex(intended.leg(INITIATOR).lock_raw)).vin}
             assert second.store.reserved_inputs() == stored_inputs
             other = await second.start_swap(lp_url, "btc:0.1", "eth:1")
             assert (await run_trader(second, other.swap.id)).state == m.CLAIMED
             other_raw = second.store.get(other.swap.id).leg(INITIATOR).lock_raw
-            assert not {(i.txid, i.vout) for i in Tx.parse(bytes.fromhex(other_raw)).inputs} & stored_inputs
+            assert not {(i.prevout.txid_hex, i.prevout.n) for i in Tx.parse(bytes.fromhex(other_raw)).vin} & stored_inputs
             done = await run_trader(second, view.swap.id)
             assert done.state == m.CLAIMED, done.last_error
             assert second.store.get(view.swap.id).leg(INITIATOR).lock_tx == lock_tx
@@ -643,7 +634,7 @@ async def test_a_stuck_bitcoin_claim_is_replaced_with_a_higher_fee(tmp_path, reg
             done = await task
             assert done.state == m.CLAIMED, done.last_error
             def fee(leg) -> int:
-                return 500_000 - sum(o.value for o in Tx.parse(bytes.fromhex(leg.spend_raw)).outputs)
+                return 500_000 - sum(o.value for o in Tx.parse(bytes.fromhex(leg.spend_raw)).vout)
 
             assert fee(bumped) > fee(first)
             assert await btc.balance([trader_keys.btc.p2wpkh_script]) == 500_000 - fee(bumped)  # the bumped version confirmed

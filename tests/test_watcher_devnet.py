@@ -41,7 +41,6 @@ from bridge.watch.models import CONFIRMED, SPEND_SENT, SPENT_ELSEWHERE
 from bridge.watch.presign import presign_claims, presign_refunds
 from bridge.watch.store import WatchStore
 from chains.bitcoin import COINBASE_MATURITY, BitcoinAdapter
-from chains.bitcoin_rpc import BitcoinRpc
 from chains.bitcoin_wallet import BtcKey
 from chains.evm import EvmAdapter
 from chains.fee_bump import EvmTxFields
@@ -69,14 +68,6 @@ def regtest(tmp_path_factory):
     node.start()
     yield node
     node.stop()
-
-
-@pytest.fixture
-async def btc(regtest):
-    user, password = regtest.rpc_auth
-    adapter = BitcoinAdapter(BitcoinRpc(regtest.rpc_url, user=user, password=password))
-    yield adapter
-    await adapter.close()
 
 
 @pytest.fixture

@@ -23,11 +23,11 @@ from bridge.swaps.timelock import ChainTime
 from chains.bitcoin import COINBASE_MATURITY, BitcoinAdapter, BitcoinTxFilter
 from chains.bitcoin_tx import btc_to_sats
 from chains.bitcoin_wallet import BtcKey, Utxo
+from chains.btc.primitives import Tx
 from chains.evm import EvmAdapter
 from htlc.audit import AuditError, audit
 from htlc.bitcoin_script import TEMPLATE_P2WSH, htlc_script_pubkey, p2wsh_htlc_script
 from htlc.bitcoin_tx import HtlcCoin, build_claim, build_funding, build_refund
-from htlc.bitcoin_wire import Tx
 from htlc.evm import ETH as ETH_TOKEN
 from htlc.evm import Claimed, Erc20, EvmHtlc, Locked, SwapStatus, load_artifact
 
@@ -116,7 +116,7 @@ class BitcoinLeg:
         script = self._script(view, leg)
         spk = htlc_script_pubkey(TEMPLATE_P2WSH, script)
         signed = build_funding(await self._spendable(), [self.key], spk, leg.value, await self._feerate(), network=self.adapter.network)
-        vout = next(n for n, out in enumerate(Tx.parse(bytes.fromhex(signed.raw_hex)).outputs) if out.script_pubkey == spk)
+        vout = next(n for n, out in enumerate(Tx.parse(bytes.fromhex(signed.raw_hex)).vout) if out.script_pubkey == spk)
         return {
             "script": script.hex(), "lock_raw": signed.raw_hex, "lock_tx": signed.txid,
             "lock_ref": f"{signed.txid}:{vout}", "watch_from": await self.adapter.height(),

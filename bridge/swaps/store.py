@@ -12,14 +12,14 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, select
+from sqlmodel import Session, select, update
 
 from bridge.db import init_db
 from bridge.errors import Conflict, InputError, NotFound
 from bridge.swaps.models import (
     INITIATOR_LOCK_INTENDED, LEGS, PARTICIPANT_LOCK_INTENDED, STATES, TERMINAL, Swap, SwapAction, SwapLeg,
 )
-from htlc.bitcoin_wire import Tx
+from chains.btc.primitives import Tx
 
 
 @dataclass(frozen=True)
@@ -143,7 +143,7 @@ class SwapStore:
                     SwapLeg.leg == Swap.role, SwapLeg.chain == "bitcoin", SwapLeg.lock_raw.is_not(None),
                 )
             ).all()
-        return {(i.txid, i.vout) for raw in rows for i in Tx.parse(bytes.fromhex(raw)).inputs}
+        return {(i.prevout.txid_hex, i.prevout.n) for raw in rows for i in Tx.parse(bytes.fromhex(raw)).vin}
 
     def defer(self, swap_id: str, reason: str, delay: float, count_retry: bool = True) -> None:
         """Try again after ``delay`` seconds, remembering why (a wait or an error)."""
@@ -156,6 +156,17 @@ class SwapStore:
             swap.last_error = reason
             swap.next_attempt_at = time.time() + delay
             s.add(swap)
+
+    def wake_many(self, swap_ids: Iterable[str]) -> None:
+        """Make these unfinished swaps due now, in one statement (the engine's observer)."""
+        ids = list(swap_ids)
+        if not ids:
+            return
+        with self._session() as s, s.begin():
+            s.exec(
+                update(Swap).where(Swap.id.in_(ids), Swap.state.not_in(list(TERMINAL)), Swap.next_attempt_at > 0.0)
+                .values(next_attempt_at=0.0)
+            )
 
     def wake(self, swap_id: str) -> None:
         """Make a swap due now (new information arrived, e.g. the trader's lock notice)."""
