@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import pytest
 from eth_account import Account
 
-from bridge.errors import InputError
+from bridge.errors import InputError, TransactionRejected
+from bridge.retry import RetryPolicy
 from bridge.settings import BitcoinSettings, EvmSettings, Settings
 from bridge.swaps import models as m
 from bridge.swaps.config import SwapConfig
@@ -210,7 +211,10 @@ async def test_btc_to_eth_happy_path(tmp_path, regtest, anvil, btc, evm, contrac
             lp_btc_id, lp_evm_id = lp_keys.btc.pubkey.hex(), lp_keys.address
             assert book(trader, trader_evm_id, "user", "ETH").balance == eth_wei
             assert book(trader, trader_btc_id, "external", "BTC").balance == -sats
-            assert book(trader, f"swap-{view.swap.id}-initiator", "escrow", "BTC").debits_pending == sats  # LP's claim not seen by the trader
+            # The trader ended only after seeing the LP claim its BTC: both books post both legs.
+            trader_escrow = book(trader, f"swap-{view.swap.id}-initiator", "escrow", "BTC")
+            assert (trader_escrow.balance, trader_escrow.debits_pending) == (0, 0)
+            assert book(trader, lp_btc_id, "user", "BTC").balance == sats
             assert book(lp, lp_btc_id, "user", "BTC").balance == sats
             assert book(lp, lp_evm_id, "external", "ETH").balance == -eth_wei
             assert book(lp, trader_evm_id, "user", "ETH").balance == eth_wei
@@ -229,6 +233,8 @@ def book(party: Party, owner: str, kind: str, asset: str):
 
 
 def _state(party: Party, swap_id: str, state: str):
+    if swap_id not in {v.swap.id for v in party.store.list()}:
+        return None  # not agreed with the LP yet
     view = party.store.get(swap_id)
     return view if view.swap.state == state else None
 
@@ -683,3 +689,45 @@ async def test_trader_back_after_the_lp_refunded_refunds_its_own_lock(tmp_path, 
             assert await btc.balance([trader_keys.btc.p2wpkh_script]) == 0
         finally:
             await second.close()
+
+
+async def test_lp_whose_claim_is_impossible_ends_claim_lost_and_books_the_loss(tmp_path, regtest, anvil, btc, evm, contracts, automine):
+    """The trader claims the LP's ETH, but the LP cannot get its BTC claim out before the trader's
+    expiry, and the trader refunds its BTC.  The LP must end ``claim_lost`` with the reason (not
+    retry forever), and its books show the ETH gone and no BTC received."""
+    trader_keys, lp_keys = await new_keys(evm, ONE_ETH // 10), await new_keys(evm, 20 * ONE_ETH)
+    await fund_btc(btc, trader_keys.btc)
+    async with running_lp(settings_for(tmp_path, "lp", regtest, anvil), swap_config(lp_keys, contracts)) as (lp_url, lp):
+        lp.engine.error_backoff = RetryPolicy(base_delay=0.05, max_delay=0.2, jitter=0.0)
+
+        async def lost_broadcast(*_args):
+            raise TransactionRejected("LP's node is unreachable", reason="test: broadcast lost")
+
+        lp.legs["bitcoin"].broadcast_spend = lost_broadcast
+        trader = await Party.open(settings_for(tmp_path, "trader", regtest, anvil), swap_config(trader_keys, contracts), LpClient())
+        try:
+            view = await trader.start_swap(lp_url, "btc:0.3", "eth:4")
+            task = asyncio.create_task(run_trader(trader, view.swap.id, timeout=120))
+            await wait_until(lambda: _state(lp, view.swap.id, m.CLAIM_INTENDED), timeout=60, what="LP saw the secret")
+            ileg = trader.store.get(view.swap.id).leg(INITIATOR)
+            await btc.mine(ileg.expiry - await btc.height())
+            done = await task  # its lock unclaimed at its expiry, the trader stops waiting for the LP
+            assert done.state == m.CLAIMED, done.last_error
+            refund = await trader.legs["bitcoin"].prepare_spend(trader.store.get(view.swap.id), ileg, "refund", None)
+            await btc.send(refund["spend_raw"])
+            del lp.legs["bitcoin"].broadcast_spend  # the LP's claim now meets the spent HTLC output
+            lost = await wait_until(lambda: _state(lp, view.swap.id, m.CLAIM_LOST), timeout=60, what="LP gave up its claim")
+            assert "claim impossible: the trader refunded its lock" in lost.swap.last_error
+            assert (await lp.engine.step(view.swap.id)).swap.state == m.CLAIM_LOST  # terminal: nothing more to do
+            assert await evm.balance(lp_keys.address) < 16 * ONE_ETH  # 4 ETH gone to the trader
+            assert await btc.balance([lp_keys.btc.p2wpkh_script]) == 0
+            assert ONE_BTC * 2 - await btc.balance([trader_keys.btc.p2wpkh_script]) < 10_000  # fees only
+            trader_btc_id, trader_evm_id = trader_keys.btc.pubkey.hex(), trader_keys.address
+            assert book(lp, trader_evm_id, "user", "ETH").balance == 4 * ONE_ETH
+            assert book(lp, lp_keys.address, "external", "ETH").balance == -4 * ONE_ETH
+            escrow = book(lp, f"swap-{view.swap.id}-initiator", "escrow", "BTC")
+            assert (escrow.balance, escrow.debits_pending) == (0, 0)  # the trader's lock reversed
+            assert book(lp, trader_btc_id, "external", "BTC").balance == 0
+            assert book(lp, lp_keys.btc.pubkey.hex(), "user", "BTC").balance == 0
+        finally:
+            await trader.close()

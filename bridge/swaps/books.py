@@ -9,9 +9,10 @@ party after a restart or by both parties into one shared ledger, changes nothing
 * refunded: the hold is voided and the escrow goes back out to ``<sender>/external``.
 
 Owners are the parties' chain identities (Bitcoin pubkey, EVM address).  A party
-records what it has itself seen confirmed on chain, so the initiator's books show its
-own lock escrowed until it learns more, which in this slice it does not for the leg
-the LP claims (the watcher of a later session will).
+records what it has itself seen confirmed on chain: the trader ends a claimed swap only
+once it has seen the LP claim its lock (marked by ``spend_kind`` "claim" on that leg), and
+an LP whose claim was lost (``claim_lost``: the trader refunded first) reverses the
+trader's leg while its own stays posted, so its books show the loss.
 """
 
 from __future__ import annotations
@@ -48,11 +49,14 @@ class SwapBooks:
             if self._locked(view, leg):
                 self._lock(view, leg)
         claimed = [l for l in view.legs.values() if state == m.CLAIMED and l.spend_kind == "claim"]
-        if view.swap.role == PARTICIPANT and state in (m.CLAIM_INTENDED, m.CLAIMED):
+        if view.swap.role == PARTICIPANT and state in (m.CLAIM_INTENDED, m.CLAIMED, m.CLAIM_LOST):
             claimed.append(view.leg(PARTICIPANT))  # the LP learnt the secret from the trader's claim of it
         for leg in claimed:
             self.ledger.commit([Transfer.post(self._id(view, leg, "claim"), self._id(view, leg, "hold"))])
-        for leg in [l for l in view.legs.values() if state == m.REFUNDED and l.spend_kind == "refund"]:
+        refunded = [l for l in view.legs.values() if state == m.REFUNDED and l.spend_kind == "refund"]
+        if state == m.CLAIM_LOST:
+            refunded.append(view.leg(INITIATOR))  # the trader took its lock back before the LP's claim
+        for leg in refunded:
             code = self.asset_code(leg)
             self.ledger.commit([
                 Transfer.void(self._id(view, leg, "void"), self._id(view, leg, "hold")),

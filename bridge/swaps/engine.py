@@ -381,11 +381,11 @@ class SwapEngine:
         kind = "claim" if view.swap.state == m.CLAIM_INTENDED else "refund"
         leg = next(l for l in view.legs.values() if l.spend_kind == kind)
         ops = self._ops(leg)
-        # Look before sending: after a fee bump, the older version may be the one that confirmed.
-        if await ops.spend_confirmations(view, leg) >= 1:
-            await self._move(view, m.CLAIMED if kind == "claim" else m.REFUNDED, f"{kind} of {leg.lock_ref} confirmed")
-            return
         try:
+            # Look before sending: after a fee bump, the older version may be the one that confirmed.
+            if await ops.spend_confirmations(view, leg) >= 1:
+                await self._spent(view, leg, kind)
+                return
             await ops.broadcast_spend(view, leg)
         except TransactionRejected as exc:
             if "non-final" in (exc.reason or "") or "locktime" in (exc.reason or ""):
@@ -393,7 +393,7 @@ class SwapEngine:
             if not await self._claim_failed(view, kind, exc):
                 raise
             return
-        except ContractReverted as exc:
+        except (ContractReverted, LockRefused) as exc:
             if not await self._claim_failed(view, kind, exc):
                 raise
             return
@@ -402,7 +402,7 @@ class SwapEngine:
             leg = view.leg(leg.leg)
         confirmations = await ops.spend_confirmations(view, leg)
         if confirmations >= 1:
-            await self._move(view, m.CLAIMED if kind == "claim" else m.REFUNDED, f"{kind} of {leg.lock_ref} confirmed")
+            await self._spent(view, leg, kind)
             return
         if leg.chain == "bitcoin" and time.time() - leg.spend_sent_at >= self.bump_after:
             await self._bump(view, leg, kind)
@@ -426,9 +426,38 @@ class SwapEngine:
         )
         await self._ops(leg).broadcast_spend(view, view.leg(leg.leg))
 
+    async def _spent(self, view: SwapView, leg: SwapLeg, kind: str) -> None:
+        """Our claim/refund confirmed.  The trader, whose claim reveals the secret, stays until it
+        knows how its own lock ended (the LP claims it with that secret), so its books post that
+        leg instead of keeping it escrowed; past its expiry it stops waiting, the lock unclaimed."""
+        note = f"{kind} of {leg.lock_ref} confirmed"
+        own_fields = None
+        if kind == "claim" and view.swap.role == INITIATOR:
+            own = view.leg(INITIATOR)
+            ops = self._ops(own)
+            outcome = await ops.settled(view, own)
+            if outcome is None and not self.policy.expired(own.chain, own.expiry, await ops.now()):
+                raise NotYet(f"our claim confirmed; waiting for the LP to claim our lock {own.lock_ref}; {await self._time_left_text(own)}")
+            if outcome == "claimed":
+                own_fields = {INITIATOR: {"spend_kind": "claim"}}  # claimed by the LP: the books post it
+            note += f"; our lock {own.lock_ref} " + (f"was {outcome} on chain" if outcome else "is still unclaimed at its expiry")
+        await self._move(view, m.CLAIMED if kind == "claim" else m.REFUNDED, note, legs=own_fields)
+
     async def _claim_failed(self, view: SwapView, kind: str, exc: BridgeError) -> bool:
-        """The initiator's claim was refused (e.g. the LP's lock expired or was refunded in between):
-        its own lock is then what it can still get back, at its expiry."""
+        """A claim was refused.  The LP's claim of the trader's lock is lost for good once the chain
+        shows that lock refunded: the swap ends with the reason instead of retrying forever.  For
+        the initiator (e.g. the LP's lock expired or was refunded in between) its own lock is then
+        what it can still get back, at its expiry."""
+        if kind == "claim" and view.swap.role == PARTICIPANT:
+            ileg = view.leg(INITIATOR)
+            if await self._ops(ileg).settled(view, ileg) != "refunded":
+                return False  # maybe a reorg or a slow node: retried
+            reason = f"claim impossible: the trader refunded its lock {ileg.lock_ref} first ({exc.message})"
+            log.error("swap %s: %s", view.swap.id, reason)
+            await self._move(view, m.CLAIM_LOST, reason, {"last_error": reason})
+            return True
+        # MissingInputs: the HTLC output we claim is gone (the LP refunded it, or a reorg dropped
+        # its lock); the claim may still go through if it comes back, so it is retried until then.
         # MissingInputs: the HTLC output we claim is gone (the LP refunded it, or a reorg dropped
         # its lock); the claim may still go through if it comes back, so it is retried until then.
         if kind != "claim" or view.swap.role != INITIATOR or (exc.retryable and not isinstance(exc, MissingInputs)):

@@ -192,6 +192,24 @@ class BitcoinLeg:
                         return raw
         return None
 
+    async def settled(self, view: SwapView, leg: SwapLeg) -> str | None:
+        """How the chain settled this HTLC: "claimed" (the spend reveals the secret), "refunded",
+        or None while it is unspent or spent only in the mempool (a reorg may still undo it)."""
+        txid, vout = _split_ref(leg.lock_ref)
+        if await self.adapter.rpc.call("gettxout", txid, vout, False) is not None:
+            return None
+        tip = await self.adapter.height()
+        start = leg.watch_from if leg.watch_from is not None else max(tip - 1000, 0)
+        if start > tip:
+            return None
+        hashlock = bytes.fromhex(view.swap.hashlock)
+        for event in await self.adapter.events(start, tip, BitcoinTxFilter(outpoints=[(txid, vout)])):
+            for vin in event.data["tx"].get("vin", []):
+                if (vin.get("txid"), vin.get("vout")) == (txid, vout):
+                    reveals = any(_sha256(bytes.fromhex(item)) == hashlock for item in vin.get("txinwitness", []))
+                    return "claimed" if reveals else "refunded"
+        return None
+
     async def prepare_spend(self, view: SwapView, leg: SwapLeg, kind: str, secret: bytes | None, feerate: int | None = None) -> dict[str, Any]:
         txid, vout = _split_ref(leg.lock_ref)
         coin = HtlcCoin(txid, vout, leg.value, bytes.fromhex(leg.script))
@@ -334,6 +352,11 @@ class EvmLeg:
             if isinstance(event, Claimed):
                 return bytes(event.preimage)
         return None
+
+    async def settled(self, view: SwapView, leg: SwapLeg) -> str | None:
+        """"claimed" or "refunded" once the contract says so, else None."""
+        status = await self.htlc.swap(leg.lock_ref)
+        return {SwapStatus.CLAIMED: "claimed", SwapStatus.REFUNDED: "refunded"}.get(status)
 
     async def prepare_spend(self, view: SwapView, leg: SwapLeg, kind: str, secret: bytes | None, feerate: int | None = None) -> dict[str, Any]:
         return {"spend_kind": kind}

@@ -26,12 +26,15 @@ CLAIMED = "claimed"
 REFUND_INTENDED = "refund_intended"
 REFUNDED = "refunded"
 FAILED = "failed"  # refused or abandoned before this party locked anything
+#: The participant's claim became impossible: the initiator refunded its lock first (the
+#: participant's own lock was or will be claimed with the secret; its books show the loss).
+CLAIM_LOST = "claim_lost"
 
 STATES = (
     CREATED, INITIATOR_LOCK_INTENDED, INITIATOR_LOCKED, PARTICIPANT_LOCK_INTENDED, PARTICIPANT_LOCKED,
-    CLAIM_INTENDED, CLAIMED, REFUND_INTENDED, REFUNDED, FAILED,
+    CLAIM_INTENDED, CLAIMED, REFUND_INTENDED, REFUNDED, FAILED, CLAIM_LOST,
 )
-TERMINAL = frozenset({CLAIMED, REFUNDED, FAILED})
+TERMINAL = frozenset({CLAIMED, REFUNDED, FAILED, CLAIM_LOST})
 
 
 class Swap(SQLModel, table=True):
