@@ -731,3 +731,76 @@ async def test_lp_whose_claim_is_impossible_ends_claim_lost_and_books_the_loss(t
             assert book(lp, lp_keys.btc.pubkey.hex(), "user", "BTC").balance == 0
         finally:
             await trader.close()
+
+
+async def test_lp_does_not_lock_on_a_trader_lock_that_a_reorg_removed(tmp_path, regtest, anvil, btc, evm, contracts, automine):
+    """The trader's ETH lock is mined, then an Anvil reorg replaces its block with one holding a
+    conflicting transaction of the same nonce: the lock is gone for good.  The LP, which waits
+    for 3 confirmations, must never lock its BTC; the trader loses only the gas it spent."""
+    trader_keys, lp_keys = await new_keys(evm, 2 * ONE_ETH), await new_keys(evm, ONE_ETH // 10)
+    await fund_btc(btc, lp_keys.btc)
+    lp_btc_before = await btc.balance([lp_keys.btc.p2wpkh_script])
+    lp_config = swap_config(lp_keys, contracts, confirmations={"bitcoin": 1, "evm": 3})
+    async with running_lp(settings_for(tmp_path, "lp", regtest, anvil), lp_config) as (lp_url, lp):
+        trader = await Party.open(settings_for(tmp_path, "trader", regtest, anvil), swap_config(trader_keys, contracts), LpClient())
+        try:
+            view = await trader.start_swap(lp_url, "eth:1", "btc:0.005")
+            stepped = await trader.engine.step(view.swap.id)
+            assert stepped.swap.state == m.INITIATOR_LOCKED, stepped.swap.last_error
+            await wait_until(lambda: _waiting_for(lp, view.swap.id, "confirmations"), timeout=30, what="LP saw the lock, unconfirmed")
+            lock = await evm.rpc.call("eth_getTransactionByHash", [stepped.leg(INITIATOR).lock_tx])
+            depth = await evm.height() - int(lock["blockNumber"], 16) + 1
+            fees = await evm.suggest_fees()
+            conflict = Account.from_key(trader_keys.evm).sign_transaction({
+                "type": 2, "chainId": await evm.chain_id_int(), "nonce": int(lock["nonce"], 16), "to": trader_keys.address,
+                "value": 0, "gas": 21_000, "maxFeePerGas": 2 * fees.max_fee, "maxPriorityFeePerGas": fees.priority_fee,
+            })
+            await evm.reorg(depth, [(conflict, 0)])
+            await evm.mine(5)  # past the 3 confirmations the lock would have had
+            await wait_until(lambda: _waiting_for(lp, view.swap.id, "no Locked event"), timeout=30, what="LP lost sight of the lock")
+            assert lp.store.get(view.swap.id).swap.state == m.CREATED
+            assert lp.store.get(view.swap.id).leg(PARTICIPANT).lock_ref is None  # the LP never locked
+            assert await btc.balance([lp_keys.btc.p2wpkh_script]) == lp_btc_before
+            assert 2 * ONE_ETH - await evm.balance(trader_keys.address) < 10**16  # gas only: the 1 ETH never left
+        finally:
+            await trader.close()
+
+
+def _waiting_for(party: Party, swap_id: str, text: str):
+    view = party.store.get(swap_id) if swap_id in {v.swap.id for v in party.store.list()} else None
+    return view if view is not None and text in (view.swap.last_error or "") else None
+
+
+async def test_lp_does_not_lock_on_a_bitcoin_lock_that_a_reorg_removed(tmp_path, regtest, anvil, btc, evm, contracts):
+    """The trader's BTC lock confirms once, ``devnetreorg`` sends it back to the mempool, and a
+    double-spend of its input (higher fee) confirms instead: the lock is gone for good.  The LP,
+    which waits for 3 confirmations, never locks its ETH; the trader keeps its BTC but fees."""
+    from htlc.bitcoin_tx import build_funding
+
+    trader_keys, lp_keys = await new_keys(evm, ONE_ETH // 10), await new_keys(evm, 20 * ONE_ETH)
+    await fund_btc(btc, trader_keys.btc)
+    [coin] = await btc.utxos([trader_keys.btc.p2wpkh_script])
+    lp_config = swap_config(lp_keys, contracts, confirmations={"bitcoin": 3, "evm": 1})
+    async with running_lp(settings_for(tmp_path, "lp", regtest, anvil), lp_config) as (lp_url, lp):
+        trader = await Party.open(settings_for(tmp_path, "trader", regtest, anvil), swap_config(trader_keys, contracts), LpClient())
+        try:
+            view = await trader.start_swap(lp_url, "btc:0.3", "eth:4")
+            stepped = await trader.engine.step(view.swap.id)
+            assert stepped.swap.state == m.INITIATOR_LOCK_INTENDED, stepped.swap.last_error
+            await btc.mine(1)
+            stepped = await trader.engine.step(view.swap.id)  # confirmed: the trader tells the LP
+            assert stepped.swap.state == m.INITIATOR_LOCKED, stepped.swap.last_error
+            await wait_until(lambda: _waiting_for(lp, view.swap.id, "1/3 confirmations"), timeout=30, what="LP saw the lock, unconfirmed")
+            reorg = await btc.rpc.call("devnetreorg", 1)
+            assert stepped.leg(INITIATOR).lock_tx in await btc.rpc.call("getrawmempool")  # back to the mempool
+            conflict = build_funding([coin], [trader_keys.btc], trader_keys.btc.p2wpkh_script, ONE_BTC, 20, network=btc.network)
+            await btc.send(conflict.raw_hex)  # replaces the lock in the mempool
+            await btc.mine(5)
+            assert (await btc.tx_status(conflict.txid)).confirmations == 5 and reorg["disconnected"]
+            await wait_until(lambda: _waiting_for(lp, view.swap.id, "no longer"), timeout=30, what="LP lost sight of the lock")
+            lp_view = lp.store.get(view.swap.id)
+            assert lp_view.swap.state == m.CREATED and lp_view.leg(PARTICIPANT).lock_ref is None  # the LP never locked
+            assert await evm.balance(lp_keys.address) == 20 * ONE_ETH
+            assert 2 * ONE_BTC - await btc.balance([trader_keys.btc.p2wpkh_script]) < 10_000  # fees only
+        finally:
+            await trader.close()
