@@ -266,7 +266,9 @@ async def test_erc20_to_btc_happy_path(tmp_path, regtest, anvil, btc, evm, contr
             await trader.close()
 
 
-async def test_lp_gone_after_accepting_trader_refunds_at_expiry(tmp_path, regtest, anvil, btc, evm, contracts, automine):
+async def test_lp_gone_after_accepting_trader_refunds_at_expiry(tmp_path, regtest, anvil, btc, evm, contracts):
+    # No automine here: the trader's lock must stay unconfirmed until the LP is gone, or the LP
+    # could lock inside the step that follows its acceptance.
     trader_keys, lp_keys = await new_keys(evm, ONE_ETH // 10), await new_keys(evm, 20 * ONE_ETH)
     await fund_btc(btc, trader_keys.btc)
     trader = await Party.open(settings_for(tmp_path, "trader", regtest, anvil), swap_config(trader_keys, contracts), LpClient())
@@ -279,13 +281,20 @@ async def test_lp_gone_after_accepting_trader_refunds_at_expiry(tmp_path, regtes
             assert stepped.swap.state == m.INITIATOR_LOCK_INTENDED and stepped.swap.accepted
         task = asyncio.create_task(run_trader(trader, view.swap.id, timeout=120))
         expiry = trader.store.get(view.swap.id).leg(INITIATOR).expiry
-        await wait_until(lambda: _state(trader, view.swap.id, m.INITIATOR_LOCKED), timeout=30, what="trader's lock confirmed")
+        async def lock_confirmed() -> bool:
+            if await btc.rpc.call("getrawmempool"):
+                await btc.mine(1)
+            return _state(trader, view.swap.id, m.INITIATOR_LOCKED)
+
+        await wait_until(lock_confirmed, timeout=30, what="trader's lock confirmed")
         with pytest.raises(InputError, match="too early to refund, [0-9]+ blocks to the initiator leg's expiry"):
             await trader.engine.refund(view.swap.id)  # what `bridgectl swap refund ID` says before expiry
 
         async def mined_to_expiry() -> bool:
             if await btc.height() < expiry:
                 await btc.mine(min(20, expiry - await btc.height()))
+            elif await btc.rpc.call("getrawmempool"):
+                await btc.mine(1)  # the refund
             return task.done()
 
         await wait_until(mined_to_expiry, timeout=120, what="trader refunded")
