@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, select, update
+from sqlmodel import Session, select
 
 from bridge.db import init_db
 from bridge.errors import Conflict, InputError, NotFound
@@ -156,17 +156,6 @@ class SwapStore:
             swap.last_error = reason
             swap.next_attempt_at = time.time() + delay
             s.add(swap)
-
-    def wake_many(self, swap_ids: Iterable[str]) -> None:
-        """Make these unfinished swaps due now, in one statement (the engine's observer)."""
-        ids = list(swap_ids)
-        if not ids:
-            return
-        with self._session() as s, s.begin():
-            s.exec(
-                update(Swap).where(Swap.id.in_(ids), Swap.state.not_in(list(TERMINAL)), Swap.next_attempt_at > 0.0)
-                .values(next_attempt_at=0.0)
-            )
 
     def wake(self, swap_id: str) -> None:
         """Make a swap due now (new information arrived, e.g. the trader's lock notice)."""
