@@ -7,6 +7,8 @@ item hashing to the hashlock, not by its position, so any spending layout works.
 
 from __future__ import annotations
 
+from typing import Any, Iterable, Mapping
+
 from bridge.errors import InputError, NotFound
 from chains.btc.primitives import DecodeError, Tx, sha256
 from htlc.bitcoin_script import SECRET_SIZE, iter_pushes
@@ -39,3 +41,21 @@ def extract_secret(tx: bytes, hashlock: bytes) -> bytes:
         f"(checked the witness and scriptSig of its {len(parsed.vin)} inputs)",
         txid=parsed.txid, hashlock=hashlock.hex(),
     )
+
+
+def secret_in_spends(txs: Iterable[Mapping[str, Any]], outpoint: tuple[str, int], hashlock: bytes) -> bytes | None:
+    """The secret revealed by whichever of ``txs`` (bitcoind's verbose JSON) spends ``outpoint``, if any.
+
+    Relayers see spends as the node shows them (mempool and block scans), so this reads the
+    witness items of the input that spends the HTLC output rather than re-parsing raw bytes.
+    """
+    txid, vout = outpoint
+    for tx in txs:
+        for vin in tx.get("vin", []):
+            if (vin.get("txid"), vin.get("vout")) != (txid, vout):
+                continue
+            for item in vin.get("txinwitness", []):
+                raw = bytes.fromhex(item)
+                if len(raw) == SECRET_SIZE and sha256(raw) == hashlock:
+                    return raw
+    return None

@@ -30,6 +30,7 @@ from htlc.bitcoin_script import TEMPLATE_P2WSH, htlc_script_pubkey, p2wsh_htlc_s
 from htlc.bitcoin_tx import HtlcCoin, build_claim, build_funding, build_refund
 from htlc.evm import ETH as ETH_TOKEN
 from htlc.evm import Claimed, Erc20, EvmHtlc, Locked, SwapStatus, load_artifact
+from htlc.secret import secret_in_spends
 
 
 class LockRefused(InputError):
@@ -182,15 +183,7 @@ class BitcoinLeg:
         start = leg.watch_from if leg.watch_from is not None else max(tip - 1000, 0)
         if start <= tip:
             txs += [e.data["tx"] for e in await self.adapter.events(start, tip, BitcoinTxFilter(outpoints=[(txid, vout)]))]
-        for tx in txs:
-            for vin in tx.get("vin", []):
-                if (vin.get("txid"), vin.get("vout")) != (txid, vout):
-                    continue
-                for item in vin.get("txinwitness", []):
-                    raw = bytes.fromhex(item)
-                    if len(raw) == 32 and _sha256(raw) == hashlock:
-                        return raw
-        return None
+        return secret_in_spends(txs, (txid, vout), hashlock)
 
     async def settled(self, view: SwapView, leg: SwapLeg) -> str | None:
         """How the chain settled this HTLC: "claimed" (the spend reveals the secret), "refunded",

@@ -39,6 +39,7 @@ from chains.evm import EvmAdapter
 from chains.evm_fees import choose_fees
 from chains.fee_bump import EvmTxFields, evm_bump, is_stuck, next_rung
 from htlc.evm import Claimed, EvmHtlc, SwapStatus, encode_call
+from htlc.secret import secret_in_spends
 
 log = logging.getLogger("bridge.watch")
 
@@ -142,15 +143,7 @@ class Watcher:
         txs = [await self.btc.rpc.call("getrawtransaction", t, True) for t in await self.btc.rpc.call("getrawmempool")]
         if start <= tip:
             txs += [e.data["tx"] for e in await self.btc.events(start, tip, BitcoinTxFilter(outpoints=[outpoint]))]
-        for tx in txs:
-            for vin in tx.get("vin", []):
-                if (vin.get("txid"), vin.get("vout")) != (txid, vout):
-                    continue
-                for item in vin.get("txinwitness", []):
-                    raw = bytes.fromhex(item)
-                    if len(raw) == 32 and _sha256(raw) == hashlock:
-                        return raw
-        return None
+        return secret_in_spends(txs, (txid, vout), hashlock)
 
     # --- bitcoin -------------------------------------------------------------------------
 
