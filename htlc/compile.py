@@ -17,6 +17,7 @@ import json
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,15 @@ def sources_sha256(sources: dict[str, str]) -> str:
     return h.hexdigest()
 
 
+#: Compile the standard-JSON input on stdin with the pinned solc-js (argv[1] = its package dir)
+#: and write the answer to the file argv[2].
+_COMPILE_JS = (
+    "const fs = require('fs');"
+    "const solc = require(process.argv[1]);"
+    "fs.writeFileSync(process.argv[2], solc.compile(fs.readFileSync(0, 'utf8')));"
+)
+
+
 def run_solc(sources: dict[str, str]) -> dict[str, Any]:
     node = shutil.which("node")
     if node is None:
@@ -64,18 +74,21 @@ def run_solc(sources: dict[str, str]) -> dict[str, Any]:
         "sources": {name: {"content": text} for name, text in sources.items()},
         "settings": SETTINGS,
     }
-    proc = subprocess.run(
-        [node, str(SOLCJS), "--standard-json"],
-        input=json.dumps(std_input),
-        capture_output=True,
-        text=True,
-        cwd=REPO_ROOT,
-        check=False,
-    )
-    if proc.returncode != 0:
-        raise ConfigError(f"solc-js failed (exit {proc.returncode}): {proc.stderr.strip()}")
-    # solc-js may print a banner before the JSON document.
-    out = json.loads(proc.stdout[proc.stdout.index("{"):])
+    # solc-js's own CLI exits while a large answer may still sit in a full stdout pipe, which
+    # cut the JSON at 64 KiB under load; have node write the answer to a file synchronously.
+    with tempfile.TemporaryDirectory() as tmp:
+        answer = Path(tmp) / "solc-output.json"
+        proc = subprocess.run(
+            [node, "-e", _COMPILE_JS, str(SOLCJS.parent), str(answer)],
+            input=json.dumps(std_input),
+            capture_output=True,
+            text=True,
+            cwd=REPO_ROOT,
+            check=False,
+        )
+        if proc.returncode != 0:
+            raise ConfigError(f"solc-js failed (exit {proc.returncode}): {proc.stderr.strip()}")
+        out = json.loads(answer.read_text())
     errors = [e for e in out.get("errors", []) if e.get("severity") == "error"]
     for warning in (e for e in out.get("errors", []) if e.get("severity") != "error"):
         print(warning["formattedMessage"], file=sys.stderr)
