@@ -80,3 +80,12 @@ def ledger_db(request, tmp_path):
         pytest.skip(reason)
     with fresh_database(request.param, tmp_path) as db:
         yield db
+
+
+@pytest.fixture
+async def automine(btc):
+    """Mine a Bitcoin block whenever a transaction waits in the mempool, as Anvil does by itself."""
+    from swap_harness import automine as mining
+
+    async with mining(btc):
+        yield

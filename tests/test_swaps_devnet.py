@@ -76,23 +76,6 @@ async def evm(anvil):
     await adapter.close()
 
 
-@pytest.fixture
-async def automine(btc):
-    """Mine a block whenever a transaction waits in the mempool (Anvil does this by itself)."""
-
-    async def loop() -> None:
-        while True:
-            if await btc.rpc.call("getrawmempool"):
-                await btc.mine(1)
-            await asyncio.sleep(0.05)
-
-    task = asyncio.create_task(loop())
-    yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-
-
 #: One faucet per module, filled from early (50 BTC) coinbases, pays every test's keys.
 _FAUCET = BtcKey.generate()
 

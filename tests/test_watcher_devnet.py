@@ -483,22 +483,6 @@ TIMELOCK = {
 }
 
 
-@pytest.fixture
-async def automine(btc):
-    """Mine a Bitcoin block whenever a transaction waits in the mempool, as Anvil does."""
-    async def loop() -> None:
-        while True:
-            if await btc.rpc.call("getrawmempool"):
-                await btc.mine(1)
-            await asyncio.sleep(0.05)
-
-    task = asyncio.create_task(loop())
-    yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-
-
 def settings_for(tmp_path, name: str, regtest, anvil) -> Settings:
     user, password = regtest.rpc_auth
     host, port = regtest.rpc_url.removeprefix("http://").rstrip("/").split(":")
