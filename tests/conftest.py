@@ -83,6 +83,16 @@ def ledger_db(request, tmp_path):
 
 
 @pytest.fixture
+async def evm(anvil):
+    """An EVM adapter on the session's Anvil (a module's own ``evm`` or ``anvil`` fixture wins)."""
+    from chains.evm import EvmAdapter
+
+    adapter = await EvmAdapter.connect(anvil.url)
+    yield adapter
+    await adapter.close()
+
+
+@pytest.fixture
 async def automine(btc):
     """Mine a Bitcoin block whenever a transaction waits in the mempool, as Anvil does by itself."""
     from swap_harness import automine as mining

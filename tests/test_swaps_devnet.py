@@ -69,13 +69,6 @@ def regtest(tmp_path_factory):
     node.stop()
 
 
-@pytest.fixture
-async def evm(anvil):
-    adapter = await EvmAdapter.connect(anvil.url)
-    yield adapter
-    await adapter.close()
-
-
 #: One faucet per module, filled from early (50 BTC) coinbases, pays every test's keys.
 _FAUCET = BtcKey.generate()
 

@@ -71,13 +71,6 @@ def regtest(tmp_path_factory):
 
 
 @pytest.fixture
-async def evm(anvil):
-    adapter = await EvmAdapter.connect(anvil.url)
-    yield adapter
-    await adapter.close()
-
-
-@pytest.fixture
 async def htlc(evm) -> EvmHtlc:
     deployer = Account.create()
     await evm.set_balance(deployer.address, ONE_ETH)
