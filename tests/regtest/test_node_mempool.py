@@ -109,3 +109,24 @@ async def test_unconfirmed_chain_limit(rpc: Rpc) -> None:
     assert (err.value.code, err.value.message) == (-26, "too-long-mempool-chain, too many unconfirmed ancestors [limit: 25]")
     await rpc("generatetoaddress", 1, burn.address)
     assert await rpc("sendrawtransaction", too_long.serialize().hex()) == too_long.txid
+
+
+async def test_gettxspendingprevout_names_the_mempool_spender(rpc: Rpc) -> None:
+    alice, bob, burn = Wallet.new(), Wallet.new(), Wallet.new()
+    coin = await fund(rpc, alice, burn.address)
+    other = await fund(rpc, alice, burn.address)
+    spend = spend_p2wpkh(alice, [coin], [(bob.script, coin.value - FEE)])
+    await rpc("sendrawtransaction", spend.serialize().hex())
+    assert await rpc("gettxspendingprevout", [{"txid": coin.txid, "vout": coin.vout}, {"txid": other.txid, "vout": other.vout}]) == [
+        {"txid": coin.txid, "vout": coin.vout, "spendingtxid": spend.txid},
+        {"txid": other.txid, "vout": other.vout},
+    ]
+    # Mined: the mempool no longer holds the spend, as bitcoind answers without a spender index.
+    await rpc("generatetoaddress", 1, burn.address)
+    assert await rpc("gettxspendingprevout", [{"txid": coin.txid, "vout": coin.vout}]) == [{"txid": coin.txid, "vout": coin.vout}]
+    for bad, message in [([], "Invalid parameter, outputs are missing"), ([{"vout": 0}], "Invalid parameter, missing txid key"),
+                         ([{"txid": coin.txid}], "Invalid parameter, missing vout key"),
+                         ([{"txid": coin.txid, "vout": -1}], "Invalid parameter, vout cannot be negative")]:
+        with pytest.raises(NodeError) as err:
+            await rpc("gettxspendingprevout", bad)
+        assert (err.value.code, err.value.message) == (-8, message)

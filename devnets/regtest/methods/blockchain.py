@@ -255,6 +255,42 @@ def getrawmempool(node: "RegtestNode", verbose: bool, mempool_sequence: bool) ->
     return list(pool.entries)
 
 
+@rpc("gettxspendingprevout", "Blockchain", "Scans the mempool to find transactions spending any of the given outputs",
+     [Arg("outputs", "json array", "The transaction outputs that we want to check, and within each, the txid (string) vout (numeric).")],
+     result='[                              (json array)\n  {                            (json object)\n'
+            '    "txid" : "hex",            (string) the transaction id of the checked output\n'
+            '    "vout" : n,                (numeric) the vout value of the checked output\n'
+            '    "spendingtxid" : "hex"     (string, optional) the transaction id of the mempool transaction spending this output (omitted if unspent)\n'
+            '  },\n  ...\n]',
+     examples=['"[{\\"txid\\":\\"a08e6907dbbd3d809776dbfc5d82e371b764ed838b5655e72f463568df1aadf0\\",\\"vout\\":3}]"'])
+def gettxspendingprevout(node: "RegtestNode", outputs: Any) -> list[dict[str, Any]]:
+    # Relayers ask "who spends this HTLC output in the mempool?" without fetching the whole mempool.
+    if not isinstance(outputs, list):
+        raise RpcFailure(RPC_TYPE_ERROR, f"JSON value of type {json_type(outputs)} is not of expected type array")
+    if not outputs:
+        raise RpcFailure(RPC_INVALID_PARAMETER, "Invalid parameter, outputs are missing")
+    wanted: list[tuple[str, int]] = []
+    for item in outputs:
+        if not isinstance(item, dict):
+            raise RpcFailure(RPC_TYPE_ERROR, f"JSON value of type {json_type(item)} is not of expected type object")
+        if "txid" not in item:
+            raise RpcFailure(RPC_INVALID_PARAMETER, "Invalid parameter, missing txid key")
+        if "vout" not in item:
+            raise RpcFailure(RPC_INVALID_PARAMETER, "Invalid parameter, missing vout key")
+        vout = int_arg(item["vout"])
+        if vout < 0:
+            raise RpcFailure(RPC_INVALID_PARAMETER, "Invalid parameter, vout cannot be negative")
+        wanted.append((parse_hash(item["txid"], "txid"), vout))
+    result = []
+    for txid, vout in wanted:
+        entry: dict[str, Any] = {"txid": txid, "vout": vout}
+        spender = node.mempool.spenders.get((txid, vout))
+        if spender is not None:
+            entry["spendingtxid"] = spender
+        result.append(entry)
+    return result
+
+
 @rpc("getmempoolentry", "Blockchain", "Returns mempool data for given transaction",
      [Arg("txid", "string", "The transaction id (must be in mempool)")],
      result='{\n  "vsize" : n,  (numeric) virtual transaction size as defined in BIP 141.\n  ...\n}', examples=['"mytxid"'])
