@@ -126,7 +126,7 @@ class Indexer:
     """One named follower of one chain; its cursor lives in ``engine`` under (name, chain id).
 
     ``selector`` is passed to ``adapter.events`` (``EvmLogFilter``, ``BitcoinTxFilter``,
-    ``None`` for everything).  ``start_height`` applies only when no cursor exists yet;
+    ``None`` for everything), or a function returning one, called for every batch.  ``start_height`` applies only when no cursor exists yet;
     a new instance with the same name and engine resumes from the cursor.
     ``keep_blocks`` is the rewind window.  ``stats`` holds the counters, including
     ``blocks_per_s`` and ``events_per_s`` as of the last progress log line
@@ -273,7 +273,7 @@ class Indexer:
         low, high = refs[0].height, refs[-1].height
         started = time.monotonic()
         try:
-            events = await self.adapter.events(low, high, self.selector)
+            events = await self.adapter.events(low, high, self._selector())
         except ReorgDetected as exc:  # the adapter saw a block vanish while reading
             raise _ChainMoved(exc.message) from exc
         with _gc_paused():
@@ -298,6 +298,11 @@ class Indexer:
                 session.commit()
         self._count(len(refs), len(events), high, time.monotonic() - started)
         return StepResult("indexed", low, high, blocks=len(refs), events=len(events), head=head.height)
+
+    def _selector(self) -> Any:
+        # A callable selector is asked at every batch: what a consumer watches can grow while it runs
+        # (a swap relayer learns new HTLC outpoints as swaps are made).
+        return self.selector() if callable(self.selector) else self.selector
 
     # --- reorgs ---------------------------------------------------------------------------
 

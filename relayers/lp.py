@@ -62,12 +62,15 @@ class LpDaemon:
     async def _accept(self, req: web.Request) -> dict[str, Any]:
         answer = await self.provider.accept(await json_body(req))
         self.metrics.inc("swaps_accepted")
+        self.party.engine.nudge()
         return answer
 
     async def _status(self, req: web.Request) -> dict[str, Any]:
         return describe(self.party.store.get(req.match_info["id"]))
 
     async def _lock_notice(self, req: web.Request) -> dict[str, Any]:
-        return self.provider.lock_notice(req.match_info["id"], await json_body(req))
+        answer = self.provider.lock_notice(req.match_info["id"], await json_body(req))
+        self.party.engine.nudge()
+        return answer
 
 

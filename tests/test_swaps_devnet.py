@@ -161,8 +161,11 @@ async def test_btc_to_eth_happy_path(tmp_path, regtest, anvil, btc, evm, contrac
     trader_keys, lp_keys = await new_keys(evm, ONE_ETH // 10), await new_keys(evm, 20 * ONE_ETH)
     await fund_btc(btc, trader_keys.btc)
     lp_settings = settings_for(tmp_path, "lp", regtest, anvil)
-    async with running_lp(lp_settings, swap_config(lp_keys, contracts)) as (lp_url, lp):
-        trader = await Party.open(settings_for(tmp_path, "trader", regtest, anvil), swap_config(trader_keys, contracts), LpClient())
+    # No idle re-checks within the test's deadlines: every wait for the other party (its lock, the
+    # secret, its claim) must be ended by the indexer's event or the LP's API waking the swap.
+    event_driven = {"idle_recheck": 3600}
+    async with running_lp(lp_settings, swap_config(lp_keys, contracts, **event_driven)) as (lp_url, lp):
+        trader = await Party.open(settings_for(tmp_path, "trader", regtest, anvil), swap_config(trader_keys, contracts, **event_driven), LpClient())
         try:
             trader_btc_before = await btc.balance([trader_keys.btc.p2wpkh_script])
             view = await trader.start_swap(lp_url, "btc:0.5", "eth:7.5")
@@ -220,8 +223,9 @@ async def test_erc20_to_btc_happy_path(tmp_path, regtest, anvil, btc, evm, contr
     await fund_btc(btc, lp_keys.btc)
     token = Erc20(evm, contracts["tusd"])
     await token.mint(contracts["deployer"], trader_keys.address, 3_000 * 10**6)
-    async with running_lp(settings_for(tmp_path, "lp", regtest, anvil), swap_config(lp_keys, contracts)) as (lp_url, lp):
-        trader = await Party.open(settings_for(tmp_path, "trader", regtest, anvil), swap_config(trader_keys, contracts), LpClient())
+    event_driven = {"idle_recheck": 3600}  # as in the BTC -> ETH test: events end every wait
+    async with running_lp(settings_for(tmp_path, "lp", regtest, anvil), swap_config(lp_keys, contracts, **event_driven)) as (lp_url, lp):
+        trader = await Party.open(settings_for(tmp_path, "trader", regtest, anvil), swap_config(trader_keys, contracts, **event_driven), LpClient())
         try:
             lp_btc_before = await btc.balance([lp_keys.btc.p2wpkh_script])
             view = await trader.start_swap(lp_url, "tusd:1200", "btc:0.02")

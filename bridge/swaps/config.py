@@ -5,7 +5,8 @@ A TOML file (``--swap-config``, else ``$BRIDGE_SWAP_CONFIG``, else ``<data dir>/
     btc_key = "<hex private key>"       # or env BRIDGE_SWAP_BTC_KEY
     evm_key = "0x<hex private key>"     # or env BRIDGE_SWAP_EVM_KEY
     htlc = "0x...HTLC contract"
-    poll_interval = 0.5
+    poll_interval = 0.5                 # seconds between looks at the chains (indexers, short waits)
+    idle_recheck = 5                    # seconds between re-checks of a swap waiting for a chain event
     fee_bump_after = 600                # seconds before a stuck Bitcoin claim/refund is RBF-bumped
     [tokens.tusd]                       # ERC-20s by symbol
     address = "0x..."
@@ -68,6 +69,9 @@ class SwapConfig(_Model):
     htlc: str | None = None
     btc_feerate: int | None = Field(default=None, ge=1)
     poll_interval: float = Field(default=0.5, gt=0)
+    #: A swap waiting for something the indexers announce (the secret, a lock) is woken by the
+    #: event; this is only how often it is looked at anyway.
+    idle_recheck: float = Field(default=5.0, gt=0)
     #: Seconds a Bitcoin claim/refund may sit unconfirmed before it is replaced with a higher fee.
     fee_bump_after: float = Field(default=600.0, gt=0)
     tokens: dict[str, TokenConfig] = Field(default_factory=dict)

@@ -32,6 +32,7 @@ from bridge.swaps.timelock import TimelockPolicy, TimelockRefused
 
 if TYPE_CHECKING:
     from bridge.swaps.books import SwapBooks
+    from bridge.swaps.observe import SwapObservers
 
 log = logging.getLogger("bridge.swaps")
 
@@ -68,6 +69,14 @@ class SwapEngine:
     books: "SwapBooks | None" = None
     #: Called after every transition (metrics, progress output).
     on_transition: Callable[[SwapView], Awaitable[None] | None] | None = None
+    #: The indexers that wake swaps on their chain events (``observe.SwapObservers``); without
+    #: them every waiting swap is polled at ``poll_interval``.
+    observers: "SwapObservers | None" = None
+    #: A swap waiting for an event the observers deliver is re-checked this often regardless.
+    idle_recheck: float = 5.0
+    _heads: dict[str, tuple[int, int]] = field(default_factory=dict, repr=False)
+    _wakeup: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+    _observing: bool = field(default=False, repr=False)
 
     # --- running ----------------------------------------------------------------
 
@@ -88,23 +97,36 @@ class SwapEngine:
     async def run(self, stop: asyncio.Event, only: set[str] | None = None) -> None:
         """Step every due swap until ``stop`` is set (``only``: just these swaps, and return
         once they are all finished).  Up to ``max_concurrency`` swaps step at once, each
-        swap in one step at a time, so one slow chain call does not hold up the others."""
+        swap in one step at a time, so one slow chain call does not hold up the others.
+        A swap is due when its retry time comes, when the observers saw an event of it, or
+        when a new block brings one of its expiries within reach."""
         self.catch_up()
         # Re-send recorded locks first: until they are out, the coins they spend are reserved.
         for view in self.store.list([m.INITIATOR_LOCK_INTENDED, m.PARTICIPANT_LOCK_INTENDED]):
             if only is None or view.swap.id in only:
                 await self.step(view.swap.id)
         running: dict[str, asyncio.Task[SwapView]] = {}
+        halt = asyncio.Event()
+        observing = None
+        if self.observers is not None:
+            observing = asyncio.create_task(self.observers.run(halt), name="swap observers")
+            self._observing = True
+        woken = self.observers.woken if self.observers is not None else self._wakeup
         try:
             while not stop.is_set():
-                for swap_id in self.store.due():
+                if observing is not None and observing.done():
+                    observing.result()  # an indexer failed for good: surface it
+                woken.clear()
+                await self._wake_near_expiry()
+                free = self.max_concurrency - len(running)
+                for swap_id in self.store.due(limit=free + len(running)) if free > 0 else []:
                     if len(running) >= self.max_concurrency:
                         break
                     if swap_id not in running and (only is None or swap_id in only):
                         running[swap_id] = asyncio.create_task(self.step(swap_id), name=f"swap {swap_id}")
                 if only is not None and not running and all(self.store.get(i).swap.state in m.TERMINAL for i in only):
                     return
-                waiters: set[asyncio.Future] = {asyncio.ensure_future(stop.wait()), *running.values()}
+                waiters: set[asyncio.Future] = {asyncio.ensure_future(stop.wait()), asyncio.ensure_future(woken.wait()), *running.values()}
                 await asyncio.wait(waiters, timeout=self.poll_interval, return_when=asyncio.FIRST_COMPLETED)
                 for waiter in waiters:
                     if waiter not in running.values() and not waiter.done():
@@ -116,6 +138,27 @@ class SwapEngine:
             # them, which is as safe as a crash.
             if running:
                 await asyncio.gather(*running.values(), return_exceptions=True)
+            halt.set()
+            self._observing = False
+            if observing is not None:
+                await asyncio.gather(observing, return_exceptions=True)
+
+    def nudge(self) -> None:
+        """News from outside the chains (an API call made a swap due): look at due swaps now."""
+        (self.observers.woken if self.observers is not None else self._wakeup).set()
+
+    async def _wake_near_expiry(self) -> None:
+        """On a new block, make due the swaps with an expiry on that chain the timelock rules now
+        act on (refund, refuse to lock, refuse to claim): those are not announced by any event."""
+        if not self._observing:
+            return
+        reach = max(self.policy.claim_margin, self.policy.safety_gap + self.policy.min_participant_lock)
+        for chain, ops in self.legs.items():
+            now = await ops.now()
+            if self._heads.get(chain) == (now.height, now.timestamp):
+                continue
+            self._heads[chain] = (now.height, now.timestamp)
+            self.store.wake_expiring(chain, self.policy.expiry_after(chain, reach, now) + (1 if chain == "bitcoin" else 0))
 
     async def step(self, swap_id: str) -> SwapView:
         view = self.store.get(swap_id)
@@ -125,7 +168,8 @@ class SwapEngine:
         try:
             await handler(view)
         except NotYet as exc:
-            self.store.defer(swap_id, f"waiting: {exc.message}", self.poll_interval, count_retry=False)
+            delay = self.idle_recheck if exc.on_event and self._observing else self.poll_interval
+            self.store.defer(swap_id, f"waiting: {exc.message}", delay, count_retry=False)
         except Exception as exc:  # noqa: BLE001 - every failure is recorded on the swap and retried
             attempt = view.swap.retries + 1
             delay = self.error_backoff.delay(min(attempt, 10))
@@ -290,7 +334,10 @@ class SwapEngine:
         pleg = view.leg(PARTICIPANT)
         ops = self._ops(pleg)
         if not lock or not lock.get("lock_ref"):
-            raise NotYet(f"the LP has not locked yet; {await self._time_left_text(view.leg(INITIATOR))}")
+            # Seen on chain before the LP got round to telling us: audited like any other report.
+            lock = await ops.find_lock(view, pleg)
+        if not lock or not lock.get("lock_ref"):
+            raise NotYet(f"the LP has not locked yet; {await self._time_left_text(view.leg(INITIATOR))}", on_event=pleg.chain == "evm")
         try:
             seen = await ops.audit_lock(view, pleg, lock["lock_ref"], lock.get("script"))
         except LockRefused as exc:
@@ -327,7 +374,7 @@ class SwapEngine:
             if self.policy.seconds_left(ileg.chain, ileg.expiry, inow) < self.policy.safety_gap + self.policy.min_participant_lock:
                 await self._fail(view, "the trader did not lock in time")
                 return
-            raise NotYet("the trader has not reported a lock yet")
+            raise NotYet("the trader has not reported a lock yet", on_event=True)
         try:
             seen = await iops.audit_lock(view, ileg, ileg.lock_ref, ileg.script)
         except LockRefused as exc:
@@ -373,7 +420,7 @@ class SwapEngine:
             return
         if await self._refund_if_expired(view):
             return
-        raise NotYet(f"waiting for the secret; {await self._time_left_text(pleg)}")
+        raise NotYet(f"waiting for the secret; {await self._time_left_text(pleg)}", on_event=True)
 
     # --- claim and refund (both roles) --------------------------------------------------
 
@@ -437,7 +484,7 @@ class SwapEngine:
             ops = self._ops(own)
             outcome = await ops.settled(view, own)
             if outcome is None and not self.policy.expired(own.chain, own.expiry, await ops.now()):
-                raise NotYet(f"our claim confirmed; waiting for the LP to claim our lock {own.lock_ref}; {await self._time_left_text(own)}")
+                raise NotYet(f"our claim confirmed; waiting for the LP to claim our lock {own.lock_ref}; {await self._time_left_text(own)}", on_event=True)
             if outcome == "claimed":
                 own_fields = {INITIATOR: {"spend_kind": "claim"}}  # claimed by the LP: the books post it
             note += f"; our lock {own.lock_ref} " + (f"was {outcome} on chain" if outcome else "is still unclaimed at its expiry")

@@ -13,9 +13,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-from bridge.errors import BridgeError, InputError, NotFound
+from bridge.errors import BridgeError, InputError, NotFound, RpcError
 from bridge.swaps.assets import BITCOIN, EVM
 from bridge.swaps.models import SwapLeg
 from bridge.swaps.store import SwapView
@@ -24,6 +24,7 @@ from chains.bitcoin import COINBASE_MATURITY, BitcoinAdapter, BitcoinTxFilter
 from chains.bitcoin_tx import btc_to_sats
 from chains.bitcoin_wallet import BtcKey, Utxo
 from chains.btc.primitives import Tx
+from chains.btc.rpc_errors import RPC_METHOD_NOT_FOUND
 from chains.evm import EvmAdapter
 from htlc.audit import AuditError, audit
 from htlc.bitcoin_script import TEMPLATE_P2WSH, htlc_script_pubkey, p2wsh_htlc_script
@@ -31,6 +32,9 @@ from htlc.bitcoin_tx import HtlcCoin, build_claim, build_funding, build_refund
 from htlc.evm import ETH as ETH_TOKEN
 from htlc.evm import Claimed, Erc20, EvmHtlc, Locked, SwapStatus, load_artifact
 from htlc.secret import secret_in_spends
+
+if TYPE_CHECKING:
+    from bridge.swaps.observe import ChainIndex
 
 
 class LockRefused(InputError):
@@ -42,9 +46,17 @@ class LockRefused(InputError):
 
 
 class NotYet(BridgeError):
-    """Something the step waits for is not there yet (a lock, confirmations, a pending tx)."""
+    """Something the step waits for is not there yet (a lock, confirmations, a pending tx).
+
+    ``on_event``: what it waits for arrives as an event the indexer or the LP's API wakes the
+    swap for, so the engine need not poll for it (it re-checks now and then all the same).
+    """
 
     retryable = True
+
+    def __init__(self, message: str, *, on_event: bool = False, **details: Any) -> None:
+        super().__init__(message, **details)
+        self.on_event = on_event
 
 
 @dataclass(frozen=True)
@@ -58,6 +70,10 @@ class LockSeen:
 
 def _sha256(data: bytes) -> bytes:
     return hashlib.sha256(data).digest()
+
+
+def _secret_in_witness(items: list[bytes], hashlock: bytes) -> bytes | None:
+    return next((i for i in items if len(i) == 32 and _sha256(i) == hashlock), None)
 
 
 def _split_ref(ref: str) -> tuple[str, int]:
@@ -79,6 +95,9 @@ class BitcoinLeg:
         self.feerate = feerate
         #: Outpoints of our own stored, unconfirmed lock transactions (see ``SwapStore.reserved_inputs``).
         self.reserved = reserved
+        #: Mined spends of our HTLC outputs, kept by the indexer (``observe.SwapObservers``); without
+        #: it (one-off commands) the leg scans the chain itself.
+        self.index: "ChainIndex | None" = None
 
     @property
     def identity(self) -> str:
@@ -172,18 +191,26 @@ class BitcoinLeg:
 
     # --- secret and spends -------------------------------------------------------
 
+    async def find_lock(self, view: SwapView, leg: SwapLeg) -> dict[str, Any] | None:
+        """A counterparty lock seen on chain before it was reported: not knowable here (the script
+        commits to an expiry only the locker knows), so Bitcoin locks are always reported."""
+        return None
+
     async def find_secret(self, view: SwapView, leg: SwapLeg) -> bytes | None:
         """The preimage from whatever spent the HTLC output (mempool or chain), if anything did."""
         txid, vout = _split_ref(leg.lock_ref)
         if await self.adapter.rpc.call("gettxout", txid, vout, True) is not None:
             return None
         hashlock = bytes.fromhex(view.swap.hashlock)
-        txs = [await self.adapter.rpc.call("getrawtransaction", t, True) for t in await self.adapter.rpc.call("getrawmempool")]
-        tip = await self.adapter.height()
-        start = leg.watch_from if leg.watch_from is not None else max(tip - 1000, 0)
-        if start <= tip:
-            txs += [e.data["tx"] for e in await self.adapter.events(start, tip, BitcoinTxFilter(outpoints=[(txid, vout)]))]
-        return secret_in_spends(txs, (txid, vout), hashlock)
+        spent = await self._indexed_spend(leg.lock_ref)
+        if spent is not None:
+            return _secret_in_witness(spent.witness_items(), hashlock)
+        spender = await self._mempool_spender(txid, vout)
+        if spender is not None:
+            return secret_in_spends([spender], (txid, vout), hashlock)
+        if not await self._scan_needed():
+            return None  # spent in a block the indexer has not reached yet: it wakes us when it does
+        return secret_in_spends(await self._scan_spends(leg, txid, vout), (txid, vout), hashlock)
 
     async def settled(self, view: SwapView, leg: SwapLeg) -> str | None:
         """How the chain settled this HTLC: "claimed" (the spend reveals the secret), "refunded",
@@ -191,17 +218,56 @@ class BitcoinLeg:
         txid, vout = _split_ref(leg.lock_ref)
         if await self.adapter.rpc.call("gettxout", txid, vout, False) is not None:
             return None
+        hashlock = bytes.fromhex(view.swap.hashlock)
+        spent = await self._indexed_spend(leg.lock_ref)
+        if spent is not None:
+            return "claimed" if _secret_in_witness(spent.witness_items(), hashlock) else "refunded"
+        if not await self._scan_needed():
+            return None
+        for tx in await self._scan_spends(leg, txid, vout):
+            for vin in tx.get("vin", []):
+                if (vin.get("txid"), vin.get("vout")) == (txid, vout):
+                    items = [bytes.fromhex(i) for i in vin.get("txinwitness", [])]
+                    return "claimed" if _secret_in_witness(items, hashlock) else "refunded"
+        return None
+
+    async def _indexed_spend(self, ref: str) -> Any:
+        return self.index.btc_spend(ref) if self.index is not None else None
+
+    async def _scan_needed(self) -> bool:
+        """Scan blocks ourselves only without an indexer, or when it has caught up and still has no
+        spend (an output it started watching after the spend, e.g. a lock reported late)."""
+        if self.index is None:
+            return True
+        height = self.index.indexed_height()
+        return height is not None and height >= await self.adapter.height()
+
+    async def _mempool_spender(self, txid: str, vout: int) -> dict | None:
+        try:
+            [entry] = await self.adapter.rpc.call("gettxspendingprevout", [{"txid": txid, "vout": vout}])
+        except RpcError as exc:
+            if exc.code != RPC_METHOD_NOT_FOUND:
+                raise
+            # A node without gettxspendingprevout (bitcoind < 24): look through the mempool.
+            for t in await self.adapter.rpc.call("getrawmempool"):
+                tx = await self.adapter.rpc.call("getrawtransaction", t, True)
+                if any((i.get("txid"), i.get("vout")) == (txid, vout) for i in tx.get("vin", [])):
+                    return tx
+            return None
+        spender = entry.get("spendingtxid")
+        if spender is None:
+            return None
+        try:
+            return await self.adapter.rpc.call("getrawtransaction", spender, True)
+        except NotFound:
+            return None  # mined or replaced in between: the next look finds it
+
+    async def _scan_spends(self, leg: SwapLeg, txid: str, vout: int) -> list[Any]:
         tip = await self.adapter.height()
         start = leg.watch_from if leg.watch_from is not None else max(tip - 1000, 0)
         if start > tip:
-            return None
-        hashlock = bytes.fromhex(view.swap.hashlock)
-        for event in await self.adapter.events(start, tip, BitcoinTxFilter(outpoints=[(txid, vout)])):
-            for vin in event.data["tx"].get("vin", []):
-                if (vin.get("txid"), vin.get("vout")) == (txid, vout):
-                    reveals = any(_sha256(bytes.fromhex(item)) == hashlock for item in vin.get("txinwitness", []))
-                    return "claimed" if reveals else "refunded"
-        return None
+            return []
+        return [e.data["tx"] for e in await self.adapter.events(start, tip, BitcoinTxFilter(outpoints=[(txid, vout)]))]
 
     async def prepare_spend(self, view: SwapView, leg: SwapLeg, kind: str, secret: bytes | None, feerate: int | None = None) -> dict[str, Any]:
         txid, vout = _split_ref(leg.lock_ref)
@@ -236,6 +302,9 @@ class EvmLeg:
         self.address = adapter.account(key).address
         self._code_checked = False
         self._send_guard = asyncio.Lock()
+        #: The HTLC contract's events for our swaps, kept by the indexer (``observe.SwapObservers``);
+        #: without it (one-off commands) the leg reads the logs itself.
+        self.index: "ChainIndex | None" = None
 
     @property
     def identity(self) -> str:
@@ -261,16 +330,33 @@ class EvmLeg:
     async def _locked(self, view: SwapView, leg: SwapLeg) -> Locked | None:
         """Our own earlier lock for this swap, found by hashlock and sender."""
         hashlock = bytes.fromhex(view.swap.hashlock)
+        if self.index is not None and await self._index_current():
+            return self.index.locked_by(view.swap.hashlock, self.address)
         for event in await self.htlc.events(leg.watch_from or 0):
             if isinstance(event, Locked) and event.swap.hashlock == hashlock and event.swap.sender == self.address:
                 return event
         return None
 
+    async def _index_current(self) -> bool:
+        """Has the indexer looked at every block there is?  (Only then is "not indexed" "not there".)"""
+        height = self.index.indexed_height() if self.index is not None else None
+        return height is not None and height >= await self.adapter.height()
+
+    async def _locked_event(self, ref: str, watch_from: int | None) -> Locked | None:
+        if self.index is not None:
+            found = self.index.locked(ref)
+            if found is not None or not await self._index_current():
+                return found
+        try:
+            return await self.htlc.locked_swap(ref, watch_from or 0)
+        except NotFound:
+            return None
+
     async def _params(self, leg: SwapLeg) -> tuple[Locked, SwapStatus]:
-        for event in await self.htlc.events(leg.watch_from or 0, swap_id=leg.lock_ref):
-            if isinstance(event, Locked):
-                return event, await self.htlc.swap(event.id)
-        raise NotYet(f"no Locked event for swap {leg.lock_ref} since block {leg.watch_from}")
+        event = await self._locked_event(leg.lock_ref, leg.watch_from)
+        if event is None:
+            raise NotYet(f"no Locked event for swap {leg.lock_ref} since block {leg.watch_from}")
+        return event, await self.htlc.swap(event.id)
 
     # --- our lock -------------------------------------------------------------
 
@@ -314,11 +400,11 @@ class EvmLeg:
     async def audit_lock(self, view: SwapView, leg: SwapLeg, ref: str, script_hex: str | None = None) -> LockSeen:
         await self._check_contract()
         try:
-            found = await self.htlc.locked_swap(ref, leg.watch_from or 0)
-        except NotFound:
-            raise NotYet(f"no Locked event for swap {ref} yet") from None
+            found = await self._locked_event(ref, leg.watch_from)
         except InputError as exc:
             raise LockRefused(f"bad swap id {ref!r}: {exc.message}") from None
+        if found is None:
+            raise NotYet(f"no Locked event for swap {ref} yet", on_event=self.index is not None)
         p = found.swap
         if p.hashlock.hex() != view.swap.hashlock:
             raise LockRefused(f"wrong hash: the lock uses {p.hashlock.hex()}, agreed {view.swap.hashlock}")
@@ -332,15 +418,32 @@ class EvmLeg:
             raise LockRefused(f"wrong amount: the lock holds {p.amount}, agreed {leg.value}")
         if leg.expiry is not None and p.expiry != leg.expiry:
             raise LockRefused(f"wrong expiry: the lock expires at {p.expiry}, agreed {leg.expiry}")
+        # The index may lag the chain by a poll: where the lock is now, and whether it still is,
+        # comes from the node (a reorg may have dropped or moved it).
+        receipt = await self.adapter.rpc.call("eth_getTransactionReceipt", [found.where.tx_hash])
         status = await self.htlc.swap(found.id)
+        if receipt is None or receipt.get("blockNumber") is None or status == SwapStatus.NONE:
+            raise NotYet(f"no Locked event for swap {ref} on the chain now (dropped by a reorg?)", on_event=self.index is not None)
         if status != SwapStatus.LOCKED:
             raise LockRefused(f"the lock is {status.name.lower()}, no longer claimable")
-        confirmations = await self.adapter.height() - found.where.block_number + 1
+        confirmations = await self.adapter.height() - int(receipt["blockNumber"], 16) + 1
         return LockSeen("0x" + found.id.hex(), found.where.tx_hash, p.amount, p.expiry, confirmations)
 
     # --- secret and spends -------------------------------------------------------
 
+    async def find_lock(self, view: SwapView, leg: SwapLeg) -> dict[str, Any] | None:
+        """The counterparty's lock for this swap as the indexer saw it (hashlock and recipient match;
+        the caller audits the rest), before the counterparty reported it."""
+        if self.index is None:
+            return None
+        found = self.index.locked_to(view.swap.hashlock, self.address)
+        return {"lock_ref": "0x" + found.id.hex()} if found is not None else None
+
     async def find_secret(self, view: SwapView, leg: SwapLeg) -> bytes | None:
+        if self.index is not None:
+            # Our swaps' Claimed events are all indexed from before the lock; the indexer wakes us.
+            row = self.index.settlement(leg.lock_ref)
+            return bytes.fromhex(row.preimage) if row is not None and row.preimage else None
         for event in await self.htlc.events(leg.watch_from or 0, swap_id=leg.lock_ref):
             if isinstance(event, Claimed):
                 return bytes(event.preimage)

@@ -14,6 +14,7 @@ from bridge.swaps.books import SwapBooks
 from bridge.swaps.config import SwapConfig
 from bridge.swaps.engine import LpPort, SwapEngine
 from bridge.swaps.legs import BitcoinLeg, EvmLeg, Leg
+from bridge.swaps.observe import SwapObservers
 from bridge.swaps.protocol import new_trader_swap
 from bridge.swaps.store import SwapStore, SwapView
 from chains.bitcoin import BitcoinAdapter
@@ -53,7 +54,10 @@ class Party:
         for symbol, token in config.tokens.items():
             books.register_token(token.address, token.decimals, symbol)
         engine.books = books
+        # The indexers share the swap database: their events and cursors commit with the swaps' rows.
+        engine.observers = SwapObservers(db, legs, config.poll_interval)
         engine.bump_after = config.fee_bump_after
+        engine.idle_recheck = config.idle_recheck
         return cls(settings, config, store, legs, engine, config.assets(), [btc, evm])
 
     async def start_swap(self, lp_url: str, sell_spec: str, buy_spec: str) -> SwapView:

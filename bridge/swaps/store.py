@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 from sqlalchemy.engine import Engine
+from sqlalchemy import update
 from sqlmodel import Session, select
 
 from bridge.db import init_db
@@ -81,12 +82,26 @@ class SwapStore:
             ids = list(s.exec(q))
         return [self.get(i) for i in ids]
 
-    def due(self, now: float | None = None) -> list[str]:
-        """Ids of unfinished swaps whose next attempt is due."""
+    def due(self, now: float | None = None, limit: int | None = None) -> list[str]:
+        """Ids of unfinished swaps whose next attempt is due, the longest waiting first."""
         now = time.time() if now is None else now
         with self._session() as s:
             q = select(Swap.id).where(Swap.state.not_in(list(TERMINAL)), Swap.next_attempt_at <= now).order_by(Swap.next_attempt_at)
+            if limit is not None:
+                q = q.limit(limit)
             return list(s.exec(q))
+
+    def wake_expiring(self, chain: str, reach: int) -> int:
+        """Make due the unfinished swaps with a leg on ``chain`` expiring at or before ``reach``
+        (a height or a timestamp, as the leg's expiry is); returns how many were waiting."""
+        now = time.time()
+        legs = select(SwapLeg.swap_id).where(SwapLeg.chain == chain, SwapLeg.expiry.is_not(None), SwapLeg.expiry <= reach)
+        with self._session() as s, s.begin():
+            result = s.exec(
+                update(Swap).where(Swap.id.in_(legs), Swap.state.not_in(list(TERMINAL)), Swap.next_attempt_at > now)
+                .values(next_attempt_at=now)
+            )
+            return result.rowcount or 0
 
     def transition(
         self,

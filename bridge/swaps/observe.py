@@ -1,0 +1,303 @@
+"""What a swap party sees on chain, through the indexer: HTLC events (EVM) and HTLC spends (Bitcoin).
+
+One indexer per chain (``chains/indexer.py``: persisted cursor in the swap database, rewind
+on a reorg by parent hash).  Its consumer keeps only what concerns this party's unfinished
+swaps and writes it in the cursor's transaction, so each fact is stored exactly once across
+crashes and deleted again when a reorg orphans its block.  In that same transaction it makes
+the swaps concerned due, then wakes the engine's run loop: a revealed secret, a
+counterparty's lock or a confirmed claim is acted on at once instead of at the next poll, and
+swaps with nothing new are not re-checked in between.
+
+The legs answer "where is that lock, how did this HTLC end, with which secret" from these
+tables (``ChainIndex``); what the indexer cannot know yet (a spend still in the mempool) they
+ask the node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any, Callable, Iterable, Optional
+
+from sqlalchemy import delete, or_, update
+from sqlalchemy.engine import Engine
+from sqlmodel import Field, Session, SQLModel, select
+
+from bridge.db import init_db
+from bridge.swaps.models import TERMINAL, Swap, SwapLeg
+from chains.base import BlockRef, ChainEvent
+from chains.bitcoin import BitcoinTxFilter
+from chains.cursor_store import OrphanedBlock
+from chains.evm import EvmLogFilter
+from chains.indexer import Indexer
+from htlc.evm import Claimed, Locked, LogRef, Refunded, SwapParams, decode_events
+
+log = logging.getLogger("bridge.swaps.observe")
+
+LOCKED, CLAIMED, REFUNDED = "locked", "claimed", "refunded"
+
+
+class HtlcEventRow(SQLModel, table=True):
+    """One event of the EVM HTLC contract that concerns one of our swaps."""
+
+    __tablename__ = "swap_htlc_event"
+
+    key: str = Field(primary_key=True)  # the indexer's event key: "txhash:logindex"
+    kind: str  # LOCKED, CLAIMED or REFUNDED
+    swap_ref: str = Field(index=True)  # the contract's swap id, 0x hex
+    hashlock: Optional[str] = Field(default=None, index=True)  # hex, on LOCKED rows
+    sender: Optional[str] = None
+    recipient: Optional[str] = None
+    token: Optional[str] = None
+    amount: Optional[str] = None  # base units, decimal text (wei overflows 64 bits)
+    expiry: Optional[int] = None
+    nonce: Optional[int] = None
+    preimage: Optional[str] = None  # hex, on CLAIMED rows
+    block_number: int
+    block_hash: str
+    tx_hash: str
+    log_index: int
+
+    def where(self) -> LogRef:
+        return LogRef(self.block_number, self.tx_hash, self.log_index)
+
+    def locked(self) -> Locked:
+        params = SwapParams(
+            self.sender, self.recipient, self.token, int(self.amount), bytes.fromhex(self.hashlock), self.expiry, self.nonce
+        )
+        return Locked(bytes.fromhex(self.swap_ref.removeprefix("0x")), params, self.where())
+
+
+class BtcSpendRow(SQLModel, table=True):
+    """A mined transaction spending the HTLC output of one of our swaps."""
+
+    __tablename__ = "swap_btc_spend"
+
+    event_key: str = Field(primary_key=True)  # the spending txid (the indexer's event key)
+    outpoint: str = Field(primary_key=True, index=True)  # "txid:vout" it spends
+    witness: str  # JSON list of the spending input's witness items, hex
+    block_height: int
+    block_hash: str
+
+    def witness_items(self) -> list[bytes]:
+        return [bytes.fromhex(item) for item in json.loads(self.witness)]
+
+
+def _swap_ids_for(session: Session, hashlocks: Iterable[str] = (), lock_refs: Iterable[str] = ()) -> set[str]:
+    hashlocks, lock_refs = set(hashlocks), set(lock_refs)
+    ids: set[str] = set()
+    if hashlocks:
+        ids |= set(session.exec(select(Swap.id).where(Swap.hashlock.in_(hashlocks))))
+    if lock_refs:
+        ids |= set(session.exec(select(SwapLeg.swap_id).where(SwapLeg.lock_ref.in_(lock_refs))))
+    return ids
+
+
+def _make_due(session: Session, swap_ids: set[str]) -> None:
+    if swap_ids:
+        session.exec(update(Swap).where(Swap.id.in_(swap_ids), Swap.state.not_in(list(TERMINAL))).values(next_attempt_at=0.0))
+
+
+class EvmHtlcConsumer:
+    """Stores the HTLC events whose hashlock (``Locked``) or swap id (``Claimed``/``Refunded``)
+    belongs to one of our swaps."""
+
+    def __init__(self, wake: Callable[[], None]) -> None:
+        self.wake = wake
+
+    async def on_events(self, events: list[ChainEvent], block: BlockRef, *, session: Session) -> None:
+        open_swaps = select(Swap.id).where(Swap.state.not_in(list(TERMINAL)))
+        hashlocks = set(session.exec(select(Swap.hashlock).where(Swap.state.not_in(list(TERMINAL)))))
+        refs = {r.lower() for r in session.exec(select(SwapLeg.lock_ref).where(SwapLeg.swap_id.in_(open_swaps), SwapLeg.lock_ref.is_not(None)))}
+        touched_hashlocks: set[str] = set()
+        touched_refs: set[str] = set()
+        for event in events:
+            decoded = decode_events([event])
+            if not decoded:
+                continue
+            item = decoded[0]
+            ref = "0x" + item.id.hex()
+            row = HtlcEventRow(
+                key=event.key, kind=LOCKED, swap_ref=ref, block_number=block.height, block_hash=block.hash,
+                tx_hash=item.where.tx_hash, log_index=item.where.log_index,
+            )
+            if isinstance(item, Locked):
+                hashlock = item.swap.hashlock.hex()
+                if hashlock not in hashlocks:
+                    continue
+                p = item.swap
+                row.hashlock, row.sender, row.recipient, row.token = hashlock, p.sender, p.recipient, p.token
+                row.amount, row.expiry, row.nonce = str(p.amount), p.expiry, p.nonce
+                refs.add(ref)
+                touched_hashlocks.add(hashlock)
+            else:
+                known = ref in refs or session.exec(select(HtlcEventRow.key).where(HtlcEventRow.swap_ref == ref)).first() is not None
+                if not known:
+                    continue
+                if isinstance(item, Claimed):
+                    row.kind, row.preimage = CLAIMED, bytes(item.preimage).hex()
+                else:
+                    row.kind = REFUNDED
+                touched_refs.add(ref)
+            session.merge(row)
+        if touched_hashlocks or touched_refs:
+            touched_hashlocks |= _hashlocks_of(session, touched_refs)
+            _make_due(session, _swap_ids_for(session, touched_hashlocks, touched_refs))
+            self.wake()
+
+    async def on_revert(self, orphaned: list[OrphanedBlock], *, session: Session) -> None:
+        keys = [k for block in orphaned for k in block.event_keys]
+        rows = list(session.exec(select(HtlcEventRow).where(HtlcEventRow.key.in_(keys)))) if keys else []
+        if not rows:
+            return
+        refs = {r.swap_ref for r in rows}
+        hashlocks = {r.hashlock for r in rows if r.hashlock} | _hashlocks_of(session, refs)
+        session.exec(delete(HtlcEventRow).where(HtlcEventRow.key.in_(keys)))
+        log.warning("reorg: forgot %d HTLC event(s) of swap(s) %s", len(rows), ", ".join(sorted(refs)))
+        _make_due(session, _swap_ids_for(session, hashlocks, refs))
+        self.wake()
+
+
+def _hashlocks_of(session: Session, refs: set[str]) -> set[str]:
+    if not refs:
+        return set()
+    return {h for h in session.exec(select(HtlcEventRow.hashlock).where(HtlcEventRow.swap_ref.in_(refs), HtlcEventRow.kind == LOCKED)) if h}
+
+
+def watched_outpoints(session: Session) -> BitcoinTxFilter:
+    """The Bitcoin HTLC outputs of our unfinished swaps (both legs): the BTC indexer's selector."""
+    refs = session.exec(
+        select(SwapLeg.lock_ref).join(Swap, Swap.id == SwapLeg.swap_id).where(
+            Swap.state.not_in(list(TERMINAL)), SwapLeg.chain == "bitcoin", SwapLeg.lock_ref.is_not(None),
+        )
+    ).all()
+    outpoints = []
+    for ref in refs:
+        txid, _, vout = ref.partition(":")
+        if len(txid) == 64 and vout.isdigit():
+            outpoints.append((txid, int(vout)))
+    return BitcoinTxFilter(scripts=(), outpoints=outpoints)
+
+
+class BtcSpendConsumer:
+    """Stores the mined spends of our swaps' HTLC outputs (claims reveal the secret in the witness)."""
+
+    def __init__(self, wake: Callable[[], None]) -> None:
+        self.wake = wake
+
+    async def on_events(self, events: list[ChainEvent], block: BlockRef, *, session: Session) -> None:
+        watched = {f"{t}:{n}" for t, n in (watched_outpoints(session).outpoints or ())}
+        touched: set[str] = set()
+        for event in events:
+            for vin in event.data["tx"].get("vin", []):
+                outpoint = f"{vin.get('txid')}:{vin.get('vout')}"
+                if outpoint not in watched:
+                    continue
+                session.merge(BtcSpendRow(
+                    event_key=event.key, outpoint=outpoint, witness=json.dumps(list(vin.get("txinwitness", []))),
+                    block_height=block.height, block_hash=block.hash,
+                ))
+                touched.add(outpoint)
+        if touched:
+            _make_due(session, _swap_ids_for(session, lock_refs=touched))
+            self.wake()
+
+    async def on_revert(self, orphaned: list[OrphanedBlock], *, session: Session) -> None:
+        keys = [k for block in orphaned for k in block.event_keys]
+        rows = list(session.exec(select(BtcSpendRow).where(BtcSpendRow.event_key.in_(keys)))) if keys else []
+        if not rows:
+            return
+        outpoints = {r.outpoint for r in rows}
+        session.exec(delete(BtcSpendRow).where(BtcSpendRow.event_key.in_(keys)))
+        log.warning("reorg: forgot the spends of %s", ", ".join(sorted(outpoints)))
+        _make_due(session, _swap_ids_for(session, lock_refs=outpoints))
+        self.wake()
+
+
+class ChainIndex:
+    """The read side the legs use: what the indexer stored, and how far it has looked."""
+
+    def __init__(self, engine: Engine, indexer: Indexer | None = None) -> None:
+        self.engine = engine
+        self.indexer = indexer
+        init_db(engine)
+
+    def indexed_height(self) -> int | None:
+        cursor = self.indexer.cursor() if self.indexer is not None else None
+        return None if cursor is None else cursor.height
+
+    def locked(self, swap_ref: str) -> Locked | None:
+        with Session(self.engine) as s:
+            row = s.exec(select(HtlcEventRow).where(HtlcEventRow.swap_ref == swap_ref.lower(), HtlcEventRow.kind == LOCKED)).first()
+            return row.locked() if row else None
+
+    def locked_by(self, hashlock: str, sender: str) -> Locked | None:
+        with Session(self.engine) as s:
+            rows = s.exec(select(HtlcEventRow).where(HtlcEventRow.hashlock == hashlock, HtlcEventRow.kind == LOCKED)).all()
+            return next((r.locked() for r in rows if r.sender.lower() == sender.lower()), None)
+
+    def locked_to(self, hashlock: str, recipient: str) -> Locked | None:
+        with Session(self.engine) as s:
+            rows = s.exec(select(HtlcEventRow).where(HtlcEventRow.hashlock == hashlock, HtlcEventRow.kind == LOCKED)).all()
+            return next((r.locked() for r in rows if r.recipient.lower() == recipient.lower()), None)
+
+    def settlement(self, swap_ref: str) -> HtlcEventRow | None:
+        """The ``Claimed`` or ``Refunded`` row of an EVM swap, if indexed."""
+        with Session(self.engine) as s:
+            return s.exec(select(HtlcEventRow).where(
+                HtlcEventRow.swap_ref == swap_ref.lower(), or_(HtlcEventRow.kind == CLAIMED, HtlcEventRow.kind == REFUNDED),
+            )).first()
+
+    def btc_spend(self, outpoint: str) -> BtcSpendRow | None:
+        with Session(self.engine) as s:
+            return s.exec(select(BtcSpendRow).where(BtcSpendRow.outpoint == outpoint)).first()
+
+
+class SwapObservers:
+    """One indexer per chain of a party, sharing the swap database, waking the engine."""
+
+    def __init__(self, engine: Engine, legs: dict[str, Any], poll_interval: float = 0.5, name: str = "swaps") -> None:
+        self.engine = engine
+        self.poll_interval = poll_interval
+        self.woken = asyncio.Event()
+        self.indexers: dict[str, Indexer] = {}
+        for chain, leg in legs.items():
+            if chain == "evm":
+                consumer: Any = EvmHtlcConsumer(self.woken.set)
+                selector: Any = EvmLogFilter(leg.htlc.address)
+            else:
+                consumer = BtcSpendConsumer(self.woken.set)
+                selector = self._btc_selector
+            indexer = Indexer(f"{name}-{chain}", leg.adapter, engine, consumer, selector=selector, confirmations=1,
+                              poll_interval=poll_interval, log_every=60.0)
+            self.indexers[chain] = indexer
+        self.legs = legs
+
+    def _btc_selector(self) -> BitcoinTxFilter:
+        with Session(self.engine) as session:
+            return watched_outpoints(session)
+
+    async def _start_height(self, chain: str, indexer: Indexer) -> int:
+        """Where a new cursor starts: the earliest block an unfinished swap watches from, else the head."""
+        head = await indexer.adapter.height()
+        with Session(self.engine) as s:
+            froms = s.exec(select(SwapLeg.watch_from).join(Swap, Swap.id == SwapLeg.swap_id).where(
+                Swap.state.not_in(list(TERMINAL)), SwapLeg.chain == chain, SwapLeg.watch_from.is_not(None),
+            )).all()
+        return min([head, *froms])
+
+    async def run(self, stop: asyncio.Event) -> None:
+        for chain, indexer in self.indexers.items():
+            if indexer.cursor() is None:
+                indexer.start_height = await self._start_height(chain, indexer)
+        # The legs read the index only while it is kept up: a leg without one scans the chain itself.
+        for chain, indexer in self.indexers.items():
+            self.legs[chain].index = ChainIndex(self.engine, indexer)
+        try:
+            async with asyncio.TaskGroup() as group:
+                for indexer in self.indexers.values():
+                    group.create_task(indexer.run(stop), name=f"indexer {indexer.name}")
+        finally:
+            for chain in self.indexers:
+                self.legs[chain].index = None
