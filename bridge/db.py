@@ -7,10 +7,14 @@ engine here so SQLite is always opened with the same durability settings.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Iterable
 
-from sqlalchemy import event
-from sqlalchemy.engine import Engine
+from sqlalchemy import Column, Table, event, inspect, literal, text
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError
 from sqlmodel import SQLModel, create_engine
+
+from bridge.errors import SchemaError
 
 
 def make_engine(url: str, echo: bool = False, **kwargs) -> Engine:
@@ -37,9 +41,89 @@ def make_engine(url: str, echo: bool = False, **kwargs) -> Engine:
     return create_engine(url, echo=echo, pool_pre_ping=True, **kwargs)
 
 
-def init_db(engine: Engine) -> None:
-    """Create every table registered on SQLModel's metadata (idempotent)."""
-    SQLModel.metadata.create_all(engine)
+def init_db(engine: Engine, tables: Iterable[Table] | None = None) -> None:
+    """Create ``tables`` (default: every table on SQLModel's metadata) and bring tables an
+    older version created up to date by adding the columns they lack (idempotent).
+
+    ``create_all`` alone never touches an existing table, so a database written before a
+    model grew a column would fail on the first query naming it.  Only additive changes
+    are made: a column that existing rows cannot fill (NOT NULL without a default) is
+    refused with ``SchemaError`` naming it, rather than guessing a value.
+    """
+    tables = list(SQLModel.metadata.sorted_tables if tables is None else tables)
+    for metadata in {id(t.metadata): t.metadata for t in tables}.values():
+        metadata.create_all(engine, tables=[t for t in tables if t.metadata is metadata])
+    for table in tables:
+        add_missing_columns(engine, table)
+
+
+def add_missing_columns(engine: Engine, table: Table) -> list[str]:
+    """``ALTER TABLE ... ADD COLUMN`` for each column of ``table`` its database table lacks;
+    returns the names added."""
+    have = {c["name"] for c in inspect(engine).get_columns(table.name, schema=table.schema)}
+    missing = [c for c in table.columns if c.name not in have]
+    for column in missing:  # all refusals before any change, so a refused upgrade writes nothing
+        _check_addable(table, column)
+    added = []
+    for column in missing:
+        try:
+            with engine.begin() as conn:
+                conn.execute(text(f"ALTER TABLE {_table_name(engine, table)} ADD COLUMN {_column_ddl(conn, column)}"))
+                for index in table.indexes:
+                    if column in index.columns.values():
+                        index.create(conn, checkfirst=True)
+            added.append(column.name)
+        except DBAPIError as exc:
+            # Another process opening the same database may have added it first.
+            if column.name in {c["name"] for c in inspect(engine).get_columns(table.name, schema=table.schema)}:
+                continue
+            raise SchemaError(
+                f"cannot add column {table.name}.{column.name} to the existing database: {str(exc.orig).splitlines()[0]}",
+                table=table.name, column=column.name,
+            ) from exc
+    return added
+
+
+def _scalar_default(column: Column) -> object:
+    default = column.default
+    if default is not None and default.is_scalar and default.arg is not None:
+        return default.arg
+    return None
+
+
+def _check_addable(table: Table, column: Column) -> None:
+    where = f"table {table.name!r} of the existing database lacks column {column.name!r}"
+    if column.primary_key:
+        raise SchemaError(f"{where}, part of its primary key: it cannot be added in place", table=table.name, column=column.name)
+    if not column.nullable and column.server_default is None and _scalar_default(column) is None:
+        raise SchemaError(
+            f"{where}, which is NOT NULL without a default: existing rows have no value for it; "
+            "migrate this database by hand (or start a new one)",
+            table=table.name, column=column.name,
+        )
+
+
+def _table_name(engine: Engine, table: Table) -> str:
+    return engine.dialect.identifier_preparer.format_table(table)
+
+
+def _column_ddl(conn: Connection, column: Column) -> str:
+    """``name TYPE [DEFAULT x] [NOT NULL] [REFERENCES t(c)]``: a model's Python-side scalar
+    default becomes the column's server default, so existing rows get that value."""
+    dialect = conn.dialect
+    preparer = dialect.identifier_preparer
+    parts = [preparer.format_column(column), dialect.type_compiler_instance.process(column.type, type_expression=column)]
+    default = dialect.ddl_compiler(dialect, None).get_column_default_string(column)
+    if default is None and (value := _scalar_default(column)) is not None:
+        default = str(literal(value, type_=column.type).compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
+    if default is not None:
+        parts += ["DEFAULT", default]
+    if not column.nullable:
+        parts.append("NOT NULL")
+    for fk in column.foreign_keys:
+        target = fk.column
+        parts.append(f"REFERENCES {preparer.format_table(target.table)} ({preparer.format_column(target)})")
+    return " ".join(parts)
 
 
 POSTGRES_TEST_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"

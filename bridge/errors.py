@@ -44,6 +44,11 @@ class ConfigError(BridgeError):
     """Settings are missing or inconsistent."""
 
 
+class SchemaError(ConfigError):
+    """The database was written by another version and cannot be brought up to date in place;
+    ``table`` and ``column`` name what is in the way."""
+
+
 class NotFound(BridgeError):
     """The thing asked for does not exist (account, swap, block, transaction)."""
 

@@ -24,6 +24,7 @@ from sqlalchemy import JSON, BigInteger, Column, delete, insert, select, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Field, Session, SQLModel
 
+from bridge.db import init_db
 from bridge.errors import Conflict
 from chains.base import BlockRef, ChainEvent
 
@@ -61,7 +62,7 @@ TABLES = [IndexerCursor.__table__, IndexerBlock.__table__]
 
 def create_tables(engine: Engine) -> None:
     """Create the indexer's tables only (idempotent), not everyone else's."""
-    SQLModel.metadata.create_all(engine, tables=TABLES)
+    init_db(engine, TABLES)
 
 
 @dataclass(frozen=True)

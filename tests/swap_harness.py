@@ -486,6 +486,7 @@ async def reconcile(books: Books, start: Snapshot, lp: Party, traders: list[Part
     each difference.  Returns the figures (swaps by outcome, fees, per-asset loss, which is 0)."""
     from bridge.errors import NotFound
     from bridge.swaps import models as m
+    from bridge.swaps.books import leg_outcome as recorded_outcome
     from htlc.evm import EvmHtlc, Locked, SwapStatus
 
     chains = books.chains
@@ -526,8 +527,18 @@ async def reconcile(books: Books, start: Snapshot, lp: Party, traders: list[Part
             pleg = lview.leg(m.PARTICIPANT) if lview else view.leg(m.PARTICIPANT)
             i_out = await leg_outcome(ileg, view.swap.hashlock)
             p_out = await leg_outcome(pleg, view.swap.hashlock)
-            want_i = "claimed" if ls == "claimed" else "refunded" if ts == "refunded" else "none"
-            want_p = "claimed" if ts == "claimed" else "refunded" if ls == "refunded" else "none"
+            # Each leg as the parties recorded it ended (the state, for rows without an outcome);
+            # a leg neither party saw settled must never have been locked.
+            recorded = {}
+            for name in m.LEGS:
+                mine = recorded_outcome(view, view.leg(name))
+                theirs = recorded_outcome(lview, lview.leg(name)) if lview else None
+                if mine and theirs and mine != theirs:
+                    problems.append(f"{where}: the trader records the {name} leg {mine}, the LP {theirs}")
+                recorded[name] = mine or theirs or "none"
+            want_i, want_p = recorded[m.INITIATOR], recorded[m.PARTICIPANT]
+            if ls == m.CLAIM_LOST and (i_out, p_out) != ("refunded", "claimed"):
+                problems.append(f"{where}: the LP lost its claim, but on chain the trader's lock is {i_out}, the LP's {p_out}")
             if i_out != want_i:
                 problems.append(f"{where}: trader's lock {ileg.lock_ref} is {i_out} on chain, the records say {want_i}")
             if p_out != want_p:
@@ -579,12 +590,13 @@ def ledger_differences(party: Party, is_lp: bool, fates: dict[str, dict[str, tup
     """Where a party's ledger (``bridge.swaps.books``, in its own database) contradicts the chains.
 
     A party books a leg's lock once it saw it confirmed (and audited), and its claim or
-    refund when it made it or learnt of it; it is never told when the counterparty claims
-    the trader's lock or refunds its own, so those legs may stay escrowed in that party's
-    books, but must never show the opposite outcome.
+    refund when it made it or learnt of it (and whatever outcome it recorded on the leg);
+    it is never told when the counterparty claims the trader's lock or refunds its own, so
+    those legs may stay escrowed in that party's books, but must never show the opposite outcome.
     """
     from bridge.ledger.queries import transfer
     from bridge.swaps import models as m
+    from bridge.swaps.books import leg_outcome
 
     engine = party.store().engine
     out = []
@@ -597,6 +609,10 @@ def ledger_differences(party: Party, is_lp: bool, fates: dict[str, dict[str, tup
             where = f"{party.name}'s ledger, swap {view.swap.id} {leg_name} leg (chain: {fate})"
             own = leg_name == (m.PARTICIPANT if is_lp else m.INITIATOR)
             knows = {"claimed": not own or is_lp, "refunded": own}.get(fate, False)
+            mine = leg_outcome(view, view.leg(leg_name))
+            if mine is not None and mine != fate:
+                out.append(f"{where}: recorded as {mine}")
+            knows = knows or mine is not None
             if fate == "none" and "lock" in booked:
                 out.append(f"{where}: books a lock the chain never saw")
             if "claim" in booked and fate != "claimed" or "refund" in booked and fate != "refunded":

@@ -362,6 +362,42 @@ async def test_both_refund_when_the_trader_stays_down_past_the_lps_expiry(tmp_pa
     assert m.CLAIM_INTENDED not in [a.to_state for a in trader.store().get(view.swap.id).actions]
 
 
+async def test_trader_refunds_the_lock_the_lp_never_claimed_and_the_lp_ends_claim_lost(tmp_path, chains):
+    """The LP dies right after recording its claim of the trader's BTC (the secret seen) and stays
+    down past the trader's expiry: the trader, its claim of the LP's ETH confirmed, refunds its own
+    lock and ends claimed; the LP, back, finds its claim impossible and ends claim_lost."""
+    phase(f"data dirs and logs under {tmp_path}")
+    lp = Party("lp", Identity.new(), tmp_path / "lp", chains, port=free_port())
+    trader = Party("trader", Identity.new(), tmp_path / "trader", chains)
+    await chains.evm.set_balance(lp.who.address, 10 * ONE_ETH)
+    await chains.evm.set_balance(trader.who.address, ONE_ETH // 10)
+    await chains.fund_btc([(trader.who.btc.p2wpkh_script, ONE_BTC)])
+    books = Books(chains, [lp, trader])
+    start = await books.snapshot()
+    async with automine(chains.btc):
+        await start_lp(lp, "recorded.claim_intended")
+        try:
+            started = await trader.run(["swap", "start", "--sell", "btc:0.05", "--buy", "eth:0.75", "--lp", lp.url])
+            assert await reap(lp.proc, 60) == -signal.SIGKILL and lp.proc.crashed_at_point()
+            (view,) = trader.store().list()
+            phase(f"LP SIGKILLed itself after recording its claim; mining to the trader's expiry, height {view.leg(m.INITIATOR).expiry}")
+            await wait_until(lambda: _mine_to(chains, view.leg(m.INITIATOR).expiry), timeout=120, what="BTC expiry height")
+            assert await reap(started, 120) == 0, trader.tail()
+            await start_lp(lp)
+            await wait_until(lambda: _state_is(lp, view.swap.id, m.CLAIM_LOST), timeout=60, what="LP gave up its claim")
+        finally:
+            for party in (lp, trader):
+                if party.alive():
+                    os.kill(party.proc.popen.pid, signal.SIGTERM)
+                    await reap(party.proc)
+        await wait_until(lambda: _mempool_empty(chains), timeout=30, what="bitcoin mempool empty")
+    report = await reconcile(books, start, lp, [trader])
+    assert report["outcomes"] == {"claimed/claim_lost": 1} and report["lost"] == {"btc": 0, "eth": 0, "tusd": 0}
+    final = trader.store().get(view.swap.id)
+    assert [a.to_state for a in final.actions][-2:] == [m.REFUND_INTENDED, m.CLAIMED]
+    assert (final.leg(m.INITIATOR).outcome, final.leg(m.PARTICIPANT).outcome) == ("refunded", "claimed")
+
+
 class InProcessLp(LpClient):
     """The trader's LP port answered by a ``LiquidityProvider`` in this process, so the test
     decides when the LP's engine steps (the HTTP hop is all it skips)."""

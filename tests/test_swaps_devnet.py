@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import pytest
 from eth_account import Account
 
+from bridge.db import make_engine
 from bridge.errors import InputError, TransactionRejected
 from bridge.retry import RetryPolicy
 from bridge.settings import BitcoinSettings, EvmSettings, Settings
@@ -700,10 +701,9 @@ async def test_lp_whose_claim_is_impossible_ends_claim_lost_and_books_the_loss(t
             await wait_until(lambda: _state(lp, view.swap.id, m.CLAIM_INTENDED), timeout=60, what="LP saw the secret")
             ileg = trader.store.get(view.swap.id).leg(INITIATOR)
             await btc.mine(ileg.expiry - await btc.height())
-            done = await task  # its lock unclaimed at its expiry, the trader stops waiting for the LP
+            done = await task  # its lock unclaimed at its expiry, the trader refunds it and ends claimed
             assert done.state == m.CLAIMED, done.last_error
-            refund = await trader.legs["bitcoin"].prepare_spend(trader.store.get(view.swap.id), ileg, "refund", None)
-            await btc.send(refund["spend_raw"])
+            assert trader.store.get(view.swap.id).leg(INITIATOR).outcome == "refunded"
             del lp.legs["bitcoin"].broadcast_spend  # the LP's claim now meets the spent HTLC output
             lost = await wait_until(lambda: _state(lp, view.swap.id, m.CLAIM_LOST), timeout=60, what="LP gave up its claim")
             assert "claim impossible: the trader refunded its lock" in lost.swap.last_error
@@ -718,6 +718,77 @@ async def test_lp_whose_claim_is_impossible_ends_claim_lost_and_books_the_loss(t
             assert (escrow.balance, escrow.debits_pending) == (0, 0)  # the trader's lock reversed
             assert book(lp, trader_btc_id, "external", "BTC").balance == 0
             assert book(lp, lp_keys.btc.pubkey.hex(), "user", "BTC").balance == 0
+        finally:
+            await trader.close()
+
+
+@pytest.mark.parametrize("who_refunds", ["engine", "operator"])
+async def test_trader_refunds_its_own_lock_the_lp_never_claimed_and_ends_claimed(
+    tmp_path, regtest, anvil, btc, evm, contracts, automine, who_refunds,
+):
+    """The LP locks, the trader claims, and the LP's engine never runs again (so never claims the
+    trader's BTC).  At the trader's expiry the trader takes its BTC back, by itself or on
+    ``swap refund`` (a row the older version ended claimed with the lock unclaimed), and the
+    swap ends claimed: the trader holds both its BTC and the LP's ETH, its escrow is empty."""
+    from bridge.errors import Conflict
+    from bridge.ledger import Ledger
+    from bridge.ledger.queries import balances
+    from bridge.swaps.books import SwapBooks
+    from bridge.swaps.legs import NotYet
+
+    trader_keys, lp_keys = await new_keys(evm, ONE_ETH // 10), await new_keys(evm, 20 * ONE_ETH)
+    await fund_btc(btc, trader_keys.btc)
+    async with running_lp(settings_for(tmp_path, "lp", regtest, anvil), swap_config(lp_keys, contracts)) as (lp_url, lp):
+
+        async def lp_gone(_view):
+            raise NotYet("test: the LP's engine is not running")
+
+        lp.engine._participant_locked = lp_gone  # it locked; it never looks for the secret again
+        trader = await Party.open(settings_for(tmp_path, "trader", regtest, anvil), swap_config(trader_keys, contracts), LpClient())
+        try:
+            view = await trader.start_swap(lp_url, "btc:0.3", "eth:4")
+            task = asyncio.create_task(run_trader(trader, view.swap.id, timeout=120))
+            waiting = await wait_until(lambda: _waiting_for(trader, view.swap.id, "waiting for the LP to claim our lock"),
+                                       timeout=60, what="trader's claim confirmed")
+            assert waiting.swap.state == m.CLAIM_INTENDED and waiting.leg(PARTICIPANT).outcome == "claimed"
+            assert book(trader, trader_keys.address, "user", "ETH").balance == 4 * ONE_ETH  # booked once confirmed
+            with pytest.raises(InputError, match="too early to refund, [0-9]+ blocks to the initiator leg's expiry"):
+                await trader.engine.refund(view.swap.id)
+            ileg = waiting.leg(INITIATOR)
+            if who_refunds == "operator":
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                # What the older version recorded at the expiry: claimed, our lock left escrowed.
+                trader.store.transition(view.swap.id, m.CLAIM_INTENDED, m.CLAIMED, legs={PARTICIPANT: {"outcome": None}})
+                await btc.mine(ileg.expiry - await btc.height())
+                intended = await trader.engine.refund(view.swap.id)  # `bridgectl swap refund ID`
+                assert intended.swap.state == m.REFUND_INTENDED and intended.leg(INITIATOR).spend_kind == "refund"
+                task = asyncio.create_task(run_trader(trader, view.swap.id, timeout=60))
+            else:
+                await btc.mine(ileg.expiry - await btc.height())
+            done = await task
+            assert done.state == m.CLAIMED, done.last_error
+            final = trader.store.get(view.swap.id)
+            assert (final.leg(INITIATOR).outcome, final.leg(PARTICIPANT).outcome) == ("refunded", "claimed")
+            states = [a.to_state for a in final.actions]
+            assert states[-3:] == [m.CLAIM_INTENDED if who_refunds == "engine" else m.CLAIMED, m.REFUND_INTENDED, m.CLAIMED]
+            with pytest.raises(Conflict, match="was refunded on chain, nothing left to refund"):
+                await trader.engine.refund(view.swap.id)
+            # On chain: the 0.3 BTC came back (fees only) and the LP's 4 ETH arrived.
+            assert 2 * ONE_BTC - await btc.balance([trader_keys.btc.p2wpkh_script]) < 10_000
+            assert 4 * ONE_ETH < await evm.balance(trader_keys.address) <= 4 * ONE_ETH + ONE_ETH // 10
+            escrow = book(trader, f"swap-{view.swap.id}-initiator", "escrow", "BTC")
+            assert (escrow.balance, escrow.debits_pending) == (0, 0)
+            assert book(trader, trader_keys.btc.pubkey.hex(), "external", "BTC").balance == 0
+            assert book(trader, trader_keys.address, "user", "ETH").balance == 4 * ONE_ETH
+            # Recording the swap again from scratch, into an empty ledger, gives the same books.
+            again = make_engine(f"sqlite:///{tmp_path / 'again.sqlite'}")
+            SwapBooks(Ledger(again), await evm.chain_id_int()).record(final)
+            def figures(engine):
+                return sorted((b.owner, b.kind, b.asset, b.balance, b.debits_pending, b.credits_pending) for b in balances(engine))
+
+            assert figures(again) == figures(trader.store.engine)
         finally:
             await trader.close()
 

@@ -175,3 +175,16 @@ def test_swap_config_file_and_environment(tmp_path):
         load_swap_config(Settings(data_dir=str(tmp_path)), str(tmp_path / "bad.toml"), environ={}).markets()
     with pytest.raises(ConfigError, match="not found"):
         load_swap_config(Settings(data_dir=str(tmp_path)), str(tmp_path / "missing.toml"), environ={})
+
+
+def test_a_legs_recorded_outcome_wins_and_older_rows_are_judged_by_the_state(store):
+    from bridge.swaps.books import leg_outcome
+
+    view = new_swap(store)
+    store.transition("s1", m.CREATED, m.CLAIMED, legs={PARTICIPANT: {"spend_kind": "claim"}})
+    older = store.get("s1")  # a trader's row from before the outcome column
+    assert (leg_outcome(older, older.leg(PARTICIPANT)), leg_outcome(older, older.leg(INITIATOR))) == ("claimed", None)
+    store.transition("s1", m.CLAIMED, m.CLAIMED, legs={INITIATOR: {"spend_kind": "refund", "outcome": "refunded"}})
+    now = store.get("s1")  # claimed, and its own lock refunded after the LP let it expire
+    assert (leg_outcome(now, now.leg(PARTICIPANT)), leg_outcome(now, now.leg(INITIATOR))) == ("claimed", "refunded")
+    assert view.leg(INITIATOR).outcome is None

@@ -32,6 +32,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
+from bridge.db import init_db
 from bridge.errors import (
     IdempotencyConflict,
     InputError,
@@ -230,7 +231,7 @@ class Ledger:
 
     def _setup(self, assets: list[Asset]) -> None:
         try:
-            LEDGER_TABLES[0].metadata.create_all(self.engine, tables=LEDGER_TABLES)
+            init_db(self.engine, LEDGER_TABLES)
         except DBAPIError as exc:
             self._raise_mapped(exc.orig, exc)
 

@@ -9,10 +9,13 @@ party after a restart or by both parties into one shared ledger, changes nothing
 * refunded: the hold is voided and the escrow goes back out to ``<sender>/external``.
 
 Owners are the parties' chain identities (Bitcoin pubkey, EVM address).  A party
-records what it has itself seen confirmed on chain: the trader ends a claimed swap only
-once it has seen the LP claim its lock (marked by ``spend_kind`` "claim" on that leg), and
+records what it has itself seen confirmed on chain, leg by leg (``SwapLeg.outcome``), so
+recording a swap again from scratch gives the same books: the trader posts its own lock
+once it has seen the LP claim it, or reverses it once its own refund confirmed (also
+after its claim of the LP's lock: the swap then ends claimed with both legs settled), and
 an LP whose claim was lost (``claim_lost``: the trader refunded first) reverses the
-trader's leg while its own stays posted, so its books show the loss.
+trader's leg while its own stays posted, so its books show the loss.  Rows written
+before the outcome column are judged from the swap's state (``leg_outcome``).
 """
 
 from __future__ import annotations
@@ -43,20 +46,14 @@ class SwapBooks:
         self.ledger.register_asset(erc20(self.evm_chain_id, address, decimals, symbol.upper()))
 
     def record(self, view: SwapView) -> None:
-        """Write every fact the swap's state establishes (idempotent)."""
-        state = view.swap.state
+        """Write every fact the swap's legs establish (idempotent)."""
         for leg in view.legs.values():
             if self._locked(view, leg):
                 self._lock(view, leg)
-        claimed = [l for l in view.legs.values() if state == m.CLAIMED and l.spend_kind == "claim"]
-        if view.swap.role == PARTICIPANT and state in (m.CLAIM_INTENDED, m.CLAIMED, m.CLAIM_LOST):
-            claimed.append(view.leg(PARTICIPANT))  # the LP learnt the secret from the trader's claim of it
-        for leg in claimed:
+        outcomes = {name: leg_outcome(view, leg) for name, leg in view.legs.items()}
+        for leg in (l for l in view.legs.values() if outcomes[l.leg] == "claimed"):
             self.ledger.commit([Transfer.post(self._id(view, leg, "claim"), self._id(view, leg, "hold"))])
-        refunded = [l for l in view.legs.values() if state == m.REFUNDED and l.spend_kind == "refund"]
-        if state == m.CLAIM_LOST:
-            refunded.append(view.leg(INITIATOR))  # the trader took its lock back before the LP's claim
-        for leg in refunded:
+        for leg in (l for l in view.legs.values() if outcomes[l.leg] == "refunded"):
             code = self.asset_code(leg)
             self.ledger.commit([
                 Transfer.void(self._id(view, leg, "void"), self._id(view, leg, "hold")),
@@ -94,3 +91,20 @@ class SwapBooks:
     def _id(view: SwapView, leg: SwapLeg, step: str) -> str:
         return f"swap:{view.swap.id}:{leg.leg}:{step}"
 
+
+def leg_outcome(view: SwapView, leg: SwapLeg) -> str | None:
+    """How ``leg`` ended as this party knows it: "claimed", "refunded" or None (not settled, or not
+    known to this party).  The leg's recorded ``outcome`` first; rows written before that column
+    existed are judged from the swap's state as those versions did."""
+    if leg.outcome is not None:
+        return leg.outcome
+    state, role = view.swap.state, view.swap.role
+    if role == PARTICIPANT and leg.leg == PARTICIPANT and state in (m.CLAIM_INTENDED, m.CLAIMED, m.CLAIM_LOST):
+        return "claimed"  # the LP learnt the secret from the trader's claim of it
+    if state == m.CLAIMED and leg.spend_kind == "claim":
+        return "claimed"
+    if state == m.REFUNDED and leg.spend_kind == "refund":
+        return "refunded"
+    if state == m.CLAIM_LOST and leg.leg == INITIATOR:
+        return "refunded"  # the trader took its lock back before the LP's claim
+    return None

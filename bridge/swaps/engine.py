@@ -8,7 +8,9 @@ actions (re-broadcast of stored bytes, on-chain look-ups before EVM sends).
 
 Initiator (trader):  created -> initiator_lock_intended -> initiator_locked
     -> participant_locked -> claim_intended -> claimed
-    (from initiator_locked/participant_locked at its own expiry: refund_intended -> refunded)
+    (from initiator_locked/participant_locked at its own expiry: refund_intended -> refunded;
+    its claim confirmed but its own lock still unclaimed at its expiry: claim_intended
+    -> refund_intended -> claimed, the own leg's outcome "refunded")
 Participant (LP):    created -> participant_lock_intended -> participant_locked
     -> claim_intended -> claimed
     (refused lock or no lock in time: failed; own expiry without the secret: refund_intended -> refunded)
@@ -222,17 +224,38 @@ class SwapEngine:
         leg = self._own_leg(view)
         if view.swap.state == m.REFUND_INTENDED:
             return view
-        if view.swap.state in m.TERMINAL or view.swap.state == m.CLAIM_INTENDED:
+        ops = self._ops(leg)
+        # A trader whose claim confirmed may still take back its own lock if the LP never claimed it.
+        after_claim = bool(leg.lock_ref) and await self._claim_confirmed(view)
+        if after_claim:
+            ended = leg.outcome or ("claimed" if leg.spend_kind == "claim" else None) or await ops.settled(view, leg)
+            if ended is not None:
+                raise Conflict(f"swap {swap_id} is {view.swap.state}; our lock {leg.lock_ref} was {ended} on chain, nothing left to refund",
+                               swap_id=swap_id)
+        elif view.swap.state in m.TERMINAL or view.swap.state == m.CLAIM_INTENDED:
             raise Conflict(f"swap {swap_id} is {view.swap.state}; nothing to refund", swap_id=swap_id)
         if not leg.lock_ref:
             raise InputError(f"swap {swap_id} has no lock of ours to refund", swap_id=swap_id)
-        ops = self._ops(leg)
         if view.swap.role == PARTICIPANT and await ops.find_secret(view, leg) is not None:
             raise Conflict(f"swap {swap_id}: the secret is revealed; claim instead of refunding", swap_id=swap_id)
         if not self.policy.expired(leg.chain, leg.expiry, await ops.now()):
             raise InputError(f"swap {swap_id}: too early to refund, {await self._time_left_text(leg)}", swap_id=swap_id)
         fields = await ops.prepare_spend(view, leg, "refund", None)
-        return await self._move(view, m.REFUND_INTENDED, "refund asked by the operator; recorded before broadcast", legs={leg.leg: fields})
+        legs = {leg.leg: fields, **({PARTICIPANT: {"outcome": "claimed"}} if after_claim else {})}
+        return await self._move(view, m.REFUND_INTENDED, "refund asked by the operator; recorded before broadcast", legs=legs)
+
+    async def _claim_confirmed(self, view: SwapView) -> bool:
+        """Has the trader's claim of the LP's lock confirmed (so the swap is bought, whatever its own lock's fate)?"""
+        if view.swap.role != INITIATOR or view.swap.state not in (m.CLAIM_INTENDED, m.CLAIMED):
+            return False
+        pleg = view.leg(PARTICIPANT)
+        if pleg.outcome is not None or view.swap.state == m.CLAIMED:
+            # Rows from before the outcome column: a trader ends claimed only once its claim confirmed.
+            return pleg.outcome == "claimed" or (pleg.outcome is None and pleg.spend_kind == "claim")
+        try:
+            return pleg.spend_kind == "claim" and await self._ops(pleg).spend_confirmations(view, pleg) >= 1
+        except LockRefused:  # the LP refunded it
+            return False
 
     async def audit(self, swap_id: str) -> dict[str, dict]:
         """Both legs as the chains show them now, checked against the recorded terms."""
@@ -308,13 +331,21 @@ class SwapEngine:
         view = await self._move(view, to, f"lock {leg.lock_ref} confirmed")
         await self._handlers()[(view.swap.role, to)](view)
 
-    async def _refund_if_expired(self, view: SwapView) -> bool:
+    async def _refund_if_expired(self, view: SwapView, after_claim: bool = False) -> bool:
+        """Record and send the refund of our lock once it expired.  ``after_claim``: the trader's
+        claim confirmed and the LP let its chance to claim our lock pass; the refund that follows
+        still ends the swap claimed (``_spent``), as the trader got what it bought."""
         leg = self._own_leg(view)
         ops = self._ops(leg)
         if not self.policy.expired(leg.chain, leg.expiry, await ops.now()):
             return False
         fields = await ops.prepare_spend(view, leg, "refund", None)
-        view = await self._move(view, m.REFUND_INTENDED, "own lock expired; refund recorded before broadcast", legs={leg.leg: fields})
+        legs = {leg.leg: fields}
+        note = "own lock expired; refund recorded before broadcast"
+        if after_claim:
+            legs[PARTICIPANT] = {"outcome": "claimed"}
+            note = f"our claim confirmed; our lock {leg.lock_ref} still unclaimed at its expiry, refund recorded before broadcast"
+        view = await self._move(view, m.REFUND_INTENDED, note, legs=legs)
         await self._spend_intended(view)
         return True
 
@@ -474,21 +505,34 @@ class SwapEngine:
         await self._ops(leg).broadcast_spend(view, view.leg(leg.leg))
 
     async def _spent(self, view: SwapView, leg: SwapLeg, kind: str) -> None:
-        """Our claim/refund confirmed.  The trader, whose claim reveals the secret, stays until it
-        knows how its own lock ended (the LP claims it with that secret), so its books post that
-        leg instead of keeping it escrowed; past its expiry it stops waiting, the lock unclaimed."""
+        """Our claim/refund confirmed; each leg whose end we now know gets its ``outcome``.
+        The trader, whose claim reveals the secret, stays until it knows how its own lock ended
+        (the LP claims it with that secret), so its books post that leg instead of keeping it
+        escrowed; past its expiry, the lock still unclaimed, it refunds it (the LP lost its
+        chance) and ends claimed once that refund confirms."""
         note = f"{kind} of {leg.lock_ref} confirmed"
-        own_fields = None
-        if kind == "claim" and view.swap.role == INITIATOR:
+        to = m.CLAIMED if kind == "claim" else m.REFUNDED
+        legs: dict[str, dict] = {leg.leg: {"outcome": "claimed" if kind == "claim" else "refunded"}}
+        if kind == "claim" and view.swap.role == PARTICIPANT:
+            legs[PARTICIPANT] = {"outcome": "claimed"}  # the trader's claim of it gave us the secret
+        elif kind == "claim":
             own = view.leg(INITIATOR)
             ops = self._ops(own)
             outcome = await ops.settled(view, own)
-            if outcome is None and not self.policy.expired(own.chain, own.expiry, await ops.now()):
+            if outcome is None:
+                if await self._refund_if_expired(view, after_claim=True):
+                    return
+                if view.leg(PARTICIPANT).outcome is None:  # a confirmed fact: book it while we wait
+                    self.record(self.store.transition(view.swap.id, view.swap.state, view.swap.state, legs=legs))
                 raise NotYet(f"our claim confirmed; waiting for the LP to claim our lock {own.lock_ref}; {await self._time_left_text(own)}", on_event=True)
+            legs[INITIATOR] = {"outcome": outcome}
             if outcome == "claimed":
-                own_fields = {INITIATOR: {"spend_kind": "claim"}}  # claimed by the LP: the books post it
-            note += f"; our lock {own.lock_ref} " + (f"was {outcome} on chain" if outcome else "is still unclaimed at its expiry")
-        await self._move(view, m.CLAIMED if kind == "claim" else m.REFUNDED, note, legs=own_fields)
+                legs[INITIATOR]["spend_kind"] = "claim"  # claimed by the LP (what rows without an outcome were judged by)
+            note += f"; our lock {own.lock_ref} was {outcome} on chain"
+        elif view.swap.role == INITIATOR and view.leg(PARTICIPANT).outcome == "claimed":
+            to = m.CLAIMED  # we got what we bought, and our lock back as the LP never claimed it
+            note += "; our claim had confirmed: the swap is done"
+        await self._move(view, to, note, legs=legs)
 
     async def _claim_failed(self, view: SwapView, kind: str, exc: BridgeError) -> bool:
         """A claim was refused.  The LP's claim of the trader's lock is lost for good once the chain
@@ -501,7 +545,16 @@ class SwapEngine:
                 return False  # maybe a reorg or a slow node: retried
             reason = f"claim impossible: the trader refunded its lock {ileg.lock_ref} first ({exc.message})"
             log.error("swap %s: %s", view.swap.id, reason)
-            await self._move(view, m.CLAIM_LOST, reason, {"last_error": reason})
+            await self._move(view, m.CLAIM_LOST, reason, {"last_error": reason},
+                             {INITIATOR: {"outcome": "refunded"}, PARTICIPANT: {"outcome": "claimed"}})
+            return True
+        if kind == "refund" and view.swap.role == INITIATOR and view.leg(PARTICIPANT).outcome == "claimed":
+            # Our refund after a confirmed claim raced the LP's late claim of our lock, and lost.
+            own = view.leg(INITIATOR)
+            if await self._ops(own).settled(view, own) != "claimed":
+                return False
+            await self._move(view, m.CLAIMED, f"our lock {own.lock_ref} was claimed by the LP before our refund ({exc.message})",
+                             legs={INITIATOR: {"outcome": "claimed"}})
             return True
         # MissingInputs: the HTLC output we claim is gone (the LP refunded it, or a reorg dropped
         # its lock); the claim may still go through if it comes back, so it is retried until then.

@@ -88,6 +88,10 @@ class SwapLeg(SQLModel, table=True):
     #: Earlier versions of the spend this one replaced (fee bumps), comma separated: any may confirm.
     spend_history: Optional[str] = None
     spend_sent_at: Optional[float] = None  # unix time this version was first broadcast
+    #: How this lock ended, once this party saw it confirmed: "claimed" or "refunded" (by
+    #: either party).  None: not settled yet, or a row written before the column existed
+    #: (``books.leg_outcome`` then judges from the swap's state).
+    outcome: Optional[str] = None
 
     @property
     def value(self) -> int:

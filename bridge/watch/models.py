@@ -18,6 +18,8 @@ from typing import Optional
 from sqlalchemy.engine import Engine
 from sqlmodel import Field, SQLModel
 
+from bridge.db import init_db
+
 CLAIM = "claim"
 REFUND = "refund"
 KINDS = (CLAIM, REFUND)
@@ -81,4 +83,4 @@ class WatchAction(SQLModel, table=True):
 
 def create_tables(engine: Engine) -> None:
     """Only the watcher's tables: the database may be shared with a party's other tables."""
-    SQLModel.metadata.create_all(engine, tables=[WatchJob.__table__, WatchAction.__table__])
+    init_db(engine, [WatchJob.__table__, WatchAction.__table__])
