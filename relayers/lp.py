@@ -70,7 +70,7 @@ class LpDaemon:
 
     async def _lock_notice(self, req: web.Request) -> dict[str, Any]:
         answer = self.provider.lock_notice(req.match_info["id"], await json_body(req))
-        self.party.engine.nudge()
+        self.party.engine.nudge([req.match_info["id"]])
         return answer
 
 

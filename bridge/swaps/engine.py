@@ -22,7 +22,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Awaitable, Callable, Protocol
+from typing import TYPE_CHECKING, Awaitable, Callable, Iterable, Protocol
 
 from bridge.errors import BridgeError, Conflict, ContractReverted, InputError, MissingInputs, TransactionRejected
 from bridge.retry import RetryPolicy, is_retryable
@@ -78,6 +78,9 @@ class SwapEngine:
     idle_recheck: float = 5.0
     _heads: dict[str, tuple[int, int]] = field(default_factory=dict, repr=False)
     _wakeup: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+    _running: dict[str, asyncio.Task] = field(default_factory=dict, repr=False)
+    #: Swaps woken while a step of theirs was under way: made due again once it ends.
+    _rerun: set[str] = field(default_factory=set, repr=False)
     _observing: bool = field(default=False, repr=False)
 
     # --- running ----------------------------------------------------------------
@@ -108,9 +111,11 @@ class SwapEngine:
             if only is None or view.swap.id in only:
                 await self.step(view.swap.id)
         running: dict[str, asyncio.Task[SwapView]] = {}
+        self._running = running
         halt = asyncio.Event()
         observing = None
         if self.observers is not None:
+            self.observers.on_wake = self.nudge
             observing = asyncio.create_task(self.observers.run(halt), name="swap observers")
             self._observing = True
         woken = self.observers.woken if self.observers is not None else self._wakeup
@@ -135,6 +140,9 @@ class SwapEngine:
                         waiter.cancel()
                 for swap_id in [i for i, t in running.items() if t.done()]:
                     running.pop(swap_id).result()
+                    if swap_id in self._rerun:
+                        self._rerun.discard(swap_id)
+                        self.store.wake(swap_id)
         finally:
             # Let steps in flight finish (each ends in a recorded state); a hard stop cancels
             # them, which is as safe as a crash.
@@ -145,8 +153,11 @@ class SwapEngine:
             if observing is not None:
                 await asyncio.gather(observing, return_exceptions=True)
 
-    def nudge(self) -> None:
-        """News from outside the chains (an API call made a swap due): look at due swaps now."""
+    def nudge(self, swap_ids: Iterable[str] = ()) -> None:
+        """News arrived for these swaps (an event, an API call) and they were made due: look now.
+        A swap whose step is under way is made due again when that step ends, as the step may
+        have looked before the news and would defer the swap past it."""
+        self._rerun |= set(swap_ids) & self._running.keys()
         (self.observers.woken if self.observers is not None else self._wakeup).set()
 
     async def _wake_near_expiry(self) -> None:

@@ -94,16 +94,17 @@ def _swap_ids_for(session: Session, hashlocks: Iterable[str] = (), lock_refs: It
     return ids
 
 
-def _make_due(session: Session, swap_ids: set[str]) -> None:
+def _make_due(session: Session, swap_ids: set[str]) -> set[str]:
     if swap_ids:
         session.exec(update(Swap).where(Swap.id.in_(swap_ids), Swap.state.not_in(list(TERMINAL))).values(next_attempt_at=0.0))
+    return swap_ids
 
 
 class EvmHtlcConsumer:
     """Stores the HTLC events whose hashlock (``Locked``) or swap id (``Claimed``/``Refunded``)
     belongs to one of our swaps."""
 
-    def __init__(self, wake: Callable[[], None]) -> None:
+    def __init__(self, wake: Callable[[set[str]], None]) -> None:
         self.wake = wake
 
     async def on_events(self, events: list[ChainEvent], block: BlockRef, *, session: Session) -> None:
@@ -143,8 +144,7 @@ class EvmHtlcConsumer:
             session.merge(row)
         if touched_hashlocks or touched_refs:
             touched_hashlocks |= _hashlocks_of(session, touched_refs)
-            _make_due(session, _swap_ids_for(session, touched_hashlocks, touched_refs))
-            self.wake()
+            self.wake(_make_due(session, _swap_ids_for(session, touched_hashlocks, touched_refs)))
 
     async def on_revert(self, orphaned: list[OrphanedBlock], *, session: Session) -> None:
         keys = [k for block in orphaned for k in block.event_keys]
@@ -155,8 +155,7 @@ class EvmHtlcConsumer:
         hashlocks = {r.hashlock for r in rows if r.hashlock} | _hashlocks_of(session, refs)
         session.exec(delete(HtlcEventRow).where(HtlcEventRow.key.in_(keys)))
         log.warning("reorg: forgot %d HTLC event(s) of swap(s) %s", len(rows), ", ".join(sorted(refs)))
-        _make_due(session, _swap_ids_for(session, hashlocks, refs))
-        self.wake()
+        self.wake(_make_due(session, _swap_ids_for(session, hashlocks, refs)))
 
 
 def _hashlocks_of(session: Session, refs: set[str]) -> set[str]:
@@ -183,7 +182,7 @@ def watched_outpoints(session: Session) -> BitcoinTxFilter:
 class BtcSpendConsumer:
     """Stores the mined spends of our swaps' HTLC outputs (claims reveal the secret in the witness)."""
 
-    def __init__(self, wake: Callable[[], None]) -> None:
+    def __init__(self, wake: Callable[[set[str]], None]) -> None:
         self.wake = wake
 
     async def on_events(self, events: list[ChainEvent], block: BlockRef, *, session: Session) -> None:
@@ -200,8 +199,7 @@ class BtcSpendConsumer:
                 ))
                 touched.add(outpoint)
         if touched:
-            _make_due(session, _swap_ids_for(session, lock_refs=touched))
-            self.wake()
+            self.wake(_make_due(session, _swap_ids_for(session, lock_refs=touched)))
 
     async def on_revert(self, orphaned: list[OrphanedBlock], *, session: Session) -> None:
         keys = [k for block in orphaned for k in block.event_keys]
@@ -211,8 +209,7 @@ class BtcSpendConsumer:
         outpoints = {r.outpoint for r in rows}
         session.exec(delete(BtcSpendRow).where(BtcSpendRow.event_key.in_(keys)))
         log.warning("reorg: forgot the spends of %s", ", ".join(sorted(outpoints)))
-        _make_due(session, _swap_ids_for(session, lock_refs=outpoints))
-        self.wake()
+        self.wake(_make_due(session, _swap_ids_for(session, lock_refs=outpoints)))
 
 
 class ChainIndex:
@@ -261,18 +258,25 @@ class SwapObservers:
         self.engine = engine
         self.poll_interval = poll_interval
         self.woken = asyncio.Event()
+        #: Told which swaps an event made due (the engine re-runs those whose step was under way,
+        #: since that step's "nothing yet" would otherwise push the wake-up back).
+        self.on_wake: Callable[[set[str]], None] = lambda swap_ids: None
         self.indexers: dict[str, Indexer] = {}
         for chain, leg in legs.items():
             if chain == "evm":
-                consumer: Any = EvmHtlcConsumer(self.woken.set)
+                consumer: Any = EvmHtlcConsumer(self._wake)
                 selector: Any = EvmLogFilter(leg.htlc.address)
             else:
-                consumer = BtcSpendConsumer(self.woken.set)
+                consumer = BtcSpendConsumer(self._wake)
                 selector = self._btc_selector
             indexer = Indexer(f"{name}-{chain}", leg.adapter, engine, consumer, selector=selector, confirmations=1,
                               poll_interval=poll_interval, log_every=60.0)
             self.indexers[chain] = indexer
         self.legs = legs
+
+    def _wake(self, swap_ids: set[str]) -> None:
+        self.on_wake(swap_ids)
+        self.woken.set()
 
     def _btc_selector(self) -> BitcoinTxFilter:
         with Session(self.engine) as session:

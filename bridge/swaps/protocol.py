@@ -141,10 +141,7 @@ class LiquidityProvider:
         return asset, amount
 
     async def _check_inventory(self, asset: SwapAsset, amount: int) -> None:
-        committed = sum(
-            v.leg(PARTICIPANT).value for v in self.store.list([m.CREATED, m.PARTICIPANT_LOCK_INTENDED])
-            if v.swap.role == PARTICIPANT and v.leg(PARTICIPANT).asset == asset.symbol
-        )
+        committed = self.store.committed(PARTICIPANT, [m.CREATED, m.PARTICIPANT_LOCK_INTENDED], asset.symbol)
         have = await self.legs[asset.chain].balance(asset.token)
         if have - committed < amount:
             raise InputError(

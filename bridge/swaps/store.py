@@ -82,6 +82,16 @@ class SwapStore:
             ids = list(s.exec(q))
         return [self.get(i) for i in ids]
 
+    def committed(self, role: str, states: Iterable[str], asset: str) -> int:
+        """What ``role``'s own legs in ``states`` hold of ``asset`` (one query, not a swap at a time)."""
+        with self._session() as s:
+            amounts = s.exec(
+                select(SwapLeg.amount).join(Swap, Swap.id == SwapLeg.swap_id).where(
+                    Swap.role == role, SwapLeg.leg == role, Swap.state.in_(list(states)), SwapLeg.asset == asset,
+                )
+            ).all()
+        return sum(int(a) for a in amounts)
+
     def due(self, now: float | None = None, limit: int | None = None) -> list[str]:
         """Ids of unfinished swaps whose next attempt is due, the longest waiting first."""
         now = time.time() if now is None else now
