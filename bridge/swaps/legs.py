@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 from eth_utils import to_checksum_address
 
-from bridge.errors import BridgeError, InputError, NonceConflict, NotFound
+from bridge.errors import BridgeError, InputError, NonceConflict, NotFound, TransactionRejected
 from bridge.swaps.assets import BITCOIN, EVM
 from bridge.swaps.models import SwapLeg
 from bridge.swaps.store import SwapView
@@ -243,10 +244,15 @@ class BitcoinLeg:
 
 #: Gas limit per call kind.  A lock is signed before its approve is mined (and any transaction
 #: before the one ahead of it), so estimation can fail; these are fixed.  Measured on Anvil with
-#: HTLC.sol and TestToken: ETH lock 72k (a sender's first, 55k after), ERC-20 lock 92k, approve 46k,
+#: HTLC.sol and TestToken: ETH lock 72k (a sender's first, 55k after), ERC-20 lock 109k (the first
+#: into an HTLC holding none of the token yet; 92k after), approve 46k,
 #: claim 43k (ETH) / 62k (ERC-20, a recipient's first tokens), refund 39k / 43k.  Unused gas is not
 #: paid; the headroom is for tokens that do more in ``transfer``.
-EVM_GAS = {"approve": 100_000, "lock_eth": 120_000, "lock_erc20": 200_000, "claim": 120_000, "refund": 120_000}
+EVM_GAS = {"approve": 100_000, "lock_eth": 120_000, "lock_erc20": 250_000, "claim": 120_000, "refund": 120_000}
+
+
+#: A node's refusal of a transaction whose fees are too low for the coming blocks.
+_PRICED_OUT = re.compile(r"less than (the )?(block )?base fee|fee cap .*too low|underpriced", re.I)
 
 
 def _params_json(params: SwapParams, block: int) -> str:
@@ -513,6 +519,11 @@ class EvmLeg:
             return  # settled already: by a version of ours, or by the counterparty
         try:
             await self.adapter.send(leg.spend_raw)
+        except TransactionRejected as exc:
+            if not _PRICED_OUT.search(exc.reason or exc.message):
+                raise
+            # Priced under today's base fee (a node may drop it, Anvil refuses it): the same as
+            # stuck in the pool, which the engine's fee bump (same nonce, higher fees) resolves.
         except NonceConflict:
             # Its nonce is used: by another version of ours (mined just now), or by another transaction (renewed next step).
             if await self.htlc.swap(leg.lock_ref) != SwapStatus.LOCKED:
