@@ -6,7 +6,7 @@ A TOML file (``--swap-config``, else ``$BRIDGE_SWAP_CONFIG``, else ``<data dir>/
     evm_key = "0x<hex private key>"     # or env BRIDGE_SWAP_EVM_KEY
     htlc = "0x...HTLC contract"
     poll_interval = 0.5
-    fee_bump_after = 600                # seconds before a stuck Bitcoin claim/refund is RBF-bumped
+    fee_bump_after = 600                # seconds before a stuck claim/refund is fee-bumped (BTC: RBF; EVM: same nonce)
     [tokens.tusd]                       # ERC-20s by symbol
     address = "0x..."
     decimals = 6
@@ -68,7 +68,7 @@ class SwapConfig(_Model):
     htlc: str | None = None
     btc_feerate: int | None = Field(default=None, ge=1)
     poll_interval: float = Field(default=0.5, gt=0)
-    #: Seconds a Bitcoin claim/refund may sit unconfirmed before it is replaced with a higher fee.
+    #: Seconds a claim/refund may sit unconfirmed before it is replaced with a higher fee.
     fee_bump_after: float = Field(default=600.0, gt=0)
     tokens: dict[str, TokenConfig] = Field(default_factory=dict)
     confirmations: dict[str, int] = Field(default_factory=lambda: {"bitcoin": 1, "evm": 1})
