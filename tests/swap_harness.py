@@ -29,7 +29,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 #: Where a process can be told to die.  ``recorded.<state>``: just after a state change
 #: committed; ``*.before/after_broadcast``: around sending a lock or a claim/refund, so
 #: after-broadcast means "on chain (or in the mempool) but not yet recorded";
-#: ``evm.sent``: an EVM transaction accepted by the node, its receipt not yet read;
+#: ``evm.sent``: an EVM transaction accepted by the node (``EvmAdapter.send``), not yet looked at;
 #: ``notify.sent``: the LP was told of the trader's lock, the trader did not record it.
 CRASH_POINTS = (
     "recorded.initiator_lock_intended", "recorded.initiator_locked", "recorded.participant_lock_intended",
@@ -94,7 +94,7 @@ def install_crash_point(spec: str) -> None:
     for leg_cls in (legs.BitcoinLeg, legs.EvmLeg):
         around(leg_cls, "broadcast_lock", "lock.before_broadcast", "lock.after_broadcast")
         around(leg_cls, "broadcast_spend", "spend.before_broadcast", "spend.after_broadcast")
-    around(EvmAdapter, "transact", None, "evm.sent")
+    around(EvmAdapter, "send", None, "evm.sent")
     around(LpClient, "notify_locked", None, "notify.sent")
     transition = SwapStore.transition
 

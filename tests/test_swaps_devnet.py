@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from dataclasses import dataclass
 
 import pytest
@@ -20,6 +21,7 @@ from bridge.retry import RetryPolicy
 from bridge.settings import BitcoinSettings, EvmSettings, Settings
 from bridge.swaps import models as m
 from bridge.swaps.config import SwapConfig
+from bridge.swaps.legs import EVM_GAS
 from bridge.swaps.models import INITIATOR, PARTICIPANT
 from bridge.swaps.party import Party
 from bridge.swaps.protocol import LpClient
@@ -29,7 +31,7 @@ from chains.bitcoin_wallet import BtcKey
 from chains.evm import EvmAdapter
 from devnets.process import free_port
 from chains.btc.primitives import Tx
-from htlc.evm import Erc20, EvmHtlc
+from htlc.evm import Claimed, Erc20, EvmHtlc, SwapStatus
 from relayers.lp import LpDaemon
 from relayers.runner import Runner
 
@@ -532,6 +534,9 @@ async def test_restart_after_recording_a_lock_rebroadcasts_the_same_transaction(
 
 
 async def test_restart_after_an_evm_lock_was_sent_finds_it_instead_of_locking_again(tmp_path, regtest, anvil, btc, evm, contracts, automine):
+    """The ERC-20 approve and lock were recorded, sent and mined, and the process died before
+    recording the swap id: the restarted engine re-sends the same bytes (the node knows them),
+    reads the swap id from the mined receipt, and nothing is locked twice."""
     trader_keys, lp_keys = await new_keys(evm, ONE_ETH), await new_keys(evm, ONE_ETH)
     await fund_btc(btc, lp_keys.btc)
     token = Erc20(evm, contracts["tusd"])
@@ -552,12 +557,20 @@ async def test_restart_after_an_evm_lock_was_sent_finds_it_instead_of_locking_ag
         await first.close()
         second = await Party.open(trader_settings, swap_config(trader_keys, contracts), LpClient())
         try:
-            assert second.store.get(view.swap.id).leg(INITIATOR).lock_ref is None
+            recorded = second.store.get(view.swap.id).leg(INITIATOR)
+            assert recorded.lock_ref is None  # sent and mined, but the swap id never recorded
+            assert (await evm.tx_status(recorded.lock_tx)).confirmations >= 1
+            lock = json.loads(recorded.lock_evm)
+            assert (lock["approve"]["fields"]["nonce"], lock["fields"]["nonce"]) == (0, 1)  # recorded together
             done = await run_trader(second, view.swap.id)
             assert done.state == m.CLAIMED, done.last_error
             hashlock = bytes.fromhex(done.hashlock)
             locks = [e for e in await EvmHtlc(evm, contracts["htlc"]).events(0) if getattr(e, "swap", None) and e.swap.hashlock == hashlock]
             assert len(locks) == 1  # one lock, found again after the restart
+            assert second.store.get(view.swap.id).leg(INITIATOR).lock_tx == recorded.lock_tx == locks[0].where.tx_hash
+            assert await _sent_count(evm, trader_keys.address) == 2  # the approve and the lock, each once
+            receipt = await evm.receipt(recorded.lock_tx)
+            assert receipt.gas_used < EVM_GAS["lock_erc20"] // 2  # the fixed limit has headroom
             assert await token.balance(trader_keys.address) == 400 * 10**6
             await wait_until(lambda: _state(lp, view.swap.id, m.CLAIMED), timeout=60, what="LP claimed")
         finally:
@@ -637,6 +650,152 @@ async def test_a_stuck_bitcoin_claim_is_replaced_with_a_higher_fee(tmp_path, reg
             assert any("fee bump" in a.note for a in trader.store.get(view.swap.id).actions)
         finally:
             await trader.close()
+
+
+async def _sent_count(evm: EvmAdapter, address: str) -> int:
+    return int(await evm.rpc.call("eth_getTransactionCount", [address, "latest"]), 16)
+
+
+class _Killed(BaseException):
+    """The process dies here (not an ``Exception``: the engine's step does not catch it)."""
+
+
+async def test_restart_after_recording_an_evm_claim_sends_the_same_transaction(tmp_path, regtest, anvil, btc, evm, contracts, automine):
+    """The trader recorded its ETH claim and died before sending it: the restarted engine sends the
+    recorded transaction (same hash, same nonce), once, and the swap ends claimed."""
+    trader_keys, lp_keys = await new_keys(evm, ONE_ETH // 10), await new_keys(evm, 20 * ONE_ETH)
+    await fund_btc(btc, trader_keys.btc)
+    trader_settings = settings_for(tmp_path, "trader", regtest, anvil)
+    async with running_lp(settings_for(tmp_path, "lp", regtest, anvil), swap_config(lp_keys, contracts)) as (lp_url, lp):
+        first = await Party.open(trader_settings, swap_config(trader_keys, contracts), LpClient())
+        view = await first.start_swap(lp_url, "btc:0.2", "eth:3")
+
+        async def die(*_args):
+            raise _Killed()
+
+        first.legs["evm"].broadcast_spend = die
+        with pytest.raises(_Killed):
+            await run_trader(first, view.swap.id)
+        recorded = first.store.get(view.swap.id)
+        claim = recorded.leg(PARTICIPANT)
+        await first.close()
+        assert recorded.swap.state == m.CLAIM_INTENDED and claim.spend_evm
+        assert await evm.rpc.call("eth_getTransactionByHash", [claim.spend_tx]) is None  # signed and recorded, never sent
+        before = await evm.balance(trader_keys.address)
+        second = await Party.open(trader_settings, swap_config(trader_keys, contracts), LpClient())
+        try:
+            done = await run_trader(second, view.swap.id)
+            assert done.state == m.CLAIMED, done.last_error
+            leg = second.store.get(view.swap.id).leg(PARTICIPANT)
+            assert leg.spend_tx == claim.spend_tx and not leg.spend_history
+            sent = await evm.rpc.call("eth_getTransactionByHash", [claim.spend_tx])
+            assert int(sent["nonce"], 16) == json.loads(claim.spend_evm)["nonce"] == 0  # the trader's first EVM transaction
+            assert await _sent_count(evm, trader_keys.address) == 1  # sent once
+            claims = [e for e in await EvmHtlc(evm, contracts["htlc"]).events(0, swap_id=leg.lock_ref) if isinstance(e, Claimed)]
+            assert [c.where.tx_hash for c in claims] == [claim.spend_tx]
+            receipt = await evm.receipt(claim.spend_tx)
+            assert await evm.balance(trader_keys.address) == before + 3 * ONE_ETH - receipt.gas_used * receipt.effective_gas_price
+            assert receipt.gas_used < EVM_GAS["claim"] // 2
+            await wait_until(lambda: _state(lp, view.swap.id, m.CLAIMED), timeout=60, what="LP claimed")
+        finally:
+            await second.close()
+
+
+async def test_a_recorded_evm_claim_whose_nonce_was_taken_is_re_signed_under_a_fresh_one(tmp_path, regtest, anvil, btc, evm, contracts, automine):
+    """The trader recorded its ETH claim and died before sending it; meanwhile another transaction
+    of its key took the claim's nonce.  The restarted engine re-signs the claim under the next
+    nonce, records it (the old hash kept), and sends it: the swap ends claimed, once."""
+    trader_keys, lp_keys = await new_keys(evm, ONE_ETH // 10), await new_keys(evm, 20 * ONE_ETH)
+    await fund_btc(btc, trader_keys.btc)
+    trader_settings = settings_for(tmp_path, "trader", regtest, anvil)
+    async with running_lp(settings_for(tmp_path, "lp", regtest, anvil), swap_config(lp_keys, contracts)) as (lp_url, lp):
+        first = await Party.open(trader_settings, swap_config(trader_keys, contracts), LpClient())
+        view = await first.start_swap(lp_url, "btc:0.2", "eth:3")
+
+        async def die(*_args):
+            raise _Killed()
+
+        first.legs["evm"].broadcast_spend = die
+        with pytest.raises(_Killed):
+            await run_trader(first, view.swap.id)
+        claim = first.store.get(view.swap.id).leg(PARTICIPANT)
+        await first.close()
+        other = await evm.transact(trader_keys.evm, trader_keys.address, 0, gas=21_000)  # the operator used the key meanwhile
+        await evm.wait_for_receipt(other)
+        assert json.loads(claim.spend_evm)["nonce"] == 0 == int((await evm.rpc.call("eth_getTransactionByHash", [other]))["nonce"], 16)
+        second = await Party.open(trader_settings, swap_config(trader_keys, contracts), LpClient())
+        try:
+            done = await run_trader(second, view.swap.id)
+            assert done.state == m.CLAIMED, done.last_error
+            leg = second.store.get(view.swap.id).leg(PARTICIPANT)
+            assert leg.spend_tx != claim.spend_tx and leg.spend_history.split(",") == [claim.spend_tx]
+            assert json.loads(leg.spend_evm)["nonce"] == 1
+            claims = [e for e in await EvmHtlc(evm, contracts["htlc"]).events(0, swap_id=leg.lock_ref) if isinstance(e, Claimed)]
+            assert [c.where.tx_hash for c in claims] == [leg.spend_tx]
+            assert await _sent_count(evm, trader_keys.address) == 2  # the other transaction and one claim
+            assert any("was taken by another transaction" in a.note for a in second.store.get(view.swap.id).actions)
+        finally:
+            await second.close()
+
+
+async def test_a_stuck_evm_claim_is_replaced_with_a_higher_fee(tmp_path, regtest, anvil, btc, evm, contracts, automine):
+    """The trader's ETH claim is priced under the base fee of the blocks that follow, so it is not
+    mined: after ``fee_bump_after`` the engine re-signs it with the same nonce and both fees raised,
+    records it, and sends it in its place; the replacement is mined and pays the trader."""
+    trader_keys, lp_keys = await new_keys(evm, ONE_ETH // 10), await new_keys(evm, 20 * ONE_ETH)
+    await fund_btc(btc, trader_keys.btc)
+    htlc = EvmHtlc(evm, contracts["htlc"])
+    async with running_lp(settings_for(tmp_path, "lp", regtest, anvil), swap_config(lp_keys, contracts)) as (lp_url, lp):
+        trader = await Party.open(settings_for(tmp_path, "trader", regtest, anvil),
+                                  swap_config(trader_keys, contracts, fee_bump_after=1.0), LpClient())
+        real_broadcast = trader.legs["evm"].broadcast_spend
+
+        async def broadcast_with_blocks_held(*args):
+            await evm.set_automine(False)  # from the claim on, only this test makes EVM blocks
+            await real_broadcast(*args)
+
+        trader.legs["evm"].broadcast_spend = broadcast_with_blocks_held
+        try:
+            before = await evm.balance(trader_keys.address)
+            view = await trader.start_swap(lp_url, "btc:0.5", "eth:7.5")
+            task = asyncio.create_task(run_trader(trader, view.swap.id, timeout=120))
+            first = await wait_until(lambda: _claim_sent(trader, view.swap.id), timeout=60, what="trader's claim sent")
+            first_fields = json.loads(first.spend_evm)
+            # The next blocks cost twice what the first claim may pay: it stays pending.
+            await evm.rpc.call("anvil_setNextBlockBaseFeePerGas", [hex(2 * first_fields["max_fee"])])
+            await evm.mine(2)
+            assert await htlc.swap(first.lock_ref) == SwapStatus.LOCKED, "the underpriced claim was not mined"
+            await wait_until(lambda: _bumped(trader, view.swap.id, first.spend_tx), timeout=30, what="fee bump")
+
+            async def claimed() -> bool:
+                await evm.mine(1)
+                return await htlc.swap(first.lock_ref) == SwapStatus.CLAIMED
+
+            await wait_until(claimed, timeout=30, interval=0.5, what="the replacement claim mined")
+        finally:
+            await evm.set_automine(True)
+        try:
+            done = await task
+            assert done.state == m.CLAIMED, done.last_error
+            leg = trader.store.get(view.swap.id).leg(PARTICIPANT)
+            assert first.spend_tx in leg.spend_history.split(",")
+            assert await evm.rpc.call("eth_getTransactionReceipt", [first.spend_tx]) is None  # the first version never mined
+            mined = [t for t in [leg.spend_tx, *leg.spend_history.split(",")] if await evm.rpc.call("eth_getTransactionReceipt", [t])]
+            assert len(mined) == 1 and mined[0] != first.spend_tx
+            tx = await evm.rpc.call("eth_getTransactionByHash", [mined[0]])
+            assert int(tx["nonce"], 16) == first_fields["nonce"]  # a replacement, not a second claim
+            assert int(tx["maxFeePerGas"], 16) > first_fields["max_fee"] and int(tx["maxPriorityFeePerGas"], 16) > first_fields["priority_fee"]
+            receipt = await evm.receipt(mined[0])
+            assert await evm.balance(trader_keys.address) == before + 75 * ONE_ETH // 10 - receipt.gas_used * receipt.effective_gas_price
+            assert any("fee bump" in a.note for a in trader.store.get(view.swap.id).actions)
+        finally:
+            await trader.close()
+
+
+def _claim_sent(party: Party, swap_id: str):
+    view = party.store.get(swap_id)
+    leg = view.leg(PARTICIPANT)
+    return leg if view.swap.state == m.CLAIM_INTENDED and leg.spend_sent_at is not None else None
 
 
 def _bumped(party: Party, swap_id: str, first_txid: str):

@@ -7,7 +7,7 @@ A TOML file (``--swap-config``, else ``$BRIDGE_SWAP_CONFIG``, else ``<data dir>/
     htlc = "0x...HTLC contract"
     poll_interval = 0.5                 # seconds between looks at the chains (indexers, short waits)
     idle_recheck = 5                    # seconds between re-checks of a swap waiting for a chain event
-    fee_bump_after = 600                # seconds before a stuck Bitcoin claim/refund is RBF-bumped
+    fee_bump_after = 600                # seconds before a stuck claim/refund is fee-bumped (BTC: RBF; EVM: same nonce)
     [tokens.tusd]                       # ERC-20s by symbol
     address = "0x..."
     decimals = 6
@@ -72,7 +72,7 @@ class SwapConfig(_Model):
     #: A swap waiting for something the indexers announce (the secret, a lock) is woken by the
     #: event; this is only how often it is looked at anyway.
     idle_recheck: float = Field(default=5.0, gt=0)
-    #: Seconds a Bitcoin claim/refund may sit unconfirmed before it is replaced with a higher fee.
+    #: Seconds a claim/refund may sit unconfirmed before it is replaced with a higher fee.
     fee_bump_after: float = Field(default=600.0, gt=0)
     tokens: dict[str, TokenConfig] = Field(default_factory=dict)
     confirmations: dict[str, int] = Field(default_factory=lambda: {"bitcoin": 1, "evm": 1})

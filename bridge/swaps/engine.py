@@ -4,7 +4,8 @@ A step reads the swap, looks at the chains, and either records a transition (wit
 whatever it must remember, e.g. a signed transaction, *before* broadcasting it) or
 defers the swap with the reason it waits (shown by ``swap status``).  Handlers are
 idempotent: running one twice, or after a crash at any point, repeats only safe
-actions (re-broadcast of stored bytes, on-chain look-ups before EVM sends).
+actions (re-broadcast of stored bytes: Bitcoin's and EVM's transactions alike are signed,
+recorded, then sent).
 
 Initiator (trader):  created -> initiator_lock_intended -> initiator_locked
     -> participant_locked -> claim_intended -> claimed
@@ -62,10 +63,11 @@ class SwapEngine:
     poll_interval: float = 0.5
     error_backoff: RetryPolicy = ERROR_BACKOFF
     max_concurrency: int = 16
-    #: A Bitcoin claim/refund unconfirmed this long (seconds) is replaced with a higher fee.
+    #: A claim/refund unconfirmed this long (seconds) is replaced with a higher fee.
     bump_after: float = 600.0
-    #: Per chain: choosing coins for a lock and recording it are one critical section, so
-    #: two swaps stepping at once never pick the same coins (recorded ones are reserved).
+    #: Per chain: choosing coins (Bitcoin) or a nonce (EVM) for a transaction and recording it
+    #: are one critical section, so two swaps stepping at once never pick the same coins or
+    #: nonce (recorded ones are reserved).
     _prepare_guards: dict[str, asyncio.Lock] = field(default_factory=dict, repr=False)
     #: Records each transition's facts in the ledger (``books.SwapBooks``).
     books: "SwapBooks | None" = None
@@ -251,9 +253,10 @@ class SwapEngine:
             raise Conflict(f"swap {swap_id}: the secret is revealed; claim instead of refunding", swap_id=swap_id)
         if not self.policy.expired(leg.chain, leg.expiry, await ops.now()):
             raise InputError(f"swap {swap_id}: too early to refund, {await self._time_left_text(leg)}", swap_id=swap_id)
-        fields = await ops.prepare_spend(view, leg, "refund", None)
-        legs = {leg.leg: fields, **({PARTICIPANT: {"outcome": "claimed"}} if after_claim else {})}
-        return await self._move(view, m.REFUND_INTENDED, "refund asked by the operator; recorded before broadcast", legs=legs)
+        async with self._prepare_guard(leg.chain):
+            fields = await ops.prepare_spend(view, leg, "refund", None)
+            legs = {leg.leg: fields, **({PARTICIPANT: {"outcome": "claimed"}} if after_claim else {})}
+            return await self._move(view, m.REFUND_INTENDED, "refund asked by the operator; recorded before broadcast", legs=legs)
 
     async def _claim_confirmed(self, view: SwapView) -> bool:
         """Has the trader's claim of the LP's lock confirmed (so the swap is bought, whatever its own lock's fate)?"""
@@ -330,7 +333,22 @@ class SwapEngine:
             view = self.store.transition(view.swap.id, view.swap.state, view.swap.state, "lock broadcast", legs={leg.leg: fields})
         return view
 
+    async def _renew(self, view: SwapView, leg: SwapLeg, what: str) -> SwapView:
+        """A recorded EVM transaction ("lock" or "spend") whose nonce another transaction of the key
+        took is re-signed under a fresh nonce, recorded before it is sent (the old hash kept)."""
+        ops = self._ops(leg)
+        if not await ops.stale(view, leg, what):
+            return view
+        async with self._prepare_guard(leg.chain):
+            renewed = await ops.renew(view, leg, what)  # looks again, inside the guard
+            if renewed is None:
+                return view
+            fields, note = renewed
+            log.warning("swap %s: %s", view.swap.id, note)
+            return self.store.transition(view.swap.id, view.swap.state, view.swap.state, note, legs={leg.leg: fields})
+
     async def _lock_intended(self, view: SwapView) -> None:
+        view = await self._renew(view, self._own_leg(view), "lock")
         view = await self._send_lock(view)
         leg = self._own_leg(view)
         ops = self._ops(leg)
@@ -350,13 +368,14 @@ class SwapEngine:
         ops = self._ops(leg)
         if not self.policy.expired(leg.chain, leg.expiry, await ops.now()):
             return False
-        fields = await ops.prepare_spend(view, leg, "refund", None)
-        legs = {leg.leg: fields}
-        note = "own lock expired; refund recorded before broadcast"
-        if after_claim:
-            legs[PARTICIPANT] = {"outcome": "claimed"}
-            note = f"our claim confirmed; our lock {leg.lock_ref} still unclaimed at its expiry, refund recorded before broadcast"
-        view = await self._move(view, m.REFUND_INTENDED, note, legs=legs)
+        legs_note = "own lock expired; refund recorded before broadcast"
+        async with self._prepare_guard(leg.chain):
+            fields = await ops.prepare_spend(view, leg, "refund", None)
+            legs = {leg.leg: fields}
+            if after_claim:
+                legs[PARTICIPANT] = {"outcome": "claimed"}
+                legs_note = f"our claim confirmed; our lock {leg.lock_ref} still unclaimed at its expiry, refund recorded before broadcast"
+            view = await self._move(view, m.REFUND_INTENDED, legs_note, legs=legs)
         await self._spend_intended(view)
         return True
 
@@ -402,8 +421,9 @@ class SwapEngine:
             if await self._refund_if_expired(view):
                 return
             raise NotYet(f"not claiming: {exc.reason}; {await self._time_left_text(view.leg(INITIATOR))}") from None
-        fields = await ops.prepare_spend(view, pleg, "claim", bytes.fromhex(view.swap.secret))
-        view = await self._move(view, m.CLAIM_INTENDED, "claim recorded before broadcast", legs={PARTICIPANT: fields})
+        async with self._prepare_guard(pleg.chain):
+            fields = await ops.prepare_spend(view, pleg, "claim", bytes.fromhex(view.swap.secret))
+            view = await self._move(view, m.CLAIM_INTENDED, "claim recorded before broadcast", legs={PARTICIPANT: fields})
         await self._spend_intended(view)
 
     # --- participant -----------------------------------------------------------------
@@ -455,9 +475,10 @@ class SwapEngine:
         secret = await self._ops(pleg).find_secret(view, pleg)
         if secret is not None:
             claim_view = SwapView(replace_swap(view, secret=secret.hex()), view.legs, view.actions)
-            fields = await self._ops(ileg).prepare_spend(claim_view, ileg, "claim", secret)
-            view = await self._move(view, m.CLAIM_INTENDED, "secret revealed; claim recorded before broadcast",
-                                    {"secret": secret.hex()}, {INITIATOR: fields})
+            async with self._prepare_guard(ileg.chain):
+                fields = await self._ops(ileg).prepare_spend(claim_view, ileg, "claim", secret)
+                view = await self._move(view, m.CLAIM_INTENDED, "secret revealed; claim recorded before broadcast",
+                                        {"secret": secret.hex()}, {INITIATOR: fields})
             await self._spend_intended(view)
             return
         if await self._refund_if_expired(view):
@@ -475,6 +496,8 @@ class SwapEngine:
             if await ops.spend_confirmations(view, leg) >= 1:
                 await self._spent(view, leg, kind)
                 return
+            view = await self._renew(view, leg, "spend")
+            leg = view.leg(leg.leg)
             await ops.broadcast_spend(view, leg)
         except TransactionRejected as exc:
             if "non-final" in (exc.reason or "") or "locktime" in (exc.reason or ""):
@@ -493,24 +516,23 @@ class SwapEngine:
         if confirmations >= 1:
             await self._spent(view, leg, kind)
             return
-        if leg.chain == "bitcoin" and time.time() - leg.spend_sent_at >= self.bump_after:
+        if time.time() - leg.spend_sent_at >= self.bump_after:
             await self._bump(view, leg, kind)
         raise NotYet(f"our {kind} {leg.spend_tx} of {leg.lock_ref} has 0/1 confirmations")
 
     async def _bump(self, view: SwapView, leg: SwapLeg, kind: str) -> None:
-        """Replace a Bitcoin claim/refund stuck in the mempool with a higher feerate (BIP125/full RBF);
-        the new version is recorded before it is sent, the old txids are kept as possible outcomes."""
-        old_rate = leg.spend_feerate or 1
-        new_rate = old_rate + max(1, old_rate // 2)
+        """Replace a claim/refund stuck unconfirmed with a higher fee (Bitcoin: a higher feerate,
+        BIP125/full RBF; EVM: the same nonce with both EIP-1559 fees raised); the new version is
+        recorded before it is sent, the old hashes are kept as possible outcomes."""
         secret = bytes.fromhex(view.swap.secret) if kind == "claim" else None
         try:
-            fields = await self._ops(leg).prepare_spend(view, leg, kind, secret, feerate=new_rate)
+            fields, note = await self._ops(leg).prepare_bump(view, leg, kind, secret)
         except InputError as exc:  # the fee would pass the builders' caps: keep waiting on this version
-            log.warning("swap %s: not bumping the %s fee to %d sat/vB: %s", view.swap.id, kind, new_rate, exc.message)
+            log.warning("swap %s: not bumping the %s fee: %s", view.swap.id, kind, exc.message)
             return
         history = ",".join(t for t in ((leg.spend_history or "").split(",") + [leg.spend_tx]) if t)
         view = self.store.transition(
-            view.swap.id, view.swap.state, view.swap.state, f"fee bump {old_rate} -> {new_rate} sat/vB, replaces {leg.spend_tx}",
+            view.swap.id, view.swap.state, view.swap.state, f"{note}, replaces {leg.spend_tx}",
             legs={leg.leg: {**fields, "spend_history": history, "spend_sent_at": time.time()}},
         )
         await self._ops(leg).broadcast_spend(view, view.leg(leg.leg))

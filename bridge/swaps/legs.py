@@ -1,21 +1,23 @@
 """What one swap leg does on its chain: lock, audit the counterparty's lock, find the
 secret, claim, refund.  One class per chain family, same methods.
 
-Every broadcast is safe to repeat: Bitcoin transactions are signed once, stored by
-the engine with the intent, and re-sent byte for byte (the adapter's ``send`` is
-idempotent); EVM calls first look on chain for what a previous attempt did (a
-``Locked`` event with our hashlock, the swap's status) and refuse to send while the
-key has a transaction pending, so a restart never locks or claims twice.
+Every broadcast is safe to repeat: transactions are signed once, stored by the engine
+with the intent, and re-sent byte for byte (the adapters' ``send`` is idempotent), so a
+restart never locks or claims twice.  A stuck claim/refund is replaced by a version
+with a higher fee (``prepare_bump``); every version is kept, any may be mined.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-from dataclasses import dataclass
+import json
+import re
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Callable
 
-from bridge.errors import BridgeError, InputError, NotFound, RpcError
+from eth_utils import to_checksum_address
+
+from bridge.errors import BridgeError, InputError, NonceConflict, NotFound, RpcError, TransactionRejected
 from bridge.swaps.assets import BITCOIN, EVM
 from bridge.swaps.models import SwapLeg
 from bridge.swaps.store import SwapView
@@ -25,12 +27,13 @@ from chains.bitcoin_tx import btc_to_sats
 from chains.bitcoin_wallet import BtcKey, Utxo
 from chains.btc.primitives import Tx
 from chains.btc.rpc_errors import RPC_METHOD_NOT_FOUND
-from chains.evm import EvmAdapter
+from chains.evm import EvmAdapter, EvmReceipt
+from chains.fee_bump import EvmTxFields, evm_bump
 from htlc.audit import AuditError, audit
 from htlc.bitcoin_script import TEMPLATE_P2WSH, htlc_script_pubkey, p2wsh_htlc_script
 from htlc.bitcoin_tx import HtlcCoin, build_claim, build_funding, build_refund
 from htlc.evm import ETH as ETH_TOKEN
-from htlc.evm import Claimed, Erc20, EvmHtlc, Locked, SwapStatus, load_artifact
+from htlc.evm import Claimed, Erc20, EvmHtlc, Locked, SwapParams, SwapStatus, decode_events, encode_call, load_artifact
 from htlc.secret import secret_in_spends
 
 if TYPE_CHECKING:
@@ -280,6 +283,19 @@ class BitcoinLeg:
             signed = build_refund(coin, self.key, self.key.p2wpkh_script, feerate, network=network)
         return {"spend_kind": kind, "spend_raw": signed.hex, "spend_tx": signed.txid, "spend_feerate": feerate}
 
+    async def prepare_bump(self, view: SwapView, leg: SwapLeg, kind: str, secret: bytes | None) -> tuple[dict[str, Any], str]:
+        """The same spend at a higher feerate (BIP125/full RBF); ``InputError`` past the builders' fee caps."""
+        old_rate = leg.spend_feerate or 1
+        new_rate = old_rate + max(1, old_rate // 2)
+        fields = await self.prepare_spend(view, leg, kind, secret, feerate=new_rate)
+        return fields, f"fee bump {old_rate} -> {new_rate} sat/vB"
+
+    async def stale(self, view: SwapView, leg: SwapLeg, what: str) -> bool:
+        return False  # coins, not nonces: a recorded transaction stays valid until its inputs are spent
+
+    async def renew(self, view: SwapView, leg: SwapLeg, what: str) -> tuple[dict[str, Any], str] | None:
+        return None
+
     async def broadcast_spend(self, view: SwapView, leg: SwapLeg) -> None:
         await self.adapter.send(leg.spend_raw)
 
@@ -292,16 +308,50 @@ class BitcoinLeg:
         return best
 
 
+#: Gas limit per call kind.  A lock is signed before its approve is mined (and any transaction
+#: before the one ahead of it), so estimation can fail; these are fixed.  Measured on Anvil with
+#: HTLC.sol and TestToken: ETH lock 72k (a sender's first, 55k after), ERC-20 lock 109k (the first
+#: into an HTLC holding none of the token yet; 92k after), approve 46k,
+#: claim 43k (ETH) / 62k (ERC-20, a recipient's first tokens), refund 39k / 43k.  Unused gas is not
+#: paid; the headroom is for tokens that do more in ``transfer``.
+EVM_GAS = {"approve": 100_000, "lock_eth": 120_000, "lock_erc20": 250_000, "claim": 120_000, "refund": 120_000}
+
+
+#: A node's refusal of a transaction whose fees are too low for the coming blocks.
+_PRICED_OUT = re.compile(r"less than (the )?(block )?base fee|fee cap .*too low|underpriced", re.I)
+
+
+def _params_json(params: SwapParams, block: int) -> str:
+    return json.dumps({
+        "sender": params.sender, "recipient": params.recipient, "token": params.token, "amount": params.amount,
+        "hashlock": params.hashlock.hex(), "expiry": params.expiry, "nonce": params.nonce, "block": block,
+    })
+
+
+def _params_from_json(text: str) -> SwapParams:
+    p = json.loads(text)
+    return SwapParams(p["sender"], p["recipient"], p["token"], p["amount"], bytes.fromhex(p["hashlock"]), p["expiry"], p["nonce"])
+
+
 class EvmLeg:
+    """EVM transactions are signed with an explicit nonce, recorded by the engine, then sent
+    (again and again: ``EvmAdapter.send`` is idempotent), like Bitcoin's.
+
+    Nonces: the next one is past both the node's pending count and every nonce a recorded,
+    still intended transaction of this party holds (``held``: ``SwapStore.evm_nonces``), so a
+    transaction recorded before a crash keeps its nonce until it is sent.  The engine holds
+    its per-chain prepare guard from choosing a nonce until the transaction is recorded.
+    """
+
     chain = EVM
 
-    def __init__(self, adapter: EvmAdapter, htlc: EvmHtlc, key: str) -> None:
+    def __init__(self, adapter: EvmAdapter, htlc: EvmHtlc, key: str, held: Callable[[], list[int]] = list) -> None:
         self.adapter = adapter
         self.htlc = htlc
         self.key = key
         self.address = adapter.account(key).address
+        self.held = held
         self._code_checked = False
-        self._send_guard = asyncio.Lock()
         #: The HTLC contract's events for our swaps, kept by the indexer (``observe.SwapObservers``);
         #: without it (one-off commands) the leg reads the logs itself.
         self.index: "ChainIndex | None" = None
@@ -319,23 +369,131 @@ class EvmLeg:
             return await self.adapter.balance(self.address)
         return await Erc20(self.adapter, token).balance(self.address)
 
-    async def _check_no_pending(self) -> None:
-        # A transaction of ours still in the mempool may be the lock/claim a crashed
-        # attempt sent; sending again would use a new nonce and do it twice.
-        pending = int(await self.adapter.rpc.call("eth_getTransactionCount", [self.address, "pending"]), 16)
-        latest = int(await self.adapter.rpc.call("eth_getTransactionCount", [self.address, "latest"]), 16)
-        if pending > latest:
-            raise NotYet(f"{pending - latest} transaction(s) from {self.address} still pending")
+    # --- signing ------------------------------------------------------------------
 
-    async def _locked(self, view: SwapView, leg: SwapLeg) -> Locked | None:
-        """Our own earlier lock for this swap, found by hashlock and sender."""
-        hashlock = bytes.fromhex(view.swap.hashlock)
-        if self.index is not None and await self._index_current():
-            return self.index.locked_by(view.swap.hashlock, self.address)
-        for event in await self.htlc.events(leg.watch_from or 0):
-            if isinstance(event, Locked) and event.swap.hashlock == hashlock and event.swap.sender == self.address:
-                return event
+    async def _tx_count(self, block: str) -> int:
+        return int(await self.adapter.rpc.call("eth_getTransactionCount", [self.address, block]), 16)
+
+    async def _next_nonce(self) -> int:
+        mined = await self._tx_count("latest")
+        pending = await self._tx_count("pending")
+        # A held nonce below the mined count is spent (by that transaction or another): not ours to skip.
+        return max([pending, *(n + 1 for n in self.held() if n >= mined)])
+
+    async def _sign(self, nonce: int, to: str, data: bytes, gas: int, value: int = 0) -> tuple[EvmTxFields, str, str]:
+        fees = await self.adapter.suggest_fees()
+        fields = EvmTxFields(
+            chain_id=await self.adapter.chain_id_int(), nonce=nonce, to=to, data="0x" + data.hex(), gas=gas,
+            max_fee=fees.max_fee, priority_fee=fees.priority_fee, value=value,
+        )
+        raw, tx_hash = fields.sign(self.adapter, self.key)
+        return fields, raw, tx_hash
+
+    async def _mined(self, tx_hash: str) -> EvmReceipt | None:
+        """The receipt of one of our transactions once mined (``ContractReverted`` if it failed)."""
+        try:
+            return await self.adapter.receipt(tx_hash, self.htlc.abi)
+        except NotFound:
+            return None
+
+    # --- our lock -------------------------------------------------------------
+
+    async def _sign_lock(self, view: SwapView, leg: SwapLeg, history: list[str]) -> dict[str, Any]:
+        """An ERC-20 lock is its approve (nonce N) and the lock (N+1), signed and recorded together:
+        consecutive nonces keep another lock's approve from landing in between."""
+        nonce = await self._next_nonce()
+        approve = None
+        if leg.token is not None:
+            token = to_checksum_address(leg.token)
+            data = encode_call(Erc20(self.adapter, token).abi, "approve", self.htlc.address, leg.value)
+            fields, raw, tx_hash = await self._sign(nonce, token, data, EVM_GAS["approve"])
+            approve = {"fields": fields.to_dict(), "raw": raw, "tx": tx_hash}
+            nonce += 1
+        data = encode_call(
+            self.htlc.abi, "lock", to_checksum_address(leg.recipient), to_checksum_address(leg.token or ETH_TOKEN), leg.value,
+            bytes.fromhex(view.swap.hashlock), leg.expiry,
+        )
+        if leg.token is None:
+            fields, raw, tx_hash = await self._sign(nonce, self.htlc.address, data, EVM_GAS["lock_eth"], leg.value)
+        else:
+            fields, raw, tx_hash = await self._sign(nonce, self.htlc.address, data, EVM_GAS["lock_erc20"])
+        lock = {"fields": fields.to_dict(), "tx": tx_hash, "approve": approve, "history": history}
+        return {"lock_raw": raw, "lock_tx": tx_hash, "lock_evm": json.dumps(lock)}
+
+    async def prepare_lock(self, view: SwapView, leg: SwapLeg) -> dict[str, Any]:
+        return {"watch_from": await self.adapter.height(), **await self._sign_lock(view, leg, [])}
+
+    async def _mined_lock(self, leg: SwapLeg) -> Locked | None:
+        """Our lock, from the receipt of whichever recorded version was mined."""
+        lock = json.loads(leg.lock_evm)
+        for tx_hash in [lock["tx"], *lock["history"]]:
+            receipt = await self._mined(tx_hash)
+            if receipt is not None:
+                own = [log for log in receipt.logs if log["address"].lower() == self.htlc.address.lower()]
+                found = [e for e in decode_events(own) if isinstance(e, Locked)]
+                if found:
+                    return found[0]
         return None
+
+    async def broadcast_lock(self, view: SwapView, leg: SwapLeg) -> dict[str, Any]:
+        found = await self._mined_lock(leg)
+        if found is None:
+            approve = json.loads(leg.lock_evm)["approve"]
+            if approve is not None:
+                await self.adapter.send(approve["raw"])  # mined already: the node answers with its hash
+            await self.adapter.send(leg.lock_raw)
+            found = await self._mined_lock(leg)  # Anvil mines at once; elsewhere the next step looks again
+        if found is None:
+            return {}
+        return {"lock_ref": "0x" + found.id.hex(), "lock_tx": found.where.tx_hash, "lock_params": _params_json(found.swap, found.where.block_number)}
+
+    async def lock_confirmations(self, view: SwapView, leg: SwapLeg) -> int:
+        if not leg.lock_ref or not leg.lock_tx:
+            return 0
+        # The transaction's depth, not the recorded block: a reorg that drops the lock shows here.
+        return (await self.adapter.tx_status(leg.lock_tx)).confirmations
+
+    # --- nonces taken by another transaction ------------------------------------------
+
+    async def stale(self, view: SwapView, leg: SwapLeg, what: str) -> bool:
+        """True when a recorded transaction can never be mined (another transaction of the key took
+        its nonce, none of our versions was mined) while the swap still needs it: no lock yet, or
+        for a spend, the HTLC still locked."""
+        if what == "lock":
+            if leg.lock_ref or not leg.lock_evm:
+                return False
+            nonce = json.loads(leg.lock_evm)["fields"]["nonce"]
+            return await self._tx_count("latest") > nonce and await self._mined_lock(leg) is None
+        if not leg.spend_evm:
+            return False
+        nonce = json.loads(leg.spend_evm)["nonce"]
+        if await self._tx_count("latest") <= nonce:
+            return False
+        for tx_hash in self._spend_versions(leg):
+            if (await self.adapter.tx_status(tx_hash)).confirmations >= 1:
+                return False
+        return await self.htlc.swap(leg.lock_ref) == SwapStatus.LOCKED
+
+    async def renew(self, view: SwapView, leg: SwapLeg, what: str) -> tuple[dict[str, Any], str] | None:
+        """The stale transaction re-signed under a fresh nonce (fields to record, a note), or None."""
+        if not await self.stale(view, leg, what):
+            return None
+        if what == "lock":
+            lock = json.loads(leg.lock_evm)
+            fields = await self._sign_lock(view, leg, [*lock["history"], lock["tx"]])
+            new = json.loads(fields["lock_evm"])["fields"]["nonce"]
+            return fields, f"lock nonce {lock['fields']['nonce']} was taken by another transaction: re-signed as {fields['lock_tx']}, nonce {new}"
+        old = EvmTxFields.from_dict(json.loads(leg.spend_evm))
+        fees = await self.adapter.suggest_fees()
+        new = replace(old, nonce=await self._next_nonce(), max_fee=max(old.max_fee, fees.max_fee), priority_fee=max(old.priority_fee, fees.priority_fee))
+        raw, tx_hash = new.sign(self.adapter, self.key)
+        history = ",".join(t for t in [*(leg.spend_history or "").split(","), leg.spend_tx] if t)
+        return (
+            {"spend_raw": raw, "spend_tx": tx_hash, "spend_evm": json.dumps(new.to_dict()), "spend_history": history, "spend_sent_at": None},
+            f"{leg.spend_kind} nonce {old.nonce} was taken by another transaction: re-signed as {tx_hash}, nonce {new.nonce}",
+        )
+
+    # --- the counterparty's lock ------------------------------------------------
 
     async def _index_current(self) -> bool:
         """Has the indexer looked at every block there is?  (Only then is "not indexed" "not there".)"""
@@ -351,41 +509,6 @@ class EvmLeg:
             return await self.htlc.locked_swap(ref, watch_from or 0)
         except NotFound:
             return None
-
-    async def _params(self, leg: SwapLeg) -> tuple[Locked, SwapStatus]:
-        event = await self._locked_event(leg.lock_ref, leg.watch_from)
-        if event is None:
-            raise NotYet(f"no Locked event for swap {leg.lock_ref} since block {leg.watch_from}")
-        return event, await self.htlc.swap(event.id)
-
-    # --- our lock -------------------------------------------------------------
-
-    async def prepare_lock(self, view: SwapView, leg: SwapLeg) -> dict[str, Any]:
-        return {"watch_from": await self.adapter.height()}
-
-    async def broadcast_lock(self, view: SwapView, leg: SwapLeg) -> dict[str, Any]:
-        found = await self._locked(view, leg)
-        if found is None:
-            # One lock at a time per key: an ERC-20 approval is overwritten by the next one, and
-            # the pending-transaction guard must not mistake another swap's lock for ours.
-            async with self._send_guard:
-                found = await self._locked(view, leg)
-                if found is None:
-                    await self._check_no_pending()
-                    token = leg.token or ETH_TOKEN
-                    if leg.token is not None:
-                        await Erc20(self.adapter, leg.token).approve(self.key, self.htlc.address, leg.value)
-                    await self.htlc.lock(self.key, leg.recipient, token, leg.value, bytes.fromhex(view.swap.hashlock), leg.expiry)
-                    found = await self._locked(view, leg)
-            if found is None:
-                raise NotYet("lock sent but its Locked event is not visible yet")
-        return {"lock_ref": "0x" + found.id.hex(), "lock_tx": found.where.tx_hash}
-
-    async def lock_confirmations(self, view: SwapView, leg: SwapLeg) -> int:
-        event, _ = await self._params(leg)
-        return await self.adapter.height() - event.where.block_number + 1
-
-    # --- the counterparty's lock ------------------------------------------------
 
     async def _check_contract(self) -> None:
         if self._code_checked:
@@ -454,26 +577,72 @@ class EvmLeg:
         status = await self.htlc.swap(leg.lock_ref)
         return {SwapStatus.CLAIMED: "claimed", SwapStatus.REFUNDED: "refunded"}.get(status)
 
+    async def _params(self, leg: SwapLeg) -> tuple[SwapParams, dict[str, Any]]:
+        """The swap's parameters for claim/refund calldata, and the fields to record if they were
+        not known yet: from the lock's receipt (its ``lock_tx``), else from its ``Locked`` event."""
+        if leg.lock_params:
+            return _params_from_json(leg.lock_params), {}
+        found = None
+        if leg.lock_tx:
+            receipt = await self._mined(leg.lock_tx)
+            own = [log for log in receipt.logs if log["address"].lower() == self.htlc.address.lower()] if receipt else []
+            found = next((e for e in decode_events(own) if isinstance(e, Locked) and "0x" + e.id.hex() == leg.lock_ref.lower()), None)
+        if found is None:
+            try:
+                found = await self.htlc.locked_swap(leg.lock_ref, leg.watch_from or 0)
+            except NotFound:
+                raise NotYet(f"no Locked event for swap {leg.lock_ref} since block {leg.watch_from}") from None
+        return found.swap, {"lock_params": _params_json(found.swap, found.where.block_number)}
+
     async def prepare_spend(self, view: SwapView, leg: SwapLeg, kind: str, secret: bytes | None, feerate: int | None = None) -> dict[str, Any]:
-        return {"spend_kind": kind}
+        params, known = await self._params(leg)
+        if kind == "claim":
+            data = encode_call(self.htlc.abi, "claim", params.as_tuple(), secret)
+        else:
+            data = encode_call(self.htlc.abi, "refund", params.as_tuple())
+        fields, raw, tx_hash = await self._sign(await self._next_nonce(), self.htlc.address, data, EVM_GAS[kind])
+        return {**known, "spend_kind": kind, "spend_raw": raw, "spend_tx": tx_hash, "spend_evm": json.dumps(fields.to_dict())}
+
+    async def prepare_bump(self, view: SwapView, leg: SwapLeg, kind: str, secret: bytes | None) -> tuple[dict[str, Any], str]:
+        """The same claim/refund (same nonce) with both EIP-1559 fees raised, to replace the pending one."""
+        old = EvmTxFields.from_dict(json.loads(leg.spend_evm))
+        new = await evm_bump(self.adapter, old)
+        raw, tx_hash = new.sign(self.adapter, self.key)
+        note = f"fee bump, same nonce {new.nonce}: max fee {old.max_fee} -> {new.max_fee}, tip {old.priority_fee} -> {new.priority_fee} wei"
+        return {"spend_raw": raw, "spend_tx": tx_hash, "spend_evm": json.dumps(new.to_dict())}, note
+
+    @staticmethod
+    def _spend_versions(leg: SwapLeg) -> list[str]:
+        return [t for t in [leg.spend_tx, *(leg.spend_history or "").split(",")] if t]
 
     async def broadcast_spend(self, view: SwapView, leg: SwapLeg) -> None:
-        event, status = await self._params(leg)
-        if status != SwapStatus.LOCKED:
-            return  # settled already: by our earlier attempt, or by the counterparty
-        async with self._send_guard:
-            await self._check_no_pending()
-            if leg.spend_kind == "claim":
-                await self.htlc.claim(self.key, event.swap, bytes.fromhex(view.swap.secret))
-            else:
-                await self.htlc.refund(self.key, event.swap)
+        if await self.htlc.swap(leg.lock_ref) != SwapStatus.LOCKED:
+            return  # settled already: by a version of ours, or by the counterparty
+        try:
+            await self.adapter.send(leg.spend_raw)
+        except TransactionRejected as exc:
+            if not _PRICED_OUT.search(exc.reason or exc.message):
+                raise
+            # Priced under today's base fee (a node may drop it, Anvil refuses it): the same as
+            # stuck in the pool, which the engine's fee bump (same nonce, higher fees) resolves.
+        except NonceConflict:
+            # Its nonce is used: by another version of ours (mined just now), or by another transaction (renewed next step).
+            if await self.htlc.swap(leg.lock_ref) != SwapStatus.LOCKED:
+                return
+            raise
 
     async def spend_confirmations(self, view: SwapView, leg: SwapLeg) -> int:
-        event, status = await self._params(leg)
+        """Confirmations of whichever version of our claim/refund (fee bumps) was mined, from the
+        contract's status; 1 when another sender settled it our way (the contract paid all the same)."""
+        status = await self.htlc.swap(leg.lock_ref)
         wanted = SwapStatus.CLAIMED if leg.spend_kind == "claim" else SwapStatus.REFUNDED
+        versions = self._spend_versions(leg)
         if status == wanted:
-            return 1
+            depths = [(await self.adapter.tx_status(t)).confirmations for t in versions]
+            return max([d for d in depths if d >= 1], default=1)
         if status == SwapStatus.LOCKED:
+            for tx_hash in versions:
+                await self._mined(tx_hash)  # a version that was mined and failed raises ContractReverted
             return 0
         raise LockRefused(f"swap {leg.lock_ref} was {status.name.lower()} by the counterparty, not {leg.spend_kind}ed")
 

@@ -78,12 +78,20 @@ class SwapLeg(SQLModel, table=True):
     #: Bitcoin: "txid:vout" of the HTLC output; EVM: the contract's swap id (0x hex).
     lock_ref: Optional[str] = None
     lock_tx: Optional[str] = None
-    lock_raw: Optional[str] = None  # Bitcoin signed funding tx, kept for re-broadcast
+    lock_raw: Optional[str] = None  # signed funding (Bitcoin) or lock (EVM) tx, kept for re-broadcast
+    #: EVM: JSON of the lock as recorded before broadcast: its unsigned fields (``fee_bump.EvmTxFields``)
+    #: to re-sign it, an ERC-20's ``approve`` (fields, raw, hash; the nonce just before the lock's), and
+    #: ``history``, the hashes of earlier versions (re-signed under a fresh nonce), any of which may be mined.
+    lock_evm: Optional[str] = None
+    #: EVM: JSON of the mined lock's ``SwapParams`` and block number, read from its receipt; the
+    #: claim/refund calldata needs the parameters, which the contract does not store.
+    lock_params: Optional[str] = None
     #: Where to start looking on chain: the head height when the lock was intended.
     watch_from: Optional[int] = None
     spend_kind: Optional[str] = None  # "claim" or "refund", by this party
     spend_tx: Optional[str] = None
-    spend_raw: Optional[str] = None  # Bitcoin signed claim/refund, kept for re-broadcast
+    spend_raw: Optional[str] = None  # signed claim/refund, kept for re-broadcast
+    spend_evm: Optional[str] = None  # EVM: JSON ``EvmTxFields`` of spend_raw, re-signed by a fee bump
     spend_feerate: Optional[int] = None  # sat/vB of spend_raw
     #: Earlier versions of the spend this one replaced (fee bumps), comma separated: any may confirm.
     spend_history: Optional[str] = None

@@ -45,7 +45,7 @@ class Party:
         await evm.chain_id_int()
         legs: dict[str, Leg] = {
             BITCOIN: BitcoinLeg(btc, BtcKey.from_hex(config.btc_key.removeprefix("0x")), config.btc_feerate, store.reserved_inputs),
-            EVM: EvmLeg(evm, EvmHtlc(evm, config.htlc), config.evm_key),
+            EVM: EvmLeg(evm, EvmHtlc(evm, config.htlc), config.evm_key, store.evm_nonces),
         }
         engine = SwapEngine(
             store, legs, config.policy(), {BITCOIN: 1, EVM: 1, **config.confirmations}, lp, config.poll_interval

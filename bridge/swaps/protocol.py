@@ -247,7 +247,7 @@ def describe(view: SwapView, with_secret: bool = False) -> dict[str, Any]:
     out: dict[str, Any] = {
         "id": s.id, "role": s.role, "state": s.state, "hashlock": s.hashlock, "retries": s.retries,
         "last_error": s.last_error, "next_attempt_at": s.next_attempt_at, "created_at": s.created_at,
-        "legs": {name: leg.model_dump(exclude={"swap_id", "lock_raw", "spend_raw"}) for name, leg in view.legs.items()},
+        "legs": {name: leg.model_dump(exclude={"swap_id", "lock_raw", "spend_raw", "lock_evm", "spend_evm"}) for name, leg in view.legs.items()},
         "timeline": [{"at": a.at, "from": a.from_state, "to": a.to_state, "note": a.note} for a in view.actions],
     }
     if with_secret or s.role == PARTICIPANT or s.state == m.CLAIMED:

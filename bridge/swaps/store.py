@@ -7,6 +7,7 @@ the same transaction, so two runners racing on one swap cannot both move it.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from typing import Any, Iterable
@@ -18,7 +19,8 @@ from sqlmodel import Session, select
 from bridge.db import init_db
 from bridge.errors import Conflict, InputError, NotFound
 from bridge.swaps.models import (
-    INITIATOR_LOCK_INTENDED, LEGS, PARTICIPANT_LOCK_INTENDED, STATES, TERMINAL, Swap, SwapAction, SwapLeg,
+    CLAIM_INTENDED, INITIATOR_LOCK_INTENDED, LEGS, PARTICIPANT_LOCK_INTENDED, REFUND_INTENDED, STATES, TERMINAL,
+    Swap, SwapAction, SwapLeg,
 )
 from chains.btc.primitives import Tx
 
@@ -169,6 +171,30 @@ class SwapStore:
                 )
             ).all()
         return {(i.prevout.txid_hex, i.prevout.n) for raw in rows for i in Tx.parse(bytes.fromhex(raw)).vin}
+
+    def evm_nonces(self) -> list[int]:
+        """Nonces of the EVM transactions this store's swaps still intend to get mined: the lock
+        (and its approve) of a swap whose lock is intended, the claim/refund of one whose spend
+        is.  A recorded transaction owns its nonce even before it is sent (a crash in between);
+        one the swap no longer intends (a claim given up for a refund) frees it.  One store
+        holds one party, whose swaps all sign with its one EVM key."""
+        with self._session() as s:
+            rows = s.exec(
+                select(Swap.state, Swap.role, SwapLeg.leg, SwapLeg.spend_kind, SwapLeg.lock_evm, SwapLeg.spend_evm)
+                .join(Swap, Swap.id == SwapLeg.swap_id)
+                .where(Swap.state.in_([INITIATOR_LOCK_INTENDED, PARTICIPANT_LOCK_INTENDED, CLAIM_INTENDED, REFUND_INTENDED]),
+                       SwapLeg.chain == "evm")
+            ).all()
+        out: list[int] = []
+        for state, role, leg, spend_kind, lock_evm, spend_evm in rows:
+            if state in (INITIATOR_LOCK_INTENDED, PARTICIPANT_LOCK_INTENDED) and leg == role and lock_evm:
+                lock = json.loads(lock_evm)
+                out.append(lock["fields"]["nonce"])
+                if lock.get("approve"):
+                    out.append(lock["approve"]["fields"]["nonce"])
+            elif spend_evm and spend_kind == ("claim" if state == CLAIM_INTENDED else "refund"):
+                out.append(json.loads(spend_evm)["nonce"])
+        return out
 
     def defer(self, swap_id: str, reason: str, delay: float, count_retry: bool = True) -> None:
         """Try again after ``delay`` seconds, remembering why (a wait or an error)."""
