@@ -126,6 +126,7 @@ async def test_twenty_concurrent_senders_from_one_key_get_nonces_0_to_19(evm):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)
 async def test_soak_many_concurrent_senders_on_several_keys(evm):
     keys, receiver = [await funded(evm) for _ in range(5)], Account.create()
 

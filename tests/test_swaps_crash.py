@@ -257,6 +257,7 @@ async def test_swaps_survive_sigkill_at_random_points(tmp_path, chains):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)
 async def test_swaps_survive_sigkill_soak(tmp_path, chains):
     report = await run_chaos(tmp_path, chains, kills_wanted=200, traders=4, budget=3600)
     _assert_books(report, 200)
