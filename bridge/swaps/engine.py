@@ -167,16 +167,18 @@ class SwapEngine:
         act on (refund, refuse to lock, refuse to claim): those are not announced by any event."""
         if not self._observing:
             return
-        reach = max(self.policy.claim_margin, self.policy.safety_gap + self.policy.min_participant_lock)
+        # The LP refuses to lock once the trader's lock has less than this left (``_participant_created``).
+        lock_reach = self.policy.safety_gap + self.policy.min_participant_lock
         for chain, ops in self.legs.items():
             now = await ops.now()
             if self._heads.get(chain) == (now.height, now.timestamp):
                 continue
             self._heads[chain] = (now.height, now.timestamp)
-            self.store.wake_expiring(chain, self.policy.expiry_after(chain, reach, now) + (1 if chain == "bitcoin" else 0))
+            expired = now.height if chain == "bitcoin" else now.timestamp  # ``TimelockPolicy.expired``
+            self.store.wake_expiring(chain, expired, self.policy.expiry_after(chain, lock_reach, now) + (1 if chain == "bitcoin" else 0))
 
     async def step(self, swap_id: str) -> SwapView:
-        view = self.store.get(swap_id)
+        view = self.store.get(swap_id, with_actions=False)
         handler = self._handlers().get((view.swap.role, view.swap.state))
         if handler is None:
             return view

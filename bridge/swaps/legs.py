@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import time
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -86,6 +87,26 @@ def _split_ref(ref: str) -> tuple[str, int]:
     return txid, int(vout)
 
 
+class ChainClock:
+    """The chain's tip as a ``ChainTime``, read at most once per ``ttl`` seconds: hundreds of
+    waiting swaps checking their expiry in one pass share one read.  Timelock decisions allow
+    minutes of margin, so a tip a few tens of milliseconds old changes none of them."""
+
+    def __init__(self, adapter: Any, ttl: float = 0.02) -> None:
+        self.adapter = adapter
+        self.ttl = ttl
+        self._read: tuple[float, ChainTime] | None = None
+
+    async def now(self) -> ChainTime:
+        at = time.monotonic()
+        if self._read is not None and at - self._read[0] < self.ttl:
+            return self._read[1]
+        head = await self.adapter.head()
+        value = ChainTime(head.height, head.timestamp)
+        self._read = (at, value)
+        return value
+
+
 class BitcoinLeg:
     chain = BITCOIN
 
@@ -94,6 +115,7 @@ class BitcoinLeg:
         reserved: Callable[[], set[tuple[str, int]]] = set,
     ) -> None:
         self.adapter = adapter
+        self.clock = ChainClock(adapter)
         self.key = key
         self.feerate = feerate
         #: Outpoints of our own stored, unconfirmed lock transactions (see ``SwapStore.reserved_inputs``).
@@ -108,8 +130,7 @@ class BitcoinLeg:
         return self.key.pubkey.hex()
 
     async def now(self) -> ChainTime:
-        head = await self.adapter.head()
-        return ChainTime(head.height, head.timestamp)
+        return await self.clock.now()
 
     async def _feerate(self) -> int:
         return self.feerate if self.feerate is not None else await self.adapter.estimate_feerate()
@@ -347,6 +368,7 @@ class EvmLeg:
 
     def __init__(self, adapter: EvmAdapter, htlc: EvmHtlc, key: str, held: Callable[[], list[int]] = list) -> None:
         self.adapter = adapter
+        self.clock = ChainClock(adapter)
         self.htlc = htlc
         self.key = key
         self.address = adapter.account(key).address
@@ -361,8 +383,7 @@ class EvmLeg:
         return self.address
 
     async def now(self) -> ChainTime:
-        head = await self.adapter.head()
-        return ChainTime(head.height, head.timestamp)
+        return await self.clock.now()
 
     async def balance(self, token: str | None, include_reserved: bool = False) -> int:
         if token is None:

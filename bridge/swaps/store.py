@@ -19,8 +19,8 @@ from sqlmodel import Session, select
 from bridge.db import init_db
 from bridge.errors import Conflict, InputError, NotFound
 from bridge.swaps.models import (
-    CLAIM_INTENDED, INITIATOR_LOCK_INTENDED, LEGS, PARTICIPANT_LOCK_INTENDED, REFUND_INTENDED, STATES, TERMINAL,
-    Swap, SwapAction, SwapLeg,
+    CLAIM_INTENDED, CREATED, INITIATOR, INITIATOR_LOCK_INTENDED, LEGS, PARTICIPANT, PARTICIPANT_LOCK_INTENDED,
+    REFUND_INTENDED, STATES, TERMINAL, Swap, SwapAction, SwapLeg,
 )
 from chains.btc.primitives import Tx
 
@@ -67,13 +67,15 @@ class SwapStore:
                 s.add(SwapAction(swap_id=swap.id, at=swap.created_at, from_state=None, to_state=swap.state, note=note))
         return self.get(swap.id)
 
-    def get(self, swap_id: str) -> SwapView:
+    def get(self, swap_id: str, with_actions: bool = True) -> SwapView:
+        """The swap, its legs and (unless ``with_actions`` is false: the engine's steps do not
+        read the log, which grows with the swap) its action log."""
         with self._session() as s:
             swap = s.get(Swap, swap_id)
             if swap is None:
                 raise NotFound(f"no swap {swap_id}", swap_id=swap_id)
             legs = {l.leg: l for l in s.exec(select(SwapLeg).where(SwapLeg.swap_id == swap_id))}
-            actions = list(s.exec(select(SwapAction).where(SwapAction.swap_id == swap_id).order_by(SwapAction.seq)))
+            actions = list(s.exec(select(SwapAction).where(SwapAction.swap_id == swap_id).order_by(SwapAction.seq))) if with_actions else []
             return SwapView(swap, legs, actions)
 
     def list(self, states: Iterable[str] | None = None) -> list[SwapView]:
@@ -103,15 +105,24 @@ class SwapStore:
                 q = q.limit(limit)
             return list(s.exec(q))
 
-    def wake_expiring(self, chain: str, reach: int) -> int:
-        """Make due the unfinished swaps with a leg on ``chain`` expiring at or before ``reach``
-        (a height or a timestamp, as the leg's expiry is); returns how many were waiting."""
+    def wake_expiring(self, chain: str, expired: int, lock_deadline: int) -> int:
+        """Make due the unfinished swaps whose own lock on ``chain`` has expired (expiry at or before
+        ``expired``: refund), and the LP's swaps still waiting for a trader lock that expires at or
+        before ``lock_deadline`` (too late to lock against).  Values are heights or timestamps, as
+        the chain's expiries are.  Returns how many swaps were waiting."""
         now = time.time()
-        legs = select(SwapLeg.swap_id).where(SwapLeg.chain == chain, SwapLeg.expiry.is_not(None), SwapLeg.expiry <= reach)
+        own_expired = select(SwapLeg.swap_id).join(Swap, Swap.id == SwapLeg.swap_id).where(
+            SwapLeg.chain == chain, SwapLeg.leg == Swap.role, SwapLeg.expiry.is_not(None), SwapLeg.expiry <= expired,
+        )
+        too_late = select(SwapLeg.swap_id).join(Swap, Swap.id == SwapLeg.swap_id).where(
+            SwapLeg.chain == chain, SwapLeg.leg == INITIATOR, Swap.role == PARTICIPANT, Swap.state == CREATED,
+            SwapLeg.expiry.is_not(None), SwapLeg.expiry <= lock_deadline,
+        )
         with self._session() as s, s.begin():
             result = s.exec(
-                update(Swap).where(Swap.id.in_(legs), Swap.state.not_in(list(TERMINAL)), Swap.next_attempt_at > now)
-                .values(next_attempt_at=now)
+                update(Swap).where(
+                    Swap.id.in_(own_expired.union(too_late)), Swap.state.not_in(list(TERMINAL)), Swap.next_attempt_at > now,
+                ).values(next_attempt_at=now)
             )
             return result.rowcount or 0
 
