@@ -204,6 +204,8 @@ class Indexer:
         high = min(safe, low + self.batch_blocks - 1)
         try:
             if low > safe:
+                if cursor.height == head.height and cursor.hash == head.hash:
+                    return StepResult("idle", head=head.height)  # at the tip we just read: canonical
                 if cursor.hash is not None and not await self._canonical(cursor, head):
                     return await self._rewind(cursor, head)
                 return StepResult("idle", head=head.height)

@@ -106,11 +106,19 @@ class EvmHtlcConsumer:
 
     def __init__(self, wake: Callable[[set[str]], None]) -> None:
         self.wake = wake
+        self._cache: tuple[Session, set[str], set[str]] | None = None
+
+    def _watched(self, session: Session) -> tuple[set[str], set[str]]:
+        """Hashlocks and lock refs of our open swaps, read once per batch (one session per batch)."""
+        if self._cache is None or self._cache[0] is not session:
+            open_swaps = select(Swap.id).where(Swap.state.not_in(list(TERMINAL)))
+            hashlocks = set(session.exec(select(Swap.hashlock).where(Swap.state.not_in(list(TERMINAL)))))
+            refs = {r.lower() for r in session.exec(select(SwapLeg.lock_ref).where(SwapLeg.swap_id.in_(open_swaps), SwapLeg.lock_ref.is_not(None)))}
+            self._cache = (session, hashlocks, refs)
+        return self._cache[1], self._cache[2]
 
     async def on_events(self, events: list[ChainEvent], block: BlockRef, *, session: Session) -> None:
-        open_swaps = select(Swap.id).where(Swap.state.not_in(list(TERMINAL)))
-        hashlocks = set(session.exec(select(Swap.hashlock).where(Swap.state.not_in(list(TERMINAL)))))
-        refs = {r.lower() for r in session.exec(select(SwapLeg.lock_ref).where(SwapLeg.swap_id.in_(open_swaps), SwapLeg.lock_ref.is_not(None)))}
+        hashlocks, refs = self._watched(session)
         touched_hashlocks: set[str] = set()
         touched_refs: set[str] = set()
         for event in events:
@@ -184,9 +192,12 @@ class BtcSpendConsumer:
 
     def __init__(self, wake: Callable[[set[str]], None]) -> None:
         self.wake = wake
+        self._cache: tuple[Session, set[str]] | None = None
 
     async def on_events(self, events: list[ChainEvent], block: BlockRef, *, session: Session) -> None:
-        watched = {f"{t}:{n}" for t, n in (watched_outpoints(session).outpoints or ())}
+        if self._cache is None or self._cache[0] is not session:  # once per batch
+            self._cache = (session, {f"{t}:{n}" for t, n in (watched_outpoints(session).outpoints or ())})
+        watched = self._cache[1]
         touched: set[str] = set()
         for event in events:
             for vin in event.data["tx"].get("vin", []):
