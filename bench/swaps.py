@@ -48,6 +48,7 @@ from devnets.process import free_port  # noqa: E402
 from htlc.bitcoin_script import p2wsh_htlc_script  # noqa: E402
 from htlc.bitcoin_tx import build_claim, fund_htlc  # noqa: E402
 from htlc.evm import ETH, Claimed, EvmHtlc  # noqa: E402
+import swap_harness  # noqa: E402
 from swap_harness import NODE_AUTH, ONE_BTC, ONE_ETH, Chains, bitcoin_node, Identity, Party, automine, open_party, reap, start_lp  # noqa: E402
 
 SELL, BUY = "btc:0.0002", "eth:0.003"  # 20,000 sats at the LP's 1.5e11 wei/sat
@@ -182,6 +183,10 @@ async def concurrent(chains: Chains, traders: list[Any], lp: Party, count: int, 
 
 
 async def main(args: argparse.Namespace) -> None:
+    # The miner here makes a block whenever a transaction waits, so a long run mines many
+    # hundreds: count a block as 10 s (720 blocks for the trader's BTC lock) so no swap of the
+    # 1,000 runs out of time by block count alone.
+    swap_harness.TIMELOCK = {**swap_harness.TIMELOCK, "btc_seconds_per_block": 10}
     with tempfile.TemporaryDirectory(prefix="bench-swaps-") as tmp:
         root = Path(tmp)
         regtest, anvil = bitcoin_node(root / "regtest"), Anvil(root / "anvil")
@@ -190,7 +195,7 @@ async def main(args: argparse.Namespace) -> None:
         chains = await Chains.open(f"http://{regtest.host}:{regtest.port}", NODE_AUTH, anvil.url)
         lp = Party("lp", Identity.new(), root / "lp", chains, port=free_port())
         trader_ids = [Identity.new() for _ in range(TRADERS)]
-        per_trader = -(-max(args.concurrent, args.swaps) // TRADERS) + 5
+        per_trader = -(-(args.start_concurrent + args.concurrent) // TRADERS) + 5
         try:
             await chains.evm.set_balance(lp.who.address, 10_000 * ONE_ETH)
             for who in trader_ids:
@@ -221,7 +226,7 @@ async def main(args: argparse.Namespace) -> None:
                           f"({len(to_mempool)}/{len(reaction)} claims caught before they were mined)")
                 print(f"LP CPU per swap (sequential): {lp_cpu_seq * 1000:.0f} ms")
                 size, best = min(args.start_concurrent, args.concurrent), 0
-                for _ in range(4):  # the start level and up to three steps towards the goal
+                while True:  # a warm-up level, then the goal
                     elapsed, both, left, lp_cpu, own_cpu = await concurrent(chains, traders, lp, size, args.cap)
                     verdict = "all finished" if left == 0 else f"{left} NOT finished within the {args.cap:.0f} s cap"
                     print(f"{size} concurrent swaps ({TRADERS} traders, one LP): {elapsed:.1f} s, {both} claimed on both sides, "
@@ -231,17 +236,7 @@ async def main(args: argparse.Namespace) -> None:
                     best = size
                     if size >= args.concurrent:
                         break
-                    # Every waiting swap polls both chains and the LP, so the time grows about as size squared.
-                    predicted = elapsed * (args.concurrent / size) ** 2
-                    if predicted <= args.cap * 0.8:
-                        size = args.concurrent
-                        continue
-                    fits = int(size * (args.cap / elapsed) ** 0.5 * 0.8)
-                    if fits <= size * 1.1:
-                        break
-                    print(f"  {args.concurrent} would take ~{predicted:.0f} s (time ~ size squared), over the {args.cap:.0f} s cap; "
-                          f"next: {fits}", flush=True)
-                    size = fits
+                    size = args.concurrent
                 print(f"largest concurrency that all finished within the {args.cap:.0f} s cap: {best}"
                       f"   [goal: {args.concurrent} all finish, none lost]")
                 for trader in traders:
@@ -259,6 +254,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--swaps", type=int, default=50, help="sequential swaps for end-to-end and reaction")
     parser.add_argument("--concurrent", type=int, default=1000, help="the concurrency goal")
-    parser.add_argument("--start-concurrent", type=int, default=100, help="first concurrency level tried")
-    parser.add_argument("--cap", type=float, default=300.0, help="seconds allowed for one concurrency level")
+    parser.add_argument("--start-concurrent", type=int, default=100, help="warm-up concurrency level run before the goal")
+    parser.add_argument("--cap", type=float, default=1200.0, help="seconds allowed for one concurrency level")
     asyncio.run(main(parser.parse_args()))
