@@ -81,24 +81,29 @@ def _line(view) -> str:
 
 
 async def _drive(args: argparse.Namespace, party, swap_id: str) -> int:
-    """Run the engine for one swap, printing every change of state or of what it waits for."""
+    """Run the engine for one swap, printing every change of state (as it is recorded) and of
+    what it waits for (looked at every 0.2 s)."""
     stop = asyncio.Event()
+    shown: list = [None]
+
+    def show(view) -> None:
+        seen = (view.swap.state, view.swap.last_error)
+        if view.swap.id == swap_id and seen != shown[0] and not args.json:
+            print(time.strftime("%H:%M:%S"), _line(view), flush=True)
+            shown[0] = seen
+
+    party.engine.on_transition = show
     runner = asyncio.create_task(party.engine.run(stop, only={swap_id}))
     deadline = None if args.timeout is None else time.monotonic() + args.timeout
-    shown = None
     try:
         while True:
-            view = party.store.get(swap_id)
-            seen = (view.swap.state, view.swap.last_error)
-            if seen != shown and not args.json:
-                print(time.strftime("%H:%M:%S"), _line(view), flush=True)
-                shown = seen
+            show(party.store.get(swap_id, with_actions=False))
             if runner.done():
                 runner.result()
                 break
             if deadline is not None and time.monotonic() > deadline:
                 break
-            await asyncio.sleep(0.2)
+            await asyncio.wait({runner}, timeout=0.2)
     finally:
         stop.set()
         await asyncio.gather(runner, return_exceptions=True)
