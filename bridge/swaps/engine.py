@@ -125,6 +125,8 @@ class SwapEngine:
             while not stop.is_set():
                 if observing is not None and observing.done():
                     observing.result()  # an indexer failed for good: surface it
+                    # They stepped aside for another process: waiting swaps are polled from now on.
+                    observing, self._observing, woken = None, False, self._wakeup
                 woken.clear()
                 await self._wake_near_expiry()
                 free = self.max_concurrency - len(running)
@@ -160,7 +162,9 @@ class SwapEngine:
         A swap whose step is under way is made due again when that step ends, as the step may
         have looked before the news and would defer the swap past it."""
         self._rerun |= set(swap_ids) & self._running.keys()
-        (self.observers.woken if self.observers is not None else self._wakeup).set()
+        self._wakeup.set()
+        if self.observers is not None:
+            self.observers.woken.set()
 
     async def _wake_near_expiry(self) -> None:
         """On a new block, make due the swaps with an expiry on that chain the timelock rules now

@@ -25,6 +25,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Field, Session, SQLModel, select
 
 from bridge.db import init_db
+from bridge.errors import Conflict
 from bridge.swaps.models import TERMINAL, Swap, SwapLeg
 from chains.base import BlockRef, ChainEvent
 from chains.bitcoin import BitcoinTxFilter
@@ -313,6 +314,10 @@ class SwapObservers:
             async with asyncio.TaskGroup() as group:
                 for indexer in self.indexers.values():
                     group.create_task(indexer.run(stop), name=f"indexer {indexer.name}")
+        except* Conflict:
+            # Another process (a second `swap start` on the same database) moves these cursors:
+            # it keeps the index; this one returns, and its engine polls the chains instead.
+            log.warning("another process follows the chains for this swap database; polling instead")
         finally:
             for chain in self.indexers:
                 self.legs[chain].index = None
