@@ -33,6 +33,10 @@ class SwapBooks:
         self.evm_chain_id = evm_chain_id
         ledger.register_asset(btc())
         ledger.register_asset(eth(evm_chain_id))
+        # Every transition re-records all of a swap's facts; what this process already committed
+        # (transfer ids, account ids: neither ever changes once written) is not written again.
+        self._committed: set[str] = set()
+        self._accounts: dict[tuple[str, str, str], int] = {}
 
     def asset_code(self, leg: SwapLeg) -> str:
         if leg.chain == "bitcoin":
@@ -52,10 +56,10 @@ class SwapBooks:
                 self._lock(view, leg)
         outcomes = {name: leg_outcome(view, leg) for name, leg in view.legs.items()}
         for leg in (l for l in view.legs.values() if outcomes[l.leg] == "claimed"):
-            self.ledger.commit([Transfer.post(self._id(view, leg, "claim"), self._id(view, leg, "hold"))])
+            self._commit([Transfer.post(self._id(view, leg, "claim"), self._id(view, leg, "hold"))])
         for leg in (l for l in view.legs.values() if outcomes[l.leg] == "refunded"):
             code = self.asset_code(leg)
-            self.ledger.commit([
+            self._commit([
                 Transfer.void(self._id(view, leg, "void"), self._id(view, leg, "hold")),
                 Transfer(self._id(view, leg, "refund"), self._account(f"swap-{view.swap.id}-{leg.leg}", "escrow", code),
                          self._account(leg.sender, "external", code), leg.value),
@@ -78,14 +82,25 @@ class SwapBooks:
     def _lock(self, view: SwapView, leg: SwapLeg) -> None:
         code = self.asset_code(leg)
         escrow = self._account(f"swap-{view.swap.id}-{leg.leg}", "escrow", code)
-        self.ledger.commit([
+        self._commit([
             Transfer(self._id(view, leg, "lock"), self._account(leg.sender, "external", code), escrow, leg.value,
                      cause=f"{leg.chain}:{leg.lock_ref}"),
             Transfer.hold(self._id(view, leg, "hold"), escrow, self._account(leg.recipient, "user", code), leg.value),
         ])
 
     def _account(self, owner: str, kind: str, code: str) -> int:
-        return self.ledger.open_account(owner, kind, code).id
+        key = (owner, kind, code)
+        if key not in self._accounts:
+            self._accounts[key] = self.ledger.open_account(owner, kind, code).id
+        return self._accounts[key]
+
+    def _commit(self, transfers: list[Transfer]) -> None:
+        """One linked batch, idempotent in the ledger by its ids; skipped once committed here."""
+        key = transfers[0].id
+        if key in self._committed:
+            return
+        self.ledger.commit(transfers)
+        self._committed.add(key)
 
     @staticmethod
     def _id(view: SwapView, leg: SwapLeg, step: str) -> str:

@@ -95,11 +95,14 @@ class SwapEngine:
             self.books.record(view)
         except Exception:  # noqa: BLE001 - the swap must go on; the books are idempotent and caught up later
             log.exception("swap %s: ledger recording failed", view.swap.id)
+            return
+        self.store.mark_booked(view.swap.id, view.swap.updated_at)
 
     def catch_up(self) -> None:
-        """Re-record every swap (after a crash between a transition and its ledger write)."""
-        for view in self.store.list():
-            self.record(view)
+        """Re-record the swaps changed since their books were written (a crash between a transition
+        and its ledger write, or a ledger failure); recording is idempotent."""
+        for swap_id in self.store.unbooked():
+            self.record(self.store.get(swap_id, with_actions=False))
 
     async def run(self, stop: asyncio.Event, only: set[str] | None = None) -> None:
         """Step every due swap until ``stop`` is set (``only``: just these swaps, and return

@@ -57,6 +57,9 @@ class Swap(SQLModel, table=True):
     retries: int = 0
     next_attempt_at: float = Field(default=0.0, index=True)
     last_error: Optional[str] = None
+    #: ``updated_at`` of the row the ledger last recorded; older than ``updated_at`` (or unset)
+    #: means a crash came between a change and its books, which ``SwapEngine.catch_up`` redoes.
+    booked_at: Optional[float] = None
 
 
 class SwapLeg(SQLModel, table=True):

@@ -96,6 +96,17 @@ class SwapStore:
             ).all()
         return sum(int(a) for a in amounts)
 
+    def unbooked(self) -> list[str]:
+        """Ids of swaps changed since the ledger last recorded them."""
+        with self._session() as s:
+            q = select(Swap.id).where((Swap.booked_at.is_(None)) | (Swap.booked_at < Swap.updated_at)).order_by(Swap.created_at)
+            return list(s.exec(q))
+
+    def mark_booked(self, swap_id: str, updated_at: float) -> None:
+        """The ledger holds the facts of the swap as of ``updated_at``."""
+        with self._session() as s, s.begin():
+            s.exec(update(Swap).where(Swap.id == swap_id).values(booked_at=updated_at))
+
     def due(self, now: float | None = None, limit: int | None = None) -> list[str]:
         """Ids of unfinished swaps whose next attempt is due, the longest waiting first."""
         now = time.time() if now is None else now
