@@ -614,6 +614,32 @@ async def test_concurrent_swaps_against_one_lp(tmp_path, regtest, anvil, btc, ev
                 await party.close()
 
 
+async def test_two_processes_on_one_trader_database_never_pick_the_same_coin(tmp_path, regtest, anvil, btc, evm, contracts, automine):
+    """Two ``swap start`` at once on one trader's database (two engines here, each with its own
+    in-process lock): the trader holds a single coin, so without the file lock next to the
+    database both would sign a lock spending it and one would be refused.  Both end claimed."""
+    trader_keys, lp_keys = await new_keys(evm, ONE_ETH // 10), await new_keys(evm, 20 * ONE_ETH)
+    await fund_btc(btc, trader_keys.btc, ONE_BTC // 10)  # one coin
+    async with running_lp(settings_for(tmp_path, "lp", regtest, anvil), swap_config(lp_keys, contracts)) as (lp_url, lp):
+        settings = settings_for(tmp_path, "trader", regtest, anvil)
+        first = await Party.open(settings, swap_config(trader_keys, contracts), LpClient())
+        second = await Party.open(settings, swap_config(trader_keys, contracts), LpClient())
+        try:
+            views = [await first.start_swap(lp_url, "btc:0.01", "eth:0.15"), await second.start_swap(lp_url, "btc:0.02", "eth:0.3")]
+            # Both choose their coins at the same moment: their first steps agree the terms and lock.
+            await asyncio.gather(first.engine.step(views[0].swap.id), second.engine.step(views[1].swap.id))
+            done = await asyncio.gather(run_trader(first, views[0].swap.id), run_trader(second, views[1].swap.id))
+            assert [d.state for d in done] == [m.CLAIMED, m.CLAIMED], [d.last_error for d in done]
+            locks = [first.store.get(v.swap.id).leg(INITIATOR).lock_raw for v in views]
+            spent = [{(i.prevout.txid_hex, i.prevout.n) for i in Tx.parse(bytes.fromhex(raw)).vin} for raw in locks]
+            assert not spent[0] & spent[1]  # the second lock spent the first one's change
+            gained = await evm.balance(trader_keys.address) - ONE_ETH // 10
+            assert 45 * ONE_ETH // 100 - 10**16 < gained < 45 * ONE_ETH // 100
+        finally:
+            await first.close()
+            await second.close()
+
+
 async def test_a_stuck_bitcoin_claim_is_replaced_with_a_higher_fee(tmp_path, regtest, anvil, btc, evm, contracts):
     """No blocks while the trader's BTC claim waits: after ``fee_bump_after`` it is re-signed at a
     higher feerate, recorded, and replaces the first version in the mempool; then it confirms."""

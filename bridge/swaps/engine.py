@@ -23,11 +23,13 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Awaitable, Callable, Iterable, Protocol
 
 from bridge.errors import BridgeError, Conflict, ContractReverted, InputError, MissingInputs, TransactionRejected
 from bridge.retry import RetryPolicy, is_retryable
 from bridge.swaps import models as m
+from bridge.swaps.guard import PrepareGuard
 from bridge.swaps.legs import Leg, LockRefused, NotYet
 from bridge.swaps.models import INITIATOR, PARTICIPANT, SwapLeg
 from bridge.swaps.store import SwapStore, SwapView
@@ -68,7 +70,9 @@ class SwapEngine:
     #: Per chain: choosing coins (Bitcoin) or a nonce (EVM) for a transaction and recording it
     #: are one critical section, so two swaps stepping at once never pick the same coins or
     #: nonce (recorded ones are reserved).
-    _prepare_guards: dict[str, asyncio.Lock] = field(default_factory=dict, repr=False)
+    _prepare_guards: dict[str, PrepareGuard] = field(default_factory=dict, repr=False)
+    #: Per chain, a file to lock as well, for processes sharing this swap database (``guard.py``).
+    lock_file: Callable[[str], Path | None] = field(default=lambda chain: None, repr=False)
     #: Records each transition's facts in the ledger (``books.SwapBooks``).
     books: "SwapBooks | None" = None
     #: Called after every transition (metrics, progress output).
@@ -228,8 +232,10 @@ class SwapEngine:
                 await result
         return new
 
-    def _prepare_guard(self, chain: str) -> asyncio.Lock:
-        return self._prepare_guards.setdefault(chain, asyncio.Lock())
+    def _prepare_guard(self, chain: str) -> PrepareGuard:
+        if chain not in self._prepare_guards:
+            self._prepare_guards[chain] = PrepareGuard(self.lock_file(chain))
+        return self._prepare_guards[chain]
 
     def _ops(self, leg: SwapLeg) -> Leg:
         return self.legs[leg.chain]

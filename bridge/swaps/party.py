@@ -13,6 +13,7 @@ from bridge.swaps.assets import BITCOIN, EVM, AssetBook
 from bridge.swaps.books import SwapBooks
 from bridge.swaps.config import SwapConfig
 from bridge.swaps.engine import LpPort, SwapEngine
+from bridge.swaps.guard import sqlite_lock_file
 from bridge.swaps.legs import BitcoinLeg, EvmLeg, Leg
 from bridge.swaps.observe import SwapObservers
 from bridge.swaps.protocol import new_trader_swap
@@ -54,6 +55,7 @@ class Party:
         for symbol, token in config.tokens.items():
             books.register_token(token.address, token.decimals, symbol)
         engine.books = books
+        engine.lock_file = lambda chain: sqlite_lock_file(settings.db_url, chain)
         # The indexers share the swap database: their events and cursors commit with the swaps' rows.
         engine.observers = SwapObservers(db, legs, config.poll_interval)
         engine.bump_after = config.fee_bump_after
