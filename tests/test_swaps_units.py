@@ -188,3 +188,15 @@ def test_a_legs_recorded_outcome_wins_and_older_rows_are_judged_by_the_state(sto
     now = store.get("s1")  # claimed, and its own lock refunded after the LP let it expire
     assert (leg_outcome(now, now.leg(PARTICIPANT)), leg_outcome(now, now.leg(INITIATOR))) == ("claimed", "refunded")
     assert view.leg(INITIATOR).outcome is None
+
+
+def test_due_among_given_swaps_is_not_crowded_out_by_others(store):
+    """``swap start`` steps one swap (``only``) with a limit on how many are fetched: older due swaps
+    of the same database must not fill that limit and starve it."""
+    for n in range(5):
+        new_swap(store, f"old{n}")
+        store.wake(f"old{n}")  # due since 0
+    new_swap(store, "mine")
+    store.defer("mine", "due a second ago", -1.0, count_retry=False)  # due, but waiting less long than the others
+    assert "mine" not in store.due(limit=3)
+    assert store.due(limit=3, among={"mine"}) == ["mine"]

@@ -137,10 +137,11 @@ class SwapEngine:
                 woken.clear()
                 await self._wake_near_expiry()
                 free = self.max_concurrency - len(running)
-                for swap_id in self.store.due(limit=free + len(running)) if free > 0 else []:
+                # ``only``: filtered in the query, or other due swaps could fill the limit forever.
+                for swap_id in self.store.due(limit=free + len(running), among=only) if free > 0 else []:
                     if len(running) >= self.max_concurrency:
                         break
-                    if swap_id not in running and (only is None or swap_id in only):
+                    if swap_id not in running:
                         running[swap_id] = asyncio.create_task(self.step(swap_id), name=f"swap {swap_id}")
                 if only is not None and not running and all(self.store.get(i).swap.state in m.TERMINAL for i in only):
                     return

@@ -107,11 +107,14 @@ class SwapStore:
         with self._session() as s, s.begin():
             s.exec(update(Swap).where(Swap.id == swap_id).values(booked_at=updated_at))
 
-    def due(self, now: float | None = None, limit: int | None = None) -> list[str]:
-        """Ids of unfinished swaps whose next attempt is due, the longest waiting first."""
+    def due(self, now: float | None = None, limit: int | None = None, among: Iterable[str] | None = None) -> list[str]:
+        """Ids of unfinished swaps (``among`` these, if given) whose next attempt is due, the longest
+        waiting first."""
         now = time.time() if now is None else now
         with self._session() as s:
             q = select(Swap.id).where(Swap.state.not_in(list(TERMINAL)), Swap.next_attempt_at <= now).order_by(Swap.next_attempt_at)
+            if among is not None:
+                q = q.where(Swap.id.in_(list(among)))
             if limit is not None:
                 q = q.limit(limit)
             return list(s.exec(q))
