@@ -273,7 +273,7 @@ class EvmHtlc:
             self.abi, "lock", recipient, token, _uint(amount, "amount"), _bytes32(hashlock, "hashlock"), _uint(expiry, "expiry")
         )
         receipt = await _transact(self.chain, key, self.address, amount if token == ETH else 0, data, "lock")
-        (locked,) = [e for e in decode_events(self._own(receipt.logs)) if isinstance(e, Locked)]
+        (locked,) = self.locked_in(receipt.logs)
         return locked.id, receipt.tx_hash
 
     async def claim(self, key: str, swap: SwapParams | bytes | str, preimage: bytes) -> str:
@@ -324,6 +324,10 @@ class EvmHtlc:
     async def _read(self, name: str, *args: Any) -> Any:
         raw = await _call(self.chain, self.address, encode_call(self.abi, name, *args), name)
         return decode_result(self.abi, name, raw)[0]
+
+    def locked_in(self, logs: Iterable[dict[str, Any]]) -> list[Locked]:
+        """The ``Locked`` events this contract emitted among a receipt's logs."""
+        return [e for e in decode_events(self._own(logs)) if isinstance(e, Locked)]
 
     def _own(self, logs: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
         return [log for log in logs if log["address"].lower() == self.address.lower()]

@@ -186,8 +186,8 @@ class SwapEngine:
             if self._heads.get(chain) == (now.height, now.timestamp):
                 continue
             self._heads[chain] = (now.height, now.timestamp)
-            expired = now.height if chain == "bitcoin" else now.timestamp  # ``TimelockPolicy.expired``
-            self.store.wake_expiring(chain, expired, self.policy.expiry_after(chain, lock_reach, now) + (1 if chain == "bitcoin" else 0))
+            self.store.wake_expiring(chain, self.policy.expired_through(chain, now),
+                                     self.policy.expiry_after(chain, lock_reach, now) + (1 if chain == "bitcoin" else 0))
 
     async def step(self, swap_id: str) -> SwapView:
         view = self.store.get(swap_id, with_actions=False)
@@ -233,6 +233,21 @@ class SwapEngine:
                 await result
         return new
 
+    async def _record_spend(
+        self, view: SwapView, leg: SwapLeg, kind: str, to: str, note: str, *, secret: bytes | None = None,
+        swap_fields: dict | None = None, legs: dict | None = None,
+    ) -> SwapView:
+        """Sign our claim or refund of ``leg`` and record it (before any broadcast) with the move to
+        ``to``, under the chain's prepare guard: its coins or nonce are chosen and reserved at once.
+        A claim's secret is the swap's unless given (the participant's, just found on chain)."""
+        if kind == "claim" and secret is None:
+            secret = bytes.fromhex(view.swap.secret)
+        signing_view = view if secret is None or view.swap.secret == secret.hex() else SwapView(
+            replace_swap(view, secret=secret.hex()), view.legs, view.actions)
+        async with self._prepare_guard(leg.chain):
+            fields = await self._ops(leg).prepare_spend(signing_view, leg, kind, secret)
+            return await self._move(view, to, note, swap_fields, {**(legs or {}), leg.leg: fields})
+
     def _prepare_guard(self, chain: str) -> PrepareGuard:
         if chain not in self._prepare_guards:
             self._prepare_guards[chain] = PrepareGuard(self.lock_file(chain))
@@ -269,10 +284,8 @@ class SwapEngine:
             raise Conflict(f"swap {swap_id}: the secret is revealed; claim instead of refunding", swap_id=swap_id)
         if not self.policy.expired(leg.chain, leg.expiry, await ops.now()):
             raise InputError(f"swap {swap_id}: too early to refund, {await self._time_left_text(leg)}", swap_id=swap_id)
-        async with self._prepare_guard(leg.chain):
-            fields = await ops.prepare_spend(view, leg, "refund", None)
-            legs = {leg.leg: fields, **({PARTICIPANT: {"outcome": "claimed"}} if after_claim else {})}
-            return await self._move(view, m.REFUND_INTENDED, "refund asked by the operator; recorded before broadcast", legs=legs)
+        return await self._record_spend(view, leg, "refund", m.REFUND_INTENDED, "refund asked by the operator; recorded before broadcast",
+                                        legs={PARTICIPANT: {"outcome": "claimed"}} if after_claim else None)
 
     async def _claim_confirmed(self, view: SwapView) -> bool:
         """Has the trader's claim of the LP's lock confirmed (so the swap is bought, whatever its own lock's fate)?"""
@@ -384,14 +397,12 @@ class SwapEngine:
         ops = self._ops(leg)
         if not self.policy.expired(leg.chain, leg.expiry, await ops.now()):
             return False
-        legs_note = "own lock expired; refund recorded before broadcast"
-        async with self._prepare_guard(leg.chain):
-            fields = await ops.prepare_spend(view, leg, "refund", None)
-            legs = {leg.leg: fields}
-            if after_claim:
-                legs[PARTICIPANT] = {"outcome": "claimed"}
-                legs_note = f"our claim confirmed; our lock {leg.lock_ref} still unclaimed at its expiry, refund recorded before broadcast"
-            view = await self._move(view, m.REFUND_INTENDED, legs_note, legs=legs)
+        if after_claim:
+            note, legs = f"our claim confirmed; our lock {leg.lock_ref} still unclaimed at its expiry, refund recorded before broadcast", {
+                PARTICIPANT: {"outcome": "claimed"}}
+        else:
+            note, legs = "own lock expired; refund recorded before broadcast", None
+        view = await self._record_spend(view, leg, "refund", m.REFUND_INTENDED, note, legs=legs)
         await self._spend_intended(view)
         return True
 
@@ -437,9 +448,7 @@ class SwapEngine:
             if await self._refund_if_expired(view):
                 return
             raise NotYet(f"not claiming: {exc.reason}; {await self._time_left_text(view.leg(INITIATOR))}") from None
-        async with self._prepare_guard(pleg.chain):
-            fields = await ops.prepare_spend(view, pleg, "claim", bytes.fromhex(view.swap.secret))
-            view = await self._move(view, m.CLAIM_INTENDED, "claim recorded before broadcast", legs={PARTICIPANT: fields})
+        view = await self._record_spend(view, pleg, "claim", m.CLAIM_INTENDED, "claim recorded before broadcast")
         await self._spend_intended(view)
 
     # --- participant -----------------------------------------------------------------
@@ -490,11 +499,8 @@ class SwapEngine:
         pleg, ileg = view.leg(PARTICIPANT), view.leg(INITIATOR)
         secret = await self._ops(pleg).find_secret(view, pleg)
         if secret is not None:
-            claim_view = SwapView(replace_swap(view, secret=secret.hex()), view.legs, view.actions)
-            async with self._prepare_guard(ileg.chain):
-                fields = await self._ops(ileg).prepare_spend(claim_view, ileg, "claim", secret)
-                view = await self._move(view, m.CLAIM_INTENDED, "secret revealed; claim recorded before broadcast",
-                                        {"secret": secret.hex()}, {INITIATOR: fields})
+            view = await self._record_spend(view, ileg, "claim", m.CLAIM_INTENDED, "secret revealed; claim recorded before broadcast",
+                                            secret=secret, swap_fields={"secret": secret.hex()})
             await self._spend_intended(view)
             return
         if await self._refund_if_expired(view):
@@ -546,10 +552,9 @@ class SwapEngine:
         except InputError as exc:  # the fee would pass the builders' caps: keep waiting on this version
             log.warning("swap %s: not bumping the %s fee: %s", view.swap.id, kind, exc.message)
             return
-        history = ",".join(t for t in ((leg.spend_history or "").split(",") + [leg.spend_tx]) if t)
         view = self.store.transition(
             view.swap.id, view.swap.state, view.swap.state, f"{note}, replaces {leg.spend_tx}",
-            legs={leg.leg: {**fields, "spend_history": history, "spend_sent_at": time.time()}},
+            legs={leg.leg: {**fields, "spend_history": leg.history_when_replaced(), "spend_sent_at": time.time()}},
         )
         await self._ops(leg).broadcast_spend(view, view.leg(leg.leg))
 

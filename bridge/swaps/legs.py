@@ -34,7 +34,7 @@ from htlc.audit import AuditError, audit
 from htlc.bitcoin_script import TEMPLATE_P2WSH, htlc_script_pubkey, p2wsh_htlc_script
 from htlc.bitcoin_tx import HtlcCoin, build_claim, build_funding, build_refund
 from htlc.evm import ETH as ETH_TOKEN
-from htlc.evm import Claimed, Erc20, EvmHtlc, Locked, SwapParams, SwapStatus, decode_events, encode_call, load_artifact
+from htlc.evm import Claimed, Erc20, EvmHtlc, Locked, SwapParams, SwapStatus, encode_call, load_artifact
 from htlc.secret import secret_in_spends
 
 if TYPE_CHECKING:
@@ -261,10 +261,7 @@ class BitcoinLeg:
     async def _scan_needed(self) -> bool:
         """Scan blocks ourselves only without an indexer, or when it has caught up and still has no
         spend (an output it started watching after the spend, e.g. a lock reported late)."""
-        if self.index is None:
-            return True
-        height = self.index.indexed_height()
-        return height is not None and height >= await self.adapter.height()
+        return self.index is None or await self.index.caught_up()
 
     async def _mempool_spender(self, txid: str, vout: int) -> dict | None:
         try:
@@ -323,9 +320,8 @@ class BitcoinLeg:
     async def spend_confirmations(self, view: SwapView, leg: SwapLeg) -> int:
         """Confirmations of whichever version of our spend (fee bumps) made it, else 0/-1."""
         best = -1
-        for txid in [leg.spend_tx, *(leg.spend_history or "").split(",")]:
-            if txid:
-                best = max(best, (await self.adapter.tx_status(txid)).confirmations)
+        for txid in leg.spend_versions():
+            best = max(best, (await self.adapter.tx_status(txid)).confirmations)
         return best
 
 
@@ -449,11 +445,9 @@ class EvmLeg:
         lock = json.loads(leg.lock_evm)
         for tx_hash in [lock["tx"], *lock["history"]]:
             receipt = await self._mined(tx_hash)
-            if receipt is not None:
-                own = [log for log in receipt.logs if log["address"].lower() == self.htlc.address.lower()]
-                found = [e for e in decode_events(own) if isinstance(e, Locked)]
-                if found:
-                    return found[0]
+            found = self.htlc.locked_in(receipt.logs) if receipt is not None else []
+            if found:
+                return found[0]
         return None
 
     async def broadcast_lock(self, view: SwapView, leg: SwapLeg) -> dict[str, Any]:
@@ -490,7 +484,7 @@ class EvmLeg:
         nonce = json.loads(leg.spend_evm)["nonce"]
         if await self._tx_count("latest") <= nonce:
             return False
-        for tx_hash in self._spend_versions(leg):
+        for tx_hash in leg.spend_versions():
             if (await self.adapter.tx_status(tx_hash)).confirmations >= 1:
                 return False
         return await self.htlc.swap(leg.lock_ref) == SwapStatus.LOCKED
@@ -508,23 +502,18 @@ class EvmLeg:
         fees = await self.adapter.suggest_fees()
         new = replace(old, nonce=await self._next_nonce(), max_fee=max(old.max_fee, fees.max_fee), priority_fee=max(old.priority_fee, fees.priority_fee))
         raw, tx_hash = new.sign(self.adapter, self.key)
-        history = ",".join(t for t in [*(leg.spend_history or "").split(","), leg.spend_tx] if t)
         return (
-            {"spend_raw": raw, "spend_tx": tx_hash, "spend_evm": json.dumps(new.to_dict()), "spend_history": history, "spend_sent_at": None},
+            {"spend_raw": raw, "spend_tx": tx_hash, "spend_evm": json.dumps(new.to_dict()), "spend_history": leg.history_when_replaced(),
+             "spend_sent_at": None},
             f"{leg.spend_kind} nonce {old.nonce} was taken by another transaction: re-signed as {tx_hash}, nonce {new.nonce}",
         )
 
     # --- the counterparty's lock ------------------------------------------------
 
-    async def _index_current(self) -> bool:
-        """Has the indexer looked at every block there is?  (Only then is "not indexed" "not there".)"""
-        height = self.index.indexed_height() if self.index is not None else None
-        return height is not None and height >= await self.adapter.height()
-
     async def _locked_event(self, ref: str, watch_from: int | None) -> Locked | None:
         if self.index is not None:
             found = self.index.locked(ref)
-            if found is not None or not await self._index_current():
+            if found is not None or not await self.index.caught_up():
                 return found
         try:
             return await self.htlc.locked_swap(ref, watch_from or 0)
@@ -606,8 +595,7 @@ class EvmLeg:
         found = None
         if leg.lock_tx:
             receipt = await self._mined(leg.lock_tx)
-            own = [log for log in receipt.logs if log["address"].lower() == self.htlc.address.lower()] if receipt else []
-            found = next((e for e in decode_events(own) if isinstance(e, Locked) and "0x" + e.id.hex() == leg.lock_ref.lower()), None)
+            found = next((e for e in self.htlc.locked_in(receipt.logs if receipt else []) if "0x" + e.id.hex() == leg.lock_ref.lower()), None)
         if found is None:
             try:
                 found = await self.htlc.locked_swap(leg.lock_ref, leg.watch_from or 0)
@@ -632,10 +620,6 @@ class EvmLeg:
         note = f"fee bump, same nonce {new.nonce}: max fee {old.max_fee} -> {new.max_fee}, tip {old.priority_fee} -> {new.priority_fee} wei"
         return {"spend_raw": raw, "spend_tx": tx_hash, "spend_evm": json.dumps(new.to_dict())}, note
 
-    @staticmethod
-    def _spend_versions(leg: SwapLeg) -> list[str]:
-        return [t for t in [leg.spend_tx, *(leg.spend_history or "").split(",")] if t]
-
     async def broadcast_spend(self, view: SwapView, leg: SwapLeg) -> None:
         if await self.htlc.swap(leg.lock_ref) != SwapStatus.LOCKED:
             return  # settled already: by a version of ours, or by the counterparty
@@ -657,7 +641,7 @@ class EvmLeg:
         contract's status; 1 when another sender settled it our way (the contract paid all the same)."""
         status = await self.htlc.swap(leg.lock_ref)
         wanted = SwapStatus.CLAIMED if leg.spend_kind == "claim" else SwapStatus.REFUNDED
-        versions = self._spend_versions(leg)
+        versions = leg.spend_versions()
         if status == wanted:
             depths = [(await self.adapter.tx_status(t)).confirmations for t in versions]
             return max([d for d in depths if d >= 1], default=1)

@@ -108,6 +108,14 @@ class SwapLeg(SQLModel, table=True):
     def value(self) -> int:
         return int(self.amount)
 
+    def spend_versions(self) -> list[str]:
+        """Every version of our claim/refund (the current one first): any of them may be mined."""
+        return [t for t in [self.spend_tx, *(self.spend_history or "").split(",")] if t]
+
+    def history_when_replaced(self) -> str:
+        """``spend_history`` once a new version replaces the current one (which stays a possible outcome)."""
+        return ",".join(t for t in [*(self.spend_history or "").split(","), self.spend_tx] if t)
+
 
 class SwapAction(SQLModel, table=True):
     __tablename__ = "swap_action"

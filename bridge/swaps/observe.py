@@ -95,6 +95,15 @@ def _swap_ids_for(session: Session, hashlocks: Iterable[str] = (), lock_refs: It
     return ids
 
 
+def _forget(session: Session, model: type[SQLModel], key: Any, orphaned: list[OrphanedBlock]) -> list[Any]:
+    """Delete and return the ``model`` rows whose ``key`` column names an event a reorg orphaned."""
+    keys = [k for block in orphaned for k in block.event_keys]
+    rows = list(session.exec(select(model).where(key.in_(keys)))) if keys else []
+    if rows:
+        session.exec(delete(model).where(key.in_(keys)))
+    return rows
+
+
 def _make_due(session: Session, swap_ids: set[str]) -> set[str]:
     if swap_ids:
         session.exec(update(Swap).where(Swap.id.in_(swap_ids), Swap.state.not_in(list(TERMINAL))).values(next_attempt_at=0.0))
@@ -156,13 +165,11 @@ class EvmHtlcConsumer:
             self.wake(_make_due(session, _swap_ids_for(session, touched_hashlocks, touched_refs)))
 
     async def on_revert(self, orphaned: list[OrphanedBlock], *, session: Session) -> None:
-        keys = [k for block in orphaned for k in block.event_keys]
-        rows = list(session.exec(select(HtlcEventRow).where(HtlcEventRow.key.in_(keys)))) if keys else []
+        rows = _forget(session, HtlcEventRow, HtlcEventRow.key, orphaned)
         if not rows:
             return
         refs = {r.swap_ref for r in rows}
         hashlocks = {r.hashlock for r in rows if r.hashlock} | _hashlocks_of(session, refs)
-        session.exec(delete(HtlcEventRow).where(HtlcEventRow.key.in_(keys)))
         log.warning("reorg: forgot %d HTLC event(s) of swap(s) %s", len(rows), ", ".join(sorted(refs)))
         self.wake(_make_due(session, _swap_ids_for(session, hashlocks, refs)))
 
@@ -214,12 +221,10 @@ class BtcSpendConsumer:
             self.wake(_make_due(session, _swap_ids_for(session, lock_refs=touched)))
 
     async def on_revert(self, orphaned: list[OrphanedBlock], *, session: Session) -> None:
-        keys = [k for block in orphaned for k in block.event_keys]
-        rows = list(session.exec(select(BtcSpendRow).where(BtcSpendRow.event_key.in_(keys)))) if keys else []
+        rows = _forget(session, BtcSpendRow, BtcSpendRow.event_key, orphaned)
         if not rows:
             return
         outpoints = {r.outpoint for r in rows}
-        session.exec(delete(BtcSpendRow).where(BtcSpendRow.event_key.in_(keys)))
         log.warning("reorg: forgot the spends of %s", ", ".join(sorted(outpoints)))
         self.wake(_make_due(session, _swap_ids_for(session, lock_refs=outpoints)))
 
@@ -232,19 +237,16 @@ class ChainIndex:
         self.indexer = indexer
         init_db(engine)
 
-    def indexed_height(self) -> int | None:
+    async def caught_up(self) -> bool:
+        """Has the indexer looked at every block the chain has now?  Only then does "not indexed"
+        mean "not there"."""
         cursor = self.indexer.cursor() if self.indexer is not None else None
-        return None if cursor is None else cursor.height
+        return cursor is not None and cursor.height >= await self.indexer.adapter.height()
 
     def locked(self, swap_ref: str) -> Locked | None:
         with Session(self.engine) as s:
             row = s.exec(select(HtlcEventRow).where(HtlcEventRow.swap_ref == swap_ref.lower(), HtlcEventRow.kind == LOCKED)).first()
             return row.locked() if row else None
-
-    def locked_by(self, hashlock: str, sender: str) -> Locked | None:
-        with Session(self.engine) as s:
-            rows = s.exec(select(HtlcEventRow).where(HtlcEventRow.hashlock == hashlock, HtlcEventRow.kind == LOCKED)).all()
-            return next((r.locked() for r in rows if r.sender.lower() == sender.lower()), None)
 
     def locked_to(self, hashlock: str, recipient: str) -> Locked | None:
         with Session(self.engine) as s:

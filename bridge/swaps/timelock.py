@@ -78,9 +78,11 @@ class TimelockPolicy:
     def expired(self, chain: str, expiry: int, now: ChainTime) -> bool:
         """Can the sender refund now?  CLTV: the next block's height must exceed the
         lock, i.e. tip >= expiry; the EVM contract: chain time >= expiry."""
-        if chain == BITCOIN:
-            return now.height >= expiry
-        return now.timestamp >= expiry
+        return expiry <= self.expired_through(chain, now)
+
+    def expired_through(self, chain: str, now: ChainTime) -> int:
+        """The latest expiry that has passed: a lock expiring at or before it can be refunded now."""
+        return now.height if chain == BITCOIN else now.timestamp
 
     # --- rules -----------------------------------------------------------------
 
