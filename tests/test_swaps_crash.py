@@ -213,10 +213,7 @@ async def run_chaos(tmp_path: Path, chains: Chains, kills_wanted: int, traders: 
             phase(f"traders done after {len(chaos.kills)} kills; waiting for the LP to settle its side")
             await wait_until(lambda: _lp_settled(chaos), timeout=180, interval=0.2, what=f"LP swaps all finished (log {lp.log})")
         finally:
-            for party in [lp, *(s.party for s in slots)]:
-                if party.alive():
-                    os.kill(party.proc.popen.pid, signal.SIGTERM)
-                    await reap(party.proc)
+            await _stop(lp, *(s.party for s in slots))
         # Let any last transaction of the settle phase be mined before reading balances.
         await wait_until(lambda: _mempool_empty(chains), timeout=30, what="bitcoin mempool empty")
     phase("reconciling the chains with both parties' records")
@@ -263,6 +260,25 @@ async def test_swaps_survive_sigkill_soak(tmp_path, chains):
     _assert_books(report, 200)
 
 
+async def _lp_and_trader(tmp_path: Path, chains: Chains) -> tuple[Party, Party, Books, Snapshot]:
+    """An LP with 10 ETH and a trader with 1 BTC (and gas), and the chains' balances before they trade."""
+    lp = Party("lp", Identity.new(), tmp_path / "lp", chains, port=free_port())
+    trader = Party("trader", Identity.new(), tmp_path / "trader", chains)
+    await chains.evm.set_balance(lp.who.address, 10 * ONE_ETH)
+    await chains.evm.set_balance(trader.who.address, ONE_ETH // 10)
+    await chains.fund_btc([(trader.who.btc.p2wpkh_script, ONE_BTC)])
+    books = Books(chains, [lp, trader])
+    return lp, trader, books, await books.snapshot()
+
+
+async def _stop(*parties: Party) -> None:
+    """SIGTERM each party's process still running and wait for it to exit."""
+    for party in parties:
+        if party.alive():
+            os.kill(party.proc.popen.pid, signal.SIGTERM)
+            await reap(party.proc)
+
+
 async def _run_until_exit(party: Party, args: list[str], crash_at: str | None = None, timeout: float = 120) -> int:
     proc = await party.run(args, crash_at)
     code = await reap(proc, timeout)
@@ -290,13 +306,7 @@ async def test_trader_killed_before_telling_the_lp_refunds_after_expiry(tmp_path
     """Killed right after its lock confirmed, the trader never tells the LP; the LP gives up,
     the restarted trader refunds at expiry (killed once more just after broadcasting the refund)."""
     phase(f"data dirs and logs under {tmp_path}")
-    lp = Party("lp", Identity.new(), tmp_path / "lp", chains, port=free_port())
-    trader = Party("trader", Identity.new(), tmp_path / "trader", chains)
-    await chains.evm.set_balance(lp.who.address, 10 * ONE_ETH)
-    await chains.evm.set_balance(trader.who.address, ONE_ETH // 10)
-    await chains.fund_btc([(trader.who.btc.p2wpkh_script, ONE_BTC)])
-    books = Books(chains, [lp, trader])
-    start = await books.snapshot()
+    lp, trader, books, start = await _lp_and_trader(tmp_path, chains)
     async with automine(chains.btc):
         await start_lp(lp)
         try:
@@ -327,13 +337,7 @@ async def test_both_refund_when_the_trader_stays_down_past_the_lps_expiry(tmp_pa
     expiry: the LP refunds (killed mid-way and restarted), and the restarted trader must not claim
     too late but refund its own lock at its expiry."""
     phase(f"data dirs and logs under {tmp_path}")
-    lp = Party("lp", Identity.new(), tmp_path / "lp", chains, port=free_port())
-    trader = Party("trader", Identity.new(), tmp_path / "trader", chains)
-    await chains.evm.set_balance(lp.who.address, 10 * ONE_ETH)
-    await chains.evm.set_balance(trader.who.address, ONE_ETH // 10)
-    await chains.fund_btc([(trader.who.btc.p2wpkh_script, ONE_BTC)])
-    books = Books(chains, [lp, trader])
-    start = await books.snapshot()
+    lp, trader, books, start = await _lp_and_trader(tmp_path, chains)
     async with automine(chains.btc):
         await start_lp(lp, "spend.before_broadcast")
         try:
@@ -353,10 +357,7 @@ async def test_both_refund_when_the_trader_stays_down_past_the_lps_expiry(tmp_pa
             await wait_until(lambda: _mine_to(chains, view.leg(m.INITIATOR).expiry), timeout=120, what="BTC expiry height")
             assert await reap(resumed, 120) == 0, trader.tail()
         finally:
-            for party in (lp, trader):
-                if party.alive():
-                    os.kill(party.proc.popen.pid, signal.SIGTERM)
-                    await reap(party.proc)
+            await _stop(lp, trader)
         await wait_until(lambda: _mempool_empty(chains), timeout=30, what="bitcoin mempool empty")
     report = await reconcile(books, start, lp, [trader])
     assert report["outcomes"] == {"refunded/refunded": 1} and report["lost"] == {"btc": 0, "eth": 0, "tusd": 0}
@@ -368,13 +369,7 @@ async def test_trader_refunds_the_lock_the_lp_never_claimed_and_the_lp_ends_clai
     down past the trader's expiry: the trader, its claim of the LP's ETH confirmed, refunds its own
     lock and ends claimed; the LP, back, finds its claim impossible and ends claim_lost."""
     phase(f"data dirs and logs under {tmp_path}")
-    lp = Party("lp", Identity.new(), tmp_path / "lp", chains, port=free_port())
-    trader = Party("trader", Identity.new(), tmp_path / "trader", chains)
-    await chains.evm.set_balance(lp.who.address, 10 * ONE_ETH)
-    await chains.evm.set_balance(trader.who.address, ONE_ETH // 10)
-    await chains.fund_btc([(trader.who.btc.p2wpkh_script, ONE_BTC)])
-    books = Books(chains, [lp, trader])
-    start = await books.snapshot()
+    lp, trader, books, start = await _lp_and_trader(tmp_path, chains)
     async with automine(chains.btc):
         await start_lp(lp, "recorded.claim_intended")
         try:
@@ -387,10 +382,7 @@ async def test_trader_refunds_the_lock_the_lp_never_claimed_and_the_lp_ends_clai
             await start_lp(lp)
             await wait_until(lambda: _state_is(lp, view.swap.id, m.CLAIM_LOST), timeout=60, what="LP gave up its claim")
         finally:
-            for party in (lp, trader):
-                if party.alive():
-                    os.kill(party.proc.popen.pid, signal.SIGTERM)
-                    await reap(party.proc)
+            await _stop(lp, trader)
         await wait_until(lambda: _mempool_empty(chains), timeout=30, what="bitcoin mempool empty")
     report = await reconcile(books, start, lp, [trader])
     assert report["outcomes"] == {"claimed/claim_lost": 1} and report["lost"] == {"btc": 0, "eth": 0, "tusd": 0}

@@ -25,6 +25,7 @@ from bridge.swaps.legs import EVM_GAS
 from bridge.swaps.models import INITIATOR, PARTICIPANT
 from bridge.swaps.party import Party
 from bridge.swaps.protocol import LpClient
+from bridge.swaps.store import SwapView
 from bridge.testing import wait_until
 from chains.bitcoin import COINBASE_MATURITY, BitcoinAdapter
 from chains.bitcoin_wallet import BtcKey
@@ -686,6 +687,19 @@ class _Killed(BaseException):
     """The process dies here (not an ``Exception``: the engine's step does not catch it)."""
 
 
+async def _dies_before_sending_its_claim(trader: Party, lp_url: str) -> SwapView:
+    """A BTC -> ETH swap whose trader records its ETH claim and dies before broadcasting it."""
+    view = await trader.start_swap(lp_url, "btc:0.2", "eth:3")
+
+    async def die(*_args):
+        raise _Killed()
+
+    trader.legs["evm"].broadcast_spend = die
+    with pytest.raises(_Killed):
+        await run_trader(trader, view.swap.id)
+    return view
+
+
 async def test_restart_after_recording_an_evm_claim_sends_the_same_transaction(tmp_path, regtest, anvil, btc, evm, contracts, automine):
     """The trader recorded its ETH claim and died before sending it: the restarted engine sends the
     recorded transaction (same hash, same nonce), once, and the swap ends claimed."""
@@ -694,14 +708,7 @@ async def test_restart_after_recording_an_evm_claim_sends_the_same_transaction(t
     trader_settings = settings_for(tmp_path, "trader", regtest, anvil)
     async with running_lp(settings_for(tmp_path, "lp", regtest, anvil), swap_config(lp_keys, contracts)) as (lp_url, lp):
         first = await Party.open(trader_settings, swap_config(trader_keys, contracts), LpClient())
-        view = await first.start_swap(lp_url, "btc:0.2", "eth:3")
-
-        async def die(*_args):
-            raise _Killed()
-
-        first.legs["evm"].broadcast_spend = die
-        with pytest.raises(_Killed):
-            await run_trader(first, view.swap.id)
+        view = await _dies_before_sending_its_claim(first, lp_url)
         recorded = first.store.get(view.swap.id)
         claim = recorded.leg(PARTICIPANT)
         await first.close()
@@ -736,14 +743,7 @@ async def test_a_recorded_evm_claim_whose_nonce_was_taken_is_re_signed_under_a_f
     trader_settings = settings_for(tmp_path, "trader", regtest, anvil)
     async with running_lp(settings_for(tmp_path, "lp", regtest, anvil), swap_config(lp_keys, contracts)) as (lp_url, lp):
         first = await Party.open(trader_settings, swap_config(trader_keys, contracts), LpClient())
-        view = await first.start_swap(lp_url, "btc:0.2", "eth:3")
-
-        async def die(*_args):
-            raise _Killed()
-
-        first.legs["evm"].broadcast_spend = die
-        with pytest.raises(_Killed):
-            await run_trader(first, view.swap.id)
+        view = await _dies_before_sending_its_claim(first, lp_url)
         claim = first.store.get(view.swap.id).leg(PARTICIPANT)
         await first.close()
         other = await evm.transact(trader_keys.evm, trader_keys.address, 0, gas=21_000)  # the operator used the key meanwhile
