@@ -11,6 +11,7 @@ import logging
 import secrets
 import time
 from pathlib import Path
+from typing import Callable
 
 from chains.btc import primitives as p
 from devnets.regtest.chainstate import ChainChange, ChainState
@@ -54,6 +55,8 @@ class RegtestNode:
         # Mempool changes not yet written (batched: one commit per RPC request, not per tx).
         self._mempool_added: dict[str, tuple[str, bytes, int]] = {}
         self._mempool_removed: set[str] = set()
+        # Set (and replaced) whenever the tip changes: the ``waitfor*`` RPCs wait on it.
+        self._tip_changed = asyncio.Event()
 
     # --- life cycle -------------------------------------------------------------------------------
 
@@ -82,10 +85,30 @@ class RegtestNode:
         log.info("init message: Done loading; JSON-RPC on %s", self.rpc_url)
 
     async def stop(self) -> None:
+        self.stopped.set()  # ends long polls first: the server waits for its open requests
         if self._server is not None:
             await self._server.stop()
             self._server = None
         self.close()
+
+    async def wait_for_tip(self, done: Callable[[], bool], timeout_ms: int) -> None:
+        """Return once ``done()`` holds after a tip change (or already holds), the node stops,
+        or ``timeout_ms`` passes (0: no limit), as bitcoind's ``waitfor*`` RPCs do."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_ms / 1000 if timeout_ms > 0 else None
+        while self.chain is not None and not done() and not self.stopped.is_set():
+            changed = asyncio.ensure_future(self._tip_changed.wait())
+            stopping = asyncio.ensure_future(self.stopped.wait())
+            left = None if deadline is None else deadline - loop.time()
+            if left is not None and left <= 0:
+                changed.cancel()
+                stopping.cancel()
+                return
+            try:
+                await asyncio.wait({changed, stopping}, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                changed.cancel()
+                stopping.cancel()
 
     def close(self) -> None:
         if self.chain is not None:
@@ -167,6 +190,8 @@ class RegtestNode:
     def _after_chain_change(self, change: ChainChange) -> None:
         if not change.disconnected and not change.connected:
             return
+        self._tip_changed.set()
+        self._tip_changed = asyncio.Event()
         self.flush_mempool()
         before = set(self.mempool.entries)
         if not change.disconnected:

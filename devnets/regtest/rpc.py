@@ -16,6 +16,7 @@ from aiohttp import web
 
 from chains.btc.rpc_errors import RPC_INVALID_REQUEST, RPC_METHOD_NOT_FOUND, RPC_PARSE_ERROR
 from devnets.regtest.methods import REGISTRY, RpcFailure, call_method
+from devnets.regtest.methods.blockchain import WAITING_METHODS
 
 if TYPE_CHECKING:
     from devnets.regtest.node import RegtestNode
@@ -107,6 +108,12 @@ class RpcServer:
             payload = json.loads(body, parse_float=Decimal)
         except (ValueError, UnicodeDecodeError):
             return self._json(500, _reply(False, None, {"code": RPC_PARSE_ERROR, "message": "Parse error"}, None))
+        if isinstance(payload, dict) and payload.get("method") in WAITING_METHODS:
+            # A long poll must not hold up every other client: it only reads the tip once woken.
+            reply = await self._one(payload, batch=False)
+            if reply is None:
+                return web.Response(status=204)
+            return self._json(*reply)
         async with self._lock:
             try:
                 if isinstance(payload, list):

@@ -206,3 +206,31 @@ async def check_mining_rpcs(rpc: Rpc) -> None:
     assert info["chain"] == "regtest" and info["blocks"] == await rpc("getblockcount")
     fee = await rpc("estimatesmartfee", 6)
     assert "feerate" in fee or fee["errors"]
+
+
+async def check_block_waits(rpc: Rpc) -> None:
+    """The long polls (hidden RPCs in bitcoind) answer as soon as the chain gets there, while other
+    calls go on being served, and return the current tip when their timeout passes first."""
+    import asyncio
+    import time
+
+    burn = Wallet.new()
+    height = await rpc("getblockcount")
+    tip = await rpc("getbestblockhash")
+    started = time.monotonic()
+    assert await rpc("waitforblockheight", height, 10_000) == {"hash": tip, "height": height}  # already there
+    assert await rpc("waitfornewblock", 200) == {"hash": tip, "height": height}  # times out on the tip
+    assert await rpc("waitfornewblock", 200, tip) == {"hash": tip, "height": height}
+    assert time.monotonic() - started < 5
+
+    by_height = asyncio.create_task(rpc("waitforblockheight", height + 2, 20_000))
+    any_new = asyncio.create_task(rpc("waitfornewblock", 20_000, tip))
+    (first,) = await rpc("generatetoaddress", 1, burn.address)  # served while both wait
+    assert (await asyncio.wait_for(any_new, 10)) == {"hash": first, "height": height + 1}
+    assert not by_height.done()
+    (second,) = await rpc("generatetoaddress", 1, burn.address)
+    assert (await asyncio.wait_for(by_height, 10)) == {"hash": second, "height": height + 2}
+    assert await rpc("waitforblock", second, 10_000) == {"hash": second, "height": height + 2}
+    with pytest.raises(NodeError) as bad:
+        await rpc("waitforblockheight", height, -1)
+    assert bad.value.code == -8

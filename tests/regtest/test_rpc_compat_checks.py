@@ -48,3 +48,7 @@ async def test_errors_keep_the_node_serving(rpc: Rpc) -> None:
 
 async def test_mining_rpcs(rpc: Rpc) -> None:
     await rpc_checks.check_mining_rpcs(rpc)
+
+
+async def test_block_waits(rpc: Rpc) -> None:
+    await rpc_checks.check_block_waits(rpc)

@@ -111,6 +111,50 @@ def getbestblockhash(node: "RegtestNode") -> str:
     return node.chain.tip_hash()
 
 
+_WAIT_NOTE = "\nReturns the current block on timeout or exit.\n\nMake sure to use no RPC timeout (bitcoin-cli -rpcclienttimeout=0)"
+_WAIT_TIMEOUT = Arg("timeout", "numeric", "Time in milliseconds to wait for a response. 0 indicates no timeout.", 0)
+_WAIT_RESULT = '{                    (json object)\n  "hash" : "hex",    (string) The blockhash\n  "height" : n       (numeric) Block height\n}'
+#: The methods that wait for the chain: the RPC server runs them outside its request lock.
+WAITING_METHODS = frozenset({"waitfornewblock", "waitforblock", "waitforblockheight"})
+
+
+def _tip(node: "RegtestNode") -> dict[str, Any]:
+    return {"hash": node.chain.tip_hash(), "height": node.chain.height}
+
+
+def _timeout_ms(value: Any) -> int:
+    ms = int_arg(value)
+    if ms < 0:
+        raise RpcFailure(RPC_INVALID_PARAMETER, "Negative timeout")
+    return ms
+
+
+@rpc("waitfornewblock", "Hidden", "Waits for any new block and returns useful info about it.\n" + _WAIT_NOTE,
+     [_WAIT_TIMEOUT, Arg("current_tip", "string", "Method waits for the chain tip to differ from this.", None, default_doc="")],
+     result=_WAIT_RESULT, examples=["1000"])
+async def waitfornewblock(node: "RegtestNode", timeout: Any, current_tip: str | None) -> dict[str, Any]:
+    start = parse_hash(current_tip, "current_tip") if current_tip is not None else node.chain.tip_hash()
+    await node.wait_for_tip(lambda: node.chain.tip_hash() != start, _timeout_ms(timeout))
+    return _tip(node)
+
+
+@rpc("waitforblock", "Hidden", "Waits for a specific new block and returns useful info about it.\n" + _WAIT_NOTE,
+     [Arg("blockhash", "string", "Block hash to wait for."), _WAIT_TIMEOUT], result=_WAIT_RESULT,
+     examples=['"0000000000079f8ef3d2c688c244eb7a4570b24c9ed7b4a8c619eb02596f8862" 1000'])
+async def waitforblock(node: "RegtestNode", blockhash: str, timeout: Any) -> dict[str, Any]:
+    wanted = parse_hash(blockhash, "blockhash")
+    await node.wait_for_tip(lambda: node.chain.tip_hash() == wanted, _timeout_ms(timeout))
+    return _tip(node)
+
+
+@rpc("waitforblockheight", "Hidden", "Waits for (at least) block height and returns the height and hash\nof the current tip.\n" + _WAIT_NOTE,
+     [Arg("height", "numeric", "Block height to wait for."), _WAIT_TIMEOUT], result=_WAIT_RESULT, examples=["100 1000"])
+async def waitforblockheight(node: "RegtestNode", height: Any, timeout: Any) -> dict[str, Any]:
+    wanted = int_arg(height)
+    await node.wait_for_tip(lambda: node.chain.height >= wanted, _timeout_ms(timeout))
+    return _tip(node)
+
+
 @rpc("getblockhash", "Blockchain", "Returns hash of block in best-block-chain at height provided.",
      [Arg("height", "numeric", "The height index")], result='"hex"    (string) The block hash', examples=["1000"])
 def getblockhash(node: "RegtestNode", height: Any) -> str:
