@@ -36,6 +36,8 @@ class BitcoinSettings(_Section):
     #: Feerate (sat/vB) used when the node cannot estimate (always the case on a fresh regtest).
     fallback_feerate: int = Field(default=2, ge=1)
     rpc_timeout: float = 30.0
+    #: Learn of new blocks at once through the ``waitforblockheight`` long poll (false: poll).
+    push_blocks: bool = True
 
     @property
     def rpc_url(self) -> str:
@@ -55,6 +57,10 @@ class EvmSettings(_Section):
     confirmations: int = Field(default=1, ge=0)
     log_chunk_size: int = Field(default=2000, ge=1)
     rpc_timeout: float = 30.0
+    #: Learn of new blocks at once through ``eth_subscribe("newHeads")`` on ``ws_url`` (false: poll).
+    push_blocks: bool = True
+    #: The node's websocket; default: the RPC URL with ``ws://`` (Anvil serves both on one port).
+    ws_url: str | None = None
 
     @property
     def rpc_url(self) -> str:

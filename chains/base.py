@@ -101,6 +101,15 @@ class ChainAdapter(abc.ABC):
 
     # --- optional features ----------------------------------------------------
 
+    async def wait_for_block(self, height: int, timeout: float) -> None:
+        """Return once the chain has a block above ``height``, or after ``timeout`` seconds.
+
+        Adapters whose node announces new blocks return as soon as one comes; this default
+        cannot know and just sleeps, so a caller looping on it polls every ``timeout``.
+        Callers re-read the chain after it returns either way.
+        """
+        await asyncio.sleep(timeout)
+
     async def mine(self, blocks: int = 1) -> list[str]:
         """Devnets only: produce blocks now."""
         raise Unsupported(f"{self.family} adapter cannot mine blocks")

@@ -12,7 +12,7 @@ import asyncio
 import math
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from bridge.errors import (
     AlreadyInChain,
@@ -21,6 +21,7 @@ from bridge.errors import (
     NotFound,
     RpcError,
     TransactionRejected,
+    Unsupported,
 )
 from bridge.retry import RetryPolicy
 from bridge.settings import Settings
@@ -30,8 +31,12 @@ from chains.bitcoin_rpc import BitcoinRpc, gc_paused
 from chains.bitcoin_tx import address_to_script, btc_to_sats
 from chains.bitcoin_wallet import MAX_FEE, MAX_FEERATE, BtcKey, SignedTx, Utxo, build_payment
 from chains.btc.primitives import Tx
+from chains.btc.rpc_errors import RPC_METHOD_NOT_FOUND
+from chains.heads import HeadFollower
 
 COINBASE_MATURITY = 100
+#: How long one ``waitforblockheight`` waits (ms) before the follower asks again.
+LONG_POLL_MS = 1000
 HASH_CHUNK = 1000
 #: A ``getblock`` batch aims at this much hex: enough to amortise a round trip, little
 #: enough that the node answers soon and the parse of one batch overlaps the next fetch.
@@ -85,6 +90,7 @@ class BitcoinAdapter(ChainAdapter):
         fallback_feerate: int = 2,
         max_feerate: int = MAX_FEERATE,
         max_fee: int = MAX_FEE,
+        push_blocks: bool = True,
     ) -> None:
         self.rpc = rpc
         self.network = network
@@ -92,6 +98,8 @@ class BitcoinAdapter(ChainAdapter):
         self.fallback_feerate = fallback_feerate
         self.max_feerate = max_feerate
         self.max_fee = max_fee
+        #: New blocks through bitcoind's ``waitforblockheight`` long poll (``push_blocks=False``: poll).
+        self.heads = HeadFollower(f"bitcoin {rpc.url}", self._follow_tip) if push_blocks else None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "BitcoinAdapter":
@@ -101,14 +109,39 @@ class BitcoinAdapter(ChainAdapter):
         if btc.rpc_user is None:
             cookie = btc.cookie_file or settings.data_path / "bitcoin" / "regtest" / ".cookie"
         rpc = BitcoinRpc(btc.rpc_url, user=btc.rpc_user, password=btc.rpc_password, cookie_file=cookie, timeout=btc.rpc_timeout)
-        return cls(rpc, network=btc.network, confirmations=btc.confirmations, fallback_feerate=btc.fallback_feerate)
+        return cls(rpc, network=btc.network, confirmations=btc.confirmations, fallback_feerate=btc.fallback_feerate,
+                   push_blocks=btc.push_blocks)
 
     @property
     def chain_id(self) -> str:
         return f"bitcoin:{self.network}"
 
     async def close(self) -> None:
+        if self.heads is not None:
+            await self.heads.close()
         await self.rpc.close()
+
+    async def wait_for_block(self, height: int, timeout: float) -> None:
+        if self.heads is None:
+            await super().wait_for_block(height, timeout)
+        else:
+            await self.heads.wait(height, timeout)
+
+    async def _follow_tip(self, publish: Callable[[int], None]) -> None:
+        # waitforblockheight has no race (a block mined between two calls is not missed, unlike
+        # waitfornewblock before Core 29); answering on timeout, it also reports a tip that
+        # shrank or was replaced at the same height within LONG_POLL_MS.
+        height = await self.height()
+        publish(height)
+        while True:
+            try:
+                tip = await self.rpc.call("waitforblockheight", height + 1, LONG_POLL_MS)
+            except RpcError as exc:
+                if exc.details.get("code") == RPC_METHOD_NOT_FOUND:
+                    raise Unsupported(f"the node does not offer waitforblockheight: {exc.message}") from exc
+                raise
+            height = int(tip["height"])
+            publish(height)
 
     # --- blocks ---------------------------------------------------------------
 

@@ -39,7 +39,8 @@ from chains.base import BlockRef, ChainAdapter, ChainEvent, TxStatus
 from chains.evm_fees import FEE_HISTORY_BLOCKS, TIP_PERCENTILE, Fees, bumped, choose_fees, fees_from_history
 from chains.evm_nonce import NonceManager
 from chains.evm_revert import describe_revert
-from chains.evm_rpc import EvmRpc, LogRangeTooLarge, is_already_known, is_nonce_too_low
+from chains.evm_rpc import EvmRpc, LogRangeTooLarge, follow_new_heads, is_already_known, is_nonce_too_low, ws_url_for
+from chains.heads import HeadFollower
 
 if TYPE_CHECKING:
     from bridge.settings import EvmSettings
@@ -188,6 +189,8 @@ class EvmAdapter(ChainAdapter):
         log_chunk_size: int = 2000,
         retry: RetryPolicy = DEFAULT_RETRY,
         timeout: float = 30.0,
+        push_blocks: bool = True,
+        ws_url: str | None = None,
     ) -> None:
         if log_chunk_size < 1:
             raise InputError(f"log_chunk_size must be >= 1, got {log_chunk_size}")
@@ -198,6 +201,9 @@ class EvmAdapter(ChainAdapter):
         self.log_chunk_size = log_chunk_size
         self.retry = retry
         self.rpc = EvmRpc(url, timeout=timeout)
+        #: New blocks pushed over the node's websocket (``push_blocks=False``: poll).
+        self.ws_url = ws_url or ws_url_for(url)
+        self.heads = HeadFollower(f"evm {self.ws_url}", lambda publish: follow_new_heads(self.ws_url, publish)) if push_blocks else None
         self._expected_chain_id = chain_id
         self._chain_id: int | None = None
         self.nonces = NonceManager(self._pending_count)
@@ -217,6 +223,8 @@ class EvmAdapter(ChainAdapter):
             log_chunk_size=settings.log_chunk_size,
             retry=retry,
             timeout=settings.rpc_timeout,
+            push_blocks=settings.push_blocks,
+            ws_url=settings.ws_url,
         )
 
     @classmethod
@@ -631,5 +639,13 @@ class EvmAdapter(ChainAdapter):
         self.nonces.forget_all()
         return await self.head()
 
+    async def wait_for_block(self, height: int, timeout: float) -> None:
+        if self.heads is None:
+            await super().wait_for_block(height, timeout)
+        else:
+            await self.heads.wait(height, timeout)
+
     async def close(self) -> None:
+        if self.heads is not None:
+            await self.heads.close()
         await self.rpc.close()

@@ -9,8 +9,10 @@ lets errors be mapped once, here, onto the bridge's exception tree.
 from __future__ import annotations
 
 import asyncio
+import itertools
+import json
 import re
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import aiohttp
 from web3 import AsyncHTTPProvider, AsyncWeb3
@@ -43,6 +45,7 @@ _METHOD_MISSING = -32601
 
 #: HTTP statuses that mean "the node (or a proxy in front of it) is not serving right now".
 _UNAVAILABLE_STATUS = {408, 425, 429, 500, 502, 503, 504}
+_JSON_HEADERS = {"Content-Type": "application/json"}
 
 
 class LogRangeTooLarge(RpcError):
@@ -89,37 +92,49 @@ def is_nonce_too_low(exc: BaseException) -> bool:
 
 
 class EvmRpc:
-    """JSON-RPC calls to one node; every failure comes out as a ``BridgeError``."""
+    """JSON-RPC calls to one node; every failure comes out as a ``BridgeError``.
+
+    The transport is a plain keep-alive aiohttp session.  web3's ``AsyncHTTPProvider`` is not
+    used for requests: it takes a class-wide ``threading.Lock`` through a thread pool on every
+    request, and a request cancelled while waiting for that lock leaves it held for good (every
+    later request in the process then hangs).  ``w3`` is kept for ABI encoding only.
+    """
 
     def __init__(self, url: str, timeout: float = 30.0, max_connections: int = 16) -> None:
         self.url = url
         self.timeout = timeout
         self._max_connections = max_connections
-        # web3's own retry of transport errors is off: the bridge's typed policy decides.
-        self.provider = AsyncHTTPProvider(url, exception_retry_configuration=None)
-        self.w3 = AsyncWeb3(self.provider)
+        self.w3 = AsyncWeb3(AsyncHTTPProvider(url, exception_retry_configuration=None))
         self._session: aiohttp.ClientSession | None = None
-        self._session_lock = asyncio.Lock()
+        self._session_loop: asyncio.AbstractEventLoop | None = None
+        self._ids = itertools.count(1)
 
-    async def _ensure_session(self) -> None:
-        # web3's default session closes the connection after every request; the
-        # indexer and concurrent senders want keep-alive.
-        if self._session is not None and not self._session.closed:
-            return
-        async with self._session_lock:
-            if self._session is None or self._session.closed:
-                self._session = aiohttp.ClientSession(
-                    connector=aiohttp.TCPConnector(limit=self._max_connections),
-                    timeout=aiohttp.ClientTimeout(total=self.timeout),
-                )
-                await self.provider.cache_async_session(self._session)
+    def _get_session(self) -> aiohttp.ClientSession:
+        loop = asyncio.get_running_loop()
+        # A session is bound to its event loop; an adapter reused from another loop (pytest
+        # gives each test its own) opens a fresh one.
+        if self._session is None or self._session.closed or self._session_loop is not loop:
+            self._session_loop = loop
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self._max_connections),
+                timeout=aiohttp.ClientTimeout(total=self.timeout),
+            )
+        return self._session
 
-    async def call(self, method: str, params: Sequence[Any] = ()) -> Any:
-        await self._ensure_session()
+    async def _post(self, payload: Any, method: str) -> Any:
         try:
-            reply = await self.provider.make_request(method, list(params))  # type: ignore[arg-type]
+            async with self._get_session().post(self.url, data=json.dumps(payload), headers=_JSON_HEADERS) as resp:
+                if resp.status >= 400:
+                    resp.raise_for_status()
+                body = await resp.read()
+            return json.loads(body)
         except BaseException as exc:  # noqa: BLE001 - re-raised typed just below
             raise self._transport_error(method, exc) from exc
+
+    async def call(self, method: str, params: Sequence[Any] = ()) -> Any:
+        reply = await self._post({"jsonrpc": "2.0", "id": next(self._ids), "method": method, "params": list(params)}, method)
+        if not isinstance(reply, dict):
+            raise ChainUnavailable(f"{self.url} sent a malformed reply to {method}: {reply!r:.200}", method=method)
         if reply.get("error"):
             raise map_rpc_error(method, reply["error"])  # type: ignore[arg-type]
         return reply.get("result")
@@ -132,17 +147,18 @@ class EvmRpc:
         """
         if not calls:
             return []
-        await self._ensure_session()
-        try:
-            replies = await self.provider.make_batch_request([(m, list(p)) for m, p in calls])  # type: ignore[misc]
-        except BaseException as exc:  # noqa: BLE001
-            raise self._transport_error(calls[0][0], exc) from exc
+        requests = [{"jsonrpc": "2.0", "id": next(self._ids), "method": m, "params": list(p)} for m, p in calls]
+        replies = await self._post(requests, calls[0][0])
         if isinstance(replies, dict):  # the node rejected the batch as a whole
             raise map_rpc_error(calls[0][0], replies.get("error") or {"message": str(replies)})
+        by_id = {r.get("id"): r for r in replies if isinstance(r, dict)}
         results = []
-        for (method, _), reply in zip(calls, replies, strict=True):
+        for request in requests:
+            reply = by_id.get(request["id"])
+            if reply is None:
+                raise RpcError(f"{request['method']}: no reply in the batch", method=request["method"])
             if reply.get("error"):
-                raise map_rpc_error(method, reply["error"])  # type: ignore[arg-type]
+                raise map_rpc_error(request["method"], reply["error"])  # type: ignore[arg-type]
             results.append(reply.get("result"))
         return results
 
@@ -160,6 +176,38 @@ class EvmRpc:
         return exc
 
     async def close(self) -> None:
-        if self._session is not None and not self._session.closed:
+        if self._session is not None and not self._session.closed and self._session_loop is asyncio.get_running_loop():
             await self._session.close()
         self._session = None
+
+
+def ws_url_for(rpc_url: str) -> str:
+    """The websocket URL of a node whose JSON-RPC is at ``rpc_url`` (Anvil, geth and reth serve
+    both on one port when ws is on)."""
+    if rpc_url.startswith(("ws://", "wss://")):
+        return rpc_url
+    return "ws" + rpc_url.removeprefix("http") if rpc_url.startswith("http") else rpc_url
+
+
+async def follow_new_heads(ws_url: str, publish: Callable[[int], None], timeout: float = 10.0) -> None:
+    """Subscribe to ``newHeads`` on the node's websocket and ``publish`` each head's number (the
+    current one first) until the connection ends.  A node without subscriptions raises ``Unsupported``."""
+    async with aiohttp.ClientSession() as session:
+        async with session.ws_connect(ws_url, heartbeat=30.0, timeout=aiohttp.ClientWSTimeout(ws_close=timeout)) as ws:
+            await ws.send_json({"jsonrpc": "2.0", "id": 1, "method": "eth_subscribe", "params": ["newHeads"]})
+            reply = await ws.receive_json(timeout=timeout)
+            if reply.get("error"):
+                error = map_rpc_error("eth_subscribe", reply["error"])
+                if isinstance(error, Unsupported) or "not supported" in str(reply["error"].get("message", "")).lower():
+                    raise Unsupported(f"{ws_url} does not offer eth_subscribe newHeads: {error.message}")
+                raise error
+            # The subscription announces the next heads only: ask for the current one too.
+            await ws.send_json({"jsonrpc": "2.0", "id": 2, "method": "eth_blockNumber", "params": []})
+            async for message in ws:
+                if message.type != aiohttp.WSMsgType.TEXT:
+                    break  # closed or failed: the follower reconnects
+                data = json.loads(message.data)
+                if data.get("method") == "eth_subscription":
+                    publish(int(data["params"]["result"]["number"], 16))
+                elif data.get("id") == 2 and isinstance(data.get("result"), str):
+                    publish(int(data["result"], 16))

@@ -56,7 +56,7 @@ import logging
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Protocol
+from typing import Any, Awaitable, Iterator, Protocol
 
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
@@ -240,7 +240,8 @@ class Indexer:
                 await _sleep_unless(stop, delay)
                 continue
             if result.caught_up:
-                await _sleep_unless(stop, self.poll_interval)
+                # Woken by the next block where the node announces them; else a poll.
+                await _wait_unless(stop, self.adapter.wait_for_block(result.head if result.head is not None else -1, self.poll_interval))
 
     # --- reading the chain ----------------------------------------------------------
 
@@ -403,6 +404,17 @@ def _gc_paused() -> Iterator[None]:
     finally:
         if enabled:
             gc.enable()
+
+
+async def _wait_unless(stop: asyncio.Event, waiting: Awaitable[None]) -> None:
+    """Wait for ``waiting`` unless ``stop`` is set first."""
+    wait, stopped = asyncio.ensure_future(waiting), asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({wait, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (wait, stopped):
+            task.cancel()
+        await asyncio.gather(wait, stopped, return_exceptions=True)
 
 
 async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:

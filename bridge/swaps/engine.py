@@ -88,6 +88,9 @@ class SwapEngine:
     #: Swaps woken while a step of theirs was under way: made due again once it ends.
     _rerun: set[str] = field(default_factory=set, repr=False)
     _observing: bool = field(default=False, repr=False)
+    #: Per chain: blocks announced since this engine started, and the swaps waiting for the next one.
+    _blocks: dict[str, int] = field(default_factory=dict, repr=False)
+    _block_waiters: dict[str, set[str]] = field(default_factory=dict, repr=False)
 
     # --- running ----------------------------------------------------------------
 
@@ -128,6 +131,7 @@ class SwapEngine:
             observing = asyncio.create_task(self.observers.run(halt), name="swap observers")
             self._observing = True
         woken = self.observers.woken if self.observers is not None else self._wakeup
+        followers = [asyncio.create_task(self._follow_blocks(chain, halt), name=f"blocks {chain}") for chain in self.legs]
         try:
             while not stop.is_set():
                 if observing is not None and observing.done():
@@ -162,6 +166,7 @@ class SwapEngine:
                 await asyncio.gather(*running.values(), return_exceptions=True)
             halt.set()
             self._observing = False
+            await asyncio.gather(*followers, return_exceptions=True)
             if observing is not None:
                 await asyncio.gather(observing, return_exceptions=True)
 
@@ -173,6 +178,41 @@ class SwapEngine:
         self._wakeup.set()
         if self.observers is not None:
             self.observers.woken.set()
+
+    async def _follow_blocks(self, chain: str, halt: asyncio.Event) -> None:
+        """Step the swaps waiting for a block on ``chain`` as soon as the node announces one
+        (``ChainAdapter.wait_for_block``); where it cannot, they are polled as before."""
+        adapter = self.legs[chain].adapter
+        height: int | None = None
+        while not halt.is_set():
+            try:
+                if height is None:
+                    height = await adapter.height()
+                waiting = asyncio.ensure_future(adapter.wait_for_block(height, self.poll_interval))
+                halted = asyncio.ensure_future(halt.wait())
+                try:
+                    await asyncio.wait({waiting, halted}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    waiting.cancel()
+                    halted.cancel()
+                if halt.is_set():
+                    return
+                new = await adapter.height()
+            except Exception as exc:  # noqa: BLE001 - a node hiccup: swaps are polled meanwhile
+                log.debug("following %s blocks: %s", chain, exc)
+                await asyncio.sleep(self.poll_interval)
+                continue
+            if new != height:
+                height = new
+                self._new_block(chain)
+
+    def _new_block(self, chain: str) -> None:
+        self._blocks[chain] = self._blocks.get(chain, 0) + 1
+        self.legs[chain].clock.forget()
+        waiting = self._block_waiters.pop(chain, set())
+        if waiting:
+            self.store.wake_all(waiting)
+        self.nudge(waiting)
 
     async def _wake_near_expiry(self) -> None:
         """On a new block, make due the swaps with an expiry on that chain the timelock rules now
@@ -194,10 +234,16 @@ class SwapEngine:
         handler = self._handlers().get((view.swap.role, view.swap.state))
         if handler is None:
             return view
+        blocks = dict(self._blocks)
         try:
             await handler(view)
         except NotYet as exc:
             delay = self.idle_recheck if exc.on_event and self._observing else self.poll_interval
+            if exc.on_block is not None:
+                if self._blocks.get(exc.on_block, 0) != blocks.get(exc.on_block, 0):
+                    delay = 0.0  # the block came while this step looked: look again now
+                else:
+                    self._block_waiters.setdefault(exc.on_block, set()).add(swap_id)
             self.store.defer(swap_id, f"waiting: {exc.message}", delay, count_retry=False)
         except Exception as exc:  # noqa: BLE001 - every failure is recorded on the swap and retried
             attempt = view.swap.retries + 1
@@ -384,7 +430,7 @@ class SwapEngine:
         confirmations = await ops.lock_confirmations(view, leg)
         need = self.confirmations[leg.chain]
         if confirmations < need:
-            raise NotYet(f"our lock {leg.lock_ref} has {max(confirmations, 0)}/{need} confirmations")
+            raise NotYet(f"our lock {leg.lock_ref} has {max(confirmations, 0)}/{need} confirmations", on_block=leg.chain)
         to = m.INITIATOR_LOCKED if view.swap.role == INITIATOR else m.PARTICIPANT_LOCKED
         view = await self._move(view, to, f"lock {leg.lock_ref} confirmed")
         await self._handlers()[(view.swap.role, to)](view)
@@ -433,7 +479,7 @@ class SwapEngine:
             raise NotYet(f"LP's lock refused: {exc.reason}") from None
         need = self.confirmations[pleg.chain]
         if seen.confirmations < need:
-            raise NotYet(f"LP's lock {seen.ref} has {seen.confirmations}/{need} confirmations")
+            raise NotYet(f"LP's lock {seen.ref} has {seen.confirmations}/{need} confirmations", on_block=pleg.chain)
         view = await self._move(view, m.PARTICIPANT_LOCKED, f"LP's lock {seen.ref} audited", legs={PARTICIPANT: {
             "lock_ref": seen.ref, "lock_tx": seen.tx, "expiry": seen.expiry, "script": lock.get("script"),
         }})
@@ -469,7 +515,7 @@ class SwapEngine:
             return
         need = self.confirmations[ileg.chain]
         if seen.confirmations < need:
-            raise NotYet(f"trader's lock {seen.ref} has {seen.confirmations}/{need} confirmations; not locking before {need}")
+            raise NotYet(f"trader's lock {seen.ref} has {seen.confirmations}/{need} confirmations; not locking before {need}", on_block=ileg.chain)
         pnow = await pops.now()
         try:
             expiry = self.policy.participant_expiry(pleg.chain, ileg.chain, ileg.expiry, pnow, inow)
@@ -523,7 +569,7 @@ class SwapEngine:
             await ops.broadcast_spend(view, leg)
         except TransactionRejected as exc:
             if "non-final" in (exc.reason or "") or "locktime" in (exc.reason or ""):
-                raise NotYet(f"{kind} not final yet: {exc.reason}") from None
+                raise NotYet(f"{kind} not final yet: {exc.reason}", on_block=leg.chain) from None
             if not await self._claim_failed(view, kind, exc):
                 raise
             return
@@ -540,7 +586,7 @@ class SwapEngine:
             return
         if time.time() - leg.spend_sent_at >= self.bump_after:
             await self._bump(view, leg, kind)
-        raise NotYet(f"our {kind} {leg.spend_tx} of {leg.lock_ref} has 0/1 confirmations")
+        raise NotYet(f"our {kind} {leg.spend_tx} of {leg.lock_ref} has 0/1 confirmations", on_block=leg.chain)
 
     async def _bump(self, view: SwapView, leg: SwapLeg, kind: str) -> None:
         """Replace a claim/refund stuck unconfirmed with a higher fee (Bitcoin: a higher feerate,

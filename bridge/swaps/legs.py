@@ -54,13 +54,16 @@ class NotYet(BridgeError):
 
     ``on_event``: what it waits for arrives as an event the indexer or the LP's API wakes the
     swap for, so the engine need not poll for it (it re-checks now and then all the same).
+    ``on_block``: it can only change with a new block on this chain (confirmations, a timelock):
+    the engine steps the swap again when the node announces one.
     """
 
     retryable = True
 
-    def __init__(self, message: str, *, on_event: bool = False, **details: Any) -> None:
+    def __init__(self, message: str, *, on_event: bool = False, on_block: str | None = None, **details: Any) -> None:
         super().__init__(message, **details)
         self.on_event = on_event
+        self.on_block = on_block
 
 
 @dataclass(frozen=True)
@@ -96,6 +99,10 @@ class ChainClock:
         self.adapter = adapter
         self.ttl = ttl
         self._read: tuple[float, ChainTime] | None = None
+
+    def forget(self) -> None:
+        """A new block came: the next read goes to the node."""
+        self._read = None
 
     async def now(self) -> ChainTime:
         at = time.monotonic()

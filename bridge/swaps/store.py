@@ -233,6 +233,11 @@ class SwapStore:
             swap.next_attempt_at = time.time() + delay
             s.add(swap)
 
+    def wake_all(self, swap_ids: Iterable[str]) -> None:
+        """Make these swaps due now (a block they wait for came)."""
+        with self._session() as s, s.begin():
+            s.exec(update(Swap).where(Swap.id.in_(list(swap_ids))).values(next_attempt_at=0.0))
+
     def wake(self, swap_id: str) -> None:
         """Make a swap due now (new information arrived, e.g. the trader's lock notice)."""
         with self._session() as s, s.begin():
