@@ -87,6 +87,7 @@ class ChainAdapter(abc.ABC):
 
     async def wait_for_confirmations(self, txid: str, confirmations: int = 1, timeout: float = 60.0, poll: float = 0.2) -> TxStatus:
         deadline = time.monotonic() + timeout
+        height = -1  # the first wait returns at once where blocks are announced: it learns the tip
         while True:
             status = await self.tx_status(txid)
             if status.confirmations >= confirmations:
@@ -97,18 +98,21 @@ class ChainAdapter(abc.ABC):
                     txid=txid,
                     confirmations=status.confirmations,
                 )
-            await asyncio.sleep(poll)
+            announced = await self.wait_for_block(height, min(poll, max(deadline - time.monotonic(), 0.0)))
+            if announced is not None:
+                height = announced
 
     # --- optional features ----------------------------------------------------
 
-    async def wait_for_block(self, height: int, timeout: float) -> None:
+    async def wait_for_block(self, height: int, timeout: float) -> int | None:
         """Return once the chain has a block above ``height``, or after ``timeout`` seconds.
 
-        Adapters whose node announces new blocks return as soon as one comes; this default
-        cannot know and just sleeps, so a caller looping on it polls every ``timeout``.
-        Callers re-read the chain after it returns either way.
+        Adapters whose node announces new blocks return as soon as one comes, with the height
+        announced; this default cannot know, sleeps and returns None (a caller looping on it
+        polls every ``timeout``).  Callers re-read what they need from the chain either way.
         """
         await asyncio.sleep(timeout)
+        return None
 
     async def mine(self, blocks: int = 1) -> list[str]:
         """Devnets only: produce blocks now."""
