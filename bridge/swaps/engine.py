@@ -82,7 +82,6 @@ class SwapEngine:
     observers: "SwapObservers | None" = None
     #: A swap waiting for an event the observers deliver is re-checked this often regardless.
     idle_recheck: float = 5.0
-    _heads: dict[str, tuple[int, int]] = field(default_factory=dict, repr=False)
     _wakeup: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
     _running: dict[str, asyncio.Task] = field(default_factory=dict, repr=False)
     #: Swaps woken while a step of theirs was under way: made due again once it ends.
@@ -121,8 +120,8 @@ class SwapEngine:
         # Re-send recorded locks first: until they are out, the coins they spend are reserved.
         for view in self.store.list([m.INITIATOR_LOCK_INTENDED, m.PARTICIPANT_LOCK_INTENDED]):
             if only is None or view.swap.id in only:
-                await self.step(view.swap.id)
-        running: dict[str, asyncio.Task[SwapView]] = {}
+                await self._step(view.swap.id)
+        running: dict[str, asyncio.Task[None]] = {}
         self._running = running
         halt = asyncio.Event()
         observing = None
@@ -139,15 +138,14 @@ class SwapEngine:
                     # They stepped aside for another process: waiting swaps are polled from now on.
                     observing, self._observing, woken = None, False, self._wakeup
                 woken.clear()
-                await self._wake_near_expiry()
                 free = self.max_concurrency - len(running)
                 # ``only``: filtered in the query, or other due swaps could fill the limit forever.
                 for swap_id in self.store.due(limit=free + len(running), among=only) if free > 0 else []:
                     if len(running) >= self.max_concurrency:
                         break
                     if swap_id not in running:
-                        running[swap_id] = asyncio.create_task(self.step(swap_id), name=f"swap {swap_id}")
-                if only is not None and not running and all(self.store.get(i).swap.state in m.TERMINAL for i in only):
+                        running[swap_id] = asyncio.create_task(self._step(swap_id), name=f"swap {swap_id}")
+                if only is not None and not running and all(self.store.get(i, with_actions=False).swap.state in m.TERMINAL for i in only):
                     return
                 waiters: set[asyncio.Future] = {asyncio.ensure_future(stop.wait()), asyncio.ensure_future(woken.wait()), *running.values()}
                 await asyncio.wait(waiters, timeout=self.poll_interval, return_when=asyncio.FIRST_COMPLETED)
@@ -180,14 +178,15 @@ class SwapEngine:
             self.observers.woken.set()
 
     async def _follow_blocks(self, chain: str, halt: asyncio.Event) -> None:
-        """Step the swaps waiting for a block on ``chain`` as soon as the node announces one
-        (``ChainAdapter.wait_for_block``); where it cannot, they are polled as before."""
+        """Act on each new block of ``chain`` as soon as the node announces it
+        (``ChainAdapter.wait_for_block``; where it cannot, at most a poll interval late)."""
         adapter = self.legs[chain].adapter
         height: int | None = None
         while not halt.is_set():
             try:
                 if height is None:
                     height = await adapter.height()
+                    await self._new_block(chain)  # what expired while we were away
                 waiting = asyncio.ensure_future(adapter.wait_for_block(height, self.poll_interval))
                 halted = asyncio.ensure_future(halt.wait())
                 try:
@@ -197,43 +196,43 @@ class SwapEngine:
                     halted.cancel()
                 if halt.is_set():
                     return
-                new = await adapter.height()
+                announced = waiting.result()
+                new = announced if announced is not None else await adapter.height()
+                if new != height:
+                    height = new
+                    await self._new_block(chain)
             except Exception as exc:  # noqa: BLE001 - a node hiccup: swaps are polled meanwhile
                 log.debug("following %s blocks: %s", chain, exc)
                 await asyncio.sleep(self.poll_interval)
-                continue
-            if new != height:
-                height = new
-                self._new_block(chain)
 
-    def _new_block(self, chain: str) -> None:
+    async def _new_block(self, chain: str) -> None:
+        """Step the swaps waiting for a block of ``chain``, and those with an expiry on it that the
+        timelock rules now act on (refund, refuse to lock, refuse to claim): no event announces those."""
         self._blocks[chain] = self._blocks.get(chain, 0) + 1
-        self.legs[chain].clock.forget()
+        ops = self.legs[chain]
+        ops.clock.forget()
         waiting = self._block_waiters.pop(chain, set())
         if waiting:
             self.store.wake_all(waiting)
-        self.nudge(waiting)
-
-    async def _wake_near_expiry(self) -> None:
-        """On a new block, make due the swaps with an expiry on that chain the timelock rules now
-        act on (refund, refuse to lock, refuse to claim): those are not announced by any event."""
-        if not self._observing:
-            return
-        # The LP refuses to lock once the trader's lock has less than this left (``_participant_created``).
-        lock_reach = self.policy.safety_gap + self.policy.min_participant_lock
-        for chain, ops in self.legs.items():
+        self.nudge(waiting)  # they step while the expiry check below waits for the node
+        if self._observing:  # without observers every waiting swap is polled anyway
             now = await ops.now()
-            if self._heads.get(chain) == (now.height, now.timestamp):
-                continue
-            self._heads[chain] = (now.height, now.timestamp)
-            self.store.wake_expiring(chain, self.policy.expired_through(chain, now),
-                                     self.policy.expiry_after(chain, lock_reach, now) + (1 if chain == "bitcoin" else 0))
+            # The LP refuses to lock once the trader's lock has less than this left (``_participant_created``).
+            lock_reach = self.policy.safety_gap + self.policy.min_participant_lock
+            if self.store.wake_expiring(chain, self.policy.expired_through(chain, now),
+                                        self.policy.expiry_after(chain, lock_reach, now) + (1 if chain == "bitcoin" else 0)):
+                self.nudge()
 
     async def step(self, swap_id: str) -> SwapView:
+        """Take one swap as far as it can go now; returns it as recorded after."""
+        await self._step(swap_id)
+        return self.store.get(swap_id)
+
+    async def _step(self, swap_id: str) -> None:
         view = self.store.get(swap_id, with_actions=False)
         handler = self._handlers().get((view.swap.role, view.swap.state))
         if handler is None:
-            return view
+            return
         blocks = dict(self._blocks)
         try:
             await handler(view)
@@ -252,7 +251,6 @@ class SwapEngine:
             kind = "retrying" if is_retryable(exc) else "error (retrying)"
             log.log(logging.INFO if is_retryable(exc) else logging.WARNING, "swap %s %s: %s", swap_id, kind, text)
             self.store.defer(swap_id, f"{kind}: {text}", delay)
-        return self.store.get(swap_id)
 
     def _handlers(self) -> dict[tuple[str, str], Callable[[SwapView], Awaitable[None]]]:
         return {
@@ -457,19 +455,17 @@ class SwapEngine:
             return
         if self.lp is None:
             raise NotYet("no LP connection to report the lock to")
+        pleg = view.leg(PARTICIPANT)
+        ops = self._ops(pleg)
         try:
             if not view.swap.lp_notified:
                 await self.lp.notify_locked(view)
                 view = self.store.transition(view.swap.id, m.INITIATOR_LOCKED, m.INITIATOR_LOCKED, swap_fields={"lp_notified": True})
-            lock = await self.lp.participant_lock(view)
+            # Seen on chain (the index) needs no round trip to the LP; audited like any report.
+            lock = await ops.find_lock(view, pleg) or await self.lp.participant_lock(view)
         except BridgeError as exc:
             # An unreachable or confused LP is a wait like any other: our refund at expiry is what protects us.
             raise NotYet(f"LP: {exc.message}; {await self._time_left_text(view.leg(INITIATOR))}") from None
-        pleg = view.leg(PARTICIPANT)
-        ops = self._ops(pleg)
-        if not lock or not lock.get("lock_ref"):
-            # Seen on chain before the LP got round to telling us: audited like any other report.
-            lock = await ops.find_lock(view, pleg)
         if not lock or not lock.get("lock_ref"):
             raise NotYet(f"the LP has not locked yet; {await self._time_left_text(view.leg(INITIATOR))}", on_event=pleg.chain == "evm")
         try:

@@ -77,6 +77,9 @@ class Party:
         return self.legs[chain].identity
 
     async def close(self) -> None:
+        closing = getattr(self.engine.lp, "close", None)
+        if closing is not None:
+            await closing()
         for adapter in self.adapters:
             await adapter.close()
         self.store.engine.dispose()

@@ -12,6 +12,8 @@ the LP audits the trader's.
 
 from __future__ import annotations
 
+import asyncio
+
 import secrets
 import time
 import uuid
@@ -101,16 +103,15 @@ class LiquidityProvider:
         if not isinstance(expiry, int) or isinstance(expiry, bool):
             raise InputError("initiator_expiry must be an integer", field="initiator_expiry")
         sell_ops, buy_ops = self.legs[sell.chain], self.legs[buy.chain]
-        now = await sell_ops.now()
+        now, buy_now = await asyncio.gather(sell_ops.now(), buy_ops.now())
         self.policy.check_initiator_lock(sell.chain, expiry, now)  # TimelockRefused names the rule
         try:
-            existing = self.store.get(swap_id)
+            existing = self.store.get(swap_id, with_actions=False)
         except NotFound:
             existing = None
         if existing is None:
             await self._check_inventory(buy, buy_amount)
         created = time.time()
-        buy_now = await buy_ops.now()
         self.store.create(
             Swap(id=swap_id, role=PARTICIPANT, state=m.CREATED, hashlock=hashlock.hex(), accepted=True,
                  created_at=created, updated_at=created, next_attempt_at=created),
@@ -154,7 +155,7 @@ class LiquidityProvider:
         script = req.get("script")
         if script is not None and not isinstance(script, str):
             raise InputError("script must be hex", field="script")
-        view = self.store.get(swap_id)
+        view = self.store.get(swap_id, with_actions=False)
         if view.swap.role != PARTICIPANT:
             raise NotFound(f"no LP swap {swap_id}")
         if view.leg(INITIATOR).lock_ref not in (None, ref):
@@ -196,19 +197,30 @@ class LpClient:
 
     def __init__(self, timeout: float = 10.0) -> None:
         self.timeout = aiohttp.ClientTimeout(total=timeout)
+        self._http: aiohttp.ClientSession | None = None
+
+    def _session(self) -> aiohttp.ClientSession:
+        # One keep-alive session per event loop (a session belongs to the loop it was made in).
+        if self._http is None or self._http.closed or self._http._loop is not asyncio.get_running_loop():
+            self._http = aiohttp.ClientSession(timeout=self.timeout)
+        return self._http
+
+    async def close(self) -> None:
+        if self._http is not None and not self._http.closed and self._http._loop is asyncio.get_running_loop():
+            await self._http.close()
+        self._http = None
 
     async def _call(self, method: str, url: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
         try:
-            async with aiohttp.ClientSession(timeout=self.timeout) as http:
-                async with http.request(method, url, json=body) as resp:
-                    data = await resp.json(content_type=None)
-                    if resp.status >= 500:
-                        raise LpUnavailable(f"LP answered {resp.status} at {url}: {data}")
-                    if resp.status == 404:
-                        raise NotFound(f"LP has no {url}")
-                    if resp.status >= 400:
-                        raise LpRefused((data or {}).get("message") or f"HTTP {resp.status}", status=resp.status)
-                    return data
+            async with self._session().request(method, url, json=body) as resp:
+                data = await resp.json(content_type=None)
+                if resp.status >= 500:
+                    raise LpUnavailable(f"LP answered {resp.status} at {url}: {data}")
+                if resp.status == 404:
+                    raise NotFound(f"LP has no {url}")
+                if resp.status >= 400:
+                    raise LpRefused((data or {}).get("message") or f"HTTP {resp.status}", status=resp.status)
+                return data
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise LpUnavailable(f"LP unreachable at {url}: {type(exc).__name__}: {exc}") from None
 

@@ -153,6 +153,7 @@ class SwapStore:
 
         ``to == expect`` records data without a state change (no log line unless ``note``).
         Raises ``Conflict`` when the swap is no longer in ``expect`` (someone else moved it).
+        Returns the swap and legs as written, without the action log (``get`` reads it).
         """
         if to not in STATES:
             raise InputError(f"unknown swap state {to!r}", field="state")
@@ -175,8 +176,9 @@ class SwapStore:
                 swap.retries, swap.last_error, swap.next_attempt_at = 0, None, now
             for name, value in (swap_fields or {}).items():
                 setattr(swap, name, value)
+            rows = {l.leg: l for l in s.exec(select(SwapLeg).where(SwapLeg.swap_id == swap_id))}
             for leg_name, fields in (legs or {}).items():
-                leg = s.get(SwapLeg, (swap_id, leg_name))
+                leg = rows[leg_name]
                 for name, value in fields.items():
                     setattr(leg, name, value)
                 s.add(leg)
@@ -184,7 +186,7 @@ class SwapStore:
             s.add(swap)
             if changed or note:
                 s.add(SwapAction(swap_id=swap_id, at=now, from_state=previous, to_state=to, note=note))
-        return self.get(swap_id)
+        return SwapView(swap, rows, [])
 
     def reserved_inputs(self) -> set[tuple[str, int]]:
         """Outpoints spent by Bitcoin locks recorded as intended and not yet seen confirmed."""
