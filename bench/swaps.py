@@ -5,7 +5,7 @@
 Starts its own regtest node and Anvil (free ports, a temp dir) and the LP as its daemon
 process (``bridgectl relayer run lp``); traders run their engines in this process, as
 ``bridgectl swap start`` does.  A task here mines a Bitcoin block whenever the mempool
-holds a transaction (Anvil automines).  Every swap is BTC -> ETH.  Prints, asserts nothing.
+holds a transaction (polled every 5 ms; Anvil automines).  Every swap is BTC -> ETH.  Prints, asserts nothing.
 
 - end-to-end: from ``start_swap`` to the LP's claim recorded confirmed (both legs settled);
 - floor: the same four transactions (BTC lock, EVM lock, EVM claim, BTC claim) sent one after
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import os
 import secrets
@@ -49,7 +50,7 @@ from htlc.bitcoin_script import p2wsh_htlc_script  # noqa: E402
 from htlc.bitcoin_tx import build_claim, fund_htlc  # noqa: E402
 from htlc.evm import ETH, Claimed, EvmHtlc  # noqa: E402
 import swap_harness  # noqa: E402
-from swap_harness import NODE_AUTH, ONE_BTC, ONE_ETH, Chains, bitcoin_node, Identity, Party, automine, open_party, reap, start_lp  # noqa: E402
+from swap_harness import NODE_AUTH, ONE_BTC, ONE_ETH, Chains, bitcoin_node, Identity, Party, open_party, reap, start_lp  # noqa: E402
 
 SELL, BUY = "btc:0.0002", "eth:0.003"  # 20,000 sats at the LP's 1.5e11 wei/sat
 SELL_SATS = 20_000
@@ -86,25 +87,44 @@ async def floor_once(chains: Chains, trader: Identity, lp: Identity) -> float:
 
 
 class HeadWatch:
-    """When this process first saw each EVM block and each Bitcoin mempool transaction
-    (both polled every 5 ms; the miner here waits 20 ms before mining what it sees)."""
+    """The miner of this run, and when this process first saw each EVM block (announced by Anvil
+    over its websocket) and each Bitcoin mempool transaction: the mempool is polled every 5 ms
+    and a block mined whenever it holds anything (Anvil automines by itself)."""
 
     def __init__(self, chains: Chains) -> None:
         self.chains = chains
         self.seen: dict[int, float] = {}
         self.in_mempool: dict[str, float] = {}
 
-    async def _poll(self) -> bool:
+    async def _blocks(self) -> None:
         height = await self.chains.evm.height()
-        now = time.time()
-        for n in range(max(self.seen, default=height - 1) + 1, height + 1):
-            self.seen.setdefault(n, now)
-        for txid in await self.chains.btc.rpc.call("getrawmempool"):
+        while True:
+            announced = await self.chains.evm.wait_for_block(height, 1.0)
+            now = time.time()
+            new = announced if announced is not None else await self.chains.evm.height()
+            for n in range(height + 1, new + 1):
+                self.seen.setdefault(n, now)
+            height = max(height, new)
+
+    async def _mine(self) -> bool:
+        waiting = await self.chains.btc.rpc.call("getrawmempool")
+        for txid in waiting:
             self.in_mempool.setdefault(txid, time.time())
+        if waiting:
+            await self.chains.btc.mine(1)
         return False
 
-    def start(self) -> asyncio.Task:
-        return asyncio.create_task(wait_until(self._poll, timeout=10**9, interval=0.005))
+    @contextlib.asynccontextmanager
+    async def running(self):
+        async def both() -> None:
+            await asyncio.gather(self._blocks(), wait_until(self._mine, timeout=10**9, interval=0.005))
+
+        task = asyncio.create_task(both())
+        try:
+            yield self
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
 
 
 def lp_state(lp: Party, swap_id: str, state: str) -> float | None:
@@ -126,7 +146,8 @@ def lp_claimed(lp: Party) -> set[str]:
         return set(session.exec(select(Swap.id).where(Swap.state == m.CLAIMED)))
 
 
-async def sequential(chains: Chains, trader: Any, lp: Party, count: int, watch: HeadWatch) -> tuple[list[float], list[float], list[float], float]:
+async def sequential(chains: Chains, trader: Any, lp: Party, count: int, watch: HeadWatch,
+                     timeline: list[list[tuple[str, str, float]]] | None = None) -> tuple[list[float], list[float], list[float], float]:
     htlc = EvmHtlc(chains.evm, chains.htlc)
     e2e, reaction, to_mempool = [], [], []
     cpu0 = cpu_seconds(lp.proc.popen.pid)
@@ -140,6 +161,9 @@ async def sequential(chains: Chains, trader: Any, lp: Party, count: int, watch: 
         claimed_at = await wait_until(lambda: lp_state(lp, view.swap.id, m.CLAIMED), timeout=60, what="LP claimed")
         e2e.append(claimed_at - started)
         lp_view = lp.store().get(view.swap.id)
+        if timeline is not None:
+            steps = [(a.at, "trader", a.to_state) for a in done.actions] + [(a.at, "lp", a.to_state) for a in lp_view.actions]
+            timeline.append([(who, state, at - started) for at, who, state in sorted(steps)])
         intended = next(a.at for a in lp_view.actions if a.to_state == m.CLAIM_INTENDED)
         (claim,) = [e for e in await htlc.events(lp_view.leg(m.PARTICIPANT).watch_from or 0, swap_id=lp_view.leg(m.PARTICIPANT).lock_ref) if isinstance(e, Claimed)]
         revealed = watch.seen[claim.where.block_number]
@@ -148,6 +172,18 @@ async def sequential(chains: Chains, trader: Any, lp: Party, count: int, watch: 
         if claim_tx in watch.in_mempool:
             to_mempool.append(watch.in_mempool[claim_tx] - revealed)
     return e2e, reaction, to_mempool, (cpu_seconds(lp.proc.popen.pid) - cpu0) / count
+
+
+def print_timeline(runs: list[list[tuple[str, str, float]]]) -> None:
+    """Median time since ``start_swap`` of each recorded state change, both parties merged."""
+    shape = [(who, state) for who, state, _ in runs[0]]
+    same = [run for run in runs if [(who, state) for who, state, _ in run] == shape]
+    print(f"timeline, median over the {len(same)} of {len(runs)} swaps whose steps came in the usual order:")
+    previous = 0.0
+    for n, (who, state) in enumerate(shape):
+        at = statistics.median(run[n][2] for run in same)
+        print(f"  {at * 1000:7.1f} ms  (+{(at - previous) * 1000:5.1f})  {who:<6} {state}")
+        previous = at
 
 
 async def concurrent(chains: Chains, traders: list[Any], lp: Party, count: int, cap: float) -> tuple[float, int, int, float, float]:
@@ -206,13 +242,11 @@ async def main(args: argparse.Namespace) -> None:
             for start in range(0, len(payments), 500):  # keep each funding transaction standard-sized
                 await chains.fund_btc(payments[start:start + 500])
             floors = [await floor_once(chains, trader_ids[0], lp.who) for _ in range(5)]
-            async with automine(chains.btc, interval=0.02):
+            async with HeadWatch(chains).running() as watch:
                 await start_lp(lp)
                 traders = [await open_party(root / f"trader{i}", chains, who, LpClient(), POLL) for i, who in enumerate(trader_ids)]
-                watch = HeadWatch(chains)
-                watcher = watch.start()
-                e2e, reaction, to_mempool, lp_cpu_seq = await sequential(chains, traders[0], lp, args.swaps, watch)
-                watcher.cancel()
+                timeline: list[list[tuple[str, str, float]]] = []
+                e2e, reaction, to_mempool, lp_cpu_seq = await sequential(chains, traders[0], lp, args.swaps, watch, timeline)
                 floor = statistics.median(floors)
                 print(f"end-to-end over {args.swaps} sequential BTC->ETH swaps: median {statistics.median(e2e):.2f} s, "
                       f"p95 {pct(e2e, 95):.2f} s; floor (4 txs + mining, median of 5) {floor:.2f} s; "
@@ -225,8 +259,10 @@ async def main(args: argparse.Namespace) -> None:
                           f"p95 {pct(to_mempool, 95) * 1000:.0f} ms, max {max(to_mempool) * 1000:.0f} ms "
                           f"({len(to_mempool)}/{len(reaction)} claims caught before they were mined)")
                 print(f"LP CPU per swap (sequential): {lp_cpu_seq * 1000:.0f} ms")
+                if args.timeline:
+                    print_timeline(timeline)
                 size, best = min(args.start_concurrent, args.concurrent), 0
-                while True:  # a warm-up level, then the goal
+                while size:  # a warm-up level, then the goal
                     elapsed, both, left, lp_cpu, own_cpu = await concurrent(chains, traders, lp, size, args.cap)
                     verdict = "all finished" if left == 0 else f"{left} NOT finished within the {args.cap:.0f} s cap"
                     print(f"{size} concurrent swaps ({TRADERS} traders, one LP): {elapsed:.1f} s, {both} claimed on both sides, "
@@ -237,8 +273,9 @@ async def main(args: argparse.Namespace) -> None:
                     if size >= args.concurrent:
                         break
                     size = args.concurrent
-                print(f"largest concurrency that all finished within the {args.cap:.0f} s cap: {best}"
-                      f"   [goal: {args.concurrent} all finish, none lost]")
+                if args.concurrent:
+                    print(f"largest concurrency that all finished within the {args.cap:.0f} s cap: {best}"
+                          f"   [goal: {args.concurrent} all finish, none lost]")
                 for trader in traders:
                     await trader.close()
         finally:
@@ -255,5 +292,6 @@ if __name__ == "__main__":
     parser.add_argument("--swaps", type=int, default=50, help="sequential swaps for end-to-end and reaction")
     parser.add_argument("--concurrent", type=int, default=1000, help="the concurrency goal")
     parser.add_argument("--start-concurrent", type=int, default=100, help="warm-up concurrency level run before the goal")
+    parser.add_argument("--timeline", action="store_true", help="print the median time of each state change of a sequential swap")
     parser.add_argument("--cap", type=float, default=1200.0, help="seconds allowed for one concurrency level")
     asyncio.run(main(parser.parse_args()))
