@@ -121,11 +121,10 @@ class BitcoinAdapter(ChainAdapter):
             await self.heads.close()
         await self.rpc.close()
 
-    async def wait_for_block(self, height: int, timeout: float) -> None:
+    async def wait_for_block(self, height: int, timeout: float) -> int | None:
         if self.heads is None:
-            await super().wait_for_block(height, timeout)
-        else:
-            await self.heads.wait(height, timeout)
+            return await super().wait_for_block(height, timeout)
+        return await self.heads.wait(height, timeout)
 
     async def _follow_tip(self, publish: Callable[[int], None]) -> None:
         # waitforblockheight has no race (a block mined between two calls is not missed, unlike

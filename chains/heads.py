@@ -45,22 +45,22 @@ class HeadFollower:
                 self._changed.set()
                 self._changed = asyncio.Event()
 
-    async def wait(self, height: int, timeout: float) -> None:
-        """Return once the node announced a block above ``height``, or after ``timeout`` seconds."""
+    async def wait(self, height: int, timeout: float) -> int | None:
+        """Return once the node announced a block above ``height``, or after ``timeout`` seconds:
+        the announced height, or None while the source is down."""
         self._ensure_running()
-        if self.live and self.height > height:
-            return
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while not (self.live and self.height > height):
             left = deadline - loop.time()
             if left <= 0:
-                return
+                break
             assert self._changed is not None
             try:
                 await asyncio.wait_for(self._changed.wait(), left)
             except TimeoutError:
-                return
+                break
+        return self.height if self.live else None
 
     def _ensure_running(self) -> None:
         loop = asyncio.get_running_loop()
