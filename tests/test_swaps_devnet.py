@@ -165,9 +165,10 @@ async def test_btc_to_eth_happy_path(tmp_path, regtest, anvil, btc, evm, contrac
     trader_keys, lp_keys = await new_keys(evm, ONE_ETH // 10), await new_keys(evm, 20 * ONE_ETH)
     await fund_btc(btc, trader_keys.btc)
     lp_settings = settings_for(tmp_path, "lp", regtest, anvil)
-    # No idle re-checks within the test's deadlines: every wait for the other party (its lock, the
-    # secret, its claim) must be ended by the indexer's event or the LP's API waking the swap.
-    event_driven = {"idle_recheck": 3600}
+    # No polls and no idle re-checks within the test's deadlines: every wait for the other party
+    # (its lock, the secret, its claim) must be ended by the indexer's event or the LP's API
+    # waking the swap, and every wait for confirmations by the node announcing the block.
+    event_driven = {"idle_recheck": 3600, "poll_interval": 3600}
     async with running_lp(lp_settings, swap_config(lp_keys, contracts, **event_driven)) as (lp_url, lp):
         trader = await Party.open(settings_for(tmp_path, "trader", regtest, anvil), swap_config(trader_keys, contracts, **event_driven), LpClient())
         try:
@@ -227,7 +228,7 @@ async def test_erc20_to_btc_happy_path(tmp_path, regtest, anvil, btc, evm, contr
     await fund_btc(btc, lp_keys.btc)
     token = Erc20(evm, contracts["tusd"])
     await token.mint(contracts["deployer"], trader_keys.address, 3_000 * 10**6)
-    event_driven = {"idle_recheck": 3600}  # as in the BTC -> ETH test: events end every wait
+    event_driven = {"idle_recheck": 3600, "poll_interval": 3600}  # as in the BTC -> ETH test: events end every wait
     async with running_lp(settings_for(tmp_path, "lp", regtest, anvil), swap_config(lp_keys, contracts, **event_driven)) as (lp_url, lp):
         trader = await Party.open(settings_for(tmp_path, "trader", regtest, anvil), swap_config(trader_keys, contracts, **event_driven), LpClient())
         try:

@@ -467,7 +467,10 @@ class SwapEngine:
             # An unreachable or confused LP is a wait like any other: our refund at expiry is what protects us.
             raise NotYet(f"LP: {exc.message}; {await self._time_left_text(view.leg(INITIATOR))}") from None
         if not lock or not lock.get("lock_ref"):
-            raise NotYet(f"the LP has not locked yet; {await self._time_left_text(view.leg(INITIATOR))}", on_event=pleg.chain == "evm")
+            # An EVM lock is found by our indexer; a Bitcoin one only the LP can tell us of (its script
+            # commits to an expiry only the LP knows): ask again when a block could have confirmed it.
+            raise NotYet(f"the LP has not locked yet; {await self._time_left_text(view.leg(INITIATOR))}",
+                         on_event=pleg.chain == "evm", on_block=None if pleg.chain == "evm" else pleg.chain)
         try:
             seen = await ops.audit_lock(view, pleg, lock["lock_ref"], lock.get("script"))
         except LockRefused as exc:
