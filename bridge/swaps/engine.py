@@ -559,8 +559,9 @@ class SwapEngine:
         leg = next(l for l in view.legs.values() if l.spend_kind == kind)
         ops = self._ops(leg)
         try:
-            # Look before sending: after a fee bump, the older version may be the one that confirmed.
-            if await ops.spend_confirmations(view, leg) >= 1:
+            # Look before sending again: after a fee bump, the older version may be the one that
+            # confirmed.  A first send needs no look (a copy already mined is detected by the send).
+            if (leg.spend_sent_at is not None or leg.spend_history) and await ops.spend_confirmations(view, leg) >= 1:
                 await self._spent(view, leg, kind)
                 return
             view = await self._renew(view, leg, "spend")

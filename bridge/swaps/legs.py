@@ -9,6 +9,7 @@ with a higher fee (``prepare_bump``); every version is kept, any may be mined.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import re
@@ -29,6 +30,7 @@ from chains.bitcoin_wallet import BtcKey, Utxo
 from chains.btc.primitives import Tx
 from chains.btc.rpc_errors import RPC_METHOD_NOT_FOUND
 from chains.evm import EvmAdapter, EvmReceipt
+from chains.evm_fees import Fees
 from chains.fee_bump import EvmTxFields, evm_bump
 from htlc.audit import AuditError, audit
 from htlc.bitcoin_script import TEMPLATE_P2WSH, htlc_script_pubkey, p2wsh_htlc_script
@@ -411,13 +413,15 @@ class EvmLeg:
         return int(await self.adapter.rpc.call("eth_getTransactionCount", [self.address, block]), 16)
 
     async def _next_nonce(self) -> int:
-        mined = await self._tx_count("latest")
-        pending = await self._tx_count("pending")
+        mined, pending = await asyncio.gather(self._tx_count("latest"), self._tx_count("pending"))
         # A held nonce below the mined count is spent (by that transaction or another): not ours to skip.
         return max([pending, *(n + 1 for n in self.held() if n >= mined)])
 
-    async def _sign(self, nonce: int, to: str, data: bytes, gas: int, value: int = 0) -> tuple[EvmTxFields, str, str]:
-        fees = await self.adapter.suggest_fees()
+    async def _nonce_and_fees(self) -> tuple[int, Fees]:
+        """The nonce for our next transaction and today's fees, asked for at once."""
+        return await asyncio.gather(self._next_nonce(), self.adapter.suggest_fees())
+
+    async def _sign(self, nonce: int, fees: Fees, to: str, data: bytes, gas: int, value: int = 0) -> tuple[EvmTxFields, str, str]:
         fields = EvmTxFields(
             chain_id=await self.adapter.chain_id_int(), nonce=nonce, to=to, data="0x" + data.hex(), gas=gas,
             max_fee=fees.max_fee, priority_fee=fees.priority_fee, value=value,
@@ -437,12 +441,12 @@ class EvmLeg:
     async def _sign_lock(self, view: SwapView, leg: SwapLeg, history: list[str]) -> dict[str, Any]:
         """An ERC-20 lock is its approve (nonce N) and the lock (N+1), signed and recorded together:
         consecutive nonces keep another lock's approve from landing in between."""
-        nonce = await self._next_nonce()
+        nonce, fees = await self._nonce_and_fees()
         approve = None
         if leg.token is not None:
             token = to_checksum_address(leg.token)
             data = encode_call(Erc20(self.adapter, token).abi, "approve", self.htlc.address, leg.value)
-            fields, raw, tx_hash = await self._sign(nonce, token, data, EVM_GAS["approve"])
+            fields, raw, tx_hash = await self._sign(nonce, fees, token, data, EVM_GAS["approve"])
             approve = {"fields": fields.to_dict(), "raw": raw, "tx": tx_hash}
             nonce += 1
         data = encode_call(
@@ -450,9 +454,9 @@ class EvmLeg:
             bytes.fromhex(view.swap.hashlock), leg.expiry,
         )
         if leg.token is None:
-            fields, raw, tx_hash = await self._sign(nonce, self.htlc.address, data, EVM_GAS["lock_eth"], leg.value)
+            fields, raw, tx_hash = await self._sign(nonce, fees, self.htlc.address, data, EVM_GAS["lock_eth"], leg.value)
         else:
-            fields, raw, tx_hash = await self._sign(nonce, self.htlc.address, data, EVM_GAS["lock_erc20"])
+            fields, raw, tx_hash = await self._sign(nonce, fees, self.htlc.address, data, EVM_GAS["lock_erc20"])
         lock = {"fields": fields.to_dict(), "tx": tx_hash, "approve": approve, "history": history}
         return {"lock_raw": raw, "lock_tx": tx_hash, "lock_evm": json.dumps(lock)}
 
@@ -518,8 +522,8 @@ class EvmLeg:
             new = json.loads(fields["lock_evm"])["fields"]["nonce"]
             return fields, f"lock nonce {lock['fields']['nonce']} was taken by another transaction: re-signed as {fields['lock_tx']}, nonce {new}"
         old = EvmTxFields.from_dict(json.loads(leg.spend_evm))
-        fees = await self.adapter.suggest_fees()
-        new = replace(old, nonce=await self._next_nonce(), max_fee=max(old.max_fee, fees.max_fee), priority_fee=max(old.priority_fee, fees.priority_fee))
+        nonce, fees = await self._nonce_and_fees()
+        new = replace(old, nonce=nonce, max_fee=max(old.max_fee, fees.max_fee), priority_fee=max(old.priority_fee, fees.priority_fee))
         raw, tx_hash = new.sign(self.adapter, self.key)
         return (
             {"spend_raw": raw, "spend_tx": tx_hash, "spend_evm": json.dumps(new.to_dict()), "spend_history": leg.history_when_replaced(),
@@ -628,7 +632,7 @@ class EvmLeg:
             data = encode_call(self.htlc.abi, "claim", params.as_tuple(), secret)
         else:
             data = encode_call(self.htlc.abi, "refund", params.as_tuple())
-        fields, raw, tx_hash = await self._sign(await self._next_nonce(), self.htlc.address, data, EVM_GAS[kind])
+        fields, raw, tx_hash = await self._sign(*await self._nonce_and_fees(), self.htlc.address, data, EVM_GAS[kind])
         return {**known, "spend_kind": kind, "spend_raw": raw, "spend_tx": tx_hash, "spend_evm": json.dumps(fields.to_dict())}
 
     async def prepare_bump(self, view: SwapView, leg: SwapLeg, kind: str, secret: bytes | None) -> tuple[dict[str, Any], str]:
