@@ -176,6 +176,8 @@ class Indexer:
         self.confirmations = max(confirmations, 1)
         self.batch_blocks = batch_blocks
         self.poll_interval = poll_interval
+        #: With block announcements, a caught-up indexer still re-reads the tip this often.
+        self.recheck = max(poll_interval, 1.0)
         self.start_height = start_height
         self.keep_blocks = keep_blocks
         self.retry = retry
@@ -240,8 +242,17 @@ class Indexer:
                 await _sleep_unless(stop, delay)
                 continue
             if result.caught_up:
-                # Woken by the next block where the node announces them; else a poll.
-                await _wait_unless(stop, self.adapter.wait_for_block(result.head if result.head is not None else -1, self.poll_interval))
+                await self._idle(stop, result.head if result.head is not None else -1)
+
+    async def _idle(self, stop: asyncio.Event, height: int) -> None:
+        """Wait for a block above ``height``.  Where the node announces blocks, a caught-up indexer
+        looks at the chain again only when one is announced, or after ``recheck`` seconds (a tip
+        replaced at the same height is not announced); elsewhere it polls every ``poll_interval``."""
+        since = time.monotonic()
+        while not stop.is_set():
+            announced = await _wait_unless(stop, self.adapter.wait_for_block(height, self.poll_interval))
+            if announced is None or announced != height or time.monotonic() - since >= self.recheck:
+                return
 
     # --- reading the chain ----------------------------------------------------------
 
@@ -406,8 +417,8 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-async def _wait_unless(stop: asyncio.Event, waiting: Awaitable[None]) -> None:
-    """Wait for ``waiting`` unless ``stop`` is set first."""
+async def _wait_unless(stop: asyncio.Event, waiting: Awaitable[Any]) -> Any:
+    """What ``waiting`` returns, unless ``stop`` is set first (then None)."""
     wait, stopped = asyncio.ensure_future(waiting), asyncio.ensure_future(stop.wait())
     try:
         await asyncio.wait({wait, stopped}, return_when=asyncio.FIRST_COMPLETED)
@@ -415,6 +426,7 @@ async def _wait_unless(stop: asyncio.Event, waiting: Awaitable[None]) -> None:
         for task in (wait, stopped):
             task.cancel()
         await asyncio.gather(wait, stopped, return_exceptions=True)
+    return wait.result() if wait.done() and not wait.cancelled() and wait.exception() is None else None
 
 
 async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
