@@ -211,7 +211,7 @@ class Indexer:
                 if cursor.hash is not None and not await self._canonical(cursor, head):
                     return await self._rewind(cursor, head)
                 return StepResult("idle", head=head.height)
-            refs = await self._block_refs(low, high)
+            refs = await self._block_refs(low, high, head)
             if cursor.hash is not None and refs[0].parent_hash != cursor.hash:
                 return await self._rewind(cursor, head)
             return await self._deliver(cursor, refs, head)
@@ -256,7 +256,9 @@ class Indexer:
 
     # --- reading the chain ----------------------------------------------------------
 
-    async def _block_refs(self, low: int, high: int) -> list[BlockRef]:
+    async def _block_refs(self, low: int, high: int, head: BlockRef) -> list[BlockRef]:
+        """Blocks ``low..high``; the head just read is not asked for again (at the tip, most steps
+        are one new block: that block)."""
         gate = asyncio.Semaphore(_FETCH_CONCURRENCY)
 
         async def one(height: int) -> BlockRef:
@@ -266,7 +268,10 @@ class Indexer:
                 except NotFound as exc:  # the chain got shorter since head() was read
                     raise _ChainMoved(exc.message) from exc
 
-        refs = list(await asyncio.gather(*(one(h) for h in range(low, high + 1))))
+        last = high - 1 if high == head.height else high
+        refs = list(await asyncio.gather(*(one(h) for h in range(low, last + 1))))
+        if last < high:
+            refs.append(head)
         for prev, ref in zip(refs, refs[1:]):
             if ref.parent_hash != prev.hash:
                 raise _ChainMoved(f"block {ref.height} does not chain to {prev.height}")
