@@ -288,7 +288,11 @@ class BitcoinAdapter(ChainAdapter):
         if not scripts:
             return []
         descriptors = [f"raw({s.hex()})" for s in sorted(scripts)]
-        scan = await _SCAN_BUSY_RETRY.run(lambda: self.rpc.call("scantxoutset", "start", descriptors), what="scantxoutset")
+        scanning = _SCAN_BUSY_RETRY.run(lambda: self.rpc.call("scantxoutset", "start", descriptors), what="scantxoutset")
+        if include_mempool:  # both asked at once; a tx mined in between shows in one or the other
+            scan, mempool = await asyncio.gather(scanning, self._mempool_coins_to(scripts))
+        else:
+            scan, mempool = await scanning, []
         found = scan.get("unspents", [])
         # scantxoutset sees only the confirmed UTXO set; gettxout(include_mempool) answers
         # null for a coin a mempool tx spends, and always says whether the coin is a coinbase.
@@ -305,9 +309,12 @@ class BitcoinAdapter(ChainAdapter):
             for u, out in zip(found, live)
             if out is not None
         ]
-        if include_mempool:
-            coins += await self._mempool_coins(await self.rpc.call("getrawmempool"), scripts)
+        confirmed = {(u.txid, u.vout) for u in coins}
+        coins += [c for c in mempool if (c.txid, c.vout) not in confirmed]
         return sorted(coins, key=lambda u: (u.height is None, u.height or 0, u.txid, u.vout))
+
+    async def _mempool_coins_to(self, scripts: set[bytes]) -> list[Utxo]:
+        return await self._mempool_coins(await self.rpc.call("getrawmempool"), scripts)
 
     async def _mempool_coins(self, mempool: Sequence[str], scripts: set[bytes]) -> list[Utxo]:
         if not mempool:

@@ -164,8 +164,7 @@ class BitcoinLeg:
     async def _spendable(self, include_reserved: bool = False) -> list[Utxo]:
         """Coins a new lock may use: ours, unconfirmed change included, mature, and not reserved
         by a recorded but not yet broadcast lock (after a crash) whose stored bytes spend them."""
-        coins = await self.adapter.utxos([self.key.p2wpkh_script], include_mempool=True)
-        tip = await self.adapter.height()
+        coins, tip = await asyncio.gather(self.adapter.utxos([self.key.p2wpkh_script], include_mempool=True), self.adapter.height())
         reserved = set() if include_reserved else self.reserved()
         return [
             u for u in coins
