@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bridge.errors import ConfirmationTimeout, Unsupported
+from chains.heads import HeadFollower
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,8 @@ class ChainAdapter(abc.ABC):
     """One implementation per chain family (``chains.evm``, ``chains.bitcoin``)."""
 
     family: str = "abstract"
+    #: Follows the blocks the node announces, for ``wait_for_block``; None: the node cannot.
+    heads: HeadFollower | None = None
 
     @property
     @abc.abstractmethod
@@ -107,10 +110,12 @@ class ChainAdapter(abc.ABC):
     async def wait_for_block(self, height: int, timeout: float) -> int | None:
         """Return once the chain has a block above ``height``, or after ``timeout`` seconds.
 
-        Adapters whose node announces new blocks return as soon as one comes, with the height
-        announced; this default cannot know, sleeps and returns None (a caller looping on it
-        polls every ``timeout``).  Callers re-read what they need from the chain either way.
+        Adapters whose node announces new blocks (``heads``) return as soon as one comes, with
+        the height announced; without announcements this sleeps and returns None (a caller
+        looping on it polls every ``timeout``).  Callers re-read what they need either way.
         """
+        if self.heads is not None:
+            return await self.heads.wait(height, timeout)
         await asyncio.sleep(timeout)
         return None
 
@@ -119,7 +124,8 @@ class ChainAdapter(abc.ABC):
         raise Unsupported(f"{self.family} adapter cannot mine blocks")
 
     async def close(self) -> None:
-        return None
+        if self.heads is not None:
+            await self.heads.close()
 
     async def __aenter__(self) -> "ChainAdapter":
         return self

@@ -117,14 +117,8 @@ class BitcoinAdapter(ChainAdapter):
         return f"bitcoin:{self.network}"
 
     async def close(self) -> None:
-        if self.heads is not None:
-            await self.heads.close()
+        await super().close()
         await self.rpc.close()
-
-    async def wait_for_block(self, height: int, timeout: float) -> int | None:
-        if self.heads is None:
-            return await super().wait_for_block(height, timeout)
-        return await self.heads.wait(height, timeout)
 
     async def _follow_tip(self, publish: Callable[[int], None]) -> None:
         # waitforblockheight has no race (a block mined between two calls is not missed, unlike

@@ -639,12 +639,6 @@ class EvmAdapter(ChainAdapter):
         self.nonces.forget_all()
         return await self.head()
 
-    async def wait_for_block(self, height: int, timeout: float) -> int | None:
-        if self.heads is None:
-            return await super().wait_for_block(height, timeout)
-        return await self.heads.wait(height, timeout)
-
     async def close(self) -> None:
-        if self.heads is not None:
-            await self.heads.close()
+        await super().close()
         await self.rpc.close()

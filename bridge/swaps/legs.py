@@ -115,7 +115,7 @@ class ChainClock:
         age, value = at - self._read[0], self._read[1]
         if age < self.ttl:
             return True
-        heads = getattr(self.adapter, "heads", None)
+        heads = self.adapter.heads
         return heads is not None and heads.live and heads.height == value.height and age < self.announced_ttl
 
     async def now(self) -> ChainTime:
