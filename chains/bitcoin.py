@@ -284,7 +284,7 @@ class BitcoinAdapter(ChainAdapter):
         descriptors = [f"raw({s.hex()})" for s in sorted(scripts)]
         scanning = _SCAN_BUSY_RETRY.run(lambda: self.rpc.call("scantxoutset", "start", descriptors), what="scantxoutset")
         if include_mempool:  # both asked at once; a tx mined in between shows in one or the other
-            scan, mempool = await asyncio.gather(scanning, self._mempool_coins_to(scripts))
+            scan, mempool = await asyncio.gather(scanning, self._mempool_coins(scripts))
         else:
             scan, mempool = await scanning, []
         found = scan.get("unspents", [])
@@ -307,10 +307,8 @@ class BitcoinAdapter(ChainAdapter):
         coins += [c for c in mempool if (c.txid, c.vout) not in confirmed]
         return sorted(coins, key=lambda u: (u.height is None, u.height or 0, u.txid, u.vout))
 
-    async def _mempool_coins_to(self, scripts: set[bytes]) -> list[Utxo]:
-        return await self._mempool_coins(await self.rpc.call("getrawmempool"), scripts)
-
-    async def _mempool_coins(self, mempool: Sequence[str], scripts: set[bytes]) -> list[Utxo]:
+    async def _mempool_coins(self, scripts: set[bytes]) -> list[Utxo]:
+        mempool = await self.rpc.call("getrawmempool")
         if not mempool:
             return []
         replies = await self.rpc.batch([("getrawtransaction", [txid, True]) for txid in mempool], return_exceptions=True)
