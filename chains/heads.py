@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Awaitable, Callable
+from typing import Any, Awaitable, Callable
 
 from bridge.errors import Unsupported
 
@@ -100,3 +100,15 @@ class HeadFollower:
         if task is not None and not task.done() and task.get_loop() is asyncio.get_running_loop():
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+
+
+async def wait_unless(stop: asyncio.Event, waiting: Awaitable[Any]) -> Any:
+    """What ``waiting`` (a ``wait_for_block``) returns, unless ``stop`` is set first (then None)."""
+    wait, stopped = asyncio.ensure_future(waiting), asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({wait, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (wait, stopped):
+            task.cancel()
+        await asyncio.gather(wait, stopped, return_exceptions=True)
+    return wait.result() if wait.done() and not wait.cancelled() and wait.exception() is None else None

@@ -56,7 +56,7 @@ import logging
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Iterator, Protocol
+from typing import Any, Iterator, Protocol
 
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
@@ -65,6 +65,7 @@ from bridge.errors import InputError, NotFound, ReorgDetected
 from bridge.retry import DEFAULT_RETRY, RetryPolicy, is_retryable
 from chains.base import BlockRef, ChainAdapter, ChainEvent
 from chains.cursor_store import Cursor, CursorStore, OrphanedBlock, create_tables
+from chains.heads import wait_unless
 
 __all__ = ["Indexer", "IndexerConsumer", "OrphanedBlock", "ReorgBeyondWindow", "StepResult"]
 
@@ -250,7 +251,7 @@ class Indexer:
         replaced at the same height is not announced); elsewhere it polls every ``poll_interval``."""
         since = time.monotonic()
         while not stop.is_set():
-            announced = await _wait_unless(stop, self.adapter.wait_for_block(height, self.poll_interval))
+            announced = await wait_unless(stop, self.adapter.wait_for_block(height, self.poll_interval))
             if announced is None or announced != height or time.monotonic() - since >= self.recheck:
                 return
 
@@ -420,18 +421,6 @@ def _gc_paused() -> Iterator[None]:
     finally:
         if enabled:
             gc.enable()
-
-
-async def _wait_unless(stop: asyncio.Event, waiting: Awaitable[Any]) -> Any:
-    """What ``waiting`` returns, unless ``stop`` is set first (then None)."""
-    wait, stopped = asyncio.ensure_future(waiting), asyncio.ensure_future(stop.wait())
-    try:
-        await asyncio.wait({wait, stopped}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in (wait, stopped):
-            task.cancel()
-        await asyncio.gather(wait, stopped, return_exceptions=True)
-    return wait.result() if wait.done() and not wait.cancelled() and wait.exception() is None else None
 
 
 async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:

@@ -34,6 +34,7 @@ from bridge.swaps.legs import Leg, LockRefused, NotYet
 from bridge.swaps.models import INITIATOR, PARTICIPANT, SwapLeg
 from bridge.swaps.store import SwapStore, SwapView
 from bridge.swaps.timelock import TimelockPolicy, TimelockRefused
+from chains.heads import wait_unless
 
 if TYPE_CHECKING:
     from bridge.swaps.books import SwapBooks
@@ -187,16 +188,9 @@ class SwapEngine:
                 if height is None:
                     height = await adapter.height()
                     await self._new_block(chain)  # what expired while we were away
-                waiting = asyncio.ensure_future(adapter.wait_for_block(height, self.poll_interval))
-                halted = asyncio.ensure_future(halt.wait())
-                try:
-                    await asyncio.wait({waiting, halted}, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    waiting.cancel()
-                    halted.cancel()
+                announced = await wait_unless(halt, adapter.wait_for_block(height, self.poll_interval))
                 if halt.is_set():
                     return
-                announced = waiting.result()
                 new = announced if announced is not None else await adapter.height()
                 if new != height:
                     height = new
