@@ -97,13 +97,11 @@ class RegtestNode:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_ms / 1000 if timeout_ms > 0 else None
         while self.chain is not None and not done() and not self.stopped.is_set():
-            changed = asyncio.ensure_future(self._tip_changed.wait())
-            stopping = asyncio.ensure_future(self.stopped.wait())
             left = None if deadline is None else deadline - loop.time()
             if left is not None and left <= 0:
-                changed.cancel()
-                stopping.cancel()
                 return
+            changed = asyncio.ensure_future(self._tip_changed.wait())
+            stopping = asyncio.ensure_future(self.stopped.wait())
             try:
                 await asyncio.wait({changed, stopping}, timeout=left, return_when=asyncio.FIRST_COMPLETED)
             finally:
