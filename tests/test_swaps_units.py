@@ -107,8 +107,9 @@ def test_inconsistent_policies_are_refused():
 
 
 @pytest.fixture
-def store(tmp_path):
-    return SwapStore(make_engine(f"sqlite:///{tmp_path / 'swaps.sqlite'}"))
+def store(ledger_db):
+    """A swap store on SQLite and on PostgreSQL: its statements go to the DB-API directly."""
+    return SwapStore(ledger_db[1])
 
 
 def new_swap(store: SwapStore, swap_id: str = "s1", amount: str = "50000000"):
@@ -158,6 +159,38 @@ def test_defer_and_due(store):
     assert store.due() == ["s1"]
     store.transition("s1", m.CREATED, m.FAILED, swap_fields={"last_error": "LP refused"})
     assert store.due() == [] and store.get("s1").swap.last_error == "LP refused"
+
+
+def test_wake_expiring_makes_due_only_the_swaps_an_expiry_acts_on(store):
+    for n in range(3):
+        new_swap(store, f"s{n}")
+        store.defer(f"s{n}", "waiting", 3600, count_retry=False)
+    # s0: the trader's own Bitcoin lock expires at 100; s1: at 200; s2's own lock is on the EVM.
+    store.transition("s0", m.CREATED, m.INITIATOR_LOCKED, legs={INITIATOR: {"expiry": 100}})
+    store.transition("s1", m.CREATED, m.INITIATOR_LOCKED, legs={INITIATOR: {"expiry": 200}})
+    store.transition("s2", m.CREATED, m.INITIATOR_LOCKED, legs={PARTICIPANT: {"expiry": 50}})
+    for n in range(3):
+        store.defer(f"s{n}", "waiting", 3600, count_retry=False)
+    assert store.wake_expiring("bitcoin", expired=150, lock_deadline=0) == 1
+    assert store.due() == ["s0"]
+    assert store.wake_expiring("bitcoin", expired=150, lock_deadline=0) == 0  # already due
+    assert store.wake_expiring("evm", expired=10**6, lock_deadline=10**6) == 0  # s2's EVM leg is the LP's
+
+
+def test_transition_is_a_compare_and_set_between_two_runners(store):
+    """Two processes on one database: the one that read a stale state is refused, and writes nothing."""
+    other = SwapStore(store.engine)
+    new_swap(store)
+    store.transition("s1", m.CREATED, m.INITIATOR_LOCK_INTENDED, legs={INITIATOR: {"lock_raw": "00"}})
+    with pytest.raises(Conflict, match="not created"):
+        other.transition("s1", m.CREATED, m.FAILED, legs={INITIATOR: {"lock_raw": "ff"}})
+    view = store.get("s1")
+    assert (view.swap.state, view.leg(INITIATOR).lock_raw, len(view.actions)) == (m.INITIATOR_LOCK_INTENDED, "00", 2)
+    assert [v.swap.id for v in other.list([m.INITIATOR_LOCK_INTENDED])] == ["s1"] and other.list([]) == []
+    assert store.committed(INITIATOR, [m.INITIATOR_LOCK_INTENDED], "btc") == 50_000_000
+    assert store.unbooked() == ["s1"]
+    store.mark_booked("s1", view.swap.updated_at)
+    assert store.unbooked() == [] and store.get("s1").swap.accepted is False
 
 
 # --- config ----------------------------------------------------------------------------------

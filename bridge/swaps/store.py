@@ -13,16 +13,16 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 from sqlalchemy.engine import Engine
-from sqlalchemy import update
-from sqlmodel import Session, select
+from sqlalchemy.orm import configure_mappers
 
 from bridge.db import init_db
+from bridge.dbapi import Db, Tx, in_list
 from bridge.errors import Conflict, InputError, NotFound
 from bridge.swaps.models import (
     CLAIM_INTENDED, CREATED, INITIATOR, INITIATOR_LOCK_INTENDED, LEGS, PARTICIPANT, PARTICIPANT_LOCK_INTENDED,
     REFUND_INTENDED, STATES, TERMINAL, Swap, SwapAction, SwapLeg,
 )
-from chains.btc.primitives import Tx
+from chains.btc.primitives import Tx as BtcTx
 
 
 @dataclass(frozen=True)
@@ -37,108 +37,138 @@ class SwapView:
         return self.legs[name]
 
 
+_SWAP = tuple(Swap.model_fields)
+_LEG = tuple(SwapLeg.model_fields)
+_ACTION = tuple(SwapAction.model_fields)
+_BOOLS = ("accepted", "lp_notified")
+_OPEN = ", ".join(f"'{s}'" for s in STATES if s not in TERMINAL)
+_OWN_LEG = "JOIN swap ON swap.id = swap_leg.swap_id"
+
+
+def _swap(row: dict[str, Any]) -> Swap:
+    for name in _BOOLS:  # SQLite hands booleans back as 0/1
+        row[name] = bool(row[name])
+    return Swap.model_construct(**row)
+
+
+def _insert(table: str, names: Iterable[str]) -> str:
+    names = list(names)
+    return f"INSERT INTO {table} ({', '.join(names)}) VALUES ({', '.join(':' + n for n in names)})"
+
+
 class SwapStore:
+    """Statements go straight to the DB-API (``bridge.dbapi``): a relayer runs several at every
+    step of every swap.  The rows come back as detached ``Swap``/``SwapLeg`` models."""
+
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         init_db(engine)
-
-    def _session(self) -> Session:
-        return Session(self.engine, expire_on_commit=False)
+        configure_mappers()  # the models are built without a session (``model_construct``)
+        self.db = Db(engine)
 
     def create(self, swap: Swap, legs: Iterable[SwapLeg], note: str = "") -> SwapView:
         """Insert a new swap; the same id with the same content again is a no-op (idempotent accept)."""
         legs = list(legs)
         if sorted(l.leg for l in legs) != sorted(LEGS):
             raise InputError("a swap has exactly one initiator and one participant leg")
-        with self._session() as s, s.begin():
-            existing = s.get(Swap, swap.id)
+        with self.db.transaction() as tx:
+            existing = tx.one("SELECT hashlock, role FROM swap WHERE id = :id", {"id": swap.id})
             if existing is not None:
-                old = {l.leg: l for l in s.exec(select(SwapLeg).where(SwapLeg.swap_id == swap.id))}
-                same = existing.hashlock == swap.hashlock and existing.role == swap.role and all(
-                    (old[l.leg].chain, old[l.leg].asset, old[l.leg].amount) == (l.chain, l.asset, l.amount) for l in legs
+                old = {r["leg"]: r for r in tx.rows("SELECT leg, chain, asset, amount FROM swap_leg WHERE swap_id = :id", {"id": swap.id})}
+                same = existing["hashlock"] == swap.hashlock and existing["role"] == swap.role and all(
+                    (old[l.leg]["chain"], old[l.leg]["asset"], old[l.leg]["amount"]) == (l.chain, l.asset, l.amount) for l in legs
                 )
                 if not same:
                     raise Conflict(f"swap {swap.id} already exists with other terms", swap_id=swap.id)
             else:
-                s.add(swap)
-                s.flush()
+                tx.execute(_insert("swap", _SWAP), {n: getattr(swap, n) for n in _SWAP})
                 for leg in legs:
-                    s.add(leg)
-                s.add(SwapAction(swap_id=swap.id, at=swap.created_at, from_state=None, to_state=swap.state, note=note))
+                    tx.execute(_insert("swap_leg", _LEG), {n: getattr(leg, n) for n in _LEG})
+                tx.execute(_insert("swap_action", ("swap_id", "at", "from_state", "to_state", "note")),
+                           {"swap_id": swap.id, "at": swap.created_at, "from_state": None, "to_state": swap.state, "note": note})
         return self.get(swap.id)
 
     def get(self, swap_id: str, with_actions: bool = True) -> SwapView:
         """The swap, its legs and (unless ``with_actions`` is false: the engine's steps do not
         read the log, which grows with the swap) its action log."""
-        with self._session() as s:
-            swap = s.get(Swap, swap_id)
-            if swap is None:
-                raise NotFound(f"no swap {swap_id}", swap_id=swap_id)
-            legs = {l.leg: l for l in s.exec(select(SwapLeg).where(SwapLeg.swap_id == swap_id))}
-            actions = list(s.exec(select(SwapAction).where(SwapAction.swap_id == swap_id).order_by(SwapAction.seq))) if with_actions else []
-            return SwapView(swap, legs, actions)
+        with self.db.transaction() as tx:
+            return self._read(tx, swap_id, with_actions)
+
+    def _read(self, tx: Tx, swap_id: str, with_actions: bool) -> SwapView:
+        row = tx.one("SELECT * FROM swap WHERE id = :id", {"id": swap_id})
+        if row is None:
+            raise NotFound(f"no swap {swap_id}", swap_id=swap_id)
+        legs = {r["leg"]: SwapLeg.model_construct(**r) for r in tx.rows("SELECT * FROM swap_leg WHERE swap_id = :id", {"id": swap_id})}
+        actions = [
+            SwapAction.model_construct(**r) for r in tx.rows("SELECT * FROM swap_action WHERE swap_id = :id ORDER BY seq", {"id": swap_id})
+        ] if with_actions else []
+        return SwapView(_swap(row), legs, actions)
 
     def list(self, states: Iterable[str] | None = None) -> list[SwapView]:
-        with self._session() as s:
-            q = select(Swap.id).order_by(Swap.created_at)
-            if states is not None:
-                q = q.where(Swap.state.in_(list(states)))
-            ids = list(s.exec(q))
-        return [self.get(i) for i in ids]
+        params: dict[str, Any] = {}
+        where = ""
+        if states is not None:
+            states = list(states)
+            if not states:
+                return []
+            where = f"WHERE state IN ({in_list('state', states, params)})"
+        with self.db.transaction() as tx:
+            ids = tx.column(f"SELECT id FROM swap {where} ORDER BY created_at", params)
+            return [self._read(tx, i, True) for i in ids]
 
     def committed(self, role: str, states: Iterable[str], asset: str) -> int:
         """What ``role``'s own legs in ``states`` hold of ``asset`` (one query, not a swap at a time)."""
-        with self._session() as s:
-            amounts = s.exec(
-                select(SwapLeg.amount).join(Swap, Swap.id == SwapLeg.swap_id).where(
-                    Swap.role == role, SwapLeg.leg == role, Swap.state.in_(list(states)), SwapLeg.asset == asset,
-                )
-            ).all()
+        params: dict[str, Any] = {"role": role, "asset": asset}
+        states = list(states)
+        if not states:
+            return 0
+        with self.db.transaction() as tx:
+            amounts = tx.column(
+                f"SELECT swap_leg.amount FROM swap_leg {_OWN_LEG} WHERE swap.role = :role AND swap_leg.leg = :role "
+                f"AND swap.state IN ({in_list('state', states, params)}) AND swap_leg.asset = :asset", params)
         return sum(int(a) for a in amounts)
 
     def unbooked(self) -> list[str]:
         """Ids of swaps changed since the ledger last recorded them."""
-        with self._session() as s:
-            q = select(Swap.id).where((Swap.booked_at.is_(None)) | (Swap.booked_at < Swap.updated_at)).order_by(Swap.created_at)
-            return list(s.exec(q))
+        with self.db.transaction() as tx:
+            return tx.column("SELECT id FROM swap WHERE booked_at IS NULL OR booked_at < updated_at ORDER BY created_at")
 
     def mark_booked(self, swap_id: str, updated_at: float) -> None:
         """The ledger holds the facts of the swap as of ``updated_at``."""
-        with self._session() as s, s.begin():
-            s.exec(update(Swap).where(Swap.id == swap_id).values(booked_at=updated_at))
+        with self.db.transaction() as tx:
+            tx.execute("UPDATE swap SET booked_at = :at WHERE id = :id", {"at": updated_at, "id": swap_id})
 
     def due(self, now: float | None = None, limit: int | None = None, among: Iterable[str] | None = None) -> list[str]:
         """Ids of unfinished swaps (``among`` these, if given) whose next attempt is due, the longest
         waiting first."""
-        now = time.time() if now is None else now
-        with self._session() as s:
-            q = select(Swap.id).where(Swap.state.not_in(list(TERMINAL)), Swap.next_attempt_at <= now).order_by(Swap.next_attempt_at)
-            if among is not None:
-                q = q.where(Swap.id.in_(list(among)))
-            if limit is not None:
-                q = q.limit(limit)
-            return list(s.exec(q))
+        params: dict[str, Any] = {"now": time.time() if now is None else now}
+        sql = f"SELECT id FROM swap WHERE state IN ({_OPEN}) AND next_attempt_at <= :now"
+        if among is not None:
+            among = list(among)
+            if not among:
+                return []
+            sql += f" AND id IN ({in_list('id', among, params)})"
+        sql += " ORDER BY next_attempt_at"
+        if limit is not None:
+            sql += " LIMIT :limit"
+            params["limit"] = limit
+        with self.db.transaction() as tx:
+            return tx.column(sql, params)
 
     def wake_expiring(self, chain: str, expired: int, lock_deadline: int) -> int:
         """Make due the unfinished swaps whose own lock on ``chain`` has expired (expiry at or before
         ``expired``: refund), and the LP's swaps still waiting for a trader lock that expires at or
         before ``lock_deadline`` (too late to lock against).  Values are heights or timestamps, as
         the chain's expiries are.  Returns how many swaps were waiting."""
-        now = time.time()
-        own_expired = select(SwapLeg.swap_id).join(Swap, Swap.id == SwapLeg.swap_id).where(
-            SwapLeg.chain == chain, SwapLeg.leg == Swap.role, SwapLeg.expiry.is_not(None), SwapLeg.expiry <= expired,
-        )
-        too_late = select(SwapLeg.swap_id).join(Swap, Swap.id == SwapLeg.swap_id).where(
-            SwapLeg.chain == chain, SwapLeg.leg == INITIATOR, Swap.role == PARTICIPANT, Swap.state == CREATED,
-            SwapLeg.expiry.is_not(None), SwapLeg.expiry <= lock_deadline,
-        )
-        with self._session() as s, s.begin():
-            result = s.exec(
-                update(Swap).where(
-                    Swap.id.in_(own_expired.union(too_late)), Swap.state.not_in(list(TERMINAL)), Swap.next_attempt_at > now,
-                ).values(next_attempt_at=now)
+        with self.db.transaction() as tx:
+            return tx.execute(
+                f"UPDATE swap SET next_attempt_at = :now WHERE state IN ({_OPEN}) AND next_attempt_at > :now AND id IN ("
+                f" SELECT swap_leg.swap_id FROM swap_leg {_OWN_LEG} WHERE swap_leg.chain = :chain AND swap_leg.expiry IS NOT NULL AND ("
+                f"  (swap_leg.leg = swap.role AND swap_leg.expiry <= :expired)"
+                f"  OR (swap_leg.leg = :initiator AND swap.role = :participant AND swap.state = :created AND swap_leg.expiry <= :deadline)))",
+                {"now": time.time(), "chain": chain, "expired": expired, "deadline": lock_deadline,
+                 "initiator": INITIATOR, "participant": PARTICIPANT, "created": CREATED},
             )
-            return result.rowcount or 0
 
     def transition(
         self,
@@ -164,40 +194,44 @@ class SwapStore:
         if unknown:
             raise InputError(f"not swap fields: {', '.join(unknown)}", fields=unknown)
         now = time.time()
-        with self._session() as s, s.begin():
-            swap = s.get(Swap, swap_id)
-            if swap is None:
+        with self.db.transaction() as tx:
+            previous = tx.column("SELECT state FROM swap WHERE id = :id", {"id": swap_id})
+            if not previous:
                 raise NotFound(f"no swap {swap_id}", swap_id=swap_id)
-            if swap.state not in expected:
-                raise Conflict(f"swap {swap_id} is {swap.state}, not {'/'.join(sorted(expected))}", swap_id=swap_id, state=swap.state)
-            previous = swap.state
+            previous = previous[0]
+            if previous not in expected:
+                raise Conflict(f"swap {swap_id} is {previous}, not {'/'.join(sorted(expected))}", swap_id=swap_id, state=previous)
             changed = previous != to
-            if changed:
-                swap.retries, swap.last_error, swap.next_attempt_at = 0, None, now
-            for name, value in (swap_fields or {}).items():
-                setattr(swap, name, value)
-            rows = {l.leg: l for l in s.exec(select(SwapLeg).where(SwapLeg.swap_id == swap_id))}
+            values: dict[str, Any] = {"retries": 0, "last_error": None, "next_attempt_at": now} if changed else {}
+            values.update(swap_fields or {})
+            values.update(state=to, updated_at=now)
+            # Compare-and-set on the state read above: a runner that moved the swap meanwhile wins.
+            moved = tx.execute(
+                f"UPDATE swap SET {', '.join(f'{n} = :v_{n}' for n in values)} WHERE id = :id AND state = :previous",
+                {**{f"v_{n}": v for n, v in values.items()}, "id": swap_id, "previous": previous},
+            )
+            if moved != 1:
+                raise Conflict(f"swap {swap_id} moved on from {previous} meanwhile", swap_id=swap_id, state=previous)
             for leg_name, fields in (legs or {}).items():
-                leg = rows[leg_name]
-                for name, value in fields.items():
-                    setattr(leg, name, value)
-                s.add(leg)
-            swap.state, swap.updated_at = to, now
-            s.add(swap)
+                if fields:
+                    tx.execute(
+                        f"UPDATE swap_leg SET {', '.join(f'{n} = :v_{n}' for n in fields)} WHERE swap_id = :id AND leg = :leg",
+                        {**{f"v_{n}": v for n, v in fields.items()}, "id": swap_id, "leg": leg_name},
+                    )
             if changed or note:
-                s.add(SwapAction(swap_id=swap_id, at=now, from_state=previous, to_state=to, note=note))
-        return SwapView(swap, rows, [])
+                tx.execute(_insert("swap_action", ("swap_id", "at", "from_state", "to_state", "note")),
+                           {"swap_id": swap_id, "at": now, "from_state": previous, "to_state": to, "note": note})
+            return self._read(tx, swap_id, with_actions=False)
 
     def reserved_inputs(self) -> set[tuple[str, int]]:
         """Outpoints spent by Bitcoin locks recorded as intended and not yet seen confirmed."""
-        with self._session() as s:
-            rows = s.exec(
-                select(SwapLeg.lock_raw).join(Swap, Swap.id == SwapLeg.swap_id).where(
-                    Swap.state.in_([INITIATOR_LOCK_INTENDED, PARTICIPANT_LOCK_INTENDED]),
-                    SwapLeg.leg == Swap.role, SwapLeg.chain == "bitcoin", SwapLeg.lock_raw.is_not(None),
-                )
-            ).all()
-        return {(i.prevout.txid_hex, i.prevout.n) for raw in rows for i in Tx.parse(bytes.fromhex(raw)).vin}
+        with self.db.transaction() as tx:
+            rows = tx.column(
+                f"SELECT swap_leg.lock_raw FROM swap_leg {_OWN_LEG} WHERE swap.state IN (:a, :b) AND swap_leg.leg = swap.role "
+                "AND swap_leg.chain = 'bitcoin' AND swap_leg.lock_raw IS NOT NULL",
+                {"a": INITIATOR_LOCK_INTENDED, "b": PARTICIPANT_LOCK_INTENDED},
+            )
+        return {(i.prevout.txid_hex, i.prevout.n) for raw in rows for i in BtcTx.parse(bytes.fromhex(raw)).vin}
 
     def evm_nonces(self) -> list[int]:
         """Nonces of the EVM transactions this store's swaps still intend to get mined: the lock
@@ -205,15 +239,15 @@ class SwapStore:
         is.  A recorded transaction owns its nonce even before it is sent (a crash in between);
         one the swap no longer intends (a claim given up for a refund) frees it.  One store
         holds one party, whose swaps all sign with its one EVM key."""
-        with self._session() as s:
-            rows = s.exec(
-                select(Swap.state, Swap.role, SwapLeg.leg, SwapLeg.spend_kind, SwapLeg.lock_evm, SwapLeg.spend_evm)
-                .join(Swap, Swap.id == SwapLeg.swap_id)
-                .where(Swap.state.in_([INITIATOR_LOCK_INTENDED, PARTICIPANT_LOCK_INTENDED, CLAIM_INTENDED, REFUND_INTENDED]),
-                       SwapLeg.chain == "evm")
-            ).all()
+        with self.db.transaction() as tx:
+            rows = tx.rows(
+                "SELECT swap.state, swap.role, swap_leg.leg, swap_leg.spend_kind, swap_leg.lock_evm, swap_leg.spend_evm "
+                f"FROM swap_leg {_OWN_LEG} WHERE swap.state IN (:a, :b, :c, :d) AND swap_leg.chain = 'evm'",
+                {"a": INITIATOR_LOCK_INTENDED, "b": PARTICIPANT_LOCK_INTENDED, "c": CLAIM_INTENDED, "d": REFUND_INTENDED},
+            )
         out: list[int] = []
-        for state, role, leg, spend_kind, lock_evm, spend_evm in rows:
+        for row in rows:
+            state, role, leg, spend_kind, lock_evm, spend_evm = row.values()
             if state in (INITIATOR_LOCK_INTENDED, PARTICIPANT_LOCK_INTENDED) and leg == role and lock_evm:
                 lock = json.loads(lock_evm)
                 out.append(lock["fields"]["nonce"])
@@ -225,25 +259,22 @@ class SwapStore:
 
     def defer(self, swap_id: str, reason: str, delay: float, count_retry: bool = True) -> None:
         """Try again after ``delay`` seconds, remembering why (a wait or an error)."""
-        with self._session() as s, s.begin():
-            swap = s.get(Swap, swap_id)
-            if swap is None:
+        with self.db.transaction() as tx:
+            found = tx.execute(
+                "UPDATE swap SET retries = retries + :add, last_error = :reason, next_attempt_at = :at WHERE id = :id",
+                {"add": 1 if count_retry else 0, "reason": reason, "at": time.time() + delay, "id": swap_id},
+            )
+            if not found:
                 raise NotFound(f"no swap {swap_id}", swap_id=swap_id)
-            if count_retry:
-                swap.retries += 1
-            swap.last_error = reason
-            swap.next_attempt_at = time.time() + delay
-            s.add(swap)
 
     def wake_all(self, swap_ids: Iterable[str]) -> None:
         """Make these swaps due now (a block they wait for came)."""
-        with self._session() as s, s.begin():
-            s.exec(update(Swap).where(Swap.id.in_(list(swap_ids))).values(next_attempt_at=0.0))
+        params: dict[str, Any] = {}
+        ids = in_list("id", swap_ids, params)
+        if ids:
+            with self.db.transaction() as tx:
+                tx.execute(f"UPDATE swap SET next_attempt_at = 0.0 WHERE id IN ({ids})", params)
 
     def wake(self, swap_id: str) -> None:
         """Make a swap due now (new information arrived, e.g. the trader's lock notice)."""
-        with self._session() as s, s.begin():
-            swap = s.get(Swap, swap_id)
-            if swap is not None:
-                swap.next_attempt_at = 0.0
-                s.add(swap)
+        self.wake_all([swap_id])
