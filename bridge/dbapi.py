@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from sqlalchemy.engine import Engine
 
@@ -32,19 +32,34 @@ def in_list(name: str, values: Iterable[Any], params: dict[str, Any]) -> str:
     return ", ".join(keys)
 
 
+def _pyformat_text(text: str, cache: dict[str, str] = {}) -> str:  # noqa: B006 - the cache is meant to live on
+    out = cache.get(text)
+    if out is None:
+        out = cache[text] = _PARAM.sub(r"%(\1)s", text.replace("%", "%%"))
+    return out
+
+
+def _plain(text: str) -> str:
+    return text
+
+
+def _texts_for(engine: Engine) -> Callable[[str], str]:
+    return _pyformat_text if engine.dialect.paramstyle in ("pyformat", "format") else _plain
+
+
 class Tx:
     """One transaction's cursor."""
 
-    def __init__(self, db: "Db", cursor: Any) -> None:
-        self._db, self._cursor = db, cursor
+    def __init__(self, sql: Callable[[str], str], cursor: Any) -> None:
+        self._sql, self._cursor = sql, cursor
 
     def execute(self, sql: str, params: dict[str, Any] | None = None) -> int:
         """Run a statement; returns the rows it changed."""
-        self._cursor.execute(self._db.sql(sql), params or {})
+        self._cursor.execute(self._sql(sql), params or {})
         return self._cursor.rowcount
 
     def rows(self, sql: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-        self._cursor.execute(self._db.sql(sql), params or {})
+        self._cursor.execute(self._sql(sql), params or {})
         names = [d[0] for d in self._cursor.description]
         return [dict(zip(names, row)) for row in self._cursor.fetchall()]
 
@@ -53,24 +68,14 @@ class Tx:
         return found[0] if found else None
 
     def column(self, sql: str, params: dict[str, Any] | None = None) -> list[Any]:
-        self._cursor.execute(self._db.sql(sql), params or {})
+        self._cursor.execute(self._sql(sql), params or {})
         return [row[0] for row in self._cursor.fetchall()]
 
 
 class Db:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self._pyformat = engine.dialect.paramstyle in ("pyformat", "format")
-        self._texts: dict[str, str] = {}
-        self.integrity_error: type[Exception] = engine.dialect.loaded_dbapi.IntegrityError
-
-    def sql(self, text: str) -> str:
-        if not self._pyformat:
-            return text
-        out = self._texts.get(text)
-        if out is None:
-            out = self._texts[text] = _PARAM.sub(r"%(\1)s", text.replace("%", "%%"))
-        return out
+        self.sql = _texts_for(engine)
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Tx]:
@@ -81,7 +86,7 @@ class Db:
         try:
             cursor = conn.cursor()
             try:
-                yield Tx(self, cursor)
+                yield Tx(self.sql, cursor)
                 conn.commit()
             except BaseException:
                 conn.rollback()
@@ -90,3 +95,11 @@ class Db:
                 cursor.close()
         finally:
             conn.close()  # back to the pool
+
+
+def session_tx(session: Any) -> Tx:
+    """A ``Tx`` on the DB-API connection of an ORM ``session``'s open transaction (begun if need
+    be): its statements commit or roll back with whatever else the session does (the indexer
+    hands its consumers such a session)."""
+    conn = session.connection()
+    return Tx(_texts_for(conn.engine), conn.connection.driver_connection.cursor())
