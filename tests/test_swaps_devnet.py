@@ -1034,7 +1034,7 @@ async def test_lp_does_not_lock_on_a_bitcoin_lock_that_a_reorg_removed(tmp_path,
             stepped = await trader.engine.step(view.swap.id)
             assert stepped.swap.state == m.INITIATOR_LOCK_INTENDED, stepped.swap.last_error
             await btc.mine(1)
-            stepped = await trader.engine.step(view.swap.id)  # confirmed: the trader tells the LP
+            stepped = await trader.engine.step(view.swap.id)  # confirmed (the LP was told when it was sent)
             assert stepped.swap.state == m.INITIATOR_LOCKED, stepped.swap.last_error
             await wait_until(lambda: _waiting_for(lp, view.swap.id, "1/3 confirmations"), timeout=30, what="LP saw the lock, unconfirmed")
             reorg = await btc.rpc.call("devnetreorg", 1)
