@@ -6,6 +6,7 @@ engine here so SQLite is always opened with the same durability settings.
 
 from __future__ import annotations
 
+import weakref
 from pathlib import Path
 from typing import Iterable
 
@@ -49,12 +50,22 @@ def init_db(engine: Engine, tables: Iterable[Table] | None = None) -> None:
     model grew a column would fail on the first query naming it.  Only additive changes
     are made: a column that existing rows cannot fill (NOT NULL without a default) is
     refused with ``SchemaError`` naming it, rather than guessing a value.
+
+    Each table is checked once per engine: the check reads the schema back (several queries a
+    table), and a relayer opens its stores and indexes again for every swap it starts.
     """
-    tables = list(SQLModel.metadata.sorted_tables if tables is None else tables)
+    done = _initialised.setdefault(engine, weakref.WeakSet())
+    tables = [t for t in (SQLModel.metadata.sorted_tables if tables is None else tables) if t not in done]
+    if not tables:
+        return
     for metadata in {id(t.metadata): t.metadata for t in tables}.values():
         metadata.create_all(engine, tables=[t for t in tables if t.metadata is metadata])
     for table in tables:
         add_missing_columns(engine, table)
+    done.update(tables)
+
+
+_initialised: "weakref.WeakKeyDictionary[Engine, weakref.WeakSet[Table]]" = weakref.WeakKeyDictionary()
 
 
 def add_missing_columns(engine: Engine, table: Table) -> list[str]:

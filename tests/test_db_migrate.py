@@ -8,7 +8,7 @@ import time
 import pytest
 from sqlalchemy import Column, Float, Integer, MetaData, String, Table, insert, inspect, select, text
 
-from bridge.db import init_db
+from bridge.db import init_db, make_engine
 from bridge.errors import ConfigError, SchemaError
 from bridge.swaps import models as m
 from bridge.swaps.models import INITIATOR, PARTICIPANT, Swap, SwapLeg
@@ -32,16 +32,21 @@ def _old_swap_db(engine) -> None:
 
 
 def test_an_old_swap_database_gains_the_new_columns_and_keeps_its_rows(ledger_db):
-    _url, engine = ledger_db
+    url, engine = ledger_db
     _old_swap_db(engine)
-    store = SwapStore(engine)  # what every party does on start
+    # A newer version starting on that file: a new process, so a new engine (``init_db`` checks
+    # each table once per engine).
+    newer = make_engine(url)
+    store = SwapStore(newer)  # what every party does on start
     view = store.get("old")
     assert view.swap.state == m.INITIATOR_LOCKED and view.swap.retries == 0  # the model's default filled the old row
     assert view.leg(INITIATOR).lock_ref == "aa:0" and view.leg(INITIATOR).outcome is None
     store.transition("old", m.INITIATOR_LOCKED, m.INITIATOR_LOCKED, legs={INITIATOR: {"outcome": "refunded"}})
     store.defer("old", "waiting", 1.0)
-    again = SwapStore(engine).get("old")  # a second start changes nothing
+    third = make_engine(url)
+    again = SwapStore(third).get("old")  # a second start changes nothing
     assert again.leg(INITIATOR).outcome == "refunded" and again.swap.retries == 1
+    newer.dispose(), third.dispose()
 
 
 def test_a_not_null_column_without_default_is_refused_by_name(ledger_db):
@@ -65,7 +70,7 @@ def test_a_not_null_column_without_default_is_refused_by_name(ledger_db):
 
 
 def test_nullable_and_defaulted_columns_are_added_with_their_index(ledger_db):
-    _url, engine = ledger_db
+    url, engine = ledger_db
     name = f"gadget_{secrets.token_hex(3)}"
     old = Table(name, MetaData(), Column("id", Integer, primary_key=True))
     init_db(engine, [old])
@@ -76,7 +81,9 @@ def test_nullable_and_defaulted_columns_are_added_with_their_index(ledger_db):
         Column("tries", Integer, nullable=False, default=3), Column("kind", String, nullable=False, server_default="plain"),
     )
     init_db(engine, [new])
-    init_db(engine, [new])  # idempotent
+    again = make_engine(url)
+    init_db(again, [new])  # idempotent, in a process that starts later (a new engine)
+    again.dispose()
     with engine.connect() as conn:
         assert conn.execute(select(new.c.id, new.c.note, new.c.tries, new.c.kind)).all() == [(1, None, 3, "plain")]
     assert any(ix["column_names"] == ["note"] for ix in inspect(engine).get_indexes(name))
