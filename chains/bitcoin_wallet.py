@@ -18,8 +18,8 @@ import secrets
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
+import coincurve
 from bitcoinlib.keys import BKeyError, Key
-from bitcoinlib.keys import sign as _bitcoinlib_sign
 from bitcoinlib.transactions import Transaction, TransactionError
 
 from bridge.errors import InputError, InsufficientFunds
@@ -57,13 +57,24 @@ def fee_for(weight: int, feerate: int) -> int:
 class BtcKey:
     """A secp256k1 private key the bridge holds, with its P2WPKH script and address."""
 
-    __slots__ = ("_key", "secret")
+    __slots__ = ("_signer", "_pubkey", "_bitcoinlib_key", "secret")
 
     def __init__(self, secret: bytes) -> None:
         if len(secret) != 32 or not 0 < int.from_bytes(secret, "big") < _SECP256K1_N:
             raise InputError("a bitcoin private key is 32 bytes in 1..n-1")
         self.secret = secret
-        self._key = Key(secret, network="regtest", compressed=True)
+        # libsecp256k1 signs and derives in microseconds; bitcoinlib's pure-Python curve took
+        # milliseconds, on the path from a revealed secret to the claim broadcast.
+        self._signer = coincurve.PrivateKey(secret)
+        self._pubkey = self._signer.public_key.format(compressed=True)
+        self._bitcoinlib_key: Key | None = None
+
+    @property
+    def _key(self) -> Key:
+        """bitcoinlib's form of the key, for building payments with its ``Transaction``."""
+        if self._bitcoinlib_key is None:
+            self._bitcoinlib_key = Key(self.secret, network="regtest", compressed=True)
+        return self._bitcoinlib_key
 
     @classmethod
     def generate(cls) -> "BtcKey":
@@ -96,7 +107,7 @@ class BtcKey:
     @property
     def pubkey(self) -> bytes:
         """Compressed SEC1 public key (33 bytes)."""
-        return self._key.public_byte
+        return self._pubkey
 
     @property
     def pubkey_hash(self) -> bytes:
@@ -113,7 +124,7 @@ class BtcKey:
         """DER signature (low-S, RFC 6979) of a 32-byte sighash, without the sighash-type byte."""
         if len(digest) != 32:
             raise InputError("sign_digest needs a 32-byte digest")
-        return _bitcoinlib_sign(digest, self._key).as_der_encoded(include_hash_type=False)
+        return self._signer.sign(digest, hasher=None)  # RFC 6979 nonce, low S
 
     def __repr__(self) -> str:  # never show the secret
         return f"BtcKey(pubkey={self.pubkey.hex()})"
