@@ -1,8 +1,8 @@
 """Keys, coin selection and P2WPKH signing without any node wallet.
 
-The bridge holds its own keys (``BtcKey``, a thin wrapper over bitcoinlib's ``Key``)
-and builds its own transactions (``build_payment``) with bitcoinlib's
-``Transaction``; the adapter finds the coins (``BitcoinAdapter.utxos``) and
+The bridge holds its own keys (``BtcKey``, over libsecp256k1 through coincurve) and
+builds and signs its own transactions (``build_payment``: BIP143 digests from
+``chains.btc.sighash``); the adapter finds the coins (``BitcoinAdapter.utxos``) and
 broadcasts (``BitcoinAdapter.send_to``).
 
 Coin selection is largest-first: on a devnet or a bridge hot wallet the coins are
@@ -19,14 +19,13 @@ from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 import coincurve
-from bitcoinlib.keys import BKeyError, Key
-from bitcoinlib.transactions import Transaction, TransactionError
 
 from bridge.errors import InputError, InsufficientFunds
 from chains.bitcoin_tx import address_to_script
 from chains.btc.address import b58check_encode, b58decode, encode_segwit_address
 from chains.btc.address import network as bitcoin_network
-from chains.btc.primitives import Tx, hash160, hash256, ser_compact_size
+from chains.btc.primitives import OutPoint, Tx, TxIn, TxOut, hash160, hash256, ser_compact_size
+from chains.btc.sighash import SIGHASH_ALL, segwit_v0_sighash
 from chains.btc.script import OP_RETURN, dust_threshold, p2wpkh_script
 
 # Bitcoin Core's WIF version bytes; bitcoinlib's "regtest" uses the mainnet byte, Core uses the testnet one.
@@ -57,7 +56,7 @@ def fee_for(weight: int, feerate: int) -> int:
 class BtcKey:
     """A secp256k1 private key the bridge holds, with its P2WPKH script and address."""
 
-    __slots__ = ("_signer", "_pubkey", "_bitcoinlib_key", "secret")
+    __slots__ = ("_signer", "_pubkey", "secret")
 
     def __init__(self, secret: bytes) -> None:
         if len(secret) != 32 or not 0 < int.from_bytes(secret, "big") < _SECP256K1_N:
@@ -67,14 +66,6 @@ class BtcKey:
         # milliseconds, on the path from a revealed secret to the claim broadcast.
         self._signer = coincurve.PrivateKey(secret)
         self._pubkey = self._signer.public_key.format(compressed=True)
-        self._bitcoinlib_key: Key | None = None
-
-    @property
-    def _key(self) -> Key:
-        """bitcoinlib's form of the key, for building payments with its ``Transaction``."""
-        if self._bitcoinlib_key is None:
-            self._bitcoinlib_key = Key(self.secret, network="regtest", compressed=True)
-        return self._bitcoinlib_key
 
     @classmethod
     def generate(cls) -> "BtcKey":
@@ -238,18 +229,14 @@ def build_payment(
     if fee > max_fee:
         raise InputError(f"fee of {fee} sats is above the limit of {max_fee} sats (absurd fee)")
 
-    tx = Transaction(network="regtest", witness_type="segwit", version=2)
-    for utxo in chosen:
+    unsigned = Tx(2, [TxIn(OutPoint.from_hex(u.txid, u.vout)) for u in chosen], [TxOut(v, s) for s, v in resolved])
+    vin = []
+    for i, utxo in enumerate(chosen):
         key = by_script[utxo.script_pubkey]
-        tx.add_input(utxo.txid, utxo.vout, keys=key._key.public_hex, value=utxo.value_sats, witness_type="segwit", script_type="sig_pubkey")
-    for script, value in resolved:
-        tx.add_output(value, lock_script=script)
-    try:
-        for i, utxo in enumerate(chosen):
-            tx.sign(keys=by_script[utxo.script_pubkey]._key, index_n=i)
-    except (TransactionError, BKeyError) as exc:
-        raise InputError(f"signing failed: {exc}") from None
-    raw = tx.raw()
-    signed = Tx.parse(raw)
+        script_code = b"\x76\xa9\x14" + key.pubkey_hash + b"\x88\xac"  # BIP143: P2WPKH signs as P2PKH
+        sig = key.sign_digest(segwit_v0_sighash(unsigned, i, script_code, utxo.value_sats)) + bytes([SIGHASH_ALL])
+        vin.append(unsigned.vin[i]._replace(witness=(sig, key.pubkey)))
+    signed = Tx(2, vin, unsigned.vout)
+    raw = signed.serialize()
     return SignedTx(raw_hex=raw.hex(), txid=signed.txid, fee_sats=fee, vsize=signed.vsize, inputs=tuple(chosen), change_vout=change_vout)
 
