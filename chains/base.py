@@ -12,7 +12,7 @@ import abc
 import asyncio
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 from bridge.errors import ConfirmationTimeout, Unsupported
 from chains.heads import HeadFollower
@@ -70,11 +70,12 @@ class ChainAdapter(abc.ABC):
     async def block_by_hash(self, block_hash: str) -> BlockRef: ...
 
     @abc.abstractmethod
-    async def events(self, from_height: int, to_height: int, selector: Any = None) -> list[ChainEvent]:
+    async def events(self, from_height: int, to_height: int, selector: Any = None, blocks: Sequence[BlockRef] | None = None) -> list[ChainEvent]:
         """Events in blocks ``from_height..to_height`` inclusive, in chain order.
 
         ``selector`` is family specific (EVM: a log filter; Bitcoin: which scripts or
-        transactions are of interest; ``None``: everything).
+        transactions are of interest; ``None``: everything).  ``blocks``: refs of (some of) these
+        blocks the caller already holds (an adapter may skip looking them up).
         """
 
     @abc.abstractmethod
@@ -122,6 +123,16 @@ class ChainAdapter(abc.ABC):
     async def mine(self, blocks: int = 1) -> list[str]:
         """Devnets only: produce blocks now."""
         raise Unsupported(f"{self.family} adapter cannot mine blocks")
+
+    def announced_head(self) -> BlockRef | None:
+        """The tip as the node last announced it (``heads``), or None where nothing live announces
+        it.  Costs no request: for callers that just woke on an announcement and would otherwise
+        read the head straight back.  It can trail the node by the announcement's latency, so a
+        caller that must see its own just-mined block asks ``head()``."""
+        heads = self.heads
+        if heads is None or not heads.live or heads.head is None or heads.head.height != heads.height:
+            return None
+        return heads.head
 
     async def close(self) -> None:
         if self.heads is not None:

@@ -120,21 +120,23 @@ class BitcoinAdapter(ChainAdapter):
         await super().close()
         await self.rpc.close()
 
-    async def _follow_tip(self, publish: Callable[[int], None]) -> None:
+    async def _follow_tip(self, publish: Callable[..., None]) -> None:
         # waitforblockheight has no race (a block mined between two calls is not missed, unlike
         # waitfornewblock before Core 29); answering on timeout, it also reports a tip that
-        # shrank or was replaced at the same height within LONG_POLL_MS.
-        height = await self.height()
-        publish(height)
+        # shrank or was replaced at the same height within LONG_POLL_MS.  Each new tip's header
+        # is read here once, for everyone in this process who would read the head on waking.
+        head = await self.head()
+        publish(head.height, head)
         while True:
             try:
-                tip = await self.rpc.call("waitforblockheight", height + 1, LONG_POLL_MS)
+                tip = await self.rpc.call("waitforblockheight", head.height + 1, LONG_POLL_MS)
             except RpcError as exc:
                 if exc.details.get("code") == RPC_METHOD_NOT_FOUND:
                     raise Unsupported(f"the node does not offer waitforblockheight: {exc.message}") from exc
                 raise
-            height = int(tip["height"])
-            publish(height)
+            if tip["hash"] != head.hash:
+                head = await self.block_by_hash(tip["hash"])
+            publish(head.height, head)
 
     # --- blocks ---------------------------------------------------------------
 
@@ -152,7 +154,9 @@ class BitcoinAdapter(ChainAdapter):
     async def height(self) -> int:
         return int(await self.rpc.call("getblockcount"))
 
-    async def events(self, from_height: int, to_height: int, selector: BitcoinTxFilter | None = None) -> list[ChainEvent]:
+    async def events(
+        self, from_height: int, to_height: int, selector: BitcoinTxFilter | None = None, blocks: Sequence[BlockRef] | None = None,
+    ) -> list[ChainEvent]:
         """Transactions of blocks ``from_height..to_height`` as events keyed by txid, in chain order.
 
         ``data`` holds ``txid``, ``index`` (position in its block) and ``tx``: a
@@ -168,8 +172,11 @@ class BitcoinAdapter(ChainAdapter):
         if selector is not None:
             scripts = selector.scripts or frozenset()
             outpoints = {outpoint_key(t, n) for t, n in selector.outpoints or ()}
+        known = {b.height: b.hash for b in blocks or ()}
         hashes: list[str] = []
-        for start in range(from_height, to_height + 1, HASH_CHUNK):
+        if all(h in known for h in range(from_height, to_height + 1)):
+            hashes = [known[h] for h in range(from_height, to_height + 1)]
+        for start in range(from_height + len(hashes), to_height + 1, HASH_CHUNK):
             stop = min(start + HASH_CHUNK, to_height + 1)
             hashes += await self.rpc.batch([("getblockhash", [h]) for h in range(start, stop)])
 

@@ -203,7 +203,9 @@ class EvmAdapter(ChainAdapter):
         self.rpc = EvmRpc(url, timeout=timeout)
         #: New blocks pushed over the node's websocket (``push_blocks=False``: poll).
         self.ws_url = ws_url or ws_url_for(url)
-        self.heads = HeadFollower(f"evm {self.ws_url}", lambda publish: follow_new_heads(self.ws_url, publish)) if push_blocks else None
+        self.heads = HeadFollower(f"evm {self.ws_url}", lambda publish: follow_new_heads(
+            self.ws_url, lambda number, header: publish(number, block_ref(header))
+        )) if push_blocks else None
         self._expected_chain_id = chain_id
         self._chain_id: int | None = None
         self.nonces = NonceManager(self._pending_count)
@@ -304,7 +306,9 @@ class EvmAdapter(ChainAdapter):
 
     # --- events --------------------------------------------------------------
 
-    async def events(self, from_height: int, to_height: int, selector: EvmLogFilter | None = None) -> list[ChainEvent]:
+    async def events(
+        self, from_height: int, to_height: int, selector: EvmLogFilter | None = None, blocks: Sequence[BlockRef] | None = None,
+    ) -> list[ChainEvent]:
         """Logs in ``from_height..to_height`` as events keyed ``txhash:logindex``, in chain order.
 
         The range is asked for in ``log_chunk_size`` blocks, a few chunks in flight
@@ -317,15 +321,16 @@ class EvmAdapter(ChainAdapter):
         if from_height < 0 or to_height < from_height:
             raise InputError(f"bad block range {from_height}..{to_height}")
         base = selector.to_params() if selector else {}
+        known = {b.hash: b for b in blocks or ()}
         chunk = [self.log_chunk_size]  # shrinks for the whole call once the node says "too large"
         gate = asyncio.Semaphore(LOG_CONCURRENCY)
 
         async def one(start: int, end: int) -> list[ChainEvent]:
             async with gate:
                 logs = await self._logs(start, end, base, chunk)
-                blocks = await self._blocks_for(logs)
+                refs = await self._blocks_for(logs, known)
             return [
-                ChainEvent(f"{log['transactionHash']}:{int(log['logIndex'], 16)}", blocks[log["blockHash"]], log_data(log))
+                ChainEvent(f"{log['transactionHash']}:{int(log['logIndex'], 16)}", refs[log["blockHash"]], log_data(log))
                 for log in logs
             ]
 
@@ -358,14 +363,15 @@ class EvmAdapter(ChainAdapter):
             start = end + 1
         return logs
 
-    async def _blocks_for(self, logs: list[dict[str, Any]]) -> dict[str, BlockRef]:
-        """The headers (by hash, so each is exactly the block its logs came from) of blocks with logs."""
-        hashes = list(dict.fromkeys(log["blockHash"] for log in logs))
+    async def _blocks_for(self, logs: list[dict[str, Any]], known: dict[str, BlockRef]) -> dict[str, BlockRef]:
+        """The headers (by hash, so each is exactly the block its logs came from) of blocks with logs;
+        those in ``known`` are not asked for."""
+        hashes = [h for h in dict.fromkeys(log["blockHash"] for log in logs) if h not in known]
         groups = [hashes[i : i + HEADER_BATCH] for i in range(0, len(hashes), HEADER_BATCH)]
         replies = await asyncio.gather(
             *(self._read_batch([("eth_getBlockByHash", (h, False)) for h in group]) for group in groups)
         )
-        found: dict[str, BlockRef] = {}
+        found: dict[str, BlockRef] = dict(known)
         for group, blocks in zip(groups, replies):
             for block_hash, block in zip(group, blocks):
                 if block is None:

@@ -189,9 +189,9 @@ def ws_url_for(rpc_url: str) -> str:
     return "ws" + rpc_url.removeprefix("http") if rpc_url.startswith("http") else rpc_url
 
 
-async def follow_new_heads(ws_url: str, publish: Callable[[int], None], timeout: float = 10.0) -> None:
-    """Subscribe to ``newHeads`` on the node's websocket and ``publish`` each head's number (the
-    current one first) until the connection ends.  A node without subscriptions raises ``Unsupported``."""
+async def follow_new_heads(ws_url: str, publish: Callable[[int, dict], None], timeout: float = 10.0) -> None:
+    """Subscribe to ``newHeads`` on the node's websocket and ``publish(number, header)`` each head
+    (the current one first) until the connection ends.  A node without subscriptions raises ``Unsupported``."""
     async with aiohttp.ClientSession() as session:
         async with session.ws_connect(ws_url, heartbeat=30.0, timeout=aiohttp.ClientWSTimeout(ws_close=timeout)) as ws:
             await ws.send_json({"jsonrpc": "2.0", "id": 1, "method": "eth_subscribe", "params": ["newHeads"]})
@@ -202,12 +202,15 @@ async def follow_new_heads(ws_url: str, publish: Callable[[int], None], timeout:
                     raise Unsupported(f"{ws_url} does not offer eth_subscribe newHeads: {error.message}")
                 raise error
             # The subscription announces the next heads only: ask for the current one too.
-            await ws.send_json({"jsonrpc": "2.0", "id": 2, "method": "eth_blockNumber", "params": []})
+            await ws.send_json({"jsonrpc": "2.0", "id": 2, "method": "eth_getBlockByNumber", "params": ["latest", False]})
             async for message in ws:
                 if message.type != aiohttp.WSMsgType.TEXT:
                     break  # closed or failed: the follower reconnects
                 data = json.loads(message.data)
                 if data.get("method") == "eth_subscription":
-                    publish(int(data["params"]["result"]["number"], 16))
-                elif data.get("id") == 2 and isinstance(data.get("result"), str):
-                    publish(int(data["result"], 16))
+                    header = data["params"]["result"]
+                elif data.get("id") == 2 and isinstance(data.get("result"), dict):
+                    header = data["result"]
+                else:
+                    continue
+                publish(int(header["number"], 16), header)

@@ -14,14 +14,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from bridge.errors import Unsupported
 
+if TYPE_CHECKING:
+    from chains.base import BlockRef
+
 log = logging.getLogger(__name__)
 
-#: ``follow(publish)``: talk to the node until it fails, calling ``publish(height)`` for every tip.
-Follow = Callable[[Callable[[int], None]], Awaitable[None]]
+#: ``follow(publish)``: talk to the node until it fails, calling ``publish(height, head)`` for every
+#: tip (``head``: its ``BlockRef`` where the announcement carries it, else None).
+Follow = Callable[[Callable[..., None]], Awaitable[None]]
 
 
 class HeadFollower:
@@ -31,16 +35,19 @@ class HeadFollower:
         self.max_backoff = max_backoff
         #: The node's height as last announced; -1 before the source first answered.
         self.height = -1
+        #: The announced tip itself, where the source gives it (``ChainAdapter.announced_head``).
+        self.head: BlockRef | None = None
         #: False while the source is down (or the node does not offer it): waits then just time out.
         self.live = False
         self.unsupported: str | None = None
         self._changed: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
 
-    def publish(self, height: int) -> None:
+    def publish(self, height: int, head: BlockRef | None = None) -> None:
         self.live = True
-        if height != self.height:
-            self.height = height
+        replaced = head is not None and (self.head is None or head.hash != self.head.hash)
+        if height != self.height or replaced:
+            self.height, self.head = height, head
             if self._changed is not None:
                 self._changed.set()
                 self._changed = asyncio.Event()
@@ -71,7 +78,7 @@ class HeadFollower:
                 self._changed = asyncio.Event()
             return
         # A new event loop (each test has its own) needs its own event and task.
-        self._changed, self.live = asyncio.Event(), False
+        self._changed, self.live, self.head = asyncio.Event(), False, None
         self._task = loop.create_task(self._run(), name=f"head follower {self.name}")
 
     async def _run(self) -> None:
@@ -91,12 +98,12 @@ class HeadFollower:
                 delay = min(0.25 * 2 ** min(failures, 8), self.max_backoff)
                 log.log(logging.INFO if failures == 1 else logging.DEBUG,
                         "%s: block notifications interrupted (%s: %s); retrying in %.1f s", self.name, type(exc).__name__, exc, delay)
-            self.live = False
+            self.live, self.head = False, None
             await asyncio.sleep(delay if failures else 0)
 
     async def close(self) -> None:
         task, self._task = self._task, None
-        self.live = False
+        self.live, self.head = False, None
         if task is not None and not task.done() and task.get_loop() is asyncio.get_running_loop():
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)

@@ -189,6 +189,7 @@ class Indexer:
             "blocks_per_s": 0.0, "events_per_s": 0.0,
         }
         self._progress = _Progress(every=log_every)
+        self._announced = False  # the last wait ended on an announced block (``step`` reads no head)
         create_tables(engine)
 
     # --- public -----------------------------------------------------------------
@@ -198,7 +199,10 @@ class Indexer:
             return self.store.load(session)
 
     async def step(self) -> StepResult:
-        head = await self.adapter.head()
+        # Woken by an announcement, the announced tip is the head to read; a timed recheck (which
+        # exists for what announcements miss) asks the node.
+        head = (self._announced and self.adapter.announced_head()) or await self.adapter.head()
+        self._announced = False
         safe = head.height - self.confirmations + 1
         cursor = self._cursor_or_create()
         self.stats["head"] = head.height
@@ -242,7 +246,10 @@ class Indexer:
                 log.warning("indexer %s: %s; retrying in %.2fs", self.name, exc, delay)
                 await _sleep_unless(stop, delay)
                 continue
-            if result.caught_up:
+            # A batch that reached the head it read is caught up too: looking again at once would
+            # only read that head back.
+            at_tip = result.kind == "indexed" and result.head is not None and result.to_height >= result.head - self.confirmations + 1
+            if result.caught_up or at_tip:
                 await self._idle(stop, result.head if result.head is not None else -1)
 
     async def _idle(self, stop: asyncio.Event, height: int) -> None:
@@ -252,7 +259,10 @@ class Indexer:
         since = time.monotonic()
         while not stop.is_set():
             announced = await wait_unless(stop, self.adapter.wait_for_block(height, self.poll_interval))
-            if announced is None or announced != height or time.monotonic() - since >= self.recheck:
+            if announced is not None and announced != height:
+                self._announced = True
+                return
+            if announced is None or time.monotonic() - since >= self.recheck:
                 return
 
     # --- reading the chain ----------------------------------------------------------
@@ -293,7 +303,7 @@ class Indexer:
         low, high = refs[0].height, refs[-1].height
         started = time.monotonic()
         try:
-            events = await self.adapter.events(low, high, self._selector())
+            events = await self.adapter.events(low, high, self._selector(), blocks=refs)
         except ReorgDetected as exc:  # the adapter saw a block vanish while reading
             raise _ChainMoved(exc.message) from exc
         with _gc_paused():

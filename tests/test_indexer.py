@@ -89,7 +89,7 @@ class FakeChain(ChainAdapter):
                 return b
         raise NotFound(f"no block {block_hash}")
 
-    async def events(self, from_height: int, to_height: int, selector: Any = None) -> list[ChainEvent]:
+    async def events(self, from_height: int, to_height: int, selector: Any = None, blocks: Any = None) -> list[ChainEvent]:
         self._maybe_fail()
         if self.before_events:
             hook, self.before_events = self.before_events, None

@@ -38,6 +38,7 @@ from chains.heads import wait_unless
 
 if TYPE_CHECKING:
     from bridge.swaps.books import SwapBooks
+    from chains.base import BlockRef
     from bridge.swaps.observe import SwapObservers
 
 log = logging.getLogger("bridge.swaps")
@@ -194,17 +195,17 @@ class SwapEngine:
                 new = announced if announced is not None else await adapter.height()
                 if new != height:
                     height = new
-                    await self._new_block(chain)
+                    await self._new_block(chain, adapter.announced_head() if announced is not None else None)
             except Exception as exc:  # noqa: BLE001 - a node hiccup: swaps are polled meanwhile
                 log.debug("following %s blocks: %s", chain, exc)
                 await asyncio.sleep(self.poll_interval)
 
-    async def _new_block(self, chain: str) -> None:
+    async def _new_block(self, chain: str, announced: BlockRef | None = None) -> None:
         """Step the swaps waiting for a block of ``chain``, and those with an expiry on it that the
         timelock rules now act on (refund, refuse to lock, refuse to claim): no event announces those."""
         self._blocks[chain] = self._blocks.get(chain, 0) + 1
         ops = self.legs[chain]
-        ops.clock.forget()
+        ops.clock.forget(announced)
         waiting = self._block_waiters.pop(chain, set())
         if waiting:
             self.store.wake_all(waiting)
@@ -307,6 +308,7 @@ class SwapEngine:
         if view.swap.state == m.REFUND_INTENDED:
             return view
         ops = self._ops(leg)
+        ops.clock.forget()  # an operator's command reads the chain as it is now
         # A trader whose claim confirmed may still take back its own lock if the LP never claimed it.
         after_claim = bool(leg.lock_ref) and await self._claim_confirmed(view)
         if after_claim:

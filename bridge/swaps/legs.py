@@ -24,6 +24,7 @@ from bridge.swaps.assets import BITCOIN, EVM
 from bridge.swaps.models import SwapLeg
 from bridge.swaps.store import SwapView
 from bridge.swaps.timelock import ChainTime
+from chains.base import BlockRef
 from chains.bitcoin import COINBASE_MATURITY, BitcoinAdapter, BitcoinTxFilter
 from chains.bitcoin_tx import btc_to_sats
 from chains.bitcoin_wallet import BtcKey, Utxo
@@ -97,7 +98,8 @@ class ChainClock:
     waiting swaps checking their expiry in one pass share one read.  Timelock decisions allow
     minutes of margin, so a tip a few tens of milliseconds old changes none of them.  Where the
     node announces blocks (``adapter.heads``), a read stays good until the next one is
-    announced (up to ``announced_ttl``), so most steps ask the node nothing."""
+    announced (up to ``announced_ttl``), and the announced tip replaces it, so most steps ask
+    the node nothing."""
 
     def __init__(self, adapter: Any, ttl: float = 0.02, announced_ttl: float = 1.0) -> None:
         self.adapter = adapter
@@ -105,9 +107,13 @@ class ChainClock:
         self.announced_ttl = announced_ttl
         self._read: tuple[float, ChainTime] | None = None
 
-    def forget(self) -> None:
-        """A new block came: the next read goes to the node."""
-        self._read = None
+    def forget(self, announced: BlockRef | None = None) -> None:
+        """A new block came: the next read is that block where its announcement carried it
+        (``ChainAdapter.announced_head``), else the node's answer."""
+        if announced is not None and (self._read is None or announced.height >= self._read[1].height):
+            self._read = (time.monotonic(), ChainTime(announced.height, announced.timestamp))
+        else:
+            self._read = None
 
     def _fresh(self, at: float) -> bool:
         if self._read is None:
