@@ -17,14 +17,16 @@ transaction begins and ends.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from sqlalchemy import JSON, BigInteger, Column, delete, insert, select, update
+from sqlalchemy import JSON, BigInteger, Column
 from sqlalchemy.engine import Engine
 from sqlmodel import Field, Session, SQLModel
 
 from bridge.db import init_db
+from bridge.dbapi import session_tx
 from bridge.errors import Conflict
 from chains.base import BlockRef, ChainEvent
 
@@ -82,54 +84,55 @@ class OrphanedBlock:
 
 
 class CursorStore:
-    """The persisted state of one indexer (``name``) on one chain (``chain_id``)."""
+    """The persisted state of one indexer (``name``) on one chain (``chain_id``).
+
+    Statements go to the DB-API connection of the caller's session (``bridge.dbapi.session_tx``),
+    not through the ORM: an indexer at the tip runs several for every block."""
 
     def __init__(self, name: str, chain_id: str) -> None:
         self.name = name
         self.chain_id = chain_id
-
-    def _mine(self, table):
-        return (table.c.name == self.name) & (table.c.chain_id == self.chain_id)
+        self._mine = {"name": name, "chain_id": chain_id}
 
     def load(self, session: Session) -> Cursor | None:
-        t = IndexerCursor.__table__
-        row = session.execute(select(t.c.height, t.c.hash, t.c.first_height).where(self._mine(t))).first()
-        return Cursor(row.height, row.hash, row.first_height) if row else None
+        row = session_tx(session).one(
+            "SELECT height, hash, first_height FROM indexer_cursor WHERE name = :name AND chain_id = :chain_id", self._mine
+        )
+        return Cursor(row["height"], row["hash"], row["first_height"]) if row else None
 
     def create(self, session: Session, start_height: int) -> Cursor:
-        session.execute(
-            insert(IndexerCursor.__table__).values(
-                name=self.name, chain_id=self.chain_id, height=start_height - 1, hash=None,
-                first_height=start_height, updated_at=_now(),
-            )
+        session_tx(session).execute(
+            "INSERT INTO indexer_cursor (name, chain_id, height, hash, first_height, updated_at) "
+            "VALUES (:name, :chain_id, :height, NULL, :first_height, CURRENT_TIMESTAMP)",
+            {**self._mine, "height": start_height - 1, "first_height": start_height},
         )
         return Cursor(start_height - 1, None, start_height)
 
     def stored_hashes(self, session: Session, low: int, high: int) -> dict[int, str]:
-        t = IndexerBlock.__table__
-        rows = session.execute(
-            select(t.c.height, t.c.hash).where(self._mine(t) & (t.c.height >= low) & (t.c.height <= high))
+        rows = session_tx(session).rows(
+            "SELECT height, hash FROM indexer_block WHERE name = :name AND chain_id = :chain_id AND height >= :low AND height <= :high",
+            {**self._mine, "low": low, "high": high},
         )
-        return {r.height: r.hash for r in rows}
+        return {r["height"]: r["hash"] for r in rows}
 
     def delivered_above(self, session: Session, height: int) -> list[OrphanedBlock]:
         """Stored blocks above ``height`` with the keys delivered in each, newest first."""
-        t = IndexerBlock.__table__
-        rows = session.execute(
-            select(t.c.height, t.c.hash, t.c.event_keys).where(self._mine(t) & (t.c.height > height)).order_by(t.c.height.desc())
+        rows = session_tx(session).rows(
+            "SELECT height, hash, event_keys FROM indexer_block WHERE name = :name AND chain_id = :chain_id AND height > :height "
+            "ORDER BY height DESC",
+            {**self._mine, "height": height},
         )
-        return [OrphanedBlock(r.height, r.hash, list(r.event_keys)) for r in rows]
+        return [OrphanedBlock(r["height"], r["hash"], _keys(r["event_keys"])) for r in rows]
 
     def move(self, session: Session, old: Cursor, height: int, block_hash: str | None) -> Cursor:
         """Compare-and-set the cursor, so two live instances of one indexer cannot both deliver."""
-        t = IndexerCursor.__table__
-        same_hash = t.c.hash.is_(None) if old.hash is None else t.c.hash == old.hash
-        result = session.execute(
-            update(t)
-            .where(self._mine(t) & (t.c.height == old.height) & same_hash)
-            .values(height=height, hash=block_hash, updated_at=_now())
+        moved = session_tx(session).execute(
+            "UPDATE indexer_cursor SET height = :height, hash = :hash, updated_at = CURRENT_TIMESTAMP "
+            "WHERE name = :name AND chain_id = :chain_id AND height = :old_height AND "
+            + ("hash IS NULL" if old.hash is None else "hash = :old_hash"),
+            {**self._mine, "height": height, "hash": block_hash, "old_height": old.height, "old_hash": old.hash},
         )
-        if result.rowcount != 1:
+        if moved != 1:
             raise Conflict(
                 f"indexer {self.name!r} on {self.chain_id}: cursor is no longer at {old.height}; "
                 "another instance with the same name moved it",
@@ -150,19 +153,24 @@ class CursorStore:
                 )
             seen.add(e.key)
             keys[e.block.height].append(e.key)
-        if blocks:
-            session.execute(
-                insert(IndexerBlock.__table__),
-                [
-                    {"name": self.name, "chain_id": self.chain_id, "height": b.height, "hash": b.hash, "event_keys": keys[b.height]}
-                    for b in blocks
-                ],
+        tx = session_tx(session)
+        for b in blocks:
+            tx.execute(
+                "INSERT INTO indexer_block (name, chain_id, height, hash, event_keys) VALUES (:name, :chain_id, :height, :hash, :event_keys)",
+                {**self._mine, "height": b.height, "hash": b.hash, "event_keys": json.dumps(keys[b.height])},
             )
 
     def forget_above(self, session: Session, height: int) -> None:
-        t = IndexerBlock.__table__
-        session.execute(delete(t).where(self._mine(t) & (t.c.height > height)))
+        session_tx(session).execute(
+            "DELETE FROM indexer_block WHERE name = :name AND chain_id = :chain_id AND height > :height", {**self._mine, "height": height}
+        )
 
     def prune_below(self, session: Session, height: int) -> None:
-        t = IndexerBlock.__table__
-        session.execute(delete(t).where(self._mine(t) & (t.c.height < height)))
+        session_tx(session).execute(
+            "DELETE FROM indexer_block WHERE name = :name AND chain_id = :chain_id AND height < :height", {**self._mine, "height": height}
+        )
+
+
+def _keys(stored: str | list[str]) -> list[str]:
+    # The JSON column comes back as text from sqlite3 and already parsed from psycopg2.
+    return json.loads(stored) if isinstance(stored, str) else list(stored)

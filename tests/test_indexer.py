@@ -23,7 +23,7 @@ from bridge.errors import ChainUnavailable, Conflict, InputError, NotFound
 from bridge.retry import RetryPolicy
 from bridge.testing import wait_until
 from chains.base import BlockRef, ChainAdapter, ChainEvent, TxStatus
-from chains.cursor_store import IndexerBlock, IndexerCursor
+from chains.cursor_store import Cursor, CursorStore, IndexerBlock, IndexerCursor, create_tables
 from chains.indexer import Indexer, OrphanedBlock, ReorgBeyondWindow
 
 # --- a scripted chain ----------------------------------------------------------------------
@@ -437,6 +437,36 @@ async def test_two_live_instances_cannot_both_move_the_cursor(engine, name):
     with pytest.raises(Conflict, match="another instance"):
         await b._deliver(cursor, [chain.blocks[h] for h in range(5, 10)], chain.blocks[-1])
     assert recorded(engine, name) == chain.canonical_keys(up_to=9)  # a's deliveries only
+
+
+def test_cursor_store_statements_on_the_dbapi(engine, name):
+    """Every CursorStore statement, on each backend (they bypass SQLAlchemy's dialects)."""
+    create_tables(engine)
+    store = CursorStore(name, "fake:1")
+    blocks = [BlockRef(h, f"h{h}", f"h{h - 1}", h) for h in range(1, 6)]
+    with Session(engine) as session:
+        assert store.load(session) is None
+        start = store.create(session, 1)
+        session.commit()
+    with Session(engine) as session:
+        assert store.load(session) == start == Cursor(0, None, 1)
+        moved = store.move(session, start, 5, "h5")
+        store.record(session, blocks, [ChainEvent("a", blocks[1]), ChainEvent("b", blocks[1]), ChainEvent("c", blocks[3])])
+        session.commit()
+    with Session(engine) as session:
+        assert store.load(session) == moved == Cursor(5, "h5", 1)
+        for stale in (start, Cursor(5, "other", 1)):
+            with pytest.raises(Conflict, match="another instance"):
+                store.move(session, stale, 6, "h6")
+        assert store.stored_hashes(session, 2, 4) == {2: "h2", 3: "h3", 4: "h4"}
+        assert store.delivered_above(session, 3) == [OrphanedBlock(5, "h5", []), OrphanedBlock(4, "h4", ["c"])]
+        store.forget_above(session, 3)
+        store.prune_below(session, 2)
+        session.commit()
+    with Session(engine) as session:
+        assert store.delivered_above(session, 0) == [OrphanedBlock(3, "h3", []), OrphanedBlock(2, "h2", ["a", "b"])]
+        assert store.load(session) == moved
+        assert session.get(IndexerCursor, (name, "fake:1")).updated_at is not None  # readable by the ORM
 
 
 async def test_run_follows_new_blocks_and_retries_a_node_outage(engine, name):

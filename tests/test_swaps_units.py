@@ -6,6 +6,9 @@ import time
 from fractions import Fraction
 
 import pytest
+from eth_abi import encode as abi_encode
+from eth_utils import event_abi_to_log_topic
+from sqlmodel import Session
 
 from bridge.db import make_engine
 from bridge.errors import ConfigError, Conflict, InputError, NotFound
@@ -14,8 +17,12 @@ from bridge.swaps import models as m
 from bridge.swaps.assets import BTC, ETH, AssetBook
 from bridge.swaps.config import load_swap_config
 from bridge.swaps.models import INITIATOR, PARTICIPANT, Swap, SwapLeg
+from bridge.swaps.observe import BtcSpendConsumer, ChainIndex, EvmHtlcConsumer, watched_outpoints
 from bridge.swaps.store import SwapStore
 from bridge.swaps.timelock import ChainTime, TimelockPolicy, TimelockRefused
+from chains.base import BlockRef, ChainEvent
+from chains.cursor_store import OrphanedBlock
+from htlc.evm import SwapParams, decode_events, load_artifact
 
 # --- amounts ---------------------------------------------------------------------------
 
@@ -191,6 +198,92 @@ def test_transition_is_a_compare_and_set_between_two_runners(store):
     assert store.unbooked() == ["s1"]
     store.mark_booked("s1", view.swap.updated_at)
     assert store.unbooked() == [] and store.get("s1").swap.accepted is False
+
+
+# --- observers ---------------------------------------------------------------------------------
+
+
+def htlc_log(name: str, block: BlockRef, log_index: int, **values) -> ChainEvent:
+    """An HTLC contract log as the EVM indexer delivers it."""
+    abi = next(e for e in load_artifact("HTLC")["abi"] if e["type"] == "event" and e["name"] == name)
+    indexed = [i for i in abi["inputs"] if i["indexed"]]
+    plain = [i for i in abi["inputs"] if not i["indexed"]]
+    topics = [event_abi_to_log_topic(abi)] + [abi_encode([i["type"]], [values[i["name"]]]) for i in indexed]
+    data = abi_encode([i["type"] for i in plain], [values[i["name"]] for i in plain])
+    tx_hash = f"0x{block.height:064x}"
+    return ChainEvent(f"{tx_hash}:{log_index}", block, {
+        "topics": ["0x" + t.hex() for t in topics], "data": "0x" + data.hex(),
+        "block_number": block.height, "tx_hash": tx_hash, "log_index": log_index,
+    })
+
+
+async def test_observers_keep_our_htlc_events_and_forget_them_on_a_reorg(store):
+    """The consumers' and the index's statements, on each backend."""
+    new_swap(store)
+    store.defer("s1", "waiting", 3600)
+    index, woken = ChainIndex(store.engine), []
+    sender, recipient = "0x" + "1a" * 20, "0x" + "2b" * 20
+    ours = SwapParams(sender, recipient, "0x" + "00" * 20, 10**22, bytes.fromhex("ab" * 32), 1_900_000_000, 7)
+    other = SwapParams(sender, recipient, "0x" + "00" * 20, 1, bytes.fromhex("ee" * 32), 1_900_000_000, 8)
+    b7, b8 = BlockRef(7, "0x07", "0x06", 0), BlockRef(8, "0x08", "0x07", 0)
+    locked = [htlc_log("Locked", b7, n, id=p.id, **vars(p)) for n, p in enumerate((ours, other))]
+    claimed = htlc_log("Claimed", b8, 0, id=ours.id, preimage=bytes.fromhex("cd" * 32))
+    ref = "0x" + ours.id.hex()
+
+    consumer = EvmHtlcConsumer(woken.append)
+    for _ in range(2):  # a second delivery overwrites the row
+        with Session(store.engine) as session:
+            await consumer.on_events(locked, b7, session=session)
+            session.commit()
+    assert woken == [{"s1"}, {"s1"}] and store.due() == ["s1"]
+    assert index.locked("0x" + ours.id.hex().upper()) == decode_events(locked[:1])[0]  # refs and addresses in any case
+    assert index.locked_to("ab" * 32, "0x" + "2B" * 20) == decode_events(locked[:1])[0]
+    assert index.locked("0x" + other.id.hex()) is None and index.settlement(ref) is None
+
+    store.defer("s1", "waiting", 3600)
+    with Session(store.engine) as session:  # a new consumer knows the swap by its stored Locked row
+        await EvmHtlcConsumer(woken.append).on_events([claimed], b8, session=session)
+        session.commit()
+    assert woken[-1] == {"s1"} and store.due() == ["s1"]
+    assert (index.settlement(ref).kind, index.settlement(ref).preimage) == ("claimed", "cd" * 32)
+
+    store.defer("s1", "waiting", 3600)
+    with Session(store.engine) as session:
+        await consumer.on_revert([OrphanedBlock(8, "0x08", [claimed.key])], session=session)
+        session.commit()
+    assert woken[-1] == {"s1"} and store.due() == ["s1"]
+    assert index.settlement(ref) is None and index.locked(ref) is not None
+
+
+async def test_observers_keep_the_spends_of_our_btc_outputs(store):
+    new_swap(store)
+    outpoint = f"{'11' * 32}:0"
+    store.transition("s1", m.CREATED, m.INITIATOR_LOCKED, legs={INITIATOR: {"lock_ref": outpoint}})
+    store.defer("s1", "waiting", 3600)
+    index, woken = ChainIndex(store.engine), []
+    block = BlockRef(5, "5" * 64, "4" * 64, 0)
+    spend = ChainEvent("22" * 32, block, {"tx": {"vin": [
+        {"txid": "11" * 32, "vout": 0, "txinwitness": ["aa", "bb"]}, {"txid": "33" * 32, "vout": 1, "txinwitness": []},
+    ]}})
+    consumer = BtcSpendConsumer(woken.append)
+    for _ in range(2):  # a second delivery overwrites the row
+        with Session(store.engine) as session:
+            assert watched_outpoints(session).outpoints == {("11" * 32, 0)}
+            await consumer.on_events([spend], block, session=session)
+            session.commit()
+    assert woken == [{"s1"}, {"s1"}] and store.due() == ["s1"]
+    found = index.btc_spend(outpoint)
+    assert (found.event_key, found.block_height, found.witness_items()) == ("22" * 32, 5, [b"\xaa", b"\xbb"])
+    assert index.btc_spend(f"{'33' * 32}:1") is None
+
+    store.transition("s1", m.INITIATOR_LOCKED, m.CLAIMED)
+    store.defer("s1", "done", 3600)
+    with Session(store.engine) as session:
+        assert watched_outpoints(session).outpoints == set()
+        await consumer.on_revert([OrphanedBlock(5, block.hash, [spend.key])], session=session)
+        session.commit()
+    assert index.btc_spend(outpoint) is None
+    assert woken[-1] == {"s1"} and store.get("s1").swap.next_attempt_at > 0  # a finished swap is not made due
 
 
 # --- config ----------------------------------------------------------------------------------

@@ -35,6 +35,9 @@ STATES = (
     CLAIM_INTENDED, CLAIMED, REFUND_INTENDED, REFUNDED, FAILED, CLAIM_LOST,
 )
 TERMINAL = frozenset({CLAIMED, REFUNDED, FAILED, CLAIM_LOST})
+#: The unfinished states as SQL literals for ``state IN (...)``: the DB-API statements inline these
+#: fixed names (never input) instead of binding one parameter each.
+OPEN_SQL = ", ".join(f"'{s}'" for s in STATES if s not in TERMINAL)
 
 
 class Swap(SQLModel, table=True):

@@ -11,6 +11,10 @@ swaps with nothing new are not re-checked in between.
 The legs answer "where is that lock, how did this HTLC end, with which secret" from these
 tables (``ChainIndex``); what the indexer cannot know yet (a spend still in the mempool) they
 ask the node.
+
+The consumers run at every block delivered and the legs read at every step of every swap, and
+the ORM's per-statement overhead was a large share of a relayer's CPU: the statements go to the
+DB-API (``bridge.dbapi``), the consumers' on the connection of the indexer's session.
 """
 
 from __future__ import annotations
@@ -20,13 +24,14 @@ import json
 import logging
 from typing import Any, Callable, Iterable, Optional
 
-from sqlalchemy import delete, or_, update
 from sqlalchemy.engine import Engine
-from sqlmodel import Field, Session, SQLModel, select
+from sqlalchemy.orm import configure_mappers
+from sqlmodel import Field, Session, SQLModel
 
 from bridge.db import init_db
+from bridge.dbapi import Db, Tx, in_list, session_tx
 from bridge.errors import Conflict
-from bridge.swaps.models import TERMINAL, Swap, SwapLeg
+from bridge.swaps.models import OPEN_SQL
 from chains.base import BlockRef, ChainEvent
 from chains.bitcoin import BitcoinTxFilter
 from chains.cursor_store import OrphanedBlock
@@ -85,28 +90,50 @@ class BtcSpendRow(SQLModel, table=True):
         return [bytes.fromhex(item) for item in json.loads(self.witness)]
 
 
-def _swap_ids_for(session: Session, hashlocks: Iterable[str] = (), lock_refs: Iterable[str] = ()) -> set[str]:
-    hashlocks, lock_refs = set(hashlocks), set(lock_refs)
+def _upsert(model: type[SQLModel]) -> str:
+    """Insert a row, or overwrite every column of the one with its primary key (``session.merge``)."""
+    table = model.__table__
+    names = [c.name for c in table.columns]
+    keys = [c.name for c in table.primary_key]
+    return (
+        f"INSERT INTO {table.name} ({', '.join(names)}) VALUES ({', '.join(':' + n for n in names)}) "
+        f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {', '.join(f'{n} = excluded.{n}' for n in names if n not in keys)}"
+    )
+
+
+_UPSERT_HTLC_EVENT = _upsert(HtlcEventRow)
+_UPSERT_BTC_SPEND = _upsert(BtcSpendRow)
+_OPEN_LEGS = f"FROM swap_leg JOIN swap ON swap.id = swap_leg.swap_id WHERE swap.state IN ({OPEN_SQL})"
+
+
+def _swap_ids_for(tx: Tx, hashlocks: Iterable[str] = (), lock_refs: Iterable[str] = ()) -> set[str]:
     ids: set[str] = set()
-    if hashlocks:
-        ids |= set(session.exec(select(Swap.id).where(Swap.hashlock.in_(hashlocks))))
-    if lock_refs:
-        ids |= set(session.exec(select(SwapLeg.swap_id).where(SwapLeg.lock_ref.in_(lock_refs))))
+    params: dict[str, Any] = {}
+    if keys := in_list("h", set(hashlocks), params):
+        ids.update(tx.column(f"SELECT id FROM swap WHERE hashlock IN ({keys})", params))
+    params = {}
+    if keys := in_list("r", set(lock_refs), params):
+        ids.update(tx.column(f"SELECT swap_id FROM swap_leg WHERE lock_ref IN ({keys})", params))
     return ids
 
 
-def _forget(session: Session, model: type[SQLModel], key: Any, orphaned: list[OrphanedBlock]) -> list[Any]:
-    """Delete and return the ``model`` rows whose ``key`` column names an event a reorg orphaned."""
-    keys = [k for block in orphaned for k in block.event_keys]
-    rows = list(session.exec(select(model).where(key.in_(keys)))) if keys else []
+def _forget(tx: Tx, model: type[SQLModel], key: str, columns: str, orphaned: list[OrphanedBlock]) -> list[dict[str, Any]]:
+    """Delete the ``model`` rows whose ``key`` column names an event a reorg orphaned; returns their ``columns``."""
+    params: dict[str, Any] = {}
+    keys = in_list("k", [k for block in orphaned for k in block.event_keys], params)
+    if not keys:
+        return []
+    table = model.__tablename__
+    rows = tx.rows(f"SELECT {columns} FROM {table} WHERE {key} IN ({keys})", params)
     if rows:
-        session.exec(delete(model).where(key.in_(keys)))
+        tx.execute(f"DELETE FROM {table} WHERE {key} IN ({keys})", params)
     return rows
 
 
-def _make_due(session: Session, swap_ids: set[str]) -> set[str]:
-    if swap_ids:
-        session.exec(update(Swap).where(Swap.id.in_(swap_ids), Swap.state.not_in(list(TERMINAL))).values(next_attempt_at=0.0))
+def _make_due(tx: Tx, swap_ids: set[str]) -> set[str]:
+    params: dict[str, Any] = {}
+    if ids := in_list("id", swap_ids, params):
+        tx.execute(f"UPDATE swap SET next_attempt_at = 0.0 WHERE id IN ({ids}) AND state IN ({OPEN_SQL})", params)
     return swap_ids
 
 
@@ -118,17 +145,17 @@ class EvmHtlcConsumer:
         self.wake = wake
         self._cache: tuple[Session, set[str], set[str]] | None = None
 
-    def _watched(self, session: Session) -> tuple[set[str], set[str]]:
+    def _watched(self, session: Session, tx: Tx) -> tuple[set[str], set[str]]:
         """Hashlocks and lock refs of our open swaps, read once per batch (one session per batch)."""
         if self._cache is None or self._cache[0] is not session:
-            open_swaps = select(Swap.id).where(Swap.state.not_in(list(TERMINAL)))
-            hashlocks = set(session.exec(select(Swap.hashlock).where(Swap.state.not_in(list(TERMINAL)))))
-            refs = {r.lower() for r in session.exec(select(SwapLeg.lock_ref).where(SwapLeg.swap_id.in_(open_swaps), SwapLeg.lock_ref.is_not(None)))}
+            hashlocks = set(tx.column(f"SELECT hashlock FROM swap WHERE state IN ({OPEN_SQL})"))
+            refs = {r.lower() for r in tx.column(f"SELECT swap_leg.lock_ref {_OPEN_LEGS} AND swap_leg.lock_ref IS NOT NULL")}
             self._cache = (session, hashlocks, refs)
         return self._cache[1], self._cache[2]
 
     async def on_events(self, events: list[ChainEvent], block: BlockRef, *, session: Session) -> None:
-        hashlocks, refs = self._watched(session)
+        tx = session_tx(session)
+        hashlocks, refs = self._watched(session, tx)
         touched_hashlocks: set[str] = set()
         touched_refs: set[str] = set()
         for event in events:
@@ -137,56 +164,57 @@ class EvmHtlcConsumer:
                 continue
             item = decoded[0]
             ref = "0x" + item.id.hex()
-            row = HtlcEventRow(
-                key=event.key, kind=LOCKED, swap_ref=ref, block_number=block.height, block_hash=block.hash,
-                tx_hash=item.where.tx_hash, log_index=item.where.log_index,
-            )
+            row = dict.fromkeys(HtlcEventRow.model_fields) | {
+                "key": event.key, "kind": LOCKED, "swap_ref": ref, "block_number": block.height, "block_hash": block.hash,
+                "tx_hash": item.where.tx_hash, "log_index": item.where.log_index,
+            }
             if isinstance(item, Locked):
                 hashlock = item.swap.hashlock.hex()
                 if hashlock not in hashlocks:
                     continue
                 p = item.swap
-                row.hashlock, row.sender, row.recipient, row.token = hashlock, p.sender, p.recipient, p.token
-                row.amount, row.expiry, row.nonce = str(p.amount), p.expiry, p.nonce
+                row.update(hashlock=hashlock, sender=p.sender, recipient=p.recipient, token=p.token, amount=str(p.amount),
+                           expiry=p.expiry, nonce=p.nonce)
                 refs.add(ref)
                 touched_hashlocks.add(hashlock)
             else:
-                known = ref in refs or session.exec(select(HtlcEventRow.key).where(HtlcEventRow.swap_ref == ref)).first() is not None
-                if not known:
+                if ref not in refs and not tx.column("SELECT key FROM swap_htlc_event WHERE swap_ref = :ref LIMIT 1", {"ref": ref}):
                     continue
                 if isinstance(item, Claimed):
-                    row.kind, row.preimage = CLAIMED, bytes(item.preimage).hex()
+                    row.update(kind=CLAIMED, preimage=bytes(item.preimage).hex())
                 else:
-                    row.kind = REFUNDED
+                    row["kind"] = REFUNDED
                 touched_refs.add(ref)
-            session.merge(row)
+            tx.execute(_UPSERT_HTLC_EVENT, row)
         if touched_hashlocks or touched_refs:
-            touched_hashlocks |= _hashlocks_of(session, touched_refs)
-            self.wake(_make_due(session, _swap_ids_for(session, touched_hashlocks, touched_refs)))
+            touched_hashlocks |= _hashlocks_of(tx, touched_refs)
+            self.wake(_make_due(tx, _swap_ids_for(tx, touched_hashlocks, touched_refs)))
 
     async def on_revert(self, orphaned: list[OrphanedBlock], *, session: Session) -> None:
-        rows = _forget(session, HtlcEventRow, HtlcEventRow.key, orphaned)
+        tx = session_tx(session)
+        rows = _forget(tx, HtlcEventRow, "key", "swap_ref, hashlock", orphaned)
         if not rows:
             return
-        refs = {r.swap_ref for r in rows}
-        hashlocks = {r.hashlock for r in rows if r.hashlock} | _hashlocks_of(session, refs)
+        refs = {r["swap_ref"] for r in rows}
+        hashlocks = {r["hashlock"] for r in rows if r["hashlock"]} | _hashlocks_of(tx, refs)
         log.warning("reorg: forgot %d HTLC event(s) of swap(s) %s", len(rows), ", ".join(sorted(refs)))
-        self.wake(_make_due(session, _swap_ids_for(session, hashlocks, refs)))
+        self.wake(_make_due(tx, _swap_ids_for(tx, hashlocks, refs)))
 
 
-def _hashlocks_of(session: Session, refs: set[str]) -> set[str]:
-    if not refs:
+def _hashlocks_of(tx: Tx, refs: set[str]) -> set[str]:
+    params: dict[str, Any] = {"locked": LOCKED}
+    if not (keys := in_list("ref", refs, params)):
         return set()
-    return {h for h in session.exec(select(HtlcEventRow.hashlock).where(HtlcEventRow.swap_ref.in_(refs), HtlcEventRow.kind == LOCKED)) if h}
+    return {h for h in tx.column(f"SELECT hashlock FROM swap_htlc_event WHERE swap_ref IN ({keys}) AND kind = :locked", params) if h}
 
 
 def watched_outpoints(session: Session) -> BitcoinTxFilter:
     """The Bitcoin HTLC outputs of our unfinished swaps (both legs): the BTC indexer's selector."""
-    refs = session.exec(
-        select(SwapLeg.lock_ref).join(Swap, Swap.id == SwapLeg.swap_id).where(
-            Swap.state.not_in(list(TERMINAL)), SwapLeg.chain == "bitcoin", SwapLeg.lock_ref.is_not(None),
-        )
-    ).all()
+    return _watched_outpoints(session_tx(session))
+
+
+def _watched_outpoints(tx: Tx) -> BitcoinTxFilter:
+    refs = tx.column(f"SELECT swap_leg.lock_ref {_OPEN_LEGS} AND swap_leg.chain = 'bitcoin' AND swap_leg.lock_ref IS NOT NULL")
     outpoints = []
     for ref in refs:
         txid, _, vout = ref.partition(":")
@@ -206,27 +234,29 @@ class BtcSpendConsumer:
         if self._cache is None or self._cache[0] is not session:  # once per batch
             self._cache = (session, {f"{t}:{n}" for t, n in (watched_outpoints(session).outpoints or ())})
         watched = self._cache[1]
+        tx = session_tx(session)
         touched: set[str] = set()
         for event in events:
             for vin in event.data["tx"].get("vin", []):
                 outpoint = f"{vin.get('txid')}:{vin.get('vout')}"
                 if outpoint not in watched:
                     continue
-                session.merge(BtcSpendRow(
-                    event_key=event.key, outpoint=outpoint, witness=json.dumps(list(vin.get("txinwitness", []))),
-                    block_height=block.height, block_hash=block.hash,
-                ))
+                tx.execute(_UPSERT_BTC_SPEND, {
+                    "event_key": event.key, "outpoint": outpoint, "witness": json.dumps(list(vin.get("txinwitness", []))),
+                    "block_height": block.height, "block_hash": block.hash,
+                })
                 touched.add(outpoint)
         if touched:
-            self.wake(_make_due(session, _swap_ids_for(session, lock_refs=touched)))
+            self.wake(_make_due(tx, _swap_ids_for(tx, lock_refs=touched)))
 
     async def on_revert(self, orphaned: list[OrphanedBlock], *, session: Session) -> None:
-        rows = _forget(session, BtcSpendRow, BtcSpendRow.event_key, orphaned)
+        tx = session_tx(session)
+        rows = _forget(tx, BtcSpendRow, "event_key", "outpoint", orphaned)
         if not rows:
             return
-        outpoints = {r.outpoint for r in rows}
+        outpoints = {r["outpoint"] for r in rows}
         log.warning("reorg: forgot the spends of %s", ", ".join(sorted(outpoints)))
-        self.wake(_make_due(session, _swap_ids_for(session, lock_refs=outpoints)))
+        self.wake(_make_due(tx, _swap_ids_for(tx, lock_refs=outpoints)))
 
 
 class ChainIndex:
@@ -236,6 +266,8 @@ class ChainIndex:
         self.engine = engine
         self.indexer = indexer
         init_db(engine)
+        configure_mappers()  # the rows come back as models built without a session (``model_construct``)
+        self.db = Db(engine)
 
     async def caught_up(self) -> bool:
         """Has the indexer looked at every block the chain has now?  Only then does "not indexed"
@@ -243,26 +275,27 @@ class ChainIndex:
         cursor = self.indexer.cursor() if self.indexer is not None else None
         return cursor is not None and cursor.height >= await self.indexer.adapter.height()
 
+    def _first(self, model: type[SQLModel], where: str, params: dict[str, Any]) -> Any:
+        with self.db.transaction() as tx:
+            row = tx.one(f"SELECT * FROM {model.__tablename__} WHERE {where} LIMIT 1", params)
+        return model.model_construct(**row) if row else None
+
     def locked(self, swap_ref: str) -> Locked | None:
-        with Session(self.engine) as s:
-            row = s.exec(select(HtlcEventRow).where(HtlcEventRow.swap_ref == swap_ref.lower(), HtlcEventRow.kind == LOCKED)).first()
-            return row.locked() if row else None
+        row = self._first(HtlcEventRow, "swap_ref = :ref AND kind = :locked", {"ref": swap_ref.lower(), "locked": LOCKED})
+        return row.locked() if row else None
 
     def locked_to(self, hashlock: str, recipient: str) -> Locked | None:
-        with Session(self.engine) as s:
-            rows = s.exec(select(HtlcEventRow).where(HtlcEventRow.hashlock == hashlock, HtlcEventRow.kind == LOCKED)).all()
-            return next((r.locked() for r in rows if r.recipient.lower() == recipient.lower()), None)
+        with self.db.transaction() as tx:
+            rows = tx.rows("SELECT * FROM swap_htlc_event WHERE hashlock = :hashlock AND kind = :locked", {"hashlock": hashlock, "locked": LOCKED})
+        return next((HtlcEventRow.model_construct(**r).locked() for r in rows if r["recipient"].lower() == recipient.lower()), None)
 
     def settlement(self, swap_ref: str) -> HtlcEventRow | None:
         """The ``Claimed`` or ``Refunded`` row of an EVM swap, if indexed."""
-        with Session(self.engine) as s:
-            return s.exec(select(HtlcEventRow).where(
-                HtlcEventRow.swap_ref == swap_ref.lower(), or_(HtlcEventRow.kind == CLAIMED, HtlcEventRow.kind == REFUNDED),
-            )).first()
+        return self._first(HtlcEventRow, "swap_ref = :ref AND kind IN (:claimed, :refunded)",
+                           {"ref": swap_ref.lower(), "claimed": CLAIMED, "refunded": REFUNDED})
 
     def btc_spend(self, outpoint: str) -> BtcSpendRow | None:
-        with Session(self.engine) as s:
-            return s.exec(select(BtcSpendRow).where(BtcSpendRow.outpoint == outpoint)).first()
+        return self._first(BtcSpendRow, "outpoint = :outpoint", {"outpoint": outpoint})
 
 
 class SwapObservers:
@@ -270,6 +303,7 @@ class SwapObservers:
 
     def __init__(self, engine: Engine, legs: dict[str, Any], poll_interval: float = 0.5, name: str = "swaps") -> None:
         self.engine = engine
+        self.db = Db(engine)
         self.poll_interval = poll_interval
         self.woken = asyncio.Event()
         #: Told which swaps an event made due (the engine re-runs those whose step was under way,
@@ -293,16 +327,15 @@ class SwapObservers:
         self.woken.set()
 
     def _btc_selector(self) -> BitcoinTxFilter:
-        with Session(self.engine) as session:
-            return watched_outpoints(session)
+        with self.db.transaction() as tx:
+            return _watched_outpoints(tx)
 
     async def _start_height(self, chain: str, indexer: Indexer) -> int:
         """Where a new cursor starts: the earliest block an unfinished swap watches from, else the head."""
         head = await indexer.adapter.height()
-        with Session(self.engine) as s:
-            froms = s.exec(select(SwapLeg.watch_from).join(Swap, Swap.id == SwapLeg.swap_id).where(
-                Swap.state.not_in(list(TERMINAL)), SwapLeg.chain == chain, SwapLeg.watch_from.is_not(None),
-            )).all()
+        with self.db.transaction() as tx:
+            froms = tx.column(f"SELECT swap_leg.watch_from {_OPEN_LEGS} AND swap_leg.chain = :chain AND swap_leg.watch_from IS NOT NULL",
+                              {"chain": chain})
         return min([head, *froms])
 
     async def run(self, stop: asyncio.Event) -> None:

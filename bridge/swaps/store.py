@@ -19,8 +19,8 @@ from bridge.db import init_db
 from bridge.dbapi import Db, Tx, in_list
 from bridge.errors import Conflict, InputError, NotFound
 from bridge.swaps.models import (
-    CLAIM_INTENDED, CREATED, INITIATOR, INITIATOR_LOCK_INTENDED, LEGS, PARTICIPANT, PARTICIPANT_LOCK_INTENDED,
-    REFUND_INTENDED, STATES, TERMINAL, Swap, SwapAction, SwapLeg,
+    CLAIM_INTENDED, CREATED, INITIATOR, INITIATOR_LOCK_INTENDED, LEGS, OPEN_SQL, PARTICIPANT, PARTICIPANT_LOCK_INTENDED,
+    REFUND_INTENDED, STATES, Swap, SwapAction, SwapLeg,
 )
 from chains.btc.primitives import Tx as BtcTx
 
@@ -41,7 +41,6 @@ _SWAP = tuple(Swap.model_fields)
 _LEG = tuple(SwapLeg.model_fields)
 _ACTION = tuple(SwapAction.model_fields)
 _BOOLS = ("accepted", "lp_notified")
-_OPEN = ", ".join(f"'{s}'" for s in STATES if s not in TERMINAL)
 _OWN_LEG = "JOIN swap ON swap.id = swap_leg.swap_id"
 
 
@@ -142,7 +141,7 @@ class SwapStore:
         """Ids of unfinished swaps (``among`` these, if given) whose next attempt is due, the longest
         waiting first."""
         params: dict[str, Any] = {"now": time.time() if now is None else now}
-        sql = f"SELECT id FROM swap WHERE state IN ({_OPEN}) AND next_attempt_at <= :now"
+        sql = f"SELECT id FROM swap WHERE state IN ({OPEN_SQL}) AND next_attempt_at <= :now"
         if among is not None:
             among = list(among)
             if not among:
@@ -162,7 +161,7 @@ class SwapStore:
         the chain's expiries are.  Returns how many swaps were waiting."""
         with self.db.transaction() as tx:
             return tx.execute(
-                f"UPDATE swap SET next_attempt_at = :now WHERE state IN ({_OPEN}) AND next_attempt_at > :now AND id IN ("
+                f"UPDATE swap SET next_attempt_at = :now WHERE state IN ({OPEN_SQL}) AND next_attempt_at > :now AND id IN ("
                 f" SELECT swap_leg.swap_id FROM swap_leg {_OWN_LEG} WHERE swap_leg.chain = :chain AND swap_leg.expiry IS NOT NULL AND ("
                 f"  (swap_leg.leg = swap.role AND swap_leg.expiry <= :expired)"
                 f"  OR (swap_leg.leg = :initiator AND swap.role = :participant AND swap.state = :created AND swap_leg.expiry <= :deadline)))",
