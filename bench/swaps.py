@@ -4,15 +4,20 @@
 
 Starts its own regtest node and Anvil (free ports, a temp dir) and the LP as its daemon
 process (``bridgectl relayer run lp``); traders run their engines in this process, as
-``bridgectl swap start`` does.  A task here mines a Bitcoin block whenever the mempool
-holds a transaction (polled every 5 ms; Anvil automines).  Every swap is BTC -> ETH.  Prints, asserts nothing.
+``bridgectl swap start`` does.  Every swap is BTC -> ETH.  Prints, asserts nothing.
+
+Mining: Anvil automines.  For the floor and the sequential swaps the regtest node does too
+(``devnetautomine``): each transaction is mined as it is sent, the same for both.  With
+``--btc-mining poll`` (and always for the concurrent swaps, whose transactions should share
+blocks) a task here mines a block whenever the mempool holds a transaction, polled every 5 ms.
 
 - end-to-end: from ``start_swap`` to the LP's claim recorded confirmed (both legs settled);
 - floor: the same four transactions (BTC lock, EVM lock, EVM claim, BTC claim) sent one after
   the other directly with the adapters, each mined at once;
 - reaction: from the moment this process first sees the EVM block holding the trader's claim
-  (the head polled every 5 ms) to the LP recording its BTC claim, which it broadcasts right after,
-  and to this process seeing that claim in the node's mempool (polled every 5 ms);
+  (announced by Anvil's websocket) to the LP recording its BTC claim, which it broadcasts right
+  after, and to this process seeing that claim: in the block automine made of it (announced by
+  the node's long poll), or with ``--btc-mining poll`` in the node's mempool;
 - concurrency: N swaps started at once by 20 traders; all must end claimed on both sides;
 - CPU: the LP daemon's user+system time (``/proc/<pid>/stat``) over a phase, per swap.
 """
@@ -68,8 +73,9 @@ def pct(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
 
 
-async def floor_once(chains: Chains, trader: Identity, lp: Identity) -> float:
-    """The four transactions of a swap, back to back, each mined as soon as it is sent."""
+async def floor_once(chains: Chains, trader: Identity, lp: Identity, automine: bool) -> float:
+    """The four transactions of a swap, back to back, each mined as soon as it is sent (by the
+    node's automine, or here right after the send)."""
     htlc = EvmHtlc(chains.evm, chains.htlc)
     secret = secrets.token_bytes(32)
     hashlock = hashlib.sha256(secret).digest()
@@ -77,34 +83,39 @@ async def floor_once(chains: Chains, trader: Identity, lp: Identity) -> float:
     expiry = await chains.btc.height() + 120
     script = p2wsh_htlc_script(hashlock, lp.btc.pubkey, trader.btc.pubkey, expiry)
     coin, _ = await fund_htlc(chains.btc, [trader.btc], script, SELL_SATS, 2)
-    await chains.btc.mine(1)
+    if not automine:
+        await chains.btc.mine(1)
     evm_expiry = (await chains.evm.head()).timestamp + 3600
     swap_id, _ = await htlc.lock(lp.evm_key, trader.address, ETH, 3 * 10**15, hashlock, evm_expiry)
     await htlc.claim(trader.evm_key, swap_id, secret)
     claim = build_claim(coin, secret, lp.btc, lp.btc.p2wpkh_script, 2, network=chains.btc.network)
     await chains.btc.send(claim.hex)
-    await chains.btc.mine(1)
+    if not automine:
+        await chains.btc.mine(1)
     return time.perf_counter() - started
 
 
 class HeadWatch:
-    """The miner of this run, and when this process first saw each EVM block (announced by Anvil
-    over its websocket) and each Bitcoin mempool transaction: the mempool is polled every 5 ms
-    and a block mined whenever it holds anything (Anvil automines by itself)."""
+    """How Bitcoin blocks are mined in a phase, and when this process first saw each EVM and
+    Bitcoin block (announced by Anvil's websocket and the node's long poll) and, when it polls
+    the mempool to mine, each Bitcoin mempool transaction (Anvil automines by itself)."""
 
-    def __init__(self, chains: Chains) -> None:
+    def __init__(self, chains: Chains, automine: bool) -> None:
         self.chains = chains
-        self.seen: dict[int, float] = {}
+        self.automine = automine
+        self.seen: dict[int, float] = {}  # EVM
+        self.btc_seen: dict[int, float] = {}
         self.in_mempool: dict[str, float] = {}
 
-    async def _blocks(self) -> None:
-        height = await self.chains.evm.height()
+    @staticmethod
+    async def _blocks(adapter: Any, seen: dict[int, float]) -> None:
+        height = await adapter.height()
         while True:
-            announced = await self.chains.evm.wait_for_block(height, 1.0)
+            announced = await adapter.wait_for_block(height, 1.0)
             now = time.time()
-            new = announced if announced is not None else await self.chains.evm.height()
+            new = announced if announced is not None else await adapter.height()
             for n in range(height + 1, new + 1):
-                self.seen.setdefault(n, now)
+                seen.setdefault(n, now)
             height = max(height, new)
 
     async def _mine(self) -> bool:
@@ -117,8 +128,13 @@ class HeadWatch:
 
     @contextlib.asynccontextmanager
     async def running(self):
+        await self.chains.btc.rpc.call("devnetautomine", self.automine)
+
         async def both() -> None:
-            await asyncio.gather(self._blocks(), wait_until(self._mine, timeout=10**9, interval=0.005))
+            await asyncio.gather(
+                self._blocks(self.chains.evm, self.seen), self._blocks(self.chains.btc, self.btc_seen),
+                *([] if self.automine else [wait_until(self._mine, timeout=10**9, interval=0.005)]),
+            )
 
         task = asyncio.create_task(both())
         try:
@@ -170,7 +186,12 @@ async def sequential(chains: Chains, trader: Any, lp: Party, count: int, watch: 
         revealed = watch.seen[claim.where.block_number]
         reaction.append(intended - revealed)
         claim_tx = lp_view.leg(m.INITIATOR).spend_tx
-        if claim_tx in watch.in_mempool:
+        if watch.automine:
+            out = await chains.btc.rpc.call("gettxout", claim_tx, 0, False)  # the LP's, unspent
+            height = await chains.btc.height() - out["confirmations"] + 1 if out else None
+            if height in watch.btc_seen:
+                to_mempool.append(watch.btc_seen[height] - revealed)
+        elif claim_tx in watch.in_mempool:
             to_mempool.append(watch.in_mempool[claim_tx] - revealed)
     return e2e, reaction, to_mempool, (cpu_seconds(lp.proc.popen.pid) - cpu0) / count
 
@@ -244,8 +265,10 @@ async def main(args: argparse.Namespace) -> None:
                 await chains.fund_btc(payments[start:start + 500])
             # The floor varies by 2x run to run (20-40 ms): its median over many samples keeps the ratio
             # from following one noisy figure.
-            floors = [await floor_once(chains, trader_ids[0], lp.who) for _ in range(FLOOR_SAMPLES)]
-            async with HeadWatch(chains).running() as watch:
+            automine = args.btc_mining == "automine"
+            await chains.btc.rpc.call("devnetautomine", automine)
+            floors = [await floor_once(chains, trader_ids[0], lp.who, automine) for _ in range(FLOOR_SAMPLES)]
+            async with HeadWatch(chains, automine).running() as watch:
                 await start_lp(lp)
                 traders = [await open_party(root / f"trader{i}", chains, who, LpClient(), POLL) for i, who in enumerate(trader_ids)]
                 timeline: list[list[tuple[str, str, float]]] = []
@@ -259,27 +282,30 @@ async def main(args: argparse.Namespace) -> None:
                       f"{statistics.median(reaction) * 1000:.0f} ms, p95 {pct(reaction, 95) * 1000:.0f} ms, "
                       f"max {max(reaction) * 1000:.0f} ms   [goal <= poll {POLL * 1000:.0f} ms + 50 ms]")
                 if to_mempool:
-                    print(f"  ... to the LP's claim seen in the node's mempool: median {statistics.median(to_mempool) * 1000:.0f} ms, "
+                    where = "mined (automine)" if automine else "seen in the node's mempool"
+                    print(f"  ... to the LP's claim {where}: median {statistics.median(to_mempool) * 1000:.0f} ms, "
                           f"p95 {pct(to_mempool, 95) * 1000:.0f} ms, max {max(to_mempool) * 1000:.0f} ms "
-                          f"({len(to_mempool)}/{len(reaction)} claims caught before they were mined)")
+                          f"({len(to_mempool)}/{len(reaction)} claims {'timed' if automine else 'caught before they were mined'})")
                 print(f"LP CPU per swap (sequential): {lp_cpu_seq * 1000:.0f} ms")
                 if args.timeline:
                     print_timeline(timeline)
-                size, best = min(args.start_concurrent, args.concurrent), 0
-                while size:  # a warm-up level, then the goal
-                    elapsed, both, left, lp_cpu, own_cpu = await concurrent(chains, traders, lp, size, args.cap)
-                    verdict = "all finished" if left == 0 else f"{left} NOT finished within the {args.cap:.0f} s cap"
-                    print(f"{size} concurrent swaps ({TRADERS} traders, one LP): {elapsed:.1f} s, {both} claimed on both sides, "
-                          f"{verdict}; LP CPU {lp_cpu * 1000:.0f} ms/swap, trader engines + bench {own_cpu * 1000:.0f} ms/swap", flush=True)
-                    if left:
-                        break
-                    best = size
-                    if size >= args.concurrent:
-                        break
-                    size = args.concurrent
-                if args.concurrent:
-                    print(f"largest concurrency that all finished within the {args.cap:.0f} s cap: {best}"
-                          f"   [goal: {args.concurrent} all finish, none lost]")
+                # Concurrent swaps' transactions share blocks: mined by polling the mempool.
+                async with HeadWatch(chains, automine=False).running():
+                    size, best = min(args.start_concurrent, args.concurrent), 0
+                    while size:  # a warm-up level, then the goal
+                        elapsed, both, left, lp_cpu, own_cpu = await concurrent(chains, traders, lp, size, args.cap)
+                        verdict = "all finished" if left == 0 else f"{left} NOT finished within the {args.cap:.0f} s cap"
+                        print(f"{size} concurrent swaps ({TRADERS} traders, one LP): {elapsed:.1f} s, {both} claimed on both sides, "
+                              f"{verdict}; LP CPU {lp_cpu * 1000:.0f} ms/swap, trader engines + bench {own_cpu * 1000:.0f} ms/swap", flush=True)
+                        if left:
+                            break
+                        best = size
+                        if size >= args.concurrent:
+                            break
+                        size = args.concurrent
+                    if args.concurrent:
+                        print(f"largest concurrency that all finished within the {args.cap:.0f} s cap: {best}"
+                              f"   [goal: {args.concurrent} all finish, none lost]")
                 for trader in traders:
                     await trader.close()
         finally:
@@ -297,5 +323,7 @@ if __name__ == "__main__":
     parser.add_argument("--concurrent", type=int, default=1000, help="the concurrency goal")
     parser.add_argument("--start-concurrent", type=int, default=100, help="warm-up concurrency level run before the goal")
     parser.add_argument("--timeline", action="store_true", help="print the median time of each state change of a sequential swap")
+    parser.add_argument("--btc-mining", choices=["automine", "poll"], default="automine",
+                        help="how Bitcoin blocks are mined for the floor and the sequential swaps (see above)")
     parser.add_argument("--cap", type=float, default=1200.0, help="seconds allowed for one concurrency level")
     asyncio.run(main(parser.parse_args()))

@@ -49,6 +49,8 @@ class RegtestNode:
         self.mempool: Mempool | None = None
         self.started_at = 0.0
         self.mocktime = 0
+        #: Payout script of the block mined on every accepted transaction (``devnetautomine``), or None.
+        self.automine: bytes | None = None
         self.stopped = asyncio.Event()
         self._server = None
         self._cookie: Path | None = None

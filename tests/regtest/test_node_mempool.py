@@ -130,3 +130,29 @@ async def test_gettxspendingprevout_names_the_mempool_spender(rpc: Rpc) -> None:
         with pytest.raises(NodeError) as err:
             await rpc("gettxspendingprevout", bad)
         assert (err.value.code, err.value.message) == (-8, message)
+
+
+async def test_automine_confirms_each_transaction_as_it_is_sent(own_regtest) -> None:
+    """``devnetautomine``: the embedded node's counterpart of Anvil's automine."""
+    rpc = Rpc(own_regtest.rpc_url, own_regtest.rpc_auth)
+    alice, bob, burn = Wallet.new(), Wallet.new(), Wallet.new()
+    coin = await fund(rpc, alice, burn.address)
+    height = await rpc("getblockcount")
+    assert await rpc("devnetautomine", True, burn.address) == {"automine": True}
+    pay = spend_p2wpkh(alice, [coin], [(bob.script, coin.value - FEE)])
+    assert await rpc("sendrawtransaction", pay.serialize().hex()) == pay.txid
+    # Mined before the call returned: one block, paying its fee to the automine address.
+    assert await rpc("getblockcount") == height + 1 and await rpc("getrawmempool") == []
+    assert (await rpc("gettxout", pay.txid, 0))["confirmations"] == 1
+    block = await rpc("getblock", await rpc("getbestblockhash"), 2)
+    assert [t["txid"] for t in block["tx"][1:]] == [pay.txid]
+    assert block["tx"][0]["vout"][0]["scriptPubKey"]["address"] == burn.address
+    with pytest.raises(NodeError):  # a rejected transaction mines nothing
+        await rpc("sendrawtransaction", pay.serialize().hex()[:-8] + "00000000")
+    assert await rpc("getblockcount") == height + 1
+    assert await rpc("devnetautomine", False) == {"automine": False}
+    pay2 = spend_p2wpkh(bob, [await coin_of(rpc, pay.txid, 0)], [(bob.script, coin.value - 2 * FEE)])
+    await rpc("sendrawtransaction", pay2.serialize().hex())
+    assert await rpc("getrawmempool") == [pay2.txid] and await rpc("getblockcount") == height + 1
+    with pytest.raises(NodeError, match="not of expected type bool"):
+        await rpc("devnetautomine", "yes")

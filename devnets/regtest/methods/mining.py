@@ -1,5 +1,6 @@
 """Mining RPCs, plus ``devnetreorg``, the embedded node's documented replacement for
-``invalidateblock``-driven reorgs in tests."""
+``invalidateblock``-driven reorgs in tests, and ``devnetautomine``, its counterpart of Anvil's
+automine."""
 
 from __future__ import annotations
 
@@ -207,3 +208,17 @@ def devnetreorg(node: "RegtestNode", depth: Any, nblocks: Any, address: str | No
     except (RuntimeError, Rejected) as exc:
         raise RpcFailure(RPC_MISC_ERROR, str(exc)) from None
     return {"old_tip": old_tip, "new_tip": node.chain.tip_hash(), "disconnected": d, "blocks": hashes}
+
+
+@rpc("devnetautomine", "Generating",
+     "Devnet only (not a bitcoind RPC). While enabled, every transaction sendrawtransaction accepts is\n"
+     "mined at once: the call returns after a block holding the mempool is connected, as Anvil's\n"
+     "automine does. For tests and benchmarks that want each transaction confirmed when it is sent,\n"
+     "without a task polling the mempool to mine it.",
+     [Arg("enable", "boolean", "Mine on every accepted transaction (true) or stop (false)."),
+      Arg("address", "string", "Address the coinbases pay to.", None, default_doc="an OP_TRUE script")],
+     result='{\n  "automine" : true|false      (boolean) whether automine is now on\n}',
+     examples=["true", 'true "bcrt1q..."', "false"])
+def devnetautomine(node: "RegtestNode", enable: Any, address: str | None) -> dict[str, Any]:
+    node.automine = (address_script(address) if address is not None else b"\x51") if enable else None
+    return {"automine": node.automine is not None}

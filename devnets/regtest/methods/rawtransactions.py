@@ -166,6 +166,8 @@ def sendrawtransaction(node: "RegtestNode", hexstring: str, maxfeerate: Any, max
         if r.kind == "max-fee":
             raise RpcFailure(RPC_VERIFY_ERROR, "Fee exceeds maximum configured by user (e.g. -maxtxfee, maxfeerate)") from None
         raise RpcFailure(RPC_VERIFY_REJECTED, r.text) from None
+    if node.automine is not None:  # ``devnetautomine``
+        node.mine(node.automine)
     return tx.txid
 
 
