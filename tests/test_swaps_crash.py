@@ -303,16 +303,17 @@ def _state_is(party: Party, swap_id: str, state: str):
 
 
 async def test_trader_killed_before_telling_the_lp_refunds_after_expiry(tmp_path, chains):
-    """Killed right after its lock confirmed, the trader never tells the LP; the LP gives up,
-    the restarted trader refunds at expiry (killed once more just after broadcasting the refund)."""
+    """Killed right after broadcasting its lock (it tells the LP once the lock is out), the trader
+    never tells the LP; the LP gives up, the restarted trader refunds at expiry (killed once more
+    just after broadcasting the refund)."""
     phase(f"data dirs and logs under {tmp_path}")
     lp, trader, books, start = await _lp_and_trader(tmp_path, chains)
     async with automine(chains.btc):
         await start_lp(lp)
         try:
-            await _run_until_exit(trader, ["swap", "start", "--sell", "btc:0.05", "--buy", "eth:0.75", "--lp", lp.url], "recorded.initiator_locked")
+            await _run_until_exit(trader, ["swap", "start", "--sell", "btc:0.05", "--buy", "eth:0.75", "--lp", lp.url], "lock.after_broadcast")
             (view,) = trader.store().list()
-            assert view.swap.state == m.INITIATOR_LOCKED and not view.swap.lp_notified
+            assert view.swap.state == m.INITIATOR_LOCK_INTENDED and not view.swap.lp_notified
             phase(f"mining to the trader's expiry, height {view.leg(m.INITIATOR).expiry}")
             await wait_until(lambda: _mine_to(chains, view.leg(m.INITIATOR).expiry), timeout=120, what="BTC expiry height")
             failed = await wait_until(lambda: _state_is(lp, view.swap.id, m.FAILED), timeout=60, what="LP gave up on the swap")
@@ -431,11 +432,11 @@ async def test_a_recorded_btc_lock_keeps_its_coins_when_its_broadcast_is_lost(tm
             real_broadcast = legs.BitcoinLeg.broadcast_lock
             lost = []
 
-            async def first_broadcast_lost(self, view, leg):
+            async def first_broadcast_lost(self, view, leg, first=False):
                 if not lost:
                     lost.append(view.swap.id)
                     raise ChainUnavailable("reply lost (injected)")
-                return await real_broadcast(self, view, leg)
+                return await real_broadcast(self, view, leg, first)
 
             monkeypatch.setattr(legs.BitcoinLeg, "broadcast_lock", first_broadcast_lost)
             assert (await lp.engine.step(ids[0])).swap.state == m.PARTICIPANT_LOCK_INTENDED and lost == [ids[0]]

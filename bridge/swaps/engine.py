@@ -92,6 +92,8 @@ class SwapEngine:
     #: Per chain: blocks announced since this engine started, and the swaps waiting for the next one.
     _blocks: dict[str, int] = field(default_factory=dict, repr=False)
     _block_waiters: dict[str, set[str]] = field(default_factory=dict, repr=False)
+    #: Transitions recorded but not booked yet (``_book_soon``), the latest view of each swap.
+    _unbooked: dict[str, SwapView] = field(default_factory=dict, repr=False)
 
     # --- running ----------------------------------------------------------------
 
@@ -105,6 +107,21 @@ class SwapEngine:
             log.exception("swap %s: ledger recording failed", view.swap.id)
             return
         self.store.mark_booked(view.swap.id, view.swap.updated_at)
+
+    def _book_soon(self, view: SwapView) -> None:
+        """Book a transition once the step next waits (most often on the broadcast that follows
+        it, so the ledger is written while the node works) and at the latest when the step ends.
+        Only the swap row must be written before acting on chain; the books follow from it, and
+        ``catch_up`` redoes any a crash cut off."""
+        first = not self._unbooked
+        self._unbooked[view.swap.id] = view
+        if first:
+            asyncio.get_running_loop().call_soon(self._book_pending)
+
+    def _book_pending(self) -> None:
+        pending, self._unbooked = self._unbooked, {}
+        for view in pending.values():
+            self.record(view)
 
     def catch_up(self) -> None:
         """Re-record the swaps changed since their books were written (a crash between a transition
@@ -224,6 +241,12 @@ class SwapEngine:
         return self.store.get(swap_id)
 
     async def _step(self, swap_id: str) -> None:
+        try:
+            await self._handle(swap_id)
+        finally:
+            self._book_pending()
+
+    async def _handle(self, swap_id: str) -> None:
         view = self.store.get(swap_id, with_actions=False)
         handler = self._handlers().get((view.swap.role, view.swap.state))
         if handler is None:
@@ -265,7 +288,7 @@ class SwapEngine:
     async def _move(self, view: SwapView, to: str, note: str = "", swap_fields: dict | None = None, legs: dict | None = None) -> SwapView:
         new = self.store.transition(view.swap.id, view.swap.state, to, note, swap_fields, legs)
         log.info("swap %s: %s -> %s %s", new.swap.id, view.swap.state, to, note)
-        self.record(new)
+        self._book_soon(new)
         if self.on_transition is not None:
             result = self.on_transition(new)
             if asyncio.iscoroutine(result):
@@ -303,6 +326,12 @@ class SwapEngine:
 
     async def refund(self, swap_id: str) -> SwapView:
         """Record the refund of this party's lock now (``swap refund``); refused before expiry."""
+        try:
+            return await self._refund(swap_id)
+        finally:
+            self._book_pending()
+
+    async def _refund(self, swap_id: str) -> SwapView:
         view = self.store.get(swap_id)
         leg = self._own_leg(view)
         if view.swap.state == m.REFUND_INTENDED:
@@ -389,15 +418,16 @@ class SwapEngine:
         async with self._prepare_guard(ileg.chain):
             fields = await ops.prepare_lock(view, ileg)
             view = await self._move(view, m.INITIATOR_LOCK_INTENDED, "lock recorded before broadcast", legs={INITIATOR: fields})
-            view = await self._send_lock(view)
-        await self._lock_intended(view)
+            view = await self._send_lock(view, first=True)
+        await self._lock_intended(view, sent=True)
 
-    async def _send_lock(self, view: SwapView) -> SwapView:
+    async def _send_lock(self, view: SwapView, first: bool = False) -> SwapView:
         """Broadcast our recorded lock (again: idempotent) and record what the chain gave back.
         Called inside the prepare guard right after recording, so the next swap's coin choice
-        sees this lock's inputs spent and its change in the mempool."""
+        sees this lock's inputs spent and its change in the mempool.  ``first``: signed in this
+        step, so no earlier send of it can have been mined (nothing to look for first)."""
         leg = self._own_leg(view)
-        fields = await self._ops(leg).broadcast_lock(view, leg)
+        fields = await self._ops(leg).broadcast_lock(view, leg, first)
         if fields and any(getattr(leg, k) != v for k, v in fields.items()):
             view = self.store.transition(view.swap.id, view.swap.state, view.swap.state, "lock broadcast", legs={leg.leg: fields})
         return view
@@ -416,9 +446,11 @@ class SwapEngine:
             log.warning("swap %s: %s", view.swap.id, note)
             return self.store.transition(view.swap.id, view.swap.state, view.swap.state, note, legs={leg.leg: fields})
 
-    async def _lock_intended(self, view: SwapView) -> None:
-        view = await self._renew(view, self._own_leg(view), "lock")
-        view = await self._send_lock(view)
+    async def _lock_intended(self, view: SwapView, sent: bool = False) -> None:
+        """``sent``: this step recorded and sent the lock just now (nothing to renew or re-send)."""
+        if not sent:
+            view = await self._renew(view, self._own_leg(view), "lock")
+            view = await self._send_lock(view)
         if view.swap.role == INITIATOR:
             view = await self._tell_lp_early(view)
         leg = self._own_leg(view)
@@ -546,8 +578,8 @@ class SwapEngine:
             view = await self._move(view, m.PARTICIPANT_LOCK_INTENDED, f"trader's lock {seen.ref} audited; lock recorded before broadcast", legs={
                 INITIATOR: {"lock_tx": seen.tx}, PARTICIPANT: {"expiry": expiry, **fields},
             })
-            view = await self._send_lock(view)
-        await self._lock_intended(view)
+            view = await self._send_lock(view, first=True)
+        await self._lock_intended(view, sent=True)
 
     async def _fail(self, view: SwapView, reason: str) -> None:
         await self._move(view, m.FAILED, reason, {"last_error": reason})

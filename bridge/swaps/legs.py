@@ -192,7 +192,7 @@ class BitcoinLeg:
             "lock_ref": f"{signed.txid}:{vout}", "watch_from": await self.adapter.height(),
         }
 
-    async def broadcast_lock(self, view: SwapView, leg: SwapLeg) -> dict[str, Any]:
+    async def broadcast_lock(self, view: SwapView, leg: SwapLeg, first: bool = False) -> dict[str, Any]:
         await self.adapter.send(leg.lock_raw)
         return {}
 
@@ -478,8 +478,8 @@ class EvmLeg:
                 return found[0]
         return None
 
-    async def broadcast_lock(self, view: SwapView, leg: SwapLeg) -> dict[str, Any]:
-        found = await self._mined_lock(leg)
+    async def broadcast_lock(self, view: SwapView, leg: SwapLeg, first: bool = False) -> dict[str, Any]:
+        found = None if first else await self._mined_lock(leg)
         if found is None:
             approve = json.loads(leg.lock_evm)["approve"]
             if approve is not None:
