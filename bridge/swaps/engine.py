@@ -447,9 +447,11 @@ class SwapEngine:
             return self.store.transition(view.swap.id, view.swap.state, view.swap.state, note, legs={leg.leg: fields})
 
     async def _lock_intended(self, view: SwapView, sent: bool = False) -> None:
-        """``sent``: this step recorded and sent the lock just now (nothing to renew or re-send)."""
+        """``sent``: this step recorded and sent the lock just now: nothing to renew, and no need to
+        send it again unless its mined copy was not found yet (an EVM receipt can lag the send)."""
         if not sent:
             view = await self._renew(view, self._own_leg(view), "lock")
+        if not sent or not self._own_leg(view).lock_ref:
             view = await self._send_lock(view)
         if view.swap.role == INITIATOR:
             view = await self._tell_lp_early(view)
@@ -491,7 +493,7 @@ class SwapEngine:
         else:
             note, legs = "own lock expired; refund recorded before broadcast", None
         view = await self._record_spend(view, leg, "refund", m.REFUND_INTENDED, note, legs=legs)
-        await self._spend_intended(view)
+        await self._spend_intended(view, fresh=True)
         return True
 
     async def _initiator_locked(self, view: SwapView) -> None:
@@ -538,7 +540,7 @@ class SwapEngine:
                 return
             raise NotYet(f"not claiming: {exc.reason}; {await self._time_left_text(view.leg(INITIATOR))}") from None
         view = await self._record_spend(view, pleg, "claim", m.CLAIM_INTENDED, "claim recorded before broadcast")
-        await self._spend_intended(view)
+        await self._spend_intended(view, fresh=True)
 
     # --- participant -----------------------------------------------------------------
 
@@ -590,7 +592,7 @@ class SwapEngine:
         if secret is not None:
             view = await self._record_spend(view, ileg, "claim", m.CLAIM_INTENDED, "secret revealed; claim recorded before broadcast",
                                             secret=secret, swap_fields={"secret": secret.hex()})
-            await self._spend_intended(view)
+            await self._spend_intended(view, fresh=True)
             return
         if await self._refund_if_expired(view):
             return
@@ -598,7 +600,10 @@ class SwapEngine:
 
     # --- claim and refund (both roles) --------------------------------------------------
 
-    async def _spend_intended(self, view: SwapView) -> None:
+    async def _spend_intended(self, view: SwapView, fresh: bool = False) -> None:
+        """``fresh``: this step signed and recorded the spend just now, against a lock it just
+        looked at: nothing can have taken its nonce or settled the lock yet, so it is sent
+        without looking first."""
         kind = "claim" if view.swap.state == m.CLAIM_INTENDED else "refund"
         leg = next(l for l in view.legs.values() if l.spend_kind == kind)
         ops = self._ops(leg)
@@ -608,9 +613,10 @@ class SwapEngine:
             if (leg.spend_sent_at is not None or leg.spend_history) and await ops.spend_confirmations(view, leg) >= 1:
                 await self._spent(view, leg, kind)
                 return
-            view = await self._renew(view, leg, "spend")
-            leg = view.leg(leg.leg)
-            await ops.broadcast_spend(view, leg)
+            if not fresh:
+                view = await self._renew(view, leg, "spend")
+                leg = view.leg(leg.leg)
+            await ops.broadcast_spend(view, leg, fresh)
         except TransactionRejected as exc:
             if "non-final" in (exc.reason or "") or "locktime" in (exc.reason or ""):
                 raise NotYet(f"{kind} not final yet: {exc.reason}", on_block=leg.chain) from None

@@ -340,7 +340,7 @@ class BitcoinLeg:
     async def renew(self, view: SwapView, leg: SwapLeg, what: str) -> tuple[dict[str, Any], str] | None:
         return None
 
-    async def broadcast_spend(self, view: SwapView, leg: SwapLeg) -> None:
+    async def broadcast_spend(self, view: SwapView, leg: SwapLeg, first: bool = False) -> None:
         await self.adapter.send(leg.spend_raw)
 
     async def spend_confirmations(self, view: SwapView, leg: SwapLeg) -> int:
@@ -648,8 +648,9 @@ class EvmLeg:
         note = f"fee bump, same nonce {new.nonce}: max fee {old.max_fee} -> {new.max_fee}, tip {old.priority_fee} -> {new.priority_fee} wei"
         return {"spend_raw": raw, "spend_tx": tx_hash, "spend_evm": json.dumps(new.to_dict())}, note
 
-    async def broadcast_spend(self, view: SwapView, leg: SwapLeg) -> None:
-        if await self.htlc.swap(leg.lock_ref) != SwapStatus.LOCKED:
+    async def broadcast_spend(self, view: SwapView, leg: SwapLeg, first: bool = False) -> None:
+        """``first``: signed this step against a lock just seen locked (no look before sending)."""
+        if not first and await self.htlc.swap(leg.lock_ref) != SwapStatus.LOCKED:
             return  # settled already: by a version of ours, or by the counterparty
         try:
             await self.adapter.send(leg.spend_raw)
