@@ -189,7 +189,7 @@ class BitcoinLeg:
         vout = next(n for n, out in enumerate(Tx.parse(bytes.fromhex(signed.raw_hex)).vout) if out.script_pubkey == spk)
         return {
             "script": script.hex(), "lock_raw": signed.raw_hex, "lock_tx": signed.txid,
-            "lock_ref": f"{signed.txid}:{vout}", "watch_from": await self.adapter.height(),
+            "lock_ref": f"{signed.txid}:{vout}", "watch_from": (await self.clock.now()).height,
         }
 
     async def broadcast_lock(self, view: SwapView, leg: SwapLeg, first: bool = False) -> dict[str, Any]:
@@ -399,6 +399,8 @@ class EvmLeg:
         #: The HTLC contract's events for our swaps, kept by the indexer (``observe.SwapObservers``);
         #: without it (one-off commands) the leg reads the logs itself.
         self.index: "ChainIndex | None" = None
+        #: Per token (None: ETH): the announced head's hash and our balance read under it.
+        self._balances: dict[str | None, tuple[str, int]] = {}
 
     @property
     def identity(self) -> str:
@@ -408,9 +410,16 @@ class EvmLeg:
         return await self.clock.now()
 
     async def balance(self, token: str | None, include_reserved: bool = False) -> int:
-        if token is None:
-            return await self.adapter.balance(self.address)
-        return await Erc20(self.adapter, token).balance(self.address)
+        # A balance at the latest block changes only with the next block: one read per announced
+        # block serves every quote and lock check until then.
+        head = self.adapter.announced_head()
+        cached = self._balances.get(token)
+        if head is not None and cached is not None and cached[0] == head.hash:
+            return cached[1]
+        value = await self.adapter.balance(self.address) if token is None else await Erc20(self.adapter, token).balance(self.address)
+        if head is not None:
+            self._balances[token] = (head.hash, value)
+        return value
 
     # --- signing ------------------------------------------------------------------
 
@@ -466,7 +475,8 @@ class EvmLeg:
         return {"lock_raw": raw, "lock_tx": tx_hash, "lock_evm": json.dumps(lock)}
 
     async def prepare_lock(self, view: SwapView, leg: SwapLeg) -> dict[str, Any]:
-        return {"watch_from": await self.adapter.height(), **await self._sign_lock(view, leg, [])}
+        # The clock's tip is never ahead of the node's: a start no later than the lock can be.
+        return {"watch_from": (await self.clock.now()).height, **await self._sign_lock(view, leg, [])}
 
     async def _mined_lock(self, leg: SwapLeg) -> Locked | None:
         """Our lock, from the receipt of whichever recorded version was mined."""
@@ -493,8 +503,15 @@ class EvmLeg:
     async def lock_confirmations(self, view: SwapView, leg: SwapLeg) -> int:
         if not leg.lock_ref or not leg.lock_tx:
             return 0
-        # The transaction's depth, not the recorded block: a reorg that drops the lock shows here.
-        return (await self.adapter.tx_status(leg.lock_tx)).confirmations
+        # The transaction's depth now, not the recorded block: a reorg that drops the lock shows
+        # here (the node has receipts for its canonical chain only).
+        receipt = await self._mined(leg.lock_tx)
+        return await self._depth(receipt.block_number) if receipt is not None else 0
+
+    async def _depth(self, block: int) -> int:
+        """Confirmations of a block the node just showed us: the clock's tip may not have been
+        announced that block yet, but the node holds it."""
+        return max((await self.clock.now()).height, block) - block + 1
 
     # --- nonces taken by another transaction ------------------------------------------
 
@@ -581,13 +598,13 @@ class EvmLeg:
             raise LockRefused(f"wrong expiry: the lock expires at {p.expiry}, agreed {leg.expiry}")
         # The index may lag the chain by a poll: where the lock is now, and whether it still is,
         # comes from the node (a reorg may have dropped or moved it).
-        receipt = await self.adapter.rpc.call("eth_getTransactionReceipt", [found.where.tx_hash])
-        status = await self.htlc.swap(found.id)
+        receipt, status = await asyncio.gather(
+            self.adapter.rpc.call("eth_getTransactionReceipt", [found.where.tx_hash]), self.htlc.swap(found.id))
         if receipt is None or receipt.get("blockNumber") is None or status == SwapStatus.NONE:
             raise NotYet(f"no Locked event for swap {ref} on the chain now (dropped by a reorg?)", on_event=self.index is not None)
         if status != SwapStatus.LOCKED:
             raise LockRefused(f"the lock is {status.name.lower()}, no longer claimable")
-        confirmations = await self.adapter.height() - int(receipt["blockNumber"], 16) + 1
+        confirmations = await self._depth(int(receipt["blockNumber"], 16))
         return LockSeen("0x" + found.id.hex(), found.where.tx_hash, p.amount, p.expiry, confirmations)
 
     # --- secret and spends -------------------------------------------------------
