@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import hashlib
 import os
@@ -198,7 +199,8 @@ async def sequential(chains: Chains, trader: Any, lp: Party, count: int, watch: 
 
 def print_timeline(runs: list[list[tuple[str, str, float]]]) -> None:
     """Median time since ``start_swap`` of each recorded state change, both parties merged."""
-    shape = [(who, state) for who, state, _ in runs[0]]
+    shapes = collections.Counter(tuple((who, state) for who, state, _ in run) for run in runs)
+    shape = list(shapes.most_common(1)[0][0])  # the parties' steps may interleave either way
     same = [run for run in runs if [(who, state) for who, state, _ in run] == shape]
     print(f"timeline, median over the {len(same)} of {len(runs)} swaps whose steps came in the usual order:")
     previous = 0.0
