@@ -22,6 +22,8 @@ from __future__ import annotations
 
 from typing import Iterator
 
+import coincurve
+
 from bridge.errors import InputError
 from chains.btc.address import NETWORKS, b58check_encode, encode_segwit_address
 from chains.btc.primitives import hash160, push_int, sha256
@@ -63,8 +65,6 @@ SECRET_SIZE = 32
 TEMPLATE_P2WSH = "p2wsh"
 TEMPLATE_P2SH_BIP199 = "p2sh-bip199"
 
-_SECP256K1_P = 2**256 - 2**32 - 977
-
 
 def opcode_name(op: int) -> str:
     if 0x01 <= op <= 0x4B:
@@ -76,12 +76,11 @@ def is_compressed_pubkey(pubkey: bytes) -> bool:
     """A 33-byte SEC key whose x is on secp256k1 (segwit policy allows only these)."""
     if len(pubkey) != 33 or pubkey[0] not in (2, 3):
         return False
-    x = int.from_bytes(pubkey[1:], "big")
-    if x >= _SECP256K1_P:
+    try:
+        coincurve.PublicKey(pubkey)  # libsecp256k1 parses it only if x is on the curve
+    except ValueError:
         return False
-    rhs = (pow(x, 3, _SECP256K1_P) + 7) % _SECP256K1_P
-    # Euler's criterion: x is on the curve iff x^3+7 is a square mod p.
-    return pow(rhs, (_SECP256K1_P - 1) // 2, _SECP256K1_P) == 1
+    return True
 
 
 # --- pushes ------------------------------------------------------------------------
