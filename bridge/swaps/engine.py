@@ -38,8 +38,8 @@ from chains.heads import wait_unless
 
 if TYPE_CHECKING:
     from bridge.swaps.books import SwapBooks
-    from chains.base import BlockRef
     from bridge.swaps.observe import SwapObservers
+    from chains.base import BlockRef
 
 log = logging.getLogger("bridge.swaps")
 
