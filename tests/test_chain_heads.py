@@ -43,6 +43,44 @@ async def test_a_mined_block_ends_the_wait_at_once(chain, btc, evm):
     assert await adapter.wait_for_block(height, 30.0) == height + 1
 
 
+@pytest.mark.parametrize("chain", ["bitcoin", "evm"])
+async def test_the_announced_head_is_the_node_s_head_without_asking(chain, btc, evm):
+    """Indexers and clocks woken by an announcement read the head from it (``announced_head``)."""
+    adapter = btc if chain == "bitcoin" else evm
+    height = await adapter.wait_for_block(-1, 5.0)  # the follower is running and has the tip
+    assert adapter.announced_head() == await adapter.head()
+    await _mine(adapter)
+    assert await adapter.wait_for_block(height, 10.0) == height + 1
+    announced = adapter.announced_head()
+    assert announced == await adapter.head() and announced.height == height + 1
+    assert announced.parent_hash == (await adapter.block_by_height(height)).hash
+
+
+async def test_a_tip_replaced_at_the_same_height_is_announced_and_only_a_live_source_counts():
+    from chains.base import BlockRef
+
+    publish = []
+
+    async def follow(p):
+        publish.append(p)
+        await asyncio.Event().wait()
+
+    heads = HeadFollower("test", follow)
+    assert await heads.wait(5, 0.05) is None and publish  # started; nothing announced yet
+    first, other = BlockRef(6, "aa", "00", 1), BlockRef(6, "bb", "00", 2)
+    publish[0](6, first)
+    assert heads.head == first
+    changed = heads._changed
+    publish[0](6, other)  # a reorg to a sibling of the same height
+    assert heads.head == other and changed.is_set()
+    publish[0](6)  # a height alone (no header) changes nothing known...
+    assert heads.height == 6 and heads.head == other
+    publish[0](7)  # ...but a new height drops the old header rather than pass it off as the tip
+    assert heads.height == 7 and heads.head is None
+    await heads.close()
+    assert not heads.live and heads.head is None
+
+
 async def test_without_announcements_a_wait_is_a_sleep(regtest, anvil):
     quiet_btc = BitcoinAdapter(BitcoinRpc(regtest.rpc_url, *regtest.rpc_auth), push_blocks=False)
     quiet_evm = EvmAdapter(anvil.url, push_blocks=False)
