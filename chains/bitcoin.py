@@ -295,9 +295,15 @@ class BitcoinAdapter(ChainAdapter):
         else:
             scan, mempool = await scanning, []
         found = scan.get("unspents", [])
-        # scantxoutset sees only the confirmed UTXO set; gettxout(include_mempool) answers
-        # null for a coin a mempool tx spends, and always says whether the coin is a coinbase.
-        live = await self.rpc.batch([("gettxout", [u["txid"], u["vout"], True]) for u in found])
+        # scantxoutset sees only the confirmed UTXO set: drop the coins a mempool tx spends.
+        spent = await self._spent_in_mempool(found) if all("coinbase" in u for u in found) else None
+        if spent is None:
+            # An older node: gettxout(include_mempool) answers null for a coin a mempool tx
+            # spends, and says whether the coin is a coinbase (scantxoutset did not before v25).
+            live = await self.rpc.batch([("gettxout", [u["txid"], u["vout"], True]) for u in found])
+            found = [{**u, "coinbase": out.get("coinbase", False)} for u, out in zip(found, live) if out is not None]
+        else:
+            found = [u for u in found if (u["txid"], int(u["vout"])) not in spent]
         coins = [
             Utxo(
                 txid=u["txid"],
@@ -305,14 +311,27 @@ class BitcoinAdapter(ChainAdapter):
                 value_sats=btc_to_sats(u["amount"]),
                 script_pubkey=bytes.fromhex(u["scriptPubKey"]),
                 height=int(u["height"]),
-                coinbase=bool(out.get("coinbase", u.get("coinbase", False))),
+                coinbase=bool(u["coinbase"]),
             )
-            for u, out in zip(found, live)
-            if out is not None
+            for u in found
         ]
         confirmed = {(u.txid, u.vout) for u in coins}
         coins += [c for c in mempool if (c.txid, c.vout) not in confirmed]
         return sorted(coins, key=lambda u: (u.height is None, u.height or 0, u.txid, u.vout))
+
+    async def _spent_in_mempool(self, coins: list[dict[str, Any]]) -> set[tuple[str, int]] | None:
+        """Which of these coins a mempool transaction spends, in one ``gettxspendingprevout``
+        (one call for the whole wallet instead of a ``gettxout`` each); None where the node
+        lacks it (bitcoind < 24)."""
+        if not coins:
+            return set()
+        try:
+            entries = await self.rpc.call("gettxspendingprevout", [{"txid": u["txid"], "vout": int(u["vout"])} for u in coins])
+        except RpcError as exc:
+            if exc.details.get("code") == RPC_METHOD_NOT_FOUND:
+                return None
+            raise
+        return {(e["txid"], int(e["vout"])) for e in entries if e.get("spendingtxid")}
 
     async def _mempool_coins(self, scripts: set[bytes]) -> list[Utxo]:
         mempool = await self.rpc.call("getrawmempool")

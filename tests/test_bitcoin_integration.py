@@ -197,3 +197,40 @@ async def test_event_transactions_read_like_the_nodes_verbose_blocks(btc, faucet
         ]
         fields = ("txid", "vout", "coinbase", "sequence", "txinwitness")
         assert [{k: v[k] for k in fields if k in v} for v in ours["vin"]] == [{k: v[k] for k in fields if k in v} for v in node_tx["vin"]]
+
+
+async def test_utxos_on_an_older_node_ask_each_coin_with_gettxout():
+    """Before Core 24/25 a node had neither ``gettxspendingprevout`` nor scantxoutset's coinbase
+    flag: the adapter then asks gettxout per coin (a fake node at the RPC edge stands in for one)."""
+    from chains.bitcoin_rpc import RpcError
+    from chains.btc.rpc_errors import RPC_METHOD_NOT_FOUND
+
+    key = BtcKey.generate()
+    spk = key.p2wpkh_script.hex()
+    unspents = [{"txid": "aa" * 32, "vout": 0, "amount": "0.5", "scriptPubKey": spk, "height": 5},
+                {"txid": "bb" * 32, "vout": 1, "amount": "0.25", "scriptPubKey": spk, "height": 6}]
+
+    class OlderNode:
+        asked: list[str] = []
+
+        async def call(self, method, *params):
+            self.asked.append(method)
+            if method == "scantxoutset":
+                return {"unspents": unspents}
+            raise RpcError(f"Method not found: {method}", code=RPC_METHOD_NOT_FOUND)
+
+        async def batch(self, calls):
+            self.asked.append("batch")
+            # The first coin is spent by a mempool transaction; the second is a coinbase.
+            return [None if params[0] == "aa" * 32 else {"coinbase": True} for _, params in calls]
+
+    node = OlderNode()
+    coins = await BitcoinAdapter(node, push_blocks=False).utxos([key.p2wpkh_script])
+    assert [(c.txid, c.value_sats, c.coinbase) for c in coins] == [("bb" * 32, 25_000_000, True)]
+    assert node.asked == ["scantxoutset", "batch"]  # no gettxspendingprevout without the coinbase flag
+    # With the flag but without gettxspendingprevout, the same answer.
+    unspents[:] = [{**u, "coinbase": False} for u in unspents]
+    node.asked.clear()
+    coins = await BitcoinAdapter(node, push_blocks=False).utxos([key.p2wpkh_script])
+    assert [(c.txid, c.value_sats, c.coinbase) for c in coins] == [("bb" * 32, 25_000_000, True)]
+    assert node.asked == ["scantxoutset", "gettxspendingprevout", "batch"]
