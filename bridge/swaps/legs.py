@@ -347,7 +347,11 @@ class BitcoinLeg:
         """Confirmations of whichever version of our spend (fee bumps) made it, else 0/-1."""
         best = -1
         for txid in leg.spend_versions():
-            best = max(best, (await self.adapter.tx_status(txid)).confirmations)
+            # Its one output is ours and most often unspent: its depth in one call; else the
+            # transaction's status (two).
+            out = await self.adapter.rpc.call("gettxout", txid, 0, True)
+            confirmations = int(out.get("confirmations") or 0) if out is not None else (await self.adapter.tx_status(txid)).confirmations
+            best = max(best, confirmations)
         return best
 
 
