@@ -142,6 +142,19 @@ class SwapEngine:
                 await self._step(view.swap.id)
         running: dict[str, asyncio.Task[None]] = {}
         self._running = running
+
+        def schedule() -> None:
+            free = self.max_concurrency - len(running)
+            # ``only``: filtered in the query, or other due swaps could fill the limit forever.
+            for swap_id in self.store.due(limit=free + len(running), among=only) if free > 0 else []:
+                if len(running) >= self.max_concurrency:
+                    break
+                if swap_id not in running:
+                    running[swap_id] = asyncio.create_task(self._step(swap_id), name=f"swap {swap_id}")
+
+        # The due swaps' steps start before the observers and block followers, whose start-up
+        # reads would otherwise go first (`swap start`: the LP's accept waits behind them).
+        schedule()
         halt = asyncio.Event()
         observing = None
         if self.observers is not None:
@@ -157,13 +170,7 @@ class SwapEngine:
                     # They stepped aside for another process: waiting swaps are polled from now on.
                     observing, self._observing, woken = None, False, self._wakeup
                 woken.clear()
-                free = self.max_concurrency - len(running)
-                # ``only``: filtered in the query, or other due swaps could fill the limit forever.
-                for swap_id in self.store.due(limit=free + len(running), among=only) if free > 0 else []:
-                    if len(running) >= self.max_concurrency:
-                        break
-                    if swap_id not in running:
-                        running[swap_id] = asyncio.create_task(self._step(swap_id), name=f"swap {swap_id}")
+                schedule()
                 if only is not None and not running and all(self.store.get(i, with_actions=False).swap.state in m.TERMINAL for i in only):
                     return
                 waiters: set[asyncio.Future] = {asyncio.ensure_future(stop.wait()), asyncio.ensure_future(woken.wait()), *running.values()}
