@@ -109,14 +109,11 @@ class SwapEngine:
         self.store.mark_booked(view.swap.id, view.swap.updated_at)
 
     def _book_soon(self, view: SwapView) -> None:
-        """Book a transition once the step next waits (most often on the broadcast that follows
-        it, so the ledger is written while the node works) and at the latest when the step ends.
-        Only the swap row must be written before acting on chain; the books follow from it, and
-        ``catch_up`` redoes any a crash cut off."""
-        first = not self._unbooked
+        """Book a transition when the step ends, after the chain actions it leads to: only the
+        swap row must be written before acting on chain; the books follow from it, and
+        ``catch_up`` redoes any a crash cut off.  (Booked at once, the ledger write sat between
+        every intent and its broadcast.)"""
         self._unbooked[view.swap.id] = view
-        if first:
-            asyncio.get_running_loop().call_soon(self._book_pending)
 
     def _book_pending(self) -> None:
         pending, self._unbooked = self._unbooked, {}
