@@ -296,7 +296,7 @@ class BitcoinAdapter(ChainAdapter):
             scan, mempool = await scanning, []
         found = scan.get("unspents", [])
         # scantxoutset sees only the confirmed UTXO set: drop the coins a mempool tx spends.
-        spent = await self._spent_in_mempool(found) if all("coinbase" in u for u in found) else None
+        spent = await self._spent_in_mempool(found, scan.get("bestblock")) if all("coinbase" in u for u in found) else None
         if spent is None:
             # An older node: gettxout(include_mempool) answers null for a coin a mempool tx
             # spends, and says whether the coin is a coinbase (scantxoutset did not before v25).
@@ -319,19 +319,26 @@ class BitcoinAdapter(ChainAdapter):
         coins += [c for c in mempool if (c.txid, c.vout) not in confirmed]
         return sorted(coins, key=lambda u: (u.height is None, u.height or 0, u.txid, u.vout))
 
-    async def _spent_in_mempool(self, coins: list[dict[str, Any]]) -> set[tuple[str, int]] | None:
-        """Which of these coins a mempool transaction spends, in one ``gettxspendingprevout``
-        (one call for the whole wallet instead of a ``gettxout`` each); None where the node
-        lacks it (bitcoind < 24)."""
+    async def _spent_in_mempool(self, coins: list[dict[str, Any]], scanned_at: str | None) -> set[tuple[str, int]] | None:
+        """Which of these coins (scanned at block ``scanned_at``) a mempool transaction spends, in
+        one ``gettxspendingprevout`` for the whole wallet instead of a ``gettxout`` each.  None
+        when that answer cannot be trusted alone: the node lacks the call (bitcoind < 24), or a
+        block came after the scan (it may have spent a coin the mempool no longer shows)."""
         if not coins:
             return set()
-        try:
-            entries = await self.rpc.call("gettxspendingprevout", [{"txid": u["txid"], "vout": int(u["vout"])} for u in coins])
-        except RpcError as exc:
-            if exc.details.get("code") == RPC_METHOD_NOT_FOUND:
-                return None
-            raise
-        return {(e["txid"], int(e["vout"])) for e in entries if e.get("spendingtxid")}
+        # The tip is asked after the spends: the same tip as the scan's means no block came in between.
+        spends, tip = await self.rpc.batch([
+            ("gettxspendingprevout", [[{"txid": u["txid"], "vout": int(u["vout"])} for u in coins]]),
+            ("getbestblockhash", []),
+        ], return_exceptions=True)
+        if isinstance(spends, RpcError) and spends.details.get("code") == RPC_METHOD_NOT_FOUND:
+            return None
+        for reply in (spends, tip):
+            if isinstance(reply, BaseException):
+                raise reply
+        if tip != scanned_at:
+            return None
+        return {(e["txid"], int(e["vout"])) for e in spends if e.get("spendingtxid")}
 
     async def _mempool_coins(self, scripts: set[bytes]) -> list[Utxo]:
         mempool = await self.rpc.call("getrawmempool")

@@ -199,38 +199,51 @@ async def test_event_transactions_read_like_the_nodes_verbose_blocks(btc, faucet
         assert [{k: v[k] for k in fields if k in v} for v in ours["vin"]] == [{k: v[k] for k in fields if k in v} for v in node_tx["vin"]]
 
 
-async def test_utxos_on_an_older_node_ask_each_coin_with_gettxout():
-    """Before Core 24/25 a node had neither ``gettxspendingprevout`` nor scantxoutset's coinbase
-    flag: the adapter then asks gettxout per coin (a fake node at the RPC edge stands in for one)."""
+async def test_utxos_trust_one_mempool_look_only_at_the_scanned_tip():
+    """Coins a mempool transaction spends are dropped with one ``gettxspendingprevout``, but only
+    when no block came after the scan (a block may have spent a coin the mempool no longer
+    shows); otherwise, and on nodes without that call or scantxoutset's coinbase flag (before
+    Core 24/25), each coin is asked with ``gettxout``.  A fake node at the RPC edge plays each case."""
     from chains.bitcoin_rpc import RpcError
     from chains.btc.rpc_errors import RPC_METHOD_NOT_FOUND
 
     key = BtcKey.generate()
     spk = key.p2wpkh_script.hex()
-    unspents = [{"txid": "aa" * 32, "vout": 0, "amount": "0.5", "scriptPubKey": spk, "height": 5},
-                {"txid": "bb" * 32, "vout": 1, "amount": "0.25", "scriptPubKey": spk, "height": 6}]
+    coin_a = {"txid": "aa" * 32, "vout": 0, "amount": "0.5", "scriptPubKey": spk, "height": 5}
+    coin_b = {"txid": "bb" * 32, "vout": 1, "amount": "0.25", "scriptPubKey": spk, "height": 6}
 
-    class OlderNode:
-        asked: list[str] = []
+    class Node:
+        def __init__(self, flag: bool, spending: bool, tip: str) -> None:
+            self.flag, self.spending, self.tip, self.asked = flag, spending, tip, []
 
         async def call(self, method, *params):
             self.asked.append(method)
-            if method == "scantxoutset":
-                return {"unspents": unspents}
-            raise RpcError(f"Method not found: {method}", code=RPC_METHOD_NOT_FOUND)
+            assert method == "scantxoutset"
+            extra = {"coinbase": False} if self.flag else {}
+            return {"bestblock": "0a" * 32, "unspents": [{**coin_a, **extra}, {**coin_b, **extra}]}
 
-        async def batch(self, calls):
-            self.asked.append("batch")
-            # The first coin is spent by a mempool transaction; the second is a coinbase.
-            return [None if params[0] == "aa" * 32 else {"coinbase": True} for _, params in calls]
+        async def batch(self, calls, return_exceptions=False):
+            self.asked.append("+".join(method for method, _ in calls))
+            if calls[0][0] == "gettxspendingprevout":
+                if not self.spending:
+                    return [RpcError("Method not found", code=RPC_METHOD_NOT_FOUND), self.tip]
+                # A mempool tx spends coin a (b is spent too, in a block the scan did not see).
+                return [[{"txid": "aa" * 32, "vout": 0, "spendingtxid": "cc" * 32}, {"txid": "bb" * 32, "vout": 1}], self.tip]
+            # gettxout per coin: coin a spent in the mempool, coin b gone with the new block... or
+            # (same tip) b a live coinbase.
+            return [None if params[0] == "aa" * 32 or self.tip != "0a" * 32 else {"coinbase": True} for _, params in calls]
 
-    node = OlderNode()
-    coins = await BitcoinAdapter(node, push_blocks=False).utxos([key.p2wpkh_script])
-    assert [(c.txid, c.value_sats, c.coinbase) for c in coins] == [("bb" * 32, 25_000_000, True)]
-    assert node.asked == ["scantxoutset", "batch"]  # no gettxspendingprevout without the coinbase flag
-    # With the flag but without gettxspendingprevout, the same answer.
-    unspents[:] = [{**u, "coinbase": False} for u in unspents]
-    node.asked.clear()
-    coins = await BitcoinAdapter(node, push_blocks=False).utxos([key.p2wpkh_script])
-    assert [(c.txid, c.value_sats, c.coinbase) for c in coins] == [("bb" * 32, 25_000_000, True)]
-    assert node.asked == ["scantxoutset", "gettxspendingprevout", "batch"]
+    async def spendable(node):
+        return [(c.txid, c.value_sats, c.coinbase) for c in await BitcoinAdapter(node, push_blocks=False).utxos([key.p2wpkh_script])]
+
+    current = Node(flag=True, spending=True, tip="0a" * 32)
+    assert await spendable(current) == [("bb" * 32, 25_000_000, False)]
+    assert current.asked == ["scantxoutset", "gettxspendingprevout+getbestblockhash"]
+    moved = Node(flag=True, spending=True, tip="0b" * 32)  # a block came after the scan
+    assert await spendable(moved) == []
+    assert moved.asked == ["scantxoutset", "gettxspendingprevout+getbestblockhash", "gettxout+gettxout"]
+    older = Node(flag=True, spending=False, tip="0a" * 32)  # bitcoind 23: no gettxspendingprevout
+    assert await spendable(older) == [("bb" * 32, 25_000_000, True)]
+    oldest = Node(flag=False, spending=False, tip="0a" * 32)  # no coinbase flag: straight to gettxout
+    assert await spendable(oldest) == [("bb" * 32, 25_000_000, True)]
+    assert oldest.asked == ["scantxoutset", "gettxout+gettxout"]
