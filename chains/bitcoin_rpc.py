@@ -41,6 +41,7 @@ from chains.btc.rpc_errors import (
     RPC_VERIFY_ERROR,
     RPC_VERIFY_REJECTED,
 )
+from chains.http import LoopSession
 
 #: Methods that change nothing on the node, so repeating them after a timeout is harmless.
 READ_METHODS = frozenset(
@@ -139,8 +140,7 @@ class BitcoinRpc:
         self.timeout = timeout
         self.retry = retry
         self._auth_header: str | None = None
-        self._session: aiohttp.ClientSession | None = None
-        self._session_loop: asyncio.AbstractEventLoop | None = None
+        self._http = LoopSession(timeout, max_connections=8)
         self._ids = itertools.count(1)
 
     # --- auth -------------------------------------------------------------------
@@ -161,22 +161,8 @@ class BitcoinRpc:
 
     # --- transport --------------------------------------------------------------
 
-    def _get_session(self) -> aiohttp.ClientSession:
-        loop = asyncio.get_running_loop()
-        # A session is bound to its event loop; a client reused from another loop (pytest
-        # gives each test its own) starts a fresh one instead of failing.
-        if self._session is None or self._session.closed or self._session_loop is not loop:
-            self._session_loop = loop
-            self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=self.timeout),
-                connector=aiohttp.TCPConnector(limit=8),
-            )
-        return self._session
-
     async def close(self) -> None:
-        if self._session is not None and self._session_loop is asyncio.get_running_loop():
-            await self._session.close()
-        self._session = None
+        await self._http.close()
 
     async def __aenter__(self) -> "BitcoinRpc":
         return self
@@ -193,7 +179,7 @@ class BitcoinRpc:
             if self._auth_header:
                 headers["Authorization"] = self._auth_header
             try:
-                async with self._get_session().post(self.url, data=payload, headers=headers) as resp:
+                async with self._http.get().post(self.url, data=payload, headers=headers) as resp:
                     body = await resp.read()
                     status = resp.status
             except (aiohttp.ClientConnectionError, asyncio.TimeoutError, OSError) as exc:

@@ -29,6 +29,7 @@ from bridge.errors import (
     Unsupported,
 )
 from chains.evm_revert import describe_revert
+from chains.http import LoopSession
 
 # Node wording differs (geth, reth, anvil, erigon); match loosely, case-insensitively.
 _NONCE_LOW = re.compile(r"nonce too low|nonce has already been used|old nonce|invalid nonce", re.I)
@@ -103,27 +104,13 @@ class EvmRpc:
     def __init__(self, url: str, timeout: float = 30.0, max_connections: int = 16) -> None:
         self.url = url
         self.timeout = timeout
-        self._max_connections = max_connections
         self.w3 = AsyncWeb3(AsyncHTTPProvider(url, exception_retry_configuration=None))
-        self._session: aiohttp.ClientSession | None = None
-        self._session_loop: asyncio.AbstractEventLoop | None = None
+        self._http = LoopSession(timeout, max_connections)
         self._ids = itertools.count(1)
-
-    def _get_session(self) -> aiohttp.ClientSession:
-        loop = asyncio.get_running_loop()
-        # A session is bound to its event loop; an adapter reused from another loop (pytest
-        # gives each test its own) opens a fresh one.
-        if self._session is None or self._session.closed or self._session_loop is not loop:
-            self._session_loop = loop
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self._max_connections),
-                timeout=aiohttp.ClientTimeout(total=self.timeout),
-            )
-        return self._session
 
     async def _post(self, payload: Any, method: str) -> Any:
         try:
-            async with self._get_session().post(self.url, data=json.dumps(payload), headers=_JSON_HEADERS) as resp:
+            async with self._http.get().post(self.url, data=json.dumps(payload), headers=_JSON_HEADERS) as resp:
                 if resp.status >= 400:
                     resp.raise_for_status()
                 body = await resp.read()
@@ -176,9 +163,7 @@ class EvmRpc:
         return exc
 
     async def close(self) -> None:
-        if self._session is not None and not self._session.closed and self._session_loop is asyncio.get_running_loop():
-            await self._session.close()
-        self._session = None
+        await self._http.close()
 
 
 def ws_url_for(rpc_url: str) -> str:

@@ -13,7 +13,6 @@ the LP audits the trader's.
 from __future__ import annotations
 
 import asyncio
-
 import secrets
 import time
 import uuid
@@ -32,6 +31,7 @@ from bridge.swaps.legs import Leg
 from bridge.swaps.models import INITIATOR, PARTICIPANT, Swap, SwapLeg
 from bridge.swaps.store import SwapStore, SwapView
 from bridge.swaps.timelock import TimelockPolicy
+from chains.http import LoopSession
 from htlc.bitcoin_script import is_compressed_pubkey
 
 
@@ -196,23 +196,14 @@ class LpClient:
     """The initiator engine's ``LpPort`` over HTTP."""
 
     def __init__(self, timeout: float = 10.0) -> None:
-        self.timeout = aiohttp.ClientTimeout(total=timeout)
-        self._http: aiohttp.ClientSession | None = None
-
-    def _session(self) -> aiohttp.ClientSession:
-        # One keep-alive session per event loop (a session belongs to the loop it was made in).
-        if self._http is None or self._http.closed or self._http._loop is not asyncio.get_running_loop():
-            self._http = aiohttp.ClientSession(timeout=self.timeout)
-        return self._http
+        self._http = LoopSession(timeout)
 
     async def close(self) -> None:
-        if self._http is not None and not self._http.closed and self._http._loop is asyncio.get_running_loop():
-            await self._http.close()
-        self._http = None
+        await self._http.close()
 
     async def _call(self, method: str, url: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
         try:
-            async with self._session().request(method, url, json=body) as resp:
+            async with self._http.get().request(method, url, json=body) as resp:
                 data = await resp.json(content_type=None)
                 if resp.status >= 500:
                     raise LpUnavailable(f"LP answered {resp.status} at {url}: {data}")
