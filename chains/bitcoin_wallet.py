@@ -26,7 +26,7 @@ from chains.btc.address import b58check_encode, b58decode, encode_segwit_address
 from chains.btc.address import network as bitcoin_network
 from chains.btc.primitives import OutPoint, Tx, TxIn, TxOut, hash160, hash256, ser_compact_size
 from chains.btc.sighash import SIGHASH_ALL, segwit_v0_sighash
-from chains.btc.script import OP_RETURN, dust_threshold, p2wpkh_script
+from chains.btc.script import OP_RETURN, dust_threshold, p2pkh_script, p2wpkh_script
 
 # Bitcoin Core's WIF version bytes; bitcoinlib's "regtest" uses the mainnet byte, Core uses the testnet one.
 _WIF_VERSION = {"mainnet": 0x80, "testnet": 0xEF, "signet": 0xEF, "regtest": 0xEF}
@@ -233,8 +233,7 @@ def build_payment(
     vin = []
     for i, utxo in enumerate(chosen):
         key = by_script[utxo.script_pubkey]
-        script_code = b"\x76\xa9\x14" + key.pubkey_hash + b"\x88\xac"  # BIP143: P2WPKH signs as P2PKH
-        sig = key.sign_digest(segwit_v0_sighash(unsigned, i, script_code, utxo.value_sats)) + bytes([SIGHASH_ALL])
+        sig = key.sign_digest(segwit_v0_sighash(unsigned, i, p2pkh_script(key.pubkey_hash), utxo.value_sats)) + bytes([SIGHASH_ALL])
         vin.append(unsigned.vin[i]._replace(witness=(sig, key.pubkey)))
     signed = Tx(2, vin, unsigned.vout)
     raw = signed.serialize()

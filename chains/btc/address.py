@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 from bridge.errors import InputError
 from chains.btc.primitives import sha256
-from chains.btc.script import is_p2pkh, is_p2sh, witness_program
+from chains.btc.script import is_p2pkh, is_p2sh, p2pkh_script, witness_program
 
 
 class InvalidAddress(InputError):
@@ -278,7 +278,7 @@ def decode_destination(address: str, net: str | Network = "regtest") -> tuple[by
         payload = b58check_decode(address, 21)
         if payload is not None:
             if len(payload) == 21 and payload[0] == params.p2pkh:
-                return b"\x76\xa9\x14" + payload[1:] + b"\x88\xac", "", []
+                return p2pkh_script(payload[1:]), "", []
             if len(payload) == 21 and payload[0] == params.p2sh:
                 return b"\xa9\x14" + payload[1:] + b"\x87", "", []
             if payload[:1] in (bytes((params.p2pkh,)), bytes((params.p2sh,))):

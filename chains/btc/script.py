@@ -257,6 +257,11 @@ def witness_program(script: bytes) -> tuple[int, bytes] | None:
     return (0 if first == OP_0 else first - 0x50), script[2:]
 
 
+def p2pkh_script(pubkey_hash: bytes) -> bytes:
+    """Also the BIP143 script code a P2WPKH input signs."""
+    return bytes((OP_DUP, OP_HASH160, 20)) + pubkey_hash + bytes((OP_EQUALVERIFY, OP_CHECKSIG))
+
+
 def p2wpkh_script(pubkey_hash: bytes) -> bytes:
     return bytes((OP_0, 20)) + pubkey_hash
 

@@ -19,7 +19,7 @@ from chains.btc.address import (
     script_to_address,
 )
 from chains.btc.primitives import hash160, push_int, sha256, tagged_hash
-from chains.btc.script import classify, multisig_params, witness_program
+from chains.btc.script import classify, multisig_params, p2pkh_script, witness_program
 
 
 class InvalidDescriptor(InputError):
@@ -277,7 +277,7 @@ def _p2wpkh(key: bytes) -> bytes:
 
 
 def _p2pkh(key: bytes) -> bytes:
-    return b"\x76\xa9\x14" + hash160(key) + b"\x88\xac"
+    return p2pkh_script(hash160(key))
 
 
 def _p2pk(key: bytes) -> bytes:
