@@ -129,10 +129,7 @@ class ChainAdapter(abc.ABC):
         it.  Costs no request: for callers that just woke on an announcement and would otherwise
         read the head straight back.  It can trail the node by the announcement's latency, so a
         caller that must see its own just-mined block asks ``head()``."""
-        heads = self.heads
-        if heads is None or not heads.live or heads.head is None or heads.head.height != heads.height:
-            return None
-        return heads.head
+        return self.heads.head if self.heads is not None and self.heads.live else None
 
     async def close(self) -> None:
         if self.heads is not None:

@@ -120,13 +120,13 @@ class BitcoinAdapter(ChainAdapter):
         await super().close()
         await self.rpc.close()
 
-    async def _follow_tip(self, publish: Callable[..., None]) -> None:
+    async def _follow_tip(self, publish: Callable[[BlockRef], None]) -> None:
         # waitforblockheight has no race (a block mined between two calls is not missed, unlike
         # waitfornewblock before Core 29); answering on timeout, it also reports a tip that
         # shrank or was replaced at the same height within LONG_POLL_MS.  Each new tip's header
         # is read here once, for everyone in this process who would read the head on waking.
         head = await self.head()
-        publish(head.height, head)
+        publish(head)
         while True:
             try:
                 tip = await self.rpc.call("waitforblockheight", head.height + 1, LONG_POLL_MS)
@@ -136,7 +136,7 @@ class BitcoinAdapter(ChainAdapter):
                 raise
             if tip["hash"] != head.hash:
                 head = await self.block_by_hash(tip["hash"])
-            publish(head.height, head)
+            publish(head)
 
     # --- blocks ---------------------------------------------------------------
 

@@ -204,7 +204,7 @@ class EvmAdapter(ChainAdapter):
         #: New blocks pushed over the node's websocket (``push_blocks=False``: poll).
         self.ws_url = ws_url or ws_url_for(url)
         self.heads = HeadFollower(f"evm {self.ws_url}", lambda publish: follow_new_heads(
-            self.ws_url, lambda number, header: publish(number, block_ref(header))
+            self.ws_url, lambda header: publish(block_ref(header))
         )) if push_blocks else None
         self._expected_chain_id = chain_id
         self._chain_id: int | None = None

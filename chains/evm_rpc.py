@@ -174,9 +174,9 @@ def ws_url_for(rpc_url: str) -> str:
     return "ws" + rpc_url.removeprefix("http") if rpc_url.startswith("http") else rpc_url
 
 
-async def follow_new_heads(ws_url: str, publish: Callable[[int, dict], None], timeout: float = 10.0) -> None:
-    """Subscribe to ``newHeads`` on the node's websocket and ``publish(number, header)`` each head
-    (the current one first) until the connection ends.  A node without subscriptions raises ``Unsupported``."""
+async def follow_new_heads(ws_url: str, publish: Callable[[dict], None], timeout: float = 10.0) -> None:
+    """Subscribe to ``newHeads`` on the node's websocket and ``publish`` each head's header (the
+    current one first) until the connection ends.  A node without subscriptions raises ``Unsupported``."""
     async with aiohttp.ClientSession() as session:
         async with session.ws_connect(ws_url, heartbeat=30.0, timeout=aiohttp.ClientWSTimeout(ws_close=timeout)) as ws:
             await ws.send_json({"jsonrpc": "2.0", "id": 1, "method": "eth_subscribe", "params": ["newHeads"]})
@@ -198,4 +198,4 @@ async def follow_new_heads(ws_url: str, publish: Callable[[int, dict], None], ti
                     header = data["result"]
                 else:
                     continue
-                publish(int(header["number"], 16), header)
+                publish(header)

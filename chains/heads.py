@@ -2,7 +2,7 @@
 
 A chain adapter that can be told of new blocks (bitcoind's ``waitforblockheight`` long poll, an
 EVM node's ``eth_subscribe("newHeads")``) runs one ``HeadFollower``: a task that keeps the latest
-height the node announced, reconnecting with backoff when the source fails.  Any number of
+block the node announced, reconnecting with backoff when the source fails.  Any number of
 callers wait on it through ``ChainAdapter.wait_for_block`` without each asking the node.
 
 It only ever makes a wait end sooner: every caller gives a timeout (its poll interval) and
@@ -23,9 +23,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: ``follow(publish)``: talk to the node until it fails, calling ``publish(height, head)`` for every
-#: tip (``head``: its ``BlockRef`` where the announcement carries it, else None).
-Follow = Callable[[Callable[..., None]], Awaitable[None]]
+#: ``follow(publish)``: talk to the node until it fails, calling ``publish(head)`` with every tip.
+Follow = Callable[[Callable[["BlockRef"], None]], Awaitable[None]]
 
 
 class HeadFollower:
@@ -33,9 +32,7 @@ class HeadFollower:
         self.name = name
         self._follow = follow
         self.max_backoff = max_backoff
-        #: The node's height as last announced; -1 before the source first answered.
-        self.height = -1
-        #: The announced tip itself, where the source gives it (``ChainAdapter.announced_head``).
+        #: The tip as last announced (``ChainAdapter.announced_head``); None before the source answered.
         self.head: BlockRef | None = None
         #: False while the source is down (or the node does not offer it): waits then just time out.
         self.live = False
@@ -43,11 +40,15 @@ class HeadFollower:
         self._changed: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
 
-    def publish(self, height: int, head: BlockRef | None = None) -> None:
+    @property
+    def height(self) -> int:
+        """The announced tip's height; -1 before the source first answered."""
+        return self.head.height if self.head is not None else -1
+
+    def publish(self, head: BlockRef) -> None:
         self.live = True
-        replaced = head is not None and (self.head is None or head.hash != self.head.hash)
-        if height != self.height or replaced:
-            self.height, self.head = height, head
+        if self.head is None or head.hash != self.head.hash:  # a new tip, or one replaced at its height
+            self.head = head
             if self._changed is not None:
                 self._changed.set()
                 self._changed = asyncio.Event()

@@ -255,7 +255,7 @@ class Indexer:
     async def _idle(self, stop: asyncio.Event, height: int) -> None:
         """Wait for a block above ``height``.  Where the node announces blocks, a caught-up indexer
         looks at the chain again only when one is announced, or after ``recheck`` seconds (a tip
-        replaced at the same height is not announced); elsewhere it polls every ``poll_interval``."""
+        replaced at the same height ends no ``wait_for_block``); elsewhere it polls every ``poll_interval``."""
         since = time.monotonic()
         while not stop.is_set():
             announced = await wait_unless(stop, self.adapter.wait_for_block(height, self.poll_interval))

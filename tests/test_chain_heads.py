@@ -10,6 +10,7 @@ import time
 import pytest
 
 from bridge.errors import Unsupported
+from chains.base import BlockRef
 from chains.bitcoin import BitcoinAdapter
 from chains.bitcoin_rpc import BitcoinRpc
 from chains.bitcoin_wallet import BtcKey
@@ -57,8 +58,6 @@ async def test_the_announced_head_is_the_node_s_head_without_asking(chain, btc, 
 
 
 async def test_a_tip_replaced_at_the_same_height_is_announced_and_only_a_live_source_counts():
-    from chains.base import BlockRef
-
     publish = []
 
     async def follow(p):
@@ -68,15 +67,15 @@ async def test_a_tip_replaced_at_the_same_height_is_announced_and_only_a_live_so
     heads = HeadFollower("test", follow)
     assert await heads.wait(5, 0.05) is None and publish  # started; nothing announced yet
     first, other = BlockRef(6, "aa", "00", 1), BlockRef(6, "bb", "00", 2)
-    publish[0](6, first)
-    assert heads.head == first
+    publish[0](first)
+    assert heads.head == first and heads.height == 6
     changed = heads._changed
-    publish[0](6, other)  # a reorg to a sibling of the same height
+    publish[0](first)  # the same tip told again (a long poll's timeout) wakes nobody
+    assert not changed.is_set()
+    publish[0](other)  # a reorg to a sibling of the same height
     assert heads.head == other and changed.is_set()
-    publish[0](6)  # a height alone (no header) changes nothing known...
-    assert heads.height == 6 and heads.head == other
-    publish[0](7)  # ...but a new height drops the old header rather than pass it off as the tip
-    assert heads.height == 7 and heads.head is None
+    publish[0](BlockRef(7, "cc", "bb", 3))
+    assert await heads.wait(6, 1.0) == 7
     await heads.close()
     assert not heads.live and heads.head is None
 
@@ -129,7 +128,7 @@ async def test_a_failing_source_is_retried_and_its_heights_delivered():
         attempts.append(1)
         if len(attempts) < 3:
             raise ConnectionResetError("node restarting")
-        publish(7)
+        publish(BlockRef(7, "07", "06", 0))
         await asyncio.Event().wait()  # connected until closed
 
     heads = HeadFollower("test", follow, max_backoff=0.05)
