@@ -32,6 +32,7 @@ from bridge.db import init_db
 from bridge.dbapi import Db, Tx, in_list, session_tx
 from bridge.errors import Conflict
 from bridge.swaps.models import OPEN_SQL
+from bridge.swaps.store import make_due
 from chains.base import BlockRef, ChainEvent
 from chains.bitcoin import BitcoinTxFilter
 from chains.cursor_store import OrphanedBlock
@@ -130,13 +131,6 @@ def _forget(tx: Tx, model: type[SQLModel], key: str, columns: str, orphaned: lis
     return rows
 
 
-def _make_due(tx: Tx, swap_ids: set[str]) -> set[str]:
-    params: dict[str, Any] = {}
-    if ids := in_list("id", swap_ids, params):
-        tx.execute(f"UPDATE swap SET next_attempt_at = 0.0 WHERE id IN ({ids}) AND state IN ({OPEN_SQL})", params)
-    return swap_ids
-
-
 class EvmHtlcConsumer:
     """Stores the HTLC events whose hashlock (``Locked``) or swap id (``Claimed``/``Refunded``)
     belongs to one of our swaps."""
@@ -188,7 +182,7 @@ class EvmHtlcConsumer:
             tx.execute(_UPSERT_HTLC_EVENT, row)
         if touched_hashlocks or touched_refs:
             touched_hashlocks |= _hashlocks_of(tx, touched_refs)
-            self.wake(_make_due(tx, _swap_ids_for(tx, touched_hashlocks, touched_refs)))
+            self.wake(make_due(tx, _swap_ids_for(tx, touched_hashlocks, touched_refs)))
 
     async def on_revert(self, orphaned: list[OrphanedBlock], *, session: Session) -> None:
         tx = session_tx(session)
@@ -198,7 +192,7 @@ class EvmHtlcConsumer:
         refs = {r["swap_ref"] for r in rows}
         hashlocks = {r["hashlock"] for r in rows if r["hashlock"]} | _hashlocks_of(tx, refs)
         log.warning("reorg: forgot %d HTLC event(s) of swap(s) %s", len(rows), ", ".join(sorted(refs)))
-        self.wake(_make_due(tx, _swap_ids_for(tx, hashlocks, refs)))
+        self.wake(make_due(tx, _swap_ids_for(tx, hashlocks, refs)))
 
 
 def _hashlocks_of(tx: Tx, refs: set[str]) -> set[str]:
@@ -247,7 +241,7 @@ class BtcSpendConsumer:
                 })
                 touched.add(outpoint)
         if touched:
-            self.wake(_make_due(tx, _swap_ids_for(tx, lock_refs=touched)))
+            self.wake(make_due(tx, _swap_ids_for(tx, lock_refs=touched)))
 
     async def on_revert(self, orphaned: list[OrphanedBlock], *, session: Session) -> None:
         tx = session_tx(session)
@@ -256,7 +250,7 @@ class BtcSpendConsumer:
             return
         outpoints = {r["outpoint"] for r in rows}
         log.warning("reorg: forgot the spends of %s", ", ".join(sorted(outpoints)))
-        self.wake(_make_due(tx, _swap_ids_for(tx, lock_refs=outpoints)))
+        self.wake(make_due(tx, _swap_ids_for(tx, lock_refs=outpoints)))
 
 
 class ChainIndex:

@@ -50,6 +50,15 @@ def _swap(row: dict[str, Any]) -> Swap:
     return Swap.model_construct(**row)
 
 
+def make_due(tx: Tx, swap_ids: Iterable[str]) -> set[str]:
+    """Make these swaps, the unfinished ones, due now in ``tx`` (news arrived for them); returns the ids."""
+    ids = set(swap_ids)
+    params: dict[str, Any] = {}
+    if keys := in_list("id", ids, params):
+        tx.execute(f"UPDATE swap SET next_attempt_at = 0.0 WHERE id IN ({keys}) AND state IN ({OPEN_SQL})", params)
+    return ids
+
+
 def _insert(table: str, names: Iterable[str]) -> str:
     names = list(names)
     return f"INSERT INTO {table} ({', '.join(names)}) VALUES ({', '.join(':' + n for n in names)})"
@@ -268,11 +277,8 @@ class SwapStore:
 
     def wake_all(self, swap_ids: Iterable[str]) -> None:
         """Make these swaps due now (a block they wait for came)."""
-        params: dict[str, Any] = {}
-        ids = in_list("id", swap_ids, params)
-        if ids:
-            with self.db.transaction() as tx:
-                tx.execute(f"UPDATE swap SET next_attempt_at = 0.0 WHERE id IN ({ids})", params)
+        with self.db.transaction() as tx:
+            make_due(tx, swap_ids)
 
     def wake(self, swap_id: str) -> None:
         """Make a swap due now (new information arrived, e.g. the trader's lock notice)."""
