@@ -39,7 +39,6 @@ class SwapView:
 
 _SWAP = tuple(Swap.model_fields)
 _LEG = tuple(SwapLeg.model_fields)
-_ACTION = tuple(SwapAction.model_fields)
 _BOOLS = ("accepted", "lp_notified")
 _OWN_LEG = "JOIN swap ON swap.id = swap_leg.swap_id"
 
@@ -62,6 +61,11 @@ def make_due(tx: Tx, swap_ids: Iterable[str]) -> set[str]:
 def _insert(table: str, names: Iterable[str]) -> str:
     names = list(names)
     return f"INSERT INTO {table} ({', '.join(names)}) VALUES ({', '.join(':' + n for n in names)})"
+
+
+_INSERT_SWAP = _insert("swap", _SWAP)
+_INSERT_LEG = _insert("swap_leg", _LEG)
+_INSERT_ACTION = _insert("swap_action", ("swap_id", "at", "from_state", "to_state", "note"))
 
 
 class SwapStore:
@@ -89,11 +93,10 @@ class SwapStore:
                 if not same:
                     raise Conflict(f"swap {swap.id} already exists with other terms", swap_id=swap.id)
             else:
-                tx.execute(_insert("swap", _SWAP), {n: getattr(swap, n) for n in _SWAP})
+                tx.execute(_INSERT_SWAP, {n: getattr(swap, n) for n in _SWAP})
                 for leg in legs:
-                    tx.execute(_insert("swap_leg", _LEG), {n: getattr(leg, n) for n in _LEG})
-                tx.execute(_insert("swap_action", ("swap_id", "at", "from_state", "to_state", "note")),
-                           {"swap_id": swap.id, "at": swap.created_at, "from_state": None, "to_state": swap.state, "note": note})
+                    tx.execute(_INSERT_LEG, {n: getattr(leg, n) for n in _LEG})
+                tx.execute(_INSERT_ACTION, {"swap_id": swap.id, "at": swap.created_at, "from_state": None, "to_state": swap.state, "note": note})
         return self.get(swap.id)
 
     def get(self, swap_id: str, with_actions: bool = True) -> SwapView:
@@ -227,8 +230,7 @@ class SwapStore:
                         {**{f"v_{n}": v for n, v in fields.items()}, "id": swap_id, "leg": leg_name},
                     )
             if changed or note:
-                tx.execute(_insert("swap_action", ("swap_id", "at", "from_state", "to_state", "note")),
-                           {"swap_id": swap_id, "at": now, "from_state": previous, "to_state": to, "note": note})
+                tx.execute(_INSERT_ACTION, {"swap_id": swap_id, "at": now, "from_state": previous, "to_state": to, "note": note})
             return self._read(tx, swap_id, with_actions=False)
 
     def reserved_inputs(self) -> set[tuple[str, int]]:
