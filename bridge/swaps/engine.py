@@ -477,10 +477,14 @@ class SwapEngine:
         if view.swap.lp_notified or self.lp is None or not self._own_leg(view).lock_ref:
             return view
         try:
-            await self.lp.notify_locked(view)
+            return await self._notify_lp(view)
         except BridgeError as exc:
             log.info("swap %s: could not tell the LP of our lock yet: %s", view.swap.id, exc.message)
             return view
+
+    async def _notify_lp(self, view: SwapView) -> SwapView:
+        """Tell the LP where our lock is, and remember that we did."""
+        await self.lp.notify_locked(view)
         return self.store.transition(view.swap.id, view.swap.state, view.swap.state, swap_fields={"lp_notified": True})
 
     async def _refund_if_expired(self, view: SwapView, after_claim: bool = False) -> bool:
@@ -509,8 +513,7 @@ class SwapEngine:
         ops = self._ops(pleg)
         try:
             if not view.swap.lp_notified:
-                await self.lp.notify_locked(view)
-                view = self.store.transition(view.swap.id, m.INITIATOR_LOCKED, m.INITIATOR_LOCKED, swap_fields={"lp_notified": True})
+                view = await self._notify_lp(view)
             # Seen on chain (the index) needs no round trip to the LP; audited like any report.
             lock = await ops.find_lock(view, pleg) or await self.lp.participant_lock(view)
         except BridgeError as exc:
