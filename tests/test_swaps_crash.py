@@ -432,11 +432,11 @@ async def test_a_recorded_btc_lock_keeps_its_coins_when_its_broadcast_is_lost(tm
             real_broadcast = legs.BitcoinLeg.broadcast_lock
             lost = []
 
-            async def first_broadcast_lost(self, view, leg, first=False):
+            async def first_broadcast_lost(self, view, leg, fresh=False):
                 if not lost:
                     lost.append(view.swap.id)
                     raise ChainUnavailable("reply lost (injected)")
-                return await real_broadcast(self, view, leg, first)
+                return await real_broadcast(self, view, leg, fresh)
 
             monkeypatch.setattr(legs.BitcoinLeg, "broadcast_lock", first_broadcast_lost)
             assert (await lp.engine.step(ids[0])).swap.state == m.PARTICIPANT_LOCK_INTENDED and lost == [ids[0]]

@@ -422,16 +422,16 @@ class SwapEngine:
         async with self._prepare_guard(ileg.chain):
             fields = await ops.prepare_lock(view, ileg)
             view = await self._move(view, m.INITIATOR_LOCK_INTENDED, "lock recorded before broadcast", legs={INITIATOR: fields})
-            view = await self._send_lock(view, first=True)
+            view = await self._send_lock(view, fresh=True)
         await self._lock_intended(view, sent=True)
 
-    async def _send_lock(self, view: SwapView, first: bool = False) -> SwapView:
+    async def _send_lock(self, view: SwapView, fresh: bool = False) -> SwapView:
         """Broadcast our recorded lock (again: idempotent) and record what the chain gave back.
         Called inside the prepare guard right after recording, so the next swap's coin choice
-        sees this lock's inputs spent and its change in the mempool.  ``first``: signed in this
+        sees this lock's inputs spent and its change in the mempool.  ``fresh``: signed in this
         step, so no earlier send of it can have been mined (nothing to look for first)."""
         leg = self._own_leg(view)
-        fields = await self._ops(leg).broadcast_lock(view, leg, first)
+        fields = await self._ops(leg).broadcast_lock(view, leg, fresh)
         if fields and any(getattr(leg, k) != v for k, v in fields.items()):
             view = self.store.transition(view.swap.id, view.swap.state, view.swap.state, "lock broadcast", legs={leg.leg: fields})
         return view
@@ -587,7 +587,7 @@ class SwapEngine:
             view = await self._move(view, m.PARTICIPANT_LOCK_INTENDED, f"trader's lock {seen.ref} audited; lock recorded before broadcast", legs={
                 INITIATOR: {"lock_tx": seen.tx}, PARTICIPANT: {"expiry": expiry, **fields},
             })
-            view = await self._send_lock(view, first=True)
+            view = await self._send_lock(view, fresh=True)
         await self._lock_intended(view, sent=True)
 
     async def _fail(self, view: SwapView, reason: str) -> None:

@@ -192,7 +192,7 @@ class BitcoinLeg:
             "lock_ref": f"{signed.txid}:{vout}", "watch_from": (await self.clock.now()).height,
         }
 
-    async def broadcast_lock(self, view: SwapView, leg: SwapLeg, first: bool = False) -> dict[str, Any]:
+    async def broadcast_lock(self, view: SwapView, leg: SwapLeg, fresh: bool = False) -> dict[str, Any]:
         await self.adapter.send(leg.lock_raw)
         return {}
 
@@ -340,7 +340,7 @@ class BitcoinLeg:
     async def renew(self, view: SwapView, leg: SwapLeg, what: str) -> tuple[dict[str, Any], str] | None:
         return None
 
-    async def broadcast_spend(self, view: SwapView, leg: SwapLeg, first: bool = False) -> None:
+    async def broadcast_spend(self, view: SwapView, leg: SwapLeg, fresh: bool = False) -> None:
         await self.adapter.send(leg.spend_raw)
 
     async def spend_confirmations(self, view: SwapView, leg: SwapLeg) -> int:
@@ -492,8 +492,8 @@ class EvmLeg:
                 return found[0]
         return None
 
-    async def broadcast_lock(self, view: SwapView, leg: SwapLeg, first: bool = False) -> dict[str, Any]:
-        found = None if first else await self._mined_lock(leg)
+    async def broadcast_lock(self, view: SwapView, leg: SwapLeg, fresh: bool = False) -> dict[str, Any]:
+        found = None if fresh else await self._mined_lock(leg)
         if found is None:
             approve = json.loads(leg.lock_evm)["approve"]
             if approve is not None:
@@ -669,9 +669,9 @@ class EvmLeg:
         note = f"fee bump, same nonce {new.nonce}: max fee {old.max_fee} -> {new.max_fee}, tip {old.priority_fee} -> {new.priority_fee} wei"
         return {"spend_raw": raw, "spend_tx": tx_hash, "spend_evm": json.dumps(new.to_dict())}, note
 
-    async def broadcast_spend(self, view: SwapView, leg: SwapLeg, first: bool = False) -> None:
-        """``first``: signed this step against a lock just seen locked (no look before sending)."""
-        if not first and await self.htlc.swap(leg.lock_ref) != SwapStatus.LOCKED:
+    async def broadcast_spend(self, view: SwapView, leg: SwapLeg, fresh: bool = False) -> None:
+        """``fresh``: signed this step against a lock just seen locked (no look before sending)."""
+        if not fresh and await self.htlc.swap(leg.lock_ref) != SwapStatus.LOCKED:
             return  # settled already: by a version of ours, or by the counterparty
         try:
             await self.adapter.send(leg.spend_raw)
