@@ -291,25 +291,25 @@ async def main(args: argparse.Namespace) -> None:
                 print(f"LP CPU per swap (sequential): {lp_cpu_seq * 1000:.0f} ms")
                 if args.timeline:
                     print_timeline(timeline)
-                # Concurrent swaps' transactions share blocks: mined by polling the mempool.
-                async with HeadWatch(chains, automine=False).running():
-                    size, best = min(args.start_concurrent, args.concurrent), 0
-                    while size:  # a warm-up level, then the goal
-                        elapsed, both, left, lp_cpu, own_cpu = await concurrent(chains, traders, lp, size, args.cap)
-                        verdict = "all finished" if left == 0 else f"{left} NOT finished within the {args.cap:.0f} s cap"
-                        print(f"{size} concurrent swaps ({TRADERS} traders, one LP): {elapsed:.1f} s, {both} claimed on both sides, "
-                              f"{verdict}; LP CPU {lp_cpu * 1000:.0f} ms/swap, trader engines + bench {own_cpu * 1000:.0f} ms/swap", flush=True)
-                        if left:
-                            break
-                        best = size
-                        if size >= args.concurrent:
-                            break
-                        size = args.concurrent
-                    if args.concurrent:
-                        print(f"largest concurrency that all finished within the {args.cap:.0f} s cap: {best}"
-                              f"   [goal: {args.concurrent} all finish, none lost]")
-                for trader in traders:
-                    await trader.close()
+            # Concurrent swaps' transactions share blocks: mined by polling the mempool.
+            async with HeadWatch(chains, automine=False).running():
+                size, best = min(args.start_concurrent, args.concurrent), 0
+                while size:  # a warm-up level, then the goal
+                    elapsed, both, left, lp_cpu, own_cpu = await concurrent(chains, traders, lp, size, args.cap)
+                    verdict = "all finished" if left == 0 else f"{left} NOT finished within the {args.cap:.0f} s cap"
+                    print(f"{size} concurrent swaps ({TRADERS} traders, one LP): {elapsed:.1f} s, {both} claimed on both sides, "
+                          f"{verdict}; LP CPU {lp_cpu * 1000:.0f} ms/swap, trader engines + bench {own_cpu * 1000:.0f} ms/swap", flush=True)
+                    if left:
+                        break
+                    best = size
+                    if size >= args.concurrent:
+                        break
+                    size = args.concurrent
+                if args.concurrent:
+                    print(f"largest concurrency that all finished within the {args.cap:.0f} s cap: {best}"
+                          f"   [goal: {args.concurrent} all finish, none lost]")
+            for trader in traders:
+                await trader.close()
         finally:
             if lp.alive():
                 lp.proc.popen.terminate()
