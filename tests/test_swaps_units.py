@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from fractions import Fraction
 
@@ -119,10 +120,12 @@ def store(ledger_db):
     return SwapStore(ledger_db[1])
 
 
-def new_swap(store: SwapStore, swap_id: str = "s1", amount: str = "50000000"):
+def new_swap(store: SwapStore, swap_id: str = "s1", amount: str = "50000000", hashlock: str | None = None):
+    """Each swap its own hashlock unless given: a hashlock backs one swap (``SwapLock``)."""
     now = time.time()
+    hashlock = hashlock or hashlib.sha256(swap_id.encode()).hexdigest()
     return store.create(
-        Swap(id=swap_id, role=INITIATOR, state=m.CREATED, hashlock="ab" * 32, secret="cd" * 32, created_at=now, updated_at=now),
+        Swap(id=swap_id, role=INITIATOR, state=m.CREATED, hashlock=hashlock, secret="cd" * 32, created_at=now, updated_at=now),
         [SwapLeg(swap_id=swap_id, leg=INITIATOR, chain="bitcoin", asset="btc", amount=amount),
          SwapLeg(swap_id=swap_id, leg=PARTICIPANT, chain="evm", asset="eth", amount=str(10**22))],
     )
@@ -219,7 +222,7 @@ def htlc_log(name: str, block: BlockRef, log_index: int, **values) -> ChainEvent
 
 async def test_observers_keep_our_htlc_events_and_forget_them_on_a_reorg(store):
     """The consumers' and the index's statements, on each backend."""
-    new_swap(store)
+    new_swap(store, hashlock="ab" * 32)
     store.defer("s1", "waiting", 3600)
     index, woken = ChainIndex(store.engine), []
     sender, recipient = "0x" + "1a" * 20, "0x" + "2b" * 20

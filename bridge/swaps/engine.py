@@ -32,7 +32,7 @@ from bridge.swaps import models as m
 from bridge.swaps.guard import PrepareGuard
 from bridge.swaps.legs import Leg, LockRefused, NotYet
 from bridge.swaps.models import INITIATOR, PARTICIPANT, SwapLeg
-from bridge.swaps.store import SwapStore, SwapView
+from bridge.swaps.store import LockTaken, SwapStore, SwapView
 from bridge.swaps.timelock import TimelockPolicy, TimelockRefused
 from chains.heads import wait_unless
 
@@ -84,6 +84,9 @@ class SwapEngine:
     observers: "SwapObservers | None" = None
     #: A swap waiting for an event the observers deliver is re-checked this often regardless.
     idle_recheck: float = 5.0
+    #: LP side: seconds after acceptance by which the trader's lock must have been seen on chain,
+    #: else the swap fails and its inventory reservation ends (``protocol.LpLimits``).
+    lock_window: float = 600.0
     _wakeup: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
     _running: dict[str, asyncio.Task] = field(default_factory=dict, repr=False)
     #: Swaps woken while a step of theirs was under way: made due again once it ends.
@@ -532,9 +535,13 @@ class SwapEngine:
         need = self.confirmations[pleg.chain]
         if seen.confirmations < need:
             raise NotYet(f"LP's lock {seen.ref} has {seen.confirmations}/{need} confirmations", on_block=pleg.chain)
-        view = await self._move(view, m.PARTICIPANT_LOCKED, f"LP's lock {seen.ref} audited", legs={PARTICIPANT: {
-            "lock_ref": seen.ref, "lock_tx": seen.tx, "expiry": seen.expiry, "script": lock.get("script"),
-        }})
+        try:
+            view = await self._move(view, m.PARTICIPANT_LOCKED, f"LP's lock {seen.ref} audited", legs={PARTICIPANT: {
+                "lock_ref": seen.ref, "lock_tx": seen.tx, "expiry": seen.expiry, "script": lock.get("script"),
+            }})
+        except LockTaken as exc:
+            # A lock another of our swaps consumed pays that swap, not this one: refund at expiry.
+            raise NotYet(f"LP's lock refused: {exc.message}") from None
         await self._initiator_participant_locked(view)
 
     async def _initiator_participant_locked(self, view: SwapView) -> None:
@@ -555,9 +562,14 @@ class SwapEngine:
         ileg, pleg = view.leg(INITIATOR), view.leg(PARTICIPANT)
         iops, pops = self._ops(ileg), self._ops(pleg)
         inow = await iops.now()
+        # Accepting reserves inventory; a reservation no lock backs ends after the window.
+        lapsed = ileg.lock_tx is None and time.time() - view.swap.created_at > self.lock_window
         if not ileg.lock_ref:
             if self.policy.seconds_left(ileg.chain, ileg.expiry, inow) < self.policy.safety_gap + self.policy.min_participant_lock:
                 await self._fail(view, "the trader did not lock in time")
+                return
+            if lapsed:
+                await self._fail(view, f"the trader reported no lock within {self.lock_window:.0f}s of acceptance")
                 return
             raise NotYet("the trader has not reported a lock yet", on_event=True)
         try:
@@ -565,6 +577,20 @@ class SwapEngine:
         except LockRefused as exc:
             await self._fail(view, f"trader's lock refused: {exc.reason}")
             return
+        except NotYet:
+            if lapsed:
+                await self._fail(view, f"the trader's lock {ileg.lock_ref} was not seen on chain within {self.lock_window:.0f}s of acceptance")
+                return
+            raise
+        if ileg.lock_tx is None:
+            # First sighting: the lock is this swap's from now on, and no other swap's (``SwapLock``).
+            try:
+                view = self.store.transition(view.swap.id, m.CREATED, m.CREATED, f"trader's lock {seen.ref} seen on chain",
+                                             legs={INITIATOR: {"lock_ref": seen.ref, "lock_tx": seen.tx}})
+            except LockTaken as exc:
+                await self._fail(view, f"trader's lock refused: {exc.message}")
+                return
+            ileg = view.leg(INITIATOR)
         need = self.confirmations[ileg.chain]
         if seen.confirmations < need:
             raise NotYet(f"trader's lock {seen.ref} has {seen.confirmations}/{need} confirmations; not locking before {need}", on_block=ileg.chain)
@@ -585,7 +611,7 @@ class SwapEngine:
                 return
             fields = await pops.prepare_lock(view, planned)
             view = await self._move(view, m.PARTICIPANT_LOCK_INTENDED, f"trader's lock {seen.ref} audited; lock recorded before broadcast", legs={
-                INITIATOR: {"lock_tx": seen.tx}, PARTICIPANT: {"expiry": expiry, **fields},
+                PARTICIPANT: {"expiry": expiry, **fields},
             })
             view = await self._send_lock(view, fresh=True)
         await self._lock_intended(view, sent=True)

@@ -86,11 +86,15 @@ def _secret_in_witness(items: list[bytes], hashlock: bytes) -> bytes | None:
     return next((i for i in items if len(i) == 32 and _sha256(i) == hashlock), None)
 
 
+_BTC_REF = re.compile(r"([0-9a-fA-F]{64}):([0-9]{1,10})")
+
+
 def _split_ref(ref: str) -> tuple[str, int]:
-    txid, _, vout = ref.partition(":")
-    if len(txid) != 64 or not vout.isdigit():
-        raise InputError(f"bitcoin lock reference must be TXID:VOUT, got {ref!r}", field="lock_ref")
-    return txid, int(vout)
+    """``TXID:VOUT`` as (lower-case txid, vout): one spelling per output."""
+    found = _BTC_REF.fullmatch(ref)
+    if found is None:
+        raise InputError(f"bitcoin lock reference must be TXID:VOUT, got {ref[:80]!r}", field="lock_ref")
+    return found[1].lower(), int(found[2])
 
 
 class ChainClock:
@@ -237,7 +241,7 @@ class BitcoinLeg:
         amount = btc_to_sats(out["value"])
         if amount != leg.value:
             raise LockRefused(f"wrong amount: the HTLC holds {amount} sats, agreed {leg.value}")
-        return LockSeen(ref, txid, amount, terms.locktime, int(out.get("confirmations") or 0))
+        return LockSeen(f"{txid}:{vout}", txid, amount, terms.locktime, int(out.get("confirmations") or 0))
 
     # --- secret and spends -------------------------------------------------------
 

@@ -63,6 +63,9 @@ class Swap(SQLModel, table=True):
     #: ``updated_at`` of the row the ledger last recorded; older than ``updated_at`` (or unset)
     #: means a crash came between a change and its books, which ``SwapEngine.catch_up`` redoes.
     booked_at: Optional[float] = None
+    #: LP side: who asked for the swap (the peer address of ``POST /swaps``), to bound the
+    #: reservations one client holds open.
+    client: Optional[str] = None
 
 
 class SwapLeg(SQLModel, table=True):
@@ -118,6 +121,29 @@ class SwapLeg(SQLModel, table=True):
     def history_when_replaced(self) -> str:
         """``spend_history`` once a new version replaces the current one (which stays a possible outcome)."""
         return ",".join(t for t in [*(self.spend_history or "").split(","), self.spend_tx] if t)
+
+
+#: ``SwapLock.kind`` of a swap's hashlock; a lock's kind is its chain ("bitcoin", "evm").
+HASHLOCK = "hashlock"
+
+
+class SwapLock(SQLModel, table=True):
+    """What a swap consumes, one row each, and so no other swap of the same role can: its
+    hashlock, its own lock, and the counterparty's lock once it has been seen on chain.
+
+    The primary key is the guarantee: one lock (an outpoint, an EVM swap id) or one hashlock
+    backs at most one swap per role in this database, however many processes step swaps, so
+    one trader lock can never be audited into two LP locks, and one claim never books twice.
+    Rows are written in the transaction that records the swap or the lock (``SwapStore``).
+    """
+
+    __tablename__ = "swap_lock"
+
+    role: str = Field(primary_key=True)
+    kind: str = Field(primary_key=True)
+    ref: str = Field(primary_key=True)  # hashlock hex, "txid:vout", or an EVM swap id (0x hex), normalised
+    swap_id: str = Field(index=True, foreign_key="swap.id")
+    leg: Optional[str] = None  # the leg whose lock this is; None for the hashlock
 
 
 class SwapAction(SQLModel, table=True):

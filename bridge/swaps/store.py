@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -19,10 +20,23 @@ from bridge.db import init_db
 from bridge.dbapi import Db, Tx, in_list
 from bridge.errors import Conflict, InputError, NotFound
 from bridge.swaps.models import (
-    CLAIM_INTENDED, CREATED, INITIATOR, INITIATOR_LOCK_INTENDED, LEGS, OPEN_SQL, PARTICIPANT, PARTICIPANT_LOCK_INTENDED,
+    CLAIM_INTENDED, CREATED, HASHLOCK, INITIATOR, INITIATOR_LOCK_INTENDED, LEGS, OPEN_SQL, PARTICIPANT, PARTICIPANT_LOCK_INTENDED,
     REFUND_INTENDED, STATES, Swap, SwapAction, SwapLeg,
 )
 from chains.btc.primitives import Tx as BtcTx
+
+
+class LockTaken(Conflict):
+    """The hashlock or lock is already consumed by another swap of the same role (``SwapLock``)."""
+
+
+def canonical_ref(kind: str, ref: str) -> str:
+    """One spelling per lock, so ``txid:01`` and ``TXID:1`` cannot pass for two outputs."""
+    ref = ref.lower()
+    if kind == "bitcoin":
+        txid, _, vout = ref.partition(":")
+        return f"{txid}:{int(vout)}" if vout.isascii() and vout.isdigit() else ref
+    return ref
 
 
 @dataclass(frozen=True)
@@ -66,6 +80,40 @@ def _insert(table: str, names: Iterable[str]) -> str:
 _INSERT_SWAP = _insert("swap", _SWAP)
 _INSERT_LEG = _insert("swap_leg", _LEG)
 _INSERT_ACTION = _insert("swap_action", ("swap_id", "at", "from_state", "to_state", "note"))
+_INSERT_LOCK = _insert("swap_lock", ("role", "kind", "ref", "swap_id", "leg"))
+
+
+def _bind(tx: Tx, integrity: type[Exception], role: str, kind: str, ref: str, swap_id: str, leg: str | None) -> None:
+    """Record that ``swap_id`` consumes ``ref`` in ``tx``; ``LockTaken`` if another swap of ``role``
+    already does.  The primary key decides, so two processes racing cannot both succeed."""
+    ref = canonical_ref(kind, ref)
+    owner = tx.one("SELECT swap_id, leg FROM swap_lock WHERE role = :role AND kind = :kind AND ref = :ref",
+                   {"role": role, "kind": kind, "ref": ref})
+    if owner is not None:
+        if (owner["swap_id"], owner["leg"]) == (swap_id, leg):
+            return
+        what = "hashlock" if kind == HASHLOCK else f"{kind} lock"
+        raise LockTaken(f"{what} {ref} already backs another swap ({owner['swap_id']})", ref=ref, other=owner["swap_id"])
+    try:
+        tx.execute(_INSERT_LOCK, {"role": role, "kind": kind, "ref": ref, "swap_id": swap_id, "leg": leg})
+    except integrity:
+        raise LockTaken(f"{kind} {ref} was taken by another swap just now", ref=ref) from None
+
+
+#: Bindings for swaps recorded before ``swap_lock`` existed (first swap of each ref wins).
+_BACKFILL = (
+    f"INSERT INTO swap_lock (role, kind, ref, swap_id, leg) SELECT s.role, '{HASHLOCK}', s.hashlock, MIN(s.id), NULL FROM swap s "
+    "WHERE NOT EXISTS (SELECT 1 FROM swap_lock b WHERE b.role = s.role AND b.kind = 'hashlock' AND b.ref = s.hashlock) "
+    "GROUP BY s.role, s.hashlock",
+    # Own locks, and counterparty locks the swap went on to act on (seen: lock_tx recorded).
+    "INSERT INTO swap_lock (role, kind, ref, swap_id, leg) SELECT s.role, l.chain, LOWER(l.lock_ref), MIN(s.id), MIN(l.leg) "
+    "FROM swap_leg l JOIN swap s ON s.id = l.swap_id WHERE l.lock_ref IS NOT NULL AND l.lock_tx IS NOT NULL "
+    "AND NOT EXISTS (SELECT 1 FROM swap_lock b WHERE b.role = s.role AND b.kind = l.chain AND b.ref = LOWER(l.lock_ref)) "
+    "GROUP BY s.role, l.chain, LOWER(l.lock_ref)",
+)
+
+
+_backfilled: "weakref.WeakSet[Engine]" = weakref.WeakSet()
 
 
 class SwapStore:
@@ -77,6 +125,12 @@ class SwapStore:
         init_db(engine)
         configure_mappers()  # the models are built without a session (``model_construct``)
         self.db = Db(engine)
+        self._integrity: type[Exception] = engine.dialect.dbapi.IntegrityError
+        if engine not in _backfilled:
+            with self.db.transaction() as tx:
+                for statement in _BACKFILL:
+                    tx.execute(statement)
+            _backfilled.add(engine)
 
     def create(self, swap: Swap, legs: Iterable[SwapLeg], note: str = "") -> SwapView:
         """Insert a new swap; the same id with the same content again is a no-op (idempotent accept)."""
@@ -94,6 +148,7 @@ class SwapStore:
                     raise Conflict(f"swap {swap.id} already exists with other terms", swap_id=swap.id)
             else:
                 tx.execute(_INSERT_SWAP, {n: getattr(swap, n) for n in _SWAP})
+                _bind(tx, self._integrity, swap.role, HASHLOCK, swap.hashlock, swap.id, None)
                 for leg in legs:
                     tx.execute(_INSERT_LEG, {n: getattr(leg, n) for n in _LEG})
                 tx.execute(_INSERT_ACTION, {"swap_id": swap.id, "at": swap.created_at, "from_state": None, "to_state": swap.state, "note": note})
@@ -231,7 +286,35 @@ class SwapStore:
                     )
             if changed or note:
                 tx.execute(_INSERT_ACTION, {"swap_id": swap_id, "at": now, "from_state": previous, "to_state": to, "note": note})
-            return self._read(tx, swap_id, with_actions=False)
+            view = self._read(tx, swap_id, with_actions=False)
+            for leg_name, fields in (legs or {}).items():
+                if fields.get("lock_ref"):
+                    # Recording a lock is consuming it: no other swap of this role may act on it.
+                    _bind(tx, self._integrity, view.swap.role, view.legs[leg_name].chain, fields["lock_ref"], swap_id, leg_name)
+            return view
+
+    def report_lock(self, swap_id: str, ref: str, script: str | None) -> bool:
+        """The trader says where its lock is (LP side): remembered for the engine to audit, not
+        consumed (``SwapLock``) until the audit has seen it on chain, so a report naming someone
+        else's lock blocks nobody.  Only the first report of a swap still waiting is kept and
+        logged; returns whether this one was."""
+        with self.db.transaction() as tx:
+            kept = tx.execute(
+                "UPDATE swap_leg SET lock_ref = :ref, script = :script WHERE swap_id = :id AND leg = :leg AND lock_ref IS NULL "
+                "AND EXISTS (SELECT 1 FROM swap WHERE swap.id = :id AND swap.state = :created)",
+                {"ref": ref, "script": script, "id": swap_id, "leg": INITIATOR, "created": CREATED},
+            )
+            if kept:
+                tx.execute(_INSERT_ACTION, {"swap_id": swap_id, "at": time.time(), "from_state": CREATED, "to_state": CREATED,
+                                            "note": f"trader reports lock {ref}"})
+                make_due(tx, [swap_id])
+        return bool(kept)
+
+    def open_reservations(self, client: str) -> int:
+        """LP side: swaps this client asked for that still wait for the trader's lock."""
+        with self.db.transaction() as tx:
+            return tx.column("SELECT COUNT(*) FROM swap WHERE role = :role AND state = :created AND client = :client",
+                             {"role": PARTICIPANT, "created": CREATED, "client": client})[0]
 
     def reserved_inputs(self) -> set[tuple[str, int]]:
         """Outpoints spent by Bitcoin locks recorded as intended and not yet seen confirmed."""
