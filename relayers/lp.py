@@ -15,9 +15,9 @@ from typing import Any
 
 from aiohttp import web
 
-from bridge.errors import InputError
+from bridge.swaps.limits import check_swap_id
 from bridge.swaps.party import Party
-from bridge.swaps.protocol import LiquidityProvider, describe
+from bridge.swaps.protocol import LiquidityProvider, base_units, describe
 from bridge.swaps.store import SwapView
 from relayers.runner import Metrics, json_body, json_handler
 
@@ -30,7 +30,8 @@ class LpDaemon:
     def __init__(self, party: Party) -> None:
         self.party = party
         self.metrics = Metrics("bridge_lp")
-        self.provider = LiquidityProvider(party.store, party.legs, party.assets, party.config.markets(), party.config.policy())
+        self.provider = LiquidityProvider(
+            party.store, party.legs, party.assets, party.config.markets(), party.config.policy(), party.config.lp.limits())
         party.engine.on_transition = self._count
 
     def _count(self, view: SwapView) -> None:
@@ -54,19 +55,16 @@ class LpDaemon:
 
     async def _quote(self, req: web.Request) -> dict[str, Any]:
         q = req.query
-        amount = q.get("amount", "")
-        if not amount.isdigit():
-            raise InputError("amount must be an integer of base units", field="amount")
-        return self.provider.quote(q.get("sell", ""), q.get("buy", ""), int(amount))
+        return self.provider.quote(q.get("sell", ""), q.get("buy", ""), base_units(q.get("amount", ""), "amount"))
 
     async def _accept(self, req: web.Request) -> dict[str, Any]:
-        answer = await self.provider.accept(await json_body(req))
+        answer = await self.provider.accept(await json_body(req), client=req.remote or "unknown")
         self.metrics.inc("swaps_accepted")
         self.party.engine.nudge()
         return answer
 
     async def _status(self, req: web.Request) -> dict[str, Any]:
-        return describe(self.party.store.get(req.match_info["id"]))
+        return describe(self.party.store.get(check_swap_id(req.match_info["id"])))
 
     async def _lock_notice(self, req: web.Request) -> dict[str, Any]:
         answer = self.provider.lock_notice(req.match_info["id"], await json_body(req))

@@ -248,6 +248,8 @@ decimals = 6
 {timelock}
 [lp]
 port = {port}
+# The bench and the concurrent tests start many swaps at once from one address.
+max_open_per_client = 5000
 {markets}
 """
 

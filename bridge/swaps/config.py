@@ -19,6 +19,9 @@ A TOML file (``--swap-config``, else ``$BRIDGE_SWAP_CONFIG``, else ``<data dir>/
     btc_seconds_per_block = 600
     [lp]                                # only for `bridgectl relayer run lp`
     port = 8600
+    lock_window = 600                   # drop an accepted swap whose trader lock is not seen by then
+    max_open_per_client = 20            # accepted swaps without a seen lock, per client address
+    max_initiator_lock = 18000          # longest trader lock accepted, seconds (default initiator_lock + safety_gap)
     [lp.markets."btc/eth"]              # buy = sell * rate in base units (integers)
     rate = "150000000000/1"
     min_sell = 10000
@@ -38,7 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from bridge.errors import ConfigError
 from bridge.settings import Settings
 from bridge.swaps.assets import AssetBook
-from bridge.swaps.protocol import PairTerms
+from bridge.swaps.protocol import LpLimits, PairTerms
 from bridge.swaps.timelock import TimelockPolicy
 
 
@@ -61,6 +64,14 @@ class LpConfig(_Model):
     host: str = "127.0.0.1"
     port: int = 8600
     markets: dict[str, MarketConfig] = Field(default_factory=dict)
+    #: ``protocol.LpLimits``: how long an accepted swap waits for the trader's lock, how many
+    #: such swaps one client may hold, the longest initiator lock accepted (seconds).
+    lock_window: float = Field(default=600.0, gt=0)
+    max_open_per_client: int = Field(default=20, ge=1)
+    max_initiator_lock: int | None = Field(default=None, gt=0)
+
+    def limits(self) -> LpLimits:
+        return LpLimits(self.lock_window, self.max_open_per_client, self.max_initiator_lock)
 
 
 class SwapConfig(_Model):

@@ -60,6 +60,7 @@ class Party:
         engine.observers = SwapObservers(db, legs, config.poll_interval)
         engine.bump_after = config.fee_bump_after
         engine.idle_recheck = config.idle_recheck
+        engine.lock_window = config.lp.lock_window
         return cls(settings, config, store, legs, engine, config.assets(), [btc, evm])
 
     async def start_swap(self, lp_url: str, sell_spec: str, buy_spec: str) -> SwapView:

@@ -13,6 +13,7 @@ the LP audits the trader's.
 from __future__ import annotations
 
 import asyncio
+import re
 import secrets
 import time
 import uuid
@@ -29,8 +30,9 @@ from bridge.swaps import models as m
 from bridge.swaps.assets import BITCOIN, AssetBook, SwapAsset
 from bridge.swaps.legs import Leg
 from bridge.swaps.models import INITIATOR, PARTICIPANT, Swap, SwapLeg
-from bridge.swaps.store import SwapStore, SwapView
-from bridge.swaps.timelock import TimelockPolicy
+from bridge.swaps.limits import check_amount, check_swap_id
+from bridge.swaps.store import SwapStore, SwapView, canonical_ref
+from bridge.swaps.timelock import TimelockPolicy, TimelockRefused
 from chains.http import LoopSession
 from htlc.bitcoin_script import is_compressed_pubkey
 
@@ -61,6 +63,26 @@ class PairTerms:
     max_sell: int
 
 
+@dataclass(frozen=True)
+class LpLimits:
+    """What keeps an LP's inventory from being held for free (``[lp]`` in swaps.toml)."""
+
+    #: Seconds after acceptance by which the trader's lock must have been seen on chain
+    #: (reported and audited, confirmations aside); the reservation is dropped otherwise.
+    lock_window: float = 600.0
+    #: Swaps one client (peer address) may hold accepted and not yet backed by a lock it saw.
+    max_open_per_client: int = 20
+    #: The longest initiator lock (seconds from now) the LP accepts; None: the policy's
+    #: ``initiator_lock`` plus its ``safety_gap``.
+    max_initiator_lock: int | None = None
+
+
+class TooManyReservations(InputError):
+    """The client already holds as many unbacked reservations as the LP allows."""
+
+    http_status = 429
+
+
 @dataclass
 class LiquidityProvider:
     store: SwapStore
@@ -68,6 +90,10 @@ class LiquidityProvider:
     assets: AssetBook
     pairs: dict[tuple[str, str], PairTerms]
     policy: TimelockPolicy = field(default_factory=TimelockPolicy)
+    limits: LpLimits = field(default_factory=LpLimits)
+    #: Checking a request against what is committed and recording it are one step: concurrent
+    #: requests must not all pass the same inventory or per-client check.
+    _accepting: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
 
     def quote(self, sell: str, buy: str, amount: int) -> dict[str, Any]:
         terms = self._pair(sell, buy)
@@ -84,11 +110,15 @@ class LiquidityProvider:
         try:
             return self.pairs[(sell.lower(), buy.lower())]
         except KeyError:
-            raise InputError(f"no market {sell}->{buy}; offered: {', '.join(f'{a}->{b}' for a, b in self.pairs)}", field="pair") from None
+            offered = ", ".join(f"{a}->{b}" for a, b in self.pairs)
+            raise InputError(f"no market {_shown(sell)}->{_shown(buy)}; offered: {offered}", field="pair") from None
 
-    async def accept(self, req: dict[str, Any]) -> dict[str, Any]:
+    def max_initiator_lock(self) -> int:
+        return self.limits.max_initiator_lock or self.policy.initiator_lock + self.policy.safety_gap
+
+    async def accept(self, req: dict[str, Any], client: str = "local") -> dict[str, Any]:
         """Check a swap request and record it; the same request again gets the same answer."""
-        swap_id = _text(req, "id")
+        swap_id = check_swap_id(req.get("id"))
         hashlock = _hex(req, "hashlock", 32)
         sell, sell_amount = self._leg_request(req, "sell")
         buy, buy_amount = self._leg_request(req, "buy")
@@ -97,49 +127,61 @@ class LiquidityProvider:
         quote = self.quote(sell.symbol, buy.symbol, sell_amount)
         if buy_amount > int(quote["buy_amount"]):
             raise InputError(f"asked for {buy_amount} {buy.symbol} base units; the rate gives at most {quote['buy_amount']}", field="buy")
-        trader = req.get("trader") or {}
+        trader = req.get("trader")
+        if not isinstance(trader, dict):
+            raise InputError("trader must be an object naming the trader's identity on each chain", field="trader")
         trader_sell, trader_buy = _identity(trader, sell.chain), _identity(trader, buy.chain)
         expiry = req.get("initiator_expiry")
-        if not isinstance(expiry, int) or isinstance(expiry, bool):
-            raise InputError("initiator_expiry must be an integer", field="initiator_expiry")
+        if not isinstance(expiry, int) or isinstance(expiry, bool) or not 0 < expiry < 2**63:
+            raise InputError("initiator_expiry must be a positive 64-bit integer (a block height or unix time)", field="initiator_expiry")
         sell_ops, buy_ops = self.legs[sell.chain], self.legs[buy.chain]
         now, buy_now = await asyncio.gather(sell_ops.now(), buy_ops.now())
         self.policy.check_initiator_lock(sell.chain, expiry, now)  # TimelockRefused names the rule
-        try:
-            existing = self.store.get(swap_id, with_actions=False)
-        except NotFound:
-            existing = None
-        if existing is None:
-            await self._check_inventory(buy, buy_amount)
-        created = time.time()
-        self.store.create(
-            Swap(id=swap_id, role=PARTICIPANT, state=m.CREATED, hashlock=hashlock.hex(), accepted=True,
-                 created_at=created, updated_at=created, next_attempt_at=created),
-            [
-                SwapLeg(swap_id=swap_id, leg=INITIATOR, chain=sell.chain, asset=sell.symbol, token=sell.token,
-                        amount=str(sell_amount), sender=trader_sell, recipient=sell_ops.identity, expiry=expiry,
-                        watch_from=now.height),
-                SwapLeg(swap_id=swap_id, leg=PARTICIPANT, chain=buy.chain, asset=buy.symbol, token=buy.token,
-                        amount=str(buy_amount), sender=buy_ops.identity, recipient=trader_buy, watch_from=buy_now.height),
-            ],
-            note="accepted",
-        )
+        left, longest = self.policy.seconds_left(sell.chain, expiry, now), self.max_initiator_lock()
+        if left > longest:
+            raise TimelockRefused(
+                f"initiator's lock expires in ~{left}s: more than the {longest}s this LP accepts "
+                "(its inventory would be held that long)", seconds_left=left)
+        async with self._accepting:
+            try:
+                existing = self.store.get(swap_id, with_actions=False)
+            except NotFound:
+                existing = None
+            if existing is None:
+                if self.store.open_reservations(client) >= self.limits.max_open_per_client:
+                    raise TooManyReservations(
+                        f"{client} already has {self.limits.max_open_per_client} accepted swaps waiting for a lock; "
+                        "lock those (or let them lapse) first", field="id")
+                await self._check_inventory(buy, buy_amount)
+            created = time.time()
+            self.store.create(
+                Swap(id=swap_id, role=PARTICIPANT, state=m.CREATED, hashlock=hashlock.hex(), accepted=True,
+                     created_at=created, updated_at=created, next_attempt_at=created, client=client),
+                [
+                    SwapLeg(swap_id=swap_id, leg=INITIATOR, chain=sell.chain, asset=sell.symbol, token=sell.token,
+                            amount=str(sell_amount), sender=trader_sell, recipient=sell_ops.identity, expiry=expiry,
+                            watch_from=now.height),
+                    SwapLeg(swap_id=swap_id, leg=PARTICIPANT, chain=buy.chain, asset=buy.symbol, token=buy.token,
+                            amount=str(buy_amount), sender=buy_ops.identity, recipient=trader_buy, watch_from=buy_now.height),
+                ],
+                note="accepted",
+            )
         return {"id": swap_id, "lp": {c: ops.identity for c, ops in self.legs.items()}, "quote": quote}
 
     def _leg_request(self, req: dict[str, Any], side: str) -> tuple[SwapAsset, int]:
         item = req.get(side)
         if not isinstance(item, dict):
             raise InputError(f"{side} must be an object with asset and amount", field=side)
-        asset = self.assets.get(str(item.get("asset", "")))
-        if str(item.get("token") or "").lower() != (asset.token or "").lower():
-            raise InputError(f"{side} token {item.get('token')} is not this LP's {asset.symbol} ({asset.token})", field=side)
-        try:
-            amount = int(str(item.get("amount")))
-        except ValueError:
-            raise InputError(f"{side} amount must be an integer of base units", field=side) from None
-        if amount <= 0:
-            raise InputError(f"{side} amount must be positive", field=side)
-        return asset, amount
+        symbol = item.get("asset")
+        if not isinstance(symbol, str) or len(symbol) > 32:
+            raise InputError(f"{side} asset must be an asset symbol", field=side)
+        asset = self.assets.get(symbol)
+        token = item.get("token")
+        if token is not None and not isinstance(token, str):
+            raise InputError(f"{side} token must be an address or null", field=side)
+        if (token or "").lower() != (asset.token or "").lower():
+            raise InputError(f"{side} token {_shown(token)} is not this LP's {asset.symbol} ({asset.token})", field=side)
+        return asset, check_amount(base_units(item.get("amount"), f"{side} amount"), asset.chain, f"{side} amount")
 
     async def _check_inventory(self, asset: SwapAsset, amount: int) -> None:
         committed = self.store.committed(PARTICIPANT, [m.CREATED, m.PARTICIPANT_LOCK_INTENDED], asset.symbol)
@@ -150,20 +192,51 @@ class LiquidityProvider:
             )
 
     def lock_notice(self, swap_id: str, req: dict[str, Any]) -> dict[str, Any]:
-        """The trader says where its lock is; audited by the next engine step, never trusted."""
+        """The trader says where its lock is; audited by the next engine step, never trusted.
+        Reporting the same lock again changes nothing."""
+        swap_id = check_swap_id(swap_id)
         ref = _text(req, "lock_ref")
         script = req.get("script")
-        if script is not None and not isinstance(script, str):
-            raise InputError("script must be hex", field="script")
+        if script is not None and (not isinstance(script, str) or len(script) > MAX_SCRIPT_HEX or not _HEX.fullmatch(script)):
+            raise InputError(f"script must be hex of at most {MAX_SCRIPT_HEX // 2} bytes", field="script")
         view = self.store.get(swap_id, with_actions=False)
         if view.swap.role != PARTICIPANT:
             raise NotFound(f"no LP swap {swap_id}")
-        if view.leg(INITIATOR).lock_ref not in (None, ref):
-            raise Conflict(f"swap {swap_id} already has lock {view.leg(INITIATOR).lock_ref}")
-        if view.swap.state == m.CREATED:
-            self.store.transition(swap_id, m.CREATED, m.CREATED, f"trader reports lock {ref}", legs={INITIATOR: {"lock_ref": ref, "script": script}})
-            self.store.wake(swap_id)
+        ileg = view.leg(INITIATOR)
+        ref = lock_ref(ileg.chain, ref)
+        if ileg.lock_ref is not None and canonical_ref(ileg.chain, ileg.lock_ref) != canonical_ref(ileg.chain, ref):
+            raise Conflict(f"swap {swap_id} already has lock {ileg.lock_ref}")
+        self.store.report_lock(swap_id, ref, script)
         return describe(self.store.get(swap_id))
+
+
+#: The witness script of an HTLC is about 100 bytes; this bounds what a notice may carry.
+MAX_SCRIPT_HEX = 2000
+_HEX = re.compile(r"(?:[0-9a-fA-F]{2})*")
+_BASE_UNITS = re.compile(r"[0-9]{1,78}")
+_LOCK_REFS = {BITCOIN: re.compile(r"[0-9a-fA-F]{64}:[0-9]{1,10}"), "evm": re.compile(r"0x[0-9a-fA-F]{64}")}
+
+
+def lock_ref(chain: str, value: str) -> str:
+    """A lock reference in its chain's shape: ``TXID:VOUT`` on Bitcoin, an EVM swap id (0x + 32 bytes)."""
+    if not _LOCK_REFS[chain].fullmatch(value):
+        shape = "TXID:VOUT" if chain == BITCOIN else "0x followed by 64 hex digits"
+        raise InputError(f"lock_ref {_shown(value)} is not a {chain} lock reference ({shape})", field="lock_ref")
+    return value
+
+
+def base_units(value: object, what: str = "amount") -> int:
+    """An amount in base units as JSON carries it: a decimal string (or integer) of ASCII digits."""
+    text = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+    if not isinstance(text, str) or not _BASE_UNITS.fullmatch(text):
+        raise InputError(f"{what} must be a whole number of base units (at most 78 digits), got {_shown(value)}", field=what)
+    return int(text)
+
+
+def _shown(value: object) -> str:
+    """A client's value in an error message: short and printable."""
+    text = value if isinstance(value, str) else repr(value)
+    return repr(text[:40] + ("..." if len(text) > 40 else ""))
 
 
 # --- trader side ----------------------------------------------------------------------
@@ -193,7 +266,14 @@ def new_trader_swap(
 
 
 class LpClient:
-    """The initiator engine's ``LpPort`` over HTTP."""
+    """The initiator engine's ``LpPort`` over HTTP.
+
+    Nothing the LP answers is trusted: an answer is read up to ``jsonsafe.MAX_BODY`` bytes and
+    parsed with ``bridge.jsonsafe`` bounds (a hostile answer is a clear ``LpRefused``, never a
+    crash of the trader), and must be a JSON object."""
+
+    #: How much of an LP's refusal message is kept (it lands in the swap's row and on terminals).
+    MESSAGE_CHARS = 300
 
     def __init__(self, timeout: float = 10.0) -> None:
         self._http = LoopSession(timeout)
@@ -201,19 +281,59 @@ class LpClient:
     async def close(self) -> None:
         await self._http.close()
 
+    @staticmethod
+    async def _read(resp: aiohttp.ClientResponse, limit: int | None = None) -> bytes:
+        """At most ``limit`` bytes of the answer; ``JsonRefused`` (413) past that, before reading it all."""
+        from bridge import jsonsafe
+
+        limit = jsonsafe.MAX_BODY if limit is None else limit
+        declared = resp.content_length
+        if declared is not None and declared > limit:
+            raise jsonsafe.JsonRefused(f"answer of {declared} bytes is over the limit of {limit}", status=413)
+        chunks: list[bytes] = []
+        size = 0
+        while size <= limit:
+            chunk = await resp.content.read(limit + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > limit:
+            raise jsonsafe.JsonRefused(f"answer is over the limit of {limit} bytes", status=413)
+        return b"".join(chunks)
+
+    @classmethod
+    def _shown(cls, text: Any) -> str:
+        """The LP's words, short and printable (no terminal control characters)."""
+        text = str(text)
+        cut = text[: cls.MESSAGE_CHARS]
+        return "".join(c if c.isprintable() else "?" for c in cut) + ("..." if len(text) > len(cut) else "")
+
     async def _call(self, method: str, url: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        from bridge import jsonsafe
+
         try:
             async with self._http.get().request(method, url, json=body) as resp:
-                data = await resp.json(content_type=None)
-                if resp.status >= 500:
-                    raise LpUnavailable(f"LP answered {resp.status} at {url}: {data}")
-                if resp.status == 404:
-                    raise NotFound(f"LP has no {url}")
-                if resp.status >= 400:
-                    raise LpRefused((data or {}).get("message") or f"HTTP {resp.status}", status=resp.status)
-                return data
+                status = resp.status
+                try:
+                    data: Any = jsonsafe.loads(await self._read(resp))
+                    bad = None
+                except jsonsafe.JsonRefused as exc:
+                    data, bad = None, exc.message
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise LpUnavailable(f"LP unreachable at {url}: {type(exc).__name__}: {exc}") from None
+        if status >= 500:
+            raise LpUnavailable(f"LP answered {status} at {url}: {self._shown(data if bad is None else bad)}")
+        if status == 404:
+            raise NotFound(f"LP has no {url}")
+        if status >= 400:
+            message = data.get("message") if isinstance(data, dict) else None
+            raise LpRefused(self._shown(message) if isinstance(message, str) and message else f"HTTP {status}", status=status)
+        if bad is not None:
+            raise LpRefused(f"LP answered {status} at {url} with an unusable body: {bad}", status=status)
+        if not isinstance(data, dict):
+            raise LpRefused(f"LP answered {status} at {url} with JSON that is not an object", status=status)
+        return data
 
     async def quote(self, lp_url: str, sell: str, buy: str, amount: int) -> dict[str, Any]:
         return await self._call("GET", f"{lp_url.rstrip('/')}/quote?sell={sell}&buy={buy}&amount={amount}")
@@ -227,7 +347,9 @@ class LpClient:
             "trader": {ileg.chain: ileg.sender, pleg.chain: pleg.recipient},
         }
         answer = await self._call("POST", f"{view.swap.lp_url.rstrip('/')}/swaps", body)
-        lp = answer.get("lp") or {}
+        lp = answer.get("lp")
+        if not isinstance(lp, dict):
+            raise LpRefused("LP accepted without naming its identities (lp must be an object)")
         for chain in (ileg.chain, pleg.chain):
             _identity(lp, chain)  # refuse a malformed key now, not at lock time
         return answer
@@ -238,7 +360,11 @@ class LpClient:
 
     async def participant_lock(self, view: SwapView) -> dict[str, Any] | None:
         data = await self._call("GET", f"{view.swap.lp_url.rstrip('/')}/swaps/{view.swap.id}")
-        return (data.get("legs") or {}).get(PARTICIPANT)
+        legs = data.get("legs") or {}
+        lock = legs.get(PARTICIPANT) if isinstance(legs, dict) else None
+        if lock is not None and not isinstance(lock, dict):
+            raise LpRefused("LP's view of its lock is not an object")
+        return lock
 
 
 # --- shared -----------------------------------------------------------------------------
@@ -262,7 +388,7 @@ def describe(view: SwapView, with_secret: bool = False) -> dict[str, Any]:
 def _text(req: dict[str, Any], name: str) -> str:
     value = req.get(name)
     if not isinstance(value, str) or not value or len(value) > 100:
-        raise InputError(f"{name} must be a non-empty string", field=name)
+        raise InputError(f"{name} must be a string of 1-100 characters", field=name)
     return value
 
 
@@ -278,15 +404,15 @@ def _hex(req: dict[str, Any], name: str, size: int) -> bytes:
 
 
 def _identity(ids: dict[str, Any], chain: str) -> str:
-    value = ids.get(chain)
+    value = ids.get(chain) if isinstance(ids, dict) else None
     if chain == BITCOIN:
         try:
-            raw = bytes.fromhex(value) if isinstance(value, str) else b""
+            raw = bytes.fromhex(value) if isinstance(value, str) and len(value) == 66 else b""
         except ValueError:
             raw = b""
         if not is_compressed_pubkey(raw):
-            raise InputError(f"{chain} identity must be a compressed public key (hex), got {value!r}", field=chain)
+            raise InputError(f"{chain} identity must be a compressed public key (hex), got {_shown(value)}", field=chain)
         return raw.hex()
-    if not isinstance(value, str) or not is_address(value):
-        raise InputError(f"{chain} identity must be an address, got {value!r}", field=chain)
+    if not isinstance(value, str) or len(value) != 42 or not is_address(value):
+        raise InputError(f"{chain} identity must be an address, got {_shown(value)}", field=chain)
     return to_checksum_address(value)
