@@ -153,3 +153,51 @@ async def test_reservations_end_quickly_and_are_capped_per_client(tmp_path, regt
             assert done.state == m.CLAIMED, done.last_error
         finally:
             await trader.close()
+
+
+async def test_hostile_lp_requests_are_refused_with_4xx_and_change_nothing(tmp_path, regtest, anvil, btc, evm, contracts):
+    """Finding 6 (LP side), findings 3 and 5's neighbours: each request the review sent got a 500 with
+    the exception text (or killed the daemon); now each is a 4xx in the JSON error shape, nothing is
+    recorded, and the LP goes on serving."""
+    trader_keys, lp_keys = await new_keys(evm), await new_keys(evm, 20 * ONE_ETH)
+    async with running_lp(settings_for(tmp_path, "lp", regtest, anvil), swap_config(lp_keys, contracts)) as (lp_url, lp):
+        height = await btc.height()
+        good = {
+            "id": "fine", "hashlock": "ab" * 32, "initiator_expiry": height + 120,
+            "sell": {"asset": "btc", "amount": "1000000"}, "buy": {"asset": "eth", "amount": str(15 * ONE_ETH // 100)},
+            "trader": {"bitcoin": trader_keys.btc.pubkey.hex(), "evm": trader_keys.address},
+        }
+        cases = {
+            "expiry 2**70": ("POST", "/swaps", {**good, "initiator_expiry": 2**70}, 400),
+            "expiry a float": ("POST", "/swaps", {**good, "initiator_expiry": 1e300}, 400),
+            "trader a list": ("POST", "/swaps", {**good, "trader": [1]}, 400),
+            "amount of 5,000 digits": ("POST", "/swaps", {**good, "sell": {"asset": "btc", "amount": "9" * 5000}}, 400),
+            "amount beyond MAX_MONEY": ("POST", "/swaps", {**good, "sell": {"asset": "btc", "amount": str(21 * 10**14 + 1)}}, 400),
+            "amount in Arabic-Indic digits": ("POST", "/swaps", {**good, "sell": {"asset": "btc", "amount": "١٠٠٠٠٠٠"}}, 400),
+            "asset an object": ("POST", "/swaps", {**good, "sell": {"asset": {"x": 1}, "amount": "1"}}, 400),
+            "id with control characters": ("POST", "/swaps", {**good, "id": "a\x1b[31mred\n"}, 400),
+            "id of 10,000 characters": ("POST", "/swaps", {**good, "id": "a" * 10_000}, 400),
+            "nested brackets": ("POST", "/swaps", None, 400),
+            "quote of 5,000 digits": ("GET", "/quote?sell=btc&buy=eth&amount=" + "9" * 5000, None, 400),
+            "quote in superscript digits": ("GET", "/quote?sell=btc&buy=eth&amount=%C2%B2", None, 400),
+            "quote in Arabic-Indic digits": ("GET", "/quote?sell=btc&buy=eth&amount=%D9%A1%D9%A0", None, 400),
+            "lock notice of a malformed ref": ("POST", "/swaps/fine/lock", {"lock_ref": "x" * 100}, 404),
+            "status of an id with control characters": ("GET", "/swaps/a%1Bb", None, 400),
+        }
+        for name, (method, path, body, expected) in cases.items():
+            if name == "nested brackets":
+                async with aiohttp.ClientSession() as session:
+                    async with session.post(f"{lp_url}{path}", data=b"[" * 100_000 + b"]" * 100_000,
+                                            headers={"Content-Type": "application/json"}) as resp:
+                        status, answer = resp.status, await resp.json(content_type=None)
+            else:
+                status, answer = await http(method, f"{lp_url}{path}", body)
+            assert status == expected, (name, status, answer)
+            assert set(answer) >= {"error", "message"} and "Traceback" not in answer["message"], (name, answer)
+            log.info("%s: %s %s", name, status, answer["message"][:100])
+        assert lp.store.list() == []
+        assert (await http("GET", f"{lp_url}/health"))[0] == 200
+        status, answer = await http("POST", f"{lp_url}/swaps", good)  # and the LP still does business
+        assert status == 200, answer
+        status, answer = await http("POST", f"{lp_url}/swaps/fine/lock", {"lock_ref": "x" * 100})
+        assert status == 400 and "lock reference" in answer["message"], answer

@@ -698,7 +698,16 @@ class EvmLeg:
         versions = leg.spend_versions()
         if status == wanted:
             depths = [(await self.adapter.tx_status(t)).confirmations for t in versions]
-            return max([d for d in depths if d >= 1], default=1)
+            if any(d >= 1 for d in depths):
+                return max(depths)
+            # Settled by another sender (a watcher of ours): the contract paid the lock's recipient
+            # (claim) or sender (refund), which must be us; the lock is this swap's alone (``SwapLock``).
+            if leg.lock_params:
+                params = _params_from_json(leg.lock_params)
+                paid = params.recipient if leg.spend_kind == "claim" else params.sender
+                if paid.lower() != self.address.lower():
+                    raise LockRefused(f"swap {leg.lock_ref} was {leg.spend_kind}ed to {paid}, not to us")
+            return 1
         if status == SwapStatus.LOCKED:
             for tx_hash in versions:
                 await self._mined(tx_hash)  # a version that was mined and failed raises ContractReverted
