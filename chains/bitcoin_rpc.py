@@ -21,6 +21,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import aiohttp
 
+from bridge import jsonsafe
 from bridge.errors import (
     AlreadyInChain,
     BridgeError,
@@ -192,8 +193,10 @@ class BitcoinRpc:
             break
         try:
             with gc_paused():
-                return json.loads(body, parse_float=Decimal)
-        except ValueError:
+                # A node's answer is outside input: bounded depth (the C decoder would otherwise
+                # recurse off the stack) and number length; no size bound, a batch of blocks is large.
+                return jsonsafe.loads(body, parse_float=Decimal, max_bytes=None)
+        except jsonsafe.JsonRefused:
             if status >= 500 or status == 0:
                 raise ChainUnavailable(f"bitcoin node at {self.url} answered HTTP {status} to {what}: {body[:200]!r}") from None
             raise RpcError(f"bitcoin node at {self.url} answered HTTP {status} without JSON to {what}: {body[:200]!r}", method=what) from None

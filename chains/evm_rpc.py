@@ -9,6 +9,7 @@ lets errors be mapped once, here, onto the bridge's exception tree.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import json
 import re
@@ -18,6 +19,7 @@ import aiohttp
 from web3 import AsyncHTTPProvider, AsyncWeb3
 from web3.exceptions import ProviderConnectionError
 
+from bridge import jsonsafe
 from bridge.errors import (
     BridgeError,
     ChainUnavailable,
@@ -47,6 +49,10 @@ _METHOD_MISSING = -32601
 #: HTTP statuses that mean "the node (or a proxy in front of it) is not serving right now".
 _UNAVAILABLE_STATUS = {408, 425, 429, 500, 502, 503, 504}
 _JSON_HEADERS = {"Content-Type": "application/json"}
+#: A node's answers are outside input: parsed with bounded depth and number length, and a size
+#: far above any eth_getLogs page the indexer asks for.
+MAX_REPLY = 256 << 20
+_loads = functools.partial(jsonsafe.loads, max_bytes=MAX_REPLY)
 
 
 class LogRangeTooLarge(RpcError):
@@ -114,7 +120,7 @@ class EvmRpc:
                 if resp.status >= 400:
                     resp.raise_for_status()
                 body = await resp.read()
-            return json.loads(body)
+            return _loads(body)
         except BaseException as exc:  # noqa: BLE001 - re-raised typed just below
             raise self._transport_error(method, exc) from exc
 
@@ -158,7 +164,7 @@ class EvmRpc:
             return RpcError(f"{self.url} answered HTTP {exc.status} to {method}: {exc.message}", code=exc.status, method=method)
         if isinstance(exc, (aiohttp.ClientError, OSError, asyncio.TimeoutError, ProviderConnectionError)):
             return ChainUnavailable(f"{self.url} did not answer {method}: {type(exc).__name__}: {exc}", method=method)
-        if isinstance(exc, ValueError):  # not JSON: a proxy error page or a non-RPC server
+        if isinstance(exc, (ValueError, jsonsafe.JsonRefused)):  # not JSON: a proxy error page or a non-RPC server
             return ChainUnavailable(f"{self.url} sent a malformed reply to {method}: {exc}", method=method)
         return exc
 
@@ -180,7 +186,7 @@ async def follow_new_heads(ws_url: str, publish: Callable[[dict], None], timeout
     async with aiohttp.ClientSession() as session:
         async with session.ws_connect(ws_url, heartbeat=30.0, timeout=aiohttp.ClientWSTimeout(ws_close=timeout)) as ws:
             await ws.send_json({"jsonrpc": "2.0", "id": 1, "method": "eth_subscribe", "params": ["newHeads"]})
-            reply = await ws.receive_json(timeout=timeout)
+            reply = await ws.receive_json(loads=_loads, timeout=timeout)
             if reply.get("error"):
                 error = map_rpc_error("eth_subscribe", reply["error"])
                 if isinstance(error, Unsupported) or "not supported" in str(reply["error"].get("message", "")).lower():
@@ -191,7 +197,7 @@ async def follow_new_heads(ws_url: str, publish: Callable[[dict], None], timeout
             async for message in ws:
                 if message.type != aiohttp.WSMsgType.TEXT:
                     break  # closed or failed: the follower reconnects
-                data = json.loads(message.data)
+                data = _loads(message.data)
                 if data.get("method") == "eth_subscription":
                     header = data["params"]["result"]
                 elif data.get("id") == 2 and isinstance(data.get("result"), dict):

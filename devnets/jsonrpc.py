@@ -13,7 +13,11 @@ import urllib.error
 import urllib.request
 from typing import Any, Sequence
 
+from bridge import jsonsafe
 from bridge.errors import DevnetError, RpcError
+
+#: Answers are outside input (parsed with bounded depth and number length); none of ours is near this.
+MAX_REPLY = 256 << 20
 
 
 def call(url: str, method: str, params: Sequence[Any] = (), *, auth: tuple[str, str] | None = None,
@@ -26,11 +30,11 @@ def call(url: str, method: str, params: Sequence[Any] = (), *, auth: tuple[str, 
     req = urllib.request.Request(url, data=body, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
-            reply = json.loads(resp.read())
+            reply = jsonsafe.loads(resp.read(), max_bytes=MAX_REPLY)
     except urllib.error.HTTPError as exc:
         try:
-            reply = json.loads(exc.read())
-        except ValueError:
+            reply = jsonsafe.loads(exc.read(), max_bytes=MAX_REPLY)
+        except jsonsafe.JsonRefused:
             raise DevnetError(f"{url} {method}: HTTP {exc.code}", url=url, method=method) from None
     error = reply.get("error")
     if error:

@@ -8,7 +8,7 @@ import logging
 import signal
 import sys
 
-from devnets.regtest.node import RegtestNode
+from devnets.regtest.node import DatadirInUse, RegtestNode
 
 log = logging.getLogger("devnets.regtest")
 
@@ -51,7 +51,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout)
-    asyncio.run(run(args))
+    try:
+        asyncio.run(run(args))
+    except DatadirInUse as exc:
+        # bitcoind's InitError: the message on stderr, exit status 1.
+        print(f"Error: {exc}", file=sys.stderr, flush=True)
+        return 1
     return 0
 
 

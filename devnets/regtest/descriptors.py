@@ -26,6 +26,17 @@ class InvalidDescriptor(InputError):
     """A descriptor that does not parse or whose checksum is wrong; ``message`` is Core-like."""
 
 
+#: Longest descriptor parsed: a raw() of a 10,000-byte script (the consensus script size limit)
+#: and a 20-key multisig with origins both fit many times over.  Parsing is linear, but an RPC
+#: string can be 32 MB and the node answers nothing else while it parses.
+MAX_DESCRIPTOR_CHARS = 100_000
+#: Longest key expression decoded: an xprv/xpub with origin and path fits; base58 decoding is
+#: quadratic in the length, so a longer "key" is refused before it is decoded.
+MAX_KEY_CHARS = 1_000
+#: BIP173's limit; base58 addresses are shorter still.
+MAX_ADDRESS_CHARS = 90
+
+
 # --- checksum (Core's DescriptorChecksum) --------------------------------------
 
 _INPUT_CHARSET = "0123456789()[],'/*abcdefgh@:$%{}IJKLMNOPQRSTUVWXYZ&+-.;<=>?!^_|~ijklmnopqrstuvwxyzABCDEFGH`#\"\\ "
@@ -215,6 +226,8 @@ def _parse_key(expr: str, ctx: str) -> bytes:
             raise InvalidDescriptor(f"Fingerprint is not 4 bytes ({len(fingerprint)} characters instead of 8 characters)")
         if not _is_hex(fingerprint):
             raise InvalidDescriptor(f"Fingerprint '{fingerprint}' is not hex")
+    if len(expr) > MAX_KEY_CHARS:
+        raise InvalidDescriptor(f"key of {len(expr)} characters is not valid")
     if not _is_hex(expr):
         if "/" in expr or "*" in expr or b58check_decode(expr, 82) is not None:
             raise InvalidDescriptor(f"key '{expr}' is not supported by the embedded regtest node: extended keys, "
@@ -293,6 +306,8 @@ def _parse(expr: str, ctx: str, net: Network) -> list[bytes]:
         if ctx != "top":
             raise InvalidDescriptor("Can only have addr() at top level")
         try:
+            if len(body) > MAX_ADDRESS_CHARS:
+                raise InvalidAddress("too long", address=body[:MAX_ADDRESS_CHARS])
             return [address_to_script(body, net)]
         except InvalidAddress:
             raise InvalidDescriptor("Address is not valid") from None
@@ -350,6 +365,9 @@ def parse_descriptor(desc: str, net: str | Network = "regtest") -> list[bytes]:
     is optional and verified when present; errors raise ``InvalidDescriptor``."""
     if not isinstance(desc, str):
         raise InvalidDescriptor("Descriptor must be a string")
+    if len(desc) > MAX_DESCRIPTOR_CHARS:
+        raise InvalidDescriptor(f"Descriptor of {len(desc)} characters is longer than the embedded regtest node "
+                                f"parses ({MAX_DESCRIPTOR_CHARS})")
     bare = descsum_check(desc)
     return _parse(bare, "top", network(net))
 

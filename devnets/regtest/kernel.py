@@ -61,6 +61,15 @@ def _kernel_block(raw: bytes) -> pbk.Block | None:
     return pbk.Block._from_handle(ptr) if ptr else None
 
 
+#: Core's ``BlockValidationResult::BLOCK_MUTATED`` reasons: the bytes do not match the header (a
+#: witness stripped or added, a duplicated transaction), so the verdict is about this copy, not
+#: the block hash.  Core never marks the block index failed for them (``AcceptBlock``), and
+#: ``submitblock`` of the real block afterwards is accepted, then "duplicate".
+MUTATED_REASONS = frozenset({
+    "bad-txnmrklroot", "bad-txns-duplicate", "bad-witness-nonce-size", "bad-witness-merkle-match", "unexpected-witness",
+})
+
+
 def reject_reason(state_text: str) -> str:
     """Core's ``BlockValidationState::ToString`` is ``reason, debug``; RPCs report only the reason."""
     return state_text.split(",", 1)[0].strip()
@@ -154,18 +163,22 @@ class Kernel:
             is_new = self.chainman.process_block(block)
         except pbk.ProcessBlockException:
             self._checked.clear()
-            self._invalid.add(block_hash)
             with _log_lock:
-                text = _reasons.get(block_hash) or (_last_accept_failure[0] if _last_accept_failure else "rejected")
-            return BlockOutcome(block_hash, False, False, reject_reason(text))
+                text = _reasons.pop(block_hash, None) or (_last_accept_failure[0] if _last_accept_failure else "rejected")
+            return self._rejected(block_hash, False, reject_reason(text))
         valid = self._checked.get(block_hash)
         self._checked.clear()
         if valid is False:
-            self._invalid.add(block_hash)
             with _log_lock:
-                text = _reasons.get(block_hash, "rejected")
-            return BlockOutcome(block_hash, is_new, False, reject_reason(text))
+                text = _reasons.pop(block_hash, "rejected")
+            return self._rejected(block_hash, is_new, reject_reason(text))
+        self._invalid.discard(block_hash)
         return BlockOutcome(block_hash, is_new, True, None)
+
+    def _rejected(self, block_hash: str, is_new: bool, reason: str) -> BlockOutcome:
+        if reason not in MUTATED_REASONS:
+            self._invalid.add(block_hash)
+        return BlockOutcome(block_hash, is_new, False, reason)
 
     def known_invalid(self, block_hash: str) -> bool:
         """Whether this process saw the kernel reject this block."""

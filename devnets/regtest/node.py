@@ -7,7 +7,9 @@ behind ``cs_main`` the same way), so the kernel, the index and the mempool never
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
+import os
 import secrets
 import time
 from pathlib import Path
@@ -22,6 +24,10 @@ from devnets.regtest.miner import COINBASE_RESERVED_WEIGHT, MAX_BLOCK_WEIGHT, as
 log = logging.getLogger("devnets.regtest")
 
 COOKIE_USER = "__cookie__"
+
+
+class DatadirInUse(RuntimeError):
+    """Another node holds the data directory's lock (bitcoind's ``LockDataDirectory`` failure)."""
 
 
 class RegtestNode:
@@ -59,17 +65,37 @@ class RegtestNode:
         self._mempool_removed: set[str] = set()
         # Set (and replaced) whenever the tip changes: the ``waitfor*`` RPCs wait on it.
         self._tip_changed = asyncio.Event()
+        self._lock_fd: int | None = None
 
     # --- life cycle -------------------------------------------------------------------------------
 
     def open(self) -> None:
-        """Load the chain and the mempool (no RPC server)."""
+        """Lock the datadir, then load the chain and the mempool (no RPC server)."""
         self.netdir.mkdir(parents=True, exist_ok=True)
-        self.chain = ChainState(self.netdir)
-        self.chain.recover()
-        self.mempool = Mempool(self.chain_view, self.now)
-        self._load_mempool()
+        self._lock_datadir()
+        try:
+            self.chain = ChainState(self.netdir)
+            self.chain.recover()
+            self.mempool = Mempool(self.chain_view, self.now)
+            self._load_mempool()
+        except BaseException:
+            self.close()
+            raise
         self.started_at = time.time()
+
+    def _lock_datadir(self) -> None:
+        """bitcoind's ``.lock``: a second node on this datadir would die inside the kernel (LevelDB's
+        own lock) and overwrite the first one's cookie, so it is refused before it touches anything.
+        flock is per open file, so a second node in the same process is refused too; the kernel
+        drops the lock if the process dies."""
+        fd = os.open(self.netdir / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise DatadirInUse(f"Cannot obtain a lock on data directory {self.netdir}. "
+                               "Bitcoin Core is probably already running.") from None
+        self._lock_fd = fd
 
     async def start(self) -> None:
         """Open the datadir and serve JSON-RPC on ``rpcbind:rpcport`` (0 picks a free port)."""
@@ -118,6 +144,9 @@ class RegtestNode:
         if self._cookie is not None:
             self._cookie.unlink(missing_ok=True)
             self._cookie = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = None
         self.stopped.set()
 
     def request_stop(self) -> None:

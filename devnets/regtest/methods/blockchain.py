@@ -18,7 +18,7 @@ from devnets.regtest.methods import (
     json_type,
     rpc,
 )
-from devnets.regtest.methods.common import NETWORK, int_arg, parse_hash, spk_json, verbosity
+from devnets.regtest.methods.common import NETWORK, UINT32, int_arg, parse_hash, spk_json, verbosity
 
 if TYPE_CHECKING:
     from devnets.regtest.node import RegtestNode
@@ -195,8 +195,6 @@ def _tx_json(node: "RegtestNode", tx: p.Tx, **kw: Any) -> dict[str, Any]:
      result='"hex"    (string) A string that is serialized, hex-encoded data for block \'hash\'',
      examples=['"00000000c937983704a73af28acdec37b049d214adbda81d7e2a3dd146f6ed09"'])
 def getblock(node: "RegtestNode", blockhash: str, verbosity_arg: Any) -> Any:
-    if not isinstance(verbosity_arg, (bool, int)):
-        raise RpcFailure(RPC_TYPE_ERROR, f"JSON value of type {json_type(verbosity_arg)} is not of expected type number")
     level = verbosity(verbosity_arg, 1)
     h = parse_hash(blockhash, "blockhash")
     block, raw, height, active = find_block(node, h)
@@ -237,9 +235,7 @@ def _undo(node: "RegtestNode", block_hash: str):
      examples=['"txid" 1'])
 def gettxout(node: "RegtestNode", txid: str, n: Any, include_mempool: bool) -> Any:
     t = parse_hash(txid, "txid")
-    vout = int_arg(n)
-    if vout < 0:
-        raise RpcFailure(RPC_INVALID_PARAMETER, "Invalid vout")
+    vout = int_arg(n, UINT32)  # ``getInt<uint32_t>``: a negative n is out of range too
     chain, pool = node.chain, node.mempool
     if include_mempool:
         if pool.spenders.get((t, vout)) is not None:
@@ -321,6 +317,10 @@ def gettxspendingprevout(node: "RegtestNode", outputs: Any) -> list[dict[str, An
             raise RpcFailure(RPC_INVALID_PARAMETER, "Invalid parameter, missing txid key")
         if "vout" not in item:
             raise RpcFailure(RPC_INVALID_PARAMETER, "Invalid parameter, missing vout key")
+        for key, expected in (("txid", "string"), ("vout", "number")):  # RPCTypeCheckObj
+            if json_type(item[key]) != expected:
+                raise RpcFailure(RPC_TYPE_ERROR, f"JSON value of type {json_type(item[key])} for field {key} "
+                                 f"is not of expected type {expected}")
         vout = int_arg(item["vout"])
         if vout < 0:
             raise RpcFailure(RPC_INVALID_PARAMETER, "Invalid parameter, vout cannot be negative")

@@ -11,12 +11,21 @@ from chains.btc.rpc_errors import (
     RPC_DESERIALIZATION_ERROR,
     RPC_INVALID_ADDRESS_OR_KEY,
     RPC_INVALID_PARAMETER,
+    RPC_MISC_ERROR,
     RPC_TYPE_ERROR,
 )
-from devnets.regtest.methods import RpcFailure
+from devnets.regtest.methods import RpcFailure, json_type
 
 NETWORK = "regtest"
 _HEX = re.compile(r"^[0-9a-fA-F]*$")
+
+#: ``UniValue::getInt<T>`` ranges, by the C++ type bitcoind reads each argument as.
+INT = (-(1 << 31), (1 << 31) - 1)
+UINT32 = (0, (1 << 32) - 1)
+INT64 = (-(1 << 63), (1 << 63) - 1)
+#: Longest address bitcoind decodes (BIP173's 90 characters; base58 addresses are far shorter).
+#: Checked before decoding: base58 of an unbounded string is quadratic.
+MAX_ADDRESS_CHARS = 90
 
 
 def parse_hash(value: str, name: str) -> str:
@@ -44,10 +53,13 @@ def decode_tx(hexstring: str) -> p.Tx:
 
 
 def verbosity(value: Any, default: int) -> int:
-    """``ParseVerbosity``: a number, or a boolean meaning 0/1."""
+    """bitcoind 28's verbosity rule (getblock, getrawtransaction): null is the default, a boolean
+    means 0/1, anything else is read with ``getInt<int>``."""
     if value is None:
         return default
-    return int(value)
+    if isinstance(value, bool):
+        return int(value)
+    return int_arg(value)
 
 
 def feerate_per_kvb(value: Any) -> int:
@@ -60,12 +72,19 @@ def feerate_per_kvb(value: Any) -> int:
         raise RpcFailure(RPC_TYPE_ERROR, getattr(exc, "message", str(exc))) from None
 
 
-def int_arg(value: Any) -> int:
-    if isinstance(value, Decimal):
-        if value != value.to_integral_value():
-            raise RpcFailure(RPC_TYPE_ERROR, "JSON integer out of range")
-        return int(value)
-    return int(value)
+def int_arg(value: Any, bounds: tuple[int, int] = INT) -> int:
+    """``UniValue::getInt<T>``: a JSON number whose text is a plain integer within T's range.
+
+    ``from_chars`` must consume the whole number, so ``1.0`` and ``1e3`` fail like ``2**31`` does:
+    a ``std::runtime_error`` that bitcoind answers as RPC_MISC_ERROR "JSON integer out of range".
+    Non-integral numbers arrive as Decimal and are refused without ever being converted (``int()``
+    of ``Decimal("1e1000000")`` takes a minute); integers are at most 100 digits (bridge.jsonsafe).
+    A non-number is UniValue's ``type_error``, which bitcoind answers as RPC_TYPE_ERROR."""
+    if isinstance(value, bool) or not isinstance(value, (int, Decimal)):
+        raise RpcFailure(RPC_TYPE_ERROR, f"JSON value of type {json_type(value)} is not of expected type number")
+    if isinstance(value, Decimal) or not bounds[0] <= value <= bounds[1]:
+        raise RpcFailure(RPC_MISC_ERROR, "JSON integer out of range")
+    return value
 
 
 def spk_json(script: bytes) -> dict[str, Any]:
@@ -77,6 +96,8 @@ def spk_json(script: bytes) -> dict[str, Any]:
 def address_script(address: str) -> bytes:
     from chains.btc.address import InvalidAddress, address_to_script
 
+    if len(address) > MAX_ADDRESS_CHARS:
+        raise RpcFailure(RPC_INVALID_ADDRESS_OR_KEY, "Error: Invalid address")
     try:
         return address_to_script(address, NETWORK)
     except InvalidAddress:

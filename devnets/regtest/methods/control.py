@@ -16,7 +16,7 @@ from devnets.regtest.methods import (
     RpcFailure,
     rpc,
 )
-from devnets.regtest.methods.common import int_arg
+from devnets.regtest.methods.common import INT64, int_arg
 
 if TYPE_CHECKING:
     from devnets.regtest.node import RegtestNode
@@ -60,7 +60,7 @@ def uptime(node: "RegtestNode") -> int:
 @rpc("setmocktime", "Hidden", "Set the local time to given timestamp (-regtest only)",
      [Arg("timestamp", "numeric", "UNIX epoch time\nPass 0 to go back to using the system time.")], result="null    (json null)")
 def setmocktime(node: "RegtestNode", timestamp: Any) -> None:
-    t = int_arg(timestamp)
+    t = int_arg(timestamp, INT64)
     if t < 0:
         raise RpcFailure(RPC_INVALID_PARAMETER, f"Mocktime cannot be negative: {t}.")
     node.set_mocktime(t)

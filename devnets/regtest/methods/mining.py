@@ -15,7 +15,7 @@ from chains.btc.rpc_errors import (
     RPC_MISC_ERROR,
     RPC_VERIFY_ERROR,
 )
-from devnets.regtest.methods import Arg, RpcFailure, rpc
+from devnets.regtest.methods import Arg, RpcFailure, json_type, rpc
 from devnets.regtest.methods.common import NETWORK, address_script, int_arg
 from devnets.regtest.miner import COINBASE_RESERVED_WEIGHT, MAX_BLOCK_WEIGHT
 
@@ -54,8 +54,10 @@ def _generate(node: "RegtestNode", count: int, script: bytes) -> list[str]:
      result='[           (json array) hashes of blocks generated\n  "hex",    (string) blockhash\n  ...\n]',
      examples=['11 "myaddress"'])
 def generatetoaddress(node: "RegtestNode", nblocks: Any, address: str, maxtries: Any) -> list[str]:
+    count = int_arg(nblocks)
     script = address_script(address)
-    return _generate(node, int_arg(nblocks), script)
+    int_arg(maxtries)  # read like bitcoind (out of range is an error); regtest PoW never needs many
+    return _generate(node, count, script)
 
 
 @rpc("generatetodescriptor", "Generating", "Mine to a specified descriptor and return the block hashes.",
@@ -65,7 +67,10 @@ def generatetoaddress(node: "RegtestNode", nblocks: Any, address: str, maxtries:
      result='[           (json array) hashes of blocks generated\n  "hex",    (string) blockhash\n  ...\n]',
      examples=['11 "mydesc"'])
 def generatetodescriptor(node: "RegtestNode", num_blocks: Any, descriptor: str, maxtries: Any) -> list[str]:
-    return _generate(node, int_arg(num_blocks), _descriptor_script(descriptor))
+    count = int_arg(num_blocks)
+    script = _descriptor_script(descriptor)
+    int_arg(maxtries)
+    return _generate(node, count, script)
 
 
 @rpc("generateblock", "Generating", "Mine a set of ordered transactions to a specified address or descriptor and return the block hash.",
@@ -88,7 +93,7 @@ def generateblock(node: "RegtestNode", output: str, transactions: list, submit: 
     txs: list[p.Tx] = []
     for item in transactions:
         if not isinstance(item, str):
-            raise RpcFailure(-3, f"JSON value of type {type(item).__name__} is not of expected type string")
+            raise RpcFailure(-3, f"JSON value of type {json_type(item)} is not of expected type string")
         if len(item) == 64 and _is_hex(item):
             entry = node.mempool.entries.get(item.lower())
             if entry is None:

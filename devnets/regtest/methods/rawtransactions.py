@@ -15,7 +15,7 @@ from chains.btc.rpc_errors import (
     RPC_VERIFY_ERROR,
     RPC_VERIFY_REJECTED,
 )
-from devnets.regtest.methods import Arg, RpcFailure, rpc
+from devnets.regtest.methods import Arg, RpcFailure, json_type, rpc
 from devnets.regtest.methods.blockchain import _btc
 from devnets.regtest.methods.common import NETWORK, decode_tx, feerate_per_kvb, parse_hash, parse_hex, verbosity
 
@@ -190,7 +190,7 @@ def testmempoolaccept(node: "RegtestNode", rawtxs: list, maxfeerate: Any) -> lis
     txs = []
     for item in rawtxs:
         if not isinstance(item, str):
-            raise RpcFailure(-3, "JSON value of type %s is not of expected type string" % type(item).__name__)
+            raise RpcFailure(-3, "JSON value of type %s is not of expected type string" % json_type(item))
         try:
             txs.append(p.Tx.parse(bytes.fromhex(item)))
         except (ValueError, p.DecodeError):
