@@ -19,7 +19,9 @@ from typing import Any, Awaitable, Callable, Protocol
 
 from aiohttp import web
 
+from bridge import jsonsafe
 from bridge.errors import BridgeError, Conflict, InputError, NotFound
+from bridge.jsonsafe import MAX_BODY, JsonRefused
 from bridge.settings import Settings
 
 log = logging.getLogger("relayers.runner")
@@ -51,14 +53,31 @@ class Metrics:
 
 
 async def json_body(req: web.Request) -> dict[str, Any]:
-    """The request's JSON object, or an ``InputError`` (a 400) saying it is not one."""
-    try:
-        body = await req.json()
-    except ValueError:
-        body = None
+    """The request's JSON object, parsed with ``bridge.jsonsafe`` bounds; a ``JsonRefused``
+    (400, or 413 for a body over ``MAX_BODY``) or an ``InputError`` (400) when it is not one."""
+    body = jsonsafe.loads(await jsonsafe.read_capped(req, what="request body"))
     if not isinstance(body, dict):
         raise InputError("request body must be a JSON object")
     return body
+
+
+def error_status(exc: BridgeError) -> int:
+    """The HTTP status of a refusal: 4xx for anything the caller sent, 503 when retrying may help."""
+    if isinstance(exc, JsonRefused):
+        return exc.status
+    declared = getattr(exc, "http_status", None)  # a refusal that names its own (e.g. 429 Too Many Requests)
+    if isinstance(declared, int) and 400 <= declared < 600:
+        return declared
+    if isinstance(exc, NotFound):
+        return 404
+    if isinstance(exc, Conflict):
+        return 409
+    return 503 if exc.retryable else 400
+
+
+def error_response(error: str, message: str, status: int, headers: Any = None) -> web.Response:
+    """The one error shape every daemon answers: ``{"error": ..., "message": ...}``."""
+    return web.json_response({"error": error, "message": message}, status=status, headers=headers)
 
 
 def json_handler(handler: Callable[[web.Request], Awaitable[dict[str, Any]]]) -> Callable[[web.Request], Awaitable[web.Response]]:
@@ -68,13 +87,37 @@ def json_handler(handler: Callable[[web.Request], Awaitable[dict[str, Any]]]) ->
         try:
             return web.json_response(await handler(req))
         except BridgeError as exc:
-            status = 404 if isinstance(exc, NotFound) else 409 if isinstance(exc, Conflict) else 503 if exc.retryable else 400
-            return web.json_response(exc.to_dict(), status=status)
+            return web.json_response(exc.to_dict(), status=error_status(exc))
+        except web.HTTPException:
+            raise  # aiohttp's own answers (413 of client_max_size...): made JSON by ``json_errors``
         except Exception as exc:  # noqa: BLE001 - the client gets a 500, the log the trace
             log.exception("%s %s failed", req.method, req.path)
-            return web.json_response({"error": type(exc).__name__, "message": str(exc)}, status=500)
+            return error_response(type(exc).__name__, str(exc)[:1000], 500)
 
     return wrapped
+
+
+#: aiohttp's own refusals, named like ours.
+_HTTP_ERRORS = {400: "InputError", 404: "NotFound", 405: "MethodNotAllowed", 413: "TooLarge"}
+
+
+@web.middleware
+async def json_errors(req: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    """Every error a daemon answers is JSON: aiohttp's own (unknown route 404, 405, the 413 of
+    ``client_max_size``) included, and a bug escaping a handler is a JSON 500."""
+    try:
+        return await handler(req)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        headers = {k: v for k, v in exc.headers.items() if k.lower() not in ("content-type", "content-length")}
+        message = f"{exc.reason}: {req.method} {req.path}" if exc.status in (404, 405) else (exc.text or exc.reason)
+        return error_response(_HTTP_ERRORS.get(exc.status, type(exc).__name__.removeprefix("HTTP")), message, exc.status, headers)
+    except BridgeError as exc:
+        return web.json_response(exc.to_dict(), status=error_status(exc))
+    except Exception as exc:  # noqa: BLE001 - the client gets a 500, the log the trace
+        log.exception("%s %s failed", req.method, req.path)
+        return error_response(type(exc).__name__, str(exc)[:1000], 500)
 
 
 class Daemon(Protocol):
@@ -96,7 +139,7 @@ class Runner:
     async def _serve_http(self) -> web.AppRunner | None:
         if self.http_port is None:
             return None
-        app = web.Application()
+        app = web.Application(middlewares=[json_errors], client_max_size=MAX_BODY)
 
         async def health(_req: web.Request) -> web.Response:
             return web.json_response({"daemon": self.daemon.name, "ok": True})

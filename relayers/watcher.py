@@ -16,15 +16,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from typing import Any
 
 from aiohttp import web
 
+from bridge.errors import NotFound
 from bridge.watch.actions import Watcher, describe
 from bridge.watch.models import WatchJob
 from relayers.runner import Metrics, json_body, json_handler
 
 log = logging.getLogger("relayers.watcher")
+
+#: A job id as ``bridge.watch.jobs.JobSpec.id`` makes it.
+JOB_ID = re.compile(r"[0-9a-f]{32}")
 
 
 class WatcherDaemon:
@@ -67,12 +72,15 @@ class WatcherDaemon:
         response = await json_handler(handler)(req)
         if created == [True]:
             response.set_status(201)
-        elif response.status == 400:
+        elif response.status in (400, 413):
             self.metrics.inc("jobs_refused")
         return response
 
     async def _get(self, req: web.Request) -> dict[str, Any]:
-        return self._view(self.watcher.store.get(req.match_info["id"]))
+        job_id = req.match_info["id"]
+        if not JOB_ID.fullmatch(job_id):  # not an id we could have made: no database round trip
+            raise NotFound(f"no watch job {job_id[:40].encode('unicode_escape').decode()!r}")
+        return self._view(self.watcher.store.get(job_id))
 
     def _view(self, job: WatchJob) -> dict[str, Any]:
         return describe(job, self.watcher.store.actions(job.id))

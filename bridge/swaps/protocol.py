@@ -281,27 +281,6 @@ class LpClient:
     async def close(self) -> None:
         await self._http.close()
 
-    @staticmethod
-    async def _read(resp: aiohttp.ClientResponse, limit: int | None = None) -> bytes:
-        """At most ``limit`` bytes of the answer; ``JsonRefused`` (413) past that, before reading it all."""
-        from bridge import jsonsafe
-
-        limit = jsonsafe.MAX_BODY if limit is None else limit
-        declared = resp.content_length
-        if declared is not None and declared > limit:
-            raise jsonsafe.JsonRefused(f"answer of {declared} bytes is over the limit of {limit}", status=413)
-        chunks: list[bytes] = []
-        size = 0
-        while size <= limit:
-            chunk = await resp.content.read(limit + 1 - size)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-        if size > limit:
-            raise jsonsafe.JsonRefused(f"answer is over the limit of {limit} bytes", status=413)
-        return b"".join(chunks)
-
     @classmethod
     def _shown(cls, text: Any) -> str:
         """The LP's words, short and printable (no terminal control characters)."""
@@ -316,7 +295,7 @@ class LpClient:
             async with self._http.get().request(method, url, json=body) as resp:
                 status = resp.status
                 try:
-                    data: Any = jsonsafe.loads(await self._read(resp))
+                    data: Any = jsonsafe.loads(await jsonsafe.read_capped(resp, what="answer"))
                     bad = None
                 except jsonsafe.JsonRefused as exc:
                     data, bad = None, exc.message

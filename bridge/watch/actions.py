@@ -26,6 +26,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any
 
+from bridge import jsonsafe
 from bridge.errors import BridgeError, ConfigError, NotFound
 from bridge.watch.jobs import BITCOIN, EVM, JobSpec, audit_job, parse_job
 from bridge.watch.models import (
@@ -107,7 +108,7 @@ class Watcher:
                 self.store.update(job.id, attempts=job.attempts + 1, last_error=text)
 
     async def step(self, job: WatchJob) -> None:
-        spec = parse_job(json.loads(job.spec))
+        spec = parse_job(jsonsafe.loads(job.spec, max_bytes=None))
         if job.state == WATCHING:
             await (self._watch_btc(job, spec) if job.chain == BITCOIN else self._watch_evm(job, spec))
         elif job.state == SPEND_INTENDED:

@@ -10,9 +10,13 @@ contract pays the swap's recipient (claim) or sender (refund) whoever calls.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, Sequence
 
-from bridge.errors import InputError
+import aiohttp
+
+from bridge import jsonsafe
+from bridge.errors import ChainUnavailable, InputError
 from bridge.swaps.models import INITIATOR, PARTICIPANT, SwapLeg
 from bridge.swaps.store import SwapView
 from bridge.watch.presign import DEFAULT_LADDER, presign_claims, presign_refunds
@@ -83,3 +87,49 @@ async def swap_jobs(
     if not jobs:
         raise InputError(f"swap {view.swap.id} has no lock yet: nothing to hand a watcher", swap_id=view.swap.id)
     return jobs
+
+
+# --- the client: posting the jobs to a watcher ------------------------------------------------
+
+
+class WatcherRefused(InputError):
+    """The watcher refused a job, or answered something that is not a job."""
+
+
+async def read_answer(resp: aiohttp.ClientResponse, limit: int = jsonsafe.MAX_BODY) -> Any:
+    """A watcher's JSON answer, parsed with ``bridge.jsonsafe`` bounds: a hostile answer is a
+    ``JsonRefused``, never a crash."""
+    return jsonsafe.loads(await jsonsafe.read_capped(resp, limit, "answer"))
+
+
+def _shown(text: Any, chars: int = 300) -> str:
+    text = str(text)
+    return "".join(c if c.isprintable() else "?" for c in text[:chars]) + ("..." if len(text) > chars else "")
+
+
+async def submit_jobs(watcher_url: str, jobs: Sequence[dict[str, Any]], timeout: float = 60.0) -> list[dict[str, Any]]:
+    """POST each job to the watcher's ``/jobs``; the watcher's answers (the jobs as it stored them).
+    ``WatcherRefused`` names a refused job or an unusable answer, ``ChainUnavailable`` an unreachable watcher."""
+    answers: list[dict[str, Any]] = []
+    url = f"{watcher_url.rstrip('/')}/jobs"
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as http:
+        for job in jobs:
+            try:
+                async with http.post(url, json=job) as resp:
+                    status = resp.status
+                    try:
+                        body = await read_answer(resp)
+                    except jsonsafe.JsonRefused as exc:
+                        raise WatcherRefused(f"watcher at {watcher_url} answered {status} to the {job['kind']} job "
+                                             f"with an unusable body: {exc.message}") from None
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+                raise ChainUnavailable(f"watcher at {watcher_url} unreachable: {type(exc).__name__}: {exc}") from None
+            if not isinstance(body, dict):
+                raise WatcherRefused(f"watcher at {watcher_url} answered {status} with JSON that is not an object")
+            if status >= 400:
+                reason = body.get("reason") or body.get("message") or f"HTTP {status}"
+                raise WatcherRefused(f"watcher refused the {job['kind']} job: {_shown(reason)}")
+            if not all(isinstance(body.get(k), str) for k in ("id", "kind", "chain", "state")):
+                raise WatcherRefused(f"watcher at {watcher_url} answered {status} without the job's id, kind, chain and state")
+            answers.append(body)
+    return answers

@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
 from bitcoinlib.keys import Key, Signature, verify
 
-from bridge.errors import InputError, NotFound
+from bridge.errors import BridgeError, InputError, NotFound
 from bridge.watch.models import CLAIM, KINDS, REFUND
 from bridge.watch.presign import PREIMAGE_INDEX, PREIMAGE_PLACEHOLDER
 from chains.bitcoin import BitcoinAdapter
@@ -101,8 +102,10 @@ class JobSpec:
 
 
 def _hex(value: Any, what: str, size: int | None = None) -> bytes:
+    if not isinstance(value, str):
+        raise JobRefused(f"{what} must be a hex string, got {_shown(value)}", field=what)
     try:
-        raw = bytes.fromhex(str(value).removeprefix("0x"))
+        raw = bytes.fromhex(value.removeprefix("0x"))
     except ValueError:
         raise JobRefused(f"{what} is not hex", field=what) from None
     if size is not None and len(raw) != size:
@@ -110,17 +113,36 @@ def _hex(value: Any, what: str, size: int | None = None) -> bytes:
     return raw
 
 
+#: An output index is a uint32 in the transaction.
+MAX_VOUT = 0xFFFFFFFF
+#: What the database's signed 64-bit integer columns hold (heights, expiries, amounts are far below).
+MAX_STORED_INT = 2**63 - 1
+#: Bitcoin's supply in sats: no output holds more.
+MAX_SATS = 21_000_000 * 100_000_000
+#: Rungs of a pre-signed fee ladder (each one's signature is verified on intake).
+MAX_RUNGS = 64
+#: A block height to scan from, far above any chain's.
+MAX_HEIGHT = 2**40
+_VOUT = re.compile(r"[0-9]{1,10}")
+
+
+def _shown(value: Any) -> str:
+    """``value`` for a refusal message: short and printable, whatever was sent."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def _outpoint(value: Any, what: str) -> tuple[str, int]:
-    txid, _, vout = str(value).partition(":")
-    if len(txid) != 64 or not vout.isdigit():
-        raise JobRefused(f"{what} must be TXID:VOUT, got {value!r}", field=what)
-    _hex(txid, what)
+    txid, _, vout = value.partition(":") if isinstance(value, str) else ("", "", "")
+    if len(txid) != 64 or not _VOUT.fullmatch(vout) or int(vout) > MAX_VOUT:
+        raise JobRefused(f"{what} must be TXID:VOUT, got {_shown(value)}", field=what)
+    _hex(txid, what, 32)
     return txid.lower(), int(vout)
 
 
-def _int(value: Any, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise JobRefused(f"{what} must be a non-negative integer, got {value!r}", field=what)
+def _int(value: Any, what: str, maximum: int = MAX_STORED_INT) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= maximum:
+        raise JobRefused(f"{what} must be an integer in 0..{maximum}, got {_shown(value)}", field=what)
     return value
 
 
@@ -130,9 +152,9 @@ def parse_job(body: Any) -> JobSpec:
         raise JobRefused("a job must be a JSON object")
     kind, chain = body.get("kind"), body.get("chain")
     if kind not in KINDS:
-        raise JobRefused(f"kind must be one of {', '.join(KINDS)}, got {kind!r}", field="kind")
+        raise JobRefused(f"kind must be one of {', '.join(KINDS)}, got {_shown(kind)}", field="kind")
     if chain not in (BITCOIN, EVM):
-        raise JobRefused(f"chain must be bitcoin or evm, got {chain!r}", field="chain")
+        raise JobRefused(f"chain must be bitcoin or evm, got {_shown(chain)}", field="chain")
     hashlock = _hex(body.get("hashlock"), "hashlock", 32)
     htlc = body.get("htlc")
     if not isinstance(htlc, dict):
@@ -144,11 +166,13 @@ def parse_job(body: Any) -> JobSpec:
     if chain == BITCOIN:
         _hex(htlc.get("script"), "htlc.script")
         _outpoint(htlc.get("outpoint"), "htlc.outpoint")
-        _int(htlc.get("amount"), "htlc.amount")
+        _int(htlc.get("amount"), "htlc.amount", MAX_SATS)
         _hex(payout, "payout")
         ladder = body.get("presigned")
         if not isinstance(ladder, list) or not ladder:
             raise JobRefused("a bitcoin job needs its pre-signed transactions (presigned: [{feerate, tx}, ...])", field="presigned")
+        if len(ladder) > MAX_RUNGS:
+            raise JobRefused(f"presigned has {len(ladder)} transactions, more than {MAX_RUNGS}", field="presigned")
         for n, rung in enumerate(ladder):
             if not isinstance(rung, dict):
                 raise JobRefused(f"presigned[{n}] must be an object", field="presigned")
@@ -189,14 +213,14 @@ def _parse_reveal(value: Any) -> Reveal | None:
         return None
     if not isinstance(value, dict):
         raise JobRefused("reveal must be an object", field="reveal")
-    start = _int(value.get("from_height", 0), "reveal.from_height")
+    start = _int(value.get("from_height", 0), "reveal.from_height", MAX_HEIGHT)
     if value.get("chain") == EVM:
         if not isinstance(value.get("contract"), str):
             raise JobRefused("reveal.contract is missing", field="reveal.contract")
         return Reveal(EVM, start, contract=value["contract"], swap_id=_hex(value.get("swap_id"), "reveal.swap_id", 32))
     if value.get("chain") == BITCOIN:
         return Reveal(BITCOIN, start, outpoint=_outpoint(value.get("outpoint"), "reveal.outpoint"))
-    raise JobRefused(f"reveal.chain must be bitcoin or evm, got {value.get('chain')!r}", field="reveal.chain")
+    raise JobRefused(f"reveal.chain must be bitcoin or evm, got {_shown(value.get('chain'))}", field="reveal.chain")
 
 
 # --- audit against the chains ---------------------------------------------------------------
@@ -298,9 +322,22 @@ async def _audit_evm(spec: JobSpec, evm: EvmAdapter) -> int:
     if spec.payout.lower() != wanted.lower():
         role = "recipient" if spec.kind == CLAIM else "sender"
         raise JobRefused(f"payout {spec.payout} is not the swap's {role} {wanted}: the contract pays only that address")
-    htlc = EvmHtlc(evm, spec.htlc["contract"])
+    try:
+        htlc = EvmHtlc(evm, spec.htlc["contract"])
+    except InputError as exc:
+        raise JobRefused(f"htlc.contract: {exc.message}", field="htlc.contract") from None
+    if not await evm.code(htlc.address):
+        raise JobRefused(f"htlc.contract {htlc.address} has no code: not an HTLC contract", field="htlc.contract")
     # The id is the keccak of every parameter: LOCKED proves these exact terms were locked.
-    status = await htlc.swap(swap.id)
+    try:
+        status = await htlc.swap(swap.id)
+    except BridgeError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - another contract's answer (undecodable, or no SwapStatus)
+        raise JobRefused(f"htlc.contract {htlc.address} does not answer as an HTLC: {type(exc).__name__}",
+                         field="htlc.contract") from None
     if status != SwapStatus.LOCKED:
         raise JobRefused(f"swap 0x{swap.id.hex()} is {status.name.lower()} in {htlc.address}, nothing to {spec.kind}")
+    if swap.expiry > MAX_STORED_INT:  # locked, but with an expiry no job row can hold (nor any clock reach)
+        raise JobRefused(f"htlc.swap.expiry {swap.expiry} is out of range", field="htlc.swap")
     return swap.expiry
