@@ -12,6 +12,7 @@ import importlib
 import inspect
 import json
 import logging
+import re
 import sys
 from typing import Any, Sequence
 
@@ -42,6 +43,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(value: object, keep_newlines: bool = False) -> str:
+    """``value`` as text safe to print on a terminal: control characters (escape sequences,
+    carriage returns, bidi overrides) are shown escaped, e.g. ``\\x1b``.  For text read from
+    the database or from another party (swap ids, notes, errors), never printed raw."""
+    text = "" if value is None else str(value)
+
+    def escape(match: re.Match) -> str:
+        ch = match.group()
+        if keep_newlines and ch == "\n":
+            return ch
+        return ch.encode("unicode_escape").decode("ascii")
+
+    return _UNSAFE.sub(escape, text)
+
+
 def emit(args: argparse.Namespace, data: Any, text: str | None = None) -> None:
     """Print ``data`` as JSON with ``--json``, else ``text`` (or a readable rendering of data)."""
     if getattr(args, "json", False) or text is None:
@@ -70,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BridgeError as exc:
         if getattr(args, "json", False):
             print(json.dumps(exc.to_dict(), indent=2, default=str))
-        print(f"error: {exc.message}", file=sys.stderr)
+        print(f"error: {printable(exc.message, keep_newlines=True)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

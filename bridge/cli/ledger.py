@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from bridge.cli import emit
+from bridge.cli import printable as p
 from bridge.db import make_engine
 from bridge.errors import InputError
 from bridge.ledger import ACCOUNT_KINDS, Account, Ledger, Transfer, erc20, queries
@@ -26,56 +27,69 @@ def _ledger(args: argparse.Namespace) -> Ledger:
     return Ledger(make_engine(url))
 
 
+#: Longest integer text accepted (an amount below 2^128 has 39 digits); the ledger checks each range.
+MAX_INT_CHARS = 100
+
+
+def _shown(value: str) -> str:
+    return repr(value if len(value) <= 40 else value[:40] + "…")
+
+
 def _int(what: str):
+    """An argparse ``type``: ASCII digits (``_`` separators, a leading ``-``); the ledger API checks the range."""
+
     def parse(value: str) -> int:
-        try:
-            return int(value.replace("_", ""), 10)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{what} must be an integer, got {value!r}") from None
+        text = value.strip().replace("_", "")
+        digits = text.removeprefix("-")
+        if len(text) > MAX_INT_CHARS or not digits.isascii() or not digits.isdigit():
+            raise argparse.ArgumentTypeError(f"{what} must be an integer, got {_shown(value)}")
+        return int(text, 10)
 
     return parse
 
 
 def _account(ledger: Ledger, ref: str) -> Account:
-    if ref.isdigit():
+    if ref.isascii() and ref.isdigit():
+        if len(ref) > MAX_INT_CHARS:
+            raise InputError(f"account id {_shown(ref)} is out of range", field="account")
         return ledger.account(int(ref))
     parts = ref.split("/", 2)
     if len(parts) != 3:
-        raise InputError(f"account must be an id or OWNER/KIND/ASSET, got {ref!r}", field="account")
+        raise InputError(f"account must be an id or OWNER/KIND/ASSET, got {_shown(ref)}", field="account")
     return ledger.find_account(*parts)
 
 
 def _commit(args: argparse.Namespace, ledger: Ledger, t: Transfer) -> None:
     r = ledger.commit([t])
     data = {"transfer": t.id, "height": r.height, "applied": r.applied, "replayed": r.replayed}
-    text = f"{t.id}: committed at height {r.height}" if r.applied else f"{t.id}: already committed (no change)"
+    text = f"{p(t.id)}: committed at height {r.height}" if r.applied else f"{p(t.id)}: already committed (no change)"
     emit(args, data, text)
 
 
 def cmd_assets(args):
     assets = _ledger(args).assets()
     rows = [a.row() for a in assets.values()]
-    emit(args, rows, "\n".join(f"{a.code:<60} {a.symbol:<8} decimals={a.decimals:<3} haircut={a.haircut_bps}bps" for a in assets.values()))
+    emit(args, rows, "\n".join(f"{p(a.code):<60} {p(a.symbol):<8} decimals={a.decimals:<3} haircut={a.haircut_bps}bps" for a in assets.values()))
 
 
 def cmd_asset_add(args):
     asset = _ledger(args).register_asset(erc20(args.chain_id, args.address, args.decimals, args.symbol, args.haircut_bps))
-    emit(args, asset.row(), f"registered {asset.code}")
+    emit(args, asset.row(), f"registered {p(asset.code)}")
 
 
 def cmd_haircut(args):
     asset = _ledger(args).set_haircut(args.asset, args.bps)
-    emit(args, asset.row(), f"{asset.code}: haircut {asset.haircut_bps} bps")
+    emit(args, asset.row(), f"{p(asset.code)}: haircut {asset.haircut_bps} bps")
 
 
 def cmd_open(args):
     acc = _ledger(args).open_account(args.owner, args.kind, args.asset, True if args.allow_negative else None)
-    emit(args, acc.__dict__, f"account {acc.id}: {acc.name}{' (may go negative)' if acc.allow_negative else ''}")
+    emit(args, acc.__dict__, f"account {acc.id}: {p(acc.name)}{' (may go negative)' if acc.allow_negative else ''}")
 
 
 def cmd_accounts(args):
     accs = _ledger(args).accounts(args.owner)
-    emit(args, [a.__dict__ for a in accs], "\n".join(f"{a.id:>6} {a.name}" for a in accs) or "no accounts")
+    emit(args, [a.__dict__ for a in accs], "\n".join(f"{a.id:>6} {p(a.name)}" for a in accs) or "no accounts")
 
 
 def cmd_transfer(args):
@@ -109,7 +123,7 @@ def cmd_balances(args):
     views = queries.balances(ledger.engine, account_id, at=args.at, owner=args.owner)
     height = args.at if args.at is not None else ledger.height()
     lines = [f"height {height}"] + [
-        f"{v.account_id:>6} {v.owner}/{v.kind}/{v.asset}  balance={v.balance} available={v.available}"
+        f"{v.account_id:>6} {p(v.owner)}/{p(v.kind)}/{p(v.asset)}  balance={v.balance} available={v.available}"
         + (f" pending_out={v.debits_pending}" if v.debits_pending else "")
         + (f" pending_in={v.credits_pending}" if v.credits_pending else "")
         for v in views
@@ -118,16 +132,16 @@ def cmd_balances(args):
 
 
 def _transfer_line(t: queries.TransferView) -> str:
-    extra = f" pending={t.pending_id}" if t.pending_id else ""
-    extra += f" cause={t.cause}" if t.cause else ""
-    return f"h{t.height}.{t.idx} {t.id} {t.kind} {t.debit_account}->{t.credit_account} {t.amount} {t.asset}{extra}"
+    extra = f" pending={p(t.pending_id)}" if t.pending_id else ""
+    extra += f" cause={p(t.cause)}" if t.cause else ""
+    return f"h{t.height}.{t.idx} {p(t.id)} {t.kind} {t.debit_account}->{t.credit_account} {t.amount} {p(t.asset)}{extra}"
 
 
 def cmd_history(args):
     ledger = _ledger(args)
     acc = _account(ledger, args.account)
     ts = queries.history(ledger.engine, acc.id, limit=args.limit)
-    emit(args, [t.to_dict() for t in ts], "\n".join(_transfer_line(t) for t in ts) or f"no transfers on {acc.name}")
+    emit(args, [t.to_dict() for t in ts], "\n".join(_transfer_line(t) for t in ts) or f"no transfers on {p(acc.name)}")
 
 
 def cmd_show(args):
@@ -139,8 +153,8 @@ def cmd_show(args):
 def cmd_audit(args):
     report = audit(_ledger(args).engine)
     lines = [f"height {report.height}: {report.transfers} transfers, {report.accounts} accounts"]
-    lines += [f"  {a}: sum {t['balance']}, pending {t['debits_pending']}" for a, t in report.totals.items()]
-    lines += ["OK: every asset sums to zero and the stored balances equal the replay"] if report.ok else [f"PROBLEM: {p}" for p in report.problems]
+    lines += [f"  {p(a)}: sum {t['balance']}, pending {t['debits_pending']}" for a, t in report.totals.items()]
+    lines += ["OK: every asset sums to zero and the stored balances equal the replay"] if report.ok else [f"PROBLEM: {p(x)}" for x in report.problems]
     emit(args, report.to_dict(), "\n".join(lines))
     return 0 if report.ok else 1
 
@@ -148,6 +162,7 @@ def cmd_audit(args):
 def cmd_export(args):
     ledger = _ledger(args)
     to = ledger.height() if args.to is None else args.to
+    queries.check_range(args.from_, to)  # before the output file is created
     if args.output:
         with Path(args.output).open("w", newline="") as out:
             n = queries.export(ledger.engine, out, args.from_, to, args.format)
@@ -165,7 +180,7 @@ def cmd_price(args):
     view = _view(args)
     report = PriceReport(args.asset, args.price, args.timestamp if args.timestamp is not None else view.clock(), args.reporter)
     view.record_price(report)
-    emit(args, report.__dict__, f"{report.reporter}: {report.asset} = {report.price} at {report.timestamp}")
+    emit(args, report.__dict__, f"{p(report.reporter)}: {p(report.asset)} = {report.price} at {report.timestamp}")
 
 
 def cmd_health(args):
@@ -173,12 +188,12 @@ def cmd_health(args):
     healths = view.health(args.owner)
     events = view.scan() if args.scan else []
     lines = [
-        f"{h.owner}: collateral {h.collateral_value} liabilities {h.liability_value} health "
+        f"{p(h.owner)}: collateral {h.collateral_value} liabilities {h.liability_value} health "
         f"{'-' if h.health_bps is None else h.health_bps} bps (threshold {h.threshold_bps})"
         + ("  LIQUIDATABLE" if h.liquidatable else "")
         for h in healths
     ]
-    lines += [f"event {e.seq}: {e.owner} is {e.state}" for e in events]
+    lines += [f"event {e.seq}: {p(e.owner)} is {e.state}" for e in events]
     emit(args, {"health": [h.to_dict() for h in healths], "events": [e.__dict__ for e in events]}, "\n".join(lines) or "no positions")
 
 

@@ -16,11 +16,18 @@ import asyncio
 import time
 from typing import Any
 
-from bridge.cli import emit
+from bridge.cli import emit, printable
+from bridge.errors import InputError
 from bridge.settings import load_settings
 from bridge.swaps import models as m
 from bridge.swaps.assets import AssetBook
+from bridge.swaps.limits import check_lp_url, check_swap_id
 from bridge.swaps.protocol import describe
+
+#: An unfinished swap whose next step is overdue by more than this (or by two poll intervals,
+#: whichever is longer) has no process driving it: a running engine takes a due swap within
+#: one poll interval.
+STALL_AFTER = 30.0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -35,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     start = common(cmds.add_parser("start", help="start a swap and run it to the end"))
     start.add_argument("--sell", required=True, help="what you lock, ASSET:AMOUNT in whole units, e.g. btc:0.5")
     start.add_argument("--buy", required=True, help="what you receive, e.g. eth:7.5")
-    start.add_argument("--lp", required=True, help="the liquidity provider's URL")
+    start.add_argument("--lp", required=True, help="the liquidity provider's URL, http(s)://HOST[:PORT]")
     start.add_argument("--no-wait", action="store_true", help="record the swap and return (run it with status --watch)")
     start.add_argument("--timeout", type=float, default=None, help="stop waiting after this many seconds")
     start.set_defaults(func=cmd_start)
@@ -63,21 +70,46 @@ def register(sub: argparse._SubParsersAction) -> None:
     register_swap_watch(cmds)
 
 
-async def _party(args: argparse.Namespace, with_lp: bool = True):
+def _config(args: argparse.Namespace):
     from bridge.swaps.config import load_swap_config
+
+    settings = load_settings(args.config, data_dir=args.data_dir)
+    return settings, load_swap_config(settings, args.swap_config)
+
+
+async def _party(args: argparse.Namespace, with_lp: bool = True, loaded=None):
     from bridge.swaps.party import Party
     from bridge.swaps.protocol import LpClient
 
-    settings = load_settings(args.config, data_dir=args.data_dir)
-    return await Party.open(settings, load_swap_config(settings, args.swap_config), LpClient() if with_lp else None)
+    settings, config = loaded or _config(args)
+    return await Party.open(settings, config, LpClient() if with_lp else None)
+
+
+def _amount(leg) -> str:
+    try:
+        return AssetBook().get(leg.asset).to_whole(leg.value) if leg.asset in ("btc", "eth") else str(leg.amount)
+    except (ValueError, TypeError):  # a row another version (or party) wrote: show it as stored
+        return str(leg.amount)
 
 
 def _line(view) -> str:
+    """One swap on one line; everything read from the database is printed with control characters escaped."""
     s = view.swap
-    legs = "  ".join(f"{n}: {l.asset} {AssetBook().get(l.asset).to_whole(l.value) if l.asset in ('btc', 'eth') else l.amount}"
-                     for n, l in view.legs.items())
-    wait = f"  ({s.last_error})" if s.last_error else ""
-    return f"{s.id}  {s.state:26} {legs}{wait}"
+    legs = "  ".join(f"{printable(n)}: {printable(l.asset)} {printable(_amount(l))}" for n, l in view.legs.items())
+    wait = f"  ({printable(s.last_error)})" if s.last_error else ""
+    return f"{printable(s.id)}  {printable(s.state):26} {legs}{wait}"
+
+
+def stalled_for(swap, poll_interval: float, now: float | None = None) -> float | None:
+    """Seconds the next step of an unfinished swap is overdue, when that is long enough to mean
+    that no process is driving it; else None."""
+    if swap.state in m.TERMINAL:
+        return None
+    now = time.time() if now is None else now
+    # 0.0 means "due now" (woken by an event): due since the swap last changed.
+    due_at = swap.next_attempt_at or swap.updated_at or swap.created_at
+    overdue = now - float(due_at)
+    return round(overdue, 1) if overdue > max(STALL_AFTER, 2 * poll_interval) else None
 
 
 async def _drive(args: argparse.Namespace, party, swap_id: str) -> int:
@@ -114,7 +146,15 @@ async def _drive(args: argparse.Namespace, party, swap_id: str) -> int:
 
 
 async def cmd_start(args: argparse.Namespace) -> int:
-    party = await _party(args)
+    loaded = _config(args)
+    # Refuse bad input before any chain is asked or anything is recorded (``start_swap`` checks again).
+    check_lp_url(args.lp)
+    assets = loaded[1].assets()
+    sell, _ = assets.parse(args.sell, "sell")
+    buy, _ = assets.parse(args.buy, "buy")
+    if sell.chain == buy.chain:
+        raise InputError("an atomic swap crosses chains: sell and buy are on the same chain", field="buy")
+    party = await _party(args, loaded=loaded)
     try:
         view = await party.start_swap(args.lp, args.sell, args.buy)
         if not args.json:
@@ -129,33 +169,56 @@ async def cmd_start(args: argparse.Namespace) -> int:
 
 
 async def cmd_status(args: argparse.Namespace) -> int:
-    party = await _party(args)
-    try:
-        if args.watch:
+    check_swap_id(args.id)
+    settings, config = loaded = _config(args)
+    if args.watch:
+        party = await _party(args, loaded=loaded)
+        try:
             return await _drive(args, party, args.id)
-        view = party.store.get(args.id)
-        timeline = "\n".join(
-            f"  {time.strftime('%H:%M:%S', time.localtime(a.at))} {a.from_state or '-':26} -> {a.to_state:26} {a.note}"
-            for a in view.actions
-        )
-        emit(args, describe(view), text=_line(view) + "\n" + timeline)
-        return 0
+        finally:
+            await party.close()
+    # Only reading: the database is enough (no chain needs to be up to see a swap).
+    store = _store(settings)
+    try:
+        view = store.get(args.id)
     finally:
-        await party.close()
+        store.engine.dispose()
+    timeline = "\n".join(
+        f"  {time.strftime('%H:%M:%S', time.localtime(a.at))} {printable(a.from_state or '-'):26} -> "
+        f"{printable(a.to_state):26} {printable(a.note)}"
+        for a in view.actions
+    )
+    data = describe(view)
+    stalled = stalled_for(view.swap, config.poll_interval)
+    data["stalled_for"] = stalled
+    text = _line(view) + "\n" + timeline
+    if stalled is not None:
+        text += (f"\nnothing is driving this swap (next step was due {stalled:.0f}s ago): "
+                 f"run `bridgectl swap status {printable(view.swap.id)} --watch` to resume")
+    emit(args, data, text=text)
+    return 0
 
 
-async def cmd_list(args: argparse.Namespace) -> int:
+def _store(settings):
     from bridge.db import make_engine
     from bridge.swaps.store import SwapStore
 
+    return SwapStore(make_engine(settings.db_url))
+
+
+async def cmd_list(args: argparse.Namespace) -> int:
     settings = load_settings(args.config, data_dir=args.data_dir)
-    store = SwapStore(make_engine(settings.db_url))
-    views = store.list()
+    store = _store(settings)
+    try:
+        views = store.list()
+    finally:
+        store.engine.dispose()
     emit(args, [describe(v) for v in views], text="\n".join(_line(v) for v in views) or "no swaps")
     return 0
 
 
 async def cmd_refund(args: argparse.Namespace) -> int:
+    check_swap_id(args.id)
     party = await _party(args, with_lp=False)
     try:
         await party.engine.refund(args.id)
@@ -165,10 +228,11 @@ async def cmd_refund(args: argparse.Namespace) -> int:
 
 
 async def cmd_audit(args: argparse.Namespace) -> int:
+    check_swap_id(args.id)
     party = await _party(args, with_lp=False)
     try:
         report: dict[str, Any] = await party.engine.audit(args.id)
-        text = "\n".join(f"{leg}: {'ok' if r.get('ok') else 'NOT OK'}  {r.get('detail', '')}" for leg, r in report.items())
+        text = "\n".join(f"{printable(leg)}: {'ok' if r.get('ok') else 'NOT OK'}  {printable(r.get('detail', ''))}" for leg, r in report.items())
         emit(args, report, text=text)
         return 0 if all(r.get("ok") for r in report.values()) else 1
     finally:

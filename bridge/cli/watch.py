@@ -17,11 +17,14 @@ import argparse
 import os
 from typing import Any
 
-from bridge.cli import emit
+from bridge.cli import emit, printable
 from bridge.errors import ChainUnavailable, InputError
 from bridge.settings import load_settings
+from bridge.swaps.limits import check_swap_id
 
 DEFAULT_PORT = 8700
+#: Highest feerate (sat/vB) accepted on the pre-signed ladder.
+MAX_FEERATE = 100_000
 
 
 def add_run_options(run: argparse.ArgumentParser) -> None:
@@ -77,10 +80,16 @@ async def cmd_swap_watch(args: argparse.Namespace) -> int:
     from bridge.swaps.assets import BITCOIN
     from bridge.watch.handoff import swap_jobs
 
-    try:
-        feerates = [int(x) for x in args.feerates.split(",")]
-    except ValueError:
-        raise InputError(f"--feerates must be comma-separated whole sat/vB, got {args.feerates!r}", field="feerates") from None
+    check_swap_id(args.id)
+    parts = args.feerates.split(",")
+    if len(parts) > 32 or not all(
+        len(p) <= 12 and p.strip().isascii() and p.strip().isdigit() and 1 <= int(p) <= MAX_FEERATE for p in parts
+    ):
+        raise InputError(
+            f"--feerates must be up to 32 comma-separated whole sat/vB in 1..{MAX_FEERATE}, got {printable(args.feerates[:80])!r}",
+            field="feerates",
+        )
+    feerates = [int(x) for x in parts]
     settings = load_settings(args.config, data_dir=args.data_dir)
     party = await Party.open(settings, load_swap_config(settings, args.swap_config))
     try:
@@ -95,12 +104,15 @@ async def cmd_swap_watch(args: argparse.Namespace) -> int:
             try:
                 async with http.post(f"{args.watcher.rstrip('/')}/jobs", json=job) as resp:
                     body = await resp.json()
+                    if not isinstance(body, dict):
+                        raise ChainUnavailable(f"watcher at {args.watcher} answered {resp.status} without a JSON object")
                     if resp.status >= 400:
                         raise InputError(f"watcher refused the {job['kind']} job: {body.get('reason') or body.get('message')}")
             except aiohttp.ClientError as exc:
                 raise ChainUnavailable(f"watcher at {args.watcher} unreachable: {exc}") from None
             answers.append(body)
-    lines = [f"{a['kind']} job {a['id']} on {a['chain']}: {a['state']}" for a in answers]
+    lines = [f"{printable(a.get('kind'))} job {printable(a.get('id'))} on {printable(a.get('chain'))}: {printable(a.get('state'))}"
+             for a in answers]
     emit(args, answers, "\n".join(lines))
     return 0
 

@@ -14,6 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
 from bridge.errors import IdempotencyConflict, InputError, UnknownAsset
+from bridge.ledger.bounds import MAX_INT64, check_int, check_text
 from bridge.ledger.models import LedgerAsset
 
 #: Chain id used for Bitcoin entries (regtest has no EIP-155 id; 0 marks "the Bitcoin chain").
@@ -61,8 +62,7 @@ def erc20(chain_id: int, address: str, decimals: int, symbol: str, haircut_bps: 
         raise InputError(f"ERC-20 address must be 0x and 40 hex digits, got {address!r}", field="address")
     if not isinstance(decimals, int) or isinstance(decimals, bool) or not 0 <= decimals <= 77:
         raise InputError(f"ERC-20 decimals must be an integer in 0..77, got {decimals!r}", field="decimals")
-    if not isinstance(chain_id, int) or chain_id <= 0:
-        raise InputError(f"chain id must be a positive integer, got {chain_id!r}", field="chain_id")
+    check_int(chain_id, "chain id", 1, MAX_INT64, "chain_id")
     address = address.lower()
     return Asset(f"ERC20:{chain_id}:{address}", symbol, "erc20", chain_id, decimals, address, haircut_bps)
 
@@ -74,8 +74,12 @@ def default_assets() -> list[Asset]:
 def validate(asset: Asset) -> None:
     if not isinstance(asset.haircut_bps, int) or not 0 <= asset.haircut_bps <= MAX_BPS:
         raise InputError(f"haircut must be 0..{MAX_BPS} bps, got {asset.haircut_bps!r}", field="haircut_bps")
-    if not asset.code or len(asset.code) > 120:
+    if not isinstance(asset.code, str) or not asset.code or len(asset.code) > 120:
         raise InputError(f"asset code must be 1..120 characters, got {asset.code!r}", field="code")
+    check_text(asset.code, "asset code", 120, "code")
+    check_text(asset.symbol, "asset symbol", 32, "symbol")
+    check_int(asset.chain_id, "chain id", 0, MAX_INT64, "chain_id")
+    check_int(asset.decimals, "decimals", 0, 77, "decimals")
 
 
 def register(conn: Connection, asset: Asset) -> Asset:
@@ -104,6 +108,7 @@ def register(conn: Connection, asset: Asset) -> Asset:
 
 
 def load(conn: Connection, code: str) -> Asset:
+    check_text(code, "asset code", 120, "asset")
     row = conn.execute(select(LedgerAsset.__table__).where(LedgerAsset.__table__.c.code == code)).mappings().first()
     if row is None:
         raise UnknownAsset(f"unknown asset {code!r}", asset=code)

@@ -45,6 +45,7 @@ from bridge.errors import (
 from bridge.ledger import assets as asset_registry
 from bridge.ledger import bulk
 from bridge.ledger.assets import Asset
+from bridge.ledger.bounds import MAX_TIMEOUT, check_account_id, check_int, check_text
 from bridge.ledger.models import (
     LEDGER_TABLES,
     MAX_AMOUNT,
@@ -165,29 +166,30 @@ def _check_amount(t: Transfer, amount: object) -> None:
 
 
 def check_shape(t: Transfer, internal: bool = False) -> None:
-    """Refuse malformed transfers before touching the database."""
+    """Refuse malformed transfers before touching the database: every integer is range-checked
+    against what its column can hold, so no driver error (overflow) can come later."""
     if not isinstance(t, Transfer):
         raise InputError(f"not a Transfer: {t!r}")
-    if not isinstance(t.id, str) or not 1 <= len(t.id) <= MAX_ID_LEN:
-        raise InputError(f"transfer id must be a string of 1..{MAX_ID_LEN} characters, got {t.id!r}", field="id")
+    check_text(t.id, "transfer id", MAX_ID_LEN, "id")
     if t.kind not in PUBLIC_KINDS and not (internal and t.kind == "expire"):
         raise InputError(f"transfer {t.id}: kind must be one of {', '.join(PUBLIC_KINDS)}, got {t.kind!r}", field="kind", transfer_id=t.id)
-    if t.cause is not None and (not isinstance(t.cause, str) or len(t.cause) > MAX_ID_LEN):
-        raise InputError(f"transfer {t.id}: cause must be a string of at most {MAX_ID_LEN} characters", field="cause", transfer_id=t.id)
+    check_text(t.cause, f"transfer {t.id}: cause", MAX_ID_LEN, "cause", optional=True, transfer_id=t.id)
     if t.kind in ("transfer", "pending"):
         for name in ("debit", "credit"):
-            if not _is_int(getattr(t, name)):
-                raise InputError(f"transfer {t.id}: {name} account must be an account id, got {getattr(t, name)!r}", field=name, transfer_id=t.id)
+            check_account_id(getattr(t, name), name, transfer_id=t.id)
         if t.debit == t.credit:
             raise InputError(f"transfer {t.id}: debit and credit are the same account {t.debit}", field="credit", transfer_id=t.id)
         _check_amount(t, t.amount)
         if t.pending_id is not None:
             raise InputError(f"transfer {t.id}: pending_id is only for post and void", field="pending_id", transfer_id=t.id)
-        if t.timeout is not None and (t.kind != "pending" or not _is_int(t.timeout) or t.timeout <= 0):
-            raise InputError(f"transfer {t.id}: timeout must be a positive number of seconds on a pending transfer", field="timeout", transfer_id=t.id)
+        if t.timeout is not None:
+            if t.kind != "pending":
+                raise InputError(f"transfer {t.id}: timeout must be a positive number of seconds on a pending transfer", field="timeout", transfer_id=t.id)
+            check_int(t.timeout, f"transfer {t.id}: timeout (seconds)", 1, MAX_TIMEOUT, "timeout", transfer_id=t.id)
     else:
         if not isinstance(t.pending_id, str) or not t.pending_id:
             raise InputError(f"transfer {t.id}: {t.kind} needs the id of a pending transfer", field="pending_id", transfer_id=t.id)
+        check_text(t.pending_id, f"transfer {t.id}: pending_id", MAX_ID_LEN, "pending_id", transfer_id=t.id)
         if t.debit is not None or t.credit is not None or t.timeout is not None:
             raise InputError(f"transfer {t.id}: {t.kind} takes its accounts from the pending transfer", field="debit", transfer_id=t.id)
         if t.kind == "post":
@@ -246,6 +248,8 @@ class Ledger:
         return self._write(lambda conn: asset_registry.register(conn, asset))
 
     def set_haircut(self, code: str, haircut_bps: int) -> Asset:
+        check_text(code, "asset code", 120, "asset")
+
         def write(conn: Connection) -> Asset:
             current = asset_registry.load(conn, code)
             updated = replace(current, haircut_bps=haircut_bps)
@@ -262,8 +266,9 @@ class Ledger:
 
     def open_account(self, owner: str, kind: str, asset: str, allow_negative: bool | None = None) -> Account:
         """Get or create the account ``owner/kind/asset`` (idempotent)."""
-        if not isinstance(owner, str) or not 1 <= len(owner) <= 200 or "/" in owner:
+        if not isinstance(owner, str) or not 1 <= len(owner) <= 200 or "/" in owner or "\x00" in owner:
             raise InputError(f"owner must be 1..200 characters without '/', got {owner!r}", field="owner")
+        check_text(asset, "asset code", 120, "asset")
         if kind not in ACCOUNT_KINDS:
             raise InputError(f"account kind must be one of {', '.join(ACCOUNT_KINDS)}, got {kind!r}", field="kind")
         negative = ACCOUNT_KINDS[kind] if allow_negative is None else bool(allow_negative)
@@ -292,10 +297,13 @@ class Ledger:
         return account
 
     def account(self, account_id: int) -> Account:
+        check_account_id(account_id)
         found = self._load_accounts(None, [account_id])
         return found[account_id]
 
     def find_account(self, owner: str, kind: str, asset: str) -> Account:
+        for what, value, size in (("owner", owner, 200), ("kind", kind, 32), ("asset", asset, 120)):
+            check_text(value, what, size)
         with self.engine.connect() as conn:
             row = conn.execute(
                 select(_A).where(_A.c.owner == owner, _A.c.kind == kind, _A.c.asset == asset)

@@ -26,6 +26,7 @@ from sqlalchemy.engine import Engine
 from bridge.errors import IdempotencyConflict, InputError, PriceRejected
 from bridge.ledger import queries
 from bridge.ledger.assets import MAX_BPS, load_all
+from bridge.ledger.bounds import MAX_INT32, MAX_INT64, check_int, check_text
 from bridge.ledger.models import MAX_AMOUNT, LedgerMarginEvent, LedgerPriceReport
 
 PRICE_DECIMALS = 8
@@ -48,10 +49,12 @@ class PriceReport:
     def check(self) -> None:
         if not isinstance(self.price, int) or isinstance(self.price, bool) or not 0 < self.price <= MAX_AMOUNT:
             raise InputError(f"price of {self.asset} from {self.reporter} must be a positive integer, got {self.price!r}", field="price")
-        if not isinstance(self.timestamp, int) or self.timestamp < 0:
-            raise InputError(f"price timestamp must be unix seconds, got {self.timestamp!r}", field="timestamp")
+        if not isinstance(self.timestamp, int) or isinstance(self.timestamp, bool) or not 0 <= self.timestamp <= MAX_INT64:
+            raise InputError(f"price timestamp must be unix seconds (0..{MAX_INT64}), got {self.timestamp!r}", field="timestamp")
         if not self.reporter or not self.asset:
             raise InputError("price report needs an asset and a reporter", field="reporter")
+        check_text(self.asset, "price asset", 120, "asset")
+        check_text(self.reporter, "price reporter", 200, "reporter")
 
 
 @dataclass(frozen=True)
@@ -152,8 +155,8 @@ class MarginView:
         threshold_bps: int = 11_000,
         clock: Callable[[], int] | None = None,
     ) -> None:
-        if not isinstance(threshold_bps, int) or threshold_bps <= 0:
-            raise InputError(f"liquidation threshold must be a positive number of bps, got {threshold_bps!r}", field="threshold_bps")
+        if not isinstance(threshold_bps, int) or isinstance(threshold_bps, bool) or not 0 < threshold_bps <= MAX_INT32:
+            raise InputError(f"liquidation threshold must be a positive number of bps (at most {MAX_INT32}), got {threshold_bps!r}", field="threshold_bps")
         self.engine = engine
         self.policy = policy
         self.threshold_bps = threshold_bps
@@ -246,6 +249,7 @@ class MarginView:
 
     def events(self, since_seq: int = 0) -> list[MarginEvent]:
         """Events after ``since_seq``, oldest first (relayers keep their cursor)."""
+        check_int(since_seq, "since_seq", 0, MAX_INT64)
         with self.engine.connect() as conn:
             return self._events(conn, since_seq)
 

@@ -16,6 +16,7 @@ from sqlalchemy import and_, func, or_, select
 from sqlalchemy.engine import Connection, Engine
 
 from bridge.errors import InputError, NotFound
+from bridge.ledger.bounds import MAX_INT64, check_account_id, check_int, check_text
 from bridge.ledger.models import (
     TRANSFER_COLUMNS,
     LedgerAccount,
@@ -89,6 +90,9 @@ def current_height(conn: Connection) -> int:
 
 def balances(engine: Engine, account_id: int | None = None, at: int | None = None, owner: str | None = None) -> list[BalanceView]:
     """Balances of every account (or one, or one owner's) now, or as of height ``at``."""
+    if account_id is not None:
+        check_account_id(account_id)
+    check_text(owner, "owner", 200, optional=True)
     with engine.connect() as conn:
         begin_snapshot(conn)  # the height check and the rows must agree
         head = current_height(conn)
@@ -147,6 +151,10 @@ def _view(r) -> TransferView:
 
 def history(engine: Engine, account_id: int, limit: int = 100, before_height: int | None = None) -> list[TransferView]:
     """Transfers that touched ``account_id``, newest first."""
+    check_account_id(account_id)
+    check_int(limit, "limit", 0, MAX_INT64)
+    if before_height is not None:
+        check_int(before_height, "height", 0, MAX_INT64, "before_height")
     q = select(_T).where(or_(_T.c.debit_account == account_id, _T.c.credit_account == account_id))
     if before_height is not None:
         q = q.where(_T.c.height < before_height)
@@ -156,11 +164,13 @@ def history(engine: Engine, account_id: int, limit: int = 100, before_height: in
 
 
 def transfers_by_cause(engine: Engine, cause: str) -> list[TransferView]:
+    check_text(cause, "cause", 200)
     with engine.connect() as conn:
         return [_view(r) for r in conn.execute(select(_T).where(_T.c.cause == cause).order_by(_T.c.height, _T.c.idx))]
 
 
 def transfer(engine: Engine, transfer_id: str) -> TransferView:
+    check_text(transfer_id, "transfer id", 200, "id")
     with engine.connect() as conn:
         r = conn.execute(select(_T).where(_T.c.id == transfer_id)).first()
     if r is None:
@@ -168,10 +178,22 @@ def transfer(engine: Engine, transfer_id: str) -> TransferView:
     return _view(r)
 
 
-def iter_transfers(engine: Engine, from_height: int, to_height: int, page: int = 5000) -> Iterator[TransferView]:
-    """Transfers with ``from_height <= height <= to_height`` in commit order, read in pages."""
+def check_range(from_height: int, to_height: int) -> None:
+    """Refuse a height range that is not two heights, lowest first."""
+    check_int(from_height, "--from height", 0, MAX_INT64, "from")
+    check_int(to_height, "--to height", 0, MAX_INT64, "to")
     if from_height > to_height:
         raise InputError(f"--from {from_height} is above --to {to_height}", field="from")
+
+
+def iter_transfers(engine: Engine, from_height: int, to_height: int, page: int = 5000) -> Iterator[TransferView]:
+    """Transfers with ``from_height <= height <= to_height`` in commit order, read in pages
+    (the range is checked at the call, before the first transfer is asked for)."""
+    check_range(from_height, to_height)
+    return _iter_transfers(engine, from_height, to_height, page)
+
+
+def _iter_transfers(engine: Engine, from_height: int, to_height: int, page: int) -> Iterator[TransferView]:
     key = (from_height, -1)
     with engine.connect() as conn:
         while True:
@@ -197,6 +219,7 @@ def export(engine: Engine, out: IO[str], from_height: int, to_height: int, fmt: 
     """
     if fmt not in EXPORT_FORMATS:
         raise InputError(f"format must be one of {', '.join(EXPORT_FORMATS)}, got {fmt!r}", field="format")
+    check_range(from_height, to_height)
     n = 0
     if fmt == "csv":
         writer = csv.writer(out, lineterminator="\n")

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bridge.db import make_engine
-from bridge.errors import ConfigError
+from bridge.errors import ConfigError, InputError
 from bridge.settings import Settings
 from bridge.ledger import Ledger
 from bridge.swaps.assets import BITCOIN, EVM, AssetBook
@@ -15,6 +15,7 @@ from bridge.swaps.config import SwapConfig
 from bridge.swaps.engine import LpPort, SwapEngine
 from bridge.swaps.guard import sqlite_lock_file
 from bridge.swaps.legs import BitcoinLeg, EvmLeg, Leg
+from bridge.swaps.limits import check_lp_url
 from bridge.swaps.observe import SwapObservers
 from bridge.swaps.protocol import new_trader_swap
 from bridge.swaps.store import SwapStore, SwapView
@@ -64,9 +65,15 @@ class Party:
         return cls(settings, config, store, legs, engine, config.assets(), [btc, evm])
 
     async def start_swap(self, lp_url: str, sell_spec: str, buy_spec: str) -> SwapView:
-        """Record a new swap as initiator (secret stored first); the engine does the rest."""
-        sell, sell_amount = self.assets.parse(sell_spec)
-        buy, buy_amount = self.assets.parse(buy_spec)
+        """Record a new swap as initiator (secret stored first); the engine does the rest.
+
+        The LP URL and both amounts are checked before any chain is asked or anything is
+        recorded: a refusal is an ``InputError`` naming the field (``lp``, ``sell``, ``buy``)."""
+        lp_url = check_lp_url(lp_url)
+        sell, sell_amount = self.assets.parse(sell_spec, "sell")
+        buy, buy_amount = self.assets.parse(buy_spec, "buy")
+        if sell.chain == buy.chain:
+            raise InputError("an atomic swap crosses chains: sell and buy are on the same chain", field="buy")
         sell_now = await self.legs[sell.chain].now()
         buy_now = await self.legs[buy.chain].now()
         return new_trader_swap(
