@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import Any
 
 from bridge.cli import emit, printable
-from bridge.errors import ChainUnavailable, InputError
+from bridge.errors import InputError
 from bridge.settings import load_settings
 from bridge.swaps.limits import check_swap_id
 
@@ -73,12 +72,10 @@ def register_swap_watch(cmds: argparse._SubParsersAction) -> None:
 
 
 async def cmd_swap_watch(args: argparse.Namespace) -> int:
-    import aiohttp
-
     from bridge.swaps.config import load_swap_config
     from bridge.swaps.party import Party
     from bridge.swaps.assets import BITCOIN
-    from bridge.watch.handoff import swap_jobs
+    from bridge.watch.handoff import submit_jobs, swap_jobs
 
     check_swap_id(args.id)
     parts = args.feerates.split(",")
@@ -98,19 +95,7 @@ async def cmd_swap_watch(args: argparse.Namespace) -> int:
         jobs = await swap_jobs(view, btc_leg.key, evm_leg.htlc, settings.bitcoin.network, feerates)
     finally:
         await party.close()
-    answers: list[dict[str, Any]] = []
-    async with aiohttp.ClientSession() as http:
-        for job in jobs:
-            try:
-                async with http.post(f"{args.watcher.rstrip('/')}/jobs", json=job) as resp:
-                    body = await resp.json()
-                    if not isinstance(body, dict):
-                        raise ChainUnavailable(f"watcher at {args.watcher} answered {resp.status} without a JSON object")
-                    if resp.status >= 400:
-                        raise InputError(f"watcher refused the {job['kind']} job: {body.get('reason') or body.get('message')}")
-            except aiohttp.ClientError as exc:
-                raise ChainUnavailable(f"watcher at {args.watcher} unreachable: {exc}") from None
-            answers.append(body)
+    answers = await submit_jobs(args.watcher, jobs)
     lines = [f"{printable(a.get('kind'))} job {printable(a.get('id'))} on {printable(a.get('chain'))}: {printable(a.get('state'))}"
              for a in answers]
     emit(args, answers, "\n".join(lines))
