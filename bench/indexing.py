@@ -26,7 +26,7 @@ from pathlib import Path
 from sqlalchemy import BigInteger, Column, MetaData, String, Table, func, insert, select
 from sqlmodel import Session
 
-from bridge.db import make_engine
+from bridge.core.db import make_engine
 from chains.base import BlockRef, ChainAdapter, ChainEvent
 from chains.indexer import Indexer, OrphanedBlock
 

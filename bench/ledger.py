@@ -1,6 +1,6 @@
 """Ledger throughput (prints figures; asserts nothing).
 
-For each backend (SQLite file in WAL mode; PostgreSQL at ``bridge.db.POSTGRES_TEST_URL``
+For each backend (SQLite file in WAL mode; PostgreSQL at ``bridge.core.db.POSTGRES_TEST_URL``
 in a fresh schema, skipped with the reason when unreachable):
 
 * raw: the DBAPI cursor's ``executemany`` of the same transfer rows into a table
@@ -31,7 +31,7 @@ from pathlib import Path
 
 from sqlalchemy import Column, Index, MetaData, Table
 
-from bridge.db import postgres_available
+from bridge.core.db import postgres_available
 from bridge.ledger import Ledger, Transfer, queries
 from bridge.ledger.models import AMOUNT_DIGITS, TRANSFER_COLUMNS, LedgerTransfer, to_text
 from bridge.ledger.testdb import BACKENDS, fresh_database

@@ -48,7 +48,7 @@ sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "tests")]
 from bridge.swaps import models as m  # noqa: E402
 from bridge.swaps.models import Swap  # noqa: E402
 from bridge.swaps.protocol import LpClient  # noqa: E402
-from bridge.testing import WaitTimeout, wait_until  # noqa: E402
+from bridge.core.testing import WaitTimeout, wait_until  # noqa: E402
 from devnets.anvil import Anvil  # noqa: E402
 from sqlmodel import Session, select  # noqa: E402
 from devnets.process import free_port  # noqa: E402

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 
-from bridge.errors import BridgeError
+from bridge.core.errors import BridgeError
 
 ETH = 10**18
 SAT = 10**8
@@ -83,7 +83,7 @@ async def bitcoin_phase(descriptor: dict, tl: Timeline) -> dict:
 
 
 async def run(data_dir: Path, keep: bool, skip_swaps: bool = False) -> int:
-    from bridge.settings import load_settings
+    from bridge.core.settings import load_settings
     from devnets.manager import Devnet
 
     tl = Timeline()

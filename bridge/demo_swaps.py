@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from bridge.errors import DevnetError
-from bridge.testing import wait_until
+from bridge.core.errors import DevnetError
+from bridge.core.testing import wait_until
 from devnets.deploy import TOKEN_DECIMALS, TOKEN_SYMBOL
 from devnets.process import free_port
 
@@ -188,8 +188,8 @@ def stream(party: PartyDir, *args: str, timeout: float = 300) -> list[str]:
 
 
 def swap_state(party: PartyDir, swap_id: str) -> str:
-    from bridge.db import make_engine
-    from bridge.settings import load_settings
+    from bridge.core.db import make_engine
+    from bridge.core.settings import load_settings
     from bridge.swaps.store import SwapStore
 
     engine = make_engine(load_settings(party.config, environ={}).db_url)
@@ -201,8 +201,8 @@ def swap_state(party: PartyDir, swap_id: str) -> str:
 
 def _started_swap(party: PartyDir) -> str | None:
     """The id of the party's newest swap, once its row exists."""
-    from bridge.db import make_engine
-    from bridge.settings import load_settings
+    from bridge.core.db import make_engine
+    from bridge.core.settings import load_settings
     from bridge.swaps.store import SwapStore
 
     engine = make_engine(load_settings(party.config, environ={}).db_url)

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from bridge.errors import ConfirmationTimeout, Unsupported
+from bridge.core.errors import ConfirmationTimeout, Unsupported
 from chains.heads import HeadFollower
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Callable, Iterable, Sequence
 
-from bridge.errors import (
+from bridge.core.errors import (
     AlreadyInChain,
     ChainUnavailable,
     InputError,
@@ -23,8 +23,8 @@ from bridge.errors import (
     TransactionRejected,
     Unsupported,
 )
-from bridge.retry import RetryPolicy
-from bridge.settings import Settings
+from bridge.core.retry import RetryPolicy
+from bridge.core.settings import Settings
 from chains.base import BlockRef, ChainAdapter, ChainEvent, TxStatus
 from chains.bitcoin_block import block_header, outpoint_key, scan_block
 from chains.bitcoin_rpc import BitcoinRpc, gc_paused

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any, Callable, Iterator
 
-from bridge.errors import InputError
+from bridge.core.errors import InputError
 from chains.btc.primitives import BlockHeader, DecodeError, OutPoint, Tx, hash256, read_compact_size
 
 

@@ -2,7 +2,7 @@
 
 Auth is user/password or bitcoind's cookie file; the cookie is re-read whenever the
 node says 401, because bitcoind writes a fresh one on every restart.  bitcoind's
-error codes become the typed errors of ``bridge.errors``.  Only reads are retried:
+error codes become the typed errors of ``bridge.core.errors``.  Only reads are retried:
 a write such as ``sendrawtransaction`` or ``generatetoaddress`` is sent once, and
 the adapter decides what a failure means (see ``BitcoinAdapter.send``).
 """
@@ -21,8 +21,8 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import aiohttp
 
-from bridge import jsonsafe
-from bridge.errors import (
+from bridge.core import jsonsafe
+from bridge.core.errors import (
     AlreadyInChain,
     BridgeError,
     ChainUnavailable,
@@ -33,7 +33,7 @@ from bridge.errors import (
     RpcError,
     TransactionRejected,
 )
-from bridge.retry import DEFAULT_RETRY, NO_RETRY, RetryPolicy
+from bridge.core.retry import DEFAULT_RETRY, NO_RETRY, RetryPolicy
 from chains.btc.rpc_errors import (
     RPC_IN_WARMUP,
     RPC_INVALID_ADDRESS_OR_KEY,

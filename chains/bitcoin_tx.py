@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from bridge.errors import InputError
+from bridge.core.errors import InputError
 from chains.btc.address import InvalidAddress, decode_destination, network as bitcoin_network
 from chains.btc.primitives import COIN
 

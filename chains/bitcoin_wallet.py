@@ -20,7 +20,7 @@ from typing import Iterable, Sequence
 
 import coincurve
 
-from bridge.errors import InputError, InsufficientFunds
+from bridge.core.errors import InputError, InsufficientFunds
 from chains.bitcoin_tx import address_to_script
 from chains.btc.address import b58check_encode, b58decode, encode_segwit_address
 from chains.btc.address import network as bitcoin_network

@@ -25,9 +25,9 @@ from sqlalchemy import JSON, BigInteger, Column
 from sqlalchemy.engine import Engine
 from sqlmodel import Field, Session, SQLModel
 
-from bridge.db import init_db
-from bridge.dbapi import session_tx
-from bridge.errors import Conflict
+from bridge.core.db import init_db
+from bridge.core.dbapi import session_tx
+from bridge.core.errors import Conflict
 from chains.base import BlockRef, ChainEvent
 
 
@@ -86,7 +86,7 @@ class OrphanedBlock:
 class CursorStore:
     """The persisted state of one indexer (``name``) on one chain (``chain_id``).
 
-    Statements go to the DB-API connection of the caller's session (``bridge.dbapi.session_tx``),
+    Statements go to the DB-API connection of the caller's session (``bridge.core.dbapi.session_tx``),
     not through the ORM: an indexer at the tip runs several for every block."""
 
     def __init__(self, name: str, chain_id: str) -> None:

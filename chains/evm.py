@@ -23,7 +23,7 @@ from eth_account.signers.local import LocalAccount
 from eth_utils import is_address, keccak, to_checksum_address
 from web3 import AsyncWeb3
 
-from bridge.errors import (
+from bridge.core.errors import (
     AlreadyInChain,
     ChainUnavailable,
     ConfigError,
@@ -34,7 +34,7 @@ from bridge.errors import (
     ReorgDetected,
     Unsupported,
 )
-from bridge.retry import DEFAULT_RETRY, RetryPolicy
+from bridge.core.retry import DEFAULT_RETRY, RetryPolicy
 from chains.base import BlockRef, ChainAdapter, ChainEvent, TxStatus
 from chains.evm_fees import FEE_HISTORY_BLOCKS, TIP_PERCENTILE, Fees, bumped, choose_fees, fees_from_history
 from chains.evm_nonce import NonceManager
@@ -43,7 +43,7 @@ from chains.evm_rpc import EvmRpc, LogRangeTooLarge, follow_new_heads, is_alread
 from chains.heads import HeadFollower
 
 if TYPE_CHECKING:
-    from bridge.settings import EvmSettings
+    from bridge.core.settings import EvmSettings
 
 #: ``eth_estimateGas`` is exact for the state it ran on; the margin absorbs state moving underneath.
 GAS_MARGIN_NUM, GAS_MARGIN_DEN = 6, 5

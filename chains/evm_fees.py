@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
-from bridge.errors import InputError
+from bridge.core.errors import InputError
 
 GWEI = 10**9
 #: Used when recent blocks paid no tips (devnets) or the node has no fee history.

@@ -13,7 +13,7 @@ import asyncio
 from contextlib import asynccontextmanager
 from typing import AsyncIterator, Awaitable, Callable
 
-from bridge.errors import ContractReverted, InsufficientFunds, RpcError
+from bridge.core.errors import ContractReverted, InsufficientFunds, RpcError
 
 
 class NonceManager:

@@ -19,8 +19,8 @@ import aiohttp
 from web3 import AsyncHTTPProvider, AsyncWeb3
 from web3.exceptions import ProviderConnectionError
 
-from bridge import jsonsafe
-from bridge.errors import (
+from bridge.core import jsonsafe
+from bridge.core.errors import (
     BridgeError,
     ChainUnavailable,
     ContractReverted,

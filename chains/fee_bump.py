@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from bridge.errors import InputError
+from bridge.core.errors import InputError
 from chains.evm import EvmAdapter
 from chains.evm_fees import Fees, bumped
 

@@ -16,7 +16,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
-from bridge.errors import Unsupported
+from bridge.core.errors import Unsupported
 
 if TYPE_CHECKING:
     from chains.base import BlockRef

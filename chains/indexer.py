@@ -61,8 +61,8 @@ from typing import Any, Iterator, Protocol
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from bridge.errors import InputError, NotFound, ReorgDetected
-from bridge.retry import DEFAULT_RETRY, RetryPolicy, is_retryable
+from bridge.core.errors import InputError, NotFound, ReorgDetected
+from bridge.core.retry import DEFAULT_RETRY, RetryPolicy, is_retryable
 from chains.base import BlockRef, ChainAdapter, ChainEvent
 from chains.cursor_store import Cursor, CursorStore, OrphanedBlock, create_tables
 from chains.heads import wait_unless

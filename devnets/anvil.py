@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from bridge.errors import DevnetError, RpcError
+from bridge.core.errors import DevnetError, RpcError
 from devnets import jsonrpc
 from devnets.process import NodeProcess, free_port
 

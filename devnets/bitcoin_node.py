@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from bridge.errors import DevnetError
+from bridge.core.errors import DevnetError
 from devnets import jsonrpc
 from devnets.process import NodeProcess, free_port
 

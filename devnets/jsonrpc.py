@@ -13,8 +13,8 @@ import urllib.error
 import urllib.request
 from typing import Any, Sequence
 
-from bridge import jsonsafe
-from bridge.errors import DevnetError, RpcError
+from bridge.core import jsonsafe
+from bridge.core.errors import DevnetError, RpcError
 
 #: Answers are outside input (parsed with bounded depth and number length); none of ours is near this.
 MAX_REPLY = 256 << 20

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bridge.errors import DevnetError
-from bridge.settings import Settings
+from bridge.core.errors import DevnetError
+from bridge.core.settings import Settings
 from devnets import keys as testkeys
 from devnets.anvil import Anvil, rpc as evm_rpc
 from devnets.bitcoin_node import BitcoinNode

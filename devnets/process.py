@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Callable, ClassVar, Sequence
 
-from bridge.errors import DevnetError
+from bridge.core.errors import DevnetError
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-from bridge.errors import InputError
+from bridge.core.errors import InputError
 from chains.btc.primitives import DecodeError, Tx, hash160, push_int
 from chains.btc.script import (
     OP_1,

@@ -24,7 +24,7 @@ from typing import Iterator
 
 import coincurve
 
-from bridge.errors import InputError
+from bridge.core.errors import InputError
 from chains.btc.address import NETWORKS, b58check_encode, encode_segwit_address
 from chains.btc.primitives import hash160, push_int, sha256
 from chains.btc.script import OPCODE_NAMES as CORE_OPCODE_NAMES

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from bitcoinlib.keys import Key, sign
 
-from bridge.errors import InputError
+from bridge.core.errors import InputError
 from chains import bitcoin_wallet as wallet
 from chains.bitcoin_tx import address_to_script
 from chains.btc.primitives import SEQUENCE_FINAL, OutPoint, Tx, TxIn, TxOut, hash160, sha256

@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bridge.errors import ConfigError
+from bridge.core.errors import ConfigError
 
 HTLC_DIR = Path(__file__).resolve().parent
 REPO_ROOT = HTLC_DIR.parent

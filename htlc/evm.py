@@ -32,7 +32,7 @@ from eth_utils import (
     to_checksum_address,
 )
 
-from bridge.errors import ContractReverted, InputError, NotFound
+from bridge.core.errors import ContractReverted, InputError, NotFound
 from chains.base import ChainEvent
 from chains.evm import EvmAdapter, EvmLogFilter, EvmReceipt
 from chains.evm_revert import decode_revert, describe_revert

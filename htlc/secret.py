@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Mapping
 
-from bridge.errors import InputError, NotFound
+from bridge.core.errors import InputError, NotFound
 from chains.btc.primitives import DecodeError, Tx, sha256
 from htlc.bitcoin_script import SECRET_SIZE, iter_pushes
 

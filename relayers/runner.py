@@ -19,10 +19,10 @@ from typing import Any, Awaitable, Callable, Protocol
 
 from aiohttp import web
 
-from bridge import jsonsafe
-from bridge.errors import BridgeError, Conflict, InputError, NotFound
-from bridge.jsonsafe import MAX_BODY, JsonRefused
-from bridge.settings import Settings
+from bridge.core import jsonsafe
+from bridge.core.errors import BridgeError, Conflict, InputError, NotFound
+from bridge.core.jsonsafe import MAX_BODY, JsonRefused
+from bridge.core.settings import Settings
 
 log = logging.getLogger("relayers.runner")
 
@@ -53,7 +53,7 @@ class Metrics:
 
 
 async def json_body(req: web.Request) -> dict[str, Any]:
-    """The request's JSON object, parsed with ``bridge.jsonsafe`` bounds; a ``JsonRefused``
+    """The request's JSON object, parsed with ``bridge.core.jsonsafe`` bounds; a ``JsonRefused``
     (400, or 413 for a body over ``MAX_BODY``) or an ``InputError`` (400) when it is not one."""
     body = jsonsafe.loads(await jsonsafe.read_capped(req, what="request body"))
     if not isinstance(body, dict):

@@ -21,7 +21,7 @@ from typing import Any
 
 from aiohttp import web
 
-from bridge.errors import NotFound
+from bridge.core.errors import NotFound
 from bridge.watch.actions import Watcher, describe
 from bridge.watch.models import WatchJob
 from relayers.runner import Metrics, json_body, json_handler

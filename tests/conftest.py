@@ -73,7 +73,7 @@ def faucet():
 def ledger_db(request, tmp_path):
     """``(url, engine)`` of an empty database, once on SQLite and once on PostgreSQL
     (a fresh schema, dropped afterwards; skipped with the reason when unreachable)."""
-    from bridge.db import postgres_available
+    from bridge.core.db import postgres_available
     from bridge.ledger.testdb import fresh_database
 
     if request.param == "postgresql" and (reason := postgres_available()):

@@ -199,7 +199,7 @@ class Chains:
 @contextlib.asynccontextmanager
 async def automine(btc: Any, interval: float = 0.05):
     """Mine a Bitcoin block whenever the mempool is not empty (Anvil automines by itself)."""
-    from bridge.testing import wait_until
+    from bridge.core.testing import wait_until
 
     async def mempool_mined() -> bool:
         if await btc.rpc.call("getrawmempool"):
@@ -258,7 +258,7 @@ async def open_party(home: Path, chains: Chains, who: Identity, lp: Any = None, 
     """A ``bridge.swaps.party.Party`` in this process (what ``bridgectl swap start`` runs), own SQLite file."""
     import tomllib
 
-    from bridge.settings import BitcoinSettings, EvmSettings, Settings
+    from bridge.core.settings import BitcoinSettings, EvmSettings, Settings
     from bridge.swaps.config import SwapConfig
     from bridge.swaps.party import Party as SwapParty
 
@@ -314,7 +314,7 @@ def sigkill(proc: Proc) -> bool:
 
 
 async def reap(proc: Proc, timeout: float = 20.0) -> int:
-    from bridge.testing import wait_until
+    from bridge.core.testing import wait_until
 
     await wait_until(lambda: proc.returncode is not None, timeout=timeout, what=f"pid {proc.popen.pid} to end")
     return proc.returncode  # type: ignore[return-value]
@@ -360,7 +360,7 @@ class Party:
 
     def store(self) -> Any:
         """The party's swap database, read from this process (SQLite WAL: the party's commits are visible)."""
-        from bridge.db import make_engine
+        from bridge.core.db import make_engine
         from bridge.swaps.store import SwapStore
 
         if self._store is None:
@@ -379,7 +379,7 @@ class Party:
 
 
 async def start_lp(party: Party, crash_at: str | None = None) -> Proc:
-    from bridge.testing import wait_until
+    from bridge.core.testing import wait_until
 
     proc = await party.run(["relayer", "run", "lp", "--port", str(party.port)], crash_at)
     # A crash point may fire before the HTTP endpoint is up only if the engine resumes a swap first.
@@ -486,7 +486,7 @@ def spender(txs: list[dict[str, Any]], outpoint: tuple[str, int]) -> dict[str, A
 async def reconcile(books: Books, start: Snapshot, lp: Party, traders: list[Party]) -> dict[str, Any]:
     """Check every swap against both chains and both parties' records; raise AssertionError naming
     each difference.  Returns the figures (swaps by outcome, fees, per-asset loss, which is 0)."""
-    from bridge.errors import NotFound
+    from bridge.core.errors import NotFound
     from bridge.swaps import models as m
     from bridge.swaps.books import leg_outcome as recorded_outcome
     from htlc.evm import EvmHtlc, Locked, SwapStatus

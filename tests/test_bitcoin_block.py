@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from bridge.errors import InputError
+from bridge.core.errors import InputError
 from chains.bitcoin_block import block_header, outpoint_key, scan_block
 from chains.bitcoin_wallet import BtcKey, Utxo, build_payment
 from chains.btc.primitives import Tx, ser_compact_size

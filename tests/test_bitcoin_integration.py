@@ -10,8 +10,8 @@ import asyncio
 
 import pytest
 
-from bridge.errors import ChainUnavailable, InsufficientFunds, MissingInputs, NotFound, TransactionRejected
-from bridge.testing import wait_until
+from bridge.core.errors import ChainUnavailable, InsufficientFunds, MissingInputs, NotFound, TransactionRejected
+from bridge.core.testing import wait_until
 from chains.bitcoin import COINBASE_MATURITY, BitcoinAdapter, BitcoinTxFilter
 from chains.bitcoin_rpc import BitcoinRpc
 from chains.bitcoin_tx import btc_to_sats

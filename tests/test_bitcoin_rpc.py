@@ -16,7 +16,7 @@ from typing import Any, Callable
 import pytest
 from aiohttp import web
 
-from bridge.errors import (
+from bridge.core.errors import (
     AlreadyInChain,
     ChainUnavailable,
     ConfigError,
@@ -26,7 +26,7 @@ from bridge.errors import (
     RpcError,
     TransactionRejected,
 )
-from bridge.retry import RetryPolicy
+from bridge.core.retry import RetryPolicy
 from chains.bitcoin import BitcoinAdapter
 from chains.bitcoin_rpc import BitcoinRpc
 from chains.bitcoin_wallet import BtcKey, Utxo, build_payment

@@ -12,7 +12,7 @@ import pytest
 from bitcoinlib.keys import Key, Signature, verify
 from bitcoinlib.transactions import Transaction
 
-from bridge.errors import InputError, InsufficientFunds
+from bridge.core.errors import InputError, InsufficientFunds
 from chains.bitcoin_tx import address_to_script, btc_to_sats
 from chains.bitcoin_wallet import BtcKey, Utxo, build_payment
 from chains.btc.primitives import Tx

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from bridge.errors import Unsupported
+from bridge.core.errors import Unsupported
 from chains.base import BlockRef
 from chains.bitcoin import BitcoinAdapter
 from chains.bitcoin_rpc import BitcoinRpc

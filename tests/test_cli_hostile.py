@@ -22,9 +22,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bridge.cli import build_parser, main, printable
-from bridge.db import make_engine
-from bridge.errors import InputError
-from bridge.settings import load_settings
+from bridge.core.db import make_engine
+from bridge.core.errors import InputError
+from bridge.core.settings import load_settings
 from bridge.swaps import models as m
 from bridge.swaps.assets import BITCOIN, BTC, ETH, EVM, AssetBook
 from bridge.swaps.limits import MAX_BTC_SATS, MAX_UINT256, check_lp_url, max_amount

@@ -8,8 +8,8 @@ import time
 import pytest
 from sqlalchemy import Column, Float, Integer, MetaData, String, Table, insert, inspect, select, text
 
-from bridge.db import init_db, make_engine
-from bridge.errors import ConfigError, SchemaError
+from bridge.core.db import init_db, make_engine
+from bridge.core.errors import ConfigError, SchemaError
 from bridge.swaps import models as m
 from bridge.swaps.models import INITIATOR, PARTICIPANT, Swap, SwapLeg
 from bridge.swaps.store import SwapStore

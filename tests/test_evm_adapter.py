@@ -14,7 +14,7 @@ import pytest
 from eth_account import Account
 from eth_utils import function_signature_to_4byte_selector
 
-from bridge.errors import (
+from bridge.core.errors import (
     AlreadyInChain,
     ChainUnavailable,
     ContractReverted,
@@ -22,7 +22,7 @@ from bridge.errors import (
     InsufficientFunds,
     NotFound,
 )
-from bridge.retry import RetryPolicy
+from bridge.core.retry import RetryPolicy
 from chains.evm import EvmAdapter, EvmLogFilter
 from chains.evm_rpc import LogRangeTooLarge
 from devnets.anvil import Anvil

@@ -10,7 +10,7 @@ import pytest
 from eth_abi import encode as abi_encode
 from eth_utils import function_signature_to_4byte_selector
 
-from bridge.errors import (
+from bridge.core.errors import (
     ChainUnavailable,
     ContractReverted,
     InputError,

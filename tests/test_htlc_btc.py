@@ -16,7 +16,7 @@ import pytest
 from bitcoinlib.encoding import pubkeyhash_to_addr_bech32
 from bitcoinlib.keys import Key
 
-from bridge.errors import InputError, InsufficientFunds
+from bridge.core.errors import InputError, InsufficientFunds
 from chains.bitcoin_tx import address_to_script
 from chains.bitcoin_wallet import BtcKey, Utxo
 from chains.btc.primitives import Tx, hash160, push_int

@@ -12,7 +12,7 @@ import secrets
 
 import pytest
 
-from bridge.errors import TransactionRejected
+from bridge.core.errors import TransactionRejected
 from chains.bitcoin import BitcoinAdapter
 from chains.bitcoin_wallet import BtcKey
 from chains.btc.primitives import hash160

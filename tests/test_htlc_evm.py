@@ -18,7 +18,7 @@ from eth_account import Account
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bridge.errors import ContractReverted, InputError
+from bridge.core.errors import ContractReverted, InputError
 from chains.evm import EvmAdapter
 from devnets.anvil import rpc
 from htlc import compile as htlc_compile

@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from bridge.jsonsafe import MAX_BODY
+from bridge.core.jsonsafe import MAX_BODY
 from devnets.process import free_port
 from swap_harness import ONE_ETH, REPO_ROOT, Chains, Identity, swap_toml
 

@@ -18,10 +18,10 @@ import pytest
 from sqlalchemy import Column, Integer, MetaData, String, Table, insert, select
 from sqlmodel import Session
 
-from bridge.db import POSTGRES_TEST_URL, make_engine, postgres_available
-from bridge.errors import ChainUnavailable, Conflict, InputError, NotFound
-from bridge.retry import RetryPolicy
-from bridge.testing import wait_until
+from bridge.core.db import POSTGRES_TEST_URL, make_engine, postgres_available
+from bridge.core.errors import ChainUnavailable, Conflict, InputError, NotFound
+from bridge.core.retry import RetryPolicy
+from bridge.core.testing import wait_until
 from chains.base import BlockRef, ChainAdapter, ChainEvent, TxStatus
 from chains.cursor_store import Cursor, CursorStore, IndexerBlock, IndexerCursor, create_tables
 from chains.indexer import Indexer, OrphanedBlock, ReorgBeyondWindow

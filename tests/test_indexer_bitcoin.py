@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge.db import make_engine
+from bridge.core.db import make_engine
 from chains.bitcoin import BitcoinAdapter
 from chains.bitcoin_rpc import BitcoinRpc
 from chains.bitcoin_tx import btc_to_sats

@@ -19,7 +19,7 @@ import pytest
 from eth_account import Account
 from sqlalchemy import select
 
-from bridge.db import make_engine
+from bridge.core.db import make_engine
 from chains.evm import EvmAdapter, EvmLogFilter
 from chains.indexer import Indexer
 from devnets.anvil import Anvil

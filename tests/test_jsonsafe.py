@@ -1,4 +1,4 @@
-"""``bridge.jsonsafe``: the bounds every JSON from outside is parsed with.
+"""``bridge.core.jsonsafe``: the bounds every JSON from outside is parsed with.
 
 The process imports web3 (and so py_ecc, which raises the recursion limit to 100,000): the
 very setting under which Python's own decoder crashes on deep nesting."""
@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import web3  # noqa: F401 - the recursion limit of the daemons
-from bridge.jsonsafe import MAX_DEPTH, JsonRefused, check_depth, loads
+from bridge.core.jsonsafe import MAX_DEPTH, JsonRefused, check_depth, loads
 
 _scalars = st.none() | st.booleans() | st.integers(-(2**256), 2**256) | st.text(max_size=20) | st.floats(allow_nan=False, allow_infinity=False, width=32)
 _values = st.recursive(_scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=30)
@@ -75,7 +75,7 @@ def test_a_deeply_nested_body_is_refused_not_a_crash():
     body = "b'[' * 100_000 + b']' * 100_000"
     crash = subprocess.run([sys.executable, "-c", f"import web3, json; json.loads({body})"], capture_output=True)
     refused = subprocess.run(
-        [sys.executable, "-c", f"import web3\nfrom bridge.jsonsafe import loads, JsonRefused\ntry: loads({body})\nexcept JsonRefused as e: print(e.message)"],
+        [sys.executable, "-c", f"import web3\nfrom bridge.core.jsonsafe import loads, JsonRefused\ntry: loads({body})\nexcept JsonRefused as e: print(e.message)"],
         capture_output=True, text=True)
     assert crash.returncode != 0
     assert refused.returncode == 0 and "nested deeper than" in refused.stdout

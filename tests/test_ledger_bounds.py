@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from sqlalchemy import select
 
 from bridge.cli import main
-from bridge.errors import InputError, LedgerError, NotFound
+from bridge.core.errors import InputError, LedgerError, NotFound
 from bridge.ledger import Ledger, Transfer, erc20, queries
 from bridge.ledger.bounds import MAX_ACCOUNT_ID, MAX_TIMEOUT
 from bridge.ledger.margin import MarginView, PriceReport

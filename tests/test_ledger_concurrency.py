@@ -18,7 +18,7 @@ from bridge.ledger import Ledger, Transfer
 from bridge.ledger import queries
 from bridge.ledger.audit import audit
 from bridge.ledger.models import LedgerTransfer
-from bridge.testing import wait_until
+from bridge.core.testing import wait_until
 
 TASKS = 6
 PROCESSES = 2
@@ -61,8 +61,8 @@ def expected_balances(hot: list[int], writers: int) -> dict[int, int]:
 
 
 def _worker_main(url: str, writer: int, go_file: str, hot: list[int]) -> None:
-    from bridge.db import make_engine
-    from bridge.testing import wait_until_sync
+    from bridge.core.db import make_engine
+    from bridge.core.testing import wait_until_sync
 
     ledger = Ledger(make_engine(url))
     print("ready", flush=True)

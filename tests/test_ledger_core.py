@@ -10,7 +10,7 @@ from dataclasses import replace
 import pytest
 from sqlalchemy import func, select, text
 
-from bridge.errors import (
+from bridge.core.errors import (
     IdempotencyConflict,
     InputError,
     NotFound,

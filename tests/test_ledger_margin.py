@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from bridge.errors import IdempotencyConflict, InputError, PriceRejected
+from bridge.core.errors import IdempotencyConflict, InputError, PriceRejected
 from bridge.ledger import Ledger, Transfer, erc20
 from bridge.ledger.margin import MarginView, PricePolicy, PriceReport, median_price, value
 

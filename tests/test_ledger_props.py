@@ -9,8 +9,8 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
-from bridge.db import postgres_available
-from bridge.errors import InputError, LedgerError, Overdraft, PendingTransferError
+from bridge.core.db import postgres_available
+from bridge.core.errors import InputError, LedgerError, Overdraft, PendingTransferError
 from bridge.ledger import Ledger, Transfer
 from bridge.ledger import queries
 from bridge.ledger.audit import audit

@@ -9,13 +9,13 @@ import sys
 import textwrap
 import urllib.request
 
-from bridge.testing import wait_until
+from bridge.core.testing import wait_until
 from devnets.process import free_port
 
 DAEMON = textwrap.dedent(
     """
     import asyncio, sys
-    from bridge.settings import load_settings
+    from bridge.core.settings import load_settings
     from relayers.runner import Metrics, run_daemon
 
     class Ticker:
@@ -64,7 +64,7 @@ async def test_daemon_serves_metrics_and_stops_cleanly_on_sigterm():
 
 
 async def test_cancelling_the_runner_stops_its_daemon():
-    from bridge.settings import load_settings
+    from bridge.core.settings import load_settings
     from relayers.runner import Metrics, Runner
 
     class Forever:

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bridge.db import make_engine
+from bridge.core.db import make_engine
 from bridge.swaps import models as m
 from bridge.swaps.models import INITIATOR, PARTICIPANT, Swap, SwapLeg
 from bridge.swaps.store import LockTaken, SwapStore, canonical_ref

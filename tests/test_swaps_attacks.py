@@ -18,7 +18,7 @@ from bridge.swaps import models as m
 from bridge.swaps.models import INITIATOR, PARTICIPANT
 from bridge.swaps.party import Party
 from bridge.swaps.protocol import LpClient
-from bridge.testing import wait_until
+from bridge.core.testing import wait_until
 from htlc.bitcoin_script import p2wsh_htlc_script
 from test_swaps_devnet import (  # noqa: F401 - module fixtures: private regtest node, contracts
     ONE_BTC, ONE_ETH, _state, book, contracts, fund_btc, new_keys, regtest, run_trader, running_lp, settings_for, swap_config,

@@ -23,10 +23,10 @@ from pathlib import Path
 
 import pytest
 
-from bridge.errors import NotFound
+from bridge.core.errors import NotFound
 from bridge.swaps import models as m
 from bridge.swaps.protocol import LiquidityProvider, LpClient, describe
-from bridge.testing import WaitTimeout, wait_until
+from bridge.core.testing import WaitTimeout, wait_until
 from devnets.anvil import Anvil
 from devnets.process import free_port
 from swap_harness import (
@@ -412,7 +412,7 @@ class InProcessLp(LpClient):
 async def test_a_recorded_btc_lock_keeps_its_coins_when_its_broadcast_is_lost(tmp_path, chains, monkeypatch):
     """The LP records swap A's signed BTC lock, its broadcast is lost (a crash or a dropped reply
     leaves the same state), then it locks for swap B: A's lock must still go out."""
-    from bridge.errors import ChainUnavailable
+    from bridge.core.errors import ChainUnavailable
     from bridge.swaps import legs
 
     lp_who, a_who, b_who = Identity.new(), Identity.new(), Identity.new()

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 import pytest
 from eth_account import Account
 
-from bridge.db import make_engine
-from bridge.errors import InputError, TransactionRejected
-from bridge.retry import RetryPolicy
-from bridge.settings import BitcoinSettings, EvmSettings, Settings
+from bridge.core.db import make_engine
+from bridge.core.errors import InputError, TransactionRejected
+from bridge.core.retry import RetryPolicy
+from bridge.core.settings import BitcoinSettings, EvmSettings, Settings
 from bridge.swaps import models as m
 from bridge.swaps.config import SwapConfig
 from bridge.swaps.legs import EVM_GAS
@@ -26,7 +26,7 @@ from bridge.swaps.models import INITIATOR, PARTICIPANT
 from bridge.swaps.party import Party
 from bridge.swaps.protocol import LpClient
 from bridge.swaps.store import SwapView
-from bridge.testing import wait_until
+from bridge.core.testing import wait_until
 from chains.bitcoin import COINBASE_MATURITY, BitcoinAdapter
 from chains.bitcoin_wallet import BtcKey
 from chains.evm import EvmAdapter
@@ -916,7 +916,7 @@ async def test_trader_refunds_its_own_lock_the_lp_never_claimed_and_ends_claimed
     trader's BTC).  At the trader's expiry the trader takes its BTC back, by itself or on
     ``swap refund`` (a row the older version ended claimed with the lock unclaimed), and the
     swap ends claimed: the trader holds both its BTC and the LP's ETH, its escrow is empty."""
-    from bridge.errors import Conflict
+    from bridge.core.errors import Conflict
     from bridge.ledger import Ledger
     from bridge.ledger.queries import balances
     from bridge.swaps.books import SwapBooks

@@ -11,9 +11,9 @@ from eth_abi import encode as abi_encode
 from eth_utils import event_abi_to_log_topic
 from sqlmodel import Session
 
-from bridge.db import make_engine
-from bridge.errors import ConfigError, Conflict, InputError, NotFound
-from bridge.settings import Settings
+from bridge.core.db import make_engine
+from bridge.core.errors import ConfigError, Conflict, InputError, NotFound
+from bridge.core.settings import Settings
 from bridge.swaps import models as m
 from bridge.swaps.assets import BTC, ETH, AssetBook
 from bridge.swaps.config import load_swap_config

@@ -28,13 +28,13 @@ import aiohttp
 import pytest
 from eth_account import Account
 
-from bridge.db import make_engine
-from bridge.settings import BitcoinSettings, EvmSettings, Settings
+from bridge.core.db import make_engine
+from bridge.core.settings import BitcoinSettings, EvmSettings, Settings
 from bridge.swaps import models as m
 from bridge.swaps.config import SwapConfig
 from bridge.swaps.party import Party
 from bridge.swaps.protocol import LpClient
-from bridge.testing import wait_until
+from bridge.core.testing import wait_until
 from bridge.watch.actions import WatchPolicy, Watcher
 from bridge.watch.handoff import swap_jobs
 from bridge.watch.models import CONFIRMED, SPEND_SENT, SPENT_ELSEWHERE

@@ -28,10 +28,10 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from bridge.errors import InputError
-from bridge.jsonsafe import MAX_BODY
-from bridge.settings import Settings
-from bridge.testing import wait_until
+from bridge.core.errors import InputError
+from bridge.core.jsonsafe import MAX_BODY
+from bridge.core.settings import Settings
+from bridge.core.testing import wait_until
 from bridge.watch.jobs import MAX_RUNGS, JobRefused, parse_job
 from devnets.process import free_port
 from relayers.runner import Metrics, Runner, json_body, json_handler
@@ -212,7 +212,7 @@ async def test_runner_bodies_are_bounded_and_every_error_is_json():
 
 
 async def test_watcher_get_job_refuses_ids_it_could_not_have_made(tmp_path):
-    from bridge.db import make_engine
+    from bridge.core.db import make_engine
     from bridge.watch.actions import Watcher
     from bridge.watch.store import WatchStore
     from relayers.watcher import WatcherDaemon

@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import pytest
 
-from bridge.errors import InputError
+from bridge.core.errors import InputError
 from bridge.watch.jobs import JobRefused, _check_presigned, parse_job
 from bridge.watch.presign import PREIMAGE_PLACEHOLDER, complete_claim, presign_claims, presign_refunds
 from chains.bitcoin_wallet import BtcKey

@@ -16,7 +16,7 @@ import re
 import sys
 from typing import Any, Sequence
 
-from bridge.errors import BridgeError
+from bridge.core.errors import BridgeError
 
 #: Command groups, in the order ``--help`` lists them.  A module that is not
 #: there yet is skipped, so groups can land one at a time.

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Callable, Sequence, TypeVar
 
-from bridge.errors import InputError
+from bridge.core.errors import InputError
 
 T = TypeVar("T")
 

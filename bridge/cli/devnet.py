@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from bridge.cli import emit
-from bridge.settings import load_settings
+from bridge.core.settings import load_settings
 
 
 def _devnet(args: argparse.Namespace):

@@ -1,7 +1,6 @@
 """`bridgectl htlc …`: lock, claim, refund and inspect HTLCs by hand (for debugging a swap).
 
-EVM commands live here; the Bitcoin ones (audit, extract-secret, btc-*) are added by
-``htlc.cli_btc.register_btc`` when that module is present.
+EVM commands live here; the Bitcoin ones (audit, extract-secret, btc-*) in ``htlc_btc``.
 
 The EVM node is ``--rpc-url``, else the running devnet's (``devnet.json``), else the
 settings' ``evm.rpc_url``.  The HTLC address is ``--htlc``, else the one ``htlc
@@ -20,8 +19,8 @@ from typing import Any
 
 from bridge.cli import emit
 from bridge.cli.args import devnet_account, hex_bytes, positive_int
-from bridge.errors import ConfigError, DevnetError, NotFound
-from bridge.settings import Settings, load_settings
+from bridge.core.errors import ConfigError, DevnetError, NotFound
+from bridge.core.settings import Settings, load_settings
 
 #: Where ``evm-deploy`` records addresses, inside the data dir.
 DEPLOYMENT_FILE = "htlc-evm.json"
@@ -241,10 +240,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     sh = evm("evm-show", "status, parameters and settlement of a swap", cmd_evm_show)
     sh.add_argument("--id", required=True, help="swap id (hex)")
 
-    try:
-        from htlc.cli_btc import register_btc
-    except ModuleNotFoundError as exc:
-        if exc.name != "htlc.cli_btc":
-            raise
-    else:
-        register_btc(hsub)
+    from bridge.cli.htlc_btc import register_btc
+
+    register_btc(hsub)

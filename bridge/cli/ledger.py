@@ -14,12 +14,12 @@ from pathlib import Path
 
 from bridge.cli import emit
 from bridge.cli import printable as p
-from bridge.db import make_engine
-from bridge.errors import InputError
+from bridge.core.db import make_engine
+from bridge.core.errors import InputError
 from bridge.ledger import ACCOUNT_KINDS, Account, Ledger, Transfer, erc20, queries
 from bridge.ledger.audit import audit
 from bridge.ledger.margin import MarginView, PricePolicy, PriceReport
-from bridge.settings import load_settings
+from bridge.core.settings import load_settings
 
 
 def _ledger(args: argparse.Namespace) -> Ledger:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from bridge.settings import load_settings
+from bridge.core.settings import load_settings
 
 
 def _port(value: str) -> int:

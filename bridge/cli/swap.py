@@ -17,8 +17,8 @@ import time
 from typing import Any
 
 from bridge.cli import emit, printable
-from bridge.errors import InputError
-from bridge.settings import load_settings
+from bridge.core.errors import InputError
+from bridge.core.settings import load_settings
 from bridge.swaps import models as m
 from bridge.swaps.assets import AssetBook
 from bridge.swaps.limits import check_lp_url, check_swap_id
@@ -200,7 +200,7 @@ async def cmd_status(args: argparse.Namespace) -> int:
 
 
 def _store(settings):
-    from bridge.db import make_engine
+    from bridge.core.db import make_engine
     from bridge.swaps.store import SwapStore
 
     return SwapStore(make_engine(settings.db_url))

@@ -17,8 +17,8 @@ import argparse
 import os
 
 from bridge.cli import emit, printable
-from bridge.errors import InputError
-from bridge.settings import load_settings
+from bridge.core.errors import InputError
+from bridge.core.settings import load_settings
 from bridge.swaps.limits import check_swap_id
 
 DEFAULT_PORT = 8700
@@ -35,7 +35,7 @@ def add_run_options(run: argparse.ArgumentParser) -> None:
 
 
 async def run_watcher(args: argparse.Namespace) -> int:
-    from bridge.db import make_engine
+    from bridge.core.db import make_engine
     from bridge.watch.actions import WatchPolicy, Watcher
     from bridge.watch.store import WatchStore
     from chains.bitcoin import BitcoinAdapter

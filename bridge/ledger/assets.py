@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
-from bridge.errors import IdempotencyConflict, InputError, UnknownAsset
+from bridge.core.errors import IdempotencyConflict, InputError, UnknownAsset
 from bridge.ledger.bounds import MAX_INT64, check_int, check_text
 from bridge.ledger.models import LedgerAsset
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bridge.errors import InputError
+from bridge.core.errors import InputError
 
 #: Account ids are ``INTEGER`` (a 32-bit serial on PostgreSQL): no account can have a larger id.
 MAX_ACCOUNT_ID = 2**31 - 1

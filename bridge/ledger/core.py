@@ -17,7 +17,7 @@ A batch is a list of transfers that commits together or not at all, in order
 Any refusal raises before step 6 and the transaction rolls back: nothing written.
 Races between writers on PostgreSQL (a duplicate id or pending resolution slipping in
 between steps 3 and 6, serialization failures, deadlocks) surface as the retryable
-``LedgerConcurrencyError`` and the whole batch is retried through ``bridge.retry``.
+``LedgerConcurrencyError`` and the whole batch is retried through ``bridge.core.retry``.
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
-from bridge.db import init_db
-from bridge.errors import (
+from bridge.core.db import init_db
+from bridge.core.errors import (
     IdempotencyConflict,
     InputError,
     LedgerConcurrencyError,
@@ -54,7 +54,7 @@ from bridge.ledger.models import (
     LedgerHead,
     LedgerTransfer,
 )
-from bridge.retry import DEFAULT_RETRY, RetryPolicy
+from bridge.core.retry import DEFAULT_RETRY, RetryPolicy
 
 #: Account kinds and whether their balance may go below zero.  The external world
 #: (coins outside the bridge), custody mirrors (what the committee holds on chain,

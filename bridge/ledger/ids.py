@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from bridge.errors import InputError
+from bridge.core.errors import InputError
 
 _HEX = re.compile(r"^[0-9a-f]+$")
 

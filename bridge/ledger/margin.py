@@ -23,7 +23,7 @@ from sqlalchemy import and_, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
-from bridge.errors import IdempotencyConflict, InputError, PriceRejected
+from bridge.core.errors import IdempotencyConflict, InputError, PriceRejected
 from bridge.ledger import queries
 from bridge.ledger.assets import MAX_BPS, load_all
 from bridge.ledger.bounds import MAX_INT32, MAX_INT64, check_int, check_text

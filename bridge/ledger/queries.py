@@ -15,7 +15,7 @@ from typing import IO, Iterator
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.engine import Connection, Engine
 
-from bridge.errors import InputError, NotFound
+from bridge.core.errors import InputError, NotFound
 from bridge.ledger.bounds import MAX_INT64, check_account_id, check_int, check_text
 from bridge.ledger.models import (
     TRANSFER_COLUMNS,

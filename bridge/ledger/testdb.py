@@ -15,7 +15,7 @@ from urllib.parse import quote
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
-from bridge.db import POSTGRES_TEST_URL, make_engine
+from bridge.core.db import POSTGRES_TEST_URL, make_engine
 
 BACKENDS = ("sqlite", "postgresql")
 

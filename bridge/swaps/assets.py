@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
-from bridge.errors import InputError
+from bridge.core.errors import InputError
 from bridge.swaps.limits import check_amount, max_amount
 
 BITCOIN = "bitcoin"

@@ -38,8 +38,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from bridge.errors import ConfigError
-from bridge.settings import Settings
+from bridge.core.errors import ConfigError
+from bridge.core.settings import Settings
 from bridge.swaps.assets import AssetBook
 from bridge.swaps.protocol import LpLimits, PairTerms
 from bridge.swaps.timelock import TimelockPolicy

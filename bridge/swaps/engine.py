@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Awaitable, Callable, Iterable, Protocol
 
-from bridge.errors import BridgeError, Conflict, ContractReverted, InputError, MissingInputs, TransactionRejected
-from bridge.retry import RetryPolicy, is_retryable
+from bridge.core.errors import BridgeError, Conflict, ContractReverted, InputError, MissingInputs, TransactionRejected
+from bridge.core.retry import RetryPolicy, is_retryable
 from bridge.swaps import models as m
 from bridge.swaps.guard import PrepareGuard
 from bridge.swaps.legs import Leg, LockRefused, NotYet

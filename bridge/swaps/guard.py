@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from bridge.errors import BridgeError
+from bridge.core.errors import BridgeError
 
 
 class GuardBusy(BridgeError):

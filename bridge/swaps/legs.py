@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from eth_utils import to_checksum_address
 
-from bridge.errors import BridgeError, InputError, NonceConflict, NotFound, RpcError, TransactionRejected
+from bridge.core.errors import BridgeError, InputError, NonceConflict, NotFound, RpcError, TransactionRejected
 from bridge.swaps.assets import BITCOIN, EVM
 from bridge.swaps.models import SwapLeg
 from bridge.swaps.store import SwapView

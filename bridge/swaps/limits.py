@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from urllib.parse import urlsplit
 
-from bridge.errors import InputError
+from bridge.core.errors import InputError
 
 #: Swap ids are chosen by the trader (a uuid4 hex) and echoed in URLs, logs and terminals:
 #: printable, URL-safe characters only.

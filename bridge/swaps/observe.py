@@ -14,7 +14,7 @@ ask the node.
 
 The consumers run at every block delivered and the legs read at every step of every swap, and
 the ORM's per-statement overhead was a large share of a relayer's CPU: the statements go to the
-DB-API (``bridge.dbapi``), the consumers' on the connection of the indexer's session.
+DB-API (``bridge.core.dbapi``), the consumers' on the connection of the indexer's session.
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import configure_mappers
 from sqlmodel import Field, Session, SQLModel
 
-from bridge.db import init_db
-from bridge.dbapi import Db, Tx, in_list, session_tx
-from bridge.errors import Conflict
+from bridge.core.db import init_db
+from bridge.core.dbapi import Db, Tx, in_list, session_tx
+from bridge.core.errors import Conflict
 from bridge.swaps.models import OPEN_SQL
 from bridge.swaps.store import make_due
 from chains.base import BlockRef, ChainEvent

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from bridge.db import make_engine
-from bridge.errors import ConfigError, InputError
-from bridge.settings import Settings
+from bridge.core.db import make_engine
+from bridge.core.errors import ConfigError, InputError
+from bridge.core.settings import Settings
 from bridge.ledger import Ledger
 from bridge.swaps.assets import BITCOIN, EVM, AssetBook
 from bridge.swaps.books import SwapBooks

@@ -25,7 +25,7 @@ from typing import Any
 import aiohttp
 from eth_utils import is_address, to_checksum_address
 
-from bridge.errors import BridgeError, Conflict, InputError, NotFound
+from bridge.core.errors import BridgeError, Conflict, InputError, NotFound
 from bridge.swaps import models as m
 from bridge.swaps.assets import BITCOIN, AssetBook, SwapAsset
 from bridge.swaps.legs import Leg
@@ -269,7 +269,7 @@ class LpClient:
     """The initiator engine's ``LpPort`` over HTTP.
 
     Nothing the LP answers is trusted: an answer is read up to ``jsonsafe.MAX_BODY`` bytes and
-    parsed with ``bridge.jsonsafe`` bounds (a hostile answer is a clear ``LpRefused``, never a
+    parsed with ``bridge.core.jsonsafe`` bounds (a hostile answer is a clear ``LpRefused``, never a
     crash of the trader), and must be a JSON object."""
 
     #: How much of an LP's refusal message is kept (it lands in the swap's row and on terminals).
@@ -289,7 +289,7 @@ class LpClient:
         return "".join(c if c.isprintable() else "?" for c in cut) + ("..." if len(text) > len(cut) else "")
 
     async def _call(self, method: str, url: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-        from bridge import jsonsafe
+        from bridge.core import jsonsafe
 
         try:
             async with self._http.get().request(method, url, json=body) as resp:

@@ -16,9 +16,9 @@ from typing import Any, Iterable
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import configure_mappers
 
-from bridge.db import init_db
-from bridge.dbapi import Db, Tx, in_list
-from bridge.errors import Conflict, InputError, NotFound
+from bridge.core.db import init_db
+from bridge.core.dbapi import Db, Tx, in_list
+from bridge.core.errors import Conflict, InputError, NotFound
 from bridge.swaps.models import (
     CLAIM_INTENDED, CREATED, HASHLOCK, INITIATOR, INITIATOR_LOCK_INTENDED, LEGS, OPEN_SQL, PARTICIPANT, PARTICIPANT_LOCK_INTENDED,
     REFUND_INTENDED, STATES, Swap, SwapAction, SwapLeg,
@@ -117,7 +117,7 @@ _backfilled: "weakref.WeakSet[Engine]" = weakref.WeakSet()
 
 
 class SwapStore:
-    """Statements go straight to the DB-API (``bridge.dbapi``): a relayer runs several at every
+    """Statements go straight to the DB-API (``bridge.core.dbapi``): a relayer runs several at every
     step of every swap.  The rows come back as detached ``Swap``/``SwapLeg`` models."""
 
     def __init__(self, engine: Engine) -> None:

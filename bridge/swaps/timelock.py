@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bridge.errors import InputError
+from bridge.core.errors import InputError
 from bridge.swaps.assets import BITCOIN
 
 

@@ -26,8 +26,8 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any
 
-from bridge import jsonsafe
-from bridge.errors import BridgeError, ConfigError, NotFound
+from bridge.core import jsonsafe
+from bridge.core.errors import BridgeError, ConfigError, NotFound
 from bridge.watch.jobs import BITCOIN, EVM, JobSpec, audit_job, parse_job
 from bridge.watch.models import (
     CLAIM, CONFIRMED, EXPIRED, SPEND_INTENDED, SPEND_SENT, SPENT_ELSEWHERE, WATCHING, WatchJob,

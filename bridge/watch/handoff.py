@@ -15,8 +15,8 @@ from typing import Any, Sequence
 
 import aiohttp
 
-from bridge import jsonsafe
-from bridge.errors import ChainUnavailable, InputError
+from bridge.core import jsonsafe
+from bridge.core.errors import ChainUnavailable, InputError
 from bridge.swaps.models import INITIATOR, PARTICIPANT, SwapLeg
 from bridge.swaps.store import SwapView
 from bridge.watch.presign import DEFAULT_LADDER, presign_claims, presign_refunds
@@ -97,7 +97,7 @@ class WatcherRefused(InputError):
 
 
 async def read_answer(resp: aiohttp.ClientResponse, limit: int = jsonsafe.MAX_BODY) -> Any:
-    """A watcher's JSON answer, parsed with ``bridge.jsonsafe`` bounds: a hostile answer is a
+    """A watcher's JSON answer, parsed with ``bridge.core.jsonsafe`` bounds: a hostile answer is a
     ``JsonRefused``, never a crash."""
     return jsonsafe.loads(await jsonsafe.read_capped(resp, limit, "answer"))
 

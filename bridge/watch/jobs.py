@@ -27,7 +27,7 @@ from typing import Any
 
 from bitcoinlib.keys import Key, Signature, verify
 
-from bridge.errors import BridgeError, InputError, NotFound
+from bridge.core.errors import BridgeError, InputError, NotFound
 from bridge.watch.models import CLAIM, KINDS, REFUND
 from bridge.watch.presign import PREIMAGE_INDEX, PREIMAGE_PLACEHOLDER
 from chains.bitcoin import BitcoinAdapter

@@ -18,7 +18,7 @@ from typing import Optional
 from sqlalchemy.engine import Engine
 from sqlmodel import Field, SQLModel
 
-from bridge.db import init_db
+from bridge.core.db import init_db
 
 CLAIM = "claim"
 REFUND = "refund"

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from bridge.errors import InputError
+from bridge.core.errors import InputError
 from htlc.audit import audit
 from htlc.bitcoin_script import SECRET_SIZE
 from htlc.bitcoin_tx import SEQUENCE_RBF, HtlcCoin, Signer, spend_htlc

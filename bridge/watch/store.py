@@ -14,7 +14,7 @@ from sqlalchemy import func
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from bridge.errors import Conflict, NotFound
+from bridge.core.errors import Conflict, NotFound
 from bridge.watch.models import STATES, TERMINAL, WATCHING, WatchAction, WatchJob, create_tables
 
 log = logging.getLogger("bridge.watch")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from enum import Enum
 from typing import NamedTuple
 
-from bridge.errors import InputError
+from bridge.core.errors import InputError
 from chains.btc.primitives import sha256
 from chains.btc.script import is_p2pkh, is_p2sh, p2pkh_script, witness_program
 

@@ -14,7 +14,7 @@ import struct
 from functools import cached_property
 from typing import NamedTuple, Sequence
 
-from bridge.errors import InputError
+from bridge.core.errors import InputError
 
 COIN = 100_000_000
 MAX_MONEY = 21_000_000 * COIN

@@ -13,7 +13,7 @@ from decimal import Decimal, InvalidOperation
 from functools import lru_cache
 from typing import Any, NamedTuple, Sequence
 
-from bridge.errors import InputError
+from bridge.core.errors import InputError
 from chains.btc.address import Network, decode_destination, network, script_to_address
 from devnets.regtest.descriptors import descsum_create, infer_descriptor
 from chains.btc.primitives import (

@@ -9,7 +9,7 @@ message that says so.
 
 from __future__ import annotations
 
-from bridge.errors import InputError
+from bridge.core.errors import InputError
 from chains.btc.address import (
     InvalidAddress,
     Network,

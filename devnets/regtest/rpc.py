@@ -1,7 +1,7 @@
 """bitcoind's JSON-RPC over HTTP: basic auth, JSON-RPC 1.0 / 2.0, batches, bitcoind's error shapes
 and HTTP status codes (``httprpc.cpp``), amounts as raw JSON numbers with 8 decimals.
 
-Bodies are parsed by ``bridge.jsonsafe`` (bounded size, depth and number length; no NaN), so no
+Bodies are parsed by ``bridge.core.jsonsafe`` (bounded size, depth and number length; no NaN), so no
 request can crash the process or make a number conversion run for minutes."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from bridge import jsonsafe
+from bridge.core import jsonsafe
 from chains.btc.rpc_errors import RPC_INVALID_REQUEST, RPC_METHOD_NOT_FOUND, RPC_PARSE_ERROR
 from devnets.regtest.methods import REGISTRY, RpcFailure, call_method
 from devnets.regtest.methods.blockchain import WAITING_METHODS

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bridge.errors import InputError
+from bridge.core.errors import InputError
 from chains.btc.address import address_to_script, script_to_address
 from devnets.regtest.descriptors import (
     InvalidDescriptor,

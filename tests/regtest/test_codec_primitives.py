@@ -34,7 +34,7 @@ from chains.btc.primitives import (
     witness_commitment_script,
     witness_merkle_root,
 )
-from bridge.errors import InputError
+from bridge.core.errors import InputError
 
 # BIP143 "Native P2WPKH" example: unsigned form and the signed serialization.
 BIP143_UNSIGNED = (

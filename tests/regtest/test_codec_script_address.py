@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bridge.errors import InputError
+from bridge.core.errors import InputError
 from chains.btc.address import (
     InvalidAddress,
     address_to_script,

@@ -8,7 +8,7 @@ import threading
 
 from node_helpers import Coin, Rpc, Wallet, mature_coin, spend_p2wpkh
 
-from bridge.testing import wait_until
+from bridge.core.testing import wait_until
 from devnets.bitcoin_node import BitcoinNode
 from devnets.process import pid_alive, read_pid
 

@@ -174,8 +174,8 @@ async def hostile_server():
 
 
 async def test_rpc_clients_refuse_deeply_nested_answers(hostile_server) -> None:
-    from bridge.errors import BridgeError
-    from bridge.retry import NO_RETRY
+    from bridge.core.errors import BridgeError
+    from bridge.core.retry import NO_RETRY
     from chains.bitcoin_rpc import BitcoinRpc
     from chains.evm_rpc import EvmRpc
     from devnets import jsonrpc

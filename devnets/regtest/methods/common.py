@@ -78,7 +78,7 @@ def int_arg(value: Any, bounds: tuple[int, int] = INT) -> int:
     ``from_chars`` must consume the whole number, so ``1.0`` and ``1e3`` fail like ``2**31`` does:
     a ``std::runtime_error`` that bitcoind answers as RPC_MISC_ERROR "JSON integer out of range".
     Non-integral numbers arrive as Decimal and are refused without ever being converted (``int()``
-    of ``Decimal("1e1000000")`` takes a minute); integers are at most 100 digits (bridge.jsonsafe).
+    of ``Decimal("1e1000000")`` takes a minute); integers are at most 100 digits (bridge.core.jsonsafe).
     A non-number is UniValue's ``type_error``, which bitcoind answers as RPC_TYPE_ERROR."""
     if isinstance(value, bool) or not isinstance(value, (int, Decimal)):
         raise RpcFailure(RPC_TYPE_ERROR, f"JSON value of type {json_type(value)} is not of expected type number")

@@ -16,8 +16,8 @@ from typing import Any
 
 from bridge.cli import emit
 from bridge.cli.args import devnet_account, hex_bytes, positive_int
-from bridge.errors import DevnetError, InputError, NotFound
-from bridge.settings import load_settings
+from bridge.core.errors import DevnetError, InputError, NotFound
+from bridge.core.settings import load_settings
 from chains.btc.primitives import hash160
 from htlc.audit import HtlcTerms, audit
 from htlc.bitcoin_script import TEMPLATE_P2SH_BIP199, TEMPLATE_P2WSH, p2sh_htlc_script, p2wsh_htlc_script

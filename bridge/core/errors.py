@@ -2,7 +2,7 @@
 
 Every error the bridge raises on purpose is a ``BridgeError``.  Each class says
 whether retrying the same call can help (``retryable``), so the one retry policy
-(``bridge.retry``) and the state machines never have to guess from a message.
+(``bridge.core.retry``) and the state machines never have to guess from a message.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from bridge.errors import ConfigError
+from bridge.core.errors import ConfigError
 
 
 class _Section(BaseModel):

@@ -15,10 +15,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable, TypeVar
 
-from bridge.errors import BridgeError
+from bridge.core.errors import BridgeError
 
 T = TypeVar("T")
-log = logging.getLogger("bridge.retry")
+log = logging.getLogger("bridge.core.retry")
 
 
 def is_retryable(exc: BaseException) -> bool:

@@ -15,7 +15,7 @@ import json
 import re
 from typing import Any, Callable
 
-from bridge.errors import InputError
+from bridge.core.errors import InputError
 
 #: Deeper than any message of ours (bitcoind's UniValue stops at 512; we need far fewer).
 MAX_DEPTH = 64

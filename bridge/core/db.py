@@ -15,7 +15,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 from sqlmodel import SQLModel, create_engine
 
-from bridge.errors import SchemaError
+from bridge.core.errors import SchemaError
 
 
 def make_engine(url: str, echo: bool = False, **kwargs) -> Engine:
