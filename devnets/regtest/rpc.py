@@ -191,4 +191,5 @@ class RpcServer:
 
     @staticmethod
     def _json(status: int, obj: Any) -> web.Response:
-        return web.Response(status=status, text=dumps(obj) + "\n", content_type="application/json")
+        # Exactly bitcoind's header: clients built on AuthServiceProxy refuse "application/json; charset=utf-8".
+        return web.Response(status=status, body=(dumps(obj) + "\n").encode(), headers={"Content-Type": "application/json"})

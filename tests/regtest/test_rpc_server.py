@@ -56,3 +56,13 @@ async def test_named_parameters_and_notifications(node: RegtestNode) -> None:
         async with s.get(node.rpc_url, headers=rpc.headers) as r:
             assert r.status == 405
     assert await rpc("getblockcount") == 0
+
+
+async def test_answers_carry_exactly_bitcoinds_content_type(node: RegtestNode) -> None:
+    """Clients built on AuthServiceProxy (python-bitcoinrpc, Core's functional-test proxy) refuse
+    any other header ("non-JSON HTTP response"), results and errors alike."""
+    rpc = Rpc(node.rpc_url, node.rpc_auth)
+    async with aiohttp.ClientSession() as http:
+        for body in ({"method": "getblockcount", "id": 1}, {"method": "getblockhash", "params": [10**6], "id": 2}, [{"method": "getblockcount", "id": 3}]):
+            async with http.post(node.rpc_url, data=json.dumps(body), headers=rpc.headers) as resp:
+                assert resp.headers["Content-Type"] == "application/json", (body, resp.headers["Content-Type"])
