@@ -16,6 +16,7 @@ import json
 import logging
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -126,13 +127,24 @@ class Devnet:
                 raise DevnetError(f"port {port} for {name} is already taken by a process this devnet did not start; "
                                   f"choose another port (see `bridgectl devnet up --help`)")
         t0 = time.monotonic()
-        anvil_pid = self.anvil.start()
-        progress(f"anvil      up at {self.anvil.url} (pid {anvil_pid}, chain id {self.chain_id}, {self.hardfork})")
-        btc_pid = self.bitcoin.start()
-        progress(f"bitcoin    up at {self.bitcoin.rpc_url} (pid {btc_pid}, {self.bitcoin_backend} regtest node)")
-        self._fund_bitcoin(progress)
-        descriptor = self._describe(anvil_pid, btc_pid)
-        descriptor["contracts"] = self._deploy(descriptor, progress)
+
+        def evm_side() -> dict:
+            pid = self.anvil.start()
+            progress(f"anvil      up at {self.anvil.url} (pid {pid}, chain id {self.chain_id}, {self.hardfork})")
+            return self._deploy(self.anvil.url, progress)
+
+        def bitcoin_side() -> int:
+            pid = self.bitcoin.start()
+            progress(f"bitcoin    up at {self.bitcoin.rpc_url} (pid {pid}, {self.bitcoin_backend} regtest node)")
+            self._fund_bitcoin(progress)
+            return pid
+
+        # The chains are independent: each is started and set up beside the other (half the wait).
+        with ThreadPoolExecutor(2, thread_name_prefix="devnet-up") as pool:
+            evm, btc = pool.submit(evm_side), pool.submit(bitcoin_side)
+            contracts, btc_pid = evm.result(), btc.result()
+        descriptor = self._describe(self.anvil.running_pid(), btc_pid)
+        descriptor["contracts"] = contracts
         self.descriptor_path.write_text(json.dumps(descriptor, indent=2) + "\n")
         progress(f"descriptor {self.descriptor_path} ({time.monotonic() - t0:.1f}s)")
         return descriptor
@@ -148,13 +160,14 @@ class Devnet:
         self.bitcoin.rpc("generatetoaddress", testkeys.COINBASE_MATURITY, btc_keys[0].address)
         progress(f"bitcoin    funded {len(btc_keys)} keys, height {self.bitcoin.rpc('getblockcount')}")
 
-    def _deploy(self, descriptor: dict, progress) -> dict:
+    def _deploy(self, rpc_url: str, progress) -> dict:
         import asyncio
 
         from devnets.deploy import deploy_contracts
 
         recorded = (self.read_descriptor() or {}).get("contracts")
-        contracts = asyncio.run(deploy_contracts(self.anvil.url, descriptor["evm"]["accounts"], recorded, Path(self.data_dir)))
+        accounts = testkeys.as_dicts(testkeys.evm_test_keys())
+        contracts = asyncio.run(deploy_contracts(rpc_url, accounts, recorded, Path(self.data_dir)))
         if contracts is not recorded:
             tokens = ", ".join(f"{sym} {t['address']}" for sym, t in contracts["tokens"].items())
             progress(f"evm        deployed HTLC {contracts['htlc']}, token {tokens} (minted to every test account)")
