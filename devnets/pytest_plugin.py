@@ -6,7 +6,8 @@ Installed with the project (entry point ``pytest11``), so ``pytest`` in any repo
   directory (or the running ``bridgectl devnet up --data-dir DIR`` given by ``--bridge-devnet
   DIR``): Anvil (chain id 31337, prague) with the HTLC and the TUSD token deployed, the regtest
   node with five funded keys, and helpers to mine, move time, reorg and snapshot;
-- ``bridge_btc`` / ``bridge_evm``: async chain adapters on those nodes;
+- ``bridge_btc`` / ``bridge_evm``: async chain adapters on those nodes (pytest-asyncio fixtures, so
+  they work in its strict mode too);
 - ``@pytest.mark.private_devnet``: the test gets nodes of its own (it rewrites the chain).
 
 On a failure the nodes' data directories and logs are kept and their paths printed at the end
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any, AsyncIterator, Iterator
 
 import pytest
+import pytest_asyncio
 
 from bridge.core.errors import DevnetError
 from bridge.core.testing import wait_until
@@ -247,7 +249,7 @@ def bridge_devnet(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempP
     _finish(request, devnet, request.node.stash.get(_FAILED, False))
 
 
-@pytest.fixture
+@pytest_asyncio.fixture
 async def bridge_btc(bridge_devnet: BridgeDevnet) -> AsyncIterator[Any]:
     """A ``chains.bitcoin.BitcoinAdapter`` on the devnet's regtest node."""
     from chains.bitcoin import BitcoinAdapter
@@ -259,7 +261,7 @@ async def bridge_btc(bridge_devnet: BridgeDevnet) -> AsyncIterator[Any]:
     await adapter.close()
 
 
-@pytest.fixture
+@pytest_asyncio.fixture
 async def bridge_evm(bridge_devnet: BridgeDevnet) -> AsyncIterator[Any]:
     """A ``chains.evm.EvmAdapter`` on the devnet's Anvil."""
     from chains.evm import EvmAdapter
