@@ -26,6 +26,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rpcbind", default="127.0.0.1", help="address the JSON-RPC server listens on (default 127.0.0.1)")
     parser.add_argument("--rpcuser", help="JSON-RPC user name (with --rpcpassword; without both a .cookie file is written)")
     parser.add_argument("--rpcpassword", help="JSON-RPC password (with --rpcuser)")
+    parser.add_argument("--rest", "-rest", action="store_true",
+                        help="serve bitcoind's REST interface under /rest/ (like bitcoind -rest; off: 404)")
     parser.add_argument("--debug", action="store_true", help="log at debug level")
     args = parser.parse_args(argv)
     if (args.rpcuser is None) != (args.rpcpassword is None):
@@ -34,7 +36,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 async def run(args: argparse.Namespace) -> None:
-    node = RegtestNode(args.datadir, args.rpcport, args.rpcbind, args.rpcuser, args.rpcpassword)
+    node = RegtestNode(args.datadir, args.rpcport, args.rpcbind, args.rpcuser, args.rpcpassword, rest=args.rest)
     await node.start()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

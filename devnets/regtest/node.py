@@ -44,6 +44,7 @@ class RegtestNode:
         rpcbind: str = "127.0.0.1",
         rpcuser: str | None = None,
         rpcpassword: str | None = None,
+        rest: bool = False,
     ) -> None:
         self.datadir = Path(datadir)
         self.netdir = self.datadir / "regtest"
@@ -51,6 +52,8 @@ class RegtestNode:
         self.rpcbind = rpcbind
         self.rpcuser = rpcuser
         self.rpcpassword = rpcpassword
+        #: bitcoind's ``-rest``: serve the unauthenticated REST interface under ``/rest/``.
+        self.rest = rest
         self.chain: ChainState | None = None
         self.mempool: Mempool | None = None
         self.started_at = 0.0

@@ -97,7 +97,7 @@ class Store:
         db.execute("BEGIN")
         try:
             for block, undo in disconnect:
-                for txid, _inputs, outputs in block.txs:
+                for txid, _inputs, _outputs in block.txs:
                     db.execute("DELETE FROM utxo WHERE txid=?", (txid,))
                     db.execute("DELETE FROM txindex WHERE txid=? AND block_hash=?", (txid, block.hash))
                 own = {txid for txid, _i, _o in block.txs}

@@ -3,6 +3,7 @@ argument binding, type errors and ``help`` texts come out the way bitcoind write
 
 from __future__ import annotations
 
+import contextvars
 import inspect
 import json
 from dataclasses import dataclass, field
@@ -119,6 +120,10 @@ class Method:
 
 REGISTRY: dict[str, Method] = {}
 
+#: The URI of the JSON-RPC request being served (``/`` or ``/wallet/<name>``): wallet RPCs read the
+#: wallet name from it as bitcoind's ``GetWalletNameFromJSONRPCRequest`` does.
+REQUEST_URI: contextvars.ContextVar[str] = contextvars.ContextVar("REQUEST_URI", default="/")
+
 
 def rpc(name: str, category: str, description: str, args: list[Arg] | None = None, result: str = "",
         examples: list[str] | None = None):
@@ -180,4 +185,4 @@ async def call_method(node: "RegtestNode", name: str, params: list | dict) -> An
 
 
 # Each method module registers its methods on import.
-from devnets.regtest.methods import blockchain, control, mining, rawtransactions  # noqa: E402,F401
+from devnets.regtest.methods import blockchain, control, mining, rawtransactions, rawtx_build, util, wallet  # noqa: E402,F401

@@ -7,8 +7,6 @@ from typing import TYPE_CHECKING, Any
 
 from chains.btc.rpc_errors import (
     RPC_INVALID_PARAMETER,
-    RPC_MISC_ERROR,
-    RPC_WALLET_NOT_FOUND,
 )
 from devnets.regtest.methods import (
     REGISTRY,
@@ -23,8 +21,6 @@ if TYPE_CHECKING:
 
 VERSION = 280000
 SUBVERSION = "/Satoshi:28.0.0(embedded-kernel)/"
-NO_WALLET = ("No wallet is loaded. Load a wallet using loadwallet or create a new one with createwallet. "
-             "(Note: A default wallet is no longer automatically created)")
 
 
 @rpc("help", "Control", "List all commands, or get help for a specified command.",
@@ -109,49 +105,3 @@ def ping(node: "RegtestNode") -> None:
 @rpc("listwallets", "Wallet", "Returns a list of currently loaded wallets.", result="[ ]")
 def listwallets(node: "RegtestNode") -> list:
     return []
-
-
-def _no_wallet(name: str, description: str) -> None:
-    def fn(node: "RegtestNode", *args: Any) -> None:
-        raise RpcFailure(RPC_WALLET_NOT_FOUND, NO_WALLET)
-
-    optional = [Arg(f"arg{i}", "any", "", None, default_doc="") for i in range(1, 9)]
-    rpc(name, "Wallet", description, optional)(fn)
-
-
-for _name, _desc in [
-    ("getbalance", "Returns the total available balance."),
-    ("getbalances", "Returns an object with all balances in BTC."),
-    ("getnewaddress", "Returns a new Bitcoin address for receiving payments."),
-    ("getrawchangeaddress", "Returns a new Bitcoin address, for receiving change."),
-    ("getwalletinfo", "Returns an object containing various wallet state info."),
-    ("listunspent", "Returns array of unspent transaction outputs."),
-    ("listtransactions", "Returns up to 'count' most recent transactions."),
-    ("gettransaction", "Get detailed information about in-wallet transaction <txid>"),
-    ("sendtoaddress", "Send an amount to a given address."),
-    ("sendmany", "Send multiple times."),
-    ("signrawtransactionwithwallet", "Sign inputs for raw transaction (serialized, hex-encoded)."),
-    ("fundrawtransaction", "Add inputs to a transaction until it has enough in value to meet its out value."),
-    ("walletprocesspsbt", "Update a PSBT with input information from our wallet and then sign inputs."),
-    ("getaddressinfo", "Return information about the given bitcoin address."),
-    ("importdescriptors", "Import descriptors."),
-    ("listdescriptors", "List descriptors imported into a descriptor-enabled wallet."),
-    ("bumpfee", "Bumps the fee of an opt-in-RBF transaction T, replacing it with a new transaction B."),
-    ("abandontransaction", "Mark in-wallet transaction <txid> as abandoned"),
-]:
-    _no_wallet(_name, _desc)
-
-
-def _wallet_unsupported(name: str, description: str) -> None:
-    def fn(node: "RegtestNode", *args: Any) -> None:
-        raise RpcFailure(RPC_MISC_ERROR, f"{name}: the embedded regtest node has no wallet; the project signs with its own keys")
-
-    optional = [Arg(f"arg{i}", "any", "", None, default_doc="") for i in range(1, 9)]
-    rpc(name, "Wallet", description, optional)(fn)
-
-
-for _name, _desc in [
-    ("createwallet", "Creates and loads a new wallet."),
-    ("loadwallet", "Loads a wallet from a wallet file or directory."),
-]:
-    _wallet_unsupported(_name, _desc)
