@@ -25,6 +25,7 @@ if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
 from chains.evm import EvmAdapter  # noqa: E402
 from devnets.anvil import Anvil  # noqa: E402
 from htlc.evm import ETH, Erc20, EvmHtlc  # noqa: E402
+from devnets.controls import AnvilControls  # noqa: E402
 
 #: Issue 4's goals for ETH swaps (gas per call).  A sender's first lock also pays once
 #: for creating its nonce slot (20,000 for the 0 -> 1 store), which no layout avoids
@@ -38,7 +39,7 @@ async def _measure_evm(url: str) -> dict[str, int]:
     try:
         accounts = [Account.create() for _ in range(3)]
         for acct in accounts:
-            await chain.set_balance(acct.address, 100 * ONE_ETH)
+            await AnvilControls(chain).set_balance(acct.address, 100 * ONE_ETH)
         sender, recipient, relayer = (a.key.to_0x_hex() for a in accounts)
         to = accounts[1].address
         htlc = await EvmHtlc.deploy(chain, sender)
@@ -65,7 +66,7 @@ async def _measure_evm(url: str) -> dict[str, int]:
             to_refund[label], _, _ = await lock(asset, amount)
             figures[f"{label} claim"] = await gas(await htlc.claim(relayer, claim_id, claim_preimage))
         await chain.rpc.call("evm_setNextBlockTimestamp", [expiry])
-        await chain.mine()
+        await AnvilControls(chain).mine()
         for label, swap_id in to_refund.items():
             figures[f"{label} refund"] = await gas(await htlc.refund(relayer, swap_id))
         return dict(sorted(figures.items(), key=lambda kv: kv[0].startswith("ERC")))

@@ -140,23 +140,26 @@ def _spend(prevouts: list[tuple[str, int, int]], outputs: int, fee: int):
 
 
 async def _send_and_mine(adapter, txs: list, miner_address: str) -> None:
+    from devnets.controls import BitcoinDevnet
+
     for i in range(0, len(txs), SEND_BATCH):
         await adapter.rpc.batch([("sendrawtransaction", [tx.hex()]) for tx in txs[i : i + SEND_BATCH]])
         if (i + SEND_BATCH) % MINE_EVERY == 0:
-            await adapter.mine(1, miner_address)
+            await BitcoinDevnet(adapter).mine(1, miner_address)
     while (await adapter.rpc.call("getmempoolinfo"))["size"]:
-        await adapter.mine(1, miner_address)
+        await BitcoinDevnet(adapter).mine(1, miner_address)
 
 
 async def _build_regtest_chain(adapter, total_txs: int) -> None:
     from chains.bitcoin_tx import btc_to_sats
     from chains.btc.address import encode_segwit_address
     from chains.btc.primitives import sha256
+    from devnets.controls import BitcoinDevnet
 
     op_true_address = encode_segwit_address("bcrt", 0, sha256(OP_TRUE))
     fanouts = -(-total_txs // FANOUT)
-    hashes = await adapter.mine(fanouts, op_true_address)
-    await adapter.mine(100, op_true_address)  # coinbase maturity
+    hashes = await BitcoinDevnet(adapter).mine(fanouts, op_true_address)
+    await BitcoinDevnet(adapter).mine(100, op_true_address)  # coinbase maturity
     coinbases = []
     for block in await adapter.rpc.batch([("getblock", [h, 2]) for h in hashes]):
         cb = block["tx"][0]

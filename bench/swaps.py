@@ -57,6 +57,7 @@ from htlc.bitcoin_tx import build_claim, fund_htlc  # noqa: E402
 from htlc.evm import ETH, Claimed, EvmHtlc  # noqa: E402
 import swap_harness  # noqa: E402
 from swap_harness import NODE_AUTH, ONE_BTC, ONE_ETH, Chains, bitcoin_node, Identity, Party, open_party, reap, start_lp  # noqa: E402
+from devnets.controls import AnvilControls, BitcoinDevnet  # noqa: E402
 
 SELL, BUY = "btc:0.0002", "eth:0.003"  # 20,000 sats at the LP's 1.5e11 wei/sat
 SELL_SATS = 20_000
@@ -85,14 +86,14 @@ async def floor_once(chains: Chains, trader: Identity, lp: Identity, automine: b
     script = p2wsh_htlc_script(hashlock, lp.btc.pubkey, trader.btc.pubkey, expiry)
     coin, _ = await fund_htlc(chains.btc, [trader.btc], script, SELL_SATS, 2)
     if not automine:
-        await chains.btc.mine(1)
+        await BitcoinDevnet(chains.btc).mine(1)
     evm_expiry = (await chains.evm.head()).timestamp + 3600
     swap_id, _ = await htlc.lock(lp.evm_key, trader.address, ETH, 3 * 10**15, hashlock, evm_expiry)
     await htlc.claim(trader.evm_key, swap_id, secret)
     claim = build_claim(coin, secret, lp.btc, lp.btc.p2wpkh_script, 2, network=chains.btc.network)
     await chains.btc.send(claim.hex)
     if not automine:
-        await chains.btc.mine(1)
+        await BitcoinDevnet(chains.btc).mine(1)
     return time.perf_counter() - started
 
 
@@ -124,12 +125,12 @@ class HeadWatch:
         for txid in waiting:
             self.in_mempool.setdefault(txid, time.time())
         if waiting:
-            await self.chains.btc.mine(1)
+            await BitcoinDevnet(self.chains.btc).mine(1)
         return False
 
     @contextlib.asynccontextmanager
     async def running(self):
-        await self.chains.btc.rpc.call("devnetautomine", self.automine)
+        await BitcoinDevnet(self.chains.btc).set_automine(self.automine)
 
         async def both() -> None:
             await asyncio.gather(
@@ -176,14 +177,15 @@ async def sequential(chains: Chains, trader: Any, lp: Party, count: int, watch: 
         done = trader.store.get(view.swap.id)
         if done.swap.state != m.CLAIMED:
             raise SystemExit(f"swap {view.swap.id} ended {done.swap.state}: {done.swap.last_error}")
-        claimed_at = await wait_until(lambda: lp_state(lp, view.swap.id, m.CLAIMED), timeout=60, what="LP claimed")
+        claimed_at = await wait_until(lambda: lp_state(lp, view.swap.id, m.CLAIMED), timeout=60, what="LP claimed")  # noqa: B023 - awaited here
         e2e.append(claimed_at - started)
         lp_view = lp.store().get(view.swap.id)
         if timeline is not None:
             steps = [(a.at, "trader", a.to_state) for a in done.actions] + [(a.at, "lp", a.to_state) for a in lp_view.actions]
             timeline.append([(who, state, at - started) for at, who, state in sorted(steps)])
         intended = next(a.at for a in lp_view.actions if a.to_state == m.CLAIM_INTENDED)
-        (claim,) = [e for e in await htlc.events(lp_view.leg(m.PARTICIPANT).watch_from or 0, swap_id=lp_view.leg(m.PARTICIPANT).lock_ref) if isinstance(e, Claimed)]
+        lp_leg = lp_view.leg(m.PARTICIPANT)
+        (claim,) = [e for e in await htlc.events(lp_leg.watch_from or 0, swap_id=lp_leg.lock_ref) if isinstance(e, Claimed)]
         revealed = watch.seen[claim.where.block_number]
         reaction.append(intended - revealed)
         claim_tx = lp_view.leg(m.INITIATOR).spend_tx
@@ -257,9 +259,9 @@ async def main(args: argparse.Namespace) -> None:
         trader_ids = [Identity.new() for _ in range(TRADERS)]
         per_trader = -(-(args.start_concurrent + args.concurrent) // TRADERS) + 5
         try:
-            await chains.evm.set_balance(lp.who.address, 10_000 * ONE_ETH)
+            await AnvilControls(chains.evm).set_balance(lp.who.address, 10_000 * ONE_ETH)
             for who in trader_ids:
-                await chains.evm.set_balance(who.address, 10 * ONE_ETH)
+                await AnvilControls(chains.evm).set_balance(who.address, 10 * ONE_ETH)
             payments = [(lp.who.btc.p2wpkh_script, ONE_BTC)]
             payments += [(who.btc.p2wpkh_script, 2 * SELL_SATS) for who in trader_ids for _ in range(per_trader)]
             payments += [(trader_ids[0].btc.p2wpkh_script, ONE_BTC // 10)]
@@ -268,7 +270,7 @@ async def main(args: argparse.Namespace) -> None:
             # The floor varies by 2x run to run (20-40 ms): its median over many samples keeps the ratio
             # from following one noisy figure.
             automine = args.btc_mining == "automine"
-            await chains.btc.rpc.call("devnetautomine", automine)
+            await BitcoinDevnet(chains.btc).set_automine(automine)
             floors = [await floor_once(chains, trader_ids[0], lp.who, automine) for _ in range(FLOOR_SAMPLES)]
             async with HeadWatch(chains, automine).running() as watch:
                 await start_lp(lp)

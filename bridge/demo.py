@@ -62,6 +62,7 @@ async def bitcoin_phase(descriptor: dict, tl: Timeline) -> dict:
     from chains.bitcoin import BitcoinAdapter
     from chains.bitcoin_rpc import BitcoinRpc
     from chains.bitcoin_wallet import BtcKey
+    from devnets.controls import BitcoinDevnet
 
     btc = descriptor["bitcoin"]
     rpc = BitcoinRpc(btc["rpc_url"], user=btc["rpc_user"] if not btc.get("cookie_file") else None,
@@ -73,7 +74,7 @@ async def bitcoin_phase(descriptor: dict, tl: Timeline) -> dict:
         before = await chain.balance([k1.p2wpkh_script])
         signed = await chain.send_to([k0], [(k1.p2wpkh_address("regtest"), 1 * SAT)])
         tl.say(f"Bitcoin: key 0 sent 1 BTC to key 1 in tx {signed.txid[:16]}… ({signed.vsize} vB, fee {signed.fee_sats} sat); in the mempool")
-        blocks = await chain.mine(1, k0.p2wpkh_address("regtest"))
+        blocks = await BitcoinDevnet(chain).mine(1, k0.p2wpkh_address("regtest"))
         status = await chain.wait_for_confirmations(signed.txid, 1, timeout=60)
         after = await chain.balance([k1.p2wpkh_script])
         tl.say(f"Bitcoin: mined block {blocks[0][:16]}… at height {status.block.height}; "

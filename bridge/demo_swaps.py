@@ -22,25 +22,9 @@ from typing import Callable
 from bridge.core.errors import DevnetError
 from bridge.core.testing import wait_until
 from devnets.deploy import TOKEN_DECIMALS, TOKEN_SYMBOL
+from devnets.presets import DEMO_MARKETS as MARKETS
+from devnets.presets import TIMELOCK
 from devnets.process import free_port
-
-#: Short but valid timelocks: the trader's BTC lock expires 120 blocks out (60 s a block
-#: assumed), the LP's 60 blocks / 1 hour; the gap leaves the LP time to claim.
-TIMELOCK = {
-    "safety_gap": 1800,
-    "initiator_lock": 7200,
-    "participant_lock": 3600,
-    "min_participant_lock": 600,
-    "claim_margin": 300,
-    "btc_seconds_per_block": 60,
-}
-#: 1 BTC = 15 ETH = 60,000 TUSD, as integer rates of base units.
-MARKETS = {
-    "btc/eth": {"rate": "150000000000/1", "min_sell": 10_000, "max_sell": 10 * 10**8},
-    "eth/btc": {"rate": "1/150000000000", "min_sell": 10**15, "max_sell": 100 * 10**18},
-    "tusd/btc": {"rate": "1/600", "min_sell": 10**6, "max_sell": 10**12},
-    "btc/tusd": {"rate": "600/1", "min_sell": 10_000, "max_sell": 10 * 10**8},
-}
 
 
 def _toml(value) -> str:

@@ -17,6 +17,10 @@ from typing import Any, Sequence
 from bridge.core.errors import ConfirmationTimeout, Unsupported
 from chains.heads import HeadFollower
 
+#: The chain families' names, as stored (swap legs, watch jobs) and as adapters report them.
+BITCOIN = "bitcoin"
+EVM = "evm"
+
 
 @dataclass(frozen=True)
 class BlockRef:

@@ -4,6 +4,9 @@ Everything goes through ``BitcoinRpc`` (no node wallet).  Block scans fetch
 ``getblockhash`` and serialized ``getblock <hash> 0`` in batches and scan the
 bytes with ``chains.bitcoin_block``; coins come from ``scantxoutset`` checked
 against the mempool; transactions are built and signed by ``chains.bitcoin_wallet``.
+
+Over 400 lines because it is one class: every read, scan, coin query and broadcast of the
+family goes through it (the block scanner, the wallet and the RPC client are modules of their own).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from bridge.core.errors import (
 )
 from bridge.core.retry import RetryPolicy
 from bridge.core.settings import Settings
-from chains.base import BlockRef, ChainAdapter, ChainEvent, TxStatus
+from chains.base import BITCOIN, BlockRef, ChainAdapter, ChainEvent, TxStatus
 from chains.bitcoin_block import block_header, outpoint_key, scan_block
 from chains.bitcoin_rpc import BitcoinRpc, gc_paused
 from chains.bitcoin_tx import address_to_script, btc_to_sats
@@ -79,8 +82,18 @@ def _block_ref(block: dict[str, Any]) -> BlockRef:
     )
 
 
+@dataclass(frozen=True)
+class TxOut:
+    """An unspent output as ``gettxout`` shows it."""
+
+    value: int  # sats
+    script_pubkey: bytes
+    confirmations: int  # 0: created by a mempool transaction
+    coinbase: bool
+
+
 class BitcoinAdapter(ChainAdapter):
-    family = "bitcoin"
+    family = BITCOIN
 
     def __init__(
         self,
@@ -246,6 +259,37 @@ class BitcoinAdapter(ChainAdapter):
         outs = await self.rpc.batch([("gettxout", [parsed.txid, n, True]) for n in range(len(parsed.vout))])
         return any(o is not None for o in outs)
 
+    async def txout(self, txid: str, vout: int, include_mempool: bool = True) -> TxOut | None:
+        """Output ``vout`` of ``txid`` while it is unspent, else None.  ``include_mempool``: an output
+        a mempool transaction spends counts as spent, one a mempool transaction creates as there."""
+        out = await self.rpc.call("gettxout", txid, vout, include_mempool)
+        if out is None:
+            return None
+        return TxOut(btc_to_sats(out["value"]), bytes.fromhex(out["scriptPubKey"]["hex"]), int(out.get("confirmations") or 0),
+                     bool(out.get("coinbase", False)))
+
+    async def mempool_spender(self, outpoint: tuple[str, int]) -> dict[str, Any] | None:
+        """The mempool transaction spending ``outpoint`` (bitcoind's verbose shape), or None.  One
+        ``gettxspendingprevout``; a node without it (bitcoind < 24) has its mempool looked through."""
+        txid, vout = outpoint
+        try:
+            [entry] = await self.rpc.call("gettxspendingprevout", [{"txid": txid, "vout": vout}])
+        except RpcError as exc:
+            if exc.code != RPC_METHOD_NOT_FOUND:
+                raise
+            for t in await self.rpc.call("getrawmempool"):
+                tx = await self.rpc.call("getrawtransaction", t, True)
+                if any((i.get("txid"), i.get("vout")) == (txid, vout) for i in tx.get("vin", [])):
+                    return tx
+            return None
+        spender = entry.get("spendingtxid")
+        if spender is None:
+            return None
+        try:
+            return await self.rpc.call("getrawtransaction", spender, True)
+        except NotFound:
+            return None  # mined or replaced in between: the next look finds it
+
     async def tx_status(self, txid: str) -> TxStatus:
         """Confirmations of ``txid``: from the mempool/tx index, else from its first output.
 
@@ -268,13 +312,6 @@ class BitcoinAdapter(ChainAdapter):
             return TxStatus(txid=txid, confirmations=0)
         best = await self.block_by_hash(out["bestblock"])
         return TxStatus(txid=txid, confirmations=confirmations, block=await self.block_by_height(best.height - confirmations + 1))
-
-    async def mine(self, blocks: int = 1, address: str | None = None) -> list[str]:
-        """Devnets only: mine ``blocks`` to ``address`` (default: a throwaway key's address)."""
-        if blocks < 1:
-            raise InputError(f"blocks must be >= 1, got {blocks}")
-        address = address or BtcKey.generate().p2wpkh_address(self.network)
-        return await self.rpc.call("generatetoaddress", blocks, address)
 
     # --- coins and fees ---------------------------------------------------------
 

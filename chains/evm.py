@@ -8,19 +8,22 @@ after checking whether the previous attempt landed, and never re-signed blindly.
         txhash = await chain.transact(key, to, value=10**18)
         await chain.wait_for_confirmations(txhash, 1)
         events = await chain.events(100, 200, EvmLogFilter(address=htlc, topics=[LOCKED_TOPIC]))
+
+Over 400 lines because it is one class, the family's one door to its node: reads, log scans,
+sending and outcomes share its retry rules and nonce allocator.  Its values are in
+``chains.evm_values``, the RPC client in ``chains.evm_rpc``, fees and nonces in their own modules.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from eth_account import Account
 from eth_account.datastructures import SignedTransaction
 from eth_account.signers.local import LocalAccount
-from eth_utils import is_address, keccak, to_checksum_address
+from eth_utils import to_checksum_address
 from web3 import AsyncWeb3
 
 from bridge.core.errors import (
@@ -35,11 +38,25 @@ from bridge.core.errors import (
     Unsupported,
 )
 from bridge.core.retry import DEFAULT_RETRY, RetryPolicy
-from chains.base import BlockRef, ChainAdapter, ChainEvent, TxStatus
-from chains.evm_fees import FEE_HISTORY_BLOCKS, TIP_PERCENTILE, Fees, bumped, choose_fees, fees_from_history
+from chains.base import EVM, BlockRef, ChainAdapter, ChainEvent, TxStatus
+from chains.evm_fees import FEE_HISTORY_BLOCKS, TIP_PERCENTILE, Fees, choose_fees, fees_from_history
 from chains.evm_nonce import NonceManager
 from chains.evm_revert import describe_revert
 from chains.evm_rpc import EvmRpc, LogRangeTooLarge, follow_new_heads, is_already_known, is_nonce_too_low, ws_url_for
+from chains.evm_values import (  # noqa: F401 - EvmLogFilter, EvmReceipt, block_ref, log_data, raw_tx_hash: importable from here too
+    Key,
+    EvmLogFilter,
+    EvmReceipt,
+    _address,
+    _block_param,
+    _data,
+    _raw_bytes,
+    _wei,
+    block_ref,
+    log_data,
+    raw_tx_hash,
+)
+from chains.fee_bump import EvmTxFields, evm_bump
 from chains.heads import HeadFollower
 
 if TYPE_CHECKING:
@@ -52,134 +69,9 @@ HEADER_BATCH = 250
 #: Log chunks in flight at once: the node builds one reply while we decode another.
 LOG_CONCURRENCY = 3
 
-Key = str | bytes | LocalAccount
-_BLOCK_TAGS = {"latest", "pending", "earliest", "safe", "finalized"}
-
-
-@dataclass(frozen=True)
-class EvmLogFilter:
-    """Which logs ``events`` returns: emitting contract(s) and topic positions (``None`` = any).
-
-    ``topics`` follows ``eth_getLogs``: position i matches a topic, a list of
-    alternatives, or ``None`` for any value.
-    """
-
-    address: str | list[str] | None = None
-    topics: list[str | list[str] | None] | None = None
-
-    def to_params(self) -> dict[str, Any]:
-        params: dict[str, Any] = {}
-        if self.address is not None:
-            addresses = [self.address] if isinstance(self.address, str) else list(self.address)
-            params["address"] = [_address(a, "log filter address") for a in addresses]
-        if self.topics is not None:
-            params["topics"] = [_topic(t) for t in self.topics]
-        return params
-
-
-@dataclass(frozen=True)
-class EvmReceipt:
-    tx_hash: str
-    status: int  # 1 success, 0 reverted
-    block_number: int
-    block_hash: str
-    gas_used: int
-    effective_gas_price: int
-    contract_address: str | None
-    #: Each log in the same shape as ``ChainEvent.data`` from ``events``.
-    logs: list[dict[str, Any]]
-
-
-def _address(value: Any, what: str) -> str:
-    if not isinstance(value, str) or not is_address(value):
-        raise InputError(f"{what} is not an EVM address: {value!r}")
-    return to_checksum_address(value)
-
-
-def _topic(value: Any) -> Any:
-    if value is None:
-        return None
-    if isinstance(value, list):
-        return [_topic(v) for v in value]
-    if isinstance(value, bytes) and len(value) == 32:
-        return "0x" + value.hex()
-    if isinstance(value, str) and value.startswith("0x") and len(value) == 66:
-        return value.lower()
-    raise InputError(f"a log topic must be 32 bytes (0x + 64 hex digits), got {value!r}")
-
-
-def _data(value: bytes | str) -> str:
-    if isinstance(value, (bytes, bytearray)):
-        return "0x" + bytes(value).hex()
-    if isinstance(value, str):
-        body = value[2:] if value.startswith("0x") else value
-        try:
-            bytes.fromhex(body)
-        except ValueError:
-            raise InputError(f"data is not hex: {value[:20]!r}...") from None
-        return "0x" + body.lower()
-    raise InputError(f"data must be bytes or a hex string, got {type(value).__name__}")
-
-
-def _wei(value: Any, what: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise InputError(f"{what} must be a non-negative int (wei), got {value!r}")
-    return value
-
-
-def _block_param(block: int | str) -> str:
-    if isinstance(block, int) and not isinstance(block, bool):
-        if block < 0:
-            raise InputError(f"block height must be >= 0, got {block}")
-        return hex(block)
-    if isinstance(block, str) and (block in _BLOCK_TAGS or (block.startswith("0x") and len(block) == 66)):
-        return block
-    raise InputError(f"block must be a height, a 0x block hash or one of {sorted(_BLOCK_TAGS)}, got {block!r}")
-
-
-def block_ref(block: dict[str, Any]) -> BlockRef:
-    return BlockRef(
-        height=int(block["number"], 16),
-        hash=block["hash"],
-        parent_hash=block["parentHash"],
-        timestamp=int(block["timestamp"], 16),
-    )
-
-
-def log_data(log: dict[str, Any]) -> dict[str, Any]:
-    """A node log as the bridge passes it on: hex strings for bytes, ints for positions."""
-    return {
-        "address": log["address"].lower(),
-        "topics": log["topics"],
-        "data": log["data"],
-        "tx_hash": log["transactionHash"],
-        "tx_index": int(log["transactionIndex"], 16),
-        "log_index": int(log["logIndex"], 16),
-        "block_number": int(log["blockNumber"], 16),
-        "block_hash": log["blockHash"],
-    }
-
-
-def raw_tx_hash(raw: bytes) -> str:
-    """The hash a node will give a signed transaction (keccak of its network encoding)."""
-    return "0x" + keccak(raw).hex()
-
-
-def _raw_bytes(tx: bytes | str | SignedTransaction) -> bytes:
-    if isinstance(tx, SignedTransaction):
-        return bytes(tx.raw_transaction)
-    if isinstance(tx, (bytes, bytearray)):
-        return bytes(tx)
-    if isinstance(tx, str):
-        try:
-            return bytes.fromhex(tx[2:] if tx.startswith("0x") else tx)
-        except ValueError:
-            raise InputError("a raw transaction must be hex") from None
-    raise InputError(f"send takes signed transaction bytes, hex or a SignedTransaction, got {type(tx).__name__}")
-
 
 class EvmAdapter(ChainAdapter):
-    family = "evm"
+    family = EVM
 
     def __init__(
         self,
@@ -208,7 +100,8 @@ class EvmAdapter(ChainAdapter):
         )) if push_blocks else None
         self._expected_chain_id = chain_id
         self._chain_id: int | None = None
-        self.nonces = NonceManager(self._pending_count)
+        #: The one nonce allocator of this process for every sender on this chain (``chains.evm_nonce``).
+        self.nonces = NonceManager(lambda address: self.nonce(address, "pending"), self.nonce)
         self._accounts: dict[bytes, LocalAccount] = {}
         # Sends retry only on NonceConflict (fresh nonce, fresh signature); an unknown
         # outcome is never re-signed, since a new nonce could spend twice.
@@ -301,8 +194,18 @@ class EvmAdapter(ChainAdapter):
             request["value"] = hex(value)
         return bytes.fromhex((await self._read("eth_call", request, _block_param(block)))[2:])
 
-    async def _pending_count(self, address: str) -> int:
-        return int(await self._read("eth_getTransactionCount", address, "pending"), 16)
+    async def nonce(self, address: str, block: int | str = "latest") -> int:
+        """``address``'s transaction count at ``block``: "latest" counts the mined ones, "pending"
+        those in the node's pool too.  Choosing a nonce is ``nonces``' job."""
+        return int(await self._read("eth_getTransactionCount", address, _block_param(block)), 16)
+
+    async def mined_block(self, tx_hash: str) -> int | None:
+        """The height of the block holding ``tx_hash`` on the node's chain now; None while it is
+        pending or unknown (a reorg may have dropped it).  One ``eth_getTransactionReceipt``."""
+        receipt = await self._read("eth_getTransactionReceipt", tx_hash)
+        if receipt is None or receipt.get("blockNumber") is None:
+            return None
+        return int(receipt["blockNumber"], 16)
 
     # --- events --------------------------------------------------------------
 
@@ -440,20 +343,8 @@ class EvmAdapter(ChainAdapter):
 
         async def attempt() -> str:
             async with self.nonces.reserve(sender.address) as nonce:
-                signed = sender.sign_transaction(
-                    {
-                        "type": 2,
-                        "chainId": chain_id,
-                        "nonce": nonce,
-                        "to": target,
-                        "value": value,
-                        "data": payload,
-                        "gas": gas,
-                        "maxFeePerGas": fees.max_fee,
-                        "maxPriorityFeePerGas": fees.priority_fee,
-                    }
-                )
-                return await self.send(signed.raw_transaction)
+                raw, _ = EvmTxFields(chain_id, nonce, target, payload, gas, fees.max_fee, fees.priority_fee, value).sign(self, sender)
+                return await self.send(raw)
 
         return await self._nonce_retry.run(attempt, what=f"transact from {sender.address}")
 
@@ -488,8 +379,8 @@ class EvmAdapter(ChainAdapter):
         """Re-sign a pending transaction (same nonce, to, value, data, gas) with higher fees.
 
         Both fees rise by at least 10% (nodes refuse less) and at least to today's
-        suggestion.  Returns the replacement's hash; whichever of the two is mined,
-        the other becomes invalid.
+        suggestion (``fee_bump.evm_bump``).  Returns the replacement's hash; whichever of the
+        two is mined, the other becomes invalid.
         """
         sender = self.account(key)
         original = await self._read("eth_getTransactionByHash", original_txhash)
@@ -504,21 +395,12 @@ class EvmAdapter(ChainAdapter):
         else:
             price = int(original["gasPrice"], 16)
             old = Fees(price, price)
-        new = bumped(old, fee_multiplier, floor=await self.suggest_fees())
-        signed = sender.sign_transaction(
-            {
-                "type": 2,
-                "chainId": await self.chain_id_int(),
-                "nonce": int(original["nonce"], 16),
-                "to": original.get("to") and to_checksum_address(original["to"]),
-                "value": int(original["value"], 16),
-                "data": original["input"],
-                "gas": int(original["gas"], 16),
-                "maxFeePerGas": new.max_fee,
-                "maxPriorityFeePerGas": new.priority_fee,
-            }
+        fields = EvmTxFields(
+            await self.chain_id_int(), int(original["nonce"], 16), original.get("to") and to_checksum_address(original["to"]),
+            original["input"], int(original["gas"], 16), old.max_fee, old.priority_fee, int(original["value"], 16),
         )
-        return await self.send(signed.raw_transaction)
+        raw, _ = (await evm_bump(self, fields, fee_multiplier)).sign(self, sender)
+        return await self.send(raw)
 
     # --- outcomes ------------------------------------------------------------
 
@@ -597,53 +479,6 @@ class EvmAdapter(ChainAdapter):
         if receipt.contract_address is None:
             raise ContractReverted(f"{txhash} created no contract", tx_hash=txhash)
         return receipt.contract_address
-
-    # --- devnet controls (Anvil; Hardhat-style names as fallback) ---------------
-
-    async def _devnet(self, methods: Sequence[str], *params: Any) -> Any:
-        for method in methods:
-            try:
-                return await self._read(method, *params)
-            except Unsupported:
-                continue
-        raise Unsupported(f"{self.url} offers none of {', '.join(methods)}")
-
-    async def mine(self, blocks: int = 1) -> list[str]:
-        if blocks < 1:
-            raise InputError(f"blocks must be >= 1, got {blocks}")
-        try:
-            await self._read("anvil_mine", hex(blocks))
-        except Unsupported:
-            for _ in range(blocks):
-                await self._devnet(["evm_mine"])
-        top = await self.height()
-        found = await self._read_batch([("eth_getBlockByNumber", (hex(h), False)) for h in range(top - blocks + 1, top + 1)])
-        return [b["hash"] for b in found]
-
-    async def set_automine(self, enabled: bool) -> None:
-        await self._devnet(["evm_setAutomine", "anvil_setAutomine"], enabled)
-
-    async def set_balance(self, address: str, wei: int) -> None:
-        await self._devnet(["anvil_setBalance", "hardhat_setBalance"], _address(address, "address"), hex(_wei(wei, "wei")))
-
-    async def snapshot(self) -> str:
-        return await self._devnet(["evm_snapshot"])
-
-    async def revert(self, snapshot_id: str) -> None:
-        """Back to ``snapshot_id`` (which, as on Anvil, is then used up)."""
-        if not await self._devnet(["evm_revert"], snapshot_id):
-            raise NotFound(f"no snapshot {snapshot_id} on {self.url}", snapshot_id=snapshot_id)
-        self.nonces.forget_all()
-
-    async def reorg(self, depth: int, txs: Sequence[tuple[bytes | str | SignedTransaction, int]] = ()) -> BlockRef:
-        """Replace the top ``depth`` blocks (Anvil ``anvil_reorg``); ``txs`` are (signed tx, block offset) pairs
-        to include in the new blocks.  Returns the new head."""
-        if depth < 1:
-            raise InputError(f"reorg depth must be >= 1, got {depth}")
-        pairs = [["0x" + _raw_bytes(tx).hex(), offset] for tx, offset in txs]
-        await self._devnet(["anvil_reorg"], depth, pairs)
-        self.nonces.forget_all()
-        return await self.head()
 
     async def close(self) -> None:
         await super().close()

@@ -39,6 +39,8 @@ _UNDERPRICED = re.compile(r"replacement transaction underpriced|replacement.*(fe
 _KNOWN = re.compile(r"already known|already imported|known transaction|already exists", re.I)
 _FUNDS = re.compile(r"insufficient funds", re.I)
 _REVERTED = re.compile(r"revert", re.I)
+#: A refusal of a transaction whose fees are too low for the coming blocks.
+_PRICED_OUT = re.compile(r"less than (the )?(block )?base fee|fee cap .*too low|underpriced", re.I)
 _TOO_MANY_LOGS = re.compile(
     r"more than \d+ results|too many (results|logs|blocks)|range (is )?too (large|wide|big)|exceed(s|ed)? (the )?max"
     r"|limit exceeded|response size|block range|query timeout|log response size",
@@ -96,6 +98,12 @@ def is_already_known(exc: BaseException) -> bool:
 
 def is_nonce_too_low(exc: BaseException) -> bool:
     return isinstance(exc, NonceConflict) and bool(_NONCE_LOW.search(str(exc.details.get("reason", ""))))
+
+
+def is_priced_out(exc: TransactionRejected) -> bool:
+    """The node refused a transaction priced under today's base fee (a node may drop it, Anvil
+    refuses it): for its sender the same as stuck in the pool, which a fee bump resolves."""
+    return bool(_PRICED_OUT.search(exc.reason or exc.message))
 
 
 class EvmRpc:

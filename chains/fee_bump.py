@@ -9,18 +9,23 @@ sent.  Then:
   top of the ladder the spend waits.
 * EVM: the same transaction (same nonce, to, data, gas) re-signed by its sender with
   both EIP-1559 fees raised by the multiplier (at least +10%, as nodes demand) and at
-  least to the node's current suggestion.  Signed here rather than through
-  ``EvmAdapter.replace`` so the caller can record the replacement before it is sent.
+  least to the node's current suggestion (``evm_bump``, the one EVM fee bump:
+  ``EvmAdapter.replace`` uses it too).  The caller signs the result, so it can record the
+  replacement before it is sent.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bridge.core.errors import InputError
-from chains.evm import EvmAdapter
 from chains.evm_fees import Fees, bumped
+
+if TYPE_CHECKING:
+    from eth_account.signers.local import LocalAccount
+
+    from chains.evm import EvmAdapter
 
 
 def is_stuck(sent_height: int | None, tip: int, stuck_blocks: int) -> bool:
@@ -41,7 +46,7 @@ class EvmTxFields:
 
     chain_id: int
     nonce: int
-    to: str
+    to: str | None  # None: a contract creation
     data: str  # 0x hex
     gas: int
     max_fee: int
@@ -55,7 +60,7 @@ class EvmTxFields:
     def from_dict(cls, data: dict[str, Any]) -> "EvmTxFields":
         return cls(**data)
 
-    def sign(self, adapter: EvmAdapter, key: str) -> tuple[str, str]:
+    def sign(self, adapter: "EvmAdapter", key: "str | bytes | LocalAccount") -> tuple[str, str]:
         """``(raw hex, tx hash)`` signed by ``key``."""
         signed = adapter.account(key).sign_transaction({
             "type": 2, "chainId": self.chain_id, "nonce": self.nonce, "to": self.to, "value": self.value,
@@ -64,7 +69,7 @@ class EvmTxFields:
         return signed.raw_transaction.hex().removeprefix("0x"), signed.hash.to_0x_hex()
 
 
-async def evm_bump(adapter: EvmAdapter, fields: EvmTxFields, multiplier: str | int = "1.5") -> EvmTxFields:
+async def evm_bump(adapter: "EvmAdapter", fields: EvmTxFields, multiplier: str | int | float = "1.5") -> EvmTxFields:
     """The replacement of ``fields``: same nonce, fees raised (see the module docstring)."""
     new = bumped(Fees(fields.max_fee, fields.priority_fee), multiplier, floor=await adapter.suggest_fees())
     return EvmTxFields(fields.chain_id, fields.nonce, fields.to, fields.data, fields.gas, new.max_fee, new.priority_fee, fields.value)

@@ -84,6 +84,17 @@ class BridgeDevnet:
         return self.descriptor["bitcoin"]["keys"]
 
     @property
+    def nodes(self) -> Devnet:
+        """The two node processes (``.anvil``, ``.bitcoin``: ``devnets.anvil.Anvil``,
+        ``devnets.bitcoin_node.BitcoinNode``), also for a devnet someone else started."""
+        if self._devnet is not None:
+            return self._devnet
+        btc = self.descriptor["bitcoin"]
+        return Devnet(self.data_dir, anvil_port=self.descriptor["evm"]["port"], bitcoin_port=btc["port"],
+                      rpc_user=None if btc.get("cookie_file") else btc["rpc_user"],
+                      rpc_password=None if btc.get("cookie_file") else btc["rpc_password"])
+
+    @property
     def logs(self) -> dict[str, str]:
         return {"anvil": self.descriptor["evm"].get("log", ""), "bitcoin": self.descriptor["bitcoin"].get("log", "")}
 
@@ -228,7 +239,9 @@ def _finish(request: pytest.FixtureRequest, devnet: BridgeDevnet, failed: bool) 
 
 
 @pytest.fixture(scope="session")
-def _bridge_session_devnet(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BridgeDevnet]:
+def bridge_session_devnet(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BridgeDevnet]:
+    """The session's devnet (what ``bridge_devnet`` is for tests without ``private_devnet``), for
+    session-scoped fixtures of your own."""
     given = request.config.getoption("--bridge-devnet")
     if given:
         yield BridgeDevnet(Path(given), load_descriptor(given))
@@ -242,7 +255,7 @@ def _bridge_session_devnet(request: pytest.FixtureRequest, tmp_path_factory: pyt
 def bridge_devnet(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BridgeDevnet]:
     """Both chains: the session's, or with ``@pytest.mark.private_devnet`` the test's own."""
     if request.node.get_closest_marker("private_devnet") is None:
-        yield request.getfixturevalue("_bridge_session_devnet")
+        yield request.getfixturevalue("bridge_session_devnet")
         return
     devnet = start_devnet(tmp_path_factory.mktemp("bridge-private-devnet"))
     yield devnet

@@ -182,7 +182,8 @@ def _match(script: bytes, template: list[Any]) -> dict[str, Any]:
             fields["locktime"] = (pos, value)
             pos = end
     if pos != len(script):
-        raise _Mismatch(pos, f"unexpected trailing bytes ({len(script) - pos}) after the final OP_CHECKSIG, starting with 0x{script[pos]:02x} ({opcode_name(script[pos])})")
+        raise _Mismatch(pos, f"unexpected trailing bytes ({len(script) - pos}) after the final OP_CHECKSIG, "
+                             f"starting with 0x{script[pos]:02x} ({opcode_name(script[pos])})")
     return fields
 
 

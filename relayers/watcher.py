@@ -9,7 +9,9 @@ HTTP (on the shared ``relayers.runner``, beside /health and /metrics):
   with ``reason`` when refused, 409 for another job on the same HTLC.
 * ``GET /jobs/{id}``: the job, its state and every action it took.
 
-The loop steps every open job each ``poll_interval`` seconds (``bridge.watch.actions``).
+The jobs step on the runtime (``bridge.runtime``, ``bridge.watch.operations``): each as it
+comes due, again on every new block of its chain, a new job at once, every ``poll_interval``
+at the latest while it waits; a failing step is retried with a backoff.
 """
 
 from __future__ import annotations
@@ -22,8 +24,11 @@ from typing import Any
 from aiohttp import web
 
 from bridge.core.errors import NotFound
+from bridge.core.retry import RetryPolicy
+from bridge.runtime import Runtime
 from bridge.watch.actions import Watcher, describe
 from bridge.watch.models import WatchJob
+from bridge.watch.operations import WatchOperations
 from relayers.runner import Metrics, json_body, json_handler
 
 log = logging.getLogger("relayers.watcher")
@@ -39,15 +44,18 @@ class WatcherDaemon:
         self.watcher = watcher
         self.poll_interval = poll_interval
         self.metrics = Metrics("bridge_watcher")
+        chains = {name: adapter for name, adapter in (("bitcoin", watcher.btc), ("evm", watcher.evm)) if adapter is not None}
+        # One job at a time (``bridge.watch.operations``); a failing job is retried from one poll
+        # interval up to ten, as it was never held up longer than a poll before.
+        self.runtime = Runtime(
+            WatchOperations(watcher), "watch job", chains=chains, poll_interval=poll_interval, max_concurrency=1,
+            backoff=RetryPolicy(base_delay=poll_interval, max_delay=10 * poll_interval, jitter=0.2),
+            after_step=lambda job_id: self._gauges(),
+        )
 
     async def run(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            await self.watcher.step_all()
-            self._gauges()
-            try:
-                await asyncio.wait_for(stop.wait(), self.poll_interval)
-            except asyncio.TimeoutError:
-                pass
+        self._gauges()
+        await self.runtime.run(stop)
 
     def _gauges(self) -> None:
         for state, n in self.watcher.store.counts().items():
@@ -67,6 +75,7 @@ class WatcherDaemon:
             if new:
                 self.metrics.inc("jobs_accepted")
                 log.info("accepted %s job %s on %s", job.kind, job.id, job.chain)
+                self.runtime.nudge([job.id])  # stored due now: look at it at once
             return self._view(job)
 
         response = await json_handler(handler)(req)

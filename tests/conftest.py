@@ -8,33 +8,27 @@ import logging
 
 import pytest
 
-from devnets.anvil import Anvil
 
 log = logging.getLogger("tests")
 
 
 @pytest.fixture(scope="session")
-def anvil(tmp_path_factory):
-    """A real Anvil (chain id 31337, prague) for the whole session."""
-    node = Anvil(tmp_path_factory.mktemp("anvil"))
-    node.start()
+def anvil(bridge_session_devnet):
+    """The session's Anvil (chain id 31337, prague), from the package's pytest plugin
+    (``devnets/pytest_plugin.py``): the HTLC and TUSD are deployed there, test accounts funded."""
+    node = bridge_session_devnet.nodes.anvil
     log.info("anvil up at %s (data %s)", node.url, node.data_dir)
-    yield node
-    node.stop()
+    return node
 
 
 @pytest.fixture(scope="session")
-def regtest(tmp_path_factory):
-    """The embedded Bitcoin regtest node (``devnets.bitcoin_node.BitcoinNode``) for the whole session,
-    as its own process: ``.rpc_url``, ``.rpc_auth`` (user, password), sync ``.rpc(method, *params)``.
+def regtest(bridge_session_devnet):
+    """The session's embedded Bitcoin regtest node (``devnets.bitcoin_node.BitcoinNode``), from the
+    plugin's devnet: ``.rpc_url``, ``.rpc_auth`` (user, password), sync ``.rpc(method, *params)``.
     Shared by many tests: mine to your own addresses and never assume an exact height."""
-    from devnets.bitcoin_node import BitcoinNode
-
-    node = BitcoinNode(tmp_path_factory.mktemp("regtest"))
-    node.start()
+    node = bridge_session_devnet.nodes.bitcoin
     log.info("regtest node up at %s (data %s)", node.rpc_url, node.data_dir)
-    yield node
-    node.stop()
+    return node
 
 
 @pytest.fixture
@@ -95,7 +89,35 @@ async def evm(anvil):
 @pytest.fixture
 async def automine(btc):
     """Mine a Bitcoin block whenever a transaction waits in the mempool, as Anvil does by itself."""
-    from swap_harness import automine as mining
+    from devnets.controls import BitcoinDevnet
 
-    async with mining(btc):
+    async with BitcoinDevnet(btc).mining_mempool():
         yield
+
+
+@pytest.fixture(scope="module")
+def contracts(anvil) -> dict[str, str]:
+    """The swap contracts, deployed once per module on the session's Anvil: ``htlc``, ``tusd`` (6 decimals)
+    and ``deployer`` (the hex key that deployed them and may mint TUSD)."""
+    import asyncio
+
+    from eth_account import Account
+
+    from chains.evm import EvmAdapter
+    from devnets.controls import AnvilControls
+    from devnets.presets import ONE_ETH
+    from htlc.evm import Erc20, EvmHtlc
+
+    async def deploy() -> dict[str, str]:
+        chain = await EvmAdapter.connect(anvil.url)
+        deployer = Account.create()
+        await AnvilControls(chain).set_balance(deployer.address, 10 * ONE_ETH)
+        key = deployer.key.to_0x_hex()
+        try:
+            htlc = await EvmHtlc.deploy(chain, key)
+            token = await Erc20.deploy(chain, key, "TestToken", "Test USD", "TUSD", 6)
+            return {"htlc": htlc.address, "tusd": token.address, "deployer": key}
+        finally:
+            await chain.close()
+
+    return asyncio.run(deploy())

@@ -39,18 +39,7 @@ CRASH_POINTS = (
 )
 CRASH_MARK = "CRASH POINT REACHED:"
 
-ONE_BTC = 100_000_000
-ONE_ETH = 10**18
-#: Short but policy-valid timelocks: 120 blocks for a BTC initiator (60 s a block).
-TIMELOCK = {
-    "safety_gap": 1800, "initiator_lock": 7200, "participant_lock": 3600,
-    "min_participant_lock": 600, "claim_margin": 300, "btc_seconds_per_block": 60,
-}
-MARKETS = {
-    "btc/eth": ("150000000000/1", 10_000, 10 * ONE_BTC),
-    "eth/btc": ("1/150000000000", 10**15, 100 * ONE_ETH),
-    "tusd/btc": ("1/600", 10**6, 10**12),
-}
+from devnets.presets import MARKETS, ONE_BTC, ONE_ETH, TIMELOCK  # noqa: E402, F401 - the scenario's presets, defined once
 
 
 # --- crash points, inside the bridgectl process ----------------------------------------------
@@ -153,13 +142,14 @@ class Chains:
         from chains.bitcoin import BitcoinAdapter
         from chains.bitcoin_rpc import BitcoinRpc
         from chains.evm import EvmAdapter
+        from devnets.controls import AnvilControls
         from htlc.evm import Erc20, EvmHtlc
 
         btc = BitcoinAdapter(BitcoinRpc(btc_url, user=btc_auth[0], password=btc_auth[1]))
         evm = await EvmAdapter.connect(evm_url)
         chains = cls(btc, evm, btc_url, btc_auth, evm_url)
         deployer = Account.create()
-        await evm.set_balance(deployer.address, 10 * ONE_ETH)
+        await AnvilControls(evm).set_balance(deployer.address, 10 * ONE_ETH)
         chains.deployer = deployer.key.to_0x_hex()
         chains.htlc = (await EvmHtlc.deploy(evm, chains.deployer)).address
         chains.tusd = (await Erc20.deploy(evm, chains.deployer, "TestToken", "Test USD", "TUSD", 6)).address
@@ -182,37 +172,27 @@ class Chains:
         """Pay each (scriptPubKey, sats) from fresh coinbases, confirmed (a private node: 50 BTC a block early on)."""
         from chains.bitcoin import COINBASE_MATURITY
         from chains.bitcoin_wallet import BtcKey
+        from devnets.controls import BitcoinDevnet
 
         funder = BtcKey.generate()
         need = sum(s for _, s in payments) + ONE_BTC
         while await self.btc.balance([funder.p2wpkh_script]) < need:
-            await self.btc.mine(1, funder.p2wpkh_address())
-            await self.btc.mine(COINBASE_MATURITY)
+            await BitcoinDevnet(self.btc).mine(1, funder.p2wpkh_address())
+            await BitcoinDevnet(self.btc).mine(COINBASE_MATURITY)
         await self.btc.send_to([funder], payments, 2)
-        await self.btc.mine(1)
+        await BitcoinDevnet(self.btc).mine(1)
 
     async def increase_evm_time(self, seconds: int) -> None:
-        await self.evm.rpc.call("evm_increaseTime", [seconds])
-        await self.evm.mine(1)
+        from devnets.controls import AnvilControls
+
+        await AnvilControls(self.evm).increase_time(seconds)
 
 
-@contextlib.asynccontextmanager
-async def automine(btc: Any, interval: float = 0.05):
+def automine(btc: Any, interval: float = 0.05) -> contextlib.AbstractAsyncContextManager[None]:
     """Mine a Bitcoin block whenever the mempool is not empty (Anvil automines by itself)."""
-    from bridge.core.testing import wait_until
+    from devnets.controls import BitcoinDevnet
 
-    async def mempool_mined() -> bool:
-        if await btc.rpc.call("getrawmempool"):
-            await btc.mine(1)
-        return False
-
-    task = asyncio.create_task(wait_until(mempool_mined, timeout=10**9, interval=interval, what="never"))
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    return BitcoinDevnet(btc).mining_mempool(interval)
 
 
 @dataclass
@@ -234,7 +214,7 @@ class Identity:
 def swap_toml(who: Identity, chains: Chains, port: int = 0, poll_interval: float = 0.1) -> str:
     timelock = "\n".join(f"{k} = {v}" for k, v in TIMELOCK.items())
     markets = "\n".join(
-        f'[lp.markets."{name}"]\nrate = "{rate}"\nmin_sell = {lo}\nmax_sell = {hi}' for name, (rate, lo, hi) in MARKETS.items()
+        f'[lp.markets."{name}"]\nrate = "{m["rate"]}"\nmin_sell = {m["min_sell"]}\nmax_sell = {m["max_sell"]}' for name, m in MARKETS.items()
     )
     return f"""btc_key = "{who.btc.secret.hex()}"
 evm_key = "{who.evm_key}"

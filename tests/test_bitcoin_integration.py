@@ -18,13 +18,14 @@ from chains.bitcoin_tx import btc_to_sats
 from chains.bitcoin_wallet import BtcKey, Utxo, build_payment
 from chains.btc.primitives import Tx
 from devnets.bitcoin_node import BitcoinNode
+from devnets.controls import BitcoinDevnet
 
 
 FUND_SATS = 2_000_000
 
 
 async def test_head_and_blocks_link_by_parent_hash(btc):
-    await btc.mine(2)
+    await BitcoinDevnet(btc).mine(2)
     head = await btc.head()
     parent = await btc.block_by_height(head.height - 1)
     assert head.parent_hash == parent.hash
@@ -40,21 +41,21 @@ async def test_fresh_regtest_has_no_fee_estimate_so_the_fallback_is_used(btc):
 
 async def test_mine_to_a_key_and_spend_the_coinbase_once_mature(btc):
     key, dest = BtcKey.generate(), BtcKey.generate()
-    [block_hash] = await btc.mine(1, key.p2wpkh_address())
+    [block_hash] = await BitcoinDevnet(btc).mine(1, key.p2wpkh_address())
     block = await btc.rpc.call("getblock", block_hash, 2)
     reward = sum(btc_to_sats(o["value"]) for o in block["tx"][0]["vout"] if o["scriptPubKey"]["hex"] == key.p2wpkh_script.hex())
     coins = await btc.utxos([key.p2wpkh_address()])
     assert [(c.value_sats, c.coinbase) for c in coins] == [(reward, True)]
 
-    await btc.mine(COINBASE_MATURITY - 2)  # one block short of spendable in the next block
+    await BitcoinDevnet(btc).mine(COINBASE_MATURITY - 2)  # one block short of spendable in the next block
     with pytest.raises(InsufficientFunds):
         await btc.send_to([key], [(dest.p2wpkh_address(), reward // 2)], feerate=3)
-    await btc.mine(1)
+    await BitcoinDevnet(btc).mine(1)
     signed = await btc.send_to([key], [(dest.p2wpkh_address(), reward // 2)], feerate=3)
     assert (await btc.tx_status(signed.txid)).confirmations == 0
     # Spent in the mempool: scantxoutset still lists the coin, the adapter must not.
     assert await btc.balance([key.p2wpkh_address()]) == 0
-    await btc.mine(1)
+    await BitcoinDevnet(btc).mine(1)
     status = await btc.wait_for_confirmations(signed.txid, 1, timeout=30)
     assert status.block is not None and status.block.height == (await btc.head()).height
 
@@ -70,7 +71,7 @@ async def test_unconfirmed_change_can_be_spent_again(btc, faucet):
     first = await btc.send_to([key], [(dest.p2wpkh_address(), 50_000)], feerate=2)
     second = await btc.send_to([key], [(dest.p2wpkh_address(), 60_000)], feerate=2)
     assert second.inputs[0].outpoint == (first.txid, first.change_vout)
-    await btc.mine(1)
+    await BitcoinDevnet(btc).mine(1)
     await btc.wait_for_confirmations(second.txid, 1, timeout=30)
     assert await btc.balance([dest.p2wpkh_address()]) == 110_000
 
@@ -82,7 +83,7 @@ async def test_broadcasting_twice_returns_the_same_txid(btc, faucet):
     assert (await btc.tx_status(signed.txid)).confirmations == -1
     assert await btc.send(signed.raw_hex) == signed.txid
     assert await btc.send(signed.raw_hex) == signed.txid  # in the mempool already
-    await btc.mine(1)
+    await BitcoinDevnet(btc).mine(1)
     assert await btc.send(signed.raw_hex) == signed.txid  # confirmed already (-27 or known outputs)
     mempool = await btc.rpc.call("getrawmempool")
     assert signed.txid not in mempool
@@ -117,10 +118,10 @@ async def test_events_filter_finds_exactly_the_watched_transactions(btc, faucet)
     start = (await btc.head()).height + 1
     pay_watched = await btc.send_to([key], [(watched.p2wpkh_address(), 200_000)], feerate=2)
     pay_other = await btc.send_to([key], [(other.p2wpkh_address(), 300_000)], feerate=2)
-    await btc.mine(1)
+    await BitcoinDevnet(btc).mine(1)
     # The watched coin is spent in the next block: found through the outpoint seen in the scan.
     spend_watched = await btc.send_to([watched], [(other.p2wpkh_address(), 150_000)], feerate=2)
-    await btc.mine(1)
+    await BitcoinDevnet(btc).mine(1)
     await btc.wait_for_confirmations(spend_watched.txid, 1, timeout=30)
     end = (await btc.head()).height
 
@@ -146,10 +147,10 @@ async def test_tx_status_follows_a_transaction_into_a_block(btc, faucet):
     await faucet.pay(btc, key, FUND_SATS)
     signed = await btc.send_to([key], [(BtcKey.generate().p2wpkh_address(), 10_000)], feerate=2)
     assert (await btc.tx_status(signed.txid)).confirmations == 0
-    [block_hash] = await btc.mine(1)
+    [block_hash] = await BitcoinDevnet(btc).mine(1)
     status = await wait_until(lambda: _confirmed(btc, signed.txid), timeout=30, what="tx confirmed")
     assert status.block.hash == block_hash
-    await btc.mine(2)
+    await BitcoinDevnet(btc).mine(2)
     assert (await btc.tx_status(signed.txid)).confirmations == 3
 
 
@@ -165,7 +166,7 @@ async def test_cookie_auth_survives_a_node_restart(tmp_path):
     cookie = tmp_path / "node" / "regtest" / ".cookie"
     try:
         async with BitcoinAdapter(BitcoinRpc(node.rpc_url, cookie_file=cookie)) as btc:
-            await btc.mine(3)
+            await BitcoinDevnet(btc).mine(3)
             first_cookie = cookie.read_text()
             await asyncio.to_thread(node.stop)
             with pytest.raises(ChainUnavailable):
@@ -181,7 +182,7 @@ async def test_event_transactions_read_like_the_nodes_verbose_blocks(btc, faucet
     key = BtcKey.generate()
     await faucet.pay(btc, key, FUND_SATS)
     signed = await btc.send_to([key], [(BtcKey.generate().p2wpkh_address(), 40_000)], feerate=2)
-    [block_hash] = await btc.mine(1)
+    [block_hash] = await BitcoinDevnet(btc).mine(1)
     ref = await btc.block_by_hash(block_hash)
     verbose = await btc.rpc.call("getblock", block_hash, 2)
     events = await btc.events(ref.height, ref.height)

@@ -359,3 +359,28 @@ async def test_batch_can_return_errors_in_place(node, rpc):
     results = await rpc.batch([("getblockhash", [h]) for h in range(3)], return_exceptions=True)
     assert results[0] == "hash0" and results[2] == "hash2"
     assert isinstance(results[1], NotFound)
+
+
+async def test_txout_is_typed_and_the_mempool_spender_found_without_gettxspendingprevout(node, rpc):
+    """``txout``: sats, script and depth of an unspent output; ``mempool_spender``: one
+    ``gettxspendingprevout``, or on a node without it (bitcoind < 24) a look through the mempool."""
+    from chains.bitcoin import TxOut
+
+    node.handlers["gettxout"] = lambda p: {"value": Decimal("0.00012345"), "scriptPubKey": {"hex": "0014" + "ab" * 20},
+                                           "confirmations": 2} if p[1] == 1 else None
+    adapter = BitcoinAdapter(rpc)
+    assert await adapter.txout("aa" * 32, 1) == TxOut(12_345, bytes.fromhex("0014" + "ab" * 20), 2, False)
+    assert await adapter.txout("aa" * 32, 0) is None
+
+    spender = {"txid": "cc" * 32, "vin": [{"txid": "aa" * 32, "vout": 1}]}
+    other = {"txid": "dd" * 32, "vin": [{"txid": "aa" * 32, "vout": 0}]}
+    node.handlers["getrawtransaction"] = lambda p: {"cc" * 32: spender, "dd" * 32: other}[p[0]]
+    node.handlers["gettxspendingprevout"] = lambda p: [{**p[0][0], "spendingtxid": "cc" * 32} if p[0][0]["vout"] == 1 else p[0][0]]
+    assert await adapter.mempool_spender(("aa" * 32, 1)) == spender
+    assert await adapter.mempool_spender(("aa" * 32, 2)) is None
+    assert "getrawmempool" not in node.calls
+
+    node.handlers["gettxspendingprevout"] = failing(-32601, "Method not found")
+    node.handlers["getrawmempool"] = lambda p: ["dd" * 32, "cc" * 32]
+    assert await adapter.mempool_spender(("aa" * 32, 1)) == spender
+    assert await adapter.mempool_spender(("aa" * 32, 2)) is None

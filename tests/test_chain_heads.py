@@ -16,14 +16,15 @@ from chains.bitcoin_rpc import BitcoinRpc
 from chains.bitcoin_wallet import BtcKey
 from chains.evm import EvmAdapter
 from chains.heads import HeadFollower
+from devnets.controls import AnvilControls, BitcoinDevnet
 from devnets.process import free_port
 
 
 async def _mine(adapter) -> None:
     if isinstance(adapter, BitcoinAdapter):
-        await adapter.mine(1, BtcKey.generate().p2wpkh_address())
+        await BitcoinDevnet(adapter).mine(1, BtcKey.generate().p2wpkh_address())
     else:
-        await adapter.mine(1)
+        await AnvilControls(adapter).mine(1)
 
 
 @pytest.mark.parametrize("chain", ["bitcoin", "evm"])
@@ -101,7 +102,7 @@ async def test_an_unreachable_websocket_falls_back_to_polling(anvil):
         started = time.monotonic()
         assert await adapter.wait_for_block(height, 0.3) is None
         assert time.monotonic() - started >= 0.25 and not adapter.heads.live
-        await adapter.mine(1)
+        await AnvilControls(adapter).mine(1)
         assert await adapter.height() == height + 1
     finally:
         await adapter.close()

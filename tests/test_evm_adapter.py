@@ -27,6 +27,7 @@ from chains.evm import EvmAdapter, EvmLogFilter
 from chains.evm_rpc import LogRangeTooLarge
 from devnets.anvil import Anvil
 from devnets.process import free_port
+from devnets.controls import AnvilControls
 
 
 ETH = 10**18
@@ -73,13 +74,13 @@ def own_anvil(tmp_path_factory):
 async def own_evm(own_anvil):
     adapter = await EvmAdapter.connect(own_anvil.url)
     yield adapter
-    await adapter.set_automine(True)
+    await AnvilControls(adapter).set_automine(True)
     await adapter.close()
 
 
 async def funded(adapter: EvmAdapter, wei: int = 10 * ETH):
     key = Account.create()
-    await adapter.set_balance(key.address, wei)
+    await AnvilControls(adapter).set_balance(key.address, wei)
     return key
 
 
@@ -107,7 +108,7 @@ async def test_send_eth_and_wait_for_confirmations(evm):
     tx = await evm.rpc.call("eth_getTransactionByHash", [txhash])
     assert tx["type"] == "0x2" and int(tx["maxPriorityFeePerGas"], 16) >= 1
 
-    await evm.mine(2)
+    await AnvilControls(evm).mine(2)
     deeper = await evm.wait_for_confirmations(txhash, 3, timeout=30)
     assert deeper.confirmations >= 3 and deeper.block == status.block
 
@@ -249,7 +250,7 @@ async def test_chunked_log_fetch_over_many_chunks(evm):
     for i in range(6):
         sent.append(await evm.transact(key.key, emitter, data=bytes.fromhex(topic(i)[2:])))
         await evm.transact(key.key, other, data=bytes.fromhex(topic(100 + i)[2:]))  # filtered out
-        await evm.mine(3)  # spread the logs over several 4-block chunks
+        await AnvilControls(evm).mine(3)  # spread the logs over several 4-block chunks
     end = (await evm.head()).height
 
     calls = []
@@ -313,7 +314,7 @@ async def test_log_chunks_halve_when_the_node_says_too_large(evm):
 
 async def test_fee_bump_replaces_a_pending_transaction(own_evm):
     sender, receiver = await funded(own_evm), Account.create()
-    await own_evm.set_automine(False)
+    await AnvilControls(own_evm).set_automine(False)
 
     original = await own_evm.transact(sender.key, receiver.address, value=5000)
     assert (await own_evm.tx_status(original)).confirmations == 0
@@ -328,7 +329,7 @@ async def test_fee_bump_replaces_a_pending_transaction(own_evm):
     for field in ("maxFeePerGas", "maxPriorityFeePerGas"):
         assert int(after[field], 16) * 100 >= int(before[field], 16) * 110
 
-    await own_evm.mine(1)
+    await AnvilControls(own_evm).mine(1)
     receipt = await own_evm.receipt(bumped)
     assert receipt.status == 1
     assert (await own_evm.tx_status(original)).confirmations == -1
@@ -341,22 +342,22 @@ async def test_fee_bump_replaces_a_pending_transaction(own_evm):
 
 async def test_snapshot_revert_and_reorg(own_evm):
     sender, receiver = await funded(own_evm), Account.create()
-    snap = await own_evm.snapshot()
+    snap = await AnvilControls(own_evm).snapshot()
     await own_evm.transact(sender.key, receiver.address, value=1)
     assert await own_evm.balance(receiver.address) == 1
-    await own_evm.revert(snap)
+    await AnvilControls(own_evm).revert(snap)
     assert await own_evm.balance(receiver.address) == 0
     with pytest.raises(NotFound):
-        await own_evm.revert(snap)  # used up
+        await AnvilControls(own_evm).revert(snap)  # used up
 
     # After the revert the nonce manager re-reads the node: nonce 0 again.
     txhash = await own_evm.transact(sender.key, receiver.address, value=2)
     assert await nonce_of(own_evm, txhash) == 0
-    await own_evm.mine(3)
+    await AnvilControls(own_evm).mine(3)
     head = await own_evm.head()
     replaced = await own_evm.block_by_height(head.height - 1)
 
-    new_head = await own_evm.reorg(2)
+    new_head = await AnvilControls(own_evm).reorg(2)
 
     assert new_head.height == head.height and new_head.hash != head.hash
     assert (await own_evm.block_by_height(head.height - 1)).hash != replaced.hash

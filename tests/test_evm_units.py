@@ -21,7 +21,7 @@ from bridge.core.errors import (
     Unsupported,
 )
 from chains.evm_fees import DEFAULT_PRIORITY_FEE, Fees, bumped, choose_fees, fees_from_history
-from chains.evm_nonce import NonceManager
+from chains.evm_nonce import NonceManager, next_nonce
 from chains.evm_revert import decode_revert, describe_revert
 from chains.evm_rpc import LogRangeTooLarge, is_already_known, is_nonce_too_low, map_rpc_error
 
@@ -158,3 +158,26 @@ async def test_nonce_manager_rereads_the_node_after_a_conflict_or_an_unknown_out
             raise failure
     async with nonces.reserve("0x1") as nonce:
         assert nonce == 5
+
+
+async def test_next_free_nonce_skips_held_nonces_at_or_above_the_mined_count():
+    """A nonce held by a recorded, unsent transaction stays reserved; one below the mined count was
+    used (by it or another transaction) and is not skipped past; without held nonces the mined
+    count is not asked."""
+    reads = []
+
+    async def pending(address):
+        reads.append("pending")
+        return 5
+
+    async def mined(address):
+        reads.append("latest")
+        return 3
+
+    nonces = NonceManager(pending, mined)
+    assert await nonces.next_free("0x1") == 5 and reads == ["pending"]
+    assert await nonces.next_free("0x1", [6]) == 7
+    assert await nonces.next_free("0x1", [3, 4]) == 5
+    assert await nonces.next_free("0x1", [1, 2]) == 5
+    assert next_nonce(mined=4, pending=3, held=[3, 5]) == 6
+    assert next_nonce(mined=4, pending=3, held=[3]) == 3

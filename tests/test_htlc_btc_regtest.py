@@ -28,6 +28,7 @@ from htlc.bitcoin_tx import (
 )
 from htlc.secret import extract_secret
 from support.faucet import Faucet
+from devnets.controls import BitcoinDevnet
 
 PARTY_FUNDS = 1_000_000
 LOCKED = 300_000
@@ -44,7 +45,7 @@ async def party(btc: BitcoinAdapter, faucet: Faucet) -> BtcKey:
 async def mine_to(btc: BitcoinAdapter, height: int) -> None:
     tip = await btc.height()
     if height > tip:
-        await btc.mine(height - tip)
+        await BitcoinDevnet(btc).mine(height - tip)
     assert await btc.height() == height
 
 
@@ -59,7 +60,7 @@ async def lock(btc, faucet, template="p2wsh", lock_in=20):
     else:
         script = p2sh_htlc_script(h, hash160(bob.pubkey), hash160(alice.pubkey), lock_height)
     coin, signed = await fund_htlc(btc, [alice], script, LOCKED, feerate=2, template=template)
-    await btc.mine(1)
+    await BitcoinDevnet(btc).mine(1)
     terms = audit(script, bytes.fromhex(signed.raw_hex))
     assert (terms.amount, terms.output_index, terms.locktime) == (LOCKED, coin.vout, lock_height)
     assert await btc.balance([terms.script_pubkey]) == LOCKED
@@ -79,7 +80,7 @@ async def test_lock_then_claim_pays_bob_and_reveals_the_secret(btc, faucet, temp
     assert await find_htlc_coins(btc, coin.script, template) == [coin]
     claim = build_claim(coin, secret, bob, bob.p2wpkh_address(), feerate=2)
     assert await btc.send(claim.raw) == claim.txid
-    [block] = await btc.mine(1)
+    [block] = await BitcoinDevnet(btc).mine(1)
     assert await btc.balance([bob.p2wpkh_script]) == LOCKED - claim.fee
     assert await btc.balance([audit(coin.script).script_pubkey]) == 0
     assert await find_htlc_coins(btc, coin.script, template) == []
@@ -118,9 +119,9 @@ async def test_refund_one_block_early_is_non_final_then_accepted(btc, faucet):
     await mine_to(btc, lock_height - 1)
     # The next block would be lock_height; nLockTime = lock_height is final only in a later block.
     assert await rejected(btc, refund.raw) == "non-final"
-    await btc.mine(1)
+    await BitcoinDevnet(btc).mine(1)
     assert await btc.send(refund.raw) == refund.txid
-    await btc.mine(1)
+    await BitcoinDevnet(btc).mine(1)
     assert await btc.balance([alice.p2wpkh_script]) == PARTY_FUNDS - funding_fee - refund.fee
     assert await btc.balance([audit(coin.script).script_pubkey]) == 0
 
@@ -131,6 +132,6 @@ async def test_p2sh_refund_after_lock(btc, faucet):
     assert await rejected(btc, refund.raw) == "non-final"
     await mine_to(btc, audit(coin.script).locktime)
     await btc.send(refund.raw)
-    await btc.mine(1)
+    await BitcoinDevnet(btc).mine(1)
     assert await btc.balance([alice.p2wpkh_script]) == PARTY_FUNDS - funding_fee - refund.fee
 

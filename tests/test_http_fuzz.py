@@ -30,6 +30,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from bridge.core.jsonsafe import MAX_BODY
 from devnets.process import free_port
 from swap_harness import ONE_ETH, REPO_ROOT, Chains, Identity, swap_toml
+from devnets.controls import AnvilControls
 
 NESTED = b"[" * 100_000 + b"]" * 100_000
 FAST = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None)
@@ -129,7 +130,7 @@ def lp(chains, tmp_path_factory) -> Daemon:
 
         evm = await EvmAdapter.connect(chains.evm_url)
         try:
-            await evm.set_balance(who.address, 1000 * ONE_ETH)
+            await AnvilControls(evm).set_balance(who.address, 1000 * ONE_ETH)
         finally:
             await evm.close()
 

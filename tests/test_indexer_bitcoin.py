@@ -32,6 +32,7 @@ from devnets.bitcoin_node import BitcoinNode
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_indexer import Recorder, SlowRecorder, db, drain, kill_mid_run_and_resume, net_view, recorded  # noqa: E402,F401 (db: fixture)
+from devnets.controls import BitcoinDevnet  # noqa: E402
 
 OP_TRUE = b"\x51"
 OP_TRUE_SCRIPT = b"\x00\x20" + sha256(OP_TRUE)
@@ -58,9 +59,9 @@ async def btc(own_node):
 
 
 async def matured_op_true_coin(btc: BitcoinAdapter) -> tuple[str, int, int]:
-    [block_hash] = await btc.mine(1, OP_TRUE_ADDRESS)
+    [block_hash] = await BitcoinDevnet(btc).mine(1, OP_TRUE_ADDRESS)
     coinbase = (await btc.rpc.call("getblock", block_hash, 2))["tx"][0]
-    await btc.mine(100)
+    await BitcoinDevnet(btc).mine(100)
     return coinbase["txid"], 0, btc_to_sats(coinbase["vout"][0]["value"])
 
 
@@ -75,7 +76,7 @@ async def test_regtest_reorg_consumer_sees_each_canonical_tx_exactly_once(btc, d
     start = (await btc.head()).height - 5
     moved = spend(*coin)
     assert await btc.send(moved.hex()) == moved.txid
-    await btc.mine(3)  # `moved` confirms at fork + 1
+    await BitcoinDevnet(btc).mine(3)  # `moved` confirms at fork + 1
     fork = (await btc.head()).height - 3
     indexer = Indexer(name, btc, engine, Recorder(name), start_height=start, batch_blocks=4)
     await drain(indexer, max_steps=200)
@@ -85,11 +86,11 @@ async def test_regtest_reorg_consumer_sees_each_canonical_tx_exactly_once(btc, d
 
     # A 4-block branch replaces the top 3 blocks; `moved` goes back to the mempool and is
     # re-mined one block later next to a spend of it, so the new branch has other events.
-    reorg = await btc.rpc.call("devnetreorg", 3)
+    reorg = await BitcoinDevnet(btc).reorg(3)
     assert reorg["disconnected"] == 3 and (await btc.head()).height == fork + 4
     second = spend(moved.txid, 0, moved.vout[0].value)
     await btc.send(second.hex())
-    await btc.mine(1)
+    await BitcoinDevnet(btc).mine(1)
 
     await drain(indexer, max_steps=200)
 
@@ -105,7 +106,7 @@ async def test_indexer_killed_and_restarted_resumes_without_gaps_or_duplicates(b
     url, engine = db
     name = f"btc-kill-{uuid.uuid4().hex[:8]}"
     start = (await btc.head()).height + 1
-    await btc.mine(40)
+    await BitcoinDevnet(btc).mine(40)
     expected = await canonical_txids(btc, start)
 
     def worker(log_name: str) -> subprocess.Popen:

@@ -27,6 +27,7 @@ from devnets.keys import evm_test_keys
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_indexer import Recorder, SlowRecorder, db, drain, kill_mid_run_and_resume, net_view, recorded, seen  # noqa: E402,F401 (db: fixture)
+from devnets.controls import AnvilControls  # noqa: E402
 
 #: Runtime: ``for i in range(calldata[0:32]): LOG1(topic=i)``; hand assembled, 27 bytes.
 EMITTER_RUNTIME = bytes.fromhex("6000356000" "5b8181101560195780600060" "00a16001016005565b00")
@@ -88,7 +89,7 @@ async def test_anvil_reorg_consumer_sees_each_canonical_log_exactly_once(adapter
         })
         for i in range(2)
     ]
-    new_head = await adapter.reorg(3, [(branch[0], 0), (branch[1], 2)])
+    new_head = await AnvilControls(adapter).reorg(3, [(branch[0], 0), (branch[1], 2)])
     assert new_head.height == head.height and new_head.hash != head.hash
 
     await drain(indexer, max_steps=200)

@@ -74,8 +74,7 @@ def test_a_deeply_nested_body_is_refused_not_a_crash():
     """Python's decoder on the same body kills the process (exit -11); the bounded one refuses it."""
     body = "b'[' * 100_000 + b']' * 100_000"
     crash = subprocess.run([sys.executable, "-c", f"import web3, json; json.loads({body})"], capture_output=True)
-    refused = subprocess.run(
-        [sys.executable, "-c", f"import web3\nfrom bridge.core.jsonsafe import loads, JsonRefused\ntry: loads({body})\nexcept JsonRefused as e: print(e.message)"],
-        capture_output=True, text=True)
+    program = f"import web3\nfrom bridge.core.jsonsafe import loads, JsonRefused\ntry: loads({body})\nexcept JsonRefused as e: print(e.message)"
+    refused = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True)
     assert crash.returncode != 0
     assert refused.returncode == 0 and "nested deeper than" in refused.stdout

@@ -106,7 +106,7 @@ async def test_eight_concurrent_writers_lose_no_update(hot_ledger, tmp_path):
     async def auditor() -> None:
         # Audits read one snapshot: mid-flight they must still see balanced books.
         for step in (20, 45, 70):
-            await wait_until(lambda: ledger.height() >= step, timeout=120, what=f"height {step}")
+            await wait_until(lambda: ledger.height() >= step, timeout=120, what=f"height {step}")  # noqa: B023 - awaited here
             audits.append(await asyncio.to_thread(audit, ledger.engine))
 
     tasks = [asyncio.create_task(task_writer(w)) for w in range(TASKS)]

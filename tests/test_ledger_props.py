@@ -49,7 +49,7 @@ def make_machine(backend: str, directory):
             self._db.__exit__(None, None, None)
 
         def _expire(self) -> None:
-            for hid, (d, c, amt, exp) in list(self.holds.items()):
+            for hid, (d, _c, amt, exp) in list(self.holds.items()):
                 if exp is not None and exp <= self.now:
                     self.reserved[d] -= amt
                     del self.holds[hid]

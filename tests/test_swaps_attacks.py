@@ -20,8 +20,8 @@ from bridge.swaps.party import Party
 from bridge.swaps.protocol import LpClient
 from bridge.core.testing import wait_until
 from htlc.bitcoin_script import p2wsh_htlc_script
-from test_swaps_devnet import (  # noqa: F401 - module fixtures: private regtest node, contracts
-    ONE_BTC, ONE_ETH, _state, book, contracts, fund_btc, new_keys, regtest, run_trader, running_lp, settings_for, swap_config,
+from test_swaps_devnet import (  # noqa: F401 - module fixture: private regtest node
+    ONE_BTC, ONE_ETH, _state, book, fund_btc, new_keys, regtest, run_trader, running_lp, settings_for, swap_config,
 )
 
 log = logging.getLogger("tests.attacks")
@@ -53,8 +53,7 @@ async def test_one_trader_lock_cannot_back_two_lp_swaps(tmp_path, regtest, anvil
     await fund_btc(btc, trader_keys.btc)
     await fund_btc(btc, lp_keys.btc)
     async with running_lp(settings_for(tmp_path, "lp", regtest, anvil), swap_config(lp_keys, contracts)) as (lp_url, lp):
-        trader = await Party.open(settings_for(tmp_path, "trader", regtest, anvil), swap_config(trader_keys, contracts), LpClient())
-        try:
+        async with await Party.open(settings_for(tmp_path, "trader", regtest, anvil), swap_config(trader_keys, contracts), LpClient()) as trader:
             lp_eth_before = await evm.balance(lp_keys.address)
             lp_btc_before = await btc.balance([lp_keys.btc.p2wpkh_script])
             view = await trader.start_swap(lp_url, sell, buy)
@@ -83,8 +82,6 @@ async def test_one_trader_lock_cannot_back_two_lp_swaps(tmp_path, regtest, anvil
                 assert lp_eth_before + 15 * ONE_ETH // 100 - 10**16 < lp_eth < lp_eth_before + 15 * ONE_ETH // 100
                 assert book(lp, lp_id_evm, "user", "ETH").balance == 15 * ONE_ETH // 100
                 assert book(lp, lp_id_btc, "external", "BTC").balance == -ONE_BTC // 100
-        finally:
-            await trader.close()
 
 
 async def test_reservations_end_quickly_and_are_capped_per_client(tmp_path, regtest, anvil, btc, evm, contracts, automine):
@@ -131,8 +128,7 @@ async def test_reservations_end_quickly_and_are_capped_per_client(tmp_path, regt
         status, answer = await http("POST", f"{lp_url}/swaps/hold-1/lock", {"lock_ref": f"{'ce' * 32}:0"}, attacker)
         assert status == 409
 
-        trader = await Party.open(settings_for(tmp_path, "trader", regtest, anvil), swap_config(trader_keys, contracts), LpClient())
-        try:
+        async with await Party.open(settings_for(tmp_path, "trader", regtest, anvil), swap_config(trader_keys, contracts), LpClient()) as trader:
             log.info("the genuine trader, while 18 of the LP's 20 ETH are held: refused for inventory")
             early = await trader.start_swap(lp_url, "btc:0.2", "eth:3")
             assert (await run_trader(trader, early.swap.id)).state == m.FAILED
@@ -151,8 +147,6 @@ async def test_reservations_end_quickly_and_are_capped_per_client(tmp_path, regt
             genuine = await trader.start_swap(lp_url, "btc:0.2", "eth:3")
             done = await run_trader(trader, genuine.swap.id)
             assert done.state == m.CLAIMED, done.last_error
-        finally:
-            await trader.close()
 
 
 async def test_hostile_lp_requests_are_refused_with_4xx_and_change_nothing(tmp_path, regtest, anvil, btc, evm, contracts):

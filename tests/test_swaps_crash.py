@@ -32,6 +32,7 @@ from devnets.process import free_port
 from swap_harness import (
     CRASH_POINTS, NODE_AUTH, ONE_BTC, ONE_ETH, Books, Chains, Identity, Party, Snapshot, automine, bitcoin_node, open_party, reap, reconcile, sigkill, start_lp,
 )
+from devnets.controls import AnvilControls, BitcoinDevnet
 
 #: (sell, buy) of each trader slot, cycled: both directions for BTC/ETH and an ERC-20.
 TRADES = [("btc:0.05", "eth:0.75"), ("eth:0.3", "btc:0.02"), ("tusd:120", "btc:0.002"), ("btc:0.04", "eth:0.6")]
@@ -169,11 +170,11 @@ async def make_parties(tmp_path: Path, chains: Chains, traders: int) -> tuple[Pa
     lp = Party("lp", Identity.new(), tmp_path / "lp", chains, port=free_port())
     slots = [Slot(Party(f"trader{i}", Identity.new(), tmp_path / f"trader{i}", chains), *TRADES[i % len(TRADES)]) for i in range(traders)]
     payments = [(lp.who.btc.p2wpkh_script, 5 * ONE_BTC)]
-    await chains.evm.set_balance(lp.who.address, 500 * ONE_ETH)
+    await AnvilControls(chains.evm).set_balance(lp.who.address, 500 * ONE_ETH)
     token = Erc20(chains.evm, chains.tusd)
     for slot in slots:
         asset = slot.sell.split(":")[0]
-        await chains.evm.set_balance(slot.party.who.address, 50 * ONE_ETH if asset == "eth" else ONE_ETH // 2)
+        await AnvilControls(chains.evm).set_balance(slot.party.who.address, 50 * ONE_ETH if asset == "eth" else ONE_ETH // 2)
         if asset == "btc":
             payments.append((slot.party.who.btc.p2wpkh_script, 3 * ONE_BTC))
         if asset == "tusd":
@@ -264,8 +265,8 @@ async def _lp_and_trader(tmp_path: Path, chains: Chains) -> tuple[Party, Party, 
     """An LP with 10 ETH and a trader with 1 BTC (and gas), and the chains' balances before they trade."""
     lp = Party("lp", Identity.new(), tmp_path / "lp", chains, port=free_port())
     trader = Party("trader", Identity.new(), tmp_path / "trader", chains)
-    await chains.evm.set_balance(lp.who.address, 10 * ONE_ETH)
-    await chains.evm.set_balance(trader.who.address, ONE_ETH // 10)
+    await AnvilControls(chains.evm).set_balance(lp.who.address, 10 * ONE_ETH)
+    await AnvilControls(chains.evm).set_balance(trader.who.address, ONE_ETH // 10)
     await chains.fund_btc([(trader.who.btc.p2wpkh_script, ONE_BTC)])
     books = Books(chains, [lp, trader])
     return lp, trader, books, await books.snapshot()
@@ -290,7 +291,7 @@ async def _run_until_exit(party: Party, args: list[str], crash_at: str | None = 
 
 async def _mine_to(chains: Chains, height: int) -> bool:
     if await chains.btc.height() < height:
-        await chains.btc.mine(min(25, height - await chains.btc.height()))
+        await BitcoinDevnet(chains.btc).mine(min(25, height - await chains.btc.height()))
     return await chains.btc.height() >= height
 
 
@@ -409,16 +410,15 @@ class InProcessLp(LpClient):
         return describe(self.provider.store.get(parts[1]))
 
 
-async def test_a_recorded_btc_lock_keeps_its_coins_when_its_broadcast_is_lost(tmp_path, chains, monkeypatch):
+async def test_a_recorded_btc_lock_keeps_its_coins_when_its_broadcast_is_lost(tmp_path, chains):
     """The LP records swap A's signed BTC lock, its broadcast is lost (a crash or a dropped reply
     leaves the same state), then it locks for swap B: A's lock must still go out."""
     from bridge.core.errors import ChainUnavailable
-    from bridge.swaps import legs
 
     lp_who, a_who, b_who = Identity.new(), Identity.new(), Identity.new()
     await chains.fund_btc([(lp_who.btc.p2wpkh_script, ONE_BTC)])  # one coin: what the locks compete for
     for who in (lp_who, a_who, b_who):
-        await chains.evm.set_balance(who.address, 10 * ONE_ETH)
+        await AnvilControls(chains.evm).set_balance(who.address, 10 * ONE_ETH)
     lp = await open_party(tmp_path / "lp", chains, lp_who)
     provider = LiquidityProvider(lp.store, lp.legs, lp.assets, lp.config.markets(), lp.config.policy())
     traders = [await open_party(tmp_path / name, chains, who, InProcessLp(provider)) for name, who in (("a", a_who), ("b", b_who))]
@@ -427,18 +427,15 @@ async def test_a_recorded_btc_lock_keeps_its_coins_when_its_broadcast_is_lost(tm
             ids = []
             for trader in traders:
                 view = await trader.start_swap("http://lp.invalid/", "eth:0.3", "btc:0.02")
-                await wait_until(lambda: _notified(trader, view.swap.id), timeout=30, what="trader locked and told the LP")
+                await wait_until(lambda: _notified(trader, view.swap.id), timeout=30, what="trader locked and told the LP")  # noqa: B023
                 ids.append(view.swap.id)
-            real_broadcast = legs.BitcoinLeg.broadcast_lock
             lost = []
 
-            async def first_broadcast_lost(self, view, leg, fresh=False):
-                if not lost:
-                    lost.append(view.swap.id)
-                    raise ChainUnavailable("reply lost (injected)")
-                return await real_broadcast(self, view, leg, fresh)
+            async def first_broadcast_lost(view, leg):
+                lost.append(view.swap.id)
+                raise ChainUnavailable("reply lost (injected)")
 
-            monkeypatch.setattr(legs.BitcoinLeg, "broadcast_lock", first_broadcast_lost)
+            lp.engine.faults.at("lock.before_broadcast", first_broadcast_lost, when=lambda leg, **_: leg.chain == "bitcoin", times=1)
             assert (await lp.engine.step(ids[0])).swap.state == m.PARTICIPANT_LOCK_INTENDED and lost == [ids[0]]
             await lp.engine.step(ids[1])
 

@@ -35,30 +35,9 @@ from chains.btc.primitives import Tx
 from htlc.evm import Claimed, Erc20, EvmHtlc, SwapStatus
 from relayers.lp import LpDaemon
 from relayers.runner import Runner
+from devnets.controls import AnvilControls, BitcoinDevnet
+from devnets.presets import MARKETS, ONE_BTC, ONE_ETH, TIMELOCK
 
-ONE_ETH = 10**18
-ONE_BTC = 100_000_000
-TIMELOCK = {
-    "safety_gap": 1800, "initiator_lock": 7200, "participant_lock": 3600,
-    "min_participant_lock": 600, "claim_margin": 300, "btc_seconds_per_block": 60,
-}
-
-
-@pytest.fixture(scope="module")
-def contracts(anvil) -> dict[str, str]:
-    async def deploy() -> dict[str, str]:
-        chain = await EvmAdapter.connect(anvil.url)
-        deployer = Account.create()
-        await chain.set_balance(deployer.address, 10 * ONE_ETH)
-        key = deployer.key.to_0x_hex()
-        try:
-            htlc = await EvmHtlc.deploy(chain, key)
-            token = await Erc20.deploy(chain, key, "TestToken", "Test USD", "TUSD", 6)
-            return {"htlc": htlc.address, "tusd": token.address, "deployer": key}
-        finally:
-            await chain.close()
-
-    return asyncio.run(deploy())
 
 
 @pytest.fixture(scope="module")
@@ -79,10 +58,10 @@ _FAUCET = BtcKey.generate()
 
 async def fund_btc(btc: BitcoinAdapter, key: BtcKey, sats: int = 2 * ONE_BTC) -> None:
     while await btc.balance([_FAUCET.p2wpkh_script]) < sats + ONE_BTC:
-        await btc.mine(5, _FAUCET.p2wpkh_address())
-        await btc.mine(COINBASE_MATURITY)
+        await BitcoinDevnet(btc).mine(5, _FAUCET.p2wpkh_address())
+        await BitcoinDevnet(btc).mine(COINBASE_MATURITY)
     await btc.send_to([_FAUCET], [(key.p2wpkh_script, sats)], 2)
-    await btc.mine(1)
+    await BitcoinDevnet(btc).mine(1)
 
 
 @dataclass
@@ -94,7 +73,7 @@ class Keys:
 
 async def new_keys(evm: EvmAdapter, wei: int = 0) -> Keys:
     acct = Account.create()
-    await evm.set_balance(acct.address, wei)
+    await AnvilControls(evm).set_balance(acct.address, wei)
     return Keys(BtcKey.generate(), acct.key.to_0x_hex(), acct.address)
 
 
@@ -115,11 +94,7 @@ def swap_config(keys: Keys, contracts: dict[str, str], **extra) -> SwapConfig:
         "evm_key": keys.evm, "htlc": contracts["htlc"], "btc_feerate": 2, "poll_interval": 0.05,
         "tokens": {"tusd": {"address": contracts["tusd"], "decimals": 6}},
         "timelock": TIMELOCK,
-        "lp": {"markets": {
-            "btc/eth": {"rate": "150000000000/1", "min_sell": 10_000, "max_sell": 10 * ONE_BTC},
-            "eth/btc": {"rate": "1/150000000000", "min_sell": 10**15, "max_sell": 100 * ONE_ETH},
-            "tusd/btc": {"rate": "1/600", "min_sell": 10**6, "max_sell": 10**12},
-        }},
+        "lp": {"markets": MARKETS},
         **extra,
     })
 
@@ -170,8 +145,8 @@ async def test_btc_to_eth_happy_path(tmp_path, regtest, anvil, btc, evm, contrac
     # waking the swap, and every wait for confirmations by the node announcing the block.
     event_driven = {"idle_recheck": 3600, "poll_interval": 3600}
     async with running_lp(lp_settings, swap_config(lp_keys, contracts, **event_driven)) as (lp_url, lp):
-        trader = await Party.open(settings_for(tmp_path, "trader", regtest, anvil), swap_config(trader_keys, contracts, **event_driven), LpClient())
-        try:
+        async with await Party.open(settings_for(tmp_path, "trader", regtest, anvil),
+                                    swap_config(trader_keys, contracts, **event_driven), LpClient()) as trader:
             trader_btc_before = await btc.balance([trader_keys.btc.p2wpkh_script])
             view = await trader.start_swap(lp_url, "btc:0.5", "eth:7.5")
             done = await run_trader(trader, view.swap.id)
@@ -204,8 +179,6 @@ async def test_btc_to_eth_happy_path(tmp_path, regtest, anvil, btc, evm, contrac
             assert book(lp, trader_evm_id, "user", "ETH").balance == eth_wei
             for party in (trader, lp):
                 assert book(party, f"swap-{view.swap.id}-participant", "escrow", "ETH").balance == 0
-        finally:
-            await trader.close()
 
 
 def book(party: Party, owner: str, kind: str, asset: str):
@@ -230,8 +203,8 @@ async def test_erc20_to_btc_happy_path(tmp_path, regtest, anvil, btc, evm, contr
     await token.mint(contracts["deployer"], trader_keys.address, 3_000 * 10**6)
     event_driven = {"idle_recheck": 3600, "poll_interval": 3600}  # as in the BTC -> ETH test: events end every wait
     async with running_lp(settings_for(tmp_path, "lp", regtest, anvil), swap_config(lp_keys, contracts, **event_driven)) as (lp_url, lp):
-        trader = await Party.open(settings_for(tmp_path, "trader", regtest, anvil), swap_config(trader_keys, contracts, **event_driven), LpClient())
-        try:
+        async with await Party.open(settings_for(tmp_path, "trader", regtest, anvil),
+                                    swap_config(trader_keys, contracts, **event_driven), LpClient()) as trader:
             lp_btc_before = await btc.balance([lp_keys.btc.p2wpkh_script])
             view = await trader.start_swap(lp_url, "tusd:1200", "btc:0.02")
             done = await run_trader(trader, view.swap.id)
@@ -247,8 +220,6 @@ async def test_erc20_to_btc_happy_path(tmp_path, regtest, anvil, btc, evm, contr
             btc_expiry, evm_expiry = lp_view.leg(PARTICIPANT).expiry, lp_view.leg(INITIATOR).expiry
             locked_at = next(a.at for a in lp_view.actions if a.to_state == m.PARTICIPANT_LOCK_INTENDED)
             assert btc_expiry is not None and evm_expiry - locked_at >= TIMELOCK["safety_gap"]
-        finally:
-            await trader.close()
 
 
 async def test_lp_gone_after_accepting_trader_refunds_at_expiry(tmp_path, regtest, anvil, btc, evm, contracts):
@@ -256,8 +227,7 @@ async def test_lp_gone_after_accepting_trader_refunds_at_expiry(tmp_path, regtes
     # could lock inside the step that follows its acceptance.
     trader_keys, lp_keys = await new_keys(evm, ONE_ETH // 10), await new_keys(evm, 20 * ONE_ETH)
     await fund_btc(btc, trader_keys.btc)
-    trader = await Party.open(settings_for(tmp_path, "trader", regtest, anvil), swap_config(trader_keys, contracts), LpClient())
-    try:
+    async with await Party.open(settings_for(tmp_path, "trader", regtest, anvil), swap_config(trader_keys, contracts), LpClient()) as trader:
         before = await btc.balance([trader_keys.btc.p2wpkh_script])
         async with running_lp(settings_for(tmp_path, "lp", regtest, anvil), swap_config(lp_keys, contracts)) as (lp_url, lp):
             view = await trader.start_swap(lp_url, "btc:0.3", "eth:4")
@@ -268,7 +238,7 @@ async def test_lp_gone_after_accepting_trader_refunds_at_expiry(tmp_path, regtes
         expiry = trader.store.get(view.swap.id).leg(INITIATOR).expiry
         async def lock_confirmed() -> bool:
             if await btc.rpc.call("getrawmempool"):
-                await btc.mine(1)
+                await BitcoinDevnet(btc).mine(1)
             return _state(trader, view.swap.id, m.INITIATOR_LOCKED)
 
         await wait_until(lock_confirmed, timeout=30, what="trader's lock confirmed")
@@ -277,9 +247,9 @@ async def test_lp_gone_after_accepting_trader_refunds_at_expiry(tmp_path, regtes
 
         async def mined_to_expiry() -> bool:
             if await btc.height() < expiry:
-                await btc.mine(min(20, expiry - await btc.height()))
+                await BitcoinDevnet(btc).mine(min(20, expiry - await btc.height()))
             elif await btc.rpc.call("getrawmempool"):
-                await btc.mine(1)  # the refund
+                await BitcoinDevnet(btc).mine(1)  # the refund
             return task.done()
 
         await wait_until(mined_to_expiry, timeout=120, what="trader refunded")
@@ -292,24 +262,20 @@ async def test_lp_gone_after_accepting_trader_refunds_at_expiry(tmp_path, regtes
         escrow = book(trader, f"swap-{view.swap.id}-initiator", "escrow", "BTC")
         assert (escrow.balance, escrow.debits_pending) == (0, 0)  # reversed on refund
         assert book(trader, trader_keys.btc.pubkey.hex(), "external", "BTC").balance == 0
-    finally:
-        await trader.close()
 
 
 async def test_lp_refuses_too_short_timelock(tmp_path, regtest, anvil, btc, evm, contracts):
     trader_keys, lp_keys = await new_keys(evm, ONE_ETH // 10), await new_keys(evm, 20 * ONE_ETH)
     hasty = {**TIMELOCK, "safety_gap": 60, "initiator_lock": 1200, "min_participant_lock": 60}  # 20 blocks
     async with running_lp(settings_for(tmp_path, "lp", regtest, anvil), swap_config(lp_keys, contracts)) as (lp_url, lp):
-        trader = await Party.open(settings_for(tmp_path, "trader", regtest, anvil), swap_config(trader_keys, contracts, timelock=hasty), LpClient())
-        try:
+        async with await Party.open(settings_for(tmp_path, "trader", regtest, anvil),
+                                    swap_config(trader_keys, contracts, timelock=hasty), LpClient()) as trader:
             view = await trader.start_swap(lp_url, "btc:0.1", "eth:1")
             done = (await trader.engine.step(view.swap.id)).swap
             assert done.state == m.FAILED
             assert "LP refused" in done.last_error and "safety gap" in done.last_error
             assert trader.store.get(view.swap.id).leg(INITIATOR).lock_ref is None  # nothing was locked
             assert lp.store.list() == []
-        finally:
-            await trader.close()
 
 
 async def _post(url: str, body: dict) -> tuple[int, dict]:
@@ -374,10 +340,10 @@ async def test_lp_waits_for_confirmations_before_locking(tmp_path, regtest, anvi
 
         view = await wait_until(lambda: waiting_for("has 0/2 confirmations; not locking"), timeout=30, what="LP waits (mempool)")
         assert view.swap.state == m.CREATED and view.leg(PARTICIPANT).lock_ref is None
-        await btc.mine(1)
+        await BitcoinDevnet(btc).mine(1)
         await wait_until(lambda: waiting_for("has 1/2 confirmations"), timeout=30, what="LP waits (1 conf)")
         assert lp.store.get(swap_id).leg(PARTICIPANT).lock_ref is None
-        await btc.mine(1)
+        await BitcoinDevnet(btc).mine(1)
         view = await wait_until(lambda: _state(lp, swap_id, m.PARTICIPANT_LOCKED), timeout=30, what="LP locked after 2 confirmations")
         assert await evm.balance(lp_keys.address) < 16 * ONE_ETH
 
@@ -464,36 +430,33 @@ async def test_trader_refuses_to_claim_too_late_and_both_sides_refund(tmp_path, 
     trader_keys, lp_keys = await new_keys(evm, 2 * ONE_ETH), await new_keys(evm, ONE_ETH // 10)
     await fund_btc(btc, lp_keys.btc)
     async with running_lp(settings_for(tmp_path, "lp", regtest, anvil), swap_config(lp_keys, contracts)) as (lp_url, lp):
-        trader = await Party.open(settings_for(tmp_path, "trader", regtest, anvil), swap_config(trader_keys, contracts), LpClient())
-        try:
+        async with await Party.open(settings_for(tmp_path, "trader", regtest, anvil), swap_config(trader_keys, contracts), LpClient()) as trader:
             lp_btc_before = await btc.balance([lp_keys.btc.p2wpkh_script])
             view = await trader.start_swap(lp_url, "eth:1", "btc:0.005")
             assert (await trader.engine.step(view.swap.id)).swap.state == m.INITIATOR_LOCKED
             lp_view = await wait_until(lambda: _state(lp, view.swap.id, m.PARTICIPANT_LOCKED), timeout=30, what="LP locked")
             # The trader was away: the LP's BTC lock now has 4 blocks (~240 s) left, under the 300 s claim margin.
-            await btc.mine(lp_view.leg(PARTICIPANT).expiry - await btc.height() - 4)
+            await BitcoinDevnet(btc).mine(lp_view.leg(PARTICIPANT).expiry - await btc.height() - 4)
             waiting = await trader.engine.step(view.swap.id)
             assert waiting.swap.state == m.PARTICIPANT_LOCKED and "not claiming" in waiting.swap.last_error
             assert waiting.leg(PARTICIPANT).spend_kind is None  # the secret never left the trader
             report = await trader.engine.audit(view.swap.id)  # `bridgectl swap audit ID`
             assert report["initiator"]["ok"] and report["participant"]["ok"], report
             assert "4 blocks to the participant leg's expiry" in report["participant"]["detail"]
-            await btc.mine(4)
+            await BitcoinDevnet(btc).mine(4)
             await wait_until(lambda: _state(lp, view.swap.id, m.REFUNDED), timeout=30, what="LP refunded its BTC")
             assert lp_btc_before - await btc.balance([lp_keys.btc.p2wpkh_script]) < 10_000  # fees only
             # The trader's ETH lock expires later (chain time); then its relayer refunds.
             expiry = trader.store.get(view.swap.id).leg(INITIATOR).expiry
             await evm.rpc.call("evm_setNextBlockTimestamp", [expiry])
-            await evm.mine(1)
+            await AnvilControls(evm).mine(1)
             done = await run_trader(trader, view.swap.id)
             assert done.state == m.REFUNDED, done.last_error
             assert 2 * ONE_ETH - await evm.balance(trader_keys.address) < 10**16  # gas only
-        finally:
-            await trader.close()
 
 
-class _CrashAfterIntent(Exception):
-    pass
+class _CrashAfterIntent(BaseException):
+    """The process dies here (not an ``Exception``: the engine's step does not catch it)."""
 
 
 async def test_restart_after_recording_a_lock_rebroadcasts_the_same_transaction(tmp_path, regtest, anvil, btc, evm, contracts, automine):
@@ -507,15 +470,15 @@ async def test_restart_after_recording_a_lock_rebroadcasts_the_same_transaction(
         first = await Party.open(trader_settings, swap_config(trader_keys, contracts), LpClient())
         view = await first.start_swap(lp_url, "btc:0.2", "eth:2")
 
-        async def crash(*_args):
+        async def crash(**_context):
             raise _CrashAfterIntent()
 
-        first.legs["bitcoin"].broadcast_lock = crash  # the process dies right after the intent committed
+        # The process dies right after the intent committed.
+        first.engine.faults.at("lock.before_broadcast", crash, when=lambda leg, **_: leg.chain == "bitcoin")
         with pytest.raises(_CrashAfterIntent):
-            await first.engine._initiator_created(first.store.get(view.swap.id))
+            await first.engine.step(view.swap.id)
         await first.close()
-        second = await Party.open(trader_settings, swap_config(trader_keys, contracts), LpClient())
-        try:
+        async with await Party.open(trader_settings, swap_config(trader_keys, contracts), LpClient()) as second:
             intended = second.store.get(view.swap.id)
             assert intended.swap.state == m.INITIATOR_LOCK_INTENDED
             lock_tx = intended.leg(INITIATOR).lock_tx
@@ -531,8 +494,6 @@ async def test_restart_after_recording_a_lock_rebroadcasts_the_same_transaction(
             assert second.store.get(view.swap.id).leg(INITIATOR).lock_tx == lock_tx
             assert (await btc.tx_status(lock_tx)).confirmations >= 1
             await wait_until(lambda: _state(lp, view.swap.id, m.CLAIMED), timeout=60, what="LP claimed")
-        finally:
-            await second.close()
 
 
 async def test_restart_after_an_evm_lock_was_sent_finds_it_instead_of_locking_again(tmp_path, regtest, anvil, btc, evm, contracts, automine):
@@ -547,18 +508,15 @@ async def test_restart_after_an_evm_lock_was_sent_finds_it_instead_of_locking_ag
     async with running_lp(settings_for(tmp_path, "lp", regtest, anvil), swap_config(lp_keys, contracts)) as (lp_url, lp):
         first = await Party.open(trader_settings, swap_config(trader_keys, contracts), LpClient())
         view = await first.start_swap(lp_url, "tusd:600", "btc:0.01")
-        real = first.legs["evm"].broadcast_lock
 
-        async def send_then_die(*args):
-            await real(*args)  # the lock is mined...
-            raise _CrashAfterIntent()  # ...but the process dies before recording it
+        async def die(**_context):  # the lock is mined, but the process dies before recording it
+            raise _CrashAfterIntent()
 
-        first.legs["evm"].broadcast_lock = send_then_die
+        first.engine.faults.at("lock.after_broadcast", die, when=lambda leg, **_: leg.chain == "evm")
         with pytest.raises(_CrashAfterIntent):
-            await first.engine._initiator_created(first.store.get(view.swap.id))
+            await first.engine.step(view.swap.id)
         await first.close()
-        second = await Party.open(trader_settings, swap_config(trader_keys, contracts), LpClient())
-        try:
+        async with await Party.open(trader_settings, swap_config(trader_keys, contracts), LpClient()) as second:
             recorded = second.store.get(view.swap.id).leg(INITIATOR)
             assert recorded.lock_ref is None  # sent and mined, but the swap id never recorded
             assert (await evm.tx_status(recorded.lock_tx)).confirmations >= 1
@@ -575,8 +533,6 @@ async def test_restart_after_an_evm_lock_was_sent_finds_it_instead_of_locking_ag
             assert receipt.gas_used < EVM_GAS["lock_erc20"] // 2  # the fixed limit has headroom
             assert await token.balance(trader_keys.address) == 400 * 10**6
             await wait_until(lambda: _state(lp, view.swap.id, m.CLAIMED), timeout=60, what="LP claimed")
-        finally:
-            await second.close()
 
 
 async def test_concurrent_swaps_against_one_lp(tmp_path, regtest, anvil, btc, evm, contracts, automine):
@@ -605,7 +561,7 @@ async def test_concurrent_swaps_against_one_lp(tmp_path, regtest, anvil, btc, ev
             done = await asyncio.gather(*(run_trader(party, v.swap.id, timeout=120) for (_, party), v in zip(traders, views)))
             assert [d.state for d in done] == [m.CLAIMED] * 4, [d.last_error for d in done]
             for v in views:
-                await wait_until(lambda: _state(lp, v.swap.id, m.CLAIMED), timeout=60, what=f"LP claimed {v.swap.id}")
+                await wait_until(lambda: _state(lp, v.swap.id, m.CLAIMED), timeout=60, what=f"LP claimed {v.swap.id}")  # noqa: B023
             assert await token.balance(traders[2][0].address) == 6 * 10**6
             assert await token.balance(traders[3][0].address) == 12 * 10**6
             assert await token.balance(lp_keys.address) == 10_000 * 10**6 - 18 * 10**6 + 540 * 10**6
@@ -658,7 +614,7 @@ async def test_a_stuck_bitcoin_claim_is_replaced_with_a_higher_fee(tmp_path, reg
                 if trader.store.get(view.swap.id).swap.state == m.CLAIM_INTENDED:
                     return True
                 if await btc.rpc.call("getrawmempool"):
-                    await btc.mine(1)
+                    await BitcoinDevnet(btc).mine(1)
                 return False
 
             await wait_until(claim_waiting, timeout=60, what="trader's claim broadcast")
@@ -667,7 +623,7 @@ async def test_a_stuck_bitcoin_claim_is_replaced_with_a_higher_fee(tmp_path, reg
             assert bumped.spend_feerate > first.spend_feerate == 2 and first.spend_tx in bumped.spend_history.split(",")
             mempool = await btc.rpc.call("getrawmempool")
             assert bumped.spend_tx in mempool and first.spend_tx not in mempool  # replaced, not added
-            await btc.mine(1)
+            await BitcoinDevnet(btc).mine(1)
             done = await task
             assert done.state == m.CLAIMED, done.last_error
             def fee(leg) -> int:
@@ -692,12 +648,16 @@ async def _dies_before_sending_its_claim(trader: Party, lp_url: str) -> SwapView
     """A BTC -> ETH swap whose trader records its ETH claim and dies before broadcasting it."""
     view = await trader.start_swap(lp_url, "btc:0.2", "eth:3")
 
-    async def die(*_args):
+    async def die(**_context):
         raise _Killed()
 
-    trader.legs["evm"].broadcast_spend = die
-    with pytest.raises(_Killed):
+    trader.engine.faults.at("spend.before_broadcast", die, when=lambda leg, **_: leg.chain == "evm")
+    killed = False
+    try:  # the runner's task group hands the death on inside an exception group
         await run_trader(trader, view.swap.id)
+    except* _Killed:
+        killed = True
+    assert killed
     return view
 
 
@@ -716,8 +676,7 @@ async def test_restart_after_recording_an_evm_claim_sends_the_same_transaction(t
         assert recorded.swap.state == m.CLAIM_INTENDED and claim.spend_evm
         assert await evm.rpc.call("eth_getTransactionByHash", [claim.spend_tx]) is None  # signed and recorded, never sent
         before = await evm.balance(trader_keys.address)
-        second = await Party.open(trader_settings, swap_config(trader_keys, contracts), LpClient())
-        try:
+        async with await Party.open(trader_settings, swap_config(trader_keys, contracts), LpClient()) as second:
             done = await run_trader(second, view.swap.id)
             assert done.state == m.CLAIMED, done.last_error
             leg = second.store.get(view.swap.id).leg(PARTICIPANT)
@@ -731,8 +690,6 @@ async def test_restart_after_recording_an_evm_claim_sends_the_same_transaction(t
             assert await evm.balance(trader_keys.address) == before + 3 * ONE_ETH - receipt.gas_used * receipt.effective_gas_price
             assert receipt.gas_used < EVM_GAS["claim"] // 2
             await wait_until(lambda: _state(lp, view.swap.id, m.CLAIMED), timeout=60, what="LP claimed")
-        finally:
-            await second.close()
 
 
 async def test_a_recorded_evm_claim_whose_nonce_was_taken_is_re_signed_under_a_fresh_one(tmp_path, regtest, anvil, btc, evm, contracts, automine):
@@ -750,8 +707,7 @@ async def test_a_recorded_evm_claim_whose_nonce_was_taken_is_re_signed_under_a_f
         other = await evm.transact(trader_keys.evm, trader_keys.address, 0, gas=21_000)  # the operator used the key meanwhile
         await evm.wait_for_receipt(other)
         assert json.loads(claim.spend_evm)["nonce"] == 0 == int((await evm.rpc.call("eth_getTransactionByHash", [other]))["nonce"], 16)
-        second = await Party.open(trader_settings, swap_config(trader_keys, contracts), LpClient())
-        try:
+        async with await Party.open(trader_settings, swap_config(trader_keys, contracts), LpClient()) as second:
             done = await run_trader(second, view.swap.id)
             assert done.state == m.CLAIMED, done.last_error
             leg = second.store.get(view.swap.id).leg(PARTICIPANT)
@@ -761,8 +717,6 @@ async def test_a_recorded_evm_claim_whose_nonce_was_taken_is_re_signed_under_a_f
             assert [c.where.tx_hash for c in claims] == [leg.spend_tx]
             assert await _sent_count(evm, trader_keys.address) == 2  # the other transaction and one claim
             assert any("was taken by another transaction" in a.note for a in second.store.get(view.swap.id).actions)
-        finally:
-            await second.close()
 
 
 async def test_a_stuck_evm_claim_is_replaced_with_a_higher_fee(tmp_path, regtest, anvil, btc, evm, contracts, automine):
@@ -778,7 +732,7 @@ async def test_a_stuck_evm_claim_is_replaced_with_a_higher_fee(tmp_path, regtest
         real_broadcast = trader.legs["evm"].broadcast_spend
 
         async def broadcast_with_blocks_held(*args):
-            await evm.set_automine(False)  # from the claim on, only this test makes EVM blocks
+            await AnvilControls(evm).set_automine(False)  # from the claim on, only this test makes EVM blocks
             await real_broadcast(*args)
 
         trader.legs["evm"].broadcast_spend = broadcast_with_blocks_held
@@ -790,17 +744,17 @@ async def test_a_stuck_evm_claim_is_replaced_with_a_higher_fee(tmp_path, regtest
             first_fields = json.loads(first.spend_evm)
             # The next blocks cost twice what the first claim may pay: it stays pending.
             await evm.rpc.call("anvil_setNextBlockBaseFeePerGas", [hex(2 * first_fields["max_fee"])])
-            await evm.mine(2)
+            await AnvilControls(evm).mine(2)
             assert await htlc.swap(first.lock_ref) == SwapStatus.LOCKED, "the underpriced claim was not mined"
             await wait_until(lambda: _bumped(trader, view.swap.id, first.spend_tx), timeout=30, what="fee bump")
 
             async def claimed() -> bool:
-                await evm.mine(1)
+                await AnvilControls(evm).mine(1)
                 return await htlc.swap(first.lock_ref) == SwapStatus.CLAIMED
 
             await wait_until(claimed, timeout=30, interval=0.5, what="the replacement claim mined")
         finally:
-            await evm.set_automine(True)
+            await AnvilControls(evm).set_automine(True)
         try:
             done = await task
             assert done.state == m.CLAIMED, done.last_error
@@ -843,28 +797,25 @@ async def test_trader_back_after_the_lp_refunded_refunds_its_own_lock(tmp_path, 
         assert (await first.engine.step(view.swap.id)).swap.state == m.INITIATOR_LOCKED
         lp_view = await wait_until(lambda: _state(lp, view.swap.id, m.PARTICIPANT_LOCKED), timeout=30, what="LP locked")
 
-        async def crash(*_args):
+        async def crash(**_context):
             raise _CrashAfterIntent()
 
-        first.legs["bitcoin"].broadcast_spend = crash
+        first.engine.faults.at("spend.before_broadcast", crash, when=lambda leg, **_: leg.chain == "bitcoin")
         with pytest.raises(_CrashAfterIntent):
-            await first.engine._initiator_locked(first.store.get(view.swap.id))
+            await first.engine.step(view.swap.id)
         assert first.store.get(view.swap.id).swap.state == m.CLAIM_INTENDED
         await first.close()
-        await btc.mine(lp_view.leg(PARTICIPANT).expiry - await btc.height())
+        await BitcoinDevnet(btc).mine(lp_view.leg(PARTICIPANT).expiry - await btc.height())
         await wait_until(lambda: _state(lp, view.swap.id, m.REFUNDED), timeout=30, what="LP refunded")
-        second = await Party.open(trader_settings, swap_config(trader_keys, contracts), LpClient())
-        try:
+        async with await Party.open(trader_settings, swap_config(trader_keys, contracts), LpClient()) as second:
             waiting = await second.engine.step(view.swap.id)
             assert waiting.swap.state == m.CLAIM_INTENDED and "claim refused" in waiting.swap.last_error
             await evm.rpc.call("evm_setNextBlockTimestamp", [waiting.leg(INITIATOR).expiry])
-            await evm.mine(1)
+            await AnvilControls(evm).mine(1)
             done = await run_trader(second, view.swap.id)
             assert done.state == m.REFUNDED, done.last_error
             assert 2 * ONE_ETH - await evm.balance(trader_keys.address) < 10**16  # gas only
             assert await btc.balance([trader_keys.btc.p2wpkh_script]) == 0
-        finally:
-            await second.close()
 
 
 async def test_lp_whose_claim_is_impossible_ends_claim_lost_and_books_the_loss(tmp_path, regtest, anvil, btc, evm, contracts, automine):
@@ -880,13 +831,12 @@ async def test_lp_whose_claim_is_impossible_ends_claim_lost_and_books_the_loss(t
             raise TransactionRejected("LP's node is unreachable", reason="test: broadcast lost")
 
         lp.legs["bitcoin"].broadcast_spend = lost_broadcast
-        trader = await Party.open(settings_for(tmp_path, "trader", regtest, anvil), swap_config(trader_keys, contracts), LpClient())
-        try:
+        async with await Party.open(settings_for(tmp_path, "trader", regtest, anvil), swap_config(trader_keys, contracts), LpClient()) as trader:
             view = await trader.start_swap(lp_url, "btc:0.3", "eth:4")
             task = asyncio.create_task(run_trader(trader, view.swap.id, timeout=120))
             await wait_until(lambda: _state(lp, view.swap.id, m.CLAIM_INTENDED), timeout=60, what="LP saw the secret")
             ileg = trader.store.get(view.swap.id).leg(INITIATOR)
-            await btc.mine(ileg.expiry - await btc.height())
+            await BitcoinDevnet(btc).mine(ileg.expiry - await btc.height())
             done = await task  # its lock unclaimed at its expiry, the trader refunds it and ends claimed
             assert done.state == m.CLAIMED, done.last_error
             assert trader.store.get(view.swap.id).leg(INITIATOR).outcome == "refunded"
@@ -904,8 +854,6 @@ async def test_lp_whose_claim_is_impossible_ends_claim_lost_and_books_the_loss(t
             assert (escrow.balance, escrow.debits_pending) == (0, 0)  # the trader's lock reversed
             assert book(lp, trader_btc_id, "external", "BTC").balance == 0
             assert book(lp, lp_keys.btc.pubkey.hex(), "user", "BTC").balance == 0
-        finally:
-            await trader.close()
 
 
 @pytest.mark.parametrize("who_refunds", ["engine", "operator"])
@@ -926,12 +874,11 @@ async def test_trader_refunds_its_own_lock_the_lp_never_claimed_and_ends_claimed
     await fund_btc(btc, trader_keys.btc)
     async with running_lp(settings_for(tmp_path, "lp", regtest, anvil), swap_config(lp_keys, contracts)) as (lp_url, lp):
 
-        async def lp_gone(_view):
+        async def lp_gone(**_context):
             raise NotYet("test: the LP's engine is not running")
 
-        lp.engine._participant_locked = lp_gone  # it locked; it never looks for the secret again
-        trader = await Party.open(settings_for(tmp_path, "trader", regtest, anvil), swap_config(trader_keys, contracts), LpClient())
-        try:
+        lp.engine.faults.at("handle.participant_locked", lp_gone)  # it locked; it never looks for the secret again
+        async with await Party.open(settings_for(tmp_path, "trader", regtest, anvil), swap_config(trader_keys, contracts), LpClient()) as trader:
             view = await trader.start_swap(lp_url, "btc:0.3", "eth:4")
             task = asyncio.create_task(run_trader(trader, view.swap.id, timeout=120))
             waiting = await wait_until(lambda: _waiting_for(trader, view.swap.id, "waiting for the LP to claim our lock"),
@@ -947,12 +894,12 @@ async def test_trader_refunds_its_own_lock_the_lp_never_claimed_and_ends_claimed
                     await task
                 # What the older version recorded at the expiry: claimed, our lock left escrowed.
                 trader.store.transition(view.swap.id, m.CLAIM_INTENDED, m.CLAIMED, legs={PARTICIPANT: {"outcome": None}})
-                await btc.mine(ileg.expiry - await btc.height())
+                await BitcoinDevnet(btc).mine(ileg.expiry - await btc.height())
                 intended = await trader.engine.refund(view.swap.id)  # `bridgectl swap refund ID`
                 assert intended.swap.state == m.REFUND_INTENDED and intended.leg(INITIATOR).spend_kind == "refund"
                 task = asyncio.create_task(run_trader(trader, view.swap.id, timeout=60))
             else:
-                await btc.mine(ileg.expiry - await btc.height())
+                await BitcoinDevnet(btc).mine(ileg.expiry - await btc.height())
             done = await task
             assert done.state == m.CLAIMED, done.last_error
             final = trader.store.get(view.swap.id)
@@ -975,8 +922,6 @@ async def test_trader_refunds_its_own_lock_the_lp_never_claimed_and_ends_claimed
                 return sorted((b.owner, b.kind, b.asset, b.balance, b.debits_pending, b.credits_pending) for b in balances(engine))
 
             assert figures(again) == figures(trader.store.engine)
-        finally:
-            await trader.close()
 
 
 async def test_lp_does_not_lock_on_a_trader_lock_that_a_reorg_removed(tmp_path, regtest, anvil, btc, evm, contracts, automine):
@@ -988,8 +933,7 @@ async def test_lp_does_not_lock_on_a_trader_lock_that_a_reorg_removed(tmp_path, 
     lp_btc_before = await btc.balance([lp_keys.btc.p2wpkh_script])
     lp_config = swap_config(lp_keys, contracts, confirmations={"bitcoin": 1, "evm": 3})
     async with running_lp(settings_for(tmp_path, "lp", regtest, anvil), lp_config) as (lp_url, lp):
-        trader = await Party.open(settings_for(tmp_path, "trader", regtest, anvil), swap_config(trader_keys, contracts), LpClient())
-        try:
+        async with await Party.open(settings_for(tmp_path, "trader", regtest, anvil), swap_config(trader_keys, contracts), LpClient()) as trader:
             view = await trader.start_swap(lp_url, "eth:1", "btc:0.005")
             stepped = await trader.engine.step(view.swap.id)
             assert stepped.swap.state == m.INITIATOR_LOCKED, stepped.swap.last_error
@@ -1001,15 +945,13 @@ async def test_lp_does_not_lock_on_a_trader_lock_that_a_reorg_removed(tmp_path, 
                 "type": 2, "chainId": await evm.chain_id_int(), "nonce": int(lock["nonce"], 16), "to": trader_keys.address,
                 "value": 0, "gas": 21_000, "maxFeePerGas": 2 * fees.max_fee, "maxPriorityFeePerGas": fees.priority_fee,
             })
-            await evm.reorg(depth, [(conflict, 0)])
-            await evm.mine(5)  # past the 3 confirmations the lock would have had
+            await AnvilControls(evm).reorg(depth, [(conflict, 0)])
+            await AnvilControls(evm).mine(5)  # past the 3 confirmations the lock would have had
             await wait_until(lambda: _waiting_for(lp, view.swap.id, "no Locked event"), timeout=30, what="LP lost sight of the lock")
             assert lp.store.get(view.swap.id).swap.state == m.CREATED
             assert lp.store.get(view.swap.id).leg(PARTICIPANT).lock_ref is None  # the LP never locked
             assert await btc.balance([lp_keys.btc.p2wpkh_script]) == lp_btc_before
             assert 2 * ONE_ETH - await evm.balance(trader_keys.address) < 10**16  # gas only: the 1 ETH never left
-        finally:
-            await trader.close()
 
 
 def _waiting_for(party: Party, swap_id: str, text: str):
@@ -1028,25 +970,22 @@ async def test_lp_does_not_lock_on_a_bitcoin_lock_that_a_reorg_removed(tmp_path,
     [coin] = await btc.utxos([trader_keys.btc.p2wpkh_script])
     lp_config = swap_config(lp_keys, contracts, confirmations={"bitcoin": 3, "evm": 1})
     async with running_lp(settings_for(tmp_path, "lp", regtest, anvil), lp_config) as (lp_url, lp):
-        trader = await Party.open(settings_for(tmp_path, "trader", regtest, anvil), swap_config(trader_keys, contracts), LpClient())
-        try:
+        async with await Party.open(settings_for(tmp_path, "trader", regtest, anvil), swap_config(trader_keys, contracts), LpClient()) as trader:
             view = await trader.start_swap(lp_url, "btc:0.3", "eth:4")
             stepped = await trader.engine.step(view.swap.id)
             assert stepped.swap.state == m.INITIATOR_LOCK_INTENDED, stepped.swap.last_error
-            await btc.mine(1)
+            await BitcoinDevnet(btc).mine(1)
             stepped = await trader.engine.step(view.swap.id)  # confirmed (the LP was told when it was sent)
             assert stepped.swap.state == m.INITIATOR_LOCKED, stepped.swap.last_error
             await wait_until(lambda: _waiting_for(lp, view.swap.id, "1/3 confirmations"), timeout=30, what="LP saw the lock, unconfirmed")
-            reorg = await btc.rpc.call("devnetreorg", 1)
+            reorg = await BitcoinDevnet(btc).reorg(1)
             assert stepped.leg(INITIATOR).lock_tx in await btc.rpc.call("getrawmempool")  # back to the mempool
             conflict = build_funding([coin], [trader_keys.btc], trader_keys.btc.p2wpkh_script, ONE_BTC, 20, network=btc.network)
             await btc.send(conflict.raw_hex)  # replaces the lock in the mempool
-            await btc.mine(5)
+            await BitcoinDevnet(btc).mine(5)
             assert (await btc.tx_status(conflict.txid)).confirmations == 5 and reorg["disconnected"]
             await wait_until(lambda: _waiting_for(lp, view.swap.id, "no longer"), timeout=30, what="LP lost sight of the lock")
             lp_view = lp.store.get(view.swap.id)
             assert lp_view.swap.state == m.CREATED and lp_view.leg(PARTICIPANT).lock_ref is None  # the LP never locked
             assert await evm.balance(lp_keys.address) == 20 * ONE_ETH
             assert 2 * ONE_BTC - await btc.balance([trader_keys.btc.p2wpkh_script]) < 10_000  # fees only
-        finally:
-            await trader.close()

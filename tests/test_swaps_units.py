@@ -11,7 +11,6 @@ from eth_abi import encode as abi_encode
 from eth_utils import event_abi_to_log_topic
 from sqlmodel import Session
 
-from bridge.core.db import make_engine
 from bridge.core.errors import ConfigError, Conflict, InputError, NotFound
 from bridge.core.settings import Settings
 from bridge.swaps import models as m

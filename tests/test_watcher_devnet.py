@@ -51,6 +51,8 @@ from htlc.evm import ETH, Erc20, EvmHtlc
 from relayers.lp import LpDaemon
 from relayers.runner import Runner
 from relayers.watcher import WatcherDaemon
+from devnets.controls import AnvilControls, BitcoinDevnet
+from devnets.presets import MARKETS, TIMELOCK
 
 ONE_BTC = 100_000_000
 ONE_ETH = 10**18
@@ -73,7 +75,7 @@ def regtest(tmp_path_factory):
 @pytest.fixture
 async def htlc(evm) -> EvmHtlc:
     deployer = Account.create()
-    await evm.set_balance(deployer.address, ONE_ETH)
+    await AnvilControls(evm).set_balance(deployer.address, ONE_ETH)
     return await EvmHtlc.deploy(evm, deployer.key.to_0x_hex())
 
 
@@ -82,15 +84,15 @@ _FAUCET = BtcKey.generate()
 
 async def fund_btc(btc: BitcoinAdapter, key: BtcKey, sats: int = ONE_BTC) -> None:
     while await btc.balance([_FAUCET.p2wpkh_script]) < sats + ONE_BTC:
-        await btc.mine(5, _FAUCET.p2wpkh_address())
-        await btc.mine(COINBASE_MATURITY)
+        await BitcoinDevnet(btc).mine(5, _FAUCET.p2wpkh_address())
+        await BitcoinDevnet(btc).mine(COINBASE_MATURITY)
     await btc.send_to([_FAUCET], [(key.p2wpkh_script, sats)], 2)
-    await btc.mine(1)
+    await BitcoinDevnet(btc).mine(1)
 
 
 async def evm_account(evm: EvmAdapter, wei: int = ONE_ETH) -> tuple[str, str]:
     acct = Account.create()
-    await evm.set_balance(acct.address, wei)
+    await AnvilControls(evm).set_balance(acct.address, wei)
     return acct.key.to_0x_hex(), acct.address
 
 
@@ -180,7 +182,7 @@ async def lock_btc(btc: BitcoinAdapter, sender: BtcKey, claimer: BtcKey, hashloc
     tip = await btc.height()
     script = p2wsh_htlc_script(hashlock, claimer.pubkey, sender.pubkey, tip + blocks)
     coin, _ = await fund_htlc(btc, [sender], script, HTLC_SATS, 2)
-    await btc.mine(1)
+    await BitcoinDevnet(btc).mine(1)
     return BtcLock(coin, script, tip)
 
 
@@ -246,7 +248,7 @@ async def test_watcher_claims_btc_for_offline_lp_and_bumps_the_stuck_claim(btc, 
         mempool = await btc.rpc.call("getrawmempool")
         assert bumped["spend_tx"] in mempool and first["spend_tx"] not in mempool, "the bump replaced the first claim"
 
-        await btc.mine(1)
+        await BitcoinDevnet(btc).mine(1)
         done = await w.state(job_id, CONFIRMED)
     assert done["spend_tx"] == bumped["spend_tx"]
     fee_rung1 = HTLC_SATS - next(o for o in _outs(ladder[1]["tx"]))
@@ -285,7 +287,7 @@ async def test_watcher_claims_evm_for_offline_lp_and_bumps_the_stuck_claim(btc, 
     base_fee = int((await evm.rpc.call("eth_getBlockByNumber", ["latest", False]))["baseFeePerGas"], 16)
     lp_before, watcher_before = await evm.balance(lp_addr), await evm.balance(watcher_addr)
 
-    await evm.set_automine(False)
+    await AnvilControls(evm).set_automine(False)
     try:
         async with running_watcher(
             tmp_path / "w.sqlite", btc, evm, watcher_key, stuck_blocks=2, evm_max_fee=2 * base_fee, evm_priority_fee=1,
@@ -296,18 +298,18 @@ async def test_watcher_claims_evm_for_offline_lp_and_bumps_the_stuck_claim(btc, 
 
             claim = build_claim(lock.coin, secret, trader_btc, trader_btc.p2wpkh_script, 2)
             await btc.send(claim.hex)
-            await btc.mine(1)
+            await BitcoinDevnet(btc).mine(1)
 
             first = await w.state(job_id, SPEND_SENT, level=0)
             # The next blocks cost 10x the base fee the first claim was priced for.
             await evm.rpc.call("anvil_setNextBlockBaseFeePerGas", [hex(20 * base_fee)])
-            await evm.mine(2)
+            await AnvilControls(evm).mine(2)
             assert await htlc.swap(swap_id) == 1, "the underpriced claim was not mined"
             bumped = await w.state(job_id, SPEND_SENT, level=1)
-            await evm.mine(1)
+            await AnvilControls(evm).mine(1)
             done = await w.state(job_id, CONFIRMED)
     finally:
-        await evm.set_automine(True)
+        await AnvilControls(evm).set_automine(True)
 
     assert done["spend_tx"] == bumped["spend_tx"] != first["spend_tx"]
     first_tx = await evm.rpc.call("eth_getTransactionByHash", [first["spend_tx"]])
@@ -335,11 +337,11 @@ async def test_watcher_broadcasts_the_presigned_refund_at_expiry(btc, evm, tmp_p
         job_id = body["id"]
         assert body["expiry"] == lock.height + 6
         while await btc.height() < lock.height + 5:
-            await btc.mine(1)
+            await BitcoinDevnet(btc).mine(1)
             assert (await w.get(job_id))["state"] == "watching"
-        await btc.mine(1)  # tip = refund height: the refund is final in the next block
+        await BitcoinDevnet(btc).mine(1)  # tip = refund height: the refund is final in the next block
         sent = await w.state(job_id, SPEND_SENT)
-        await btc.mine(1)
+        await BitcoinDevnet(btc).mine(1)
         done = await w.state(job_id, CONFIRMED)
 
         async def metrics() -> bool:
@@ -371,10 +373,10 @@ async def test_watcher_refunds_an_evm_lock_at_expiry(btc, evm, htlc, tmp_path):
         assert status == 400 and "is not the swap's sender" in body["reason"]
         status, body = await w.submit(evm_job("refund", htlc, params, party_addr))
         assert status == 201, body
-        await evm.mine(3)
+        await AnvilControls(evm).mine(3)
         assert (await w.get(body["id"]))["state"] == "watching"
         await evm.rpc.call("evm_increaseTime", [601])
-        await evm.mine(1)
+        await AnvilControls(evm).mine(1)
         done = await w.state(body["id"], CONFIRMED)
     assert await evm.balance(party_addr) == party_before + HTLC_WEI
     assert await evm.balance(watcher_addr) < watcher_before
@@ -450,13 +452,13 @@ async def test_watcher_killed_and_restarted_resumes_its_jobs(regtest, anvil, btc
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
     while await btc.height() < lock.height + 4:
-        await btc.mine(1)
+        await BitcoinDevnet(btc).mine(1)
 
     proc = watcher_process(regtest, anvil, tmp_path, port, watcher_key)
     try:
         await wait_until(lambda: _health(url), 60, what="watcher process up again")
         await w.state(refund["id"], SPEND_SENT)
-        await btc.mine(1)
+        await BitcoinDevnet(btc).mine(1)
         refunded = await w.state(refund["id"], CONFIRMED)
         claimed = await w.state(claim["id"], CONFIRMED)
     finally:
@@ -469,11 +471,6 @@ async def test_watcher_killed_and_restarted_resumes_its_jobs(regtest, anvil, btc
 
 # --- a real swap: the engine and the LP daemon, the trader offline ----------------------------------
 
-#: Short but policy-valid timelocks for the engine-driven swap.
-TIMELOCK = {
-    "safety_gap": 1800, "initiator_lock": 7200, "participant_lock": 3600,
-    "min_participant_lock": 600, "claim_margin": 300, "btc_seconds_per_block": 60,
-}
 
 
 def settings_for(tmp_path, name: str, regtest, anvil) -> Settings:
@@ -490,7 +487,7 @@ def swap_config(btc_key: BtcKey, evm_key: str, htlc_address: str) -> SwapConfig:
     return SwapConfig.model_validate({
         "btc_key": btc_key.secret.hex(), "evm_key": evm_key, "htlc": htlc_address, "btc_feerate": 2,
         "poll_interval": 0.05, "timelock": TIMELOCK,
-        "lp": {"markets": {"btc/eth": {"rate": "150000000000/1", "min_sell": 10_000, "max_sell": 10 * ONE_BTC}}},
+        "lp": {"markets": {"btc/eth": MARKETS["btc/eth"]}},
     })
 
 
@@ -607,7 +604,7 @@ async def test_lp_offline_after_locking_watcher_claims_its_btc_once_the_trader_r
         assert [(j["kind"], j["chain"], j.get("reveal", {}).get("chain")) for j in jobs] == [
             ("claim", "bitcoin", "evm"), ("refund", "evm", None)]
         await stop_runner(lp_task, "lp")  # the LP goes offline
-        await evm.set_balance(trader_addr, ONE_ETH // 100)  # the trader can pay for its claim now
+        await AnvilControls(evm).set_balance(trader_addr, ONE_ETH // 100)  # the trader can pay for its claim now
 
         async with running_watcher(tmp_path / "watcher.sqlite", btc, evm, Account.create().key.to_0x_hex()) as w:
             ids = []
@@ -647,7 +644,7 @@ async def test_spend_recorded_before_broadcast_is_sent_once_after_a_crash_either
     swap_id, _ = await htlc.lock(sender_key, party_addr, ETH, HTLC_WEI, hashlock, (await evm.head()).timestamp + 3600)
     params = (await htlc.locked_swap(swap_id)).swap
     while await btc.height() < lock.height + 2:
-        await btc.mine(1)
+        await BitcoinDevnet(btc).mine(1)
     db = f"sqlite:///{tmp_path / 'w.sqlite'}"
 
     def fresh_watcher() -> Watcher:  # what a restarted process builds from the same database
@@ -669,7 +666,7 @@ async def test_spend_recorded_before_broadcast_is_sent_once_after_a_crash_either
     await second.step_all()
     assert second.store.get(refund.id).state == second.store.get(claim.id).state == SPEND_SENT
     assert await btc.rpc.call("getrawmempool") == [refund.spend_tx]
-    await btc.mine(1)
+    await BitcoinDevnet(btc).mine(1)
     await wait_until(lambda: _stepped_to(second, [refund.id, claim.id], CONFIRMED), 20, what="both spends confirmed")
     assert int(await evm.rpc.call("eth_getTransactionCount", [watcher_addr, "latest"]), 16) == 1
     mined = await evm.rpc.call("eth_getTransactionByHash", [claim.spend_tx])
@@ -722,14 +719,14 @@ async def test_evm_nonces_stay_with_the_watchers_dropped_spends(btc, evm, htlc, 
     async def nonce_of(tx_hash: str) -> int:
         return int((await evm.rpc.call("eth_getTransactionByHash", [tx_hash]))["nonce"], 16)
 
-    await evm.set_automine(False)
+    await AnvilControls(evm).set_automine(False)
     try:
         async with running_watcher(db, btc, evm, watcher_key, stuck_blocks=3, evm_max_fee=2 * base_fee, evm_priority_fee=1) as w:
             _, a = await w.submit(evm_job("claim", htlc, params[0], party_addr, secret=hashlocks[0][0].hex()))
             sent_a = await w.state(a["id"], SPEND_SENT)
             assert await nonce_of(sent_a["spend_tx"]) == 0
             await evm.rpc.call("anvil_setNextBlockBaseFeePerGas", [hex(20 * base_fee)])
-            await evm.mine(1)
+            await AnvilControls(evm).mine(1)
             assert await evm.rpc.call("eth_getTransactionByHash", [sent_a["spend_tx"]]) is None, "Anvil dropped it"
 
         async with running_watcher(db, btc, evm, watcher_key, stuck_blocks=3) as w:  # node-suggested fees from here
@@ -741,14 +738,14 @@ async def test_evm_nonces_stay_with_the_watchers_dropped_spends(btc, evm, htlc, 
             fees = await evm.suggest_fees()
             by_hand = EvmTxFields(await evm.chain_id_int(), 0, watcher_addr, "0x", 21_000, fees.max_fee, fees.priority_fee)
             await evm.send(by_hand.sign(evm, watcher_key)[0])
-            await evm.mine(1)
+            await AnvilControls(evm).mine(1)
             await w.state(b["id"], CONFIRMED)
-            await evm.mine(1)
+            await AnvilControls(evm).mine(1)
             resent = await w.state(a["id"], SPEND_SENT, level=1)
             assert await nonce_of(resent["spend_tx"]) == 2
             assert "the old one was taken" in resent["actions"][-2]["note"]
-            await evm.mine(1)
+            await AnvilControls(evm).mine(1)
             await w.state(a["id"], CONFIRMED)
     finally:
-        await evm.set_automine(True)
+        await AnvilControls(evm).set_automine(True)
     assert await evm.balance(party_addr) == 2 * HTLC_WEI

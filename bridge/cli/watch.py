@@ -74,7 +74,7 @@ def register_swap_watch(cmds: argparse._SubParsersAction) -> None:
 async def cmd_swap_watch(args: argparse.Namespace) -> int:
     from bridge.swaps.config import load_swap_config
     from bridge.swaps.party import Party
-    from bridge.swaps.assets import BITCOIN
+    from chains.base import BITCOIN, EVM
     from bridge.watch.handoff import submit_jobs, swap_jobs
 
     check_swap_id(args.id)
@@ -91,7 +91,7 @@ async def cmd_swap_watch(args: argparse.Namespace) -> int:
     party = await Party.open(settings, load_swap_config(settings, args.swap_config))
     try:
         view = party.store.get(args.id)
-        btc_leg, evm_leg = party.legs[BITCOIN], party.legs["evm"]
+        btc_leg, evm_leg = party.legs[BITCOIN], party.legs[EVM]
         jobs = await swap_jobs(view, btc_leg.key, evm_leg.htlc, settings.bitcoin.network, feerates)
     finally:
         await party.close()

@@ -15,9 +15,7 @@ from decimal import Decimal, InvalidOperation
 
 from bridge.core.errors import InputError
 from bridge.swaps.limits import check_amount, max_amount
-
-BITCOIN = "bitcoin"
-EVM = "evm"
+from chains.base import BITCOIN, EVM  # the chain names, also imported from here
 
 #: Longest amount text accepted: a uint256 in base units has 78 digits; decimals, a point
 #: and an exponent fit easily.

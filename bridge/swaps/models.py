@@ -155,3 +155,5 @@ class SwapAction(SQLModel, table=True):
     from_state: Optional[str] = None
     to_state: str
     note: str = ""
+    #: Which attempt in ``from_state`` made the move (1: the first); None on rows older than the column.
+    attempt: Optional[int] = None

@@ -38,7 +38,7 @@ from chains.bitcoin import BitcoinTxFilter
 from chains.cursor_store import OrphanedBlock
 from chains.evm import EvmLogFilter
 from chains.indexer import Indexer
-from htlc.evm import Claimed, Locked, LogRef, Refunded, SwapParams, decode_events
+from htlc.evm import Claimed, Locked, LogRef, SwapParams, decode_events
 
 log = logging.getLogger("bridge.swaps.observe")
 

@@ -9,7 +9,7 @@ from bridge.core.db import make_engine
 from bridge.core.errors import ConfigError, InputError
 from bridge.core.settings import Settings
 from bridge.ledger import Ledger
-from bridge.swaps.assets import BITCOIN, EVM, AssetBook
+from bridge.swaps.assets import AssetBook
 from bridge.swaps.books import SwapBooks
 from bridge.swaps.config import SwapConfig
 from bridge.swaps.engine import LpPort, SwapEngine
@@ -19,6 +19,7 @@ from bridge.swaps.limits import check_lp_url
 from bridge.swaps.observe import SwapObservers
 from bridge.swaps.protocol import new_trader_swap
 from bridge.swaps.store import SwapStore, SwapView
+from chains.base import BITCOIN, EVM
 from chains.bitcoin import BitcoinAdapter
 from chains.bitcoin_wallet import BtcKey
 from chains.evm import EvmAdapter
@@ -83,6 +84,12 @@ class Party:
 
     def identity(self, chain: str) -> str:
         return self.legs[chain].identity
+
+    async def __aenter__(self) -> "Party":
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.close()
 
     async def close(self) -> None:
         closing = getattr(self.engine.lp, "close", None)

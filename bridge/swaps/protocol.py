@@ -27,12 +27,13 @@ from eth_utils import is_address, to_checksum_address
 
 from bridge.core.errors import BridgeError, Conflict, InputError, NotFound
 from bridge.swaps import models as m
-from bridge.swaps.assets import BITCOIN, AssetBook, SwapAsset
+from bridge.swaps.assets import AssetBook, SwapAsset
 from bridge.swaps.legs import Leg
 from bridge.swaps.models import INITIATOR, PARTICIPANT, Swap, SwapLeg
 from bridge.swaps.limits import check_amount, check_swap_id
 from bridge.swaps.store import SwapStore, SwapView, canonical_ref
 from bridge.swaps.timelock import TimelockPolicy, TimelockRefused
+from chains.base import BITCOIN
 from chains.http import LoopSession
 from htlc.bitcoin_script import is_compressed_pubkey
 

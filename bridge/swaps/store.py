@@ -3,6 +3,8 @@
 A handler computes what it wants to record (a signed transaction, a lock
 reference) and calls ``transition``; the row's current state is checked inside
 the same transaction, so two runners racing on one swap cannot both move it.
+The compare-and-set, the history row (``swap_action``, with the attempt) and the
+scheduling statements are the runtime's (``bridge.runtime.store``, table ``SWAPS``).
 """
 
 from __future__ import annotations
@@ -19,9 +21,13 @@ from sqlalchemy.orm import configure_mappers
 from bridge.core.db import init_db
 from bridge.core.dbapi import Db, Tx, in_list
 from bridge.core.errors import Conflict, InputError, NotFound
+from bridge.runtime.store import OpStore, OpTable
+from bridge.runtime.store import make_due as _make_due
+from bridge.runtime.store import record as _record
+from bridge.runtime.store import transition as _transition
 from bridge.swaps.models import (
     CLAIM_INTENDED, CREATED, HASHLOCK, INITIATOR, INITIATOR_LOCK_INTENDED, LEGS, OPEN_SQL, PARTICIPANT, PARTICIPANT_LOCK_INTENDED,
-    REFUND_INTENDED, STATES, Swap, SwapAction, SwapLeg,
+    REFUND_INTENDED, STATES, TERMINAL, Swap, SwapAction, SwapLeg,
 )
 from chains.btc.primitives import Tx as BtcTx
 
@@ -63,13 +69,14 @@ def _swap(row: dict[str, Any]) -> Swap:
     return Swap.model_construct(**row)
 
 
+#: Swaps on the runtime's store pattern: the ``swap`` row, its ``swap_action`` history.
+SWAPS = OpTable("swap", "swap", "swap_action", "swap_id", STATES, TERMINAL, retries="retries")
+assert SWAPS.open_sql == OPEN_SQL
+
+
 def make_due(tx: Tx, swap_ids: Iterable[str]) -> set[str]:
     """Make these swaps, the unfinished ones, due now in ``tx`` (news arrived for them); returns the ids."""
-    ids = set(swap_ids)
-    params: dict[str, Any] = {}
-    if keys := in_list("id", ids, params):
-        tx.execute(f"UPDATE swap SET next_attempt_at = 0.0 WHERE id IN ({keys}) AND state IN ({OPEN_SQL})", params)
-    return ids
+    return _make_due(tx, SWAPS, swap_ids)
 
 
 def _insert(table: str, names: Iterable[str]) -> str:
@@ -79,7 +86,6 @@ def _insert(table: str, names: Iterable[str]) -> str:
 
 _INSERT_SWAP = _insert("swap", _SWAP)
 _INSERT_LEG = _insert("swap_leg", _LEG)
-_INSERT_ACTION = _insert("swap_action", ("swap_id", "at", "from_state", "to_state", "note"))
 _INSERT_LOCK = _insert("swap_lock", ("role", "kind", "ref", "swap_id", "leg"))
 
 
@@ -116,15 +122,16 @@ _BACKFILL = (
 _backfilled: "weakref.WeakSet[Engine]" = weakref.WeakSet()
 
 
-class SwapStore:
+class SwapStore(OpStore):
     """Statements go straight to the DB-API (``bridge.core.dbapi``): a relayer runs several at every
-    step of every swap.  The rows come back as detached ``Swap``/``SwapLeg`` models."""
+    step of every swap.  The rows come back as detached ``Swap``/``SwapLeg`` models.  ``due``,
+    ``defer``, ``wake``, ``retries``, ``finished`` and ``history`` are the runtime's (``OpStore``)."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         init_db(engine)
         configure_mappers()  # the models are built without a session (``model_construct``)
-        self.db = Db(engine)
+        super().__init__(Db(engine), SWAPS)
         self._integrity: type[Exception] = engine.dialect.dbapi.IntegrityError
         if engine not in _backfilled:
             with self.db.transaction() as tx:
@@ -151,7 +158,7 @@ class SwapStore:
                 _bind(tx, self._integrity, swap.role, HASHLOCK, swap.hashlock, swap.id, None)
                 for leg in legs:
                     tx.execute(_INSERT_LEG, {n: getattr(leg, n) for n in _LEG})
-                tx.execute(_INSERT_ACTION, {"swap_id": swap.id, "at": swap.created_at, "from_state": None, "to_state": swap.state, "note": note})
+                _record(tx, SWAPS, swap.id, None, swap.state, note, swap.created_at)
         return self.get(swap.id)
 
     def get(self, swap_id: str, with_actions: bool = True) -> SwapView:
@@ -204,23 +211,6 @@ class SwapStore:
         with self.db.transaction() as tx:
             tx.execute("UPDATE swap SET booked_at = :at WHERE id = :id", {"at": updated_at, "id": swap_id})
 
-    def due(self, now: float | None = None, limit: int | None = None, among: Iterable[str] | None = None) -> list[str]:
-        """Ids of unfinished swaps (``among`` these, if given) whose next attempt is due, the longest
-        waiting first."""
-        params: dict[str, Any] = {"now": time.time() if now is None else now}
-        sql = f"SELECT id FROM swap WHERE state IN ({OPEN_SQL}) AND next_attempt_at <= :now"
-        if among is not None:
-            among = list(among)
-            if not among:
-                return []
-            sql += f" AND id IN ({in_list('id', among, params)})"
-        sql += " ORDER BY next_attempt_at"
-        if limit is not None:
-            sql += " LIMIT :limit"
-            params["limit"] = limit
-        with self.db.transaction() as tx:
-            return tx.column(sql, params)
-
     def wake_expiring(self, chain: str, expired: int, lock_deadline: int) -> int:
         """Make due the unfinished swaps whose own lock on ``chain`` has expired (expiry at or before
         ``expired``: refund), and the LP's swaps still waiting for a trader lock that expires at or
@@ -253,39 +243,19 @@ class SwapStore:
         """
         if to not in STATES:
             raise InputError(f"unknown swap state {to!r}", field="state")
-        expected = {expect} if isinstance(expect, str) else set(expect)
         unknown = [n for n in (swap_fields or {}) if n not in Swap.model_fields] + [
             f"{leg}.{n}" for leg, fields in (legs or {}).items() for n in fields if leg not in LEGS or n not in SwapLeg.model_fields
         ]
         if unknown:
             raise InputError(f"not swap fields: {', '.join(unknown)}", fields=unknown)
-        now = time.time()
         with self.db.transaction() as tx:
-            previous = tx.column("SELECT state FROM swap WHERE id = :id", {"id": swap_id})
-            if not previous:
-                raise NotFound(f"no swap {swap_id}", swap_id=swap_id)
-            previous = previous[0]
-            if previous not in expected:
-                raise Conflict(f"swap {swap_id} is {previous}, not {'/'.join(sorted(expected))}", swap_id=swap_id, state=previous)
-            changed = previous != to
-            values: dict[str, Any] = {"retries": 0, "last_error": None, "next_attempt_at": now} if changed else {}
-            values.update(swap_fields or {})
-            values.update(state=to, updated_at=now)
-            # Compare-and-set on the state read above: a runner that moved the swap meanwhile wins.
-            moved = tx.execute(
-                f"UPDATE swap SET {', '.join(f'{n} = :v_{n}' for n in values)} WHERE id = :id AND state = :previous",
-                {**{f"v_{n}": v for n, v in values.items()}, "id": swap_id, "previous": previous},
-            )
-            if moved != 1:
-                raise Conflict(f"swap {swap_id} moved on from {previous} meanwhile", swap_id=swap_id, state=previous)
+            _transition(tx, SWAPS, swap_id, expect, to, note, swap_fields)
             for leg_name, fields in (legs or {}).items():
                 if fields:
                     tx.execute(
                         f"UPDATE swap_leg SET {', '.join(f'{n} = :v_{n}' for n in fields)} WHERE swap_id = :id AND leg = :leg",
                         {**{f"v_{n}": v for n, v in fields.items()}, "id": swap_id, "leg": leg_name},
                     )
-            if changed or note:
-                tx.execute(_INSERT_ACTION, {"swap_id": swap_id, "at": now, "from_state": previous, "to_state": to, "note": note})
             view = self._read(tx, swap_id, with_actions=False)
             for leg_name, fields in (legs or {}).items():
                 if fields.get("lock_ref"):
@@ -305,8 +275,7 @@ class SwapStore:
                 {"ref": ref, "script": script, "id": swap_id, "leg": INITIATOR, "created": CREATED},
             )
             if kept:
-                tx.execute(_INSERT_ACTION, {"swap_id": swap_id, "at": time.time(), "from_state": CREATED, "to_state": CREATED,
-                                            "note": f"trader reports lock {ref}"})
+                _record(tx, SWAPS, swap_id, CREATED, CREATED, f"trader reports lock {ref}", attempt=None)
                 make_due(tx, [swap_id])
         return bool(kept)
 
@@ -350,21 +319,11 @@ class SwapStore:
                 out.append(json.loads(spend_evm)["nonce"])
         return out
 
-    def defer(self, swap_id: str, reason: str, delay: float, count_retry: bool = True) -> None:
-        """Try again after ``delay`` seconds, remembering why (a wait or an error)."""
-        with self.db.transaction() as tx:
-            found = tx.execute(
-                "UPDATE swap SET retries = retries + :add, last_error = :reason, next_attempt_at = :at WHERE id = :id",
-                {"add": 1 if count_retry else 0, "reason": reason, "at": time.time() + delay, "id": swap_id},
-            )
-            if not found:
-                raise NotFound(f"no swap {swap_id}", swap_id=swap_id)
-
     def wake_all(self, swap_ids: Iterable[str]) -> None:
         """Make these swaps due now (a block they wait for came)."""
         with self.db.transaction() as tx:
             make_due(tx, swap_ids)
 
-    def wake(self, swap_id: str) -> None:
-        """Make a swap due now (new information arrived, e.g. the trader's lock notice)."""
-        self.wake_all([swap_id])
+    def wake(self, swap_ids: str | Iterable[str]) -> None:  # type: ignore[override] - also one id, as before
+        """Make a swap (or these swaps) due now (new information arrived, e.g. the trader's lock notice)."""
+        self.wake_all([swap_ids] if isinstance(swap_ids, str) else swap_ids)

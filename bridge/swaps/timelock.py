@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bridge.core.errors import InputError
-from bridge.swaps.assets import BITCOIN
+from chains.base import BITCOIN
 
 
 class TimelockRefused(InputError):
@@ -83,6 +83,13 @@ class TimelockPolicy:
     def expired_through(self, chain: str, now: ChainTime) -> int:
         """The latest expiry that has passed: a lock expiring at or before it can be refunded now."""
         return now.height if chain == BITCOIN else now.timestamp
+
+    def too_late_to_lock_through(self, chain: str, now: ChainTime) -> int:
+        """A bound on the initiator expiries the participant now refuses to lock against (less than
+        the safety gap plus the minimum participant lock left: ``check_initiator_lock``): every
+        such expiry is at or before it.  On Bitcoin one block past the rounded-down height."""
+        reach = self.expiry_after(chain, self.safety_gap + self.min_participant_lock, now)
+        return reach + 1 if chain == BITCOIN else reach
 
     # --- rules -----------------------------------------------------------------
 

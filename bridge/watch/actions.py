@@ -28,12 +28,13 @@ from typing import Any
 
 from bridge.core import jsonsafe
 from bridge.core.errors import BridgeError, ConfigError, NotFound
-from bridge.watch.jobs import BITCOIN, EVM, JobSpec, audit_job, parse_job
+from bridge.watch.jobs import JobSpec, audit_job, parse_job
 from bridge.watch.models import (
     CLAIM, CONFIRMED, EXPIRED, SPEND_INTENDED, SPEND_SENT, SPENT_ELSEWHERE, WATCHING, WatchJob,
 )
 from bridge.watch.presign import complete_claim
 from bridge.watch.store import WatchStore
+from chains.base import BITCOIN, EVM
 from chains.bitcoin import BitcoinAdapter, BitcoinTxFilter
 from chains.btc.primitives import Tx
 from chains.evm import EvmAdapter
@@ -97,15 +98,15 @@ class Watcher:
     # --- the loop ------------------------------------------------------------------------
 
     async def step_all(self) -> None:
+        """Step every open job once, due or not, as the runtime steps them (``operations``): a
+        failure is recorded on its job and retried, it never stops the others."""
+        from bridge.runtime import Runtime
+        from bridge.watch.operations import WatchOperations  # it builds on this module
+
+        runtime = Runtime(WatchOperations(self), "watch job", max_concurrency=1)
         # Recorded-but-unsent spends go first: an EVM one holds the nonce a new spend would take.
-        jobs = sorted(self.store.open_jobs(), key=lambda j: j.state != SPEND_INTENDED)
-        for job in jobs:
-            try:
-                await self.step(job)
-            except Exception as exc:  # noqa: BLE001 - one job's failure is recorded and retried, never stops the others
-                text = exc.message if isinstance(exc, BridgeError) else f"{type(exc).__name__}: {exc}"
-                log.warning("watch job %s (%s, %s): %s", job.id, job.kind, job.state, text)
-                self.store.update(job.id, attempts=job.attempts + 1, last_error=text)
+        for job in sorted(self.store.open_jobs(), key=lambda j: j.state != SPEND_INTENDED):
+            await runtime.step(job.id)
 
     async def step(self, job: WatchJob) -> None:
         spec = parse_job(jsonsafe.loads(job.spec, max_bytes=None))
@@ -139,18 +140,28 @@ class Watcher:
 
     async def _btc_reveal(self, outpoint: tuple[str, int], hashlock: bytes, start: int, tip: int) -> bytes | None:
         txid, vout = outpoint
-        if await self.btc.rpc.call("gettxout", txid, vout, True) is not None:
+        if await self.btc.txout(txid, vout) is not None:
             return None  # unspent, in the chain and in the mempool: nothing revealed yet
-        txs = [await self.btc.rpc.call("getrawtransaction", t, True) for t in await self.btc.rpc.call("getrawmempool")]
+        spender = await self.btc.mempool_spender(outpoint)
+        txs = [spender] if spender is not None else []
         if start <= tip:
             txs += [e.data["tx"] for e in await self.btc.events(start, tip, BitcoinTxFilter(outpoints=[outpoint]))]
         return secret_in_spends(txs, (txid, vout), hashlock)
+
+    def _sent(self, job: WatchJob, tip: int, level: str) -> None:
+        """SPEND_INTENDED -> SPEND_SENT at height ``tip``: ``job.spend_tx`` joins the versions sent."""
+        history = [t for t in job.spend_history.split(",") if t] + [job.spend_tx]
+        self.store.transition(
+            job.id, SPEND_INTENDED, SPEND_SENT, f"sent {job.spend_tx} ({level} {job.spend_level})",
+            sent_height=tip, spend_history=",".join(dict.fromkeys(history)),
+            first_sent_height=job.first_sent_height if job.first_sent_height is not None else tip,
+        )
 
     # --- bitcoin -------------------------------------------------------------------------
 
     async def _watch_btc(self, job: WatchJob, spec: JobSpec) -> None:
         txid, vout = spec.outpoint
-        if await self.btc.rpc.call("gettxout", txid, vout, True) is None:
+        if await self.btc.txout(txid, vout) is None:
             self.store.transition(job.id, WATCHING, SPENT_ELSEWHERE, f"htlc output {txid}:{vout} was spent by someone else")
             return
         rung = spec.presigned[0]
@@ -177,16 +188,11 @@ class Watcher:
             await self.btc.send(job.spend_raw)
         except BridgeError:
             txid, vout = spec.outpoint
-            if await self.btc.rpc.call("gettxout", txid, vout, True) is not None:
+            if await self.btc.txout(txid, vout) is not None:
                 raise
             # The output is spent already (an earlier rung of ours was mined, or someone else
             # spent it): following the sent spend finds out which.
-        history = [t for t in job.spend_history.split(",") if t] + [job.spend_tx]
-        self.store.transition(
-            job.id, SPEND_INTENDED, SPEND_SENT, f"sent {job.spend_tx} (rung {job.spend_level})",
-            sent_height=tip, spend_history=",".join(dict.fromkeys(history)),
-            first_sent_height=job.first_sent_height if job.first_sent_height is not None else tip,
-        )
+        self._sent(job, tip, "rung")
 
     async def _follow_btc(self, job: WatchJob, spec: JobSpec) -> None:
         tip = await self.btc.height()
@@ -267,11 +273,10 @@ class Watcher:
         )
 
     async def _next_nonce(self, sender: str) -> int:
-        """The node's pending count, but never a nonce one of our unconfirmed spends holds:
-        a spend the node dropped (underpriced) still owns its nonce until it is bumped."""
-        pending = int(await self.evm.rpc.call("eth_getTransactionCount", [sender, "pending"]), 16)
+        """From the adapter's one allocator: never a nonce one of our unconfirmed spends holds (a
+        spend the node dropped, underpriced, still owns its nonce until it is bumped)."""
         held = [json.loads(j.evm_tx)["nonce"] for j in self.store.open_jobs() if j.chain == EVM and j.evm_tx]
-        return max([pending, *(n + 1 for n in held)])
+        return await self.evm.nonces.next_free(sender, held)
 
     async def _broadcast_evm(self, job: WatchJob, spec: JobSpec) -> None:
         tip = await self.evm.height()
@@ -281,12 +286,7 @@ class Watcher:
             if await self._htlc(spec).swap(spec.swap.id) == SwapStatus.LOCKED:
                 raise
             # Settled meanwhile (an earlier fee level of ours was mined, or someone else acted).
-        history = [t for t in job.spend_history.split(",") if t] + [job.spend_tx]
-        self.store.transition(
-            job.id, SPEND_INTENDED, SPEND_SENT, f"sent {job.spend_tx} (bump {job.spend_level})",
-            sent_height=tip, spend_history=",".join(dict.fromkeys(history)),
-            first_sent_height=job.first_sent_height if job.first_sent_height is not None else tip,
-        )
+        self._sent(job, tip, "bump")
 
     async def _follow_evm(self, job: WatchJob, spec: JobSpec) -> None:
         status = await self._htlc(spec).swap(spec.swap.id)
@@ -310,7 +310,7 @@ class Watcher:
         # Stuck, whether still pending or evicted as underpriced (Anvil drops those): same nonce, higher fees.
         fields = await evm_bump(self.evm, EvmTxFields.from_dict(json.loads(job.evm_tx)), self.policy.evm_bump_multiplier)
         sender = self.evm.account(self.evm_key).address
-        mined_count = int(await self.evm.rpc.call("eth_getTransactionCount", [sender, "latest"]), 16)
+        mined_count = await self.evm.nonce(sender)
         how = f"same nonce {fields.nonce}"
         if mined_count > fields.nonce:
             # Another transaction of this key took the nonce (ours was dropped meanwhile): the swap

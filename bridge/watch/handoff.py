@@ -20,12 +20,11 @@ from bridge.core.errors import ChainUnavailable, InputError
 from bridge.swaps.models import INITIATOR, PARTICIPANT, SwapLeg
 from bridge.swaps.store import SwapView
 from bridge.watch.presign import DEFAULT_LADDER, presign_claims, presign_refunds
+from chains.base import BITCOIN, EVM
 from chains.bitcoin_wallet import BtcKey
 from htlc.bitcoin_script import p2wsh_htlc_script
 from htlc.bitcoin_tx import HtlcCoin
 from htlc.evm import EvmHtlc
-
-BITCOIN = "bitcoin"
 
 
 def _coin(view: SwapView, leg: SwapLeg) -> HtlcCoin:
@@ -47,7 +46,7 @@ async def _evm_htlc(htlc: EvmHtlc, leg: SwapLeg) -> dict[str, Any]:
 def _reveal(htlc: EvmHtlc, leg: SwapLeg) -> dict[str, Any]:
     if leg.chain == BITCOIN:
         return {"chain": BITCOIN, "outpoint": leg.lock_ref, "from_height": leg.watch_from or 0}
-    return {"chain": "evm", "contract": htlc.address, "swap_id": leg.lock_ref, "from_height": leg.watch_from or 0}
+    return {"chain": EVM, "contract": htlc.address, "swap_id": leg.lock_ref, "from_height": leg.watch_from or 0}
 
 
 async def swap_jobs(

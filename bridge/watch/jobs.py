@@ -30,8 +30,8 @@ from bitcoinlib.keys import Key, Signature, verify
 from bridge.core.errors import BridgeError, InputError, NotFound
 from bridge.watch.models import CLAIM, KINDS, REFUND
 from bridge.watch.presign import PREIMAGE_INDEX, PREIMAGE_PLACEHOLDER
+from chains.base import BITCOIN, EVM
 from chains.bitcoin import BitcoinAdapter
-from chains.bitcoin_tx import btc_to_sats
 from chains.btc.primitives import Tx
 from chains.btc.sighash import SIGHASH_ALL, segwit_v0_sighash
 from chains.evm import EvmAdapter
@@ -39,8 +39,6 @@ from htlc.audit import AuditError, HtlcTerms, audit
 from htlc.bitcoin_script import TEMPLATE_P2WSH
 from htlc.evm import EvmHtlc, SwapParams, SwapStatus
 
-BITCOIN = "bitcoin"
-EVM = "evm"
 
 
 class JobRefused(InputError):
@@ -202,7 +200,7 @@ def parse_job(body: Any) -> JobSpec:
     spec = JobSpec(kind, chain, hashlock, payout, htlc, tuple(presigned), reveal, secret, canonical)
     if chain == EVM:
         try:
-            spec.swap
+            _ = spec.swap  # decoded now, so a malformed one is refused at intake
         except (InputError, KeyError, TypeError, ValueError) as exc:
             raise JobRefused(f"htlc.swap is not a valid swap: {exc}", field="htlc.swap") from None
     return spec
@@ -259,12 +257,12 @@ async def _audit_bitcoin(spec: JobSpec, btc: BitcoinAdapter) -> int:
     if terms.hashlock != spec.hashlock:
         raise JobRefused(f"the script locks {terms.hashlock.hex()}, not the job's hashlock")
     txid, vout = spec.outpoint
-    out = await btc.rpc.call("gettxout", txid, vout, True)
+    out = await btc.txout(txid, vout)
     if out is None:
         raise JobRefused(f"htlc output {txid}:{vout} is not unspent (already spent, or never funded)")
-    if out["scriptPubKey"]["hex"] != terms.script_pubkey.hex():
+    if out.script_pubkey != terms.script_pubkey:
         raise JobRefused(f"output {txid}:{vout} does not pay this HTLC script")
-    amount = btc_to_sats(out["value"])
+    amount = out.value
     if amount != spec.htlc["amount"]:
         raise JobRefused(f"output {txid}:{vout} holds {amount} sats, the job says {spec.htlc['amount']}")
     previous_fee = -1

@@ -66,8 +66,11 @@ class WatchJob(SQLModel, table=True):
     first_sent_height: Optional[int] = None
     created_at: float
     updated_at: float
+    #: Failed attempts in the current state (the runtime's retry counter, ``bridge.runtime``).
     attempts: int = 0
     last_error: Optional[str] = None
+    #: When the runtime steps the job again (unix seconds; 0: at once).
+    next_attempt_at: float = Field(default=0.0, index=True)
 
 
 class WatchAction(SQLModel, table=True):
@@ -79,6 +82,8 @@ class WatchAction(SQLModel, table=True):
     from_state: Optional[str] = None
     to_state: str
     note: str = ""
+    #: Which attempt in ``from_state`` made the move (1: the first); None on rows older than the column.
+    attempt: Optional[int] = None
 
 
 def create_tables(engine: Engine) -> None:

@@ -1,7 +1,9 @@
 """Watch job persistence: a state change and the data it records commit together.
 
 ``transition`` checks the job's current state inside the same transaction, so a
-spend is recorded (``spend_intended``) exactly once, before it is broadcast.
+spend is recorded (``spend_intended``) exactly once, before it is broadcast.  The
+compare-and-set, the history row (``watch_action``, with the attempt) and the
+scheduling statements are the runtime's (``bridge.runtime.store``, table ``WATCH_JOBS``).
 """
 
 from __future__ import annotations
@@ -14,16 +16,28 @@ from sqlalchemy import func
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
+from bridge.core.dbapi import Db
 from bridge.core.errors import Conflict, NotFound
+from bridge.runtime.store import OpStore, OpTable
+from bridge.runtime.store import transition as _transition
 from bridge.watch.models import STATES, TERMINAL, WATCHING, WatchAction, WatchJob, create_tables
 
 log = logging.getLogger("bridge.watch")
 
 
-class WatchStore:
+#: Watch jobs on the runtime's store pattern: the ``watch_job`` row, its ``watch_action`` history.
+WATCH_JOBS = OpTable("watch job", "watch_job", "watch_action", "job_id", STATES, TERMINAL, retries="attempts")
+
+
+class WatchStore(OpStore):
+    """Jobs are read through the ORM (a job a step, a few per block); every write is the runtime's
+    DB-API statements.  ``due``, ``defer``, ``wake``, ``retries``, ``finished`` and ``history``
+    come from ``OpStore``."""
+
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         create_tables(engine)
+        super().__init__(Db(engine), WATCH_JOBS)
 
     def _session(self) -> Session:
         return Session(self.engine, expire_on_commit=False)
@@ -40,7 +54,7 @@ class WatchStore:
             job.state = WATCHING
             s.add(job)
             s.flush()
-            s.add(WatchAction(job_id=job.id, at=job.created_at, to_state=WATCHING, note=f"{job.kind} job accepted"))
+            s.add(WatchAction(job_id=job.id, at=job.created_at, to_state=WATCHING, note=f"{job.kind} job accepted", attempt=1))
         return self.get(job.id), True
 
     def get(self, job_id: str) -> WatchJob:
@@ -68,34 +82,33 @@ class WatchStore:
         with self._session() as s:
             return list(s.exec(select(WatchAction).where(WatchAction.job_id == job_id).order_by(WatchAction.seq)))
 
+    def state(self, job_id: str) -> str:
+        with self.db.transaction() as tx:
+            found = tx.column("SELECT state FROM watch_job WHERE id = :id", {"id": job_id})
+        if not found:
+            raise NotFound(f"no watch job {job_id}", job_id=job_id)
+        return found[0]
+
     def transition(self, job_id: str, expect: str | Iterable[str], to: str, note: str = "", **fields: Any) -> WatchJob:
         """Move the job from ``expect`` to ``to`` and set ``fields``; ``Conflict`` if it is elsewhere."""
         if to not in STATES:
             raise ValueError(f"unknown watch state {to!r}")
-        allowed = {expect} if isinstance(expect, str) else set(expect)
-        now = time.time()
-        with self._session() as s, s.begin():
-            job = s.get(WatchJob, job_id)
-            if job is None:
-                raise NotFound(f"no watch job {job_id}", job_id=job_id)
-            if job.state not in allowed:
-                raise Conflict(f"watch job {job_id} is {job.state}, expected {' or '.join(sorted(allowed))}", job_id=job_id)
-            from_state = job.state
-            for name, value in fields.items():
-                setattr(job, name, value)
-            job.state, job.updated_at, job.attempts, job.last_error = to, now, 0, None
-            s.add(job)
-            s.add(WatchAction(job_id=job_id, at=now, from_state=from_state, to_state=to, note=note))
-        log.info("watch job %s: %s -> %s: %s", job_id, from_state, to, note)
+        unknown = [n for n in fields if n not in WatchJob.model_fields]
+        if unknown:
+            raise ValueError(f"not watch job fields: {', '.join(unknown)}")
+        with self.db.transaction() as tx:
+            moved = _transition(tx, WATCH_JOBS, job_id, expect, to, note, fields)
+        log.info("watch job %s: %s -> %s: %s", job_id, moved.previous, to, note)
         return self.get(job_id)
 
     def update(self, job_id: str, **fields: Any) -> None:
         """Bookkeeping that is not a state change (scan cursor, last error, attempts)."""
-        with self._session() as s, s.begin():
-            job = s.get(WatchJob, job_id)
-            if job is None:
-                raise NotFound(f"no watch job {job_id}", job_id=job_id)
-            for name, value in fields.items():
-                setattr(job, name, value)
-            job.updated_at = time.time()
-            s.add(job)
+        unknown = [n for n in fields if n not in WatchJob.model_fields]
+        if unknown:
+            raise ValueError(f"not watch job fields: {', '.join(unknown)}")
+        values = {**fields, "updated_at": time.time()}
+        with self.db.transaction() as tx:
+            found = tx.execute(f"UPDATE watch_job SET {', '.join(f'{n} = :v_{n}' for n in values)} WHERE id = :id",
+                               {**{f"v_{n}": v for n, v in values.items()}, "id": job_id})
+        if not found:
+            raise NotFound(f"no watch job {job_id}", job_id=job_id)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from chains.bitcoin import COINBASE_MATURITY, BitcoinAdapter
 from chains.bitcoin_wallet import BtcKey
 from chains.btc.primitives import block_subsidy
+from devnets.controls import BitcoinDevnet
 
 #: Left in the faucet beyond each payment, for the payment's fee.
 FEE_RESERVE = 100_000
@@ -29,8 +30,8 @@ class Faucet:
         while await self.spendable(btc) < amount + FEE_RESERVE:
             height = await btc.height() + 1
             assert block_subsidy(height) > 0, f"regtest subsidy exhausted at height {height}: no coins to test with"
-            await btc.mine(10, self.key.p2wpkh_address())
-            await btc.mine(COINBASE_MATURITY)
+            await BitcoinDevnet(btc).mine(10, self.key.p2wpkh_address())
+            await BitcoinDevnet(btc).mine(COINBASE_MATURITY)
         await btc.send_to([self.key], [(key.p2wpkh_script, amount)], feerate=2)
-        await btc.mine(1)
+        await BitcoinDevnet(btc).mine(1)
         return amount

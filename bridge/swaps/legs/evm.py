@@ -1,362 +1,33 @@
-"""What one swap leg does on its chain: lock, audit the counterparty's lock, find the
-secret, claim, refund.  One class per chain family, same methods.
-
-Every broadcast is safe to repeat: transactions are signed once, stored by the engine
-with the intent, and re-sent byte for byte (the adapters' ``send`` is idempotent), so a
-restart never locks or claims twice.  A stuck claim/refund is replaced by a version
-with a higher fee (``prepare_bump``); every version is kept, any may be mined.
-"""
+"""The EVM leg: a swap locked in the HTLC contract (ETH or an ERC-20 after its approve), audited
+from its ``Locked`` event, claimed or refunded with transactions signed here under an explicit
+nonce and re-sent byte for byte (see ``legs.base.Leg``).  Also the gas table and the JSON of the
+swap parameters it records."""
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
-import re
-import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Callable
 
 from eth_utils import to_checksum_address
 
-from bridge.core.errors import BridgeError, InputError, NonceConflict, NotFound, RpcError, TransactionRejected
-from bridge.swaps.assets import BITCOIN, EVM
+from bridge.core.errors import InputError, NonceConflict, NotFound, TransactionRejected
+from bridge.swaps.clock import ChainClock
+from bridge.swaps.legs.base import LockRefused, LockSeen, NotYet
 from bridge.swaps.models import SwapLeg
 from bridge.swaps.store import SwapView
 from bridge.swaps.timelock import ChainTime
-from chains.base import BlockRef
-from chains.bitcoin import COINBASE_MATURITY, BitcoinAdapter, BitcoinTxFilter
-from chains.bitcoin_tx import btc_to_sats
-from chains.bitcoin_wallet import BtcKey, Utxo
-from chains.btc.primitives import Tx
-from chains.btc.rpc_errors import RPC_METHOD_NOT_FOUND
+from chains.base import EVM
 from chains.evm import EvmAdapter, EvmReceipt
 from chains.evm_fees import Fees
+from chains.evm_rpc import is_priced_out
 from chains.fee_bump import EvmTxFields, evm_bump
-from htlc.audit import AuditError, audit
-from htlc.bitcoin_script import TEMPLATE_P2WSH, htlc_script_pubkey, p2wsh_htlc_script
-from htlc.bitcoin_tx import HtlcCoin, build_claim, build_funding, build_refund
 from htlc.evm import ETH as ETH_TOKEN
 from htlc.evm import Claimed, Erc20, EvmHtlc, Locked, SwapParams, SwapStatus, encode_call, load_artifact
-from htlc.secret import secret_in_spends
 
 if TYPE_CHECKING:
     from bridge.swaps.observe import ChainIndex
-
-
-class LockRefused(InputError):
-    """The counterparty's lock is not what was agreed; ``reason`` names the difference."""
-
-    def __init__(self, reason: str, **details: Any) -> None:
-        super().__init__(f"lock refused: {reason}", reason=reason, **details)
-        self.reason = reason
-
-
-class NotYet(BridgeError):
-    """Something the step waits for is not there yet (a lock, confirmations, a pending tx).
-
-    ``on_event``: what it waits for arrives as an event the indexer or the LP's API wakes the
-    swap for, so the engine need not poll for it (it re-checks now and then all the same).
-    ``on_block``: it can only change with a new block on this chain (confirmations, a timelock):
-    the engine steps the swap again when the node announces one.
-    """
-
-    retryable = True
-
-    def __init__(self, message: str, *, on_event: bool = False, on_block: str | None = None, **details: Any) -> None:
-        super().__init__(message, **details)
-        self.on_event = on_event
-        self.on_block = on_block
-
-
-@dataclass(frozen=True)
-class LockSeen:
-    ref: str
-    tx: str
-    amount: int
-    expiry: int
-    confirmations: int
-
-
-def _sha256(data: bytes) -> bytes:
-    return hashlib.sha256(data).digest()
-
-
-def _secret_in_witness(items: list[bytes], hashlock: bytes) -> bytes | None:
-    return next((i for i in items if len(i) == 32 and _sha256(i) == hashlock), None)
-
-
-_BTC_REF = re.compile(r"([0-9a-fA-F]{64}):([0-9]{1,10})")
-
-
-def _split_ref(ref: str) -> tuple[str, int]:
-    """``TXID:VOUT`` as (lower-case txid, vout): one spelling per output."""
-    found = _BTC_REF.fullmatch(ref)
-    if found is None:
-        raise InputError(f"bitcoin lock reference must be TXID:VOUT, got {ref[:80]!r}", field="lock_ref")
-    return found[1].lower(), int(found[2])
-
-
-class ChainClock:
-    """The chain's tip as a ``ChainTime``, read at most once per ``ttl`` seconds: hundreds of
-    waiting swaps checking their expiry in one pass share one read.  Timelock decisions allow
-    minutes of margin, so a tip a few tens of milliseconds old changes none of them.  Where the
-    node announces blocks (``adapter.heads``), a read stays good until the next one is
-    announced (up to ``announced_ttl``), and the announced tip replaces it, so most steps ask
-    the node nothing."""
-
-    def __init__(self, adapter: Any, ttl: float = 0.02, announced_ttl: float = 1.0) -> None:
-        self.adapter = adapter
-        self.ttl = ttl
-        self.announced_ttl = announced_ttl
-        self._read: tuple[float, ChainTime] | None = None
-
-    def forget(self, announced: BlockRef | None = None) -> None:
-        """A new block came: the next read is that block where its announcement carried it
-        (``ChainAdapter.announced_head``), else the node's answer."""
-        if announced is not None and (self._read is None or announced.height >= self._read[1].height):
-            self._read = (time.monotonic(), ChainTime(announced.height, announced.timestamp))
-        else:
-            self._read = None
-
-    def _fresh(self, at: float) -> bool:
-        if self._read is None:
-            return False
-        age, value = at - self._read[0], self._read[1]
-        if age < self.ttl:
-            return True
-        heads = self.adapter.heads
-        return heads is not None and heads.live and heads.height == value.height and age < self.announced_ttl
-
-    async def now(self) -> ChainTime:
-        at = time.monotonic()
-        if self._fresh(at):
-            return self._read[1]  # type: ignore[index]
-        head = await self.adapter.head()
-        value = ChainTime(head.height, head.timestamp)
-        self._read = (at, value)
-        return value
-
-
-class BitcoinLeg:
-    chain = BITCOIN
-
-    def __init__(
-        self, adapter: BitcoinAdapter, key: BtcKey, feerate: int | None = None,
-        reserved: Callable[[], set[tuple[str, int]]] = set,
-    ) -> None:
-        self.adapter = adapter
-        self.clock = ChainClock(adapter)
-        self.key = key
-        self.feerate = feerate
-        #: Outpoints of our own stored, unconfirmed lock transactions (see ``SwapStore.reserved_inputs``).
-        self.reserved = reserved
-        #: Mined spends of our HTLC outputs, kept by the indexer (``observe.SwapObservers``); without
-        #: it (one-off commands) the leg scans the chain itself.
-        self.index: "ChainIndex | None" = None
-
-    @property
-    def identity(self) -> str:
-        """What the counterparty names us by on this chain: our compressed pubkey."""
-        return self.key.pubkey.hex()
-
-    async def now(self) -> ChainTime:
-        return await self.clock.now()
-
-    async def _feerate(self) -> int:
-        return self.feerate if self.feerate is not None else await self.adapter.estimate_feerate()
-
-    def _script(self, view: SwapView, leg: SwapLeg) -> bytes:
-        return p2wsh_htlc_script(
-            bytes.fromhex(view.swap.hashlock), bytes.fromhex(leg.recipient), bytes.fromhex(leg.sender), leg.expiry
-        )
-
-    async def _spendable(self, include_reserved: bool = False) -> list[Utxo]:
-        """Coins a new lock may use: ours, unconfirmed change included, mature, and not reserved
-        by a recorded but not yet broadcast lock (after a crash) whose stored bytes spend them."""
-        coins, tip = await asyncio.gather(self.adapter.utxos([self.key.p2wpkh_script], include_mempool=True), self.adapter.height())
-        reserved = set() if include_reserved else self.reserved()
-        return [
-            u for u in coins
-            if u.outpoint not in reserved and not (u.coinbase and u.height is not None and tip - u.height + 1 < COINBASE_MATURITY)
-        ]
-
-    async def balance(self, asset_token: str | None, include_reserved: bool = False) -> int:
-        return sum(u.value_sats for u in await self._spendable(include_reserved))
-
-    # --- our lock -------------------------------------------------------------
-
-    async def prepare_lock(self, view: SwapView, leg: SwapLeg) -> dict[str, Any]:
-        script = self._script(view, leg)
-        spk = htlc_script_pubkey(TEMPLATE_P2WSH, script)
-        signed = build_funding(await self._spendable(), [self.key], spk, leg.value, await self._feerate(), network=self.adapter.network)
-        vout = next(n for n, out in enumerate(Tx.parse(bytes.fromhex(signed.raw_hex)).vout) if out.script_pubkey == spk)
-        return {
-            "script": script.hex(), "lock_raw": signed.raw_hex, "lock_tx": signed.txid,
-            "lock_ref": f"{signed.txid}:{vout}", "watch_from": (await self.clock.now()).height,
-        }
-
-    async def broadcast_lock(self, view: SwapView, leg: SwapLeg, fresh: bool = False) -> dict[str, Any]:
-        await self.adapter.send(leg.lock_raw)
-        return {}
-
-    async def lock_confirmations(self, view: SwapView, leg: SwapLeg) -> int:
-        txid, vout = _split_ref(leg.lock_ref)
-        out = await self.adapter.rpc.call("gettxout", txid, vout, True)
-        if out is not None:
-            return int(out.get("confirmations") or 0)
-        return (await self.adapter.tx_status(txid)).confirmations
-
-    # --- the counterparty's lock ------------------------------------------------
-
-    async def audit_lock(self, view: SwapView, leg: SwapLeg, ref: str, script_hex: str | None) -> LockSeen:
-        """Check the counterparty's HTLC output against the agreed terms.
-
-        ``leg.expiry`` None means the expiry was not agreed up front (the participant
-        picks it when locking); the caller then applies the timelock policy to it.
-        """
-        if not script_hex:
-            raise LockRefused("no HTLC script was given for the bitcoin lock")
-        try:
-            script = bytes.fromhex(script_hex)
-            terms = audit(script, network=self.adapter.network)
-        except (ValueError, AuditError) as exc:
-            raise LockRefused(f"script is not our HTLC template: {getattr(exc, 'reason', exc)}") from None
-        if terms.template != TEMPLATE_P2WSH:
-            raise LockRefused(f"template {terms.template} is not the agreed p2wsh")
-        if terms.hashlock.hex() != view.swap.hashlock:
-            raise LockRefused(f"wrong hash: the script locks to {terms.hashlock.hex()}, agreed {view.swap.hashlock}")
-        if terms.claim_pubkey.hex() != self.identity:
-            raise LockRefused("wrong keys: the script's claim key is not ours")
-        if terms.refund_pubkey.hex() != leg.sender:
-            raise LockRefused("wrong keys: the script's refund key is not the counterparty's agreed key")
-        if leg.expiry is not None and terms.locktime != leg.expiry:
-            raise LockRefused(f"wrong expiry: the script refunds at height {terms.locktime}, agreed {leg.expiry}")
-        txid, vout = _split_ref(ref)
-        out = await self.adapter.rpc.call("gettxout", txid, vout, True)
-        if out is None:
-            raise NotYet(f"bitcoin lock output {ref} is not (or no longer) in the UTXO set or mempool")
-        if out["scriptPubKey"]["hex"] != terms.script_pubkey.hex():
-            raise LockRefused(f"output {ref} does not pay the HTLC script (wrong hash, keys or expiry)")
-        amount = btc_to_sats(out["value"])
-        if amount != leg.value:
-            raise LockRefused(f"wrong amount: the HTLC holds {amount} sats, agreed {leg.value}")
-        return LockSeen(f"{txid}:{vout}", txid, amount, terms.locktime, int(out.get("confirmations") or 0))
-
-    # --- secret and spends -------------------------------------------------------
-
-    async def find_lock(self, view: SwapView, leg: SwapLeg) -> dict[str, Any] | None:
-        """A counterparty lock seen on chain before it was reported: not knowable here (the script
-        commits to an expiry only the locker knows), so Bitcoin locks are always reported."""
-        return None
-
-    async def find_secret(self, view: SwapView, leg: SwapLeg) -> bytes | None:
-        """The preimage from whatever spent the HTLC output (mempool or chain), if anything did."""
-        txid, vout = _split_ref(leg.lock_ref)
-        if await self.adapter.rpc.call("gettxout", txid, vout, True) is not None:
-            return None
-        hashlock = bytes.fromhex(view.swap.hashlock)
-        spent = await self._indexed_spend(leg.lock_ref)
-        if spent is not None:
-            return _secret_in_witness(spent.witness_items(), hashlock)
-        spender = await self._mempool_spender(txid, vout)
-        if spender is not None:
-            return secret_in_spends([spender], (txid, vout), hashlock)
-        if not await self._scan_needed():
-            return None  # spent in a block the indexer has not reached yet: it wakes us when it does
-        return secret_in_spends(await self._scan_spends(leg, txid, vout), (txid, vout), hashlock)
-
-    async def settled(self, view: SwapView, leg: SwapLeg) -> str | None:
-        """How the chain settled this HTLC: "claimed" (the spend reveals the secret), "refunded",
-        or None while it is unspent or spent only in the mempool (a reorg may still undo it)."""
-        txid, vout = _split_ref(leg.lock_ref)
-        if await self.adapter.rpc.call("gettxout", txid, vout, False) is not None:
-            return None
-        hashlock = bytes.fromhex(view.swap.hashlock)
-        spent = await self._indexed_spend(leg.lock_ref)
-        if spent is not None:
-            return "claimed" if _secret_in_witness(spent.witness_items(), hashlock) else "refunded"
-        if not await self._scan_needed():
-            return None
-        for tx in await self._scan_spends(leg, txid, vout):
-            for vin in tx.get("vin", []):
-                if (vin.get("txid"), vin.get("vout")) == (txid, vout):
-                    items = [bytes.fromhex(i) for i in vin.get("txinwitness", [])]
-                    return "claimed" if _secret_in_witness(items, hashlock) else "refunded"
-        return None
-
-    async def _indexed_spend(self, ref: str) -> Any:
-        return self.index.btc_spend(ref) if self.index is not None else None
-
-    async def _scan_needed(self) -> bool:
-        """Scan blocks ourselves only without an indexer, or when it has caught up and still has no
-        spend (an output it started watching after the spend, e.g. a lock reported late)."""
-        return self.index is None or await self.index.caught_up()
-
-    async def _mempool_spender(self, txid: str, vout: int) -> dict | None:
-        try:
-            [entry] = await self.adapter.rpc.call("gettxspendingprevout", [{"txid": txid, "vout": vout}])
-        except RpcError as exc:
-            if exc.code != RPC_METHOD_NOT_FOUND:
-                raise
-            # A node without gettxspendingprevout (bitcoind < 24): look through the mempool.
-            for t in await self.adapter.rpc.call("getrawmempool"):
-                tx = await self.adapter.rpc.call("getrawtransaction", t, True)
-                if any((i.get("txid"), i.get("vout")) == (txid, vout) for i in tx.get("vin", [])):
-                    return tx
-            return None
-        spender = entry.get("spendingtxid")
-        if spender is None:
-            return None
-        try:
-            return await self.adapter.rpc.call("getrawtransaction", spender, True)
-        except NotFound:
-            return None  # mined or replaced in between: the next look finds it
-
-    async def _scan_spends(self, leg: SwapLeg, txid: str, vout: int) -> list[Any]:
-        tip = await self.adapter.height()
-        start = leg.watch_from if leg.watch_from is not None else max(tip - 1000, 0)
-        if start > tip:
-            return []
-        return [e.data["tx"] for e in await self.adapter.events(start, tip, BitcoinTxFilter(outpoints=[(txid, vout)]))]
-
-    async def prepare_spend(self, view: SwapView, leg: SwapLeg, kind: str, secret: bytes | None, feerate: int | None = None) -> dict[str, Any]:
-        txid, vout = _split_ref(leg.lock_ref)
-        coin = HtlcCoin(txid, vout, leg.value, bytes.fromhex(leg.script))
-        feerate = feerate or await self._feerate()
-        network = self.adapter.network
-        if kind == "claim":
-            signed = build_claim(coin, secret, self.key, self.key.p2wpkh_script, feerate, network=network)
-        else:
-            signed = build_refund(coin, self.key, self.key.p2wpkh_script, feerate, network=network)
-        return {"spend_kind": kind, "spend_raw": signed.hex, "spend_tx": signed.txid, "spend_feerate": feerate}
-
-    async def prepare_bump(self, view: SwapView, leg: SwapLeg, kind: str, secret: bytes | None) -> tuple[dict[str, Any], str]:
-        """The same spend at a higher feerate (BIP125/full RBF); ``InputError`` past the builders' fee caps."""
-        old_rate = leg.spend_feerate or 1
-        new_rate = old_rate + max(1, old_rate // 2)
-        fields = await self.prepare_spend(view, leg, kind, secret, feerate=new_rate)
-        return fields, f"fee bump {old_rate} -> {new_rate} sat/vB"
-
-    async def stale(self, view: SwapView, leg: SwapLeg, what: str) -> bool:
-        return False  # coins, not nonces: a recorded transaction stays valid until its inputs are spent
-
-    async def renew(self, view: SwapView, leg: SwapLeg, what: str) -> tuple[dict[str, Any], str] | None:
-        return None
-
-    async def broadcast_spend(self, view: SwapView, leg: SwapLeg, fresh: bool = False) -> None:
-        await self.adapter.send(leg.spend_raw)
-
-    async def spend_confirmations(self, view: SwapView, leg: SwapLeg) -> int:
-        """Confirmations of whichever version of our spend (fee bumps) made it, else 0/-1."""
-        best = -1
-        for txid in leg.spend_versions():
-            # Its one output is ours and most often unspent: its depth in one call; else the
-            # transaction's status (two).
-            out = await self.adapter.rpc.call("gettxout", txid, 0, True)
-            confirmations = int(out.get("confirmations") or 0) if out is not None else (await self.adapter.tx_status(txid)).confirmations
-            best = max(best, confirmations)
-        return best
 
 
 #: Gas limit per call kind.  A lock is signed before its approve is mined (and any transaction
@@ -366,10 +37,6 @@ class BitcoinLeg:
 #: claim 43k (ETH) / 62k (ERC-20, a recipient's first tokens), refund 39k / 43k.  Unused gas is not
 #: paid; the headroom is for tokens that do more in ``transfer``.
 EVM_GAS = {"approve": 100_000, "lock_eth": 120_000, "lock_erc20": 250_000, "claim": 120_000, "refund": 120_000}
-
-
-#: A node's refusal of a transaction whose fees are too low for the coming blocks.
-_PRICED_OUT = re.compile(r"less than (the )?(block )?base fee|fee cap .*too low|underpriced", re.I)
 
 
 def _params_json(params: SwapParams, block: int) -> str:
@@ -388,10 +55,11 @@ class EvmLeg:
     """EVM transactions are signed with an explicit nonce, recorded by the engine, then sent
     (again and again: ``EvmAdapter.send`` is idempotent), like Bitcoin's.
 
-    Nonces: the next one is past both the node's pending count and every nonce a recorded,
-    still intended transaction of this party holds (``held``: ``SwapStore.evm_nonces``), so a
-    transaction recorded before a crash keeps its nonce until it is sent.  The engine holds
-    its per-chain prepare guard from choosing a nonce until the transaction is recorded.
+    Nonces come from the adapter's one allocator (``chains.evm_nonce``): past both the node's
+    pending count and every nonce a recorded, still intended transaction of this party holds
+    (``held``: ``SwapStore.evm_nonces``), so a transaction recorded before a crash keeps its
+    nonce until it is sent.  The engine holds its per-chain prepare guard from choosing a nonce
+    until the transaction is recorded.
     """
 
     chain = EVM
@@ -399,6 +67,7 @@ class EvmLeg:
     def __init__(self, adapter: EvmAdapter, htlc: EvmHtlc, key: str, held: Callable[[], list[int]] = list) -> None:
         self.adapter = adapter
         self.clock = ChainClock(adapter)
+        self.finds_locks = True
         self.htlc = htlc
         self.key = key
         self.address = adapter.account(key).address
@@ -417,6 +86,9 @@ class EvmLeg:
     async def now(self) -> ChainTime:
         return await self.clock.now()
 
+    def time_left_text(self, leg: SwapLeg, now: ChainTime) -> str:
+        return f"{leg.expiry - now.timestamp}s to the {leg.leg} leg's expiry"
+
     async def balance(self, token: str | None, include_reserved: bool = False) -> int:
         # A balance at the latest block changes only with the next block: one read per announced
         # block serves every quote and lock check until then.
@@ -431,17 +103,9 @@ class EvmLeg:
 
     # --- signing ------------------------------------------------------------------
 
-    async def _tx_count(self, block: str) -> int:
-        return int(await self.adapter.rpc.call("eth_getTransactionCount", [self.address, block]), 16)
-
-    async def _next_nonce(self) -> int:
-        mined, pending = await asyncio.gather(self._tx_count("latest"), self._tx_count("pending"))
-        # A held nonce below the mined count is spent (by that transaction or another): not ours to skip.
-        return max([pending, *(n + 1 for n in self.held() if n >= mined)])
-
     async def _nonce_and_fees(self) -> tuple[int, Fees]:
         """The nonce for our next transaction and today's fees, asked for at once."""
-        return await asyncio.gather(self._next_nonce(), self.adapter.suggest_fees())
+        return await asyncio.gather(self.adapter.nonces.next_free(self.address, self.held()), self.adapter.suggest_fees())
 
     async def _sign(self, nonce: int, fees: Fees, to: str, data: bytes, gas: int, value: int = 0) -> tuple[EvmTxFields, str, str]:
         fields = EvmTxFields(
@@ -531,11 +195,11 @@ class EvmLeg:
             if leg.lock_ref or not leg.lock_evm:
                 return False
             nonce = json.loads(leg.lock_evm)["fields"]["nonce"]
-            return await self._tx_count("latest") > nonce and await self._mined_lock(leg) is None
+            return await self.adapter.nonce(self.address) > nonce and await self._mined_lock(leg) is None
         if not leg.spend_evm:
             return False
         nonce = json.loads(leg.spend_evm)["nonce"]
-        if await self._tx_count("latest") <= nonce:
+        if await self.adapter.nonce(self.address) <= nonce:
             return False
         for tx_hash in leg.spend_versions():
             if (await self.adapter.tx_status(tx_hash)).confirmations >= 1:
@@ -606,13 +270,12 @@ class EvmLeg:
             raise LockRefused(f"wrong expiry: the lock expires at {p.expiry}, agreed {leg.expiry}")
         # The index may lag the chain by a poll: where the lock is now, and whether it still is,
         # comes from the node (a reorg may have dropped or moved it).
-        receipt, status = await asyncio.gather(
-            self.adapter.rpc.call("eth_getTransactionReceipt", [found.where.tx_hash]), self.htlc.swap(found.id))
-        if receipt is None or receipt.get("blockNumber") is None or status == SwapStatus.NONE:
+        block, status = await asyncio.gather(self.adapter.mined_block(found.where.tx_hash), self.htlc.swap(found.id))
+        if block is None or status == SwapStatus.NONE:
             raise NotYet(f"no Locked event for swap {ref} on the chain now (dropped by a reorg?)", on_event=self.index is not None)
         if status != SwapStatus.LOCKED:
             raise LockRefused(f"the lock is {status.name.lower()}, no longer claimable")
-        confirmations = await self._depth(int(receipt["blockNumber"], 16))
+        confirmations = await self._depth(block)
         return LockSeen("0x" + found.id.hex(), found.where.tx_hash, p.amount, p.expiry, confirmations)
 
     # --- secret and spends -------------------------------------------------------
@@ -680,7 +343,7 @@ class EvmLeg:
         try:
             await self.adapter.send(leg.spend_raw)
         except TransactionRejected as exc:
-            if not _PRICED_OUT.search(exc.reason or exc.message):
+            if not is_priced_out(exc):
                 raise
             # Priced under today's base fee (a node may drop it, Anvil refuses it): the same as
             # stuck in the pool, which the engine's fee bump (same nonce, higher fees) resolves.
@@ -713,6 +376,3 @@ class EvmLeg:
                 await self._mined(tx_hash)  # a version that was mined and failed raises ContractReverted
             return 0
         raise LockRefused(f"swap {leg.lock_ref} was {status.name.lower()} by the counterparty, not {leg.spend_kind}ed")
-
-
-Leg = BitcoinLeg | EvmLeg
