@@ -28,7 +28,13 @@ $(STAMP_NODE): package.json package-lock.json
 demo: install
 	$(PY) -m bridge.demo
 
+# The house rules first (ruff's lint and format check, the import-linter layers), then the example project as a pytest
+# session of its own (the plugin seen from outside), then the suite.
 test: install
+	$(BIN)/ruff check --quiet .
+	$(BIN)/ruff format --check --quiet .
+	$(BIN)/lint-imports --no-cache
+	cd examples/devnet-tests && ../../$(PY) -m pytest -q -p no:cacheprovider
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-slow: install
