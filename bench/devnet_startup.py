@@ -33,9 +33,12 @@ def one_run() -> float:
         devnet = start_devnet(Path(tmp))
         elapsed = time.perf_counter() - t0
         try:
-            ready = (devnet.btc("getblockcount") >= 125, int(devnet.evm("eth_blockNumber"), 16) > 0,
-                     devnet.evm("eth_getCode", devnet.htlc, "latest") not in ("0x", None),
-                     devnet.btc("scantxoutset", "start", [f"addr({devnet.btc_keys[4]['address']})"])["total_amount"] > 0)
+            ready = (
+                devnet.btc("getblockcount") >= 125,
+                int(devnet.evm("eth_blockNumber"), 16) > 0,
+                devnet.evm("eth_getCode", devnet.htlc, "latest") not in ("0x", None),
+                devnet.btc("scantxoutset", "start", [f"addr({devnet.btc_keys[4]['address']})"])["total_amount"] > 0,
+            )
         finally:
             devnet.stop()
         if not all(ready):
@@ -48,8 +51,10 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
     times = [one_run() for _ in range(args.runs)]
-    print(f"plugin session devnets start-up over {args.runs} runs: median {statistics.median(times):.2f} s "
-          f"(range {min(times):.2f}-{max(times):.2f} s)   [goal <= 3 s]")
+    print(
+        f"plugin session devnets start-up over {args.runs} runs: median {statistics.median(times):.2f} s "
+        f"(range {min(times):.2f}-{max(times):.2f} s)   [goal <= 3 s]"
+    )
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from chains.base import BlockRef, ChainAdapter, ChainEvent
 from chains.indexer import Indexer, OrphanedBlock
 
 #: ``for i in range(calldata[0:32]): LOG1(topic=i)``: 27 bytes of runtime behind an 11-byte loader.
-EMITTER_INIT = bytes.fromhex("601b80600b6000396000f3" "6000356000" "5b8181101560195780600060" "00a16001016005565b00")
+EMITTER_INIT = bytes.fromhex("601b80600b6000396000f360003560005b818110156019578060006000a16001016005565b00")
 
 _meta = MetaData()
 bench_keys = Table(
@@ -74,8 +74,10 @@ async def time_indexer(name: str, adapter: ChainAdapter, db_url: str, start: int
 def report(label: str, unit: str, count: int, stored: int, blocks: int, setup: float, seconds: float, goal: int, fetch: float) -> None:
     rate = count / seconds if seconds else float("inf")
     print(f"{label}: setup {setup:.1f}s ({count:,} {unit} in {blocks:,} blocks)")
-    print(f"{label}: indexed {count:,} {unit} ({stored:,} keys stored) in {seconds:.2f}s = {rate:,.0f} {unit}/s "
-          f"(goal {goal:,} {unit}/s: {'met' if rate >= goal else 'NOT met'})")
+    print(
+        f"{label}: indexed {count:,} {unit} ({stored:,} keys stored) in {seconds:.2f}s = {rate:,.0f} {unit}/s "
+        f"(goal {goal:,} {unit}/s: {'met' if rate >= goal else 'NOT met'})"
+    )
     print(f"{label}: for reference, the adapter's events() alone over the same range: {fetch:.2f}s = {count / fetch:,.0f} {unit}/s")
 
 
@@ -166,11 +168,7 @@ async def _build_regtest_chain(adapter, total_txs: int) -> None:
         coinbases.append((cb["txid"], 0, btc_to_sats(cb["vout"][0]["value"])))
     fan_txs = [_spend([cb], FANOUT, 100_000) for cb in coinbases]
     await _send_and_mine(adapter, fan_txs, op_true_address)
-    spends = [
-        _spend([(fan.txid, n, out.value)], 1, SPEND_FEE)
-        for fan in fan_txs
-        for n, out in enumerate(fan.vout)
-    ][:total_txs]
+    spends = [_spend([(fan.txid, n, out.value)], 1, SPEND_FEE) for fan in fan_txs for n, out in enumerate(fan.vout)][:total_txs]
     await _send_and_mine(adapter, spends, op_true_address)
 
 

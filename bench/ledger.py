@@ -48,9 +48,12 @@ def raw_table(engine) -> Table:
     md = MetaData()
     table = Table("bench_raw_transfers", md, *[Column(c.name, c.type, primary_key=c.primary_key, nullable=c.nullable) for c in src.columns])
     for ix in src.indexes:
-        Index(f"bench_{ix.name}", *[table.c[c.name] for c in ix.columns], unique=ix.unique, **{
-            f"{d}_where": ix.dialect_options[d]["where"] for d in ("sqlite", "postgresql") if ix.dialect_options[d]["where"] is not None
-        })
+        Index(
+            f"bench_{ix.name}",
+            *[table.c[c.name] for c in ix.columns],
+            unique=ix.unique,
+            **{f"{d}_where": ix.dialect_options[d]["where"] for d in ("sqlite", "postgresql") if ix.dialect_options[d]["where"] is not None},
+        )
     md.create_all(engine)
     return table
 
@@ -112,8 +115,11 @@ def bench_backend(backend: str, transfers: int, directory: Path) -> None:
         rng = random.Random(7)
 
         sample = make_batches(users, transfers, 10_000, "raw", rng)
-        rows = [(1_000_000 + b, i, t.id, t.kind, t.debit, t.credit, "BTC", t.amount, None, None, t.cause)
-                for b, batch in enumerate(sample) for i, t in enumerate(batch)]
+        rows = [
+            (1_000_000 + b, i, t.id, t.kind, t.debit, t.credit, "BTC", t.amount, None, None, t.cause)
+            for b, batch in enumerate(sample)
+            for i, t in enumerate(batch)
+        ]
         raw = raw_rate(engine, rows)
         how = "COPY" if engine.dialect.name == "postgresql" else "executemany"
         print(f"[{backend}] raw {how} of {len(rows)} rows: {raw:,.0f} rows/s")
@@ -149,8 +155,10 @@ def bench_backend(backend: str, transfers: int, directory: Path) -> None:
             replay_bal[t.credit_account] = replay_bal.get(t.credit_account, 0) + t.amount
         t_replay = time.perf_counter() - start
         assert {b.account_id: b.balance for b in from_history} == replay_bal
-        print(f"[{backend}] balances of {len(from_history)} accounts at height {at}: history table {t_history * 1e3:.0f} ms, "
-              f"replay of the transfers {t_replay * 1e3:.0f} ms")
+        print(
+            f"[{backend}] balances of {len(from_history)} accounts at height {at}: history table {t_history * 1e3:.0f} ms, "
+            f"replay of the transfers {t_replay * 1e3:.0f} ms"
+        )
         single = sorted(results[1][1])
         p50 = statistics.median(single) * 1e3
         p99 = single[int(len(single) * 0.99) - 1] * 1e3

@@ -54,8 +54,7 @@ def prepare(node: RegtestNode, signer: Signer) -> list[p.Tx]:
         node.mine(b"\x51")
     coinbase = cb_block.txs[0]
     each = (coinbase.vout[0].value - 100_000) // N_SPENDS
-    unsigned = p.Tx(2, [p.TxIn(p.OutPoint.from_hex(coinbase.txid, 0), b"", 0xFFFFFFFD, ())],
-                    [p.TxOut(each, signer.script)] * N_SPENDS, 0)
+    unsigned = p.Tx(2, [p.TxIn(p.OutPoint.from_hex(coinbase.txid, 0), b"", 0xFFFFFFFD, ())], [p.TxOut(each, signer.script)] * N_SPENDS, 0)
     fan = _sign_all_outputs(signer, unsigned, coinbase.vout[0].value)
     node.accept_tx(fan)
     node.mine(b"\x51")
@@ -97,8 +96,7 @@ async def bench_over_rpc() -> tuple[float, float, int]:
         try:
             token = base64.b64encode(("%s:%s" % proc.rpc_auth).encode()).decode()
             headers = {"Authorization": f"Basic {token}", "Content-Type": "application/json"}
-            body = json.dumps([{"jsonrpc": "2.0", "id": i, "method": "sendrawtransaction",
-                                "params": [tx.serialize().hex()]} for i, tx in enumerate(spends)])
+            body = json.dumps([{"jsonrpc": "2.0", "id": i, "method": "sendrawtransaction", "params": [tx.serialize().hex()]} for i, tx in enumerate(spends)])
             async with aiohttp.ClientSession() as s:
                 t = time.perf_counter()
                 async with s.post(proc.rpc_url, data=body, headers=headers) as r:
@@ -106,12 +104,12 @@ async def bench_over_rpc() -> tuple[float, float, int]:
                 accept = time.perf_counter() - t
                 assert all("result" in x for x in replies), [x for x in replies if "error" in x][:1]
                 t = time.perf_counter()
-                async with s.post(proc.rpc_url, headers=headers, data=json.dumps(
-                        {"jsonrpc": "2.0", "id": 1, "method": "generatetodescriptor", "params": [1, "raw(51)"]})) as r:
+                async with s.post(
+                    proc.rpc_url, headers=headers, data=json.dumps({"jsonrpc": "2.0", "id": 1, "method": "generatetodescriptor", "params": [1, "raw(51)"]})
+                ) as r:
                     await r.json()
                 mine = time.perf_counter() - t
-                async with s.post(proc.rpc_url, headers=headers, data=json.dumps(
-                        {"jsonrpc": "2.0", "id": 1, "method": "getmempoolinfo", "params": []})) as r:
+                async with s.post(proc.rpc_url, headers=headers, data=json.dumps({"jsonrpc": "2.0", "id": 1, "method": "getmempoolinfo", "params": []})) as r:
                     assert (await r.json())["result"]["size"] == 0
         finally:
             proc.stop()

@@ -134,7 +134,8 @@ class HeadWatch:
 
         async def both() -> None:
             await asyncio.gather(
-                self._blocks(self.chains.evm, self.seen), self._blocks(self.chains.btc, self.btc_seen),
+                self._blocks(self.chains.evm, self.seen),
+                self._blocks(self.chains.btc, self.btc_seen),
                 *([] if self.automine else [wait_until(self._mine, timeout=10**9, interval=0.005)]),
             )
 
@@ -165,8 +166,9 @@ def lp_claimed(lp: Party) -> set[str]:
         return set(session.exec(select(Swap.id).where(Swap.state == m.CLAIMED)))
 
 
-async def sequential(chains: Chains, trader: Any, lp: Party, count: int, watch: HeadWatch,
-                     timeline: list[list[tuple[str, str, float]]] | None = None) -> tuple[list[float], list[float], list[float], float]:
+async def sequential(
+    chains: Chains, trader: Any, lp: Party, count: int, watch: HeadWatch, timeline: list[list[tuple[str, str, float]]] | None = None
+) -> tuple[list[float], list[float], list[float], float]:
     htlc = EvmHtlc(chains.evm, chains.htlc)
     e2e, reaction, to_mempool = [], [], []
     cpu0 = cpu_seconds(lp.proc.popen.pid)
@@ -266,7 +268,7 @@ async def main(args: argparse.Namespace) -> None:
             payments += [(who.btc.p2wpkh_script, 2 * SELL_SATS) for who in trader_ids for _ in range(per_trader)]
             payments += [(trader_ids[0].btc.p2wpkh_script, ONE_BTC // 10)]
             for start in range(0, len(payments), 500):  # keep each funding transaction standard-sized
-                await chains.fund_btc(payments[start:start + 500])
+                await chains.fund_btc(payments[start : start + 500])
             # The floor varies by 2x run to run (20-40 ms): its median over many samples keeps the ratio
             # from following one noisy figure.
             automine = args.btc_mining == "automine"
@@ -278,18 +280,24 @@ async def main(args: argparse.Namespace) -> None:
                 timeline: list[list[tuple[str, str, float]]] = []
                 e2e, reaction, to_mempool, lp_cpu_seq = await sequential(chains, traders[0], lp, args.swaps, watch, timeline)
                 floor = statistics.median(floors)
-                print(f"end-to-end over {args.swaps} sequential BTC->ETH swaps: median {statistics.median(e2e) * 1000:.0f} ms, "
-                      f"p95 {pct(e2e, 95) * 1000:.0f} ms; floor (4 txs + mining, median of {FLOOR_SAMPLES}) {floor * 1000:.0f} ms "
-                      f"(range {min(floors) * 1000:.0f}-{max(floors) * 1000:.0f}); "
-                      f"ratio {statistics.median(e2e) / floor:.2f}x   [goal <= 3x floor]")
-                print(f"relayer reaction (reveal block seen -> LP claim recorded, then broadcast): median "
-                      f"{statistics.median(reaction) * 1000:.0f} ms, p95 {pct(reaction, 95) * 1000:.0f} ms, "
-                      f"max {max(reaction) * 1000:.0f} ms   [goal <= poll {POLL * 1000:.0f} ms + 50 ms]")
+                print(
+                    f"end-to-end over {args.swaps} sequential BTC->ETH swaps: median {statistics.median(e2e) * 1000:.0f} ms, "
+                    f"p95 {pct(e2e, 95) * 1000:.0f} ms; floor (4 txs + mining, median of {FLOOR_SAMPLES}) {floor * 1000:.0f} ms "
+                    f"(range {min(floors) * 1000:.0f}-{max(floors) * 1000:.0f}); "
+                    f"ratio {statistics.median(e2e) / floor:.2f}x   [goal <= 3x floor]"
+                )
+                print(
+                    f"relayer reaction (reveal block seen -> LP claim recorded, then broadcast): median "
+                    f"{statistics.median(reaction) * 1000:.0f} ms, p95 {pct(reaction, 95) * 1000:.0f} ms, "
+                    f"max {max(reaction) * 1000:.0f} ms   [goal <= poll {POLL * 1000:.0f} ms + 50 ms]"
+                )
                 if to_mempool:
                     where = "mined (automine)" if automine else "seen in the node's mempool"
-                    print(f"  ... to the LP's claim {where}: median {statistics.median(to_mempool) * 1000:.0f} ms, "
-                          f"p95 {pct(to_mempool, 95) * 1000:.0f} ms, max {max(to_mempool) * 1000:.0f} ms "
-                          f"({len(to_mempool)}/{len(reaction)} claims {'timed' if automine else 'caught before they were mined'})")
+                    print(
+                        f"  ... to the LP's claim {where}: median {statistics.median(to_mempool) * 1000:.0f} ms, "
+                        f"p95 {pct(to_mempool, 95) * 1000:.0f} ms, max {max(to_mempool) * 1000:.0f} ms "
+                        f"({len(to_mempool)}/{len(reaction)} claims {'timed' if automine else 'caught before they were mined'})"
+                    )
                 print(f"LP CPU per swap (sequential): {lp_cpu_seq * 1000:.0f} ms")
                 if args.timeline:
                     print_timeline(timeline)
@@ -299,8 +307,11 @@ async def main(args: argparse.Namespace) -> None:
                 while size:  # a warm-up level, then the goal
                     elapsed, both, left, lp_cpu, own_cpu = await concurrent(chains, traders, lp, size, args.cap)
                     verdict = "all finished" if left == 0 else f"{left} NOT finished within the {args.cap:.0f} s cap"
-                    print(f"{size} concurrent swaps ({TRADERS} traders, one LP): {elapsed:.1f} s, {both} claimed on both sides, "
-                          f"{verdict}; LP CPU {lp_cpu * 1000:.0f} ms/swap, trader engines + bench {own_cpu * 1000:.0f} ms/swap", flush=True)
+                    print(
+                        f"{size} concurrent swaps ({TRADERS} traders, one LP): {elapsed:.1f} s, {both} claimed on both sides, "
+                        f"{verdict}; LP CPU {lp_cpu * 1000:.0f} ms/swap, trader engines + bench {own_cpu * 1000:.0f} ms/swap",
+                        flush=True,
+                    )
                     if left:
                         break
                     best = size
@@ -308,8 +319,7 @@ async def main(args: argparse.Namespace) -> None:
                         break
                     size = args.concurrent
                 if args.concurrent:
-                    print(f"largest concurrency that all finished within the {args.cap:.0f} s cap: {best}"
-                          f"   [goal: {args.concurrent} all finish, none lost]")
+                    print(f"largest concurrency that all finished within the {args.cap:.0f} s cap: {best}   [goal: {args.concurrent} all finish, none lost]")
             for trader in traders:
                 await trader.close()
         finally:
@@ -327,7 +337,8 @@ if __name__ == "__main__":
     parser.add_argument("--concurrent", type=int, default=1000, help="the concurrency goal")
     parser.add_argument("--start-concurrent", type=int, default=100, help="warm-up concurrency level run before the goal")
     parser.add_argument("--timeline", action="store_true", help="print the median time of each state change of a sequential swap")
-    parser.add_argument("--btc-mining", choices=["automine", "poll"], default="automine",
-                        help="how Bitcoin blocks are mined for the floor and the sequential swaps (see above)")
+    parser.add_argument(
+        "--btc-mining", choices=["automine", "poll"], default="automine", help="how Bitcoin blocks are mined for the floor and the sequential swaps (see above)"
+    )
     parser.add_argument("--cap", type=float, default=1200.0, help="seconds allowed for one concurrency level")
     asyncio.run(main(parser.parse_args()))

@@ -52,8 +52,7 @@ async def evm_phase(descriptor: dict, tl: Timeline) -> dict:
         txhash = await chain.transact(a["private_key"], b["address"], value=1 * ETH)
         status = await chain.wait_for_confirmations(txhash, 1, timeout=60)
         after = await chain.balance(b["address"])
-        tl.say(f"EVM: account 0 sent 1 ETH to account 1 in tx {txhash[:18]}… (block {status.block.height}); "
-               f"account 1: {fmt_eth(before)} -> {fmt_eth(after)}")
+        tl.say(f"EVM: account 0 sent 1 ETH to account 1 in tx {txhash[:18]}… (block {status.block.height}); account 1: {fmt_eth(before)} -> {fmt_eth(after)}")
         assert after - before == ETH, "the EVM transfer did not arrive"
         return {"txid": txhash, "block": status.block.height, "received_wei": after - before}
 
@@ -65,9 +64,12 @@ async def bitcoin_phase(descriptor: dict, tl: Timeline) -> dict:
     from devnets.controls import BitcoinDevnet
 
     btc = descriptor["bitcoin"]
-    rpc = BitcoinRpc(btc["rpc_url"], user=btc["rpc_user"] if not btc.get("cookie_file") else None,
-                     password=btc["rpc_password"] if not btc.get("cookie_file") else None,
-                     cookie_file=btc.get("cookie_file"))
+    rpc = BitcoinRpc(
+        btc["rpc_url"],
+        user=btc["rpc_user"] if not btc.get("cookie_file") else None,
+        password=btc["rpc_password"] if not btc.get("cookie_file") else None,
+        cookie_file=btc.get("cookie_file"),
+    )
     async with BitcoinAdapter(rpc, network="regtest") as chain:
         k0 = BtcKey.from_hex(btc["keys"][0]["private_key"])
         k1 = BtcKey.from_hex(btc["keys"][1]["private_key"])
@@ -77,8 +79,7 @@ async def bitcoin_phase(descriptor: dict, tl: Timeline) -> dict:
         blocks = await BitcoinDevnet(chain).mine(1, k0.p2wpkh_address("regtest"))
         status = await chain.wait_for_confirmations(signed.txid, 1, timeout=60)
         after = await chain.balance([k1.p2wpkh_script])
-        tl.say(f"Bitcoin: mined block {blocks[0][:16]}… at height {status.block.height}; "
-               f"key 1: {fmt_btc(before)} -> {fmt_btc(after)}")
+        tl.say(f"Bitcoin: mined block {blocks[0][:16]}… at height {status.block.height}; key 1: {fmt_btc(before)} -> {fmt_btc(after)}")
         assert after - before == SAT, "the Bitcoin payment did not arrive"
         return {"txid": signed.txid, "block": status.block.height, "fee_sats": signed.fee_sats}
 
@@ -113,8 +114,9 @@ async def run(data_dir: Path, keep: bool, skip_swaps: bool = False) -> int:
             await asyncio.to_thread(devnet.down, tl.say)
     print("\n=== demo summary ===")
     print(f"EVM     1 ETH transfer confirmed in block {summary['evm']['block']} (tx {summary['evm']['txid']})")
-    print(f"Bitcoin 1 BTC payment confirmed at height {summary['bitcoin']['block']} "
-          f"(tx {summary['bitcoin']['txid']}, fee {summary['bitcoin']['fee_sats']} sat)")
+    print(
+        f"Bitcoin 1 BTC payment confirmed at height {summary['bitcoin']['block']} (tx {summary['bitcoin']['txid']}, fee {summary['bitcoin']['fee_sats']} sat)"
+    )
     for swap_id, swap in summary.get("swaps", {}).get("swaps", {}).items():
         print(f"\nswap {swap_id}: {swap['state']}\n{swap['timeline']}")
     for party, balances in summary.get("swaps", {}).get("balances", {}).items():

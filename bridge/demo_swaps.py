@@ -127,8 +127,7 @@ class LpProcess:
 
     async def start(self) -> None:
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(self.party.argv("relayer", "run", "lp", "--port", str(self.port)),
-                                         stdout=log, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(self.party.argv("relayer", "run", "lp", "--port", str(self.port)), stdout=log, stderr=subprocess.STDOUT)
 
         def answers() -> bool:
             import urllib.request
@@ -242,11 +241,13 @@ async def run_swaps(descriptor: dict, data_dir: Path, say, btc_rpc: Callable) ->
         # Hold the miner so the trader's lock stays unconfirmed: the LP (which locks only on a
         # confirmed counterparty lock) cannot lock before it is killed.
         miner.paused = True
-        third = asyncio.create_task(asyncio.to_thread(
-            stream, trader, "swap", "start", "--sell", "btc:0.2", "--buy", "eth:3", "--lp", lp.url, "--timeout", "240"))
+        third = asyncio.create_task(
+            asyncio.to_thread(stream, trader, "swap", "start", "--sell", "btc:0.2", "--buy", "eth:3", "--lp", lp.url, "--timeout", "240")
+        )
         three_id = await wait_until(lambda: _started_swap(trader), timeout=60, interval=0.2, what="the third swap to be recorded")
-        await wait_until(lambda: swap_state(trader, three_id) == "initiator_lock_intended", timeout=60,
-                         what="the LP to accept and the trader to broadcast its lock")
+        await wait_until(
+            lambda: swap_state(trader, three_id) == "initiator_lock_intended", timeout=60, what="the LP to accept and the trader to broadcast its lock"
+        )
         lp.kill()
         miner.paused = False
         say("LP: killed after accepting. The trader's lock confirms; the LP never locks")
@@ -259,9 +260,7 @@ async def run_swaps(descriptor: dict, data_dir: Path, say, btc_rpc: Callable) ->
         results["swaps"] = {}
         for swap_id in (one, two, three_id):
             results["swaps"][swap_id] = {"state": swap_state(trader, swap_id), "timeline": timeline(trader, swap_id)}
-        results["balances"] = {
-            p.name: p.run("ledger", "balances").stdout.rstrip() for p in (trader, lp_party)
-        }
+        results["balances"] = {p.name: p.run("ledger", "balances").stdout.rstrip() for p in (trader, lp_party)}
         return results
     finally:
         await miner.stop()

@@ -122,8 +122,7 @@ class BitcoinAdapter(ChainAdapter):
         if btc.rpc_user is None:
             cookie = btc.cookie_file or settings.data_path / "bitcoin" / "regtest" / ".cookie"
         rpc = BitcoinRpc(btc.rpc_url, user=btc.rpc_user, password=btc.rpc_password, cookie_file=cookie, timeout=btc.rpc_timeout)
-        return cls(rpc, network=btc.network, confirmations=btc.confirmations, fallback_feerate=btc.fallback_feerate,
-                   push_blocks=btc.push_blocks)
+        return cls(rpc, network=btc.network, confirmations=btc.confirmations, fallback_feerate=btc.fallback_feerate, push_blocks=btc.push_blocks)
 
     @property
     def chain_id(self) -> str:
@@ -168,7 +167,11 @@ class BitcoinAdapter(ChainAdapter):
         return int(await self.rpc.call("getblockcount"))
 
     async def events(
-        self, from_height: int, to_height: int, selector: BitcoinTxFilter | None = None, blocks: Sequence[BlockRef] | None = None,
+        self,
+        from_height: int,
+        to_height: int,
+        selector: BitcoinTxFilter | None = None,
+        blocks: Sequence[BlockRef] | None = None,
     ) -> list[ChainEvent]:
         """Transactions of blocks ``from_height..to_height`` as events keyed by txid, in chain order.
 
@@ -265,8 +268,7 @@ class BitcoinAdapter(ChainAdapter):
         out = await self.rpc.call("gettxout", txid, vout, include_mempool)
         if out is None:
             return None
-        return TxOut(btc_to_sats(out["value"]), bytes.fromhex(out["scriptPubKey"]["hex"]), int(out.get("confirmations") or 0),
-                     bool(out.get("coinbase", False)))
+        return TxOut(btc_to_sats(out["value"]), bytes.fromhex(out["scriptPubKey"]["hex"]), int(out.get("confirmations") or 0), bool(out.get("coinbase", False)))
 
     async def mempool_spender(self, outpoint: tuple[str, int]) -> dict[str, Any] | None:
         """The mempool transaction spending ``outpoint`` (bitcoind's verbose shape), or None.  One
@@ -364,10 +366,13 @@ class BitcoinAdapter(ChainAdapter):
         if not coins:
             return set()
         # The tip is asked after the spends: the same tip as the scan's means no block came in between.
-        spends, tip = await self.rpc.batch([
-            ("gettxspendingprevout", [[{"txid": u["txid"], "vout": int(u["vout"])} for u in coins]]),
-            ("getbestblockhash", []),
-        ], return_exceptions=True)
+        spends, tip = await self.rpc.batch(
+            [
+                ("gettxspendingprevout", [[{"txid": u["txid"], "vout": int(u["vout"])} for u in coins]]),
+                ("getbestblockhash", []),
+            ],
+            return_exceptions=True,
+        )
         if isinstance(spends, RpcError) and spends.details.get("code") == RPC_METHOD_NOT_FOUND:
             return None
         for reply in (spends, tip):

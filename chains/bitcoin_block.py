@@ -142,13 +142,11 @@ def _tx_fields(raw: bytes, start: int, end: int, segwit: bool, txid: str) -> dic
         if txin.prevout.is_null():
             entry: dict[str, Any] = {"coinbase": script, "sequence": txin.sequence}
         else:
-            entry = {"txid": txin.prevout.txid_hex, "vout": txin.prevout.n, "scriptSig": {"hex": script},
-                     "sequence": txin.sequence}
+            entry = {"txid": txin.prevout.txid_hex, "vout": txin.prevout.n, "scriptSig": {"hex": script}, "sequence": txin.sequence}
         if txin.witness:
             entry["txinwitness"] = [item.hex() for item in txin.witness]
         vin.append(entry)
-    vout = [{"value": Decimal(out.value).scaleb(-8), "n": n, "scriptPubKey": {"hex": out.script_pubkey.hex()}}
-            for n, out in enumerate(tx.vout)]
+    vout = [{"value": Decimal(out.value).scaleb(-8), "n": n, "scriptPubKey": {"hex": out.script_pubkey.hex()}} for n, out in enumerate(tx.vout)]
     return {
         "txid": txid,
         "hash": tx.wtxid if segwit else txid,

@@ -27,6 +27,5 @@ def address_to_script(address: str, network: str = "regtest") -> bytes:
     """scriptPubKey for a Bitcoin Core address of ``network``; ``InvalidAddress`` with bitcoind's reason otherwise."""
     script, error, locations = decode_destination(address, bitcoin_network(network))
     if script is None:
-        raise InvalidAddress(f"address {address} is not a {network} address: {error}", address=address,
-                             error_locations=locations)
+        raise InvalidAddress(f"address {address} is not a {network} address: {error}", address=address, error_locations=locations)
     return script

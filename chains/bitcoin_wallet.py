@@ -238,4 +238,3 @@ def build_payment(
     signed = Tx(2, vin, unsigned.vout)
     raw = signed.serialize()
     return SignedTx(raw_hex=raw.hex(), txid=signed.txid, fee_sats=fee, vsize=signed.vsize, inputs=tuple(chosen), change_vout=change_vout)
-

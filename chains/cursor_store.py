@@ -95,9 +95,7 @@ class CursorStore:
         self._mine = {"name": name, "chain_id": chain_id}
 
     def load(self, session: Session) -> Cursor | None:
-        row = session_tx(session).one(
-            "SELECT height, hash, first_height FROM indexer_cursor WHERE name = :name AND chain_id = :chain_id", self._mine
-        )
+        row = session_tx(session).one("SELECT height, hash, first_height FROM indexer_cursor WHERE name = :name AND chain_id = :chain_id", self._mine)
         return Cursor(row["height"], row["hash"], row["first_height"]) if row else None
 
     def create(self, session: Session, start_height: int) -> Cursor:
@@ -118,8 +116,7 @@ class CursorStore:
     def delivered_above(self, session: Session, height: int) -> list[OrphanedBlock]:
         """Stored blocks above ``height`` with the keys delivered in each, newest first."""
         rows = session_tx(session).rows(
-            "SELECT height, hash, event_keys FROM indexer_block WHERE name = :name AND chain_id = :chain_id AND height > :height "
-            "ORDER BY height DESC",
+            "SELECT height, hash, event_keys FROM indexer_block WHERE name = :name AND chain_id = :chain_id AND height > :height ORDER BY height DESC",
             {**self._mine, "height": height},
         )
         return [OrphanedBlock(r["height"], r["hash"], _keys(r["event_keys"])) for r in rows]
@@ -128,15 +125,15 @@ class CursorStore:
         """Compare-and-set the cursor, so two live instances of one indexer cannot both deliver."""
         moved = session_tx(session).execute(
             "UPDATE indexer_cursor SET height = :height, hash = :hash, updated_at = CURRENT_TIMESTAMP "
-            "WHERE name = :name AND chain_id = :chain_id AND height = :old_height AND "
-            + ("hash IS NULL" if old.hash is None else "hash = :old_hash"),
+            "WHERE name = :name AND chain_id = :chain_id AND height = :old_height AND " + ("hash IS NULL" if old.hash is None else "hash = :old_hash"),
             {**self._mine, "height": height, "hash": block_hash, "old_height": old.height, "old_hash": old.hash},
         )
         if moved != 1:
             raise Conflict(
-                f"indexer {self.name!r} on {self.chain_id}: cursor is no longer at {old.height}; "
-                "another instance with the same name moved it",
-                indexer=self.name, chain_id=self.chain_id, expected_height=old.height,
+                f"indexer {self.name!r} on {self.chain_id}: cursor is no longer at {old.height}; another instance with the same name moved it",
+                indexer=self.name,
+                chain_id=self.chain_id,
+                expected_height=old.height,
             )
         return Cursor(height, block_hash, old.first_height)
 
@@ -149,7 +146,10 @@ class CursorStore:
                 raise Conflict(
                     f"indexer {self.name!r} on {self.chain_id}: event key {e.key!r} appears twice "
                     f"(again in block {e.block.height}); the adapter's keys must be unique on the chain",
-                    indexer=self.name, chain_id=self.chain_id, event_key=e.key, height=e.block.height,
+                    indexer=self.name,
+                    chain_id=self.chain_id,
+                    event_key=e.key,
+                    height=e.block.height,
                 )
             seen.add(e.key)
             keys[e.block.height].append(e.key)

@@ -95,9 +95,11 @@ class EvmAdapter(ChainAdapter):
         self.rpc = EvmRpc(url, timeout=timeout)
         #: New blocks pushed over the node's websocket (``push_blocks=False``: poll).
         self.ws_url = ws_url or ws_url_for(url)
-        self.heads = HeadFollower(f"evm {self.ws_url}", lambda publish: follow_new_heads(
-            self.ws_url, lambda header: publish(block_ref(header))
-        )) if push_blocks else None
+        self.heads = (
+            HeadFollower(f"evm {self.ws_url}", lambda publish: follow_new_heads(self.ws_url, lambda header: publish(block_ref(header))))
+            if push_blocks
+            else None
+        )
         self._expected_chain_id = chain_id
         self._chain_id: int | None = None
         #: The one nonce allocator of this process for every sender on this chain (``chains.evm_nonce``).
@@ -183,9 +185,7 @@ class EvmAdapter(ChainAdapter):
     async def code(self, address: str, block: int | str = "latest") -> bytes:
         return bytes.fromhex((await self._read("eth_getCode", _address(address, "address"), _block_param(block)))[2:])
 
-    async def call(
-        self, to: str, data: bytes | str, block: int | str = "latest", sender: str | None = None, value: int = 0
-    ) -> bytes:
+    async def call(self, to: str, data: bytes | str, block: int | str = "latest", sender: str | None = None, value: int = 0) -> bytes:
         """``eth_call``; a revert raises ``ContractReverted`` with the revert data."""
         request: dict[str, Any] = {"to": _address(to, "to"), "data": _data(data)}
         if sender is not None:
@@ -210,7 +210,11 @@ class EvmAdapter(ChainAdapter):
     # --- events --------------------------------------------------------------
 
     async def events(
-        self, from_height: int, to_height: int, selector: EvmLogFilter | None = None, blocks: Sequence[BlockRef] | None = None,
+        self,
+        from_height: int,
+        to_height: int,
+        selector: EvmLogFilter | None = None,
+        blocks: Sequence[BlockRef] | None = None,
     ) -> list[ChainEvent]:
         """Logs in ``from_height..to_height`` as events keyed ``txhash:logindex``, in chain order.
 
@@ -232,17 +236,11 @@ class EvmAdapter(ChainAdapter):
             async with gate:
                 logs = await self._logs(start, end, base, chunk)
                 refs = await self._blocks_for(logs, known)
-            return [
-                ChainEvent(f"{log['transactionHash']}:{int(log['logIndex'], 16)}", refs[log["blockHash"]], log_data(log))
-                for log in logs
-            ]
+            return [ChainEvent(f"{log['transactionHash']}:{int(log['logIndex'], 16)}", refs[log["blockHash"]], log_data(log)) for log in logs]
 
         step = self.log_chunk_size
         async with asyncio.TaskGroup() as group:
-            tasks = [
-                group.create_task(one(start, min(to_height, start + step - 1)))
-                for start in range(from_height, to_height + 1, step)
-            ]
+            tasks = [group.create_task(one(start, min(to_height, start + step - 1))) for start in range(from_height, to_height + 1, step)]
         events = [event for task in tasks for event in task.result()]
         events.sort(key=lambda e: (e.block.height, e.data["log_index"]))
         return events
@@ -271,9 +269,7 @@ class EvmAdapter(ChainAdapter):
         those in ``known`` are not asked for."""
         hashes = [h for h in dict.fromkeys(log["blockHash"] for log in logs) if h not in known]
         groups = [hashes[i : i + HEADER_BATCH] for i in range(0, len(hashes), HEADER_BATCH)]
-        replies = await asyncio.gather(
-            *(self._read_batch([("eth_getBlockByHash", (h, False)) for h in group]) for group in groups)
-        )
+        replies = await asyncio.gather(*(self._read_batch([("eth_getBlockByHash", (h, False)) for h in group]) for group in groups))
         found: dict[str, BlockRef] = dict(known)
         for group, blocks in zip(groups, replies):
             for block_hash, block in zip(group, blocks):
@@ -396,8 +392,14 @@ class EvmAdapter(ChainAdapter):
             price = int(original["gasPrice"], 16)
             old = Fees(price, price)
         fields = EvmTxFields(
-            await self.chain_id_int(), int(original["nonce"], 16), original.get("to") and to_checksum_address(original["to"]),
-            original["input"], int(original["gas"], 16), old.max_fee, old.priority_fee, int(original["value"], 16),
+            await self.chain_id_int(),
+            int(original["nonce"], 16),
+            original.get("to") and to_checksum_address(original["to"]),
+            original["input"],
+            int(original["gas"], 16),
+            old.max_fee,
+            old.priority_fee,
+            int(original["value"], 16),
         )
         raw, _ = (await evm_bump(self, fields, fee_multiplier)).sign(self, sender)
         return await self.send(raw)
@@ -416,9 +418,7 @@ class EvmAdapter(ChainAdapter):
             return TxStatus(txid=txid, confirmations=0)
         return TxStatus(txid=txid, confirmations=int(head, 16) - block.height + 1, block=block)
 
-    async def wait_for_confirmations(
-        self, txid: str, confirmations: int | None = None, timeout: float = 60.0, poll: float = 0.2
-    ) -> TxStatus:
+    async def wait_for_confirmations(self, txid: str, confirmations: int | None = None, timeout: float = 60.0, poll: float = 0.2) -> TxStatus:
         """As ``ChainAdapter.wait_for_confirmations``; the default depth is the adapter's ``confirmations``."""
         wanted = self.confirmations if confirmations is None else confirmations
         return await super().wait_for_confirmations(txid, wanted, timeout, poll)
@@ -461,9 +461,7 @@ class EvmAdapter(ChainAdapter):
             return exc.data
         return None
 
-    async def wait_for_receipt(
-        self, txhash: str, timeout: float = 60.0, abi: Iterable[dict[str, Any]] = (), confirmations: int = 1
-    ) -> EvmReceipt:
+    async def wait_for_receipt(self, txhash: str, timeout: float = 60.0, abi: Iterable[dict[str, Any]] = (), confirmations: int = 1) -> EvmReceipt:
         """Wait until mined (or ``confirmations`` deep), then ``receipt``."""
         await self.wait_for_confirmations(txhash, max(confirmations, 1), timeout=timeout)
         return await self.receipt(txhash, abi)

@@ -19,7 +19,7 @@ PANIC_SELECTOR = "0x4e487b71"  # Panic(uint256)
 def _abi_type(param: dict[str, Any]) -> str:
     kind = param["type"]
     if kind.startswith("tuple"):
-        return "(" + ",".join(_abi_type(c) for c in param.get("components", [])) + ")" + kind[len("tuple"):]
+        return "(" + ",".join(_abi_type(c) for c in param.get("components", [])) + ")" + kind[len("tuple") :]
     return kind
 
 

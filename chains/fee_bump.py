@@ -62,10 +62,19 @@ class EvmTxFields:
 
     def sign(self, adapter: "EvmAdapter", key: "str | bytes | LocalAccount") -> tuple[str, str]:
         """``(raw hex, tx hash)`` signed by ``key``."""
-        signed = adapter.account(key).sign_transaction({
-            "type": 2, "chainId": self.chain_id, "nonce": self.nonce, "to": self.to, "value": self.value,
-            "data": self.data, "gas": self.gas, "maxFeePerGas": self.max_fee, "maxPriorityFeePerGas": self.priority_fee,
-        })
+        signed = adapter.account(key).sign_transaction(
+            {
+                "type": 2,
+                "chainId": self.chain_id,
+                "nonce": self.nonce,
+                "to": self.to,
+                "value": self.value,
+                "data": self.data,
+                "gas": self.gas,
+                "maxFeePerGas": self.max_fee,
+                "maxPriorityFeePerGas": self.priority_fee,
+            }
+        )
         return signed.raw_transaction.hex().removeprefix("0x"), signed.hash.to_0x_hex()
 
 

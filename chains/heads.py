@@ -97,8 +97,14 @@ class HeadFollower:
             except Exception as exc:  # noqa: BLE001 - any failure just means "poll until it is back"
                 failures += 1
                 delay = min(0.25 * 2 ** min(failures, 8), self.max_backoff)
-                log.log(logging.INFO if failures == 1 else logging.DEBUG,
-                        "%s: block notifications interrupted (%s: %s); retrying in %.1f s", self.name, type(exc).__name__, exc, delay)
+                log.log(
+                    logging.INFO if failures == 1 else logging.DEBUG,
+                    "%s: block notifications interrupted (%s: %s); retrying in %.1f s",
+                    self.name,
+                    type(exc).__name__,
+                    exc,
+                    delay,
+                )
             self.live, self.head = False, None
             await asyncio.sleep(delay if failures else 0)
 

@@ -184,9 +184,19 @@ class Indexer:
         self.retry = retry
         self.store = CursorStore(name, adapter.chain_id)
         self.stats: dict[str, Any] = {
-            "height": None, "head": None, "lag": None, "blocks": 0, "events": 0, "batches": 0,
-            "reorgs": 0, "deepest_reorg": 0, "reverted_events": 0, "retries": 0, "errors": 0,
-            "blocks_per_s": 0.0, "events_per_s": 0.0,
+            "height": None,
+            "head": None,
+            "lag": None,
+            "blocks": 0,
+            "events": 0,
+            "batches": 0,
+            "reorgs": 0,
+            "deepest_reorg": 0,
+            "reverted_events": 0,
+            "retries": 0,
+            "errors": 0,
+            "blocks_per_s": 0.0,
+            "events_per_s": 0.0,
         }
         self._progress = _Progress(every=log_every)
         self._announced = False  # the last wait ended on an announced block (``step`` reads no head)
@@ -358,7 +368,12 @@ class Indexer:
         self.stats["height"] = fork
         log.warning(
             "indexer %s on %s: reorg of depth %d below %d; rewound to %d, reverted %d events",
-            self.name, self.store.chain_id, depth, cursor.height, fork, n_reverted,
+            self.name,
+            self.store.chain_id,
+            depth,
+            cursor.height,
+            fork,
+            n_reverted,
         )
         return StepResult("reorg", cursor.height, fork, reverted_events=n_reverted, head=head.height)
 
@@ -382,7 +397,10 @@ class Indexer:
         raise ReorgBeyondWindow(
             f"indexer {self.name!r} on {self.store.chain_id}: the chain differs at every stored block "
             f"{window_low}..{cursor.height}; the reorg is deeper than keep_blocks={self.keep_blocks}",
-            indexer=self.name, chain_id=self.store.chain_id, window_low=window_low, cursor=cursor.height,
+            indexer=self.name,
+            chain_id=self.store.chain_id,
+            window_low=window_low,
+            cursor=cursor.height,
         )
 
     # --- bookkeeping -------------------------------------------------------------------------
@@ -415,7 +433,13 @@ class Indexer:
             s["events_per_s"] = round(p.events_since / elapsed, 1)
             log.info(
                 "indexer %s on %s: height %d (lag %d), %.1f blocks/s, %.1f events/s, %d events total",
-                self.name, self.store.chain_id, height, s["lag"], s["blocks_per_s"], s["events_per_s"], s["events"],
+                self.name,
+                self.store.chain_id,
+                height,
+                s["lag"],
+                s["blocks_per_s"],
+                s["events_per_s"],
+                s["events"],
             )
             p.last_log, p.blocks_since, p.events_since = now, 0, 0
 

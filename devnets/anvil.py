@@ -40,9 +40,7 @@ def find_anvil(explicit: str | None = None, from_path: bool = False, root: Path 
     candidate = root / "node_modules" / "@foundry-rs" / _platform_package() / "bin" / exe
     if candidate.exists():
         return str(candidate)
-    raise DevnetError(
-        f"pinned anvil not found at {candidate}; run `npm ci` (or `make demo`) to install node_modules"
-    )
+    raise DevnetError(f"pinned anvil not found at {candidate}; run `npm ci` (or `make demo`) to install node_modules")
 
 
 def rpc(url: str, method: str, params: list | None = None, timeout: float = 5.0):
@@ -93,16 +91,25 @@ class Anvil(NodeProcess):
     def argv(self) -> list[str]:
         argv = [
             find_anvil(self.binary),
-            "--host", self.host,
-            "--port", str(self.port),
-            "--chain-id", str(self.chain_id),
-            "--hardfork", self.hardfork,
-            "--accounts", str(self.accounts),
-            "--balance", str(self.balance_eth),
-            "--mnemonic", DEV_MNEMONIC,
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+            "--chain-id",
+            str(self.chain_id),
+            "--hardfork",
+            self.hardfork,
+            "--accounts",
+            str(self.accounts),
+            "--balance",
+            str(self.balance_eth),
+            "--mnemonic",
+            DEV_MNEMONIC,
             # State survives `down`/`up`: dumped on exit and every few seconds, loaded on start.
-            "--state", str(self.state_file),
-            "--state-interval", "5",
+            "--state",
+            str(self.state_file),
+            "--state-interval",
+            "5",
         ]
         if self.block_time:
             argv += ["--block-time", str(self.block_time)]

@@ -65,17 +65,27 @@ class BitcoinNode(NodeProcess):
 
     def argv(self) -> list[str]:
         if self.backend == "embedded":
-            argv = [sys.executable, "-m", "devnets.regtest", "--datadir", str(self.data_dir),
-                    "--rpcport", str(self.port), "--rpcbind", self.host]
+            argv = [sys.executable, "-m", "devnets.regtest", "--datadir", str(self.data_dir), "--rpcport", str(self.port), "--rpcbind", self.host]
             if self.rpc_user and self.rpc_password:
                 argv += ["--rpcuser", self.rpc_user, "--rpcpassword", self.rpc_password]
             return argv
         exe = self.bitcoind_path or shutil.which("bitcoind")
         if not exe:
             raise DevnetError("the bitcoind backend was chosen but no bitcoind was given (--bitcoind PATH) or found on PATH")
-        argv = [exe, "-regtest", f"-datadir={self.data_dir}", f"-rpcport={self.port}", f"-rpcbind={self.host}",
-                "-rpcallowip=127.0.0.1", "-server=1", "-txindex=1", "-listen=0", "-fallbackfee=0.00001",
-                "-printtoconsole=1", "-disablewallet=1"]
+        argv = [
+            exe,
+            "-regtest",
+            f"-datadir={self.data_dir}",
+            f"-rpcport={self.port}",
+            f"-rpcbind={self.host}",
+            "-rpcallowip=127.0.0.1",
+            "-server=1",
+            "-txindex=1",
+            "-listen=0",
+            "-fallbackfee=0.00001",
+            "-printtoconsole=1",
+            "-disablewallet=1",
+        ]
         if self.rpc_user and self.rpc_password:
             argv += [f"-rpcuser={self.rpc_user}", f"-rpcpassword={self.rpc_password}"]
         return argv

@@ -20,8 +20,7 @@ from bridge.core.errors import DevnetError, RpcError
 MAX_REPLY = 256 << 20
 
 
-def call(url: str, method: str, params: Sequence[Any] = (), *, auth: tuple[str, str] | None = None,
-         timeout: float = 30.0, version: str = "2.0") -> Any:
+def call(url: str, method: str, params: Sequence[Any] = (), *, auth: tuple[str, str] | None = None, timeout: float = 30.0, version: str = "2.0") -> Any:
     """The call's ``result``; a JSON-RPC error raises ``RpcError`` with the node's code and message."""
     body = json.dumps({"jsonrpc": version, "id": 1, "method": method, "params": list(params)}).encode()
     headers = {"Content-Type": "application/json"}

@@ -99,16 +99,20 @@ class Devnet:
     @property
     def anvil(self) -> Anvil:
         if self._anvil is None:
-            self._anvil = Anvil(Path(self.data_dir) / "anvil", port=self.anvil_port, chain_id=self.chain_id,
-                                hardfork=self.hardfork, binary=self.anvil_binary)
+            self._anvil = Anvil(Path(self.data_dir) / "anvil", port=self.anvil_port, chain_id=self.chain_id, hardfork=self.hardfork, binary=self.anvil_binary)
         return self._anvil
 
     @property
     def bitcoin(self) -> BitcoinNode:
         if self._bitcoin is None:
-            self._bitcoin = BitcoinNode(Path(self.data_dir) / "bitcoin", port=self.bitcoin_port,
-                                        backend=self.bitcoin_backend, bitcoind_path=self.bitcoind_path,
-                                        rpc_user=self.rpc_user, rpc_password=self.rpc_password)
+            self._bitcoin = BitcoinNode(
+                Path(self.data_dir) / "bitcoin",
+                port=self.bitcoin_port,
+                backend=self.bitcoin_backend,
+                bitcoind_path=self.bitcoind_path,
+                rpc_user=self.rpc_user,
+                rpc_password=self.rpc_password,
+            )
         return self._bitcoin
 
     def read_descriptor(self) -> dict | None:
@@ -124,8 +128,9 @@ class Devnet:
         for name, node in (("anvil", self.anvil), ("bitcoin", self.bitcoin)):
             port = node.port
             if node.running_pid() is None and port_open("127.0.0.1", port):
-                raise DevnetError(f"port {port} for {name} is already taken by a process this devnet did not start; "
-                                  f"choose another port (see `bridgectl devnet up --help`)")
+                raise DevnetError(
+                    f"port {port} for {name} is already taken by a process this devnet did not start; choose another port (see `bridgectl devnet up --help`)"
+                )
         t0 = time.monotonic()
 
         def evm_side() -> dict:
@@ -217,9 +222,11 @@ class Devnet:
         out: dict[str, Any] = {"data_dir": str(Path(self.data_dir).resolve()), "descriptor": self.descriptor_path.exists()}
         for name, node in (("evm", self.anvil), ("bitcoin", self.bitcoin)):
             recorded_pid = read_pid(node.pid_file)
-            entry: dict[str, Any] = {"rpc_url": node.url, "pid": recorded_pid,
-                                     "process": "running" if recorded_pid and pid_alive(recorded_pid) else
-                                     ("died" if recorded_pid else "not started")}
+            entry: dict[str, Any] = {
+                "rpc_url": node.url,
+                "pid": recorded_pid,
+                "process": "running" if recorded_pid and pid_alive(recorded_pid) else ("died" if recorded_pid else "not started"),
+            }
             try:
                 if name == "evm":
                     entry["height"] = int(evm_rpc(node.url, "eth_blockNumber", timeout=2.0), 16)

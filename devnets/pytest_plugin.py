@@ -90,9 +90,13 @@ class BridgeDevnet:
         if self._devnet is not None:
             return self._devnet
         btc = self.descriptor["bitcoin"]
-        return Devnet(self.data_dir, anvil_port=self.descriptor["evm"]["port"], bitcoin_port=btc["port"],
-                      rpc_user=None if btc.get("cookie_file") else btc["rpc_user"],
-                      rpc_password=None if btc.get("cookie_file") else btc["rpc_password"])
+        return Devnet(
+            self.data_dir,
+            anvil_port=self.descriptor["evm"]["port"],
+            bitcoin_port=btc["port"],
+            rpc_user=None if btc.get("cookie_file") else btc["rpc_user"],
+            rpc_password=None if btc.get("cookie_file") else btc["rpc_password"],
+        )
 
     @property
     def logs(self) -> dict[str, str]:
@@ -102,8 +106,13 @@ class BridgeDevnet:
         """Environment variables that point ``bridgectl`` (and ``bridge.core.settings``) at this devnet."""
         user, password = self.btc_auth
         host, _, port = self.btc_url.removeprefix("http://").rstrip("/").rpartition(":")
-        return {"BRIDGE_BITCOIN__RPC_HOST": host, "BRIDGE_BITCOIN__RPC_PORT": port, "BRIDGE_BITCOIN__RPC_USER": user,
-                "BRIDGE_BITCOIN__RPC_PASSWORD": password, "BRIDGE_EVM__URL": self.evm_url}
+        return {
+            "BRIDGE_BITCOIN__RPC_HOST": host,
+            "BRIDGE_BITCOIN__RPC_PORT": port,
+            "BRIDGE_BITCOIN__RPC_USER": user,
+            "BRIDGE_BITCOIN__RPC_PASSWORD": password,
+            "BRIDGE_EVM__URL": self.evm_url,
+        }
 
     def automine(self, on: bool = True) -> None:
         """Mine a Bitcoin block on every transaction the node accepts, as Anvil does (``devnetautomine``)."""
@@ -198,10 +207,10 @@ def start_devnet(data_dir: Path) -> BridgeDevnet:
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("bridge-devnets", "cross-chain bridge devnets")
-    group.addoption("--bridge-devnet", metavar="DIR", default=None,
-                    help="use the devnet a running `bridgectl devnet up --data-dir DIR` started instead of starting one")
-    group.addoption("--bridge-keep-nodes", action="store_true", default=False,
-                    help="keep the devnets' data directories and logs even when every test passed")
+    group.addoption(
+        "--bridge-devnet", metavar="DIR", default=None, help="use the devnet a running `bridgectl devnet up --data-dir DIR` started instead of starting one"
+    )
+    group.addoption("--bridge-keep-nodes", action="store_true", default=False, help="keep the devnets' data directories and logs even when every test passed")
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -117,13 +117,22 @@ _HASH_CHECK: list[Any] = [
 
 _TEMPLATES: dict[str, list[Any]] = {
     TEMPLATE_P2WSH: [
-        *_HASH_CHECK, _Push(33, "claim_pubkey"),
-        *_ops(OP_ELSE), _Lock(), *_ops(OP_CHECKLOCKTIMEVERIFY, OP_DROP), _Push(33, "refund_pubkey"),
+        *_HASH_CHECK,
+        _Push(33, "claim_pubkey"),
+        *_ops(OP_ELSE),
+        _Lock(),
+        *_ops(OP_CHECKLOCKTIMEVERIFY, OP_DROP),
+        _Push(33, "refund_pubkey"),
         *_ops(OP_ENDIF, OP_CHECKSIG),
     ],
     TEMPLATE_P2SH_BIP199: [
-        *_HASH_CHECK, *_ops(OP_DUP, OP_HASH160), _Push(20, "claim_pubkey_hash"),
-        *_ops(OP_ELSE), _Lock(), *_ops(OP_CHECKLOCKTIMEVERIFY, OP_DROP, OP_DUP, OP_HASH160), _Push(20, "refund_pubkey_hash"),
+        *_HASH_CHECK,
+        *_ops(OP_DUP, OP_HASH160),
+        _Push(20, "claim_pubkey_hash"),
+        *_ops(OP_ELSE),
+        _Lock(),
+        *_ops(OP_CHECKLOCKTIMEVERIFY, OP_DROP, OP_DUP, OP_HASH160),
+        _Push(20, "refund_pubkey_hash"),
         *_ops(OP_ENDIF, OP_EQUALVERIFY, OP_CHECKSIG),
     ],
 }
@@ -150,7 +159,7 @@ def _read_lock(script: bytes, pos: int) -> tuple[int, int]:
         raise _Mismatch(pos, f"expected the lock time as a number push of 1 to 5 bytes, {_found(script, pos)}")
     if pos + 1 + op > len(script):
         raise _Mismatch(pos, f"script ends inside the lock time push ({op} bytes wanted)")
-    encoded = script[pos:pos + 1 + op]
+    encoded = script[pos : pos + 1 + op]
     value = decode_script_num(encoded[1:])
     if push_int(value) != encoded:
         raise _Mismatch(pos, f"lock time push {encoded.hex()} is not minimally encoded (Bitcoin Core writes {push_int(value).hex()})")
@@ -162,9 +171,7 @@ def _match(script: bytes, template: list[Any]) -> dict[str, Any]:
     pos = 0
     for element in template:
         if pos >= len(script):
-            expected = element.what if isinstance(element, _Byte) else (
-                f"the {element.field}" if isinstance(element, _Push) else "the lock time"
-            )
+            expected = element.what if isinstance(element, _Byte) else (f"the {element.field}" if isinstance(element, _Push) else "the lock time")
             raise _Mismatch(pos, f"script ends at byte {pos}, expected {expected}")
         if isinstance(element, _Byte):
             if script[pos] != element.value:
@@ -175,15 +182,16 @@ def _match(script: bytes, template: list[Any]) -> dict[str, Any]:
                 raise _Mismatch(pos, f"expected the {element.field} as a {element.size}-byte push (0x{element.size:02x}), {_found(script, pos)}")
             if pos + 1 + element.size > len(script):
                 raise _Mismatch(pos, f"script ends inside the {element.field} push ({element.size} bytes wanted)")
-            fields[element.field] = (pos + 1, script[pos + 1:pos + 1 + element.size])
+            fields[element.field] = (pos + 1, script[pos + 1 : pos + 1 + element.size])
             pos += 1 + element.size
         else:
             value, end = _read_lock(script, pos)
             fields["locktime"] = (pos, value)
             pos = end
     if pos != len(script):
-        raise _Mismatch(pos, f"unexpected trailing bytes ({len(script) - pos}) after the final OP_CHECKSIG, "
-                             f"starting with 0x{script[pos]:02x} ({opcode_name(script[pos])})")
+        raise _Mismatch(
+            pos, f"unexpected trailing bytes ({len(script) - pos}) after the final OP_CHECKSIG, starting with 0x{script[pos]:02x} ({opcode_name(script[pos])})"
+        )
     return fields
 
 
@@ -206,12 +214,18 @@ def _terms(template: str, fields: dict[str, Any], script: bytes, network: str) -
         claim_pubkey = refund_pubkey = None
         claim_pkh, refund_pkh = fields["claim_pubkey_hash"][1], fields["refund_pubkey_hash"][1]
     return HtlcTerms(
-        template=template, hashlock=fields["hashlock"][1],
-        claim_pubkey=claim_pubkey, refund_pubkey=refund_pubkey,
-        claim_pubkey_hash=claim_pkh, refund_pubkey_hash=refund_pkh,
-        locktime=locktime, lock_kind=lock_kind(locktime),
-        script=script, script_pubkey=htlc_script_pubkey(template, script),
-        address=htlc_address(template, script, network), network=network,
+        template=template,
+        hashlock=fields["hashlock"][1],
+        claim_pubkey=claim_pubkey,
+        refund_pubkey=refund_pubkey,
+        claim_pubkey_hash=claim_pkh,
+        refund_pubkey_hash=refund_pkh,
+        locktime=locktime,
+        lock_kind=lock_kind(locktime),
+        script=script,
+        script_pubkey=htlc_script_pubkey(template, script),
+        address=htlc_address(template, script, network),
+        network=network,
     )
 
 

@@ -49,6 +49,7 @@ from chains.btc.script import (
 )
 from chains.btc.script import push_minimal
 
+
 def _htlc_name(op: int) -> str:
     """Core's opcode name, with small numbers spelled as opcodes (``OP_0``, ``OP_1NEGATE``, ``OP_16``)."""
     name = CORE_OPCODE_NAMES[op]
@@ -102,11 +103,11 @@ def iter_pushes(script: bytes) -> Iterator[tuple[int, int, bytes | None]]:
             width = {OP_PUSHDATA1: 1, OP_PUSHDATA2: 2, OP_PUSHDATA4: 4}[op]
             if i + width > len(script):
                 raise InputError(f"script truncated inside the {opcode_name(op)} length at byte {start}")
-            size = int.from_bytes(script[i:i + width], "little")
+            size = int.from_bytes(script[i : i + width], "little")
             i += width
         if i + size > len(script):
             raise InputError(f"script truncated: push at byte {start} wants {size} bytes, {len(script) - i} left")
-        yield start, op, script[i:i + size]
+        yield start, op, script[i : i + size]
         i += size
 
 
@@ -155,12 +156,21 @@ def p2wsh_htlc_script(hashlock: bytes, claim_pubkey: bytes, refund_pubkey: bytes
     claim_pubkey = _check_pubkey(claim_pubkey, "claim pubkey")
     refund_pubkey = _check_pubkey(refund_pubkey, "refund pubkey")
     check_locktime(refund_height, heights_only=True)
-    return b"".join([
-        bytes([OP_IF, OP_SIZE]), push_int(SECRET_SIZE), bytes([OP_EQUALVERIFY, OP_SHA256]),
-        push_minimal(hashlock), bytes([OP_EQUALVERIFY]), push_minimal(claim_pubkey),
-        bytes([OP_ELSE]), push_int(refund_height), bytes([OP_CHECKLOCKTIMEVERIFY, OP_DROP]),
-        push_minimal(refund_pubkey), bytes([OP_ENDIF, OP_CHECKSIG]),
-    ])
+    return b"".join(
+        [
+            bytes([OP_IF, OP_SIZE]),
+            push_int(SECRET_SIZE),
+            bytes([OP_EQUALVERIFY, OP_SHA256]),
+            push_minimal(hashlock),
+            bytes([OP_EQUALVERIFY]),
+            push_minimal(claim_pubkey),
+            bytes([OP_ELSE]),
+            push_int(refund_height),
+            bytes([OP_CHECKLOCKTIMEVERIFY, OP_DROP]),
+            push_minimal(refund_pubkey),
+            bytes([OP_ENDIF, OP_CHECKSIG]),
+        ]
+    )
 
 
 def p2sh_htlc_script(hashlock: bytes, claim_pubkey_hash: bytes, refund_pubkey_hash: bytes, locktime: int) -> bytes:
@@ -169,12 +179,21 @@ def p2sh_htlc_script(hashlock: bytes, claim_pubkey_hash: bytes, refund_pubkey_ha
     claim_pubkey_hash = _check_bytes(claim_pubkey_hash, 20, "claim pubkey hash")
     refund_pubkey_hash = _check_bytes(refund_pubkey_hash, 20, "refund pubkey hash")
     check_locktime(locktime, heights_only=False)
-    return b"".join([
-        bytes([OP_IF, OP_SIZE]), push_int(SECRET_SIZE), bytes([OP_EQUALVERIFY, OP_SHA256]),
-        push_minimal(hashlock), bytes([OP_EQUALVERIFY, OP_DUP, OP_HASH160]), push_minimal(claim_pubkey_hash),
-        bytes([OP_ELSE]), push_int(locktime), bytes([OP_CHECKLOCKTIMEVERIFY, OP_DROP, OP_DUP, OP_HASH160]),
-        push_minimal(refund_pubkey_hash), bytes([OP_ENDIF, OP_EQUALVERIFY, OP_CHECKSIG]),
-    ])
+    return b"".join(
+        [
+            bytes([OP_IF, OP_SIZE]),
+            push_int(SECRET_SIZE),
+            bytes([OP_EQUALVERIFY, OP_SHA256]),
+            push_minimal(hashlock),
+            bytes([OP_EQUALVERIFY, OP_DUP, OP_HASH160]),
+            push_minimal(claim_pubkey_hash),
+            bytes([OP_ELSE]),
+            push_int(locktime),
+            bytes([OP_CHECKLOCKTIMEVERIFY, OP_DROP, OP_DUP, OP_HASH160]),
+            push_minimal(refund_pubkey_hash),
+            bytes([OP_ENDIF, OP_EQUALVERIFY, OP_CHECKSIG]),
+        ]
+    )
 
 
 def htlc_script_pubkey(template: str, script: bytes) -> bytes:

@@ -106,7 +106,8 @@ def _check_fee(fee: int, amount: int, max_fee: int, what: str) -> None:
     if fee * 100 > amount * MAX_FEE_FRACTION_PERCENT:
         raise InputError(
             f"{what} fee {fee} sat is more than {MAX_FEE_FRACTION_PERCENT}% of the {amount} sat it moves",
-            fee=fee, amount=amount,
+            fee=fee,
+            amount=amount,
         )
 
 
@@ -151,9 +152,7 @@ def build_funding(
     """
     _check_feerate(feerate)
     _check_output(amount, htlc_script_pubkey, "HTLC amount")
-    signed = wallet.build_payment(
-        keys, utxos, [(htlc_script_pubkey, amount)], feerate, change_script=change_script, network=network, max_fee=max_fee
-    )
+    signed = wallet.build_payment(keys, utxos, [(htlc_script_pubkey, amount)], feerate, change_script=change_script, network=network, max_fee=max_fee)
     _check_fee(signed.fee_sats, amount, max_fee, "funding")
     return signed
 
@@ -240,8 +239,14 @@ def build_claim(
     if hash160(pubkey_of(claim_key)) != terms.claim_pubkey_hash:
         raise InputError("the claim key is not the one the HTLC pays on claim", field="claim_key")
     return spend_htlc(
-        coin, claim_key, [preimage, b"\x01"], destination, feerate,
-        sequence=SEQUENCE_RBF if rbf else SEQUENCE_FINAL, network=network, max_fee=max_fee,
+        coin,
+        claim_key,
+        [preimage, b"\x01"],
+        destination,
+        feerate,
+        sequence=SEQUENCE_RBF if rbf else SEQUENCE_FINAL,
+        network=network,
+        max_fee=max_fee,
     )
 
 
@@ -260,11 +265,16 @@ def build_refund(
     if hash160(pubkey_of(refund_key)) != terms.refund_pubkey_hash:
         raise InputError("the refund key is not the one the HTLC pays on refund", field="refund_key")
     return spend_htlc(
-        coin, refund_key, [b""], destination, feerate,
-        locktime=terms.locktime, sequence=SEQUENCE_LOCKTIME,
-        network=network, max_fee=max_fee,
+        coin,
+        refund_key,
+        [b""],
+        destination,
+        feerate,
+        locktime=terms.locktime,
+        sequence=SEQUENCE_LOCKTIME,
+        network=network,
+        max_fee=max_fee,
     )
-
 
 
 async def find_htlc_coins(adapter: BitcoinAdapter, script: bytes, template: str = TEMPLATE_P2WSH) -> list[HtlcCoin]:

@@ -56,11 +56,7 @@ def sources_sha256(sources: dict[str, str]) -> str:
 
 #: Compile the standard-JSON input on stdin with the pinned solc-js (argv[1] = its package dir)
 #: and write the answer to the file argv[2].
-_COMPILE_JS = (
-    "const fs = require('fs');"
-    "const solc = require(process.argv[1]);"
-    "fs.writeFileSync(process.argv[2], solc.compile(fs.readFileSync(0, 'utf8')));"
-)
+_COMPILE_JS = "const fs = require('fs');const solc = require(process.argv[1]);fs.writeFileSync(process.argv[2], solc.compile(fs.readFileSync(0, 'utf8')));"
 
 
 def run_solc(sources: dict[str, str]) -> dict[str, Any]:
@@ -127,7 +123,10 @@ def _compiler_version() -> str:
     node = shutil.which("node") or "node"
     proc = subprocess.run(
         [node, "-e", "process.stdout.write(require('solc').version())"],
-        capture_output=True, text=True, cwd=REPO_ROOT, check=True,
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        check=True,
     )
     version = proc.stdout.strip()
     if not version.startswith(SOLC_VERSION + "+"):

@@ -181,8 +181,13 @@ def decode_events(logs: Iterable[ChainEvent | dict[str, Any]]) -> list[HtlcEvent
         where = LogRef(log["block_number"], log["tx_hash"], log["log_index"])
         if event["name"] == "Locked":
             swap = SwapParams(
-                values["sender"], values["recipient"], values["token"], values["amount"],
-                values["hashlock"], values["expiry"], values["nonce"],
+                values["sender"],
+                values["recipient"],
+                values["token"],
+                values["amount"],
+                values["hashlock"],
+                values["expiry"],
+                values["nonce"],
             )
             out.append(Locked(values["id"], swap, where))
         elif event["name"] == "Claimed":
@@ -230,9 +235,7 @@ def revert_reason(data: str | None) -> str | None:
 
 def _named(exc: ContractReverted, what: str) -> ContractReverted:
     reason = revert_reason(exc.data) or exc.reason
-    return ContractReverted(f"{what} refused: {reason}", reason=reason, data=exc.data, **{
-        k: v for k, v in exc.details.items() if k not in ("reason", "data")
-    })
+    return ContractReverted(f"{what} refused: {reason}", reason=reason, data=exc.data, **{k: v for k, v in exc.details.items() if k not in ("reason", "data")})
 
 
 async def _transact(chain: EvmAdapter, key: str, to: str, value: int, data: bytes, what: str) -> EvmReceipt:
@@ -269,9 +272,7 @@ class EvmHtlc:
     async def lock(self, key: str, recipient: str, token: str, amount: int, hashlock: bytes | str, expiry: int) -> tuple[bytes, str]:
         """Lock ETH (``token=ETH``, sent as value) or an approved ERC-20; returns ``(id, tx hash)``."""
         recipient, token = _address(recipient, "recipient"), _address(token, "token")
-        data = encode_call(
-            self.abi, "lock", recipient, token, _uint(amount, "amount"), _bytes32(hashlock, "hashlock"), _uint(expiry, "expiry")
-        )
+        data = encode_call(self.abi, "lock", recipient, token, _uint(amount, "amount"), _bytes32(hashlock, "hashlock"), _uint(expiry, "expiry"))
         receipt = await _transact(self.chain, key, self.address, amount if token == ETH else 0, data, "lock")
         (locked,) = self.locked_in(receipt.logs)
         return locked.id, receipt.tx_hash
@@ -342,9 +343,7 @@ class Erc20:
         self.abi = load_artifact(kind)["abi"]
 
     @classmethod
-    async def deploy(
-        cls, chain: EvmAdapter, key: str, kind: str = "TestToken", name: str = "Test Token", symbol: str = "TST", decimals: int = 18
-    ) -> "Erc20":
+    async def deploy(cls, chain: EvmAdapter, key: str, kind: str = "TestToken", name: str = "Test Token", symbol: str = "TST", decimals: int = 18) -> "Erc20":
         if kind not in TOKEN_KINDS:
             raise InputError(f"unknown token kind {kind!r}; one of {', '.join(TOKEN_KINDS)}", field="kind")
         if decimals not in (6, 18):

@@ -37,9 +37,9 @@ def extract_secret(tx: bytes, hashlock: bytes) -> bytes:
             if len(item) == SECRET_SIZE and sha256(item) == hashlock:
                 return item
     raise SecretNotFound(
-        f"transaction {parsed.txid} reveals no 32-byte preimage of {hashlock.hex()} "
-        f"(checked the witness and scriptSig of its {len(parsed.vin)} inputs)",
-        txid=parsed.txid, hashlock=hashlock.hex(),
+        f"transaction {parsed.txid} reveals no 32-byte preimage of {hashlock.hex()} (checked the witness and scriptSig of its {len(parsed.vin)} inputs)",
+        txid=parsed.txid,
+        hashlock=hashlock.hex(),
     )
 
 

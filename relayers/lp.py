@@ -30,8 +30,7 @@ class LpDaemon:
     def __init__(self, party: Party) -> None:
         self.party = party
         self.metrics = Metrics("bridge_lp")
-        self.provider = LiquidityProvider(
-            party.store, party.legs, party.assets, party.config.markets(), party.config.policy(), party.config.lp.limits())
+        self.provider = LiquidityProvider(party.store, party.legs, party.assets, party.config.markets(), party.config.policy(), party.config.lp.limits())
         party.engine.on_transition = self._count
 
     def _count(self, view: SwapView) -> None:
@@ -70,5 +69,3 @@ class LpDaemon:
         answer = self.provider.lock_notice(req.match_info["id"], await json_body(req))
         self.party.engine.nudge([req.match_info["id"]])
         return answer
-
-

@@ -48,7 +48,11 @@ class WatcherDaemon:
         # One job at a time (``bridge.watch.operations``); a failing job is retried from one poll
         # interval up to ten, as it was never held up longer than a poll before.
         self.runtime = Runtime(
-            WatchOperations(watcher), "watch job", chains=chains, poll_interval=poll_interval, max_concurrency=1,
+            WatchOperations(watcher),
+            "watch job",
+            chains=chains,
+            poll_interval=poll_interval,
+            max_concurrency=1,
             backoff=RetryPolicy(base_delay=poll_interval, max_delay=10 * poll_interval, jitter=0.2),
             after_step=lambda job_id: self._gauges(),
         )

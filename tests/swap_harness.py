@@ -32,10 +32,19 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 #: ``evm.sent``: an EVM transaction accepted by the node (``EvmAdapter.send``), not yet looked at;
 #: ``notify.sent``: the LP was told of the trader's lock, the trader did not record it.
 CRASH_POINTS = (
-    "recorded.initiator_lock_intended", "recorded.initiator_locked", "recorded.participant_lock_intended",
-    "recorded.participant_locked", "recorded.claim_intended", "recorded.refund_intended", "recorded.claimed",
-    "lock.before_broadcast", "lock.after_broadcast", "spend.before_broadcast", "spend.after_broadcast",
-    "evm.sent", "notify.sent",
+    "recorded.initiator_lock_intended",
+    "recorded.initiator_locked",
+    "recorded.participant_lock_intended",
+    "recorded.participant_locked",
+    "recorded.claim_intended",
+    "recorded.refund_intended",
+    "recorded.claimed",
+    "lock.before_broadcast",
+    "lock.after_broadcast",
+    "spend.before_broadcast",
+    "spend.after_broadcast",
+    "evm.sent",
+    "notify.sent",
 )
 CRASH_MARK = "CRASH POINT REACHED:"
 
@@ -162,9 +171,13 @@ class Chains:
     def env(self, data_dir: Path) -> dict[str, str]:
         host, port = self.btc_url.removeprefix("http://").rstrip("/").split(":")
         return {
-            "BRIDGE_BITCOIN__RPC_HOST": host, "BRIDGE_BITCOIN__RPC_PORT": port,
-            "BRIDGE_BITCOIN__RPC_USER": self.btc_auth[0], "BRIDGE_BITCOIN__RPC_PASSWORD": self.btc_auth[1],
-            "BRIDGE_EVM__URL": self.evm_url, "BRIDGE_DATA_DIR": str(data_dir), "PYTHONUNBUFFERED": "1",
+            "BRIDGE_BITCOIN__RPC_HOST": host,
+            "BRIDGE_BITCOIN__RPC_PORT": port,
+            "BRIDGE_BITCOIN__RPC_USER": self.btc_auth[0],
+            "BRIDGE_BITCOIN__RPC_PASSWORD": self.btc_auth[1],
+            "BRIDGE_EVM__URL": self.evm_url,
+            "BRIDGE_DATA_DIR": str(data_dir),
+            "PYTHONUNBUFFERED": "1",
             "PYTHONPATH": str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
         }
 
@@ -213,9 +226,7 @@ class Identity:
 
 def swap_toml(who: Identity, chains: Chains, port: int = 0, poll_interval: float = 0.1) -> str:
     timelock = "\n".join(f"{k} = {v}" for k, v in TIMELOCK.items())
-    markets = "\n".join(
-        f'[lp.markets."{name}"]\nrate = "{m["rate"]}"\nmin_sell = {m["min_sell"]}\nmax_sell = {m["max_sell"]}' for name, m in MARKETS.items()
-    )
+    markets = "\n".join(f'[lp.markets."{name}"]\nrate = "{m["rate"]}"\nmin_sell = {m["min_sell"]}\nmax_sell = {m["max_sell"]}' for name, m in MARKETS.items())
     return f"""btc_key = "{who.btc.secret.hex()}"
 evm_key = "{who.evm_key}"
 htlc = "{chains.htlc}"
@@ -245,7 +256,8 @@ async def open_party(home: Path, chains: Chains, who: Identity, lp: Any = None, 
     home.mkdir(parents=True, exist_ok=True)
     host, port = chains.btc_url.removeprefix("http://").rstrip("/").split(":")
     settings = Settings(
-        data_dir=str(home), database_url=f"sqlite:///{home / 'bridge.sqlite'}",
+        data_dir=str(home),
+        database_url=f"sqlite:///{home / 'bridge.sqlite'}",
         bitcoin=BitcoinSettings(rpc_host=host, rpc_port=int(port), rpc_user=chains.btc_auth[0], rpc_password=chains.btc_auth[1]),
         evm=EvmSettings(url=chains.evm_url),
     )
@@ -278,8 +290,16 @@ async def spawn(args: list[str], env: dict[str, str], log: Path, crash_at: str |
     with open(log, "ab") as out:
         out.write(f"\n=== {time.strftime('%H:%M:%S')} bridgectl {' '.join(args)} (crash at {crash_at})\n".encode())
         popen = await asyncio.create_subprocess_exec(
-            sys.executable, str(Path(__file__).resolve()), *prefix, "--", *args,
-            env={**os.environ, **env}, cwd=REPO_ROOT, stdout=out, stderr=out, start_new_session=True,
+            sys.executable,
+            str(Path(__file__).resolve()),
+            *prefix,
+            "--",
+            *args,
+            env={**os.environ, **env},
+            cwd=REPO_ROOT,
+            stdout=out,
+            stderr=out,
+            start_new_session=True,
         )
     return Proc(popen, log, crash_at, time.monotonic())
 
@@ -421,8 +441,7 @@ class Books:
             block = await evm.rpc.call("eth_getBlockByNumber", [hex(number), True])
             for tx in block["transactions"]:
                 receipt = await evm.rpc.call("eth_getTransactionReceipt", [tx["hash"]])
-                out.append({"from": tx["from"].lower(), "hash": tx["hash"],
-                            "fee": int(receipt["gasUsed"], 16) * int(receipt["effectiveGasPrice"], 16)})
+                out.append({"from": tx["from"].lower(), "hash": tx["hash"], "fee": int(receipt["gasUsed"], 16) * int(receipt["effectiveGasPrice"], 16)})
         return out
 
 
@@ -558,14 +577,18 @@ async def reconcile(books: Books, start: Snapshot, lp: Party, traders: list[Part
         for asset in lost:
             delta = end[p.name][asset] - start.balances[p.name][asset]
             if delta != expected[p.name][asset] - fees[asset]:
-                problems.append(
-                    f"{p.name} {asset}: balance moved by {delta}, the swaps say {expected[p.name][asset]} minus fees {fees[asset]}"
-                )
+                problems.append(f"{p.name} {asset}: balance moved by {delta}, the swaps say {expected[p.name][asset]} minus fees {fees[asset]}")
             lost[asset] -= delta + fees[asset]
     if problems:
         raise AssertionError("swap books do not balance:\n  " + "\n  ".join(problems))
-    return {"outcomes": outcomes, "lost": lost, "btc_fees": sum(fees_btc.values()), "eth_fees": sum(fees_eth.values()),
-            "btc_txs": len(btc_txs), "evm_txs": len(evm_txs)}
+    return {
+        "outcomes": outcomes,
+        "lost": lost,
+        "btc_fees": sum(fees_btc.values()),
+        "eth_fees": sum(fees_eth.values()),
+        "btc_txs": len(btc_txs),
+        "evm_txs": len(evm_txs),
+    }
 
 
 def ledger_differences(party: Party, is_lp: bool, fates: dict[str, dict[str, tuple[Any, str]]]) -> list[str]:

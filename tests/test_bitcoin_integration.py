@@ -95,8 +95,9 @@ async def test_rejected_transaction_carries_the_nodes_reason(btc, faucet):
     await faucet.pay(btc, key, FUND_SATS)
     [coin] = await btc.utxos([key.p2wpkh_script])
     # The thief claims the coin is his: the witness key does not match the output's program.
-    forged = build_payment([thief], [Utxo(coin.txid, coin.vout, coin.value_sats, thief.p2wpkh_script, coin.height)],
-                           [(thief.p2wpkh_address(), 100_000)], feerate=2)
+    forged = build_payment(
+        [thief], [Utxo(coin.txid, coin.vout, coin.value_sats, thief.p2wpkh_script, coin.height)], [(thief.p2wpkh_address(), 100_000)], feerate=2
+    )
     with pytest.raises(TransactionRejected) as info:
         await btc.send(forged.raw_hex)
     assert "mandatory-script-verify-flag-failed" in info.value.reason

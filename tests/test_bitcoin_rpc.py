@@ -297,9 +297,7 @@ async def test_utxo_scan_waits_out_a_scan_already_in_progress(node, rpc):
         if busy:
             busy.pop()
             raise RpcFault(-8, 'Scan already in progress, use action "abort" or "status"')
-        return {"success": True, "unspents": [
-            {"txid": "aa" * 32, "vout": 1, "scriptPubKey": key.p2wpkh_script.hex(), "amount": Decimal("1.5"), "height": 7}
-        ]}
+        return {"success": True, "unspents": [{"txid": "aa" * 32, "vout": 1, "scriptPubKey": key.p2wpkh_script.hex(), "amount": Decimal("1.5"), "height": 7}]}
 
     node.handlers["scantxoutset"] = scan
     node.handlers["gettxout"] = lambda p: {"confirmations": 3, "coinbase": False}
@@ -366,8 +364,9 @@ async def test_txout_is_typed_and_the_mempool_spender_found_without_gettxspendin
     ``gettxspendingprevout``, or on a node without it (bitcoind < 24) a look through the mempool."""
     from chains.bitcoin import TxOut
 
-    node.handlers["gettxout"] = lambda p: {"value": Decimal("0.00012345"), "scriptPubKey": {"hex": "0014" + "ab" * 20},
-                                           "confirmations": 2} if p[1] == 1 else None
+    node.handlers["gettxout"] = lambda p: (
+        {"value": Decimal("0.00012345"), "scriptPubKey": {"hex": "0014" + "ab" * 20}, "confirmations": 2} if p[1] == 1 else None
+    )
     adapter = BitcoinAdapter(rpc)
     assert await adapter.txout("aa" * 32, 1) == TxOut(12_345, bytes.fromhex("0014" + "ab" * 20), 2, False)
     assert await adapter.txout("aa" * 32, 0) is None

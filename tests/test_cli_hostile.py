@@ -55,8 +55,15 @@ def has_raw_control(text: str) -> bool:
 def home(tmp_path, monkeypatch) -> Path:
     """A data dir with a complete trader swap config; the chains point at a closed port, so
     anything that got past the input checks would fail loudly instead of touching a devnet."""
-    for var in ("BRIDGE_CONFIG", "BRIDGE_SWAP_CONFIG", "BRIDGE_DATA_DIR", "BRIDGE_DATABASE_URL",
-                "BRIDGE_SWAP_BTC_KEY", "BRIDGE_SWAP_EVM_KEY", "BRIDGE_SWAP_HTLC"):
+    for var in (
+        "BRIDGE_CONFIG",
+        "BRIDGE_SWAP_CONFIG",
+        "BRIDGE_DATA_DIR",
+        "BRIDGE_DATABASE_URL",
+        "BRIDGE_SWAP_BTC_KEY",
+        "BRIDGE_SWAP_EVM_KEY",
+        "BRIDGE_SWAP_HTLC",
+    ):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("BRIDGE_EVM__URL", "http://127.0.0.1:9")
     monkeypatch.setenv("BRIDGE_BITCOIN__RPC_PORT", "9")
@@ -92,21 +99,24 @@ def assert_refused(code: int, err: str, *words: str) -> None:
 # --- 1. amounts ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("sell, buy, words", [
-    ("btc:1e5000", "eth:1", "sell: btc amount '1e5000' is more than can exist on bitcoin"),  # was ValueError
-    ("btc:1e999999999", "eth:1", "sell: btc amount '1e999999999' is more than can exist"),  # was decimal.Overflow
-    ("btc:1e99", "eth:1", "more than can exist on bitcoin (at most 21000000 btc)"),  # was recorded
-    ("btc:21000000.00000001", "eth:1", "more than can exist on bitcoin"),
-    ("btc:" + "9" * 5000, "eth:1", "sell: btc amount of 5000 characters is too long"),
-    ("btc:1e-999999999", "eth:1", "has more than 8 decimals"),
-    ("btc:\u0661", "eth:1", "is not a number (ASCII digits only)"),
-    ("btc:0.5", "eth:1e78", "buy: eth amount '1e78' is more than can exist on evm"),
-    ("btc:0.5", "tusd:1e72", "buy: tusd amount '1e72' is more than can exist on evm"),
-    ("btc:0.5", "eth:115792089237316195423570985008687907853269984665640564039457.584007913129639936", "more than can exist on evm"),
-    ("btc:0.5", "btc:1", "crosses chains"),
-    ("btc:0.5", "doge:1", "buy: unknown asset 'doge'"),
-    ("btc:" + CONTROL, "eth:1", "is not a number"),
-])
+@pytest.mark.parametrize(
+    "sell, buy, words",
+    [
+        ("btc:1e5000", "eth:1", "sell: btc amount '1e5000' is more than can exist on bitcoin"),  # was ValueError
+        ("btc:1e999999999", "eth:1", "sell: btc amount '1e999999999' is more than can exist"),  # was decimal.Overflow
+        ("btc:1e99", "eth:1", "more than can exist on bitcoin (at most 21000000 btc)"),  # was recorded
+        ("btc:21000000.00000001", "eth:1", "more than can exist on bitcoin"),
+        ("btc:" + "9" * 5000, "eth:1", "sell: btc amount of 5000 characters is too long"),
+        ("btc:1e-999999999", "eth:1", "has more than 8 decimals"),
+        ("btc:\u0661", "eth:1", "is not a number (ASCII digits only)"),
+        ("btc:0.5", "eth:1e78", "buy: eth amount '1e78' is more than can exist on evm"),
+        ("btc:0.5", "tusd:1e72", "buy: tusd amount '1e72' is more than can exist on evm"),
+        ("btc:0.5", "eth:115792089237316195423570985008687907853269984665640564039457.584007913129639936", "more than can exist on evm"),
+        ("btc:0.5", "btc:1", "crosses chains"),
+        ("btc:0.5", "doge:1", "buy: unknown asset 'doge'"),
+        ("btc:" + CONTROL, "eth:1", "is not a number"),
+    ],
+)
 def test_swap_start_refuses_amounts_that_cannot_exist_and_records_nothing(home, sell, buy, words):
     code, _out, err = swap(home, "start", "--sell", sell, "--buy", buy, "--lp", "http://127.0.0.1:8600", "--no-wait")
     assert_refused(code, err, words)
@@ -117,8 +127,20 @@ def test_swap_start_refuses_amounts_that_cannot_exist_and_records_nothing(home, 
 # --- 3. LP URLs ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("lp", ["notaurl", "ftp://127.0.0.1:8600", "http://", "http://127.0.0.1:0", "http://[::1",
-                                "http://127.0.0.1:99999", "file:///etc/passwd", "javascript:alert(1)", "127.0.0.1:8600"])
+@pytest.mark.parametrize(
+    "lp",
+    [
+        "notaurl",
+        "ftp://127.0.0.1:8600",
+        "http://",
+        "http://127.0.0.1:0",
+        "http://[::1",
+        "http://127.0.0.1:99999",
+        "file:///etc/passwd",
+        "javascript:alert(1)",
+        "127.0.0.1:8600",
+    ],
+)
 def test_swap_start_refuses_an_lp_that_is_not_an_http_url_at_once(home, lp):
     started = time.monotonic()
     code, _, err = swap(home, "start", "--sell", "btc:0.5", "--buy", "eth:7.5", "--lp", lp)  # without --no-wait
@@ -172,10 +194,16 @@ async def test_start_swap_records_good_input_and_refuses_bad_input_by_field(part
 BAD_IDS = ["\x1b[31mevil", "a\rb", "a\nb", "../../etc/passwd", "x" * 101, "", "a b", "caf\u00e9", "\u202eevil"]
 
 
-@pytest.mark.parametrize("argv", [
-    ("status", "{id}"), ("status", "{id}", "--watch"), ("refund", "{id}"), ("audit", "{id}"),
-    ("watch", "{id}", "--watcher", "http://127.0.0.1:8700"),
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("status", "{id}"),
+        ("status", "{id}", "--watch"),
+        ("refund", "{id}"),
+        ("audit", "{id}"),
+        ("watch", "{id}", "--watcher", "http://127.0.0.1:8700"),
+    ],
+)
 @pytest.mark.parametrize("bad", BAD_IDS)
 def test_every_command_taking_a_swap_id_refuses_a_malformed_one(home, argv, bad):
     code, out, err = swap(home, *(a.replace("{id}", bad) for a in argv))
@@ -186,10 +214,21 @@ def test_every_command_taking_a_swap_id_refuses_a_malformed_one(home, argv, bad)
 def _hostile_swap(store: SwapStore, swap_id: str, note: str) -> None:
     now = time.time()
     store.create(
-        Swap(id=swap_id, role=INITIATOR, state=m.CREATED, hashlock=hashlib.sha256(swap_id.encode()).hexdigest(), secret="cd" * 32,
-             lp_url="http://127.0.0.1:8600", created_at=now, updated_at=now, next_attempt_at=now + 60),
-        [SwapLeg(swap_id=swap_id, leg=INITIATOR, chain="bitcoin", asset="btc", amount="50000000"),
-         SwapLeg(swap_id=swap_id, leg=PARTICIPANT, chain="evm", asset="eth\x1b[2J", amount="7" + "0" * 18)],
+        Swap(
+            id=swap_id,
+            role=INITIATOR,
+            state=m.CREATED,
+            hashlock=hashlib.sha256(swap_id.encode()).hexdigest(),
+            secret="cd" * 32,
+            lp_url="http://127.0.0.1:8600",
+            created_at=now,
+            updated_at=now,
+            next_attempt_at=now + 60,
+        ),
+        [
+            SwapLeg(swap_id=swap_id, leg=INITIATOR, chain="bitcoin", asset="btc", amount="50000000"),
+            SwapLeg(swap_id=swap_id, leg=PARTICIPANT, chain="evm", asset="eth\x1b[2J", amount="7" + "0" * 18),
+        ],
         note=note,
     )
 
@@ -238,11 +277,14 @@ def test_status_of_a_swap_whose_driver_died_says_nothing_drives_it(home):
     assert 119 <= json.loads(out)["stalled_for"] < 130
 
 
-@pytest.mark.parametrize("swap_id, overdue, state", [
-    ("fresh", -5, m.CREATED),  # due in 5 s: a running engine has it
-    ("just-due", 3, m.CREATED),  # due 3 s ago: within the grace
-    ("over", 300, m.FAILED),  # finished: nothing left to drive
-])
+@pytest.mark.parametrize(
+    "swap_id, overdue, state",
+    [
+        ("fresh", -5, m.CREATED),  # due in 5 s: a running engine has it
+        ("just-due", 3, m.CREATED),  # due 3 s ago: within the grace
+        ("over", 300, m.FAILED),  # finished: nothing left to drive
+    ],
+)
 def test_status_of_a_driven_or_finished_swap_has_no_stall_hint(home, swap_id, overdue, state):
     _swap_due(home, swap_id, overdue, state)
     code, out, _ = swap(home, "status", swap_id)
@@ -287,7 +329,7 @@ ASSETS = ["btc", "eth", "tusd", "big", "BTC", "doge", ""]
 numbers = st.one_of(
     st.text(),
     st.text(alphabet="0123456789.eE+-_ ", max_size=40),
-    st.builds(lambda m, e: f"{m}e{e}", st.decimals(allow_nan=False, allow_infinity=False).map(str), st.integers(-10**12, 10**12)),
+    st.builds(lambda m, e: f"{m}e{e}", st.decimals(allow_nan=False, allow_infinity=False).map(str), st.integers(-(10**12), 10**12)),
     st.builds(lambda i, f: f"{i}.{f}", st.integers(0, 10**90), st.integers(0, 10**30)),
     st.text(alphabet=st.characters(categories=["Nd"]), min_size=1, max_size=10),  # every script's digits
     st.sampled_from(["NaN", "sNaN", "Infinity", "-Infinity", "1e999999999", "1e-999999999", "9" * 5000, "0e99999", "1_000"]),
@@ -366,13 +408,16 @@ def test_with_chains_up_an_impossible_amount_records_nothing(tmp_path, regtest, 
     host, port = regtest.rpc_url.removeprefix("http://").rstrip("/").split(":")
     for var in ("BRIDGE_CONFIG", "BRIDGE_SWAP_CONFIG", "BRIDGE_DATA_DIR", "BRIDGE_DATABASE_URL"):
         monkeypatch.delenv(var, raising=False)
-    env = {"BRIDGE_BITCOIN__RPC_HOST": host, "BRIDGE_BITCOIN__RPC_PORT": port, "BRIDGE_BITCOIN__RPC_USER": user,
-           "BRIDGE_BITCOIN__RPC_PASSWORD": password, "BRIDGE_EVM__URL": anvil.url}
+    env = {
+        "BRIDGE_BITCOIN__RPC_HOST": host,
+        "BRIDGE_BITCOIN__RPC_PORT": port,
+        "BRIDGE_BITCOIN__RPC_USER": user,
+        "BRIDGE_BITCOIN__RPC_PASSWORD": password,
+        "BRIDGE_EVM__URL": anvil.url,
+    }
     for k, v in env.items():
         monkeypatch.setenv(k, v)
-    (tmp_path / "swaps.toml").write_text(
-        'btc_key = "' + "11" * 32 + '"\nevm_key = "0x' + "22" * 32 + '"\nhtlc = "0x' + "33" * 20 + '"\n'
-    )
+    (tmp_path / "swaps.toml").write_text('btc_key = "' + "11" * 32 + '"\nevm_key = "0x' + "22" * 32 + '"\nhtlc = "0x' + "33" * 20 + '"\n')
     lp = "http://127.0.0.1:9"  # --no-wait: the LP is only asked once the engine runs
 
     def start(sell: str) -> tuple[int, str, str]:

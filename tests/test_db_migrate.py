@@ -21,8 +21,10 @@ def _old_swap_db(engine) -> None:
     now = time.time()
     store.create(
         Swap(id="old", role=INITIATOR, state=m.INITIATOR_LOCKED, hashlock="ab" * 32, created_at=now, updated_at=now),
-        [SwapLeg(swap_id="old", leg=INITIATOR, chain="bitcoin", asset="btc", amount="50000000", lock_ref="aa:0"),
-         SwapLeg(swap_id="old", leg=PARTICIPANT, chain="evm", asset="eth", amount=str(10**22))],
+        [
+            SwapLeg(swap_id="old", leg=INITIATOR, chain="bitcoin", asset="btc", amount="50000000", lock_ref="aa:0"),
+            SwapLeg(swap_id="old", leg=PARTICIPANT, chain="evm", asset="eth", amount=str(10**22)),
+        ],
     )
     with engine.begin() as conn:
         conn.execute(text("ALTER TABLE swap_leg DROP COLUMN outcome"))
@@ -57,8 +59,12 @@ def test_a_not_null_column_without_default_is_refused_by_name(ledger_db):
     with engine.begin() as conn:
         conn.execute(insert(old).values(id=1, size=2.5))
     new = Table(
-        name, MetaData(), Column("id", Integer, primary_key=True), Column("size", Float, nullable=True),
-        Column("colour", String, nullable=True), Column("owner", String, nullable=False),
+        name,
+        MetaData(),
+        Column("id", Integer, primary_key=True),
+        Column("size", Float, nullable=True),
+        Column("colour", String, nullable=True),
+        Column("owner", String, nullable=False),
     )
     with pytest.raises(SchemaError, match=f"table '{name}' .* lacks column 'owner', which is NOT NULL without a default") as err:
         init_db(engine, [new])
@@ -77,8 +83,12 @@ def test_nullable_and_defaulted_columns_are_added_with_their_index(ledger_db):
     with engine.begin() as conn:
         conn.execute(insert(old).values(id=1))
     new = Table(
-        name, MetaData(), Column("id", Integer, primary_key=True), Column("note", String, nullable=True, index=True),
-        Column("tries", Integer, nullable=False, default=3), Column("kind", String, nullable=False, server_default="plain"),
+        name,
+        MetaData(),
+        Column("id", Integer, primary_key=True),
+        Column("note", String, nullable=True, index=True),
+        Column("tries", Integer, nullable=False, default=3),
+        Column("kind", String, nullable=False, server_default="plain"),
     )
     init_db(engine, [new])
     again = make_engine(url)

@@ -17,7 +17,9 @@ log = logging.getLogger("tests.devnet")
 def bridgectl(data_dir, *args, check=True):
     proc = subprocess.run(
         [sys.executable, "-m", "bridge", "--data-dir", str(data_dir), "devnet", *args],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     if check and proc.returncode != 0:
         raise AssertionError(f"bridgectl devnet {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")

@@ -196,8 +196,16 @@ async def test_sending_the_same_raw_transaction_twice_spends_once(evm):
     sender, receiver = await funded(evm), Account.create()
     fees = await evm.suggest_fees()
     signed = sender.sign_transaction(
-        {"type": 2, "chainId": 31337, "nonce": 0, "to": receiver.address, "value": 777, "gas": 21000,
-         "maxFeePerGas": fees.max_fee, "maxPriorityFeePerGas": fees.priority_fee}
+        {
+            "type": 2,
+            "chainId": 31337,
+            "nonce": 0,
+            "to": receiver.address,
+            "value": 777,
+            "gas": 21000,
+            "maxFeePerGas": fees.max_fee,
+            "maxPriorityFeePerGas": fees.priority_fee,
+        }
     )
 
     first = await evm.send(signed.raw_transaction)

@@ -72,26 +72,31 @@ def p2sh_coin(keys, hashlock, lock=1_700_000_000, amount=1_000_000):
 
 def test_p2wsh_script_is_the_design_template_byte_for_byte():
     h, ck, rk = bytes(range(32)), Key(1).public_byte, Key(2).public_byte
-    expected = (
-        "63" "82" "0120" "88" "a8" "20" + h.hex() + "88" "21" + ck.hex()
-        + "67" "03a08601" "b1" "75" "21" + rk.hex() + "68" "ac"
-    )
+    expected = "6382012088a820" + h.hex() + "8821" + ck.hex() + "6703a08601b17521" + rk.hex() + "68ac"
     assert p2wsh_htlc_script(h, ck, rk, 100_000).hex() == expected
 
 
 def test_p2sh_script_is_the_bip199_decred_template():
     h, a, b = b"\x01" * 32, b"\xaa" * 20, b"\xbb" * 20
-    expected = (
-        "63" "82" "0120" "88" "a8" "20" + h.hex() + "88" "76" "a9" "14" + a.hex()
-        + "67" "04" + (1_700_000_000).to_bytes(4, "little").hex() + "b1" "75" "76" "a9" "14" + b.hex() + "68" "88" "ac"
-    )
+    expected = "6382012088a820" + h.hex() + "8876a914" + a.hex() + "6704" + (1_700_000_000).to_bytes(4, "little").hex() + "b17576a914" + b.hex() + "6888ac"
     assert p2sh_htlc_script(h, a, b, 1_700_000_000).hex() == expected
 
 
 @pytest.mark.parametrize(
     "height, encoded",
-    [(1, "51"), (16, "60"), (17, "0111"), (127, "017f"), (128, "028000"), (150, "029600"),
-     (255, "02ff00"), (256, "020001"), (32767, "02ff7f"), (32768, "03008000"), (499_999_999, "04ff64cd1d")],
+    [
+        (1, "51"),
+        (16, "60"),
+        (17, "0111"),
+        (127, "017f"),
+        (128, "028000"),
+        (150, "029600"),
+        (255, "02ff00"),
+        (256, "020001"),
+        (32767, "02ff7f"),
+        (32768, "03008000"),
+        (499_999_999, "04ff64cd1d"),
+    ],
 )
 def test_refund_height_is_a_minimal_script_number(height, encoded):
     assert push_int(height).hex() == encoded
@@ -296,15 +301,15 @@ def test_audit_refusals_name_the_first_differing_byte(keys, secret):
     e = _refused(script + b"\x61")
     assert e.position == len(script) and "unexpected trailing bytes (1) after the final OP_CHECKSIG, starting with 0x61 (OP_NOP)" in e.reason
     lock_at = 3 + 1 + 1 + 1 + 33 + 1 + 34 + 1
-    e = _refused(script[:lock_at] + b"\x03\x96\x00\x00" + script[lock_at + 3:])
+    e = _refused(script[:lock_at] + b"\x03\x96\x00\x00" + script[lock_at + 3 :])
     assert e.position == lock_at and "not minimally encoded" in e.reason
-    e = _refused(script[:lock_at] + b"\x4c\x02\x96\x00" + script[lock_at + 3:])
+    e = _refused(script[:lock_at] + b"\x4c\x02\x96\x00" + script[lock_at + 3 :])
     assert e.position == lock_at and "1 to 5 bytes" in e.reason
     e = _refused(script[:-1])
     assert "script ends at byte" in e.reason
     e = _refused(b"\x51")
     assert e.position == 0 and e.template is None
-    e = _refused(script[:lock_at] + push_int(1_700_000_000) + script[lock_at + 3:])
+    e = _refused(script[:lock_at] + push_int(1_700_000_000) + script[lock_at + 3 :])
     assert e.position == lock_at and "not a block height" in e.reason
 
 
@@ -387,11 +392,9 @@ def test_audit_accepts_a_decred_atomicswap_contract_and_its_funding():
     t = audit(bytes.fromhex(DECRED_CONTRACT), bytes.fromhex(DECRED_CONTRACT_TX), network="testnet")
     assert (t.template, t.address) == ("p2sh-bip199", "2NFBadefP7PrqDWyyjfJZbvpJrs1Tx8BSke")
     assert t.hashlock == hashlib.sha256(bytes.fromhex(DECRED_SECRET)).digest()
-    assert (t.claim_pubkey_hash.hex(), t.refund_pubkey_hash.hex()) == (
-        "d71c92b78069af7047d0a6c367be634aeb5ad6ac", "99c51785eb8ed83a06e495aee769f687616cdd4f")
+    assert (t.claim_pubkey_hash.hex(), t.refund_pubkey_hash.hex()) == ("d71c92b78069af7047d0a6c367be634aeb5ad6ac", "99c51785eb8ed83a06e495aee769f687616cdd4f")
     assert (t.locktime, t.lock_kind) == (1_526_992_299, "time")  # 2018-05-22 12:31:39 UTC
-    assert (t.funding_txid, t.output_index, t.amount) == (
-        "a37d954d2cfc03526ebb0624e68389f9140f05ac19e5df03a58593204a1c2fd8", 1, 1_234_000)
+    assert (t.funding_txid, t.output_index, t.amount) == ("a37d954d2cfc03526ebb0624e68389f9140f05ac19e5df03a58593204a1c2fd8", 1, 1_234_000)
 
 
 def test_decred_refund_parses_verifies_and_reveals_no_secret():

@@ -80,15 +80,28 @@ def test_lock_claim_and_refund_by_hand(regtest, node_env, faucet, capsys):
     asyncio.run(fund(regtest, faucet, alice, 1_000_000))  # a sync test: the CLI runs its own event loop
     common = [*node_env, "htlc"]
 
-    code, out, err = run(capsys, *common, "btc-lock", "--key", alice.secret.hex(), "--amount", "250000",
-                         "--claim-pubkey", bob.pubkey.hex(), "--secret", SECRET.hex(), "--feerate", "2", "--json")
+    code, out, err = run(
+        capsys,
+        *common,
+        "btc-lock",
+        "--key",
+        alice.secret.hex(),
+        "--amount",
+        "250000",
+        "--claim-pubkey",
+        bob.pubkey.hex(),
+        "--secret",
+        SECRET.hex(),
+        "--feerate",
+        "2",
+        "--json",
+    )
     assert code == 0, err
     locked = json.loads(out)
     assert (locked["amount"], locked["refund_pubkey"], locked["claim_pubkey"]) == (250_000, alice.pubkey.hex(), bob.pubkey.hex())
     regtest.rpc("generatetoaddress", 1, BtcKey.generate().p2wpkh_address())
 
-    code, out, err = run(capsys, *common, "btc-claim", "--key", bob.secret.hex(), "--script", locked["script"],
-                         "--secret", SECRET.hex(), "--json")
+    code, out, err = run(capsys, *common, "btc-claim", "--key", bob.secret.hex(), "--script", locked["script"], "--secret", SECRET.hex(), "--json")
     assert code == 0, err
     claimed = json.loads(out)
     [block] = regtest.rpc("generatetoaddress", 1, BtcKey.generate().p2wpkh_address())
@@ -99,8 +112,9 @@ def test_lock_claim_and_refund_by_hand(regtest, node_env, faucet, capsys):
     assert code == 0 and out.strip() == SECRET.hex()
 
     # A second HTLC that Alice takes back: refused while locked, refunded after.
-    code, out, _ = run(capsys, *common, "btc-lock", "--key", alice.secret.hex(), "--amount", "100000",
-                       "--claim-pubkey", bob.pubkey.hex(), "--refund-in", "2", "--json")
+    code, out, _ = run(
+        capsys, *common, "btc-lock", "--key", alice.secret.hex(), "--amount", "100000", "--claim-pubkey", bob.pubkey.hex(), "--refund-in", "2", "--json"
+    )
     second = json.loads(out)
     regtest.rpc("generatetoaddress", 1, BtcKey.generate().p2wpkh_address())
     code, _, err = run(capsys, *common, "btc-refund", "--key", alice.secret.hex(), "--script", second["script"])

@@ -90,7 +90,7 @@ def exhaustive_replacements(script: bytes) -> None:
         for value in values:
             if value == script[pos]:
                 continue
-            mutated = script[:pos] + bytes([value]) + script[pos + 1:]
+            mutated = script[:pos] + bytes([value]) + script[pos + 1 :]
             accepted = assert_not_wrongly_accepted(mutated)
             if accepted is not None:
                 assert pos in params, f"accepted a change of structural byte {pos} to 0x{value:02x}"
@@ -121,7 +121,7 @@ def test_insertions_and_deletions_are_never_accepted_unless_canonical(script, da
     assert_not_wrongly_accepted(script[:pos] + inserted + script[pos:])
     if pos < len(script):
         width = data.draw(st.integers(1, 3))
-        assert_not_wrongly_accepted(script[:pos] + script[pos + width:])
+        assert_not_wrongly_accepted(script[:pos] + script[pos + width :])
 
 
 @settings(max_examples=300)
@@ -131,7 +131,7 @@ def test_structural_byte_changes_are_always_refused(script, data):
     structural = [i for i in range(len(script)) if i not in params]
     pos = data.draw(st.sampled_from(structural))
     value = data.draw(st.integers(0, 255).filter(lambda v: v != script[pos]))
-    mutated = script[:pos] + bytes([value]) + script[pos + 1:]
+    mutated = script[:pos] + bytes([value]) + script[pos + 1 :]
     try:
         terms = audit(mutated)
     except AuditError:

@@ -134,4 +134,3 @@ async def test_p2sh_refund_after_lock(btc, faucet):
     await btc.send(refund.raw)
     await BitcoinDevnet(btc).mine(1)
     assert await btc.balance([alice.p2wpkh_script]) == PARTY_FUNDS - funding_fee - refund.fee
-

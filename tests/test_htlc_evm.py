@@ -225,9 +225,7 @@ async def test_claim_with_wrong_or_wrong_length_preimage_refused(htlc, chain, ur
     # A swap locked to the hash of a 33-byte secret: the hash matches, the length rule
     # alone refuses it (as OP_SIZE 32 would on the Bitcoin leg).
     long_preimage = secrets.token_bytes(33)
-    long_id, _ = await htlc.lock(
-        sender.key, recipient.address, ETH, ONE_ETH, hashlib.sha256(long_preimage).digest(), chain_time(url) + LOCK_SECONDS
-    )
+    long_id, _ = await htlc.lock(sender.key, recipient.address, ETH, ONE_ETH, hashlib.sha256(long_preimage).digest(), chain_time(url) + LOCK_SECONDS)
     await assert_refused("PreimageNot32Bytes", htlc.claim(recipient.key, long_id, long_preimage))
 
     assert await htlc.swap(swap_id) == SwapStatus.LOCKED

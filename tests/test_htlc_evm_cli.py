@@ -70,7 +70,16 @@ def test_token_lock_then_refund_after_expiry(anvil, bridgectl):
     asyncio.run(mint(anvil.url, token, sender, 500))
 
     code, locked = bridgectl(
-        "htlc", "evm-lock", "--to", sender.address, "--token", token, "--amount", "500", "--expires-in", "30",
+        "htlc",
+        "evm-lock",
+        "--to",
+        sender.address,
+        "--token",
+        token,
+        "--amount",
+        "500",
+        "--expires-in",
+        "30",
         key=sender.key.to_0x_hex(),
     )
     assert code == 0 and locked["token"] == token

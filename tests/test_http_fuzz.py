@@ -47,8 +47,9 @@ class Daemon:
     proc: subprocess.Popen
     log: Path
 
-    def request(self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None,
-                chunked: bool = False) -> tuple[int, bytes, str]:
+    def request(
+        self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None, chunked: bool = False
+    ) -> tuple[int, bytes, str]:
         """One request on a fresh connection: (status, body, content type)."""
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
         try:
@@ -79,8 +80,7 @@ class Daemon:
 
 def start_daemon(name: str, argv: list[str], env: dict[str, str], home: Path, port: int) -> Daemon:
     log = home / f"{name}.log"
-    proc = subprocess.Popen([sys.executable, "-m", "bridge", *argv], env={**os.environ, **env}, cwd=REPO_ROOT,
-                            stdout=open(log, "ab"), stderr=subprocess.STDOUT)
+    proc = subprocess.Popen([sys.executable, "-m", "bridge", *argv], env={**os.environ, **env}, cwd=REPO_ROOT, stdout=open(log, "ab"), stderr=subprocess.STDOUT)
     daemon = Daemon(name, port, proc, log)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -135,8 +135,7 @@ def lp(chains, tmp_path_factory) -> Daemon:
             await evm.close()
 
     asyncio.run(fund())
-    daemon = start_daemon("lp", ["relayer", "run", "lp", "--port", str(port), "--swap-config", str(home / "swaps.toml")],
-                          chains.env(home), home, port)
+    daemon = start_daemon("lp", ["relayer", "run", "lp", "--port", str(port), "--swap-config", str(home / "swaps.toml")], chains.env(home), home, port)
     daemon.identity = who  # type: ignore[attr-defined]
     yield daemon
     stop_daemon(daemon)
@@ -146,8 +145,13 @@ def lp(chains, tmp_path_factory) -> Daemon:
 def watcher(chains, tmp_path_factory) -> Daemon:
     home = tmp_path_factory.mktemp("fuzz-watcher")
     port = free_port()
-    daemon = start_daemon("watcher", ["relayer", "run", "watcher", "--port", str(port), "--poll-interval", "0.2"],
-                          {**chains.env(home), "WATCHER_EVM_KEY": Identity.new().evm_key}, home, port)
+    daemon = start_daemon(
+        "watcher",
+        ["relayer", "run", "watcher", "--port", str(port), "--poll-interval", "0.2"],
+        {**chains.env(home), "WATCHER_EVM_KEY": Identity.new().evm_key},
+        home,
+        port,
+    )
     yield daemon
     stop_daemon(daemon)
 
@@ -159,7 +163,8 @@ def error_body(status: int, body: bytes, ctype: str, what: str) -> dict[str, Any
     assert "application/json" in ctype, f"{what}: {status} answered as {ctype!r}: {body[:300]!r}"
     data = json.loads(body)
     assert isinstance(data, dict) and isinstance(data.get("error"), str) and isinstance(data.get("message"), str), (
-        f"{what}: {status} without the error shape: {body[:300]!r}")
+        f"{what}: {status} without the error shape: {body[:300]!r}"
+    )
     return data
 
 
@@ -191,19 +196,20 @@ def short(value: Any) -> str:
 texts = st.one_of(
     st.text(max_size=40),
     st.text(alphabet=st.characters(codec="utf-8"), min_size=1, max_size=300),
-    st.sampled_from(["", "btc", "eth", "tusd", "0x", "0" * 64, "00:0", "٣٤٥", "²", "１２", "-1", "1e9", " 1", "1_000",
-                     "\u0000", "\ud7ff"]),
+    st.sampled_from(["", "btc", "eth", "tusd", "0x", "0" * 64, "00:0", "٣٤٥", "²", "１２", "-1", "1e9", " 1", "1_000", "\u0000", "\ud7ff"]),
     st.integers(4000, 10_000).map(lambda n: "9" * n),  # digits past int()'s 4300-digit limit
     st.integers(1000, 20_000).map(lambda n: "A" * n),
 )
 numbers = st.one_of(
-    st.integers(), st.integers(min_value=-(2**300), max_value=2**300),
+    st.integers(),
+    st.integers(min_value=-(2**300), max_value=2**300),
     st.sampled_from([0, -1, 2**63, 2**64, 2**70, 2**256, 2**256 - 1, -(2**255), 10**99]),
     st.floats(allow_nan=False, allow_infinity=False),
 )
 scalars = st.one_of(st.none(), st.booleans(), numbers, texts)
 json_values = st.recursive(
-    scalars, lambda inner: st.one_of(st.lists(inner, max_size=5), st.dictionaries(st.text(max_size=12), inner, max_size=5)),
+    scalars,
+    lambda inner: st.one_of(st.lists(inner, max_size=5), st.dictionaries(st.text(max_size=12), inner, max_size=5)),
     max_leaves=25,
 )
 
@@ -219,9 +225,25 @@ def deep(depth: int, kind: str) -> bytes:
 deep_bodies = st.builds(deep, st.sampled_from([65, 100, 1000, 100_000]), st.sampled_from(["list", "object", "nested"]))
 raw_bodies = st.one_of(
     st.binary(max_size=2000),
-    st.sampled_from([b"", b"{", b"}", b"[", b"null", b"NaN", b'{"a": NaN}', b'{"a": Infinity}', b"1e999999", b'{"a": 1e400}',
-                     b"\xff\xfe{}", b'"\xff"', b'{"a": "\\ud800"}',
-                     "{\"a\": \"\u00e9\"}".encode("latin-1"), b"{}{}"]),
+    st.sampled_from(
+        [
+            b"",
+            b"{",
+            b"}",
+            b"[",
+            b"null",
+            b"NaN",
+            b'{"a": NaN}',
+            b'{"a": Infinity}',
+            b"1e999999",
+            b'{"a": 1e400}',
+            b"\xff\xfe{}",
+            b'"\xff"',
+            b'{"a": "\\ud800"}',
+            '{"a": "\u00e9"}'.encode("latin-1"),
+            b"{}{}",
+        ]
+    ),
     st.integers(101, 6000).map(lambda n: b"9" * n),
     st.integers(101, 6000).map(lambda n: b'{"a": ' + b"9" * n + b"}"),
     st.integers(101, 6000).map(lambda n: b'{"a": 1.' + b"5" * n + b"}"),
@@ -231,7 +253,9 @@ raw_bodies = st.one_of(
 def near_valid_swap_request() -> st.SearchStrategy[dict[str, Any]]:
     """A swap request whose every field may be swapped for a hostile value."""
     base = {
-        "id": "a" * 32, "hashlock": "11" * 32, "initiator_expiry": 10**9,
+        "id": "a" * 32,
+        "hashlock": "11" * 32,
+        "initiator_expiry": 10**9,
         "sell": {"asset": "btc", "amount": "50000", "token": None},
         "buy": {"asset": "eth", "amount": "7500000000000000", "token": None},
         "trader": {"bitcoin": "02" + "11" * 32, "evm": "0x" + "22" * 20},
@@ -261,28 +285,84 @@ def near_valid_job(draw: st.DrawFn) -> dict[str, Any]:
     chain = draw(st.sampled_from(["bitcoin", "evm"]))
     job: dict[str, Any] = {"kind": draw(st.sampled_from(["claim", "refund"])), "chain": chain, "hashlock": "11" * 32}
     if chain == "bitcoin":
-        job |= {"payout": "0014" + "22" * 20, "htlc": {"script": "00", "outpoint": "33" * 32 + ":0", "amount": 1000},
-                "presigned": [{"feerate": 2, "tx": "00"}]}
+        job |= {"payout": "0014" + "22" * 20, "htlc": {"script": "00", "outpoint": "33" * 32 + ":0", "amount": 1000}, "presigned": [{"feerate": 2, "tx": "00"}]}
     else:
-        job |= {"payout": "0x" + "22" * 20, "htlc": {"contract": "0x" + "44" * 20, "swap": {
-            "sender": "0x" + "55" * 20, "recipient": "0x" + "22" * 20, "token": "0x" + "00" * 20, "amount": 1,
-            "hashlock": "11" * 32, "expiry": 10**9, "nonce": 0}}}
+        job |= {
+            "payout": "0x" + "22" * 20,
+            "htlc": {
+                "contract": "0x" + "44" * 20,
+                "swap": {
+                    "sender": "0x" + "55" * 20,
+                    "recipient": "0x" + "22" * 20,
+                    "token": "0x" + "00" * 20,
+                    "amount": 1,
+                    "hashlock": "11" * 32,
+                    "expiry": 10**9,
+                    "nonce": 0,
+                },
+            },
+        }
     if job["kind"] == "claim":
-        job["reveal"] = draw(st.sampled_from([
-            {"chain": "evm", "contract": "0x" + "44" * 20, "swap_id": "66" * 32, "from_height": 0},
-            {"chain": "bitcoin", "outpoint": "77" * 32 + ":1", "from_height": 0},
-        ]))
-    hostile = st.one_of(json_values, numbers, st.sampled_from([
-        "33" * 32 + ":²", "33" * 32 + ":٣", "33" * 32 + ":" + "9" * 50, "33" * 32 + ":4294967296", ["33" * 32, 0],
-        2**63, 2**64, -1, 10**99, {"x": [1]},
-    ]))
-    for path in draw(st.lists(st.sampled_from([
-        ("kind",), ("chain",), ("hashlock",), ("payout",), ("htlc",), ("presigned",), ("reveal",), ("secret",),
-        ("htlc", "script"), ("htlc", "outpoint"), ("htlc", "amount"), ("htlc", "contract"), ("htlc", "swap"),
-        ("htlc", "swap", "amount"), ("htlc", "swap", "expiry"), ("htlc", "swap", "nonce"), ("htlc", "swap", "hashlock"),
-        ("htlc", "swap", "sender"), ("reveal", "from_height"), ("reveal", "outpoint"), ("reveal", "swap_id"),
-        ("reveal", "contract"), ("presigned", 0, "feerate"), ("presigned", 0, "tx"),
-    ]), min_size=1, max_size=3)):
+        job["reveal"] = draw(
+            st.sampled_from(
+                [
+                    {"chain": "evm", "contract": "0x" + "44" * 20, "swap_id": "66" * 32, "from_height": 0},
+                    {"chain": "bitcoin", "outpoint": "77" * 32 + ":1", "from_height": 0},
+                ]
+            )
+        )
+    hostile = st.one_of(
+        json_values,
+        numbers,
+        st.sampled_from(
+            [
+                "33" * 32 + ":²",
+                "33" * 32 + ":٣",
+                "33" * 32 + ":" + "9" * 50,
+                "33" * 32 + ":4294967296",
+                ["33" * 32, 0],
+                2**63,
+                2**64,
+                -1,
+                10**99,
+                {"x": [1]},
+            ]
+        ),
+    )
+    for path in draw(
+        st.lists(
+            st.sampled_from(
+                [
+                    ("kind",),
+                    ("chain",),
+                    ("hashlock",),
+                    ("payout",),
+                    ("htlc",),
+                    ("presigned",),
+                    ("reveal",),
+                    ("secret",),
+                    ("htlc", "script"),
+                    ("htlc", "outpoint"),
+                    ("htlc", "amount"),
+                    ("htlc", "contract"),
+                    ("htlc", "swap"),
+                    ("htlc", "swap", "amount"),
+                    ("htlc", "swap", "expiry"),
+                    ("htlc", "swap", "nonce"),
+                    ("htlc", "swap", "hashlock"),
+                    ("htlc", "swap", "sender"),
+                    ("reveal", "from_height"),
+                    ("reveal", "outpoint"),
+                    ("reveal", "swap_id"),
+                    ("reveal", "contract"),
+                    ("presigned", 0, "feerate"),
+                    ("presigned", 0, "tx"),
+                ]
+            ),
+            min_size=1,
+            max_size=3,
+        )
+    ):
         target: Any = job
         for step in path[:-1]:
             if isinstance(target, dict):
@@ -291,8 +371,7 @@ def near_valid_job(draw: st.DrawFn) -> dict[str, Any]:
                 target = target[step]
             else:
                 target = None
-        if isinstance(target, dict) and isinstance(path[-1], str) or (
-                isinstance(target, list) and isinstance(path[-1], int) and len(target) > path[-1]):
+        if isinstance(target, dict) and isinstance(path[-1], str) or (isinstance(target, list) and isinstance(path[-1], int) and len(target) > path[-1]):
             target[path[-1]] = draw(hostile)
     return job
 
@@ -364,7 +443,9 @@ def test_aiohttps_own_errors_are_json(lp, watcher):
 
 def _swap_request(**changes: Any) -> dict[str, Any]:
     req: dict[str, Any] = {
-        "id": os.urandom(16).hex(), "hashlock": os.urandom(32).hex(), "initiator_expiry": int(time.time()) + 7200,
+        "id": os.urandom(16).hex(),
+        "hashlock": os.urandom(32).hex(),
+        "initiator_expiry": int(time.time()) + 7200,
         "sell": {"asset": "btc", "amount": "50000", "token": None},
         "buy": {"asset": "eth", "amount": "7500000000000000", "token": None},
         "trader": {"bitcoin": "02" + "11" * 32, "evm": "0x" + "22" * 20},
@@ -463,8 +544,14 @@ LP_CLIENT_AGAINST_FAKE_LP = textwrap.dedent(
 def test_lp_client_refuses_a_nested_bracket_answer_instead_of_crashing(tmp_path):
     """The trader (``bridgectl swap start``) talking to a hostile LP: run in its own process
     so a segmentation fault would show as exit -11 (139 in a shell) instead of killing pytest."""
-    proc = subprocess.run([sys.executable, "-c", LP_CLIENT_AGAINST_FAKE_LP], cwd=REPO_ROOT, capture_output=True, text=True,
-                          timeout=120, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    proc = subprocess.run(
+        [sys.executable, "-c", LP_CLIENT_AGAINST_FAKE_LP],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+    )
     assert proc.returncode == 0, f"exit {proc.returncode}\nstdout: {proc.stdout[-2000:]}\nstderr: {proc.stderr[-2000:]}"
     lines = dict(line.split(": ", 1) for line in proc.stdout.splitlines())
     assert lines["/quote"].startswith("LpRefused: LP answered 200") and "nested deeper than 64 levels" in lines["/quote"]
@@ -502,8 +589,7 @@ def _fuzz_lock(lp: Daemon, swap_id: str, body: bytes, value: Any) -> None:
         assert answer[0] in (400, 404), f"{what}: {answer[0]} {data}"
 
 
-quote_args = (st.one_of(texts, st.sampled_from(["btc", "eth", "tusd"])), st.one_of(texts, st.sampled_from(["btc", "eth"])),
-              st.one_of(numbers, texts))
+quote_args = (st.one_of(texts, st.sampled_from(["btc", "eth", "tusd"])), st.one_of(texts, st.sampled_from(["btc", "eth"])), st.one_of(numbers, texts))
 swap_bodies = st.one_of(
     near_valid_swap_request().map(lambda v: (encoded(v), v)),
     json_values.map(lambda v: (encoded(v), v)),

@@ -145,9 +145,7 @@ class Recorder:
 
 def recorded(engine, name: str, action: str = "deliver") -> list[str]:
     with engine.connect() as conn:
-        rows = conn.execute(
-            select(seen.c.event_key).where((seen.c.indexer == name) & (seen.c.action == action)).order_by(seen.c.id)
-        )
+        rows = conn.execute(select(seen.c.event_key).where((seen.c.indexer == name) & (seen.c.action == action)).order_by(seen.c.id))
         return [r.event_key for r in rows]
 
 
@@ -216,8 +214,7 @@ class SlowRecorder(Recorder):
         await asyncio.sleep(0.05)
 
 
-async def kill_mid_run_and_resume(engine, name: str, expected: list[str], at_least: int,
-                                  worker: Callable[[str], subprocess.Popen]) -> list[str]:
+async def kill_mid_run_and_resume(engine, name: str, expected: list[str], at_least: int, worker: Callable[[str], subprocess.Popen]) -> list[str]:
     """Start ``worker(log_name)`` (an indexer process storing with a ``SlowRecorder``), SIGKILL it once
     ``at_least`` events are stored, start it again: the deliveries must be ``expected`` exactly, in
     chain order, each once.  Returns what was stored at the kill."""
@@ -351,7 +348,7 @@ async def test_reorg_below_the_first_indexed_block_rewinds_everything(engine, na
 
     await drain(indexer)
 
-    assert net_view(engine, name) == sorted(chain.canonical_keys()[len(chain.canonical_keys(up_to=4)):])
+    assert net_view(engine, name) == sorted(chain.canonical_keys()[len(chain.canonical_keys(up_to=4)) :])
     assert indexer.cursor().height == 11
 
 

@@ -30,7 +30,7 @@ from test_indexer import Recorder, SlowRecorder, db, drain, kill_mid_run_and_res
 from devnets.controls import AnvilControls  # noqa: E402
 
 #: Runtime: ``for i in range(calldata[0:32]): LOG1(topic=i)``; hand assembled, 27 bytes.
-EMITTER_RUNTIME = bytes.fromhex("6000356000" "5b8181101560195780600060" "00a16001016005565b00")
+EMITTER_RUNTIME = bytes.fromhex("60003560005b818110156019578060006000a16001016005565b00")
 #: Init code: copy the runtime to memory and return it.
 EMITTER_INIT = bytes.fromhex("601b80600b6000396000f3") + EMITTER_RUNTIME
 KEY = evm_test_keys()[0].private_key
@@ -83,10 +83,19 @@ async def test_anvil_reorg_consumer_sees_each_canonical_log_exactly_once(adapter
     nonce = int(await adapter.rpc.call("eth_getTransactionCount", [sender.address, hex(head.height - 3)]), 16)
     chain_id = await adapter.chain_id_int()
     branch = [
-        sender.sign_transaction({
-            "type": 2, "chainId": chain_id, "nonce": nonce + i, "to": address, "value": 0, "data": emit_call(10 + i),
-            "gas": 200_000, "maxFeePerGas": 100 * 10**9, "maxPriorityFeePerGas": 10**9,
-        })
+        sender.sign_transaction(
+            {
+                "type": 2,
+                "chainId": chain_id,
+                "nonce": nonce + i,
+                "to": address,
+                "value": 0,
+                "data": emit_call(10 + i),
+                "gas": 200_000,
+                "maxFeePerGas": 100 * 10**9,
+                "maxPriorityFeePerGas": 10**9,
+            }
+        )
         for i in range(2)
     ]
     new_head = await AnvilControls(adapter).reorg(3, [(branch[0], 0), (branch[1], 2)])
@@ -123,8 +132,14 @@ async def _worker(url: str, db_url: str, name: str, address: str, start: int) ->
     engine = make_engine(db_url)
     async with await EvmAdapter.connect(url) as adapter:
         indexer = Indexer(
-            name, adapter, engine, SlowRecorder(name), selector=EvmLogFilter(address=address),
-            start_height=start, batch_blocks=1, poll_interval=0.05,
+            name,
+            adapter,
+            engine,
+            SlowRecorder(name),
+            selector=EvmLogFilter(address=address),
+            start_height=start,
+            batch_blocks=1,
+            poll_interval=0.05,
         )
         print(f"worker {os.getpid()} resuming after {indexer.cursor()}", flush=True)
         await indexer.run()

@@ -52,10 +52,18 @@ def test_depth_is_refused_exactly_beyond_the_bound(depth, siblings, noise):
             check_depth(text.encode())
 
 
-@pytest.mark.parametrize("text, reason", [
-    ("[NaN]", "NaN"), ("[-Infinity]", "Infinity"), ("[1e400]", "out of range"), ("[" + "9" * 101 + "]", "out of range"),
-    ('{"a": 1', "not valid JSON"), (b"\xff\xfe", "not valid JSON"), ("[1]]", "not valid JSON"),
-])
+@pytest.mark.parametrize(
+    "text, reason",
+    [
+        ("[NaN]", "NaN"),
+        ("[-Infinity]", "Infinity"),
+        ("[1e400]", "out of range"),
+        ("[" + "9" * 101 + "]", "out of range"),
+        ('{"a": 1', "not valid JSON"),
+        (b"\xff\xfe", "not valid JSON"),
+        ("[1]]", "not valid JSON"),
+    ],
+)
 def test_what_is_not_bounded_json_is_refused_with_a_reason(text, reason):
     with pytest.raises(JsonRefused, match=reason):
         loads(text)

@@ -96,21 +96,24 @@ def test_non_ascii_digits_are_not_taken_for_an_account_id_or_an_amount(ledger_db
     assert snapshot(engine) == before
 
 
-@pytest.mark.parametrize("argv, words", [
-    (("transfer", "t", "1", "2", str(MAX_AMOUNT + 1)), "amount must be an integer in 1..2^128-1"),
-    (("post", "p", "h", "--amount", str(2**200)), "amount must be an integer in 1..2^128-1"),
-    (("history", "1", "--limit", str(2**80)), "limit must be an integer in 0.."),
-    (("history", "1", "--limit", "-1"), "limit must be an integer in 0.."),
-    (("balances", "--at", str(10**30)), "height must be 0.."),
-    (("export", "--to", str(10**30)), "--to height must be an integer in 0.."),
-    (("export", "--from", "-5", "--to", "1"), "--from height must be an integer in 0.."),
-    (("price", "BTC", "100", "--reporter", "r", "--timestamp", str(2**70)), "price timestamp must be unix seconds"),
-    (("price", "BTC", str(2**130), "--reporter", "r"), "must be a positive integer"),
-    (("health", "--threshold-bps", str(2**40), "--scan"), "liquidation threshold must be a positive number of bps"),
-    (("asset-add", "--chain-id", str(2**70), "--address", "0x" + "11" * 20, "--decimals", "6", "--symbol", "T"), "chain id must be an integer"),
-    (("asset-add", "--chain-id", "5", "--address", "0x" + "11" * 20, "--decimals", "6", "--symbol", "T" * 40), "asset symbol must be a string of 1..32"),
-    (("haircut", "BTC", str(2**70)), "haircut must be 0..10000"),
-])
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (("transfer", "t", "1", "2", str(MAX_AMOUNT + 1)), "amount must be an integer in 1..2^128-1"),
+        (("post", "p", "h", "--amount", str(2**200)), "amount must be an integer in 1..2^128-1"),
+        (("history", "1", "--limit", str(2**80)), "limit must be an integer in 0.."),
+        (("history", "1", "--limit", "-1"), "limit must be an integer in 0.."),
+        (("balances", "--at", str(10**30)), "height must be 0.."),
+        (("export", "--to", str(10**30)), "--to height must be an integer in 0.."),
+        (("export", "--from", "-5", "--to", "1"), "--from height must be an integer in 0.."),
+        (("price", "BTC", "100", "--reporter", "r", "--timestamp", str(2**70)), "price timestamp must be unix seconds"),
+        (("price", "BTC", str(2**130), "--reporter", "r"), "must be a positive integer"),
+        (("health", "--threshold-bps", str(2**40), "--scan"), "liquidation threshold must be a positive number of bps"),
+        (("asset-add", "--chain-id", str(2**70), "--address", "0x" + "11" * 20, "--decimals", "6", "--symbol", "T"), "chain id must be an integer"),
+        (("asset-add", "--chain-id", "5", "--address", "0x" + "11" * 20, "--decimals", "6", "--symbol", "T" * 40), "asset symbol must be a string of 1..32"),
+        (("haircut", "BTC", str(2**70)), "haircut must be 0..10000"),
+    ],
+)
 def test_out_of_range_integers_at_the_cli_are_clear_errors_that_write_nothing(ledger_db, books, argv, words):
     url, engine = ledger_db
     before = snapshot(engine)
@@ -129,15 +132,18 @@ def test_export_refuses_a_bad_range_before_creating_the_file(ledger_db, books, t
 # --- the library: the same checks hold for every caller ------------------------------------
 
 
-@pytest.mark.parametrize("make", [
-    lambda w, a, b, n: Transfer("t", n, a.id, 1),
-    lambda w, a, b, n: Transfer("t", w.id, n, 1),
-    lambda w, a, b, n: Transfer("t", -n, a.id, 1),
-    lambda w, a, b, n: Transfer.hold("t", a.id, b.id, 1, timeout=n),
-    lambda w, a, b, n: Transfer.hold("t", a.id, b.id, 1, timeout=-n),
-    lambda w, a, b, n: Transfer("t", w.id, a.id, n * MAX_AMOUNT),
-    lambda w, a, b, n: Transfer.post("p", "dep", amount=n * MAX_AMOUNT),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda w, a, b, n: Transfer("t", n, a.id, 1),
+        lambda w, a, b, n: Transfer("t", w.id, n, 1),
+        lambda w, a, b, n: Transfer("t", -n, a.id, 1),
+        lambda w, a, b, n: Transfer.hold("t", a.id, b.id, 1, timeout=n),
+        lambda w, a, b, n: Transfer.hold("t", a.id, b.id, 1, timeout=-n),
+        lambda w, a, b, n: Transfer("t", w.id, a.id, n * MAX_AMOUNT),
+        lambda w, a, b, n: Transfer.post("p", "dep", amount=n * MAX_AMOUNT),
+    ],
+)
 def test_library_commit_refuses_what_no_column_can_hold(ledger, books, make):
     before = snapshot(ledger.engine)
     for n in HUGE:
@@ -149,10 +155,12 @@ def test_library_commit_refuses_what_no_column_can_hold(ledger, books, make):
 def test_the_largest_storable_values_still_commit(ledger, books):
     world, alice, bob = books
     big = ledger.open_account("whale", "user", "BTC")
-    r = ledger.commit([
-        Transfer("max", world.id, big.id, MAX_AMOUNT),
-        Transfer.hold("long-hold", alice.id, bob.id, 1, timeout=MAX_TIMEOUT),
-    ])
+    r = ledger.commit(
+        [
+            Transfer("max", world.id, big.id, MAX_AMOUNT),
+            Transfer.hold("long-hold", alice.id, bob.id, 1, timeout=MAX_TIMEOUT),
+        ]
+    )
     assert r.applied == 2
     assert queries.balances(ledger.engine, big.id)[0].balance == MAX_AMOUNT
 
@@ -172,24 +180,27 @@ def test_an_unknown_but_possible_account_id_is_still_not_found(ledger, books):
         ledger.account(MAX_ACCOUNT_ID)
 
 
-@pytest.mark.parametrize("call", [
-    lambda l: queries.history(l.engine, 1, limit=2**64),
-    lambda l: queries.history(l.engine, 1, before_height=2**64),
-    lambda l: list(queries.iter_transfers(l.engine, 0, 2**64)),
-    lambda l: queries.export(l.engine, io.StringIO(), 0, 2**64),
-    lambda l: MarginView(l.engine).record_price(PriceReport("BTC", 1, 2**64, "r")),
-    lambda l: MarginView(l.engine).record_price(PriceReport("BTC", 1, NOW, "r" * 201)),
-    lambda l: MarginView(l.engine, threshold_bps=2**31),
-    lambda l: MarginView(l.engine).events(2**64),
-    lambda l: l.register_asset(erc20(2**64, "0x" + "22" * 20, 6, "T")),
-    lambda l: l.open_account("carol", "user", "B" * 121),
-    lambda l: l.open_account("nul\x00owner", "user", "BTC"),
-    lambda l: l.commit([Transfer("nul\x00id", 1, 2, 1)]),
-    lambda l: l.commit([Transfer("t", 1, 2, 1, cause="nul\x00")]),
-    lambda l: l.commit([Transfer.void("v", "p" * 201)]),
-    lambda l: l.find_account("alice", "user", "BTC\x00"),
-    lambda l: queries.transfer(l.engine, "x" * 201),
-])
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda l: queries.history(l.engine, 1, limit=2**64),
+        lambda l: queries.history(l.engine, 1, before_height=2**64),
+        lambda l: list(queries.iter_transfers(l.engine, 0, 2**64)),
+        lambda l: queries.export(l.engine, io.StringIO(), 0, 2**64),
+        lambda l: MarginView(l.engine).record_price(PriceReport("BTC", 1, 2**64, "r")),
+        lambda l: MarginView(l.engine).record_price(PriceReport("BTC", 1, NOW, "r" * 201)),
+        lambda l: MarginView(l.engine, threshold_bps=2**31),
+        lambda l: MarginView(l.engine).events(2**64),
+        lambda l: l.register_asset(erc20(2**64, "0x" + "22" * 20, 6, "T")),
+        lambda l: l.open_account("carol", "user", "B" * 121),
+        lambda l: l.open_account("nul\x00owner", "user", "BTC"),
+        lambda l: l.commit([Transfer("nul\x00id", 1, 2, 1)]),
+        lambda l: l.commit([Transfer("t", 1, 2, 1, cause="nul\x00")]),
+        lambda l: l.commit([Transfer.void("v", "p" * 201)]),
+        lambda l: l.find_account("alice", "user", "BTC\x00"),
+        lambda l: queries.transfer(l.engine, "x" * 201),
+    ],
+)
 def test_library_reads_and_writes_range_check_their_input(ledger, books, call):
     before = snapshot(ledger.engine)
     with pytest.raises(InputError):

@@ -87,8 +87,14 @@ async def test_eight_concurrent_writers_lose_no_update(hot_ledger, tmp_path):
     go = tmp_path / "go"
     procs = [
         await asyncio.create_subprocess_exec(
-            sys.executable, __file__, url, str(TASKS + i), str(go), ",".join(map(str, hot)),
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            sys.executable,
+            __file__,
+            url,
+            str(TASKS + i),
+            str(go),
+            ",".join(map(str, hot)),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
         )
         for i in range(PROCESSES)
     ]
@@ -132,9 +138,7 @@ async def test_eight_concurrent_writers_lose_no_update(hot_ledger, tmp_path):
     assert report.ok, report.problems
     # The writers really ran at the same time: processes' batches land among the tasks'.
     with ledger.engine.connect() as conn:
-        first_ids = conn.execute(
-            select(LedgerTransfer.__table__.c.height, LedgerTransfer.__table__.c.id).where(LedgerTransfer.__table__.c.idx == 0)
-        ).all()
+        first_ids = conn.execute(select(LedgerTransfer.__table__.c.height, LedgerTransfer.__table__.c.id).where(LedgerTransfer.__table__.c.idx == 0)).all()
     writer_at = {h: int(i.split(":")[0][1:]) for h, i in first_ids if i.startswith("w")}
     task_heights = [h for h, w in writer_at.items() if w < TASKS]
     assert any(min(task_heights) < h < max(task_heights) for h, w in writer_at.items() if w >= TASKS)

@@ -67,10 +67,12 @@ def book(ledger_db):
     world_usdc = ledger.open_account("world", "external", usdc.code)
     alice_btc = ledger.open_account("alice", "user", "BTC")
     alice_debt = ledger.open_account("alice", "debt", usdc.code)
-    ledger.commit([
-        Transfer("deposit", world_btc.id, alice_btc.id, 10**8),  # 1 BTC
-        Transfer("borrow", alice_debt.id, world_usdc.id, 45_000 * 10**6),  # owes 45,000 USDC
-    ])
+    ledger.commit(
+        [
+            Transfer("deposit", world_btc.id, alice_btc.id, 10**8),  # 1 BTC
+            Transfer("borrow", alice_debt.id, world_usdc.id, 45_000 * 10**6),  # owes 45,000 USDC
+        ]
+    )
     clock = {"now": NOW}
     view = MarginView(engine, PricePolicy(quorum=2, max_age=60, max_spread_bps=100), threshold_bps=11_000, clock=lambda: clock["now"])
     return ledger, view, usdc, clock
@@ -97,8 +99,7 @@ def test_health_and_threshold_events(book):
     assert (event.owner, event.state, event.health_bps, event.threshold_bps) == ("alice", "liquidatable", 10_000, 11_000)
     assert view.scan() == []  # still below: no new event
 
-    ledger.commit([Transfer("top-up", ledger.find_account("world", "external", "BTC").id,
-                            ledger.find_account("alice", "user", "BTC").id, 2 * 10**7)])
+    ledger.commit([Transfer("top-up", ledger.find_account("world", "external", "BTC").id, ledger.find_account("alice", "user", "BTC").id, 2 * 10**7)])
     [event2] = view.scan()
     assert event2.state == "healthy" and event2.health_bps == 12_000
     assert [e.seq for e in view.events()] == [event.seq, event2.seq]

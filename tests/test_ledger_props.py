@@ -36,9 +36,7 @@ def make_machine(backend: str, directory):
             self._db = fresh_database(backend, directory)
             _, engine = self._db.__enter__()
             self.ledger = Ledger(engine, clock=lambda: self.now)
-            self.accounts = [
-                self.ledger.open_account(f"o{i}", kind, asset) for asset in ASSETS for i, kind in enumerate(KINDS)
-            ]
+            self.accounts = [self.ledger.open_account(f"o{i}", kind, asset) for asset in ASSETS for i, kind in enumerate(KINDS)]
             self.balance = {a.id: 0 for a in self.accounts}
             self.reserved = {a.id: 0 for a in self.accounts}
             self.holds: dict[str, tuple[int, int, int, int | None]] = {}

@@ -102,8 +102,14 @@ def test_bitcoin_core_npm_client(own_regtest):
     wif, address, coinbase_txid = _fund_wif(own_regtest)
     user, password = own_regtest.rpc_auth
     script = REPO / "tests" / "clients" / "bitcoin_core_npm.js"
-    run = subprocess.run(["node", str(script), own_regtest.rpc_url, user, password, coinbase_txid, wif, address],
-                         capture_output=True, text=True, timeout=60, cwd=REPO, env={**os.environ, "NODE_PATH": str(REPO / "node_modules")})
+    run = subprocess.run(
+        ["node", str(script), own_regtest.rpc_url, user, password, coinbase_txid, wif, address],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+        env={**os.environ, "NODE_PATH": str(REPO / "node_modules")},
+    )
     answer = json.loads(run.stdout.strip().splitlines()[-1])
     assert run.returncode == 0, answer
     assert answer["height"] == 101 and answer["coinbase_in_block"] == coinbase_txid and answer["coinbase_value"] == 50

@@ -48,6 +48,7 @@ async def test_daemon_serves_metrics_and_stops_cleanly_on_sigterm():
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-c", DAEMON, str(port)], stdout=subprocess.PIPE, text=True)
     try:
+
         def ticked():
             body = _get(f"http://127.0.0.1:{port}/metrics")
             return body and any(line.startswith("ticker_ticks_total ") and int(line.split()[1]) > 3 for line in body.splitlines())

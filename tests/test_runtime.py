@@ -368,10 +368,15 @@ JOBS = OpTable("job", "job", "job_history", "job_id", ("new", "sent", "done"), f
 def op_store(tmp_path):
     engine = make_engine(f"sqlite:///{tmp_path / 'ops.sqlite'}")
     with engine.begin() as conn:
-        conn.execute(text("CREATE TABLE job (id TEXT PRIMARY KEY, state TEXT NOT NULL, updated_at REAL, retries INTEGER DEFAULT 0, "
-                          "last_error TEXT, next_attempt_at REAL DEFAULT 0, payload TEXT)"))
-        conn.execute(text("CREATE TABLE job_history (seq INTEGER PRIMARY KEY, job_id TEXT, at REAL, from_state TEXT, to_state TEXT, "
-                          "note TEXT, attempt INTEGER)"))
+        conn.execute(
+            text(
+                "CREATE TABLE job (id TEXT PRIMARY KEY, state TEXT NOT NULL, updated_at REAL, retries INTEGER DEFAULT 0, "
+                "last_error TEXT, next_attempt_at REAL DEFAULT 0, payload TEXT)"
+            )
+        )
+        conn.execute(
+            text("CREATE TABLE job_history (seq INTEGER PRIMARY KEY, job_id TEXT, at REAL, from_state TEXT, to_state TEXT, note TEXT, attempt INTEGER)")
+        )
     store = OpStore(Db(engine), JOBS)
     yield store
     engine.dispose()
@@ -408,7 +413,10 @@ def test_transitions_are_compare_and_set_and_the_history_keeps_time_reason_and_a
     move(store, "j", ["sent", "new"], "done", "confirmed")
     rows = store.history("j")
     assert [(r["from_state"], r["to_state"], r["note"], r["attempt"]) for r in rows] == [
-        (None, "new", "created", 1), ("new", "sent", "sent tx1", 3), ("sent", "sent", "bumped to tx2", 1), ("sent", "done", "confirmed", 1),
+        (None, "new", "created", 1),
+        ("new", "sent", "sent tx1", 3),
+        ("sent", "sent", "bumped to tx2", 1),
+        ("sent", "done", "confirmed", 1),
     ]
     assert all(r["at"] >= before for r in rows[1:])
     with store.db.transaction() as tx:
@@ -465,8 +473,12 @@ def test_old_databases_get_the_attempt_column_and_their_history_still_reads(tmp_
     store = SwapStore(engine)
     with engine.begin() as conn:  # the table as an older version made it
         conn.execute(text("DROP TABLE swap_action"))
-        conn.execute(text("CREATE TABLE swap_action (seq INTEGER PRIMARY KEY, swap_id VARCHAR NOT NULL, at FLOAT NOT NULL, "
-                          "from_state VARCHAR, to_state VARCHAR NOT NULL, note VARCHAR NOT NULL)"))
+        conn.execute(
+            text(
+                "CREATE TABLE swap_action (seq INTEGER PRIMARY KEY, swap_id VARCHAR NOT NULL, at FLOAT NOT NULL, "
+                "from_state VARCHAR, to_state VARCHAR NOT NULL, note VARCHAR NOT NULL)"
+            )
+        )
         conn.execute(text("INSERT INTO swap_action (swap_id, at, from_state, to_state, note) VALUES ('old', 1.0, NULL, 'created', 'made')"))
     engine.dispose()
     engine = make_engine(f"sqlite:///{tmp_path / 'old.sqlite'}")

@@ -31,17 +31,19 @@ def _hash(text: str) -> str:
 def lp_swap(store: SwapStore, swap_id: str, hashlock: str | None = None, role: str = PARTICIPANT):
     now = time.time()
     return store.create(
-        Swap(id=swap_id, role=role, state=m.CREATED, hashlock=hashlock or _hash(swap_id), accepted=True,
-             created_at=now, updated_at=now, next_attempt_at=now),
-        [SwapLeg(swap_id=swap_id, leg=INITIATOR, chain="bitcoin", asset="btc", amount="1000000"),
-         SwapLeg(swap_id=swap_id, leg=PARTICIPANT, chain="evm", asset="eth", amount=str(15 * 10**16))],
+        Swap(id=swap_id, role=role, state=m.CREATED, hashlock=hashlock or _hash(swap_id), accepted=True, created_at=now, updated_at=now, next_attempt_at=now),
+        [
+            SwapLeg(swap_id=swap_id, leg=INITIATOR, chain="bitcoin", asset="btc", amount="1000000"),
+            SwapLeg(swap_id=swap_id, leg=PARTICIPANT, chain="evm", asset="eth", amount=str(15 * 10**16)),
+        ],
     )
 
 
 def see_trader_lock(store: SwapStore, swap_id: str, ref: str):
     """What the LP's engine records at the first sighting of the trader's audited lock."""
-    return store.transition(swap_id, m.CREATED, m.CREATED, f"trader's lock {ref} seen on chain",
-                            legs={INITIATOR: {"lock_ref": ref, "lock_tx": ref.split(":")[0]}})
+    return store.transition(
+        swap_id, m.CREATED, m.CREATED, f"trader's lock {ref} seen on chain", legs={INITIATOR: {"lock_ref": ref, "lock_tx": ref.split(":")[0]}}
+    )
 
 
 @pytest.fixture

@@ -21,7 +21,17 @@ from bridge.swaps.protocol import LpClient
 from bridge.core.testing import wait_until
 from htlc.bitcoin_script import p2wsh_htlc_script
 from test_swaps_devnet import (  # noqa: F401 - module fixture: private regtest node
-    ONE_BTC, ONE_ETH, _state, book, fund_btc, new_keys, regtest, run_trader, running_lp, settings_for, swap_config,
+    ONE_BTC,
+    ONE_ETH,
+    _state,
+    book,
+    fund_btc,
+    new_keys,
+    regtest,
+    run_trader,
+    running_lp,
+    settings_for,
+    swap_config,
 )
 
 log = logging.getLogger("tests.attacks")
@@ -38,7 +48,9 @@ def swap_request(view, swap_id: str | None = None) -> dict:
     """The body ``LpClient.accept`` sends for ``view``, under another id if given."""
     ileg, pleg = view.leg(INITIATOR), view.leg(PARTICIPANT)
     return {
-        "id": swap_id or view.swap.id, "hashlock": view.swap.hashlock, "initiator_expiry": ileg.expiry,
+        "id": swap_id or view.swap.id,
+        "hashlock": view.swap.hashlock,
+        "initiator_expiry": ileg.expiry,
         "sell": {"asset": ileg.asset, "amount": ileg.amount, "token": ileg.token},
         "buy": {"asset": pleg.asset, "amount": pleg.amount, "token": pleg.token},
         "trader": {ileg.chain: ileg.sender, pleg.chain: pleg.recipient},
@@ -102,9 +114,13 @@ async def test_reservations_end_quickly_and_are_capped_per_client(tmp_path, regt
 
         def request(n: int, **change) -> dict:
             return {
-                "id": f"hold-{n}", "hashlock": hashlock(n), "initiator_expiry": height + 120,
-                "sell": {"asset": "btc", "amount": str(4 * ONE_BTC // 10)}, "buy": {"asset": "eth", "amount": str(6 * ONE_ETH)},
-                "trader": {"bitcoin": trader_keys.btc.pubkey.hex(), "evm": trader_keys.address}, **change,
+                "id": f"hold-{n}",
+                "hashlock": hashlock(n),
+                "initiator_expiry": height + 120,
+                "sell": {"asset": "btc", "amount": str(4 * ONE_BTC // 10)},
+                "buy": {"asset": "eth", "amount": str(6 * ONE_ETH)},
+                "trader": {"bitcoin": trader_keys.btc.pubkey.hex(), "evm": trader_keys.address},
+                **change,
             }
 
         log.info("attacker: an expiry that would hold the reservation for good")
@@ -157,8 +173,11 @@ async def test_hostile_lp_requests_are_refused_with_4xx_and_change_nothing(tmp_p
     async with running_lp(settings_for(tmp_path, "lp", regtest, anvil), swap_config(lp_keys, contracts)) as (lp_url, lp):
         height = await btc.height()
         good = {
-            "id": "fine", "hashlock": "ab" * 32, "initiator_expiry": height + 120,
-            "sell": {"asset": "btc", "amount": "1000000"}, "buy": {"asset": "eth", "amount": str(15 * ONE_ETH // 100)},
+            "id": "fine",
+            "hashlock": "ab" * 32,
+            "initiator_expiry": height + 120,
+            "sell": {"asset": "btc", "amount": "1000000"},
+            "buy": {"asset": "eth", "amount": str(15 * ONE_ETH // 100)},
             "trader": {"bitcoin": trader_keys.btc.pubkey.hex(), "evm": trader_keys.address},
         }
         cases = {
@@ -181,8 +200,7 @@ async def test_hostile_lp_requests_are_refused_with_4xx_and_change_nothing(tmp_p
         for name, (method, path, body, expected) in cases.items():
             if name == "nested brackets":
                 async with aiohttp.ClientSession() as session:
-                    async with session.post(f"{lp_url}{path}", data=b"[" * 100_000 + b"]" * 100_000,
-                                            headers={"Content-Type": "application/json"}) as resp:
+                    async with session.post(f"{lp_url}{path}", data=b"[" * 100_000 + b"]" * 100_000, headers={"Content-Type": "application/json"}) as resp:
                         status, answer = resp.status, await resp.json(content_type=None)
             else:
                 status, answer = await http(method, f"{lp_url}{path}", body)

@@ -30,7 +30,22 @@ from bridge.core.testing import WaitTimeout, wait_until
 from devnets.anvil import Anvil
 from devnets.process import free_port
 from swap_harness import (
-    CRASH_POINTS, NODE_AUTH, ONE_BTC, ONE_ETH, Books, Chains, Identity, Party, Snapshot, automine, bitcoin_node, open_party, reap, reconcile, sigkill, start_lp,
+    CRASH_POINTS,
+    NODE_AUTH,
+    ONE_BTC,
+    ONE_ETH,
+    Books,
+    Chains,
+    Identity,
+    Party,
+    Snapshot,
+    automine,
+    bitcoin_node,
+    open_party,
+    reap,
+    reconcile,
+    sigkill,
+    start_lp,
 )
 from devnets.controls import AnvilControls, BitcoinDevnet
 

@@ -39,7 +39,6 @@ from devnets.controls import AnvilControls, BitcoinDevnet
 from devnets.presets import MARKETS, ONE_BTC, ONE_ETH, TIMELOCK
 
 
-
 @pytest.fixture(scope="module")
 def regtest(tmp_path_factory):
     """A private regtest node: these tests mine hundreds of blocks, and a shared node's
@@ -89,14 +88,19 @@ def settings_for(tmp_path, name: str, regtest, anvil) -> Settings:
 
 
 def swap_config(keys: Keys, contracts: dict[str, str], **extra) -> SwapConfig:
-    return SwapConfig.model_validate({
-        "btc_key": keys.btc.secret.hex(),
-        "evm_key": keys.evm, "htlc": contracts["htlc"], "btc_feerate": 2, "poll_interval": 0.05,
-        "tokens": {"tusd": {"address": contracts["tusd"], "decimals": 6}},
-        "timelock": TIMELOCK,
-        "lp": {"markets": MARKETS},
-        **extra,
-    })
+    return SwapConfig.model_validate(
+        {
+            "btc_key": keys.btc.secret.hex(),
+            "evm_key": keys.evm,
+            "htlc": contracts["htlc"],
+            "btc_feerate": 2,
+            "poll_interval": 0.05,
+            "tokens": {"tusd": {"address": contracts["tusd"], "decimals": 6}},
+            "timelock": TIMELOCK,
+            "lp": {"markets": MARKETS},
+            **extra,
+        }
+    )
 
 
 @contextlib.asynccontextmanager
@@ -145,8 +149,9 @@ async def test_btc_to_eth_happy_path(tmp_path, regtest, anvil, btc, evm, contrac
     # waking the swap, and every wait for confirmations by the node announcing the block.
     event_driven = {"idle_recheck": 3600, "poll_interval": 3600}
     async with running_lp(lp_settings, swap_config(lp_keys, contracts, **event_driven)) as (lp_url, lp):
-        async with await Party.open(settings_for(tmp_path, "trader", regtest, anvil),
-                                    swap_config(trader_keys, contracts, **event_driven), LpClient()) as trader:
+        async with await Party.open(
+            settings_for(tmp_path, "trader", regtest, anvil), swap_config(trader_keys, contracts, **event_driven), LpClient()
+        ) as trader:
             trader_btc_before = await btc.balance([trader_keys.btc.p2wpkh_script])
             view = await trader.start_swap(lp_url, "btc:0.5", "eth:7.5")
             done = await run_trader(trader, view.swap.id)
@@ -203,8 +208,9 @@ async def test_erc20_to_btc_happy_path(tmp_path, regtest, anvil, btc, evm, contr
     await token.mint(contracts["deployer"], trader_keys.address, 3_000 * 10**6)
     event_driven = {"idle_recheck": 3600, "poll_interval": 3600}  # as in the BTC -> ETH test: events end every wait
     async with running_lp(settings_for(tmp_path, "lp", regtest, anvil), swap_config(lp_keys, contracts, **event_driven)) as (lp_url, lp):
-        async with await Party.open(settings_for(tmp_path, "trader", regtest, anvil),
-                                    swap_config(trader_keys, contracts, **event_driven), LpClient()) as trader:
+        async with await Party.open(
+            settings_for(tmp_path, "trader", regtest, anvil), swap_config(trader_keys, contracts, **event_driven), LpClient()
+        ) as trader:
             lp_btc_before = await btc.balance([lp_keys.btc.p2wpkh_script])
             view = await trader.start_swap(lp_url, "tusd:1200", "btc:0.02")
             done = await run_trader(trader, view.swap.id)
@@ -236,6 +242,7 @@ async def test_lp_gone_after_accepting_trader_refunds_at_expiry(tmp_path, regtes
             assert stepped.swap.state == m.INITIATOR_LOCK_INTENDED and stepped.swap.accepted
         task = asyncio.create_task(run_trader(trader, view.swap.id, timeout=120))
         expiry = trader.store.get(view.swap.id).leg(INITIATOR).expiry
+
         async def lock_confirmed() -> bool:
             if await btc.rpc.call("getrawmempool"):
                 await BitcoinDevnet(btc).mine(1)
@@ -268,8 +275,9 @@ async def test_lp_refuses_too_short_timelock(tmp_path, regtest, anvil, btc, evm,
     trader_keys, lp_keys = await new_keys(evm, ONE_ETH // 10), await new_keys(evm, 20 * ONE_ETH)
     hasty = {**TIMELOCK, "safety_gap": 60, "initiator_lock": 1200, "min_participant_lock": 60}  # 20 blocks
     async with running_lp(settings_for(tmp_path, "lp", regtest, anvil), swap_config(lp_keys, contracts)) as (lp_url, lp):
-        async with await Party.open(settings_for(tmp_path, "trader", regtest, anvil),
-                                    swap_config(trader_keys, contracts, timelock=hasty), LpClient()) as trader:
+        async with await Party.open(
+            settings_for(tmp_path, "trader", regtest, anvil), swap_config(trader_keys, contracts, timelock=hasty), LpClient()
+        ) as trader:
             view = await trader.start_swap(lp_url, "btc:0.1", "eth:1")
             done = (await trader.engine.step(view.swap.id)).swap
             assert done.state == m.FAILED
@@ -298,11 +306,17 @@ async def hand_made_btc_lock(btc: BitcoinAdapter, lp_url: str, trader: Keys, sat
     hashlock = hashlib.sha256(secret).digest()
     expiry = await btc.height() + 120
     swap_id = uuid.uuid4().hex
-    status, answer = await _post(f"{lp_url}/swaps", {
-        "id": swap_id, "hashlock": hashlock.hex(), "initiator_expiry": expiry,
-        "sell": {"asset": "btc", "amount": str(sats)}, "buy": {"asset": "eth", "amount": str(wei)},
-        "trader": {"bitcoin": trader.btc.pubkey.hex(), "evm": trader.address},
-    })
+    status, answer = await _post(
+        f"{lp_url}/swaps",
+        {
+            "id": swap_id,
+            "hashlock": hashlock.hex(),
+            "initiator_expiry": expiry,
+            "sell": {"asset": "btc", "amount": str(sats)},
+            "buy": {"asset": "eth", "amount": str(wei)},
+            "trader": {"bitcoin": trader.btc.pubkey.hex(), "evm": trader.address},
+        },
+    )
     assert status == 200, answer
     locked_hash = hashlib.sha256(b"not the secret").digest() if wrong_hash else hashlock
     script = p2wsh_htlc_script(locked_hash, bytes.fromhex(answer["lp"]["bitcoin"]), trader.btc.pubkey, expiry)
@@ -312,10 +326,13 @@ async def hand_made_btc_lock(btc: BitcoinAdapter, lp_url: str, trader: Keys, sat
     return swap_id
 
 
-@pytest.mark.parametrize("tamper, reason", [
-    ({"lock_sats": 29_000_000}, "wrong amount: the HTLC holds 29000000 sats, agreed 30000000"),
-    ({"wrong_hash": True}, "wrong hash"),
-])
+@pytest.mark.parametrize(
+    "tamper, reason",
+    [
+        ({"lock_sats": 29_000_000}, "wrong amount: the HTLC holds 29000000 sats, agreed 30000000"),
+        ({"wrong_hash": True}, "wrong hash"),
+    ],
+)
 async def test_lp_refuses_a_lock_that_differs_from_the_terms(tmp_path, regtest, anvil, btc, evm, contracts, automine, tamper, reason):
     trader_keys, lp_keys = await new_keys(evm, ONE_ETH // 10), await new_keys(evm, 20 * ONE_ETH)
     await fund_btc(btc, trader_keys.btc)
@@ -353,7 +370,7 @@ def _toml(keys: Keys, contracts: dict[str, str], port: int) -> str:
     return f"""
 btc_key = "{keys.btc.secret.hex()}"
 evm_key = "{keys.evm}"
-htlc = "{contracts['htlc']}"
+htlc = "{contracts["htlc"]}"
 btc_feerate = 2
 poll_interval = 0.1
 [timelock]
@@ -372,8 +389,13 @@ async def _cli(env: dict[str, str], *argv: str, timeout: float = 90) -> tuple[in
     import sys
 
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bridge", *argv, env={**os.environ, **env},
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "bridge",
+        *argv,
+        env={**os.environ, **env},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(proc.communicate(), timeout)
     return proc.returncode, out.decode(), err.decode()
@@ -390,8 +412,11 @@ async def test_cli_eth_to_btc_with_the_lp_daemon_process(tmp_path, regtest, anvi
     user, password = regtest.rpc_auth
     host, port = regtest.rpc_url.removeprefix("http://").rstrip("/").split(":")
     base_env = {
-        "BRIDGE_BITCOIN__RPC_HOST": host, "BRIDGE_BITCOIN__RPC_PORT": port,
-        "BRIDGE_BITCOIN__RPC_USER": user, "BRIDGE_BITCOIN__RPC_PASSWORD": password, "BRIDGE_EVM__URL": anvil.url,
+        "BRIDGE_BITCOIN__RPC_HOST": host,
+        "BRIDGE_BITCOIN__RPC_PORT": port,
+        "BRIDGE_BITCOIN__RPC_USER": user,
+        "BRIDGE_BITCOIN__RPC_PASSWORD": password,
+        "BRIDGE_EVM__URL": anvil.url,
     }
     lp_port = free_port()
     (tmp_path / "lp.toml").write_text(_toml(lp_keys, contracts, lp_port))
@@ -399,14 +424,24 @@ async def test_cli_eth_to_btc_with_the_lp_daemon_process(tmp_path, regtest, anvi
     lp_env = {**base_env, "BRIDGE_DATA_DIR": str(tmp_path / "lp")}
     trader_env = {**base_env, "BRIDGE_DATA_DIR": str(tmp_path / "trader")}
     lp_proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bridge", "relayer", "run", "lp", "--swap-config", str(tmp_path / "lp.toml"),
-        env={**os.environ, **lp_env}, stdout=asyncio.subprocess.DEVNULL, stderr=open(tmp_path / "lp.log", "wb"),
+        sys.executable,
+        "-m",
+        "bridge",
+        "relayer",
+        "run",
+        "lp",
+        "--swap-config",
+        str(tmp_path / "lp.toml"),
+        env={**os.environ, **lp_env},
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=open(tmp_path / "lp.log", "wb"),
     )
     try:
         lp_url = f"http://127.0.0.1:{lp_port}"
         await wait_until(lambda: _health(lp_url), timeout=30, what="LP daemon up")
-        code, out, err = await _cli(trader_env, "swap", "start", "--sell", "eth:1.5", "--buy", "btc:0.01", "--lp", lp_url,
-                                    "--swap-config", str(tmp_path / "trader.toml"))
+        code, out, err = await _cli(
+            trader_env, "swap", "start", "--sell", "eth:1.5", "--buy", "btc:0.01", "--lp", lp_url, "--swap-config", str(tmp_path / "trader.toml")
+        )
         assert code == 0, out + err
         swap_id = out.split()[1].rstrip(":")
         assert "initiator_locked" in out and "claimed" in out  # progress lines, state by state
@@ -542,10 +577,14 @@ async def test_concurrent_swaps_against_one_lp(tmp_path, regtest, anvil, btc, ev
     await fund_btc(btc, lp_keys.btc)
     token = Erc20(evm, contracts["tusd"])
     await token.mint(contracts["deployer"], lp_keys.address, 10_000 * 10**6)
-    markets = {"lp": {"markets": {
-        "tusd/btc": {"rate": "1/600", "min_sell": 10**6, "max_sell": 10**12},
-        "btc/tusd": {"rate": "600/1", "min_sell": 10_000, "max_sell": ONE_BTC},
-    }}}
+    markets = {
+        "lp": {
+            "markets": {
+                "tusd/btc": {"rate": "1/600", "min_sell": 10**6, "max_sell": 10**12},
+                "btc/tusd": {"rate": "600/1", "min_sell": 10_000, "max_sell": ONE_BTC},
+            }
+        }
+    }
     trades = [("tusd:300", "btc:0.005"), ("tusd:240", "btc:0.004"), ("btc:0.01", "tusd:6"), ("btc:0.02", "tusd:12")]
     async with running_lp(settings_for(tmp_path, "lp", regtest, anvil), swap_config(lp_keys, contracts, **markets)) as (lp_url, lp):
         traders = []
@@ -604,8 +643,7 @@ async def test_a_stuck_bitcoin_claim_is_replaced_with_a_higher_fee(tmp_path, reg
     trader_keys, lp_keys = await new_keys(evm, 2 * ONE_ETH), await new_keys(evm, ONE_ETH // 10)
     await fund_btc(btc, lp_keys.btc)
     async with running_lp(settings_for(tmp_path, "lp", regtest, anvil), swap_config(lp_keys, contracts)) as (lp_url, lp):
-        trader = await Party.open(settings_for(tmp_path, "trader", regtest, anvil),
-                                  swap_config(trader_keys, contracts, fee_bump_after=0.5), LpClient())
+        trader = await Party.open(settings_for(tmp_path, "trader", regtest, anvil), swap_config(trader_keys, contracts, fee_bump_after=0.5), LpClient())
         try:
             view = await trader.start_swap(lp_url, "eth:1", "btc:0.005")
             task = asyncio.create_task(run_trader(trader, view.swap.id, timeout=120))
@@ -626,6 +664,7 @@ async def test_a_stuck_bitcoin_claim_is_replaced_with_a_higher_fee(tmp_path, reg
             await BitcoinDevnet(btc).mine(1)
             done = await task
             assert done.state == m.CLAIMED, done.last_error
+
             def fee(leg) -> int:
                 return 500_000 - sum(o.value for o in Tx.parse(bytes.fromhex(leg.spend_raw)).vout)
 
@@ -727,8 +766,7 @@ async def test_a_stuck_evm_claim_is_replaced_with_a_higher_fee(tmp_path, regtest
     await fund_btc(btc, trader_keys.btc)
     htlc = EvmHtlc(evm, contracts["htlc"])
     async with running_lp(settings_for(tmp_path, "lp", regtest, anvil), swap_config(lp_keys, contracts)) as (lp_url, lp):
-        trader = await Party.open(settings_for(tmp_path, "trader", regtest, anvil),
-                                  swap_config(trader_keys, contracts, fee_bump_after=1.0), LpClient())
+        trader = await Party.open(settings_for(tmp_path, "trader", regtest, anvil), swap_config(trader_keys, contracts, fee_bump_after=1.0), LpClient())
         real_broadcast = trader.legs["evm"].broadcast_spend
 
         async def broadcast_with_blocks_held(*args):
@@ -858,7 +896,14 @@ async def test_lp_whose_claim_is_impossible_ends_claim_lost_and_books_the_loss(t
 
 @pytest.mark.parametrize("who_refunds", ["engine", "operator"])
 async def test_trader_refunds_its_own_lock_the_lp_never_claimed_and_ends_claimed(
-    tmp_path, regtest, anvil, btc, evm, contracts, automine, who_refunds,
+    tmp_path,
+    regtest,
+    anvil,
+    btc,
+    evm,
+    contracts,
+    automine,
+    who_refunds,
 ):
     """The LP locks, the trader claims, and the LP's engine never runs again (so never claims the
     trader's BTC).  At the trader's expiry the trader takes its BTC back, by itself or on
@@ -881,8 +926,9 @@ async def test_trader_refunds_its_own_lock_the_lp_never_claimed_and_ends_claimed
         async with await Party.open(settings_for(tmp_path, "trader", regtest, anvil), swap_config(trader_keys, contracts), LpClient()) as trader:
             view = await trader.start_swap(lp_url, "btc:0.3", "eth:4")
             task = asyncio.create_task(run_trader(trader, view.swap.id, timeout=120))
-            waiting = await wait_until(lambda: _waiting_for(trader, view.swap.id, "waiting for the LP to claim our lock"),
-                                       timeout=60, what="trader's claim confirmed")
+            waiting = await wait_until(
+                lambda: _waiting_for(trader, view.swap.id, "waiting for the LP to claim our lock"), timeout=60, what="trader's claim confirmed"
+            )
             assert waiting.swap.state == m.CLAIM_INTENDED and waiting.leg(PARTICIPANT).outcome == "claimed"
             assert book(trader, trader_keys.address, "user", "ETH").balance == 4 * ONE_ETH  # booked once confirmed
             with pytest.raises(InputError, match="too early to refund, [0-9]+ blocks to the initiator leg's expiry"):
@@ -918,6 +964,7 @@ async def test_trader_refunds_its_own_lock_the_lp_never_claimed_and_ends_claimed
             # Recording the swap again from scratch, into an empty ledger, gives the same books.
             again = make_engine(f"sqlite:///{tmp_path / 'again.sqlite'}")
             SwapBooks(Ledger(again), await evm.chain_id_int()).record(final)
+
             def figures(engine):
                 return sorted((b.owner, b.kind, b.asset, b.balance, b.debits_pending, b.credits_pending) for b in balances(engine))
 
@@ -941,10 +988,18 @@ async def test_lp_does_not_lock_on_a_trader_lock_that_a_reorg_removed(tmp_path, 
             lock = await evm.rpc.call("eth_getTransactionByHash", [stepped.leg(INITIATOR).lock_tx])
             depth = await evm.height() - int(lock["blockNumber"], 16) + 1
             fees = await evm.suggest_fees()
-            conflict = Account.from_key(trader_keys.evm).sign_transaction({
-                "type": 2, "chainId": await evm.chain_id_int(), "nonce": int(lock["nonce"], 16), "to": trader_keys.address,
-                "value": 0, "gas": 21_000, "maxFeePerGas": 2 * fees.max_fee, "maxPriorityFeePerGas": fees.priority_fee,
-            })
+            conflict = Account.from_key(trader_keys.evm).sign_transaction(
+                {
+                    "type": 2,
+                    "chainId": await evm.chain_id_int(),
+                    "nonce": int(lock["nonce"], 16),
+                    "to": trader_keys.address,
+                    "value": 0,
+                    "gas": 21_000,
+                    "maxFeePerGas": 2 * fees.max_fee,
+                    "maxPriorityFeePerGas": fees.priority_fee,
+                }
+            )
             await AnvilControls(evm).reorg(depth, [(conflict, 0)])
             await AnvilControls(evm).mine(5)  # past the 3 confirmations the lock would have had
             await wait_until(lambda: _waiting_for(lp, view.swap.id, "no Locked event"), timeout=30, what="LP lost sight of the lock")

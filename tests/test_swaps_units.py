@@ -27,13 +27,16 @@ from htlc.evm import SwapParams, decode_events, load_artifact
 # --- amounts ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("spec, asset, base", [
-    ("btc:0.5", BTC, 50_000_000),
-    ("BTC:0.00000001", BTC, 1),
-    ("eth:7.5", ETH, 7_500_000_000_000_000_000),
-    ("eth:123456789.123456789123456789", ETH, 123456789_123456789123456789),
-    ("tusd:1200", None, 1_200_000_000),
-])
+@pytest.mark.parametrize(
+    "spec, asset, base",
+    [
+        ("btc:0.5", BTC, 50_000_000),
+        ("BTC:0.00000001", BTC, 1),
+        ("eth:7.5", ETH, 7_500_000_000_000_000_000),
+        ("eth:123456789.123456789123456789", ETH, 123456789_123456789123456789),
+        ("tusd:1200", None, 1_200_000_000),
+    ],
+)
 def test_amounts_convert_exactly(spec, asset, base):
     book = AssetBook({"tusd": ("0x" + "11" * 20, 6)})
     got_asset, got = book.parse(spec)
@@ -43,15 +46,18 @@ def test_amounts_convert_exactly(spec, asset, base):
     assert got_asset.to_base(got_asset.to_whole(got)) == got
 
 
-@pytest.mark.parametrize("spec, words", [
-    ("btc:0.000000001", "more than 8 decimals"),
-    ("btc:-1", "must be positive"),
-    ("btc:0", "must be positive"),
-    ("btc:abc", "not a number"),
-    ("btc:NaN", "must be positive"),
-    ("doge:1", "unknown asset"),
-    ("btc0.5", "ASSET:AMOUNT"),
-])
+@pytest.mark.parametrize(
+    "spec, words",
+    [
+        ("btc:0.000000001", "more than 8 decimals"),
+        ("btc:-1", "must be positive"),
+        ("btc:0", "must be positive"),
+        ("btc:abc", "not a number"),
+        ("btc:NaN", "must be positive"),
+        ("doge:1", "unknown asset"),
+        ("btc0.5", "ASSET:AMOUNT"),
+    ],
+)
 def test_bad_amounts_are_refused_by_name(spec, words):
     with pytest.raises(InputError, match=words):
         AssetBook().parse(spec)
@@ -59,24 +65,27 @@ def test_bad_amounts_are_refused_by_name(spec, words):
 
 # --- timelocks -----------------------------------------------------------------------------
 
-POLICY = TimelockPolicy(safety_gap=1800, initiator_lock=7200, participant_lock=3600, min_participant_lock=600,
-                        claim_margin=300, btc_seconds_per_block=60)
+POLICY = TimelockPolicy(safety_gap=1800, initiator_lock=7200, participant_lock=3600, min_participant_lock=600, claim_margin=300, btc_seconds_per_block=60)
 NOW = ChainTime(height=1000, timestamp=1_700_000_000)
 
 
 def test_initiator_expiry_rounds_blocks_up_and_participant_down():
     assert POLICY.initiator_expiry("bitcoin", NOW) == 1120
     assert POLICY.initiator_expiry("evm", NOW) == NOW.timestamp + 7200
-    odd = TimelockPolicy(safety_gap=100, initiator_lock=1000, participant_lock=500, min_participant_lock=100,
-                         claim_margin=50, btc_seconds_per_block=60)
+    odd = TimelockPolicy(safety_gap=100, initiator_lock=1000, participant_lock=500, min_participant_lock=100, claim_margin=50, btc_seconds_per_block=60)
     assert odd.initiator_expiry("bitcoin", NOW) == 1017  # 1000 s -> 16.7 blocks -> 17
     assert odd.expiry_after("bitcoin", 500, NOW) == 1008  # 500 s -> 8.3 blocks -> 8
 
 
-@pytest.mark.parametrize("initiator_chain, initiator_expiry, participant_chain", [
-    ("bitcoin", 1120, "evm"), ("evm", NOW.timestamp + 7200, "bitcoin"),
-    ("bitcoin", 1050, "evm"), ("evm", NOW.timestamp + 2500, "bitcoin"),
-])
+@pytest.mark.parametrize(
+    "initiator_chain, initiator_expiry, participant_chain",
+    [
+        ("bitcoin", 1120, "evm"),
+        ("evm", NOW.timestamp + 7200, "bitcoin"),
+        ("bitcoin", 1050, "evm"),
+        ("evm", NOW.timestamp + 2500, "bitcoin"),
+    ],
+)
 def test_participant_expiry_ends_at_least_the_gap_before_the_initiators(initiator_chain, initiator_expiry, participant_chain):
     expiry = POLICY.participant_expiry(participant_chain, initiator_chain, initiator_expiry, NOW, NOW)
     initiator_left = POLICY.seconds_left(initiator_chain, initiator_expiry, NOW)
@@ -125,8 +134,10 @@ def new_swap(store: SwapStore, swap_id: str = "s1", amount: str = "50000000", ha
     hashlock = hashlock or hashlib.sha256(swap_id.encode()).hexdigest()
     return store.create(
         Swap(id=swap_id, role=INITIATOR, state=m.CREATED, hashlock=hashlock, secret="cd" * 32, created_at=now, updated_at=now),
-        [SwapLeg(swap_id=swap_id, leg=INITIATOR, chain="bitcoin", asset="btc", amount=amount),
-         SwapLeg(swap_id=swap_id, leg=PARTICIPANT, chain="evm", asset="eth", amount=str(10**22))],
+        [
+            SwapLeg(swap_id=swap_id, leg=INITIATOR, chain="bitcoin", asset="btc", amount=amount),
+            SwapLeg(swap_id=swap_id, leg=PARTICIPANT, chain="evm", asset="eth", amount=str(10**22)),
+        ],
     )
 
 
@@ -213,10 +224,17 @@ def htlc_log(name: str, block: BlockRef, log_index: int, **values) -> ChainEvent
     topics = [event_abi_to_log_topic(abi)] + [abi_encode([i["type"]], [values[i["name"]]]) for i in indexed]
     data = abi_encode([i["type"] for i in plain], [values[i["name"]] for i in plain])
     tx_hash = f"0x{block.height:064x}"
-    return ChainEvent(f"{tx_hash}:{log_index}", block, {
-        "topics": ["0x" + t.hex() for t in topics], "data": "0x" + data.hex(),
-        "block_number": block.height, "tx_hash": tx_hash, "log_index": log_index,
-    })
+    return ChainEvent(
+        f"{tx_hash}:{log_index}",
+        block,
+        {
+            "topics": ["0x" + t.hex() for t in topics],
+            "data": "0x" + data.hex(),
+            "block_number": block.height,
+            "tx_hash": tx_hash,
+            "log_index": log_index,
+        },
+    )
 
 
 async def test_observers_keep_our_htlc_events_and_forget_them_on_a_reorg(store):
@@ -264,9 +282,18 @@ async def test_observers_keep_the_spends_of_our_btc_outputs(store):
     store.defer("s1", "waiting", 3600)
     index, woken = ChainIndex(store.engine), []
     block = BlockRef(5, "5" * 64, "4" * 64, 0)
-    spend = ChainEvent("22" * 32, block, {"tx": {"vin": [
-        {"txid": "11" * 32, "vout": 0, "txinwitness": ["aa", "bb"]}, {"txid": "33" * 32, "vout": 1, "txinwitness": []},
-    ]}})
+    spend = ChainEvent(
+        "22" * 32,
+        block,
+        {
+            "tx": {
+                "vin": [
+                    {"txid": "11" * 32, "vout": 0, "txinwitness": ["aa", "bb"]},
+                    {"txid": "33" * 32, "vout": 1, "txinwitness": []},
+                ]
+            }
+        },
+    )
     consumer = BtcSpendConsumer(woken.append)
     for _ in range(2):  # a second delivery overwrites the row
         with Session(store.engine) as session:
@@ -292,9 +319,7 @@ async def test_observers_keep_the_spends_of_our_btc_outputs(store):
 
 
 def test_swap_config_file_and_environment(tmp_path):
-    (tmp_path / "swaps.toml").write_text(
-        'htlc = "0x' + "22" * 20 + '"\n[lp.markets."btc/eth"]\nrate = "150000000000/1"\nmin_sell = 1\nmax_sell = 100\n'
-    )
+    (tmp_path / "swaps.toml").write_text('htlc = "0x' + "22" * 20 + '"\n[lp.markets."btc/eth"]\nrate = "150000000000/1"\nmin_sell = 1\nmax_sell = 100\n')
     config = load_swap_config(Settings(data_dir=str(tmp_path)), environ={"BRIDGE_SWAP_BTC_KEY": "01" * 32})
     assert config.btc_key == "01" * 32
     assert config.markets()[("btc", "eth")].rate == Fraction(150_000_000_000)

@@ -130,7 +130,8 @@ class RunningWatcher:
         async def reached() -> dict[str, Any]:
             job = await self.get(job_id)
             assert job["state"] == state and (level is None or job["spend_level"] == level), (
-                f"{job['state']} level {job['spend_level']}, last error {job['last_error']}, last note {job['actions'][-1]['note']}")
+                f"{job['state']} level {job['spend_level']}, last error {job['last_error']}, last note {job['actions'][-1]['note']}"
+            )
             return job
 
         return await wait_until(reached, timeout, what=f"job {job_id} in {state} (level {level})")
@@ -188,19 +189,35 @@ async def lock_btc(btc: BitcoinAdapter, sender: BtcKey, claimer: BtcKey, hashloc
 
 def btc_job(kind: str, lock: BtcLock, hashlock: bytes, payout: bytes, presigned: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
     return {
-        "kind": kind, "chain": "bitcoin", "hashlock": hashlock.hex(), "payout": payout.hex(),
+        "kind": kind,
+        "chain": "bitcoin",
+        "hashlock": hashlock.hex(),
+        "payout": payout.hex(),
         "htlc": {"script": lock.script.hex(), "outpoint": f"{lock.coin.txid}:{lock.coin.vout}", "amount": lock.coin.amount},
-        "presigned": presigned, **extra,
+        "presigned": presigned,
+        **extra,
     }
 
 
 def evm_job(kind: str, htlc: EvmHtlc, params: Any, payout: str, **extra: Any) -> dict[str, Any]:
     return {
-        "kind": kind, "chain": "evm", "hashlock": params.hashlock.hex(), "payout": payout,
-        "htlc": {"contract": htlc.address, "swap": {
-            "sender": params.sender, "recipient": params.recipient, "token": params.token, "amount": params.amount,
-            "hashlock": params.hashlock.hex(), "expiry": params.expiry, "nonce": params.nonce,
-        }}, **extra,
+        "kind": kind,
+        "chain": "evm",
+        "hashlock": params.hashlock.hex(),
+        "payout": payout,
+        "htlc": {
+            "contract": htlc.address,
+            "swap": {
+                "sender": params.sender,
+                "recipient": params.recipient,
+                "token": params.token,
+                "amount": params.amount,
+                "hashlock": params.hashlock.hex(),
+                "expiry": params.expiry,
+                "nonce": params.nonce,
+            },
+        },
+        **extra,
     }
 
 
@@ -227,9 +244,19 @@ async def test_watcher_claims_btc_for_offline_lp_and_bumps_the_stuck_claim(btc, 
     evm_from = await evm.height()
     swap_id, _ = await htlc.lock(lp_key, trader_addr, ETH, HTLC_WEI, hashlock, (await evm.head()).timestamp + 3600)
     ladder = presign_claims(lock.coin, lp_btc, lp_btc.p2wpkh_script)
-    job = btc_job("claim", lock, hashlock, lp_btc.p2wpkh_script, ladder, reveal={
-        "chain": "evm", "contract": htlc.address, "swap_id": swap_id.hex(), "from_height": evm_from,
-    })
+    job = btc_job(
+        "claim",
+        lock,
+        hashlock,
+        lp_btc.p2wpkh_script,
+        ladder,
+        reveal={
+            "chain": "evm",
+            "contract": htlc.address,
+            "swap_id": swap_id.hex(),
+            "from_height": evm_from,
+        },
+    )
 
     async with running_watcher(tmp_path / "w.sqlite", btc, evm, stuck_blocks=2) as w:
         status, body = await w.submit(job)
@@ -281,16 +308,30 @@ async def test_watcher_claims_evm_for_offline_lp_and_bumps_the_stuck_claim(btc, 
     swap_id, _ = await htlc.lock(trader_key, lp_addr, ETH, HTLC_WEI, hashlock, expiry)
     params = (await htlc.locked_swap(swap_id)).swap
     lock = await lock_btc(btc, lp_btc, trader_btc, hashlock, 50)
-    job = evm_job("claim", htlc, params, lp_addr, reveal={
-        "chain": "bitcoin", "outpoint": f"{lock.coin.txid}:{lock.coin.vout}", "from_height": lock.height,
-    })
+    job = evm_job(
+        "claim",
+        htlc,
+        params,
+        lp_addr,
+        reveal={
+            "chain": "bitcoin",
+            "outpoint": f"{lock.coin.txid}:{lock.coin.vout}",
+            "from_height": lock.height,
+        },
+    )
     base_fee = int((await evm.rpc.call("eth_getBlockByNumber", ["latest", False]))["baseFeePerGas"], 16)
     lp_before, watcher_before = await evm.balance(lp_addr), await evm.balance(watcher_addr)
 
     await AnvilControls(evm).set_automine(False)
     try:
         async with running_watcher(
-            tmp_path / "w.sqlite", btc, evm, watcher_key, stuck_blocks=2, evm_max_fee=2 * base_fee, evm_priority_fee=1,
+            tmp_path / "w.sqlite",
+            btc,
+            evm,
+            watcher_key,
+            stuck_blocks=2,
+            evm_max_fee=2 * base_fee,
+            evm_priority_fee=1,
         ) as w:
             status, body = await w.submit(job)
             assert status == 201, body
@@ -410,9 +451,14 @@ def watcher_process(regtest, anvil, data_dir: Path, port: int, evm_key: str) -> 
     host, btc_port = regtest.rpc_url.removeprefix("http://").rstrip("/").split(":")
     user, password = regtest.rpc_auth
     env = {
-        **os.environ, "BRIDGE_BITCOIN__RPC_HOST": host, "BRIDGE_BITCOIN__RPC_PORT": btc_port,
-        "BRIDGE_BITCOIN__RPC_USER": user, "BRIDGE_BITCOIN__RPC_PASSWORD": password,
-        "BRIDGE_EVM__URL": anvil.url, "BRIDGE_DATA_DIR": str(data_dir), "WATCHER_EVM_KEY": evm_key,
+        **os.environ,
+        "BRIDGE_BITCOIN__RPC_HOST": host,
+        "BRIDGE_BITCOIN__RPC_PORT": btc_port,
+        "BRIDGE_BITCOIN__RPC_USER": user,
+        "BRIDGE_BITCOIN__RPC_PASSWORD": password,
+        "BRIDGE_EVM__URL": anvil.url,
+        "BRIDGE_DATA_DIR": str(data_dir),
+        "WATCHER_EVM_KEY": evm_key,
         "PYTHONPATH": str(REPO_ROOT),
     }
     argv = [sys.executable, "-m", "bridge", "relayer", "run", "watcher", "--port", str(port), "--poll-interval", "0.05"]
@@ -472,40 +518,70 @@ async def test_watcher_killed_and_restarted_resumes_its_jobs(regtest, anvil, btc
 # --- a real swap: the engine and the LP daemon, the trader offline ----------------------------------
 
 
-
 def settings_for(tmp_path, name: str, regtest, anvil) -> Settings:
     user, password = regtest.rpc_auth
     host, port = regtest.rpc_url.removeprefix("http://").rstrip("/").split(":")
     return Settings(
-        data_dir=str(tmp_path / name), database_url=f"sqlite:///{tmp_path / name / 'swaps.sqlite'}",
+        data_dir=str(tmp_path / name),
+        database_url=f"sqlite:///{tmp_path / name / 'swaps.sqlite'}",
         bitcoin=BitcoinSettings(rpc_host=host, rpc_port=int(port), rpc_user=user, rpc_password=password),
         evm=EvmSettings(url=anvil.url),
     )
 
 
 def swap_config(btc_key: BtcKey, evm_key: str, htlc_address: str) -> SwapConfig:
-    return SwapConfig.model_validate({
-        "btc_key": btc_key.secret.hex(), "evm_key": evm_key, "htlc": htlc_address, "btc_feerate": 2,
-        "poll_interval": 0.05, "timelock": TIMELOCK,
-        "lp": {"markets": {"btc/eth": MARKETS["btc/eth"]}},
-    })
+    return SwapConfig.model_validate(
+        {
+            "btc_key": btc_key.secret.hex(),
+            "evm_key": evm_key,
+            "htlc": htlc_address,
+            "btc_feerate": 2,
+            "poll_interval": 0.05,
+            "timelock": TIMELOCK,
+            "lp": {"markets": {"btc/eth": MARKETS["btc/eth"]}},
+        }
+    )
 
 
 async def bridgectl_swap_watch(
-    home: Path, regtest, anvil, btc_key: BtcKey, evm_key: str, htlc_address: str, swap_id: str, watcher_url: str,
+    home: Path,
+    regtest,
+    anvil,
+    btc_key: BtcKey,
+    evm_key: str,
+    htlc_address: str,
+    swap_id: str,
+    watcher_url: str,
 ) -> list[dict[str, Any]]:
     """``bridgectl swap watch ID --watcher URL --json`` as the trader runs it, on the trader's data dir and database."""
     (home / "swaps.toml").write_text(f'btc_key = "{btc_key.secret.hex()}"\nevm_key = "{evm_key}"\nhtlc = "{htlc_address}"\n')
     host, port = regtest.rpc_url.removeprefix("http://").rstrip("/").split(":")
     user, password = regtest.rpc_auth
     env = {
-        **os.environ, "BRIDGE_BITCOIN__RPC_HOST": host, "BRIDGE_BITCOIN__RPC_PORT": port, "BRIDGE_BITCOIN__RPC_USER": user,
-        "BRIDGE_BITCOIN__RPC_PASSWORD": password, "BRIDGE_EVM__URL": anvil.url, "BRIDGE_DATA_DIR": str(home),
-        "BRIDGE_DATABASE_URL": f"sqlite:///{home / 'swaps.sqlite'}", "PYTHONPATH": str(REPO_ROOT),
+        **os.environ,
+        "BRIDGE_BITCOIN__RPC_HOST": host,
+        "BRIDGE_BITCOIN__RPC_PORT": port,
+        "BRIDGE_BITCOIN__RPC_USER": user,
+        "BRIDGE_BITCOIN__RPC_PASSWORD": password,
+        "BRIDGE_EVM__URL": anvil.url,
+        "BRIDGE_DATA_DIR": str(home),
+        "BRIDGE_DATABASE_URL": f"sqlite:///{home / 'swaps.sqlite'}",
+        "PYTHONPATH": str(REPO_ROOT),
     }
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bridge", "swap", "watch", swap_id, "--watcher", watcher_url, "--json",
-        env=env, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "bridge",
+        "swap",
+        "watch",
+        swap_id,
+        "--watcher",
+        watcher_url,
+        "--json",
+        env=env,
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0, err.decode()[-2000:]
@@ -513,7 +589,13 @@ async def bridgectl_swap_watch(
 
 
 async def test_trader_offline_after_lp_locked_watcher_claims_for_it(
-    tmp_path, regtest, anvil, btc, evm, htlc, automine,
+    tmp_path,
+    regtest,
+    anvil,
+    btc,
+    evm,
+    htlc,
+    automine,
 ):
     """BTC -> ETH with the swap engine and the LP daemon.  The trader (no ETH for gas, so its
     own claim cannot go out) runs until the LP has locked, hands its jobs to the watcher
@@ -569,7 +651,13 @@ async def test_trader_offline_after_lp_locked_watcher_claims_for_it(
 
 
 async def test_lp_offline_after_locking_watcher_claims_its_btc_once_the_trader_reveals(
-    tmp_path, regtest, anvil, btc, evm, htlc, automine,
+    tmp_path,
+    regtest,
+    anvil,
+    btc,
+    evm,
+    htlc,
+    automine,
 ):
     """BTC -> ETH with the swap engine.  The LP locks its ETH, hands its jobs to the watcher
     (a pre-signed BTC claim pointed at its own ETH lock for the secret, and the refund of
@@ -601,8 +689,7 @@ async def test_lp_offline_after_locking_watcher_claims_its_btc_once_the_trader_r
         await wait_until(lp_locked, 60, interval=0.1, what="the LP's lock, audited by the trader")
         await wait_until(lambda: lp.store.get(swap_id).swap.state == m.PARTICIPANT_LOCKED, 60, what="the LP's lock recorded")
         jobs = await swap_jobs(lp.store.get(swap_id), lp_btc, EvmHtlc(evm, htlc.address), "regtest")
-        assert [(j["kind"], j["chain"], j.get("reveal", {}).get("chain")) for j in jobs] == [
-            ("claim", "bitcoin", "evm"), ("refund", "evm", None)]
+        assert [(j["kind"], j["chain"], j.get("reveal", {}).get("chain")) for j in jobs] == [("claim", "bitcoin", "evm"), ("refund", "evm", None)]
         await stop_runner(lp_task, "lp")  # the LP goes offline
         await AnvilControls(evm).set_balance(trader_addr, ONE_ETH // 100)  # the trader can pay for its claim now
 

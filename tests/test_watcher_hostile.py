@@ -45,7 +45,10 @@ TXID = "ab" * 32
 
 def btc_job(**changes: Any) -> dict[str, Any]:
     job: dict[str, Any] = {
-        "kind": "refund", "chain": "bitcoin", "hashlock": HASHLOCK, "payout": "0014" + "22" * 20,
+        "kind": "refund",
+        "chain": "bitcoin",
+        "hashlock": HASHLOCK,
+        "payout": "0014" + "22" * 20,
         "htlc": {"script": "00", "outpoint": f"{TXID}:0", "amount": 1000},
         "presigned": [{"feerate": 2, "tx": "00"}],
     }
@@ -60,10 +63,23 @@ def btc_job(**changes: Any) -> dict[str, Any]:
 
 def evm_job(**changes: Any) -> dict[str, Any]:
     job: dict[str, Any] = {
-        "kind": "claim", "chain": "evm", "hashlock": HASHLOCK, "payout": "0x" + "22" * 20, "secret": SECRET.hex(),
-        "htlc": {"contract": "0x" + "44" * 20, "swap": {
-            "sender": "0x" + "55" * 20, "recipient": "0x" + "22" * 20, "token": "0x" + "00" * 20, "amount": 1,
-            "hashlock": HASHLOCK, "expiry": 10**9, "nonce": 0}},
+        "kind": "claim",
+        "chain": "evm",
+        "hashlock": HASHLOCK,
+        "payout": "0x" + "22" * 20,
+        "secret": SECRET.hex(),
+        "htlc": {
+            "contract": "0x" + "44" * 20,
+            "swap": {
+                "sender": "0x" + "55" * 20,
+                "recipient": "0x" + "22" * 20,
+                "token": "0x" + "00" * 20,
+                "amount": 1,
+                "hashlock": HASHLOCK,
+                "expiry": 10**9,
+                "nonce": 0,
+            },
+        },
     }
     for key, value in changes.items():
         target = job
@@ -74,32 +90,35 @@ def evm_job(**changes: Any) -> dict[str, Any]:
     return job
 
 
-@pytest.mark.parametrize("job, field", [
-    (btc_job(**{"htlc.outpoint": f"{TXID}:²"}), "htlc.outpoint"),  # isdigit() but not int()-able
-    (btc_job(**{"htlc.outpoint": f"{TXID}:٣"}), "htlc.outpoint"),  # non-ASCII digit
-    (btc_job(**{"htlc.outpoint": f"{TXID}:" + "9" * 5000}), "htlc.outpoint"),  # past int()'s digit limit
-    (btc_job(**{"htlc.outpoint": f"{TXID}:4294967296"}), "htlc.outpoint"),  # vout is a uint32
-    (btc_job(**{"htlc.outpoint": [TXID, 0]}), "htlc.outpoint"),
-    (btc_job(**{"htlc.outpoint": "zz" * 32 + ":0"}), "htlc.outpoint"),
-    (btc_job(**{"htlc.amount": 2**63}), "htlc.amount"),  # would overflow the database
-    (btc_job(**{"htlc.amount": 21_000_000 * 10**8 + 1}), "htlc.amount"),
-    (btc_job(**{"htlc.amount": 1.5}), "htlc.amount"),
-    (btc_job(**{"hashlock": 2**200}), "hashlock"),  # a number is not hex, even if its digits are
-    (btc_job(**{"hashlock": ["11" * 32]}), "hashlock"),
-    (btc_job(**{"htlc.script": {"a": 1}}), "htlc.script"),
-    (btc_job(**{"payout": ["00"]}), "payout"),
-    (btc_job(**{"presigned": [{"feerate": 2, "tx": "00"}] * (MAX_RUNGS + 1)}), "presigned"),
-    (btc_job(**{"presigned": [{"feerate": 2, "tx": 0}]}), "presigned"),
-    (evm_job(secret=None, reveal={"chain": "bitcoin", "outpoint": f"{TXID}:1", "from_height": 2**64}), "reveal.from_height"),
-    (evm_job(secret=None, reveal={"chain": "bitcoin", "outpoint": f"{TXID}:1", "from_height": -1}), "reveal.from_height"),
-    (evm_job(secret=None, reveal={"chain": "bitcoin", "outpoint": f"{TXID}:²"}), "reveal.outpoint"),
-    (evm_job(secret=None, reveal={"chain": "evm", "contract": "0x" + "44" * 20, "swap_id": 7}), "reveal.swap_id"),
-    (evm_job(secret=2**255), "secret"),
-    (evm_job(**{"htlc.swap.expiry": 2**256}), "htlc.swap"),
-    (evm_job(**{"htlc.swap.amount": "9" * 5000}), "htlc.swap"),
-    (evm_job(**{"htlc.swap.hashlock": [1]}), "htlc.swap"),
-    (evm_job(**{"htlc.swap.sender": 12}), "htlc.swap"),
-])
+@pytest.mark.parametrize(
+    "job, field",
+    [
+        (btc_job(**{"htlc.outpoint": f"{TXID}:²"}), "htlc.outpoint"),  # isdigit() but not int()-able
+        (btc_job(**{"htlc.outpoint": f"{TXID}:٣"}), "htlc.outpoint"),  # non-ASCII digit
+        (btc_job(**{"htlc.outpoint": f"{TXID}:" + "9" * 5000}), "htlc.outpoint"),  # past int()'s digit limit
+        (btc_job(**{"htlc.outpoint": f"{TXID}:4294967296"}), "htlc.outpoint"),  # vout is a uint32
+        (btc_job(**{"htlc.outpoint": [TXID, 0]}), "htlc.outpoint"),
+        (btc_job(**{"htlc.outpoint": "zz" * 32 + ":0"}), "htlc.outpoint"),
+        (btc_job(**{"htlc.amount": 2**63}), "htlc.amount"),  # would overflow the database
+        (btc_job(**{"htlc.amount": 21_000_000 * 10**8 + 1}), "htlc.amount"),
+        (btc_job(**{"htlc.amount": 1.5}), "htlc.amount"),
+        (btc_job(**{"hashlock": 2**200}), "hashlock"),  # a number is not hex, even if its digits are
+        (btc_job(**{"hashlock": ["11" * 32]}), "hashlock"),
+        (btc_job(**{"htlc.script": {"a": 1}}), "htlc.script"),
+        (btc_job(**{"payout": ["00"]}), "payout"),
+        (btc_job(**{"presigned": [{"feerate": 2, "tx": "00"}] * (MAX_RUNGS + 1)}), "presigned"),
+        (btc_job(**{"presigned": [{"feerate": 2, "tx": 0}]}), "presigned"),
+        (evm_job(secret=None, reveal={"chain": "bitcoin", "outpoint": f"{TXID}:1", "from_height": 2**64}), "reveal.from_height"),
+        (evm_job(secret=None, reveal={"chain": "bitcoin", "outpoint": f"{TXID}:1", "from_height": -1}), "reveal.from_height"),
+        (evm_job(secret=None, reveal={"chain": "bitcoin", "outpoint": f"{TXID}:²"}), "reveal.outpoint"),
+        (evm_job(secret=None, reveal={"chain": "evm", "contract": "0x" + "44" * 20, "swap_id": 7}), "reveal.swap_id"),
+        (evm_job(secret=2**255), "secret"),
+        (evm_job(**{"htlc.swap.expiry": 2**256}), "htlc.swap"),
+        (evm_job(**{"htlc.swap.amount": "9" * 5000}), "htlc.swap"),
+        (evm_job(**{"htlc.swap.hashlock": [1]}), "htlc.swap"),
+        (evm_job(**{"htlc.swap.sender": 12}), "htlc.swap"),
+    ],
+)
 def test_malformed_job_fields_are_refused_naming_the_field(job, field):
     with pytest.raises(JobRefused) as refused:
         parse_job(job)
@@ -145,8 +164,7 @@ class Standin:
         async def raw(_req: web.Request) -> web.Response:  # not wrapped: the middleware answers for it
             raise RuntimeError("unwrapped bug")
 
-        return [web.post("/echo", json_handler(echo)), web.get("/busy", json_handler(busy)),
-                web.get("/bug", json_handler(bug)), web.get("/raw", raw)]
+        return [web.post("/echo", json_handler(echo)), web.get("/busy", json_handler(busy)), web.get("/bug", json_handler(bug)), web.get("/raw", raw)]
 
 
 @contextlib.asynccontextmanager
@@ -278,8 +296,14 @@ SUBMIT_TO_HOSTILE_WATCHER = textwrap.dedent(
 
 
 def test_submit_jobs_refuses_hostile_watcher_answers_without_crashing():
-    proc = subprocess.run([sys.executable, "-c", SUBMIT_TO_HOSTILE_WATCHER], cwd=REPO_ROOT, capture_output=True, text=True,
-                          timeout=120, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    proc = subprocess.run(
+        [sys.executable, "-c", SUBMIT_TO_HOSTILE_WATCHER],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+    )
     assert proc.returncode == 0, f"exit {proc.returncode}\nstdout: {proc.stdout[-2000:]}\nstderr: {proc.stderr[-2000:]}"
     out = dict(line.split(": ", 1) for line in proc.stdout.splitlines())
     assert out["nested"].startswith("WatcherRefused:") and "nested deeper than 64 levels" in out["nested"]

@@ -30,9 +30,13 @@ COIN = HtlcCoin("ab" * 32, 1, AMOUNT, SCRIPT)
 
 def btc_body(kind: str, ladder: list[dict], payout: bytes, **extra) -> dict:
     return {
-        "kind": kind, "chain": "bitcoin", "hashlock": HASHLOCK.hex(), "payout": payout.hex(),
+        "kind": kind,
+        "chain": "bitcoin",
+        "hashlock": HASHLOCK.hex(),
+        "payout": payout.hex(),
         "htlc": {"script": SCRIPT.hex(), "outpoint": f"{COIN.txid}:{COIN.vout}", "amount": AMOUNT},
-        "presigned": ladder, **extra,
+        "presigned": ladder,
+        **extra,
     }
 
 
@@ -74,16 +78,23 @@ def test_honest_ladders_pass_the_presigned_checks():
     check_all("refund", presign_refunds(COIN, REFUNDER, REFUNDER.p2wpkh_script), REFUNDER.p2wpkh_script)
 
 
-@pytest.mark.parametrize("make, reason", [
-    (lambda: presign_refunds(COIN, REFUNDER, CLAIMER.p2wpkh_script), "does not pay the party"),
-    (lambda: presign_refunds(COIN, CLAIMER, REFUNDER.p2wpkh_script), "signature is not a valid"),
-    (lambda: presign_refunds(replace(COIN, vout=0), REFUNDER, REFUNDER.p2wpkh_script), "does not spend exactly the HTLC output"),
-    (lambda: presign_claims(COIN, REFUNDER, REFUNDER.p2wpkh_script), "witness is not (signature, empty, script)"),
-    (lambda: [{"feerate": 2, "tx": spend_htlc(COIN, REFUNDER, [b""], REFUNDER.p2wpkh_script, 2, locktime=499).hex}],
-     "nLockTime 499, the script refunds at height 500"),
-    (lambda: [{"feerate": 2, "tx": spend_htlc(COIN, REFUNDER, [b""], REFUNDER.p2wpkh_script, 2, locktime=500,
-                                              sequence=SEQUENCE_LOCKTIME).hex}], "does not signal replaceability"),
-])
+@pytest.mark.parametrize(
+    "make, reason",
+    [
+        (lambda: presign_refunds(COIN, REFUNDER, CLAIMER.p2wpkh_script), "does not pay the party"),
+        (lambda: presign_refunds(COIN, CLAIMER, REFUNDER.p2wpkh_script), "signature is not a valid"),
+        (lambda: presign_refunds(replace(COIN, vout=0), REFUNDER, REFUNDER.p2wpkh_script), "does not spend exactly the HTLC output"),
+        (lambda: presign_claims(COIN, REFUNDER, REFUNDER.p2wpkh_script), "witness is not (signature, empty, script)"),
+        (
+            lambda: [{"feerate": 2, "tx": spend_htlc(COIN, REFUNDER, [b""], REFUNDER.p2wpkh_script, 2, locktime=499).hex}],
+            "nLockTime 499, the script refunds at height 500",
+        ),
+        (
+            lambda: [{"feerate": 2, "tx": spend_htlc(COIN, REFUNDER, [b""], REFUNDER.p2wpkh_script, 2, locktime=500, sequence=SEQUENCE_LOCKTIME).hex}],
+            "does not signal replaceability",
+        ),
+    ],
+)
 def test_bad_presigned_refunds_are_refused_with_the_reason(make, reason):
     with pytest.raises(JobRefused) as refused:
         check_all("refund", make(), REFUNDER.p2wpkh_script)
@@ -97,18 +108,21 @@ def test_a_claim_whose_preimage_slot_is_filled_is_refused():
         check_all("claim", filled, CLAIMER.p2wpkh_script)
 
 
-@pytest.mark.parametrize("change, reason", [
-    ({"kind": "steal"}, "kind must be one of"),
-    ({"chain": "litecoin"}, "chain must be bitcoin or evm"),
-    ({"hashlock": "00"}, "hashlock must be 32 bytes"),
-    ({"presigned": []}, "needs its pre-signed transactions"),
-    ({"presigned": [{"feerate": 2, "tx": "00"}]}, "presigned[0].tx does not parse"),
-    ({"secret": "11" * 32}, "only a claim job takes a secret"),
-    ({"kind": "claim", "secret": "11" * 32}, "sha256(secret) is not the hashlock"),
-    ({"htlc": {"script": "00", "outpoint": "nope", "amount": 1}}, "htlc.outpoint must be TXID:VOUT"),
-    ({"reveal": {"chain": "evm", "contract": "0x" + "11" * 20, "swap_id": "22" * 32}}, "a refund job takes no reveal"),
-    ({"chain": "evm"}, "an evm job takes no pre-signed transactions"),
-])
+@pytest.mark.parametrize(
+    "change, reason",
+    [
+        ({"kind": "steal"}, "kind must be one of"),
+        ({"chain": "litecoin"}, "chain must be bitcoin or evm"),
+        ({"hashlock": "00"}, "hashlock must be 32 bytes"),
+        ({"presigned": []}, "needs its pre-signed transactions"),
+        ({"presigned": [{"feerate": 2, "tx": "00"}]}, "presigned[0].tx does not parse"),
+        ({"secret": "11" * 32}, "only a claim job takes a secret"),
+        ({"kind": "claim", "secret": "11" * 32}, "sha256(secret) is not the hashlock"),
+        ({"htlc": {"script": "00", "outpoint": "nope", "amount": 1}}, "htlc.outpoint must be TXID:VOUT"),
+        ({"reveal": {"chain": "evm", "contract": "0x" + "11" * 20, "swap_id": "22" * 32}}, "a refund job takes no reveal"),
+        ({"chain": "evm"}, "an evm job takes no pre-signed transactions"),
+    ],
+)
 def test_malformed_jobs_are_refused_naming_the_field(change, reason):
     body = btc_body("refund", presign_refunds(COIN, REFUNDER, REFUNDER.p2wpkh_script), REFUNDER.p2wpkh_script)
     body.update(change)

@@ -94,9 +94,7 @@ async def cmd_evm_deploy(args: argparse.Namespace) -> int:
         key = _key(args)
         deployed: dict[str, Any] = {"chain_id": await chain.chain_id_int(), "htlc": (await EvmHtlc.deploy(chain, key)).address}
         if args.tokens:
-            deployed["tokens"] = {
-                kind: (await Erc20.deploy(chain, key, kind, kind, kind[:4].upper(), args.decimals)).address for kind in TOKEN_KINDS
-            }
+            deployed["tokens"] = {kind: (await Erc20.deploy(chain, key, kind, kind, kind[:4].upper(), args.decimals)).address for kind in TOKEN_KINDS}
     finally:
         await chain.close()
     path = _deployment_path(settings)

@@ -26,7 +26,10 @@ from htlc.secret import extract_secret
 
 def _terms_text(t: HtlcTerms) -> str:
     rows: list[tuple[str, Any]] = [
-        ("template", t.template), ("network", t.network), ("address", t.address), ("hashlock", t.hashlock.hex()),
+        ("template", t.template),
+        ("network", t.network),
+        ("address", t.address),
+        ("hashlock", t.hashlock.hex()),
         ("claim key", (t.claim_pubkey or b"").hex() or f"pubkey hash {t.claim_pubkey_hash.hex()}"),
         ("refund key", (t.refund_pubkey or b"").hex() or f"pubkey hash {t.refund_pubkey_hash.hex()}"),
         ("lock", f"{t.locktime} ({'block height' if t.lock_kind == 'height' else 'unix time'})"),
@@ -135,8 +138,11 @@ async def _spend(args: argparse.Namespace, build) -> int:
         await adapter.send(signed.raw)
     finally:
         await adapter.close()
-    emit(args, {"txid": signed.txid, "fee": signed.fee, "vsize": signed.vsize, "to": destination, "amount": coins[0].amount - signed.fee},
-         text=f"sent {coins[0].amount - signed.fee} sat to {destination} in {signed.txid} (fee {signed.fee} sat, {signed.vsize} vB)")
+    emit(
+        args,
+        {"txid": signed.txid, "fee": signed.fee, "vsize": signed.vsize, "to": destination, "amount": coins[0].amount - signed.fee},
+        text=f"sent {coins[0].amount - signed.fee} sat to {destination} in {signed.txid} (fee {signed.fee} sat, {signed.vsize} vB)",
+    )
     return 0
 
 

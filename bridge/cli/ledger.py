@@ -189,8 +189,7 @@ def cmd_health(args):
     events = view.scan() if args.scan else []
     lines = [
         f"{p(h.owner)}: collateral {h.collateral_value} liabilities {h.liability_value} health "
-        f"{'-' if h.health_bps is None else h.health_bps} bps (threshold {h.threshold_bps})"
-        + ("  LIQUIDATABLE" if h.liquidatable else "")
+        f"{'-' if h.health_bps is None else h.health_bps} bps (threshold {h.threshold_bps})" + ("  LIQUIDATABLE" if h.liquidatable else "")
         for h in healths
     ]
     lines += [f"event {e.seq}: {p(e.owner)} is {e.state}" for e in events]

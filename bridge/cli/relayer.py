@@ -24,8 +24,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("relayer", help="run relayer daemons")
     cmds = parser.add_subparsers(dest="relayer_cmd", metavar="SUBCOMMAND", required=True)
     run = cmds.add_parser("run", help="run a daemon until SIGTERM/SIGINT")
-    run.add_argument("daemon", choices=["lp", "watcher"],
-                     help="lp: the liquidity provider (quotes, accepts and settles swaps); watcher: finishes swaps for offline parties")
+    run.add_argument(
+        "daemon", choices=["lp", "watcher"], help="lp: the liquidity provider (quotes, accepts and settles swaps); watcher: finishes swaps for offline parties"
+    )
     run.add_argument("--swap-config", help="swap TOML (default: $BRIDGE_SWAP_CONFIG or <data dir>/swaps.toml)")
     run.add_argument("--host", default=None, help="HTTP bind address (default: lp.host from the swap config for the LP, 127.0.0.1 for the watcher)")
     run.add_argument("--port", type=_port, default=None, help="HTTP port (default: lp.port from the swap config for the LP, 8700 for the watcher)")
@@ -49,7 +50,10 @@ async def cmd_run(args: argparse.Namespace) -> int:
     config = load_swap_config(settings, args.swap_config)
     daemon = LpDaemon(await Party.open(settings, config))
     runner = Runner(
-        daemon, settings, http_host=args.host or config.lp.host, http_port=args.port or config.lp.port,
+        daemon,
+        settings,
+        http_host=args.host or config.lp.host,
+        http_port=args.port or config.lp.port,
         extra_routes=daemon.routes(),
     )
     return await runner.run()

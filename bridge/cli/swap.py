@@ -184,8 +184,7 @@ async def cmd_status(args: argparse.Namespace) -> int:
     finally:
         store.engine.dispose()
     timeline = "\n".join(
-        f"  {time.strftime('%H:%M:%S', time.localtime(a.at))} {printable(a.from_state or '-'):26} -> "
-        f"{printable(a.to_state):26} {printable(a.note)}"
+        f"  {time.strftime('%H:%M:%S', time.localtime(a.at))} {printable(a.from_state or '-'):26} -> {printable(a.to_state):26} {printable(a.note)}"
         for a in view.actions
     )
     data = describe(view)
@@ -193,8 +192,9 @@ async def cmd_status(args: argparse.Namespace) -> int:
     data["stalled_for"] = stalled
     text = _line(view) + "\n" + timeline
     if stalled is not None:
-        text += (f"\nnothing is driving this swap (next step was due {stalled:.0f}s ago): "
-                 f"run `bridgectl swap status {printable(view.swap.id)} --watch` to resume")
+        text += (
+            f"\nnothing is driving this swap (next step was due {stalled:.0f}s ago): run `bridgectl swap status {printable(view.swap.id)} --watch` to resume"
+        )
     emit(args, data, text=text)
     return 0
 

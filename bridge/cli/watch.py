@@ -28,8 +28,9 @@ MAX_FEERATE = 100_000
 
 def add_run_options(run: argparse.ArgumentParser) -> None:
     """Watcher options on ``relayer run`` (ignored by the other daemons)."""
-    run.add_argument("--evm-key-env", default="WATCHER_EVM_KEY",
-                     help="watcher: environment variable holding the EVM key that pays gas (default WATCHER_EVM_KEY)")
+    run.add_argument(
+        "--evm-key-env", default="WATCHER_EVM_KEY", help="watcher: environment variable holding the EVM key that pays gas (default WATCHER_EVM_KEY)"
+    )
     run.add_argument("--stuck-blocks", type=int, default=3, help="watcher: blocks a spend may stay unmined before a fee bump")
     run.add_argument("--poll-interval", type=float, default=0.5, help="watcher: seconds between passes over the jobs")
 
@@ -49,12 +50,14 @@ async def run_watcher(args: argparse.Namespace) -> int:
     try:
         await evm.chain_id_int()
         watcher = Watcher(
-            WatchStore(make_engine(settings.db_url)), btc, evm, os.environ.get(args.evm_key_env) or None,
+            WatchStore(make_engine(settings.db_url)),
+            btc,
+            evm,
+            os.environ.get(args.evm_key_env) or None,
             WatchPolicy(stuck_blocks=args.stuck_blocks, confirmations=max(settings.bitcoin.confirmations, settings.evm.confirmations, 1)),
         )
         daemon = WatcherDaemon(watcher, args.poll_interval)
-        runner = Runner(daemon, settings, http_host=args.host or "127.0.0.1", http_port=args.port or DEFAULT_PORT,
-                        extra_routes=daemon.routes())
+        runner = Runner(daemon, settings, http_host=args.host or "127.0.0.1", http_port=args.port or DEFAULT_PORT, extra_routes=daemon.routes())
         return await runner.run()
     finally:
         await btc.close()
@@ -79,9 +82,7 @@ async def cmd_swap_watch(args: argparse.Namespace) -> int:
 
     check_swap_id(args.id)
     parts = args.feerates.split(",")
-    if len(parts) > 32 or not all(
-        len(p) <= 12 and p.strip().isascii() and p.strip().isdigit() and 1 <= int(p) <= MAX_FEERATE for p in parts
-    ):
+    if len(parts) > 32 or not all(len(p) <= 12 and p.strip().isascii() and p.strip().isdigit() and 1 <= int(p) <= MAX_FEERATE for p in parts):
         raise InputError(
             f"--feerates must be up to 32 comma-separated whole sat/vB in 1..{MAX_FEERATE}, got {printable(args.feerates[:80])!r}",
             field="feerates",
@@ -96,9 +97,6 @@ async def cmd_swap_watch(args: argparse.Namespace) -> int:
     finally:
         await party.close()
     answers = await submit_jobs(args.watcher, jobs)
-    lines = [f"{printable(a.get('kind'))} job {printable(a.get('id'))} on {printable(a.get('chain'))}: {printable(a.get('state'))}"
-             for a in answers]
+    lines = [f"{printable(a.get('kind'))} job {printable(a.get('id'))} on {printable(a.get('chain'))}: {printable(a.get('state'))}" for a in answers]
     emit(args, answers, "\n".join(lines))
     return 0
-
-

@@ -90,7 +90,8 @@ def add_missing_columns(engine: Engine, table: Table) -> list[str]:
                 continue
             raise SchemaError(
                 f"cannot add column {table.name}.{column.name} to the existing database: {str(exc.orig).splitlines()[0]}",
-                table=table.name, column=column.name,
+                table=table.name,
+                column=column.name,
             ) from exc
     return added
 
@@ -108,9 +109,9 @@ def _check_addable(table: Table, column: Column) -> None:
         raise SchemaError(f"{where}, part of its primary key: it cannot be added in place", table=table.name, column=column.name)
     if not column.nullable and column.server_default is None and _scalar_default(column) is None:
         raise SchemaError(
-            f"{where}, which is NOT NULL without a default: existing rows have no value for it; "
-            "migrate this database by hand (or start a new one)",
-            table=table.name, column=column.name,
+            f"{where}, which is NOT NULL without a default: existing rows have no value for it; migrate this database by hand (or start a new one)",
+            table=table.name,
+            column=column.name,
         )
 
 

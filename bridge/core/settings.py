@@ -99,7 +99,7 @@ def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
     for key, value in environ.items():
         if not key.startswith("BRIDGE_") or key == "BRIDGE_CONFIG":
             continue
-        rest = key[len("BRIDGE_"):].lower()
+        rest = key[len("BRIDGE_") :].lower()
         if "__" in rest:
             section, field = rest.split("__", 1)
             if section in _SECTIONS:

@@ -88,9 +88,7 @@ def register(conn: Connection, asset: Asset) -> Asset:
     table = LedgerAsset.__table__
     existing = conn.execute(select(table).where(table.c.code == asset.code)).mappings().first()
     if existing is None:
-        clash = conn.execute(
-            select(table.c.code).where(table.c.chain_id == asset.chain_id, table.c.address == asset.address)
-        ).first()
+        clash = conn.execute(select(table.c.code).where(table.c.chain_id == asset.chain_id, table.c.address == asset.address)).first()
         if asset.address is not None and clash is not None:
             raise IdempotencyConflict(f"token {asset.address} on chain {asset.chain_id} is already {clash.code}", field="code")
         conn.execute(table.insert().values(**asset.row()))

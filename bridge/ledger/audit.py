@@ -105,10 +105,7 @@ def audit(engine: Engine, max_problems: int = 100) -> AuditReport:
         hist_t = LedgerBalanceHistory.__table__
         bal_t = LedgerBalance.__table__
         last_hist = {
-            r.account_id: r
-            for r in conn.execute(
-                select(hist_t).join(bal_t, (bal_t.c.account_id == hist_t.c.account_id) & (bal_t.c.height == hist_t.c.height))
-            )
+            r.account_id: r for r in conn.execute(select(hist_t).join(bal_t, (bal_t.c.account_id == hist_t.c.account_id) & (bal_t.c.height == hist_t.c.height)))
         }
         names = ("debits_posted", "credits_posted", "debits_pending", "credits_pending")
         per_asset: dict[str, dict[str, int]] = defaultdict(lambda: {"balance": 0, "debits_pending": 0, "credits_pending": 0})
@@ -140,8 +137,10 @@ def audit(engine: Engine, max_problems: int = 100) -> AuditReport:
         report.totals = dict(sorted(per_asset.items()))
 
         if set(holds) != set(open_holds):
-            problem(f"open holds differ from the replay: stored-only {sorted(set(holds) - set(open_holds))[:5]}, "
-                    f"replay-only {sorted(set(open_holds) - set(holds))[:5]}")
+            problem(
+                f"open holds differ from the replay: stored-only {sorted(set(holds) - set(open_holds))[:5]}, "
+                f"replay-only {sorted(set(open_holds) - set(holds))[:5]}"
+            )
         batches = set(conn.execute(select(LedgerBatch.__table__.c.height)).scalars())
         if batches != set(range(1, height + 1)):
             problem(f"batch heights are not exactly 1..{height}")

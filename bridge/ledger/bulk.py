@@ -68,24 +68,29 @@ def insert_transfers(conn: Connection, height: int, rows: Sequence[tuple]) -> No
     """Insert a batch's rows, given in ``TRANSFER_COLUMNS`` order without height and index."""
     if conn.dialect.name == "postgresql":
         # Integer columns need no escaping; the text columns are escaped only when they must be.
-        _copy(conn, _PG_COPY, (
-            f"{height}\t{i}\t{_esc(tid)}\t{kind}\t{d}\t{c}\t{_esc(asset)}\t{amount}\t{_esc(pid)}\t"
-            f"{_NULL if timeout is None else timeout}\t{_esc(cause)}\n"
-            for i, (tid, kind, d, c, asset, amount, pid, timeout, cause) in enumerate(rows)
-        ))
+        _copy(
+            conn,
+            _PG_COPY,
+            (
+                f"{height}\t{i}\t{_esc(tid)}\t{kind}\t{d}\t{c}\t{_esc(asset)}\t{amount}\t{_esc(pid)}\t{_NULL if timeout is None else timeout}\t{_esc(cause)}\n"
+                for i, (tid, kind, d, c, asset, amount, pid, timeout, cause) in enumerate(rows)
+            ),
+        )
         return
-    conn.exec_driver_sql(_SQLITE_INSERT, [
-        (height, i, tid, kind, d, c, asset, to_text(amount, AMOUNT_DIGITS), pid, timeout, cause)
-        for i, (tid, kind, d, c, asset, amount, pid, timeout, cause) in enumerate(rows)
-    ])
+    conn.exec_driver_sql(
+        _SQLITE_INSERT,
+        [
+            (height, i, tid, kind, d, c, asset, to_text(amount, AMOUNT_DIGITS), pid, timeout, cause)
+            for i, (tid, kind, d, c, asset, amount, pid, timeout, cause) in enumerate(rows)
+        ],
+    )
 
 
 def existing_transfers(conn: Connection, ids: Iterable[str]) -> dict[str, dict]:
     """The stored content of those of ``ids`` that exist, by id (amounts as ints)."""
     found: dict[str, dict] = {}
     for id_, kind, debit, credit, amount, pending_id, timeout, cause in _run(conn, "lookup", (_list(conn, ids),)):
-        found[id_] = dict(kind=kind, debit_account=debit, credit_account=credit, amount=int(amount),
-                          pending_id=pending_id, timeout=timeout, cause=cause)
+        found[id_] = dict(kind=kind, debit_account=debit, credit_account=credit, amount=int(amount), pending_id=pending_id, timeout=timeout, cause=cause)
     return found
 
 
@@ -127,16 +132,12 @@ _SQL = {
         "SELECT id FROM ledger_pending WHERE expires_at IS NOT NULL AND expires_at <= %s ORDER BY id",
     ),
     "holds": (
-        "SELECT id, debit_account, credit_account, asset, amount, expires_at FROM ledger_pending "
-        "WHERE id IN (SELECT value FROM json_each(?)) ORDER BY id",
-        "SELECT id, debit_account, credit_account, asset, amount, expires_at FROM ledger_pending "
-        "WHERE id = ANY(%s) ORDER BY id FOR UPDATE",
+        "SELECT id, debit_account, credit_account, asset, amount, expires_at FROM ledger_pending WHERE id IN (SELECT value FROM json_each(?)) ORDER BY id",
+        "SELECT id, debit_account, credit_account, asset, amount, expires_at FROM ledger_pending WHERE id = ANY(%s) ORDER BY id FOR UPDATE",
     ),
     "totals": (
-        f"SELECT account_id, {', '.join(_TOTALS)} FROM ledger_balances "
-        "WHERE account_id IN (SELECT value FROM json_each(?)) ORDER BY account_id",
-        f"SELECT account_id, {', '.join(_TOTALS)} FROM ledger_balances "
-        "WHERE account_id = ANY(%s) ORDER BY account_id FOR UPDATE",
+        f"SELECT account_id, {', '.join(_TOTALS)} FROM ledger_balances WHERE account_id IN (SELECT value FROM json_each(?)) ORDER BY account_id",
+        f"SELECT account_id, {', '.join(_TOTALS)} FROM ledger_balances WHERE account_id = ANY(%s) ORDER BY account_id FOR UPDATE",
     ),
     "bump": (
         "UPDATE ledger_head SET height = height + 1 WHERE id = 1 RETURNING height",
@@ -147,10 +148,8 @@ _SQL = {
         "INSERT INTO ledger_batches (height, committed_at, transfers) VALUES (%s, %s, %s)",
     ),
     "add_holds": (
-        "INSERT INTO ledger_pending (id, debit_account, credit_account, asset, amount, expires_at, height) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?)",
-        "INSERT INTO ledger_pending (id, debit_account, credit_account, asset, amount, expires_at, height) "
-        "VALUES (%s, %s, %s, %s, %s, %s, %s)",
+        "INSERT INTO ledger_pending (id, debit_account, credit_account, asset, amount, expires_at, height) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO ledger_pending (id, debit_account, credit_account, asset, amount, expires_at, height) VALUES (%s, %s, %s, %s, %s, %s, %s)",
     ),
     "drop_holds": (
         "DELETE FROM ledger_pending WHERE id IN (SELECT value FROM json_each(?))",

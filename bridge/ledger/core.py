@@ -275,9 +275,7 @@ class Ledger:
 
         def write(conn: Connection) -> Account:
             asset_registry.load(conn, asset)
-            row = conn.execute(
-                select(_A).where(_A.c.owner == owner, _A.c.kind == kind, _A.c.asset == asset)
-            ).mappings().first()
+            row = conn.execute(select(_A).where(_A.c.owner == owner, _A.c.kind == kind, _A.c.asset == asset)).mappings().first()
             if row is not None:
                 if row["allow_negative"] != negative:
                     raise IdempotencyConflict(
@@ -285,9 +283,7 @@ class Ledger:
                         field="allow_negative",
                     )
                 return Account(**dict(row))
-            account_id = conn.execute(
-                _A.insert().values(owner=owner, kind=kind, asset=asset, allow_negative=negative).returning(_A.c.id)
-            ).scalar_one()
+            account_id = conn.execute(_A.insert().values(owner=owner, kind=kind, asset=asset, allow_negative=negative).returning(_A.c.id)).scalar_one()
             zero = dict(debits_posted=0, credits_posted=0, debits_pending=0, credits_pending=0)
             conn.execute(_B.insert().values(account_id=account_id, asset=asset, height=0, **zero))
             return Account(account_id, owner, kind, asset, negative)
@@ -305,9 +301,7 @@ class Ledger:
         for what, value, size in (("owner", owner, 200), ("kind", kind, 32), ("asset", asset, 120)):
             check_text(value, what, size)
         with self.engine.connect() as conn:
-            row = conn.execute(
-                select(_A).where(_A.c.owner == owner, _A.c.kind == kind, _A.c.asset == asset)
-            ).mappings().first()
+            row = conn.execute(select(_A).where(_A.c.owner == owner, _A.c.kind == kind, _A.c.asset == asset)).mappings().first()
         if row is None:
             raise UnknownAccount(f"no account {owner}/{kind}/{asset}", account=f"{owner}/{kind}/{asset}")
         return Account(**dict(row))
@@ -484,11 +478,10 @@ class Ledger:
         self._check_zero_sum(totals, before)
         height = bulk.bump_height(conn)
         bulk.insert_transfers(conn, height, rows)
-        bulk.write_totals(conn, [
-            (aid, t.asset, t.debits_posted, t.credits_posted, t.debits_pending, t.credits_pending, height)
-            for aid, t in sorted(totals.items())
-            if t.touched
-        ])
+        bulk.write_totals(
+            conn,
+            [(aid, t.asset, t.debits_posted, t.credits_posted, t.debits_pending, t.credits_pending, height) for aid, t in sorted(totals.items()) if t.touched],
+        )
         if opened:
             bulk.add_holds(conn, [(h.id, h.debit, h.credit, h.asset, h.amount, h.expires_at, height) for h in opened.values()])
         if closed:
@@ -567,7 +560,9 @@ class Ledger:
             verb = {"post": "posted", "void": "voided", "expire": "voided by timeout"}[kind]
             return PendingTransferError(
                 f"transfer {t.id}: pending transfer {t.pending_id} was already {verb} by {by}",
-                transfer_id=t.id, pending_id=t.pending_id, resolved_by=by,
+                transfer_id=t.id,
+                pending_id=t.pending_id,
+                resolved_by=by,
             )
         kind = conn.execute(select(_T.c.kind).where(_T.c.id == t.pending_id)).scalar_one_or_none()
         if kind is not None:

@@ -86,9 +86,11 @@ def median_price(reports: Iterable[PriceReport], asset: str, policy: PricePolicy
     if len(fresh) < policy.quorum:
         stale = len(latest) - len(fresh)
         raise PriceRejected(
-            f"{asset}: {len(fresh)} fresh price reports, {policy.quorum} needed "
-            f"({stale} older than {policy.max_age}s or from the future)",
-            asset=asset, reason="stale", fresh=len(fresh), quorum=policy.quorum,
+            f"{asset}: {len(fresh)} fresh price reports, {policy.quorum} needed ({stale} older than {policy.max_age}s or from the future)",
+            asset=asset,
+            reason="stale",
+            fresh=len(fresh),
+            quorum=policy.quorum,
         )
     mid = len(fresh) // 2
     median = fresh[mid] if len(fresh) % 2 else (fresh[mid - 1] + fresh[mid]) // 2
@@ -96,7 +98,11 @@ def median_price(reports: Iterable[PriceReport], asset: str, policy: PricePolicy
     if spread * MAX_BPS > policy.max_spread_bps * median:
         raise PriceRejected(
             f"{asset}: reporters disagree, prices {fresh[0]}..{fresh[-1]} spread more than {policy.max_spread_bps} bps around {median}",
-            asset=asset, reason="disputed", low=fresh[0], high=fresh[-1], median=median,
+            asset=asset,
+            reason="disputed",
+            low=fresh[0],
+            high=fresh[-1],
+            median=median,
         )
     return median
 
@@ -167,8 +173,9 @@ class MarginView:
         report.check()
         insert = postgresql.insert if self.engine.dialect.name == "postgresql" else sqlite.insert
         with self.engine.begin() as conn:
-            conn.execute(insert(_R).values(asset=report.asset, reporter=report.reporter, timestamp=report.timestamp,
-                                           price=report.price).on_conflict_do_nothing())
+            conn.execute(
+                insert(_R).values(asset=report.asset, reporter=report.reporter, timestamp=report.timestamp, price=report.price).on_conflict_do_nothing()
+            )
             stored = conn.execute(
                 select(_R.c.price).where(_R.c.asset == report.asset, _R.c.reporter == report.reporter, _R.c.timestamp == report.timestamp)
             ).scalar_one()
@@ -201,10 +208,7 @@ class MarginView:
         with self.engine.connect() as conn:
             registry = load_all(conn)
             height = queries.current_height(conn)
-        relevant = [
-            b for b in balances
-            if (b.kind in COLLATERAL_KINDS and b.available > 0) or (b.kind in LIABILITY_KINDS and b.balance < 0)
-        ]
+        relevant = [b for b in balances if (b.kind in COLLATERAL_KINDS and b.available > 0) or (b.kind in LIABILITY_KINDS and b.balance < 0)]
         prices = self.prices({b.asset for b in relevant}, reports) if relevant else {}
         collateral: dict[str, int] = defaultdict(int)
         liabilities: dict[str, int] = defaultdict(int)
@@ -234,13 +238,33 @@ class MarginView:
                 state = "liquidatable" if h.liquidatable else "healthy"
                 # Owners start healthy: only a change of state is news.
                 if last_state.get(h.owner, "healthy") != state:
-                    rows.append(dict(owner=h.owner, state=state, health_bps=h.health_bps, threshold_bps=h.threshold_bps,
-                                     collateral_value=h.collateral_value, liability_value=h.liability_value,
-                                     height=h.height, created_at=now))
+                    rows.append(
+                        dict(
+                            owner=h.owner,
+                            state=state,
+                            health_bps=h.health_bps,
+                            threshold_bps=h.threshold_bps,
+                            collateral_value=h.collateral_value,
+                            liability_value=h.liability_value,
+                            height=h.height,
+                            created_at=now,
+                        )
+                    )
             # Owners no longer holding collateral or debt are healthy by definition.
             gone = {o for o, s in last_state.items() if s == "liquidatable"} - {h.owner for h in healths}
-            rows += [dict(owner=o, state="healthy", health_bps=None, threshold_bps=self.threshold_bps, collateral_value=0,
-                          liability_value=0, height=queries.current_height(conn), created_at=now) for o in sorted(gone)]
+            rows += [
+                dict(
+                    owner=o,
+                    state="healthy",
+                    health_bps=None,
+                    threshold_bps=self.threshold_bps,
+                    collateral_value=0,
+                    liability_value=0,
+                    height=queries.current_height(conn),
+                    created_at=now,
+                )
+                for o in sorted(gone)
+            ]
             if not rows:
                 return []
             first = conn.execute(select(_E.c.seq).order_by(_E.c.seq.desc()).limit(1)).scalar() or 0

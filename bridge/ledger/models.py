@@ -126,14 +126,19 @@ class LedgerTransfer(SQLModel, table=True):
         # Each pending transfer is posted, voided or expired at most once.  Partial
         # indexes: most rows have neither column, and skipping them keeps inserts fast.
         Index(
-            "ix_ledger_transfers_pending_id", "pending_id", unique=True,
-            sqlite_where=text("pending_id IS NOT NULL"), postgresql_where=text("pending_id IS NOT NULL"),
+            "ix_ledger_transfers_pending_id",
+            "pending_id",
+            unique=True,
+            sqlite_where=text("pending_id IS NOT NULL"),
+            postgresql_where=text("pending_id IS NOT NULL"),
         ),
         Index("ix_ledger_transfers_debit", "debit_account"),
         Index("ix_ledger_transfers_credit", "credit_account"),
         Index(
-            "ix_ledger_transfers_cause", "cause",
-            sqlite_where=text("cause IS NOT NULL"), postgresql_where=text("cause IS NOT NULL"),
+            "ix_ledger_transfers_cause",
+            "cause",
+            sqlite_where=text("cause IS NOT NULL"),
+            postgresql_where=text("cause IS NOT NULL"),
         ),
     )
 

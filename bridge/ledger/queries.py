@@ -100,18 +100,15 @@ def balances(engine: Engine, account_id: int | None = None, at: int | None = Non
             raise InputError(f"height must be 0..{head} (the current height), got {at!r}", field="at")
         if at is None:
             src = _B
-            q = select(_A.c.id, _A.c.owner, _A.c.kind, _A.c.asset, src.c.debits_posted, src.c.credits_posted,
-                       src.c.debits_pending, src.c.credits_pending, src.c.height).join(src, src.c.account_id == _A.c.id)
+            q = select(
+                _A.c.id, _A.c.owner, _A.c.kind, _A.c.asset, src.c.debits_posted, src.c.credits_posted, src.c.debits_pending, src.c.credits_pending, src.c.height
+            ).join(src, src.c.account_id == _A.c.id)
         else:
-            last = (
-                select(_H.c.account_id, func.max(_H.c.height).label("height"))
-                .where(_H.c.height <= at)
-                .group_by(_H.c.account_id)
-                .subquery()
-            )
+            last = select(_H.c.account_id, func.max(_H.c.height).label("height")).where(_H.c.height <= at).group_by(_H.c.account_id).subquery()
             q = (
-                select(_A.c.id, _A.c.owner, _A.c.kind, _A.c.asset, _H.c.debits_posted, _H.c.credits_posted,
-                       _H.c.debits_pending, _H.c.credits_pending, _H.c.height)
+                select(
+                    _A.c.id, _A.c.owner, _A.c.kind, _A.c.asset, _H.c.debits_posted, _H.c.credits_posted, _H.c.debits_pending, _H.c.credits_pending, _H.c.height
+                )
                 .join(last, last.c.account_id == _A.c.id)
                 .join(_H, and_(_H.c.account_id == last.c.account_id, _H.c.height == last.c.height))
             )
@@ -128,8 +125,7 @@ def balances(engine: Engine, account_id: int | None = None, at: int | None = Non
             acc = conn.execute(select(_A).where(_A.c.id == account_id)).mappings().one()
             return [BalanceView(acc["id"], acc["owner"], acc["kind"], acc["asset"], 0, 0, 0, 0)]
     return [
-        BalanceView(r.id, r.owner, r.kind, r.asset, int(r.credits_posted) - int(r.debits_posted),
-                    int(r.debits_pending), int(r.credits_pending), r.height)
+        BalanceView(r.id, r.owner, r.kind, r.asset, int(r.credits_posted) - int(r.debits_posted), int(r.debits_pending), int(r.credits_pending), r.height)
         for r in rows
     ]
 

@@ -13,6 +13,16 @@ from bridge.runtime.scheduler import ERROR_BACKOFF, BlockSource, Observer, Opera
 from bridge.runtime.store import Moved, OpStore, OpTable, make_due, record, transition
 
 __all__ = [
-    "ERROR_BACKOFF", "BlockSource", "Moved", "Observer", "OpStore", "OpTable", "Operations", "Runtime", "Wait",
-    "make_due", "record", "transition",
+    "ERROR_BACKOFF",
+    "BlockSource",
+    "Moved",
+    "Observer",
+    "OpStore",
+    "OpTable",
+    "Operations",
+    "Runtime",
+    "Wait",
+    "make_due",
+    "record",
+    "transition",
 ]

@@ -42,8 +42,11 @@ class OpTable:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "open_sql", ", ".join(f"'{s}'" for s in self.states if s not in self.terminal))
-        object.__setattr__(self, "insert_history", f"INSERT INTO {self.history} ({self.ref}, at, from_state, to_state, note, attempt) "
-                                                   "VALUES (:op, :at, :from_state, :to_state, :note, :attempt)")
+        object.__setattr__(
+            self,
+            "insert_history",
+            f"INSERT INTO {self.history} ({self.ref}, at, from_state, to_state, note, attempt) VALUES (:op, :at, :from_state, :to_state, :note, :attempt)",
+        )
 
 
 @dataclass(frozen=True)
@@ -55,15 +58,17 @@ class Moved:
     changed: bool
 
 
-def record(tx: Tx, t: OpTable, op_id: str, from_state: str | None, to_state: str, note: str = "",
-           at: float | None = None, attempt: int | None = 1) -> None:
+def record(tx: Tx, t: OpTable, op_id: str, from_state: str | None, to_state: str, note: str = "", at: float | None = None, attempt: int | None = 1) -> None:
     """One history row (creation, or a note that is no transition)."""
-    tx.execute(t.insert_history, {"op": op_id, "at": time.time() if at is None else at, "from_state": from_state,
-                                  "to_state": to_state, "note": note, "attempt": attempt})
+    tx.execute(
+        t.insert_history,
+        {"op": op_id, "at": time.time() if at is None else at, "from_state": from_state, "to_state": to_state, "note": note, "attempt": attempt},
+    )
 
 
-def transition(tx: Tx, t: OpTable, op_id: str, expect: str | Iterable[str], to: str, note: str = "",
-               fields: dict[str, Any] | None = None, now: float | None = None) -> Moved:
+def transition(
+    tx: Tx, t: OpTable, op_id: str, expect: str | Iterable[str], to: str, note: str = "", fields: dict[str, Any] | None = None, now: float | None = None
+) -> Moved:
     """Move ``op_id`` from one of ``expect`` to ``to`` in ``tx`` and set ``fields`` on its row.
 
     A state change resets the retry counter and the last error and makes the operation due at
@@ -117,8 +122,7 @@ class OpStore:
     def __init__(self, db: Db, table: OpTable) -> None:
         self.db, self.t = db, table
 
-    def due(self, now: float | None = None, limit: int | None = None, among: Iterable[str] | None = None,
-            first: str | None = None) -> list[str]:
+    def due(self, now: float | None = None, limit: int | None = None, among: Iterable[str] | None = None, first: str | None = None) -> list[str]:
         """Ids of unfinished operations (``among`` these, if given) whose next attempt is due, the
         longest waiting first (those in state ``first`` before all others, if given)."""
         params: dict[str, Any] = {"now": time.time() if now is None else now}
@@ -143,8 +147,7 @@ class OpStore:
         """Try again after ``delay`` seconds, remembering why (a wait or an error)."""
         with self.db.transaction() as tx:
             found = tx.execute(
-                f"UPDATE {self.t.table} SET {self.t.retries} = {self.t.retries} + :add, last_error = :reason, next_attempt_at = :at "
-                "WHERE id = :id",
+                f"UPDATE {self.t.table} SET {self.t.retries} = {self.t.retries} + :add, last_error = :reason, next_attempt_at = :at WHERE id = :id",
                 {"add": 1 if count_retry else 0, "reason": reason, "at": time.time() + delay, "id": op_id},
             )
             if not found:
@@ -174,5 +177,4 @@ class OpStore:
         """Every recorded transition of ``op_id``, oldest first: ``seq``, ``at``, ``from_state``,
         ``to_state``, ``note`` and ``attempt`` (None on rows written before attempts were kept)."""
         with self.db.transaction() as tx:
-            return tx.rows(f"SELECT seq, at, from_state, to_state, note, attempt FROM {self.t.history} "
-                           f"WHERE {self.t.ref} = :id ORDER BY seq", {"id": op_id})
+            return tx.rows(f"SELECT seq, at, from_state, to_state, note, attempt FROM {self.t.history} WHERE {self.t.ref} = :id ORDER BY seq", {"id": op_id})

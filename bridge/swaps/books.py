@@ -59,11 +59,17 @@ class SwapBooks:
             self._commit([Transfer.post(self._id(view, leg, "claim"), self._id(view, leg, "hold"))])
         for leg in (l for l in view.legs.values() if outcomes[l.leg] == "refunded"):
             code = self.asset_code(leg)
-            self._commit([
-                Transfer.void(self._id(view, leg, "void"), self._id(view, leg, "hold")),
-                Transfer(self._id(view, leg, "refund"), self._account(f"swap-{view.swap.id}-{leg.leg}", "escrow", code),
-                         self._account(leg.sender, "external", code), leg.value),
-            ])
+            self._commit(
+                [
+                    Transfer.void(self._id(view, leg, "void"), self._id(view, leg, "hold")),
+                    Transfer(
+                        self._id(view, leg, "refund"),
+                        self._account(f"swap-{view.swap.id}-{leg.leg}", "escrow", code),
+                        self._account(leg.sender, "external", code),
+                        leg.value,
+                    ),
+                ]
+            )
 
     @staticmethod
     def _locked(view: SwapView, leg: SwapLeg) -> bool:
@@ -82,11 +88,12 @@ class SwapBooks:
     def _lock(self, view: SwapView, leg: SwapLeg) -> None:
         code = self.asset_code(leg)
         escrow = self._account(f"swap-{view.swap.id}-{leg.leg}", "escrow", code)
-        self._commit([
-            Transfer(self._id(view, leg, "lock"), self._account(leg.sender, "external", code), escrow, leg.value,
-                     cause=f"{leg.chain}:{leg.lock_ref}"),
-            Transfer.hold(self._id(view, leg, "hold"), escrow, self._account(leg.recipient, "user", code), leg.value),
-        ])
+        self._commit(
+            [
+                Transfer(self._id(view, leg, "lock"), self._account(leg.sender, "external", code), escrow, leg.value, cause=f"{leg.chain}:{leg.lock_ref}"),
+                Transfer.hold(self._id(view, leg, "hold"), escrow, self._account(leg.recipient, "user", code), leg.value),
+            ]
+        )
 
     def _account(self, owner: str, kind: str, code: str) -> int:
         key = (owner, kind, code)

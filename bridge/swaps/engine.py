@@ -137,8 +137,7 @@ class SwapEngine(SwapHandlers):
     def _configured(self) -> Runtime:
         """The runtime with this engine's settings as they are now (a party sets them after construction)."""
         rt = self.runtime
-        rt.poll_interval, rt.idle_recheck, rt.max_concurrency, rt.backoff = (
-            self.poll_interval, self.idle_recheck, self.max_concurrency, self.error_backoff)
+        rt.poll_interval, rt.idle_recheck, rt.max_concurrency, rt.backoff = (self.poll_interval, self.idle_recheck, self.max_concurrency, self.error_backoff)
         return rt
 
     async def run(self, stop: asyncio.Event, only: set[str] | None = None) -> None:
@@ -222,8 +221,7 @@ class SwapEngine(SwapHandlers):
         if after_claim:
             ended = leg.outcome or ("claimed" if leg.spend_kind == "claim" else None) or await ops.settled(view, leg)
             if ended is not None:
-                raise Conflict(f"swap {swap_id} is {view.swap.state}; our lock {leg.lock_ref} was {ended} on chain, nothing left to refund",
-                               swap_id=swap_id)
+                raise Conflict(f"swap {swap_id} is {view.swap.state}; our lock {leg.lock_ref} was {ended} on chain, nothing left to refund", swap_id=swap_id)
         elif view.swap.state in m.TERMINAL or view.swap.state == m.CLAIM_INTENDED:
             raise Conflict(f"swap {swap_id} is {view.swap.state}; nothing to refund", swap_id=swap_id)
         if not leg.lock_ref:
@@ -232,8 +230,14 @@ class SwapEngine(SwapHandlers):
             raise Conflict(f"swap {swap_id}: the secret is revealed; claim instead of refunding", swap_id=swap_id)
         if not self.policy.expired(leg.chain, leg.expiry, await ops.now()):
             raise InputError(f"swap {swap_id}: too early to refund, {await self._time_left_text(leg)}", swap_id=swap_id)
-        return await self._record_spend(view, leg, "refund", m.REFUND_INTENDED, "refund asked by the operator; recorded before broadcast",
-                                        legs={PARTICIPANT: {"outcome": "claimed"}} if after_claim else None)
+        return await self._record_spend(
+            view,
+            leg,
+            "refund",
+            m.REFUND_INTENDED,
+            "refund asked by the operator; recorded before broadcast",
+            legs={PARTICIPANT: {"outcome": "claimed"}} if after_claim else None,
+        )
 
     async def _claim_confirmed(self, view: SwapView) -> bool:
         """Has the trader's claim of the LP's lock confirmed (so the swap is bought, whatever its own lock's fate)?"""

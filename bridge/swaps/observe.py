@@ -70,9 +70,7 @@ class HtlcEventRow(SQLModel, table=True):
         return LogRef(self.block_number, self.tx_hash, self.log_index)
 
     def locked(self) -> Locked:
-        params = SwapParams(
-            self.sender, self.recipient, self.token, int(self.amount), bytes.fromhex(self.hashlock), self.expiry, self.nonce
-        )
+        params = SwapParams(self.sender, self.recipient, self.token, int(self.amount), bytes.fromhex(self.hashlock), self.expiry, self.nonce)
         return Locked(bytes.fromhex(self.swap_ref.removeprefix("0x")), params, self.where())
 
 
@@ -159,16 +157,20 @@ class EvmHtlcConsumer:
             item = decoded[0]
             ref = "0x" + item.id.hex()
             row = dict.fromkeys(HtlcEventRow.model_fields) | {
-                "key": event.key, "kind": LOCKED, "swap_ref": ref, "block_number": block.height, "block_hash": block.hash,
-                "tx_hash": item.where.tx_hash, "log_index": item.where.log_index,
+                "key": event.key,
+                "kind": LOCKED,
+                "swap_ref": ref,
+                "block_number": block.height,
+                "block_hash": block.hash,
+                "tx_hash": item.where.tx_hash,
+                "log_index": item.where.log_index,
             }
             if isinstance(item, Locked):
                 hashlock = item.swap.hashlock.hex()
                 if hashlock not in hashlocks:
                     continue
                 p = item.swap
-                row.update(hashlock=hashlock, sender=p.sender, recipient=p.recipient, token=p.token, amount=str(p.amount),
-                           expiry=p.expiry, nonce=p.nonce)
+                row.update(hashlock=hashlock, sender=p.sender, recipient=p.recipient, token=p.token, amount=str(p.amount), expiry=p.expiry, nonce=p.nonce)
                 refs.add(ref)
                 touched_hashlocks.add(hashlock)
             else:
@@ -235,10 +237,16 @@ class BtcSpendConsumer:
                 outpoint = f"{vin.get('txid')}:{vin.get('vout')}"
                 if outpoint not in watched:
                     continue
-                tx.execute(_UPSERT_BTC_SPEND, {
-                    "event_key": event.key, "outpoint": outpoint, "witness": json.dumps(list(vin.get("txinwitness", []))),
-                    "block_height": block.height, "block_hash": block.hash,
-                })
+                tx.execute(
+                    _UPSERT_BTC_SPEND,
+                    {
+                        "event_key": event.key,
+                        "outpoint": outpoint,
+                        "witness": json.dumps(list(vin.get("txinwitness", []))),
+                        "block_height": block.height,
+                        "block_hash": block.hash,
+                    },
+                )
                 touched.add(outpoint)
         if touched:
             self.wake(make_due(tx, _swap_ids_for(tx, lock_refs=touched)))
@@ -285,8 +293,9 @@ class ChainIndex:
 
     def settlement(self, swap_ref: str) -> HtlcEventRow | None:
         """The ``Claimed`` or ``Refunded`` row of an EVM swap, if indexed."""
-        return self._first(HtlcEventRow, "swap_ref = :ref AND kind IN (:claimed, :refunded)",
-                           {"ref": swap_ref.lower(), "claimed": CLAIMED, "refunded": REFUNDED})
+        return self._first(
+            HtlcEventRow, "swap_ref = :ref AND kind IN (:claimed, :refunded)", {"ref": swap_ref.lower(), "claimed": CLAIMED, "refunded": REFUNDED}
+        )
 
     def btc_spend(self, outpoint: str) -> BtcSpendRow | None:
         return self._first(BtcSpendRow, "outpoint = :outpoint", {"outpoint": outpoint})
@@ -311,8 +320,7 @@ class SwapObservers:
             else:
                 consumer = BtcSpendConsumer(self._wake)
                 selector = self._btc_selector
-            indexer = Indexer(f"{name}-{chain}", leg.adapter, engine, consumer, selector=selector, confirmations=1,
-                              poll_interval=poll_interval, log_every=60.0)
+            indexer = Indexer(f"{name}-{chain}", leg.adapter, engine, consumer, selector=selector, confirmations=1, poll_interval=poll_interval, log_every=60.0)
             self.indexers[chain] = indexer
         self.legs = legs
 
@@ -328,8 +336,7 @@ class SwapObservers:
         """Where a new cursor starts: the earliest block an unfinished swap watches from, else the head."""
         head = await indexer.adapter.height()
         with self.db.transaction() as tx:
-            froms = tx.column(f"SELECT swap_leg.watch_from {_OPEN_LEGS} AND swap_leg.chain = :chain AND swap_leg.watch_from IS NOT NULL",
-                              {"chain": chain})
+            froms = tx.column(f"SELECT swap_leg.watch_from {_OPEN_LEGS} AND swap_leg.chain = :chain AND swap_leg.watch_from IS NOT NULL", {"chain": chain})
         return min([head, *froms])
 
     async def run(self, stop: asyncio.Event) -> None:

@@ -50,9 +50,7 @@ class Party:
             BITCOIN: BitcoinLeg(btc, BtcKey.from_hex(config.btc_key.removeprefix("0x")), config.btc_feerate, store.reserved_inputs),
             EVM: EvmLeg(evm, EvmHtlc(evm, config.htlc), config.evm_key, store.evm_nonces),
         }
-        engine = SwapEngine(
-            store, legs, config.policy(), {BITCOIN: 1, EVM: 1, **config.confirmations}, lp, config.poll_interval
-        )
+        engine = SwapEngine(store, legs, config.policy(), {BITCOIN: 1, EVM: 1, **config.confirmations}, lp, config.poll_interval)
         books = SwapBooks(Ledger(db), await evm.chain_id_int())
         for symbol, token in config.tokens.items():
             books.register_token(token.address, token.decimals, symbol)
@@ -78,8 +76,16 @@ class Party:
         sell_now = await self.legs[sell.chain].now()
         buy_now = await self.legs[buy.chain].now()
         return new_trader_swap(
-            self.store, lp_url, sell, sell_amount, buy, buy_amount, self.identity(sell.chain), self.identity(buy.chain),
-            self.engine.policy.initiator_expiry(sell.chain, sell_now), {sell.chain: sell_now.height, buy.chain: buy_now.height},
+            self.store,
+            lp_url,
+            sell,
+            sell_amount,
+            buy,
+            buy_amount,
+            self.identity(sell.chain),
+            self.identity(buy.chain),
+            self.engine.policy.initiator_expiry(sell.chain, sell_now),
+            {sell.chain: sell_now.height, buy.chain: buy_now.height},
         )
 
     def identity(self, chain: str) -> str:

@@ -101,10 +101,13 @@ class LiquidityProvider:
         if not terms.min_sell <= amount <= terms.max_sell:
             raise InputError(f"sell amount {amount} is outside {terms.min_sell}..{terms.max_sell}", field="amount")
         return {
-            "sell": sell, "buy": buy, "sell_amount": str(amount),
+            "sell": sell,
+            "buy": buy,
+            "sell_amount": str(amount),
             "buy_amount": str(int(amount * terms.rate)),
             "rate": f"{terms.rate.numerator}/{terms.rate.denominator}",
-            "min_sell": str(terms.min_sell), "max_sell": str(terms.max_sell),
+            "min_sell": str(terms.min_sell),
+            "max_sell": str(terms.max_sell),
         }
 
     def _pair(self, sell: str, buy: str) -> PairTerms:
@@ -141,8 +144,8 @@ class LiquidityProvider:
         left, longest = self.policy.seconds_left(sell.chain, expiry, now), self.max_initiator_lock()
         if left > longest:
             raise TimelockRefused(
-                f"initiator's lock expires in ~{left}s: more than the {longest}s this LP accepts "
-                "(its inventory would be held that long)", seconds_left=left)
+                f"initiator's lock expires in ~{left}s: more than the {longest}s this LP accepts (its inventory would be held that long)", seconds_left=left
+            )
         async with self._accepting:
             try:
                 existing = self.store.get(swap_id, with_actions=False)
@@ -151,19 +154,47 @@ class LiquidityProvider:
             if existing is None:
                 if self.store.open_reservations(client) >= self.limits.max_open_per_client:
                     raise TooManyReservations(
-                        f"{client} already has {self.limits.max_open_per_client} accepted swaps waiting for a lock; "
-                        "lock those (or let them lapse) first", field="id")
+                        f"{client} already has {self.limits.max_open_per_client} accepted swaps waiting for a lock; lock those (or let them lapse) first",
+                        field="id",
+                    )
                 await self._check_inventory(buy, buy_amount)
             created = time.time()
             self.store.create(
-                Swap(id=swap_id, role=PARTICIPANT, state=m.CREATED, hashlock=hashlock.hex(), accepted=True,
-                     created_at=created, updated_at=created, next_attempt_at=created, client=client),
+                Swap(
+                    id=swap_id,
+                    role=PARTICIPANT,
+                    state=m.CREATED,
+                    hashlock=hashlock.hex(),
+                    accepted=True,
+                    created_at=created,
+                    updated_at=created,
+                    next_attempt_at=created,
+                    client=client,
+                ),
                 [
-                    SwapLeg(swap_id=swap_id, leg=INITIATOR, chain=sell.chain, asset=sell.symbol, token=sell.token,
-                            amount=str(sell_amount), sender=trader_sell, recipient=sell_ops.identity, expiry=expiry,
-                            watch_from=now.height),
-                    SwapLeg(swap_id=swap_id, leg=PARTICIPANT, chain=buy.chain, asset=buy.symbol, token=buy.token,
-                            amount=str(buy_amount), sender=buy_ops.identity, recipient=trader_buy, watch_from=buy_now.height),
+                    SwapLeg(
+                        swap_id=swap_id,
+                        leg=INITIATOR,
+                        chain=sell.chain,
+                        asset=sell.symbol,
+                        token=sell.token,
+                        amount=str(sell_amount),
+                        sender=trader_sell,
+                        recipient=sell_ops.identity,
+                        expiry=expiry,
+                        watch_from=now.height,
+                    ),
+                    SwapLeg(
+                        swap_id=swap_id,
+                        leg=PARTICIPANT,
+                        chain=buy.chain,
+                        asset=buy.symbol,
+                        token=buy.token,
+                        amount=str(buy_amount),
+                        sender=buy_ops.identity,
+                        recipient=trader_buy,
+                        watch_from=buy_now.height,
+                    ),
                 ],
                 note="accepted",
             )
@@ -188,9 +219,7 @@ class LiquidityProvider:
         committed = self.store.committed(PARTICIPANT, [m.CREATED, m.PARTICIPANT_LOCK_INTENDED], asset.symbol)
         have = await self.legs[asset.chain].balance(asset.token)
         if have - committed < amount:
-            raise InputError(
-                f"not enough {asset.symbol} inventory: {have} held, {committed} committed, {amount} asked", field="buy"
-            )
+            raise InputError(f"not enough {asset.symbol} inventory: {have} held, {committed} committed, {amount} asked", field="buy")
 
     def lock_notice(self, swap_id: str, req: dict[str, Any]) -> dict[str, Any]:
         """The trader says where its lock is; audited by the next engine step, never trusted.
@@ -244,8 +273,16 @@ def _shown(value: object) -> str:
 
 
 def new_trader_swap(
-    store: SwapStore, lp_url: str, sell: SwapAsset, sell_amount: int, buy: SwapAsset, buy_amount: int,
-    sell_identity: str, buy_identity: str, initiator_expiry: int, watch_from: dict[str, int],
+    store: SwapStore,
+    lp_url: str,
+    sell: SwapAsset,
+    sell_amount: int,
+    buy: SwapAsset,
+    buy_amount: int,
+    sell_identity: str,
+    buy_identity: str,
+    initiator_expiry: int,
+    watch_from: dict[str, int],
 ) -> SwapView:
     """Make the secret and record the swap (secret first: nothing has left the process yet)."""
     if sell.chain == buy.chain:
@@ -254,13 +291,39 @@ def new_trader_swap(
     swap_id = uuid.uuid4().hex
     now = time.time()
     return store.create(
-        Swap(id=swap_id, role=INITIATOR, state=m.CREATED, hashlock=sha256(secret).hexdigest(), secret=secret.hex(),
-             lp_url=lp_url, created_at=now, updated_at=now, next_attempt_at=now),
+        Swap(
+            id=swap_id,
+            role=INITIATOR,
+            state=m.CREATED,
+            hashlock=sha256(secret).hexdigest(),
+            secret=secret.hex(),
+            lp_url=lp_url,
+            created_at=now,
+            updated_at=now,
+            next_attempt_at=now,
+        ),
         [
-            SwapLeg(swap_id=swap_id, leg=INITIATOR, chain=sell.chain, asset=sell.symbol, token=sell.token,
-                    amount=str(sell_amount), sender=sell_identity, expiry=initiator_expiry, watch_from=watch_from[sell.chain]),
-            SwapLeg(swap_id=swap_id, leg=PARTICIPANT, chain=buy.chain, asset=buy.symbol, token=buy.token,
-                    amount=str(buy_amount), recipient=buy_identity, watch_from=watch_from[buy.chain]),
+            SwapLeg(
+                swap_id=swap_id,
+                leg=INITIATOR,
+                chain=sell.chain,
+                asset=sell.symbol,
+                token=sell.token,
+                amount=str(sell_amount),
+                sender=sell_identity,
+                expiry=initiator_expiry,
+                watch_from=watch_from[sell.chain],
+            ),
+            SwapLeg(
+                swap_id=swap_id,
+                leg=PARTICIPANT,
+                chain=buy.chain,
+                asset=buy.symbol,
+                token=buy.token,
+                amount=str(buy_amount),
+                recipient=buy_identity,
+                watch_from=watch_from[buy.chain],
+            ),
         ],
         note="secret stored",
     )
@@ -321,7 +384,9 @@ class LpClient:
     async def accept(self, view: SwapView) -> dict[str, Any]:
         ileg, pleg = view.leg(INITIATOR), view.leg(PARTICIPANT)
         body = {
-            "id": view.swap.id, "hashlock": view.swap.hashlock, "initiator_expiry": ileg.expiry,
+            "id": view.swap.id,
+            "hashlock": view.swap.hashlock,
+            "initiator_expiry": ileg.expiry,
             "sell": {"asset": ileg.asset, "amount": ileg.amount, "token": ileg.token},
             "buy": {"asset": pleg.asset, "amount": pleg.amount, "token": pleg.token},
             "trader": {ileg.chain: ileg.sender, pleg.chain: pleg.recipient},
@@ -354,8 +419,14 @@ def describe(view: SwapView, with_secret: bool = False) -> dict[str, Any]:
     """A swap as JSON (the LP's ``GET /swaps/{id}``, ``swap status --json``)."""
     s = view.swap
     out: dict[str, Any] = {
-        "id": s.id, "role": s.role, "state": s.state, "hashlock": s.hashlock, "retries": s.retries,
-        "last_error": s.last_error, "next_attempt_at": s.next_attempt_at, "created_at": s.created_at,
+        "id": s.id,
+        "role": s.role,
+        "state": s.state,
+        "hashlock": s.hashlock,
+        "retries": s.retries,
+        "last_error": s.last_error,
+        "next_attempt_at": s.next_attempt_at,
+        "created_at": s.created_at,
         "legs": {name: leg.model_dump(exclude={"swap_id", "lock_raw", "spend_raw", "lock_evm", "spend_evm"}) for name, leg in view.legs.items()},
         "timeline": [{"at": a.at, "from": a.from_state, "to": a.to_state, "note": a.note} for a in view.actions],
     }

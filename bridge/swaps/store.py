@@ -26,8 +26,21 @@ from bridge.runtime.store import make_due as _make_due
 from bridge.runtime.store import record as _record
 from bridge.runtime.store import transition as _transition
 from bridge.swaps.models import (
-    CLAIM_INTENDED, CREATED, HASHLOCK, INITIATOR, INITIATOR_LOCK_INTENDED, LEGS, OPEN_SQL, PARTICIPANT, PARTICIPANT_LOCK_INTENDED,
-    REFUND_INTENDED, STATES, TERMINAL, Swap, SwapAction, SwapLeg,
+    CLAIM_INTENDED,
+    CREATED,
+    HASHLOCK,
+    INITIATOR,
+    INITIATOR_LOCK_INTENDED,
+    LEGS,
+    OPEN_SQL,
+    PARTICIPANT,
+    PARTICIPANT_LOCK_INTENDED,
+    REFUND_INTENDED,
+    STATES,
+    TERMINAL,
+    Swap,
+    SwapAction,
+    SwapLeg,
 )
 from chains.btc.primitives import Tx as BtcTx
 
@@ -93,8 +106,7 @@ def _bind(tx: Tx, integrity: type[Exception], role: str, kind: str, ref: str, sw
     """Record that ``swap_id`` consumes ``ref`` in ``tx``; ``LockTaken`` if another swap of ``role``
     already does.  The primary key decides, so two processes racing cannot both succeed."""
     ref = canonical_ref(kind, ref)
-    owner = tx.one("SELECT swap_id, leg FROM swap_lock WHERE role = :role AND kind = :kind AND ref = :ref",
-                   {"role": role, "kind": kind, "ref": ref})
+    owner = tx.one("SELECT swap_id, leg FROM swap_lock WHERE role = :role AND kind = :kind AND ref = :ref", {"role": role, "kind": kind, "ref": ref})
     if owner is not None:
         if (owner["swap_id"], owner["leg"]) == (swap_id, leg):
             return
@@ -148,8 +160,10 @@ class SwapStore(OpStore):
             existing = tx.one("SELECT hashlock, role FROM swap WHERE id = :id", {"id": swap.id})
             if existing is not None:
                 old = {r["leg"]: r for r in tx.rows("SELECT leg, chain, asset, amount FROM swap_leg WHERE swap_id = :id", {"id": swap.id})}
-                same = existing["hashlock"] == swap.hashlock and existing["role"] == swap.role and all(
-                    (old[l.leg]["chain"], old[l.leg]["asset"], old[l.leg]["amount"]) == (l.chain, l.asset, l.amount) for l in legs
+                same = (
+                    existing["hashlock"] == swap.hashlock
+                    and existing["role"] == swap.role
+                    and all((old[l.leg]["chain"], old[l.leg]["asset"], old[l.leg]["amount"]) == (l.chain, l.asset, l.amount) for l in legs)
                 )
                 if not same:
                     raise Conflict(f"swap {swap.id} already exists with other terms", swap_id=swap.id)
@@ -172,9 +186,11 @@ class SwapStore(OpStore):
         if row is None:
             raise NotFound(f"no swap {swap_id}", swap_id=swap_id)
         legs = {r["leg"]: SwapLeg.model_construct(**r) for r in tx.rows("SELECT * FROM swap_leg WHERE swap_id = :id", {"id": swap_id})}
-        actions = [
-            SwapAction.model_construct(**r) for r in tx.rows("SELECT * FROM swap_action WHERE swap_id = :id ORDER BY seq", {"id": swap_id})
-        ] if with_actions else []
+        actions = (
+            [SwapAction.model_construct(**r) for r in tx.rows("SELECT * FROM swap_action WHERE swap_id = :id ORDER BY seq", {"id": swap_id})]
+            if with_actions
+            else []
+        )
         return SwapView(_swap(row), legs, actions)
 
     def list(self, states: Iterable[str] | None = None) -> list[SwapView]:
@@ -198,7 +214,9 @@ class SwapStore(OpStore):
         with self.db.transaction() as tx:
             amounts = tx.column(
                 f"SELECT swap_leg.amount FROM swap_leg {_OWN_LEG} WHERE swap.role = :role AND swap_leg.leg = :role "
-                f"AND swap.state IN ({in_list('state', states, params)}) AND swap_leg.asset = :asset", params)
+                f"AND swap.state IN ({in_list('state', states, params)}) AND swap_leg.asset = :asset",
+                params,
+            )
         return sum(int(a) for a in amounts)
 
     def unbooked(self) -> list[str]:
@@ -222,8 +240,15 @@ class SwapStore(OpStore):
                 f" SELECT swap_leg.swap_id FROM swap_leg {_OWN_LEG} WHERE swap_leg.chain = :chain AND swap_leg.expiry IS NOT NULL AND ("
                 f"  (swap_leg.leg = swap.role AND swap_leg.expiry <= :expired)"
                 f"  OR (swap_leg.leg = :initiator AND swap.role = :participant AND swap.state = :created AND swap_leg.expiry <= :deadline)))",
-                {"now": time.time(), "chain": chain, "expired": expired, "deadline": lock_deadline,
-                 "initiator": INITIATOR, "participant": PARTICIPANT, "created": CREATED},
+                {
+                    "now": time.time(),
+                    "chain": chain,
+                    "expired": expired,
+                    "deadline": lock_deadline,
+                    "initiator": INITIATOR,
+                    "participant": PARTICIPANT,
+                    "created": CREATED,
+                },
             )
 
     def transition(
@@ -282,8 +307,10 @@ class SwapStore(OpStore):
     def open_reservations(self, client: str) -> int:
         """LP side: swaps this client asked for that still wait for the trader's lock."""
         with self.db.transaction() as tx:
-            return tx.column("SELECT COUNT(*) FROM swap WHERE role = :role AND state = :created AND client = :client",
-                             {"role": PARTICIPANT, "created": CREATED, "client": client})[0]
+            return tx.column(
+                "SELECT COUNT(*) FROM swap WHERE role = :role AND state = :created AND client = :client",
+                {"role": PARTICIPANT, "created": CREATED, "client": client},
+            )[0]
 
     def reserved_inputs(self) -> set[tuple[str, int]]:
         """Outpoints spent by Bitcoin locks recorded as intended and not yet seen confirmed."""

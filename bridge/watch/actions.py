@@ -30,7 +30,14 @@ from bridge.core import jsonsafe
 from bridge.core.errors import BridgeError, ConfigError, NotFound
 from bridge.watch.jobs import JobSpec, audit_job, parse_job
 from bridge.watch.models import (
-    CLAIM, CONFIRMED, EXPIRED, SPEND_INTENDED, SPEND_SENT, SPENT_ELSEWHERE, WATCHING, WatchJob,
+    CLAIM,
+    CONFIRMED,
+    EXPIRED,
+    SPEND_INTENDED,
+    SPEND_SENT,
+    SPENT_ELSEWHERE,
+    WATCHING,
+    WatchJob,
 )
 from bridge.watch.presign import complete_claim
 from bridge.watch.store import WatchStore
@@ -66,8 +73,12 @@ def _sha256(data: bytes) -> bytes:
 
 class Watcher:
     def __init__(
-        self, store: WatchStore, btc: BitcoinAdapter | None, evm: EvmAdapter | None,
-        evm_key: str | None = None, policy: WatchPolicy = WatchPolicy(),
+        self,
+        store: WatchStore,
+        btc: BitcoinAdapter | None,
+        evm: EvmAdapter | None,
+        evm_key: str | None = None,
+        policy: WatchPolicy = WatchPolicy(),
     ) -> None:
         self.store = store
         self.btc = btc
@@ -87,11 +98,18 @@ class Watcher:
         expiry = await audit_job(spec, self.btc, self.evm)
         now = time.time()
         job = WatchJob(
-            id=spec.id, kind=spec.kind, chain=spec.chain, state=WATCHING, spec=spec.canonical,
-            hashlock=spec.hashlock.hex(), expiry=expiry, payout=spec.payout,
+            id=spec.id,
+            kind=spec.kind,
+            chain=spec.chain,
+            state=WATCHING,
+            spec=spec.canonical,
+            hashlock=spec.hashlock.hex(),
+            expiry=expiry,
+            payout=spec.payout,
             secret=spec.secret.hex() if spec.secret else None,
             reveal_scan_from=spec.reveal.from_height if spec.reveal else None,
-            created_at=now, updated_at=now,
+            created_at=now,
+            updated_at=now,
         )
         return self.store.add(job)
 
@@ -152,8 +170,12 @@ class Watcher:
         """SPEND_INTENDED -> SPEND_SENT at height ``tip``: ``job.spend_tx`` joins the versions sent."""
         history = [t for t in job.spend_history.split(",") if t] + [job.spend_tx]
         self.store.transition(
-            job.id, SPEND_INTENDED, SPEND_SENT, f"sent {job.spend_tx} ({level} {job.spend_level})",
-            sent_height=tip, spend_history=",".join(dict.fromkeys(history)),
+            job.id,
+            SPEND_INTENDED,
+            SPEND_SENT,
+            f"sent {job.spend_tx} ({level} {job.spend_level})",
+            sent_height=tip,
+            spend_history=",".join(dict.fromkeys(history)),
             first_sent_height=job.first_sent_height if job.first_sent_height is not None else tip,
         )
 
@@ -178,8 +200,14 @@ class Watcher:
             secret, raw = None, rung.hex
             note = f"refund height {job.expiry} reached (tip {tip}); refund at {rung.feerate} sat/vB"
         self.store.transition(
-            job.id, WATCHING, SPEND_INTENDED, note, secret=secret.hex() if secret else job.secret,
-            spend_level=0, spend_raw=raw, spend_tx=Tx.from_hex(raw).txid,
+            job.id,
+            WATCHING,
+            SPEND_INTENDED,
+            note,
+            secret=secret.hex() if secret else job.secret,
+            spend_level=0,
+            spend_raw=raw,
+            spend_tx=Tx.from_hex(raw).txid,
         )
 
     async def _broadcast_btc(self, job: WatchJob, spec: JobSpec) -> None:
@@ -204,8 +232,7 @@ class Watcher:
             if depth < self.policy.confirmations:
                 continue
             if event.key in ours:
-                self.store.transition(job.id, SPEND_SENT, CONFIRMED, f"{job.kind} {event.key} confirmed at height {event.block.height}",
-                                      spend_tx=event.key)
+                self.store.transition(job.id, SPEND_SENT, CONFIRMED, f"{job.kind} {event.key} confirmed at height {event.block.height}", spend_tx=event.key)
             else:
                 self.store.transition(job.id, SPEND_SENT, SPENT_ELSEWHERE, f"htlc output spent by {event.key}, not by this watcher")
             return
@@ -221,9 +248,13 @@ class Watcher:
         rung = spec.presigned[level]
         raw = complete_claim(rung.hex, bytes.fromhex(job.secret)) if job.kind == CLAIM else rung.hex
         self.store.transition(
-            job.id, SPEND_SENT, SPEND_INTENDED,
+            job.id,
+            SPEND_SENT,
+            SPEND_INTENDED,
             f"{job.spend_tx} unconfirmed {tip - job.sent_height} blocks after sending: bump to {rung.feerate} sat/vB (rung {level})",
-            spend_level=level, spend_raw=raw, spend_tx=Tx.from_hex(raw).txid,
+            spend_level=level,
+            spend_raw=raw,
+            spend_tx=Tx.from_hex(raw).txid,
         )
 
     # --- evm -----------------------------------------------------------------------------
@@ -262,13 +293,22 @@ class Watcher:
         fields = EvmTxFields(
             chain_id=await self.evm.chain_id_int(),
             nonce=await self._next_nonce(sender),
-            to=htlc.address, data="0x" + data.hex(), gas=await self.evm.estimate_gas(sender, htlc.address, 0, data),
-            max_fee=fees.max_fee, priority_fee=fees.priority_fee,
+            to=htlc.address,
+            data="0x" + data.hex(),
+            gas=await self.evm.estimate_gas(sender, htlc.address, 0, data),
+            max_fee=fees.max_fee,
+            priority_fee=fees.priority_fee,
         )
         raw, tx_hash = fields.sign(self.evm, self.evm_key)
         self.store.transition(
-            job.id, WATCHING, SPEND_INTENDED, f"{note} from {sender}, nonce {fields.nonce}",
-            secret=secret.hex() if secret else job.secret, spend_level=0, spend_raw=raw, spend_tx=tx_hash,
+            job.id,
+            WATCHING,
+            SPEND_INTENDED,
+            f"{note} from {sender}, nonce {fields.nonce}",
+            secret=secret.hex() if secret else job.secret,
+            spend_level=0,
+            spend_raw=raw,
+            spend_tx=tx_hash,
             evm_tx=json.dumps(fields.to_dict()),
         )
 
@@ -319,21 +359,34 @@ class Watcher:
             how = f"nonce {fields.nonce} (the old one was taken)"
         raw, tx_hash = fields.sign(self.evm, self.evm_key)
         self.store.transition(
-            job.id, SPEND_SENT, SPEND_INTENDED,
-            f"{job.spend_tx} pending {tip - job.sent_height} blocks: {how}, "
-            f"max fee {fields.max_fee}, tip {fields.priority_fee} wei",
-            spend_level=job.spend_level + 1, spend_raw=raw, spend_tx=tx_hash, evm_tx=json.dumps(fields.to_dict()),
+            job.id,
+            SPEND_SENT,
+            SPEND_INTENDED,
+            f"{job.spend_tx} pending {tip - job.sent_height} blocks: {how}, max fee {fields.max_fee}, tip {fields.priority_fee} wei",
+            spend_level=job.spend_level + 1,
+            spend_raw=raw,
+            spend_tx=tx_hash,
+            evm_tx=json.dumps(fields.to_dict()),
         )
 
 
 def describe(job: WatchJob, actions: list[Any] | None = None) -> dict[str, Any]:
     """A job as GET /jobs/{id} shows it (never the pre-signed bytes)."""
     out = {
-        "id": job.id, "kind": job.kind, "chain": job.chain, "state": job.state, "hashlock": job.hashlock,
-        "expiry": job.expiry, "payout": job.payout, "secret_known": job.secret is not None,
-        "spend_tx": job.spend_tx, "spend_level": job.spend_level,
-        "spend_history": [t for t in job.spend_history.split(",") if t], "sent_height": job.sent_height,
-        "attempts": job.attempts, "last_error": job.last_error,
+        "id": job.id,
+        "kind": job.kind,
+        "chain": job.chain,
+        "state": job.state,
+        "hashlock": job.hashlock,
+        "expiry": job.expiry,
+        "payout": job.payout,
+        "secret_known": job.secret is not None,
+        "spend_tx": job.spend_tx,
+        "spend_level": job.spend_level,
+        "spend_history": [t for t in job.spend_history.split(",") if t],
+        "sent_height": job.sent_height,
+        "attempts": job.attempts,
+        "last_error": job.last_error,
     }
     if actions is not None:
         out["actions"] = [{"at": a.at, "from": a.from_state, "to": a.to_state, "note": a.note} for a in actions]

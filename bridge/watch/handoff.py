@@ -29,18 +29,33 @@ from htlc.evm import EvmHtlc
 
 def _coin(view: SwapView, leg: SwapLeg) -> HtlcCoin:
     txid, _, vout = (leg.lock_ref or "").partition(":")
-    script = bytes.fromhex(leg.script) if leg.script else p2wsh_htlc_script(
-        bytes.fromhex(view.swap.hashlock), bytes.fromhex(leg.recipient), bytes.fromhex(leg.sender), leg.expiry,
+    script = (
+        bytes.fromhex(leg.script)
+        if leg.script
+        else p2wsh_htlc_script(
+            bytes.fromhex(view.swap.hashlock),
+            bytes.fromhex(leg.recipient),
+            bytes.fromhex(leg.sender),
+            leg.expiry,
+        )
     )
     return HtlcCoin(txid, int(vout), leg.value, script)
 
 
 async def _evm_htlc(htlc: EvmHtlc, leg: SwapLeg) -> dict[str, Any]:
     p = (await htlc.locked_swap(leg.lock_ref, leg.watch_from or 0)).swap
-    return {"contract": htlc.address, "swap": {
-        "sender": p.sender, "recipient": p.recipient, "token": p.token, "amount": p.amount,
-        "hashlock": p.hashlock.hex(), "expiry": p.expiry, "nonce": p.nonce,
-    }}
+    return {
+        "contract": htlc.address,
+        "swap": {
+            "sender": p.sender,
+            "recipient": p.recipient,
+            "token": p.token,
+            "amount": p.amount,
+            "hashlock": p.hashlock.hex(),
+            "expiry": p.expiry,
+            "nonce": p.nonce,
+        },
+    }
 
 
 def _reveal(htlc: EvmHtlc, leg: SwapLeg) -> dict[str, Any]:
@@ -50,7 +65,11 @@ def _reveal(htlc: EvmHtlc, leg: SwapLeg) -> dict[str, Any]:
 
 
 async def swap_jobs(
-    view: SwapView, btc_key: BtcKey, evm_htlc: EvmHtlc, network: str = "regtest", feerates: Sequence[int] = DEFAULT_LADDER,
+    view: SwapView,
+    btc_key: BtcKey,
+    evm_htlc: EvmHtlc,
+    network: str = "regtest",
+    feerates: Sequence[int] = DEFAULT_LADDER,
 ) -> list[dict[str, Any]]:
     """The claim and refund jobs for ``view`` (this party's row), for whichever legs are locked."""
     role = view.swap.role
@@ -61,9 +80,11 @@ async def swap_jobs(
         job: dict[str, Any] = {"kind": "claim", "chain": theirs.chain, "hashlock": hashlock}
         if theirs.chain == BITCOIN:
             coin = _coin(view, theirs)
-            job |= {"payout": btc_key.p2wpkh_script.hex(),
-                    "htlc": {"script": coin.script.hex(), "outpoint": theirs.lock_ref, "amount": coin.amount},
-                    "presigned": presign_claims(coin, btc_key, btc_key.p2wpkh_script, feerates, network)}
+            job |= {
+                "payout": btc_key.p2wpkh_script.hex(),
+                "htlc": {"script": coin.script.hex(), "outpoint": theirs.lock_ref, "amount": coin.amount},
+                "presigned": presign_claims(coin, btc_key, btc_key.p2wpkh_script, feerates, network),
+            }
         else:
             job |= {"payout": theirs.recipient, "htlc": await _evm_htlc(evm_htlc, theirs)}
         if view.swap.secret:
@@ -77,9 +98,11 @@ async def swap_jobs(
         job = {"kind": "refund", "chain": mine.chain, "hashlock": hashlock}
         if mine.chain == BITCOIN:
             coin = _coin(view, mine)
-            job |= {"payout": btc_key.p2wpkh_script.hex(),
-                    "htlc": {"script": coin.script.hex(), "outpoint": mine.lock_ref, "amount": coin.amount},
-                    "presigned": presign_refunds(coin, btc_key, btc_key.p2wpkh_script, feerates, network)}
+            job |= {
+                "payout": btc_key.p2wpkh_script.hex(),
+                "htlc": {"script": coin.script.hex(), "outpoint": mine.lock_ref, "amount": coin.amount},
+                "presigned": presign_refunds(coin, btc_key, btc_key.p2wpkh_script, feerates, network),
+            }
         else:
             job |= {"payout": mine.sender, "htlc": await _evm_htlc(evm_htlc, mine)}
         jobs.append(job)
@@ -119,8 +142,9 @@ async def submit_jobs(watcher_url: str, jobs: Sequence[dict[str, Any]], timeout:
                     try:
                         body = await read_answer(resp)
                     except jsonsafe.JsonRefused as exc:
-                        raise WatcherRefused(f"watcher at {watcher_url} answered {status} to the {job['kind']} job "
-                                             f"with an unusable body: {exc.message}") from None
+                        raise WatcherRefused(
+                            f"watcher at {watcher_url} answered {status} to the {job['kind']} job with an unusable body: {exc.message}"
+                        ) from None
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
                 raise ChainUnavailable(f"watcher at {watcher_url} unreachable: {type(exc).__name__}: {exc}") from None
             if not isinstance(body, dict):

@@ -40,7 +40,6 @@ from htlc.bitcoin_script import TEMPLATE_P2WSH
 from htlc.evm import EvmHtlc, SwapParams, SwapStatus
 
 
-
 class JobRefused(InputError):
     """The watcher will not take this job; ``reason`` says what is wrong with it."""
 
@@ -281,8 +280,9 @@ def _check_presigned(spec: JobSpec, terms: HtlcTerms, amount: int, n: int, rung:
     if len(tx.vin) != 1 or (tx.vin[0].prevout.txid_hex, tx.vin[0].prevout.n) != (txid, vout):
         raise JobRefused(f"{what} does not spend exactly the HTLC output {txid}:{vout}")
     if len(tx.vout) != 1 or tx.vout[0].script_pubkey.hex() != spec.payout.lower():
-        raise JobRefused(f"{what} does not pay the party: its output goes to "
-                         f"{', '.join(o.script_pubkey.hex() for o in tx.vout) or 'nowhere'}, not payout {spec.payout}")
+        raise JobRefused(
+            f"{what} does not pay the party: its output goes to {', '.join(o.script_pubkey.hex() for o in tx.vout) or 'nowhere'}, not payout {spec.payout}"
+        )
     fee = amount - tx.vout[0].value
     if fee <= 0 or fee * 10 > amount:
         raise JobRefused(f"{what} pays a fee of {fee} sats on {amount}: not between 1 sat and 10% of the amount")
@@ -332,8 +332,7 @@ async def _audit_evm(spec: JobSpec, evm: EvmAdapter) -> int:
     except BridgeError:
         raise
     except Exception as exc:  # noqa: BLE001 - another contract's answer (undecodable, or no SwapStatus)
-        raise JobRefused(f"htlc.contract {htlc.address} does not answer as an HTLC: {type(exc).__name__}",
-                         field="htlc.contract") from None
+        raise JobRefused(f"htlc.contract {htlc.address} does not answer as an HTLC: {type(exc).__name__}", field="htlc.contract") from None
     if status != SwapStatus.LOCKED:
         raise JobRefused(f"swap 0x{swap.id.hex()} is {status.name.lower()} in {htlc.address}, nothing to {spec.kind}")
     if swap.expiry > MAX_STORED_INT:  # locked, but with an expiry no job row can hold (nor any clock reach)

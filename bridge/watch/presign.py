@@ -39,7 +39,11 @@ def _check_ladder(feerates: Sequence[int]) -> list[int]:
 
 
 def presign_claims(
-    coin: HtlcCoin, claim_key: Signer, payout: bytes, feerates: Sequence[int] = DEFAULT_LADDER, network: str = "regtest",
+    coin: HtlcCoin,
+    claim_key: Signer,
+    payout: bytes,
+    feerates: Sequence[int] = DEFAULT_LADDER,
+    network: str = "regtest",
 ) -> list[dict[str, Any]]:
     """Claim spends of ``coin`` to ``payout`` (a scriptPubKey), one per feerate, preimage left blank."""
     audit(coin.script, network=network)
@@ -50,14 +54,28 @@ def presign_claims(
 
 
 def presign_refunds(
-    coin: HtlcCoin, refund_key: Signer, payout: bytes, feerates: Sequence[int] = DEFAULT_LADDER, network: str = "regtest",
+    coin: HtlcCoin,
+    refund_key: Signer,
+    payout: bytes,
+    feerates: Sequence[int] = DEFAULT_LADDER,
+    network: str = "regtest",
 ) -> list[dict[str, Any]]:
     """Refund spends of ``coin`` to ``payout``, valid from the script's refund height (nLockTime)."""
     terms = audit(coin.script, network=network)
     return [
-        {"feerate": rate, "tx": spend_htlc(
-            coin, refund_key, [b""], payout, rate, locktime=terms.locktime, sequence=SEQUENCE_RBF, network=network,
-        ).hex}
+        {
+            "feerate": rate,
+            "tx": spend_htlc(
+                coin,
+                refund_key,
+                [b""],
+                payout,
+                rate,
+                locktime=terms.locktime,
+                sequence=SEQUENCE_RBF,
+                network=network,
+            ).hex,
+        }
         for rate in _check_ladder(feerates)
     ]
 
@@ -70,5 +88,5 @@ def complete_claim(presigned_hex: str, secret: bytes) -> str:
     txin = tx.vin[0]
     if len(txin.witness) != 4 or txin.witness[PREIMAGE_INDEX] != PREIMAGE_PLACEHOLDER:
         raise InputError("pre-signed claim has no preimage placeholder in its witness", field="presigned")
-    witness = (*txin.witness[:PREIMAGE_INDEX], secret, *txin.witness[PREIMAGE_INDEX + 1:])
+    witness = (*txin.witness[:PREIMAGE_INDEX], secret, *txin.witness[PREIMAGE_INDEX + 1 :])
     return Tx(tx.version, [txin._replace(witness=witness)], tx.vout, tx.locktime).hex()

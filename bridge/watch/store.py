@@ -108,7 +108,8 @@ class WatchStore(OpStore):
             raise ValueError(f"not watch job fields: {', '.join(unknown)}")
         values = {**fields, "updated_at": time.time()}
         with self.db.transaction() as tx:
-            found = tx.execute(f"UPDATE watch_job SET {', '.join(f'{n} = :v_{n}' for n in values)} WHERE id = :id",
-                               {**{f"v_{n}": v for n, v in values.items()}, "id": job_id})
+            found = tx.execute(
+                f"UPDATE watch_job SET {', '.join(f'{n} = :v_{n}' for n in values)} WHERE id = :id", {**{f"v_{n}": v for n, v in values.items()}, "id": job_id}
+            )
         if not found:
             raise NotFound(f"no watch job {job_id}", job_id=job_id)

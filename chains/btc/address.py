@@ -295,8 +295,7 @@ def decode_destination(address: str, net: str | Network = "regtest") -> tuple[by
     if not data:
         return None, "Empty Bech32 data section", []
     if hrp != params.hrp:
-        return None, (f"Invalid or unsupported prefix for Segwit (Bech32) address "
-                      f"(expected {params.hrp}, got {hrp})."), []
+        return None, (f"Invalid or unsupported prefix for Segwit (Bech32) address (expected {params.hrp}, got {hrp})."), []
     version = data[0]
     if version == 0 and encoding is not Encoding.BECH32:
         return None, "Version 0 witness address must use Bech32 checksum", []

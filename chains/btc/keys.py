@@ -72,7 +72,7 @@ def is_valid_pubkey(data: bytes) -> bool:
 
 def _der_r(der: bytes) -> int:
     rlen = der[3]
-    return int.from_bytes(der[4:4 + rlen], "big")
+    return int.from_bytes(der[4 : 4 + rlen], "big")
 
 
 def sign_ecdsa(secret: bytes, digest: bytes) -> bytes:

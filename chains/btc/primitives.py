@@ -189,10 +189,10 @@ def _parse_tx(buf: bytes, start: int, allow_witness: bool = True) -> tuple["Tx",
         append_in = vin.append
         for _ in range(n_in):
             prev_hash = buf[pos : pos + 32]
-            idx, = _u32(buf, pos + 32)
+            (idx,) = _u32(buf, pos + 32)
             pos += 36
             script_sig, pos = _read_bytes(buf, pos)
-            seq, = _u32(buf, pos)
+            (seq,) = _u32(buf, pos)
             pos += 4
             append_in(_new(TxIn, (_new(OutPoint, (prev_hash, idx)), script_sig, seq, ())))
         vout: list[TxOut] = []
@@ -200,7 +200,7 @@ def _parse_tx(buf: bytes, start: int, allow_witness: bool = True) -> tuple["Tx",
             n_out, pos = read_compact_size(buf, pos)
             append_out = vout.append
             for _ in range(n_out):
-                value, = _i64(buf, pos)
+                (value,) = _i64(buf, pos)
                 spk, pos = _read_bytes(buf, pos + 8)
                 append_out(_new(TxOut, (value, spk)))
         body_end = pos
@@ -221,7 +221,7 @@ def _parse_tx(buf: bytes, start: int, allow_witness: bool = True) -> tuple["Tx",
                 raise DecodeError(reason="Superfluous witness record")
         if flags:
             raise DecodeError(reason="Unknown transaction optional data")
-        locktime, = _u32(buf, pos)
+        (locktime,) = _u32(buf, pos)
         pos += 4
     except (IndexError, struct.error):
         raise DecodeError(reason="truncated data") from None
@@ -263,8 +263,7 @@ class Tx:
             parts.append(b"\x00\x01")
         parts.append(ser_compact_size(len(self.vin)))
         for txin in self.vin:
-            parts += (txin.prevout.txid, _U32.pack(txin.prevout.n), ser_compact_size(len(txin.script_sig)),
-                      txin.script_sig, _U32.pack(txin.sequence))
+            parts += (txin.prevout.txid, _U32.pack(txin.prevout.n), ser_compact_size(len(txin.script_sig)), txin.script_sig, _U32.pack(txin.sequence))
         parts.append(ser_compact_size(len(self.vout)))
         for txout in self.vout:
             parts += (_I64.pack(txout.value), ser_compact_size(len(txout.script_pubkey)), txout.script_pubkey)
@@ -431,8 +430,7 @@ class Block:
     def serialize(self, witness: bool = True) -> bytes:
         if witness:
             return self._raw
-        return b"".join([self.header.serialize(), ser_compact_size(len(self.txs))]
-                        + [t.serialize(False) for t in self.txs])
+        return b"".join([self.header.serialize(), ser_compact_size(len(self.txs))] + [t.serialize(False) for t in self.txs])
 
     def hex(self) -> str:
         return self._raw.hex()
@@ -619,8 +617,7 @@ def _genesis() -> Block:
         "6272696e6b206f66207365636f6e64206261696c6f757420666f722062616e6b73"
     )
     spk = bytes.fromhex(
-        "4104678afdb0fe5548271967f1a67130b7105cd6a828e03909a67962e0ea1f61deb649f6bc3f4cef38c4f35504e5"
-        "1ec112de5c384df7ba0b8d578a4c702b6bf11d5fac"
+        "4104678afdb0fe5548271967f1a67130b7105cd6a828e03909a67962e0ea1f61deb649f6bc3f4cef38c4f35504e51ec112de5c384df7ba0b8d578a4c702b6bf11d5fac"
     )
     coinbase = Tx(1, [TxIn(NULL_OUTPOINT, script_sig, SEQUENCE_FINAL)], [TxOut(INITIAL_SUBSIDY, spk)], 0)
     header = BlockHeader(1, NULL_HASH, merkle_root([coinbase.txid_bytes]), 1296688602, REGTEST_BITS, 2)

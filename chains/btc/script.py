@@ -39,29 +39,103 @@ OP_CHECKSEQUENCEVERIFY = 0xB2
 OP_INVALIDOPCODE = 0xFF
 
 _NAMES = {
-    0x00: "0", 0x4C: "OP_PUSHDATA1", 0x4D: "OP_PUSHDATA2", 0x4E: "OP_PUSHDATA4", 0x4F: "-1",
+    0x00: "0",
+    0x4C: "OP_PUSHDATA1",
+    0x4D: "OP_PUSHDATA2",
+    0x4E: "OP_PUSHDATA4",
+    0x4F: "-1",
     0x50: "OP_RESERVED",
-    0x61: "OP_NOP", 0x62: "OP_VER", 0x63: "OP_IF", 0x64: "OP_NOTIF", 0x65: "OP_VERIF", 0x66: "OP_VERNOTIF",
-    0x67: "OP_ELSE", 0x68: "OP_ENDIF", 0x69: "OP_VERIFY", 0x6A: "OP_RETURN",
-    0x6B: "OP_TOALTSTACK", 0x6C: "OP_FROMALTSTACK", 0x6D: "OP_2DROP", 0x6E: "OP_2DUP", 0x6F: "OP_3DUP",
-    0x70: "OP_2OVER", 0x71: "OP_2ROT", 0x72: "OP_2SWAP", 0x73: "OP_IFDUP", 0x74: "OP_DEPTH", 0x75: "OP_DROP",
-    0x76: "OP_DUP", 0x77: "OP_NIP", 0x78: "OP_OVER", 0x79: "OP_PICK", 0x7A: "OP_ROLL", 0x7B: "OP_ROT",
-    0x7C: "OP_SWAP", 0x7D: "OP_TUCK",
-    0x7E: "OP_CAT", 0x7F: "OP_SUBSTR", 0x80: "OP_LEFT", 0x81: "OP_RIGHT", 0x82: "OP_SIZE",
-    0x83: "OP_INVERT", 0x84: "OP_AND", 0x85: "OP_OR", 0x86: "OP_XOR", 0x87: "OP_EQUAL", 0x88: "OP_EQUALVERIFY",
-    0x89: "OP_RESERVED1", 0x8A: "OP_RESERVED2",
-    0x8B: "OP_1ADD", 0x8C: "OP_1SUB", 0x8D: "OP_2MUL", 0x8E: "OP_2DIV", 0x8F: "OP_NEGATE", 0x90: "OP_ABS",
-    0x91: "OP_NOT", 0x92: "OP_0NOTEQUAL", 0x93: "OP_ADD", 0x94: "OP_SUB", 0x95: "OP_MUL", 0x96: "OP_DIV",
-    0x97: "OP_MOD", 0x98: "OP_LSHIFT", 0x99: "OP_RSHIFT", 0x9A: "OP_BOOLAND", 0x9B: "OP_BOOLOR",
-    0x9C: "OP_NUMEQUAL", 0x9D: "OP_NUMEQUALVERIFY", 0x9E: "OP_NUMNOTEQUAL", 0x9F: "OP_LESSTHAN",
-    0xA0: "OP_GREATERTHAN", 0xA1: "OP_LESSTHANOREQUAL", 0xA2: "OP_GREATERTHANOREQUAL", 0xA3: "OP_MIN",
-    0xA4: "OP_MAX", 0xA5: "OP_WITHIN",
-    0xA6: "OP_RIPEMD160", 0xA7: "OP_SHA1", 0xA8: "OP_SHA256", 0xA9: "OP_HASH160", 0xAA: "OP_HASH256",
-    0xAB: "OP_CODESEPARATOR", 0xAC: "OP_CHECKSIG", 0xAD: "OP_CHECKSIGVERIFY", 0xAE: "OP_CHECKMULTISIG",
+    0x61: "OP_NOP",
+    0x62: "OP_VER",
+    0x63: "OP_IF",
+    0x64: "OP_NOTIF",
+    0x65: "OP_VERIF",
+    0x66: "OP_VERNOTIF",
+    0x67: "OP_ELSE",
+    0x68: "OP_ENDIF",
+    0x69: "OP_VERIFY",
+    0x6A: "OP_RETURN",
+    0x6B: "OP_TOALTSTACK",
+    0x6C: "OP_FROMALTSTACK",
+    0x6D: "OP_2DROP",
+    0x6E: "OP_2DUP",
+    0x6F: "OP_3DUP",
+    0x70: "OP_2OVER",
+    0x71: "OP_2ROT",
+    0x72: "OP_2SWAP",
+    0x73: "OP_IFDUP",
+    0x74: "OP_DEPTH",
+    0x75: "OP_DROP",
+    0x76: "OP_DUP",
+    0x77: "OP_NIP",
+    0x78: "OP_OVER",
+    0x79: "OP_PICK",
+    0x7A: "OP_ROLL",
+    0x7B: "OP_ROT",
+    0x7C: "OP_SWAP",
+    0x7D: "OP_TUCK",
+    0x7E: "OP_CAT",
+    0x7F: "OP_SUBSTR",
+    0x80: "OP_LEFT",
+    0x81: "OP_RIGHT",
+    0x82: "OP_SIZE",
+    0x83: "OP_INVERT",
+    0x84: "OP_AND",
+    0x85: "OP_OR",
+    0x86: "OP_XOR",
+    0x87: "OP_EQUAL",
+    0x88: "OP_EQUALVERIFY",
+    0x89: "OP_RESERVED1",
+    0x8A: "OP_RESERVED2",
+    0x8B: "OP_1ADD",
+    0x8C: "OP_1SUB",
+    0x8D: "OP_2MUL",
+    0x8E: "OP_2DIV",
+    0x8F: "OP_NEGATE",
+    0x90: "OP_ABS",
+    0x91: "OP_NOT",
+    0x92: "OP_0NOTEQUAL",
+    0x93: "OP_ADD",
+    0x94: "OP_SUB",
+    0x95: "OP_MUL",
+    0x96: "OP_DIV",
+    0x97: "OP_MOD",
+    0x98: "OP_LSHIFT",
+    0x99: "OP_RSHIFT",
+    0x9A: "OP_BOOLAND",
+    0x9B: "OP_BOOLOR",
+    0x9C: "OP_NUMEQUAL",
+    0x9D: "OP_NUMEQUALVERIFY",
+    0x9E: "OP_NUMNOTEQUAL",
+    0x9F: "OP_LESSTHAN",
+    0xA0: "OP_GREATERTHAN",
+    0xA1: "OP_LESSTHANOREQUAL",
+    0xA2: "OP_GREATERTHANOREQUAL",
+    0xA3: "OP_MIN",
+    0xA4: "OP_MAX",
+    0xA5: "OP_WITHIN",
+    0xA6: "OP_RIPEMD160",
+    0xA7: "OP_SHA1",
+    0xA8: "OP_SHA256",
+    0xA9: "OP_HASH160",
+    0xAA: "OP_HASH256",
+    0xAB: "OP_CODESEPARATOR",
+    0xAC: "OP_CHECKSIG",
+    0xAD: "OP_CHECKSIGVERIFY",
+    0xAE: "OP_CHECKMULTISIG",
     0xAF: "OP_CHECKMULTISIGVERIFY",
-    0xB0: "OP_NOP1", 0xB1: "OP_CHECKLOCKTIMEVERIFY", 0xB2: "OP_CHECKSEQUENCEVERIFY", 0xB3: "OP_NOP4",
-    0xB4: "OP_NOP5", 0xB5: "OP_NOP6", 0xB6: "OP_NOP7", 0xB7: "OP_NOP8", 0xB8: "OP_NOP9", 0xB9: "OP_NOP10",
-    0xBA: "OP_CHECKSIGADD", 0xFF: "OP_INVALIDOPCODE",
+    0xB0: "OP_NOP1",
+    0xB1: "OP_CHECKLOCKTIMEVERIFY",
+    0xB2: "OP_CHECKSEQUENCEVERIFY",
+    0xB3: "OP_NOP4",
+    0xB4: "OP_NOP5",
+    0xB5: "OP_NOP6",
+    0xB6: "OP_NOP7",
+    0xB7: "OP_NOP8",
+    0xB8: "OP_NOP9",
+    0xB9: "OP_NOP10",
+    0xBA: "OP_CHECKSIGADD",
+    0xFF: "OP_INVALIDOPCODE",
 }
 _NAMES.update({0x50 + n: str(n) for n in range(1, 17)})
 OPCODE_NAMES: dict[int, str] = {op: _NAMES.get(op, "OP_UNKNOWN") for op in range(256)}
@@ -70,13 +144,16 @@ OPCODE_NAMES: dict[int, str] = {op: _NAMES.get(op, "OP_UNKNOWN") for op in range
 # Lookup by the names people write (``OP_CHECKSIG``, ``CHECKSIG``, ``OP_TRUE``...), for script builders.
 OPCODES: dict[str, int] = {name: op for op, name in _NAMES.items() if name.startswith("OP_")}
 OPCODES.update({f"OP_{n}": 0x50 + n for n in range(1, 17)})
-OPCODES.update({"OP_0": 0, "OP_FALSE": 0, "OP_TRUE": 0x51, "OP_1NEGATE": 0x4F,
-                "OP_NOP2": 0xB1, "OP_NOP3": 0xB2})
+OPCODES.update({"OP_0": 0, "OP_FALSE": 0, "OP_TRUE": 0x51, "OP_1NEGATE": 0x4F, "OP_NOP2": 0xB1, "OP_NOP3": 0xB2})
 OPCODES.update({name[3:]: op for name, op in list(OPCODES.items())})
 
 SIGHASH_NAMES = {
-    0x01: "ALL", 0x81: "ALL|ANYONECANPAY", 0x02: "NONE", 0x82: "NONE|ANYONECANPAY",
-    0x03: "SINGLE", 0x83: "SINGLE|ANYONECANPAY",
+    0x01: "ALL",
+    0x81: "ALL|ANYONECANPAY",
+    0x02: "NONE",
+    0x82: "NONE|ANYONECANPAY",
+    0x03: "SINGLE",
+    0x83: "SINGLE|ANYONECANPAY",
 }
 
 # --- policy constants (Bitcoin Core's defaults) ------------------------------
@@ -279,8 +356,7 @@ def is_p2sh(script: bytes) -> bool:
 
 
 def is_p2pkh(script: bytes) -> bool:
-    return (len(script) == 25 and script[:3] == b"\x76\xa9\x14" and script[23] == OP_EQUALVERIFY
-            and script[24] == OP_CHECKSIG)
+    return len(script) == 25 and script[:3] == b"\x76\xa9\x14" and script[23] == OP_EQUALVERIFY and script[24] == OP_CHECKSIG
 
 
 def pubkey_valid_size(data: bytes) -> bool:
@@ -420,8 +496,7 @@ def is_dust(txout: TxOut, dust_relay_feerate: int = DUST_RELAY_TX_FEE) -> bool:
     return txout.value < dust_threshold(txout.script_pubkey, dust_relay_feerate)
 
 
-def standard_tx_reject_reason(tx: Tx, max_datacarrier_bytes: int | None = MAX_OP_RETURN_RELAY,
-                              dust_relay_feerate: int = DUST_RELAY_TX_FEE) -> str | None:
+def standard_tx_reject_reason(tx: Tx, max_datacarrier_bytes: int | None = MAX_OP_RETURN_RELAY, dust_relay_feerate: int = DUST_RELAY_TX_FEE) -> str | None:
     """Core's ``IsStandardTx`` (v28 order: any dust output is refused; v29's single zero-fee
     "ephemeral dust" output is not modelled) plus the mempool's small-size check: the reject
     reason bitcoind gives, or ``None``.

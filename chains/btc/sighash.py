@@ -20,11 +20,23 @@ def segwit_v0_sighash(tx: Tx, index: int, script_code: bytes, amount: int) -> by
     sequences = hash256(b"".join(_U32(txin.sequence) for txin in tx.vin))
     outputs = hash256(b"".join(txout.serialize() for txout in tx.vout))
     txin = tx.vin[index]
-    return hash256(b"".join([
-        _I32(tx.version), prevouts, sequences, txin.prevout.serialize(),
-        ser_compact_size(len(script_code)), script_code, _I64(amount), _U32(txin.sequence), outputs,
-        _U32(tx.locktime), _U32(SIGHASH_ALL),
-    ]))
+    return hash256(
+        b"".join(
+            [
+                _I32(tx.version),
+                prevouts,
+                sequences,
+                txin.prevout.serialize(),
+                ser_compact_size(len(script_code)),
+                script_code,
+                _I64(amount),
+                _U32(txin.sequence),
+                outputs,
+                _U32(tx.locktime),
+                _U32(SIGHASH_ALL),
+            ]
+        )
+    )
 
 
 def legacy_sighash(tx: Tx, index: int, script_code: bytes) -> bytes:

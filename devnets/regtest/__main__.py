@@ -19,15 +19,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Embedded Bitcoin regtest node: blocks and scripts validated by Bitcoin Core's "
         "libbitcoinkernel, JSON-RPC compatible with bitcoind -regtest.",
     )
-    parser.add_argument("--datadir", required=True,
-                        help="data directory; the chain, indexes, mempool and .cookie live in DATADIR/regtest")
-    parser.add_argument("--rpcport", type=int, default=18443,
-                        help="JSON-RPC port (default 18443 like bitcoind -regtest; 0 picks a free port)")
+    parser.add_argument("--datadir", required=True, help="data directory; the chain, indexes, mempool and .cookie live in DATADIR/regtest")
+    parser.add_argument("--rpcport", type=int, default=18443, help="JSON-RPC port (default 18443 like bitcoind -regtest; 0 picks a free port)")
     parser.add_argument("--rpcbind", default="127.0.0.1", help="address the JSON-RPC server listens on (default 127.0.0.1)")
     parser.add_argument("--rpcuser", help="JSON-RPC user name (with --rpcpassword; without both a .cookie file is written)")
     parser.add_argument("--rpcpassword", help="JSON-RPC password (with --rpcuser)")
-    parser.add_argument("--rest", "-rest", action="store_true",
-                        help="serve bitcoind's REST interface under /rest/ (like bitcoind -rest; off: 404)")
+    parser.add_argument("--rest", "-rest", action="store_true", help="serve bitcoind's REST interface under /rest/ (like bitcoind -rest; off: 404)")
     parser.add_argument("--debug", action="store_true", help="log at debug level")
     args = parser.parse_args(argv)
     if (args.rpcuser is None) != (args.rpcpassword is None):
@@ -51,8 +48,7 @@ async def run(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout)
     try:
         asyncio.run(run(args))
     except DatadirInUse as exc:

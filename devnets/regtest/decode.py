@@ -205,10 +205,7 @@ def tx_to_json(
         "weight": tx.weight,
         "locktime": tx.locktime,
         "vin": vin,
-        "vout": [
-            {"value": amount_to_btc(out.value), "n": n, "scriptPubKey": script_pubkey_json(out.script_pubkey, params)}
-            for n, out in enumerate(tx.vout)
-        ],
+        "vout": [{"value": amount_to_btc(out.value), "n": n, "scriptPubKey": script_pubkey_json(out.script_pubkey, params)} for n, out in enumerate(tx.vout)],
     }
     if prevouts is not None and not coinbase:
         fee = sum(p.txout.value for p in prevouts) - tx.total_out
@@ -234,8 +231,7 @@ def _can_wrap(script: bytes, kind: str) -> bool:
 
 
 def _is_op_success(op: int) -> bool:
-    return (op in (80, 98, 126, 127, 128, 129, 137, 138, 141, 142) or 131 <= op <= 134
-            or 149 <= op <= 153 or 187 <= op <= 254)
+    return op in (80, 98, 126, 127, 128, 129, 137, 138, 141, 142) or 131 <= op <= 134 or 149 <= op <= 153 or 187 <= op <= 254
 
 
 def _wsh_descriptor(inner: bytes, kind: str) -> str | None:
@@ -287,8 +283,7 @@ def validate_address_json(address: str, net: str | Network = "regtest") -> dict[
     script, error, locations = decode_destination(address, params)
     if script is None:
         return {"isvalid": False, "error_locations": locations, "error": error}
-    result: dict[str, Any] = {"isvalid": True, "address": script_to_address(script, params),
-                              "scriptPubKey": script.hex()}
+    result: dict[str, Any] = {"isvalid": True, "address": script_to_address(script, params), "scriptPubKey": script.hex()}
     kind = classify(script)
     wp = witness_program(script)
     if kind == "pubkeyhash":
@@ -302,4 +297,3 @@ def validate_address_json(address: str, net: str | Network = "regtest") -> dict[
             result["isscript"] = True
         result.update(iswitness=True, witness_version=wp[0], witness_program=wp[1].hex())
     return result
-

@@ -92,8 +92,7 @@ def descsum_check(desc: str, require: bool = False) -> str:
         raise InvalidDescriptor(f"Expected 8 character checksum, not {len(parts[1])} characters", descriptor=desc)
     computed = descriptor_checksum(parts[0])
     if len(parts) == 2 and parts[1] != computed:
-        raise InvalidDescriptor(f"Provided checksum '{parts[1]}' does not match computed checksum '{computed}'",
-                                descriptor=desc)
+        raise InvalidDescriptor(f"Provided checksum '{parts[1]}' does not match computed checksum '{computed}'", descriptor=desc)
     return parts[0]
 
 
@@ -101,8 +100,7 @@ def descsum_check(desc: str, require: bool = False) -> str:
 
 _P = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEFFFFFC2F
 _N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
-_G = (0x79BE667EF9DCBBAC55A06295CE870B07029BFCDB2DCE28D959F2815B16F81798,
-      0x483ADA7726A3C4655DA4FBFC0E1108A8FD17B448A68554199C47D08FFB10D4B8)
+_G = (0x79BE667EF9DCBBAC55A06295CE870B07029BFCDB2DCE28D959F2815B16F81798, 0x483ADA7726A3C4655DA4FBFC0E1108A8FD17B448A68554199C47D08FFB10D4B8)
 Point = tuple[int, int] | None
 
 
@@ -219,8 +217,7 @@ def _parse_key(expr: str, ctx: str) -> bytes:
     if len(origin_split) == 2:
         origin, expr = origin_split
         if not origin.startswith("["):
-            raise InvalidDescriptor("Key origin start '[ character expected but not found, got "
-                                    f"'{origin[0] if origin else ']'}' instead")
+            raise InvalidDescriptor(f"Key origin start '[ character expected but not found, got '{origin[0] if origin else ']'}' instead")
         fingerprint = origin[1:].split("/")[0]
         if len(fingerprint) != 8:
             raise InvalidDescriptor(f"Fingerprint is not 4 bytes ({len(fingerprint)} characters instead of 8 characters)")
@@ -230,8 +227,10 @@ def _parse_key(expr: str, ctx: str) -> bytes:
         raise InvalidDescriptor(f"key of {len(expr)} characters is not valid")
     if not _is_hex(expr):
         if "/" in expr or "*" in expr or b58check_decode(expr, 82) is not None:
-            raise InvalidDescriptor(f"key '{expr}' is not supported by the embedded regtest node: extended keys, "
-                                    "derivation paths and private keys are not implemented (use hex public keys)")
+            raise InvalidDescriptor(
+                f"key '{expr}' is not supported by the embedded regtest node: extended keys, "
+                "derivation paths and private keys are not implemented (use hex public keys)"
+            )
         raise InvalidDescriptor(f"key '{expr}' is not valid")
     key = bytes.fromhex(expr)
     if len(key) == 32 and ctx in ("tr", "rawtr"):
@@ -263,8 +262,7 @@ def _parse_multi(name: str, body: str, ctx: str) -> bytes:
     if k < 1:
         raise InvalidDescriptor(f"Multisig threshold cannot be {k}, must be at least 1")
     if k > len(keys):
-        raise InvalidDescriptor(f"Multisig threshold cannot be larger than the number of keys; threshold is {k} "
-                                f"but only {len(keys)} keys specified")
+        raise InvalidDescriptor(f"Multisig threshold cannot be larger than the number of keys; threshold is {k} but only {len(keys)} keys specified")
     if ctx == "top" and len(keys) > 3:
         raise InvalidDescriptor(f"Cannot have {len(keys)} pubkeys in bare multisig; only at most 3 pubkeys")
     if name == "sortedmulti":
@@ -351,13 +349,11 @@ def _parse(expr: str, ctx: str, net: Network) -> list[bytes]:
         if ctx != "top":
             raise InvalidDescriptor(f"Can only have {name}() at top level")
         if "," in body or "{" in body:
-            raise InvalidDescriptor("tr() with script paths is not supported by the embedded regtest node "
-                                    "(key-path tr(KEY) only)")
+            raise InvalidDescriptor("tr() with script paths is not supported by the embedded regtest node (key-path tr(KEY) only)")
         key = _parse_key(body, name)
         xonly = key[1:33] if len(key) == 33 else key
         return [b"\x51\x20" + (taproot_output_key(xonly) if name == "tr" else xonly)]
-    raise InvalidDescriptor(f"'{name}(' is not a valid descriptor function" if name else
-                            f"'{expr}' is not a valid descriptor function")
+    raise InvalidDescriptor(f"'{name}(' is not a valid descriptor function" if name else f"'{expr}' is not a valid descriptor function")
 
 
 def parse_descriptor(desc: str, net: str | Network = "regtest") -> list[bytes]:
@@ -366,8 +362,7 @@ def parse_descriptor(desc: str, net: str | Network = "regtest") -> list[bytes]:
     if not isinstance(desc, str):
         raise InvalidDescriptor("Descriptor must be a string")
     if len(desc) > MAX_DESCRIPTOR_CHARS:
-        raise InvalidDescriptor(f"Descriptor of {len(desc)} characters is longer than the embedded regtest node "
-                                f"parses ({MAX_DESCRIPTOR_CHARS})")
+        raise InvalidDescriptor(f"Descriptor of {len(desc)} characters is longer than the embedded regtest node parses ({MAX_DESCRIPTOR_CHARS})")
     bare = descsum_check(desc)
     return _parse(bare, "top", network(net))
 
@@ -400,4 +395,3 @@ def infer_descriptor(script: bytes, net: str | Network = "regtest") -> str:
         address = script_to_address(script, net)
         inner = f"addr({address})" if address else f"raw({script.hex()})"
     return descsum_create(inner)
-

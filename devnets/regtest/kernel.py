@@ -65,9 +65,15 @@ def _kernel_block(raw: bytes) -> pbk.Block | None:
 #: witness stripped or added, a duplicated transaction), so the verdict is about this copy, not
 #: the block hash.  Core never marks the block index failed for them (``AcceptBlock``), and
 #: ``submitblock`` of the real block afterwards is accepted, then "duplicate".
-MUTATED_REASONS = frozenset({
-    "bad-txnmrklroot", "bad-txns-duplicate", "bad-witness-nonce-size", "bad-witness-merkle-match", "unexpected-witness",
-})
+MUTATED_REASONS = frozenset(
+    {
+        "bad-txnmrklroot",
+        "bad-txns-duplicate",
+        "bad-witness-nonce-size",
+        "bad-witness-merkle-match",
+        "unexpected-witness",
+    }
+)
 
 
 def reject_reason(state_text: str) -> str:
@@ -100,9 +106,7 @@ class Kernel:
         opts.set_chainparams(params)
         opts.set_validation_interface(self._callbacks)
         self.context = pbk.Context(opts)
-        cm_opts = pbk.ChainstateManagerOptions(
-            self.context, str(self.datadir.absolute()), str((self.datadir / "blocks").absolute())
-        )
+        cm_opts = pbk.ChainstateManagerOptions(self.context, str(self.datadir.absolute()), str((self.datadir / "blocks").absolute()))
         cm_opts.set_worker_threads_num(2)
         self.chainman: pbk.ChainstateManager | None = pbk.ChainstateManager(cm_opts)
         self.chain = self.chainman.get_active_chain()

@@ -182,7 +182,7 @@ class Mempool:
             raise Rejected("bad-txns-in-belowout", f"value in ({_btc(value_in)}) < value out ({_btc(value_out)})")
         fee = value_in - value_out
 
-        for (_, script) in spent:
+        for _, script in spent:
             if sc.classify(script) in ("nonstandard", "witness_unknown"):
                 raise Rejected("bad-txns-nonstandard-inputs")
         if not witness_standard(tx, [script for _, script in spent]):
@@ -199,8 +199,7 @@ class Mempool:
             raise Rejected("too-long-mempool-chain", f"too many unconfirmed ancestors [limit: {sc.DEFAULT_ANCESTOR_LIMIT}]")
         for ancestor in ancestors:
             if len(self.descendants(ancestor)) + 2 > sc.DEFAULT_DESCENDANT_LIMIT:
-                raise Rejected("too-long-mempool-chain",
-                               f"too many descendants for tx {ancestor} [limit: {sc.DEFAULT_DESCENDANT_LIMIT}]")
+                raise Rejected("too-long-mempool-chain", f"too many descendants for tx {ancestor} [limit: {sc.DEFAULT_DESCENDANT_LIMIT}]")
 
         if conflicts:
             _check_replacement(self, tx, txid, fee, vsize, conflicts, parents)
@@ -382,8 +381,7 @@ def _is_final(tx: p.Tx, height: int, mtp: int) -> bool:
     return all(txin.sequence == p.SEQUENCE_FINAL for txin in tx.vin)
 
 
-def _sequence_locks_ok(tx: p.Tx, coin_heights: list[int], height: int, mtp: int,
-                       mtp_at: Callable[[int], int]) -> bool:
+def _sequence_locks_ok(tx: p.Tx, coin_heights: list[int], height: int, mtp: int, mtp_at: Callable[[int], int]) -> bool:
     """BIP68 for a transaction to be mined in the next block (height ``height``, prev MTP ``mtp``)."""
     if tx.version < 2:
         return True
@@ -402,8 +400,7 @@ def _sequence_locks_ok(tx: p.Tx, coin_heights: list[int], height: int, mtp: int,
     return min_height < height and min_time < mtp
 
 
-def _check_replacement(pool: Mempool, tx: p.Tx, txid: str, fee: int, vsize: int,
-                       conflicts: set[str], parents: set[str]) -> None:
+def _check_replacement(pool: Mempool, tx: p.Tx, txid: str, fee: int, vsize: int, conflicts: set[str], parents: set[str]) -> None:
     """Full-RBF replacement (Core 28+: every transaction is replaceable), BIP125 rules 2-5."""
     all_conflicting: set[str] = set()
     for c in conflicts:

@@ -96,8 +96,7 @@ class RegtestNode:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             os.close(fd)
-            raise DatadirInUse(f"Cannot obtain a lock on data directory {self.netdir}. "
-                               "Bitcoin Core is probably already running.") from None
+            raise DatadirInUse(f"Cannot obtain a lock on data directory {self.netdir}. Bitcoin Core is probably already running.") from None
         self._lock_fd = fd
 
     async def start(self) -> None:
@@ -259,8 +258,9 @@ class RegtestNode:
             except Rejected:
                 pass
 
-    def mine(self, payout_script: bytes, txs: list[p.Tx] | None = None, prev_hash: str | None = None,
-             height: int | None = None, time_: int | None = None) -> tuple[p.Block, BlockOutcome]:
+    def mine(
+        self, payout_script: bytes, txs: list[p.Tx] | None = None, prev_hash: str | None = None, height: int | None = None, time_: int | None = None
+    ) -> tuple[p.Block, BlockOutcome]:
         """Build, solve and submit one block; ``txs`` None takes the mempool by ancestor feerate."""
         if txs is None:
             entries = self.mempool.select_for_block(MAX_BLOCK_WEIGHT - COINBASE_RESERVED_WEIGHT)

@@ -55,7 +55,7 @@ def parse_data_format(uri_part: str) -> tuple[str, str]:
     dot = param.rfind(".")
     if dot < 0:
         return param, ""
-    suffix = param[dot + 1:]
+    suffix = param[dot + 1 :]
     if suffix in _FORMATS:
         return param[:dot], suffix
     return param, ""
@@ -187,12 +187,12 @@ def rest_mempool(node: "RegtestNode", request: web.Request, part: str) -> web.Re
     verbose_text = query.get("verbose", ["true"])[0]
     sequence_text = query.get("mempool_sequence", ["false"])[0]
     if verbose_text not in ("true", "false"):
-        return _err(400, "The \"verbose\" query parameter must be either \"true\" or \"false\".")
+        return _err(400, 'The "verbose" query parameter must be either "true" or "false".')
     if sequence_text not in ("true", "false"):
-        return _err(400, "The \"mempool_sequence\" query parameter must be either \"true\" or \"false\".")
+        return _err(400, 'The "mempool_sequence" query parameter must be either "true" or "false".')
     verbose, sequence = verbose_text == "true", sequence_text == "true"
     if verbose and sequence:
-        return _err(400, "Verbose results cannot contain mempool sequence values. (hint: set \"verbose=false\")")
+        return _err(400, 'Verbose results cannot contain mempool sequence values. (hint: set "verbose=false")')
     try:
         return _ok(fmt, _json_text(getrawmempool(node, verbose, sequence)))
     except RpcFailure as failure:
@@ -233,5 +233,5 @@ PREFIXES: list[tuple[str, Handler]] = [
 def route(uri: str) -> tuple[Handler, str] | None:
     for prefix, handler in PREFIXES:
         if uri.startswith(prefix):
-            return handler, uri[len(prefix):]
+            return handler, uri[len(prefix) :]
     return None

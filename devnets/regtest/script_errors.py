@@ -67,12 +67,12 @@ def _ops(script: bytes):
                 n = script[i]
                 i += 1
             elif op == 0x4D:
-                n = int.from_bytes(script[i:i + 2], "little")
+                n = int.from_bytes(script[i : i + 2], "little")
                 i += 2
             else:
-                n = int.from_bytes(script[i:i + 4], "little")
+                n = int.from_bytes(script[i : i + 4], "little")
                 i += 4
-            yield op, script[i:i + n]
+            yield op, script[i : i + n]
             i += n
         else:
             yield op, None
@@ -84,7 +84,7 @@ def _check_sig_and_key(sig: bytes, pubkey: bytes) -> None:
         if not is_valid_signature_encoding(sig):
             raise _Fail(SIG_DER)
         len_r = sig[3]
-        s_value = int.from_bytes(sig[6 + len_r:6 + len_r + sig[5 + len_r]], "big")
+        s_value = int.from_bytes(sig[6 + len_r : 6 + len_r + sig[5 + len_r]], "big")
         if s_value > _HALF_ORDER:
             raise _Fail(SIG_HIGH_S)
         if sig[-1] & ~0x80 not in (1, 2, 3):

@@ -89,8 +89,7 @@ class Store:
 
     # --- block connect / disconnect, one SQLite transaction each ---------------------------
 
-    def apply(self, disconnect: Iterable[tuple[IndexedBlock, list[list[tuple[int, bytes, int, bool]]]]],
-              connect: Iterable[IndexedBlock]) -> None:
+    def apply(self, disconnect: Iterable[tuple[IndexedBlock, list[list[tuple[int, bytes, int, bool]]]]], connect: Iterable[IndexedBlock]) -> None:
         """Move the index from its chain to the kernel's in one commit: undo ``disconnect`` (top
         first, each with its undo coins), then apply ``connect`` (bottom first)."""
         db = self.db

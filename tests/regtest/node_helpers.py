@@ -79,8 +79,9 @@ class Coin:
     value: int
 
 
-def spend_p2wpkh(owner: Wallet, coins: list[Coin], outputs: list[tuple[bytes, int]], *, locktime: int = 0,
-                 sequence: int = 0xFFFFFFFD, version: int = 2) -> p.Tx:
+def spend_p2wpkh(
+    owner: Wallet, coins: list[Coin], outputs: list[tuple[bytes, int]], *, locktime: int = 0, sequence: int = 0xFFFFFFFD, version: int = 2
+) -> p.Tx:
     vin = [p.TxIn(p.OutPoint.from_hex(c.txid, c.vout), b"", sequence, ()) for c in coins]
     tx = p.Tx(version, vin, [p.TxOut(v, s) for s, v in outputs], locktime)
     script_code = b"\x76\xa9\x14" + p.hash160(owner.pubkey) + b"\x88\xac"
@@ -95,8 +96,9 @@ def p2wsh(witness_script: bytes) -> bytes:
     return b"\x00\x20" + hashlib.sha256(witness_script).digest()
 
 
-def spend_p2wsh(coin: Coin, witness_script: bytes, outputs: list[tuple[bytes, int]], witness_before_script,
-                *, locktime: int = 0, sequence: int = 0xFFFFFFFD) -> p.Tx:
+def spend_p2wsh(
+    coin: Coin, witness_script: bytes, outputs: list[tuple[bytes, int]], witness_before_script, *, locktime: int = 0, sequence: int = 0xFFFFFFFD
+) -> p.Tx:
     """``witness_before_script(digest)`` returns the stack items that precede the witness script."""
     vin = [p.TxIn(p.OutPoint.from_hex(coin.txid, coin.vout), b"", sequence, ())]
     tx = p.Tx(2, vin, [p.TxOut(v, s) for s, v in outputs], locktime)

@@ -33,8 +33,25 @@ async def check_blocks_and_headers(rpc: Rpc) -> None:
     assert len(await rpc("getblockheader", hashes[1], False)) == 160
     block = await rpc("getblock", hashes[1])
     assert block["tx"] and block["height"] == start + 2 and block["weight"] > 0
-    assert {"hash", "confirmations", "size", "strippedsize", "weight", "height", "version", "versionHex", "merkleroot",
-            "tx", "time", "mediantime", "nonce", "bits", "difficulty", "chainwork", "nTx"} <= set(block)
+    assert {
+        "hash",
+        "confirmations",
+        "size",
+        "strippedsize",
+        "weight",
+        "height",
+        "version",
+        "versionHex",
+        "merkleroot",
+        "tx",
+        "time",
+        "mediantime",
+        "nonce",
+        "bits",
+        "difficulty",
+        "chainwork",
+        "nTx",
+    } <= set(block)
     full = await rpc("getblock", hashes[1], 2)
     coinbase = full["tx"][0]
     assert "coinbase" in coinbase["vin"][0] and coinbase["vout"][0]["scriptPubKey"]["address"] == burn.address
@@ -108,8 +125,7 @@ async def check_policy_rejections(rpc: Rpc) -> None:
     early = spend_p2wpkh(alice, [Coin(cb.txid, 0, cb.vout[0].value)], [(alice.script, cb.vout[0].value - FEE)])
     with pytest.raises(NodeError) as err:
         await rpc("sendrawtransaction", early.serialize().hex())
-    assert (err.value.code, err.value.message) == (
-        -26, "bad-txns-premature-spend-of-coinbase, tried to spend coinbase at depth 50")
+    assert (err.value.code, err.value.message) == (-26, "bad-txns-premature-spend-of-coinbase, tried to spend coinbase at depth 50")
 
 
 async def check_errors_keep_the_node_serving(rpc: Rpc) -> None:
@@ -122,7 +138,9 @@ async def check_errors_keep_the_node_serving(rpc: Rpc) -> None:
     assert await fails("sendrawtransaction", "0200") == (-22, "TX decode failed")
     assert await fails("decoderawtransaction", "00") == (-22, "TX decode failed")
     assert await fails("getblockhash", "1") == (
-        -3, 'Wrong type passed:\n{\n    "Position 1 (height)": "JSON value of type string is not of expected type number"\n}')
+        -3,
+        'Wrong type passed:\n{\n    "Position 1 (height)": "JSON value of type string is not of expected type number"\n}',
+    )
     assert await fails("getblockhash", -1) == (-8, "Block height out of range")
     assert await fails("getblock", "abc") == (-8, "blockhash must be of length 64 (not 3, for 'abc')")
     assert await fails("getblock", "00" * 32) == (-5, "Block not found")
@@ -136,8 +154,7 @@ async def check_errors_keep_the_node_serving(rpc: Rpc) -> None:
     assert status == 200 and json.loads(text) == {"jsonrpc": "2.0", "error": {"code": -32601, "message": "Method not found"}, "id": 8}
     status, text = await rpc.raw("{not json")
     assert status == 500 and json.loads(text)["error"] == {"code": -32700, "message": "Parse error"}
-    status, text = await rpc.raw(json.dumps([{"jsonrpc": "2.0", "id": 1, "method": "getblockcount"},
-                                             {"jsonrpc": "2.0", "id": 2, "method": "nosuchmethod"}]))
+    status, text = await rpc.raw(json.dumps([{"jsonrpc": "2.0", "id": 1, "method": "getblockcount"}, {"jsonrpc": "2.0", "id": 2, "method": "nosuchmethod"}]))
     replies = json.loads(text)
     assert status == 200 and [r["id"] for r in replies] == [1, 2]
     assert isinstance(replies[0]["result"], int) and replies[1]["error"]["code"] == -32601

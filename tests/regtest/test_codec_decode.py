@@ -54,8 +54,7 @@ def test_coinbase_inputs_and_p2pk_outputs():
     spk = out["vout"][0]["scriptPubKey"]
     assert spk["type"] == "pubkey" and "address" not in spk and spk["desc"].startswith("pk(04678afdb0")
     assert out["vout"][0]["value"] == Decimal("50.00000000")
-    cb = coinbase_tx(5, bytes.fromhex("0014" + "11" * 20), 50 * COIN,
-                     witness_commitment=b"\x6a\x24\xaa\x21\xa9\xed" + bytes(32))
+    cb = coinbase_tx(5, bytes.fromhex("0014" + "11" * 20), 50 * COIN, witness_commitment=b"\x6a\x24\xaa\x21\xa9\xed" + bytes(32))
     vin = tx_to_json(cb)["vin"][0]
     assert list(vin) == ["coinbase", "txinwitness", "sequence"] and vin["txinwitness"] == ["00" * 32]
 
@@ -68,8 +67,7 @@ def test_getblock_verbosity_3_prevout_and_fee():
     assert out["fee"] == Decimal("0.00001000")
     prevout = out["vin"][0]["prevout"]
     assert list(prevout) == ["generated", "height", "value", "scriptPubKey"]
-    assert prevout == {"generated": True, "height": 101, "value": Decimal("0.00100000"),
-                       "scriptPubKey": prevout["scriptPubKey"]}
+    assert prevout == {"generated": True, "height": 101, "value": Decimal("0.00100000"), "scriptPubKey": prevout["scriptPubKey"]}
     assert list(out["vin"][0])[-2:] == ["prevout", "sequence"]
     assert "prevout" not in tx_to_json(tx, prevouts=[spent], include_prevout=False)["vin"][0]
 
@@ -106,8 +104,7 @@ def test_decodescript_shapes():
 
     p2wpkh = parse_descriptor(f"wpkh({PK1})")[0]
     assert list(script_to_json(p2wpkh)) == ["asm", "desc", "address", "type", "p2sh"]
-    for no_wrap in (parse_descriptor(f"tr({PK1})")[0], bytes.fromhex("6a0568656c6c6f"),
-                    parse_descriptor(f"sh(wpkh({PK1}))")[0]):
+    for no_wrap in (parse_descriptor(f"tr({PK1})")[0], bytes.fromhex("6a0568656c6c6f"), parse_descriptor(f"sh(wpkh({PK1}))")[0]):
         assert "p2sh" not in script_to_json(no_wrap)
 
     htlc = bytes.fromhex("a820" + "11" * 32 + "8821" + PK1 + "ac")  # SHA256 <h> EQUALVERIFY <pk> CHECKSIG
@@ -122,21 +119,38 @@ def test_decodescript_shapes():
 
 def test_validateaddress_shapes():
     valid = validate_address_json("bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080")
-    assert valid == {"isvalid": True, "address": "bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080",
-                     "scriptPubKey": "0014751e76e8199196d454941c45d1b3a323f1433bd6", "isscript": False,
-                     "iswitness": True, "witness_version": 0,
-                     "witness_program": "751e76e8199196d454941c45d1b3a323f1433bd6"}
+    assert valid == {
+        "isvalid": True,
+        "address": "bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080",
+        "scriptPubKey": "0014751e76e8199196d454941c45d1b3a323f1433bd6",
+        "isscript": False,
+        "iswitness": True,
+        "witness_version": 0,
+        "witness_program": "751e76e8199196d454941c45d1b3a323f1433bd6",
+    }
     assert validate_address_json("mrCDrCybB6J1vRfbwM5hemdJz73FwDBC8r") == {
-        "isvalid": True, "address": "mrCDrCybB6J1vRfbwM5hemdJz73FwDBC8r",
-        "scriptPubKey": "76a914751e76e8199196d454941c45d1b3a323f1433bd688ac", "isscript": False, "iswitness": False}
+        "isvalid": True,
+        "address": "mrCDrCybB6J1vRfbwM5hemdJz73FwDBC8r",
+        "scriptPubKey": "76a914751e76e8199196d454941c45d1b3a323f1433bd688ac",
+        "isscript": False,
+        "iswitness": False,
+    }
     invalid = validate_address_json("bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt081")
     assert list(invalid) == ["isvalid", "error_locations", "error"] and invalid["isvalid"] is False
 
 
 @pytest.mark.parametrize(
     "value, sats",
-    [(1, COIN), ("0.00000001", 1), (Decimal("21000000"), 21_000_000 * COIN), ("1e-8", 1), (0.1, 10_000_000),
-     ("0.100000000", 10_000_000), (Decimal("5.00000000"), 5 * COIN), ("0", 0)],
+    [
+        (1, COIN),
+        ("0.00000001", 1),
+        (Decimal("21000000"), 21_000_000 * COIN),
+        ("1e-8", 1),
+        (0.1, 10_000_000),
+        ("0.100000000", 10_000_000),
+        (Decimal("5.00000000"), 5 * COIN),
+        ("0", 0),
+    ],
 )
 def test_amounts_accepted_like_bitcoind(value, sats):
     assert btc_to_sats(value) == sats
@@ -144,11 +158,19 @@ def test_amounts_accepted_like_bitcoind(value, sats):
 
 @pytest.mark.parametrize(
     "value, message",
-    [("0.000000001", "Invalid amount"), ("abc", "Invalid amount"), (".5", "Invalid amount"),
-     ("01", "Invalid amount"), ("1e400", "Invalid amount"), ("-0.1", "Amount out of range"),
-     (-1, "Amount out of range"), ("21000000.00000001", "Amount out of range"),
-     (None, "Amount is not a number or string"), (True, "Amount is not a number or string"),
-     ([1], "Amount is not a number or string")],
+    [
+        ("0.000000001", "Invalid amount"),
+        ("abc", "Invalid amount"),
+        (".5", "Invalid amount"),
+        ("01", "Invalid amount"),
+        ("1e400", "Invalid amount"),
+        ("-0.1", "Amount out of range"),
+        (-1, "Amount out of range"),
+        ("21000000.00000001", "Amount out of range"),
+        (None, "Amount is not a number or string"),
+        (True, "Amount is not a number or string"),
+        ([1], "Amount is not a number or string"),
+    ],
 )
 def test_amounts_refused_like_bitcoind(value, message):
     with pytest.raises(InvalidAmount) as exc:

@@ -17,17 +17,20 @@ from devnets.regtest.descriptors import (
 from chains.btc.primitives import hash160, sha256
 
 # Core's descriptor_tests.cpp checksum example (same script, private and public form).
-CORE_PRV = ("sh(multi(2,[00000000/111'/222]xprvA1RpRA33e1JQ7ifknakTFpgNXPmW2YvmhqLQYMmrj4xJXXWYpDPS3xz7iAxn8L39njGVyuose"
-            "XzU6rcxFLJ8HFsTjSyQbLYnMpCqE2VbFWc,xprv9uPDJpEQgRQfDcW7BkF7eTya6RPxXeJCqCJGHuCJ4GiRVLzkTXBAJMu2qaMWPrS7AANYqdq6v"
-            "cBcBUdJCVVFceUvJFjaPdGZ2y9WACViL4L/0))")
-CORE_PUB = ("sh(multi(2,[00000000/111'/222]xpub6ERApfZwUNrhLCkDtcHTcxd75RbzS1ed54G1LkBUHQVHQKqhMkhgbmJbZRkrgZw4koxb5JaHWkY"
-            "4ALHY2grBGRjaDMzQLcgJvLJuZZvRcEL,xpub68NZiKmJWnxxS6aaHmn81bvJeTESw724CRDs6HbuccFQN9Ku14VQrADWgqbhhTHBaohPX4CjNL"
-            "f9fq9MYo6oDaPPLPxSb7gwQN3ih19Zm4Y/0))")
+CORE_PRV = (
+    "sh(multi(2,[00000000/111'/222]xprvA1RpRA33e1JQ7ifknakTFpgNXPmW2YvmhqLQYMmrj4xJXXWYpDPS3xz7iAxn8L39njGVyuose"
+    "XzU6rcxFLJ8HFsTjSyQbLYnMpCqE2VbFWc,xprv9uPDJpEQgRQfDcW7BkF7eTya6RPxXeJCqCJGHuCJ4GiRVLzkTXBAJMu2qaMWPrS7AANYqdq6v"
+    "cBcBUdJCVVFceUvJFjaPdGZ2y9WACViL4L/0))"
+)
+CORE_PUB = (
+    "sh(multi(2,[00000000/111'/222]xpub6ERApfZwUNrhLCkDtcHTcxd75RbzS1ed54G1LkBUHQVHQKqhMkhgbmJbZRkrgZw4koxb5JaHWkY"
+    "4ALHY2grBGRjaDMzQLcgJvLJuZZvRcEL,xpub68NZiKmJWnxxS6aaHmn81bvJeTESw724CRDs6HbuccFQN9Ku14VQrADWgqbhhTHBaohPX4CjNL"
+    "f9fq9MYo6oDaPPLPxSb7gwQN3ih19Zm4Y/0))"
+)
 
 PK1 = "0279be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798"
 PK2 = "02c6047f9441ed7d6d3045406e95c07cd85c778e4b8cef3ca7abac09b95c709ee5"
-PK_UNCOMPRESSED = ("0479be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798483ada7726a3c4655da4fbfc0e1108a8fd17b4"
-                   "48a68554199c47d08ffb10d4b8")
+PK_UNCOMPRESSED = "0479be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798483ada7726a3c4655da4fbfc0e1108a8fd17b448a68554199c47d08ffb10d4b8"
 # BIP86: first receiving key of the test mnemonic, its internal key and the tweaked output.
 BIP86_INTERNAL = "cc8a4bc64d897bddc5fbc2f670f7a8ba0b386779106cf1223c6fc5d7cd6fc115"
 BIP86_OUTPUT = "a60869f0dbcf1dc659c9cecbaf8050135ea9e8cdc487053f1dc6880949dc684c"
@@ -71,15 +74,15 @@ def test_scripts_of_each_supported_form():
     assert parse_descriptor(f"sortedmulti(1,{PK2},{PK1})") == [multi]
     assert parse_descriptor(f"sh(multi(1,{PK1},{PK2}))") == [b"\xa9\x14" + hash160(multi) + b"\x87"]
     assert parse_descriptor(f"wsh(multi(1,{PK1},{PK2}))") == [b"\x00\x20" + sha256(multi)]
-    assert parse_descriptor(f"sh(wsh(pk({PK1})))") == \
-        [b"\xa9\x14" + hash160(b"\x00\x20" + sha256(b"\x21" + pk1 + b"\xac")) + b"\x87"]
+    assert parse_descriptor(f"sh(wsh(pk({PK1})))") == [b"\xa9\x14" + hash160(b"\x00\x20" + sha256(b"\x21" + pk1 + b"\xac")) + b"\x87"]
     assert parse_descriptor("raw(6a0568656c6c6f)") == [bytes.fromhex("6a0568656c6c6f")]
     address = "bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080"
     assert parse_descriptor(descsum_create(f"addr({address})")) == [address_to_script(address)]
     assert parse_descriptor(f"[d34db33f/84'/1'/0']{PK1}".join(["wpkh(", ")"])) == [p2wpkh]
     combo = parse_descriptor(f"combo({PK1})")
-    assert [script_to_address(s) for s in combo[1:]] == [script_to_address(s) for s in (
-        parse_descriptor(f"pkh({PK1})")[0], p2wpkh, parse_descriptor(f"sh(wpkh({PK1}))")[0])]
+    assert [script_to_address(s) for s in combo[1:]] == [
+        script_to_address(s) for s in (parse_descriptor(f"pkh({PK1})")[0], p2wpkh, parse_descriptor(f"sh(wpkh({PK1}))")[0])
+    ]
     assert len(parse_descriptor(f"combo({PK_UNCOMPRESSED})")) == 2
 
 
@@ -107,8 +110,7 @@ def test_taproot_key_path_matches_bip86():
         (f"wpkh({PK_UNCOMPRESSED})", "Uncompressed keys are not allowed"),
         ("pk(02" + "00" * 32 + ")", "Pubkey '02" + "00" * 32 + "' is invalid"),
         (f"multi(0,{PK1})", "Multisig threshold cannot be 0, must be at least 1"),
-        (f"multi(3,{PK1},{PK2})", "Multisig threshold cannot be larger than the number of keys; threshold is 3 "
-                                  "but only 2 keys specified"),
+        (f"multi(3,{PK1},{PK2})", "Multisig threshold cannot be larger than the number of keys; threshold is 3 but only 2 keys specified"),
         (f"multi(1,{PK1},{PK2},{PK1},{PK2})", "Cannot have 4 pubkeys in bare multisig; only at most 3 pubkeys"),
         ("pk(nothex)", "key 'nothex' is not valid"),
         (f"pk(d34db33f]{PK1})", "Key origin start '[ character expected but not found, got 'd' instead"),
@@ -125,8 +127,11 @@ def test_parse_errors(desc, message):
 
 def test_unsupported_forms_say_so():
     wif = "cMahea7zqjxrtgAbB7LSGbcQUr1uX1ojuat9jZodMN87JcbXMTcA"  # regtest WIF of private key 1
-    for desc in ("wpkh(tpubD6NzVbkrYhZ4XgiXtGrdW5XDAPFCL9h7we1vwNCpn8tGbBcgfVYjXyhBo2Ag4pDh2oZL1nXyxQHXbdCo2Dm6wkT"
-                 "3X6FcHCYGpSn5XqVHbLY/0/*)", f"tr({BIP86_INTERNAL},pk({PK1}))", f"wpkh({wif})"):
+    for desc in (
+        "wpkh(tpubD6NzVbkrYhZ4XgiXtGrdW5XDAPFCL9h7we1vwNCpn8tGbBcgfVYjXyhBo2Ag4pDh2oZL1nXyxQHXbdCo2Dm6wkT3X6FcHCYGpSn5XqVHbLY/0/*)",
+        f"tr({BIP86_INTERNAL},pk({PK1}))",
+        f"wpkh({wif})",
+    ):
         with pytest.raises(InvalidDescriptor, match="not supported by the embedded regtest node"):
             parse_descriptor(desc)
 

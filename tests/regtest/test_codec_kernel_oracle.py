@@ -15,8 +15,7 @@ from chains.btc import primitives as p
 
 from test_codec_primitives import BIP143_P2SH_P2WPKH, BIP143_SIGNED, bitcoinlib_segwit_tx
 
-SEEDS = [bitcoinlib_segwit_tx(), bytes.fromhex(BIP143_SIGNED), bytes.fromhex(BIP143_P2SH_P2WPKH),
-         p.REGTEST_GENESIS_BLOCK.txs[0].serialize()]
+SEEDS = [bitcoinlib_segwit_tx(), bytes.fromhex(BIP143_SIGNED), bytes.fromhex(BIP143_P2SH_P2WPKH), p.REGTEST_GENESIS_BLOCK.txs[0].serialize()]
 
 
 def core_txid(raw: bytes) -> str | None:
@@ -80,8 +79,7 @@ def test_kernel_connects_blocks_built_by_the_codec(chainman):
         fees = coinbase_extra
         cb = p.coinbase_tx(height, payout, p.block_subsidy(height) + fees, witness_commitment=commitment)
         body = [cb, *txs]
-        header = p.BlockHeader(0x20000000, tip.hash_bytes, p.merkle_root([t.txid_bytes for t in body]), now,
-                               p.REGTEST_BITS, 0)
+        header = p.BlockHeader(0x20000000, tip.hash_bytes, p.merkle_root([t.txid_bytes for t in body]), now, p.REGTEST_BITS, 0)
         block = p.Block(p.solve_regtest(header), body)
         core_block = pbk.Block(block.serialize())
         assert str(core_block.block_hash) == block.hash
@@ -101,8 +99,7 @@ def test_kernel_connects_blocks_built_by_the_codec(chainman):
 
     matured = coinbases[0]
     spend = Transaction(network="testnet", witness_type="segwit", version=2)
-    spend.add_input(prev_txid=matured.txid, output_n=0, keys=key.public(), value=matured.vout[0].value,
-                    witness_type="segwit")
+    spend.add_input(prev_txid=matured.txid, output_n=0, keys=key.public(), value=matured.vout[0].value, witness_type="segwit")
     spend.add_output(matured.vout[0].value - 3000, key.address(encoding="bech32"))
     spend.sign([key])
     spend_tx = p.Tx.parse(spend.raw())

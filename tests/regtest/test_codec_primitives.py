@@ -111,8 +111,9 @@ def test_bip143_examples():
     assert signed.vin[0].sequence == 0xFFFFFFEE
     # Only input 0's scriptSig differs from the unsigned form in the stripped serialization.
     assert signed.vout == unsigned.vout and signed.vin[1].prevout == unsigned.vin[1].prevout
-    assert Tx(1, [unsigned.vin[0]._replace(script_sig=signed.vin[0].script_sig), unsigned.vin[1]],
-              unsigned.vout, 0x11).serialize() == signed.serialize(witness=False)
+    assert Tx(1, [unsigned.vin[0]._replace(script_sig=signed.vin[0].script_sig), unsigned.vin[1]], unsigned.vout, 0x11).serialize() == signed.serialize(
+        witness=False
+    )
     assert not unsigned.has_witness and unsigned.wtxid == unsigned.txid
     nested = Tx.parse(bytes.fromhex(BIP143_P2SH_P2WPKH))
     assert nested.txid == Transaction.parse(bytes.fromhex(BIP143_P2SH_P2WPKH)).txid
@@ -200,8 +201,7 @@ def test_mined_block_with_witness_commitment_is_consistent():
     assert cb.is_coinbase and cb.vin[0].witness == (NULL_HASH,) and cb.vout[1].value == 0
     assert commitment.hex().startswith("6a24aa21a9ed") and len(commitment) == 38
     txs = [cb, spend]
-    header = BlockHeader(0x20000000, REGTEST_GENESIS_BLOCK.hash_bytes, merkle_root([t.txid_bytes for t in txs]),
-                         1_700_000_000, REGTEST_BITS, 0)
+    header = BlockHeader(0x20000000, REGTEST_GENESIS_BLOCK.hash_bytes, merkle_root([t.txid_bytes for t in txs]), 1_700_000_000, REGTEST_BITS, 0)
     solved = solve_regtest(header)
     assert solved.check_pow() and solved.merkle_root == header.merkle_root
     block = Block(solved, txs)
@@ -226,8 +226,7 @@ txouts = st.builds(TxOut, st.integers(-(2**63), 2**63 - 1), scripts)
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.integers(-(2**31), 2**31 - 1), st.lists(txins, min_size=1, max_size=4),
-       st.lists(txouts, max_size=4), st.integers(0, 0xFFFFFFFF))
+@given(st.integers(-(2**31), 2**31 - 1), st.lists(txins, min_size=1, max_size=4), st.lists(txouts, max_size=4), st.integers(0, 0xFFFFFFFF))
 def test_serialize_parse_round_trip(version, vin, vout, locktime):
     tx = Tx(version, vin, vout, locktime)
     parsed = Tx.parse(tx.serialize())

@@ -42,8 +42,7 @@ MULTI_1_OF_2 = b"\x51\x21" + PK1 + b"\x21" + PK2 + b"\x52\xae"
 
 # BIP143's signed P2PK scriptSig (DER signature + SIGHASH_ALL).
 SIG_ALL = bytes.fromhex(
-    "30450221008b9d1dc26ba6a9cb62127b02742fa9d754cd3bebf337f7a55d114c8e5cdd30be022040529b194ba3f9281a99f2b1c0a19c"
-    "0489bc22ede944ccf4ecbab4cc618ef3ed01"
+    "30450221008b9d1dc26ba6a9cb62127b02742fa9d754cd3bebf337f7a55d114c8e5cdd30be022040529b194ba3f9281a99f2b1c0a19c0489bc22ede944ccf4ecbab4cc618ef3ed01"
 )
 
 
@@ -57,8 +56,7 @@ def test_asm_matches_core_for_common_scripts():
     assert disassemble(bytes.fromhex("6a0181")) == "OP_RETURN -1"
     cltv = push_int(500) + b"\xb1\x75" + b"\x21" + PK1 + b"\xac"
     assert disassemble(cltv) == f"500 OP_CHECKLOCKTIMEVERIFY OP_DROP {PK1.hex()} OP_CHECKSIG"
-    assert disassemble(b"\x4f\x00\x60\xb2\xba\xc0\xff") == \
-        "-1 0 16 OP_CHECKSEQUENCEVERIFY OP_CHECKSIGADD OP_UNKNOWN OP_INVALIDOPCODE"
+    assert disassemble(b"\x4f\x00\x60\xb2\xba\xc0\xff") == "-1 0 16 OP_CHECKSEQUENCEVERIFY OP_CHECKSIGADD OP_UNKNOWN OP_INVALIDOPCODE"
     assert disassemble(b"") == ""
 
 
@@ -122,11 +120,9 @@ def test_standard_tx_reject_reasons():
     assert standard_tx_reject_reason(ok) is None
     assert standard_tx_reject_reason(Tx(4, vin, ok.vout, 0)) == "version"
     assert standard_tx_reject_reason(Tx(2, vin, [TxOut(293, P2WPKH), TxOut(10_000, P2TR)], 0)) == "dust"
-    assert standard_tx_reject_reason(Tx(2, vin, [TxOut(0, b"\x6a"), TxOut(0, b"\x6a"), TxOut(9_999, P2TR)], 0)) \
-        == "multi-op-return"
+    assert standard_tx_reject_reason(Tx(2, vin, [TxOut(0, b"\x6a"), TxOut(0, b"\x6a"), TxOut(9_999, P2TR)], 0)) == "multi-op-return"
     assert standard_tx_reject_reason(Tx(2, vin, [TxOut(1000, b"\x00\x03abc")], 0)) == "scriptpubkey"
-    assert standard_tx_reject_reason(Tx(2, [vin[0]._replace(script_sig=b"\x76")], ok.vout, 0)) \
-        == "scriptsig-not-pushonly"
+    assert standard_tx_reject_reason(Tx(2, [vin[0]._replace(script_sig=b"\x76")], ok.vout, 0)) == "scriptsig-not-pushonly"
     assert standard_tx_reject_reason(Tx(2, vin, [TxOut(1000, b"\x51\x02\x4e\x73")], 0)) == "tx-size-small"
 
 
@@ -151,16 +147,15 @@ def test_regtest_addresses_round_trip():
 # BIP350 / Core rpc_validateaddress valid vectors (mainnet).
 VALID_MAINNET = [
     ("BC1QW508D6QEJXTDG4Y5R3ZARVARY0C5XW7KV8F3T4", "0014751e76e8199196d454941c45d1b3a323f1433bd6"),
-    ("bc1qrp33g0q5c5txsp9arysrx4k6zdkfs4nce4xj0gdcccefvpysxf3qccfmv3",
-     "00201863143c14c5166804bd19203356da136c985678cd4d27a1b8c6329604903262"),
-    ("bc1pw508d6qejxtdg4y5r3zarvary0c5xw7kw508d6qejxtdg4y5r3zarvary0c5xw7kt5nd6y",
-     "5128751e76e8199196d454941c45d1b3a323f1433bd6751e76e8199196d454941c45d1b3a323f1433bd6"),
+    ("bc1qrp33g0q5c5txsp9arysrx4k6zdkfs4nce4xj0gdcccefvpysxf3qccfmv3", "00201863143c14c5166804bd19203356da136c985678cd4d27a1b8c6329604903262"),
+    (
+        "bc1pw508d6qejxtdg4y5r3zarvary0c5xw7kw508d6qejxtdg4y5r3zarvary0c5xw7kt5nd6y",
+        "5128751e76e8199196d454941c45d1b3a323f1433bd6751e76e8199196d454941c45d1b3a323f1433bd6",
+    ),
     ("BC1SW50QGDZ25J", "6002751e"),
     ("bc1zw508d6qejxtdg4y5r3zarvaryvaxxpcs", "5210751e76e8199196d454941c45d1b3a323"),
-    ("bc1pqqqqp399et2xygdj5xreqhjjvcmzhxw4aywxecjdzew6hylgvses7epu4h",
-     "5120000000c4a5cad46221b2a187905e5266362b99d5e91c6ce24d165dab93e86433"),
-    ("bc1p0xlxvlhemja6c4dqv22uapctqupfhlxm9h8z3k2e72q4k9hcz7vqzk5jj0",
-     "512079be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798"),
+    ("bc1pqqqqp399et2xygdj5xreqhjjvcmzhxw4aywxecjdzew6hylgvses7epu4h", "5120000000c4a5cad46221b2a187905e5266362b99d5e91c6ce24d165dab93e86433"),
+    ("bc1p0xlxvlhemja6c4dqv22uapctqupfhlxm9h8z3k2e72q4k9hcz7vqzk5jj0", "512079be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798"),
     ("bc1pfeessrawgf", "51024e73"),
 ]
 
@@ -177,20 +172,16 @@ INVALID_MAINNET = [
     ("BC1QR508D6QEJXTDG4Y5R3ZARVARYV98GJ9P", "Invalid Bech32 v0 address program size (16 bytes), per BIP141", []),
     ("bc1zw508d6qejxtdg4y5r3zarvaryvqyzf3du", "Version 1+ witness address must use Bech32m checksum", []),
     ("bc1gmk9yu", "Empty Bech32 data section", []),
-    ("bc1p0xlxvlhemja6c4dqv22uapctqupfhlxm9h8z3k2e72q4k9hcz7vqh2y7hd",
-     "Version 1+ witness address must use Bech32m checksum", []),
+    ("bc1p0xlxvlhemja6c4dqv22uapctqupfhlxm9h8z3k2e72q4k9hcz7vqh2y7hd", "Version 1+ witness address must use Bech32m checksum", []),
     ("bc1qfysxzmfq2phhyarvv9hxgtjgfazycwjypqqqfm706a", "Version 0 witness address must use Bech32 checksum", []),
     ("BC130XLXVLHEMJA6C4DQV22UAPCTQUPFHLXM9H8Z3K2E72Q4K9HCZ7VQ7ZWS8R", "Invalid Bech32 address witness version", []),
     ("bc1pw5dgrnzv", "Invalid Bech32 address program size (1 byte)", []),
-    ("bc1p0xlxvlhemja6c4dqv22uapctqupfhlxm9h8z3k2e72q4k9hcz7v8n0nx0muaewav253zgeav",
-     "Invalid Bech32 address program size (41 bytes)", []),
+    ("bc1p0xlxvlhemja6c4dqv22uapctqupfhlxm9h8z3k2e72q4k9hcz7v8n0nx0muaewav253zgeav", "Invalid Bech32 address program size (41 bytes)", []),
     ("bc1p0xlxvlhemja6c4dqv22uapctqupfhlxm9h8z3k2e72q4k9hcz7v07qwwzcrf", "Invalid padding in Bech32 data section", []),
     ("bc1qw508d6qejxtdg4y5r3zarvary0c5xw7kv8f3t5", "Invalid Bech32 checksum", [41]),
     ("BC1QW508D6QEJXTDG4Y5R3ZARVARY0C5XW7KV8F3t4", "Invalid character or mixed case", [40]),
-    ("tb1qrp33g0q5c5txsp9arysrx4k6zdkfs4nce4xj0gdcccefvpysxf3q0sL5k7",
-     "Invalid or unsupported Segwit (Bech32) or Base58 encoding.", []),
-    ("bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080",
-     "Invalid or unsupported prefix for Segwit (Bech32) address (expected bc, got bcrt).", []),
+    ("tb1qrp33g0q5c5txsp9arysrx4k6zdkfs4nce4xj0gdcccefvpysxf3q0sL5k7", "Invalid or unsupported Segwit (Bech32) or Base58 encoding.", []),
+    ("bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080", "Invalid or unsupported prefix for Segwit (Bech32) address (expected bc, got bcrt).", []),
 ]
 
 
@@ -208,8 +199,7 @@ def test_regtest_specific_address_errors():
     assert locate_errors(good[:-3] + "q" + good[-2:]) == ("Invalid Bech32 checksum", [len(good) - 3])
     two = good[:12] + ("q" if good[12] != "q" else "p") + good[13:20] + ("q" if good[20] != "q" else "p") + good[21:]
     assert locate_errors(two) == ("Invalid Bech32 checksum", [12, 20])
-    assert decode_destination("tb1qw508d6qejxtdg4y5r3zarvary0c5xw7kxpjzsx", "regtest")[1] == \
-        "Invalid or unsupported Segwit (Bech32) or Base58 encoding."
+    assert decode_destination("tb1qw508d6qejxtdg4y5r3zarvary0c5xw7kxpjzsx", "regtest")[1] == "Invalid or unsupported Segwit (Bech32) or Base58 encoding."
     mainnet_p2pkh = script_to_address(P2PKH, "mainnet")
     assert decode_destination(mainnet_p2pkh, "regtest")[1] == "Invalid or unsupported Base58-encoded address."
     broken = mainnet_p2pkh[:-1] + ("a" if mainnet_p2pkh[-1] != "a" else "b")
@@ -218,20 +208,20 @@ def test_regtest_specific_address_errors():
     assert decode_destination(short, "regtest")[1] == "Invalid length for Base58 address (P2PKH or P2SH)"
     assert decode_destination("bcrt1", "regtest")[1] == "Invalid separator position"
     assert decode_destination("bcrtqqqq", "regtest")[1] == "Missing separator"
-    assert decode_destination("bcrt1qb508d6qejxtdg4y5r3zarvary0c5xw7kygt080", "regtest") == \
-        (None, "Invalid Base 32 character", [6])
+    assert decode_destination("bcrt1qb508d6qejxtdg4y5r3zarvary0c5xw7kygt080", "regtest") == (None, "Invalid Base 32 character", [6])
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.sampled_from(["regtest", "mainnet", "testnet"]),
-       st.one_of(
-           st.binary(min_size=20, max_size=20).map(lambda h: b"\x76\xa9\x14" + h + b"\x88\xac"),
-           st.binary(min_size=20, max_size=20).map(lambda h: b"\xa9\x14" + h + b"\x87"),
-           st.binary(min_size=20, max_size=20).map(lambda h: b"\x00\x14" + h),
-           st.binary(min_size=32, max_size=32).map(lambda h: b"\x00\x20" + h),
-           st.tuples(st.integers(1, 16), st.binary(min_size=2, max_size=40)).map(
-               lambda vp: bytes((0x50 + vp[0], len(vp[1]))) + vp[1]),
-       ))
+@given(
+    st.sampled_from(["regtest", "mainnet", "testnet"]),
+    st.one_of(
+        st.binary(min_size=20, max_size=20).map(lambda h: b"\x76\xa9\x14" + h + b"\x88\xac"),
+        st.binary(min_size=20, max_size=20).map(lambda h: b"\xa9\x14" + h + b"\x87"),
+        st.binary(min_size=20, max_size=20).map(lambda h: b"\x00\x14" + h),
+        st.binary(min_size=32, max_size=32).map(lambda h: b"\x00\x20" + h),
+        st.tuples(st.integers(1, 16), st.binary(min_size=2, max_size=40)).map(lambda vp: bytes((0x50 + vp[0], len(vp[1]))) + vp[1]),
+    ),
+)
 def test_address_round_trip(net, script):
     address = script_to_address(script, net)
     assert address is not None
@@ -246,18 +236,36 @@ def test_assemble_builds_what_disassemble_reads():
 
 
 # BIP173 / BIP350 checksum-only test strings.
-BECH32_VALID = ["A12UEL5L", "a12uel5l",
-                "an83characterlonghumanreadablepartthatcontainsthenumber1andtheexcludedcharactersbio1tt5tgs",
-                "abcdef1qpzry9x8gf2tvdw0s3jn54khce6mua7lmqqqxw",
-                "11" + "q" * 82 + "c8247j",
-                "split1checkupstagehandshakeupstreamerranterredcaperred2y9e3w", "?1ezyfcl"]
-BECH32M_VALID = ["A1LQFN3A", "a1lqfn3a",
-                 "an83characterlonghumanreadablepartthatcontainsthetheexcludedcharactersbioandnumber11sg7hg6",
-                 "abcdef1l7aum6echk45nj3s0wdvt2fg8x9yrzpqzd3ryx",
-                 "11" + "l" * 83 + "udsr8",
-                 "split1checkupstagehandshakeupstreamerranterredcaperredlc445v", "?1v759aa"]
-BECH32_INVALID = [" 1nwldj5", "\x7f1axkwrx", "an84characterslonghumanreadablepartthatcontainsthenumber1andtheexcludedcharactersbio1569pvx",
-                  "pzry9x0s0muk", "1pzry9x0s0muk", "x1b4n0q5v", "li1dgmt3", "A1G7SGD8", "10a06t8", "1qzzfhee"]
+BECH32_VALID = [
+    "A12UEL5L",
+    "a12uel5l",
+    "an83characterlonghumanreadablepartthatcontainsthenumber1andtheexcludedcharactersbio1tt5tgs",
+    "abcdef1qpzry9x8gf2tvdw0s3jn54khce6mua7lmqqqxw",
+    "11" + "q" * 82 + "c8247j",
+    "split1checkupstagehandshakeupstreamerranterredcaperred2y9e3w",
+    "?1ezyfcl",
+]
+BECH32M_VALID = [
+    "A1LQFN3A",
+    "a1lqfn3a",
+    "an83characterlonghumanreadablepartthatcontainsthetheexcludedcharactersbioandnumber11sg7hg6",
+    "abcdef1l7aum6echk45nj3s0wdvt2fg8x9yrzpqzd3ryx",
+    "11" + "l" * 83 + "udsr8",
+    "split1checkupstagehandshakeupstreamerranterredcaperredlc445v",
+    "?1v759aa",
+]
+BECH32_INVALID = [
+    " 1nwldj5",
+    "\x7f1axkwrx",
+    "an84characterslonghumanreadablepartthatcontainsthenumber1andtheexcludedcharactersbio1569pvx",
+    "pzry9x0s0muk",
+    "1pzry9x0s0muk",
+    "x1b4n0q5v",
+    "li1dgmt3",
+    "A1G7SGD8",
+    "10a06t8",
+    "1qzzfhee",
+]
 
 
 def test_bip173_bip350_checksum_vectors():
@@ -269,5 +277,7 @@ def test_bip173_bip350_checksum_vectors():
         assert bech32_decode(text)[0] is Encoding.BECH32M, text
     for text in BECH32_INVALID:
         assert bech32_decode(text) is None, text
-    assert address_to_script("tb1qrp33g0q5c5txsp9arysrx4k6zdkfs4nce4xj0gdcccefvpysxf3q0sl5k7", "testnet").hex() == \
-        "00201863143c14c5166804bd19203356da136c985678cd4d27a1b8c6329604903262"
+    assert (
+        address_to_script("tb1qrp33g0q5c5txsp9arysrx4k6zdkfs4nce4xj0gdcccefvpysxf3q0sl5k7", "testnet").hex()
+        == "00201863143c14c5166804bd19203356da136c985678cd4d27a1b8c6329604903262"
+    )

@@ -35,11 +35,9 @@ class Client:
         token = base64.b64encode(":".join(node.rpc_auth).encode()).decode()
         self.headers = {"Authorization": f"Basic {token}", "Content-Type": "application/json"}
 
-    async def send_raw(self, body: bytes, path: str = "/", method: str = "POST",
-                       headers: dict | None = None) -> tuple[Any, int]:
+    async def send_raw(self, body: bytes, path: str = "/", method: str = "POST", headers: dict | None = None) -> tuple[Any, int]:
         async with aiohttp.ClientSession() as s:
-            async with s.request(method, self.base + path, data=body,
-                                 headers=self.headers if headers is None else headers) as r:
+            async with s.request(method, self.base + path, data=body, headers=self.headers if headers is None else headers) as r:
                 text = await r.read()
                 return (json.loads(text) if text else None), r.status
 
@@ -129,13 +127,18 @@ async def test_batch_requests(node: RegtestNode) -> None:
     await check_batch(client, lambda idx: BatchOptions())
     await check_batch(client, lambda idx: BatchOptions(notification=True))  # 1.x without id: answered, id null
     await check_batch(client, lambda idx: BatchOptions(request_fields={"jsonrpc": "1.0"}))
-    await check_batch(client, lambda idx: BatchOptions(
-        request_fields={"jsonrpc": "2.1"},
-        response_fields={"result": None, "error": {"code": RPC_INVALID_REQUEST, "message": "JSON-RPC version not supported"}}))
+    await check_batch(
+        client,
+        lambda idx: BatchOptions(
+            request_fields={"jsonrpc": "2.1"},
+            response_fields={"result": None, "error": {"code": RPC_INVALID_REQUEST, "message": "JSON-RPC version not supported"}},
+        ),
+    )
 
 
-async def expect_http_rpc_status(client: Client, http_status: int, rpc_code: int | None, method: str, params: list,
-                                 version: int = 1, notification: bool = False) -> None:
+async def expect_http_rpc_status(
+    client: Client, http_status: int, rpc_code: int | None, method: str, params: list, version: int = 1, notification: bool = False
+) -> None:
     req = format_request(BatchOptions(version, notification), 0, {"method": method, "params": params})
     response, status = await client.send_json(req)
     if rpc_code is not None:
@@ -184,7 +187,8 @@ async def test_http_status_codes(node: RegtestNode) -> None:
     response, status = await client.send_json([1, {"method": "getblockcount", "id": 9}])
     assert status == 200 and response == [
         {"result": None, "error": {"code": RPC_INVALID_REQUEST, "message": "Invalid Request object"}, "id": None},
-        {"result": count + 1, "error": None, "id": 9}]
+        {"result": count + 1, "error": None, "id": 9},
+    ]
     response, status = await client.send_json("just a string")
     assert (response, status) == ({"result": None, "error": {"code": RPC_PARSE_ERROR, "message": "Top-level object parse error"}, "id": None}, 500)
 

@@ -57,23 +57,62 @@ _numbers = st.one_of(
     st.integers(min_value=-5, max_value=300),
     st.integers(),
     st.sampled_from([2**31 - 1, 2**31, -(2**31) - 1, 2**32 - 1, 2**32, 2**63, 2**64, -(2**64), 10**99]),
-    st.sampled_from(["1e300000", "1e1000000", "-1e999999999", "1e-300000", "1.0", "1.5", "-0", "0.00000001",
-                     "21000001", "1E+2", "9" * 100, "9" * 101, "NaN", "Infinity", "-Infinity"]).map(Raw),
+    st.sampled_from(
+        [
+            "1e300000",
+            "1e1000000",
+            "-1e999999999",
+            "1e-300000",
+            "1.0",
+            "1.5",
+            "-0",
+            "0.00000001",
+            "21000001",
+            "1E+2",
+            "9" * 100,
+            "9" * 101,
+            "NaN",
+            "Infinity",
+            "-Infinity",
+        ]
+    ).map(Raw),
     st.decimals(allow_nan=False, allow_infinity=False, places=8).map(lambda d: Raw(str(d))),
 )
 _strings = st.one_of(
     st.text(max_size=20),
-    st.sampled_from(["", "abc", "00", "zz", "start", "abort", "status", "txindex", "economical", ADDRESS, "11" * 32,
-                     "00" * 32, "0" * 63, "raw(51)", f"addr({ADDRESS})", "pk(" + "02" + "11" * 32 + ")", "combo(x)",
-                     "sh(wsh(multi(1," + "02" + "11" * 32 + ")))", "wsh(" * 50 + ")" * 50, "\x1fN1\x1f"]),
-    st.builds(lambda c, n: c * n, st.sampled_from(["x", "1", "q", "0", "5", "(", "[", "\\", '"']),
-              st.sampled_from([64, 91, 5_000, 100_001, 1_000_000])),
+    st.sampled_from(
+        [
+            "",
+            "abc",
+            "00",
+            "zz",
+            "start",
+            "abort",
+            "status",
+            "txindex",
+            "economical",
+            ADDRESS,
+            "11" * 32,
+            "00" * 32,
+            "0" * 63,
+            "raw(51)",
+            f"addr({ADDRESS})",
+            "pk(" + "02" + "11" * 32 + ")",
+            "combo(x)",
+            "sh(wsh(multi(1," + "02" + "11" * 32 + ")))",
+            "wsh(" * 50 + ")" * 50,
+            "\x1fN1\x1f",
+        ]
+    ),
+    st.builds(lambda c, n: c * n, st.sampled_from(["x", "1", "q", "0", "5", "(", "[", "\\", '"']), st.sampled_from([64, 91, 5_000, 100_001, 1_000_000])),
     st.binary(max_size=200).map(bytes.hex),
 )
-_nested = st.builds(lambda n, open_, close: Raw(open_ * n + ("1" if open_ == '{"a":' else "") + close * n),
-                    st.sampled_from([10, 63, 64, 65, 1_000, 100_000]),
-                    st.sampled_from(["["]), st.sampled_from(["]"])) | st.sampled_from([10, 64, 100_000]).map(
-    lambda n: Raw('{"a":' * n + "1" + "}" * n))
+_nested = st.builds(
+    lambda n, open_, close: Raw(open_ * n + ("1" if open_ == '{"a":' else "") + close * n),
+    st.sampled_from([10, 63, 64, 65, 1_000, 100_000]),
+    st.sampled_from(["["]),
+    st.sampled_from(["]"]),
+) | st.sampled_from([10, 64, 100_000]).map(lambda n: Raw('{"a":' * n + "1" + "}" * n))
 _scalars = st.one_of(st.none(), st.booleans(), _numbers, _strings, _nested)
 _values = st.recursive(
     _scalars,
@@ -98,8 +137,14 @@ def calls(draw, method: str) -> dict[str, Any]:
         params = list(params.values()) if isinstance(params, dict) else params
         params = (params + [None] * (at + 1))[: max(len(params), at + 1)]
         params[at] = draw(st.integers(1, 20))
-    if method in MINING_COUNT and isinstance(params, list) and params and isinstance(params[0], int) \
-            and not isinstance(params[0], bool) and 3 < params[0] < 2**31:
+    if (
+        method in MINING_COUNT
+        and isinstance(params, list)
+        and params
+        and isinstance(params[0], int)
+        and not isinstance(params[0], bool)
+        and 3 < params[0] < 2**31
+    ):
         params[0] = 1
     return {"version": draw(st.sampled_from(["1.0", "2.0"])), "batch": draw(st.booleans()), "params": params}
 
@@ -116,8 +161,7 @@ class NodeClient:
     def post(self, body: str) -> tuple[int, Any]:
         conn = http.client.HTTPConnection(self.node.host, self.node.port, timeout=60)
         try:
-            conn.request("POST", "/", body=body.encode(), headers={"Authorization": self.auth,
-                                                                   "Content-Type": "application/json"})
+            conn.request("POST", "/", body=body.encode(), headers={"Authorization": self.auth, "Content-Type": "application/json"})
             resp = conn.getresponse()
             return resp.status, resp.read()
         finally:
@@ -202,8 +246,7 @@ def test_fuzz_covers_every_method_help_lists(client) -> None:
     assert listed - DESTRUCTIVE <= set(METHODS) and listed <= set(REGISTRY)
 
 
-_SUPPRESS = [HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large,
-             HealthCheck.large_base_example]
+_SUPPRESS = [HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example]
 
 
 @pytest.mark.parametrize("method", METHODS)

@@ -43,4 +43,3 @@ async def test_reorg_undoes_a_block_with_an_in_block_chain(tmp_path) -> None:
         assert node.chain.height == mined_height + 1  # the branch is one block longer
     finally:
         node.close()
-

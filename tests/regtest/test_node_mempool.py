@@ -32,8 +32,7 @@ async def test_replacement_by_fee(rpc: Rpc) -> None:
     tiny_bump = spend_p2wpkh(alice, [coin], [(alice.script, coin.value - FEE - 10)])
     with pytest.raises(NodeError) as err:
         await rpc("sendrawtransaction", tiny_bump.serialize().hex())
-    assert err.value.message.startswith(f"insufficient fee, rejecting replacement {tiny_bump.txid}, not enough "
-                                        "additional fees to relay; 0.0000001 < 0.00000")
+    assert err.value.message.startswith(f"insufficient fee, rejecting replacement {tiny_bump.txid}, not enough additional fees to relay; 0.0000001 < 0.00000")
 
     bumped = spend_p2wpkh(alice, [coin], [(alice.script, coin.value - 5 * FEE)])
     assert await rpc("sendrawtransaction", bumped.serialize().hex()) == bumped.txid
@@ -124,9 +123,12 @@ async def test_gettxspendingprevout_names_the_mempool_spender(rpc: Rpc) -> None:
     # Mined: the mempool no longer holds the spend, as bitcoind answers without a spender index.
     await rpc("generatetoaddress", 1, burn.address)
     assert await rpc("gettxspendingprevout", [{"txid": coin.txid, "vout": coin.vout}]) == [{"txid": coin.txid, "vout": coin.vout}]
-    for bad, message in [([], "Invalid parameter, outputs are missing"), ([{"vout": 0}], "Invalid parameter, missing txid key"),
-                         ([{"txid": coin.txid}], "Invalid parameter, missing vout key"),
-                         ([{"txid": coin.txid, "vout": -1}], "Invalid parameter, vout cannot be negative")]:
+    for bad, message in [
+        ([], "Invalid parameter, outputs are missing"),
+        ([{"vout": 0}], "Invalid parameter, missing txid key"),
+        ([{"txid": coin.txid}], "Invalid parameter, missing vout key"),
+        ([{"txid": coin.txid, "vout": -1}], "Invalid parameter, vout cannot be negative"),
+    ]:
         with pytest.raises(NodeError) as err:
             await rpc("gettxspendingprevout", bad)
         assert (err.value.code, err.value.message) == (-8, message)

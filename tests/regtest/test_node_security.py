@@ -52,8 +52,7 @@ async def test_batched_long_poll_does_not_block_other_calls(own_regtest) -> None
     # ``stop`` too: it ends the waiting batches, which answer with the current tip, and the process.
     waits = []
     for method, params in (("waitforblockheight", [100]), ("waitforblock", ["11" * 32])):
-        batch = json.dumps([{"jsonrpc": "1.0", "id": 2, "method": "getblockcount"},
-                            {"jsonrpc": "1.0", "id": 3, "method": method, "params": params}])
+        batch = json.dumps([{"jsonrpc": "1.0", "id": 2, "method": "getblockcount"}, {"jsonrpc": "1.0", "id": 3, "method": method, "params": params}])
         waits.append(asyncio.create_task(rpc.raw(batch)))
         await asyncio.sleep(0.3)
         assert not waits[-1].done()
@@ -74,8 +73,7 @@ async def test_huge_numbers_are_range_checked_before_conversion(regtest) -> None
     txid = block["tx"][0]
     # UniValue::getInt<int> fails on anything but a plain in-range integer: a std::runtime_error,
     # which bitcoind answers as RPC_MISC_ERROR (HTTP 500 for JSON-RPC 1.0, 200 for 2.0).
-    for number in ("1e300000", "1e1000000", "-1e999999999", "1e-300000", "2147483648", "-2147483649", "1.0", "1.5",
-                   "9" * 100):
+    for number in ("1e300000", "1e1000000", "-1e999999999", "1e-300000", "2147483648", "-2147483649", "1.0", "1.5", "9" * 100):
         status, reply, took = await _raw(rpc, "getblockhash", f"[{number}]")
         assert (status, reply["error"]) == (500, OUT_OF_RANGE), number
         assert took < 1, (number, took)
@@ -88,8 +86,7 @@ async def test_huge_numbers_are_range_checked_before_conversion(regtest) -> None
     assert (await rpc("gettxout", txid, 2**32 - 1)) is None
     # NaN and Infinity are not JSON: UniValue refuses the whole body.
     for token in ("NaN", "Infinity", "-Infinity"):
-        for method, params in (("getblockhash", f"[{token}]"), ("gettxout", f'["{txid}", {token}]'),
-                               ("sendrawtransaction", f'["00", {token}]')):
+        for method, params in (("getblockhash", f"[{token}]"), ("gettxout", f'["{txid}", {token}]'), ("sendrawtransaction", f'["00", {token}]')):
             status, reply, _ = await _raw(rpc, method, params)
             assert (status, reply) == (500, {"result": None, "error": PARSE_ERROR, "id": None}), (method, token)
     # A verbosity of the wrong type is UniValue's type_error: RPC_TYPE_ERROR with its own words.
@@ -118,8 +115,13 @@ async def test_long_strings_are_refused_before_decoding(regtest) -> None:
             assert (status, json.loads(text)["error"]) == (500, {"code": -5, "message": "Error: Invalid address"})
             assert time.monotonic() - started < 1
     # Descriptors: bounded as a whole, and a key or an address inside is bounded before base58.
-    for desc in ("raw(" + "51" * 3_000_000 + ")", "pk(" + "x" * 100_000 + ")", "addr(" + "1" * 90_000 + ")",
-                 "pkh(" + "z" * 5_000 + ")", "addr(" + "2" * 5_000 + ")"):
+    for desc in (
+        "raw(" + "51" * 3_000_000 + ")",
+        "pk(" + "x" * 100_000 + ")",
+        "addr(" + "1" * 90_000 + ")",
+        "pkh(" + "z" * 5_000 + ")",
+        "addr(" + "2" * 5_000 + ")",
+    ):
         for method, params in (("scantxoutset", ["start", [desc]]), ("generatetodescriptor", [1, desc])):
             started = time.monotonic()
             status, text = await rpc.raw(json.dumps({"jsonrpc": "1.0", "id": 1, "method": method, "params": params}))
@@ -149,8 +151,12 @@ async def test_scan_with_oversized_descriptor_stops_on_sigterm(own_regtest) -> N
 
 async def test_deeply_nested_bodies_do_not_crash_the_node(regtest) -> None:
     rpc = _rpc(regtest)
-    for body in ("[" * 100_000, "[" * 100_000 + "]" * 100_000, '{"a":' * 100_000 + "1" + "}" * 100_000,
-                 '{"method":"getblockcount","params":[' + "[" * 100_000 + "]" * 100_001 + "}"):
+    for body in (
+        "[" * 100_000,
+        "[" * 100_000 + "]" * 100_000,
+        '{"a":' * 100_000 + "1" + "}" * 100_000,
+        '{"method":"getblockcount","params":[' + "[" * 100_000 + "]" * 100_001 + "}",
+    ):
         status, text = await rpc.raw(body)
         assert (status, json.loads(text)["error"]) == (500, PARSE_ERROR)
     assert isinstance(await rpc("getblockcount"), int)
@@ -160,6 +166,7 @@ async def test_deeply_nested_bodies_do_not_crash_the_node(regtest) -> None:
 async def hostile_server():
     """An HTTP server that answers every request with JSON nested 100,000 deep (a node's answers
     are outside input to the clients)."""
+
     async def handle(request: web.Request) -> web.Response:
         return web.Response(text="[" * 100_000 + "]" * 100_000, content_type="application/json")
 
@@ -199,12 +206,15 @@ async def test_rpc_clients_refuse_deeply_nested_answers(hostile_server) -> None:
 def test_second_node_on_a_datadir_in_use_exits_like_bitcoind(own_regtest) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "devnets.regtest", "--datadir", str(own_regtest.data_dir), "--rpcport", str(free_port())],
-        check=False, cwd=own_regtest.cwd, capture_output=True, text=True, timeout=60,
+        check=False,
+        cwd=own_regtest.cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     netdir = own_regtest.data_dir / "regtest"
     assert proc.returncode == 1
-    assert proc.stderr.strip() == (f"Error: Cannot obtain a lock on data directory {netdir}. "
-                                   "Bitcoin Core is probably already running.")
+    assert proc.stderr.strip() == (f"Error: Cannot obtain a lock on data directory {netdir}. Bitcoin Core is probably already running.")
     assert "Traceback" not in proc.stderr + proc.stdout
     assert (netdir / ".lock").exists()
     # The running node is untouched and still serving.

@@ -34,8 +34,7 @@ async def test_time_locks_follow_mocktime(rpc: Rpc) -> None:
 
     # BIP68 relative time lock (512 s units) on the new output.
     await rpc("generatetoaddress", 1, burn.address)
-    relative = spend_p2wpkh(alice, [Coin(locked.txid, 0, coin.value - FEE)], [(alice.script, coin.value - 2 * FEE)],
-                            sequence=(1 << 22) | 2)
+    relative = spend_p2wpkh(alice, [Coin(locked.txid, 0, coin.value - FEE)], [(alice.script, coin.value - 2 * FEE)], sequence=(1 << 22) | 2)
     with pytest.raises(NodeError) as err:
         await rpc("sendrawtransaction", relative.serialize().hex())
     assert (err.value.code, err.value.message) == (-26, "non-BIP68-final")

@@ -45,8 +45,9 @@ async def test_help_covers_every_method(node: RegtestNode) -> None:
 
 async def test_named_parameters_and_notifications(node: RegtestNode) -> None:
     rpc = Rpc(node.rpc_url, node.rpc_auth)
-    status, text = await rpc.raw(json.dumps({"jsonrpc": "2.0", "id": 1, "method": "getblockheader",
-                                             "params": {"blockhash": await rpc("getbestblockhash"), "verbose": False}}))
+    status, text = await rpc.raw(
+        json.dumps({"jsonrpc": "2.0", "id": 1, "method": "getblockheader", "params": {"blockhash": await rpc("getbestblockhash"), "verbose": False}})
+    )
     assert status == 200 and len(json.loads(text)["result"]) == 160
     status, text = await rpc.raw(json.dumps({"jsonrpc": "2.0", "id": 2, "method": "getblockhash", "params": {"heigth": 0}}))
     assert json.loads(text)["error"] == {"code": -8, "message": "Unknown named parameter heigth"}

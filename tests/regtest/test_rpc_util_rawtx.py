@@ -62,8 +62,10 @@ async def test_createmultisig(node: RegtestNode) -> None:
     redeem = bytes.fromhex("52" + "21" + K1 + "21" + K2 + "52ae")
     multi = f"multi(2,{K1},{K2})"
     assert await rpc("createmultisig", 2, [K1, K2]) == {
-        "address": script_to_address(p2sh_script(redeem), "regtest"), "redeemScript": redeem.hex(),
-        "descriptor": descsum_create(f"sh({multi})")}
+        "address": script_to_address(p2sh_script(redeem), "regtest"),
+        "redeemScript": redeem.hex(),
+        "descriptor": descsum_create(f"sh({multi})"),
+    }
     got = await rpc("createmultisig", 2, [K1, K2], "bech32")
     assert got["address"] == script_to_address(p2wsh_script(redeem), "regtest") and got["descriptor"] == descsum_create(f"wsh({multi})")
     got = await rpc("createmultisig", 2, [K1, K2], "p2sh-segwit")
@@ -81,8 +83,13 @@ async def test_descriptors_and_validateaddress(node: RegtestNode) -> None:
     rpc = Rpc(node.rpc_url, node.rpc_auth)
     desc = f"wpkh({K1.upper()[:2]}{K1[2:]})"
     info = await rpc("getdescriptorinfo", desc)
-    assert info == {"descriptor": descsum_create(f"wpkh({K1})"), "checksum": descsum_create(desc).split("#")[1],
-                    "isrange": False, "issolvable": True, "hasprivatekeys": False}
+    assert info == {
+        "descriptor": descsum_create(f"wpkh({K1})"),
+        "checksum": descsum_create(desc).split("#")[1],
+        "isrange": False,
+        "issolvable": True,
+        "hasprivatekeys": False,
+    }
     assert (await rpc("getdescriptorinfo", f"addr({BURN})"))["issolvable"] is False
     assert await error_of(rpc, "deriveaddresses", f"wpkh({K1})") == (-5, "Missing checksum")
     [address] = await rpc("deriveaddresses", descsum_create(f"wpkh({K1})"))
@@ -106,18 +113,28 @@ async def test_create_sign_combine_and_send(node: RegtestNode) -> None:
     await rpc("generatetoaddress", 1, BURN)
 
     pay = coin.value - 20_000  # both outputs of ``split``, less a 10,000 sat fee
-    raw = await rpc("createrawtransaction",
-                    [{"txid": split.txid, "vout": 0}, {"txid": split.txid, "vout": 1}],
-                    [{BURN: f"{pay // p.COIN}.{pay % p.COIN:08d}"}, {"data": "cafe"}])
+    raw = await rpc(
+        "createrawtransaction",
+        [{"txid": split.txid, "vout": 0}, {"txid": split.txid, "vout": 1}],
+        [{BURN: f"{pay // p.COIN}.{pay % p.COIN:08d}"}, {"data": "cafe"}],
+    )
     tx = p.Tx.from_hex(raw)
     assert tx.version == 2 and tx.locktime == 0 and [i.sequence for i in tx.vin] == [0xFFFFFFFD] * 2
     assert tx.vout[1].script_pubkey == bytes.fromhex("6a02cafe") and tx.vout[0].value == pay
     # Without keys: nothing signed, each input reported as bitcoind reports it.
     unsigned = await rpc("signrawtransactionwithkey", raw, [])
     assert unsigned["complete"] is False and [e["error"] for e in unsigned["errors"]] == [
-        "Unable to sign input, invalid stack size (possibly missing key)", "Witness program was passed an empty witness"]
-    assert unsigned["errors"][0] == {"txid": split.txid, "vout": 0, "witness": [], "scriptSig": "",
-                                     "sequence": 0xFFFFFFFD, "error": unsigned["errors"][0]["error"]}
+        "Unable to sign input, invalid stack size (possibly missing key)",
+        "Witness program was passed an empty witness",
+    ]
+    assert unsigned["errors"][0] == {
+        "txid": split.txid,
+        "vout": 0,
+        "witness": [],
+        "scriptSig": "",
+        "sequence": 0xFFFFFFFD,
+        "error": unsigned["errors"][0]["error"],
+    }
     signed = await rpc("signrawtransactionwithkey", raw, [wif_of(owner)])
     assert signed == {"hex": signed["hex"], "complete": True}
     # combinerawtransaction takes each input's signature from whichever variant has it.
@@ -135,8 +152,10 @@ async def test_create_sign_combine_and_send(node: RegtestNode) -> None:
     txid = split.txid
     assert await error_of(rpc, "createrawtransaction", [{"txid": txid}], {}) == (-8, "Invalid parameter, missing vout key")
     assert await error_of(rpc, "createrawtransaction", [{"txid": txid, "vout": -1}], {}) == (-8, "Invalid parameter, vout cannot be negative")
-    assert await error_of(rpc, "createrawtransaction", [{"txid": txid, "vout": 0, "sequence": -1}], {}) == (-8, "Invalid parameter, sequence number "
-                                                                                                                "is out of range")
+    assert await error_of(rpc, "createrawtransaction", [{"txid": txid, "vout": 0, "sequence": -1}], {}) == (
+        -8,
+        "Invalid parameter, sequence number is out of range",
+    )
     assert await error_of(rpc, "createrawtransaction", [{"txid": "zz", "vout": 0}], {}) == (-8, "txid must be of length 64 (not 2, for 'zz')")
     assert await error_of(rpc, "createrawtransaction", [], {"foo": 1}) == (-5, "Invalid Bitcoin address: foo")
     assert await error_of(rpc, "createrawtransaction", [], [{BURN: 1}, {BURN: 1}]) == (-8, f"Invalid parameter, duplicated address: {BURN}")

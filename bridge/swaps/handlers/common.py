@@ -29,6 +29,7 @@ class CommonHandlers:
             async def run(view: SwapView) -> None:
                 await self.faults.hit(f"handle.{state}", view=view)
                 await handler(view)
+
             return run
 
         return {key: faulted(key[1], handler) for key, handler in handlers.items()}
@@ -65,8 +66,6 @@ class CommonHandlers:
 
     def _ops(self, leg: SwapLeg) -> Leg:
         return self.legs[leg.chain]
-
-
 
     async def _send_lock(self, view: SwapView, fresh: bool = False) -> SwapView:
         """Broadcast our recorded lock (again: idempotent) and record what the chain gave back.

@@ -31,10 +31,16 @@ class InitiatorHandlers:
                     raise
                 await self._move(view, m.FAILED, f"LP refused: {exc.message}", {"last_error": f"LP refused: {exc.message}"})
                 return
-            view = await self._move(view, m.CREATED, "LP accepted", {"accepted": True}, {
-                INITIATOR: {"recipient": terms["lp"][ileg.chain]},
-                PARTICIPANT: {"sender": terms["lp"][view.leg(PARTICIPANT).chain]},
-            })
+            view = await self._move(
+                view,
+                m.CREATED,
+                "LP accepted",
+                {"accepted": True},
+                {
+                    INITIATOR: {"recipient": terms["lp"][ileg.chain]},
+                    PARTICIPANT: {"sender": terms["lp"][view.leg(PARTICIPANT).chain]},
+                },
+            )
             ileg = view.leg(INITIATOR)
         try:
             self.policy.check_initiator_lock(ileg.chain, ileg.expiry, await ops.now())
@@ -83,8 +89,11 @@ class InitiatorHandlers:
         if not lock or not lock.get("lock_ref"):
             # An EVM lock is found by our indexer; a Bitcoin one only the LP can tell us of (its script
             # commits to an expiry only the LP knows): ask again when a block could have confirmed it.
-            raise NotYet(f"the LP has not locked yet; {await self._time_left_text(view.leg(INITIATOR))}",
-                         on_event=ops.finds_locks, on_block=None if ops.finds_locks else pleg.chain)
+            raise NotYet(
+                f"the LP has not locked yet; {await self._time_left_text(view.leg(INITIATOR))}",
+                on_event=ops.finds_locks,
+                on_block=None if ops.finds_locks else pleg.chain,
+            )
         try:
             seen = await ops.audit_lock(view, pleg, lock["lock_ref"], lock.get("script"))
         except LockRefused as exc:
@@ -94,9 +103,19 @@ class InitiatorHandlers:
         if seen.confirmations < need:
             raise NotYet(f"LP's lock {seen.ref} has {seen.confirmations}/{need} confirmations", on_block=pleg.chain)
         try:
-            view = await self._move(view, m.PARTICIPANT_LOCKED, f"LP's lock {seen.ref} audited", legs={PARTICIPANT: {
-                "lock_ref": seen.ref, "lock_tx": seen.tx, "expiry": seen.expiry, "script": lock.get("script"),
-            }})
+            view = await self._move(
+                view,
+                m.PARTICIPANT_LOCKED,
+                f"LP's lock {seen.ref} audited",
+                legs={
+                    PARTICIPANT: {
+                        "lock_ref": seen.ref,
+                        "lock_tx": seen.tx,
+                        "expiry": seen.expiry,
+                        "script": lock.get("script"),
+                    }
+                },
+            )
         except LockTaken as exc:
             # A lock another of our swaps consumed pays that swap, not this one: refund at expiry.
             raise NotYet(f"LP's lock refused: {exc.message}") from None

@@ -46,8 +46,9 @@ class ParticipantHandlers:
         if ileg.lock_tx is None:
             # First sighting: the lock is this swap's from now on, and no other swap's (``SwapLock``).
             try:
-                view = self.store.transition(view.swap.id, m.CREATED, m.CREATED, f"trader's lock {seen.ref} seen on chain",
-                                             legs={INITIATOR: {"lock_ref": seen.ref, "lock_tx": seen.tx}})
+                view = self.store.transition(
+                    view.swap.id, m.CREATED, m.CREATED, f"trader's lock {seen.ref} seen on chain", legs={INITIATOR: {"lock_ref": seen.ref, "lock_tx": seen.tx}}
+                )
             except LockTaken as exc:
                 await self._fail(view, f"trader's lock refused: {exc.message}")
                 return
@@ -71,9 +72,14 @@ class ParticipantHandlers:
                 await self._fail(view, f"not enough {pleg.asset} to lock: have {balance}, need {pleg.value}")
                 return
             fields = await pops.prepare_lock(view, planned)
-            view = await self._move(view, m.PARTICIPANT_LOCK_INTENDED, f"trader's lock {seen.ref} audited; lock recorded before broadcast", legs={
-                PARTICIPANT: {"expiry": expiry, **fields},
-            })
+            view = await self._move(
+                view,
+                m.PARTICIPANT_LOCK_INTENDED,
+                f"trader's lock {seen.ref} audited; lock recorded before broadcast",
+                legs={
+                    PARTICIPANT: {"expiry": expiry, **fields},
+                },
+            )
             view = await self._send_lock(view, fresh=True)
         await self._lock_intended(view, sent=True)
 
@@ -84,8 +90,9 @@ class ParticipantHandlers:
         pleg, ileg = view.leg(PARTICIPANT), view.leg(INITIATOR)
         secret = await self._ops(pleg).find_secret(view, pleg)
         if secret is not None:
-            view = await self._record_spend(view, ileg, "claim", m.CLAIM_INTENDED, "secret revealed; claim recorded before broadcast",
-                                            secret=secret, swap_fields={"secret": secret.hex()})
+            view = await self._record_spend(
+                view, ileg, "claim", m.CLAIM_INTENDED, "secret revealed; claim recorded before broadcast", secret=secret, swap_fields={"secret": secret.hex()}
+            )
             await self._spend_intended(view, fresh=True)
             return
         if await self._refund_if_expired(view):

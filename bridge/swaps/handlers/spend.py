@@ -20,16 +20,25 @@ class SpendHandlers:
     """Mixed into ``SwapEngine``."""
 
     async def _record_spend(
-        self, view: SwapView, leg: SwapLeg, kind: str, to: str, note: str, *, secret: bytes | None = None,
-        swap_fields: dict | None = None, legs: dict | None = None,
+        self,
+        view: SwapView,
+        leg: SwapLeg,
+        kind: str,
+        to: str,
+        note: str,
+        *,
+        secret: bytes | None = None,
+        swap_fields: dict | None = None,
+        legs: dict | None = None,
     ) -> SwapView:
         """Sign our claim or refund of ``leg`` and record it (before any broadcast) with the move to
         ``to``, under the chain's prepare guard: its coins or nonce are chosen and reserved at once.
         A claim's secret is the swap's unless given (the participant's, just found on chain)."""
         if kind == "claim" and secret is None:
             secret = bytes.fromhex(view.swap.secret)
-        signing_view = view if secret is None or view.swap.secret == secret.hex() else SwapView(
-            replace_swap(view, secret=secret.hex()), view.legs, view.actions)
+        signing_view = (
+            view if secret is None or view.swap.secret == secret.hex() else SwapView(replace_swap(view, secret=secret.hex()), view.legs, view.actions)
+        )
         async with self._prepare_guard(leg.chain):
             fields = await self._ops(leg).prepare_spend(signing_view, leg, kind, secret)
             return await self._move(view, to, note, swap_fields, {**(legs or {}), leg.leg: fields})
@@ -43,8 +52,10 @@ class SpendHandlers:
         if not self.policy.expired(leg.chain, leg.expiry, await ops.now()):
             return False
         if after_claim:
-            note, legs = f"our claim confirmed; our lock {leg.lock_ref} still unclaimed at its expiry, refund recorded before broadcast", {
-                PARTICIPANT: {"outcome": "claimed"}}
+            note, legs = (
+                f"our claim confirmed; our lock {leg.lock_ref} still unclaimed at its expiry, refund recorded before broadcast",
+                {PARTICIPANT: {"outcome": "claimed"}},
+            )
         else:
             note, legs = "own lock expired; refund recorded before broadcast", None
         view = await self._record_spend(view, leg, "refund", m.REFUND_INTENDED, note, legs=legs)
@@ -102,7 +113,10 @@ class SpendHandlers:
             log.warning("swap %s: not bumping the %s fee: %s", view.swap.id, kind, exc.message)
             return
         view = self.store.transition(
-            view.swap.id, view.swap.state, view.swap.state, f"{note}, replaces {leg.spend_tx}",
+            view.swap.id,
+            view.swap.state,
+            view.swap.state,
+            f"{note}, replaces {leg.spend_tx}",
             legs={leg.leg: {**fields, "spend_history": leg.history_when_replaced(), "spend_sent_at": time.time()}},
         )
         await self.faults.hit("spend.before_broadcast", view=view, leg=view.leg(leg.leg))
@@ -150,16 +164,16 @@ class SpendHandlers:
                 return False  # maybe a reorg or a slow node: retried
             reason = f"claim impossible: the trader refunded its lock {ileg.lock_ref} first ({exc.message})"
             log.error("swap %s: %s", view.swap.id, reason)
-            await self._move(view, m.CLAIM_LOST, reason, {"last_error": reason},
-                             {INITIATOR: {"outcome": "refunded"}, PARTICIPANT: {"outcome": "claimed"}})
+            await self._move(view, m.CLAIM_LOST, reason, {"last_error": reason}, {INITIATOR: {"outcome": "refunded"}, PARTICIPANT: {"outcome": "claimed"}})
             return True
         if kind == "refund" and view.swap.role == INITIATOR and view.leg(PARTICIPANT).outcome == "claimed":
             # Our refund after a confirmed claim raced the LP's late claim of our lock, and lost.
             own = view.leg(INITIATOR)
             if await self._ops(own).settled(view, own) != "claimed":
                 return False
-            await self._move(view, m.CLAIMED, f"our lock {own.lock_ref} was claimed by the LP before our refund ({exc.message})",
-                             legs={INITIATOR: {"outcome": "claimed"}})
+            await self._move(
+                view, m.CLAIMED, f"our lock {own.lock_ref} was claimed by the LP before our refund ({exc.message})", legs={INITIATOR: {"outcome": "claimed"}}
+            )
             return True
         # MissingInputs: the HTLC output we claim is gone (the LP refunded it, or a reorg dropped
         # its lock); the claim may still go through if it comes back, so it is retried until then.

@@ -54,6 +54,7 @@ class LockSeen:
     expiry: int
     confirmations: int
 
+
 class Leg(Protocol):
     """One swap leg's chain work; ``bitcoin.BitcoinLeg`` and ``evm.EvmLeg`` implement it.
 
@@ -103,11 +104,10 @@ class Leg(Protocol):
     async def find_secret(self, view: SwapView, leg: SwapLeg) -> bytes | None: ...
 
     async def settled(self, view: SwapView, leg: SwapLeg) -> str | None:
-        """"claimed", "refunded", or None while the chain has not settled the HTLC for good."""
+        """ "claimed", "refunded", or None while the chain has not settled the HTLC for good."""
         ...
 
-    async def prepare_spend(self, view: SwapView, leg: SwapLeg, kind: str, secret: bytes | None,
-                            feerate: int | None = None) -> dict[str, Any]: ...
+    async def prepare_spend(self, view: SwapView, leg: SwapLeg, kind: str, secret: bytes | None, feerate: int | None = None) -> dict[str, Any]: ...
 
     async def prepare_bump(self, view: SwapView, leg: SwapLeg, kind: str, secret: bytes | None) -> tuple[dict[str, Any], str]: ...
 

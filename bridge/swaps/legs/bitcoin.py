@@ -50,7 +50,10 @@ class BitcoinLeg:
     chain = BITCOIN
 
     def __init__(
-        self, adapter: BitcoinAdapter, key: BtcKey, feerate: int | None = None,
+        self,
+        adapter: BitcoinAdapter,
+        key: BtcKey,
+        feerate: int | None = None,
         reserved: Callable[[], set[tuple[str, int]]] = set,
     ) -> None:
         self.adapter = adapter
@@ -79,19 +82,14 @@ class BitcoinLeg:
         return self.feerate if self.feerate is not None else await self.adapter.estimate_feerate()
 
     def _script(self, view: SwapView, leg: SwapLeg) -> bytes:
-        return p2wsh_htlc_script(
-            bytes.fromhex(view.swap.hashlock), bytes.fromhex(leg.recipient), bytes.fromhex(leg.sender), leg.expiry
-        )
+        return p2wsh_htlc_script(bytes.fromhex(view.swap.hashlock), bytes.fromhex(leg.recipient), bytes.fromhex(leg.sender), leg.expiry)
 
     async def _spendable(self, include_reserved: bool = False) -> list[Utxo]:
         """Coins a new lock may use: ours, unconfirmed change included, mature, and not reserved
         by a recorded but not yet broadcast lock (after a crash) whose stored bytes spend them."""
         coins, tip = await asyncio.gather(self.adapter.utxos([self.key.p2wpkh_script], include_mempool=True), self.adapter.height())
         reserved = set() if include_reserved else self.reserved()
-        return [
-            u for u in coins
-            if u.outpoint not in reserved and not (u.coinbase and u.height is not None and tip - u.height + 1 < COINBASE_MATURITY)
-        ]
+        return [u for u in coins if u.outpoint not in reserved and not (u.coinbase and u.height is not None and tip - u.height + 1 < COINBASE_MATURITY)]
 
     async def balance(self, token: str | None, include_reserved: bool = False) -> int:
         return sum(u.value_sats for u in await self._spendable(include_reserved))
@@ -104,8 +102,11 @@ class BitcoinLeg:
         signed = build_funding(await self._spendable(), [self.key], spk, leg.value, await self._feerate(), network=self.adapter.network)
         vout = next(n for n, out in enumerate(Tx.parse(bytes.fromhex(signed.raw_hex)).vout) if out.script_pubkey == spk)
         return {
-            "script": script.hex(), "lock_raw": signed.raw_hex, "lock_tx": signed.txid,
-            "lock_ref": f"{signed.txid}:{vout}", "watch_from": (await self.clock.now()).height,
+            "script": script.hex(),
+            "lock_raw": signed.raw_hex,
+            "lock_tx": signed.txid,
+            "lock_ref": f"{signed.txid}:{vout}",
+            "watch_from": (await self.clock.now()).height,
         }
 
     async def broadcast_lock(self, view: SwapView, leg: SwapLeg, fresh: bool = False) -> dict[str, Any]:

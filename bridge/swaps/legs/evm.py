@@ -40,10 +40,18 @@ EVM_GAS = {"approve": 100_000, "lock_eth": 120_000, "lock_erc20": 250_000, "clai
 
 
 def _params_json(params: SwapParams, block: int) -> str:
-    return json.dumps({
-        "sender": params.sender, "recipient": params.recipient, "token": params.token, "amount": params.amount,
-        "hashlock": params.hashlock.hex(), "expiry": params.expiry, "nonce": params.nonce, "block": block,
-    })
+    return json.dumps(
+        {
+            "sender": params.sender,
+            "recipient": params.recipient,
+            "token": params.token,
+            "amount": params.amount,
+            "hashlock": params.hashlock.hex(),
+            "expiry": params.expiry,
+            "nonce": params.nonce,
+            "block": block,
+        }
+    )
 
 
 def _params_from_json(text: str) -> SwapParams:
@@ -109,8 +117,14 @@ class EvmLeg:
 
     async def _sign(self, nonce: int, fees: Fees, to: str, data: bytes, gas: int, value: int = 0) -> tuple[EvmTxFields, str, str]:
         fields = EvmTxFields(
-            chain_id=await self.adapter.chain_id_int(), nonce=nonce, to=to, data="0x" + data.hex(), gas=gas,
-            max_fee=fees.max_fee, priority_fee=fees.priority_fee, value=value,
+            chain_id=await self.adapter.chain_id_int(),
+            nonce=nonce,
+            to=to,
+            data="0x" + data.hex(),
+            gas=gas,
+            max_fee=fees.max_fee,
+            priority_fee=fees.priority_fee,
+            value=value,
         )
         raw, tx_hash = fields.sign(self.adapter, self.key)
         return fields, raw, tx_hash
@@ -136,8 +150,13 @@ class EvmLeg:
             approve = {"fields": fields.to_dict(), "raw": raw, "tx": tx_hash}
             nonce += 1
         data = encode_call(
-            self.htlc.abi, "lock", to_checksum_address(leg.recipient), to_checksum_address(leg.token or ETH_TOKEN), leg.value,
-            bytes.fromhex(view.swap.hashlock), leg.expiry,
+            self.htlc.abi,
+            "lock",
+            to_checksum_address(leg.recipient),
+            to_checksum_address(leg.token or ETH_TOKEN),
+            leg.value,
+            bytes.fromhex(view.swap.hashlock),
+            leg.expiry,
         )
         if leg.token is None:
             fields, raw, tx_hash = await self._sign(nonce, fees, self.htlc.address, data, EVM_GAS["lock_eth"], leg.value)
@@ -220,8 +239,13 @@ class EvmLeg:
         new = replace(old, nonce=nonce, max_fee=max(old.max_fee, fees.max_fee), priority_fee=max(old.priority_fee, fees.priority_fee))
         raw, tx_hash = new.sign(self.adapter, self.key)
         return (
-            {"spend_raw": raw, "spend_tx": tx_hash, "spend_evm": json.dumps(new.to_dict()), "spend_history": leg.history_when_replaced(),
-             "spend_sent_at": None},
+            {
+                "spend_raw": raw,
+                "spend_tx": tx_hash,
+                "spend_evm": json.dumps(new.to_dict()),
+                "spend_history": leg.history_when_replaced(),
+                "spend_sent_at": None,
+            },
             f"{leg.spend_kind} nonce {old.nonce} was taken by another transaction: re-signed as {tx_hash}, nonce {new.nonce}",
         )
 
@@ -299,7 +323,7 @@ class EvmLeg:
         return None
 
     async def settled(self, view: SwapView, leg: SwapLeg) -> str | None:
-        """"claimed" or "refunded" once the contract says so, else None."""
+        """ "claimed" or "refunded" once the contract says so, else None."""
         status = await self.htlc.swap(leg.lock_ref)
         return {SwapStatus.CLAIMED: "claimed", SwapStatus.REFUNDED: "refunded"}.get(status)
 

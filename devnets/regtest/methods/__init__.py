@@ -51,9 +51,17 @@ _ACCEPTS = {
     "string or numeric": ("number", "string"),
     "any": ("null", "bool", "number", "string", "array", "object"),
 }
-_EXPECTED_NAME = {"numeric": "number", "string": "string", "hex": "string", "boolean": "bool",
-                  "json object": "object", "json array": "array", "amount": "number", "range": "number",
-                  "string or numeric": "number"}
+_EXPECTED_NAME = {
+    "numeric": "number",
+    "string": "string",
+    "hex": "string",
+    "boolean": "bool",
+    "json object": "object",
+    "json array": "array",
+    "amount": "number",
+    "range": "number",
+    "string or numeric": "number",
+}
 
 
 @dataclass
@@ -112,7 +120,7 @@ class Method:
         for ex in self.examples:
             out.append(f"> bitcoin-cli {self.name} {ex}".rstrip())
         out.append(
-            f"> curl --user myusername --data-binary '{{\"jsonrpc\": \"2.0\", \"id\": \"curltest\", \"method\": \"{self.name}\", \"params\": []}}' "
+            f'> curl --user myusername --data-binary \'{{"jsonrpc": "2.0", "id": "curltest", "method": "{self.name}", "params": []}}\' '
             "-H 'content-type: application/json' http://127.0.0.1:18443/"
         )
         return "\n".join(out) + "\n"
@@ -125,8 +133,7 @@ REGISTRY: dict[str, Method] = {}
 REQUEST_URI: contextvars.ContextVar[str] = contextvars.ContextVar("REQUEST_URI", default="/")
 
 
-def rpc(name: str, category: str, description: str, args: list[Arg] | None = None, result: str = "",
-        examples: list[str] | None = None):
+def rpc(name: str, category: str, description: str, args: list[Arg] | None = None, result: str = "", examples: list[str] | None = None):
     def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
         REGISTRY[name] = Method(name, category, description, args or [], result, examples or [""], fn)
         return fn
@@ -163,9 +170,7 @@ def _bind(method: Method, params: list | dict) -> list[Any]:
             continue
         got = json_type(value)
         if got not in _ACCEPTS[arg.type]:
-            mismatches.append(
-                f'    "Position {i + 1} ({arg.name})": "JSON value of type {got} is not of expected type {_EXPECTED_NAME[arg.type]}"'
-            )
+            mismatches.append(f'    "Position {i + 1} ({arg.name})": "JSON value of type {got} is not of expected type {_EXPECTED_NAME[arg.type]}"')
     if mismatches:
         raise RpcFailure(RPC_TYPE_ERROR, "Wrong type passed:\n{\n" + ",\n".join(mismatches) + "\n}")
     values = []

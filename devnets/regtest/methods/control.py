@@ -23,9 +23,14 @@ VERSION = 280000
 SUBVERSION = "/Satoshi:28.0.0(embedded-kernel)/"
 
 
-@rpc("help", "Control", "List all commands, or get help for a specified command.",
-     [Arg("command", "string", "The command to get help on", None, default_doc="all commands")],
-     result='"str"    (string) The help text', examples=[""])
+@rpc(
+    "help",
+    "Control",
+    "List all commands, or get help for a specified command.",
+    [Arg("command", "string", "The command to get help on", None, default_doc="all commands")],
+    result='"str"    (string) The help text',
+    examples=[""],
+)
 def help_(node: "RegtestNode", command: str | None) -> str:
     if command:
         method = REGISTRY.get(command)
@@ -41,20 +46,24 @@ def help_(node: "RegtestNode", command: str | None) -> str:
     return "\n".join(lines)
 
 
-@rpc("stop", "Control", "Request a graceful shutdown of Bitcoin Core.", result='"str"    (string) A string with the content \'Bitcoin Core stopping\'')
+@rpc("stop", "Control", "Request a graceful shutdown of Bitcoin Core.", result="\"str\"    (string) A string with the content 'Bitcoin Core stopping'")
 def stop(node: "RegtestNode") -> str:
     node.request_stop()
     return "Bitcoin Core stopping"
 
 
-@rpc("uptime", "Control", "Returns the total uptime of the server.",
-     result="n    (numeric) The number of seconds that the server has been running")
+@rpc("uptime", "Control", "Returns the total uptime of the server.", result="n    (numeric) The number of seconds that the server has been running")
 def uptime(node: "RegtestNode") -> int:
     return int(time.time() - node.started_at)
 
 
-@rpc("setmocktime", "Hidden", "Set the local time to given timestamp (-regtest only)",
-     [Arg("timestamp", "numeric", "UNIX epoch time\nPass 0 to go back to using the system time.")], result="null    (json null)")
+@rpc(
+    "setmocktime",
+    "Hidden",
+    "Set the local time to given timestamp (-regtest only)",
+    [Arg("timestamp", "numeric", "UNIX epoch time\nPass 0 to go back to using the system time.")],
+    result="null    (json null)",
+)
 def setmocktime(node: "RegtestNode", timestamp: Any) -> None:
     t = int_arg(timestamp, INT64)
     if t < 0:
@@ -62,8 +71,12 @@ def setmocktime(node: "RegtestNode", timestamp: Any) -> None:
     node.set_mocktime(t)
 
 
-@rpc("getnetworkinfo", "Network", "Returns an object containing various state info regarding P2P networking.",
-     result='{\n  "version" : n,  (numeric) the server version\n  ...\n}')
+@rpc(
+    "getnetworkinfo",
+    "Network",
+    "Returns an object containing various state info regarding P2P networking.",
+    result='{\n  "version" : n,  (numeric) the server version\n  ...\n}',
+)
 def getnetworkinfo(node: "RegtestNode") -> dict[str, Any]:
     from devnets.regtest.decode import amount_to_btc
 

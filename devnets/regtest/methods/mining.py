@@ -47,12 +47,18 @@ def _generate(node: "RegtestNode", count: int, script: bytes) -> list[str]:
     return hashes
 
 
-@rpc("generatetoaddress", "Generating", "Mine to a specified address and return the block hashes.",
-     [Arg("nblocks", "numeric", "How many blocks are generated."),
-      Arg("address", "string", "The address to send the newly generated bitcoin to."),
-      Arg("maxtries", "numeric", "How many iterations to try.", DEFAULT_MAX_TRIES)],
-     result='[           (json array) hashes of blocks generated\n  "hex",    (string) blockhash\n  ...\n]',
-     examples=['11 "myaddress"'])
+@rpc(
+    "generatetoaddress",
+    "Generating",
+    "Mine to a specified address and return the block hashes.",
+    [
+        Arg("nblocks", "numeric", "How many blocks are generated."),
+        Arg("address", "string", "The address to send the newly generated bitcoin to."),
+        Arg("maxtries", "numeric", "How many iterations to try.", DEFAULT_MAX_TRIES),
+    ],
+    result='[           (json array) hashes of blocks generated\n  "hex",    (string) blockhash\n  ...\n]',
+    examples=['11 "myaddress"'],
+)
 def generatetoaddress(node: "RegtestNode", nblocks: Any, address: str, maxtries: Any) -> list[str]:
     count = int_arg(nblocks)
     script = address_script(address)
@@ -60,12 +66,18 @@ def generatetoaddress(node: "RegtestNode", nblocks: Any, address: str, maxtries:
     return _generate(node, count, script)
 
 
-@rpc("generatetodescriptor", "Generating", "Mine to a specified descriptor and return the block hashes.",
-     [Arg("num_blocks", "numeric", "How many blocks are generated."),
-      Arg("descriptor", "string", "The descriptor to send the newly generated bitcoin to."),
-      Arg("maxtries", "numeric", "How many iterations to try.", DEFAULT_MAX_TRIES)],
-     result='[           (json array) hashes of blocks generated\n  "hex",    (string) blockhash\n  ...\n]',
-     examples=['11 "mydesc"'])
+@rpc(
+    "generatetodescriptor",
+    "Generating",
+    "Mine to a specified descriptor and return the block hashes.",
+    [
+        Arg("num_blocks", "numeric", "How many blocks are generated."),
+        Arg("descriptor", "string", "The descriptor to send the newly generated bitcoin to."),
+        Arg("maxtries", "numeric", "How many iterations to try.", DEFAULT_MAX_TRIES),
+    ],
+    result='[           (json array) hashes of blocks generated\n  "hex",    (string) blockhash\n  ...\n]',
+    examples=['11 "mydesc"'],
+)
 def generatetodescriptor(node: "RegtestNode", num_blocks: Any, descriptor: str, maxtries: Any) -> list[str]:
     count = int_arg(num_blocks)
     script = _descriptor_script(descriptor)
@@ -73,15 +85,25 @@ def generatetodescriptor(node: "RegtestNode", num_blocks: Any, descriptor: str, 
     return _generate(node, count, script)
 
 
-@rpc("generateblock", "Generating", "Mine a set of ordered transactions to a specified address or descriptor and return the block hash.",
-     [Arg("output", "string", "The address or descriptor to send the newly generated bitcoin to."),
-      Arg("transactions", "json array", "An array of hex strings which are either txids or raw transactions.\n"
-          "Txids must reference transactions currently in the mempool.\n"
-          "All transactions must be valid and in valid order, otherwise the block will be rejected."),
-      Arg("submit", "boolean", "Whether to submit the block before the RPC call returns or to return it as hex.", True)],
-     result='{                    (json object)\n  "hash" : "hex",    (string) hash of generated block\n'
-            '  "hex" : "hex"      (string, optional) hex of generated block, only present when submit=false\n}',
-     examples=['"myaddress" \'["rawtx", "mempool_txid"]\''])
+@rpc(
+    "generateblock",
+    "Generating",
+    "Mine a set of ordered transactions to a specified address or descriptor and return the block hash.",
+    [
+        Arg("output", "string", "The address or descriptor to send the newly generated bitcoin to."),
+        Arg(
+            "transactions",
+            "json array",
+            "An array of hex strings which are either txids or raw transactions.\n"
+            "Txids must reference transactions currently in the mempool.\n"
+            "All transactions must be valid and in valid order, otherwise the block will be rejected.",
+        ),
+        Arg("submit", "boolean", "Whether to submit the block before the RPC call returns or to return it as hex.", True),
+    ],
+    result='{                    (json object)\n  "hash" : "hex",    (string) hash of generated block\n'
+    '  "hex" : "hex"      (string, optional) hex of generated block, only present when submit=false\n}',
+    examples=['"myaddress" \'["rawtx", "mempool_txid"]\''],
+)
 def generateblock(node: "RegtestNode", output: str, transactions: list, submit: bool) -> dict[str, Any]:
     try:
         script = _descriptor_script(output)
@@ -110,8 +132,7 @@ def generateblock(node: "RegtestNode", output: str, transactions: list, submit: 
         from devnets.regtest.miner import assemble
 
         chain = node.chain
-        block = assemble(chain.tip_hash(), chain.height + 1, chain.median_time_past(), node.now(), script, txs,
-                         node._fees_of(txs))
+        block = assemble(chain.tip_hash(), chain.height + 1, chain.median_time_past(), node.now(), script, txs, node._fees_of(txs))
         return {"hash": block.hash, "hex": block.serialize().hex()}
     block, outcome = node.mine(script, txs)
     if not outcome.valid:
@@ -127,12 +148,17 @@ def _is_hex(s: str) -> bool:
         return False
 
 
-@rpc("submitblock", "Mining",
-     "Attempts to submit new block to network.\nSee https://en.bitcoin.it/wiki/BIP_0022 for full specification.",
-     [Arg("hexdata", "string", "the hex-encoded block data to submit"),
-      Arg("dummy", "string", "dummy value, for compatibility with BIP22. This value is ignored.", None, default_doc="ignored")],
-     result="null    (json null) Returns JSON Null when valid\n\nor\n\n\"str\"    (string) A string according to BIP22 (e.g. \"duplicate\", \"duplicate-invalid\", \"inconclusive\", \"rejected\")",
-     examples=['"mydata"'])
+@rpc(
+    "submitblock",
+    "Mining",
+    "Attempts to submit new block to network.\nSee https://en.bitcoin.it/wiki/BIP_0022 for full specification.",
+    [
+        Arg("hexdata", "string", "the hex-encoded block data to submit"),
+        Arg("dummy", "string", "dummy value, for compatibility with BIP22. This value is ignored.", None, default_doc="ignored"),
+    ],
+    result='null    (json null) Returns JSON Null when valid\n\nor\n\n"str"    (string) A string according to BIP22 (e.g. "duplicate", "duplicate-invalid", "inconclusive", "rejected")',
+    examples=['"mydata"'],
+)
 def submitblock(node: "RegtestNode", hexdata: str, dummy: Any) -> Any:
     try:
         block = p.Block.parse(bytes.fromhex(hexdata))
@@ -151,8 +177,12 @@ def submitblock(node: "RegtestNode", hexdata: str, dummy: Any) -> Any:
     return None
 
 
-@rpc("getmininginfo", "Mining", "Returns a json object containing mining-related information.",
-     result='{\n  "blocks" : n,  (numeric) The current block\n  ...\n}')
+@rpc(
+    "getmininginfo",
+    "Mining",
+    "Returns a json object containing mining-related information.",
+    result='{\n  "blocks" : n,  (numeric) The current block\n  ...\n}',
+)
 def getmininginfo(node: "RegtestNode") -> dict[str, Any]:
     chain = node.chain
     tip_raw = chain.store.raw_at(chain.height)
@@ -169,17 +199,27 @@ def getmininginfo(node: "RegtestNode") -> dict[str, Any]:
     }
 
 
-@rpc("estimatesmartfee", "Util",
-     "Estimates the approximate fee per kilobyte needed for a transaction to begin\n"
-     "confirmation within conf_target blocks if possible and return the number of blocks\n"
-     "for which the estimate is valid. Uses virtual transaction size as defined\n"
-     "in BIP 141 (witness data is discounted).",
-     [Arg("conf_target", "numeric", "Confirmation target in blocks (1 - 1008)"),
-      Arg("estimate_mode", "string", 'The fee estimate mode.\nWhether to return a more conservative estimate which also satisfies\na longer history. A conservative estimate potentially returns a\nhigher feerate and is more likely to be sufficient for the desired\ntarget, but is not as responsive to short term drops in the\nprevailing fee market. Must be one of (case insensitive):\n"unset"\n"economical"\n"conservative"', "economical")],
-     result='{                   (json object)\n  "feerate" : n,    (numeric, optional) estimate fee rate in BTC/kvB (only present if no errors were encountered)\n'
-            '  "errors" : [       (json array, optional) Errors encountered during processing (if there are any)\n    "str",          (string) error\n    ...\n  ],\n'
-            '  "blocks" : n       (numeric) block number where estimate was found\n}',
-     examples=["6"])
+@rpc(
+    "estimatesmartfee",
+    "Util",
+    "Estimates the approximate fee per kilobyte needed for a transaction to begin\n"
+    "confirmation within conf_target blocks if possible and return the number of blocks\n"
+    "for which the estimate is valid. Uses virtual transaction size as defined\n"
+    "in BIP 141 (witness data is discounted).",
+    [
+        Arg("conf_target", "numeric", "Confirmation target in blocks (1 - 1008)"),
+        Arg(
+            "estimate_mode",
+            "string",
+            'The fee estimate mode.\nWhether to return a more conservative estimate which also satisfies\na longer history. A conservative estimate potentially returns a\nhigher feerate and is more likely to be sufficient for the desired\ntarget, but is not as responsive to short term drops in the\nprevailing fee market. Must be one of (case insensitive):\n"unset"\n"economical"\n"conservative"',
+            "economical",
+        ),
+    ],
+    result='{                   (json object)\n  "feerate" : n,    (numeric, optional) estimate fee rate in BTC/kvB (only present if no errors were encountered)\n'
+    '  "errors" : [       (json array, optional) Errors encountered during processing (if there are any)\n    "str",          (string) error\n    ...\n  ],\n'
+    '  "blocks" : n       (numeric) block number where estimate was found\n}',
+    examples=["6"],
+)
 def estimatesmartfee(node: "RegtestNode", conf_target: Any, estimate_mode: str) -> dict[str, Any]:
     target = int_arg(conf_target)
     if target < 1 or target > 1008:
@@ -190,18 +230,23 @@ def estimatesmartfee(node: "RegtestNode", conf_target: Any, estimate_mode: str) 
     return {"errors": ["Insufficient data or no feerate found"], "blocks": 0}
 
 
-@rpc("devnetreorg", "Generating",
-     "Devnet only (not a bitcoind RPC). Replaces the last `depth` blocks of the active chain with a longer\n"
-     "competing branch of empty blocks built on the block `depth` below the tip, and submits it to the\n"
-     "consensus engine, which reorganises to it because it has more work. Transactions of the replaced\n"
-     "blocks go back to the mempool unless they conflict. This stands in for invalidateblock, which\n"
-     "libbitcoinkernel does not offer.",
-     [Arg("depth", "numeric", "How many blocks at the tip to replace (1 to the current height)."),
-      Arg("nblocks", "numeric", "How many blocks the new branch has (more than depth).", None, default_doc="depth + 1"),
-      Arg("address", "string", "Address the new branch's coinbases pay to.", None, default_doc="an OP_TRUE script")],
-     result='{\n  "old_tip" : "hex",      (string) the replaced tip\n  "new_tip" : "hex",      (string) the new tip\n'
-            '  "disconnected" : n,     (numeric) blocks disconnected\n  "blocks" : [ "hex", ... ]  (json array) the new branch\n}',
-     examples=["2", '2 3 "bcrt1q..."'])
+@rpc(
+    "devnetreorg",
+    "Generating",
+    "Devnet only (not a bitcoind RPC). Replaces the last `depth` blocks of the active chain with a longer\n"
+    "competing branch of empty blocks built on the block `depth` below the tip, and submits it to the\n"
+    "consensus engine, which reorganises to it because it has more work. Transactions of the replaced\n"
+    "blocks go back to the mempool unless they conflict. This stands in for invalidateblock, which\n"
+    "libbitcoinkernel does not offer.",
+    [
+        Arg("depth", "numeric", "How many blocks at the tip to replace (1 to the current height)."),
+        Arg("nblocks", "numeric", "How many blocks the new branch has (more than depth).", None, default_doc="depth + 1"),
+        Arg("address", "string", "Address the new branch's coinbases pay to.", None, default_doc="an OP_TRUE script"),
+    ],
+    result='{\n  "old_tip" : "hex",      (string) the replaced tip\n  "new_tip" : "hex",      (string) the new tip\n'
+    '  "disconnected" : n,     (numeric) blocks disconnected\n  "blocks" : [ "hex", ... ]  (json array) the new branch\n}',
+    examples=["2", '2 3 "bcrt1q..."'],
+)
 def devnetreorg(node: "RegtestNode", depth: Any, nblocks: Any, address: str | None) -> dict[str, Any]:
     script = address_script(address) if address is not None else b"\x51"
     d = int_arg(depth)
@@ -215,15 +260,20 @@ def devnetreorg(node: "RegtestNode", depth: Any, nblocks: Any, address: str | No
     return {"old_tip": old_tip, "new_tip": node.chain.tip_hash(), "disconnected": d, "blocks": hashes}
 
 
-@rpc("devnetautomine", "Generating",
-     "Devnet only (not a bitcoind RPC). While enabled, every transaction sendrawtransaction accepts is\n"
-     "mined at once: the call returns after a block holding the mempool is connected, as Anvil's\n"
-     "automine does. For tests and benchmarks that want each transaction confirmed when it is sent,\n"
-     "without a task polling the mempool to mine it.",
-     [Arg("enable", "boolean", "Mine on every accepted transaction (true) or stop (false)."),
-      Arg("address", "string", "Address the coinbases pay to.", None, default_doc="an OP_TRUE script")],
-     result='{\n  "automine" : true|false      (boolean) whether automine is now on\n}',
-     examples=["true", 'true "bcrt1q..."', "false"])
+@rpc(
+    "devnetautomine",
+    "Generating",
+    "Devnet only (not a bitcoind RPC). While enabled, every transaction sendrawtransaction accepts is\n"
+    "mined at once: the call returns after a block holding the mempool is connected, as Anvil's\n"
+    "automine does. For tests and benchmarks that want each transaction confirmed when it is sent,\n"
+    "without a task polling the mempool to mine it.",
+    [
+        Arg("enable", "boolean", "Mine on every accepted transaction (true) or stop (false)."),
+        Arg("address", "string", "Address the coinbases pay to.", None, default_doc="an OP_TRUE script"),
+    ],
+    result='{\n  "automine" : true|false      (boolean) whether automine is now on\n}',
+    examples=["true", 'true "bcrt1q..."', "false"],
+)
 def devnetautomine(node: "RegtestNode", enable: Any, address: str | None) -> dict[str, Any]:
     node.automine = (address_script(address) if address is not None else b"\x51") if enable else None
     return {"automine": node.automine is not None}

@@ -25,21 +25,25 @@ if TYPE_CHECKING:
 NOT_FOUND = "No such mempool or blockchain transaction. Use gettransaction for wallet transactions."
 
 
-@rpc("getrawtransaction", "Rawtransactions",
-     "By default, this call only returns a transaction if it is in the mempool. If -txindex is enabled\n"
-     "and no blockhash argument is passed, it will return the transaction if it is in the mempool or any block.\n"
-     "If a blockhash argument is passed, it will return the transaction if\n"
-     "the specified block is available and the transaction is in that block.\n\n"
-     "Hint: Use gettransaction for wallet transactions.\n\n"
-     "If verbosity is 0 or omitted, returns the serialized transaction as a hex-encoded string.\n"
-     "If verbosity is 1, returns a JSON Object with information about the transaction.\n"
-     "If verbosity is 2, returns a JSON Object with information about the transaction, including fee and prevout information.",
-     [Arg("txid", "string", "The transaction id"),
-      Arg("verbosity", "any", "0 for hex-encoded data, 1 for a JSON object, and 2 for JSON object with fee and prevout", 0,
-          shown_type="numeric"),
-      Arg("blockhash", "string", "The block in which to look for the transaction", None, default_doc="")],
-     result='"str"    (string) The serialized transaction as a hex-encoded string for \'txid\'',
-     examples=['"mytxid"', '"mytxid" 1', '"mytxid" 0 "myblockhash"'])
+@rpc(
+    "getrawtransaction",
+    "Rawtransactions",
+    "By default, this call only returns a transaction if it is in the mempool. If -txindex is enabled\n"
+    "and no blockhash argument is passed, it will return the transaction if it is in the mempool or any block.\n"
+    "If a blockhash argument is passed, it will return the transaction if\n"
+    "the specified block is available and the transaction is in that block.\n\n"
+    "Hint: Use gettransaction for wallet transactions.\n\n"
+    "If verbosity is 0 or omitted, returns the serialized transaction as a hex-encoded string.\n"
+    "If verbosity is 1, returns a JSON Object with information about the transaction.\n"
+    "If verbosity is 2, returns a JSON Object with information about the transaction, including fee and prevout information.",
+    [
+        Arg("txid", "string", "The transaction id"),
+        Arg("verbosity", "any", "0 for hex-encoded data, 1 for a JSON object, and 2 for JSON object with fee and prevout", 0, shown_type="numeric"),
+        Arg("blockhash", "string", "The block in which to look for the transaction", None, default_doc=""),
+    ],
+    result="\"str\"    (string) The serialized transaction as a hex-encoded string for 'txid'",
+    examples=['"mytxid"', '"mytxid" 1', '"mytxid" 0 "myblockhash"'],
+)
 def getrawtransaction(node: "RegtestNode", txid: str, verbose: Any, blockhash: str | None) -> Any:
     t = parse_hash(txid, "parameter 1")
     level = verbosity(verbose, 0)
@@ -71,8 +75,7 @@ def getrawtransaction(node: "RegtestNode", txid: str, verbose: Any, blockhash: s
     return _tx_result(node, block.txs[pos], level, block_hash, height, None)
 
 
-def _tx_result(node: "RegtestNode", tx: p.Tx, level: int, block_hash: str | None, height: int | None,
-               in_active: bool | None) -> Any:
+def _tx_result(node: "RegtestNode", tx: p.Tx, level: int, block_hash: str | None, height: int | None, in_active: bool | None) -> Any:
     if level <= 0:
         return tx.serialize().hex()
     from devnets.regtest.decode import SpentOutput, tx_to_json
@@ -102,11 +105,23 @@ def _tx_result(node: "RegtestNode", tx: p.Tx, level: int, block_hash: str | None
     return out
 
 
-@rpc("decoderawtransaction", "Rawtransactions", "Return a JSON object representing the serialized, hex-encoded transaction.",
-     [Arg("hexstring", "hex", "The transaction hex string"),
-      Arg("iswitness", "boolean", "Whether the transaction hex is a serialized witness transaction.\n"
-          "If iswitness is not present, heuristic tests will be used in decoding.", None, default_doc="depends on heuristic tests")],
-     result='{\n  "txid" : "hex",  (string) The transaction id\n  ...\n}', examples=['"hexstring"'])
+@rpc(
+    "decoderawtransaction",
+    "Rawtransactions",
+    "Return a JSON object representing the serialized, hex-encoded transaction.",
+    [
+        Arg("hexstring", "hex", "The transaction hex string"),
+        Arg(
+            "iswitness",
+            "boolean",
+            "Whether the transaction hex is a serialized witness transaction.\nIf iswitness is not present, heuristic tests will be used in decoding.",
+            None,
+            default_doc="depends on heuristic tests",
+        ),
+    ],
+    result='{\n  "txid" : "hex",  (string) The transaction id\n  ...\n}',
+    examples=['"hexstring"'],
+)
 def decoderawtransaction(node: "RegtestNode", hexstring: str, iswitness: bool | None) -> dict[str, Any]:
     from devnets.regtest.decode import decode_hex_tx, tx_to_json
 
@@ -117,9 +132,14 @@ def decoderawtransaction(node: "RegtestNode", hexstring: str, iswitness: bool | 
     return tx_to_json(tx, NETWORK)
 
 
-@rpc("decodescript", "Rawtransactions", "Decode a hex-encoded script.",
-     [Arg("hexstring", "hex", "the hex-encoded script")],
-     result='{\n  "asm" : "str",  (string) Script public key\n  ...\n}', examples=['"hexstring"'])
+@rpc(
+    "decodescript",
+    "Rawtransactions",
+    "Decode a hex-encoded script.",
+    [Arg("hexstring", "hex", "the hex-encoded script")],
+    result='{\n  "asm" : "str",  (string) Script public key\n  ...\n}',
+    examples=['"hexstring"'],
+)
 def decodescript(node: "RegtestNode", hexstring: str) -> dict[str, Any]:
     from devnets.regtest.decode import script_to_json
 
@@ -130,20 +150,38 @@ def _max_feerate(value: Any) -> int:
     return DEFAULT_MAX_FEERATE if value is None else feerate_per_kvb(value)
 
 
-@rpc("sendrawtransaction", "Rawtransactions",
-     "Submit a raw transaction (serialized, hex-encoded) to local node and network.\n\n"
-     "The transaction will be sent unconditionally to all peers, so using sendrawtransaction\n"
-     "for manual rebroadcast may degrade privacy by leaking the transaction's origin, as\n"
-     "nodes will normally not rebroadcast non-wallet transactions already in their mempool.\n\n"
-     "A specific exception, RPC_TRANSACTION_ALREADY_IN_UTXO_SET, may throw if the transaction cannot be added to the mempool.\n\n"
-     "Related RPCs: createrawtransaction, signrawtransactionwithkey",
-     [Arg("hexstring", "hex", "The hex string of the raw transaction"),
-      Arg("maxfeerate", "amount", "Reject transactions whose fee rate is higher than the specified value, expressed in BTC/kvB.\n"
-          "Fee rates larger than 1BTC/kvB are rejected.\nSet to 0 to accept any fee rate.", None, default_doc='"0.10"'),
-      Arg("maxburnamount", "amount", "Reject transactions with provably unspendable outputs (e.g. 'datacarrier' outputs that use the OP_RETURN opcode) greater than the specified value, expressed in BTC.\n"
-          "If burning funds through unspendable outputs is desired, increase this value.\n"
-          "This check is based on heuristics and does not guarantee spendability of outputs.\n", None, default_doc='"0.00"')],
-     result='"hex"    (string) The transaction hash in hex', examples=['"signedhex"'])
+@rpc(
+    "sendrawtransaction",
+    "Rawtransactions",
+    "Submit a raw transaction (serialized, hex-encoded) to local node and network.\n\n"
+    "The transaction will be sent unconditionally to all peers, so using sendrawtransaction\n"
+    "for manual rebroadcast may degrade privacy by leaking the transaction's origin, as\n"
+    "nodes will normally not rebroadcast non-wallet transactions already in their mempool.\n\n"
+    "A specific exception, RPC_TRANSACTION_ALREADY_IN_UTXO_SET, may throw if the transaction cannot be added to the mempool.\n\n"
+    "Related RPCs: createrawtransaction, signrawtransactionwithkey",
+    [
+        Arg("hexstring", "hex", "The hex string of the raw transaction"),
+        Arg(
+            "maxfeerate",
+            "amount",
+            "Reject transactions whose fee rate is higher than the specified value, expressed in BTC/kvB.\n"
+            "Fee rates larger than 1BTC/kvB are rejected.\nSet to 0 to accept any fee rate.",
+            None,
+            default_doc='"0.10"',
+        ),
+        Arg(
+            "maxburnamount",
+            "amount",
+            "Reject transactions with provably unspendable outputs (e.g. 'datacarrier' outputs that use the OP_RETURN opcode) greater than the specified value, expressed in BTC.\n"
+            "If burning funds through unspendable outputs is desired, increase this value.\n"
+            "This check is based on heuristics and does not guarantee spendability of outputs.\n",
+            None,
+            default_doc='"0.00"',
+        ),
+    ],
+    result='"hex"    (string) The transaction hash in hex',
+    examples=['"signedhex"'],
+)
 def sendrawtransaction(node: "RegtestNode", hexstring: str, maxfeerate: Any, maxburnamount: Any) -> str:
     tx = decode_tx(hexstring)
     max_rate = _max_feerate(maxfeerate)
@@ -171,18 +209,29 @@ def sendrawtransaction(node: "RegtestNode", hexstring: str, maxfeerate: Any, max
     return tx.txid
 
 
-@rpc("testmempoolaccept", "Rawtransactions",
-     "Returns result of mempool acceptance tests indicating if raw transaction(s) (serialized, hex-encoded) would be accepted by mempool.\n\n"
-     "If multiple transactions are passed in, parents must come before children and package policies apply: the transactions cannot conflict with any mempool transactions or each other.\n\n"
-     "If one transaction fails, other transactions may not be fully validated (the 'allowed' key will be blank).\n\n"
-     "The maximum number of transactions allowed is 25.\n\n"
-     "This checks if transactions violate the consensus or policy rules.\n\n"
-     "See sendrawtransaction call.",
-     [Arg("rawtxs", "json array", "An array of hex strings of raw transactions."),
-      Arg("maxfeerate", "amount", "Reject transactions whose fee rate is higher than the specified value, expressed in BTC/kvB.\n"
-          "Fee rates larger than 1BTC/kvB are rejected.\nSet to 0 to accept any fee rate.", None, default_doc='"0.10"')],
-     result='[  (json array) The result of the mempool acceptance test for each raw transaction in the input array.\n  ...\n]',
-     examples=["'[\"signedhex\"]'"])
+@rpc(
+    "testmempoolaccept",
+    "Rawtransactions",
+    "Returns result of mempool acceptance tests indicating if raw transaction(s) (serialized, hex-encoded) would be accepted by mempool.\n\n"
+    "If multiple transactions are passed in, parents must come before children and package policies apply: the transactions cannot conflict with any mempool transactions or each other.\n\n"
+    "If one transaction fails, other transactions may not be fully validated (the 'allowed' key will be blank).\n\n"
+    "The maximum number of transactions allowed is 25.\n\n"
+    "This checks if transactions violate the consensus or policy rules.\n\n"
+    "See sendrawtransaction call.",
+    [
+        Arg("rawtxs", "json array", "An array of hex strings of raw transactions."),
+        Arg(
+            "maxfeerate",
+            "amount",
+            "Reject transactions whose fee rate is higher than the specified value, expressed in BTC/kvB.\n"
+            "Fee rates larger than 1BTC/kvB are rejected.\nSet to 0 to accept any fee rate.",
+            None,
+            default_doc='"0.10"',
+        ),
+    ],
+    result="[  (json array) The result of the mempool acceptance test for each raw transaction in the input array.\n  ...\n]",
+    examples=["'[\"signedhex\"]'"],
+)
 def testmempoolaccept(node: "RegtestNode", rawtxs: list, maxfeerate: Any) -> list[dict[str, Any]]:
     if not 1 <= len(rawtxs) <= 25:
         raise RpcFailure(RPC_INVALID_PARAMETER, "Array must contain between 1 and 25 transactions.")
@@ -212,12 +261,13 @@ def testmempoolaccept(node: "RegtestNode", rawtxs: list, maxfeerate: Any) -> lis
             if r.debug:
                 result["reject-details"] = r.text
         return [result]
-    result.update({
-        "allowed": True,
-        "vsize": entry.vsize,
-        "fees": {"base": _btc(entry.fee), "effective-feerate": _btc(entry.fee * 1000 // entry.vsize),
-                 "effective-includes": [tx.wtxid]},
-    })
+    result.update(
+        {
+            "allowed": True,
+            "vsize": entry.vsize,
+            "fees": {"base": _btc(entry.fee), "effective-feerate": _btc(entry.fee * 1000 // entry.vsize), "effective-includes": [tx.wtxid]},
+        }
+    )
     return [result]
 
 
@@ -227,8 +277,7 @@ def _test_package(node: "RegtestNode", txs: list[p.Tx], max_rate: int) -> list[d
 
     scratch = Mempool(node.mempool.chain, node.now)
     # Copies, so linking package children never touches the live mempool's entries.
-    scratch.entries = {k: replace(v, parents=set(v.parents), children=set(v.children))
-                       for k, v in node.mempool.entries.items()}
+    scratch.entries = {k: replace(v, parents=set(v.parents), children=set(v.children)) for k, v in node.mempool.entries.items()}
     scratch.spenders = dict(node.mempool.spenders)
     scratch.wtxids = dict(node.mempool.wtxids)
     results: list[dict[str, Any]] = []
@@ -244,9 +293,13 @@ def _test_package(node: "RegtestNode", txs: list[p.Tx], max_rate: int) -> list[d
             if replaced:
                 raise Rejected("bip125-replacement-disallowed")
             scratch.add(entry, set())
-            r.update({"allowed": True, "vsize": entry.vsize,
-                      "fees": {"base": _btc(entry.fee), "effective-feerate": _btc(entry.fee * 1000 // entry.vsize),
-                               "effective-includes": [tx.wtxid]}})
+            r.update(
+                {
+                    "allowed": True,
+                    "vsize": entry.vsize,
+                    "fees": {"base": _btc(entry.fee), "effective-feerate": _btc(entry.fee * 1000 // entry.vsize), "effective-includes": [tx.wtxid]},
+                }
+            )
         except Rejected as rej:
             failed = True
             r["allowed"] = False

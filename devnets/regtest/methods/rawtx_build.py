@@ -39,8 +39,7 @@ if TYPE_CHECKING:
 
 MAX_BIP125_RBF_SEQUENCE = 0xFFFFFFFD
 LOCKTIME_MAX = 0xFFFFFFFF
-_SIGHASH_NAMES = {"DEFAULT": 0, "ALL": 1, "NONE": 2, "SINGLE": 3, "ALL|ANYONECANPAY": 0x81,
-                  "NONE|ANYONECANPAY": 0x82, "SINGLE|ANYONECANPAY": 0x83}
+_SIGHASH_NAMES = {"DEFAULT": 0, "ALL": 1, "NONE": 2, "SINGLE": 3, "ALL|ANYONECANPAY": 0x81, "NONE|ANYONECANPAY": 0x82, "SINGLE|ANYONECANPAY": 0x83}
 
 
 def _obj_hash(obj: dict, key: str) -> str:
@@ -121,21 +120,35 @@ def _outputs(outputs: Any) -> list[p.TxOut]:
     return vout
 
 
-@rpc("createrawtransaction", "Rawtransactions",
-     "Create a transaction spending the given inputs and creating new outputs.\nOutputs can be addresses or data.\n"
-     "Returns hex-encoded raw transaction.\nNote that the transaction's inputs are not signed, and\n"
-     "it is not stored in the wallet or transmitted to the network.",
-     [Arg("inputs", "json array", "The inputs"),
-      Arg("outputs", "any", "The outputs specified as key-value pairs.\nEach key may only appear once, i.e. there can only be one 'data' output, and "
-                            "no address may be duplicated.\n"
-          "At least one output of either type must be specified.\nFor compatibility reasons, a dictionary, which holds the key-value pairs directly, is also\n"
-          "                             accepted as second parameter.", shown_type="json array"),
-      Arg("locktime", "numeric", "Raw locktime. Non-0 value also locktime-activates inputs", 0),
-      Arg("replaceable", "boolean", "Marks this transaction as BIP125-replaceable.\nAllows this transaction to be replaced by a transaction with "
-                                    "higher fees. If provided, it is an error if explicit sequence numbers are incompatible.", True)],
-     result='"hex"    (string) hex string of the transaction',
-     examples=['"[{\\"txid\\":\\"myid\\",\\"vout\\":0}]" "[{\\"address\\":0.01}]"',
-               '"[{\\"txid\\":\\"myid\\",\\"vout\\":0}]" "[{\\"data\\":\\"00010203\\"}]"'])
+@rpc(
+    "createrawtransaction",
+    "Rawtransactions",
+    "Create a transaction spending the given inputs and creating new outputs.\nOutputs can be addresses or data.\n"
+    "Returns hex-encoded raw transaction.\nNote that the transaction's inputs are not signed, and\n"
+    "it is not stored in the wallet or transmitted to the network.",
+    [
+        Arg("inputs", "json array", "The inputs"),
+        Arg(
+            "outputs",
+            "any",
+            "The outputs specified as key-value pairs.\nEach key may only appear once, i.e. there can only be one 'data' output, and "
+            "no address may be duplicated.\n"
+            "At least one output of either type must be specified.\nFor compatibility reasons, a dictionary, which holds the key-value pairs directly, is also\n"
+            "                             accepted as second parameter.",
+            shown_type="json array",
+        ),
+        Arg("locktime", "numeric", "Raw locktime. Non-0 value also locktime-activates inputs", 0),
+        Arg(
+            "replaceable",
+            "boolean",
+            "Marks this transaction as BIP125-replaceable.\nAllows this transaction to be replaced by a transaction with "
+            "higher fees. If provided, it is an error if explicit sequence numbers are incompatible.",
+            True,
+        ),
+    ],
+    result='"hex"    (string) hex string of the transaction',
+    examples=['"[{\\"txid\\":\\"myid\\",\\"vout\\":0}]" "[{\\"address\\":0.01}]"', '"[{\\"txid\\":\\"myid\\",\\"vout\\":0}]" "[{\\"data\\":\\"00010203\\"}]"'],
+)
 def createrawtransaction(node: "RegtestNode", inputs: list, outputs: Any, locktime: Any, replaceable: bool) -> str:
     lock = int_arg(locktime, INT64)
     if not 0 <= lock <= LOCKTIME_MAX:
@@ -170,15 +183,20 @@ def _parse_prevtxs(prevtxs: list | None, coins: dict[tuple[str, int], tuple[int,
         script = parse_hex(item["scriptPubKey"], "scriptPubKey")
         known = coins.get((txid, vout))
         if known is not None and known[1] != script:
-            raise RpcFailure(RPC_DESERIALIZATION_ERROR, "Previous output scriptPubKey mismatch:\n"
-                             f"{disassemble(known[1])}\nvs:\n{disassemble(script)}")
+            raise RpcFailure(RPC_DESERIALIZATION_ERROR, f"Previous output scriptPubKey mismatch:\n{disassemble(known[1])}\nvs:\n{disassemble(script)}")
         amount = feerate_per_kvb(item["amount"]) if "amount" in item else p.MAX_MONEY
         coins[(txid, vout)] = (amount, script)
 
 
 def _input_error(txin: p.TxIn, error: str) -> dict[str, Any]:
-    return {"txid": txin.prevout.txid_hex, "vout": txin.prevout.n, "witness": [w.hex() for w in txin.witness],
-            "scriptSig": txin.script_sig.hex(), "sequence": txin.sequence, "error": error}
+    return {
+        "txid": txin.prevout.txid_hex,
+        "vout": txin.prevout.n,
+        "witness": [w.hex() for w in txin.witness],
+        "scriptSig": txin.script_sig.hex(),
+        "sequence": txin.sequence,
+        "error": error,
+    }
 
 
 _NO_KEY = "Unable to sign input, invalid stack size (possibly missing key)"
@@ -216,8 +234,9 @@ def sign_inputs(tx: p.Tx, secrets: dict[bytes, keys.Secret], coins: dict[tuple[s
             wrapped = next((k for h, k in by_hash.items() if p.hash160(p2wpkh_script(h)) == spk[2:22] and k.compressed), None)
             if wrapped is not None:
                 if amount == p.MAX_MONEY:
-                    raise RpcFailure(RPC_TYPE_ERROR, f"Missing amount for CTxOut(nValue={amount // p.COIN}.{amount % p.COIN:08d}, "
-                                                     f"scriptPubKey={spk.hex()[:30]})")
+                    raise RpcFailure(
+                        RPC_TYPE_ERROR, f"Missing amount for CTxOut(nValue={amount // p.COIN}.{amount % p.COIN:08d}, scriptPubKey={spk.hex()[:30]})"
+                    )
                 h = p.hash160(wrapped.pubkey)
                 digest = segwit_v0_sighash(p.Tx(tx.version, vin, tx.vout, tx.locktime), i, p2pkh_script(h), amount)
                 sig = keys.sign_ecdsa(wrapped.secret, digest) + bytes((SIGHASH_ALL,))
@@ -243,22 +262,31 @@ def parse_sighash(value: str | None) -> None:
         raise RpcFailure(RPC_INVALID_PARAMETER, f"sighash type '{value}' is not supported by the embedded regtest node (ALL and DEFAULT are)")
 
 
-@rpc("signrawtransactionwithkey", "Rawtransactions",
-     "Sign inputs for raw transaction (serialized, hex-encoded).\nThe second argument is an array of base58-encoded private\n"
-     "keys that will be the only keys used to sign the transaction.\nThe third optional argument (may be null) is an array of previous transaction "
-     "outputs that\n"
-     "this transaction depends on but may not yet be in the block chain.",
-     [Arg("hexstring", "string", "The transaction hex string"),
-      Arg("privkeys", "json array", "The base58-encoded private keys for signing"),
-      Arg("prevtxs", "json array", "The previous dependent transaction outputs", None, default_doc=""),
-      Arg("sighashtype", "string", 'The signature hash type. Must be one of:\n       "DEFAULT"\n       "ALL"\n       "NONE"\n       "SINGLE"\n'
-          '       "ALL|ANYONECANPAY"\n       "NONE|ANYONECANPAY"\n       "SINGLE|ANYONECANPAY"', "DEFAULT")],
-     result='{\n  "hex" : "hex",  (string) The hex-encoded raw transaction with signature(s)\n  "complete" : true|false,  '
-            '(boolean) If the transaction has a complete set of signatures\n  '
-            '"errors" : [  (json array, optional) Script verification errors (if there are any)\n  ...\n}',
-     examples=['"myhex" "[\\"key1\\",\\"key2\\"]"'])
-def signrawtransactionwithkey(node: "RegtestNode", hexstring: str, privkeys: list, prevtxs: list | None,
-                              sighashtype: str) -> dict[str, Any]:
+@rpc(
+    "signrawtransactionwithkey",
+    "Rawtransactions",
+    "Sign inputs for raw transaction (serialized, hex-encoded).\nThe second argument is an array of base58-encoded private\n"
+    "keys that will be the only keys used to sign the transaction.\nThe third optional argument (may be null) is an array of previous transaction "
+    "outputs that\n"
+    "this transaction depends on but may not yet be in the block chain.",
+    [
+        Arg("hexstring", "string", "The transaction hex string"),
+        Arg("privkeys", "json array", "The base58-encoded private keys for signing"),
+        Arg("prevtxs", "json array", "The previous dependent transaction outputs", None, default_doc=""),
+        Arg(
+            "sighashtype",
+            "string",
+            'The signature hash type. Must be one of:\n       "DEFAULT"\n       "ALL"\n       "NONE"\n       "SINGLE"\n'
+            '       "ALL|ANYONECANPAY"\n       "NONE|ANYONECANPAY"\n       "SINGLE|ANYONECANPAY"',
+            "DEFAULT",
+        ),
+    ],
+    result='{\n  "hex" : "hex",  (string) The hex-encoded raw transaction with signature(s)\n  "complete" : true|false,  '
+    "(boolean) If the transaction has a complete set of signatures\n  "
+    '"errors" : [  (json array, optional) Script verification errors (if there are any)\n  ...\n}',
+    examples=['"myhex" "[\\"key1\\",\\"key2\\"]"'],
+)
+def signrawtransactionwithkey(node: "RegtestNode", hexstring: str, privkeys: list, prevtxs: list | None, sighashtype: str) -> dict[str, Any]:
     from devnets.regtest.decode import decode_hex_tx
 
     try:
@@ -290,12 +318,15 @@ def signrawtransactionwithkey(node: "RegtestNode", hexstring: str, privkeys: lis
     return result
 
 
-@rpc("combinerawtransaction", "Rawtransactions",
-     "Combine multiple partially signed transactions into one transaction.\nThe combined transaction may be another partially\n"
-     "signed transaction or a fully signed transaction.",
-     [Arg("txs", "json array", "The hex strings of partially signed transactions")],
-     result='"str"    (string) The hex-encoded raw transaction with signature(s)',
-     examples=['"[\\"myhex1\\", \\"myhex2\\", \\"myhex3\\"]"'])
+@rpc(
+    "combinerawtransaction",
+    "Rawtransactions",
+    "Combine multiple partially signed transactions into one transaction.\nThe combined transaction may be another partially\n"
+    "signed transaction or a fully signed transaction.",
+    [Arg("txs", "json array", "The hex strings of partially signed transactions")],
+    result='"str"    (string) The hex-encoded raw transaction with signature(s)',
+    examples=['"[\\"myhex1\\", \\"myhex2\\", \\"myhex3\\"]"'],
+)
 def combinerawtransaction(node: "RegtestNode", txs: list) -> str:
     from devnets.regtest.decode import decode_hex_tx
 

@@ -23,11 +23,15 @@ if TYPE_CHECKING:
 _HEX = re.compile(r"^[0-9a-fA-F]*$")
 
 
-@rpc("validateaddress", "Util", "Return information about the given bitcoin address.",
-     [Arg("address", "string", "The bitcoin address to validate")],
-     result='{\n  "isvalid" : true|false,  (boolean) If the address is valid or not\n  "address" : "str",  '
-            '(string, optional) The bitcoin address validated\n  ...\n}',
-     examples=['"bcrt1q09vm5lfy0j5reeulh4x5752q25uqqvz34hufdl"'])
+@rpc(
+    "validateaddress",
+    "Util",
+    "Return information about the given bitcoin address.",
+    [Arg("address", "string", "The bitcoin address to validate")],
+    result='{\n  "isvalid" : true|false,  (boolean) If the address is valid or not\n  "address" : "str",  '
+    "(string, optional) The bitcoin address validated\n  ...\n}",
+    examples=['"bcrt1q09vm5lfy0j5reeulh4x5752q25uqqvz34hufdl"'],
+)
 def validateaddress(node: "RegtestNode", address: str) -> dict[str, Any]:
     from devnets.regtest.decode import validate_address_json
 
@@ -57,8 +61,9 @@ def multisig_redeemscript(required: int, pubkeys: list[bytes]) -> bytes:
     if len(pubkeys) < required:
         raise RpcFailure(RPC_INVALID_PARAMETER, f"not enough keys supplied (got {len(pubkeys)} keys, but need at least {required} to redeem)")
     if len(pubkeys) > MAX_PUBKEYS_PER_MULTISIG:
-        raise RpcFailure(RPC_INVALID_PARAMETER, f"Number of keys involved in the multisignature address creation > "
-                                                f"{MAX_PUBKEYS_PER_MULTISIG}\nReduce the number")
+        raise RpcFailure(
+            RPC_INVALID_PARAMETER, f"Number of keys involved in the multisignature address creation > {MAX_PUBKEYS_PER_MULTISIG}\nReduce the number"
+        )
     script = push_int(required) + b"".join(bytes((len(k),)) + k for k in pubkeys) + push_int(len(pubkeys)) + b"\xae"
     if len(script) > MAX_SCRIPT_ELEMENT_SIZE:
         raise RpcFailure(RPC_INVALID_PARAMETER, f"redeemScript exceeds size limit: {len(script)} > {MAX_SCRIPT_ELEMENT_SIZE}")
@@ -68,15 +73,22 @@ def multisig_redeemscript(required: int, pubkeys: list[bytes]) -> bytes:
 _OUTPUT_TYPES = ("legacy", "p2sh-segwit", "bech32", "bech32m")
 
 
-@rpc("createmultisig", "Util",
-     "Creates a multi-signature address with n signature of m keys required.\nIt returns a json object with the address and redeemScript.",
-     [Arg("nrequired", "numeric", "The number of required signatures out of the n keys."),
-      Arg("keys", "json array", "The hex-encoded public keys."),
-      Arg("address_type", "string", 'The address type to use. Options are "legacy", "p2sh-segwit", and "bech32".', "legacy")],
-     result='{\n  "address" : "str",  (string) The value of the new multisig address.\n  "redeemScript" : "hex",  '
-            '(string) The string value of the hex-encoded redemption script.\n  "descriptor" : "str",  (string) The descriptor for this multisig\n}',
-     examples=['2 "[\\"03789ed0bb717d88f7d321a368d905e7430207ebbd82bd342cf11ae157a7ace5fd\\",'
-               '\\"03dbc6764b8884a92e871274b87583e6d5c2a58819473e17e107ef3f6aa5a61626\\"]"'])
+@rpc(
+    "createmultisig",
+    "Util",
+    "Creates a multi-signature address with n signature of m keys required.\nIt returns a json object with the address and redeemScript.",
+    [
+        Arg("nrequired", "numeric", "The number of required signatures out of the n keys."),
+        Arg("keys", "json array", "The hex-encoded public keys."),
+        Arg("address_type", "string", 'The address type to use. Options are "legacy", "p2sh-segwit", and "bech32".', "legacy"),
+    ],
+    result='{\n  "address" : "str",  (string) The value of the new multisig address.\n  "redeemScript" : "hex",  '
+    '(string) The string value of the hex-encoded redemption script.\n  "descriptor" : "str",  (string) The descriptor for this multisig\n}',
+    examples=[
+        '2 "[\\"03789ed0bb717d88f7d321a368d905e7430207ebbd82bd342cf11ae157a7ace5fd\\",'
+        '\\"03dbc6764b8884a92e871274b87583e6d5c2a58819473e17e107ef3f6aa5a61626\\"]"'
+    ],
+)
 def createmultisig(node: "RegtestNode", nrequired: Any, key_list: list, address_type: str) -> dict[str, Any]:
     from devnets.regtest.descriptors import descsum_create
 
@@ -104,8 +116,7 @@ def createmultisig(node: "RegtestNode", nrequired: Any, key_list: list, address_
         spk, desc = p2sh_script(p2wsh_script(inner)), f"sh(wsh({multi}))"
     else:
         spk, desc = p2wsh_script(inner), f"wsh({multi})"
-    result: dict[str, Any] = {"address": script_to_address(spk, NETWORK), "redeemScript": inner.hex(),
-                              "descriptor": descsum_create(desc)}
+    result: dict[str, Any] = {"address": script_to_address(spk, NETWORK), "redeemScript": inner.hex(), "descriptor": descsum_create(desc)}
     if chosen != address_type:
         result["warnings"] = ["Unable to make chosen address type, please ensure no uncompressed public keys are present."]
     return result
@@ -126,7 +137,7 @@ def _normalize(bare: str) -> str:
     """``Descriptor::ToString``: hex in lower case, ``addr()`` in its canonical encoding."""
     out, pos = [], 0
     for m in re.finditer(r"addr\(([^()]*)\)", bare):
-        out.append(bare[pos:m.start()].lower())
+        out.append(bare[pos : m.start()].lower())
         script = decode_destination(m.group(1), NETWORK)[0]
         out.append(f"addr({script_to_address(script, NETWORK) if script else m.group(1)})")
         pos = m.end()
@@ -134,38 +145,54 @@ def _normalize(bare: str) -> str:
     return "".join(out)
 
 
-@rpc("getdescriptorinfo", "Util", "Analyses a descriptor.",
-     [Arg("descriptor", "string", "The descriptor.")],
-     result='{\n  "descriptor" : "str",  (string) The descriptor in canonical form, without private keys. '
-            'For a multipath descriptor, only the first will be returned.\n  "checksum" : "str",  '
-            '(string) The checksum for the input descriptor\n  "isrange" : true|false,  '
-            '(boolean) Whether the descriptor is ranged\n  "issolvable" : true|false,  (boolean) Whether the '
-            'descriptor is solvable\n  "hasprivatekeys" : true|false,  (boolean) Whether the input descriptor contained at least one private key\n}',
-     examples=['"wpkh([d34db33f/84h/0h/0h]0279be667ef9dcbbac55a06295Ce870b07029bfcdb2dce28d959f2815b16f81798)"'])
+@rpc(
+    "getdescriptorinfo",
+    "Util",
+    "Analyses a descriptor.",
+    [Arg("descriptor", "string", "The descriptor.")],
+    result='{\n  "descriptor" : "str",  (string) The descriptor in canonical form, without private keys. '
+    'For a multipath descriptor, only the first will be returned.\n  "checksum" : "str",  '
+    '(string) The checksum for the input descriptor\n  "isrange" : true|false,  '
+    '(boolean) Whether the descriptor is ranged\n  "issolvable" : true|false,  (boolean) Whether the '
+    'descriptor is solvable\n  "hasprivatekeys" : true|false,  (boolean) Whether the input descriptor contained at least one private key\n}',
+    examples=['"wpkh([d34db33f/84h/0h/0h]0279be667ef9dcbbac55a06295Ce870b07029bfcdb2dce28d959f2815b16f81798)"'],
+)
 def getdescriptorinfo(node: "RegtestNode", descriptor: str) -> dict[str, Any]:
     from devnets.regtest.descriptors import descriptor_checksum, descsum_create
 
     bare, _ = _parse_descriptor(descriptor, require_checksum=False)
     solvable = not re.match(r"^(addr|raw|rawtr)\(", bare)
-    return {"descriptor": descsum_create(_normalize(bare)), "checksum": descriptor_checksum(descriptor),
-            "isrange": False, "issolvable": solvable, "hasprivatekeys": False}
+    return {
+        "descriptor": descsum_create(_normalize(bare)),
+        "checksum": descriptor_checksum(descriptor),
+        "isrange": False,
+        "issolvable": solvable,
+        "hasprivatekeys": False,
+    }
 
 
-@rpc("deriveaddresses", "Util",
-     "Derives one or more addresses corresponding to an output descriptor.\nExamples of output descriptors are:\n"
-     "    pkh(<pubkey>)                                     P2PKH outputs for the given pubkey\n"
-     "    wpkh(<pubkey>)                                    Native segwit P2PKH outputs for the given pubkey\n"
-     "    sh(multi(<n>,<pubkey>,<pubkey>,...))              P2SH-multisig outputs for the given threshold and pubkeys\n"
-     "    raw(<hex script>)                                 Outputs whose output script equals the specified hex-encoded bytes\n"
-     "    tr(<pubkey>,multi_a(<n>,<pubkey>,<pubkey>,...))   P2TR-multisig outputs for the given threshold and pubkeys\n\n"
-     "In the above, <pubkey> either refers to a fixed public key in hexadecimal notation, or to an xpub/xprv optionally followed by one\n"
-     "or more path elements separated by \"/\", where \"h\" represents a hardened child key.\n"
-     "For more information on output descriptors, see the documentation in the doc/descriptors.md file.",
-     [Arg("descriptor", "string", "The descriptor."),
-      Arg("range", "range", "If a ranged descriptor is used, this specifies the end or the range (in [begin,end] notation) to derive.", None, default_doc="")],
-     result='[\n  "str",  (string) the derived addresses\n  ...\n]',
-     examples=['"wpkh([d34db33f/84h/0h/0h]xpub6DJ2dNUysrn5Vt36jH2KLBT2i1auw1tTSSomg8PhqNiUtx8QX2SvC9nrHu81fT41fv'
-               'DUnhMjEzQgXnQjKEu3oaqMSzhSrHMxyyoEAmUHQbY/0/*)#cjjspncu" "[0,2]"'])
+@rpc(
+    "deriveaddresses",
+    "Util",
+    "Derives one or more addresses corresponding to an output descriptor.\nExamples of output descriptors are:\n"
+    "    pkh(<pubkey>)                                     P2PKH outputs for the given pubkey\n"
+    "    wpkh(<pubkey>)                                    Native segwit P2PKH outputs for the given pubkey\n"
+    "    sh(multi(<n>,<pubkey>,<pubkey>,...))              P2SH-multisig outputs for the given threshold and pubkeys\n"
+    "    raw(<hex script>)                                 Outputs whose output script equals the specified hex-encoded bytes\n"
+    "    tr(<pubkey>,multi_a(<n>,<pubkey>,<pubkey>,...))   P2TR-multisig outputs for the given threshold and pubkeys\n\n"
+    "In the above, <pubkey> either refers to a fixed public key in hexadecimal notation, or to an xpub/xprv optionally followed by one\n"
+    'or more path elements separated by "/", where "h" represents a hardened child key.\n'
+    "For more information on output descriptors, see the documentation in the doc/descriptors.md file.",
+    [
+        Arg("descriptor", "string", "The descriptor."),
+        Arg("range", "range", "If a ranged descriptor is used, this specifies the end or the range (in [begin,end] notation) to derive.", None, default_doc=""),
+    ],
+    result='[\n  "str",  (string) the derived addresses\n  ...\n]',
+    examples=[
+        '"wpkh([d34db33f/84h/0h/0h]xpub6DJ2dNUysrn5Vt36jH2KLBT2i1auw1tTSSomg8PhqNiUtx8QX2SvC9nrHu81fT41fv'
+        'DUnhMjEzQgXnQjKEu3oaqMSzhSrHMxyyoEAmUHQbY/0/*)#cjjspncu" "[0,2]"'
+    ],
+)
 def deriveaddresses(node: "RegtestNode", descriptor: str, range_arg: Any) -> list[str]:
     _, scripts = _parse_descriptor(descriptor, require_checksum=True)
     if range_arg is not None:
@@ -181,12 +208,18 @@ def deriveaddresses(node: "RegtestNode", descriptor: str, range_arg: Any) -> lis
     return addresses
 
 
-@rpc("verifymessage", "Util", "Verify a signed message.",
-     [Arg("address", "string", "The bitcoin address to use for the signature."),
-      Arg("signature", "string", "The signature provided by the signer in base 64 encoding (see signmessage)."),
-      Arg("message", "string", "The message that was signed.")],
-     result="true|false    (boolean) If the signature is verified or not.",
-     examples=['"1D1ZrZNe3JUo7ZycKEYQQiQAWd9y54F4XX" "signature" "my message"'])
+@rpc(
+    "verifymessage",
+    "Util",
+    "Verify a signed message.",
+    [
+        Arg("address", "string", "The bitcoin address to use for the signature."),
+        Arg("signature", "string", "The signature provided by the signer in base 64 encoding (see signmessage)."),
+        Arg("message", "string", "The message that was signed."),
+    ],
+    result="true|false    (boolean) If the signature is verified or not.",
+    examples=['"1D1ZrZNe3JUo7ZycKEYQQiQAWd9y54F4XX" "signature" "my message"'],
+)
 def verifymessage(node: "RegtestNode", address: str, signature: str, message: str) -> bool:
     from chains.btc.script import is_p2pkh
 
@@ -202,11 +235,14 @@ def verifymessage(node: "RegtestNode", address: str, signature: str, message: st
     return pubkey is not None and keys.pubkey_hash(pubkey) == script[3:23]
 
 
-@rpc("signmessagewithprivkey", "Util", "Sign a message with the private key of an address",
-     [Arg("privkey", "string", "The private key to sign the message with."),
-      Arg("message", "string", "The message to create a signature of.")],
-     result='"str"    (string) The signature of the message encoded in base 64',
-     examples=['"privkey" "my message"'])
+@rpc(
+    "signmessagewithprivkey",
+    "Util",
+    "Sign a message with the private key of an address",
+    [Arg("privkey", "string", "The private key to sign the message with."), Arg("message", "string", "The message to create a signature of.")],
+    result='"str"    (string) The signature of the message encoded in base 64',
+    examples=['"privkey" "my message"'],
+)
 def signmessagewithprivkey(node: "RegtestNode", privkey: str, message: str) -> str:
     try:
         key = keys.decode_wif(privkey, NETWORK)

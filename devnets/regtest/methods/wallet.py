@@ -14,14 +14,15 @@ from devnets.regtest.methods import REQUEST_URI, Arg, RpcFailure, rpc
 if TYPE_CHECKING:
     from devnets.regtest.node import RegtestNode
 
-NO_WALLET = ("No wallet is loaded. Load a wallet using loadwallet or create a new one with createwallet. "
-             "(Note: A default wallet is no longer automatically created)")
+NO_WALLET = (
+    "No wallet is loaded. Load a wallet using loadwallet or create a new one with createwallet. (Note: A default wallet is no longer automatically created)"
+)
 WALLET_NOT_LOADED = "Requested wallet does not exist or is not loaded"
 
 
 def wallet_name_from_uri() -> str | None:
     uri = REQUEST_URI.get()
-    return unquote(uri[len("/wallet/"):]) if uri.startswith("/wallet/") else None
+    return unquote(uri[len("/wallet/") :]) if uri.startswith("/wallet/") else None
 
 
 def no_wallet() -> RpcFailure:
@@ -72,8 +73,11 @@ for _name, _desc in [
     ("psbtbumpfee", "Bumps the fee of an opt-in-RBF transaction T, replacing it with a new transaction B."),
     ("rescanblockchain", "Rescan the local blockchain for wallet related transactions."),
     ("send", "EXPERIMENTAL warning: this call may be changed in future releases.\n\nSend a transaction."),
-    ("sendall", "EXPERIMENTAL warning: this call may be changed in future releases.\n\nSpend the value of all (or specific) confirmed UTXOs and "
-                "unconfirmed change in the wallet to one or more recipients."),
+    (
+        "sendall",
+        "EXPERIMENTAL warning: this call may be changed in future releases.\n\nSpend the value of all (or specific) confirmed UTXOs and "
+        "unconfirmed change in the wallet to one or more recipients.",
+    ),
     ("sendmany", "Send multiple times."),
     ("sendtoaddress", "Send an amount to a given address."),
     ("setlabel", "Sets the label associated with the given address."),
@@ -89,34 +93,53 @@ for _name, _desc in [
     _no_wallet(_name, _desc)
 
 
-@rpc("listwalletdir", "Wallet", "Returns a list of wallets in the wallet directory.",
-     result='{\n  "wallets" : [ ]\n}')
+@rpc("listwalletdir", "Wallet", "Returns a list of wallets in the wallet directory.", result='{\n  "wallets" : [ ]\n}')
 def listwalletdir(node: "RegtestNode") -> dict[str, Any]:
     return {"wallets": []}
 
 
-@rpc("loadwallet", "Wallet",
-     "Loads a wallet from a wallet file or directory.\nNote that all wallet command-line options used when "
-     "starting bitcoind will be\napplied to the new wallet.",
-     [Arg("filename", "string", "The path to the directory of the wallet to be loaded, either absolute or relative to the \"wallets\" directory. The "
-                                "\"wallets\" directory is set by the -walletdir option and defaults to the \"wallets\" folder within the data directory."),
-      Arg("load_on_startup", "boolean", "Save wallet name to persistent settings and load on startup. True to add wallet to startup list, false to "
-                                        "remove, null to leave unchanged.", None, default_doc="null")],
-     result='{\n  "name" : "str",  (string) The wallet name if loaded successfully.\n  ...\n}',
-     examples=['"test.dat"'])
+@rpc(
+    "loadwallet",
+    "Wallet",
+    "Loads a wallet from a wallet file or directory.\nNote that all wallet command-line options used when "
+    "starting bitcoind will be\napplied to the new wallet.",
+    [
+        Arg(
+            "filename",
+            "string",
+            'The path to the directory of the wallet to be loaded, either absolute or relative to the "wallets" directory. The '
+            '"wallets" directory is set by the -walletdir option and defaults to the "wallets" folder within the data directory.',
+        ),
+        Arg(
+            "load_on_startup",
+            "boolean",
+            "Save wallet name to persistent settings and load on startup. True to add wallet to startup list, false to remove, null to leave unchanged.",
+            None,
+            default_doc="null",
+        ),
+    ],
+    result='{\n  "name" : "str",  (string) The wallet name if loaded successfully.\n  ...\n}',
+    examples=['"test.dat"'],
+)
 def loadwallet(node: "RegtestNode", filename: str, load_on_startup: Any) -> None:
     # What bitcoind answers for a wallet that is not on disk (DatabaseStatus::FAILED_NOT_FOUND).
     path = node.netdir / "wallets" / filename
-    raise RpcFailure(RPC_WALLET_NOT_FOUND,
-                     f"Wallet file verification failed. Failed to load database path '{path}'. Path does not exist.")
+    raise RpcFailure(RPC_WALLET_NOT_FOUND, f"Wallet file verification failed. Failed to load database path '{path}'. Path does not exist.")
 
 
-@rpc("createwallet", "Wallet", "Creates and loads a new wallet.",
-     [Arg("wallet_name", "string", "The name for the new wallet. If this is a path, the wallet will be created at the path location."),
-      *[Arg(f"arg{i}", "any", "", None, default_doc="") for i in range(2, 10)]],
-     result='{\n  "name" : "str",  (string) The wallet name if created successfully.\n  ...\n}',
-     examples=['"testwallet"'])
+@rpc(
+    "createwallet",
+    "Wallet",
+    "Creates and loads a new wallet.",
+    [
+        Arg("wallet_name", "string", "The name for the new wallet. If this is a path, the wallet will be created at the path location."),
+        *[Arg(f"arg{i}", "any", "", None, default_doc="") for i in range(2, 10)],
+    ],
+    result='{\n  "name" : "str",  (string) The wallet name if created successfully.\n  ...\n}',
+    examples=['"testwallet"'],
+)
 def createwallet(node: "RegtestNode", wallet_name: str, *rest: Any) -> None:
-    raise RpcFailure(RPC_WALLET_NOT_FOUND,
-                     "Wallet creation is not available: the embedded regtest node has no wallet "
-                     "(sign with your own keys: signrawtransactionwithkey, descriptorprocesspsbt)")
+    raise RpcFailure(
+        RPC_WALLET_NOT_FOUND,
+        "Wallet creation is not available: the embedded regtest node has no wallet (sign with your own keys: signrawtransactionwithkey, descriptorprocesspsbt)",
+    )

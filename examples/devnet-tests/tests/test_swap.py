@@ -31,8 +31,13 @@ def bridgectl() -> list[str]:
 def party(home: Path, devnet, n: int, lp_port: int | None = None) -> Path:
     """A party's data dir with its swaps.toml: devnet test key ``n`` on both chains."""
     home.mkdir()
-    lines = [f'btc_key = "{devnet.btc_keys[n]["private_key"]}"', f'evm_key = "{devnet.evm_accounts[n]["private_key"]}"',
-             f'htlc = "{devnet.htlc}"', "poll_interval = 0.1", TIMELOCK]
+    lines = [
+        f'btc_key = "{devnet.btc_keys[n]["private_key"]}"',
+        f'evm_key = "{devnet.evm_accounts[n]["private_key"]}"',
+        f'htlc = "{devnet.htlc}"',
+        "poll_interval = 0.1",
+        TIMELOCK,
+    ]
     if lp_port is not None:
         lines += ["[lp]", f"port = {lp_port}", '[lp.markets."btc/eth"]', 'rate = "150000000000/1"', "min_sell = 10000", "max_sell = 100000000"]
     (home / "swaps.toml").write_text("\n".join(lines) + "\n")
@@ -54,13 +59,29 @@ async def test_swap_btc_for_eth_through_an_lp_daemon(bridge_devnet, bridge_evm, 
     before = await bridge_evm.balance(trader_eth)
 
     bridge_devnet.automine(True)  # every Bitcoin transaction mined as it is sent
-    daemon = subprocess.Popen([*bridgectl(), "--data-dir", str(lp), "relayer", "run", "lp"], env=env,
-                              stdout=open(lp / "lp.log", "wb"), stderr=subprocess.STDOUT)
+    daemon = subprocess.Popen(
+        [*bridgectl(), "--data-dir", str(lp), "relayer", "run", "lp"], env=env, stdout=open(lp / "lp.log", "wb"), stderr=subprocess.STDOUT
+    )
     try:
         await wait_until(lambda: _answers(port), timeout=30, what="the LP daemon's HTTP endpoint")
         swap = await asyncio.create_subprocess_exec(
-            *bridgectl(), "--data-dir", str(trader), "swap", "start", "--sell", "btc:0.01", "--buy", "eth:0.15",
-            "--lp", f"http://127.0.0.1:{port}", "--timeout", "120", env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+            *bridgectl(),
+            "--data-dir",
+            str(trader),
+            "swap",
+            "start",
+            "--sell",
+            "btc:0.01",
+            "--buy",
+            "eth:0.15",
+            "--lp",
+            f"http://127.0.0.1:{port}",
+            "--timeout",
+            "120",
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
         output = (await swap.communicate())[0].decode()
         assert swap.returncode == 0, output
         assert "claimed" in output
