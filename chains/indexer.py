@@ -46,6 +46,8 @@ Reorgs deeper than ``keep_blocks`` cannot be rewound exactly and raise
 ``ReorgBeyondWindow`` (operator action needed); choose ``keep_blocks`` well above
 any plausible reorg depth.  Two live instances with the same name are refused by a
 compare-and-set on the cursor (``Conflict``).
+
+Over 400 lines on purpose: the cursor, the fetch loop and the reorg rewind are one algorithm.
 """
 
 from __future__ import annotations

@@ -18,6 +18,9 @@ Any refusal raises before step 6 and the transaction rolls back: nothing written
 Races between writers on PostgreSQL (a duplicate id or pending resolution slipping in
 between steps 3 and 6, serialization failures, deadlocks) surface as the retryable
 ``LedgerConcurrencyError`` and the whole batch is retried through ``bridge.core.retry``.
+
+Over 400 lines on purpose: every write of a balance is here and nowhere else, so the invariants
+(sums zero per asset, no overdraft, holds) are checked in one place.
 """
 
 from __future__ import annotations

@@ -8,6 +8,9 @@ the LP audits the trader's.
     POST /swaps            {id, hashlock, sell, buy, trader, initiator_expiry} -> {"lp": {...}}
     POST /swaps/{id}/lock  {lock_ref, script}  (the trader's lock, to audit)
     GET  /swaps/{id}       the LP's view, with its lock's ref and script
+
+Over 400 lines on purpose: both sides of one wire protocol, so the request the trader's client builds
+and the checks the LP applies to it are read side by side.
 """
 
 from __future__ import annotations

@@ -4,6 +4,9 @@ Pure and fast: the node parses every transaction it is sent through here, so the
 parsers work on one ``bytes`` buffer with ``struct`` and never loop per byte.
 Hashes are kept in internal byte order (``bytes``); ``*_hex`` / ``txid`` / ``hash``
 give bitcoind's display order (reversed hex).
+
+Over 400 lines on purpose: one wire format, whose parsers and serialisers are checked against each
+other and must change together.
 """
 
 from __future__ import annotations

@@ -3,6 +3,9 @@
 Everything here mirrors Bitcoin Core's own rules (``Solver``, ``ScriptToAsmStr``,
 ``IsStandard``, ``GetDustThreshold``) so that the embedded node shows and refuses
 exactly what bitcoind would.
+
+Over 400 lines on purpose: one interpreter-free view of Script (opcodes, parsing, asm, classification,
+policy) whose parts share the opcode table.
 """
 
 from __future__ import annotations

@@ -3,6 +3,8 @@
 Checks run in the order Core's ``MemPoolAccept::PreChecks``/``PolicyScriptChecks`` runs them, so a
 transaction breaking several rules is refused for the same reason bitcoind would give.  Scripts are
 verified by the kernel (consensus flags; the C API offers no policy-only flags).
+
+Over 400 lines on purpose: acceptance, replacement and eviction share the pool's indexes.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from devnets.regtest.script_errors import diagnose, policy_failure, witness_stan
 MIN_RELAY_FEERATE = sc.DEFAULT_MIN_RELAY_TX_FEE  # sat/kvB
 INCREMENTAL_RELAY_FEERATE = sc.DEFAULT_INCREMENTAL_RELAY_FEE  # sat/kvB
 MAX_REPLACEMENT_CANDIDATES = 100
+BLOCK_MIN_TX_FEERATE = 1000  # sat/kvB, Core's DEFAULT_BLOCK_MIN_TX_FEE
 DEFAULT_MAX_FEERATE = 10_000_000  # sat/kvB (0.10 BTC/kvB), sendrawtransaction's default maxfeerate
 SEQUENCE_LOCKTIME_DISABLE_FLAG = 1 << 31
 SEQUENCE_LOCKTIME_TYPE_FLAG = 1 << 22
@@ -81,6 +84,12 @@ class Mempool:
         self.spenders: dict[tuple[str, int], str] = {}
         self.wtxids: dict[str, str] = {}
         self.sequence = 0
+        #: ``prioritisetransaction`` fee deltas (sat) by txid, kept for txids not (yet) in the pool too.
+        self.deltas: dict[str, int] = {}
+
+    def modified_fee(self, txid: str) -> int:
+        """Core's modified fee: the base fee plus the ``prioritisetransaction`` delta."""
+        return self.entries[txid].fee + self.deltas.get(txid, 0)
 
     # --- lookups ------------------------------------------------------------------------------
 
@@ -297,11 +306,11 @@ class Mempool:
 
         def package(t: str) -> tuple[int, int, set[str]]:
             anc = {a for a in self.ancestors(t) if a not in selected} | {t}
-            return sum(self.entries[a].fee for a in anc), sum(self.entries[a].vsize for a in anc), anc
+            return sum(self.modified_fee(a) for a in anc), sum(self.entries[a].vsize for a in anc), anc
 
         heap = []
         for t, e in self.entries.items():
-            fee, size, _ = package(t) if e.parents else (e.fee, e.vsize, None)
+            fee, size, _ = package(t) if e.parents else (self.modified_fee(t), e.vsize, None)
             heapq.heappush(heap, (-fee / size, e.time, t, fee, size))
         skipped: set[str] = set()
         while heap:
@@ -312,6 +321,8 @@ class Mempool:
             if (cur_fee, cur_size) != (fee, size):
                 heapq.heappush(heap, (-cur_fee / cur_size, _t, txid, cur_fee, cur_size))
                 continue
+            if cur_fee < sc.fee_for_size(BLOCK_MIN_TX_FEERATE, cur_size):
+                break  # Core's BlockAssembler: every package left pays less (e.g. a negative fee delta)
             pkg_weight = sum(self.entries[a].tx.weight for a in anc)
             if weight + pkg_weight > max_weight:
                 skipped.add(txid)

@@ -1,7 +1,10 @@
 """The EVM leg: a swap locked in the HTLC contract (ETH or an ERC-20 after its approve), audited
 from its ``Locked`` event, claimed or refunded with transactions signed here under an explicit
 nonce and re-sent byte for byte (see ``legs.base.Leg``).  Also the gas table and the JSON of the
-swap parameters it records."""
+swap parameters it records.
+
+About 400 lines: one leg, its gas table and the parameter codec it alone uses.
+"""
 
 from __future__ import annotations
 
@@ -220,7 +223,7 @@ class EvmLeg:
         nonce = json.loads(leg.spend_evm)["nonce"]
         if await self.adapter.nonce(self.address) <= nonce:
             return False
-        for tx_hash in leg.spend_versions():
+        for tx_hash in view.spend_versions(leg):
             if (await self.adapter.tx_status(tx_hash)).confirmations >= 1:
                 return False
         return await self.htlc.swap(leg.lock_ref) == SwapStatus.LOCKED
@@ -243,7 +246,6 @@ class EvmLeg:
                 "spend_raw": raw,
                 "spend_tx": tx_hash,
                 "spend_evm": json.dumps(new.to_dict()),
-                "spend_history": leg.history_when_replaced(),
                 "spend_sent_at": None,
             },
             f"{leg.spend_kind} nonce {old.nonce} was taken by another transaction: re-signed as {tx_hash}, nonce {new.nonce}",
@@ -382,7 +384,7 @@ class EvmLeg:
         contract's status; 1 when another sender settled it our way (the contract paid all the same)."""
         status = await self.htlc.swap(leg.lock_ref)
         wanted = SwapStatus.CLAIMED if leg.spend_kind == "claim" else SwapStatus.REFUNDED
-        versions = leg.spend_versions()
+        versions = view.spend_versions(leg)
         if status == wanted:
             depths = [(await self.adapter.tx_status(t)).confirmations for t in versions]
             if any(d >= 1 for d in depths):
