@@ -174,31 +174,15 @@ class LiquidityProvider:
                     next_attempt_at=created,
                     client=client,
                 ),
-                [
-                    SwapLeg(
-                        swap_id=swap_id,
-                        leg=INITIATOR,
-                        chain=sell.chain,
-                        asset=sell.symbol,
-                        token=sell.token,
-                        amount=str(sell_amount),
-                        sender=trader_sell,
-                        recipient=sell_ops.identity,
-                        expiry=expiry,
-                        watch_from=now.height,
-                    ),
-                    SwapLeg(
-                        swap_id=swap_id,
-                        leg=PARTICIPANT,
-                        chain=buy.chain,
-                        asset=buy.symbol,
-                        token=buy.token,
-                        amount=str(buy_amount),
-                        sender=buy_ops.identity,
-                        recipient=trader_buy,
-                        watch_from=buy_now.height,
-                    ),
-                ],
+                swap_legs(
+                    swap_id,
+                    sell,
+                    sell_amount,
+                    buy,
+                    buy_amount,
+                    initiator={"sender": trader_sell, "recipient": sell_ops.identity, "expiry": expiry, "watch_from": now.height},
+                    participant={"sender": buy_ops.identity, "recipient": trader_buy, "watch_from": buy_now.height},
+                ),
                 note="accepted",
             )
         return {"id": swap_id, "lp": {c: ops.identity for c, ops in self.legs.items()}, "quote": quote}
@@ -275,6 +259,16 @@ def _shown(value: object) -> str:
 # --- trader side ----------------------------------------------------------------------
 
 
+def swap_legs(
+    swap_id: str, sell: SwapAsset, sell_amount: int, buy: SwapAsset, buy_amount: int, *, initiator: dict[str, Any], participant: dict[str, Any]
+) -> list[SwapLeg]:
+    """A swap's two legs: what the trader sells is the initiator's, what it buys the participant's."""
+    return [
+        SwapLeg(swap_id=swap_id, leg=INITIATOR, chain=sell.chain, asset=sell.symbol, token=sell.token, amount=str(sell_amount), **initiator),
+        SwapLeg(swap_id=swap_id, leg=PARTICIPANT, chain=buy.chain, asset=buy.symbol, token=buy.token, amount=str(buy_amount), **participant),
+    ]
+
+
 def new_trader_swap(
     store: SwapStore,
     lp_url: str,
@@ -305,29 +299,15 @@ def new_trader_swap(
             updated_at=now,
             next_attempt_at=now,
         ),
-        [
-            SwapLeg(
-                swap_id=swap_id,
-                leg=INITIATOR,
-                chain=sell.chain,
-                asset=sell.symbol,
-                token=sell.token,
-                amount=str(sell_amount),
-                sender=sell_identity,
-                expiry=initiator_expiry,
-                watch_from=watch_from[sell.chain],
-            ),
-            SwapLeg(
-                swap_id=swap_id,
-                leg=PARTICIPANT,
-                chain=buy.chain,
-                asset=buy.symbol,
-                token=buy.token,
-                amount=str(buy_amount),
-                recipient=buy_identity,
-                watch_from=watch_from[buy.chain],
-            ),
-        ],
+        swap_legs(
+            swap_id,
+            sell,
+            sell_amount,
+            buy,
+            buy_amount,
+            initiator={"sender": sell_identity, "expiry": initiator_expiry, "watch_from": watch_from[sell.chain]},
+            participant={"recipient": buy_identity, "watch_from": watch_from[buy.chain]},
+        ),
         note="secret stored",
     )
 
