@@ -128,8 +128,9 @@ class Mempool:
 
     # --- acceptance ---------------------------------------------------------------------------
 
-    def check(self, tx: p.Tx, max_feerate: int | None = None) -> tuple[Entry, set[str]]:
-        """Run every check; return the would-be entry and the txids it would replace. Changes nothing."""
+    def check(self, tx: p.Tx, max_feerate: int | None = None, check_fee: bool = True) -> tuple[Entry, set[str]]:
+        """Run every check; return the would-be entry and the txids it would replace. Changes nothing.
+        ``check_fee`` False skips the min relay fee (a package's members are judged by its feerate)."""
         _check_transaction(tx)
         if tx.is_coinbase:
             raise Rejected("coinbase")
@@ -198,7 +199,7 @@ class Mempool:
             raise Rejected("bad-witness-nonstandard")
         vsize = tx.vsize
         min_fee = sc.fee_for_size(MIN_RELAY_FEERATE, vsize)
-        if fee < min_fee:
+        if check_fee and fee < min_fee:
             raise Rejected("min relay fee not met", f"{fee} < {min_fee}")
 
         ancestors = set(parents)
@@ -247,8 +248,8 @@ class Mempool:
         self.sequence += 1
         return removed
 
-    def accept(self, tx: p.Tx, max_feerate: int | None = None) -> tuple[Entry, list[str]]:
-        entry, replaced = self.check(tx, max_feerate)
+    def accept(self, tx: p.Tx, max_feerate: int | None = None, check_fee: bool = True) -> tuple[Entry, list[str]]:
+        entry, replaced = self.check(tx, max_feerate, check_fee)
         return entry, self.add(entry, replaced)
 
     # --- removal --------------------------------------------------------------------------------

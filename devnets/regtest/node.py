@@ -181,10 +181,10 @@ class RegtestNode:
 
     # --- transactions ----------------------------------------------------------------------------
 
-    def accept_tx(self, tx: p.Tx, max_feerate: int | None = None) -> Entry:
+    def accept_tx(self, tx: p.Tx, max_feerate: int | None = None, check_fee: bool = True) -> Entry:
         """Into the mempool; persisted at the next ``flush_mempool`` (the RPC server flushes before
         it answers, so an acknowledged transaction is on disk)."""
-        entry, removed = self.mempool.accept(tx, max_feerate)
+        entry, removed = self.mempool.accept(tx, max_feerate, check_fee)
         for txid in removed:
             self._mempool_added.pop(txid, None)
             self._mempool_removed.add(txid)
@@ -240,7 +240,9 @@ class RegtestNode:
         block first), then the old mempool on top; whatever the new chain makes invalid is dropped."""
         old = sorted(self.mempool.entries.values(), key=lambda e: e.time)
         confirmed = {tx.txid for block in change.connected for tx in block.txs}
+        deltas = self.mempool.deltas
         self.mempool = Mempool(self.chain_view, self.now)
+        self.mempool.deltas = deltas
         for block in reversed(change.disconnected):
             for tx in block.txs[1:]:
                 if tx.txid in confirmed:

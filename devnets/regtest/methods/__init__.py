@@ -191,3 +191,5 @@ async def call_method(node: "RegtestNode", name: str, params: list | dict) -> An
 
 # Each method module registers its methods on import.
 from devnets.regtest.methods import blockchain, control, mining, rawtransactions, rawtx_build, util, wallet  # noqa: E402,F401
+from devnets.regtest.methods import chainstats, mempool_pkg, template, txoutproof  # noqa: E402,F401
+from devnets.regtest.methods import psbt  # noqa: E402,F401

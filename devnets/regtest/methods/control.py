@@ -92,7 +92,12 @@ def getnetworkinfo(node: "RegtestNode") -> dict[str, Any]:
         "connections": 0,
         "connections_in": 0,
         "connections_out": 0,
-        "networks": [],
+        # GetNetworksInfo of a bitcoind 28 with default settings: no proxy, no -onion/-i2psam/
+        # -cjdnsreachable, so only IPv4 and IPv6 are reachable.
+        "networks": [
+            {"name": name, "limited": not reachable, "reachable": reachable, "proxy": "", "proxy_randomize_credentials": False}
+            for name, reachable in (("ipv4", True), ("ipv6", True), ("onion", False), ("i2p", False), ("cjdns", False))
+        ],
         "relayfee": amount_to_btc(1000),
         "incrementalfee": amount_to_btc(1000),
         "localaddresses": [],
