@@ -96,4 +96,4 @@ class WatcherDaemon:
         return self._view(self.watcher.store.get(job_id))
 
     def _view(self, job: WatchJob) -> dict[str, Any]:
-        return describe(job, self.watcher.store.actions(job.id))
+        return describe(job, self.watcher.store.actions(job.id), self.watcher.store.spend_versions(job.id))

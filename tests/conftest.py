@@ -121,3 +121,7 @@ def contracts(anvil) -> dict[str, str]:
             await chain.close()
 
     return asyncio.run(deploy())
+
+
+# The declared scenario of the devnet tests (``tests/support/scenario.py``): its fixtures, for every module.
+from support.scenario import htlc  # noqa: E402, F401

@@ -97,3 +97,35 @@ def test_nullable_and_defaulted_columns_are_added_with_their_index(ledger_db):
     with engine.connect() as conn:
         assert conn.execute(select(new.c.id, new.c.note, new.c.tries, new.c.kind)).all() == [(1, None, 3, "plain")]
     assert any(ix["column_names"] == ["note"] for ix in inspect(engine).get_indexes(name))
+
+
+def test_spend_histories_kept_as_text_move_into_the_spend_version_table_once(ledger_db):
+    """A swap leg and a watch job written when spend histories were comma-separated text: a newer
+    version opening the database reads every version from ``spend_version`` (the current first),
+    copied once however often the database is opened, and adds new versions after them."""
+    from bridge.watch.models import SPEND_SENT, WatchJob
+    from bridge.watch.store import WatchStore
+
+    url, engine = ledger_db
+    _old_swap_db(engine)
+    now = time.time()
+    job = WatchJob(id="job", kind="claim", chain="bitcoin", state="watching", spec="{}", hashlock="ab" * 32, expiry=1, payout="00", created_at=now)
+    job.updated_at = now
+    WatchStore(engine).add(job)
+    with engine.begin() as conn:  # as the older version left them: strings on the rows, no table rows
+        conn.execute(text("UPDATE swap SET state = :s WHERE id = 'old'"), {"s": m.REFUND_INTENDED})
+        conn.execute(text("UPDATE swap_leg SET spend_tx = 'c3', spend_history = 'c1,c2' WHERE swap_id = 'old' AND leg = :l"), {"l": INITIATOR})
+        conn.execute(text("UPDATE watch_job SET state = :s, spend_tx = 'w2', spend_history = 'w1,w2' WHERE id = 'job'"), {"s": SPEND_SENT})
+        conn.execute(text("DELETE FROM spend_version"))
+    for _ in range(2):  # two starts of a newer version: the second copies nothing again
+        newer = make_engine(url)
+        assert SwapStore(newer).get("old").spend_versions(INITIATOR) == ["c3", "c2", "c1"]
+        assert WatchStore(newer).spend_versions("job") == ["w2", "w1"]
+        newer.dispose()
+    store = SwapStore(engine)
+    view = store.transition("old", m.REFUND_INTENDED, m.REFUND_INTENDED, "fee bump", legs={INITIATOR: {"spend_tx": "c4"}})
+    assert view.spend_versions(INITIATOR) == ["c4", "c3", "c2", "c1"] and view.spend_versions(PARTICIPANT) == []
+    watch = WatchStore(engine)
+    watch.transition("job", SPEND_SENT, SPEND_SENT, sent="w2")  # a version sent again stays where it is
+    watch.transition("job", SPEND_SENT, SPEND_SENT, sent="w3")
+    assert watch.spend_versions("job") == ["w3", "w2", "w1"]

@@ -20,14 +20,13 @@ from bridge.swaps.party import Party
 from bridge.swaps.protocol import LpClient
 from bridge.core.testing import wait_until
 from htlc.bitcoin_script import p2wsh_htlc_script
-from test_swaps_devnet import (  # noqa: F401 - module fixture: private regtest node
-    ONE_BTC,
-    ONE_ETH,
-    _state,
+from devnets.presets import ONE_BTC, ONE_ETH
+from support.scenario import (
     book,
     fund_btc,
+    module_regtest,
     new_keys,
-    regtest,
+    party_state,
     run_trader,
     running_lp,
     settings_for,
@@ -35,6 +34,9 @@ from test_swaps_devnet import (  # noqa: F401 - module fixture: private regtest 
 )
 
 log = logging.getLogger("tests.attacks")
+
+#: These tests mine many blocks: a private node for the module.
+regtest = module_regtest("attacks")
 
 
 async def http(method: str, url: str, body: object = None, source: str | None = None) -> tuple[int, dict]:
@@ -79,7 +81,7 @@ async def test_one_trader_lock_cannot_back_two_lp_swaps(tmp_path, regtest, anvil
             log.info("attacker: the one lock's notice for the copy too")
             status, _ = await http("POST", f"{lp_url}/swaps/copy-{view.swap.id}/lock", {"lock_ref": ileg.lock_ref, "script": ileg.script})
             assert status == 404
-            await wait_until(lambda: _state(lp, view.swap.id, m.CLAIMED), timeout=60, what="LP claimed the trader's lock")
+            await wait_until(lambda: party_state(lp, view.swap.id, m.CLAIMED), timeout=60, what="LP claimed the trader's lock")
             assert [v.swap.id for v in lp.store.list()] == [view.swap.id]
             # On chain: the LP paid one swap's worth and received one lock.
             lp_eth, lp_btc = await evm.balance(lp_keys.address), await btc.balance([lp_keys.btc.p2wpkh_script])

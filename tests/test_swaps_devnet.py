@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from dataclasses import dataclass
 
 import pytest
 from eth_account import Account
@@ -18,126 +17,40 @@ from eth_account import Account
 from bridge.core.db import make_engine
 from bridge.core.errors import InputError, TransactionRejected
 from bridge.core.retry import RetryPolicy
-from bridge.core.settings import BitcoinSettings, EvmSettings, Settings
+from bridge.core.testing import wait_until
 from bridge.swaps import models as m
-from bridge.swaps.config import SwapConfig
 from bridge.swaps.legs import EVM_GAS
 from bridge.swaps.models import INITIATOR, PARTICIPANT
 from bridge.swaps.party import Party
 from bridge.swaps.protocol import LpClient
 from bridge.swaps.store import SwapView
-from bridge.core.testing import wait_until
-from chains.bitcoin import COINBASE_MATURITY, BitcoinAdapter
-from chains.bitcoin_wallet import BtcKey
-from chains.evm import EvmAdapter
-from devnets.process import free_port
+from chains.bitcoin import BitcoinAdapter
 from chains.btc.primitives import Tx
-from htlc.evm import Claimed, Erc20, EvmHtlc, SwapStatus
-from relayers.lp import LpDaemon
-from relayers.runner import Runner
+from chains.evm import EvmAdapter
 from devnets.controls import AnvilControls, BitcoinDevnet
-from devnets.presets import MARKETS, ONE_BTC, ONE_ETH, TIMELOCK
+from devnets.presets import ONE_BTC, ONE_ETH, TIMELOCK
+from devnets.process import free_port
+from htlc.evm import Claimed, Erc20, EvmHtlc, SwapStatus
+from support.scenario import (
+    Keys,
+    automine_back_on,
+    book,
+    fund_btc,
+    lp_process,
+    module_regtest,
+    new_keys,
+    node_env,
+    party_state,
+    run_trader,
+    running_lp,
+    settings_for,
+    swap_config,
+    trader_party,
+)
 
 
-@pytest.fixture(scope="module")
-def regtest(tmp_path_factory):
-    """A private regtest node: these tests mine hundreds of blocks, and a shared node's
-    subsidy (halving every 150 blocks on regtest) would run dry under other modules."""
-    from devnets.bitcoin_node import BitcoinNode
-
-    node = BitcoinNode(tmp_path_factory.mktemp("swaps-regtest"))
-    node.start()
-    yield node
-    node.stop()
-
-
-#: One faucet per module, filled from early (50 BTC) coinbases, pays every test's keys.
-_FAUCET = BtcKey.generate()
-
-
-async def fund_btc(btc: BitcoinAdapter, key: BtcKey, sats: int = 2 * ONE_BTC) -> None:
-    while await btc.balance([_FAUCET.p2wpkh_script]) < sats + ONE_BTC:
-        await BitcoinDevnet(btc).mine(5, _FAUCET.p2wpkh_address())
-        await BitcoinDevnet(btc).mine(COINBASE_MATURITY)
-    await btc.send_to([_FAUCET], [(key.p2wpkh_script, sats)], 2)
-    await BitcoinDevnet(btc).mine(1)
-
-
-@dataclass
-class Keys:
-    btc: BtcKey
-    evm: str
-    address: str
-
-
-async def new_keys(evm: EvmAdapter, wei: int = 0) -> Keys:
-    acct = Account.create()
-    await AnvilControls(evm).set_balance(acct.address, wei)
-    return Keys(BtcKey.generate(), acct.key.to_0x_hex(), acct.address)
-
-
-def settings_for(tmp_path, name: str, regtest, anvil) -> Settings:
-    user, password = regtest.rpc_auth
-    host, port = regtest.rpc_url.removeprefix("http://").rstrip("/").split(":")
-    return Settings(
-        data_dir=str(tmp_path / name),
-        database_url=f"sqlite:///{tmp_path / name / 'swaps.sqlite'}",
-        bitcoin=BitcoinSettings(rpc_host=host, rpc_port=int(port), rpc_user=user, rpc_password=password),
-        evm=EvmSettings(url=anvil.url),
-    )
-
-
-def swap_config(keys: Keys, contracts: dict[str, str], **extra) -> SwapConfig:
-    return SwapConfig.model_validate(
-        {
-            "btc_key": keys.btc.secret.hex(),
-            "evm_key": keys.evm,
-            "htlc": contracts["htlc"],
-            "btc_feerate": 2,
-            "poll_interval": 0.05,
-            "tokens": {"tusd": {"address": contracts["tusd"], "decimals": 6}},
-            "timelock": TIMELOCK,
-            "lp": {"markets": MARKETS},
-            **extra,
-        }
-    )
-
-
-@contextlib.asynccontextmanager
-async def running_lp(settings: Settings, config: SwapConfig):
-    party = await Party.open(settings, config)
-    daemon = LpDaemon(party)
-    port = free_port()
-    runner = Runner(daemon, settings, http_port=port, extra_routes=daemon.routes(), shutdown_grace=2)
-    task = asyncio.create_task(runner.run())
-    url = f"http://127.0.0.1:{port}"
-    await wait_until(lambda: _health(url), timeout=10, what="LP http up")
-    try:
-        yield url, party
-    finally:
-        runner_stop(task)
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-
-def runner_stop(task: asyncio.Task) -> None:
-    task.cancel()
-
-
-async def _health(url: str) -> bool:
-    import aiohttp
-
-    try:
-        async with aiohttp.ClientSession() as http, http.get(f"{url}/health") as resp:
-            return resp.status == 200
-    except aiohttp.ClientError:
-        return False
-
-
-async def run_trader(trader: Party, swap_id: str, timeout: float = 60) -> m.Swap:
-    stop = asyncio.Event()
-    await asyncio.wait_for(trader.engine.run(stop, only={swap_id}), timeout)
-    return trader.store.get(swap_id).swap
+#: These tests mine hundreds of blocks: a private node for the module.
+regtest = module_regtest("swaps")
 
 
 async def test_btc_to_eth_happy_path(tmp_path, regtest, anvil, btc, evm, contracts, automine):
@@ -157,7 +70,7 @@ async def test_btc_to_eth_happy_path(tmp_path, regtest, anvil, btc, evm, contrac
             done = await run_trader(trader, view.swap.id)
             assert done.state == m.CLAIMED, done.last_error
             # The LP sees the secret on the EVM chain and claims the BTC.
-            lp_view = await wait_until(lambda: _state(lp, view.swap.id, m.CLAIMED), timeout=60, what="LP claimed")
+            lp_view = await wait_until(lambda: party_state(lp, view.swap.id, m.CLAIMED), timeout=60, what="LP claimed")
             assert lp_view.swap.secret == done.secret
             gained = await evm.balance(trader_keys.address) - ONE_ETH // 10
             assert 75 * ONE_ETH // 10 - 10**16 < gained < 75 * ONE_ETH // 10  # 7.5 ETH minus the claim's gas
@@ -186,21 +99,6 @@ async def test_btc_to_eth_happy_path(tmp_path, regtest, anvil, btc, evm, contrac
                 assert book(party, f"swap-{view.swap.id}-participant", "escrow", "ETH").balance == 0
 
 
-def book(party: Party, owner: str, kind: str, asset: str):
-    from bridge.ledger.queries import balances
-
-    found = [b for b in balances(party.store.engine, owner=owner) if b.kind == kind and b.asset == asset]
-    assert found, f"no ledger account {owner}/{kind}/{asset}"
-    return found[0]
-
-
-def _state(party: Party, swap_id: str, state: str):
-    if swap_id not in {v.swap.id for v in party.store.list()}:
-        return None  # not agreed with the LP yet
-    view = party.store.get(swap_id)
-    return view if view.swap.state == state else None
-
-
 async def test_erc20_to_btc_happy_path(tmp_path, regtest, anvil, btc, evm, contracts, automine):
     trader_keys, lp_keys = await new_keys(evm, ONE_ETH), await new_keys(evm, ONE_ETH)
     await fund_btc(btc, lp_keys.btc)
@@ -215,7 +113,7 @@ async def test_erc20_to_btc_happy_path(tmp_path, regtest, anvil, btc, evm, contr
             view = await trader.start_swap(lp_url, "tusd:1200", "btc:0.02")
             done = await run_trader(trader, view.swap.id)
             assert done.state == m.CLAIMED, done.last_error
-            await wait_until(lambda: _state(lp, view.swap.id, m.CLAIMED), timeout=60, what="LP claimed the tokens")
+            await wait_until(lambda: party_state(lp, view.swap.id, m.CLAIMED), timeout=60, what="LP claimed the tokens")
             assert await token.balance(trader_keys.address) == 1_800 * 10**6
             assert await token.balance(lp_keys.address) == 1_200 * 10**6
             trader_btc = await btc.balance([trader_keys.btc.p2wpkh_script])
@@ -246,7 +144,7 @@ async def test_lp_gone_after_accepting_trader_refunds_at_expiry(tmp_path, regtes
         async def lock_confirmed() -> bool:
             if await btc.rpc.call("getrawmempool"):
                 await BitcoinDevnet(btc).mine(1)
-            return _state(trader, view.swap.id, m.INITIATOR_LOCKED)
+            return party_state(trader, view.swap.id, m.INITIATOR_LOCKED)
 
         await wait_until(lock_confirmed, timeout=30, what="trader's lock confirmed")
         with pytest.raises(InputError, match="too early to refund, [0-9]+ blocks to the initiator leg's expiry"):
@@ -338,7 +236,7 @@ async def test_lp_refuses_a_lock_that_differs_from_the_terms(tmp_path, regtest, 
     await fund_btc(btc, trader_keys.btc)
     async with running_lp(settings_for(tmp_path, "lp", regtest, anvil), swap_config(lp_keys, contracts)) as (lp_url, lp):
         swap_id = await hand_made_btc_lock(btc, lp_url, trader_keys, 30_000_000, 4 * ONE_ETH, **tamper)
-        view = await wait_until(lambda: _state(lp, swap_id, m.FAILED), timeout=30, what="LP refused the lock")
+        view = await wait_until(lambda: party_state(lp, swap_id, m.FAILED), timeout=30, what="LP refused the lock")
         assert reason in view.swap.last_error
         assert view.leg(PARTICIPANT).lock_ref is None
         assert await evm.balance(lp_keys.address) == 20 * ONE_ETH  # the LP locked nothing
@@ -361,7 +259,7 @@ async def test_lp_waits_for_confirmations_before_locking(tmp_path, regtest, anvi
         await wait_until(lambda: waiting_for("has 1/2 confirmations"), timeout=30, what="LP waits (1 conf)")
         assert lp.store.get(swap_id).leg(PARTICIPANT).lock_ref is None
         await BitcoinDevnet(btc).mine(1)
-        view = await wait_until(lambda: _state(lp, swap_id, m.PARTICIPANT_LOCKED), timeout=30, what="LP locked after 2 confirmations")
+        view = await wait_until(lambda: party_state(lp, swap_id, m.PARTICIPANT_LOCKED), timeout=30, what="LP locked after 2 confirmations")
         assert await evm.balance(lp_keys.address) < 16 * ONE_ETH
 
 
@@ -402,43 +300,14 @@ async def _cli(env: dict[str, str], *argv: str, timeout: float = 90) -> tuple[in
 
 
 async def test_cli_eth_to_btc_with_the_lp_daemon_process(tmp_path, regtest, anvil, btc, evm, contracts, automine):
-    import json
-    import os
-    import signal
-    import sys
-
     trader_keys, lp_keys = await new_keys(evm, 3 * ONE_ETH), await new_keys(evm, ONE_ETH // 10)
     await fund_btc(btc, lp_keys.btc)
-    user, password = regtest.rpc_auth
-    host, port = regtest.rpc_url.removeprefix("http://").rstrip("/").split(":")
-    base_env = {
-        "BRIDGE_BITCOIN__RPC_HOST": host,
-        "BRIDGE_BITCOIN__RPC_PORT": port,
-        "BRIDGE_BITCOIN__RPC_USER": user,
-        "BRIDGE_BITCOIN__RPC_PASSWORD": password,
-        "BRIDGE_EVM__URL": anvil.url,
-    }
     lp_port = free_port()
     (tmp_path / "lp.toml").write_text(_toml(lp_keys, contracts, lp_port))
     (tmp_path / "trader.toml").write_text(_toml(trader_keys, contracts, 0))
-    lp_env = {**base_env, "BRIDGE_DATA_DIR": str(tmp_path / "lp")}
-    trader_env = {**base_env, "BRIDGE_DATA_DIR": str(tmp_path / "trader")}
-    lp_proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bridge",
-        "relayer",
-        "run",
-        "lp",
-        "--swap-config",
-        str(tmp_path / "lp.toml"),
-        env={**os.environ, **lp_env},
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=open(tmp_path / "lp.log", "wb"),
-    )
-    try:
-        lp_url = f"http://127.0.0.1:{lp_port}"
-        await wait_until(lambda: _health(lp_url), timeout=30, what="LP daemon up")
+    lp_env = {**node_env(regtest, anvil), "BRIDGE_DATA_DIR": str(tmp_path / "lp")}
+    trader_env = {**node_env(regtest, anvil), "BRIDGE_DATA_DIR": str(tmp_path / "trader")}
+    async with lp_process(lp_env, tmp_path / "lp.toml", lp_port, tmp_path / "lp.log") as lp_url:
         code, out, err = await _cli(
             trader_env, "swap", "start", "--sell", "eth:1.5", "--buy", "btc:0.01", "--lp", lp_url, "--swap-config", str(tmp_path / "trader.toml")
         )
@@ -452,9 +321,6 @@ async def test_cli_eth_to_btc_with_the_lp_daemon_process(tmp_path, regtest, anvi
         assert swap_id in out and "claimed" in out
         assert 1_000_000 - 10_000 < await btc.balance([trader_keys.btc.p2wpkh_script]) < 1_000_000
         await wait_until(lambda: _lp_paid(evm, lp_keys.address), timeout=60, what="LP claimed the ETH")
-    finally:
-        lp_proc.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(lp_proc.wait(), 20) == 0, (tmp_path / "lp.log").read_text()[-3000:]
 
 
 async def _lp_paid(evm: EvmAdapter, address: str) -> bool:
@@ -469,7 +335,7 @@ async def test_trader_refuses_to_claim_too_late_and_both_sides_refund(tmp_path, 
             lp_btc_before = await btc.balance([lp_keys.btc.p2wpkh_script])
             view = await trader.start_swap(lp_url, "eth:1", "btc:0.005")
             assert (await trader.engine.step(view.swap.id)).swap.state == m.INITIATOR_LOCKED
-            lp_view = await wait_until(lambda: _state(lp, view.swap.id, m.PARTICIPANT_LOCKED), timeout=30, what="LP locked")
+            lp_view = await wait_until(lambda: party_state(lp, view.swap.id, m.PARTICIPANT_LOCKED), timeout=30, what="LP locked")
             # The trader was away: the LP's BTC lock now has 4 blocks (~240 s) left, under the 300 s claim margin.
             await BitcoinDevnet(btc).mine(lp_view.leg(PARTICIPANT).expiry - await btc.height() - 4)
             waiting = await trader.engine.step(view.swap.id)
@@ -479,7 +345,7 @@ async def test_trader_refuses_to_claim_too_late_and_both_sides_refund(tmp_path, 
             assert report["initiator"]["ok"] and report["participant"]["ok"], report
             assert "4 blocks to the participant leg's expiry" in report["participant"]["detail"]
             await BitcoinDevnet(btc).mine(4)
-            await wait_until(lambda: _state(lp, view.swap.id, m.REFUNDED), timeout=30, what="LP refunded its BTC")
+            await wait_until(lambda: party_state(lp, view.swap.id, m.REFUNDED), timeout=30, what="LP refunded its BTC")
             assert lp_btc_before - await btc.balance([lp_keys.btc.p2wpkh_script]) < 10_000  # fees only
             # The trader's ETH lock expires later (chain time); then its relayer refunds.
             expiry = trader.store.get(view.swap.id).leg(INITIATOR).expiry
@@ -528,7 +394,7 @@ async def test_restart_after_recording_a_lock_rebroadcasts_the_same_transaction(
             assert done.state == m.CLAIMED, done.last_error
             assert second.store.get(view.swap.id).leg(INITIATOR).lock_tx == lock_tx
             assert (await btc.tx_status(lock_tx)).confirmations >= 1
-            await wait_until(lambda: _state(lp, view.swap.id, m.CLAIMED), timeout=60, what="LP claimed")
+            await wait_until(lambda: party_state(lp, view.swap.id, m.CLAIMED), timeout=60, what="LP claimed")
 
 
 async def test_restart_after_an_evm_lock_was_sent_finds_it_instead_of_locking_again(tmp_path, regtest, anvil, btc, evm, contracts, automine):
@@ -567,7 +433,7 @@ async def test_restart_after_an_evm_lock_was_sent_finds_it_instead_of_locking_ag
             receipt = await evm.receipt(recorded.lock_tx)
             assert receipt.gas_used < EVM_GAS["lock_erc20"] // 2  # the fixed limit has headroom
             assert await token.balance(trader_keys.address) == 400 * 10**6
-            await wait_until(lambda: _state(lp, view.swap.id, m.CLAIMED), timeout=60, what="LP claimed")
+            await wait_until(lambda: party_state(lp, view.swap.id, m.CLAIMED), timeout=60, what="LP claimed")
 
 
 async def test_concurrent_swaps_against_one_lp(tmp_path, regtest, anvil, btc, evm, contracts, automine):
@@ -586,7 +452,10 @@ async def test_concurrent_swaps_against_one_lp(tmp_path, regtest, anvil, btc, ev
         }
     }
     trades = [("tusd:300", "btc:0.005"), ("tusd:240", "btc:0.004"), ("btc:0.01", "tusd:6"), ("btc:0.02", "tusd:12")]
-    async with running_lp(settings_for(tmp_path, "lp", regtest, anvil), swap_config(lp_keys, contracts, **markets)) as (lp_url, lp):
+    async with (
+        running_lp(settings_for(tmp_path, "lp", regtest, anvil), swap_config(lp_keys, contracts, **markets)) as (lp_url, lp),
+        contextlib.AsyncExitStack() as parties,
+    ):
         traders = []
         for n, (sell, _) in enumerate(trades):
             keys = await new_keys(evm, ONE_ETH // 10)
@@ -594,21 +463,18 @@ async def test_concurrent_swaps_against_one_lp(tmp_path, regtest, anvil, btc, ev
                 await fund_btc(btc, keys.btc, ONE_BTC // 10)
             else:
                 await token.mint(contracts["deployer"], keys.address, 1_000 * 10**6)
-            traders.append((keys, await Party.open(settings_for(tmp_path, f"trader{n}", regtest, anvil), swap_config(keys, contracts), LpClient())))
-        try:
-            views = [await party.start_swap(lp_url, sell, buy) for (_, party), (sell, buy) in zip(traders, trades)]
-            done = await asyncio.gather(*(run_trader(party, v.swap.id, timeout=120) for (_, party), v in zip(traders, views)))
-            assert [d.state for d in done] == [m.CLAIMED] * 4, [d.last_error for d in done]
-            for v in views:
-                await wait_until(lambda: _state(lp, v.swap.id, m.CLAIMED), timeout=60, what=f"LP claimed {v.swap.id}")  # noqa: B023
-            assert await token.balance(traders[2][0].address) == 6 * 10**6
-            assert await token.balance(traders[3][0].address) == 12 * 10**6
-            assert await token.balance(lp_keys.address) == 10_000 * 10**6 - 18 * 10**6 + 540 * 10**6
-            for keys, sats in ((traders[0][0], 500_000), (traders[1][0], 400_000)):
-                assert sats - 10_000 < await btc.balance([keys.btc.p2wpkh_script]) < sats
-        finally:
-            for _, party in traders:
-                await party.close()
+            party = trader_party(settings_for(tmp_path, f"trader{n}", regtest, anvil), swap_config(keys, contracts))
+            traders.append((keys, await parties.enter_async_context(party)))
+        views = [await party.start_swap(lp_url, sell, buy) for (_, party), (sell, buy) in zip(traders, trades)]
+        done = await asyncio.gather(*(run_trader(party, v.swap.id, timeout=120) for (_, party), v in zip(traders, views)))
+        assert [d.state for d in done] == [m.CLAIMED] * 4, [d.last_error for d in done]
+        for v in views:
+            await wait_until(lambda: party_state(lp, v.swap.id, m.CLAIMED), timeout=60, what=f"LP claimed {v.swap.id}")  # noqa: B023
+        assert await token.balance(traders[2][0].address) == 6 * 10**6
+        assert await token.balance(traders[3][0].address) == 12 * 10**6
+        assert await token.balance(lp_keys.address) == 10_000 * 10**6 - 18 * 10**6 + 540 * 10**6
+        for keys, sats in ((traders[0][0], 500_000), (traders[1][0], 400_000)):
+            assert sats - 10_000 < await btc.balance([keys.btc.p2wpkh_script]) < sats
 
 
 async def test_two_processes_on_one_trader_database_never_pick_the_same_coin(tmp_path, regtest, anvil, btc, evm, contracts, automine):
@@ -619,9 +485,10 @@ async def test_two_processes_on_one_trader_database_never_pick_the_same_coin(tmp
     await fund_btc(btc, trader_keys.btc, ONE_BTC // 10)  # one coin
     async with running_lp(settings_for(tmp_path, "lp", regtest, anvil), swap_config(lp_keys, contracts)) as (lp_url, lp):
         settings = settings_for(tmp_path, "trader", regtest, anvil)
-        first = await Party.open(settings, swap_config(trader_keys, contracts), LpClient())
-        second = await Party.open(settings, swap_config(trader_keys, contracts), LpClient())
-        try:
+        async with (
+            trader_party(settings, swap_config(trader_keys, contracts)) as first,
+            trader_party(settings, swap_config(trader_keys, contracts)) as second,
+        ):
             views = [await first.start_swap(lp_url, "btc:0.01", "eth:0.15"), await second.start_swap(lp_url, "btc:0.02", "eth:0.3")]
             # Both choose their coins at the same moment: their first steps agree the terms and lock.
             await asyncio.gather(first.engine.step(views[0].swap.id), second.engine.step(views[1].swap.id))
@@ -632,9 +499,6 @@ async def test_two_processes_on_one_trader_database_never_pick_the_same_coin(tmp
             assert not spent[0] & spent[1]  # the second lock spent the first one's change
             gained = await evm.balance(trader_keys.address) - ONE_ETH // 10
             assert 45 * ONE_ETH // 100 - 10**16 < gained < 45 * ONE_ETH // 100
-        finally:
-            await first.close()
-            await second.close()
 
 
 async def test_a_stuck_bitcoin_claim_is_replaced_with_a_higher_fee(tmp_path, regtest, anvil, btc, evm, contracts):
@@ -643,8 +507,7 @@ async def test_a_stuck_bitcoin_claim_is_replaced_with_a_higher_fee(tmp_path, reg
     trader_keys, lp_keys = await new_keys(evm, 2 * ONE_ETH), await new_keys(evm, ONE_ETH // 10)
     await fund_btc(btc, lp_keys.btc)
     async with running_lp(settings_for(tmp_path, "lp", regtest, anvil), swap_config(lp_keys, contracts)) as (lp_url, lp):
-        trader = await Party.open(settings_for(tmp_path, "trader", regtest, anvil), swap_config(trader_keys, contracts, fee_bump_after=0.5), LpClient())
-        try:
+        async with trader_party(settings_for(tmp_path, "trader", regtest, anvil), swap_config(trader_keys, contracts, fee_bump_after=0.5)) as trader:
             view = await trader.start_swap(lp_url, "eth:1", "btc:0.005")
             task = asyncio.create_task(run_trader(trader, view.swap.id, timeout=120))
 
@@ -658,7 +521,7 @@ async def test_a_stuck_bitcoin_claim_is_replaced_with_a_higher_fee(tmp_path, reg
             await wait_until(claim_waiting, timeout=60, what="trader's claim broadcast")
             first = trader.store.get(view.swap.id).leg(PARTICIPANT)
             bumped = await wait_until(lambda: _bumped(trader, view.swap.id, first.spend_tx), timeout=30, what="fee bump")
-            assert bumped.spend_feerate > first.spend_feerate == 2 and first.spend_tx in bumped.spend_history.split(",")
+            assert bumped.spend_feerate > first.spend_feerate == 2 and first.spend_tx in trader.store.get(view.swap.id).spend_versions(PARTICIPANT)[1:]
             mempool = await btc.rpc.call("getrawmempool")
             assert bumped.spend_tx in mempool and first.spend_tx not in mempool  # replaced, not added
             await BitcoinDevnet(btc).mine(1)
@@ -671,8 +534,6 @@ async def test_a_stuck_bitcoin_claim_is_replaced_with_a_higher_fee(tmp_path, reg
             assert fee(bumped) > fee(first)
             assert await btc.balance([trader_keys.btc.p2wpkh_script]) == 500_000 - fee(bumped)  # the bumped version confirmed
             assert any("fee bump" in a.note for a in trader.store.get(view.swap.id).actions)
-        finally:
-            await trader.close()
 
 
 async def _sent_count(evm: EvmAdapter, address: str) -> int:
@@ -719,7 +580,7 @@ async def test_restart_after_recording_an_evm_claim_sends_the_same_transaction(t
             done = await run_trader(second, view.swap.id)
             assert done.state == m.CLAIMED, done.last_error
             leg = second.store.get(view.swap.id).leg(PARTICIPANT)
-            assert leg.spend_tx == claim.spend_tx and not leg.spend_history
+            assert leg.spend_tx == claim.spend_tx and second.store.get(view.swap.id).spend_versions(PARTICIPANT)[1:] == []
             sent = await evm.rpc.call("eth_getTransactionByHash", [claim.spend_tx])
             assert int(sent["nonce"], 16) == json.loads(claim.spend_evm)["nonce"] == 0  # the trader's first EVM transaction
             assert await _sent_count(evm, trader_keys.address) == 1  # sent once
@@ -728,7 +589,7 @@ async def test_restart_after_recording_an_evm_claim_sends_the_same_transaction(t
             receipt = await evm.receipt(claim.spend_tx)
             assert await evm.balance(trader_keys.address) == before + 3 * ONE_ETH - receipt.gas_used * receipt.effective_gas_price
             assert receipt.gas_used < EVM_GAS["claim"] // 2
-            await wait_until(lambda: _state(lp, view.swap.id, m.CLAIMED), timeout=60, what="LP claimed")
+            await wait_until(lambda: party_state(lp, view.swap.id, m.CLAIMED), timeout=60, what="LP claimed")
 
 
 async def test_a_recorded_evm_claim_whose_nonce_was_taken_is_re_signed_under_a_fresh_one(tmp_path, regtest, anvil, btc, evm, contracts, automine):
@@ -750,7 +611,7 @@ async def test_a_recorded_evm_claim_whose_nonce_was_taken_is_re_signed_under_a_f
             done = await run_trader(second, view.swap.id)
             assert done.state == m.CLAIMED, done.last_error
             leg = second.store.get(view.swap.id).leg(PARTICIPANT)
-            assert leg.spend_tx != claim.spend_tx and leg.spend_history.split(",") == [claim.spend_tx]
+            assert leg.spend_tx != claim.spend_tx and second.store.get(view.swap.id).spend_versions(PARTICIPANT)[1:] == [claim.spend_tx]
             assert json.loads(leg.spend_evm)["nonce"] == 1
             claims = [e for e in await EvmHtlc(evm, contracts["htlc"]).events(0, swap_id=leg.lock_ref) if isinstance(e, Claimed)]
             assert [c.where.tx_hash for c in claims] == [leg.spend_tx]
@@ -765,8 +626,10 @@ async def test_a_stuck_evm_claim_is_replaced_with_a_higher_fee(tmp_path, regtest
     trader_keys, lp_keys = await new_keys(evm, ONE_ETH // 10), await new_keys(evm, 20 * ONE_ETH)
     await fund_btc(btc, trader_keys.btc)
     htlc = EvmHtlc(evm, contracts["htlc"])
-    async with running_lp(settings_for(tmp_path, "lp", regtest, anvil), swap_config(lp_keys, contracts)) as (lp_url, lp):
-        trader = await Party.open(settings_for(tmp_path, "trader", regtest, anvil), swap_config(trader_keys, contracts, fee_bump_after=1.0), LpClient())
+    async with (
+        running_lp(settings_for(tmp_path, "lp", regtest, anvil), swap_config(lp_keys, contracts)) as (lp_url, lp),
+        trader_party(settings_for(tmp_path, "trader", regtest, anvil), swap_config(trader_keys, contracts, fee_bump_after=1.0)) as trader,
+    ):
         real_broadcast = trader.legs["evm"].broadcast_spend
 
         async def broadcast_with_blocks_held(*args):
@@ -774,7 +637,7 @@ async def test_a_stuck_evm_claim_is_replaced_with_a_higher_fee(tmp_path, regtest
             await real_broadcast(*args)
 
         trader.legs["evm"].broadcast_spend = broadcast_with_blocks_held
-        try:
+        async with automine_back_on(evm):
             before = await evm.balance(trader_keys.address)
             view = await trader.start_swap(lp_url, "btc:0.5", "eth:7.5")
             task = asyncio.create_task(run_trader(trader, view.swap.id, timeout=120))
@@ -791,24 +654,19 @@ async def test_a_stuck_evm_claim_is_replaced_with_a_higher_fee(tmp_path, regtest
                 return await htlc.swap(first.lock_ref) == SwapStatus.CLAIMED
 
             await wait_until(claimed, timeout=30, interval=0.5, what="the replacement claim mined")
-        finally:
-            await AnvilControls(evm).set_automine(True)
-        try:
-            done = await task
-            assert done.state == m.CLAIMED, done.last_error
-            leg = trader.store.get(view.swap.id).leg(PARTICIPANT)
-            assert first.spend_tx in leg.spend_history.split(",")
-            assert await evm.rpc.call("eth_getTransactionReceipt", [first.spend_tx]) is None  # the first version never mined
-            mined = [t for t in [leg.spend_tx, *leg.spend_history.split(",")] if await evm.rpc.call("eth_getTransactionReceipt", [t])]
-            assert len(mined) == 1 and mined[0] != first.spend_tx
-            tx = await evm.rpc.call("eth_getTransactionByHash", [mined[0]])
-            assert int(tx["nonce"], 16) == first_fields["nonce"]  # a replacement, not a second claim
-            assert int(tx["maxFeePerGas"], 16) > first_fields["max_fee"] and int(tx["maxPriorityFeePerGas"], 16) > first_fields["priority_fee"]
-            receipt = await evm.receipt(mined[0])
-            assert await evm.balance(trader_keys.address) == before + 75 * ONE_ETH // 10 - receipt.gas_used * receipt.effective_gas_price
-            assert any("fee bump" in a.note for a in trader.store.get(view.swap.id).actions)
-        finally:
-            await trader.close()
+        done = await task
+        assert done.state == m.CLAIMED, done.last_error
+        versions = trader.store.get(view.swap.id).spend_versions(PARTICIPANT)
+        assert first.spend_tx in versions[1:]
+        assert await evm.rpc.call("eth_getTransactionReceipt", [first.spend_tx]) is None  # the first version never mined
+        mined = [t for t in versions if await evm.rpc.call("eth_getTransactionReceipt", [t])]
+        assert len(mined) == 1 and mined[0] != first.spend_tx
+        tx = await evm.rpc.call("eth_getTransactionByHash", [mined[0]])
+        assert int(tx["nonce"], 16) == first_fields["nonce"]  # a replacement, not a second claim
+        assert int(tx["maxFeePerGas"], 16) > first_fields["max_fee"] and int(tx["maxPriorityFeePerGas"], 16) > first_fields["priority_fee"]
+        receipt = await evm.receipt(mined[0])
+        assert await evm.balance(trader_keys.address) == before + 75 * ONE_ETH // 10 - receipt.gas_used * receipt.effective_gas_price
+        assert any("fee bump" in a.note for a in trader.store.get(view.swap.id).actions)
 
 
 def _claim_sent(party: Party, swap_id: str):
@@ -833,7 +691,7 @@ async def test_trader_back_after_the_lp_refunded_refunds_its_own_lock(tmp_path, 
         first = await Party.open(trader_settings, swap_config(trader_keys, contracts), LpClient())
         view = await first.start_swap(lp_url, "eth:1", "btc:0.005")
         assert (await first.engine.step(view.swap.id)).swap.state == m.INITIATOR_LOCKED
-        lp_view = await wait_until(lambda: _state(lp, view.swap.id, m.PARTICIPANT_LOCKED), timeout=30, what="LP locked")
+        lp_view = await wait_until(lambda: party_state(lp, view.swap.id, m.PARTICIPANT_LOCKED), timeout=30, what="LP locked")
 
         async def crash(**_context):
             raise _CrashAfterIntent()
@@ -844,7 +702,7 @@ async def test_trader_back_after_the_lp_refunded_refunds_its_own_lock(tmp_path, 
         assert first.store.get(view.swap.id).swap.state == m.CLAIM_INTENDED
         await first.close()
         await BitcoinDevnet(btc).mine(lp_view.leg(PARTICIPANT).expiry - await btc.height())
-        await wait_until(lambda: _state(lp, view.swap.id, m.REFUNDED), timeout=30, what="LP refunded")
+        await wait_until(lambda: party_state(lp, view.swap.id, m.REFUNDED), timeout=30, what="LP refunded")
         async with await Party.open(trader_settings, swap_config(trader_keys, contracts), LpClient()) as second:
             waiting = await second.engine.step(view.swap.id)
             assert waiting.swap.state == m.CLAIM_INTENDED and "claim refused" in waiting.swap.last_error
@@ -872,14 +730,14 @@ async def test_lp_whose_claim_is_impossible_ends_claim_lost_and_books_the_loss(t
         async with await Party.open(settings_for(tmp_path, "trader", regtest, anvil), swap_config(trader_keys, contracts), LpClient()) as trader:
             view = await trader.start_swap(lp_url, "btc:0.3", "eth:4")
             task = asyncio.create_task(run_trader(trader, view.swap.id, timeout=120))
-            await wait_until(lambda: _state(lp, view.swap.id, m.CLAIM_INTENDED), timeout=60, what="LP saw the secret")
+            await wait_until(lambda: party_state(lp, view.swap.id, m.CLAIM_INTENDED), timeout=60, what="LP saw the secret")
             ileg = trader.store.get(view.swap.id).leg(INITIATOR)
             await BitcoinDevnet(btc).mine(ileg.expiry - await btc.height())
             done = await task  # its lock unclaimed at its expiry, the trader refunds it and ends claimed
             assert done.state == m.CLAIMED, done.last_error
             assert trader.store.get(view.swap.id).leg(INITIATOR).outcome == "refunded"
             del lp.legs["bitcoin"].broadcast_spend  # the LP's claim now meets the spent HTLC output
-            lost = await wait_until(lambda: _state(lp, view.swap.id, m.CLAIM_LOST), timeout=60, what="LP gave up its claim")
+            lost = await wait_until(lambda: party_state(lp, view.swap.id, m.CLAIM_LOST), timeout=60, what="LP gave up its claim")
             assert "claim impossible: the trader refunded its lock" in lost.swap.last_error
             assert (await lp.engine.step(view.swap.id)).swap.state == m.CLAIM_LOST  # terminal: nothing more to do
             assert await evm.balance(lp_keys.address) < 16 * ONE_ETH  # 4 ETH gone to the trader

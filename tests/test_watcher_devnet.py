@@ -12,7 +12,6 @@ LP daemon) and hands the trader's side to the watcher as ``bridgectl swap watch`
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import os
@@ -25,24 +24,21 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 from eth_account import Account
 
 from bridge.core.db import make_engine
-from bridge.core.settings import BitcoinSettings, EvmSettings, Settings
 from bridge.swaps import models as m
 from bridge.swaps.config import SwapConfig
 from bridge.swaps.party import Party
 from bridge.swaps.protocol import LpClient
 from bridge.core.testing import wait_until
-from bridge.watch.actions import WatchPolicy, Watcher
+from bridge.watch.actions import Watcher
 from bridge.watch.handoff import swap_jobs
 from bridge.watch.models import CONFIRMED, SPEND_SENT, SPENT_ELSEWHERE
 from bridge.watch.presign import presign_claims, presign_refunds
 from bridge.watch.store import WatchStore
-from chains.bitcoin import COINBASE_MATURITY, BitcoinAdapter
+from chains.bitcoin import BitcoinAdapter
 from chains.bitcoin_wallet import BtcKey
-from chains.evm import EvmAdapter
 from chains.fee_bump import EvmTxFields
 from devnets.process import free_port
 from htlc.bitcoin_script import p2wsh_htlc_script
@@ -50,126 +46,33 @@ from htlc.bitcoin_tx import build_claim, fund_htlc
 from htlc.evm import ETH, Erc20, EvmHtlc
 from relayers.lp import LpDaemon
 from relayers.runner import Runner
-from relayers.watcher import WatcherDaemon
 from devnets.controls import AnvilControls, BitcoinDevnet
 from devnets.presets import MARKETS, TIMELOCK
+from support import scenario
+from support.scenario import (
+    REPO_ROOT,
+    RunningWatcher,
+    evm_account,
+    health,
+    mine_empty,
+    module_regtest,
+    running_watcher,
+    settings_for,
+    stop_runner,
+)
 
 ONE_BTC = 100_000_000
 ONE_ETH = 10**18
 HTLC_SATS = 1_000_000
 HTLC_WEI = ONE_ETH // 10
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def regtest(tmp_path_factory):
-    """A private node: these tests mine many (some empty) blocks."""
-    from devnets.bitcoin_node import BitcoinNode
-
-    node = BitcoinNode(tmp_path_factory.mktemp("watcher-regtest"))
-    node.start()
-    yield node
-    node.stop()
-
-
-@pytest.fixture
-async def htlc(evm) -> EvmHtlc:
-    deployer = Account.create()
-    await AnvilControls(evm).set_balance(deployer.address, ONE_ETH)
-    return await EvmHtlc.deploy(evm, deployer.key.to_0x_hex())
-
-
-_FAUCET = BtcKey.generate()
+#: These tests mine many (some empty) blocks: a private node for the module.
+regtest = module_regtest("watcher")
 
 
 async def fund_btc(btc: BitcoinAdapter, key: BtcKey, sats: int = ONE_BTC) -> None:
-    while await btc.balance([_FAUCET.p2wpkh_script]) < sats + ONE_BTC:
-        await BitcoinDevnet(btc).mine(5, _FAUCET.p2wpkh_address())
-        await BitcoinDevnet(btc).mine(COINBASE_MATURITY)
-    await btc.send_to([_FAUCET], [(key.p2wpkh_script, sats)], 2)
-    await BitcoinDevnet(btc).mine(1)
-
-
-async def evm_account(evm: EvmAdapter, wei: int = ONE_ETH) -> tuple[str, str]:
-    acct = Account.create()
-    await AnvilControls(evm).set_balance(acct.address, wei)
-    return acct.key.to_0x_hex(), acct.address
-
-
-async def mine_empty(btc: BitcoinAdapter, blocks: int) -> None:
-    """Blocks without the mempool's transactions: a spend sent to the mempool stays unmined."""
-    for _ in range(blocks):
-        await btc.rpc.call("generateblock", BtcKey.generate().p2wpkh_address(), [])
-
-
-@dataclass
-class RunningWatcher:
-    url: str
-    watcher: Watcher
-    task: asyncio.Task
-
-    @property
-    def store(self) -> WatchStore:
-        return self.watcher.store
-
-    async def submit(self, job: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-        async with aiohttp.ClientSession() as http:
-            async with http.post(f"{self.url}/jobs", json=job) as resp:
-                return resp.status, await resp.json()
-
-    async def get(self, job_id: str) -> dict[str, Any]:
-        async with aiohttp.ClientSession() as http:
-            async with http.get(f"{self.url}/jobs/{job_id}") as resp:
-                assert resp.status == 200, await resp.text()
-                return await resp.json()
-
-    async def stop(self) -> None:
-        await stop_runner(self.task, "watcher")
-
-    async def state(self, job_id: str, state: str, level: int | None = None, timeout: float = 30.0) -> dict[str, Any]:
-        async def reached() -> dict[str, Any]:
-            job = await self.get(job_id)
-            assert job["state"] == state and (level is None or job["spend_level"] == level), (
-                f"{job['state']} level {job['spend_level']}, last error {job['last_error']}, last note {job['actions'][-1]['note']}"
-            )
-            return job
-
-        return await wait_until(reached, timeout, what=f"job {job_id} in {state} (level {level})")
-
-
-async def stop_runner(task: asyncio.Task, daemon_name: str) -> None:
-    """Cancel a ``Runner.run`` task and its daemon's task: cancelling the runner alone
-    leaves the daemon's loop running (the runner stops it only on SIGTERM/SIGINT)."""
-    daemons = [t for t in asyncio.all_tasks() if t.get_name() == daemon_name]
-    for t in [task, *daemons]:
-        t.cancel()
-    for t in [task, *daemons]:
-        with contextlib.suppress(asyncio.CancelledError):
-            await t
-
-
-@contextlib.asynccontextmanager
-async def running_watcher(db: Path, btc: BitcoinAdapter, evm: EvmAdapter, evm_key: str | None = None, **policy: Any):
-    watcher = Watcher(WatchStore(make_engine(f"sqlite:///{db}")), btc, evm, evm_key, WatchPolicy(**policy))
-    daemon = WatcherDaemon(watcher, poll_interval=0.05)
-    port = free_port()
-    runner = Runner(daemon, Settings(), http_port=port, extra_routes=daemon.routes(), shutdown_grace=1)
-    task = asyncio.create_task(runner.run())
-    running = RunningWatcher(f"http://127.0.0.1:{port}", watcher, task)
-    await wait_until(lambda: _health(running.url), 10, what="watcher http up")
-    try:
-        yield running
-    finally:
-        await running.stop()
-
-
-async def _health(url: str) -> bool:
-    try:
-        async with aiohttp.ClientSession() as http:
-            async with http.get(f"{url}/health") as resp:
-                return resp.status == 200
-    except aiohttp.ClientError:
-        return False
+    await scenario.fund_btc(btc, key, sats)
 
 
 @dataclass
@@ -484,11 +387,11 @@ async def test_watcher_killed_and_restarted_resumes_its_jobs(regtest, anvil, btc
     party_before, party_sats = await evm.balance(party_addr), await btc.balance([party.p2wpkh_script])
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    w = RunningWatcher(url, None, None)  # type: ignore[arg-type]
+    w = RunningWatcher(url)
 
     proc = watcher_process(regtest, anvil, tmp_path, port, watcher_key)
     try:
-        await wait_until(lambda: _health(url), 60, what="watcher process up")
+        await wait_until(lambda: health(url), 60, what="watcher process up")
         # The claim can be made at once: the kill lands somewhere in the watcher's first passes.
         status, refund = await w.submit(btc_job("refund", lock, hashlock, party.p2wpkh_script, ladder))
         assert status == 201, refund
@@ -502,7 +405,7 @@ async def test_watcher_killed_and_restarted_resumes_its_jobs(regtest, anvil, btc
 
     proc = watcher_process(regtest, anvil, tmp_path, port, watcher_key)
     try:
-        await wait_until(lambda: _health(url), 60, what="watcher process up again")
+        await wait_until(lambda: health(url), 60, what="watcher process up again")
         await w.state(refund["id"], SPEND_SENT)
         await BitcoinDevnet(btc).mine(1)
         refunded = await w.state(refund["id"], CONFIRMED)
@@ -516,17 +419,6 @@ async def test_watcher_killed_and_restarted_resumes_its_jobs(regtest, anvil, btc
 
 
 # --- a real swap: the engine and the LP daemon, the trader offline ----------------------------------
-
-
-def settings_for(tmp_path, name: str, regtest, anvil) -> Settings:
-    user, password = regtest.rpc_auth
-    host, port = regtest.rpc_url.removeprefix("http://").rstrip("/").split(":")
-    return Settings(
-        data_dir=str(tmp_path / name),
-        database_url=f"sqlite:///{tmp_path / name / 'swaps.sqlite'}",
-        bitcoin=BitcoinSettings(rpc_host=host, rpc_port=int(port), rpc_user=user, rpc_password=password),
-        evm=EvmSettings(url=anvil.url),
-    )
 
 
 def swap_config(btc_key: BtcKey, evm_key: str, htlc_address: str) -> SwapConfig:
@@ -616,7 +508,7 @@ async def test_trader_offline_after_lp_locked_watcher_claims_for_it(
     lp_url = f"http://127.0.0.1:{port}"
     trader = await Party.open(settings_for(tmp_path, "trader", regtest, anvil), swap_config(trader_btc, trader_key, htlc.address), LpClient())
     try:
-        await wait_until(lambda: _health(lp_url), 10, what="LP up")
+        await wait_until(lambda: health(lp_url), 10, what="LP up")
         view = await trader.start_swap(lp_url, "btc:0.01", "eth:0.15")
         swap_id = view.swap.id
 
@@ -676,7 +568,7 @@ async def test_lp_offline_after_locking_watcher_claims_its_btc_once_the_trader_r
     lp_url = f"http://127.0.0.1:{port}"
     trader = await Party.open(settings_for(tmp_path, "trader", regtest, anvil), swap_config(trader_btc, trader_key, htlc.address), LpClient())
     try:
-        await wait_until(lambda: _health(lp_url), 10, what="LP up")
+        await wait_until(lambda: health(lp_url), 10, what="LP up")
         view = await trader.start_swap(lp_url, "btc:0.01", "eth:0.15")
         swap_id = view.swap.id
 
@@ -758,7 +650,7 @@ async def test_spend_recorded_before_broadcast_is_sent_once_after_a_crash_either
     assert int(await evm.rpc.call("eth_getTransactionCount", [watcher_addr, "latest"]), 16) == 1
     mined = await evm.rpc.call("eth_getTransactionByHash", [claim.spend_tx])
     assert mined["blockNumber"] is not None and int(mined["nonce"], 16) == 0
-    assert [second.store.get(i).spend_history for i in (refund.id, claim.id)] == [refund.spend_tx, claim.spend_tx]
+    assert [second.store.spend_versions(i) for i in (refund.id, claim.id)] == [[refund.spend_tx], [claim.spend_tx]]
     assert await evm.balance(party_addr) == ONE_ETH + HTLC_WEI
 
 

@@ -111,7 +111,9 @@ class SwapLeg(SQLModel, table=True):
     spend_raw: Optional[str] = None  # signed claim/refund, kept for re-broadcast
     spend_evm: Optional[str] = None  # EVM: JSON ``EvmTxFields`` of spend_raw, re-signed by a fee bump
     spend_feerate: Optional[int] = None  # sat/vB of spend_raw
-    #: Earlier versions of the spend this one replaced (fee bumps), comma separated: any may confirm.
+    #: Legacy: earlier versions of the spend, comma separated, as versions before the ``spend_version``
+    #: table kept them; ``SwapStore`` copies them into that table on open and never writes this column.
+    #: Every version (fee bumps, re-signed nonces) is read from ``SwapView.spend_versions``.
     spend_history: Optional[str] = None
     spend_sent_at: Optional[float] = None  # unix time this version was first broadcast
     #: How this lock ended, once this party saw it confirmed: "claimed" or "refunded" (by
@@ -122,14 +124,6 @@ class SwapLeg(SQLModel, table=True):
     @property
     def value(self) -> int:
         return int(self.amount)
-
-    def spend_versions(self) -> list[str]:
-        """Every version of our claim/refund (the current one first): any of them may be mined."""
-        return [t for t in [self.spend_tx, *(self.spend_history or "").split(",")] if t]
-
-    def history_when_replaced(self) -> str:
-        """``spend_history`` once a new version replaces the current one (which stays a possible outcome)."""
-        return ",".join(t for t in [*(self.spend_history or "").split(","), self.spend_tx] if t)
 
 
 #: ``SwapLock.kind`` of a swap's hashlock; a lock's kind is its chain ("bitcoin", "evm").

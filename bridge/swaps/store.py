@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import time
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from sqlalchemy.engine import Engine
@@ -21,6 +21,7 @@ from sqlalchemy.orm import configure_mappers
 from bridge.core.db import init_db
 from bridge.core.dbapi import Db, Tx, in_list
 from bridge.core.errors import Conflict, InputError, NotFound
+from bridge.runtime import spends
 from bridge.runtime.store import OpStore, OpTable
 from bridge.runtime.store import make_due as _make_due
 from bridge.runtime.store import record as _record
@@ -60,14 +61,21 @@ def canonical_ref(kind: str, ref: str) -> str:
 
 @dataclass(frozen=True)
 class SwapView:
-    """A detached snapshot of one swap: its row, both legs and its log."""
+    """A detached snapshot of one swap: its row, both legs, its log and the versions of its spends."""
 
     swap: Swap
     legs: dict[str, SwapLeg]
     actions: list[SwapAction]
+    #: Per leg, every version of our claim/refund of it recorded (``spend_version``), the current first.
+    spends: dict[str, list[str]] = field(default_factory=dict)
 
     def leg(self, name: str) -> SwapLeg:
         return self.legs[name]
+
+    def spend_versions(self, leg: SwapLeg | str) -> list[str]:
+        """Every version of our claim/refund of ``leg`` (fee bumps, re-signed nonces), the current one
+        first: any of them may be the one mined."""
+        return list(self.spends.get(leg if isinstance(leg, str) else leg.leg, ()))
 
 
 _SWAP = tuple(Swap.model_fields)
@@ -131,6 +139,11 @@ _BACKFILL = (
 )
 
 
+#: Spend histories of rows written before ``spend_version``: earlier versions, then the current one.
+_LEGACY_SPENDS = (
+    f"SELECT swap_id, leg, spend_history, spend_tx FROM swap_leg WHERE spend_tx IS NOT NULL AND {spends.not_copied(SWAPS, 'swap_leg.swap_id', 'swap_leg.leg')}"
+)
+
 _backfilled: "weakref.WeakSet[Engine]" = weakref.WeakSet()
 
 
@@ -149,6 +162,8 @@ class SwapStore(OpStore):
             with self.db.transaction() as tx:
                 for statement in _BACKFILL:
                     tx.execute(statement)
+                legacy = tx.rows(_LEGACY_SPENDS)
+                spends.copy_legacy(tx, SWAPS, ((r["swap_id"], r["leg"], (r["spend_history"], r["spend_tx"])) for r in legacy))
             _backfilled.add(engine)
 
     def create(self, swap: Swap, legs: Iterable[SwapLeg], note: str = "") -> SwapView:
@@ -191,7 +206,9 @@ class SwapStore(OpStore):
             if with_actions
             else []
         )
-        return SwapView(_swap(row), legs, actions)
+        # No statement for the many steps before anything is spent.
+        versions = spends.read(tx, SWAPS, swap_id) if any(l.spend_tx for l in legs.values()) else {}
+        return SwapView(_swap(row), legs, actions, versions)
 
     def list(self, states: Iterable[str] | None = None) -> list[SwapView]:
         params: dict[str, Any] = {}
@@ -263,6 +280,7 @@ class SwapStore(OpStore):
         """Move ``swap_id`` from ``expect`` to ``to`` and write the given fields, atomically.
 
         ``to == expect`` records data without a state change (no log line unless ``note``).
+        A leg's new ``spend_tx`` becomes the newest of its spend versions (``SwapView.spend_versions``).
         Raises ``Conflict`` when the swap is no longer in ``expect`` (someone else moved it).
         Returns the swap and legs as written, without the action log (``get`` reads it).
         """
@@ -281,6 +299,8 @@ class SwapStore(OpStore):
                         f"UPDATE swap_leg SET {', '.join(f'{n} = :v_{n}' for n in fields)} WHERE swap_id = :id AND leg = :leg",
                         {**{f"v_{n}": v for n, v in fields.items()}, "id": swap_id, "leg": leg_name},
                     )
+                    if fields.get("spend_tx"):
+                        spends.add(tx, SWAPS, swap_id, fields["spend_tx"], part=leg_name)
             view = self._read(tx, swap_id, with_actions=False)
             for leg_name, fields in (legs or {}).items():
                 if fields.get("lock_ref"):

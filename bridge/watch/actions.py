@@ -168,14 +168,13 @@ class Watcher:
 
     def _sent(self, job: WatchJob, tip: int, level: str) -> None:
         """SPEND_INTENDED -> SPEND_SENT at height ``tip``: ``job.spend_tx`` joins the versions sent."""
-        history = [t for t in job.spend_history.split(",") if t] + [job.spend_tx]
         self.store.transition(
             job.id,
             SPEND_INTENDED,
             SPEND_SENT,
             f"sent {job.spend_tx} ({level} {job.spend_level})",
+            sent=job.spend_tx,
             sent_height=tip,
-            spend_history=",".join(dict.fromkeys(history)),
             first_sent_height=job.first_sent_height if job.first_sent_height is not None else tip,
         )
 
@@ -224,7 +223,7 @@ class Watcher:
 
     async def _follow_btc(self, job: WatchJob, spec: JobSpec) -> None:
         tip = await self.btc.height()
-        ours = set(job.spend_history.split(","))
+        ours = set(self.store.spend_versions(job.id))
         start = max(0, (job.first_sent_height or tip) - self.policy.reorg_margin)
         spends = await self.btc.events(start, tip, BitcoinTxFilter(outpoints=[spec.outpoint])) if start <= tip else []
         for event in spends:
@@ -332,7 +331,8 @@ class Watcher:
         status = await self._htlc(spec).swap(spec.swap.id)
         wanted = SwapStatus.CLAIMED if job.kind == CLAIM else SwapStatus.REFUNDED
         if status == wanted:
-            depths = {h: (await self.evm.tx_status(h)).confirmations for h in job.spend_history.split(",")}
+            # Oldest first: the first of ours mined is the one named.
+            depths = {h: (await self.evm.tx_status(h)).confirmations for h in reversed(self.store.spend_versions(job.id))}
             mined = [h for h, depth in depths.items() if depth > 0]
             if mined and depths[mined[0]] < self.policy.confirmations:
                 return  # ours, not deep enough yet
@@ -370,8 +370,9 @@ class Watcher:
         )
 
 
-def describe(job: WatchJob, actions: list[Any] | None = None) -> dict[str, Any]:
-    """A job as GET /jobs/{id} shows it (never the pre-signed bytes)."""
+def describe(job: WatchJob, actions: list[Any] | None = None, sent: list[str] | None = None) -> dict[str, Any]:
+    """A job as GET /jobs/{id} shows it (never the pre-signed bytes); ``sent`` is the store's
+    ``spend_versions`` of the job (newest first), shown oldest first as ``spend_history``."""
     out = {
         "id": job.id,
         "kind": job.kind,
@@ -383,7 +384,7 @@ def describe(job: WatchJob, actions: list[Any] | None = None) -> dict[str, Any]:
         "secret_known": job.secret is not None,
         "spend_tx": job.spend_tx,
         "spend_level": job.spend_level,
-        "spend_history": [t for t in job.spend_history.split(",") if t],
+        "spend_history": list(reversed(sent or [])),
         "sent_height": job.sent_height,
         "attempts": job.attempts,
         "last_error": job.last_error,

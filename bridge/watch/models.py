@@ -19,6 +19,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Field, SQLModel
 
 from bridge.core.db import init_db
+from bridge.runtime.spends import SpendVersion
 
 CLAIM = "claim"
 REFUND = "refund"
@@ -56,7 +57,9 @@ class WatchJob(SQLModel, table=True):
     spend_level: int = 0
     spend_raw: Optional[str] = None  # the signed spend, hex, recorded before it is broadcast
     spend_tx: Optional[str] = None
-    #: Every txid/hash this job broadcast, comma separated (a bump replaces, a reorg may revive).
+    #: Legacy: every txid/hash this job broadcast, comma separated, as versions before the
+    #: ``spend_version`` table kept them; ``WatchStore`` copies them into that table on open and never
+    #: writes this column.  The versions sent are read with ``WatchStore.spend_versions``.
     spend_history: str = ""
     #: EVM: the unsigned fields of our transaction (JSON) so a bump re-signs the same nonce.
     evm_tx: Optional[str] = None
@@ -87,5 +90,6 @@ class WatchAction(SQLModel, table=True):
 
 
 def create_tables(engine: Engine) -> None:
-    """Only the watcher's tables: the database may be shared with a party's other tables."""
-    init_db(engine, [WatchJob.__table__, WatchAction.__table__])
+    """Only the watcher's tables (and the runtime's spend versions): the database may be shared
+    with a party's other tables."""
+    init_db(engine, [WatchJob.__table__, WatchAction.__table__, SpendVersion.__table__])

@@ -18,6 +18,7 @@ from sqlmodel import Session, select
 
 from bridge.core.dbapi import Db
 from bridge.core.errors import Conflict, NotFound
+from bridge.runtime import spends
 from bridge.runtime.store import OpStore, OpTable
 from bridge.runtime.store import transition as _transition
 from bridge.watch.models import STATES, TERMINAL, WATCHING, WatchAction, WatchJob, create_tables
@@ -27,6 +28,9 @@ log = logging.getLogger("bridge.watch")
 
 #: Watch jobs on the runtime's store pattern: the ``watch_job`` row, its ``watch_action`` history.
 WATCH_JOBS = OpTable("watch job", "watch_job", "watch_action", "job_id", STATES, TERMINAL, retries="attempts")
+
+#: Spend histories of jobs written before ``spend_version``: the versions sent, oldest first.
+_LEGACY_SPENDS = f"SELECT id, spend_history FROM watch_job WHERE spend_history <> '' AND {spends.not_copied(WATCH_JOBS, 'watch_job.id')}"
 
 
 class WatchStore(OpStore):
@@ -38,6 +42,8 @@ class WatchStore(OpStore):
         self.engine = engine
         create_tables(engine)
         super().__init__(Db(engine), WATCH_JOBS)
+        with self.db.transaction() as tx:
+            spends.copy_legacy(tx, WATCH_JOBS, ((r["id"], "", (r["spend_history"],)) for r in tx.rows(_LEGACY_SPENDS)))
 
     def _session(self) -> Session:
         return Session(self.engine, expire_on_commit=False)
@@ -89,8 +95,9 @@ class WatchStore(OpStore):
             raise NotFound(f"no watch job {job_id}", job_id=job_id)
         return found[0]
 
-    def transition(self, job_id: str, expect: str | Iterable[str], to: str, note: str = "", **fields: Any) -> WatchJob:
-        """Move the job from ``expect`` to ``to`` and set ``fields``; ``Conflict`` if it is elsewhere."""
+    def transition(self, job_id: str, expect: str | Iterable[str], to: str, note: str = "", sent: str | None = None, **fields: Any) -> WatchJob:
+        """Move the job from ``expect`` to ``to`` and set ``fields``; ``Conflict`` if it is elsewhere.
+        ``sent``: a spend just broadcast, recorded with the move as the newest of ``spend_versions``."""
         if to not in STATES:
             raise ValueError(f"unknown watch state {to!r}")
         unknown = [n for n in fields if n not in WatchJob.model_fields]
@@ -98,8 +105,15 @@ class WatchStore(OpStore):
             raise ValueError(f"not watch job fields: {', '.join(unknown)}")
         with self.db.transaction() as tx:
             moved = _transition(tx, WATCH_JOBS, job_id, expect, to, note, fields)
+            if sent:
+                spends.add(tx, WATCH_JOBS, job_id, sent)
         log.info("watch job %s: %s -> %s: %s", job_id, moved.previous, to, note)
         return self.get(job_id)
+
+    def spend_versions(self, job_id: str) -> list[str]:
+        """Every spend this job broadcast (a bump replaces, a reorg may revive any), the newest first."""
+        with self.db.transaction() as tx:
+            return spends.read(tx, WATCH_JOBS, job_id).get("", [])
 
     def update(self, job_id: str, **fields: Any) -> None:
         """Bookkeeping that is not a state change (scan cursor, last error, attempts)."""

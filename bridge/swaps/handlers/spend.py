@@ -36,9 +36,9 @@ class SpendHandlers:
         A claim's secret is the swap's unless given (the participant's, just found on chain)."""
         if kind == "claim" and secret is None:
             secret = bytes.fromhex(view.swap.secret)
-        signing_view = (
-            view if secret is None or view.swap.secret == secret.hex() else SwapView(replace_swap(view, secret=secret.hex()), view.legs, view.actions)
-        )
+        signing_view = view
+        if secret is not None and view.swap.secret != secret.hex():
+            signing_view = SwapView(replace_swap(view, secret=secret.hex()), view.legs, view.actions, view.spends)
         async with self._prepare_guard(leg.chain):
             fields = await self._ops(leg).prepare_spend(signing_view, leg, kind, secret)
             return await self._move(view, to, note, swap_fields, {**(legs or {}), leg.leg: fields})
@@ -72,7 +72,7 @@ class SpendHandlers:
         try:
             # Look before sending again: after a fee bump, the older version may be the one that
             # confirmed.  A first send needs no look (a copy already mined is detected by the send).
-            if (leg.spend_sent_at is not None or leg.spend_history) and await ops.spend_confirmations(view, leg) >= 1:
+            if (leg.spend_sent_at is not None or len(view.spend_versions(leg)) > 1) and await ops.spend_confirmations(view, leg) >= 1:
                 await self._spent(view, leg, kind)
                 return
             if not fresh:
@@ -105,7 +105,7 @@ class SpendHandlers:
     async def _bump(self, view: SwapView, leg: SwapLeg, kind: str) -> None:
         """Replace a claim/refund stuck unconfirmed with a higher fee (Bitcoin: a higher feerate,
         BIP125/full RBF; EVM: the same nonce with both EIP-1559 fees raised); the new version is
-        recorded before it is sent, the old hashes are kept as possible outcomes."""
+        recorded before it is sent, the old ones stay possible outcomes (``SwapView.spend_versions``)."""
         secret = bytes.fromhex(view.swap.secret) if kind == "claim" else None
         try:
             fields, note = await self._ops(leg).prepare_bump(view, leg, kind, secret)
@@ -117,7 +117,7 @@ class SpendHandlers:
             view.swap.state,
             view.swap.state,
             f"{note}, replaces {leg.spend_tx}",
-            legs={leg.leg: {**fields, "spend_history": leg.history_when_replaced(), "spend_sent_at": time.time()}},
+            legs={leg.leg: {**fields, "spend_sent_at": time.time()}},  # the old version stays in spend_versions
         )
         await self.faults.hit("spend.before_broadcast", view=view, leg=view.leg(leg.leg))
         await self._ops(leg).broadcast_spend(view, view.leg(leg.leg))

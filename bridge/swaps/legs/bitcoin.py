@@ -242,7 +242,7 @@ class BitcoinLeg:
     async def spend_confirmations(self, view: SwapView, leg: SwapLeg) -> int:
         """Confirmations of whichever version of our spend (fee bumps) made it, else 0/-1."""
         best = -1
-        for txid in leg.spend_versions():
+        for txid in view.spend_versions(leg):
             # Its one output is ours and most often unspent: its depth in one call; else the
             # transaction's status (two).
             out = await self.adapter.txout(txid, 0)
