@@ -16,10 +16,12 @@ from typing import Any
 from aiohttp import web
 
 from bridge.swaps.limits import check_swap_id
+from bridge.core.settings import Settings
+from bridge.swaps.config import SwapConfig
 from bridge.swaps.party import Party
 from bridge.swaps.protocol import LiquidityProvider, base_units, describe
 from bridge.swaps.store import SwapView
-from relayers.runner import Metrics, json_body, json_handler
+from relayers.runner import Metrics, Runner, json_body, json_handler
 
 log = logging.getLogger("relayers.lp")
 
@@ -69,3 +71,10 @@ class LpDaemon:
         answer = self.provider.lock_notice(req.match_info["id"], await json_body(req))
         self.party.engine.nudge([req.match_info["id"]])
         return answer
+
+
+async def run(settings: Settings, config: SwapConfig, *, host: str | None = None, port: int | None = None) -> int:
+    """``bridgectl relayer run lp``: the LP daemon on the one runner until SIGTERM/SIGINT."""
+    daemon = LpDaemon(await Party.open(settings, config))
+    runner = Runner(daemon, settings, http_host=host or config.lp.host, http_port=port or config.lp.port, extra_routes=daemon.routes())
+    return await runner.run()

@@ -23,15 +23,23 @@ from typing import Any
 
 from aiohttp import web
 
+from bridge.core.db import make_engine
 from bridge.core.errors import NotFound
 from bridge.core.retry import RetryPolicy
+from bridge.core.settings import Settings
 from bridge.runtime import Runtime
-from bridge.watch.actions import Watcher, describe
+from bridge.watch.actions import WatchPolicy, Watcher, describe
 from bridge.watch.models import WatchJob
 from bridge.watch.operations import WatchOperations
-from relayers.runner import Metrics, json_body, json_handler
+from bridge.watch.store import WatchStore
+from chains.bitcoin import BitcoinAdapter
+from chains.evm import EvmAdapter
+from relayers.runner import Metrics, Runner, json_body, json_handler
 
 log = logging.getLogger("relayers.watcher")
+
+#: The watcher's HTTP port unless told otherwise.
+DEFAULT_PORT = 8700
 
 #: A job id as ``bridge.watch.jobs.JobSpec.id`` makes it.
 JOB_ID = re.compile(r"[0-9a-f]{32}")
@@ -57,9 +65,30 @@ class WatcherDaemon:
             after_step=lambda job_id: self._gauges(),
         )
 
+    @classmethod
+    async def from_settings(
+        cls, settings: Settings, evm_key: str | None = None, stuck_blocks: int | None = None, poll_interval: float = 0.5
+    ) -> "WatcherDaemon":
+        """The watcher over the configured chains and database; its adapters close when it stops."""
+        btc, evm = BitcoinAdapter.from_settings(settings), EvmAdapter.from_settings(settings.evm)
+        try:
+            await evm.chain_id_int()
+        except BaseException:
+            await btc.close()
+            await evm.close()
+            raise
+        confirmations = max(settings.bitcoin.confirmations, settings.evm.confirmations, 1)
+        policy = WatchPolicy(confirmations=confirmations) if stuck_blocks is None else WatchPolicy(stuck_blocks=stuck_blocks, confirmations=confirmations)
+        return cls(Watcher(WatchStore(make_engine(settings.db_url)), btc, evm, evm_key, policy), poll_interval)
+
     async def run(self, stop: asyncio.Event) -> None:
         self._gauges()
-        await self.runtime.run(stop)
+        try:
+            await self.runtime.run(stop)
+        finally:
+            for adapter in (self.watcher.btc, self.watcher.evm):
+                if adapter is not None:
+                    await adapter.close()
 
     def _gauges(self) -> None:
         for state, n in self.watcher.store.counts().items():
@@ -97,3 +126,18 @@ class WatcherDaemon:
 
     def _view(self, job: WatchJob) -> dict[str, Any]:
         return describe(job, self.watcher.store.actions(job.id), self.watcher.store.spend_versions(job.id))
+
+
+async def run(
+    settings: Settings,
+    *,
+    evm_key: str | None = None,
+    stuck_blocks: int | None = None,
+    poll_interval: float = 0.5,
+    host: str | None = None,
+    port: int | None = None,
+) -> int:
+    """``bridgectl relayer run watcher``: the daemon on the one runner until SIGTERM/SIGINT."""
+    daemon = await WatcherDaemon.from_settings(settings, evm_key, stuck_blocks, poll_interval)
+    runner = Runner(daemon, settings, http_host=host or "127.0.0.1", http_port=port or DEFAULT_PORT, extra_routes=daemon.routes())
+    return await runner.run()

@@ -38,22 +38,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 async def cmd_run(args: argparse.Namespace) -> int:
     from bridge.swaps.config import load_swap_config
-    from bridge.swaps.party import Party
-    from relayers.lp import LpDaemon
-    from relayers.runner import Runner
+    from relayers import lp
 
     if args.daemon == "watcher":
         from bridge.cli.watch import run_watcher
 
         return await run_watcher(args)
     settings = load_settings(args.config, data_dir=args.data_dir)
-    config = load_swap_config(settings, args.swap_config)
-    daemon = LpDaemon(await Party.open(settings, config))
-    runner = Runner(
-        daemon,
-        settings,
-        http_host=args.host or config.lp.host,
-        http_port=args.port or config.lp.port,
-        extra_routes=daemon.routes(),
-    )
-    return await runner.run()
+    return await lp.run(settings, load_swap_config(settings, args.swap_config), host=args.host, port=args.port)

@@ -21,7 +21,6 @@ from bridge.core.errors import InputError
 from bridge.core.settings import load_settings
 from bridge.swaps.limits import check_swap_id
 
-DEFAULT_PORT = 8700
 #: Highest feerate (sat/vB) accepted on the pre-signed ladder.
 MAX_FEERATE = 100_000
 
@@ -36,32 +35,17 @@ def add_run_options(run: argparse.ArgumentParser) -> None:
 
 
 async def run_watcher(args: argparse.Namespace) -> int:
-    from bridge.core.db import make_engine
-    from bridge.watch.actions import WatchPolicy, Watcher
-    from bridge.watch.store import WatchStore
-    from chains.bitcoin import BitcoinAdapter
-    from chains.evm import EvmAdapter
-    from relayers.runner import Runner
-    from relayers.watcher import WatcherDaemon
+    from relayers import watcher
 
     settings = load_settings(args.config, data_dir=args.data_dir)
-    btc = BitcoinAdapter.from_settings(settings)
-    evm = EvmAdapter.from_settings(settings.evm)
-    try:
-        await evm.chain_id_int()
-        watcher = Watcher(
-            WatchStore(make_engine(settings.db_url)),
-            btc,
-            evm,
-            os.environ.get(args.evm_key_env) or None,
-            WatchPolicy(stuck_blocks=args.stuck_blocks, confirmations=max(settings.bitcoin.confirmations, settings.evm.confirmations, 1)),
-        )
-        daemon = WatcherDaemon(watcher, args.poll_interval)
-        runner = Runner(daemon, settings, http_host=args.host or "127.0.0.1", http_port=args.port or DEFAULT_PORT, extra_routes=daemon.routes())
-        return await runner.run()
-    finally:
-        await btc.close()
-        await evm.close()
+    return await watcher.run(
+        settings,
+        evm_key=os.environ.get(args.evm_key_env) or None,
+        stuck_blocks=args.stuck_blocks,
+        poll_interval=args.poll_interval,
+        host=args.host,
+        port=args.port,
+    )
 
 
 def register_swap_watch(cmds: argparse._SubParsersAction) -> None:
