@@ -16,7 +16,6 @@ import hashlib
 import json
 import os
 import secrets
-import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -29,8 +28,6 @@ from eth_account import Account
 from bridge.core.db import make_engine
 from bridge.swaps import models as m
 from bridge.swaps.config import SwapConfig
-from bridge.swaps.party import Party
-from bridge.swaps.protocol import LpClient
 from bridge.core.testing import wait_until
 from bridge.watch.actions import Watcher
 from bridge.watch.handoff import swap_jobs
@@ -44,25 +41,26 @@ from devnets.process import free_port
 from htlc.bitcoin_script import p2wsh_htlc_script
 from htlc.bitcoin_tx import build_claim, fund_htlc
 from htlc.evm import ETH, Erc20, EvmHtlc
-from relayers.lp import LpDaemon
-from relayers.runner import Runner
 from devnets.controls import AnvilControls, BitcoinDevnet
-from devnets.presets import MARKETS, TIMELOCK
+from devnets.presets import MARKETS, ONE_BTC, ONE_ETH
 from support import scenario
 from support.scenario import (
     REPO_ROOT,
-    RunningWatcher,
+    Keys,
+    automine_back_on,
     evm_account,
-    health,
     mine_empty,
     module_regtest,
+    new_keys,
+    node_env,
+    running_lp,
     running_watcher,
     settings_for,
-    stop_runner,
+    swap_config,
+    trader_party,
+    watcher_process,
 )
 
-ONE_BTC = 100_000_000
-ONE_ETH = 10**18
 HTLC_SATS = 1_000_000
 HTLC_WEI = ONE_ETH // 10
 
@@ -225,8 +223,8 @@ async def test_watcher_claims_evm_for_offline_lp_and_bumps_the_stuck_claim(btc, 
     base_fee = int((await evm.rpc.call("eth_getBlockByNumber", ["latest", False]))["baseFeePerGas"], 16)
     lp_before, watcher_before = await evm.balance(lp_addr), await evm.balance(watcher_addr)
 
-    await AnvilControls(evm).set_automine(False)
-    try:
+    async with automine_back_on(evm):
+        await AnvilControls(evm).set_automine(False)
         async with running_watcher(
             tmp_path / "w.sqlite",
             btc,
@@ -252,8 +250,6 @@ async def test_watcher_claims_evm_for_offline_lp_and_bumps_the_stuck_claim(btc, 
             bumped = await w.state(job_id, SPEND_SENT, level=1)
             await AnvilControls(evm).mine(1)
             done = await w.state(job_id, CONFIRMED)
-    finally:
-        await AnvilControls(evm).set_automine(True)
 
     assert done["spend_tx"] == bumped["spend_tx"] != first["spend_tx"]
     first_tx = await evm.rpc.call("eth_getTransactionByHash", [first["spend_tx"]])
@@ -349,26 +345,6 @@ async def test_job_refused_when_a_presigned_tx_does_not_pay_the_party(btc, evm, 
         assert w.store.all() == []
 
 
-def watcher_process(regtest, anvil, data_dir: Path, port: int, evm_key: str) -> subprocess.Popen:
-    """``bridgectl relayer run watcher`` as its own OS process (so it can be SIGKILLed)."""
-    host, btc_port = regtest.rpc_url.removeprefix("http://").rstrip("/").split(":")
-    user, password = regtest.rpc_auth
-    env = {
-        **os.environ,
-        "BRIDGE_BITCOIN__RPC_HOST": host,
-        "BRIDGE_BITCOIN__RPC_PORT": btc_port,
-        "BRIDGE_BITCOIN__RPC_USER": user,
-        "BRIDGE_BITCOIN__RPC_PASSWORD": password,
-        "BRIDGE_EVM__URL": anvil.url,
-        "BRIDGE_DATA_DIR": str(data_dir),
-        "WATCHER_EVM_KEY": evm_key,
-        "PYTHONPATH": str(REPO_ROOT),
-    }
-    argv = [sys.executable, "-m", "bridge", "relayer", "run", "watcher", "--port", str(port), "--poll-interval", "0.05"]
-    log = open(data_dir / f"watcher-{port}.log", "ab")
-    return subprocess.Popen(argv, env=env, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
-
-
 async def test_watcher_killed_and_restarted_resumes_its_jobs(regtest, anvil, btc, evm, htlc, tmp_path):
     """``bridgectl relayer run watcher`` takes a BTC refund job and an EVM claim job, is
     SIGKILLed, and while it is down the refund height passes and the secret is revealed.
@@ -386,33 +362,21 @@ async def test_watcher_killed_and_restarted_resumes_its_jobs(regtest, anvil, btc
     claim_job = evm_job("claim", htlc, params, party_addr, secret=secret.hex())
     party_before, party_sats = await evm.balance(party_addr), await btc.balance([party.p2wpkh_script])
     port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    w = RunningWatcher(url)
 
-    proc = watcher_process(regtest, anvil, tmp_path, port, watcher_key)
-    try:
-        await wait_until(lambda: health(url), 60, what="watcher process up")
+    async with watcher_process(regtest, anvil, tmp_path, port, watcher_key, kill=True) as w:
         # The claim can be made at once: the kill lands somewhere in the watcher's first passes.
         status, refund = await w.submit(btc_job("refund", lock, hashlock, party.p2wpkh_script, ladder))
         assert status == 201, refund
         status, claim = await w.submit(claim_job)
         assert status == 201, claim
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(10)
     while await btc.height() < lock.height + 4:
         await BitcoinDevnet(btc).mine(1)
 
-    proc = watcher_process(regtest, anvil, tmp_path, port, watcher_key)
-    try:
-        await wait_until(lambda: health(url), 60, what="watcher process up again")
+    async with watcher_process(regtest, anvil, tmp_path, port, watcher_key) as w:  # restarted on the same database
         await w.state(refund["id"], SPEND_SENT)
         await BitcoinDevnet(btc).mine(1)
         refunded = await w.state(refund["id"], CONFIRMED)
         claimed = await w.state(claim["id"], CONFIRMED)
-    finally:
-        proc.terminate()
-        proc.wait(10)
     assert len(refunded["spend_history"]) == 1 and len(claimed["spend_history"]) == 1
     assert await evm.balance(party_addr) == party_before + HTLC_WEI
     assert await btc.balance([party.p2wpkh_script]) == party_sats + _outs(ladder[0]["tx"])[0]
@@ -421,18 +385,9 @@ async def test_watcher_killed_and_restarted_resumes_its_jobs(regtest, anvil, btc
 # --- a real swap: the engine and the LP daemon, the trader offline ----------------------------------
 
 
-def swap_config(btc_key: BtcKey, evm_key: str, htlc_address: str) -> SwapConfig:
-    return SwapConfig.model_validate(
-        {
-            "btc_key": btc_key.secret.hex(),
-            "evm_key": evm_key,
-            "htlc": htlc_address,
-            "btc_feerate": 2,
-            "poll_interval": 0.05,
-            "timelock": TIMELOCK,
-            "lp": {"markets": {"btc/eth": MARKETS["btc/eth"]}},
-        }
-    )
+def btc_eth_config(keys: Keys, htlc: EvmHtlc) -> SwapConfig:
+    """A party's swap config on the one BTC/ETH market."""
+    return swap_config(keys, {"htlc": htlc.address}, lp={"markets": {"btc/eth": MARKETS["btc/eth"]}})
 
 
 async def bridgectl_swap_watch(
@@ -447,15 +402,9 @@ async def bridgectl_swap_watch(
 ) -> list[dict[str, Any]]:
     """``bridgectl swap watch ID --watcher URL --json`` as the trader runs it, on the trader's data dir and database."""
     (home / "swaps.toml").write_text(f'btc_key = "{btc_key.secret.hex()}"\nevm_key = "{evm_key}"\nhtlc = "{htlc_address}"\n')
-    host, port = regtest.rpc_url.removeprefix("http://").rstrip("/").split(":")
-    user, password = regtest.rpc_auth
     env = {
         **os.environ,
-        "BRIDGE_BITCOIN__RPC_HOST": host,
-        "BRIDGE_BITCOIN__RPC_PORT": port,
-        "BRIDGE_BITCOIN__RPC_USER": user,
-        "BRIDGE_BITCOIN__RPC_PASSWORD": password,
-        "BRIDGE_EVM__URL": anvil.url,
+        **node_env(regtest, anvil),
         "BRIDGE_DATA_DIR": str(home),
         "BRIDGE_DATABASE_URL": f"sqlite:///{home / 'swaps.sqlite'}",
         "PYTHONPATH": str(REPO_ROOT),
@@ -494,21 +443,14 @@ async def test_trader_offline_after_lp_locked_watcher_claims_for_it(
     with ``bridgectl swap watch ID --watcher URL`` and is never run again.  The watcher
     claims the ETH for the trader with the trader's secret, paying the gas; the LP, online,
     learns the secret from that claim and takes the BTC, which ends the trader's refund job."""
-    trader_btc, lp_btc = BtcKey.generate(), BtcKey.generate()
-    await fund_btc(btc, trader_btc)
-    trader_key, trader_addr = await evm_account(evm, 0)
-    lp_key, _ = await evm_account(evm, 10 * ONE_ETH)
+    trader_keys, lp_keys = await new_keys(evm, 0), await new_keys(evm, 10 * ONE_ETH)
+    await fund_btc(btc, trader_keys.btc)
     watcher_key, watcher_addr = await evm_account(evm)
 
-    lp_settings = settings_for(tmp_path, "lp", regtest, anvil)
-    lp = await Party.open(lp_settings, swap_config(lp_btc, lp_key, htlc.address))
-    daemon = LpDaemon(lp)
-    port = free_port()
-    lp_task = asyncio.create_task(Runner(daemon, lp_settings, http_port=port, extra_routes=daemon.routes(), shutdown_grace=2).run())
-    lp_url = f"http://127.0.0.1:{port}"
-    trader = await Party.open(settings_for(tmp_path, "trader", regtest, anvil), swap_config(trader_btc, trader_key, htlc.address), LpClient())
-    try:
-        await wait_until(lambda: health(lp_url), 10, what="LP up")
+    async with (
+        running_lp(settings_for(tmp_path, "lp", regtest, anvil), btc_eth_config(lp_keys, htlc), daemon_stop=True) as (lp_url, lp),
+        trader_party(settings_for(tmp_path, "trader", regtest, anvil), btc_eth_config(trader_keys, htlc)) as trader,
+    ):
         view = await trader.start_swap(lp_url, "btc:0.01", "eth:0.15")
         swap_id = view.swap.id
 
@@ -519,27 +461,24 @@ async def test_trader_offline_after_lp_locked_watcher_claims_for_it(
             return True
 
         await wait_until(lp_locked, 60, interval=0.1, what="the LP's lock, audited by the trader")
-        jobs = await swap_jobs(trader.store.get(swap_id), trader_btc, trader.legs["evm"].htlc, "regtest")
+        jobs = await swap_jobs(trader.store.get(swap_id), trader_keys.btc, trader.legs["evm"].htlc, "regtest")
         assert [(j["kind"], j["chain"], "secret" in j) for j in jobs] == [("claim", "evm", True), ("refund", "bitcoin", False)]
         # The trader goes offline here: its engine is never stepped again.
-        trader_eth = await evm.balance(trader_addr)
+        trader_eth = await evm.balance(trader_keys.address)
         watcher_eth = await evm.balance(watcher_addr)
 
         async with running_watcher(tmp_path / "watcher.sqlite", btc, evm, watcher_key) as w:
-            answers = await bridgectl_swap_watch(tmp_path / "trader", regtest, anvil, trader_btc, trader_key, htlc.address, swap_id, w.url)
+            answers = await bridgectl_swap_watch(tmp_path / "trader", regtest, anvil, trader_keys.btc, trader_keys.evm, htlc.address, swap_id, w.url)
             assert [(a["kind"], a["chain"], a["state"]) for a in answers] == [("claim", "evm", "watching"), ("refund", "bitcoin", "watching")]
             ids = [a["id"] for a in answers]
             claim = await w.state(ids[0], CONFIRMED, timeout=60)
             await wait_until(lambda: lp.store.get(swap_id).swap.state == m.CLAIMED, 60, what="the LP claimed the BTC")
             await w.state(ids[1], SPENT_ELSEWHERE, timeout=60)
-        assert await evm.balance(trader_addr) == trader_eth + 15 * ONE_ETH // 100  # the trader paid no gas
+        assert await evm.balance(trader_keys.address) == trader_eth + 15 * ONE_ETH // 100  # the trader paid no gas
         assert await evm.balance(watcher_addr) < watcher_eth
         mined = await evm.rpc.call("eth_getTransactionByHash", [claim["spend_tx"]])
         assert mined["from"].lower() == watcher_addr.lower()
         assert trader.store.get(swap_id).swap.state in (m.PARTICIPANT_LOCKED, m.CLAIM_INTENDED)  # the trader did nothing
-    finally:
-        await stop_runner(lp_task, "lp")
-        await trader.close()
 
 
 async def test_lp_offline_after_locking_watcher_claims_its_btc_once_the_trader_reveals(
@@ -555,20 +494,14 @@ async def test_lp_offline_after_locking_watcher_claims_its_btc_once_the_trader_r
     (a pre-signed BTC claim pointed at its own ETH lock for the secret, and the refund of
     that lock) and shuts down.  The trader claims the ETH, revealing the secret; the watcher
     completes the LP's BTC claim, and ends the LP's refund job as the ETH was claimed."""
-    trader_btc, lp_btc = BtcKey.generate(), BtcKey.generate()
-    await fund_btc(btc, trader_btc)
-    trader_key, trader_addr = await evm_account(evm, 0)
-    lp_key, lp_addr = await evm_account(evm, 10 * ONE_ETH)
+    trader_keys, lp_keys = await new_keys(evm, 0), await new_keys(evm, 10 * ONE_ETH)
+    await fund_btc(btc, trader_keys.btc)
 
-    lp_settings = settings_for(tmp_path, "lp", regtest, anvil)
-    lp = await Party.open(lp_settings, swap_config(lp_btc, lp_key, htlc.address))
-    daemon = LpDaemon(lp)
-    port = free_port()
-    lp_task = asyncio.create_task(Runner(daemon, lp_settings, http_port=port, extra_routes=daemon.routes(), shutdown_grace=2).run())
-    lp_url = f"http://127.0.0.1:{port}"
-    trader = await Party.open(settings_for(tmp_path, "trader", regtest, anvil), swap_config(trader_btc, trader_key, htlc.address), LpClient())
-    try:
-        await wait_until(lambda: health(lp_url), 10, what="LP up")
+    async with (
+        running_lp(settings_for(tmp_path, "lp", regtest, anvil), btc_eth_config(lp_keys, htlc), daemon_stop=True) as lp_daemon,
+        trader_party(settings_for(tmp_path, "trader", regtest, anvil), btc_eth_config(trader_keys, htlc)) as trader,
+    ):
+        lp_url, lp = lp_daemon
         view = await trader.start_swap(lp_url, "btc:0.01", "eth:0.15")
         swap_id = view.swap.id
 
@@ -580,10 +513,10 @@ async def test_lp_offline_after_locking_watcher_claims_its_btc_once_the_trader_r
 
         await wait_until(lp_locked, 60, interval=0.1, what="the LP's lock, audited by the trader")
         await wait_until(lambda: lp.store.get(swap_id).swap.state == m.PARTICIPANT_LOCKED, 60, what="the LP's lock recorded")
-        jobs = await swap_jobs(lp.store.get(swap_id), lp_btc, EvmHtlc(evm, htlc.address), "regtest")
+        jobs = await swap_jobs(lp.store.get(swap_id), lp_keys.btc, EvmHtlc(evm, htlc.address), "regtest")
         assert [(j["kind"], j["chain"], j.get("reveal", {}).get("chain")) for j in jobs] == [("claim", "bitcoin", "evm"), ("refund", "evm", None)]
-        await stop_runner(lp_task, "lp")  # the LP goes offline
-        await AnvilControls(evm).set_balance(trader_addr, ONE_ETH // 100)  # the trader can pay for its claim now
+        await lp_daemon.stop()  # the LP goes offline
+        await AnvilControls(evm).set_balance(trader_keys.address, ONE_ETH // 100)  # the trader can pay for its claim now
 
         async with running_watcher(tmp_path / "watcher.sqlite", btc, evm, Account.create().key.to_0x_hex()) as w:
             ids = []
@@ -600,12 +533,9 @@ async def test_lp_offline_after_locking_watcher_claims_its_btc_once_the_trader_r
             await wait_until(trader_claimed, 60, interval=0.1, what="the trader's claim of the ETH")
             claim = await w.state(ids[0], CONFIRMED, timeout=60)
             await w.state(ids[1], SPENT_ELSEWHERE, timeout=60)
-        assert await btc.balance([lp_btc.p2wpkh_script]) == _outs(jobs[0]["presigned"][0]["tx"])[0]  # 0.01 BTC less the 2 sat/vB fee
+        assert await btc.balance([lp_keys.btc.p2wpkh_script]) == _outs(jobs[0]["presigned"][0]["tx"])[0]  # 0.01 BTC less the 2 sat/vB fee
         assert claim["spend_level"] == 0 and claim["secret_known"]
         assert lp.store.get(swap_id).swap.state == m.PARTICIPANT_LOCKED  # the LP did nothing meanwhile
-    finally:
-        await stop_runner(lp_task, "lp")
-        await trader.close()
 
 
 async def test_spend_recorded_before_broadcast_is_sent_once_after_a_crash_either_side_of_the_send(btc, evm, htlc, tmp_path):
@@ -698,8 +628,8 @@ async def test_evm_nonces_stay_with_the_watchers_dropped_spends(btc, evm, htlc, 
     async def nonce_of(tx_hash: str) -> int:
         return int((await evm.rpc.call("eth_getTransactionByHash", [tx_hash]))["nonce"], 16)
 
-    await AnvilControls(evm).set_automine(False)
-    try:
+    async with automine_back_on(evm):
+        await AnvilControls(evm).set_automine(False)
         async with running_watcher(db, btc, evm, watcher_key, stuck_blocks=3, evm_max_fee=2 * base_fee, evm_priority_fee=1) as w:
             _, a = await w.submit(evm_job("claim", htlc, params[0], party_addr, secret=hashlocks[0][0].hex()))
             sent_a = await w.state(a["id"], SPEND_SENT)
@@ -725,6 +655,4 @@ async def test_evm_nonces_stay_with_the_watchers_dropped_spends(btc, evm, htlc, 
             assert "the old one was taken" in resent["actions"][-2]["note"]
             await AnvilControls(evm).mine(1)
             await w.state(a["id"], CONFIRMED)
-    finally:
-        await AnvilControls(evm).set_automine(True)
     assert await evm.balance(party_addr) == 2 * HTLC_WEI

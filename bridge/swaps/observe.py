@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import Any, Callable, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
 
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import configure_mappers
@@ -36,9 +36,11 @@ from bridge.swaps.store import make_due
 from chains.base import BlockRef, ChainEvent
 from chains.bitcoin import BitcoinTxFilter
 from chains.cursor_store import OrphanedBlock
-from chains.evm import EvmLogFilter
 from chains.indexer import Indexer
 from htlc.evm import Claimed, Locked, LogRef, SwapParams, decode_events
+
+if TYPE_CHECKING:
+    from bridge.swaps.legs.base import Leg
 
 log = logging.getLogger("bridge.swaps.observe")
 
@@ -219,6 +221,16 @@ def _watched_outpoints(tx: Tx) -> BitcoinTxFilter:
     return BitcoinTxFilter(scripts=(), outpoints=outpoints)
 
 
+def outpoints_selector(db: Db) -> Callable[[], BitcoinTxFilter]:
+    """The BTC indexer's selector: the HTLC outputs of our unfinished swaps, read afresh at every batch."""
+
+    def selector() -> BitcoinTxFilter:
+        with db.transaction() as tx:
+            return _watched_outpoints(tx)
+
+    return selector
+
+
 class BtcSpendConsumer:
     """Stores the mined spends of our swaps' HTLC outputs (claims reveal the secret in the witness)."""
 
@@ -304,7 +316,7 @@ class ChainIndex:
 class SwapObservers:
     """One indexer per chain of a party, sharing the swap database, waking the engine."""
 
-    def __init__(self, engine: Engine, legs: dict[str, Any], poll_interval: float = 0.5, name: str = "swaps") -> None:
+    def __init__(self, engine: Engine, legs: dict[str, Leg], poll_interval: float = 0.5, name: str = "swaps") -> None:
         self.engine = engine
         self.db = Db(engine)
         self.poll_interval = poll_interval
@@ -314,12 +326,7 @@ class SwapObservers:
         self.on_wake: Callable[[set[str]], None] = lambda swap_ids: None
         self.indexers: dict[str, Indexer] = {}
         for chain, leg in legs.items():
-            if chain == "evm":
-                consumer: Any = EvmHtlcConsumer(self._wake)
-                selector: Any = EvmLogFilter(leg.htlc.address)
-            else:
-                consumer = BtcSpendConsumer(self._wake)
-                selector = self._btc_selector
+            consumer, selector = leg.observer(self.db, self._wake)  # what this chain's indexer keeps, and where it looks
             indexer = Indexer(f"{name}-{chain}", leg.adapter, engine, consumer, selector=selector, confirmations=1, poll_interval=poll_interval, log_every=60.0)
             self.indexers[chain] = indexer
         self.legs = legs
@@ -327,10 +334,6 @@ class SwapObservers:
     def _wake(self, swap_ids: set[str]) -> None:
         self.on_wake(swap_ids)
         self.woken.set()
-
-    def _btc_selector(self) -> BitcoinTxFilter:
-        with self.db.transaction() as tx:
-            return _watched_outpoints(tx)
 
     async def _start_height(self, chain: str, indexer: Indexer) -> int:
         """Where a new cursor starts: the earliest block an unfinished swap watches from, else the head."""

@@ -8,8 +8,9 @@ Field dicts (``dict[str, Any]``) returned by ``prepare_*``/``broadcast_*``/``ren
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
+from bridge.core.dbapi import Db
 from bridge.core.errors import BridgeError, InputError
 from bridge.swaps.clock import ChainClock
 from bridge.swaps.models import SwapLeg
@@ -78,6 +79,13 @@ class Leg(Protocol):
     @property
     def identity(self) -> str:
         """What the counterparty names us by on this chain (a pubkey, an address)."""
+        ...
+
+    def observer(self, db: Db, wake: Callable[[set[str]], None]) -> tuple[Any, Any]:
+        """``(consumer, selector)`` of this chain's indexer (``observe.SwapObservers``): the consumer
+        (``chains.indexer.IndexerConsumer``) keeps what concerns our swaps in ``db`` and tells ``wake``
+        which swaps that made due; the selector (``adapter.events``' filter, or a callable returning
+        one per batch) says where to look."""
         ...
 
     async def now(self) -> ChainTime: ...

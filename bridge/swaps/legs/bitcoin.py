@@ -8,10 +8,12 @@ import hashlib
 import re
 from typing import TYPE_CHECKING, Any, Callable
 
+from bridge.core.dbapi import Db
 from bridge.core.errors import InputError
 from bridge.swaps.clock import ChainClock
 from bridge.swaps.legs.base import LockRefused, LockSeen, NotYet
 from bridge.swaps.models import SwapLeg
+from bridge.swaps.observe import BtcSpendConsumer, outpoints_selector
 from bridge.swaps.store import SwapView
 from bridge.swaps.timelock import ChainTime
 from chains.base import BITCOIN
@@ -71,6 +73,10 @@ class BitcoinLeg:
     def identity(self) -> str:
         """What the counterparty names us by on this chain: our compressed pubkey."""
         return self.key.pubkey.hex()
+
+    def observer(self, db: Db, wake: Callable[[set[str]], None]) -> tuple[BtcSpendConsumer, Callable[[], BitcoinTxFilter]]:
+        """The indexer keeps the mined spends of our swaps' HTLC outputs, looking for those outputs."""
+        return BtcSpendConsumer(wake), outpoints_selector(db)
 
     async def now(self) -> ChainTime:
         return await self.clock.now()

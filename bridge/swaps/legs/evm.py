@@ -15,14 +15,16 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from eth_utils import to_checksum_address
 
+from bridge.core.dbapi import Db
 from bridge.core.errors import InputError, NonceConflict, NotFound, TransactionRejected
 from bridge.swaps.clock import ChainClock
 from bridge.swaps.legs.base import LockRefused, LockSeen, NotYet
 from bridge.swaps.models import SwapLeg
+from bridge.swaps.observe import EvmHtlcConsumer
 from bridge.swaps.store import SwapView
 from bridge.swaps.timelock import ChainTime
 from chains.base import EVM
-from chains.evm import EvmAdapter, EvmReceipt
+from chains.evm import EvmAdapter, EvmLogFilter, EvmReceipt
 from chains.evm_fees import Fees
 from chains.evm_rpc import is_priced_out
 from chains.fee_bump import EvmTxFields, evm_bump
@@ -93,6 +95,10 @@ class EvmLeg:
     @property
     def identity(self) -> str:
         return self.address
+
+    def observer(self, db: Db, wake: Callable[[set[str]], None]) -> tuple[EvmHtlcConsumer, EvmLogFilter]:
+        """The indexer keeps our swaps' events of the HTLC contract, looking at that contract's logs."""
+        return EvmHtlcConsumer(wake), EvmLogFilter(self.htlc.address)
 
     async def now(self) -> ChainTime:
         return await self.clock.now()
