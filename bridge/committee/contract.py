@@ -1,0 +1,366 @@
+"""Async Python binding for the bridge contract (``htlc/contracts/CollateralBridge.sol``).
+
+    chain = await EvmAdapter.connect(url)
+    committee = Committee(0, signers, 3)                     # signers sorted here
+    bridge = await CollateralBridge.deploy(chain, key, committee, guardians=[g], caps={ETH: 10**20})
+    await bridge.deposit_eth(user_key, 10**18)               # -> Deposited
+    await bridge.release(relayer_key, message, committee, indices, signatures)
+    await bridge.events()                                    # decoded, in chain order
+
+A quorum is given as the signer indices (ascending, into ``committee.signers``) and one 65-byte
+``r || s || v`` signature per index; the binding packs them into the contract's ``quorum`` bytes
+(66 bytes an entry: index || r || s || v), see ``pack_quorum``.  Signatures are not checked here:
+the contract refuses, and a refusal raises ``ContractReverted`` whose ``reason`` is the custom
+error's name (``"NotEnoughSignatures"``).
+
+Messages are anything with the twelve fields of ``Message`` (by attribute name) or a 12-tuple in
+the contract's order, so the committee's message module can pass its own type.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import IntEnum
+from functools import cache
+from typing import Any, Iterable, Mapping, Sequence
+
+from eth_abi import decode as abi_decode
+from eth_abi import encode as abi_encode
+from eth_utils import event_abi_to_log_topic, is_address, keccak, to_checksum_address
+
+from bridge.core.errors import ContractReverted, InputError
+from chains.base import ChainEvent
+from chains.evm import EvmAdapter, EvmLogFilter, EvmReceipt
+from chains.evm_revert import decode_revert, describe_revert
+from htlc.evm import ETH, TOKEN_KINDS, LogRef, decode_result, encode_call, load_artifact
+
+CONTRACT = "CollateralBridge"
+#: BTC's asset sentinel: the last 20 bytes of keccak256("BTC").
+BTC_ASSET = to_checksum_address(keccak(b"BTC")[-20:])
+DEFAULT_GRACE = 3600
+MESSAGE_VERSION = 1
+QUORUM_ENTRY = 66  # index (1) || r (32) || s (32) || v (1)
+MESSAGE_FIELDS = (
+    "version",
+    "kind",
+    "source_chain_id",
+    "source_tx",
+    "source_index",
+    "dest_chain_id",
+    "account",
+    "asset",
+    "amount",
+    "nonce",
+    "expiry",
+    "payload_hash",
+)
+
+
+class Kind(IntEnum):
+    DEPOSIT_CREDIT = 1
+    RELEASE = 2
+    PAYOUT_DONE = 3
+    PRICE_REPORT = 4
+    ROTATION = 5
+    UNPAUSE = 6
+    SNAPSHOT_ROOT = 7
+
+
+@dataclass(frozen=True)
+class Message:
+    """The one message struct of every kind, field for field the contract's (snake_case)."""
+
+    kind: int
+    dest_chain_id: int
+    account: str
+    asset: str
+    amount: int
+    nonce: int
+    expiry: int
+    source_chain_id: int = 0
+    source_tx: bytes = bytes(32)
+    source_index: int = 0
+    payload_hash: bytes = bytes(32)
+    version: int = MESSAGE_VERSION
+
+
+def message_tuple(m: Any) -> tuple[Any, ...]:
+    """The contract's ``Message`` tuple from a ``Message``-like object or a 12-tuple."""
+    if isinstance(m, (tuple, list)):
+        values = list(m)
+        if len(values) != len(MESSAGE_FIELDS):
+            raise InputError(f"a message tuple has {len(MESSAGE_FIELDS)} fields, got {len(values)}")
+    else:
+        try:
+            values = [getattr(m, name) for name in MESSAGE_FIELDS]
+        except AttributeError as exc:
+            raise InputError(f"not a message: {exc}") from None
+    values[3] = _bytes32(values[3], "source_tx")
+    values[6] = _address(values[6], "account")
+    values[7] = _address(values[7], "asset")
+    values[11] = _bytes32(values[11], "payload_hash")
+    return tuple(values)
+
+
+@dataclass(frozen=True)
+class Committee:
+    """(epoch, signers sorted ascending, threshold); the contract stores only ``hash``."""
+
+    epoch: int
+    signers: tuple[str, ...]
+    threshold: int
+
+    def __post_init__(self) -> None:
+        addresses = [_address(s, "signer") for s in self.signers]
+        object.__setattr__(self, "signers", tuple(sorted(addresses, key=lambda a: int(a, 16))))
+
+    @property
+    def hash(self) -> bytes:
+        return committee_hash(self.epoch, self.signers, self.threshold)
+
+    @property
+    def payload(self) -> bytes:
+        """A ROTATION message's ``payload_hash`` for a rotation to this committee."""
+        return self.hash
+
+    def index(self, signer: str) -> int:
+        return self.signers.index(_address(signer, "signer"))
+
+
+def committee_hash(epoch: int, signers: Sequence[str], threshold: int) -> bytes:
+    """keccak256(abi.encode(uint64 epoch, address[] signers, uint8 threshold)), as the contract."""
+    return keccak(abi_encode(["uint64", "address[]", "uint8"], [epoch, list(signers), threshold]))
+
+
+def pack_quorum(indices: Sequence[int], signatures: Sequence[bytes]) -> bytes:
+    """The contract's packed quorum: per signature ``index (1 byte) || r || s || v``."""
+    if len(indices) != len(signatures):
+        raise InputError(f"{len(indices)} indices for {len(signatures)} signatures")
+    out = bytearray()
+    for index, sig in zip(indices, signatures):
+        if not isinstance(index, int) or not 0 <= index <= 255:
+            raise InputError(f"a signer index is one byte, got {index!r}")
+        if not isinstance(sig, (bytes, bytearray)) or len(sig) != 65:
+            raise InputError("a signature is 65 bytes r || s || v")
+        out.append(index)
+        out += sig
+    return bytes(out)
+
+
+# --- events -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BridgeEvent:
+    """One event of the contract: ``name`` (``Deposited``, ``Released``, ...) and its arguments."""
+
+    name: str
+    args: Mapping[str, Any] = field(hash=False)
+    where: LogRef
+
+    def __getitem__(self, key: str) -> Any:
+        return self.args[key]
+
+
+@cache
+def _events_by_topic() -> dict[bytes, dict[str, Any]]:
+    return {event_abi_to_log_topic(e): e for e in load_artifact(CONTRACT)["abi"] if e["type"] == "event"}
+
+
+def decode_events(logs: Iterable[ChainEvent | dict[str, Any]]) -> list[BridgeEvent]:
+    """The contract's events among logs; others are skipped.  The caller picks the emitting
+    contract (by filter or by address): anyone can emit logs with these topics."""
+    out: list[BridgeEvent] = []
+    for item in logs:
+        log = item.data if isinstance(item, ChainEvent) else item
+        topics = [_hexbytes(t) for t in log["topics"]]
+        event = _events_by_topic().get(topics[0]) if topics else None
+        if event is None:
+            continue
+        indexed = [i for i in event["inputs"] if i["indexed"]]
+        plain = [i for i in event["inputs"] if not i["indexed"]]
+        values: dict[str, Any] = {}
+        for param, topic in zip(indexed, topics[1:]):
+            values[param["name"]] = abi_decode([param["type"]], topic)[0]
+        for param, value in zip(plain, abi_decode([p["type"] for p in plain], _hexbytes(log["data"]))):
+            values[param["name"]] = value
+        for name, value in values.items():
+            if isinstance(value, str) and is_address(value):
+                values[name] = to_checksum_address(value)
+            elif isinstance(value, tuple):
+                values[name] = tuple(to_checksum_address(v) if isinstance(v, str) else v for v in value)
+        out.append(BridgeEvent(event["name"], values, LogRef(log["block_number"], log["tx_hash"], log["log_index"])))
+    return out
+
+
+# --- the contract ---------------------------------------------------------------------------
+
+
+class CollateralBridge:
+    """One deployed bridge contract, reached through an ``EvmAdapter``."""
+
+    def __init__(self, chain: EvmAdapter, address: str) -> None:
+        self.chain = chain
+        self.address = _address(address, "bridge address")
+        self.abi = load_artifact(CONTRACT)["abi"]
+
+    @classmethod
+    async def deploy(
+        cls,
+        chain: EvmAdapter,
+        key: str,
+        committee: Committee,
+        guardians: Sequence[str],
+        caps: Mapping[str, int],
+        cap_window: int = 86_400,
+        grace: int = DEFAULT_GRACE,
+    ) -> "CollateralBridge":
+        """Deploy with the first committee (its epoch must be 0) and a release cap per listed asset."""
+        if committee.epoch != 0:
+            raise InputError("the first committee's epoch is 0")
+        art = load_artifact(CONTRACT)
+        assets = [_address(a, "asset") for a in caps]
+        args = (list(committee.signers), committee.threshold, [_address(g, "guardian") for g in guardians], grace, assets, list(caps.values()), cap_window)
+        try:
+            address = await chain.deploy(key, art["abi"], art["bytecode"], *args)
+        except ContractReverted as exc:
+            raise _named(exc, "deploy") from None
+        return cls(chain, address)
+
+    # --- user transactions ---
+
+    async def deposit_eth(self, key: str, amount: int) -> EvmReceipt:
+        return await self._transact(key, "depositETH", value=amount)
+
+    async def deposit_erc20(self, key: str, token: str, amount: int) -> EvmReceipt:
+        """Deposit an approved ERC-20; the credit (the event's amount) is what arrived."""
+        return await self._transact(key, "depositERC20", _address(token, "token"), amount)
+
+    async def request_withdrawal(self, key: str, asset: str, amount: int) -> EvmReceipt:
+        return await self._transact(key, "requestWithdrawal", _address(asset, "asset"), amount)
+
+    async def pause(self, key: str) -> EvmReceipt:
+        return await self._transact(key, "pause")
+
+    # --- quorum messages (any relayer's key may send them) ---
+
+    async def release(self, key: str, message: Any, committee: Committee, indices: Sequence[int], signatures: Sequence[bytes]) -> EvmReceipt:
+        return await self._transact(key, "release", *self._quorum_args(message, committee, indices, signatures))
+
+    async def rotate(self, key: str, message: Any, committee: Committee, indices: Sequence[int], signatures: Sequence[bytes], new: Committee) -> EvmReceipt:
+        args = self._quorum_args(message, committee, indices, signatures)
+        return await self._transact(key, "rotate", *args, new.epoch, list(new.signers), new.threshold)
+
+    async def unpause(self, key: str, message: Any, committee: Committee, indices: Sequence[int], signatures: Sequence[bytes]) -> EvmReceipt:
+        return await self._transact(key, "unpause", *self._quorum_args(message, committee, indices, signatures))
+
+    def release_calldata(self, message: Any, committee: Committee, indices: Sequence[int], signatures: Sequence[bytes]) -> bytes:
+        """The ``release`` call's data (for gas estimates and raw sends)."""
+        return encode_call(self.abi, "release", *self._quorum_args(message, committee, indices, signatures))
+
+    @staticmethod
+    def _quorum_args(message: Any, committee: Committee, indices: Sequence[int], signatures: Sequence[bytes]) -> tuple[Any, ...]:
+        return (message_tuple(message), committee.epoch, list(committee.signers), committee.threshold, pack_quorum(indices, signatures))
+
+    # --- reads ---
+
+    async def committee_hash(self) -> bytes:
+        return await self._read("committeeHash")
+
+    async def previous_committee(self) -> tuple[bytes, int]:
+        """The replaced committee's hash and the time until which it is still valid."""
+        return await self._read("previousCommitteeHash"), await self._read("previousValidUntil")
+
+    async def epoch(self) -> int:
+        return await self._read("epoch")
+
+    async def paused(self) -> bool:
+        return await self._read("paused")
+
+    async def consumed(self, message_id: bytes) -> bool:
+        return await self._read("consumed", _bytes32(message_id, "message id"))
+
+    async def message_id(self, message: Any) -> bytes:
+        """The contract's own id (EIP-712 digest) of a message, to cross-check the signers'."""
+        return await self._read("messageId", message_tuple(message))
+
+    async def domain_separator(self) -> bytes:
+        return await self._read("domainSeparator")
+
+    async def cap(self, asset: str) -> tuple[int, int, int]:
+        """``(limit, used, window)`` of an asset's release cap (limit 0: not listed)."""
+        raw = await self._call("caps", _address(asset, "asset"))
+        return tuple(decode_result(self.abi, "caps", raw))  # type: ignore[return-value]
+
+    async def is_guardian(self, address: str) -> bool:
+        return await self._read("isGuardian", _address(address, "address"))
+
+    async def events(self, from_block: int = 0, to_block: int | None = None) -> list[BridgeEvent]:
+        last = await self.chain.height() if to_block is None else to_block
+        return decode_events(await self.chain.events(from_block, last, EvmLogFilter(self.address, [None])))
+
+    def events_in(self, receipt: EvmReceipt) -> list[BridgeEvent]:
+        """This contract's events among a receipt's logs."""
+        return decode_events(log for log in receipt.logs if log["address"].lower() == self.address.lower())
+
+    # --- plumbing ---
+
+    async def _read(self, name: str, *args: Any) -> Any:
+        return decode_result(self.abi, name, await self._call(name, *args))[0]
+
+    async def _call(self, name: str, *args: Any) -> bytes:
+        try:
+            return await self.chain.call(self.address, encode_call(self.abi, name, *args))
+        except ContractReverted as exc:
+            raise _named(exc, name) from None
+
+    async def _transact(self, key: str, name: str, *args: Any, value: int = 0) -> EvmReceipt:
+        """Send and wait for the receipt; a refusal (at estimate or mined) names the custom error."""
+        data = encode_call(self.abi, name, *args)
+        try:
+            return await self.chain.wait_for_receipt(await self.chain.transact(key, self.address, value, data))
+        except ContractReverted as exc:
+            raise _named(exc, name) from None
+
+
+@cache
+def _error_abi() -> tuple[dict[str, Any], ...]:
+    return tuple(i for name in (CONTRACT, *TOKEN_KINDS) for i in load_artifact(name)["abi"] if i["type"] == "error")
+
+
+def revert_reason(data: str | None) -> str | None:
+    """The custom error's bare name (``WrongSigner``), else the adapter's description."""
+    decoded = decode_revert(data, _error_abi())
+    if decoded is not None and decoded[0] not in ("Error", "Panic"):
+        return decoded[0]
+    return describe_revert(data, _error_abi()) if data else None
+
+
+def _named(exc: ContractReverted, what: str) -> ContractReverted:
+    reason = revert_reason(exc.data) or exc.reason
+    extra = {k: v for k, v in exc.details.items() if k not in ("reason", "data")}
+    return ContractReverted(f"{what} refused: {reason}", reason=reason, data=exc.data, **extra)
+
+
+def _address(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not is_address(value):
+        raise InputError(f"{what} is not an EVM address: {value!r}", field=what)
+    return to_checksum_address(value)
+
+
+def _bytes32(value: Any, what: str) -> bytes:
+    if isinstance(value, str):
+        try:
+            value = bytes.fromhex(value.removeprefix("0x"))
+        except ValueError:
+            raise InputError(f"{what} is not hex: {value!r}", field=what) from None
+    if not isinstance(value, (bytes, bytearray)) or len(value) != 32:
+        raise InputError(f"{what} must be 32 bytes", field=what)
+    return bytes(value)
+
+
+def _hexbytes(value: bytes | str) -> bytes:
+    return bytes(value) if isinstance(value, (bytes, bytearray)) else bytes.fromhex(value.removeprefix("0x"))
+
+
+__all__ = ["BTC_ASSET", "ETH", "BridgeEvent", "CollateralBridge", "Committee", "Kind", "Message", "committee_hash", "decode_events", "pack_quorum"]

@@ -1,0 +1,484 @@
+// SPDX-License-Identifier: MIT
+pragma solidity 0.8.37;
+
+/// @title The margin bridge's EVM end: deposits in, releases out on a committee quorum only.
+/// @notice Design: ../shared/DESIGN.md, "Attested messages and the committee".
+///
+/// Deposits credit the sender's margin account (off chain, in every attester's replica of the
+/// ledger) from the measured balance change; withdrawals are requested by a transaction from the
+/// account's own key; the contract keeps no per-account balances.  Funds leave only by `release`,
+/// on an EIP-712 message of kind RELEASE signed by a quorum of the committee.
+///
+/// The committee (epoch, signers sorted ascending, threshold M) is stored only as
+/// keccak256(abi.encode(epoch, signers, threshold)); callers pass the set in calldata.  A quorum
+/// is passed PACKED, to save calldata (about 1.5k gas per signature against `uint8[]` + `bytes[]`):
+///     quorum = entry_0 || entry_1 || ...   each entry 66 bytes: index (1) || r (32) || s (32) || v (1)
+/// with strictly ascending indices into `signers`, at least M entries, exactly one `ecrecover` each,
+/// v in {27, 28}, s <= secp256k1n / 2, and a recovered zero address refused.
+///
+/// Entry points and the only message kind each accepts: release RELEASE, rotate ROTATION,
+/// unpause UNPAUSE.  There is no owner and no other admin function: deposits are open, the
+/// guardians can only pause, and everything else needs a quorum message of the right kind.
+/// A message is valid while block.timestamp < expiry; its id (the EIP-712 digest) acts once.
+contract CollateralBridge {
+    /// The one message struct of every kind (EIP-712 type `Message`).
+    struct Message {
+        uint8 version; // 1
+        uint8 kind; // see the KIND_ constants
+        uint64 sourceChainId;
+        bytes32 sourceTx; // tx hash, or txid on Bitcoin
+        uint32 sourceIndex; // log index, or vout
+        uint64 destChainId; // the chain that acts on it: block.chainid here
+        address account;
+        address asset; // zero: ETH; BTC_ASSET: bitcoin; else an ERC-20
+        uint256 amount;
+        uint64 nonce;
+        uint64 expiry; // unix seconds; acts only strictly before
+        bytes32 payloadHash; // kind-specific; ROTATION: the new committee's hash
+    }
+
+    struct Cap {
+        uint112 limit; // most that may be released per window (0: asset not listed)
+        uint112 used; // released in `window`
+        uint32 window; // block.timestamp / capWindow when `used` was last written
+    }
+
+    uint8 public constant MESSAGE_VERSION = 1;
+    uint8 public constant KIND_DEPOSIT_CREDIT = 1;
+    uint8 public constant KIND_RELEASE = 2;
+    uint8 public constant KIND_PAYOUT_DONE = 3;
+    uint8 public constant KIND_PRICE_REPORT = 4;
+    uint8 public constant KIND_ROTATION = 5;
+    uint8 public constant KIND_UNPAUSE = 6;
+    uint8 public constant KIND_SNAPSHOT_ROOT = 7;
+    /// BTC's asset sentinel: the last 20 bytes of keccak256("BTC").  Never paid out here.
+    address public constant BTC_ASSET = address(uint160(uint256(keccak256("BTC"))));
+
+    bytes32 private constant DOMAIN_TYPEHASH =
+        keccak256("EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)");
+    bytes32 private constant MESSAGE_TYPEHASH = keccak256(
+        "Message(uint8 version,uint8 kind,uint64 sourceChainId,bytes32 sourceTx,uint32 sourceIndex,uint64 destChainId,address account,address asset,uint256 amount,uint64 nonce,uint64 expiry,bytes32 payloadHash)"
+    );
+    bytes32 private constant NAME_HASH = keccak256("CollateralBridge");
+    bytes32 private constant VERSION_HASH = keccak256("1");
+    uint256 private constant HALF_N = 0x7FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF5D576E7357A4501DDFE92F46681B20A0;
+    uint256 private constant ENTRY = 66; // bytes per packed quorum entry
+
+    uint256 private immutable deployChainId;
+    bytes32 private immutable cachedDomainSeparator;
+    uint256 public immutable graceWindow; // seconds the previous committee stays valid after a rotation
+    uint256 public immutable capWindow; // seconds per release-cap window
+
+    bytes32 public committeeHash;
+    bytes32 public previousCommitteeHash;
+    uint64 public epoch;
+    uint64 public previousValidUntil; // previousCommitteeHash is valid while block.timestamp < this
+    bool public paused;
+    uint64 public depositNonce;
+    uint64 public requestNonce;
+
+    mapping(bytes32 id => bool) public consumed;
+    mapping(address asset => Cap) public caps;
+    mapping(address => bool) public isGuardian;
+
+    bool private transient entered;
+
+    event Deposited(address indexed account, address indexed asset, uint256 amount, uint64 depositNonce);
+    event WithdrawalRequested(address indexed account, address indexed asset, uint256 amount, uint64 requestNonce);
+    event Released(bytes32 indexed id, address indexed account, address indexed asset, uint256 amount);
+    event Rotated(bytes32 indexed id, uint64 indexed epoch, bytes32 committeeHash, address[] signers, uint8 threshold);
+    event Paused(address indexed guardian);
+    event Unpaused(bytes32 indexed id);
+
+    // Committee and quorum.
+    error EmptyCommittee();
+    error TooManySigners();
+    error SignersNotSorted();
+    error ZeroSigner();
+    error ThresholdTooLow();
+    error ThresholdTooHigh();
+    error UnknownCommittee();
+    error CommitteeExpired();
+    error QuorumMalformed();
+    error NotEnoughSignatures();
+    error IndicesNotAscending();
+    error IndexOutOfRange();
+    error HighS();
+    error BadV();
+    error ZeroRecovered();
+    error WrongSigner();
+    error EpochNotNext();
+    error PayloadMismatch();
+    // Messages.
+    error WrongKind();
+    error WrongVersion();
+    error WrongChain();
+    error MessageExpired();
+    error AlreadyConsumed();
+    error ZeroAmount();
+    error ZeroAccount();
+    error CapExceeded();
+    error IsPaused();
+    error NotPaused();
+    error NotGuardian();
+    // Deposits and setup.
+    error ZeroAddressToken();
+    error NotAContract();
+    error AssetNotListed();
+    error NothingReceived();
+    error TransferFailed();
+    error Reentrancy();
+    error BadConfig();
+
+    modifier nonReentrant() {
+        if (entered) revert Reentrancy();
+        entered = true;
+        _;
+        entered = false;
+    }
+
+    /// @param signers the first committee (epoch 0), sorted ascending; `threshold` of them sign.
+    /// @param guardians who may pause (each alone); at least one.
+    /// @param grace seconds a replaced committee still signs releases (1 h if 0).
+    /// @param assets the assets deposits and releases accept (zero: ETH), each with its
+    ///        per-window release cap in `limits`; `window` is the cap window in seconds.
+    constructor(
+        address[] memory signers,
+        uint8 threshold,
+        address[] memory guardians,
+        uint256 grace,
+        address[] memory assets,
+        uint256[] memory limits,
+        uint256 window
+    ) {
+        _checkCommittee(signers, threshold);
+        if (guardians.length == 0 || assets.length != limits.length || window == 0 || window > 365 days) {
+            revert BadConfig();
+        }
+        if (grace > 30 days) revert BadConfig();
+        for (uint256 i; i < guardians.length; ++i) {
+            if (guardians[i] == address(0)) revert BadConfig();
+            isGuardian[guardians[i]] = true;
+        }
+        for (uint256 i; i < assets.length; ++i) {
+            if (limits[i] == 0 || limits[i] > type(uint112).max || assets[i] == BTC_ASSET) revert BadConfig();
+            caps[assets[i]] = Cap(uint112(limits[i]), 0, 0);
+        }
+        graceWindow = grace == 0 ? 1 hours : grace;
+        capWindow = window;
+        committeeHash = _hashCommittee(0, signers, threshold);
+        deployChainId = block.chainid;
+        cachedDomainSeparator = _buildDomainSeparator();
+    }
+
+    // --- deposits and withdrawal requests (the account's own key) -----------------------------
+
+    function depositETH() external payable nonReentrant {
+        if (msg.value == 0) revert ZeroAmount();
+        if (paused) revert IsPaused();
+        if (caps[address(0)].limit == 0) revert AssetNotListed();
+        _deposited(address(0), msg.value);
+    }
+
+    /// @notice Credit what actually arrived (a fee-on-transfer token credits less than `amount`).
+    function depositERC20(address token, uint256 amount) external nonReentrant {
+        if (token == address(0)) revert ZeroAddressToken();
+        // A call to an address without code "succeeds" returning nothing: a deposit without funds.
+        if (token.code.length == 0) revert NotAContract();
+        if (amount == 0) revert ZeroAmount();
+        if (paused) revert IsPaused();
+        if (caps[token].limit == 0) revert AssetNotListed();
+        uint256 before = _balanceOf(token);
+        _callToken(token, abi.encodeCall(IERC20Like.transferFrom, (msg.sender, address(this), amount)));
+        uint256 received = _balanceOf(token) - before;
+        if (received == 0) revert NothingReceived();
+        _deposited(token, received);
+    }
+
+    /// @notice Ask the committee to release `amount` of `asset` from the sender's margin account;
+    /// the replicas decide.  BTC (`BTC_ASSET`) is requested here too.
+    function requestWithdrawal(address asset, uint256 amount) external {
+        if (amount == 0) revert ZeroAmount();
+        uint64 n = requestNonce++;
+        emit WithdrawalRequested(msg.sender, asset, amount, n);
+    }
+
+    function _deposited(address asset, uint256 amount) private {
+        uint64 n = depositNonce++;
+        emit Deposited(msg.sender, asset, amount, n);
+    }
+
+    // --- quorum messages ---------------------------------------------------------------------
+
+    /// @notice Pay `m.amount` of `m.asset` to `m.account` on a RELEASE message signed by a quorum
+    /// of the current committee, or of the previous one within its grace window.
+    function release(
+        Message calldata m,
+        uint64 committeeEpoch,
+        address[] calldata signers,
+        uint8 threshold,
+        bytes calldata quorum
+    ) external nonReentrant {
+        if (m.kind != KIND_RELEASE) revert WrongKind();
+        if (m.amount == 0) revert ZeroAmount();
+        if (m.account == address(0)) revert ZeroAccount();
+        if (paused) revert IsPaused();
+        bytes32 id = _accept(m, committeeEpoch, signers, threshold, quorum, true);
+        _spendCap(m.asset, m.amount);
+        emit Released(id, m.account, m.asset, m.amount);
+        _pay(m.asset, m.account, m.amount);
+    }
+
+    /// @notice Replace the committee on a ROTATION message signed by a quorum of the current one;
+    /// `m.payloadHash` is the new committee's hash and its epoch is the current one plus one.  The
+    /// replaced committee still signs releases for `graceWindow` seconds.  Allowed while paused.
+    function rotate(
+        Message calldata m,
+        uint64 committeeEpoch,
+        address[] calldata signers,
+        uint8 threshold,
+        bytes calldata quorum,
+        uint64 newEpoch,
+        address[] calldata newSigners,
+        uint8 newThreshold
+    ) external nonReentrant {
+        if (m.kind != KIND_ROTATION) revert WrongKind();
+        bytes32 id = _accept(m, committeeEpoch, signers, threshold, quorum, false);
+        if (newEpoch != committeeEpoch + 1) revert EpochNotNext();
+        _checkCommittee(newSigners, newThreshold);
+        bytes32 newHash = _hashCommittee(newEpoch, newSigners, newThreshold);
+        if (m.payloadHash != newHash) revert PayloadMismatch();
+        previousCommitteeHash = committeeHash;
+        previousValidUntil = uint64(block.timestamp + graceWindow);
+        committeeHash = newHash;
+        epoch = newEpoch;
+        emit Rotated(id, newEpoch, newHash, newSigners, newThreshold);
+    }
+
+    /// @notice Any one guardian stops deposits and releases.
+    function pause() external {
+        if (!isGuardian[msg.sender]) revert NotGuardian();
+        if (paused) revert IsPaused();
+        paused = true;
+        emit Paused(msg.sender);
+    }
+
+    /// @notice Only an UNPAUSE message signed by a quorum of the current committee lifts a pause.
+    function unpause(
+        Message calldata m,
+        uint64 committeeEpoch,
+        address[] calldata signers,
+        uint8 threshold,
+        bytes calldata quorum
+    ) external nonReentrant {
+        if (m.kind != KIND_UNPAUSE) revert WrongKind();
+        if (!paused) revert NotPaused();
+        bytes32 id = _accept(m, committeeEpoch, signers, threshold, quorum, false);
+        paused = false;
+        emit Unpaused(id);
+    }
+
+    // --- views ---------------------------------------------------------------------------------
+
+    function domainSeparator() public view returns (bytes32) {
+        return block.chainid == deployChainId ? cachedDomainSeparator : _buildDomainSeparator();
+    }
+
+    /// @notice A message's id: its EIP-712 digest under this contract's domain.
+    function messageId(Message calldata m) public view returns (bytes32) {
+        bytes32 separator = domainSeparator();
+        bytes32 typeHash = MESSAGE_TYPEHASH;
+        bytes32 digest;
+        assembly ("memory-safe") {
+            // The struct hash over the raw calldata words: a field with dirty high bits hashes to
+            // another id, which no quorum signed.
+            let p := mload(0x40)
+            mstore(p, typeHash)
+            calldatacopy(add(p, 0x20), m, 0x180)
+            let structHash := keccak256(p, 0x1a0)
+            mstore(p, hex"1901")
+            mstore(add(p, 2), separator)
+            mstore(add(p, 34), structHash)
+            digest := keccak256(p, 66)
+        }
+        return digest;
+    }
+
+    function hashCommittee(uint64 committeeEpoch, address[] calldata signers, uint8 threshold)
+        external
+        pure
+        returns (bytes32)
+    {
+        return _hashCommittee(committeeEpoch, signers, threshold);
+    }
+
+    // --- internals -----------------------------------------------------------------------------
+
+    /// Checks everything every quorum message needs and records its id as consumed.
+    function _accept(
+        Message calldata m,
+        uint64 committeeEpoch,
+        address[] calldata signers,
+        uint8 threshold,
+        bytes calldata quorum,
+        bool previousAllowed
+    ) private returns (bytes32 id) {
+        if (m.version != MESSAGE_VERSION) revert WrongVersion();
+        if (m.destChainId != block.chainid) revert WrongChain();
+        if (block.timestamp >= m.expiry) revert MessageExpired();
+        bytes32 h = _hashCommitteeCalldata(committeeEpoch, signers, threshold);
+        if (h != committeeHash) {
+            if (!previousAllowed || h != previousCommitteeHash) revert UnknownCommittee();
+            if (block.timestamp >= previousValidUntil) revert CommitteeExpired();
+        }
+        id = messageId(m);
+        if (consumed[id]) revert AlreadyConsumed();
+        _verifyQuorum(id, signers, threshold, quorum);
+        consumed[id] = true;
+    }
+
+    /// The loop is assembly to keep each extra signature near its floor (ecrecover's 3,000 plus the
+    /// entry's calldata): signer addresses are compared as raw calldata words, which is sound
+    /// because `_accept` matched their raw words against the stored hash first.
+    function _verifyQuorum(bytes32 digest, address[] calldata signers, uint256 threshold, bytes calldata quorum)
+        private
+        view
+    {
+        uint256 count = quorum.length / ENTRY;
+        if (quorum.length != count * ENTRY) revert QuorumMalformed();
+        if (count < threshold) revert NotEnoughSignatures();
+        uint256 failure;
+        assembly ("memory-safe") {
+            let buf := mload(0x40) // scratch beyond the free pointer: digest, v, r, s
+            mstore(buf, digest)
+            let n := signers.length
+            let nextAllowed := 0
+            let p := quorum.offset
+            for { let end := add(p, mul(count, ENTRY)) } lt(p, end) { p := add(p, ENTRY) } {
+                let idx := byte(0, calldataload(p))
+                if lt(idx, nextAllowed) {
+                    failure := 0x01
+                    break
+                }
+                if iszero(lt(idx, n)) {
+                    failure := 0x02
+                    break
+                }
+                let s := calldataload(add(p, 33))
+                if gt(s, HALF_N) {
+                    failure := 0x03
+                    break
+                }
+                let v := byte(0, calldataload(add(p, 65)))
+                if iszero(or(eq(v, 27), eq(v, 28))) {
+                    failure := 0x04
+                    break
+                }
+                mstore(add(buf, 0x20), v)
+                mstore(add(buf, 0x40), calldataload(add(p, 1)))
+                mstore(add(buf, 0x60), s)
+                // The precompile returns nothing when no key recovers (Yul evaluates arguments
+                // right to left, so the size is read in a statement of its own).
+                let ok := staticcall(gas(), 1, buf, 0x80, add(buf, 0x80), 0x20)
+                let who := mload(add(buf, 0x80))
+                if or(iszero(ok), or(iszero(eq(returndatasize(), 0x20)), iszero(who))) {
+                    failure := 0x05
+                    break
+                }
+                if iszero(eq(who, calldataload(add(signers.offset, shl(5, idx))))) {
+                    failure := 0x06
+                    break
+                }
+                nextAllowed := add(idx, 1)
+            }
+        }
+        if (failure != 0) {
+            if (failure == 0x01) revert IndicesNotAscending();
+            if (failure == 0x02) revert IndexOutOfRange();
+            if (failure == 0x03) revert HighS();
+            if (failure == 0x04) revert BadV();
+            if (failure == 0x05) revert ZeroRecovered();
+            revert WrongSigner();
+        }
+    }
+
+    /// M >= ceil(2N/3) (a 2-of-5 committee is refused), M <= N, signers strictly ascending and non-zero.
+    function _checkCommittee(address[] memory signers, uint256 threshold) private pure {
+        uint256 n = signers.length;
+        if (n == 0) revert EmptyCommittee();
+        if (n > 255) revert TooManySigners(); // indices are one byte
+        if (signers[0] == address(0)) revert ZeroSigner();
+        for (uint256 i = 1; i < n; ++i) {
+            if (signers[i] <= signers[i - 1]) revert SignersNotSorted();
+        }
+        if (threshold > n) revert ThresholdTooHigh();
+        if (3 * threshold < 2 * n) revert ThresholdTooLow();
+    }
+
+    function _hashCommittee(uint64 committeeEpoch, address[] memory signers, uint8 threshold)
+        private
+        pure
+        returns (bytes32)
+    {
+        return keccak256(abi.encode(committeeEpoch, signers, threshold));
+    }
+
+    /// `_hashCommittee` over the raw calldata words of `signers` (see `_verifyQuorum`).
+    function _hashCommitteeCalldata(uint64 committeeEpoch, address[] calldata signers, uint8 threshold)
+        private
+        pure
+        returns (bytes32 h)
+    {
+        assembly ("memory-safe") {
+            let p := mload(0x40)
+            let n := signers.length
+            mstore(p, committeeEpoch)
+            mstore(add(p, 0x20), 0x60)
+            mstore(add(p, 0x40), threshold)
+            mstore(add(p, 0x60), n)
+            calldatacopy(add(p, 0x80), signers.offset, shl(5, n))
+            h := keccak256(p, add(0x80, shl(5, n)))
+        }
+    }
+
+    function _spendCap(address asset, uint256 amount) private {
+        Cap memory cap = caps[asset];
+        uint32 window = uint32(block.timestamp / capWindow);
+        uint256 used = cap.window == window ? cap.used : 0;
+        if (amount > cap.limit || used + amount > cap.limit) revert CapExceeded();
+        caps[asset] = Cap(cap.limit, uint112(used + amount), window);
+    }
+
+    function _buildDomainSeparator() private view returns (bytes32) {
+        return keccak256(abi.encode(DOMAIN_TYPEHASH, NAME_HASH, VERSION_HASH, block.chainid, address(this)));
+    }
+
+    function _pay(address asset, address to, uint256 amount) private {
+        if (asset == address(0)) {
+            (bool ok,) = to.call{value: amount}("");
+            if (!ok) revert TransferFailed();
+        } else {
+            _callToken(asset, abi.encodeCall(IERC20Like.transfer, (to, amount)));
+        }
+    }
+
+    /// Accepts both ERC-20 styles: `true` returned, or nothing returned (USDT and the like).
+    function _callToken(address token, bytes memory data) private {
+        (bool ok, bytes memory ret) = token.call(data);
+        if (!ok || (ret.length != 0 && (ret.length < 32 || abi.decode(ret, (uint256)) != 1))) {
+            revert TransferFailed();
+        }
+    }
+
+    function _balanceOf(address token) private view returns (uint256) {
+        (bool ok, bytes memory ret) = token.staticcall(abi.encodeCall(IERC20Like.balanceOf, (address(this))));
+        if (!ok || ret.length < 32) revert TransferFailed();
+        return abi.decode(ret, (uint256));
+    }
+}
+
+interface IERC20Like {
+    function transfer(address to, uint256 amount) external returns (bool);
+    function transferFrom(address from, address to, uint256 amount) external returns (bool);
+    function balanceOf(address owner) external view returns (uint256);
+}
