@@ -9,6 +9,8 @@ import time
 from dataclasses import dataclass, field
 
 import pytest
+
+from bridge.core.testing import wait_until
 from sqlalchemy import inspect, text
 
 from bridge.core.db import make_engine
@@ -108,11 +110,7 @@ class FakeChain:
 
 
 async def until(predicate, timeout: float = 5.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.005)
+    await wait_until(predicate, timeout=timeout, interval=0.005, what=what)
 
 
 async def run_until_finished(rt: Runtime, ids, timeout: float = 5.0) -> None:

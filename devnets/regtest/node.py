@@ -57,6 +57,8 @@ class RegtestNode:
         self.chain: ChainState | None = None
         self.mempool: Mempool | None = None
         self.started_at = 0.0
+        #: The RPC calls under way (``getrpcinfo``): a token each -> (method, monotonic start).
+        self.active_commands: dict[object, tuple[str, float]] = {}
         self.mocktime = 0
         #: Payout script of the block mined on every accepted transaction (``devnetautomine``), or None.
         self.automine: bytes | None = None

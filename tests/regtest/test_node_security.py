@@ -12,6 +12,7 @@ import time
 
 import pytest
 from aiohttp import web
+from bridge.core.testing import wait_until
 from node_helpers import Rpc, Wallet
 
 from chains.btc import primitives as p
@@ -36,12 +37,17 @@ async def _raw(rpc: Rpc, method: str, params_json: str, version: str = "1.0") ->
 # --- finding 1: a batched long poll held the node's lock ------------------------------------------
 
 
+async def _active(rpc, method: str) -> bool:
+    """Is a call of ``method`` under way on the node (``getrpcinfo``, which answers while it waits)?"""
+    return any(c["method"] == method for c in (await asyncio.wait_for(rpc("getrpcinfo"), 5))["active_commands"])
+
+
 async def test_batched_long_poll_does_not_block_other_calls(own_regtest) -> None:
     rpc = _rpc(own_regtest)
     burn = Wallet.new()
     batch = json.dumps([{"jsonrpc": "2.0", "id": 1, "method": "waitfornewblock"}])  # no timeout
     waiting = asyncio.create_task(rpc.raw(batch))
-    await asyncio.sleep(0.3)
+    await wait_until(lambda: _active(rpc, "waitfornewblock"), timeout=10, what="the batched long poll under way")
     assert not waiting.done()
     # Other connections are served while the batch waits, mining included, and wake it.
     assert await asyncio.wait_for(rpc("getblockcount"), 5) == 0
@@ -54,7 +60,7 @@ async def test_batched_long_poll_does_not_block_other_calls(own_regtest) -> None
     for method, params in (("waitforblockheight", [100]), ("waitforblock", ["11" * 32])):
         batch = json.dumps([{"jsonrpc": "1.0", "id": 2, "method": "getblockcount"}, {"jsonrpc": "1.0", "id": 3, "method": method, "params": params}])
         waits.append(asyncio.create_task(rpc.raw(batch)))
-        await asyncio.sleep(0.3)
+        await wait_until(lambda m=method: _active(rpc, m), timeout=10, what=f"the batched {method} under way")
         assert not waits[-1].done()
         assert await asyncio.wait_for(rpc("getbestblockhash"), 5) == mined
     assert await asyncio.wait_for(rpc("stop"), 5) == "Bitcoin Core stopping"

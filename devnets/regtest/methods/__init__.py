@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextvars
 import inspect
+import time
 import json
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -183,10 +184,15 @@ def _bind(method: Method, params: list | dict) -> list[Any]:
 async def call_method(node: "RegtestNode", name: str, params: list | dict) -> Any:
     method = REGISTRY[name]
     values = _bind(method, params)
-    result = method.fn(node, *values)
-    if inspect.isawaitable(result):
-        result = await result
-    return result
+    token = object()
+    node.active_commands[token] = (name, time.monotonic())
+    try:
+        result = method.fn(node, *values)
+        if inspect.isawaitable(result):
+            result = await result
+        return result
+    finally:
+        node.active_commands.pop(token, None)
 
 
 # Each method module registers its methods on import.

@@ -52,6 +52,29 @@ def stop(node: "RegtestNode") -> str:
     return "Bitcoin Core stopping"
 
 
+@rpc(
+    "getrpcinfo",
+    "Control",
+    "Returns details of the RPC server.",
+    result=(
+        "{                          (json object)\n"
+        '  "active_commands" : [     (json array) All active commands\n'
+        "    {                      (json object) Information about an active command\n"
+        '      "method" : "str",     (string) The name of the RPC command\n'
+        '      "duration" : n       (numeric) The running time in microseconds\n'
+        "    },\n"
+        "    ...\n"
+        "  ],\n"
+        '  "logpath" : "str"        (string) The complete file path to the debug log\n'
+        "}"
+    ),
+)
+def getrpcinfo(node: "RegtestNode") -> dict:
+    now = time.monotonic()
+    active = [{"method": name, "duration": int((now - started) * 1_000_000)} for name, started in list(node.active_commands.values())]
+    return {"active_commands": active, "logpath": str(node.netdir / "debug.log")}
+
+
 @rpc("uptime", "Control", "Returns the total uptime of the server.", result="n    (numeric) The number of seconds that the server has been running")
 def uptime(node: "RegtestNode") -> int:
     return int(time.time() - node.started_at)
