@@ -18,12 +18,13 @@ from pathlib import Path
 
 from eth_account import Account
 from eth_account.messages import encode_typed_data
-from eth_utils import keccak
+from eth_utils import keccak, to_canonical_address, to_checksum_address
 
 if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
     sys.path.pop(0)
 
-from bridge.committee.contract import CollateralBridge, Committee, Kind, Message  # noqa: E402
+from bridge.committee.contract import CollateralBridge  # noqa: E402
+from bridge.committee.messages import ETH_ASSET, MESSAGE_VERSION, Committee, Kind, Message  # noqa: E402
 from chains.evm import EvmAdapter  # noqa: E402
 from devnets.anvil import Anvil  # noqa: E402
 from devnets.controls import AnvilControls  # noqa: E402
@@ -57,8 +58,8 @@ def _digest(m: Message, chain_id: int, contract: str) -> bytes:
         m.source_tx,
         m.source_index,
         m.dest_chain_id,
-        m.account,
-        m.asset,
+        to_checksum_address(m.account),
+        to_checksum_address(m.asset),
         m.amount,
         m.nonce,
         m.expiry,
@@ -76,8 +77,8 @@ def _digest(m: Message, chain_id: int, contract: str) -> bytes:
 
 
 async def _release_gas(chain: EvmAdapter, m_of: int, n: int) -> int:
-    keys = {Account.from_key(k).address: k for k in (keccak(f"bench-signer-{i}".encode()) for i in range(n))}
-    committee = Committee(0, tuple(keys), m_of)
+    keys = {to_canonical_address(Account.from_key(k).address): k for k in (keccak(f"bench-signer-{i}".encode()) for i in range(n))}
+    committee = Committee(0, tuple(sorted(keys)), m_of)
     party = Account.create()
     user = Account.create()
     controls = AnvilControls(chain)
@@ -88,7 +89,20 @@ async def _release_gas(chain: EvmAdapter, m_of: int, n: int) -> int:
     await controls.set_balance(bridge.address, 100 * ONE_ETH)
     chain_id = await chain.chain_id_int()
     expiry = (await chain.head()).timestamp + 3600
-    m = Message(kind=Kind.RELEASE, dest_chain_id=chain_id, account=user.address, asset=ETH, amount=ONE_ETH, nonce=1, expiry=expiry, source_tx=keccak(b"tx"))
+    m = Message(
+        version=MESSAGE_VERSION,
+        kind=Kind.RELEASE,
+        source_chain_id=0,
+        source_tx=keccak(b"tx"),
+        source_index=0,
+        dest_chain_id=chain_id,
+        account=to_canonical_address(user.address),
+        asset=ETH_ASSET,
+        amount=ONE_ETH,
+        nonce=1,
+        expiry=expiry,
+        payload_hash=bytes(32),
+    )
     h = _digest(m, chain_id, bridge.address)
     indices = list(range(m_of))
     sigs = [bytes(Account.unsafe_sign_hash(h, keys[committee.signers[i]]).signature) for i in indices]

@@ -1,8 +1,11 @@
 """The bridge contract (``htlc/contracts/CollateralBridge.sol``) on the real Anvil, through its binding
 (``bridge/committee/contract.py``): one named test per exploit of 2021-23 it must not allow.
 
-Signatures are made independently of the bridge's own message module, with ``eth_account``'s
-``encode_typed_data`` and ``Account.unsafe_sign_hash``: the contract must agree with them.
+Messages and committees are ``bridge.committee.messages``'s types, but signatures are made
+independently of its digest, with ``eth_account``'s ``encode_typed_data`` and
+``Account.unsafe_sign_hash``: the contract must agree with them.  What an attacker would send and
+the message module refuses to build (an unknown kind, a zero amount, a 2-of-5 committee) is made
+with ``forge``, which skips the module's checks: the contract must refuse it on its own.
 """
 
 from __future__ import annotations
@@ -10,9 +13,10 @@ from __future__ import annotations
 import pytest
 from eth_account import Account
 from eth_account.messages import encode_typed_data
-from eth_utils import keccak
+from eth_utils import keccak, to_canonical_address, to_checksum_address
 
-from bridge.committee.contract import BTC_ASSET, CollateralBridge, Committee, Kind, Message
+from bridge.committee.contract import CollateralBridge
+from bridge.committee.messages import BTC_ASSET, MESSAGE_VERSION, Committee, Kind, Message
 from bridge.core.errors import ContractReverted
 from devnets.controls import AnvilControls
 from htlc.evm import ETH, Erc20
@@ -41,6 +45,15 @@ DOMAIN_TYPES = [
 ]
 
 
+def forge(cls: type, **fields: object):
+    """A ``Message`` or ``Committee`` built without the message module's checks, as an attacker
+    would send it (``dataclasses`` hands the fields to the contract unchanged)."""
+    forged = object.__new__(cls)
+    for name, value in fields.items():
+        object.__setattr__(forged, name, value)
+    return forged
+
+
 def digest(m: Message, chain_id: int, contract: str) -> bytes:
     signable = encode_typed_data(
         full_message={
@@ -54,8 +67,8 @@ def digest(m: Message, chain_id: int, contract: str) -> bytes:
                 "sourceTx": m.source_tx,
                 "sourceIndex": m.source_index,
                 "destChainId": m.dest_chain_id,
-                "account": m.account,
-                "asset": m.asset,
+                "account": to_checksum_address(m.account),
+                "asset": to_checksum_address(m.asset),
                 "amount": m.amount,
                 "nonce": m.nonce,
                 "expiry": m.expiry,
@@ -70,14 +83,18 @@ class Keys:
     """Committee keys by address, signing EIP-712 digests."""
 
     def __init__(self, secrets: list[bytes]) -> None:
-        self.by_address = {Account.from_key(k).address: k for k in secrets}
+        self.by_address = {to_canonical_address(Account.from_key(k).address): k for k in secrets}
 
-    def committee(self, epoch: int, threshold: int, addresses: list[str] | None = None) -> Committee:
-        return Committee(epoch, tuple(addresses or self.by_address), threshold)
+    def committee(self, epoch: int, threshold: int) -> Committee:
+        """The keys' committee; one whose threshold the rules refuse is forged (for the contract to refuse)."""
+        signers = tuple(sorted(self.by_address))
+        if Committee.min_threshold(len(signers)) <= threshold <= len(signers):
+            return Committee(epoch, signers, threshold)
+        return forge(Committee, epoch=epoch, signers=signers, threshold=threshold)
 
-    def quorum(self, committee: Committee, h: bytes, count: int | None = None, signers: list[str] | None = None) -> tuple[list[int], list[bytes]]:
+    def quorum(self, committee: Committee, h: bytes, count: int | None = None, signers: list[bytes] | None = None) -> tuple[list[int], list[bytes]]:
         chosen = signers if signers is not None else list(committee.signers[: count or committee.threshold])
-        indices = sorted(committee.index(s) for s in chosen)
+        indices = sorted(committee.signers.index(s) for s in chosen)
         sigs = [bytes(Account.unsafe_sign_hash(h, self.by_address[committee.signers[i]]).signature) for i in indices]
         return indices, sigs
 
@@ -95,11 +112,26 @@ class Env:
     async def now(self) -> int:
         return (await self.evm.head()).timestamp
 
-    async def message(self, kind: int = Kind.RELEASE, amount: int = ONE_ETH, asset: str = ETH, nonce: int = 1, ttl: int = 600, **kw) -> Message:
-        fields = dict(kind=kind, dest_chain_id=self.chain_id, account=self.parties["user"].address, asset=asset, amount=amount, nonce=nonce)
+    async def message(
+        self, kind: int = Kind.RELEASE, amount: int = ONE_ETH, asset: str | bytes = ETH, nonce: int = 1, ttl: int = 600, forged: bool = False, **kw
+    ) -> Message:
+        """A message to this bridge; ``forged``: built without the message module's checks."""
+        fields = dict(
+            version=MESSAGE_VERSION,
+            kind=kind,
+            source_chain_id=0,
+            source_tx=keccak(b"source tx %d" % nonce),
+            source_index=0,
+            dest_chain_id=self.chain_id,
+            account=to_canonical_address(self.parties["user"].address),
+            asset=to_canonical_address(asset),
+            amount=amount,
+            nonce=nonce,
+            payload_hash=bytes(32),
+        )
         fields.update(kw)
         fields.setdefault("expiry", await self.now() + ttl)
-        return Message(**fields)
+        return forge(Message, **fields) if forged else Message(**fields)
 
     def sign(self, m: Message, committee: Committee | None = None, count: int | None = None, **kw) -> tuple[list[int], list[bytes]]:
         committee = committee or self.committee
@@ -143,14 +175,15 @@ async def refused(reason: str, call) -> None:
 async def test_valid_3_of_4_release_pays_once_and_replay_is_refused(env):
     m = await env.message(amount=2 * ONE_ETH)
     assert await env.bridge.message_id(m) == digest(m, env.chain_id, env.bridge.address)
-    before = await env.evm.balance(m.account)
+    account = to_checksum_address(m.account)
+    before = await env.evm.balance(account)
     receipt = await env.release(m)
-    assert await env.evm.balance(m.account) == before + 2 * ONE_ETH
+    assert await env.evm.balance(account) == before + 2 * ONE_ETH
     (event,) = env.bridge.events_in(receipt)
-    assert (event.name, event["id"], event["account"], event["amount"]) == ("Released", digest(m, env.chain_id, env.bridge.address), m.account, 2 * ONE_ETH)
+    assert (event.name, event["id"], event["account"], event["amount"]) == ("Released", digest(m, env.chain_id, env.bridge.address), account, 2 * ONE_ETH)
     assert await env.bridge.consumed(event["id"])
     await refused("AlreadyConsumed", env.release(m))
-    assert await env.evm.balance(m.account) == before + 2 * ONE_ETH
+    assert await env.evm.balance(account) == before + 2 * ONE_ETH
 
 
 async def test_all_four_signers_also_release(env):
@@ -211,13 +244,13 @@ async def test_wormhole_caller_supplied_set_not_matching_the_stored_hash_refused
     quorum = forged_keys.quorum(forged, digest(m, env.chain_id, env.bridge.address))
     await refused("UnknownCommittee", env.release(m, committee=forged, quorum=quorum))
     # The right signers with a lowered threshold or another epoch hash differently too.
-    for committee in (Committee(0, env.committee.signers, 2), Committee(1, env.committee.signers, 3)):
+    for committee in (forge(Committee, epoch=0, signers=env.committee.signers, threshold=2), Committee(1, env.committee.signers, 3)):
         await refused("UnknownCommittee", env.release(m, committee=committee, quorum=env.sign(m, committee, count=3)))
 
 
 async def test_poly_kind_confusion_rotation_message_sent_to_release_refused(env):
     for kind in (Kind.ROTATION, Kind.UNPAUSE, Kind.DEPOSIT_CREDIT, Kind.SNAPSHOT_ROOT, 0, 99):
-        m = await env.message(kind=kind)
+        m = await env.message(kind=kind, forged=True)
         await refused("WrongKind", env.release(m))
     # ... and a RELEASE message offered to rotate or unpause.
     m = await env.message()
@@ -228,12 +261,12 @@ async def test_poly_kind_confusion_rotation_message_sent_to_release_refused(env)
 
 
 async def test_nomad_zero_amount_never_acts(env):
-    m = await env.message(amount=0)
+    m = await env.message(amount=0, forged=True)
     await refused("ZeroAmount", env.release(m))
 
 
 async def test_wrong_version_refused(env):
-    m = await env.message(version=2)
+    m = await env.message(version=2, forged=True)
     await refused("WrongVersion", env.release(m))
 
 
@@ -252,7 +285,7 @@ async def test_erc20_release_pays_the_token(env):
     await env.token.mint(env.key("deployer"), env.bridge.address, 10**9)
     m = await env.message(asset=env.token.address, amount=10**6)
     await env.release(m)
-    assert await env.token.balance(m.account) == 10**6
+    assert await env.token.balance(to_checksum_address(m.account)) == 10**6
 
 
 # --- committee rotation -----------------------------------------------------------------------
@@ -270,7 +303,7 @@ async def test_harmony_2_of_5_committee_refused_at_deploy(evm):
 
 
 async def rotation(env: Env, new: Committee, nonce: int = 100) -> Message:
-    return await env.message(kind=Kind.ROTATION, amount=0, asset=ETH, nonce=nonce, payload_hash=new.payload)
+    return await env.message(kind=Kind.ROTATION, amount=0, asset=ETH, nonce=nonce, payload_hash=new.hash)
 
 
 async def test_harmony_rotation_to_2_of_5_refused(env):

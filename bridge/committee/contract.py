@@ -1,7 +1,7 @@
 """Async Python binding for the bridge contract (``htlc/contracts/CollateralBridge.sol``).
 
     chain = await EvmAdapter.connect(url)
-    committee = Committee(0, signers, 3)                     # signers sorted here
+    committee = Committee(0, signers, 3)                     # messages.Committee: 20-byte signers, ascending
     bridge = await CollateralBridge.deploy(chain, key, committee, guardians=[g], caps={ETH: 10**20})
     await bridge.deposit_eth(user_key, 10**18)               # -> Deposited
     await bridge.release(relayer_key, message, committee, indices, signatures)
@@ -13,21 +13,21 @@ A quorum is given as the signer indices (ascending, into ``committee.signers``) 
 the contract refuses, and a refusal raises ``ContractReverted`` whose ``reason`` is the custom
 error's name (``"NotEnoughSignatures"``).
 
-Messages are anything with the twelve fields of ``Message`` (by attribute name) or a 12-tuple in
-the contract's order, so the committee's message module can pass its own type.
+Messages and committees are the types of ``bridge.committee.messages`` (the one definition of the
+wire format, its kinds, ``BTC_ASSET`` and the committee hash); this module only lays them out as
+the contract's calldata.  Addresses may be given as hex strings or as 20 raw bytes.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import IntEnum
 from functools import cache
 from typing import Any, Iterable, Mapping, Sequence
 
 from eth_abi import decode as abi_decode
-from eth_abi import encode as abi_encode
-from eth_utils import event_abi_to_log_topic, is_address, keccak, to_checksum_address
+from eth_utils import event_abi_to_log_topic, is_address, to_checksum_address
 
+from bridge.committee.messages import Committee, Message
 from bridge.core.errors import ContractReverted, InputError
 from chains.base import ChainEvent
 from chains.evm import EvmAdapter, EvmLogFilter, EvmReceipt
@@ -35,101 +35,24 @@ from chains.evm_revert import decode_revert, describe_revert
 from htlc.evm import ETH, TOKEN_KINDS, LogRef, decode_result, encode_call, load_artifact
 
 CONTRACT = "CollateralBridge"
-#: BTC's asset sentinel: the last 20 bytes of keccak256("BTC").
-BTC_ASSET = to_checksum_address(keccak(b"BTC")[-20:])
 DEFAULT_GRACE = 3600
-MESSAGE_VERSION = 1
 QUORUM_ENTRY = 66  # index (1) || r (32) || s (32) || v (1)
-MESSAGE_FIELDS = (
-    "version",
-    "kind",
-    "source_chain_id",
-    "source_tx",
-    "source_index",
-    "dest_chain_id",
-    "account",
-    "asset",
-    "amount",
-    "nonce",
-    "expiry",
-    "payload_hash",
-)
 
 
-class Kind(IntEnum):
-    DEPOSIT_CREDIT = 1
-    RELEASE = 2
-    PAYOUT_DONE = 3
-    PRICE_REPORT = 4
-    ROTATION = 5
-    UNPAUSE = 6
-    SNAPSHOT_ROOT = 7
+def message_tuple(m: Message) -> tuple[Any, ...]:
+    """The contract's ``Message`` tuple (ABI values, checksummed addresses) of a ``messages.Message``.
+
+    The message's rules are not re-checked here: the contract is the judge of what it accepts."""
+    if not isinstance(m, Message):
+        raise InputError(f"not a bridge.committee.messages.Message: {type(m).__name__}")
+    return m.as_tuple()
 
 
-@dataclass(frozen=True)
-class Message:
-    """The one message struct of every kind, field for field the contract's (snake_case)."""
-
-    kind: int
-    dest_chain_id: int
-    account: str
-    asset: str
-    amount: int
-    nonce: int
-    expiry: int
-    source_chain_id: int = 0
-    source_tx: bytes = bytes(32)
-    source_index: int = 0
-    payload_hash: bytes = bytes(32)
-    version: int = MESSAGE_VERSION
-
-
-def message_tuple(m: Any) -> tuple[Any, ...]:
-    """The contract's ``Message`` tuple from a ``Message``-like object or a 12-tuple."""
-    if isinstance(m, (tuple, list)):
-        values = list(m)
-        if len(values) != len(MESSAGE_FIELDS):
-            raise InputError(f"a message tuple has {len(MESSAGE_FIELDS)} fields, got {len(values)}")
-    else:
-        try:
-            values = [getattr(m, name) for name in MESSAGE_FIELDS]
-        except AttributeError as exc:
-            raise InputError(f"not a message: {exc}") from None
-    values[3] = _bytes32(values[3], "source_tx")
-    values[6] = _address(values[6], "account")
-    values[7] = _address(values[7], "asset")
-    values[11] = _bytes32(values[11], "payload_hash")
-    return tuple(values)
-
-
-@dataclass(frozen=True)
-class Committee:
-    """(epoch, signers sorted ascending, threshold); the contract stores only ``hash``."""
-
-    epoch: int
-    signers: tuple[str, ...]
-    threshold: int
-
-    def __post_init__(self) -> None:
-        addresses = [_address(s, "signer") for s in self.signers]
-        object.__setattr__(self, "signers", tuple(sorted(addresses, key=lambda a: int(a, 16))))
-
-    @property
-    def hash(self) -> bytes:
-        return committee_hash(self.epoch, self.signers, self.threshold)
-
-    @property
-    def payload(self) -> bytes:
-        """A ROTATION message's ``payload_hash`` for a rotation to this committee."""
-        return self.hash
-
-    def index(self, signer: str) -> int:
-        return self.signers.index(_address(signer, "signer"))
-
-
-def committee_hash(epoch: int, signers: Sequence[str], threshold: int) -> bytes:
-    """keccak256(abi.encode(uint64 epoch, address[] signers, uint8 threshold)), as the contract."""
-    return keccak(abi_encode(["uint64", "address[]", "uint8"], [epoch, list(signers), threshold]))
+def committee_args(c: Committee) -> tuple[int, list[str], int]:
+    """``(epoch, signers, threshold)`` as the contract takes them (its hash is ``c.hash``)."""
+    if not isinstance(c, Committee):
+        raise InputError(f"not a bridge.committee.messages.Committee: {type(c).__name__}")
+    return c.epoch, [to_checksum_address(s) for s in c.signers], c.threshold
 
 
 def pack_quorum(indices: Sequence[int], signatures: Sequence[bytes]) -> bytes:
@@ -220,7 +143,8 @@ class CollateralBridge:
             raise InputError("the first committee's epoch is 0")
         art = load_artifact(CONTRACT)
         assets = [_address(a, "asset") for a in caps]
-        args = (list(committee.signers), committee.threshold, [_address(g, "guardian") for g in guardians], grace, assets, list(caps.values()), cap_window)
+        _, signers, threshold = committee_args(committee)
+        args = (signers, threshold, [_address(g, "guardian") for g in guardians], grace, assets, list(caps.values()), cap_window)
         try:
             address = await chain.deploy(key, art["abi"], art["bytecode"], *args)
         except ContractReverted as exc:
@@ -244,23 +168,23 @@ class CollateralBridge:
 
     # --- quorum messages (any relayer's key may send them) ---
 
-    async def release(self, key: str, message: Any, committee: Committee, indices: Sequence[int], signatures: Sequence[bytes]) -> EvmReceipt:
+    async def release(self, key: str, message: Message, committee: Committee, indices: Sequence[int], signatures: Sequence[bytes]) -> EvmReceipt:
         return await self._transact(key, "release", *self._quorum_args(message, committee, indices, signatures))
 
-    async def rotate(self, key: str, message: Any, committee: Committee, indices: Sequence[int], signatures: Sequence[bytes], new: Committee) -> EvmReceipt:
+    async def rotate(self, key: str, message: Message, committee: Committee, indices: Sequence[int], signatures: Sequence[bytes], new: Committee) -> EvmReceipt:
         args = self._quorum_args(message, committee, indices, signatures)
-        return await self._transact(key, "rotate", *args, new.epoch, list(new.signers), new.threshold)
+        return await self._transact(key, "rotate", *args, *committee_args(new))
 
-    async def unpause(self, key: str, message: Any, committee: Committee, indices: Sequence[int], signatures: Sequence[bytes]) -> EvmReceipt:
+    async def unpause(self, key: str, message: Message, committee: Committee, indices: Sequence[int], signatures: Sequence[bytes]) -> EvmReceipt:
         return await self._transact(key, "unpause", *self._quorum_args(message, committee, indices, signatures))
 
-    def release_calldata(self, message: Any, committee: Committee, indices: Sequence[int], signatures: Sequence[bytes]) -> bytes:
+    def release_calldata(self, message: Message, committee: Committee, indices: Sequence[int], signatures: Sequence[bytes]) -> bytes:
         """The ``release`` call's data (for gas estimates and raw sends)."""
         return encode_call(self.abi, "release", *self._quorum_args(message, committee, indices, signatures))
 
     @staticmethod
-    def _quorum_args(message: Any, committee: Committee, indices: Sequence[int], signatures: Sequence[bytes]) -> tuple[Any, ...]:
-        return (message_tuple(message), committee.epoch, list(committee.signers), committee.threshold, pack_quorum(indices, signatures))
+    def _quorum_args(message: Message, committee: Committee, indices: Sequence[int], signatures: Sequence[bytes]) -> tuple[Any, ...]:
+        return (message_tuple(message), *committee_args(committee), pack_quorum(indices, signatures))
 
     # --- reads ---
 
@@ -280,7 +204,7 @@ class CollateralBridge:
     async def consumed(self, message_id: bytes) -> bool:
         return await self._read("consumed", _bytes32(message_id, "message id"))
 
-    async def message_id(self, message: Any) -> bytes:
+    async def message_id(self, message: Message) -> bytes:
         """The contract's own id (EIP-712 digest) of a message, to cross-check the signers'."""
         return await self._read("messageId", message_tuple(message))
 
@@ -343,6 +267,9 @@ def _named(exc: ContractReverted, what: str) -> ContractReverted:
 
 
 def _address(value: Any, what: str) -> str:
+    """A checksummed address from a hex string or 20 raw bytes (as ``messages`` holds them)."""
+    if isinstance(value, (bytes, bytearray)) and len(value) == 20:
+        return to_checksum_address(bytes(value))
     if not isinstance(value, str) or not is_address(value):
         raise InputError(f"{what} is not an EVM address: {value!r}", field=what)
     return to_checksum_address(value)
@@ -363,4 +290,4 @@ def _hexbytes(value: bytes | str) -> bytes:
     return bytes(value) if isinstance(value, (bytes, bytearray)) else bytes.fromhex(value.removeprefix("0x"))
 
 
-__all__ = ["BTC_ASSET", "ETH", "BridgeEvent", "CollateralBridge", "Committee", "Kind", "Message", "committee_hash", "decode_events", "pack_quorum"]
+__all__ = ["ETH", "BridgeEvent", "CollateralBridge", "committee_args", "decode_events", "message_tuple", "pack_quorum"]

@@ -20,6 +20,7 @@ pragma solidity 0.8.37;
 /// unpause UNPAUSE.  There is no owner and no other admin function: deposits are open, the
 /// guardians can only pause, and everything else needs a quorum message of the right kind.
 /// A message is valid while block.timestamp < expiry; its id (the EIP-712 digest) acts once.
+/// Over 400 lines as one contract on purpose: the checks of every entry point share the committee and pause state.
 contract CollateralBridge {
     /// The one message struct of every kind (EIP-712 type `Message`).
     struct Message {
