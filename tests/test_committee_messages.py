@@ -196,11 +196,10 @@ def test_our_signature_shape() -> None:
         sign(MESSAGE_ID, b"\x00" * 32)
 
 
-def test_committee_hash_is_abi_encode() -> None:
-    from eth_abi import encode
-
-    expected = reference_keccak(encode(["uint64", "address[]", "uint8"], [7, ["0x" + a.hex() for a in ADDRESSES[:4]], 3]))
-    assert COMMITTEE.hash == expected
+def test_committee_hash_is_keccak_of_the_packed_committee() -> None:
+    packed = (7).to_bytes(8, "big") + bytes([3]) + b"".join(ADDRESSES[:4])
+    assert COMMITTEE.packed == packed and len(packed) == 8 + 1 + 20 * 4
+    assert COMMITTEE.hash == reference_keccak(packed)
 
 
 # --- strict signatures -----------------------------------------------------------------------------

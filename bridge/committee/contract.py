@@ -27,7 +27,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from eth_abi import decode as abi_decode
 from eth_utils import event_abi_to_log_topic, is_address, to_checksum_address
 
-from bridge.committee.messages import Committee, Message
+from bridge.committee.messages import Committee, Message, pack_committee
 from bridge.core.errors import ContractReverted, InputError
 from chains.base import ChainEvent
 from chains.evm import EvmAdapter, EvmLogFilter, EvmReceipt
@@ -48,11 +48,12 @@ def message_tuple(m: Message) -> tuple[Any, ...]:
     return m.as_tuple()
 
 
-def committee_args(c: Committee) -> tuple[int, list[str], int]:
-    """``(epoch, signers, threshold)`` as the contract takes them (its hash is ``c.hash``)."""
+def committee_args(c: Committee) -> tuple[bytes]:
+    """The packed committee as the contract takes it (``epoch || threshold || signers``; its hash
+    is ``c.hash``), built from the fields so that a set the rules refuse reaches the contract too."""
     if not isinstance(c, Committee):
         raise InputError(f"not a bridge.committee.messages.Committee: {type(c).__name__}")
-    return c.epoch, [to_checksum_address(s) for s in c.signers], c.threshold
+    return (pack_committee(c.epoch, c.signers, c.threshold),)
 
 
 def pack_quorum(indices: Sequence[int], signatures: Sequence[bytes]) -> bytes:
@@ -143,8 +144,7 @@ class CollateralBridge:
             raise InputError("the first committee's epoch is 0")
         art = load_artifact(CONTRACT)
         assets = [_address(a, "asset") for a in caps]
-        _, signers, threshold = committee_args(committee)
-        args = (signers, threshold, [_address(g, "guardian") for g in guardians], grace, assets, list(caps.values()), cap_window)
+        args = (*committee_args(committee), [_address(g, "guardian") for g in guardians], grace, assets, list(caps.values()), cap_window)
         try:
             address = await chain.deploy(key, art["abi"], art["bytecode"], *args)
         except ContractReverted as exc:

@@ -11,7 +11,8 @@ The format is shared, byte for byte, with the bridge contract's verifier; it nev
 
     message id  = keccak256("\\x19\\x01" || domainSeparator || hashStruct(message))
     committee   = (epoch uint64, signers address[] ascending, threshold uint8),
-                  hashed as keccak256(abi.encode(epoch, signers, threshold)); M >= ceil(2N/3)
+                  packed as epoch (8 bytes) || threshold (1) || signers (20 each), the bytes the
+                  contract takes, and hashed as keccak256 of those bytes; M >= ceil(2N/3)
     signature   = r || s || v (65 bytes), v in {27, 28}, s <= n/2
 
 A message acts only strictly before its ``expiry`` (unix seconds): refused when ``now >= expiry``,
@@ -36,7 +37,6 @@ from enum import IntEnum
 from functools import cached_property
 from typing import ClassVar
 
-from eth_abi import encode as abi_encode
 from eth_utils import to_checksum_address
 
 from bridge.committee.crypto import (
@@ -67,9 +67,12 @@ __all__ = [
     "address_of",
     "bitcoin_source",
     "decode_bundle",
+    "decode_message",
     "digest",
     "encode_bundle",
+    "encode_message",
     "evm_source",
+    "pack_committee",
     "recover",
     "sign",
     "typed_data",
@@ -348,13 +351,23 @@ class Committee:
         return -(-2 * n // 3)
 
     @cached_property
+    def packed(self) -> bytes:
+        """``epoch (8 bytes, big-endian) || threshold (1) || signers (20 each)``, as the contract takes it."""
+        return pack_committee(self.epoch, self.signers, self.threshold)
+
+    @cached_property
     def hash(self) -> bytes:
-        """keccak256(abi.encode(uint64 epoch, address[] signers, uint8 threshold))."""
-        return keccak256(abi_encode(["uint64", "address[]", "uint8"], [self.epoch, [to_checksum_address(s) for s in self.signers], self.threshold]))
+        """keccak256(packed): the contract's stored committee hash and a ROTATION's payload."""
+        return keccak256(self.packed)
 
     @cached_property
     def members(self) -> frozenset[bytes]:
         return frozenset(self.signers)
+
+
+def pack_committee(epoch: int, signers: Sequence[bytes], threshold: int) -> bytes:
+    """A committee's packed bytes (``Committee.packed``), also for a set the rules would refuse."""
+    return epoch.to_bytes(8, "big") + bytes([threshold]) + b"".join(bytes(s) for s in signers)
 
 
 def verify_quorum(domain: Domain, message: Message, committee: Committee, indices: Sequence[int], signatures: Sequence[bytes], now: int) -> bytes:
@@ -409,6 +422,7 @@ _MESSAGE = struct.Struct(">BBQ32sIQ20s20s32sQQ32s")
 _HEAD = struct.Struct(">B")
 _COMMITTEE_HEAD = struct.Struct(">QBH")  # epoch, threshold, N
 _COUNT = struct.Struct(">H")
+MESSAGE_LENGTH = _MESSAGE.size
 
 
 @dataclass(frozen=True)
@@ -479,6 +493,39 @@ def encode_bundle(bundle: Bundle) -> bytes:
             *bundle.signatures,
         )
     )
+
+
+def encode_message(message: Message) -> bytes:
+    """The canonical bytes of one message: the message part of a bundle (``MESSAGE_LENGTH`` bytes,
+    fixed widths, big-endian), e.g. as the attestation store keeps it."""
+    m = message
+    return _MESSAGE.pack(
+        m.version,
+        m.kind,
+        m.source_chain_id,
+        m.source_tx,
+        m.source_index,
+        m.dest_chain_id,
+        m.account,
+        m.asset,
+        m.amount.to_bytes(32, "big"),
+        m.nonce,
+        m.expiry,
+        m.payload_hash,
+    )
+
+
+def decode_message(data: bytes) -> Message:
+    """The message of canonical bytes, strictly: any other length, or a field the rules refuse, is
+    a ``MessageRefused`` naming it."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise MessageRefused("message: not bytes")
+    data = bytes(data)
+    if len(data) != _MESSAGE.size:
+        raise MessageRefused(f"message: not {_MESSAGE.size} bytes")
+    fields = list(_MESSAGE.unpack(data))
+    fields[8] = int.from_bytes(fields[8], "big")
+    return Message(*fields)
 
 
 def decode_bundle(data: bytes) -> Bundle:

@@ -9,8 +9,9 @@ pragma solidity 0.8.37;
 /// account's own key; the contract keeps no per-account balances.  Funds leave only by `release`,
 /// on an EIP-712 message of kind RELEASE signed by a quorum of the committee.
 ///
-/// The committee (epoch, signers sorted ascending, threshold M) is stored only as
-/// keccak256(abi.encode(epoch, signers, threshold)); callers pass the set in calldata.  A quorum
+/// The committee (epoch, signers sorted ascending, threshold M) is passed PACKED in calldata,
+///     committee = epoch (8 bytes) || threshold (1) || signer_0 (20) || signer_1 (20) || ...
+/// and stored only as keccak256(committee); a ROTATION's payload is that hash.  A quorum
 /// is passed PACKED, to save calldata (about 1.5k gas per signature against `uint8[]` + `bytes[]`):
 ///     quorum = entry_0 || entry_1 || ...   each entry 66 bytes: index (1) || r (32) || s (32) || v (1)
 /// with strictly ascending indices into `signers`, at least M entries, exactly one `ecrecover` each,
@@ -38,10 +39,13 @@ contract CollateralBridge {
         bytes32 payloadHash; // kind-specific; ROTATION: the new committee's hash
     }
 
+    /// One slot per listed asset, read by every deposit and release of it: the pause flag lives
+    /// here too (a copy of `paused` in every listed asset's slot) so that neither reads a slot more.
     struct Cap {
-        uint112 limit; // most that may be released per window (0: asset not listed)
-        uint112 used; // released in `window`
-        uint32 window; // block.timestamp / capWindow when `used` was last written
+        uint104 limit; // most that may be released per window (0: asset not listed)
+        uint104 used; // released in `window`
+        uint40 window; // block.timestamp / capWindow when `used` was last written
+        bool paused; // == `paused` for every listed asset
     }
 
     uint8 public constant MESSAGE_VERSION = 1;
@@ -64,6 +68,7 @@ contract CollateralBridge {
     bytes32 private constant VERSION_HASH = keccak256("1");
     uint256 private constant HALF_N = 0x7FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF5D576E7357A4501DDFE92F46681B20A0;
     uint256 private constant ENTRY = 66; // bytes per packed quorum entry
+    uint256 private constant HEAD = 9; // packed committee: epoch (8) || threshold (1), then the signers
 
     uint256 private immutable deployChainId;
     bytes32 private immutable cachedDomainSeparator;
@@ -79,7 +84,8 @@ contract CollateralBridge {
     uint64 public requestNonce;
 
     mapping(bytes32 id => bool) public consumed;
-    mapping(address asset => Cap) public caps;
+    mapping(address asset => Cap) private assetCaps;
+    address[] private listedAssets;
     mapping(address => bool) public isGuardian;
 
     bool private transient entered;
@@ -87,12 +93,13 @@ contract CollateralBridge {
     event Deposited(address indexed account, address indexed asset, uint256 amount, uint64 depositNonce);
     event WithdrawalRequested(address indexed account, address indexed asset, uint256 amount, uint64 requestNonce);
     event Released(bytes32 indexed id, address indexed account, address indexed asset, uint256 amount);
-    event Rotated(bytes32 indexed id, uint64 indexed epoch, bytes32 committeeHash, address[] signers, uint8 threshold);
+    event Rotated(bytes32 indexed id, uint64 indexed epoch, bytes32 committeeHash, bytes committee);
     event Paused(address indexed guardian);
     event Unpaused(bytes32 indexed id);
 
     // Committee and quorum.
     error EmptyCommittee();
+    error CommitteeMalformed();
     error TooManySigners();
     error SignersNotSorted();
     error ZeroSigner();
@@ -138,21 +145,20 @@ contract CollateralBridge {
         entered = false;
     }
 
-    /// @param signers the first committee (epoch 0), sorted ascending; `threshold` of them sign.
+    /// @param committee the first committee, packed (epoch 0, signers sorted ascending, threshold).
     /// @param guardians who may pause (each alone); at least one.
     /// @param grace seconds a replaced committee still signs releases (1 h if 0).
     /// @param assets the assets deposits and releases accept (zero: ETH), each with its
     ///        per-window release cap in `limits`; `window` is the cap window in seconds.
     constructor(
-        address[] memory signers,
-        uint8 threshold,
+        bytes memory committee,
         address[] memory guardians,
         uint256 grace,
         address[] memory assets,
         uint256[] memory limits,
         uint256 window
     ) {
-        _checkCommittee(signers, threshold);
+        if (_checkCommittee(committee) != 0) revert BadConfig(); // the first epoch is 0
         if (guardians.length == 0 || assets.length != limits.length || window == 0 || window > 365 days) {
             revert BadConfig();
         }
@@ -162,12 +168,14 @@ contract CollateralBridge {
             isGuardian[guardians[i]] = true;
         }
         for (uint256 i; i < assets.length; ++i) {
-            if (limits[i] == 0 || limits[i] > type(uint112).max || assets[i] == BTC_ASSET) revert BadConfig();
-            caps[assets[i]] = Cap(uint112(limits[i]), 0, 0);
+            if (limits[i] == 0 || limits[i] > type(uint104).max || assets[i] == BTC_ASSET) revert BadConfig();
+            if (assetCaps[assets[i]].limit != 0) revert BadConfig(); // listed twice
+            assetCaps[assets[i]] = Cap(uint104(limits[i]), 0, 0, false);
+            listedAssets.push(assets[i]);
         }
         graceWindow = grace == 0 ? 1 hours : grace;
         capWindow = window;
-        committeeHash = _hashCommittee(0, signers, threshold);
+        committeeHash = keccak256(committee);
         deployChainId = block.chainid;
         cachedDomainSeparator = _buildDomainSeparator();
     }
@@ -176,8 +184,7 @@ contract CollateralBridge {
 
     function depositETH() external payable nonReentrant {
         if (msg.value == 0) revert ZeroAmount();
-        if (paused) revert IsPaused();
-        if (caps[address(0)].limit == 0) revert AssetNotListed();
+        _checkDepositable(address(0));
         _deposited(address(0), msg.value);
     }
 
@@ -187,8 +194,7 @@ contract CollateralBridge {
         // A call to an address without code "succeeds" returning nothing: a deposit without funds.
         if (token.code.length == 0) revert NotAContract();
         if (amount == 0) revert ZeroAmount();
-        if (paused) revert IsPaused();
-        if (caps[token].limit == 0) revert AssetNotListed();
+        _checkDepositable(token);
         uint256 before = _balanceOf(token);
         _callToken(token, abi.encodeCall(IERC20Like.transferFrom, (msg.sender, address(this), amount)));
         uint256 received = _balanceOf(token) - before;
@@ -204,6 +210,13 @@ contract CollateralBridge {
         emit WithdrawalRequested(msg.sender, asset, amount, n);
     }
 
+    /// One slot read: the asset's cap slot holds its listing and the pause flag.
+    function _checkDepositable(address asset) private view {
+        Cap memory cap = assetCaps[asset];
+        if (cap.paused) revert IsPaused();
+        if (cap.limit == 0) revert AssetNotListed();
+    }
+
     function _deposited(address asset, uint256 amount) private {
         uint64 n = depositNonce++;
         emit Deposited(msg.sender, asset, amount, n);
@@ -213,19 +226,15 @@ contract CollateralBridge {
 
     /// @notice Pay `m.amount` of `m.asset` to `m.account` on a RELEASE message signed by a quorum
     /// of the current committee, or of the previous one within its grace window.
-    function release(
-        Message calldata m,
-        uint64 committeeEpoch,
-        address[] calldata signers,
-        uint8 threshold,
-        bytes calldata quorum
-    ) external nonReentrant {
+    function release(Message calldata m, bytes calldata committee, bytes calldata quorum) external nonReentrant {
         if (m.kind != KIND_RELEASE) revert WrongKind();
         if (m.amount == 0) revert ZeroAmount();
         if (m.account == address(0)) revert ZeroAccount();
-        if (paused) revert IsPaused();
-        bytes32 id = _accept(m, committeeEpoch, signers, threshold, quorum, true);
-        _spendCap(m.asset, m.amount);
+        address asset = m.asset;
+        Cap memory cap = assetCaps[asset]; // one slot: the cap and the pause flag
+        if (cap.paused) revert IsPaused();
+        bytes32 id = _accept(m, committee, quorum, true);
+        _spendCap(asset, cap, m.amount);
         emit Released(id, m.account, m.asset, m.amount);
         _pay(m.asset, m.account, m.amount);
     }
@@ -233,27 +242,22 @@ contract CollateralBridge {
     /// @notice Replace the committee on a ROTATION message signed by a quorum of the current one;
     /// `m.payloadHash` is the new committee's hash and its epoch is the current one plus one.  The
     /// replaced committee still signs releases for `graceWindow` seconds.  Allowed while paused.
-    function rotate(
-        Message calldata m,
-        uint64 committeeEpoch,
-        address[] calldata signers,
-        uint8 threshold,
-        bytes calldata quorum,
-        uint64 newEpoch,
-        address[] calldata newSigners,
-        uint8 newThreshold
-    ) external nonReentrant {
+    function rotate(Message calldata m, bytes calldata committee, bytes calldata quorum, bytes calldata newCommittee)
+        external
+        nonReentrant
+    {
         if (m.kind != KIND_ROTATION) revert WrongKind();
-        bytes32 id = _accept(m, committeeEpoch, signers, threshold, quorum, false);
-        if (newEpoch != committeeEpoch + 1) revert EpochNotNext();
-        _checkCommittee(newSigners, newThreshold);
-        bytes32 newHash = _hashCommittee(newEpoch, newSigners, newThreshold);
+        bytes32 id = _accept(m, committee, quorum, false);
+        uint64 newEpoch = _checkCommittee(newCommittee);
+        // `committee` hashed to the stored hash, so it is well formed.
+        if (newEpoch != uint64(bytes8(committee[:8])) + 1) revert EpochNotNext();
+        bytes32 newHash = keccak256(newCommittee);
         if (m.payloadHash != newHash) revert PayloadMismatch();
         previousCommitteeHash = committeeHash;
         previousValidUntil = uint64(block.timestamp + graceWindow);
         committeeHash = newHash;
         epoch = newEpoch;
-        emit Rotated(id, newEpoch, newHash, newSigners, newThreshold);
+        emit Rotated(id, newEpoch, newHash, newCommittee);
     }
 
     /// @notice Any one guardian stops deposits and releases.
@@ -261,25 +265,27 @@ contract CollateralBridge {
         if (!isGuardian[msg.sender]) revert NotGuardian();
         if (paused) revert IsPaused();
         paused = true;
+        _setAssetsPaused(true);
         emit Paused(msg.sender);
     }
 
     /// @notice Only an UNPAUSE message signed by a quorum of the current committee lifts a pause.
-    function unpause(
-        Message calldata m,
-        uint64 committeeEpoch,
-        address[] calldata signers,
-        uint8 threshold,
-        bytes calldata quorum
-    ) external nonReentrant {
+    function unpause(Message calldata m, bytes calldata committee, bytes calldata quorum) external nonReentrant {
         if (m.kind != KIND_UNPAUSE) revert WrongKind();
         if (!paused) revert NotPaused();
-        bytes32 id = _accept(m, committeeEpoch, signers, threshold, quorum, false);
+        bytes32 id = _accept(m, committee, quorum, false);
         paused = false;
+        _setAssetsPaused(false);
         emit Unpaused(id);
     }
 
     // --- views ---------------------------------------------------------------------------------
+
+    /// @notice An asset's release cap: `limit` per window (0: not listed), `used` in `window`.
+    function caps(address asset) external view returns (uint256 limit, uint256 used, uint256 window) {
+        Cap memory cap = assetCaps[asset];
+        return (cap.limit, cap.used, cap.window);
+    }
 
     function domainSeparator() public view returns (bytes32) {
         return block.chainid == deployChainId ? cachedDomainSeparator : _buildDomainSeparator();
@@ -305,46 +311,38 @@ contract CollateralBridge {
         return digest;
     }
 
-    function hashCommittee(uint64 committeeEpoch, address[] calldata signers, uint8 threshold)
-        external
-        pure
-        returns (bytes32)
-    {
-        return _hashCommittee(committeeEpoch, signers, threshold);
+    /// @notice A packed committee's hash (no checks of its rules: see `_checkCommittee`).
+    function hashCommittee(bytes calldata committee) external pure returns (bytes32) {
+        return keccak256(committee);
     }
 
     // --- internals -----------------------------------------------------------------------------
 
     /// Checks everything every quorum message needs and records its id as consumed.
-    function _accept(
-        Message calldata m,
-        uint64 committeeEpoch,
-        address[] calldata signers,
-        uint8 threshold,
-        bytes calldata quorum,
-        bool previousAllowed
-    ) private returns (bytes32 id) {
+    function _accept(Message calldata m, bytes calldata committee, bytes calldata quorum, bool previousAllowed)
+        private
+        returns (bytes32 id)
+    {
         if (m.version != MESSAGE_VERSION) revert WrongVersion();
         if (m.destChainId != block.chainid) revert WrongChain();
         if (block.timestamp >= m.expiry) revert MessageExpired();
-        bytes32 h = _hashCommitteeCalldata(committeeEpoch, signers, threshold);
+        bytes32 h = keccak256(committee);
         if (h != committeeHash) {
             if (!previousAllowed || h != previousCommitteeHash) revert UnknownCommittee();
             if (block.timestamp >= previousValidUntil) revert CommitteeExpired();
         }
         id = messageId(m);
         if (consumed[id]) revert AlreadyConsumed();
-        _verifyQuorum(id, signers, threshold, quorum);
+        _verifyQuorum(id, committee, quorum);
         consumed[id] = true;
     }
 
     /// The loop is assembly to keep each extra signature near its floor (ecrecover's 3,000 plus the
-    /// entry's calldata): signer addresses are compared as raw calldata words, which is sound
-    /// because `_accept` matched their raw words against the stored hash first.
-    function _verifyQuorum(bytes32 digest, address[] calldata signers, uint256 threshold, bytes calldata quorum)
-        private
-        view
-    {
+    /// entry's calldata): signer addresses are read from the packed committee's raw calldata, which
+    /// is sound because `_accept` matched those bytes against the stored hash first (so the
+    /// committee is one `_checkCommittee` accepted: HEAD + 20 N bytes, N >= 1).
+    function _verifyQuorum(bytes32 digest, bytes calldata committee, bytes calldata quorum) private view {
+        uint256 threshold = uint8(committee[8]);
         uint256 count = quorum.length / ENTRY;
         if (quorum.length != count * ENTRY) revert QuorumMalformed();
         if (count < threshold) revert NotEnoughSignatures();
@@ -352,7 +350,8 @@ contract CollateralBridge {
         assembly ("memory-safe") {
             let buf := mload(0x40) // scratch beyond the free pointer: digest, v, r, s
             mstore(buf, digest)
-            let n := signers.length
+            let n := div(sub(committee.length, HEAD), 20)
+            let base := add(committee.offset, HEAD)
             let nextAllowed := 0
             let p := quorum.offset
             for { let end := add(p, mul(count, ENTRY)) } lt(p, end) { p := add(p, ENTRY) } {
@@ -386,7 +385,7 @@ contract CollateralBridge {
                     failure := 0x05
                     break
                 }
-                if iszero(eq(who, calldataload(add(signers.offset, shl(5, idx))))) {
+                if iszero(eq(who, shr(96, calldataload(add(base, mul(idx, 20)))))) {
                     failure := 0x06
                     break
                 }
@@ -403,51 +402,47 @@ contract CollateralBridge {
         }
     }
 
-    /// M >= ceil(2N/3) (a 2-of-5 committee is refused), M <= N, signers strictly ascending and non-zero.
-    function _checkCommittee(address[] memory signers, uint256 threshold) private pure {
-        uint256 n = signers.length;
+    /// A packed committee's rules: HEAD + 20 N bytes, 1 <= N <= 255, M >= ceil(2N/3) (a 2-of-5
+    /// committee is refused), M <= N, signers strictly ascending and non-zero.  Returns its epoch.
+    function _checkCommittee(bytes memory committee) private pure returns (uint64 committeeEpoch) {
+        uint256 len = committee.length;
+        if (len < HEAD || (len - HEAD) % 20 != 0) revert CommitteeMalformed();
+        uint256 n = (len - HEAD) / 20;
         if (n == 0) revert EmptyCommittee();
         if (n > 255) revert TooManySigners(); // indices are one byte
-        if (signers[0] == address(0)) revert ZeroSigner();
+        uint256 threshold;
+        uint256 previous;
+        assembly ("memory-safe") {
+            let p := add(committee, 0x20)
+            committeeEpoch := shr(192, mload(p))
+            threshold := byte(8, mload(p))
+            previous := shr(96, mload(add(p, HEAD)))
+        }
+        if (previous == 0) revert ZeroSigner();
         for (uint256 i = 1; i < n; ++i) {
-            if (signers[i] <= signers[i - 1]) revert SignersNotSorted();
+            uint256 signer;
+            assembly ("memory-safe") {
+                signer := shr(96, mload(add(add(committee, add(0x20, HEAD)), mul(i, 20))))
+            }
+            if (signer <= previous) revert SignersNotSorted();
+            previous = signer;
         }
         if (threshold > n) revert ThresholdTooHigh();
         if (3 * threshold < 2 * n) revert ThresholdTooLow();
     }
 
-    function _hashCommittee(uint64 committeeEpoch, address[] memory signers, uint8 threshold)
-        private
-        pure
-        returns (bytes32)
-    {
-        return keccak256(abi.encode(committeeEpoch, signers, threshold));
-    }
-
-    /// `_hashCommittee` over the raw calldata words of `signers` (see `_verifyQuorum`).
-    function _hashCommitteeCalldata(uint64 committeeEpoch, address[] calldata signers, uint8 threshold)
-        private
-        pure
-        returns (bytes32 h)
-    {
-        assembly ("memory-safe") {
-            let p := mload(0x40)
-            let n := signers.length
-            mstore(p, committeeEpoch)
-            mstore(add(p, 0x20), 0x60)
-            mstore(add(p, 0x40), threshold)
-            mstore(add(p, 0x60), n)
-            calldatacopy(add(p, 0x80), signers.offset, shl(5, n))
-            h := keccak256(p, add(0x80, shl(5, n)))
-        }
-    }
-
-    function _spendCap(address asset, uint256 amount) private {
-        Cap memory cap = caps[asset];
-        uint32 window = uint32(block.timestamp / capWindow);
+    function _spendCap(address asset, Cap memory cap, uint256 amount) private {
+        uint40 window = uint40(block.timestamp / capWindow);
         uint256 used = cap.window == window ? cap.used : 0;
         if (amount > cap.limit || used + amount > cap.limit) revert CapExceeded();
-        caps[asset] = Cap(cap.limit, uint112(used + amount), window);
+        assetCaps[asset] = Cap(cap.limit, uint104(used + amount), window, false);
+    }
+
+    function _setAssetsPaused(bool value) private {
+        uint256 n = listedAssets.length;
+        for (uint256 i; i < n; ++i) {
+            assetCaps[listedAssets[i]].paused = value;
+        }
     }
 
     function _buildDomainSeparator() private view returns (bytes32) {
