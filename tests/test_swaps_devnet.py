@@ -41,6 +41,7 @@ from support.scenario import (
     new_keys,
     node_env,
     party_state,
+    stepped_past,
     run_trader,
     running_lp,
     settings_for,
@@ -334,7 +335,7 @@ async def test_trader_refuses_to_claim_too_late_and_both_sides_refund(tmp_path, 
         async with await Party.open(settings_for(tmp_path, "trader", regtest, anvil), swap_config(trader_keys, contracts), LpClient()) as trader:
             lp_btc_before = await btc.balance([lp_keys.btc.p2wpkh_script])
             view = await trader.start_swap(lp_url, "eth:1", "btc:0.005")
-            assert (await trader.engine.step(view.swap.id)).swap.state == m.INITIATOR_LOCKED
+            assert (await stepped_past(trader, view.swap.id, m.INITIATOR_LOCK_INTENDED)).swap.state == m.INITIATOR_LOCKED
             lp_view = await wait_until(lambda: party_state(lp, view.swap.id, m.PARTICIPANT_LOCKED), timeout=30, what="LP locked")
             # The trader was away: the LP's BTC lock now has 4 blocks (~240 s) left, under the 300 s claim margin.
             await BitcoinDevnet(btc).mine(lp_view.leg(PARTICIPANT).expiry - await btc.height() - 4)
@@ -690,7 +691,7 @@ async def test_trader_back_after_the_lp_refunded_refunds_its_own_lock(tmp_path, 
     async with running_lp(settings_for(tmp_path, "lp", regtest, anvil), swap_config(lp_keys, contracts)) as (lp_url, lp):
         first = await Party.open(trader_settings, swap_config(trader_keys, contracts), LpClient())
         view = await first.start_swap(lp_url, "eth:1", "btc:0.005")
-        assert (await first.engine.step(view.swap.id)).swap.state == m.INITIATOR_LOCKED
+        assert (await stepped_past(first, view.swap.id, m.INITIATOR_LOCK_INTENDED)).swap.state == m.INITIATOR_LOCKED
         lp_view = await wait_until(lambda: party_state(lp, view.swap.id, m.PARTICIPANT_LOCKED), timeout=30, what="LP locked")
 
         async def crash(**_context):

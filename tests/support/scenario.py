@@ -253,6 +253,18 @@ def book(party: Party, owner: str, kind: str, asset: str):
     return found[0]
 
 
+async def stepped_past(party: Party, swap_id: str, state: str, timeout: float = 30.0):
+    """Step the swap until it leaves ``state``; the view it reached.  A lock recorded and sent in
+    one step is usually seen mined in that step, but a node's receipt may lag the send under load,
+    and then the next step finds it: this waits for the outcome, not for one step's luck."""
+
+    async def step():
+        view = await party.engine.step(swap_id)
+        return view if view.swap.state != state else None
+
+    return await wait_until(step, timeout=timeout, interval=0.05, what=f"swap {swap_id} past {state}")
+
+
 def party_state(party: Party, swap_id: str, state: str):
     """The party's view of ``swap_id`` once it is in ``state`` (for ``wait_until``), else None."""
     if swap_id not in {v.swap.id for v in party.store.list()}:
