@@ -155,7 +155,30 @@ HtlcEvent = Locked | Claimed | Refunded
 
 @cache
 def _events_by_topic() -> dict[bytes, dict[str, Any]]:
-    return {event_abi_to_log_topic(e): e for e in load_artifact("HTLC")["abi"] if e["type"] == "event"}
+    return events_by_topic("HTLC")
+
+
+@cache
+def events_by_topic(contract: str) -> dict[bytes, dict[str, Any]]:
+    """A compiled contract's event ABIs by their topic 0."""
+    return {event_abi_to_log_topic(e): e for e in load_artifact(contract)["abi"] if e["type"] == "event"}
+
+
+def decode_log(events: dict[bytes, dict[str, Any]], item: ChainEvent | dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], LogRef] | None:
+    """One log as (event ABI, argument values by name, where), if it is one of ``events``; else None."""
+    log = item.data if isinstance(item, ChainEvent) else item
+    topics = [hexbytes(t) for t in log["topics"]]
+    event = events.get(topics[0]) if topics else None
+    if event is None:
+        return None
+    indexed = [i for i in event["inputs"] if i["indexed"]]
+    plain = [i for i in event["inputs"] if not i["indexed"]]
+    values: dict[str, Any] = {}
+    for param, topic in zip(indexed, topics[1:]):
+        values[param["name"]] = abi_decode([param["type"]], topic)[0]
+    for param, value in zip(plain, abi_decode([p["type"] for p in plain], hexbytes(log["data"]))):
+        values[param["name"]] = value
+    return event, values, LogRef(log["block_number"], log["tx_hash"], log["log_index"])
 
 
 def decode_events(logs: Iterable[ChainEvent | dict[str, Any]]) -> list[HtlcEvent]:
@@ -166,19 +189,10 @@ def decode_events(logs: Iterable[ChainEvent | dict[str, Any]]) -> list[HtlcEvent
     """
     out: list[HtlcEvent] = []
     for item in logs:
-        log = item.data if isinstance(item, ChainEvent) else item
-        topics = [_hexbytes(t) for t in log["topics"]]
-        event = _events_by_topic().get(topics[0]) if topics else None
-        if event is None:
+        decoded = decode_log(_events_by_topic(), item)
+        if decoded is None:
             continue
-        indexed = [i for i in event["inputs"] if i["indexed"]]
-        plain = [i for i in event["inputs"] if not i["indexed"]]
-        values: dict[str, Any] = {}
-        for param, topic in zip(indexed, topics[1:]):
-            values[param["name"]] = abi_decode([param["type"]], topic)[0]
-        for param, value in zip(plain, abi_decode([p["type"] for p in plain], _hexbytes(log["data"]))):
-            values[param["name"]] = value
-        where = LogRef(log["block_number"], log["tx_hash"], log["log_index"])
+        event, values, where = decoded
         if event["name"] == "Locked":
             swap = SwapParams(
                 values["sender"],
@@ -197,7 +211,7 @@ def decode_events(logs: Iterable[ChainEvent | dict[str, Any]]) -> list[HtlcEvent
     return out
 
 
-def _hexbytes(value: bytes | str) -> bytes:
+def hexbytes(value: bytes | str) -> bytes:
     return bytes(value) if isinstance(value, (bytes, bytearray)) else bytes.fromhex(value.removeprefix("0x"))
 
 

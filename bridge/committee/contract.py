@@ -24,15 +24,14 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import Any, Iterable, Mapping, Sequence
 
-from eth_abi import decode as abi_decode
-from eth_utils import event_abi_to_log_topic, is_address, to_checksum_address
+from eth_utils import is_address, to_checksum_address
 
 from bridge.committee.messages import Committee, Message, pack_committee
 from bridge.core.errors import ContractReverted, InputError
 from chains.base import ChainEvent
 from chains.evm import EvmAdapter, EvmLogFilter, EvmReceipt
 from chains.evm_revert import decode_revert, describe_revert
-from htlc.evm import ETH, TOKEN_KINDS, LogRef, decode_result, encode_call, load_artifact
+from htlc.evm import ETH, TOKEN_KINDS, LogRef, decode_log, decode_result, encode_call, events_by_topic, load_artifact
 
 CONTRACT = "CollateralBridge"
 DEFAULT_GRACE = 3600
@@ -86,34 +85,21 @@ class BridgeEvent:
         return self.args[key]
 
 
-@cache
-def _events_by_topic() -> dict[bytes, dict[str, Any]]:
-    return {event_abi_to_log_topic(e): e for e in load_artifact(CONTRACT)["abi"] if e["type"] == "event"}
-
-
 def decode_events(logs: Iterable[ChainEvent | dict[str, Any]]) -> list[BridgeEvent]:
     """The contract's events among logs; others are skipped.  The caller picks the emitting
     contract (by filter or by address): anyone can emit logs with these topics."""
     out: list[BridgeEvent] = []
     for item in logs:
-        log = item.data if isinstance(item, ChainEvent) else item
-        topics = [_hexbytes(t) for t in log["topics"]]
-        event = _events_by_topic().get(topics[0]) if topics else None
-        if event is None:
+        decoded = decode_log(events_by_topic(CONTRACT), item)
+        if decoded is None:
             continue
-        indexed = [i for i in event["inputs"] if i["indexed"]]
-        plain = [i for i in event["inputs"] if not i["indexed"]]
-        values: dict[str, Any] = {}
-        for param, topic in zip(indexed, topics[1:]):
-            values[param["name"]] = abi_decode([param["type"]], topic)[0]
-        for param, value in zip(plain, abi_decode([p["type"] for p in plain], _hexbytes(log["data"]))):
-            values[param["name"]] = value
+        event, values, where = decoded
         for name, value in values.items():
             if isinstance(value, str) and is_address(value):
                 values[name] = to_checksum_address(value)
             elif isinstance(value, tuple):
                 values[name] = tuple(to_checksum_address(v) if isinstance(v, str) else v for v in value)
-        out.append(BridgeEvent(event["name"], values, LogRef(log["block_number"], log["tx_hash"], log["log_index"])))
+        out.append(BridgeEvent(event["name"], values, where))
     return out
 
 
@@ -284,10 +270,6 @@ def _bytes32(value: Any, what: str) -> bytes:
     if not isinstance(value, (bytes, bytearray)) or len(value) != 32:
         raise InputError(f"{what} must be 32 bytes", field=what)
     return bytes(value)
-
-
-def _hexbytes(value: bytes | str) -> bytes:
-    return bytes(value) if isinstance(value, (bytes, bytearray)) else bytes.fromhex(value.removeprefix("0x"))
 
 
 __all__ = ["ETH", "BridgeEvent", "CollateralBridge", "committee_args", "decode_events", "message_tuple", "pack_quorum"]

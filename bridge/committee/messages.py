@@ -472,20 +472,7 @@ def encode_bundle(bundle: Bundle) -> bytes:
     return b"".join(
         (
             _HEAD.pack(BUNDLE_FORMAT),
-            _MESSAGE.pack(
-                m.version,
-                m.kind,
-                m.source_chain_id,
-                m.source_tx,
-                m.source_index,
-                m.dest_chain_id,
-                m.account,
-                m.asset,
-                m.amount.to_bytes(32, "big"),
-                m.nonce,
-                m.expiry,
-                m.payload_hash,
-            ),
+            encode_message(m),
             _COMMITTEE_HEAD.pack(c.epoch, c.threshold, len(c.signers)),
             *c.signers,
             _COUNT.pack(len(bundle.indices)),
