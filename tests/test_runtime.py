@@ -35,12 +35,15 @@ class FakeOps:
     in_flight: set[str] = field(default_factory=set)
     most_in_flight: int = 0
     overlapped: bool = False
+    #: How often the runtime asked what is due (each pass of its loop asks once).
+    due_calls: int = 0
 
     def add(self, op_id: str, due_in: float = 0.0, behave: object = None) -> None:
         self.due_at[op_id] = time.time() + due_in
         self.behave[op_id] = behave
 
     def due(self, *, limit: int, among=None) -> list[str]:
+        self.due_calls += 1
         now = time.time()
         ids = sorted((t, i) for i, t in self.due_at.items() if t <= now and i not in self.done and (among is None or i in among))
         return [i for _, i in ids][:limit]
@@ -219,7 +222,7 @@ async def test_a_nudge_wakes_the_loop_at_once():
     rt = Runtime(ops, poll_interval=3600)
     stop = asyncio.Event()
     task = asyncio.create_task(rt.run(stop))
-    await asyncio.sleep(0.05)
+    await until(lambda: ops.due_calls >= 2, 2, "the loop's first pass, now idle for an hour")
     ops.add("new")
     rt.nudge(["new"])
     await until(lambda: ops.stepped == ["new"], 2, "the nudged step")
