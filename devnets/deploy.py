@@ -1,7 +1,10 @@
-"""Contracts every devnet has: the HTLC and a test stablecoin minted to the test accounts.
+"""Contracts every devnet has: the HTLC, a test stablecoin minted to the test accounts, and the
+collateral bridge with the devnet committee (``keys.committee_test_keys``, 3 of 4).
 
 Recorded in devnet.json under ``contracts`` and in ``htlc-evm.json`` (what
-``bridgectl htlc evm-*`` reads), so swaps and hand debugging find them.
+``bridgectl htlc evm-*`` reads), so swaps and hand debugging find them; the bridge's description
+in ``committee.json`` (``bridge.committee.config``) and the attesters' keys in
+``committee/attester-<i>.key`` (devnet keys: never anywhere else).
 """
 
 from __future__ import annotations
@@ -9,6 +12,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+#: The bridge's release caps per day on the devnet, in base units.
+BRIDGE_CAPS = {"ETH": 1_000 * 10**18, "TUSD": 10_000_000 * 10**6}
+#: The devnet's grace window for a replaced committee, and how long a RELEASE is valid.
+BRIDGE_GRACE = 3600
+BRIDGE_RELEASE_TTL = 3600
 #: The devnet's ERC-20: 6 decimals like USDC/USDT, so decimal handling is exercised.
 TOKEN_SYMBOL = "TUSD"
 TOKEN_DECIMALS = 6
@@ -21,16 +29,44 @@ async def deploy_contracts(rpc_url: str, accounts: list[dict], recorded: dict | 
 
     deployer = accounts[0]["private_key"]
     async with await EvmAdapter.connect(rpc_url) as chain:
-        if recorded and await chain.code(recorded["htlc"]) and await chain.code(recorded["tokens"][TOKEN_SYMBOL]["address"]):
-            return recorded  # still there (Anvil's state survives down/up)
-        htlc = await EvmHtlc.deploy(chain, deployer)
-        token = await Erc20.deploy(chain, deployer, "TestToken", "Test USD", TOKEN_SYMBOL, TOKEN_DECIMALS)
-        for acct in accounts:
-            txhash = await token.mint(deployer, acct["address"], TOKEN_MINT_PER_ACCOUNT)
-        await chain.wait_for_confirmations(txhash, 1)
         chain_id = await chain.chain_id_int()
-    contracts = {"htlc": htlc.address, "tokens": {TOKEN_SYMBOL: {"address": token.address, "decimals": TOKEN_DECIMALS}}}
+        if recorded and await chain.code(recorded["htlc"]) and await chain.code(recorded["tokens"][TOKEN_SYMBOL]["address"]):
+            contracts = recorded
+        else:
+            htlc = await EvmHtlc.deploy(chain, deployer)
+            token = await Erc20.deploy(chain, deployer, "TestToken", "Test USD", TOKEN_SYMBOL, TOKEN_DECIMALS)
+            for acct in accounts:
+                txhash = await token.mint(deployer, acct["address"], TOKEN_MINT_PER_ACCOUNT)
+            await chain.wait_for_confirmations(txhash, 1)
+            contracts = {"htlc": htlc.address, "tokens": {TOKEN_SYMBOL: {"address": token.address, "decimals": TOKEN_DECIMALS}}}
+        if not (contracts.get("bridge") and await chain.code(contracts["bridge"]) and (Path(data_dir) / "committee.json").exists()):
+            contracts = {**contracts, "bridge": await deploy_bridge(chain, deployer, chain_id, contracts, Path(data_dir))}
     (Path(data_dir) / "htlc-evm.json").write_text(
-        json.dumps({"chain_id": chain_id, "htlc": htlc.address, "tokens": {"TestToken": token.address}}, indent=2) + "\n"
+        json.dumps({"chain_id": chain_id, "htlc": contracts["htlc"], "tokens": {"TestToken": contracts["tokens"][TOKEN_SYMBOL]["address"]}}, indent=2) + "\n"
     )
     return contracts
+
+
+async def deploy_bridge(chain, deployer: str, chain_id: int, contracts: dict, data_dir: Path) -> str:
+    """Deploy the bridge with the devnet committee; write committee.json and the attesters' keys."""
+    from bridge.committee.config import ETH_ADDRESS, BridgeConfig
+    from bridge.committee.contract import CollateralBridge
+    from bridge.committee.messages import Committee
+    from devnets.keys import COMMITTEE_THRESHOLD, committee_test_keys, evm_test_keys
+
+    keys = committee_test_keys()
+    committee = Committee(0, tuple(bytes.fromhex(k.address[2:]) for k in keys), COMMITTEE_THRESHOLD)
+    assets = {"ETH": (ETH_ADDRESS, 18), TOKEN_SYMBOL: (contracts["tokens"][TOKEN_SYMBOL]["address"], TOKEN_DECIMALS)}
+    guardian = evm_test_keys(1)[0].address
+    bridge = await CollateralBridge.deploy(
+        chain, deployer, committee, guardians=[guardian], caps={addr: BRIDGE_CAPS[sym] for sym, (addr, _d) in assets.items()}, grace=BRIDGE_GRACE
+    )
+    config = BridgeConfig(chain_id, bridge.address, await chain.height(), committee, BRIDGE_GRACE, BRIDGE_RELEASE_TTL, assets)
+    (data_dir / "committee.json").write_text(json.dumps(config.to_json(), indent=2) + "\n")
+    keydir = data_dir / "committee"
+    keydir.mkdir(exist_ok=True)
+    for i, key in enumerate(keys):
+        path = keydir / f"attester-{i}.key"
+        path.write_text(key.private_key + "\n")
+        path.chmod(0o600)
+    return bridge.address

@@ -3,6 +3,8 @@
 EVM: the first accounts of Anvil's well-known dev mnemonic
 ("test test … junk", path m/44'/60'/0'/0/i), each funded with 10,000 ETH.
 
+Committee: attester key i is sha256("bridge-devnet-attester-<i>") (``committee_test_keys``).
+
 Bitcoin: private key i is sha256("bridge-devnet-btc-<i>"); each one receives
 BTC_BLOCKS_PER_KEY coinbase outputs (mined straight to its P2WPKH address, so no
 signing is needed to fund it), matured by mining 100 more blocks to the miner
@@ -19,6 +21,9 @@ from eth_account import Account
 from devnets.anvil import DEV_MNEMONIC
 
 EVM_KEY_COUNT = 10
+#: The devnet's bridge committee: 4 attesters, 3 of them a quorum.
+COMMITTEE_SIZE = 4
+COMMITTEE_THRESHOLD = 3
 BTC_KEY_COUNT = 5
 BTC_BLOCKS_PER_KEY = 5
 COINBASE_MATURITY = 100
@@ -68,6 +73,17 @@ def btc_test_keys(count: int = BTC_KEY_COUNT, network: str = "regtest") -> list[
             )
         )
     return keys
+
+
+def committee_test_keys(count: int = COMMITTEE_SIZE) -> list[EvmTestKey]:
+    """The devnet attesters' keys: key i is sha256("bridge-devnet-attester-<i>"), in the order of
+    their addresses (the committee's signer order)."""
+    keys = []
+    for i in range(count):
+        secret = hashlib.sha256(f"bridge-devnet-attester-{i}".encode()).digest()
+        keys.append((Account.from_key(secret).address, secret))
+    keys.sort(key=lambda k: k[0].lower())
+    return [EvmTestKey(i, address, "0x" + secret.hex()) for i, (address, secret) in enumerate(keys)]
 
 
 def as_dicts(keys) -> list[dict]:

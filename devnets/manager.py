@@ -176,6 +176,7 @@ class Devnet:
         if contracts is not recorded:
             tokens = ", ".join(f"{sym} {t['address']}" for sym, t in contracts["tokens"].items())
             progress(f"evm        deployed HTLC {contracts['htlc']}, token {tokens} (minted to every test account)")
+            progress(f"evm        bridge {contracts['bridge']} with the devnet committee (3 of 4; committee.json, committee/attester-*.key)")
         return contracts
 
     def _describe(self, anvil_pid: int, btc_pid: int) -> dict:

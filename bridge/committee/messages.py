@@ -364,6 +364,14 @@ class Committee:
     def members(self) -> frozenset[bytes]:
         return frozenset(self.signers)
 
+    @classmethod
+    def unpack(cls, packed: bytes) -> "Committee":
+        """The committee of its packed bytes (as a ``Rotated`` event carries them), strictly."""
+        if not isinstance(packed, (bytes, bytearray)) or len(packed) < 9 or (len(packed) - 9) % 20:
+            raise CommitteeRefused("packed committee: not 9 + 20 N bytes")
+        packed = bytes(packed)
+        return cls(int.from_bytes(packed[:8], "big"), tuple(packed[i : i + 20] for i in range(9, len(packed), 20)), packed[8])
+
 
 def pack_committee(epoch: int, signers: Sequence[bytes], threshold: int) -> bytes:
     """A committee's packed bytes (``Committee.packed``), also for a set the rules would refuse."""

@@ -32,7 +32,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 from sqlmodel import Field, SQLModel
 
-from bridge.committee.crypto import Refused, SignatureRefused, recover
+from bridge.committee.crypto import Refused, SignatureRefused, keccak256, recover
 from bridge.committee.messages import (
     ZERO32,
     Bundle,
@@ -95,7 +95,16 @@ class CommitteeEquivocation(SQLModel, table=True):
     recorded_at: float
 
 
-_TABLES = [CommitteeMessage.__table__, CommitteeSignature.__table__, CommitteeEquivocation.__table__]
+class CommitteePayload(SQLModel, table=True):
+    """Bytes a message commits to by hash (a ROTATION's new committee), for whoever delivers it."""
+
+    __tablename__ = "committee_payload"
+
+    hash: str = Field(primary_key=True)  # keccak256(body), hex
+    body: str  # hex
+
+
+_TABLES = [CommitteeMessage.__table__, CommitteeSignature.__table__, CommitteeEquivocation.__table__, CommitteePayload.__table__]
 
 
 class AttestationRefused(Refused):
@@ -173,6 +182,7 @@ def _insert(table: str, names: tuple[str, ...]) -> str:
 _INSERT_MESSAGE = _insert("committee_message", tuple(CommitteeMessage.model_fields))
 _INSERT_SIGNATURE = _insert("committee_signature", tuple(CommitteeSignature.model_fields))
 _INSERT_EVIDENCE = _insert("committee_equivocation", tuple(CommitteeEquivocation.model_fields))
+_INSERT_PAYLOAD = _insert("committee_payload", ("hash", "body"))
 _SLOT = "signer = :signer AND kind = :kind AND source_tx = :source_tx AND source_index = :source_index AND nonce = :nonce"
 
 
@@ -358,6 +368,31 @@ class AttestationStore:
             )
             for r in rows
         ]
+
+    def put_payload(self, body: bytes) -> bytes:
+        """Keep ``body`` under its keccak256 (idempotent); returns the hash."""
+        h = keccak256(bytes(body))
+        with self.db.transaction() as tx:
+            tx.execute(_INSERT_PAYLOAD, {"hash": h.hex(), "body": bytes(body).hex()})
+        return h
+
+    def payload(self, payload_hash: bytes) -> bytes:
+        """The bytes kept under ``payload_hash``, checked against it; ``NotFound`` if none."""
+        with self.db.transaction() as tx:
+            found = tx.column("SELECT body FROM committee_payload WHERE hash = :h", {"h": payload_hash.hex()})
+        body = bytes.fromhex(found[0]) if found else b""
+        if not found or keccak256(body) != payload_hash:
+            raise NotFound(f"no payload {payload_hash.hex()}")
+        return body
+
+    def messages_since(self, first_seen: float, limit: int = 1000) -> list[tuple[bytes, int, float]]:
+        """``(id, kind, first_seen)`` of messages first seen at or after ``first_seen``, oldest first."""
+        with self.db.transaction() as tx:
+            rows = tx.rows(
+                "SELECT id, kind, first_seen FROM committee_message WHERE first_seen >= :t ORDER BY first_seen, id LIMIT :n",
+                {"t": first_seen, "n": limit},
+            )
+        return [(bytes.fromhex(r["id"]), int(r["kind"]), float(r["first_seen"])) for r in rows]
 
     def signature_count(self) -> int:
         """Rows in ``committee_signature`` (for checks and metrics)."""

@@ -72,6 +72,18 @@ class IndexerSettings(_Section):
     batch_blocks: int = Field(default=500, ge=1)
 
 
+class CommitteeSettings(_Section):
+    """The margin bridge's committee side (``bridge.committee``)."""
+
+    #: The bridge's description (``committee.json``); default: the one in the data dir.
+    config: str | None = None
+    #: Where attesters leave signatures; default: the bridge database.  A shared PostgreSQL
+    #: when attesters run on several machines.
+    store_url: str | None = None
+    #: How often a daemon looks at the attestation store for new signatures (seconds).
+    poll_interval: float = Field(default=0.25, gt=0)
+
+
 class Settings(_Section):
     #: Where devnets keep chains, logs, pid files and the devnet descriptor.
     data_dir: str = ".devnet"
@@ -81,6 +93,7 @@ class Settings(_Section):
     bitcoin: BitcoinSettings = Field(default_factory=BitcoinSettings)
     evm: EvmSettings = Field(default_factory=EvmSettings)
     indexer: IndexerSettings = Field(default_factory=IndexerSettings)
+    committee: CommitteeSettings = Field(default_factory=CommitteeSettings)
 
     @property
     def data_path(self) -> Path:
@@ -90,8 +103,16 @@ class Settings(_Section):
     def db_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_path / 'bridge.sqlite'}"
 
+    @property
+    def committee_config(self) -> Path:
+        return Path(self.committee.config).expanduser() if self.committee.config else self.data_path / "committee.json"
 
-_SECTIONS = {"bitcoin", "evm", "indexer"}
+    @property
+    def store_url(self) -> str:
+        return self.committee.store_url or self.db_url
+
+
+_SECTIONS = {"bitcoin", "evm", "indexer", "committee"}
 
 
 def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:

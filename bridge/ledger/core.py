@@ -159,6 +159,11 @@ class _Totals:
         return self.credits_posted - self.debits_posted - self.debits_pending
 
 
+def _check_owner(owner: object) -> None:
+    if not isinstance(owner, str) or not 1 <= len(owner) <= 200 or "/" in owner or "\x00" in owner:
+        raise InputError(f"owner must be 1..200 characters without '/', got {owner!r}", field="owner")
+
+
 def _is_int(v: object) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
@@ -269,31 +274,42 @@ class Ledger:
 
     def open_account(self, owner: str, kind: str, asset: str, allow_negative: bool | None = None) -> Account:
         """Get or create the account ``owner/kind/asset`` (idempotent)."""
-        if not isinstance(owner, str) or not 1 <= len(owner) <= 200 or "/" in owner or "\x00" in owner:
-            raise InputError(f"owner must be 1..200 characters without '/', got {owner!r}", field="owner")
+        _check_owner(owner)
         check_text(asset, "asset code", 120, "asset")
         if kind not in ACCOUNT_KINDS:
             raise InputError(f"account kind must be one of {', '.join(ACCOUNT_KINDS)}, got {kind!r}", field="kind")
         negative = ACCOUNT_KINDS[kind] if allow_negative is None else bool(allow_negative)
 
-        def write(conn: Connection) -> Account:
-            asset_registry.load(conn, asset)
-            row = conn.execute(select(_A).where(_A.c.owner == owner, _A.c.kind == kind, _A.c.asset == asset)).mappings().first()
-            if row is not None:
-                if row["allow_negative"] != negative:
-                    raise IdempotencyConflict(
-                        f"account {owner}/{kind}/{asset} exists with allow_negative={row['allow_negative']}",
-                        field="allow_negative",
-                    )
-                return Account(**dict(row))
-            account_id = conn.execute(_A.insert().values(owner=owner, kind=kind, asset=asset, allow_negative=negative).returning(_A.c.id)).scalar_one()
-            zero = dict(debits_posted=0, credits_posted=0, debits_pending=0, credits_pending=0)
-            conn.execute(_B.insert().values(account_id=account_id, asset=asset, height=0, **zero))
-            return Account(account_id, owner, kind, asset, negative)
-
-        account = self._write(write)
+        account = self._write(lambda conn: self._open(conn, owner, kind, asset, negative))
         self._accounts[account.id] = account
         return account
+
+    def open_account_in(self, conn: Connection, owner: str, kind: str, asset: str, allow_negative: bool | None = None) -> Account:
+        """``open_account`` inside the caller's open transaction (a replica's fold writes its
+        accounts, transfers and cursor move in one transaction)."""
+        _check_owner(owner)
+        check_text(asset, "asset code", 120, "asset")
+        if kind not in ACCOUNT_KINDS:
+            raise InputError(f"account kind must be one of {', '.join(ACCOUNT_KINDS)}, got {kind!r}", field="kind")
+        account = self._open(conn, owner, kind, asset, ACCOUNT_KINDS[kind] if allow_negative is None else bool(allow_negative))
+        self._accounts[account.id] = account
+        return account
+
+    @staticmethod
+    def _open(conn: Connection, owner: str, kind: str, asset: str, negative: bool) -> Account:
+        asset_registry.load(conn, asset)
+        row = conn.execute(select(_A).where(_A.c.owner == owner, _A.c.kind == kind, _A.c.asset == asset)).mappings().first()
+        if row is not None:
+            if row["allow_negative"] != negative:
+                raise IdempotencyConflict(
+                    f"account {owner}/{kind}/{asset} exists with allow_negative={row['allow_negative']}",
+                    field="allow_negative",
+                )
+            return Account(**dict(row))
+        account_id = conn.execute(_A.insert().values(owner=owner, kind=kind, asset=asset, allow_negative=negative).returning(_A.c.id)).scalar_one()
+        zero = dict(debits_posted=0, credits_posted=0, debits_pending=0, credits_pending=0)
+        conn.execute(_B.insert().values(account_id=account_id, asset=asset, height=0, **zero))
+        return Account(account_id, owner, kind, asset, negative)
 
     def account(self, account_id: int) -> Account:
         check_account_id(account_id)
@@ -356,6 +372,18 @@ class Ledger:
         """Void every hold whose timeout has passed; returns the heights written (normally 0 or 1)."""
         now = self.clock()
         return self.retry.run_sync(lambda: self._write(lambda conn: self._sweep(conn, now)), what="ledger expiry")
+
+    def apply_in(self, conn: Connection, batch: Sequence[Transfer], now: int) -> CommitResult:
+        """Apply ``batch`` inside the caller's open transaction, at the caller's time ``now`` (a
+        replica passes its block's timestamp, so every replica folds to the same books).  No
+        timed-out holds are swept and nothing is retried here: the caller's transaction is the
+        unit; a refusal raises before anything is written."""
+        return self._apply(conn, _checked(batch), now)
+
+    def available_in(self, conn: Connection, account_id: int) -> int:
+        """What ``account_id`` can spend (posted balance less pending debits), read in ``conn``."""
+        totals = self._lock_totals(conn, self._load_accounts(conn, [account_id]))
+        return totals[account_id].available()
 
     def _attempt(self, batch: list[Transfer]) -> CommitResult:
         now = self.clock()

@@ -1,0 +1,147 @@
+"""The bridge's description every replica folds by: ``committee.json``.
+
+    {
+      "chain_id": 31337,
+      "bridge": "0x...",                 # the CollateralBridge contract
+      "deploy_block": 12,                # replicas fold from here
+      "committee": {"epoch": 0, "threshold": 3, "signers": ["0x...", ...]},   # ascending
+      "grace": 3600,                     # the contract's grace window (seconds)
+      "release_ttl": 3600,               # how long a RELEASE stays valid after its request
+      "assets": {"ETH": {"address": "0x000...0", "decimals": 18},
+                 "TUSD": {"address": "0x...", "decimals": 6}}
+    }
+
+``bridgectl devnet up`` writes it beside ``devnet.json``; an operator elsewhere writes it once
+for the deployment.  Every replica (every attester, the service) must fold with the same file,
+or they hold different books: a change of ``release_ttl`` or of the assets is a new deployment.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from eth_utils import is_address, to_checksum_address
+
+from bridge.committee.messages import Committee, CommitteeRefused, Domain
+from bridge.committee.replica import DEFAULT_RELEASE_TTL, ReplicaConfig
+from bridge.core.errors import ConfigError
+from bridge.ledger.assets import Asset, erc20, eth
+
+__all__ = ["BridgeConfig", "load_bridge_config"]
+
+ETH_ADDRESS = "0x" + "00" * 20
+
+
+@dataclass(frozen=True)
+class BridgeConfig:
+    chain_id: int
+    bridge: str
+    deploy_block: int
+    committee: Committee
+    grace: int = 3600
+    release_ttl: int = DEFAULT_RELEASE_TTL
+    #: symbol -> (checksummed address, decimals); ETH is the zero address.
+    assets: dict[str, tuple[str, int]] = field(default_factory=dict)
+
+    @property
+    def domain(self) -> Domain:
+        return Domain(self.chain_id, bytes.fromhex(self.bridge[2:]))
+
+    def ledger_asset(self, symbol: str) -> Asset:
+        address, decimals = self.assets[symbol]
+        return eth(self.chain_id) if address == ETH_ADDRESS else erc20(self.chain_id, address, decimals, symbol)
+
+    def asset_by_symbol(self, symbol: str) -> tuple[str, int]:
+        """``(address, decimals)`` of a listed asset, the symbol matched case-insensitively."""
+        for name, value in self.assets.items():
+            if name.lower() == symbol.lower():
+                return value
+        raise ConfigError(f"asset {symbol!r} is not listed on this bridge (listed: {', '.join(self.assets)})", field="asset")
+
+    def symbol_of(self, address: bytes | str) -> str:
+        hexed = ("0x" + address.hex()) if isinstance(address, bytes) else address
+        for name, (addr, _decimals) in self.assets.items():
+            if addr.lower() == hexed.lower():
+                return name
+        return hexed
+
+    def replica_config(self) -> ReplicaConfig:
+        assets = {bytes.fromhex(addr[2:]): self.ledger_asset(sym) for sym, (addr, _d) in self.assets.items()}
+        return ReplicaConfig(self.domain, assets, self.committee, self.grace, self.release_ttl)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "chain_id": self.chain_id,
+            "bridge": self.bridge,
+            "deploy_block": self.deploy_block,
+            "committee": {
+                "epoch": self.committee.epoch,
+                "threshold": self.committee.threshold,
+                "signers": [to_checksum_address(s) for s in self.committee.signers],
+            },
+            "grace": self.grace,
+            "release_ttl": self.release_ttl,
+            "assets": {sym: {"address": addr, "decimals": dec} for sym, (addr, dec) in self.assets.items()},
+        }
+
+    @classmethod
+    def from_json(cls, data: Any, where: str = "committee config") -> "BridgeConfig":
+        def need(obj: Any, key: str, kind: type, what: str) -> Any:
+            if not isinstance(obj, dict) or key not in obj:
+                raise ConfigError(f"{where}: {what} is missing", field=what)
+            value = obj[key]
+            if not isinstance(value, kind) or isinstance(value, bool):
+                raise ConfigError(f"{where}: {what} must be a {kind.__name__}, got {value!r}"[:300], field=what)
+            return value
+
+        def address(value: Any, what: str) -> str:
+            if not isinstance(value, str) or not is_address(value):
+                raise ConfigError(f"{where}: {what} is not an EVM address: {value!r}"[:300], field=what)
+            return to_checksum_address(value)
+
+        committee = need(data, "committee", dict, "committee")
+        try:
+            members = Committee(
+                need(committee, "epoch", int, "committee.epoch"),
+                tuple(bytes.fromhex(address(s, "committee.signers")[2:]) for s in need(committee, "signers", list, "committee.signers")),
+                need(committee, "threshold", int, "committee.threshold"),
+            )
+        except CommitteeRefused as exc:
+            raise ConfigError(f"{where}: committee refused: {exc.reason}", field="committee") from None
+        assets: dict[str, tuple[str, int]] = {}
+        for symbol, spec in need(data, "assets", dict, "assets").items():
+            decimals = need(spec, "decimals", int, f"assets.{symbol}.decimals")
+            if not 0 <= decimals <= 77:
+                raise ConfigError(f"{where}: assets.{symbol}.decimals must be 0..77", field="assets")
+            assets[symbol] = (address(need(spec, "address", str, f"assets.{symbol}.address"), f"assets.{symbol}.address"), decimals)
+        if not assets:
+            raise ConfigError(f"{where}: no assets listed", field="assets")
+        try:
+            return cls(
+                chain_id=need(data, "chain_id", int, "chain_id"),
+                bridge=address(need(data, "bridge", str, "bridge"), "bridge"),
+                deploy_block=need(data, "deploy_block", int, "deploy_block"),
+                committee=members,
+                grace=data.get("grace", 3600),
+                release_ttl=data.get("release_ttl", DEFAULT_RELEASE_TTL),
+                assets=assets,
+            )
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+
+
+def load_bridge_config(path: str | Path) -> BridgeConfig:
+    """Read ``committee.json``; ``ConfigError`` naming the problem (or how to make one)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"no bridge committee config at {path}: `bridgectl devnet up` writes one for the devnet", path=str(path)) from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path} is not JSON: {exc}", path=str(path)) from None
+    config = BridgeConfig.from_json(data, str(path))
+    ReplicaConfig(config.domain, {}, config.committee, config.grace, config.release_ttl)  # its own checks
+    return config

@@ -1,0 +1,444 @@
+"""A replica of the margin ledger: the bridge contract's events folded in chain order.
+
+``../shared/DESIGN.md``, "Attested messages and the committee": the EVM chain orders everything,
+so the margin ledger is a deterministic fold of the bridge contract's events at the confirmation
+depth.  Every attester keeps one in its own database and signs only what it justifies; the
+service's ledger (``bridgectl ledger``) is one more.  Two replicas that folded the same blocks
+hold the same rows, whatever crashed in between: the fold runs inside the indexer's transaction
+(``chains.indexer``: the cursor moves with the writes), and reads nothing but the chain and its
+own rows (the block's timestamp is its clock).
+
+The rules, per block, in order:
+
+1. releases whose message expired (``expiry <= block.timestamp``) and that were not released
+   are voided: the contract refuses such a message from this block on, so the held margin is
+   the account's again (it may request again);
+2. ``Deposited(account, asset, amount)``: ``amount`` credited to the account's margin (``user``
+   account of that asset) from the bridge's ``custody`` account (allowed negative: minus what
+   the contract holds);
+3. ``WithdrawalRequested(account, asset, amount, nonce)``: held (pending transfer to custody)
+   if the account can spend it, else refused with the reason; a held request's RELEASE message
+   is fixed here (expiry = block time + ``release_ttl``), so every replica signs the same bytes;
+4. ``Released(id, ...)``: the hold of the request with that message id is posted; a release
+   this replica never held is an anomaly, recorded and booked against ``unexplained`` so the
+   books still match the chain (honest replicas never sign one);
+5. ``Rotated``: the new committee becomes current, the previous one valid until the block's
+   time plus the contract's grace window; ``Paused`` / ``Unpaused`` are recorded.
+
+A reorg deeper than the confirmation depth reached the fold: the replica stops
+(``ReplicaReorg``, not retryable) rather than sign on books the chain no longer backs; choose
+the depth above any plausible reorg.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping
+
+from sqlalchemy import text
+from sqlalchemy.engine import Connection, Engine
+from sqlmodel import Field, Session, SQLModel
+
+from bridge.committee.contract import BridgeEvent, decode_events
+from bridge.committee.messages import (
+    ZERO32,
+    Committee,
+    Domain,
+    Kind,
+    Message,
+    digest,
+    encode_message,
+    evm_source,
+)
+from bridge.core.db import init_db
+from bridge.core.errors import BridgeError, InputError, NotFound, Overdraft
+from bridge.ledger import ids
+from bridge.ledger.assets import Asset
+from bridge.ledger.core import Ledger, Transfer
+from chains.base import BlockRef, ChainEvent
+from chains.cursor_store import OrphanedBlock
+
+__all__ = ["Replica", "ReplicaConfig", "ReplicaReorg", "Request", "owner_of"]
+
+#: Seconds a RELEASE message stays valid after its request's block.
+DEFAULT_RELEASE_TTL = 3600
+#: The owner of the bridge's side of every transfer, and of releases no replica held.
+CUSTODY_OWNER = "bridge"
+UNEXPLAINED_OWNER = "unexplained"
+
+
+class ReplicaReorg(BridgeError):
+    """The chain reorganised below the replica's confirmation depth: its books no longer follow
+    the chain, and it must not sign on them.  Operator action: raise the depth, rebuild."""
+
+    retryable = False
+
+
+class ReplicaRequest(SQLModel, table=True):
+    __tablename__ = "replica_request"
+
+    nonce: int = Field(primary_key=True)  # the contract's request nonce
+    source: str = Field(index=True, unique=True)  # txhash:logindex
+    account: str  # 0x + 40 hex, lowercase
+    asset: str  # 0x + 40 hex, lowercase
+    amount: str  # decimal
+    block_height: int
+    block_time: int
+    state: str  # held, refused, released, expired
+    reason: str = ""
+    message_id: str = Field(default="", index=True)  # hex, without 0x
+    message: str = ""  # encode_message, hex
+    expiry: int = 0
+    closed_height: int | None = None
+
+
+class ReplicaCommittee(SQLModel, table=True):
+    __tablename__ = "replica_committee"
+
+    epoch: int = Field(primary_key=True)
+    hash: str
+    packed: str  # hex
+    since_height: int
+    since_time: int
+    #: When the next committee took over, this one stays valid until then (unix seconds).
+    valid_until: int | None = None
+
+
+class ReplicaFact(SQLModel, table=True):
+    __tablename__ = "replica_fact"
+
+    name: str = Field(primary_key=True)
+    value: str
+
+
+class ReplicaAnomaly(SQLModel, table=True):
+    __tablename__ = "replica_anomaly"
+
+    key: str = Field(primary_key=True)
+    block_height: int
+    what: str
+    detail: str
+
+
+TABLES = [ReplicaRequest.__table__, ReplicaCommittee.__table__, ReplicaFact.__table__, ReplicaAnomaly.__table__]
+
+
+def owner_of(address: bytes | str) -> str:
+    """A margin account's owner name in the ledger: its EVM address, 0x and lowercase."""
+    if isinstance(address, bytes):
+        return "0x" + address.hex()
+    return address.lower()
+
+
+@dataclass(frozen=True)
+class ReplicaConfig:
+    """What every replica of one bridge must agree on (else they fold different books)."""
+
+    domain: Domain
+    #: The assets the contract lists: 20-byte address -> the ledger's asset.
+    assets: Mapping[bytes, Asset]
+    #: The first committee (epoch 0), checked against the contract's hash at start.
+    committee: Committee
+    #: The contract's grace window (seconds a replaced committee stays valid).
+    grace: int
+    release_ttl: int = DEFAULT_RELEASE_TTL
+
+    def __post_init__(self) -> None:
+        if not 60 <= self.release_ttl <= 30 * 86_400:
+            raise InputError(f"release_ttl must be 60 s to 30 days, got {self.release_ttl}", field="release_ttl")
+
+
+@dataclass(frozen=True)
+class Request:
+    """A withdrawal request as this replica judged it."""
+
+    nonce: int
+    source: str
+    account: str
+    asset: str
+    amount: int
+    block_height: int
+    block_time: int
+    state: str
+    reason: str
+    message_id: bytes | None
+    message: Message | None
+    expiry: int
+
+    @classmethod
+    def of(cls, row: Mapping[str, Any]) -> "Request":
+        from bridge.committee.messages import decode_message
+
+        return cls(
+            row["nonce"],
+            row["source"],
+            row["account"],
+            row["asset"],
+            int(row["amount"]),
+            row["block_height"],
+            row["block_time"],
+            row["state"],
+            row["reason"],
+            bytes.fromhex(row["message_id"]) if row["message_id"] else None,
+            decode_message(bytes.fromhex(row["message"])) if row["message"] else None,
+            row["expiry"],
+        )
+
+
+class Replica:
+    """The fold (``IndexerConsumer``) and the reads of one replica on ``engine``."""
+
+    def __init__(self, engine: Engine, config: ReplicaConfig) -> None:
+        self.engine = engine
+        self.config = config
+        self.ledger = Ledger(engine, assets=list(config.assets.values()))
+        init_db(engine, TABLES)
+        self._asset_codes = {address: asset.code for address, asset in config.assets.items()}
+        with engine.begin() as conn:
+            if conn.execute(text("SELECT 1 FROM replica_committee WHERE epoch = 0")).first() is None:
+                self._add_committee(conn, config.committee, 0, 0)
+
+    # --- the fold -------------------------------------------------------------------------
+
+    async def on_events(self, events: list[ChainEvent], block: BlockRef, *, session: Session) -> None:
+        self.fold(session.connection(), decode_events(events), block)
+
+    async def on_revert(self, orphaned: list[OrphanedBlock], *, session: Session) -> None:
+        heights = sorted({o.height for o in orphaned})
+        raise ReplicaReorg(
+            f"the chain reorganised below the confirmation depth (blocks {heights[0]}..{heights[-1]} held bridge events)",
+            heights=heights,
+        )
+
+    def fold(self, conn: Connection, events: Iterable[BridgeEvent], block: BlockRef) -> None:
+        """Apply one block's bridge events (in chain order) in ``conn``'s transaction."""
+        self._expire(conn, block)
+        for event in events:
+            handler = getattr(self, f"_on_{event.name}", None)
+            if handler is not None:
+                handler(conn, event, block)
+
+    def _expire(self, conn: Connection, block: BlockRef) -> None:
+        due = conn.execute(text("SELECT nonce FROM replica_request WHERE state = 'held' AND expiry <= :t ORDER BY nonce"), {"t": block.timestamp}).all()
+        if not due:
+            return
+        self.ledger.apply_in(conn, [Transfer.void(f"void:req:{n}", f"req:{n}", cause="release expired") for (n,) in due], block.timestamp)
+        for (nonce,) in due:
+            conn.execute(
+                text("UPDATE replica_request SET state = 'expired', reason = 'release message expired unused', closed_height = :h WHERE nonce = :n"),
+                {"h": block.height, "n": nonce},
+            )
+
+    def _accounts(self, conn: Connection, account: str, asset: bytes) -> tuple[int, int] | None:
+        code = self._asset_codes.get(asset)
+        if code is None:
+            return None
+        user = self.ledger.open_account_in(conn, account, "user", code)
+        custody = self.ledger.open_account_in(conn, CUSTODY_OWNER, "custody", code)
+        return user.id, custody.id
+
+    def _on_Deposited(self, conn: Connection, event: BridgeEvent, block: BlockRef) -> None:
+        key = _key(event)
+        accounts = self._accounts(conn, owner_of(event["account"]), _raw(event["asset"]))
+        if accounts is None:  # the contract lists its assets: a deposit of another is its bug
+            self._anomaly(conn, key, block, "deposit of an asset this replica does not list", event)
+            return
+        user, custody = accounts
+        self.ledger.apply_in(conn, [Transfer(ids.evm_log(*_where(event)), custody, user, event["amount"], cause="deposit")], block.timestamp)
+
+    def _on_WithdrawalRequested(self, conn: Connection, event: BridgeEvent, block: BlockRef) -> None:
+        nonce, amount = event["requestNonce"], event["amount"]
+        account, asset = owner_of(event["account"]), _raw(event["asset"])
+        row = {
+            "nonce": nonce,
+            "source": _key(event),
+            "account": account,
+            "asset": "0x" + asset.hex(),
+            "amount": str(amount),
+            "block_height": block.height,
+            "block_time": block.timestamp,
+            "state": "refused",
+            "reason": "",
+            "message_id": "",
+            "message": "",
+            "expiry": 0,
+        }
+        accounts = self._accounts(conn, account, asset)
+        if accounts is None:
+            row["reason"] = "asset not listed on this bridge"
+        else:
+            user, custody = accounts
+            try:
+                self.ledger.apply_in(conn, [Transfer.hold(f"req:{nonce}", user, custody, amount, cause="withdrawal request")], block.timestamp)
+            except Overdraft as exc:
+                row["reason"] = f"margin too low: {exc.details.get('available', 0)} available, {amount} requested"
+            else:
+                message = self.release_message(event, block)
+                row.update(state="held", message_id=digest(self.config.domain, message).hex(), message=encode_message(message).hex(), expiry=message.expiry)
+        conn.execute(text(_INSERT_REQUEST), row)
+
+    def release_message(self, event: BridgeEvent, block: BlockRef) -> Message:
+        """The RELEASE every honest replica signs for a request: all from the chain."""
+        source_tx, source_index = evm_source(*_where(event))
+        chain = self.config.domain.chain_id
+        return Message(
+            1,
+            Kind.RELEASE,
+            chain,
+            source_tx,
+            source_index,
+            chain,
+            _raw(event["account"]),
+            _raw(event["asset"]),
+            event["amount"],
+            event["requestNonce"],
+            block.timestamp + self.config.release_ttl,
+            ZERO32,
+        )
+
+    def _on_Released(self, conn: Connection, event: BridgeEvent, block: BlockRef) -> None:
+        mid = _raw(event["id"]).hex()
+        row = conn.execute(text("SELECT nonce, state FROM replica_request WHERE message_id = :m"), {"m": mid}).first()
+        if row is not None and row.state == "held":
+            self.ledger.apply_in(conn, [Transfer.post(f"post:req:{row.nonce}", f"req:{row.nonce}", cause=f"released by message {mid}")], block.timestamp)
+            conn.execute(text("UPDATE replica_request SET state = 'released', closed_height = :h WHERE nonce = :n"), {"h": block.height, "n": row.nonce})
+            return
+        # Released without this replica's hold: the chain paid, so the books say so, and why not.
+        self._anomaly(conn, _key(event), block, f"release of message {mid} this replica never held ({row.state if row else 'unknown'})", event)
+        code = self._asset_codes.get(_raw(event["asset"]))
+        if code is not None:
+            source = self.ledger.open_account_in(conn, UNEXPLAINED_OWNER, "external", code)
+            custody = self.ledger.open_account_in(conn, CUSTODY_OWNER, "custody", code)
+            booked = Transfer(ids.evm_log(*_where(event)), source.id, custody.id, event["amount"], cause="unexplained release")
+            self.ledger.apply_in(conn, [booked], block.timestamp)
+
+    def _on_Rotated(self, conn: Connection, event: BridgeEvent, block: BlockRef) -> None:
+        packed = _raw(event["committee"])
+        committee = Committee.unpack(packed)
+        conn.execute(
+            text("UPDATE replica_committee SET valid_until = :u WHERE valid_until IS NULL AND epoch < :e"),
+            {"u": block.timestamp + self.config.grace, "e": committee.epoch},
+        )
+        self._add_committee(conn, committee, block.height, block.timestamp)
+
+    def _on_Paused(self, conn: Connection, event: BridgeEvent, block: BlockRef) -> None:
+        self._set(conn, "paused", "1")
+        self._set(conn, "paused_at", str(block.timestamp))
+        self._set(conn, "pauses", str(int(self._get(conn, "pauses", "0")) + 1))
+
+    def _on_Unpaused(self, conn: Connection, event: BridgeEvent, block: BlockRef) -> None:
+        self._set(conn, "paused", "0")
+
+    def _add_committee(self, conn: Connection, committee: Committee, height: int, at: int) -> None:
+        conn.execute(
+            text(
+                "INSERT INTO replica_committee (epoch, hash, packed, since_height, since_time, valid_until) "
+                "VALUES (:e, :h, :p, :sh, :st, NULL) ON CONFLICT DO NOTHING"
+            ),
+            {"e": committee.epoch, "h": committee.hash.hex(), "p": committee.packed.hex(), "sh": height, "st": at},
+        )
+
+    def _anomaly(self, conn: Connection, key: str, block: BlockRef, what: str, event: BridgeEvent) -> None:
+        detail = json.dumps({k: _plain(v) for k, v in event.args.items()}, sort_keys=True)
+        conn.execute(
+            text("INSERT INTO replica_anomaly (key, block_height, what, detail) VALUES (:k, :h, :w, :d) ON CONFLICT DO NOTHING"),
+            {"k": key, "h": block.height, "w": what, "d": detail},
+        )
+
+    @staticmethod
+    def _set(conn: Connection, name: str, value: str) -> None:
+        conn.execute(text("DELETE FROM replica_fact WHERE name = :n"), {"n": name})
+        conn.execute(text("INSERT INTO replica_fact (name, value) VALUES (:n, :v)"), {"n": name, "v": value})
+
+    @staticmethod
+    def _get(conn: Connection, name: str, default: str) -> str:
+        row = conn.execute(text("SELECT value FROM replica_fact WHERE name = :n"), {"n": name}).first()
+        return default if row is None else row[0]
+
+    # --- reads ----------------------------------------------------------------------------
+
+    def committees(self, now: int) -> list[Committee]:
+        """The committees whose quorum counts at ``now``: the current one first, then a replaced one
+        still inside its grace window."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(text("SELECT packed, valid_until FROM replica_committee ORDER BY epoch DESC")).all()
+        out = []
+        for packed, valid_until in rows:
+            if valid_until is None or now < valid_until:
+                out.append(Committee.unpack(bytes.fromhex(packed)))
+        return out
+
+    def current_committee(self) -> Committee:
+        with self.engine.connect() as conn:
+            packed = conn.execute(text("SELECT packed FROM replica_committee ORDER BY epoch DESC LIMIT 1")).scalar_one()
+        return Committee.unpack(bytes.fromhex(packed))
+
+    def requests(self, state: str | None = None, account: str | None = None, limit: int = 1000) -> list[Request]:
+        sql, params = "SELECT * FROM replica_request WHERE 1 = 1", {"limit": limit}
+        if state is not None:
+            sql, params["state"] = sql + " AND state = :state", state
+        if account is not None:
+            sql, params["account"] = sql + " AND account = :account", account.lower()
+        with self.engine.connect() as conn:
+            return [Request.of(r) for r in conn.execute(text(sql + " ORDER BY nonce LIMIT :limit"), params).mappings()]
+
+    def request(self, *, nonce: int | None = None, message_id: bytes | None = None) -> Request:
+        sql, params = ("nonce = :v", {"v": nonce}) if nonce is not None else ("message_id = :v", {"v": (message_id or b"").hex()})
+        with self.engine.connect() as conn:
+            row = conn.execute(text(f"SELECT * FROM replica_request WHERE {sql}"), params).mappings().first()
+        if row is None:
+            raise NotFound(f"no withdrawal request with {'nonce ' + str(nonce) if nonce is not None else 'message ' + params['v']}")
+        return Request.of(row)
+
+    def balances(self) -> dict[tuple[str, str], tuple[int, int]]:
+        """``(owner, asset code) -> (posted balance, pending debits)`` of every margin account:
+        what two replicas at the same height must agree on."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                text(
+                    "SELECT a.owner, a.asset, b.credits_posted, b.debits_posted, b.debits_pending "
+                    "FROM ledger_accounts a JOIN ledger_balances b ON b.account_id = a.id WHERE a.kind = 'user' ORDER BY a.owner, a.asset"
+                )
+            ).all()
+        return {(o, a): (int(cp) - int(dp), int(pend)) for o, a, cp, dp, pend in rows}
+
+    def anomalies(self) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(text("SELECT * FROM replica_anomaly ORDER BY block_height, key")).mappings()]
+
+    def pause_state(self) -> tuple[bool, int, int]:
+        """Whether the contract is paused, how many pauses it saw, and the last one's block time."""
+        with self.engine.connect() as conn:
+            return self._get(conn, "paused", "0") == "1", int(self._get(conn, "pauses", "0")), int(self._get(conn, "paused_at", "0"))
+
+
+_INSERT_REQUEST = (
+    "INSERT INTO replica_request (nonce, source, account, asset, amount, block_height, block_time, state, reason, message_id, message, expiry) "
+    "VALUES (:nonce, :source, :account, :asset, :amount, :block_height, :block_time, :state, :reason, :message_id, :message, :expiry)"
+)
+
+
+def _where(event: BridgeEvent) -> tuple[str, int]:
+    tx = event.where.tx_hash
+    return (tx if tx.startswith("0x") else "0x" + tx), event.where.log_index
+
+
+def _key(event: BridgeEvent) -> str:
+    tx, index = _where(event)
+    return f"{tx}:{index}"
+
+
+def _raw(value: Any) -> bytes:
+    """Event values as raw bytes: addresses (checksummed hex) and bytes32."""
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value)
+    return bytes.fromhex(value.removeprefix("0x"))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (bytes, bytearray)):
+        return "0x" + bytes(value).hex()
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return value

@@ -1,0 +1,266 @@
+"""The committee's daemons: attesters (one per committee key) and deliverers.
+
+    bridgectl relayer run attester --key KEYFILE [--db URL] [--port N]
+    bridgectl relayer run deliverer [--evm-key-env VAR] [--port N]
+
+An attester follows the EVM chain through its own indexer at ``evm.confirmations``, folds the
+bridge contract's events into its own replica (its own database: ``--db``, default
+``<data dir>/attester-<address>.sqlite``) and, after every step of the fold, signs what the
+replica justifies (``bridge.committee.attester``) into the attestation store.
+
+A deliverer keeps the service's replica (the bridge database: what ``bridgectl ledger`` and
+``bridgectl message`` read), opens a delivery for every message in the store, and steps the
+deliveries on the runtime (``bridge.committee.delivery``).  Both serve ``/health`` and
+``/metrics`` on the shared runner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+
+from bridge.committee.attester import Attester, RotationPlan
+from bridge.committee.config import BridgeConfig, load_bridge_config
+from bridge.committee.contract import CollateralBridge
+from bridge.committee.crypto import address_of
+from bridge.committee.delivery import Deliverer
+from bridge.committee.replica import Replica
+from bridge.committee.store import AttestationStore
+from bridge.core.db import make_engine
+from bridge.core.errors import ConfigError
+from bridge.core.retry import DEFAULT_RETRY, is_retryable
+from bridge.core.settings import Settings
+from bridge.runtime import Runtime
+from chains.evm import EvmAdapter, EvmLogFilter
+from chains.heads import wait_unless
+from chains.indexer import Indexer
+from relayers.runner import Metrics, Runner
+
+__all__ = ["AttesterDaemon", "DelivererDaemon", "ReplicaFollower", "run_attester", "run_deliverer"]
+
+log = logging.getLogger("relayers.committee")
+
+DEFAULT_ATTESTER_PORT = 8710
+DEFAULT_DELIVERER_PORT = 8720
+
+
+class ReplicaFollower:
+    """A replica kept up with the chain by its indexer; ``after_step`` runs after every step
+    that folded blocks (and at every idle wake-up), outside the fold's transaction."""
+
+    def __init__(self, name: str, evm: EvmAdapter, replica: Replica, config: BridgeConfig, settings: Settings, after_step=None) -> None:
+        self.evm, self.replica = evm, replica
+        self.after_step = after_step
+        self.indexer = Indexer(
+            name,
+            evm,
+            replica.engine,
+            replica,
+            selector=EvmLogFilter(address=config.bridge),
+            confirmations=settings.evm.confirmations,
+            batch_blocks=settings.indexer.batch_blocks,
+            poll_interval=settings.indexer.poll_interval,
+            start_height=config.deploy_block,
+        )
+        self.poll_interval = settings.indexer.poll_interval
+
+    async def run(self, stop: asyncio.Event) -> None:
+        failures = 0
+        while not stop.is_set():
+            try:
+                result = await self.indexer.step()
+                if self.after_step is not None:
+                    await self.after_step()
+                failures = 0
+            except Exception as exc:
+                if not is_retryable(exc):
+                    raise
+                failures += 1
+                delay = max(DEFAULT_RETRY.delay(failures), self.poll_interval)
+                log.warning("%s: %s; retrying in %.2fs", self.indexer.name, exc, delay)
+                await wait_unless(stop, asyncio.sleep(delay))
+                continue
+            safe = None if result.head is None else result.head - self.indexer.confirmations + 1
+            if result.caught_up or (result.kind == "indexed" and safe is not None and result.to_height >= safe):
+                head = result.head if result.head is not None else -1
+                await wait_unless(stop, self.evm.wait_for_block(head, self.poll_interval))
+
+    @property
+    def height(self) -> int | None:
+        return self.indexer.stats.get("height")
+
+
+def _config(settings: Settings) -> BridgeConfig:
+    return load_bridge_config(settings.committee_config)
+
+
+async def _connect(settings: Settings, config: BridgeConfig) -> EvmAdapter:
+    evm = EvmAdapter.from_settings(settings.evm)
+    try:
+        chain_id = await evm.chain_id_int()
+        if chain_id != config.chain_id:
+            raise ConfigError(f"the EVM node is chain {chain_id}, the bridge config says {config.chain_id}")
+        if not await evm.code(config.bridge):
+            raise ConfigError(f"no bridge contract at {config.bridge} on chain {chain_id} (is this the devnet `devnet up` made?)")
+    except BaseException:
+        await evm.close()
+        raise
+    return evm
+
+
+def read_key(path: str | Path) -> bytes:
+    """A committee key file: 32 bytes as hex (``0x`` optional), one line."""
+    try:
+        raw = Path(path).read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read key file {path}: {exc.strerror}", path=str(path)) from None
+    try:
+        key = bytes.fromhex(raw.removeprefix("0x"))
+    except ValueError:
+        key = b""
+    if len(key) != 32:
+        raise ConfigError(f"key file {path} must hold 32 bytes as hex", path=str(path))
+    return key
+
+
+class AttesterDaemon:
+    name = "attester"
+
+    def __init__(self, evm: EvmAdapter, attester: Attester, config: BridgeConfig, settings: Settings) -> None:
+        self.evm, self.attester = evm, attester
+        self.clock = _ChainClock(evm)
+        attester.clock = self.clock
+        self.follower = ReplicaFollower(f"replica-{config.bridge.lower()}", evm, attester.replica, config, settings, after_step=self._sign)
+        self.metrics = Metrics("bridge_attester")
+
+    @classmethod
+    async def from_settings(
+        cls, settings: Settings, key: bytes, db_url: str | None = None, rotation: RotationPlan | None = None, approve_unpause: int | None = None
+    ) -> "AttesterDaemon":
+        config = _config(settings)
+        evm = await _connect(settings, config)
+        address = address_of(key)
+        url = db_url or f"sqlite:///{settings.data_path / f'attester-{address.hex()[:8]}.sqlite'}"
+        try:
+            replica = Replica(make_engine(url), config.replica_config())
+            store = AttestationStore(make_engine(settings.store_url))
+            attester = Attester(replica, store, key, rotation=rotation, approve_unpause=approve_unpause)
+        except BaseException:
+            await evm.close()
+            raise
+        log.info("attester 0x%s: replica %s, attestation store %s", address.hex(), url, _redact(settings.store_url))
+        return cls(evm, attester, config, settings)
+
+    async def _sign(self) -> None:
+        await self.clock.refresh()
+        signed = await asyncio.to_thread(self.attester.sign_due)
+        if signed:
+            self.metrics.inc("signed", len(signed))
+        self.metrics.set("replica_height", self.follower.height or 0)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        try:
+            await self.follower.run(stop)
+        finally:
+            await self.evm.close()
+
+
+class DelivererDaemon:
+    name = "deliverer"
+
+    def __init__(self, evm: EvmAdapter, follower: ReplicaFollower, deliverer: Deliverer, poll_interval: float) -> None:
+        self.evm, self.follower, self.deliverer = evm, follower, deliverer
+        self.poll_interval = poll_interval
+        self.metrics = Metrics("bridge_deliverer")
+        self.runtime = Runtime(
+            deliverer,
+            "delivery",
+            chains={"evm": evm},
+            observers=[follower.run, self._discover],
+            poll_interval=poll_interval,
+            max_concurrency=8,
+            after_step=lambda _id: self._gauges(),
+        )
+
+    @classmethod
+    async def from_settings(cls, settings: Settings, evm_key: str | None) -> "DelivererDaemon":
+        config = _config(settings)
+        evm = await _connect(settings, config)
+        engine = make_engine(settings.db_url)
+        replica = Replica(engine, config.replica_config())
+        store = AttestationStore(make_engine(settings.store_url))
+        follower = ReplicaFollower(f"replica-{config.bridge.lower()}", evm, replica, config, settings)
+        deliverer = Deliverer(
+            engine,
+            store,
+            replica,
+            CollateralBridge(evm, config.bridge),
+            evm_key,
+            confirmations=settings.evm.confirmations,
+            poll_interval=settings.committee.poll_interval,
+        )
+        return cls(evm, follower, deliverer, settings.committee.poll_interval)
+
+    async def _discover(self, halt: asyncio.Event) -> None:
+        while not halt.is_set():
+            try:
+                new = await asyncio.to_thread(self.deliverer.discover)
+            except Exception as exc:
+                if not is_retryable(exc):
+                    raise
+                log.warning("reading the attestation store: %s", exc)
+                new = []
+            if new:
+                self.metrics.inc("messages_seen", len(new))
+                self.runtime.nudge(new)
+            await wait_unless(halt, asyncio.sleep(self.poll_interval))
+
+    def _gauges(self) -> None:
+        for state, n in self.deliverer.counts().items():
+            self.metrics.set(f"deliveries_{state}", n)
+        self.metrics.set("replica_height", self.follower.height or 0)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        try:
+            await self.runtime.run(stop)
+        finally:
+            await self.evm.close()
+
+
+class _ChainClock:
+    """Unix time as the contract sees it: the wall clock, or the newest block's time if later
+    (a devnet whose time was moved ahead)."""
+
+    def __init__(self, evm: EvmAdapter) -> None:
+        self.evm = evm
+        self.chain_time = 0
+
+    async def refresh(self) -> None:
+        head = self.evm.announced_head() or await self.evm.head()
+        self.chain_time = max(self.chain_time, head.timestamp)
+
+    def __call__(self) -> float:
+        return max(time.time(), self.chain_time)
+
+
+def _redact(url: str) -> str:
+    """A database URL without its password, for the log."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}"
+    return url
+
+
+async def run_attester(settings: Settings, key_file: str, *, db_url: str | None = None, host: str | None = None, port: int | None = None, **kw) -> int:
+    """``bridgectl relayer run attester``: until SIGTERM/SIGINT."""
+    daemon = await AttesterDaemon.from_settings(settings, read_key(key_file), db_url, **kw)
+    return await Runner(daemon, settings, http_host=host or "127.0.0.1", http_port=port).run()
+
+
+async def run_deliverer(settings: Settings, evm_key: str | None, *, host: str | None = None, port: int | None = None) -> int:
+    """``bridgectl relayer run deliverer``: until SIGTERM/SIGINT."""
+    daemon = await DelivererDaemon.from_settings(settings, evm_key)
+    return await Runner(daemon, settings, http_host=host or "127.0.0.1", http_port=port).run()
