@@ -9,6 +9,7 @@ about half a second, so other load on the machine lowers it rather than inflatin
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 import time
@@ -128,15 +129,21 @@ def signatures() -> None:
     print(f"  verify_quorum 13-of-19: {per_s:,.0f} quorums/s ({13 * per_s:,.0f} signatures/s)")
 
 
+def contract_gas() -> None:
+    """The bridge contract's release gas, from ``bench/attest_gas.py`` (its own Anvil)."""
+    print("\n== Bridge contract: gas of a quorum release, M-of-N (bench/attest_gas.py) ==")
+    # Loaded by path: this folder is off sys.path (see above), and it is no package.
+    spec = importlib.util.spec_from_file_location("attest_gas", Path(__file__).with_name("attest_gas.py"))
+    assert spec is not None and spec.loader is not None
+    gas = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gas)
+    gas.report(*gas.figures())
+
+
 def main() -> None:
     print("bench/attest.py: committee attestations\n")
     signatures()
-    # ===================================================================================
-    # CONTRACT GAS SECTIONS GO HERE (the bridge contract engineer adds them to main()):
-    #   gas to verify M-of-N for M = 2..13 (goal <= 5k gas per extra signer; Wormhole ~8.9k,
-    #   Hyperlane 6.5-7.4k) and a whole release at 13-of-19 (goal <= 130k; Wormhole's
-    #   verification alone ~135k), each printed beside its anchor.
-    # ===================================================================================
+    contract_gas()
 
 
 if __name__ == "__main__":

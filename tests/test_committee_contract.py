@@ -1,6 +1,9 @@
 """The bridge contract (``htlc/contracts/CollateralBridge.sol``) on the real Anvil, through its binding
 (``bridge/committee/contract.py``): one named test per exploit of 2021-23 it must not allow.
 
+Every release pays an open withdrawal request: a test's release message is built from a request the
+account made first (``Env.withdrawal``), so that the rule the test names is the only one it breaks.
+
 Messages and committees are ``bridge.committee.messages``'s types, but signatures are made
 independently of its digest, with ``eth_account``'s ``encode_typed_data`` and
 ``Account.unsafe_sign_hash``: the contract must agree with them.  What an attacker would send and
@@ -15,7 +18,7 @@ from eth_account import Account
 from eth_account.messages import encode_typed_data
 from eth_utils import keccak, to_canonical_address, to_checksum_address
 
-from bridge.committee.contract import CollateralBridge
+from bridge.committee.contract import CollateralBridge, request_commitment
 from bridge.committee.messages import BTC_ASSET, MESSAGE_VERSION, Committee, Kind, Message
 from bridge.core.errors import ContractReverted
 from devnets.controls import AnvilControls
@@ -133,6 +136,14 @@ class Env:
         fields.setdefault("expiry", await self.now() + ttl)
         return forge(Message, **fields) if forged else Message(**fields)
 
+    async def withdrawal(self, amount: int = ONE_ETH, asset: str | bytes = ETH, who: str = "user", **kw) -> Message:
+        """``who`` requests a withdrawal; the RELEASE of that request (its nonce, account, asset and
+        amount; ``kw`` as for ``message``)."""
+        (event,) = self.bridge.events_in(await self.bridge.request_withdrawal(self.key(who), asset, amount))
+        assert event.name == "WithdrawalRequested"
+        kw.setdefault("account", to_canonical_address(self.parties[who].address))
+        return await self.message(amount=amount, asset=asset, nonce=event["requestNonce"], **kw)
+
     def sign(self, m: Message, committee: Committee | None = None, count: int | None = None, **kw) -> tuple[list[int], list[bytes]]:
         committee = committee or self.committee
         return self.keys.quorum(committee, digest(m, self.chain_id, self.bridge.address), count, **kw)
@@ -173,7 +184,8 @@ async def refused(reason: str, call) -> None:
 
 
 async def test_valid_3_of_4_release_pays_once_and_replay_is_refused(env):
-    m = await env.message(amount=2 * ONE_ETH)
+    m = await env.withdrawal(amount=2 * ONE_ETH)
+    assert await env.bridge.request_open(m.nonce) and not await env.bridge.released(m.nonce)
     assert await env.bridge.message_id(m) == digest(m, env.chain_id, env.bridge.address)
     account = to_checksum_address(m.account)
     before = await env.evm.balance(account)
@@ -181,36 +193,37 @@ async def test_valid_3_of_4_release_pays_once_and_replay_is_refused(env):
     assert await env.evm.balance(account) == before + 2 * ONE_ETH
     (event,) = env.bridge.events_in(receipt)
     assert (event.name, event["id"], event["account"], event["amount"]) == ("Released", digest(m, env.chain_id, env.bridge.address), account, 2 * ONE_ETH)
-    assert await env.bridge.consumed(event["id"])
+    assert await env.bridge.released(m.nonce) and not await env.bridge.request_open(m.nonce)
+    assert not await env.bridge.consumed(event["id"])  # releases are tracked by their request
     await refused("AlreadyConsumed", env.release(m))
     assert await env.evm.balance(account) == before + 2 * ONE_ETH
 
 
 async def test_all_four_signers_also_release(env):
-    m = await env.message()
+    m = await env.withdrawal()
     await env.release(m, quorum=env.sign(m, count=4))
 
 
 async def test_expired_message_refused(env):
-    m = await env.message(ttl=-1)
+    m = await env.withdrawal(ttl=-1)
     await refused("MessageExpired", env.release(m))
 
 
 async def test_m_minus_one_signers_refused(env):
-    m = await env.message()
+    m = await env.withdrawal()
     await refused("NotEnoughSignatures", env.release(m, quorum=env.sign(m, count=2)))
     await refused("NotEnoughSignatures", env.release(m, quorum=([], [])))
 
 
 async def test_duplicate_and_unsorted_indices_refused(env):
-    m = await env.message()
+    m = await env.withdrawal()
     indices, sigs = env.sign(m)
     await refused("IndicesNotAscending", env.release(m, quorum=([indices[0], indices[0], indices[1]], [sigs[0], sigs[0], sigs[1]])))
     await refused("IndicesNotAscending", env.release(m, quorum=(indices[::-1], sigs[::-1])))
 
 
 async def test_signer_outside_the_set_refused(env):
-    m = await env.message()
+    m = await env.withdrawal()
     indices, sigs = env.sign(m)
     outsider = Account.unsafe_sign_hash(digest(m, env.chain_id, env.bridge.address), SIGNER_KEYS[5]).signature
     await refused("WrongSigner", env.release(m, quorum=(indices, [sigs[0], sigs[1], bytes(outsider)])))
@@ -218,7 +231,7 @@ async def test_signer_outside_the_set_refused(env):
 
 
 async def test_non_canonical_signatures_refused(env):
-    m = await env.message()
+    m = await env.withdrawal()
     indices, sigs = env.sign(m)
     n = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
     r, s, v = sigs[0][:32], int.from_bytes(sigs[0][32:64], "big"), sigs[0][64]
@@ -229,18 +242,18 @@ async def test_non_canonical_signatures_refused(env):
 
 
 async def test_signature_for_another_chain_id_or_contract_refused(env):
-    m = await env.message()
+    m = await env.withdrawal()
     for h in (digest(m, env.chain_id + 1, env.bridge.address), digest(m, env.chain_id, env.token.address)):
         await refused("WrongSigner", env.release(m, quorum=env.keys.quorum(env.committee, h)))
     # A message naming another destination chain is refused before any signature is read.
-    other = await env.message(dest_chain_id=env.chain_id + 1)
+    other = await env.withdrawal(dest_chain_id=env.chain_id + 1)
     await refused("WrongChain", env.release(other))
 
 
 async def test_wormhole_caller_supplied_set_not_matching_the_stored_hash_refused(env):
     forged_keys = Keys(SIGNER_KEYS[4:8])
     forged = forged_keys.committee(0, 3)
-    m = await env.message()
+    m = await env.withdrawal()
     quorum = forged_keys.quorum(forged, digest(m, env.chain_id, env.bridge.address))
     await refused("UnknownCommittee", env.release(m, committee=forged, quorum=quorum))
     # The right signers with a lowered threshold or another epoch hash differently too.
@@ -250,10 +263,10 @@ async def test_wormhole_caller_supplied_set_not_matching_the_stored_hash_refused
 
 async def test_poly_kind_confusion_rotation_message_sent_to_release_refused(env):
     for kind in (Kind.ROTATION, Kind.UNPAUSE, Kind.DEPOSIT_CREDIT, Kind.SNAPSHOT_ROOT, 0, 99):
-        m = await env.message(kind=kind, forged=True)
+        m = await env.withdrawal(kind=kind, forged=True)
         await refused("WrongKind", env.release(m))
     # ... and a RELEASE message offered to rotate or unpause.
-    m = await env.message()
+    m = await env.withdrawal()
     new = env.keys.committee(1, 3)
     await refused("WrongKind", env.bridge.rotate(env.key("relayer"), m, env.committee, *env.sign(m), new))
     await env.bridge.pause(env.key("guardian"))
@@ -266,26 +279,66 @@ async def test_nomad_zero_amount_never_acts(env):
 
 
 async def test_wrong_version_refused(env):
-    m = await env.message(version=2, forged=True)
+    m = await env.withdrawal(version=2, forged=True)
     await refused("WrongVersion", env.release(m))
 
 
 async def test_release_above_the_window_cap_refused(evm):
     env = await make_env(evm, caps={ETH: ONE_ETH})
-    await env.release(await env.message(amount=ONE_ETH * 6 // 10, nonce=1))
-    await refused("CapExceeded", env.release(await env.message(amount=ONE_ETH * 6 // 10, nonce=2)))
-    await refused("CapExceeded", env.release(await env.message(amount=2 * ONE_ETH, nonce=3)))
+    await env.release(await env.withdrawal(amount=ONE_ETH * 6 // 10))
+    await refused("CapExceeded", env.release(await env.withdrawal(amount=ONE_ETH * 6 // 10)))
+    await refused("CapExceeded", env.release(await env.withdrawal(amount=2 * ONE_ETH)))
     limit, used, _ = await env.bridge.cap(ETH)
     assert (limit, used) == (ONE_ETH, ONE_ETH * 6 // 10)
-    # An asset never listed has no cap at all: BTC is never paid out here.
-    await refused("CapExceeded", env.release(await env.message(asset=BTC_ASSET, nonce=4)))
 
 
 async def test_erc20_release_pays_the_token(env):
     await env.token.mint(env.key("deployer"), env.bridge.address, 10**9)
-    m = await env.message(asset=env.token.address, amount=10**6)
+    m = await env.withdrawal(asset=env.token.address, amount=10**6)
     await env.release(m)
     assert await env.token.balance(to_checksum_address(m.account)) == 10**6
+
+
+async def test_release_must_match_an_open_request(env):
+    m = await env.withdrawal(amount=ONE_ETH)
+    stranger = to_canonical_address(env.parties["stranger"].address)
+    wrong = {
+        "more than requested": await env.message(amount=2 * ONE_ETH, nonce=m.nonce),
+        "another account": await env.message(account=stranger, nonce=m.nonce),
+        "another (listed) asset": await env.message(asset=env.token.address, nonce=m.nonce),
+    }
+    for what, bad in wrong.items():
+        with pytest.raises(ContractReverted) as caught:
+            await env.release(bad, quorum=env.sign(bad, count=4))
+        assert caught.value.reason == "RequestMismatch", what
+    never = await env.message(nonce=m.nonce + 1)
+    await refused("NoSuchRequest", env.release(never, quorum=env.sign(never, count=4)))
+    # The stranger's own request does not pay the user either.
+    theirs = await env.withdrawal(who="stranger")
+    to_user = await env.message(nonce=theirs.nonce)
+    await refused("RequestMismatch", env.release(to_user, quorum=env.sign(to_user, count=4)))
+    assert await env.bridge.request_open(m.nonce) and await env.bridge.request_open(theirs.nonce)
+    await env.release(m)
+    assert await env.bridge.released(m.nonce) and not await env.bridge.released(theirs.nonce)
+
+
+async def test_one_request_released_once_even_by_two_messages(env):
+    first = await env.withdrawal(ttl=600)
+    second = await env.message(nonce=first.nonce, ttl=1200)  # the same request, another expiry
+    assert digest(first, env.chain_id, env.bridge.address) != digest(second, env.chain_id, env.bridge.address)
+    quorums = env.sign(first, count=4), env.sign(second, count=4)
+    account = to_checksum_address(first.account)
+    before = await env.evm.balance(account)
+    await env.release(first, quorum=quorums[0])
+    await refused("AlreadyConsumed", env.release(second, quorum=quorums[1]))
+    assert await env.evm.balance(account) == before + ONE_ETH
+
+
+async def test_btc_asset_release_refused(env):
+    m = await env.withdrawal(asset=BTC_ASSET, amount=10**8)  # requested here, paid on Bitcoin
+    await refused("AssetNotListed", env.release(m, quorum=env.sign(m, count=4)))
+    assert await env.bridge.request_open(m.nonce)
+    assert (await env.bridge.cap(BTC_ASSET))[0] == 0
 
 
 # --- committee rotation -----------------------------------------------------------------------
@@ -331,7 +384,7 @@ async def test_rotation_without_quorum_refused(env):
 
 async def test_rotation_then_old_set_message_lands_within_grace_window_not_after(evm):
     env = await make_env(evm, grace=600)
-    in_flight = [await env.message(nonce=n, ttl=7200) for n in (1, 2)]
+    in_flight = [await env.withdrawal(ttl=7200) for _ in range(2)]
     quorums = [env.sign(m) for m in in_flight]  # signed by epoch 0 before the rotation
     new = Keys(SIGNER_KEYS[3:8]).committee(1, 4)
     m = await rotation(env, new)
@@ -356,17 +409,40 @@ async def test_release_while_paused_refused_and_unpause_by_quorum(env):
     assert not await env.bridge.paused()
     await env.bridge.pause(env.key("guardian"))
     assert await env.bridge.paused()
-    m = await env.message()
+    assert await env.bridge.pauses() == 1
+    m = await env.withdrawal()
     await refused("IsPaused", env.release(m))
     await refused("IsPaused", env.bridge.deposit_eth(env.key("user"), ONE_ETH))
-    unpause = await env.message(kind=Kind.UNPAUSE, amount=0, nonce=7)
+    unpause = await env.message(kind=Kind.UNPAUSE, amount=0, nonce=1)
     await refused("NotEnoughSignatures", env.bridge.unpause(env.key("relayer"), unpause, env.committee, *env.sign(unpause, count=2)))
     await env.bridge.unpause(env.key("stranger"), unpause, env.committee, *env.sign(unpause))
     assert not await env.bridge.paused()
     await env.release(m)
     # The same unpause message cannot lift a later pause.
     await env.bridge.pause(env.key("guardian"))
-    await refused("AlreadyConsumed", env.bridge.unpause(env.key("relayer"), unpause, env.committee, *env.sign(unpause)))
+    await refused("WrongPause", env.bridge.unpause(env.key("relayer"), unpause, env.committee, *env.sign(unpause)))
+    assert await env.bridge.paused()
+
+
+async def test_unpause_signed_for_an_earlier_pause_cannot_lift_a_later_one(env):
+    relayer, guardian = env.key("relayer"), env.key("guardian")
+    await env.bridge.pause(guardian)
+    first = await env.message(kind=Kind.UNPAUSE, amount=0, nonce=1, ttl=600)
+    also_first = await env.message(kind=Kind.UNPAUSE, amount=0, nonce=1, ttl=1200)  # signed, never used
+    held = env.sign(also_first)
+    await env.bridge.unpause(relayer, first, env.committee, *env.sign(first))
+    await env.bridge.pause(guardian)
+    assert (await env.bridge.paused(), await env.bridge.pauses()) == (True, 2)
+    # Neither message of the first pause lifts the second, even by a full quorum; nor one for a pause to come.
+    await refused("WrongPause", env.bridge.unpause(relayer, also_first, env.committee, *held))
+    await refused("WrongPause", env.bridge.unpause(relayer, also_first, env.committee, *env.sign(also_first, count=4)))
+    ahead = await env.message(kind=Kind.UNPAUSE, amount=0, nonce=3)
+    await refused("WrongPause", env.bridge.unpause(relayer, ahead, env.committee, *env.sign(ahead)))
+    assert await env.bridge.paused()
+    second = await env.message(kind=Kind.UNPAUSE, amount=0, nonce=2)
+    await env.bridge.unpause(relayer, second, env.committee, *env.sign(second))
+    assert not await env.bridge.paused()
+    await refused("NotPaused", env.bridge.unpause(relayer, second, env.committee, *env.sign(second)))
 
 
 async def test_pause_by_a_non_guardian_refused(env):
@@ -385,8 +461,15 @@ async def test_eth_deposit_credited_and_withdrawal_requested(env):
     receipt = await env.bridge.request_withdrawal(env.key("user"), ETH, ONE_ETH // 2)
     (event,) = env.bridge.events_in(receipt)
     assert (event.name, event["account"], event["amount"], event["requestNonce"]) == ("WithdrawalRequested", env.parties["user"].address, ONE_ETH // 2, 0)
+    assert await env.bridge.request_commitment(0) == request_commitment(env.parties["user"].address, ETH, ONE_ETH // 2)
+    assert await env.bridge.request_open(0) and not await env.bridge.released(0)
+    assert not await env.bridge.request_open(1) and not await env.bridge.released(1)
     await refused("ZeroAmount", env.bridge.request_withdrawal(env.key("user"), ETH, 0))
-    assert [e.name for e in await env.bridge.events()] == ["Deposited", "WithdrawalRequested"]
+    # Any asset may be requested: BTC is requested here and paid on Bitcoin.
+    (event,) = env.bridge.events_in(await env.bridge.request_withdrawal(env.key("user"), BTC_ASSET, 10**8))
+    assert (event["asset"], event["amount"], event["requestNonce"]) == (to_checksum_address(BTC_ASSET), 10**8, 1)
+    assert await env.bridge.request_nonce() == 2
+    assert [e.name for e in await env.bridge.events()] == ["Deposited", "WithdrawalRequested", "WithdrawalRequested"]
 
 
 async def test_qubit_deposits_of_zero_address_codeless_token_or_zero_refused(env):

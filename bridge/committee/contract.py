@@ -4,8 +4,14 @@
     committee = Committee(0, signers, 3)                     # messages.Committee: 20-byte signers, ascending
     bridge = await CollateralBridge.deploy(chain, key, committee, guardians=[g], caps={ETH: 10**20})
     await bridge.deposit_eth(user_key, 10**18)               # -> Deposited
-    await bridge.release(relayer_key, message, committee, indices, signatures)
+    await bridge.request_withdrawal(user_key, ETH, 10**18)   # -> WithdrawalRequested, request nonce n
+    await bridge.release(relayer_key, message, committee, indices, signatures)  # message.nonce == n
     await bridge.events()                                    # decoded, in chain order
+
+A RELEASE pays exactly one open withdrawal request: its nonce is the request's, its account, asset
+and amount the request's (else ``RequestMismatch``, ``NoSuchRequest``, or ``AlreadyConsumed`` once
+released); ``request_open`` and ``released`` tell a request's state.  An UNPAUSE's nonce is the
+number of the pause it lifts (``pauses()`` while paused, else ``WrongPause``).
 
 A quorum is given as the signer indices (ascending, into ``committee.signers``) and one 65-byte
 ``r || s || v`` signature per index; the binding packs them into the contract's ``quorum`` bytes
@@ -24,7 +30,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import Any, Iterable, Mapping, Sequence
 
-from eth_utils import is_address, to_checksum_address
+from eth_utils import is_address, keccak, to_canonical_address, to_checksum_address
 
 from bridge.committee.messages import Committee, Message, pack_committee
 from bridge.core.errors import ContractReverted, InputError
@@ -53,6 +59,14 @@ def committee_args(c: Committee) -> tuple[bytes]:
     if not isinstance(c, Committee):
         raise InputError(f"not a bridge.committee.messages.Committee: {type(c).__name__}")
     return (pack_committee(c.epoch, c.signers, c.threshold),)
+
+
+def request_commitment(account: str | bytes, asset: str | bytes, amount: int) -> bytes:
+    """What ``requestWithdrawal`` stores for a request: keccak256(abi.encode(account, asset, amount))."""
+    if type(amount) is not int or not 0 <= amount < 1 << 256:
+        raise InputError(f"amount is not a uint256: {amount!r}", field="amount")
+    words = (to_canonical_address(_address(a, what)).rjust(32, b"\0") for a, what in ((account, "account"), (asset, "asset")))
+    return keccak(b"".join(words) + amount.to_bytes(32, "big"))
 
 
 def pack_quorum(indices: Sequence[int], signatures: Sequence[bytes]) -> bytes:
@@ -187,7 +201,29 @@ class CollateralBridge:
     async def paused(self) -> bool:
         return await self._read("paused")
 
+    async def pauses(self) -> int:
+        """Pauses so far; while paused, the nonce of the UNPAUSE that lifts the current one."""
+        return await self._read("pauses")
+
+    async def request_nonce(self) -> int:
+        """The nonce the next withdrawal request gets (so the number of requests so far)."""
+        return await self._read("requestNonce")
+
+    async def request_commitment(self, nonce: int) -> bytes:
+        """The open request's ``request_commitment(account, asset, amount)``; zero bytes once
+        released, or for a request never made."""
+        return await self._read("requests", nonce)
+
+    async def request_open(self, nonce: int) -> bool:
+        """Whether withdrawal request ``nonce`` was made and is not released yet."""
+        return await self.request_commitment(nonce) != bytes(32)
+
+    async def released(self, nonce: int) -> bool:
+        """Whether withdrawal request ``nonce`` was released on this chain."""
+        return await self._read("released", nonce)
+
     async def consumed(self, message_id: bytes) -> bool:
+        """Whether a ROTATION's or an UNPAUSE's id acted; always false for a RELEASE (see ``released``)."""
         return await self._read("consumed", _bytes32(message_id, "message id"))
 
     async def message_id(self, message: Message) -> bytes:
@@ -272,4 +308,4 @@ def _bytes32(value: Any, what: str) -> bytes:
     return bytes(value)
 
 
-__all__ = ["ETH", "BridgeEvent", "CollateralBridge", "committee_args", "decode_events", "message_tuple", "pack_quorum"]
+__all__ = ["ETH", "BridgeEvent", "CollateralBridge", "committee_args", "decode_events", "message_tuple", "pack_quorum", "request_commitment"]

@@ -15,12 +15,23 @@ pragma solidity 0.8.37;
 /// is passed PACKED, to save calldata (about 1.5k gas per signature against `uint8[]` + `bytes[]`):
 ///     quorum = entry_0 || entry_1 || ...   each entry 66 bytes: index (1) || r (32) || s (32) || v (1)
 /// with strictly ascending indices into `signers`, at least M entries, exactly one `ecrecover` each,
-/// v in {27, 28}, s <= secp256k1n / 2, and a recovered zero address refused.
+/// v in {27, 28}, s <= secp256k1n / 2, and a failed recovery (no address, or zero) refused.
 ///
 /// Entry points and the only message kind each accepts: release RELEASE, rotate ROTATION,
 /// unpause UNPAUSE.  There is no owner and no other admin function: deposits are open, the
 /// guardians can only pause, and everything else needs a quorum message of the right kind.
-/// A message is valid while block.timestamp < expiry; its id (the EIP-712 digest) acts once.
+/// A message is valid while block.timestamp < expiry.
+///
+/// A RELEASE pays out one open withdrawal request: its nonce is the request's nonce, and its
+/// account, asset and amount must be the request's (`requestWithdrawal` stores their hash under
+/// the nonce); the request is then deleted, so it is paid at most once whatever messages a
+/// quorum signed for it, and never more than its account asked for.  `consumed` is not used
+/// for releases (`released(nonce)` tells).  A ROTATION or an UNPAUSE acts once by its id (the
+/// EIP-712 digest, `consumed`); an UNPAUSE's nonce is the number of the pause it lifts
+/// (`pauses` after that pause), so one signed for an earlier pause cannot lift a later one.
+/// Only listed assets are released, each under its per-window cap; BTC (`BTC_ASSET`) is
+/// requested here but never listed: it is paid on Bitcoin.
+///
 /// Over 400 lines as one contract on purpose: the checks of every entry point share the committee and pause state.
 contract CollateralBridge {
     /// The one message struct of every kind (EIP-712 type `Message`).
@@ -80,9 +91,14 @@ contract CollateralBridge {
     uint64 public epoch;
     uint64 public previousValidUntil; // previousCommitteeHash is valid while block.timestamp < this
     bool public paused;
+    uint64 public pauses; // pauses so far: an UNPAUSE names the one it lifts (same slot as `paused`)
     uint64 public depositNonce;
     uint64 public requestNonce;
 
+    /// Open withdrawal requests: keccak256(abi.encode(account, asset, amount)) by request nonce,
+    /// deleted when released (zero: never requested, or released).
+    mapping(uint64 requestNonce => bytes32 commitment) public requests;
+    /// ROTATION and UNPAUSE ids that acted (releases are tracked by `requests` instead).
     mapping(bytes32 id => bool) public consumed;
     mapping(address asset => Cap) private assetCaps;
     address[] private listedAssets;
@@ -123,6 +139,9 @@ contract CollateralBridge {
     error WrongChain();
     error MessageExpired();
     error AlreadyConsumed();
+    error NoSuchRequest();
+    error RequestMismatch();
+    error WrongPause();
     error ZeroAmount();
     error ZeroAccount();
     error CapExceeded();
@@ -203,10 +222,12 @@ contract CollateralBridge {
     }
 
     /// @notice Ask the committee to release `amount` of `asset` from the sender's margin account;
-    /// the replicas decide.  BTC (`BTC_ASSET`) is requested here too.
+    /// the replicas decide.  BTC (`BTC_ASSET`) is requested here too (and paid on Bitcoin), so any
+    /// asset is accepted.  The request is recorded: a RELEASE can pay nothing else.
     function requestWithdrawal(address asset, uint256 amount) external {
         if (amount == 0) revert ZeroAmount();
         uint64 n = requestNonce++;
+        requests[n] = keccak256(abi.encode(msg.sender, asset, amount));
         emit WithdrawalRequested(msg.sender, asset, amount, n);
     }
 
@@ -224,8 +245,9 @@ contract CollateralBridge {
 
     // --- quorum messages ---------------------------------------------------------------------
 
-    /// @notice Pay `m.amount` of `m.asset` to `m.account` on a RELEASE message signed by a quorum
-    /// of the current committee, or of the previous one within its grace window.
+    /// @notice Pay the open withdrawal request `m.nonce` (`m.amount` of `m.asset` to `m.account`,
+    /// as requested) on a RELEASE message signed by a quorum of the current committee, or of the
+    /// previous one within its grace window; the request is closed.
     function release(Message calldata m, bytes calldata committee, bytes calldata quorum) external nonReentrant {
         if (m.kind != KIND_RELEASE) revert WrongKind();
         if (m.amount == 0) revert ZeroAmount();
@@ -233,10 +255,13 @@ contract CollateralBridge {
         address asset = m.asset;
         Cap memory cap = assetCaps[asset]; // one slot: the cap and the pause flag
         if (cap.paused) revert IsPaused();
-        bytes32 id = _accept(m, committee, quorum, true);
+        if (cap.limit == 0) revert AssetNotListed(); // BTC_ASSET among them: paid on Bitcoin
+        bytes32 id = _checkMessage(m, committee, true);
+        _closeRequest(m);
+        _verifyQuorum(id, committee, quorum);
         _spendCap(asset, cap, m.amount);
-        emit Released(id, m.account, m.asset, m.amount);
-        _pay(m.asset, m.account, m.amount);
+        emit Released(id, m.account, asset, m.amount);
+        _pay(asset, m.account, m.amount);
     }
 
     /// @notice Replace the committee on a ROTATION message signed by a quorum of the current one;
@@ -247,7 +272,7 @@ contract CollateralBridge {
         nonReentrant
     {
         if (m.kind != KIND_ROTATION) revert WrongKind();
-        bytes32 id = _accept(m, committee, quorum, false);
+        bytes32 id = _acceptOnce(m, committee, quorum);
         uint64 newEpoch = _checkCommittee(newCommittee);
         // `committee` hashed to the stored hash, so it is well formed.
         if (newEpoch != uint64(bytes8(committee[:8])) + 1) revert EpochNotNext();
@@ -260,20 +285,23 @@ contract CollateralBridge {
         emit Rotated(id, newEpoch, newHash, newCommittee);
     }
 
-    /// @notice Any one guardian stops deposits and releases.
+    /// @notice Any one guardian stops deposits and releases; this is pause number `pauses`.
     function pause() external {
         if (!isGuardian[msg.sender]) revert NotGuardian();
         if (paused) revert IsPaused();
         paused = true;
+        ++pauses;
         _setAssetsPaused(true);
         emit Paused(msg.sender);
     }
 
-    /// @notice Only an UNPAUSE message signed by a quorum of the current committee lifts a pause.
+    /// @notice Only an UNPAUSE message for this pause (`m.nonce == pauses`) signed by a quorum of
+    /// the current committee lifts it.
     function unpause(Message calldata m, bytes calldata committee, bytes calldata quorum) external nonReentrant {
         if (m.kind != KIND_UNPAUSE) revert WrongKind();
         if (!paused) revert NotPaused();
-        bytes32 id = _accept(m, committee, quorum, false);
+        if (m.nonce != pauses) revert WrongPause();
+        bytes32 id = _acceptOnce(m, committee, quorum);
         paused = false;
         _setAssetsPaused(false);
         emit Unpaused(id);
@@ -311,6 +339,12 @@ contract CollateralBridge {
         return digest;
     }
 
+    /// @notice Whether withdrawal request `nonce` was released here (false while open, and for
+    /// one never made).
+    function released(uint64 nonce) external view returns (bool) {
+        return nonce < requestNonce && requests[nonce] == 0;
+    }
+
     /// @notice A packed committee's hash (no checks of its rules: see `_checkCommittee`).
     function hashCommittee(bytes calldata committee) external pure returns (bytes32) {
         return keccak256(committee);
@@ -318,9 +352,22 @@ contract CollateralBridge {
 
     // --- internals -----------------------------------------------------------------------------
 
-    /// Checks everything every quorum message needs and records its id as consumed.
-    function _accept(Message calldata m, bytes calldata committee, bytes calldata quorum, bool previousAllowed)
+    /// A ROTATION's or an UNPAUSE's checks: the message's, its quorum's, and that its id acts once.
+    function _acceptOnce(Message calldata m, bytes calldata committee, bytes calldata quorum)
         private
+        returns (bytes32 id)
+    {
+        id = _checkMessage(m, committee, false);
+        if (consumed[id]) revert AlreadyConsumed();
+        _verifyQuorum(id, committee, quorum);
+        consumed[id] = true;
+    }
+
+    /// What every quorum message needs but its signatures: version, destination, expiry and a
+    /// known committee.  Returns the message's id, which the quorum must have signed.
+    function _checkMessage(Message calldata m, bytes calldata committee, bool previousAllowed)
+        private
+        view
         returns (bytes32 id)
     {
         if (m.version != MESSAGE_VERSION) revert WrongVersion();
@@ -332,14 +379,24 @@ contract CollateralBridge {
             if (block.timestamp >= previousValidUntil) revert CommitteeExpired();
         }
         id = messageId(m);
-        if (consumed[id]) revert AlreadyConsumed();
-        _verifyQuorum(id, committee, quorum);
-        consumed[id] = true;
+    }
+
+    /// A RELEASE must name an open request exactly (nonce, account, asset, amount); it closes it,
+    /// so no two messages ever pay one request.
+    function _closeRequest(Message calldata m) private {
+        uint64 n = m.nonce;
+        bytes32 open = requests[n];
+        if (open != keccak256(abi.encode(m.account, m.asset, m.amount))) {
+            if (open != 0) revert RequestMismatch();
+            if (n < requestNonce) revert AlreadyConsumed(); // released before
+            revert NoSuchRequest();
+        }
+        delete requests[n];
     }
 
     /// The loop is assembly to keep each extra signature near its floor (ecrecover's 3,000 plus the
     /// entry's calldata): signer addresses are read from the packed committee's raw calldata, which
-    /// is sound because `_accept` matched those bytes against the stored hash first (so the
+    /// is sound because `_checkMessage` matched those bytes against the stored hash first (so the
     /// committee is one `_checkCommittee` accepted: HEAD + 20 N bytes, N >= 1).
     function _verifyQuorum(bytes32 digest, bytes calldata committee, bytes calldata quorum) private view {
         uint256 threshold = uint8(committee[8]);
@@ -348,45 +405,46 @@ contract CollateralBridge {
         if (count < threshold) revert NotEnoughSignatures();
         uint256 failure;
         assembly ("memory-safe") {
-            let buf := mload(0x40) // scratch beyond the free pointer: digest, v, r, s
+            // The precompile's input beyond the free pointer (digest, v, r, s), its output in the
+            // scratch space.
+            let buf := mload(0x40)
             mstore(buf, digest)
+            let vAt := add(buf, 0x20)
+            let rAt := add(buf, 0x40)
+            let sAt := add(buf, 0x60)
             let n := div(sub(committee.length, HEAD), 20)
             let base := add(committee.offset, HEAD)
             let nextAllowed := 0
             let p := quorum.offset
             for { let end := add(p, mul(count, ENTRY)) } lt(p, end) { p := add(p, ENTRY) } {
                 let idx := byte(0, calldataload(p))
-                if lt(idx, nextAllowed) {
-                    failure := 0x01
-                    break
-                }
-                if iszero(lt(idx, n)) {
-                    failure := 0x02
-                    break
-                }
                 let s := calldataload(add(p, 33))
-                if gt(s, HALF_N) {
-                    failure := 0x03
-                    break
-                }
                 let v := byte(0, calldataload(add(p, 65)))
-                if iszero(or(eq(v, 27), eq(v, 28))) {
-                    failure := 0x04
-                    break
-                }
-                mstore(add(buf, 0x20), v)
-                mstore(add(buf, 0x40), calldataload(add(p, 1)))
-                mstore(add(buf, 0x60), s)
-                // The precompile returns nothing when no key recovers (Yul evaluates arguments
-                // right to left, so the size is read in a statement of its own).
-                let ok := staticcall(gas(), 1, buf, 0x80, add(buf, 0x80), 0x20)
-                let who := mload(add(buf, 0x80))
-                if or(iszero(ok), or(iszero(eq(returndatasize(), 0x20)), iszero(who))) {
-                    failure := 0x05
-                    break
-                }
-                if iszero(eq(who, shr(96, calldataload(add(base, mul(idx, 20)))))) {
+                mstore(vAt, v)
+                mstore(rAt, calldataload(add(p, 1)))
+                mstore(sAt, s)
+                // The precompile returns nothing when no key recovers, leaving stale memory: its
+                // return size is read after the call (Yul evaluates arguments right to left).
+                pop(staticcall(gas(), 1, buf, 0x80, 0, 0x20))
+                // One branch for all of an entry's checks (the recovery is made even for an entry
+                // that fails another: it is refused all the same); which failed is sorted out below.
+                if or(
+                    or(lt(idx, nextAllowed), iszero(lt(idx, n))),
+                    or(
+                        or(gt(s, HALF_N), gt(sub(v, 27), 1)),
+                        or(
+                            iszero(returndatasize()),
+                            iszero(eq(mload(0), shr(96, calldataload(add(base, mul(idx, 20))))))
+                        )
+                    )
+                ) {
+                    // The first failed check in the order the errors are listed in.
                     failure := 0x06
+                    if or(iszero(returndatasize()), iszero(mload(0))) { failure := 0x05 }
+                    if gt(sub(v, 27), 1) { failure := 0x04 }
+                    if gt(s, HALF_N) { failure := 0x03 }
+                    if iszero(lt(idx, n)) { failure := 0x02 }
+                    if lt(idx, nextAllowed) { failure := 0x01 }
                     break
                 }
                 nextAllowed := add(idx, 1)
