@@ -21,11 +21,26 @@ T = TypeVar("T")
 log = logging.getLogger("bridge.core.retry")
 
 
+#: Database errors that say "another writer was first; the same transaction again can succeed":
+#: SQLite's busy/locked, PostgreSQL's serialization failure, deadlock and lock timeout.
+_TRANSIENT_DB = ("database is locked", "database table is locked", "database is busy")
+_TRANSIENT_PGCODES = {"40001", "40P01", "55P03"}
+
+
 def is_retryable(exc: BaseException) -> bool:
     if isinstance(exc, BridgeError):
         return exc.retryable
+    if _is_transient_db(exc):
+        return True
     # Transport failures below our own error mapping (aiohttp, sockets) are transient.
     return isinstance(exc, (ConnectionError, asyncio.TimeoutError, TimeoutError))
+
+
+def _is_transient_db(exc: BaseException) -> bool:
+    orig = getattr(exc, "orig", exc)  # SQLAlchemy wraps the driver's error
+    if getattr(orig, "pgcode", None) in _TRANSIENT_PGCODES:
+        return True
+    return type(orig).__name__ == "OperationalError" and any(t in str(orig).lower() for t in _TRANSIENT_DB)
 
 
 @dataclass(frozen=True)
