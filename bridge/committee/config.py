@@ -25,10 +25,10 @@ from typing import Any
 
 from eth_utils import is_address, to_checksum_address
 
-from bridge.committee.messages import Committee, CommitteeRefused, Domain
+from bridge.committee.messages import BTC_ASSET, Committee, CommitteeRefused, Domain
 from bridge.committee.replica import DEFAULT_RELEASE_TTL, ReplicaConfig
 from bridge.core.errors import ConfigError
-from bridge.ledger.assets import Asset, erc20, eth
+from bridge.ledger.assets import Asset, btc, erc20, eth
 
 __all__ = ["BridgeConfig", "load_bridge_config"]
 
@@ -63,13 +63,16 @@ class BridgeConfig:
 
     def symbol_of(self, address: bytes | str) -> str:
         hexed = ("0x" + address.hex()) if isinstance(address, bytes) else address
+        if hexed.lower() == "0x" + BTC_ASSET.hex():
+            return "BTC"
         for name, (addr, _decimals) in self.assets.items():
             if addr.lower() == hexed.lower():
                 return name
         return hexed
 
     def replica_config(self) -> ReplicaConfig:
-        assets = {bytes.fromhex(addr[2:]): self.ledger_asset(sym) for sym, (addr, _d) in self.assets.items()}
+        # BTC is never listed on the contract (it is paid on Bitcoin) but is margin all the same.
+        assets = {BTC_ASSET: btc(), **{bytes.fromhex(addr[2:]): self.ledger_asset(sym) for sym, (addr, _d) in self.assets.items()}}
         return ReplicaConfig(self.domain, assets, self.committee, self.grace, self.release_ttl)
 
     def to_json(self) -> dict[str, Any]:

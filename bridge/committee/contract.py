@@ -166,10 +166,17 @@ class CollateralBridge:
     async def pause(self, key: str) -> EvmReceipt:
         return await self._transact(key, "pause")
 
+    async def register_btc_key(self, key: str) -> EvmReceipt:
+        """Register the sender's own public key: the refund key of its Bitcoin deposit address."""
+        return await self._transact(key, "registerBtcKey", evm_public_key(key))
+
     # --- quorum messages (any relayer's key may send them) ---
 
     async def release(self, key: str, message: Message, committee: Committee, indices: Sequence[int], signatures: Sequence[bytes]) -> EvmReceipt:
         return await self._transact(key, "release", *self._quorum_args(message, committee, indices, signatures))
+
+    async def credit_deposit(self, key: str, message: Message, committee: Committee, indices: Sequence[int], signatures: Sequence[bytes]) -> EvmReceipt:
+        return await self._transact(key, "creditDeposit", *self._quorum_args(message, committee, indices, signatures))
 
     async def rotate(self, key: str, message: Message, committee: Committee, indices: Sequence[int], signatures: Sequence[bytes], new: Committee) -> EvmReceipt:
         args = self._quorum_args(message, committee, indices, signatures)
@@ -222,6 +229,10 @@ class CollateralBridge:
         """Whether withdrawal request ``nonce`` was released on this chain."""
         return await self._read("released", nonce)
 
+    async def credited_output(self, txid: bytes, vout: int) -> bool:
+        """Whether the Bitcoin output was credited (``txid`` as a message's ``source_tx``)."""
+        return await self._read("creditedOutput", _bytes32(txid, "txid"), vout)
+
     async def consumed(self, message_id: bytes) -> bool:
         """Whether a ROTATION's or an UNPAUSE's id acted; always false for a RELEASE (see ``released``)."""
         return await self._read("consumed", _bytes32(message_id, "message id"))
@@ -267,6 +278,14 @@ class CollateralBridge:
             return await self.chain.wait_for_receipt(await self.chain.transact(key, self.address, value, data))
         except ContractReverted as exc:
             raise _named(exc, name) from None
+
+
+def evm_public_key(key: str | bytes) -> bytes:
+    """The 64-byte public key (x || y) of an EVM private key, as ``registerBtcKey`` takes it."""
+    import coincurve
+
+    raw = bytes.fromhex(key.removeprefix("0x")) if isinstance(key, str) else bytes(key)
+    return coincurve.PrivateKey(raw).public_key.format(compressed=False)[1:]
 
 
 @cache

@@ -112,6 +112,16 @@ class ReplicaFact(SQLModel, table=True):
     value: str
 
 
+class ReplicaBtcKey(SQLModel, table=True):
+    """Keys accounts registered as the refund key of their Bitcoin deposit addresses."""
+
+    __tablename__ = "replica_btc_key"
+
+    account: str = Field(primary_key=True)  # 0x + 40 hex, lowercase
+    pubkey: str = Field(primary_key=True)  # compressed, hex
+    block_height: int
+
+
 class ReplicaAnomaly(SQLModel, table=True):
     __tablename__ = "replica_anomaly"
 
@@ -121,7 +131,7 @@ class ReplicaAnomaly(SQLModel, table=True):
     detail: str
 
 
-TABLES = [ReplicaRequest.__table__, ReplicaCommittee.__table__, ReplicaFact.__table__, ReplicaAnomaly.__table__]
+TABLES = [ReplicaRequest.__table__, ReplicaCommittee.__table__, ReplicaFact.__table__, ReplicaBtcKey.__table__, ReplicaAnomaly.__table__]
 
 
 def owner_of(address: bytes | str) -> str:
@@ -313,6 +323,23 @@ class Replica:
             booked = Transfer(ids.evm_log(*_where(event)), source.id, custody.id, event["amount"], cause="unexplained release")
             self.ledger.apply_in(conn, [booked], block.timestamp)
 
+    def _on_Credited(self, conn: Connection, event: BridgeEvent, block: BlockRef) -> None:
+        accounts = self._accounts(conn, owner_of(event["account"]), _raw(event["asset"]))
+        if accounts is None:
+            self._anomaly(conn, _key(event), block, "credit of an asset this replica does not list", event)
+            return
+        user, custody = accounts
+        transfer = Transfer(ids.btc_output(_raw(event["sourceTx"]).hex(), event["sourceIndex"]), custody, user, event["amount"], cause="bitcoin deposit")
+        self.ledger.apply_in(conn, [transfer], block.timestamp)
+
+    def _on_BtcKeyRegistered(self, conn: Connection, event: BridgeEvent, block: BlockRef) -> None:
+        raw = _raw(event["pubkey"])
+        compressed = bytes([2 + (raw[63] & 1)]) + raw[:32]
+        conn.execute(
+            text("INSERT INTO replica_btc_key (account, pubkey, block_height) VALUES (:a, :p, :h) ON CONFLICT DO NOTHING"),
+            {"a": owner_of(event["account"]), "p": compressed.hex(), "h": block.height},
+        )
+
     def _on_Rotated(self, conn: Connection, event: BridgeEvent, block: BlockRef) -> None:
         packed = _raw(event["committee"])
         committee = Committee.unpack(packed)
@@ -402,6 +429,14 @@ class Replica:
                 )
             ).all()
         return {(o, a): (int(cp) - int(dp), int(pend)) for o, a, cp, dp, pend in rows}
+
+    def btc_keys(self, account: str | None = None) -> list[tuple[str, bytes]]:
+        """``(account, compressed pubkey)`` registrations, oldest first."""
+        sql, params = "SELECT account, pubkey FROM replica_btc_key", {}
+        if account is not None:
+            sql, params = sql + " WHERE account = :a", {"a": account.lower()}
+        with self.engine.connect() as conn:
+            return [(a, bytes.fromhex(p)) for a, p in conn.execute(text(sql + " ORDER BY block_height, account, pubkey"), params)]
 
     def anomalies(self) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:

@@ -17,8 +17,8 @@ pragma solidity 0.8.37;
 /// with strictly ascending indices into `signers`, at least M entries, exactly one `ecrecover` each,
 /// v in {27, 28}, s <= secp256k1n / 2, and a failed recovery (no address, or zero) refused.
 ///
-/// Entry points and the only message kind each accepts: release RELEASE, rotate ROTATION,
-/// unpause UNPAUSE.  There is no owner and no other admin function: deposits are open, the
+/// Entry points and the only message kind each accepts: release RELEASE, creditDeposit
+/// DEPOSIT_CREDIT, rotate ROTATION, unpause UNPAUSE.  There is no owner and no other admin function: deposits are open, the
 /// guardians can only pause, and everything else needs a quorum message of the right kind.
 /// A message is valid while block.timestamp < expiry.
 ///
@@ -31,6 +31,13 @@ pragma solidity 0.8.37;
 /// (`pauses` after that pause), so one signed for an earlier pause cannot lift a later one.
 /// Only listed assets are released, each under its per-window cap; BTC (`BTC_ASSET`) is
 /// requested here but never listed: it is paid on Bitcoin.
+///
+/// Bitcoin-side facts enter only as quorum messages: a DEPOSIT_CREDIT credits `m.amount` sats of
+/// BTC margin to `m.account` for the Bitcoin output `m.sourceTx:m.sourceIndex` (source chain
+/// `BITCOIN_CHAIN_ID`), once per output whatever messages name it (`creditedOutput`).  The
+/// deposit address of an account is derived from the committee's keys, the account and the
+/// account's own public key, which the account registers here (`registerBtcKey`: the key must be
+/// the sender's, checked by hashing it to the sender's address).
 ///
 /// Over 400 lines as one contract on purpose: the checks of every entry point share the committee and pause state.
 contract CollateralBridge {
@@ -67,6 +74,8 @@ contract CollateralBridge {
     uint8 public constant KIND_ROTATION = 5;
     uint8 public constant KIND_UNPAUSE = 6;
     uint8 public constant KIND_SNAPSHOT_ROOT = 7;
+    /// Bitcoin as a message's source chain.
+    uint64 public constant BITCOIN_CHAIN_ID = 0;
     /// BTC's asset sentinel: the last 20 bytes of keccak256("BTC").  Never paid out here.
     address public constant BTC_ASSET = address(uint160(uint256(keccak256("BTC"))));
 
@@ -100,6 +109,8 @@ contract CollateralBridge {
     mapping(uint64 requestNonce => bytes32 commitment) public requests;
     /// ROTATION and UNPAUSE ids that acted (releases are tracked by `requests` instead).
     mapping(bytes32 id => bool) public consumed;
+    /// Bitcoin outputs credited: keccak256(abi.encode(txid, vout)).
+    mapping(bytes32 output => bool) private creditedOutputs;
     mapping(address asset => Cap) private assetCaps;
     address[] private listedAssets;
     mapping(address => bool) public isGuardian;
@@ -109,6 +120,8 @@ contract CollateralBridge {
     event Deposited(address indexed account, address indexed asset, uint256 amount, uint64 depositNonce);
     event WithdrawalRequested(address indexed account, address indexed asset, uint256 amount, uint64 requestNonce);
     event Released(bytes32 indexed id, address indexed account, address indexed asset, uint256 amount);
+    event Credited(bytes32 indexed id, address indexed account, address indexed asset, uint256 amount, bytes32 sourceTx, uint32 sourceIndex);
+    event BtcKeyRegistered(address indexed account, bytes pubkey);
     event Rotated(bytes32 indexed id, uint64 indexed epoch, bytes32 committeeHash, bytes committee);
     event Paused(address indexed guardian);
     event Unpaused(bytes32 indexed id);
@@ -149,6 +162,8 @@ contract CollateralBridge {
     error NotPaused();
     error NotGuardian();
     // Deposits and setup.
+    error WrongAsset();
+    error NotYourKey();
     error ZeroAddressToken();
     error NotAContract();
     error AssetNotListed();
@@ -243,7 +258,31 @@ contract CollateralBridge {
         emit Deposited(msg.sender, asset, amount, n);
     }
 
+    /// @notice Register the sender's public key (64 bytes, uncompressed without the 0x04 prefix):
+    /// the refund key of its Bitcoin deposit address.  Only the sender's own key hashes to it.
+    function registerBtcKey(bytes calldata pubkey) external {
+        if (pubkey.length != 64 || address(uint160(uint256(keccak256(pubkey)))) != msg.sender) revert NotYourKey();
+        emit BtcKeyRegistered(msg.sender, pubkey);
+    }
+
     // --- quorum messages ---------------------------------------------------------------------
+
+    /// @notice Credit BTC margin for one Bitcoin deposit output on a DEPOSIT_CREDIT message signed
+    /// by a quorum; an output is credited once, whatever messages name it.
+    function creditDeposit(Message calldata m, bytes calldata committee, bytes calldata quorum) external nonReentrant {
+        if (m.kind != KIND_DEPOSIT_CREDIT) revert WrongKind();
+        if (m.amount == 0) revert ZeroAmount();
+        if (m.account == address(0)) revert ZeroAccount();
+        if (m.asset != BTC_ASSET) revert WrongAsset();
+        if (m.sourceChainId != BITCOIN_CHAIN_ID) revert WrongChain();
+        if (paused) revert IsPaused();
+        bytes32 id = _checkMessage(m, committee, true);
+        bytes32 output = keccak256(abi.encode(m.sourceTx, m.sourceIndex));
+        if (creditedOutputs[output]) revert AlreadyConsumed();
+        _verifyQuorum(id, committee, quorum);
+        creditedOutputs[output] = true;
+        emit Credited(id, m.account, BTC_ASSET, m.amount, m.sourceTx, m.sourceIndex);
+    }
 
     /// @notice Pay the open withdrawal request `m.nonce` (`m.amount` of `m.asset` to `m.account`,
     /// as requested) on a RELEASE message signed by a quorum of the current committee, or of the
@@ -343,6 +382,11 @@ contract CollateralBridge {
     /// one never made).
     function released(uint64 nonce) external view returns (bool) {
         return nonce < requestNonce && requests[nonce] == 0;
+    }
+
+    /// @notice Whether the Bitcoin output `txid:vout` was credited.
+    function creditedOutput(bytes32 txid, uint32 vout) external view returns (bool) {
+        return creditedOutputs[keccak256(abi.encode(txid, vout))];
     }
 
     /// @notice A packed committee's hash (no checks of its rules: see `_checkCommittee`).
