@@ -17,6 +17,9 @@ BRIDGE_CAPS = {"ETH": 1_000 * 10**18, "TUSD": 10_000_000 * 10**6}
 #: The devnet's grace window for a replaced committee, and how long a RELEASE is valid.
 BRIDGE_GRACE = 3600
 BRIDGE_RELEASE_TTL = 3600
+#: The depositor's refund path of a devnet deposit address opens this many blocks after the
+#: deposit (short, so tests and the demo can show it; on mainnet it is months).
+BTC_REFUND_DELAY = 20
 #: The devnet's ERC-20: 6 decimals like USDC/USDT, so decimal handling is exercised.
 TOKEN_SYMBOL = "TUSD"
 TOKEN_DECIMALS = 6
@@ -49,7 +52,9 @@ async def deploy_contracts(rpc_url: str, accounts: list[dict], recorded: dict | 
 
 async def deploy_bridge(chain, deployer: str, chain_id: int, contracts: dict, data_dir: Path) -> str:
     """Deploy the bridge with the devnet committee; write committee.json and the attesters' keys."""
+    from bridge.committee.btc_deposits import BtcTerms
     from bridge.committee.config import ETH_ADDRESS, BridgeConfig
+    from bridge.custody.scripts import CustodyPolicy, refund_pubkey_of_evm_key
     from bridge.committee.contract import CollateralBridge
     from bridge.committee.messages import Committee
     from devnets.keys import COMMITTEE_THRESHOLD, committee_test_keys, evm_test_keys
@@ -61,7 +66,8 @@ async def deploy_bridge(chain, deployer: str, chain_id: int, contracts: dict, da
     bridge = await CollateralBridge.deploy(
         chain, deployer, committee, guardians=[guardian], caps={addr: BRIDGE_CAPS[sym] for sym, (addr, _d) in assets.items()}, grace=BRIDGE_GRACE
     )
-    config = BridgeConfig(chain_id, bridge.address, await chain.height(), committee, BRIDGE_GRACE, BRIDGE_RELEASE_TTL, assets)
+    policy = CustodyPolicy.of([refund_pubkey_of_evm_key(k.private_key) for k in keys], COMMITTEE_THRESHOLD, BTC_REFUND_DELAY, "regtest")
+    config = BridgeConfig(chain_id, bridge.address, await chain.height(), committee, BRIDGE_GRACE, BRIDGE_RELEASE_TTL, assets, BtcTerms(policy))
     (data_dir / "committee.json").write_text(json.dumps(config.to_json(), indent=2) + "\n")
     keydir = data_dir / "committee"
     keydir.mkdir(exist_ok=True)

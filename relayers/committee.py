@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from bridge.committee.attester import Attester, RotationPlan
+from bridge.committee.btc_deposits import BtcDepositWatcher
 from bridge.committee.config import BridgeConfig, load_bridge_config
 from bridge.committee.contract import CollateralBridge
 from bridge.committee.crypto import address_of
@@ -33,6 +34,7 @@ from bridge.core.errors import ConfigError
 from bridge.core.retry import DEFAULT_RETRY, is_retryable
 from bridge.core.settings import Settings
 from bridge.runtime import Runtime
+from chains.bitcoin import BitcoinAdapter
 from chains.evm import EvmAdapter, EvmLogFilter
 from chains.heads import wait_unless
 from chains.indexer import Indexer
@@ -47,13 +49,15 @@ DEFAULT_DELIVERER_PORT = 8720
 
 
 class ReplicaFollower:
-    """A replica kept up with the chain by its indexer; ``after_step`` runs after every step
-    that folded blocks (and at every idle wake-up), outside the fold's transaction."""
+    """A replica kept up with the chains by its indexers, stepped in order (the EVM fold first, so
+    a Bitcoin deposit is matched against registrations folded up to now); ``after_step`` runs after
+    every round (and at every idle wake-up), outside the folds' transactions."""
 
     def __init__(self, name: str, evm: EvmAdapter, replica: Replica, config: BridgeConfig, settings: Settings, after_step=None) -> None:
         self.evm, self.replica = evm, replica
         self.after_step = after_step
-        self.indexer = Indexer(
+        self.poll_interval = settings.indexer.poll_interval
+        indexer = Indexer(
             name,
             evm,
             replica.engine,
@@ -64,13 +68,23 @@ class ReplicaFollower:
             poll_interval=settings.indexer.poll_interval,
             start_height=config.deploy_block,
         )
-        self.poll_interval = settings.indexer.poll_interval
+        self.indexers: list[Indexer] = [indexer]
+        self.indexer = indexer
+
+    def also(self, indexer: Indexer) -> None:
+        """Step ``indexer`` after the EVM fold in every round."""
+        self.indexers.append(indexer)
 
     async def run(self, stop: asyncio.Event) -> None:
         failures = 0
         while not stop.is_set():
+            heads: list[tuple[Indexer, int]] = []
             try:
-                result = await self.indexer.step()
+                for indexer in self.indexers:
+                    result = await indexer.step()
+                    safe = None if result.head is None else result.head - indexer.confirmations + 1
+                    if result.caught_up or (result.kind == "indexed" and safe is not None and result.to_height >= safe):
+                        heads.append((indexer, result.head if result.head is not None else -1))
                 if self.after_step is not None:
                     await self.after_step()
                 failures = 0
@@ -82,14 +96,21 @@ class ReplicaFollower:
                 log.warning("%s: %s; retrying in %.2fs", self.indexer.name, exc, delay)
                 await wait_unless(stop, asyncio.sleep(delay))
                 continue
-            safe = None if result.head is None else result.head - self.indexer.confirmations + 1
-            if result.caught_up or (result.kind == "indexed" and safe is not None and result.to_height >= safe):
-                head = result.head if result.head is not None else -1
-                await wait_unless(stop, self.evm.wait_for_block(head, self.poll_interval))
+            if len(heads) == len(self.indexers):  # every chain caught up: wait for a block of any
+                await wait_unless(stop, _any_block(heads, self.poll_interval))
 
     @property
     def height(self) -> int | None:
         return self.indexer.stats.get("height")
+
+
+async def _any_block(heads: list[tuple[Indexer, int]], timeout: float) -> None:
+    waits = [asyncio.ensure_future(indexer.adapter.wait_for_block(head, timeout)) for indexer, head in heads]
+    try:
+        await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
 
 
 def _config(settings: Settings) -> BridgeConfig:
@@ -128,11 +149,26 @@ def read_key(path: str | Path) -> bytes:
 class AttesterDaemon:
     name = "attester"
 
-    def __init__(self, evm: EvmAdapter, attester: Attester, config: BridgeConfig, settings: Settings) -> None:
-        self.evm, self.attester = evm, attester
+    def __init__(self, evm: EvmAdapter, attester: Attester, config: BridgeConfig, settings: Settings, btc: BitcoinAdapter | None = None) -> None:
+        self.evm, self.attester, self.btc = evm, attester, btc
         self.clock = _ChainClock(evm)
         attester.clock = self.clock
         self.follower = ReplicaFollower(f"replica-{config.bridge.lower()}", evm, attester.replica, config, settings, after_step=self._sign)
+        if btc is not None and attester.btc is not None:
+            watcher = attester.btc
+            self.follower.also(
+                Indexer(
+                    f"btc-deposits-{config.bridge.lower()}",
+                    btc,
+                    attester.replica.engine,
+                    watcher,
+                    selector=watcher.selector,
+                    confirmations=settings.bitcoin.confirmations,
+                    batch_blocks=settings.indexer.batch_blocks,
+                    poll_interval=settings.indexer.poll_interval,
+                    start_height=config.bitcoin_start,
+                )
+            )
         self.metrics = Metrics("bridge_attester")
 
     @classmethod
@@ -143,15 +179,19 @@ class AttesterDaemon:
         evm = await _connect(settings, config)
         address = address_of(key)
         url = db_url or f"sqlite:///{settings.data_path / f'attester-{address.hex()[:8]}.sqlite'}"
+        btc = BitcoinAdapter.from_settings(settings) if config.bitcoin is not None else None
         try:
             replica = Replica(make_engine(url), config.replica_config())
             store = AttestationStore(make_engine(settings.store_url))
-            attester = Attester(replica, store, key, rotation=rotation, approve_unpause=approve_unpause)
+            watcher = BtcDepositWatcher(replica, config.bitcoin, config.chain_id) if config.bitcoin is not None else None
+            attester = Attester(replica, store, key, rotation=rotation, approve_unpause=approve_unpause, btc=watcher)
         except BaseException:
             await evm.close()
+            if btc is not None:
+                await btc.close()
             raise
         log.info("attester 0x%s: replica %s, attestation store %s", address.hex(), url, _redact(settings.store_url))
-        return cls(evm, attester, config, settings)
+        return cls(evm, attester, config, settings, btc)
 
     async def _sign(self) -> None:
         await self.clock.refresh()
@@ -165,6 +205,8 @@ class AttesterDaemon:
             await self.follower.run(stop)
         finally:
             await self.evm.close()
+            if self.btc is not None:
+                await self.btc.close()
 
 
 class DelivererDaemon:

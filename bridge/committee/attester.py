@@ -8,6 +8,7 @@ the attester signs
   ``min_validity`` seconds left;
 * a ROTATION to the committee its operator configured (``RotationPlan``), once its replica is at
   the epoch before it;
+* the DEPOSIT_CREDIT of every Bitcoin deposit it saw at depth itself (``btc_deposits``);
 * an UNPAUSE of the pause its operator approved (``approve_unpause``: the contract's pause count),
   while its replica sees the contract paused that many times.
 
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 from sqlalchemy import text
 from sqlmodel import Field, SQLModel
 
+from bridge.committee.btc_deposits import BtcDepositWatcher
 from bridge.committee.crypto import address_of, sign
 from bridge.committee.messages import ZERO32, Committee, Kind, Message, decode_message, digest
 from bridge.committee.replica import Replica
@@ -74,6 +76,7 @@ class Attester:
         *,
         rotation: RotationPlan | None = None,
         approve_unpause: int | None = None,
+        btc: BtcDepositWatcher | None = None,
         min_validity: int = DEFAULT_MIN_VALIDITY,
         clock=time.time,
     ) -> None:
@@ -83,6 +86,7 @@ class Attester:
         self.address = address_of(key)
         self.domain = replica.config.domain
         self.rotation, self.approve_unpause = rotation, approve_unpause
+        self.btc = btc
         self.min_validity = min_validity
         self.clock = clock
         init_db(replica.engine, [AttesterSigned.__table__])
@@ -106,6 +110,8 @@ class Attester:
             return []
         self._not_member_logged = False
         todo = self._unsigned_releases(now + self.min_validity)
+        if self.btc is not None:
+            todo += [m for m in map(self.btc.credit_message, self.btc.deposits(state="seen")) if m.expiry > now + self.min_validity]
         current = self.replica.current_committee()
         if self.rotation is not None and self.rotation.committee.epoch == current.epoch + 1 and now < self.rotation.expiry:
             todo.append(self.rotation.message(self.domain.chain_id))
@@ -113,9 +119,10 @@ class Attester:
         if self.approve_unpause is not None and paused and pauses == self.approve_unpause:
             todo.append(self.unpause_message(pauses, paused_at))
         out = []
+        signed = self._signed_other() if len(todo) else set()
         for message in todo:
             mid = digest(self.domain, message)
-            if message.kind != Kind.RELEASE and self._was_signed(mid):
+            if message.kind != Kind.RELEASE and mid.hex() in signed:  # releases: filtered in SQL
                 continue
             self._put(message, mid, committee, now)
             out.append(mid)
@@ -139,9 +146,10 @@ class Attester:
             ).all()
         return [decode_message(bytes.fromhex(m)) for (m,) in rows]
 
-    def _was_signed(self, mid: bytes) -> bool:
+    def _signed_other(self) -> set[str]:
+        """Ids of the messages other than releases this key signed."""
         with self.replica.engine.connect() as conn:
-            return conn.execute(text("SELECT 1 FROM attester_signed WHERE message_id = :m"), {"m": mid.hex()}).first() is not None
+            return {r[0] for r in conn.execute(text("SELECT message_id FROM attester_signed WHERE kind <> :k"), {"k": int(Kind.RELEASE)})}
 
     def _put(self, message: Message, mid: bytes, committee: Committee, now: int) -> None:
         try:

@@ -8,7 +8,10 @@
       "grace": 3600,                     # the contract's grace window (seconds)
       "release_ttl": 3600,               # how long a RELEASE stays valid after its request
       "assets": {"ETH": {"address": "0x000...0", "decimals": 18},
-                 "TUSD": {"address": "0x...", "decimals": 6}}
+                 "TUSD": {"address": "0x...", "decimals": 6}},
+      "bitcoin": {"pubkeys": ["02...", ...], "threshold": 3,     # the committee's custody keys
+                  "refund_delay": 144, "network": "regtest",     # the depositor's refund path (blocks)
+                  "min_deposit": 10000, "credit_ttl": 604800, "start_height": 0}
     }
 
 ``bridgectl devnet up`` writes it beside ``devnet.json``; an operator elsewhere writes it once
@@ -27,7 +30,9 @@ from eth_utils import is_address, to_checksum_address
 
 from bridge.committee.messages import BTC_ASSET, Committee, CommitteeRefused, Domain
 from bridge.committee.replica import DEFAULT_RELEASE_TTL, ReplicaConfig
-from bridge.core.errors import ConfigError
+from bridge.committee.btc_deposits import DEFAULT_CREDIT_TTL, BtcTerms
+from bridge.core.errors import ConfigError, InputError
+from bridge.custody.scripts import CustodyPolicy
 from bridge.ledger.assets import Asset, btc, erc20, eth
 
 __all__ = ["BridgeConfig", "load_bridge_config"]
@@ -45,6 +50,10 @@ class BridgeConfig:
     release_ttl: int = DEFAULT_RELEASE_TTL
     #: symbol -> (checksummed address, decimals); ETH is the zero address.
     assets: dict[str, tuple[str, int]] = field(default_factory=dict)
+    #: Bitcoin custody: the committee's keys and the deposit terms (None: no BTC deposits).
+    bitcoin: BtcTerms | None = None
+    #: The Bitcoin height attesters start watching deposits from.
+    bitcoin_start: int = 0
 
     @property
     def domain(self) -> Domain:
@@ -88,6 +97,7 @@ class BridgeConfig:
             "grace": self.grace,
             "release_ttl": self.release_ttl,
             "assets": {sym: {"address": addr, "decimals": dec} for sym, (addr, dec) in self.assets.items()},
+            **({"bitcoin": _btc_json(self.bitcoin, self.bitcoin_start)} if self.bitcoin is not None else {}),
         }
 
     @classmethod
@@ -122,6 +132,21 @@ class BridgeConfig:
             assets[symbol] = (address(need(spec, "address", str, f"assets.{symbol}.address"), f"assets.{symbol}.address"), decimals)
         if not assets:
             raise ConfigError(f"{where}: no assets listed", field="assets")
+        terms, start = None, 0
+        if "bitcoin" in data:
+            spec = need(data, "bitcoin", dict, "bitcoin")
+            try:
+                keys = [bytes.fromhex(k) for k in need(spec, "pubkeys", list, "bitcoin.pubkeys")]
+                policy = CustodyPolicy.of(
+                    keys,
+                    need(spec, "threshold", int, "bitcoin.threshold"),
+                    need(spec, "refund_delay", int, "bitcoin.refund_delay"),
+                    spec.get("network", "regtest"),
+                )
+            except (ValueError, TypeError, InputError) as exc:
+                raise ConfigError(f"{where}: bitcoin custody refused: {getattr(exc, 'message', exc)}", field="bitcoin") from None
+            terms = BtcTerms(policy, spec.get("min_deposit", 10_000), spec.get("credit_ttl", DEFAULT_CREDIT_TTL))
+            start = spec.get("start_height", 0)
         try:
             return cls(
                 chain_id=need(data, "chain_id", int, "chain_id"),
@@ -131,9 +156,24 @@ class BridgeConfig:
                 grace=data.get("grace", 3600),
                 release_ttl=data.get("release_ttl", DEFAULT_RELEASE_TTL),
                 assets=assets,
+                bitcoin=terms,
+                bitcoin_start=start,
             )
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"{where}: {exc}") from None
+
+
+def _btc_json(terms: BtcTerms, start: int) -> dict[str, Any]:
+    p = terms.policy
+    return {
+        "pubkeys": [k.hex() for k in p.pubkeys],
+        "threshold": p.threshold,
+        "refund_delay": p.refund_delay,
+        "network": p.network,
+        "min_deposit": terms.min_deposit,
+        "credit_ttl": terms.credit_ttl,
+        "start_height": start,
+    }
 
 
 def load_bridge_config(path: str | Path) -> BridgeConfig:

@@ -26,13 +26,15 @@ from typing import AsyncIterator, Sequence
 
 from eth_account import Account
 
+from bridge.committee.btc_deposits import BtcTerms
 from bridge.committee.config import ETH_ADDRESS, BridgeConfig
 from bridge.committee.contract import CollateralBridge
 from bridge.committee.crypto import address_of
 from bridge.committee.messages import Committee
 from bridge.committee.replica import Replica
 from bridge.core.db import make_engine
-from bridge.core.settings import CommitteeSettings, EvmSettings, IndexerSettings, Settings
+from bridge.core.settings import BitcoinSettings, CommitteeSettings, EvmSettings, IndexerSettings, Settings
+from bridge.custody.scripts import CustodyPolicy, refund_pubkey_of_evm_key
 from chains.evm import EvmAdapter
 from devnets.controls import AnvilControls
 from devnets.presets import ONE_ETH
@@ -65,11 +67,19 @@ class TestBridge:
     def committee(self) -> Committee:
         return self.config.committee
 
-    def settings(self, where: Path, store_url: str | None = None, database_url: str | None = None, confirmations: int = 1) -> Settings:
+    def settings(
+        self, where: Path, store_url: str | None = None, database_url: str | None = None, confirmations: int = 1, regtest=None, btc_confirmations: int = 1
+    ) -> Settings:
         """A daemon's settings: its data dir, this bridge's committee.json, the attestation store
-        (default: the bridge database under ``where``)."""
+        (default: the bridge database under ``where``); with ``regtest``, that Bitcoin node."""
         where.mkdir(parents=True, exist_ok=True)
+        bitcoin = BitcoinSettings(confirmations=btc_confirmations)
+        if regtest is not None:
+            user, password = regtest.rpc_auth
+            host, port = regtest.rpc_url.removeprefix("http://").rstrip("/").split(":")
+            bitcoin = BitcoinSettings(rpc_host=host, rpc_port=int(port), rpc_user=user, rpc_password=password, confirmations=btc_confirmations)
         return Settings(
+            bitcoin=bitcoin,
             data_dir=str(where),
             database_url=database_url or f"sqlite:///{where / 'bridge.sqlite'}",
             evm=EvmSettings(url=self.evm.url, confirmations=confirmations),
@@ -116,6 +126,9 @@ async def own_bridge(
     release_ttl: int = 3600,
     caps: dict[str, int] | None = None,
     cap_window: int = 86_400,
+    btc_refund_delay: int = 20,
+    min_deposit: int = 10_000,
+    btc_start: int = 0,
 ) -> TestBridge:
     """Deploy a bridge with a fresh n-of-m committee, a fresh TUSD token; write its committee.json."""
     where.mkdir(parents=True, exist_ok=True)
@@ -132,7 +145,9 @@ async def own_bridge(
     contract = await CollateralBridge.deploy(
         evm, deployer_key, committee, guardians=[deployer.address], caps={assets[s][0]: c for s, c in caps.items()}, cap_window=cap_window, grace=grace
     )
-    config = BridgeConfig(await evm.chain_id_int(), contract.address, await evm.height(), committee, grace, release_ttl, assets)
+    policy = CustodyPolicy.of([refund_pubkey_of_evm_key(k) for k in keys], m, btc_refund_delay, "regtest")
+    terms = BtcTerms(policy, min_deposit=min_deposit)
+    config = BridgeConfig(await evm.chain_id_int(), contract.address, await evm.height(), committee, grace, release_ttl, assets, terms, btc_start)
     (where / "committee.json").write_text(json.dumps(config.to_json(), indent=2))
     return TestBridge(evm, contract, config, keys, token, deployer_key, where, relayer.key.to_0x_hex())
 
@@ -192,6 +207,10 @@ def daemon_env(settings: Settings, extra: dict[str, str] | None = None) -> dict[
     )
     if settings.committee.store_url:
         env["BRIDGE_COMMITTEE__STORE_URL"] = settings.committee.store_url
+    b = settings.bitcoin
+    env.update({"BRIDGE_BITCOIN__RPC_HOST": b.rpc_host, "BRIDGE_BITCOIN__RPC_PORT": str(b.rpc_port), "BRIDGE_BITCOIN__CONFIRMATIONS": str(b.confirmations)})
+    if b.rpc_user:
+        env.update({"BRIDGE_BITCOIN__RPC_USER": b.rpc_user, "BRIDGE_BITCOIN__RPC_PASSWORD": b.rpc_password or ""})
     env.update(extra or {})
     return env
 
@@ -217,3 +236,229 @@ def stop_process(proc: subprocess.Popen, kill: bool = False, timeout: float = 15
             proc.wait(5)
     proc._log_handle.close()  # type: ignore[attr-defined]
     return proc.returncode
+
+
+# --- a shared store and the daemons as script processes (the Byzantine and replica tests) ----------
+#
+#     with shared_store(tmp_path) as store_url, fleet(bridge, tmp_path / "fleet", store_url) as f:
+#         f.start_attester(0); f.start_byzantine(1, forge=[...]); f.start_deliverer()
+#         await f.wait_heights(await evm.height())
+#         f.replica("attester-0").balances(); f.store.evidence(); f.deliverer_reader().view(mid)
+#
+# ``tests/support/committee_proc.py`` runs each daemon (``relayers.committee.run_attester`` and
+# ``run_deliverer``, or ``support.byzantine``) with the settings of ``daemon_env``.
+
+import logging  # noqa: E402
+import secrets  # noqa: E402
+from typing import Iterator  # noqa: E402
+from urllib.parse import quote  # noqa: E402
+
+from sqlalchemy import text  # noqa: E402
+from sqlalchemy.engine import Engine  # noqa: E402
+
+from bridge.committee.delivery import Deliverer  # noqa: E402
+from bridge.committee.store import AttestationStore  # noqa: E402
+from bridge.core.db import POSTGRES_TEST_URL, postgres_available  # noqa: E402
+from bridge.core.testing import wait_until  # noqa: E402
+
+PROC_SCRIPT = Path(__file__).with_name("committee_proc.py")
+DELIVERER_KEY_ENV = "COMMITTEE_TEST_RELAYER_KEY"
+_log = logging.getLogger("test.committee")
+
+
+@contextlib.contextmanager
+def shared_store(where: Path) -> Iterator[str]:
+    """The URL of a fresh attestation store for several processes: a fresh schema of the test
+    PostgreSQL when it answers (dropped after a passing body, kept for a look after a failing
+    one), else one SQLite file under ``where``."""
+    if postgres_available() is not None:
+        where.mkdir(parents=True, exist_ok=True)
+        _log.info("declare: attestation store on SQLite (no PostgreSQL answers)")
+        yield f"sqlite:///{where / 'store.sqlite'}"
+        return
+    schema = f"store_{secrets.token_hex(6)}"
+    admin = make_engine(POSTGRES_TEST_URL)
+    with admin.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    _log.info("declare: attestation store in PostgreSQL schema %s", schema)
+    passed = False
+    try:
+        yield f"{POSTGRES_TEST_URL}?options={quote(f'-csearch_path={schema}')}"
+        passed = True
+    finally:
+        if passed:
+            with admin.begin() as conn:
+                conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        else:
+            _log.warning("kept PostgreSQL schema %s of the failed run", schema)
+        admin.dispose()
+
+
+class DaemonDied(RuntimeError):
+    """A daemon process ended that nobody stopped (not an AssertionError: ``wait_until`` stops at once)."""
+
+
+@dataclass
+class Fleet:
+    """Committee daemons of one bridge as OS processes, each with its data dir under ``where``:
+    ``attester-<i>`` (its replica in ``replica.sqlite``) and ``service`` (the deliverer: the
+    service replica and the deliveries in ``bridge.sqlite``); logs in ``<name>.log``."""
+
+    bridge: TestBridge
+    where: Path
+    store_url: str
+    procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+    starts: dict[str, int] = field(default_factory=dict)
+    _engines: dict[str, Engine] = field(default_factory=dict)
+    _replicas: dict[str, Replica] = field(default_factory=dict)
+    _store: AttestationStore | None = None
+
+    # --- where things are ---
+
+    def settings(self, name: str) -> Settings:
+        return self.bridge.settings(self.where / name, store_url=self.store_url)
+
+    def db_url(self, name: str) -> str:
+        """The replica database of daemon ``name`` (``attester-<i>`` or ``service``)."""
+        if name == "service":
+            return self.settings("service").db_url
+        return f"sqlite:///{self.where / name / 'replica.sqlite'}"
+
+    def engine(self, name: str) -> Engine:
+        if name not in self._engines:
+            self._engines[name] = make_engine(self.db_url(name))
+        return self._engines[name]
+
+    def replica(self, name: str) -> Replica:
+        """A reader of daemon ``name``'s replica (open it once the daemon created its tables)."""
+        if name not in self._replicas:
+            self._replicas[name] = Replica(self.engine(name), self.bridge.config.replica_config())
+        return self._replicas[name]
+
+    @property
+    def store(self) -> AttestationStore:
+        if self._store is None:
+            self._store = AttestationStore(make_engine(self.store_url))
+        return self._store
+
+    def deliverer_reader(self) -> Deliverer:
+        """The deliveries as the deliverer process wrote them (read-only: no key)."""
+        return Deliverer(self.engine("service"), self.store, self.replica("service"), self.bridge.contract, None)
+
+    # --- processes ---
+
+    def _start(self, name: str, args: list[str], extra_env: dict[str, str] | None = None) -> subprocess.Popen:
+        assert self.running(name) is False, f"{name} is running already"
+        settings = self.settings("service" if name == "deliverer" else name)
+        env = daemon_env(settings, {"BRIDGE_LOG_LEVEL": "INFO", **(extra_env or {})})
+        log = open(self.where / f"{name}.log", "ab")  # noqa: SIM115 - closed by stop()
+        log.write(f"\n===== start #{self.starts.get(name, 0) + 1} of {name}: {' '.join(args)}\n".encode())
+        log.flush()
+        proc = subprocess.Popen(
+            [sys.executable, str(PROC_SCRIPT), *args], env=env, cwd=settings.data_dir, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        proc._log_handle = log  # type: ignore[attr-defined]
+        self.procs[name] = proc
+        self.starts[name] = self.starts.get(name, 0) + 1
+        return proc
+
+    def start_attester(self, index: int) -> subprocess.Popen:
+        name = f"attester-{index}"
+        return self._start(name, ["attester", "--key", str(self.bridge.key_file(index)), "--db", self.db_url(name)])
+
+    def start_byzantine(self, index: int, forge: Sequence[tuple[str, str, int]] = (), legit: bool = False, equivocate: bool = True, garbage: bool = True):
+        """Committee member ``index`` as ``support.byzantine``: ``forge`` is (account, symbol, amount)."""
+        name = f"attester-{index}"
+        args = ["byzantine", "--key", str(self.bridge.key_file(index)), "--db", self.db_url(name)]
+        for account, symbol, amount in forge:
+            args += ["--forge", f"{account}:{symbol}:{amount}"]
+        args += ["--legit"] if legit else []
+        args += [] if equivocate else ["--no-equivocate"]
+        args += [] if garbage else ["--no-garbage"]
+        return self._start(name, args)
+
+    def start_deliverer(self) -> subprocess.Popen:
+        return self._start("deliverer", ["deliverer", "--evm-key-env", DELIVERER_KEY_ENV], {DELIVERER_KEY_ENV: self.bridge.relayer_key})
+
+    def running(self, name: str) -> bool:
+        proc = self.procs.get(name)
+        return proc is not None and proc.poll() is None
+
+    def stop(self, name: str, kill: bool = False) -> int:
+        """SIGTERM (or SIGKILL) daemon ``name`` and wait for it; its exit code."""
+        proc = self.procs.pop(name)
+        return stop_process(proc, kill=kill)
+
+    def stop_all(self) -> None:
+        for name in list(self.procs):
+            self.stop(name)
+
+    def check_alive(self) -> None:
+        """``DaemonDied`` (with the end of its log) for a daemon that ended on its own."""
+        for name, proc in self.procs.items():
+            if proc.poll() is not None:
+                tail = (self.where / f"{name}.log").read_text(errors="replace")[-3000:]
+                raise DaemonDied(f"{name} exited with {proc.returncode}:\n{tail}")
+
+    # --- waiting ---
+
+    def height(self, name: str) -> int | None:
+        """How far daemon ``name``'s replica folded (its indexer cursor), None before it started."""
+        try:
+            with self.engine(name).connect() as conn:
+                row = conn.execute(text("SELECT height FROM indexer_cursor WHERE name = :n"), {"n": f"replica-{self.bridge.config.bridge.lower()}"}).first()
+        except Exception:  # noqa: BLE001 - no table yet
+            return None
+        return None if row is None else int(row[0])
+
+    async def wait_heights(self, names: Sequence[str], height: int, timeout: float = 30.0) -> None:
+        """Until every replica of ``names`` folded ``height``."""
+
+        def folded() -> bool:
+            self.check_alive()
+            return all((self.height(n) or -1) >= height for n in names)
+
+        await wait_until(folded, timeout=timeout, interval=0.1, what=f"replicas {', '.join(names)} at height {height}")
+
+    async def wait(self, predicate, timeout: float = 30.0, what: str | None = None):
+        """``wait_until`` that stops at once when a daemon died."""
+
+        async def check():
+            self.check_alive()
+            value = predicate()
+            if hasattr(value, "__await__"):
+                value = await value
+            return value
+
+        return await wait_until(check, timeout=timeout, interval=0.1, what=what)
+
+    def close(self) -> None:
+        self.stop_all()
+        for engine in self._engines.values():
+            engine.dispose()
+        if self._store is not None:
+            self._store.engine.dispose()
+
+
+@contextlib.contextmanager
+def fleet(bridge: TestBridge, where: Path, store_url: str) -> Iterator[Fleet]:
+    """A ``Fleet``; every daemon it started is stopped at the end, whatever happened."""
+    where.mkdir(parents=True, exist_ok=True)
+    f = Fleet(bridge, where, store_url)
+    try:
+        yield f
+    finally:
+        f.close()
+
+
+def ledger_totals(engine: Engine) -> dict[tuple[str, str, str], tuple[int, int, int]]:
+    """``(owner, kind, asset) -> (posted balance, pending debits, pending credits)`` of every
+    account of a replica (its custody accounts included)."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT a.owner, a.kind, a.asset, b.credits_posted, b.debits_posted, b.debits_pending, b.credits_pending "
+                "FROM ledger_accounts a JOIN ledger_balances b ON b.account_id = a.id ORDER BY a.owner, a.kind, a.asset"
+            )
+        ).all()
+    return {(o, k, a): (int(cp) - int(dp), int(pd), int(pc)) for o, k, a, cp, dp, pd, pc in rows}
