@@ -18,7 +18,7 @@ from eth_account import Account
 from eth_account.messages import encode_typed_data
 from eth_utils import keccak, to_canonical_address, to_checksum_address
 
-from bridge.committee.contract import CollateralBridge, request_commitment
+from bridge.committee.contract import CollateralBridge, btc_request_commitment, request_commitment
 from bridge.committee.messages import BTC_ASSET, MESSAGE_VERSION, Committee, Kind, Message
 from bridge.core.errors import ContractReverted
 from devnets.controls import AnvilControls
@@ -335,7 +335,10 @@ async def test_one_request_released_once_even_by_two_messages(env):
 
 
 async def test_btc_asset_release_refused(env):
-    m = await env.withdrawal(asset=BTC_ASSET, amount=10**8)  # requested here, paid on Bitcoin
+    # BTC is requested with a destination on Bitcoin and paid there, never released here.
+    await refused("WrongAsset", env.bridge.request_withdrawal(env.key("user"), BTC_ASSET, 10**8))
+    (event, _destination) = env.bridge.events_in(await env.bridge.request_btc_withdrawal(env.key("user"), 10**8, bytes.fromhex("0014" + "11" * 20)))
+    m = await env.message(asset=BTC_ASSET, amount=10**8, nonce=event["requestNonce"])
     await refused("AssetNotListed", env.release(m, quorum=env.sign(m, count=4)))
     assert await env.bridge.request_open(m.nonce)
     assert (await env.bridge.cap(BTC_ASSET))[0] == 0
@@ -465,11 +468,16 @@ async def test_eth_deposit_credited_and_withdrawal_requested(env):
     assert await env.bridge.request_open(0) and not await env.bridge.released(0)
     assert not await env.bridge.request_open(1) and not await env.bridge.released(1)
     await refused("ZeroAmount", env.bridge.request_withdrawal(env.key("user"), ETH, 0))
-    # Any asset may be requested: BTC is requested here and paid on Bitcoin.
-    (event,) = env.bridge.events_in(await env.bridge.request_withdrawal(env.key("user"), BTC_ASSET, 10**8))
+    # BTC is requested with its Bitcoin destination, which the request commits to.
+    script = bytes.fromhex("0014" + "22" * 20)
+    (event, dest) = env.bridge.events_in(await env.bridge.request_btc_withdrawal(env.key("user"), 10**8, script))
     assert (event["asset"], event["amount"], event["requestNonce"]) == (to_checksum_address(BTC_ASSET), 10**8, 1)
+    assert (dest.name, dest["requestNonce"], dest["destination"]) == ("BtcDestination", 1, script)
+    assert await env.bridge.request_commitment(1) == btc_request_commitment(env.parties["user"].address, 10**8, script)
+    await refused("BadDestination", env.bridge.request_btc_withdrawal(env.key("user"), 10**8, b"\x00"))
+    await refused("BadDestination", env.bridge.request_btc_withdrawal(env.key("user"), 10**8, bytes(43)))
     assert await env.bridge.request_nonce() == 2
-    assert [e.name for e in await env.bridge.events()] == ["Deposited", "WithdrawalRequested", "WithdrawalRequested"]
+    assert [e.name for e in await env.bridge.events()] == ["Deposited", "WithdrawalRequested", "WithdrawalRequested", "BtcDestination"]
 
 
 async def test_qubit_deposits_of_zero_address_codeless_token_or_zero_refused(env):

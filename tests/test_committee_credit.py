@@ -87,3 +87,32 @@ async def test_replica_folds_credits_and_keys(env, tmp_path):
     assert replica.balances() == {(user, "BTC"): (SATS, 0)}
     ((account, pubkey),) = replica.btc_keys()
     assert account == user and pubkey[1:] == evm_public_key(env.key("user"))[:32]
+
+
+async def test_a_payout_done_closes_its_btc_request_once_and_only_with_its_destination(env):
+    script = bytes.fromhex("0014" + "33" * 20)
+    (event, _dest) = env.bridge.events_in(await env.bridge.request_btc_withdrawal(env.key("user"), SATS, script))
+    n = event["requestNonce"]
+
+    async def done(payload: bytes, amount: int = SATS, **kw):
+        m = await env.message(
+            kind=Kind.PAYOUT_DONE, asset=BTC_ASSET, amount=amount, nonce=n, source_chain_id=0, source_tx=keccak(b"payout"), payload_hash=payload, **kw
+        )
+        indices, sigs = kw.pop("quorum", None) or env.sign(m)
+        return await env.bridge.payout_done(env.key("relayer"), m, env.committee, indices, sigs)
+
+    await refused("RequestMismatch", done(keccak(bytes.fromhex("0014" + "44" * 20))))  # another destination
+    await refused("RequestMismatch", done(keccak(script), amount=SATS + 1))
+    receipt = await done(keccak(script))
+    (paid,) = env.bridge.events_in(receipt)
+    assert (paid.name, paid["requestNonce"], paid["amount"], paid["payoutTx"]) == ("PaidOut", n, SATS, keccak(b"payout"))
+    assert not await env.bridge.request_open(n)
+    await refused("AlreadyConsumed", done(keccak(script), ttl=900))  # another message for it: closed
+    await refused("NoSuchRequest", env.bridge.payout_done(env.key("relayer"), *(await _payout_for(env, 999, script))))
+
+
+async def _payout_for(env, nonce: int, script: bytes):
+    fields = dict(asset=BTC_ASSET, amount=SATS, nonce=nonce, source_chain_id=0, source_tx=keccak(b"x"), payload_hash=keccak(script))
+    m = await env.message(kind=Kind.PAYOUT_DONE, **fields)
+    indices, sigs = env.sign(m)
+    return m, env.committee, indices, sigs

@@ -32,7 +32,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from eth_utils import is_address, keccak, to_canonical_address, to_checksum_address
 
-from bridge.committee.messages import Committee, Message, pack_committee
+from bridge.committee.messages import BTC_ASSET, Committee, Message, pack_committee
 from bridge.core.errors import ContractReverted, InputError
 from chains.base import ChainEvent
 from chains.evm import EvmAdapter, EvmLogFilter, EvmReceipt
@@ -67,6 +67,17 @@ def request_commitment(account: str | bytes, asset: str | bytes, amount: int) ->
         raise InputError(f"amount is not a uint256: {amount!r}", field="amount")
     words = (to_canonical_address(_address(a, what)).rjust(32, b"\0") for a, what in ((account, "account"), (asset, "asset")))
     return keccak(b"".join(words) + amount.to_bytes(32, "big"))
+
+
+def btc_request_commitment(account: str | bytes, amount: int, destination: bytes) -> bytes:
+    """What ``requestBtcWithdrawal`` stores: keccak256(abi.encode(account, BTC_ASSET, amount, keccak256(destination)))."""
+    if type(amount) is not int or not 0 <= amount < 1 << 256:
+        raise InputError(f"amount is not a uint256: {amount!r}", field="amount")
+    return keccak(_word(account) + _word(BTC_ASSET) + amount.to_bytes(32, "big") + keccak(bytes(destination)))
+
+
+def _word(address: str | bytes) -> bytes:
+    return to_canonical_address(_address(address, "address")).rjust(32, b"\0")
 
 
 def pack_quorum(indices: Sequence[int], signatures: Sequence[bytes]) -> bytes:
@@ -159,6 +170,13 @@ class CollateralBridge:
     async def deposit_erc20(self, key: str, token: str, amount: int) -> EvmReceipt:
         """Deposit an approved ERC-20; the credit (the event's amount) is what arrived."""
         return await self._transact(key, "depositERC20", _address(token, "token"), amount)
+
+    async def request_btc_withdrawal(self, key: str, amount: int, destination: bytes) -> EvmReceipt:
+        """Ask for ``amount`` sats of BTC margin paid to the output script ``destination``."""
+        return await self._transact(key, "requestBtcWithdrawal", amount, bytes(destination))
+
+    async def payout_done(self, key: str, message: Message, committee: Committee, indices: Sequence[int], signatures: Sequence[bytes]) -> EvmReceipt:
+        return await self._transact(key, "payoutDone", *self._quorum_args(message, committee, indices, signatures))
 
     async def request_withdrawal(self, key: str, asset: str, amount: int) -> EvmReceipt:
         return await self._transact(key, "requestWithdrawal", _address(asset, "asset"), amount)
@@ -327,4 +345,14 @@ def _bytes32(value: Any, what: str) -> bytes:
     return bytes(value)
 
 
-__all__ = ["ETH", "BridgeEvent", "CollateralBridge", "committee_args", "decode_events", "message_tuple", "pack_quorum", "request_commitment"]
+__all__ = [
+    "ETH",
+    "BridgeEvent",
+    "CollateralBridge",
+    "btc_request_commitment",
+    "committee_args",
+    "decode_events",
+    "message_tuple",
+    "pack_quorum",
+    "request_commitment",
+]

@@ -18,7 +18,7 @@ pragma solidity 0.8.37;
 /// v in {27, 28}, s <= secp256k1n / 2, and a failed recovery (no address, or zero) refused.
 ///
 /// Entry points and the only message kind each accepts: release RELEASE, creditDeposit
-/// DEPOSIT_CREDIT, rotate ROTATION, unpause UNPAUSE.  There is no owner and no other admin function: deposits are open, the
+/// DEPOSIT_CREDIT, payoutDone PAYOUT_DONE, rotate ROTATION, unpause UNPAUSE.  There is no owner and no other admin function: deposits are open, the
 /// guardians can only pause, and everything else needs a quorum message of the right kind.
 /// A message is valid while block.timestamp < expiry.
 ///
@@ -29,8 +29,10 @@ pragma solidity 0.8.37;
 /// for releases (`released(nonce)` tells).  A ROTATION or an UNPAUSE acts once by its id (the
 /// EIP-712 digest, `consumed`); an UNPAUSE's nonce is the number of the pause it lifts
 /// (`pauses` after that pause), so one signed for an earlier pause cannot lift a later one.
-/// Only listed assets are released, each under its per-window cap; BTC (`BTC_ASSET`) is
-/// requested here but never listed: it is paid on Bitcoin.
+/// Only listed assets are released, each under its per-window cap; BTC (`BTC_ASSET`) is never
+/// listed: it is requested with a Bitcoin destination (`requestBtcWithdrawal`, whose commitment
+/// also holds the destination's hash), paid on Bitcoin by the committee's custody, and the
+/// request is closed by a PAYOUT_DONE quorum message once the payout is confirmed at depth.
 ///
 /// Bitcoin-side facts enter only as quorum messages: a DEPOSIT_CREDIT credits `m.amount` sats of
 /// BTC margin to `m.account` for the Bitcoin output `m.sourceTx:m.sourceIndex` (source chain
@@ -122,6 +124,8 @@ contract CollateralBridge {
     event Released(bytes32 indexed id, address indexed account, address indexed asset, uint256 amount);
     event Credited(bytes32 indexed id, address indexed account, address indexed asset, uint256 amount, bytes32 sourceTx, uint32 sourceIndex);
     event BtcKeyRegistered(address indexed account, bytes pubkey);
+    event BtcDestination(uint64 indexed requestNonce, bytes destination);
+    event PaidOut(bytes32 indexed id, uint64 indexed requestNonce, address indexed account, uint256 amount, bytes32 payoutTx, uint32 payoutIndex);
     event Rotated(bytes32 indexed id, uint64 indexed epoch, bytes32 committeeHash, bytes committee);
     event Paused(address indexed guardian);
     event Unpaused(bytes32 indexed id);
@@ -163,6 +167,7 @@ contract CollateralBridge {
     error NotGuardian();
     // Deposits and setup.
     error WrongAsset();
+    error BadDestination();
     error NotYourKey();
     error ZeroAddressToken();
     error NotAContract();
@@ -237,13 +242,26 @@ contract CollateralBridge {
     }
 
     /// @notice Ask the committee to release `amount` of `asset` from the sender's margin account;
-    /// the replicas decide.  BTC (`BTC_ASSET`) is requested here too (and paid on Bitcoin), so any
-    /// asset is accepted.  The request is recorded: a RELEASE can pay nothing else.
+    /// the replicas decide.  The request is recorded: a RELEASE can pay nothing else.  BTC is
+    /// requested with `requestBtcWithdrawal` (it needs a destination on Bitcoin).
     function requestWithdrawal(address asset, uint256 amount) external {
         if (amount == 0) revert ZeroAmount();
+        if (asset == BTC_ASSET) revert WrongAsset();
         uint64 n = requestNonce++;
         requests[n] = keccak256(abi.encode(msg.sender, asset, amount));
         emit WithdrawalRequested(msg.sender, asset, amount, n);
+    }
+
+    /// @notice Ask the committee to pay `amount` sats of the sender's BTC margin to the Bitcoin
+    /// output script `destination` (2 to 42 bytes; the replicas refuse a non-standard one).  The
+    /// request commits to the destination: the PAYOUT_DONE that closes it names its hash.
+    function requestBtcWithdrawal(uint256 amount, bytes calldata destination) external {
+        if (amount == 0) revert ZeroAmount();
+        if (destination.length < 2 || destination.length > 42) revert BadDestination();
+        uint64 n = requestNonce++;
+        requests[n] = keccak256(abi.encode(msg.sender, BTC_ASSET, amount, keccak256(destination)));
+        emit WithdrawalRequested(msg.sender, BTC_ASSET, amount, n);
+        emit BtcDestination(n, destination);
     }
 
     /// One slot read: the asset's cap slot holds its listing and the pause flag.
@@ -301,6 +319,29 @@ contract CollateralBridge {
         _spendCap(asset, cap, m.amount);
         emit Released(id, m.account, asset, m.amount);
         _pay(asset, m.account, m.amount);
+    }
+
+    /// @notice Close the BTC withdrawal request `m.nonce` on a PAYOUT_DONE message signed by a
+    /// quorum: the payout `m.sourceTx:m.sourceIndex` paid `m.amount` sats to the request's
+    /// destination (`m.payloadHash` is its hash) and is confirmed at depth on Bitcoin.  Allowed
+    /// while paused: it records what already happened.
+    function payoutDone(Message calldata m, bytes calldata committee, bytes calldata quorum) external nonReentrant {
+        if (m.kind != KIND_PAYOUT_DONE) revert WrongKind();
+        if (m.amount == 0) revert ZeroAmount();
+        if (m.account == address(0)) revert ZeroAccount();
+        if (m.asset != BTC_ASSET) revert WrongAsset();
+        if (m.sourceChainId != BITCOIN_CHAIN_ID) revert WrongChain();
+        bytes32 id = _checkMessage(m, committee, true);
+        uint64 n = m.nonce;
+        bytes32 open = requests[n];
+        if (open != keccak256(abi.encode(m.account, BTC_ASSET, m.amount, m.payloadHash))) {
+            if (open != 0) revert RequestMismatch();
+            if (n < requestNonce) revert AlreadyConsumed();
+            revert NoSuchRequest();
+        }
+        delete requests[n];
+        _verifyQuorum(id, committee, quorum);
+        emit PaidOut(id, n, m.account, m.amount, m.sourceTx, m.sourceIndex);
     }
 
     /// @notice Replace the committee on a ROTATION message signed by a quorum of the current one;
