@@ -76,28 +76,49 @@ class ReplicaFollower:
         self.indexers.append(indexer)
 
     async def run(self, stop: asyncio.Event) -> None:
-        failures = 0
+        """Each round steps every indexer; one whose chain is down backs off alone (its errors
+        logged when they change), so a Bitcoin node that is away never holds up the EVM fold
+        and the signing that follows it."""
+        failures: dict[str, int] = {}
+        retry_at: dict[str, float] = {}
+        logged: dict[str, str] = {}
+        loop = asyncio.get_running_loop()
         while not stop.is_set():
             heads: list[tuple[Indexer, int]] = []
-            try:
-                for indexer in self.indexers:
+            folded, busy = False, False
+            for indexer in self.indexers:
+                name = indexer.name
+                if loop.time() < retry_at.get(name, 0.0):
+                    continue
+                try:
                     result = await indexer.step()
-                    safe = None if result.head is None else result.head - indexer.confirmations + 1
-                    if result.caught_up or (result.kind == "indexed" and safe is not None and result.to_height >= safe):
-                        heads.append((indexer, result.head if result.head is not None else -1))
-                if self.after_step is not None:
-                    await self.after_step()
-                failures = 0
-            except Exception as exc:
-                if not is_retryable(exc):
-                    raise
-                failures += 1
-                delay = max(DEFAULT_RETRY.delay(failures), self.poll_interval)
-                log.warning("%s: %s; retrying in %.2fs", self.indexer.name, exc, delay)
-                await wait_unless(stop, asyncio.sleep(delay))
+                except Exception as exc:
+                    if not is_retryable(exc):
+                        raise
+                    failures[name] = failures.get(name, 0) + 1
+                    retry_at[name] = loop.time() + max(DEFAULT_RETRY.delay(failures[name]), self.poll_interval)
+                    if logged.get(name) != str(exc):
+                        logged[name] = str(exc)
+                        log.warning("%s: %s; retrying with backoff", name, exc)
+                    continue
+                failures.pop(name, None)
+                retry_at.pop(name, None)
+                if logged.pop(name, None) is not None:
+                    log.info("%s: reading its chain again", name)
+                folded = folded or indexer is self.indexer
+                safe = None if result.head is None else result.head - indexer.confirmations + 1
+                if result.caught_up or (result.kind == "indexed" and safe is not None and result.to_height >= safe):
+                    heads.append((indexer, result.head if result.head is not None else -1))
+                else:
+                    busy = True
+            if folded and self.after_step is not None:
+                await self.after_step()
+            if busy:
                 continue
-            if len(heads) == len(self.indexers):  # every chain caught up: wait for a block of any
+            if heads:
                 await wait_unless(stop, _any_block(heads, self.poll_interval))
+            else:
+                await wait_unless(stop, asyncio.sleep(self.poll_interval))
 
     @property
     def height(self) -> int | None:
