@@ -26,17 +26,45 @@ from sqlmodel import Field, Session, SQLModel
 from bridge.committee.messages import BTC_ASSET, ZERO32, Kind, Message, bitcoin_source
 from bridge.committee.replica import Replica, ReplicaReorg
 from bridge.core.db import init_db
-from bridge.custody.scripts import CustodyPolicy, deposit_script_pubkey
+from bridge.custody.scripts import CustodyPolicy, custody_script, deposit_script
+from bridge.custody.spend import CustodyCoin
 from chains.base import BlockRef, ChainEvent
 from chains.bitcoin import BitcoinTxFilter
 from chains.btc.primitives import Tx
-from chains.btc.script import dust_threshold
+from chains.btc.script import dust_threshold, p2wsh_script
 from chains.cursor_store import OrphanedBlock
 
 __all__ = ["BtcDeposit", "BtcDepositWatcher", "BtcTerms"]
 
 #: Seconds a DEPOSIT_CREDIT stays valid after the block that paid the deposit.
 DEFAULT_CREDIT_TTL = 7 * 86_400
+
+
+class CustodyCoinRow(SQLModel, table=True):
+    """An output the committee can spend: a deposit worth crediting, or custody change."""
+
+    __tablename__ = "custody_coin"
+
+    outpoint: str = Field(primary_key=True)  # txid:vout
+    amount: int
+    witness_script: str  # hex
+    kind: str  # deposit, custody
+    account: str = ""  # deposits: the account credited
+    block_height: int
+    block_time: int
+    spent_by: str | None = Field(default=None, index=True)  # txid
+    spent_height: int | None = None
+
+
+class CustodySpendRow(SQLModel, table=True):
+    """A transaction at depth spending committee coins (a sweep or a payout), kept whole."""
+
+    __tablename__ = "custody_spend"
+
+    txid: str = Field(primary_key=True)
+    block_height: int
+    block_time: int
+    raw: str  # hex
 
 
 class BtcDepositRow(SQLModel, table=True):
@@ -59,6 +87,17 @@ class BtcTerms:
     policy: CustodyPolicy
     min_deposit: int = 10_000  # sats
     credit_ttl: int = DEFAULT_CREDIT_TTL
+    #: Kept from each deposit's credit to pay the fee of sweeping it into custody, so custody
+    #: always holds what the margin accounts are owed.
+    sweep_allowance: int = 1_000
+
+    @property
+    def custody_witness_script(self) -> bytes:
+        return custody_script(self.policy)
+
+    @property
+    def custody_script_pubkey(self) -> bytes:
+        return p2wsh_script(custody_script(self.policy))
 
 
 @dataclass(frozen=True)
@@ -82,31 +121,55 @@ class BtcDepositWatcher:
 
     def __init__(self, replica: Replica, terms: BtcTerms, evm_chain_id: int) -> None:
         self.replica, self.terms, self.evm_chain_id = replica, terms, evm_chain_id
-        init_db(replica.engine, [BtcDepositRow.__table__])
-        self._scripts: dict[bytes, str] = {}
+        init_db(replica.engine, [BtcDepositRow.__table__, CustodyCoinRow.__table__, CustodySpendRow.__table__])
+        self._scripts: dict[bytes, tuple[str, bytes]] = {}  # script_pubkey -> (account, witness script)
         self._keys_seen = -1
 
     def selector(self) -> BitcoinTxFilter:
-        """The deposit scripts of every registered account (refreshed when registrations change)."""
+        """Outputs to the deposit scripts of every registered account and to custody, and spends of
+        the committee's unspent coins (refreshed at every batch)."""
         keys = self.replica.btc_keys()
         if len(keys) != self._keys_seen:
-            self._scripts = {deposit_script_pubkey(self.terms.policy, account, pubkey): account for account, pubkey in keys}
+            scripts = {}
+            for account, pubkey in keys:
+                witness = deposit_script(self.terms.policy, account, pubkey)
+                scripts[p2wsh_script(witness)] = (account, witness)
+            self._scripts = scripts
             self._keys_seen = len(keys)
-        return BitcoinTxFilter(scripts=list(self._scripts))
+        return BitcoinTxFilter(scripts=[*self._scripts, self.terms.custody_script_pubkey], outpoints=[(c.txid, c.vout) for c in self.coins()])
 
     async def on_events(self, events: list[ChainEvent], block: BlockRef, *, session: Session) -> None:
         conn = session.connection()
+        custody = self.terms.custody_script_pubkey
         for event in events:
             tx = Tx.parse(event.data["tx"].raw)
             txid = event.data["txid"]
+            spent = 0
+            for txin in tx.vin:
+                spent += conn.execute(
+                    text("UPDATE custody_coin SET spent_by = :t, spent_height = :h WHERE outpoint = :o AND spent_by IS NULL"),
+                    {"t": txid, "h": block.height, "o": f"{txin.prevout.txid_hex}:{txin.prevout.n}"},
+                ).rowcount
+            if spent:
+                conn.execute(
+                    text("INSERT INTO custody_spend (txid, block_height, block_time, raw) VALUES (:t, :h, :bt, :r) ON CONFLICT DO NOTHING"),
+                    {"t": txid, "h": block.height, "bt": block.timestamp, "r": bytes(event.data["tx"].raw).hex()},
+                )
             for vout, out in enumerate(tx.vout):
-                account = self._scripts.get(bytes(out.script_pubkey))
-                if account is None:
+                spk = bytes(out.script_pubkey)
+                if spk == custody:
+                    self._add_coin(conn, txid, vout, out.value, self.terms.custody_witness_script, "custody", "", block)
                     continue
+                found = self._scripts.get(spk)
+                if found is None:
+                    continue
+                account, witness = found
                 state, reason = "seen", ""
-                floor = max(self.terms.min_deposit, dust_threshold(out.script_pubkey))
+                floor = max(self.terms.min_deposit, dust_threshold(out.script_pubkey), self.terms.sweep_allowance + 1)
                 if out.value < floor:
                     state, reason = "refused", f"{out.value} sats is below the minimum deposit of {floor} sats"
+                else:
+                    self._add_coin(conn, txid, vout, out.value, witness, "deposit", account, block)
                 conn.execute(
                     text(
                         "INSERT INTO btc_deposit (outpoint, account, amount, block_height, block_hash, block_time, state, reason) "
@@ -114,6 +177,46 @@ class BtcDepositWatcher:
                     ),
                     {"o": f"{txid}:{vout}", "a": account, "v": out.value, "h": block.height, "bh": block.hash, "t": block.timestamp, "s": state, "r": reason},
                 )
+
+    @staticmethod
+    def _add_coin(conn: Any, txid: str, vout: int, amount: int, witness: bytes, kind: str, account: str, block: BlockRef) -> None:
+        conn.execute(
+            text(
+                "INSERT INTO custody_coin (outpoint, amount, witness_script, kind, account, block_height, block_time) "
+                "VALUES (:o, :v, :w, :k, :a, :h, :t) ON CONFLICT DO NOTHING"
+            ),
+            {"o": f"{txid}:{vout}", "v": amount, "w": witness.hex(), "k": kind, "a": account, "h": block.height, "t": block.timestamp},
+        )
+
+    def coins(self, kind: str | None = None, unspent: bool = True) -> list[CustodyCoin]:
+        """The committee's coins this view knows, oldest first."""
+        sql, params = "SELECT * FROM custody_coin WHERE 1 = 1", {}
+        if unspent:
+            sql += " AND spent_by IS NULL"
+        if kind is not None:
+            sql, params["kind"] = sql + " AND kind = :kind", kind
+        with self.replica.engine.connect() as conn:
+            rows = conn.execute(text(sql + " ORDER BY block_height, outpoint"), params).mappings().all()
+        out = []
+        for r in rows:
+            txid, vout = r["outpoint"].split(":")
+            out.append(CustodyCoin(txid, int(vout), r["amount"], bytes.fromhex(r["witness_script"])))
+        return out
+
+    def spend(self, txid: str) -> tuple[Tx, int, int] | None:
+        """A spend of committee coins seen at depth: the transaction, its height and block time."""
+        with self.replica.engine.connect() as conn:
+            row = conn.execute(text("SELECT raw, block_height, block_time FROM custody_spend WHERE txid = :t"), {"t": txid}).first()
+        return None if row is None else (Tx.parse(bytes.fromhex(row[0])), row[1], row[2])
+
+    def coin_amounts(self, outpoints: list[str]) -> dict[str, int]:
+        """Amounts of these committee coins (spent or not) as this view recorded them."""
+        if not outpoints:
+            return {}
+        with self.replica.engine.connect() as conn:
+            rows = conn.execute(text("SELECT outpoint, amount FROM custody_coin")).all()
+        wanted = set(outpoints)
+        return {o: a for o, a in rows if o in wanted}
 
     async def on_revert(self, orphaned: list[OrphanedBlock], *, session: Session) -> None:
         heights = sorted({o.height for o in orphaned})
@@ -124,7 +227,8 @@ class BtcDepositWatcher:
         source_tx, source_index = bitcoin_source(deposit.txid, deposit.vout)
         account = bytes.fromhex(deposit.account[2:])
         expiry = deposit.block_time + self.terms.credit_ttl
-        return Message(1, Kind.DEPOSIT_CREDIT, 0, source_tx, source_index, self.evm_chain_id, account, BTC_ASSET, deposit.amount, 0, expiry, ZERO32)
+        credit = deposit.amount - self.terms.sweep_allowance
+        return Message(1, Kind.DEPOSIT_CREDIT, 0, source_tx, source_index, self.evm_chain_id, account, BTC_ASSET, credit, 0, expiry, ZERO32)
 
     def deposits(self, state: str | None = None, account: str | None = None) -> list[BtcDeposit]:
         sql, params = "SELECT * FROM btc_deposit WHERE 1 = 1", {}

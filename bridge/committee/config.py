@@ -11,7 +11,8 @@
                  "TUSD": {"address": "0x...", "decimals": 6}},
       "bitcoin": {"pubkeys": ["02...", ...], "threshold": 3,     # the committee's custody keys
                   "refund_delay": 144, "network": "regtest",     # the depositor's refund path (blocks)
-                  "min_deposit": 10000, "credit_ttl": 604800, "start_height": 0}
+                  "min_deposit": 10000, "credit_ttl": 604800, "start_height": 0,
+                  "sweep_allowance": 1000}                       # kept from each credit to sweep it
     }
 
 ``bridgectl devnet up`` writes it beside ``devnet.json``; an operator elsewhere writes it once
@@ -145,7 +146,7 @@ class BridgeConfig:
                 )
             except (ValueError, TypeError, InputError) as exc:
                 raise ConfigError(f"{where}: bitcoin custody refused: {getattr(exc, 'message', exc)}", field="bitcoin") from None
-            terms = BtcTerms(policy, spec.get("min_deposit", 10_000), spec.get("credit_ttl", DEFAULT_CREDIT_TTL))
+            terms = BtcTerms(policy, spec.get("min_deposit", 10_000), spec.get("credit_ttl", DEFAULT_CREDIT_TTL), spec.get("sweep_allowance", 1_000))
             start = spec.get("start_height", 0)
         try:
             return cls(
@@ -172,6 +173,7 @@ def _btc_json(terms: BtcTerms, start: int) -> dict[str, Any]:
         "network": p.network,
         "min_deposit": terms.min_deposit,
         "credit_ttl": terms.credit_ttl,
+        "sweep_allowance": terms.sweep_allowance,
         "start_height": start,
     }
 

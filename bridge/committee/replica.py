@@ -42,6 +42,7 @@ from sqlmodel import Field, Session, SQLModel
 
 from bridge.committee.contract import BridgeEvent, decode_events
 from bridge.committee.messages import (
+    BTC_ASSET,
     ZERO32,
     Committee,
     Domain,
@@ -51,12 +52,13 @@ from bridge.committee.messages import (
     encode_message,
     evm_source,
 )
-from bridge.core.db import init_db
+from bridge.core.db import add_missing_columns, init_db
 from bridge.core.errors import BridgeError, InputError, NotFound, Overdraft
 from bridge.ledger import ids
 from bridge.ledger.assets import Asset
 from bridge.ledger.core import Ledger, Transfer
 from chains.base import BlockRef, ChainEvent
+from chains.btc.script import classify
 from chains.cursor_store import OrphanedBlock
 
 __all__ = ["Replica", "ReplicaConfig", "ReplicaReorg", "Request", "owner_of"]
@@ -91,6 +93,8 @@ class ReplicaRequest(SQLModel, table=True):
     message: str = ""  # encode_message, hex
     expiry: int = 0
     closed_height: int | None = None
+    #: BTC requests: the Bitcoin output script to pay, hex.
+    destination: str = ""
 
 
 class ReplicaCommittee(SQLModel, table=True):
@@ -204,6 +208,7 @@ class Replica:
         self.config = config
         self.ledger = Ledger(engine, assets=list(config.assets.values()))
         init_db(engine, TABLES)
+        add_missing_columns(engine, ReplicaRequest.__table__)
         self._asset_codes = {address: asset.code for address, asset in config.assets.items()}
         with engine.begin() as conn:
             if conn.execute(text("SELECT 1 FROM replica_committee WHERE epoch = 0")).first() is None:
@@ -230,7 +235,9 @@ class Replica:
                 handler(conn, event, block)
 
     def _expire(self, conn: Connection, block: BlockRef) -> None:
-        due = conn.execute(text("SELECT nonce FROM replica_request WHERE state = 'held' AND expiry <= :t ORDER BY nonce"), {"t": block.timestamp}).all()
+        # BTC requests carry no expiry (0): their payout may take blocks; a PAYOUT_DONE closes them.
+        sql = "SELECT nonce FROM replica_request WHERE state = 'held' AND expiry > 0 AND expiry <= :t ORDER BY nonce"
+        due = conn.execute(text(sql), {"t": block.timestamp}).all()
         if not due:
             return
         self.ledger.apply_in(conn, [Transfer.void(f"void:req:{n}", f"req:{n}", cause="release expired") for (n,) in due], block.timestamp)
@@ -284,9 +291,37 @@ class Replica:
             except Overdraft as exc:
                 row["reason"] = f"margin too low: {exc.details.get('available', 0)} available, {amount} requested"
             else:
-                message = self.release_message(event, block)
-                row.update(state="held", message_id=digest(self.config.domain, message).hex(), message=encode_message(message).hex(), expiry=message.expiry)
+                row["state"] = "held"
+                if asset != BTC_ASSET:  # BTC is paid on Bitcoin: its message comes once the payout confirms
+                    message = self.release_message(event, block)
+                    row.update(message_id=digest(self.config.domain, message).hex(), message=encode_message(message).hex(), expiry=message.expiry)
         conn.execute(text(_INSERT_REQUEST), row)
+
+    def _on_BtcDestination(self, conn: Connection, event: BridgeEvent, block: BlockRef) -> None:
+        nonce, script = event["requestNonce"], _raw(event["destination"])
+        row = conn.execute(text("SELECT state FROM replica_request WHERE nonce = :n"), {"n": nonce}).first()
+        if row is None:
+            return
+        conn.execute(text("UPDATE replica_request SET destination = :d WHERE nonce = :n"), {"d": script.hex(), "n": nonce})
+        if row.state == "held" and classify(script) not in PAYABLE_SCRIPTS:
+            self.ledger.apply_in(conn, [Transfer.void(f"void:req:{nonce}", f"req:{nonce}", cause="destination not payable")], block.timestamp)
+            conn.execute(
+                text("UPDATE replica_request SET state = 'refused', reason = :r, closed_height = :h WHERE nonce = :n"),
+                {"r": f"destination is not a standard output script ({classify(script)})", "h": block.height, "n": nonce},
+            )
+
+    def _on_PaidOut(self, conn: Connection, event: BridgeEvent, block: BlockRef) -> None:
+        nonce = event["requestNonce"]
+        row = conn.execute(text("SELECT state FROM replica_request WHERE nonce = :n"), {"n": nonce}).first()
+        txid = _raw(event["payoutTx"]).hex()
+        if row is not None and row.state == "held":
+            self.ledger.apply_in(conn, [Transfer.post(f"post:req:{nonce}", f"req:{nonce}", cause=f"paid on Bitcoin by {txid}")], block.timestamp)
+            conn.execute(
+                text("UPDATE replica_request SET state = 'released', message_id = :m, closed_height = :h WHERE nonce = :n"),
+                {"m": _raw(event["id"]).hex(), "h": block.height, "n": nonce},
+            )
+            return
+        self._anomaly(conn, _key(event), block, f"payout of request {nonce} this replica did not hold ({row.state if row else 'unknown'})", event)
 
     def release_message(self, event: BridgeEvent, block: BlockRef) -> Message:
         """The RELEASE every honest replica signs for a request: all from the chain."""
@@ -447,6 +482,9 @@ class Replica:
         with self.engine.connect() as conn:
             return self._get(conn, "paused", "0") == "1", int(self._get(conn, "pauses", "0")), int(self._get(conn, "paused_at", "0"))
 
+
+#: Output scripts a payout may pay (what Bitcoin Core relays as standard destinations).
+PAYABLE_SCRIPTS = frozenset({"pubkeyhash", "scripthash", "witness_v0_keyhash", "witness_v0_scripthash", "witness_v1_taproot"})
 
 _INSERT_REQUEST = (
     "INSERT INTO replica_request (nonce, source, account, asset, amount, block_height, block_time, state, reason, message_id, message, expiry) "
