@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
 import time
 from pathlib import Path
 
@@ -27,6 +29,8 @@ from bridge.committee.config import BridgeConfig, load_bridge_config
 from bridge.committee.contract import CollateralBridge
 from bridge.committee.crypto import address_of
 from bridge.committee.delivery import Deliverer
+from bridge.committee.payouts import Payouts
+from bridge.committee.proposals import ProposalStore
 from bridge.committee.replica import Replica
 from bridge.committee.store import AttestationStore
 from bridge.core.db import make_engine
@@ -205,7 +209,8 @@ class AttesterDaemon:
             replica = Replica(make_engine(url), config.replica_config())
             store = AttestationStore(make_engine(settings.store_url))
             watcher = BtcDepositWatcher(replica, config.bitcoin, config.chain_id) if config.bitcoin is not None else None
-            attester = Attester(replica, store, key, rotation=rotation, approve_unpause=approve_unpause, btc=watcher)
+            proposals = ProposalStore(store.engine) if config.bitcoin is not None else None
+            attester = Attester(replica, store, key, rotation=rotation, approve_unpause=approve_unpause, btc=watcher, proposals=proposals)
         except BaseException:
             await evm.close()
             if btc is not None:
@@ -219,6 +224,15 @@ class AttesterDaemon:
         signed = await asyncio.to_thread(self.attester.sign_due)
         if signed:
             self.metrics.inc("signed", len(signed))
+        if self.btc is not None and self.attester.proposals is not None:
+            try:
+                tip = await self.btc.height()
+            except Exception as exc:  # noqa: BLE001 - Bitcoin away: no custody signing this round
+                log.debug("no Bitcoin tip: %s", exc)
+            else:
+                psbts = await asyncio.to_thread(self.attester.sign_proposals, tip)
+                if psbts:
+                    self.metrics.inc("psbts_signed", len(psbts))
         self.metrics.set("replica_height", self.follower.height or 0)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -233,9 +247,18 @@ class AttesterDaemon:
 class DelivererDaemon:
     name = "deliverer"
 
-    def __init__(self, evm: EvmAdapter, follower: ReplicaFollower, deliverer: Deliverer, poll_interval: float) -> None:
-        self.evm, self.follower, self.deliverer = evm, follower, deliverer
+    def __init__(
+        self,
+        evm: EvmAdapter,
+        follower: ReplicaFollower,
+        deliverer: Deliverer,
+        poll_interval: float,
+        payouts: Payouts | None = None,
+        btc: BitcoinAdapter | None = None,
+    ) -> None:
+        self.evm, self.btc, self.follower, self.deliverer, self.payouts = evm, btc, follower, deliverer, payouts
         self.poll_interval = poll_interval
+        self.sweep_interval = 10 * poll_interval
         self.metrics = Metrics("bridge_deliverer")
         self.runtime = Runtime(
             deliverer,
@@ -246,11 +269,17 @@ class DelivererDaemon:
             max_concurrency=8,
             after_step=lambda _id: self._gauges(),
         )
+        self.custody = (
+            Runtime(payouts, "custody payout", chains={"bitcoin": btc}, poll_interval=poll_interval, max_concurrency=1)
+            if payouts is not None and btc is not None
+            else None
+        )
 
     @classmethod
     async def from_settings(cls, settings: Settings, evm_key: str | None) -> "DelivererDaemon":
         config = _config(settings)
         evm = await _connect(settings, config)
+        btc = BitcoinAdapter.from_settings(settings) if config.bitcoin is not None else None
         engine = make_engine(settings.db_url)
         replica = Replica(engine, config.replica_config())
         store = AttestationStore(make_engine(settings.store_url))
@@ -264,21 +293,49 @@ class DelivererDaemon:
             confirmations=settings.evm.confirmations,
             poll_interval=settings.committee.poll_interval,
         )
-        return cls(evm, follower, deliverer, settings.committee.poll_interval)
+        payouts = None
+        if btc is not None and config.bitcoin is not None:
+            watcher = BtcDepositWatcher(replica, config.bitcoin, config.chain_id)
+            follower.also(
+                Indexer(
+                    f"btc-deposits-{config.bridge.lower()}",
+                    btc,
+                    engine,
+                    watcher,
+                    selector=watcher.selector,
+                    confirmations=settings.bitcoin.confirmations,
+                    batch_blocks=settings.indexer.batch_blocks,
+                    poll_interval=settings.indexer.poll_interval,
+                    start_height=config.bitcoin_start,
+                )
+            )
+            payouts = Payouts(engine, replica, watcher, ProposalStore(store.engine), btc, poll_interval=settings.committee.poll_interval)
+        return cls(evm, follower, deliverer, settings.committee.poll_interval, payouts, btc)
 
     async def _discover(self, halt: asyncio.Event) -> None:
         while not halt.is_set():
             try:
                 new = await asyncio.to_thread(self.deliverer.discover)
+                planned = await asyncio.to_thread(self.payouts.discover) if self.payouts is not None else []
             except Exception as exc:
                 if not is_retryable(exc):
                     raise
                 log.warning("reading the attestation store: %s", exc)
-                new = []
+                new, planned = [], []
             if new:
                 self.metrics.inc("messages_seen", len(new))
                 self.runtime.nudge(new)
+            if planned and self.custody is not None:
+                self.custody.nudge(planned)
             await wait_unless(halt, asyncio.sleep(self.poll_interval))
+
+    def _plan_sweep(self) -> None:
+        """The periodic sweep (an APScheduler job): deposits into custody before their refund path opens."""
+        if self.payouts is not None and self.custody is not None:
+            op = self.payouts.plan_sweep()
+            if op is not None:
+                log.info("planned %s", op)
+                self.custody.nudge([op])
 
     def _gauges(self) -> None:
         for state, n in self.deliverer.counts().items():
@@ -286,10 +343,22 @@ class DelivererDaemon:
         self.metrics.set("replica_height", self.follower.height or 0)
 
     async def run(self, stop: asyncio.Event) -> None:
+        scheduler = AsyncIOScheduler()
+        if self.custody is not None:
+            # Missed runs are not worth catching up: the next run sweeps whatever is there.
+            scheduler.add_job(self._plan_sweep, "interval", seconds=self.sweep_interval, coalesce=True, max_instances=1, misfire_grace_time=None)
+            scheduler.start()
         try:
-            await self.runtime.run(stop)
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self.runtime.run(stop))
+                if self.custody is not None:
+                    group.create_task(self.custody.run(stop))
         finally:
+            if scheduler.running:
+                scheduler.shutdown(wait=False)
             await self.evm.close()
+            if self.btc is not None:
+                await self.btc.close()
 
 
 class _ChainClock:

@@ -30,11 +30,14 @@ from sqlmodel import Field, SQLModel
 
 from bridge.committee.btc_deposits import BtcDepositWatcher
 from bridge.committee.crypto import address_of, sign
-from bridge.committee.messages import ZERO32, Committee, Kind, Message, decode_message, digest
+from bridge.committee.crypto import keccak256
+from bridge.committee.messages import BTC_ASSET, ZERO32, Committee, Kind, Message, bitcoin_source, decode_message, digest
+from bridge.committee.proposals import Proposal, ProposalStore
 from bridge.committee.replica import Replica
 from bridge.committee.store import AttestationRefused, AttestationStore
 from bridge.core.db import init_db
-from bridge.core.errors import InputError
+from bridge.core.errors import BridgeError, InputError
+from bridge.custody.policy import ExpectedPayout, PayoutRefused, sign_payout
 
 __all__ = ["Attester", "RotationPlan"]
 
@@ -44,6 +47,19 @@ log = logging.getLogger("bridge.committee.attester")
 DEFAULT_MIN_VALIDITY = 30
 #: An UNPAUSE may act this long after the pause it lifts.
 UNPAUSE_VALIDITY = 7 * 86_400
+
+
+class AttesterPsbt(SQLModel, table=True):
+    """Custody proposals this key judged: signed, or refused with the reason (judged once)."""
+
+    __tablename__ = "attester_psbt"
+
+    proposal_id: str = Field(primary_key=True)
+    grp: str = Field(index=True)
+    inputs: str  # outpoints, comma-separated
+    signed: bool
+    reason: str = ""
+    at: float
 
 
 class AttesterSigned(SQLModel, table=True):
@@ -77,6 +93,7 @@ class Attester:
         rotation: RotationPlan | None = None,
         approve_unpause: int | None = None,
         btc: BtcDepositWatcher | None = None,
+        proposals: ProposalStore | None = None,
         min_validity: int = DEFAULT_MIN_VALIDITY,
         clock=time.time,
     ) -> None:
@@ -87,9 +104,10 @@ class Attester:
         self.domain = replica.config.domain
         self.rotation, self.approve_unpause = rotation, approve_unpause
         self.btc = btc
+        self.proposals = proposals
         self.min_validity = min_validity
         self.clock = clock
-        init_db(replica.engine, [AttesterSigned.__table__])
+        init_db(replica.engine, [AttesterSigned.__table__, AttesterPsbt.__table__])
         self._not_member_logged = False
 
     def signing_committee(self, now: int) -> Committee | None:
@@ -112,6 +130,8 @@ class Attester:
         todo = self._unsigned_releases(now + self.min_validity)
         if self.btc is not None:
             todo += [m for m in map(self.btc.credit_message, self.btc.deposits(state="seen")) if m.expiry > now + self.min_validity]
+            if self.proposals is not None:
+                todo += [m for m in self._payouts_done() if m.expiry > now + self.min_validity]
         current = self.replica.current_committee()
         if self.rotation is not None and self.rotation.committee.epoch == current.epoch + 1 and now < self.rotation.expiry:
             todo.append(self.rotation.message(self.domain.chain_id))
@@ -127,6 +147,113 @@ class Attester:
             self._put(message, mid, committee, now)
             out.append(mid)
         return out
+
+    # --- custody: PSBTs and confirmed payouts -------------------------------------------------
+
+    def sign_proposals(self, tip_height: int) -> list[str]:
+        """Judge every custody proposal not judged yet; sign those this replica and this Bitcoin
+        view justify; returns the ids signed.  A refusal is recorded with its reason."""
+        if self.btc is None or self.proposals is None:
+            return []
+        judged = self._judged()
+        out = []
+        for proposal in self.proposals.proposals():
+            if proposal.id in judged:
+                continue
+            try:
+                expected = self._expected(proposal, tip_height)
+                psbt = proposal.psbt.copy()
+                sign_payout(psbt, self.key, expected)
+            except BridgeError as exc:
+                reason = getattr(exc, "reason", None) or exc.message
+                self._judge(proposal, False, str(reason))
+                log.warning("attester %s refuses custody proposal %s: %s", "0x" + self.address.hex()[:8], proposal.id[:16], reason)
+                continue
+            self.proposals.add_signed(proposal.id, self.address, psbt)
+            self._judge(proposal, True, "")
+            out.append(proposal.id)
+        return out
+
+    def _expected(self, proposal: Proposal, tip_height: int) -> ExpectedPayout:
+        """What this attester allows the proposal to do, or a refusal."""
+        terms = self.btc.terms  # type: ignore[union-attr]
+        coins = {c.txid + ":" + str(c.vout): (c.amount, c.witness_script) for c in self.btc.coins()}  # type: ignore[union-attr]
+        inputs = proposal.inputs
+        # A coin goes into one group's proposals only, and a later proposal of a group replaces
+        # (spends every input of) each earlier one: of one group's transactions one confirms.
+        for other_group, other_inputs in self._signed_inputs():
+            shared = set(inputs) & set(other_inputs)
+            if shared and other_group != proposal.group:
+                raise PayoutRefused("coin promised elsewhere", f"{sorted(shared)[0]} is in a {other_group} this key signed")
+            if other_group == proposal.group and not set(other_inputs) <= set(inputs):
+                raise PayoutRefused("not a replacement", f"a {proposal.group} was signed already; a new one must spend all its inputs")
+        custody = terms.custody_script_pubkey
+        outputs = proposal.psbt.tx.vout
+        if proposal.group.startswith("sweep:"):
+            if any(o.script_pubkey != custody for o in outputs):
+                raise PayoutRefused("extra output", "a sweep pays custody only")
+            owed: dict[bytes, int] = {}
+        else:
+            request = self.replica.request(nonce=int(proposal.group.split(":")[1]))
+            if request.state != "held" or request.asset != "0x" + BTC_ASSET.hex() or not request.destination:
+                raise PayoutRefused("not owed", f"request {request.nonce} is {request.state}, not a held BTC withdrawal")
+            destination = bytes.fromhex(request.destination)
+            paid = [o.value for o in outputs if o.script_pubkey == destination]
+            known = [coins[i][0] for i in inputs if i in coins]
+            kept = sum(o.value for o in outputs if o.script_pubkey == custody)
+            if len(paid) != 1 or len(known) != len(inputs) or sum(known) - kept != request.amount:
+                raise PayoutRefused("owed amount mismatch", f"custody must give up exactly the {request.amount} sats requested")
+            owed = {destination: paid[0]}
+        return ExpectedPayout(coins, owed, custody, terms.max_fee, terms.max_feerate, tip_height, terms.policy.network)
+
+    def _payouts_done(self) -> list[Message]:
+        """PAYOUT_DONE of every held BTC request one of whose proposals this Bitcoin view saw
+        confirmed at depth, paying the request's destination exactly what it owes."""
+        out = []
+        for request in self.replica.requests(state="held", limit=10_000):
+            if request.asset != "0x" + BTC_ASSET.hex() or not request.destination:
+                continue
+            for proposal in self.proposals.proposals(group=f"payout:{request.nonce}"):  # type: ignore[union-attr]
+                seen = self.btc.spend(proposal.id)  # type: ignore[union-attr]
+                if seen is None:
+                    continue
+                tx, _height, block_time = seen
+                message = self._payout_message(request, tx, block_time)
+                if message is not None:
+                    out.append(message)
+                break
+        return out
+
+    def _payout_message(self, request, tx, block_time: int) -> Message | None:
+        destination = bytes.fromhex(request.destination)
+        terms = self.btc.terms  # type: ignore[union-attr]
+        spent = self.btc.coin_amounts([f"{i.prevout.txid_hex}:{i.prevout.n}" for i in tx.vin])  # type: ignore[union-attr]
+        kept = sum(o.value for o in tx.vout if o.script_pubkey == terms.custody_script_pubkey)
+        paid = [n for n, o in enumerate(tx.vout) if o.script_pubkey == destination]
+        if len(spent) != len(tx.vin) or sum(spent.values()) - kept != request.amount or len(paid) != 1:
+            log.warning("payout %s of request %s does not pay what was owed: no PAYOUT_DONE", tx.txid, request.nonce)
+            return None
+        source_tx, source_index = bitcoin_source(tx.txid, paid[0])
+        chain = self.domain.chain_id
+        account = bytes.fromhex(request.account[2:])
+        expiry, payload = block_time + terms.credit_ttl, keccak256(destination)
+        return Message(1, Kind.PAYOUT_DONE, 0, source_tx, source_index, chain, account, BTC_ASSET, request.amount, request.nonce, expiry, payload)
+
+    def _judged(self) -> set[str]:
+        with self.replica.engine.connect() as conn:
+            return {r[0] for r in conn.execute(text("SELECT proposal_id FROM attester_psbt"))}
+
+    def _signed_inputs(self) -> list[tuple[str, list[str]]]:
+        with self.replica.engine.connect() as conn:
+            rows = conn.execute(text("SELECT grp, inputs FROM attester_psbt WHERE signed = :t"), {"t": True}).all()
+        return [(g, i.split(",")) for g, i in rows]
+
+    def _judge(self, proposal: Proposal, signed: bool, reason: str) -> None:
+        with self.replica.engine.begin() as conn:
+            conn.execute(
+                text("INSERT INTO attester_psbt (proposal_id, grp, inputs, signed, reason, at) VALUES (:p, :g, :i, :s, :r, :a) ON CONFLICT DO NOTHING"),
+                {"p": proposal.id, "g": proposal.group, "i": ",".join(proposal.inputs), "s": signed, "r": reason[:500], "a": time.time()},
+            )
 
     def unpause_message(self, pauses: int, paused_at: int) -> Message:
         """The UNPAUSE of the ``pauses``-th pause, valid for ``UNPAUSE_VALIDITY`` after the pause's

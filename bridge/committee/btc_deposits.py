@@ -90,6 +90,9 @@ class BtcTerms:
     #: Kept from each deposit's credit to pay the fee of sweeping it into custody, so custody
     #: always holds what the margin accounts are owed.
     sweep_allowance: int = 1_000
+    #: Caps every attester applies to a sweep's or payout's fee.
+    max_fee: int = 100_000
+    max_feerate: int = 250
 
     @property
     def custody_witness_script(self) -> bytes:

@@ -48,7 +48,13 @@ TERMINAL = frozenset({"delivered", "expired", "refused"})
 DELIVERIES = OpTable("delivery", "committee_delivery", "committee_delivery_history", "delivery_id", STATES, TERMINAL)
 
 #: Kinds a deliverer takes to the contract, and the entry point each goes to.
-ENTRY_POINTS = {Kind.RELEASE: "release", Kind.DEPOSIT_CREDIT: "creditDeposit", Kind.ROTATION: "rotate", Kind.UNPAUSE: "unpause"}
+ENTRY_POINTS = {
+    Kind.RELEASE: "release",
+    Kind.DEPOSIT_CREDIT: "creditDeposit",
+    Kind.PAYOUT_DONE: "payoutDone",
+    Kind.ROTATION: "rotate",
+    Kind.UNPAUSE: "unpause",
+}
 #: Refusals that only time or others can lift: the delivery waits and tries again.
 _WAIT_REASONS = {"IsPaused": 30.0, "CapExceeded": 60.0}
 #: Refusals after which the same quorum may still act once the committee is gathered again.
@@ -254,8 +260,8 @@ class Deliverer(OpStore):
 
     async def acted(self, message: Message, mid: bytes) -> bool:
         """Whether the contract already acted on this message (whoever delivered it)."""
-        if message.kind == Kind.RELEASE:
-            return await self.bridge.released(message.nonce)
+        if message.kind in (Kind.RELEASE, Kind.PAYOUT_DONE):
+            return await self.bridge.released(message.nonce)  # the request is closed
         if message.kind == Kind.DEPOSIT_CREDIT:
             return await self.bridge.credited_output(message.source_tx, message.source_index)
         return await self.bridge.consumed(mid)

@@ -179,6 +179,7 @@ class Request:
     message_id: bytes | None
     message: Message | None
     expiry: int
+    destination: str = ""  # BTC requests: the output script to pay, hex
 
     @classmethod
     def of(cls, row: Mapping[str, Any]) -> "Request":
@@ -197,6 +198,7 @@ class Request:
             bytes.fromhex(row["message_id"]) if row["message_id"] else None,
             decode_message(bytes.fromhex(row["message"])) if row["message"] else None,
             row["expiry"],
+            row.get("destination") or "",
         )
 
 
@@ -487,8 +489,8 @@ class Replica:
 PAYABLE_SCRIPTS = frozenset({"pubkeyhash", "scripthash", "witness_v0_keyhash", "witness_v0_scripthash", "witness_v1_taproot"})
 
 _INSERT_REQUEST = (
-    "INSERT INTO replica_request (nonce, source, account, asset, amount, block_height, block_time, state, reason, message_id, message, expiry) "
-    "VALUES (:nonce, :source, :account, :asset, :amount, :block_height, :block_time, :state, :reason, :message_id, :message, :expiry)"
+    "INSERT INTO replica_request (nonce, source, account, asset, amount, block_height, block_time, state, reason, message_id, message, expiry, destination) "
+    "VALUES (:nonce, :source, :account, :asset, :amount, :block_height, :block_time, :state, :reason, :message_id, :message, :expiry, '')"
 )
 
 

@@ -51,6 +51,7 @@ __all__ = [
     "build_refund",
     "build_spend",
     "build_sweep",
+    "build_withdrawal_payout",
     "combine",
     "finalize",
     "multisig_witness",
@@ -170,6 +171,34 @@ def build_payout(coins: Sequence[CustodyCoin], payments: Sequence[tuple[bytes | 
     """Pay ``payments`` from custody ``coins``, change to ``policy``'s custody address."""
     script = custody_script(policy)
     return build_spend(coins, payments, p2wsh_script(script), feerate, change_witness_script=script, network=policy.network, **kw)
+
+
+def build_withdrawal_payout(
+    coins: Sequence[CustodyCoin], destination: bytes, amount: int, policy: CustodyPolicy, feerate: int, max_fee: int = DEFAULT_MAX_FEE
+) -> P.Psbt:
+    """Pay a withdrawal of ``amount`` sats: the destination gets ``amount`` less the fee, custody
+    gets back everything else, so custody gives up exactly ``amount`` (the margin debited) and
+    the books hold to the sat.  The change is kept even when small (it is the committee's)."""
+    _check_feerate(feerate)
+    _check_coins(coins)
+    custody = custody_script(policy)
+    total = sum(c.amount for c in coins)
+    change = total - amount
+    if change < dust_threshold(p2wsh_script(custody)):
+        raise InsufficientFunds(f"coins of {total} sat cannot pay {amount} sat and keep custody change above dust", needed=amount)
+    vin = [TxIn(coin.outpoint, b"", SEQUENCE_RBF) for coin in coins]
+    draft = Tx(TX_VERSION, vin, [TxOut(amount, bytes(destination)), TxOut(change, p2wsh_script(custody))])
+    fee = feerate * spend_vsize(draft, [c.witness_script for c in coins])
+    if fee > max_fee:
+        raise InputError(f"fee {fee} sat exceeds the configured maximum {max_fee} sat", fee=fee, max_fee=max_fee)
+    if amount - fee < dust_threshold(bytes(destination)):
+        raise InputError(f"a withdrawal of {amount} sat leaves {amount - fee} sat after the {fee} sat fee: below dust", field="amount")
+    psbt = P.Psbt.from_tx(Tx(TX_VERSION, vin, [TxOut(amount - fee, bytes(destination)), TxOut(change, p2wsh_script(custody))], 0))
+    for record, coin in zip(psbt.inputs, coins):
+        record[P.k(P.IN_WITNESS_UTXO)] = TxOut(coin.amount, coin.script_pubkey).serialize()
+        record[P.k(P.IN_WITNESS_SCRIPT)] = coin.witness_script
+    psbt.outputs[-1][P.k(P.OUT_WITNESS_SCRIPT)] = custody
+    return psbt
 
 
 def build_sweep(coins: Sequence[CustodyCoin], policy: CustodyPolicy, feerate: int, **kw: Any) -> P.Psbt:
