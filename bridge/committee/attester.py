@@ -164,6 +164,7 @@ class Attester:
                 expected = self._expected(proposal, tip_height)
                 psbt = proposal.psbt.copy()
                 sign_payout(psbt, self.key, expected)
+                self._check_gives_up_exactly(proposal, expected)
             except BridgeError as exc:
                 reason = getattr(exc, "reason", None) or exc.message
                 self._judge(proposal, False, str(reason))
@@ -199,12 +200,22 @@ class Attester:
                 raise PayoutRefused("not owed", f"request {request.nonce} is {request.state}, not a held BTC withdrawal")
             destination = bytes.fromhex(request.destination)
             paid = [o.value for o in outputs if o.script_pubkey == destination]
-            known = [coins[i][0] for i in inputs if i in coins]
-            kept = sum(o.value for o in outputs if o.script_pubkey == custody)
-            if len(paid) != 1 or len(known) != len(inputs) or sum(known) - kept != request.amount:
-                raise PayoutRefused("owed amount mismatch", f"custody must give up exactly the {request.amount} sats requested")
+            if len(paid) != 1:
+                raise PayoutRefused("missing owed output", f"request {request.nonce}'s destination must be paid exactly once")
+            # The owed output's value is checked below against the coins, once the rules passed.
             owed = {destination: paid[0]}
         return ExpectedPayout(coins, owed, custody, terms.max_fee, terms.max_feerate, tip_height, terms.policy.network)
+
+    def _check_gives_up_exactly(self, proposal: Proposal, expected: ExpectedPayout) -> None:
+        """A payout takes from custody exactly the amount its request debited: the fee comes out of
+        the destination's output, never out of the coins that back other accounts."""
+        if proposal.group.startswith("sweep:"):
+            return
+        request = self.replica.request(nonce=int(proposal.group.split(":")[1]))
+        spent = sum(expected.coins[i][0] for i in proposal.inputs)
+        kept = sum(o.value for o in proposal.psbt.tx.vout if o.script_pubkey == expected.change_script)
+        if spent - kept != request.amount:
+            raise PayoutRefused("owed amount mismatch", f"custody would give up {spent - kept} sats for a request of {request.amount}")
 
     def _payouts_done(self) -> list[Message]:
         """PAYOUT_DONE of every held BTC request one of whose proposals this Bitcoin view saw
