@@ -224,15 +224,11 @@ class AttesterDaemon:
         signed = await asyncio.to_thread(self.attester.sign_due)
         if signed:
             self.metrics.inc("signed", len(signed))
-        if self.btc is not None and self.attester.proposals is not None:
-            try:
-                tip = await self.btc.height()
-            except Exception as exc:  # noqa: BLE001 - Bitcoin away: no custody signing this round
-                log.debug("no Bitcoin tip: %s", exc)
-            else:
-                psbts = await asyncio.to_thread(self.attester.sign_proposals, tip)
-                if psbts:
-                    self.metrics.inc("psbts_signed", len(psbts))
+        tip = self.follower.indexers[-1].stats.get("head") if len(self.follower.indexers) > 1 else None
+        if tip is not None and self.attester.proposals is not None:  # the Bitcoin tip its fold last read
+            psbts = await asyncio.to_thread(self.attester.sign_proposals, tip)
+            if psbts:
+                self.metrics.inc("psbts_signed", len(psbts))
         self.metrics.set("replica_height", self.follower.height or 0)
 
     async def run(self, stop: asyncio.Event) -> None:

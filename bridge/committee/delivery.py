@@ -228,7 +228,9 @@ class Deliverer(OpStore):
                 raise Wait(f"the contract refuses for now: {reason}", delay=_WAIT_REASONS[reason]) from None
             if reason in _REQUORUM_REASONS:
                 self._move(op_id, "submitting", "waiting_quorum", f"refused ({reason}): gathering a quorum of the current committee")
-                return
+                # The contract judges by the next block's time: until one comes, the same quorum
+                # would be picked and refused again.
+                raise Wait(f"the contract refused the quorum ({reason}): waiting for a block", on_block="evm") from None
             if reason in ("AlreadyConsumed", "MessageExpired"):
                 raise  # the next step reads the chain and ends it (delivered / expired)
             self._move(op_id, "submitting", "refused", f"the contract refuses it: {reason}")

@@ -126,6 +126,15 @@ class ReplicaBtcKey(SQLModel, table=True):
     block_height: int
 
 
+class ReplicaEvent(SQLModel, table=True):
+    """Events folded, by log key: an event delivered twice is folded once."""
+
+    __tablename__ = "replica_event"
+
+    key: str = Field(primary_key=True)  # txhash:logindex
+    block_height: int
+
+
 class ReplicaAnomaly(SQLModel, table=True):
     __tablename__ = "replica_anomaly"
 
@@ -135,7 +144,14 @@ class ReplicaAnomaly(SQLModel, table=True):
     detail: str
 
 
-TABLES = [ReplicaRequest.__table__, ReplicaCommittee.__table__, ReplicaFact.__table__, ReplicaBtcKey.__table__, ReplicaAnomaly.__table__]
+TABLES = [
+    ReplicaRequest.__table__,
+    ReplicaCommittee.__table__,
+    ReplicaFact.__table__,
+    ReplicaBtcKey.__table__,
+    ReplicaEvent.__table__,
+    ReplicaAnomaly.__table__,
+]
 
 
 def owner_of(address: bytes | str) -> str:
@@ -233,7 +249,11 @@ class Replica:
         self._expire(conn, block)
         for event in events:
             handler = getattr(self, f"_on_{event.name}", None)
-            if handler is not None:
+            if handler is None:
+                continue
+            key = _key(event)
+            first = conn.execute(text("INSERT INTO replica_event (key, block_height) VALUES (:k, :h) ON CONFLICT DO NOTHING"), {"k": key, "h": block.height})
+            if first.rowcount == 1:  # the same event again (a replay) changes nothing
                 handler(conn, event, block)
 
     def _expire(self, conn: Connection, block: BlockRef) -> None:
