@@ -1,6 +1,7 @@
-"""`make demo`: bring up both devnets, act on each chain, run three atomic swaps, print what happened, stop.
+"""`make demo`: bring up both devnets, act on each chain, run three atomic swaps, then the committee
+(margin deposits and a withdrawal released by a quorum), print what happened, stop.
 
-    python -m bridge.demo [--data-dir .devnet/demo] [--keep]
+    python -m bridge.demo [--data-dir .devnet/demo] [--keep] [--no-swaps] [--no-committee]
 
 The demo runs on its own data dir and free ports so it never collides with a
 devnet you already run; ``--keep`` leaves its nodes running afterwards (stop
@@ -84,7 +85,7 @@ async def bitcoin_phase(descriptor: dict, tl: Timeline) -> dict:
         return {"txid": signed.txid, "block": status.block.height, "fee_sats": signed.fee_sats}
 
 
-async def run(data_dir: Path, keep: bool, skip_swaps: bool = False) -> int:
+async def run(data_dir: Path, keep: bool, skip_swaps: bool = False, skip_committee: bool = False) -> int:
     from bridge.core.settings import load_settings
     from devnets.manager import Devnet
 
@@ -109,6 +110,11 @@ async def run(data_dir: Path, keep: bool, skip_swaps: bool = False) -> int:
 
             tl.say("atomic swaps: an LP daemon and a trader, each with its own keys and database")
             summary["swaps"] = await run_swaps(descriptor, data_dir, tl.say, devnet.bitcoin.rpc)
+        if not skip_committee:
+            from bridge.demo_committee import run_committee
+
+            tl.say("the committee: four attesters (each with its own replica of the margin ledger) and a deliverer, as processes")
+            summary["committee"] = await run_committee(descriptor, data_dir, tl.say)
     finally:
         if not keep:
             await asyncio.to_thread(devnet.down, tl.say)
@@ -121,6 +127,16 @@ async def run(data_dir: Path, keep: bool, skip_swaps: bool = False) -> int:
         print(f"\nswap {swap_id}: {swap['state']}\n{swap['timeline']}")
     for party, balances in summary.get("swaps", {}).get("balances", {}).items():
         print(f"\nledger of the {party} (bridgectl ledger balances):\n{balances}")
+    committee = summary.get("committee")
+    if committee:
+        for d in committee["deposits"]:
+            credited = ", ".join(f"{name} {time.strftime('%H:%M:%S', time.localtime(at))}.{int(at * 1000) % 1000:03d}" for name, at in d["credited_at"].items())
+            print(f"\ndeposit of {d['amount']} {d['asset']}: tx {d['tx']} in block {d['block']}")
+            print(f"  credited as margin (transfer {d['transfer']}) in each replica at: {credited}")
+        w = committee["withdrawal"]
+        print(f"\nwithdrawal request {w['request']} (bridgectl message show req:{w['request']}):\n{w['show']}")
+        print(f"\n{committee['balances']}")
+        print(f"  the replicas {'agree' if committee['agree'] else 'DISAGREE'}; their databases and logs: {committee['work']}")
     print(f"\ntook {time.monotonic() - tl.started:.1f}s; nodes {'left running' if keep else 'stopped'}")
     return 0
 
@@ -129,10 +145,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bridge.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default=".devnet/demo", type=Path)
     parser.add_argument("--keep", action="store_true", help="leave the demo's nodes running afterwards")
-    parser.add_argument("--no-swaps", action="store_true", help="only the devnet transfers, no swaps")
+    parser.add_argument("--no-swaps", action="store_true", help="no atomic swaps")
+    parser.add_argument("--no-committee", action="store_true", help="no committee (deposits and a withdrawal through the bridge contract)")
     args = parser.parse_args(argv)
     try:
-        return asyncio.run(run(args.data_dir.resolve(), args.keep, args.no_swaps))
+        return asyncio.run(run(args.data_dir.resolve(), args.keep, args.no_swaps, args.no_committee))
     except BridgeError as exc:
         print(f"demo failed: {exc.message}", file=sys.stderr)
         return 1

@@ -230,11 +230,23 @@ class AttestationStore:
             if tx.execute(_INSERT_SIGNATURE, {"message_id": mid, "signer": who, "signature": signature.hex(), "stored_at": at, **slot}) == 1:
                 tx.execute(_INSERT_MESSAGE, self._message_row(domain, message, mid, at))
                 return Accepted(message_id, signer, True)
+            mine = tx.one("SELECT signature FROM committee_signature WHERE message_id = :m AND signer = :s", {"m": mid, "s": who})
+            if mine is not None:
+                if _verifies(mid, mine["signature"], signer):
+                    return Accepted(message_id, signer, False)
+                # A row under this signer that is not its signature (written past ``put``): ours wins.
+                self._replace(tx, mid, who, signature, slot, at)
+                tx.execute(_INSERT_MESSAGE, self._message_row(domain, message, mid, at))
+                return Accepted(message_id, signer, True)
             held = tx.one(f"SELECT message_id, signature FROM committee_signature WHERE {_SLOT}", {"signer": who, **slot})
-            if held is None:  # the (message, signer) key of another slot: impossible, the id fixes the slot
+            if held is None:  # lost a race with a delete (written past ``put``): try again
                 raise AttestationRefused("signature row conflicts with another slot", message_id=mid)
-            if held["message_id"] == mid:
-                return Accepted(message_id, signer, False)
+            if not self._genuine(tx, held["message_id"], held["signature"], signer, slot):
+                # Not the signer's signature of a message in this slot: no evidence against it.
+                tx.execute("DELETE FROM committee_signature WHERE message_id = :m AND signer = :s", {"m": held["message_id"], "s": who})
+                tx.execute(_INSERT_SIGNATURE, {"message_id": mid, "signer": who, "signature": signature.hex(), "stored_at": at, **slot})
+                tx.execute(_INSERT_MESSAGE, self._message_row(domain, message, mid, at))
+                return Accepted(message_id, signer, True)
             tx.execute(
                 _INSERT_EVIDENCE,
                 {
@@ -254,6 +266,23 @@ class AttestationStore:
             first_message_id=held["message_id"],
             second_message_id=mid,
         )
+
+    @staticmethod
+    def _replace(tx: Any, mid: str, who: str, signature: bytes, slot: dict[str, Any], at: float) -> None:
+        tx.execute("DELETE FROM committee_signature WHERE message_id = :m AND signer = :s", {"m": mid, "s": who})
+        tx.execute(_INSERT_SIGNATURE, {"message_id": mid, "signer": who, "signature": signature.hex(), "stored_at": at, **slot})
+
+    @staticmethod
+    def _genuine(tx: Any, mid: str, signature: str, signer: bytes, slot: dict[str, Any]) -> bool:
+        """Whether a held row is the signer's signature of a stored message of this very slot."""
+        if not _verifies(mid, signature, signer):
+            return False
+        row = tx.one("SELECT body FROM committee_message WHERE id = :m", {"m": mid})
+        try:
+            held = decode_message(bytes.fromhex(row["body"])) if row is not None else None
+        except (Refused, ValueError):
+            return False
+        return held is not None and _slot(held) == slot
 
     def put_encoded(self, domain: Domain, body: bytes, signer: bytes, signature: bytes, committee: Committee, now: int | None = None) -> Accepted:
         """``put`` from the canonical bytes of the message (as they arrive from another process)."""
@@ -280,13 +309,17 @@ class AttestationStore:
             if row is None:
                 raise NotFound(f"no committee message {_hex_id(message_id)}", message_id=_hex_id(message_id))
             sigs = tx.rows("SELECT signer, signature FROM committee_signature WHERE message_id = :id", {"id": row["id"]})
-        return Stored(
-            bytes.fromhex(row["id"]),
-            decode_message(bytes.fromhex(row["body"])),
-            Domain(int(row["domain_chain_id"]), bytes.fromhex(row["verifying_contract"])),
-            row["first_seen"],
-            {bytes.fromhex(s["signer"]): bytes.fromhex(s["signature"]) for s in sigs},
-        )
+        signatures = {}
+        for s in sigs:  # a row that does not decode (written past ``put``) is no signature
+            try:
+                signatures[bytes.fromhex(s["signer"])] = bytes.fromhex(s["signature"])
+            except (TypeError, ValueError):
+                continue
+        try:
+            body, domain = bytes.fromhex(row["body"]), Domain(int(row["domain_chain_id"]), bytes.fromhex(row["verifying_contract"]))
+        except (TypeError, ValueError):
+            raise AttestationRefused("stored message does not decode", message_id=row["id"]) from None
+        return Stored(bytes.fromhex(row["id"]), decode_message(body), domain, row["first_seen"], signatures)
 
     def quorum(self, message_id: bytes, committee: Committee, domain: Domain, now: int) -> Tally:
         """A quorum of ``committee`` for the message when the store holds one: the ``threshold``
@@ -398,6 +431,13 @@ class AttestationStore:
         """Rows in ``committee_signature`` (for checks and metrics)."""
         with self.db.transaction() as tx:
             return int(tx.column("SELECT COUNT(*) FROM committee_signature")[0])
+
+
+def _verifies(mid: str, signature: str, signer: bytes) -> bool:
+    try:
+        return recover(bytes.fromhex(mid), bytes.fromhex(signature)) == signer
+    except (SignatureRefused, TypeError, ValueError):
+        return False
 
 
 def _hex_id(message_id: bytes) -> str:

@@ -6,6 +6,8 @@ engine here so SQLite is always opened with the same durability settings.
 
 from __future__ import annotations
 
+import time
+
 import weakref
 from pathlib import Path
 from typing import Iterable
@@ -59,7 +61,17 @@ def init_db(engine: Engine, tables: Iterable[Table] | None = None) -> None:
     if not tables:
         return
     for metadata in {id(t.metadata): t.metadata for t in tables}.values():
-        metadata.create_all(engine, tables=[t for t in tables if t.metadata is metadata])
+        for attempt in range(5):
+            try:
+                metadata.create_all(engine, tables=[t for t in tables if t.metadata is metadata])
+                break
+            except DBAPIError as exc:
+                # Processes starting together on one database create the same tables: whoever
+                # lost the race between create_all's check and its CREATE looks again.
+                text_ = str(exc).lower()
+                if not ("already exists" in text_ or "pg_type_typname_nsp_index" in text_) or attempt == 4:
+                    raise
+                time.sleep(0.05 * (attempt + 1))
     for table in tables:
         add_missing_columns(engine, table)
     done.update(tables)

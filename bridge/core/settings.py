@@ -125,8 +125,10 @@ def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
             section, field = rest.split("__", 1)
             if section in _SECTIONS:
                 out.setdefault(section, {})[field] = value
-        else:
+        elif rest in Settings.model_fields:
             out[rest] = value
+        # Other BRIDGE_* names (BRIDGE_EVM_KEY, BRIDGE_DELIVERER_KEY, ...) are keys and the like
+        # that commands read themselves: not settings, and no reason to refuse to start.
     return out
 
 

@@ -137,7 +137,7 @@ async def own_bridge(
     await AnvilControls(evm).set_balance(deployer.address, 100 * ONE_ETH)
     relayer = Account.create()
     await AnvilControls(evm).set_balance(relayer.address, 100 * ONE_ETH)
-    keys = committee_keys(n, seed or where.name + str(os.getpid()))
+    keys = committee_keys(n, seed or f"{where}-{os.getpid()}")  # a committee of its own per test
     committee = Committee(0, tuple(address_of(k) for k in keys), m)
     token = await Erc20.deploy(evm, deployer_key, "TestToken", "Test USD", "TUSD", 6)
     caps = caps or {"ETH": 1_000 * ONE_ETH, "TUSD": 10**9 * TUSD}
@@ -240,7 +240,7 @@ def stop_process(proc: subprocess.Popen, kill: bool = False, timeout: float = 15
 
 # --- a shared store and the daemons as script processes (the Byzantine and replica tests) ----------
 #
-#     with shared_store(tmp_path) as store_url, fleet(bridge, tmp_path / "fleet", store_url) as f:
+#     with shared_store(tmp_path) as store_url, fleet(bridge, tmp_path / "fleet", store_url, regtest) as f:
 #         f.start_attester(0); f.start_byzantine(1, forge=[...]); f.start_deliverer()
 #         await f.wait_heights(await evm.height())
 #         f.replica("attester-0").balances(); f.store.evidence(); f.deliverer_reader().view(mid)
@@ -250,6 +250,9 @@ def stop_process(proc: subprocess.Popen, kill: bool = False, timeout: float = 15
 
 import logging  # noqa: E402
 import secrets  # noqa: E402
+import time  # noqa: E402
+
+import aiohttp  # noqa: E402
 from typing import Iterator  # noqa: E402
 from urllib.parse import quote  # noqa: E402
 
@@ -270,10 +273,10 @@ _log = logging.getLogger("test.committee")
 def shared_store(where: Path) -> Iterator[str]:
     """The URL of a fresh attestation store for several processes: a fresh schema of the test
     PostgreSQL when it answers (dropped after a passing body, kept for a look after a failing
-    one), else one SQLite file under ``where``."""
-    if postgres_available() is not None:
+    one), else one SQLite file under ``where`` (also with ``COMMITTEE_TEST_STORE=sqlite``)."""
+    if os.environ.get("COMMITTEE_TEST_STORE") == "sqlite" or postgres_available() is not None:
         where.mkdir(parents=True, exist_ok=True)
-        _log.info("declare: attestation store on SQLite (no PostgreSQL answers)")
+        _log.info("declare: attestation store on SQLite (no PostgreSQL, or COMMITTEE_TEST_STORE=sqlite)")
         yield f"sqlite:///{where / 'store.sqlite'}"
         return
     schema = f"store_{secrets.token_hex(6)}"
@@ -307,8 +310,11 @@ class Fleet:
     bridge: TestBridge
     where: Path
     store_url: str
+    #: The Bitcoin node the attesters watch for custody deposits (``regtest`` fixture), if any.
+    regtest: object = None
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
     starts: dict[str, int] = field(default_factory=dict)
+    ports: dict[str, int] = field(default_factory=dict)
     _engines: dict[str, Engine] = field(default_factory=dict)
     _replicas: dict[str, Replica] = field(default_factory=dict)
     _store: AttestationStore | None = None
@@ -316,7 +322,7 @@ class Fleet:
     # --- where things are ---
 
     def settings(self, name: str) -> Settings:
-        return self.bridge.settings(self.where / name, store_url=self.store_url)
+        return self.bridge.settings(self.where / name, store_url=self.store_url, regtest=self.regtest)
 
     def db_url(self, name: str) -> str:
         """The replica database of daemon ``name`` (``attester-<i>`` or ``service``)."""
@@ -350,9 +356,12 @@ class Fleet:
     def _start(self, name: str, args: list[str], extra_env: dict[str, str] | None = None) -> subprocess.Popen:
         assert self.running(name) is False, f"{name} is running already"
         settings = self.settings("service" if name == "deliverer" else name)
+        self.ports[name] = _free_port()
+        args = [*args, "--port", str(self.ports[name])]
         env = daemon_env(settings, {"BRIDGE_LOG_LEVEL": "INFO", **(extra_env or {})})
         log = open(self.where / f"{name}.log", "ab")  # noqa: SIM115 - closed by stop()
-        log.write(f"\n===== start #{self.starts.get(name, 0) + 1} of {name}: {' '.join(args)}\n".encode())
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        log.write(f"\n===== {stamp} start #{self.starts.get(name, 0) + 1} of {name}: {' '.join(args)}\n".encode())
         log.flush()
         proc = subprocess.Popen(
             [sys.executable, str(PROC_SCRIPT), *args], env=env, cwd=settings.data_dir, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
@@ -402,6 +411,27 @@ class Fleet:
 
     # --- waiting ---
 
+    async def up(self, name: str) -> bool:
+        """Whether daemon ``name`` answers ``/health`` (it runs: settings read, databases open)."""
+        self.check_alive()
+        if not self.running(name):
+            return False
+        try:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
+                async with http.get(f"http://127.0.0.1:{self.ports[name]}/health") as resp:
+                    return resp.status == 200
+        except (aiohttp.ClientError, asyncio.TimeoutError):
+            return False
+
+    async def wait_up(self, names: Sequence[str] | None = None, timeout: float = 60.0) -> None:
+        """Until every daemon of ``names`` (default: every running one) answers ``/health``."""
+        names = list(self.procs) if names is None else list(names)
+
+        async def all_up() -> bool:
+            return all([await self.up(n) for n in names])
+
+        await wait_until(all_up, timeout=timeout, interval=0.1, what=f"{', '.join(names)} up")
+
     def height(self, name: str) -> int | None:
         """How far daemon ``name``'s replica folded (its indexer cursor), None before it started."""
         try:
@@ -441,14 +471,22 @@ class Fleet:
 
 
 @contextlib.contextmanager
-def fleet(bridge: TestBridge, where: Path, store_url: str) -> Iterator[Fleet]:
+def fleet(bridge: TestBridge, where: Path, store_url: str, regtest=None) -> Iterator[Fleet]:
     """A ``Fleet``; every daemon it started is stopped at the end, whatever happened."""
     where.mkdir(parents=True, exist_ok=True)
-    f = Fleet(bridge, where, store_url)
+    f = Fleet(bridge, where, store_url, regtest)
     try:
         yield f
     finally:
         f.close()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def ledger_totals(engine: Engine) -> dict[tuple[str, str, str], tuple[int, int, int]]:

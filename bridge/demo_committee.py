@@ -1,0 +1,282 @@
+"""The demo's committee act: four attesters and a deliverer as processes, margin in and out.
+
+Everything goes through the commands a user and an operator run: `bridgectl relayer run
+attester --key <data dir>/committee/attester-<i>.key` (each attester with its own replica
+database) and `bridgectl relayer run deliverer` (the service replica, in its own database; gas
+from devnet account 9), then `bridgectl deposit evm` twice (ETH, then TUSD: approve and
+deposit) and `bridgectl withdraw evm`, all signing with devnet account 4.  While a deposit
+command runs, the demo watches the five replicas and notes when each one credits it; after the
+withdrawal it shows the release as `bridgectl message show` does, and every replica's books.
+
+The replicas' databases live in ``<data dir>/committee-<bridge address>/``: the devnet keeps
+its chain between demo runs, so the replicas continue where they stopped, and a new bridge (a
+reset devnet) gets fresh ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from bridge.core.errors import DevnetError
+from bridge.core.testing import wait_until
+from bridge.demo_swaps import _toml
+
+#: The demo's depositor (devnet test account 4) and what it moves.
+USER_ACCOUNT = 4
+DEPOSITS = (("ETH", "1.5"), ("TUSD", "2500"))
+WITHDRAWAL = ("ETH", "0.4")
+ATTESTERS = (0, 1, 2, 3)
+
+
+@dataclass
+class Daemon:
+    """A daemon process; ``ready`` says when it has folded its first blocks (its HTTP port is any
+    free one: a port chosen here could be taken by another process before the daemon binds it)."""
+
+    name: str
+    argv: list[str]
+    log: Path
+    ready: Callable[[], bool]
+    proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen([*self.argv, "--port", "0"], stdout=out, stderr=subprocess.STDOUT)
+
+    def up(self) -> bool:
+        if self.proc is None or self.proc.poll() is not None:
+            tail = self.log.read_text(errors="replace")[-2000:]
+            raise DevnetError(f"{self.name} exited ({self.proc.returncode if self.proc else '?'}); end of {self.log}:\n{tail}")
+        return self.ready()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+@dataclass
+class CommitteeAct:
+    """The act's settings, daemons and replica readers."""
+
+    data_dir: Path
+    descriptor: dict
+    say: Callable[[str], None]
+    work: Path = field(init=False)
+    config: object = field(init=False)
+    daemons: list[Daemon] = field(default_factory=list)
+    statuses: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        from bridge.committee.config import load_bridge_config
+
+        self.config = load_bridge_config(self.data_dir / "committee.json")
+        self.work = self.data_dir / f"committee-{self.config.bridge[2:10].lower()}"
+        self.work.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def settings_file(self) -> Path:
+        return self.work / "bridge.toml"
+
+    def replica_url(self, name: str) -> str:
+        return f"sqlite:///{self.work / (name + '.sqlite')}"
+
+    def write_settings(self) -> None:
+        """Settings every process of the act shares: the devnet's nodes, the service database."""
+        btc, evm = self.descriptor["bitcoin"], self.descriptor["evm"]
+        lines = [f"data_dir = {_toml(str(self.data_dir))}", f"database_url = {_toml(self.replica_url('service'))}", "[bitcoin]", f"rpc_port = {btc['port']}"]
+        if btc.get("cookie_file"):
+            lines.append(f"cookie_file = {_toml(btc['cookie_file'])}")
+        else:
+            lines += [f"rpc_user = {_toml(btc['rpc_user'])}", f"rpc_password = {_toml(btc['rpc_password'])}"]
+        lines += ["[evm]", f"url = {_toml(evm['rpc_url'])}", "[indexer]", "poll_interval = 0.1", "[committee]", "poll_interval = 0.1"]
+        self.settings_file.write_text("\n".join(lines) + "\n")
+
+    def bridgectl(self, *args: str, log_level: str = "WARNING") -> list[str]:
+        return [sys.executable, "-m", "bridge", "--config", str(self.settings_file), "--log-level", log_level, *args]
+
+    async def start(self) -> None:
+        self.write_settings()
+        keys = self.data_dir / "committee"
+        for i in ATTESTERS:
+            name = f"attester-{i}"
+            argv = self.bridgectl("relayer", "run", "attester", "--key", str(keys / f"attester-{i}.key"), "--db", self.replica_url(name), log_level="INFO")
+            self.daemons.append(Daemon(name, argv, self.work / f"{name}.log", lambda n=name: self.status(n).replica_height() is not None))
+        env_key = os.environ.get("BRIDGE_DELIVERER_KEY")
+        service = self.status("service")
+        argv = self.bridgectl("relayer", "run", "deliverer", log_level="INFO")
+        self.daemons.append(Daemon("deliverer", argv, self.work / "deliverer.log", lambda: service.store is not None and service.replica_height() is not None))
+        # The deliverer first: it creates the attestation store's tables in the service database,
+        # which the attesters then share (five processes creating them at once would race).
+        deliverer, attesters = self.daemons[-1], self.daemons[:-1]
+        deliverer.start()
+        await wait_until(deliverer.up, timeout=90, interval=0.1, what="the deliverer to fold its first blocks")
+        for daemon in attesters:
+            daemon.start()
+        for daemon in attesters:
+            await wait_until(daemon.up, timeout=90, interval=0.1, what=f"{daemon.name} to fold its first blocks")
+        gas = "$BRIDGE_DELIVERER_KEY" if env_key else "devnet account 9"
+        committee = self.config.committee
+        signers = ", ".join(f"{i} 0x{s.hex()[:8]}…" for i, s in enumerate(committee.signers))
+        size = len(committee.signers)
+        self.say(f"bridge {self.config.bridge} (committee.json): committee epoch {committee.epoch}, {committee.threshold} of {size}: {signers}")
+        self.say(f"committee: attesters {', '.join(map(str, ATTESTERS))} (3 of 4 sign) and a deliverer (gas from {gas}) up; logs and replicas in {self.work}")
+
+    def check_alive(self) -> None:
+        """``DevnetError`` with the end of its log for a daemon that exited."""
+        for daemon in self.daemons:
+            if daemon.proc is not None and daemon.proc.poll() is not None:
+                tail = daemon.log.read_text(errors="replace")[-2500:]
+                raise DevnetError(f"{daemon.name} exited ({daemon.proc.returncode}); end of {daemon.log}:\n{tail}")
+
+    def stop(self) -> None:
+        for daemon in self.daemons:  # all at once: each stops gracefully in parallel
+            if daemon.proc is not None and daemon.proc.poll() is None:
+                daemon.proc.send_signal(signal.SIGTERM)
+        for daemon in self.daemons:
+            daemon.stop()
+        for status in self.statuses.values():
+            status.close()
+
+    def status(self, name: str):
+        """Views of replica ``name`` (``attester-<i>`` or ``service``; the store is the service DB)."""
+        from bridge.committee.status import CommitteeStatus
+
+        if name not in self.statuses:
+            self.statuses[name] = CommitteeStatus.open(self.config, self.replica_url(name), self.replica_url("service"))
+        return self.statuses[name]
+
+    @property
+    def replicas(self) -> list[str]:
+        return [f"attester-{i}" for i in ATTESTERS] + ["service"]
+
+
+def stream(argv: list[str], say_prefix: str, started: list[subprocess.Popen]) -> tuple[int, list[tuple[float, str]]]:
+    """Run a command, echoing its output as it comes; ``(exit code, [(time, line)])``.
+    The process goes into ``started`` (so that it can be stopped from outside)."""
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    started.append(proc)
+    lines: list[tuple[float, str]] = []
+    for line in proc.stdout:  # type: ignore[union-attr]
+        lines.append((time.time(), line.rstrip()))
+        print(f"    {say_prefix} | {line.rstrip()}", flush=True)
+    return proc.wait(), lines
+
+
+async def run_command(c: CommitteeAct, *args: str) -> list[tuple[float, str]]:
+    """`bridgectl ARGS` as the user, streamed; stopped (and the act failed) if a daemon dies meanwhile."""
+    started: list[subprocess.Popen] = []
+    task = asyncio.create_task(asyncio.to_thread(stream, c.bridgectl(*args), "user", started))
+    try:
+        while not task.done():
+            c.check_alive()
+            await asyncio.wait({task}, timeout=0.3)
+    finally:
+        if not task.done():
+            for proc in started:
+                proc.kill()
+        code, lines = await task
+    if code != 0:
+        raise DevnetError(f"bridgectl {' '.join(args[:2])} failed ({code}):\n" + "\n".join(line for _t, line in lines))
+    return lines
+
+
+async def deposit(c: CommitteeAct, user: str, asset: str, amount: str) -> dict:
+    """`bridgectl deposit evm` while watching every replica for the new credit."""
+    known = {name: {d["transfer"] for d in c.status(name).deposit_credits(user)} for name in c.replicas}
+    seen: dict[str, tuple[float, dict]] = {}
+
+    async def watch() -> None:
+        while len(seen) < len(c.replicas):
+            for name in c.replicas:
+                if name not in seen:
+                    new = [d for d in await asyncio.to_thread(c.status(name).deposit_credits, user) if d["transfer"] not in known[name]]
+                    if new:
+                        seen[name] = (time.time(), new[0])
+            await asyncio.sleep(0.02)
+
+    c.say(f"user: bridgectl deposit evm --asset {asset} --amount {amount} --account {USER_ACCOUNT}")
+    watcher = asyncio.create_task(watch())
+    try:
+        lines = await run_command(c, "deposit", "evm", "--asset", asset, "--amount", amount, "--account", str(USER_ACCOUNT))
+        try:
+            await asyncio.wait_for(asyncio.shield(watcher), timeout=30)
+        except asyncio.TimeoutError:
+            raise DevnetError(f"the deposit was not credited in every replica within 30s (credited in: {', '.join(seen) or 'none'})") from None
+    finally:
+        watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
+    tx, block = _tx_block(lines)
+    credited = dict(sorted(((name, at) for name, (at, _credit) in seen.items()), key=lambda item: item[1]))
+    first = next(iter(seen.values()))[1]
+    if any(credit["transfer"] != first["transfer"] for _at, credit in seen.values()):
+        raise DevnetError(f"the replicas credited different deposits: {seen}")
+    spread = max(credited.values()) - min(credited.values())
+    c.say(f"{first['amount']} {first['asset']} credited as margin in all {len(credited)} replicas within {spread:.2f}s: " + ", ".join(credited))
+    return {"asset": asset, "amount": first["amount"], "tx": tx, "block": block, "transfer": first["transfer"], "credited_at": credited}
+
+
+def _tx_block(lines: list[tuple[float, str]]) -> tuple[str, int]:
+    for _t, line in lines:
+        if line.startswith("deposited ") and " tx " in line:
+            words = line.split()
+            return words[words.index("tx") + 1], int(words[words.index("block") + 1])
+    raise DevnetError("the deposit command printed no transaction")
+
+
+async def withdraw(c: CommitteeAct, user: str, asset: str, amount: str) -> dict:
+    from bridge.cli.committee import render_message
+
+    c.say(f"user: bridgectl withdraw evm --asset {asset} --amount {amount} --account {USER_ACCOUNT}")
+    lines = await run_command(c, "withdraw", "evm", "--asset", asset, "--amount", amount, "--account", str(USER_ACCOUNT), "--timeout", "60")
+    nonce = int(next(line for _t, line in lines if line.startswith("withdrawal request ")).split()[2].rstrip(":"))
+    await wait_until(lambda: all(_request_state(c, name, nonce) == "released" for name in c.replicas), timeout=30, what="the release posted in every replica")
+    view = c.status("service").message(f"req:{nonce}")
+    c.say(f"request {nonce}: released by a quorum and paid; every replica posted it")
+    return {"request": nonce, "state": view["state"], "show": render_message(view)}
+
+
+def _request_state(c: CommitteeAct, name: str, nonce: int) -> str | None:
+    from bridge.core.errors import NotFound
+
+    try:
+        return c.status(name).request(nonce)["state"]
+    except NotFound:
+        return None
+
+
+def balances(c: CommitteeAct, user: str) -> str:
+    rows = []
+    for name in c.replicas:
+        entries = c.status(name).balances(user)
+        books = ", ".join(f"{b['amount']} {b['asset']}" + (f" ({b['held']} held)" if b["held_base"] != "0" else "") for b in entries) or "nothing"
+        rows.append(f"  {name:10} {books}")
+    return f"margin of {user} (account {USER_ACCOUNT}) in each replica:\n" + "\n".join(rows)
+
+
+async def run_committee(descriptor: dict, data_dir: Path, say) -> dict:
+    """The committee act; returns what happened for the summary."""
+    c = CommitteeAct(data_dir, descriptor, say)
+    user = descriptor["evm"]["accounts"][USER_ACCOUNT]["address"]
+    try:
+        await c.start()
+        deposits = [await deposit(c, user, asset, amount) for asset, amount in DEPOSITS]
+        withdrawal = await withdraw(c, user, *WITHDRAWAL)
+        books = balances(c, user)
+        agree = len({tuple(sorted((b["asset"], b["amount_base"]) for b in c.status(n).balances(user))) for n in c.replicas}) == 1
+        say(f"the {len(c.replicas)} replicas {'agree' if agree else 'DISAGREE'} on the margin of account {USER_ACCOUNT}")
+        return {"deposits": deposits, "withdrawal": withdrawal, "balances": books, "agree": agree, "work": str(c.work)}
+    finally:
+        c.stop()
