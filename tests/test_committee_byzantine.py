@@ -30,7 +30,7 @@ import pytest
 from bridge.committee.config import ETH_ADDRESS
 from bridge.committee.crypto import address_of, sign
 from bridge.committee.delivery import Deliverer
-from bridge.committee.messages import ZERO32, Committee, Domain, Kind, Message, MessageRefused, digest
+from bridge.committee.messages import ZERO32, Committee, Domain, Kind, Message, digest
 from bridge.committee.replica import Replica, ReplicaConfig, owner_of
 from bridge.committee.store import AttestationStore, Equivocation
 from bridge.core.db import make_engine
