@@ -52,7 +52,7 @@ from bridge.committee.messages import (
     encode_message,
     evm_source,
 )
-from bridge.core.db import add_missing_columns, init_db
+from bridge.core.db import init_db
 from bridge.core.errors import BridgeError, InputError, NotFound, Overdraft
 from bridge.ledger import ids
 from bridge.ledger.assets import Asset
@@ -226,7 +226,6 @@ class Replica:
         self.config = config
         self.ledger = Ledger(engine, assets=list(config.assets.values()))
         init_db(engine, TABLES)
-        add_missing_columns(engine, ReplicaRequest.__table__)
         self._asset_codes = {address: asset.code for address, asset in config.assets.items()}
         with engine.begin() as conn:
             if conn.execute(text("SELECT 1 FROM replica_committee WHERE epoch = 0")).first() is None:
