@@ -9,6 +9,8 @@ about half a second, so other load on the machine lowers it rather than inflatin
 
 from __future__ import annotations
 
+import asyncio
+
 import importlib.util
 import os
 import sys
@@ -132,18 +134,32 @@ def signatures() -> None:
 def contract_gas() -> None:
     """The bridge contract's release gas, from ``bench/attest_gas.py`` (its own Anvil)."""
     print("\n== Bridge contract: gas of a quorum release, M-of-N (bench/attest_gas.py) ==")
-    # Loaded by path: this folder is off sys.path (see above), and it is no package.
-    spec = importlib.util.spec_from_file_location("attest_gas", Path(__file__).with_name("attest_gas.py"))
-    assert spec is not None and spec.loader is not None
-    gas = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gas)
+    gas = _load("attest_gas")
     gas.report(*gas.figures())
+
+
+def _load(name: str):
+    # Loaded by path: this folder is off sys.path (see above), and it is no package.
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def latency() -> None:
+    """Deposit at depth -> credit in every replica, and withdrawal -> paid (``bench/attest_latency.py``)."""
+    print("\n== Committee latency on the devnet (bench/attest_latency.py: 4 attesters, a deliverer, its own Anvil) ==")
+    bench = _load("attest_latency")
+    bench.report(asyncio.run(bench.measure(50, 20)))
 
 
 def main() -> None:
     print("bench/attest.py: committee attestations\n")
-    signatures()
+    # Before ``signatures`` pins this process to one core: the daemons and Anvil need the machine.
     contract_gas()
+    latency()
+    signatures()
 
 
 if __name__ == "__main__":
