@@ -221,6 +221,7 @@ class AttesterDaemon:
 
     async def _sign(self) -> None:
         await self.clock.refresh()
+        self.attester.btc_tip = self.follower.indexers[-1].stats.get("head") if len(self.follower.indexers) > 1 else None
         signed = await asyncio.to_thread(self.attester.sign_due)
         if signed:
             self.metrics.inc("signed", len(signed))

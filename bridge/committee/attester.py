@@ -105,6 +105,8 @@ class Attester:
         self.rotation, self.approve_unpause = rotation, approve_unpause
         self.btc = btc
         self.proposals = proposals
+        #: The Bitcoin tip this attester's fold last read (set by its daemon before each round).
+        self.btc_tip: int | None = None
         self.min_validity = min_validity
         self.clock = clock
         init_db(replica.engine, [AttesterSigned.__table__, AttesterPsbt.__table__])
@@ -129,7 +131,7 @@ class Attester:
         self._not_member_logged = False
         todo = self._unsigned_releases(now + self.min_validity)
         if self.btc is not None:
-            todo += [m for m in map(self.btc.credit_message, self.btc.deposits(state="seen")) if m.expiry > now + self.min_validity]
+            todo += [m for m in map(self.btc.credit_message, self.btc.creditable(self.btc_tip)) if m.expiry > now + self.min_validity]
             if self.proposals is not None:
                 todo += [m for m in self._payouts_done() if m.expiry > now + self.min_validity]
         current = self.replica.current_committee()

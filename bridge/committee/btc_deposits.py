@@ -126,6 +126,9 @@ class BtcDepositWatcher:
         self.replica, self.terms, self.evm_chain_id = replica, terms, evm_chain_id
         init_db(replica.engine, [BtcDepositRow.__table__, CustodyCoinRow.__table__, CustodySpendRow.__table__])
         self._scripts: dict[bytes, tuple[str, bytes]] = {}  # script_pubkey -> (account, witness script)
+        #: A deposit is credited only while at least this many blocks remain before its refund
+        #: path opens (half the delay): the sweep must win the race against the refund.
+        self.refund_margin = max(terms.policy.refund_delay // 2, 1)
         self._keys_seen = -1
 
     def selector(self) -> BitcoinTxFilter:
@@ -224,6 +227,37 @@ class BtcDepositWatcher:
     async def on_revert(self, orphaned: list[OrphanedBlock], *, session: Session) -> None:
         heights = sorted({o.height for o in orphaned})
         raise ReplicaReorg(f"Bitcoin reorganised below the confirmation depth (blocks {heights[0]}..{heights[-1]} held deposits)", heights=heights)
+
+    def creditable(self, tip: int | None) -> list[BtcDeposit]:
+        """Deposits worth a DEPOSIT_CREDIT now: seen at depth, their coin still the committee's
+        (unspent, or spent by a committee spend that pays custody, i.e. swept), and their refund
+        path not about to open (``tip`` is this view's Bitcoin tip; None: not known yet, nothing).
+        A deposit the depositor took back, or one too close to its refund, is marked refused."""
+        if tip is None:
+            return []
+        custody = self.terms.custody_script_pubkey.hex()
+        closing = tip - (self.terms.policy.refund_delay - self.refund_margin)
+        out = []
+        with self.replica.engine.begin() as conn:
+            rows = conn.execute(
+                text(
+                    "SELECT d.outpoint, d.block_height, c.spent_by, s.raw FROM btc_deposit d "
+                    "LEFT JOIN custody_coin c ON c.outpoint = d.outpoint LEFT JOIN custody_spend s ON s.txid = c.spent_by "
+                    "WHERE d.state = 'seen'"
+                )
+            ).all()
+            for outpoint, height, spent_by, raw in rows:
+                reason = ""
+                if spent_by is not None and (raw is None or not any(o.script_pubkey.hex() == custody for o in Tx.parse(bytes.fromhex(raw)).vout)):
+                    reason = f"taken back by {spent_by} before it was credited"
+                elif spent_by is None and height <= closing:
+                    reason = f"its refund path opens at height {height + self.terms.policy.refund_delay}: too close to credit"
+                if reason:
+                    sql = "UPDATE btc_deposit SET state = 'refused', reason = :r WHERE outpoint = :o AND state = 'seen'"
+                    conn.execute(text(sql), {"r": reason, "o": outpoint})
+                else:
+                    out.append(outpoint)
+        return [d for d in self.deposits(state="seen") if d.outpoint in set(out)]
 
     def credit_message(self, deposit: BtcDeposit) -> Message:
         """The DEPOSIT_CREDIT every honest attester signs for a deposit: all from the chains."""
