@@ -1,5 +1,6 @@
 """Contracts every devnet has: the HTLC, a test stablecoin minted to the test accounts, and the
-collateral bridge with the devnet committee (``keys.committee_test_keys``, 3 of 4).
+collateral bridge with the devnet committee (``keys.committee_test_keys``, 3 of 4), and its price
+oracle with BTC/USD and ETH/USD feeds the devnet can move (``bridgectl devnet price``).
 
 Recorded in devnet.json under ``contracts`` and in ``htlc-evm.json`` (what
 ``bridgectl htlc evm-*`` reads), so swaps and hand debugging find them; the bridge's description
@@ -56,6 +57,7 @@ async def deploy_bridge(chain, deployer: str, chain_id: int, contracts: dict, da
     from bridge.committee.config import ETH_ADDRESS, BridgeConfig
     from bridge.custody.scripts import CustodyPolicy, refund_pubkey_of_evm_key
     from bridge.committee.contract import CollateralBridge
+    from bridge.committee.oracle import deploy_devnet_oracle
     from bridge.committee.messages import Committee
     from devnets.keys import COMMITTEE_THRESHOLD, committee_test_keys, evm_test_keys
 
@@ -67,7 +69,8 @@ async def deploy_bridge(chain, deployer: str, chain_id: int, contracts: dict, da
         chain, deployer, committee, guardians=[guardian], caps={addr: BRIDGE_CAPS[sym] for sym, (addr, _d) in assets.items()}, grace=BRIDGE_GRACE
     )
     policy = CustodyPolicy.of([refund_pubkey_of_evm_key(k.private_key) for k in keys], COMMITTEE_THRESHOLD, BTC_REFUND_DELAY, "regtest")
-    config = BridgeConfig(chain_id, bridge.address, await chain.height(), committee, BRIDGE_GRACE, BRIDGE_RELEASE_TTL, assets, BtcTerms(policy))
+    oracle = await deploy_devnet_oracle(chain, deployer, bridge.address)
+    config = BridgeConfig(chain_id, bridge.address, await chain.height(), committee, BRIDGE_GRACE, BRIDGE_RELEASE_TTL, assets, BtcTerms(policy), oracle=oracle)
     (data_dir / "committee.json").write_text(json.dumps(config.to_json(), indent=2) + "\n")
     keydir = data_dir / "committee"
     keydir.mkdir(exist_ok=True)

@@ -29,6 +29,7 @@ from bridge.committee.config import BridgeConfig, load_bridge_config
 from bridge.committee.contract import CollateralBridge
 from bridge.committee.crypto import address_of
 from bridge.committee.delivery import Deliverer
+from bridge.committee.oracle import PriceOracle, feeds_of
 from bridge.committee.payouts import Payouts
 from bridge.committee.proposals import ProposalStore
 from bridge.committee.replica import Replica
@@ -42,6 +43,7 @@ from chains.bitcoin import BitcoinAdapter
 from chains.evm import EvmAdapter, EvmLogFilter
 from chains.heads import wait_unless
 from chains.indexer import Indexer
+from relayers.prices import PosterJob, ReporterJob
 from relayers.runner import Metrics, Runner
 
 __all__ = ["AttesterDaemon", "DelivererDaemon", "ReplicaFollower", "run_attester", "run_deliverer"]
@@ -66,7 +68,7 @@ class ReplicaFollower:
             evm,
             replica.engine,
             replica,
-            selector=EvmLogFilter(address=config.bridge),
+            selector=EvmLogFilter(address=[config.bridge, *([config.oracle.address] if config.oracle is not None else [])]),
             confirmations=settings.evm.confirmations,
             batch_blocks=settings.indexer.batch_blocks,
             poll_interval=settings.indexer.poll_interval,
@@ -195,6 +197,22 @@ class AttesterDaemon:
                 )
             )
         self.metrics = Metrics("bridge_attester")
+        oracle = config.oracle
+        self.reporter = (
+            ReporterJob(
+                attester.key,
+                attester.store,
+                feeds_of(oracle, evm),
+                oracle.interval,
+                domain=config.domain,
+                committee=attester.signing_committee,
+                max_age=oracle.max_age,
+                source_max_age=oracle.source_max_age,
+                chain=evm,
+            )
+            if oracle is not None
+            else None
+        )
 
     @classmethod
     async def from_settings(
@@ -234,7 +252,10 @@ class AttesterDaemon:
 
     async def run(self, stop: asyncio.Event) -> None:
         try:
-            await self.follower.run(stop)
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self.follower.run(stop))
+                if self.reporter is not None:
+                    group.create_task(self.reporter.run(stop))
         finally:
             await self.evm.close()
             if self.btc is not None:
@@ -252,8 +273,10 @@ class DelivererDaemon:
         poll_interval: float,
         payouts: Payouts | None = None,
         btc: BitcoinAdapter | None = None,
+        poster: PosterJob | None = None,
     ) -> None:
         self.evm, self.btc, self.follower, self.deliverer, self.payouts = evm, btc, follower, deliverer, payouts
+        self.poster = poster
         self.poll_interval = poll_interval
         self.sweep_interval = 10 * poll_interval
         self.metrics = Metrics("bridge_deliverer")
@@ -261,7 +284,7 @@ class DelivererDaemon:
             deliverer,
             "delivery",
             chains={"evm": evm},
-            observers=[follower.run, self._discover],
+            observers=[follower.run, self._discover, *([poster.run] if poster is not None else [])],
             poll_interval=poll_interval,
             max_concurrency=8,
             after_step=lambda _id: self._gauges(),
@@ -307,7 +330,21 @@ class DelivererDaemon:
                 )
             )
             payouts = Payouts(engine, replica, watcher, ProposalStore(store.engine), btc, poll_interval=settings.committee.poll_interval)
-        return cls(evm, follower, deliverer, settings.committee.poll_interval, payouts, btc)
+        poster = None
+        if config.oracle is not None:
+            oracle = config.oracle
+            poster = PosterJob(
+                store,
+                PriceOracle(evm, oracle.address),
+                config.domain,
+                evm_key,
+                [f.asset for f in oracle.feeds.values()],
+                oracle.interval,
+                committees=replica.committees,
+                max_age=oracle.max_age,
+                max_spread_bps=oracle.max_spread_bps,
+            )
+        return cls(evm, follower, deliverer, settings.committee.poll_interval, payouts, btc, poster)
 
     async def _discover(self, halt: asyncio.Event) -> None:
         while not halt.is_set():

@@ -71,6 +71,34 @@ def cmd_reset(args):
     return 0
 
 
+def cmd_price(args):
+    """Move a devnet price feed (the attesters read it, report it, and the oracle takes a quorum)."""
+    import asyncio
+
+    from bridge.cli.committee import cli_settings
+    from bridge.committee.oracle import load_oracle_config, set_devnet_price
+    from bridge.core.errors import ConfigError
+    from chains.evm import EvmAdapter
+    from devnets.keys import evm_test_keys
+
+    settings = cli_settings(args)
+    config = load_oracle_config(settings.committee_config)
+    if config is None:
+        raise ConfigError(f"{settings.committee_config} has no oracle: `bridgectl devnet up` deploys one")
+
+    async def move():
+        async with EvmAdapter.from_settings(settings.evm) as chain:
+            return await set_devnet_price(chain, evm_test_keys(1)[0].private_key, config, args.symbol, args.usd)
+
+    name, rnd = asyncio.run(move())
+    emit(
+        args,
+        {"asset": name, "usd": args.usd, "answer": str(rnd.answer), "round": rnd.round_id, "updated_at": rnd.updated_at},
+        text=f"{name} / USD set to {args.usd} (feed round {rnd.round_id}); the attesters report it in their next slot",
+    )
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("devnet", help="start, stop, inspect and reset the local Anvil + Bitcoin regtest devnets")
     dsub = p.add_subparsers(dest="devnet_cmd", metavar="ACTION", required=True)
@@ -96,3 +124,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     common(rs, ports=True)
     rs.add_argument("--no-start", action="store_true", help="only wipe; do not start again")
     rs.set_defaults(func=cmd_reset)
+    pr = dsub.add_parser("price", help="move a devnet price feed: `bridgectl devnet price BTC 95000`")
+    common(pr)
+    pr.add_argument("symbol", help="BTC or ETH")
+    pr.add_argument("usd", help="the new price in USD, e.g. 95000 or 3412.50")
+    pr.set_defaults(func=cmd_price)

@@ -29,6 +29,7 @@ from typing import Any
 
 from eth_utils import is_address, to_checksum_address
 
+from bridge.committee.oracle import OracleConfig
 from bridge.committee.messages import BTC_ASSET, Committee, CommitteeRefused, Domain
 from bridge.committee.replica import DEFAULT_RELEASE_TTL, ReplicaConfig
 from bridge.committee.btc_deposits import DEFAULT_CREDIT_TTL, BtcTerms
@@ -55,6 +56,8 @@ class BridgeConfig:
     bitcoin: BtcTerms | None = None
     #: The Bitcoin height attesters start watching deposits from.
     bitcoin_start: int = 0
+    #: The price oracle and its feeds (None: no prices).
+    oracle: OracleConfig | None = None
 
     @property
     def domain(self) -> Domain:
@@ -83,7 +86,8 @@ class BridgeConfig:
     def replica_config(self) -> ReplicaConfig:
         # BTC is never listed on the contract (it is paid on Bitcoin) but is margin all the same.
         assets = {BTC_ASSET: btc(), **{bytes.fromhex(addr[2:]): self.ledger_asset(sym) for sym, (addr, _d) in self.assets.items()}}
-        return ReplicaConfig(self.domain, assets, self.committee, self.grace, self.release_ttl)
+        oracle = bytes.fromhex(self.oracle.address[2:]) if self.oracle is not None else None
+        return ReplicaConfig(self.domain, assets, self.committee, self.grace, self.release_ttl, oracle=oracle)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -99,6 +103,7 @@ class BridgeConfig:
             "release_ttl": self.release_ttl,
             "assets": {sym: {"address": addr, "decimals": dec} for sym, (addr, dec) in self.assets.items()},
             **({"bitcoin": _btc_json(self.bitcoin, self.bitcoin_start)} if self.bitcoin is not None else {}),
+            **({"oracle": self.oracle.to_json()} if self.oracle is not None else {}),
         }
 
     @classmethod
@@ -159,6 +164,7 @@ class BridgeConfig:
                 assets=assets,
                 bitcoin=terms,
                 bitcoin_start=start,
+                oracle=OracleConfig.from_json(data["oracle"], f"{where}: oracle") if "oracle" in data else None,
             )
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"{where}: {exc}") from None

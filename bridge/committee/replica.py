@@ -41,6 +41,8 @@ from sqlalchemy.engine import Connection, Engine
 from sqlmodel import Field, Session, SQLModel
 
 from bridge.committee.contract import BridgeEvent, decode_events
+from bridge.committee.oracle import decode_oracle_events
+from bridge.committee.prices import PRICE_TABLES, fold_price_event, replica_prices
 from bridge.committee.messages import (
     BTC_ASSET,
     ZERO32,
@@ -151,6 +153,7 @@ TABLES = [
     ReplicaBtcKey.__table__,
     ReplicaEvent.__table__,
     ReplicaAnomaly.__table__,
+    *PRICE_TABLES,
 ]
 
 
@@ -173,6 +176,8 @@ class ReplicaConfig:
     #: The contract's grace window (seconds a replaced committee stays valid).
     grace: int
     release_ttl: int = DEFAULT_RELEASE_TTL
+    #: The price oracle whose events the replica folds too (None: no prices).
+    oracle: bytes | None = None
 
     def __post_init__(self) -> None:
         if not 60 <= self.release_ttl <= 30 * 86_400:
@@ -234,7 +239,14 @@ class Replica:
     # --- the fold -------------------------------------------------------------------------
 
     async def on_events(self, events: list[ChainEvent], block: BlockRef, *, session: Session) -> None:
-        self.fold(session.connection(), decode_events(events), block)
+        oracle = self.config.oracle
+        if oracle is None:
+            decoded = decode_events(events)
+        else:  # the bridge's and the oracle's events, in chain order
+            mine = "0x" + oracle.hex()
+            decoded = decode_events(e for e in events if str(e.data.get("address", "")).lower() != mine) + decode_oracle_events(events, mine)
+            decoded.sort(key=lambda ev: ev.where.log_index)
+        self.fold(session.connection(), decoded, block)
 
     async def on_revert(self, orphaned: list[OrphanedBlock], *, session: Session) -> None:
         heights = sorted({o.height for o in orphaned})
@@ -405,6 +417,11 @@ class Replica:
         )
         self._add_committee(conn, committee, block.height, block.timestamp)
 
+    def _on_PriceUpdated(self, conn: Connection, event: BridgeEvent, block: BlockRef) -> None:
+        fold_price_event(conn, event, block)
+
+    _on_BreakerTripped = _on_BreakerCleared = _on_PriceUpdated
+
     def _on_Paused(self, conn: Connection, event: BridgeEvent, block: BlockRef) -> None:
         self._set(conn, "paused", "1")
         self._set(conn, "paused_at", str(block.timestamp))
@@ -493,6 +510,10 @@ class Replica:
             sql, params = sql + " WHERE account = :a", {"a": account.lower()}
         with self.engine.connect() as conn:
             return [(a, bytes.fromhex(p)) for a, p in conn.execute(text(sql + " ORDER BY block_height, account, pubkey"), params)]
+
+    def prices(self) -> dict[str, Any]:
+        """The oracle's prices as folded: asset -> price, time, tripped."""
+        return replica_prices(self.engine)
 
     def anomalies(self) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:
