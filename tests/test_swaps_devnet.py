@@ -841,7 +841,7 @@ async def test_lp_does_not_lock_on_a_trader_lock_that_a_reorg_removed(tmp_path, 
     async with running_lp(settings_for(tmp_path, "lp", regtest, anvil), lp_config) as (lp_url, lp):
         async with await Party.open(settings_for(tmp_path, "trader", regtest, anvil), swap_config(trader_keys, contracts), LpClient()) as trader:
             view = await trader.start_swap(lp_url, "eth:1", "btc:0.005")
-            stepped = await trader.engine.step(view.swap.id)
+            stepped = await stepped_past(trader, view.swap.id, m.INITIATOR_LOCK_INTENDED)
             assert stepped.swap.state == m.INITIATOR_LOCKED, stepped.swap.last_error
             await wait_until(lambda: _waiting_for(lp, view.swap.id, "confirmations"), timeout=30, what="LP saw the lock, unconfirmed")
             lock = await evm.rpc.call("eth_getTransactionByHash", [stepped.leg(INITIATOR).lock_tx])
