@@ -307,31 +307,39 @@ def evm_public_key(key: str | bytes) -> bytes:
 
 
 @cache
-def _error_abi() -> tuple[dict[str, Any], ...]:
-    return tuple(i for name in (CONTRACT, *TOKEN_KINDS) for i in load_artifact(name)["abi"] if i["type"] == "error")
+def _error_abi(contracts: tuple[str, ...] = (CONTRACT, *TOKEN_KINDS)) -> tuple[dict[str, Any], ...]:
+    return tuple(i for name in contracts for i in load_artifact(name)["abi"] if i["type"] == "error")
 
 
-def revert_reason(data: str | None) -> str | None:
-    """The custom error's bare name (``WrongSigner``), else the adapter's description."""
-    decoded = decode_revert(data, _error_abi())
+def revert_reason(data: str | None, contracts: tuple[str, ...] = (CONTRACT, *TOKEN_KINDS)) -> str | None:
+    """The custom error's bare name (``WrongSigner``) among ``contracts``' errors, else the
+    adapter's description."""
+    decoded = decode_revert(data, _error_abi(contracts))
     if decoded is not None and decoded[0] not in ("Error", "Panic"):
         return decoded[0]
-    return describe_revert(data, _error_abi()) if data else None
+    return describe_revert(data, _error_abi(contracts)) if data else None
 
 
-def _named(exc: ContractReverted, what: str) -> ContractReverted:
-    reason = revert_reason(exc.data) or exc.reason
+def named_revert(exc: ContractReverted, what: str, contracts: tuple[str, ...] = (CONTRACT, *TOKEN_KINDS)) -> ContractReverted:
+    """``exc`` again, its reason the custom error's name (``release refused: WrongSigner``)."""
+    reason = revert_reason(exc.data, contracts) or exc.reason
     extra = {k: v for k, v in exc.details.items() if k not in ("reason", "data")}
     return ContractReverted(f"{what} refused: {reason}", reason=reason, data=exc.data, **extra)
 
 
-def _address(value: Any, what: str) -> str:
+_named = named_revert
+
+
+def checksum_address(value: Any, what: str) -> str:
     """A checksummed address from a hex string or 20 raw bytes (as ``messages`` holds them)."""
     if isinstance(value, (bytes, bytearray)) and len(value) == 20:
         return to_checksum_address(bytes(value))
     if not isinstance(value, str) or not is_address(value):
         raise InputError(f"{what} is not an EVM address: {value!r}", field=what)
     return to_checksum_address(value)
+
+
+_address = checksum_address
 
 
 def _bytes32(value: Any, what: str) -> bytes:

@@ -21,18 +21,17 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
-from functools import cache
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from eth_utils import is_address, to_checksum_address
 
-from bridge.committee.contract import BridgeEvent, committee_args, message_tuple, pack_quorum
+from bridge.committee.contract import BridgeEvent, checksum_address, committee_args, message_tuple, named_revert, pack_quorum
+from bridge.committee.contract import revert_reason as bridge_revert_reason
 from bridge.committee.messages import BTC_ASSET, ETH_ASSET, Committee, Message
 from bridge.core.errors import ConfigError, ContractReverted, InputError
 from chains.base import ChainEvent
 from chains.evm import EvmAdapter, EvmLogFilter, EvmReceipt
-from chains.evm_revert import decode_revert, describe_revert
 from htlc.evm import decode_log, decode_result, encode_call, events_by_topic, load_artifact
 
 __all__ = [
@@ -413,31 +412,19 @@ async def set_devnet_price(chain: EvmAdapter, key: str, config: OracleConfig, sy
 # --- revert reasons -----------------------------------------------------------------------------
 
 
-@cache
-def _error_abi() -> tuple[dict[str, Any], ...]:
-    return tuple(i for name in (ORACLE, AGGREGATOR) for i in load_artifact(name)["abi"] if i["type"] == "error")
+_ERRORS = (ORACLE, AGGREGATOR)
 
 
 def revert_reason(data: str | None) -> str | None:
     """The custom error's bare name (``PricesDisagree``), else the adapter's description."""
-    decoded = decode_revert(data, _error_abi())
-    if decoded is not None and decoded[0] not in ("Error", "Panic"):
-        return decoded[0]
-    return describe_revert(data, _error_abi()) if data else None
+    return bridge_revert_reason(data, _ERRORS)
 
 
 def _named(exc: ContractReverted, what: str) -> ContractReverted:
-    reason = revert_reason(exc.data) or exc.reason
-    extra = {k: v for k, v in exc.details.items() if k not in ("reason", "data")}
-    return ContractReverted(f"{what} refused: {reason}", reason=reason, data=exc.data, **extra)
+    return named_revert(exc, what, _ERRORS)
 
 
-def _address(value: Any, what: str) -> str:
-    if isinstance(value, (bytes, bytearray)) and len(value) == 20:
-        return to_checksum_address(bytes(value))
-    if not isinstance(value, str) or not is_address(value):
-        raise InputError(f"{what} is not an EVM address: {value!r}", field=what)
-    return to_checksum_address(value)
+_address = checksum_address
 
 
 def feeds_of(config: OracleConfig, chain: EvmAdapter) -> Mapping[bytes, MockAggregator]:
