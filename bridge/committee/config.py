@@ -27,13 +27,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from eth_utils import is_address, to_checksum_address
+from eth_utils import to_checksum_address
 
 from bridge.committee.oracle import OracleConfig
 from bridge.committee.messages import BTC_ASSET, Committee, CommitteeRefused, Domain
 from bridge.committee.replica import DEFAULT_RELEASE_TTL, ReplicaConfig
 from bridge.committee.btc_deposits import DEFAULT_CREDIT_TTL, BtcTerms
-from bridge.core.errors import ConfigError, InputError
+from bridge.core.errors import ConfigError
+from bridge.core.errors import InputError
+from bridge.core.jsonconfig import Fields
 from bridge.custody.scripts import CustodyPolicy
 from bridge.ledger.assets import Asset, btc, erc20, eth
 
@@ -108,18 +110,8 @@ class BridgeConfig:
 
     @classmethod
     def from_json(cls, data: Any, where: str = "committee config") -> "BridgeConfig":
-        def need(obj: Any, key: str, kind: type, what: str) -> Any:
-            if not isinstance(obj, dict) or key not in obj:
-                raise ConfigError(f"{where}: {what} is missing", field=what)
-            value = obj[key]
-            if not isinstance(value, kind) or isinstance(value, bool):
-                raise ConfigError(f"{where}: {what} must be a {kind.__name__}, got {value!r}"[:300], field=what)
-            return value
-
-        def address(value: Any, what: str) -> str:
-            if not isinstance(value, str) or not is_address(value):
-                raise ConfigError(f"{where}: {what} is not an EVM address: {value!r}"[:300], field=what)
-            return to_checksum_address(value)
+        fields = Fields(where)
+        need, address = fields.need, fields.address
 
         committee = need(data, "committee", dict, "committee")
         try:

@@ -29,7 +29,9 @@ from eth_utils import is_address, to_checksum_address
 from bridge.committee.contract import BridgeEvent, checksum_address, committee_args, message_tuple, named_revert, pack_quorum
 from bridge.committee.contract import revert_reason as bridge_revert_reason
 from bridge.committee.messages import BTC_ASSET, ETH_ASSET, Committee, Message
-from bridge.core.errors import ConfigError, ContractReverted, InputError
+from bridge.core.errors import ConfigError
+from bridge.core.errors import ContractReverted, InputError
+from bridge.core.jsonconfig import Fields
 from chains.base import ChainEvent
 from chains.evm import EvmAdapter, EvmLogFilter, EvmReceipt
 from htlc.evm import decode_log, decode_result, encode_call, events_by_topic, load_artifact
@@ -314,18 +316,8 @@ class OracleConfig:
 
     @classmethod
     def from_json(cls, data: Any, where: str = "committee config oracle") -> "OracleConfig":
-        def need(obj: Any, key: str, kind: type, what: str) -> Any:
-            if not isinstance(obj, dict) or key not in obj:
-                raise ConfigError(f"{where}: {what} is missing", field=what)
-            value = obj[key]
-            if not isinstance(value, kind) or isinstance(value, bool):
-                raise ConfigError(f"{where}: {what} must be a {kind.__name__}, got {value!r}"[:300], field=what)
-            return value
-
-        def address(value: Any, what: str) -> str:
-            if not isinstance(value, str) or not is_address(value):
-                raise ConfigError(f"{where}: {what} is not an EVM address: {value!r}"[:300], field=what)
-            return to_checksum_address(value)
+        fields = Fields(where)
+        need, address = fields.need, fields.address
 
         feeds = {}
         for symbol, spec in need(data, "feeds", dict, "feeds").items():
