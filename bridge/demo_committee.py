@@ -8,6 +8,14 @@ deposit) and `bridgectl withdraw evm`, all signing with devnet account 4.  While
 command runs, the demo watches the five replicas and notes when each one credits it; after the
 withdrawal it shows the release as `bridgectl message show` does, and every replica's books.
 
+Then Bitcoin: `bridgectl deposit btc --account 4` registers the account's key on the bridge and
+prints its deposit address and script; `deposit btc --fund 0.5` pays 0.5 BTC to it from devnet
+BTC key 1 and follows it until credited as margin; `bridgectl withdraw btc --amount 0.2 --to
+<a fresh Bitcoin address>` follows the payout the committee co-signs (PSBT), broadcasts and
+confirms, and the PAYOUT_DONE that posts it.  Nothing mines on the devnet by itself: the demo
+mines a block whenever a transaction waits in the mempool (as Anvil does), so the deposit, the
+sweep into custody and the payout confirm.
+
 The replicas' databases live in ``<data dir>/committee-<bridge address>/``: the devnet keeps
 its chain between demo runs, so the replicas continue where they stopped, and a new bridge (a
 reset devnet) gets fresh ones.
@@ -34,6 +42,10 @@ USER_ACCOUNT = 4
 DEPOSITS = (("ETH", "1.5"), ("TUSD", "2500"))
 WITHDRAWAL = ("ETH", "0.4")
 ATTESTERS = (0, 1, 2, 3)
+#: The Bitcoin act: what the depositor pays (from devnet BTC key ``BTC_FUNDER``) and withdraws.
+BTC_DEPOSIT = "0.5"
+BTC_WITHDRAWAL = "0.2"
+BTC_FUNDER = 1
 
 
 @dataclass
@@ -195,6 +207,13 @@ async def run_command(c: CommitteeAct, *args: str) -> list[tuple[float, str]]:
 
 async def deposit(c: CommitteeAct, user: str, asset: str, amount: str) -> dict:
     """`bridgectl deposit evm` while watching every replica for the new credit."""
+    c.say(f"user: bridgectl deposit evm --asset {asset} --amount {amount} --account {USER_ACCOUNT}")
+    args = ("deposit", "evm", "--asset", asset, "--amount", amount, "--account", str(USER_ACCOUNT))
+    return await _credited_everywhere(c, user, asset, args, _tx_block)
+
+
+async def _credited_everywhere(c: CommitteeAct, user: str, asset: str, args: tuple[str, ...], tx_block) -> dict:
+    """Run a deposit command while watching every replica for the new credit; when each credited it."""
     known = {name: {d["transfer"] for d in c.status(name).deposit_credits(user)} for name in c.replicas}
     seen: dict[str, tuple[float, dict]] = {}
 
@@ -207,10 +226,9 @@ async def deposit(c: CommitteeAct, user: str, asset: str, amount: str) -> dict:
                         seen[name] = (time.time(), new[0])
             await asyncio.sleep(0.02)
 
-    c.say(f"user: bridgectl deposit evm --asset {asset} --amount {amount} --account {USER_ACCOUNT}")
     watcher = asyncio.create_task(watch())
     try:
-        lines = await run_command(c, "deposit", "evm", "--asset", asset, "--amount", amount, "--account", str(USER_ACCOUNT))
+        lines = await run_command(c, *args)
         try:
             await asyncio.wait_for(asyncio.shield(watcher), timeout=30)
         except asyncio.TimeoutError:
@@ -218,7 +236,7 @@ async def deposit(c: CommitteeAct, user: str, asset: str, amount: str) -> dict:
     finally:
         watcher.cancel()
         await asyncio.gather(watcher, return_exceptions=True)
-    tx, block = _tx_block(lines)
+    tx, block = tx_block(lines)
     credited = dict(sorted(((name, at) for name, (at, _credit) in seen.items()), key=lambda item: item[1]))
     first = next(iter(seen.values()))[1]
     if any(credit["transfer"] != first["transfer"] for _at, credit in seen.values()):
@@ -257,6 +275,98 @@ def _request_state(c: CommitteeAct, name: str, nonce: int) -> str | None:
         return None
 
 
+# --- Bitcoin: a deposit to the account's own address, a withdrawal paid on Bitcoin -----------------
+
+
+def _btc_adapter(descriptor: dict):
+    from chains.bitcoin import BitcoinAdapter
+    from chains.bitcoin_rpc import BitcoinRpc
+
+    btc = descriptor["bitcoin"]
+    cookie = btc.get("cookie_file")
+    rpc = BitcoinRpc(btc["rpc_url"], user=None if cookie else btc["rpc_user"], password=None if cookie else btc["rpc_password"], cookie_file=cookie)
+    return BitcoinAdapter(rpc, network="regtest", push_blocks=False)
+
+
+async def mine_mempool(btc, address: str, mined: list[str]) -> None:
+    """Mine a block whenever a transaction waits in the mempool (nothing else mines the devnet)."""
+    from devnets.controls import BitcoinDevnet
+
+    while True:
+        if await btc.rpc.call("getrawmempool"):
+            mined += await BitcoinDevnet(btc).mine(1, address)
+        await asyncio.sleep(0.1)
+
+
+def _btc_tx_block(lines: list[tuple[float, str]]) -> tuple[str, int]:
+    tx = block = None
+    for _t, line in lines:
+        words = line.split()
+        if "bitcoin: paid" in line and " tx " in line:
+            tx = words[words.index("tx") + 1]
+        elif tx and f"tx {tx} mined in block" in line:
+            block = int(words[words.index("block") + 1])
+    if tx is None or block is None:
+        raise DevnetError("the deposit command printed no Bitcoin transaction and block")
+    return tx, block
+
+
+def _printed(lines: list[tuple[float, str]], prefix: str) -> str:
+    for _t, line in lines:
+        if line.startswith(prefix):
+            return line[len(prefix) :].split()[0]
+    raise DevnetError(f"the command printed no {prefix.strip()!r}")
+
+
+async def btc_act(c: CommitteeAct, user: str) -> dict:
+    """The Bitcoin act; returns the deposit (as ``deposit`` does) and the withdrawal."""
+    from bridge.cli.committee import render_withdrawal
+    from chains.bitcoin_wallet import BtcKey
+
+    say = c.say
+    btc = _btc_adapter(c.descriptor)
+    mined: list[str] = []
+    miner = asyncio.create_task(mine_mempool(btc, c.descriptor["bitcoin"]["keys"][0]["address"], mined))
+    try:
+        height = await btc.height()
+        say(f"Bitcoin: the demo mines a block whenever a transaction waits (height {height}); custody {c.config.bitcoin.policy.descriptor[:40]}…")
+        say(f"user: bridgectl deposit btc --account {USER_ACCOUNT}   (its deposit address: registers the account's key first)")
+        lines = await run_command(c, "deposit", "btc", "--account", str(USER_ACCOUNT))
+        address = _printed(lines, "deposit address")
+        await wait_until(lambda: all(c.status(n).btc_keys(user) for n in c.replicas), timeout=30, what="the key in every replica")
+        say(f"the key of account {USER_ACCOUNT} is registered in all {len(c.replicas)} replicas: every attester watches {address}")
+
+        say(f"user: bridgectl deposit btc --account {USER_ACCOUNT} --fund {BTC_DEPOSIT} --btc-key {BTC_FUNDER}")
+        args = ("deposit", "btc", "--account", str(USER_ACCOUNT), "--fund", BTC_DEPOSIT, "--btc-key", str(BTC_FUNDER), "--timeout", "60")
+        credit = await _credited_everywhere(c, user, "BTC", args, _btc_tx_block)
+
+        payee = BtcKey.generate()
+        to = payee.p2wpkh_address("regtest")
+        say(f"user: bridgectl withdraw btc --amount {BTC_WITHDRAWAL} --to {to} --account {USER_ACCOUNT}   (a fresh Bitcoin address)")
+        lines = await run_command(c, "withdraw", "btc", "--amount", BTC_WITHDRAWAL, "--to", to, "--account", str(USER_ACCOUNT), "--timeout", "60")
+        nonce = int(_printed(lines, "withdrawal request ").rstrip(":"))
+        await wait_until(lambda: all(_request_state(c, name, nonce) == "released" for name in c.replicas), timeout=30, what="the payout posted everywhere")
+        view = c.status("service").withdrawal(nonce)
+        received = await btc.balance([payee.p2wpkh_script])
+        payout = view["payout"] or {}
+        say(
+            f"request {nonce}: paid on Bitcoin in {payout.get('txid')} (block {(payout.get('confirmed') or {}).get('block')}); "
+            f"{to} holds {_btc(received)} BTC on chain; every replica posted the hold"
+        )
+        say(f"Bitcoin: the demo mined {len(mined)} blocks in this act (height {await btc.height()})")
+        return {"deposit": credit, "request": nonce, "to": to, "received": _btc(received), "status": render_withdrawal(view)}
+    finally:
+        miner.cancel()
+        await asyncio.gather(miner, return_exceptions=True)
+        await btc.close()
+
+
+def _btc(sats: int) -> str:
+    from bridge.swaps.assets import BTC
+
+    return BTC.to_whole(sats)
+
+
 def balances(c: CommitteeAct, user: str) -> str:
     rows = []
     for name in c.replicas:
@@ -274,9 +384,15 @@ async def run_committee(descriptor: dict, data_dir: Path, say) -> dict:
         await c.start()
         deposits = [await deposit(c, user, asset, amount) for asset, amount in DEPOSITS]
         withdrawal = await withdraw(c, user, *WITHDRAWAL)
+        started = time.monotonic()
+        say("Bitcoin collateral: the trader deposits BTC to its own deposit address and withdraws some to a Bitcoin address")
+        btc = await btc_act(c, user)
+        deposits.append(btc["deposit"])
+        print(f"\nBTC withdrawal request {btc['request']} (bridgectl withdraw status {btc['request']}):\n{btc['status']}\n", flush=True)
+        say(f"the Bitcoin act took {time.monotonic() - started:.1f}s")
         books = balances(c, user)
         agree = len({tuple(sorted((b["asset"], b["amount_base"]) for b in c.status(n).balances(user))) for n in c.replicas}) == 1
-        say(f"the {len(c.replicas)} replicas {'agree' if agree else 'DISAGREE'} on the margin of account {USER_ACCOUNT}")
-        return {"deposits": deposits, "withdrawal": withdrawal, "balances": books, "agree": agree, "work": str(c.work)}
+        say(f"the {len(c.replicas)} replicas {'agree' if agree else 'DISAGREE'} on the margin of account {USER_ACCOUNT} (BTC included)")
+        return {"deposits": deposits, "withdrawal": withdrawal, "btc": btc, "balances": books, "agree": agree, "work": str(c.work)}
     finally:
         c.stop()

@@ -1,8 +1,13 @@
-"""`bridgectl deposit evm | withdraw evm | message list|show`: margin in and out of the bridge
-contract, and the committee messages that move it.
+"""`bridgectl deposit evm|btc | withdraw evm|btc|status | message list|show`: margin in and out of
+the bridge contract and the committee's Bitcoin custody, and the committee messages that move it.
 
     bridgectl deposit evm --asset eth --amount 1.5 [--key-env VAR | --account N] [--no-wait]
+    bridgectl deposit btc [--account ACCT] [--key-env VAR]        # the deposit address and its script
+    bridgectl deposit btc --account ACCT --verify ADDRESS [--refund-pubkey HEX]
+    bridgectl deposit btc --account N --fund 0.5 [--btc-key K] [--mine] [--no-wait]   # devnet
     bridgectl withdraw evm --asset TUSD --amount 250 [--key-env VAR | --account N] [--no-wait]
+    bridgectl withdraw btc --amount 0.2 --to BTC_ADDRESS [--key-env VAR | --account N] [--mine]
+    bridgectl withdraw status NONCE [--json]
     bridgectl message list [--state S] [--json]
     bridgectl message show ID|req:N [--json]
 
@@ -19,9 +24,18 @@ What happened is read from the service's replica (the bridge database the delive
 until the release is paid (or refused, or expired), each with a deadline (``--timeout``; exit
 3 when it passes, 1 when the withdrawal is refused or expires).
 
+Bitcoin: an account's deposit address commits to the account and its own key (registered on the
+contract: ``deposit btc`` sends ``registerBtcKey`` when it holds the key and the service replica
+does not know it yet).  ``--fund`` (regtest only) pays it from a devnet BTC test key and follows
+the deposit through the service's Bitcoin fold (seen at depth, or refused and why), the
+DEPOSIT_CREDIT's signatures and delivery, to the credit.  ``withdraw btc`` follows the replica's
+hold, the payout (PSBT, the attesters' signatures, broadcast, depth), the PAYOUT_DONE and the
+posting.  Amounts are shown in whole BTC (8 decimals); ``--json`` adds base units (sats).
+
 Longer than the house's ~400 lines on purpose: the three groups are one user story and share the
 input checks, the waits on the service replica and the rendering of a message (the read-side
-logic itself is ``bridge.committee.status``).
+logic itself is ``bridge.committee.status``); the Bitcoin commands add the address terms, the
+devnet funding and two more followers.
 """
 
 from __future__ import annotations
@@ -121,21 +135,23 @@ def _asset(config, symbol: str):
     for name, (address, decimals) in config.assets.items():
         if name.lower() == symbol.strip().lower():
             return name, address, SwapAsset(name.lower(), EVM, decimals, None if address == ETH_ADDRESS else address)
-    hint = " (BTC is deposited on Bitcoin, to the committee's custody address)" if symbol.strip().lower() == "btc" else ""
+    hint = " (BTC moves on Bitcoin: `bridgectl deposit btc`, `bridgectl withdraw btc`)" if symbol.strip().lower() == "btc" else ""
     raise InputError(f"unknown asset {symbol[:40]!r}: this bridge lists {', '.join(config.assets)}{hint}", field="asset")
 
 
-def _amount(args: argparse.Namespace, asset) -> int:
-    """``--amount`` in base units: whole units by the swap's exact parser, or ``--base-units``."""
+def _amount(args: argparse.Namespace, asset, field: str = "amount", value: str | None = None) -> int:
+    """``--amount`` (or ``value``, the option ``field``) in base units: whole units by the swap's
+    exact parser, or ``--base-units``."""
     from bridge.swaps.assets import MAX_AMOUNT_CHARS
     from bridge.swaps.limits import check_amount
 
+    given = args.amount if value is None else value
     if not args.base_units:
-        return asset.to_base(args.amount, "amount")
-    text = args.amount.strip().replace("_", "")
+        return asset.to_base(given, field)
+    text = given.strip().replace("_", "")
     if len(text) > MAX_AMOUNT_CHARS or not (text.isascii() and text.isdigit()):
-        raise InputError(f"amount: with --base-units, a whole number of base units, got {args.amount[:40]!r}", field="amount")
-    return check_amount(int(text), asset.chain, "amount")
+        raise InputError(f"{field}: with --base-units, a whole number of base units, got {given[:40]!r}", field=field)
+    return check_amount(int(text), asset.chain, field)
 
 
 def _key(args: argparse.Namespace, settings: Settings) -> str:
@@ -441,6 +457,628 @@ def _tally_line(t: dict[str, Any]) -> str:
     return f"{len(t['signed'])} of {t['size']} signed, {t['threshold']} needed (epoch {t['epoch']}: {quorum}); signed: {signed}; missing: {missing}"
 
 
+# --- Bitcoin: the account, its deposit address ----------------------------------------------
+
+_DEVNET_INDEX = re.compile(r"[0-9]{1,4}")
+_EVM_ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
+_MAX_ADDRESS_CHARS = 120
+
+
+def _btc_terms(config):
+    """The bridge's Bitcoin custody terms (``committee.json``'s ``bitcoin`` section)."""
+    if config.bitcoin is None:
+        raise ConfigError("this bridge takes no Bitcoin: its committee.json has no `bitcoin` section (custody keys, refund delay)", field="bitcoin")
+    return config.bitcoin
+
+
+def _key_address(key: str) -> str:
+    from bridge.committee.crypto import address_of
+    from eth_utils import to_checksum_address
+
+    return to_checksum_address(address_of(bytes.fromhex(key[2:])))
+
+
+def _devnet_evm_key(settings: Settings, index: int) -> str:
+    from devnets.keys import evm_test_keys
+    from devnets.manager import load_descriptor
+
+    try:
+        load_descriptor(settings.data_path)
+    except DevnetError:
+        raise ConfigError(
+            f"--account N names a devnet test key, and {settings.data_path} holds no devnet (devnet.json); give the account's address (0x...) "
+            "and its key with --key-env VAR elsewhere",
+            field="account",
+        ) from None
+    return devnet_account(evm_test_keys(), index).private_key
+
+
+def _btc_account(args: argparse.Namespace, settings: Settings) -> tuple[str, str | None]:
+    """``(account address, its EVM key or None)`` of ``--account`` (an address, or devnet test
+    account N) and ``--key-env``; the key is there when it is the account's."""
+    env = args.key_env or DEFAULT_KEY_ENV
+    value = os.environ.get(env)
+    if args.account is None:
+        if not value:
+            raise ConfigError(f"which account? --account ADDRESS (or N, a devnet test account), or the account's key in ${env} (--key-env VAR)")
+        key = evm_key(value, f"${env}")
+        return _key_address(key), key
+    text = args.account.strip()
+    if _DEVNET_INDEX.fullmatch(text):
+        if args.key_env:
+            raise InputError("--account N signs with devnet test key N: drop --key-env (or give the account's address with it)", field="account")
+        key = _devnet_evm_key(settings, int(text))
+        return _key_address(key), key
+    if not _EVM_ADDRESS.fullmatch(text):
+        raise InputError(f"--account must be an EVM address (0x and 40 hex digits) or a devnet test account number, got {text[:50]!r}", field="account")
+    from eth_utils import to_checksum_address
+
+    account = to_checksum_address(text)
+    if value:
+        try:
+            key = evm_key(value, f"${env}")
+        except ConfigError:
+            if args.key_env:  # named on purpose: it must hold a key
+                raise
+            return account, None  # the default variable holds something else: the account needs no key here
+        if _key_address(key) == account:
+            return account, key
+        if args.key_env:  # named on purpose: it must be the account's
+            raise InputError(f"${env} holds the key of {_key_address(key)}, not of --account {account}", field="account")
+    return account, None
+
+
+def _refund_pubkey(args: argparse.Namespace, account: str) -> bytes | None:
+    from bridge.cli.args import hex_bytes
+    from bridge.custody.scripts import pubkey_matches_evm_address
+    from htlc.bitcoin_script import is_compressed_pubkey
+
+    if args.refund_pubkey is None:
+        return None
+    raw = hex_bytes(args.refund_pubkey[:200], "--refund-pubkey")
+    if not is_compressed_pubkey(raw):
+        raise InputError("--refund-pubkey must be a 33-byte compressed secp256k1 public key (66 hex digits, 02 or 03 first)", field="refund_pubkey")
+    if not pubkey_matches_evm_address(raw, account):
+        raise InputError(f"--refund-pubkey {raw.hex()} is not the key of {account}: the contract registers an account's own key only", field="refund_pubkey")
+    return raw
+
+
+def _asm_lines(script: bytes) -> list[str]:
+    """The script's disassembly (Core's asm), indented by branch, each public key on a line."""
+    from chains.btc.script import disassemble
+
+    lines: list[str] = []
+    depth, words = 0, []
+
+    def flush() -> None:
+        if words:
+            lines.append("  " * depth + " ".join(words))
+            words.clear()
+
+    for word in disassemble(script).split():
+        if word in ("OP_IF", "OP_NOTIF", "OP_ELSE", "OP_ENDIF"):
+            flush()
+            depth -= word in ("OP_ELSE", "OP_ENDIF")
+            lines.append("  " * depth + word)
+            depth += word in ("OP_IF", "OP_NOTIF", "OP_ELSE")
+        elif len(word) == 66:  # a compressed public key
+            flush()
+            lines.append("  " * depth + word)
+        else:
+            words.append(word)
+    flush()
+    return lines
+
+
+def deposit_terms(terms, account: str, refund_pubkey: bytes) -> dict[str, Any]:
+    """Everything a depositor needs to know of its deposit address (whole units and base units)."""
+    from bridge.custody.scripts import custody_address, deposit_address, deposit_script, deposit_script_pubkey
+    from bridge.swaps.assets import BTC
+
+    policy = terms.policy
+    witness = deposit_script(policy, account, refund_pubkey)
+    spk = deposit_script_pubkey(policy, account, refund_pubkey)
+    floor = _deposit_floor(terms)
+    return {
+        "account": account,
+        "network": policy.network,
+        "deposit_address": deposit_address(policy, account, refund_pubkey),
+        "script_pubkey": spk.hex(),
+        "witness_script": witness.hex(),
+        "witness_script_asm": _asm_lines(witness),
+        "committee": {
+            "threshold": policy.threshold,
+            "size": policy.n,
+            "pubkeys": [k.hex() for k in policy.pubkeys],
+            "custody_address": custody_address(policy),
+        },
+        "refund_pubkey": refund_pubkey.hex(),
+        "refund_delay": policy.refund_delay,
+        "min_deposit": BTC.to_whole(floor),
+        "min_deposit_base": str(floor),
+        "sweep_allowance": BTC.to_whole(terms.sweep_allowance),
+        "sweep_allowance_base": str(terms.sweep_allowance),
+    }
+
+
+def _deposit_floor(terms) -> int:
+    """The smallest deposit the attesters' Bitcoin fold credits (``btc_deposits``: the bridge's
+    minimum, the dust limit of a P2WSH output, more than the sweep allowance)."""
+    from chains.btc.script import dust_threshold, p2wsh_script
+
+    return max(terms.min_deposit, dust_threshold(p2wsh_script(b"")), terms.sweep_allowance + 1)
+
+
+def render_deposit_terms(t: dict[str, Any]) -> str:
+    c = t["committee"]
+    lines = [
+        f"deposit address  {t['deposit_address']}  ({t['network']}, P2WSH)",
+        f"account          {t['account']}",
+        f"witness script   {t['witness_script']}",
+        "  disassembly",
+        *(f"    {line}" for line in t["witness_script_asm"]),
+        f"committee path   OP_IF: {c['threshold']} of the committee's {c['size']} custody keys; sweeps into custody ({c['custody_address']}) and payouts",
+        f"refund path      OP_ELSE: after {t['refund_delay']} blocks (relative to the deposit's confirmation, BIP-68/112) the account's own key "
+        f"{t['refund_pubkey']} takes the coins back alone, if the committee has not swept them by then",
+        f"minimum deposit  {t['min_deposit']} BTC ({t['min_deposit_base']} sats): smaller outputs are refused, visibly, and not credited",
+        f"sweep allowance  {t['sweep_allowance']} BTC ({t['sweep_allowance_base']} sats) kept from each credit to pay for sweeping it into custody",
+    ]
+    return "\n".join(lines)
+
+
+# --- deposit btc ----------------------------------------------------------------------------
+
+
+async def cmd_deposit_btc(args: argparse.Namespace) -> int:
+    from bridge.swaps.assets import BTC
+
+    settings = _settings(args)
+    config = _config(settings)
+    terms = _btc_terms(config)
+    network = terms.policy.network
+    # Every input checked before a chain is asked or anything is sent.
+    fund = _amount(args, BTC, "fund", args.fund) if args.fund is not None else None
+    if (fund is not None or args.mine) and network != "regtest":
+        raise InputError(f"--fund and --mine pay from devnet test keys and mine blocks: regtest only (this bridge's custody is on {network})", field="fund")
+    if args.verify is not None and fund is not None:
+        raise InputError("--verify checks an address; it does not fund one (drop --fund)", field="verify")
+    btc_key = None
+    if fund is not None:
+        from chains.bitcoin_wallet import BtcKey
+        from devnets.keys import BTC_KEY_COUNT, btc_test_keys
+
+        if fund < _deposit_floor(terms):
+            floor = BTC.to_whole(_deposit_floor(terms))
+            raise InputError(f"--fund: {BTC.to_whole(fund)} BTC is below the minimum deposit of {floor} BTC: it would be refused, not credited", field="fund")
+        if not 0 <= args.btc_key < BTC_KEY_COUNT:
+            raise InputError(f"--btc-key must be a devnet BTC test key, 0..{BTC_KEY_COUNT - 1}, got {args.btc_key}", field="btc_key")
+        btc_key = BtcKey.from_hex(btc_test_keys()[args.btc_key].private_key)
+    account, key = _btc_account(args, settings)
+    given = _refund_pubkey(args, account)
+    if args.verify is not None:
+        return await _verify(args, settings, config, terms, account, given)
+    status = _status(settings, config)
+    try:
+        result: dict[str, Any] = {"account": account}
+        registered = await asyncio.to_thread(status.btc_keys, account)
+        if not registered and key is not None:
+            code = await _register(args, settings, config, status, account, key, result)
+            if code:
+                if args.json:
+                    emit(args, result)
+                return code
+            registered = await asyncio.to_thread(status.btc_keys, account) or [_own_pubkey(key)]
+        pubkey = registered[-1] if registered else given
+        if pubkey is None:
+            raise NotFound(
+                f"{account} has registered no Bitcoin key in the service replica ({_redacted(settings.db_url)}), so it has no deposit address the attesters "
+                "watch: run `bridgectl deposit btc` with the account's key (--key-env VAR, or --account N on a devnet) to register it",
+                account=account,
+            )
+        result["registered"] = bool(registered)
+        info = deposit_terms(terms, account, pubkey)
+        result.update(info)
+        _say(args, render_deposit_terms(info))
+        if not registered:
+            warn = f"warning: {account} has not registered its key: the attesters do not watch this address yet, and a payment to it is not credited"
+            print(warn, file=sys.stderr)
+        if fund is None:
+            if args.json:
+                emit(args, result)
+            return 0
+        if not registered:
+            raise InputError(f"--fund: {account} has not registered its key, so a payment would not be credited; register first (with the account's key)")
+        code = await _fund(args, settings, config, status, info, fund, btc_key, result)
+    finally:
+        status.close()
+    if args.json:
+        emit(args, result)
+    return code
+
+
+def _btc_whole(sats: int) -> str:
+    from bridge.swaps.assets import BTC
+
+    return BTC.to_whole(sats)
+
+
+def _own_pubkey(key: str) -> bytes:
+    from bridge.custody.scripts import refund_pubkey_of_evm_key
+
+    return refund_pubkey_of_evm_key(key)
+
+
+async def _register(args: argparse.Namespace, settings: Settings, config, status, account: str, key: str, result: dict[str, Any]) -> int:
+    """``registerBtcKey`` from the account's key, then (unless ``--no-wait`` without ``--fund``)
+    wait until the service replica holds it; 0, or 3 when the deadline passes."""
+    bridge = await _connect(settings, config)
+    try:
+        receipt = await bridge.register_btc_key(key)
+    finally:
+        await bridge.chain.close()
+    result["register_tx"], result["register_block"] = receipt.tx_hash, receipt.block_number
+    tx = f"registerBtcKey tx {receipt.tx_hash} in block {receipt.block_number}"
+    _say(args, f"{_clock(time.time())}  registered the refund key {_own_pubkey(key).hex()} of {account}: {tx}")
+    if args.no_wait and args.fund is None:
+        return 0
+    started = time.monotonic()
+    while not await asyncio.to_thread(status.btc_keys, account):
+        elapsed = time.monotonic() - started
+        if elapsed > args.timeout:
+            why = _replica_wait(status, f"the registration is in block {receipt.block_number}")
+            print(f"the service replica does not hold the key after {elapsed:.0f}s: {printable(why)}", file=sys.stderr)
+            return 3
+        await asyncio.sleep(POLL)
+    _say(args, f"{_clock(time.time())}  the service replica holds the key (its Bitcoin fold watches the address from now on)")
+    return 0
+
+
+async def _verify(args: argparse.Namespace, settings: Settings, config, terms, account: str, given: bytes | None) -> int:
+    from bridge.custody.scripts import verify_deposit_address
+
+    address = args.verify.strip()
+    if len(address) > _MAX_ADDRESS_CHARS:
+        raise InputError(f"--verify: an address of {len(address)} characters is no Bitcoin address", field="verify")
+    if given is not None:
+        pubkeys, source = [given], "the given --refund-pubkey"
+    else:
+        status = _status(settings, config)
+        try:
+            pubkeys = await asyncio.to_thread(status.btc_keys, account)
+        finally:
+            status.close()
+        source = "the key it registered, as the service replica holds it"
+        if not pubkeys:
+            raise NotFound(
+                f"{account} has registered no Bitcoin key in the service replica ({_redacted(settings.db_url)}): nothing to derive its deposit "
+                "address from; give the key with --refund-pubkey HEX to check against it",
+                account=account,
+            )
+    checks = [(pk, verify_deposit_address(address, terms.policy, account, pk)) for pk in pubkeys]
+    pubkey, check = next(((pk, c) for pk, c in checks if c.ok), checks[-1])
+    result = {"address": address, "account": account, "ok": check.ok, "reason": check.reason, "refund_pubkey": pubkey.hex(), "key_source": source}
+    text = f"ok: {printable(address)} is {check.reason}; refund key {pubkey.hex()}: {source}"
+    if args.json:
+        emit(args, result)
+    elif check.ok:
+        print(text)
+    else:
+        print(f"not ok: {printable(address)}: {printable(check.reason)}; refund key {pubkey.hex()}: {source}", file=sys.stderr)
+    return 0 if check.ok else 1
+
+
+async def _fund(args: argparse.Namespace, settings: Settings, config, status, info: dict[str, Any], amount: int, btc_key, result: dict[str, Any]) -> int:
+    """Pay ``amount`` sats from devnet BTC test key ``--btc-key`` to the deposit address, then
+    follow it (unless ``--no-wait``) until the service replica credits it."""
+    from chains.bitcoin import BitcoinAdapter
+    from chains.btc.primitives import Tx
+
+    adapter = BitcoinAdapter.from_settings(settings)
+    try:
+        script = bytes.fromhex(info["script_pubkey"])
+        signed = await adapter.send_to([btc_key], [(script, amount)])
+        vout = next(n for n, o in enumerate(Tx.parse(bytes.fromhex(signed.raw_hex)).vout) if bytes(o.script_pubkey) == script)
+        result["funding"] = {"txid": signed.txid, "vout": vout, "amount": _btc_whole(amount), "amount_base": str(amount), "fee_base": str(signed.fee_sats)}
+        result["funding"]["vsize"] = signed.vsize
+        payer = btc_key.p2wpkh_address(adapter.network)
+        _say(
+            args,
+            f"{_clock(time.time())}  bitcoin: paid {_btc_whole(amount)} BTC from devnet BTC key {args.btc_key} ({payer}) to {info['deposit_address']}: "
+            f"tx {signed.txid} output {vout} (fee {signed.fee_sats} sat, {signed.vsize} vB); in the mempool",
+        )
+        if args.mine:
+            await _mine(args, adapter)
+        if args.no_wait:
+            _say(args, "not waiting (--no-wait): it is credited once the attesters see it at depth (`bridgectl message list` shows its DEPOSIT_CREDIT)")
+            return 0
+        how = "mining as needed" if args.mine else "nothing mines it but you: mine a block"
+        _say(args, f"following it until credited (up to {args.timeout:.0f}s; {how})")
+        return await _follow_deposit(args, adapter, status, signed.txid, vout, result)
+    finally:
+        await adapter.close()
+
+
+async def _mine(args: argparse.Namespace, adapter) -> None:
+    from devnets.controls import BitcoinDevnet
+
+    (block,) = await BitcoinDevnet(adapter).mine(1)
+    _say(args, f"{_clock(time.time())}  bitcoin: mined block {block} at height {await adapter.height()} (--mine)")
+
+
+async def _follow_deposit(args: argparse.Namespace, adapter, status, txid: str, vout: int, result: dict[str, Any]) -> int:
+    """Print each step of a Bitcoin deposit as the chain, the service's Bitcoin fold, the store
+    and the deliveries show it; 0 when credited, 1 when refused, 3 at the deadline."""
+    started = time.monotonic()
+    mined_at, shown, mined = started, {"timeline": set(), "waiting": None}, None
+    noted = started
+    while True:
+        if mined is None:
+            tx = await adapter.tx_status(txid)
+            if tx.confirmations > 0 and tx.block is not None:
+                mined = tx.block.height
+                _say(args, f"{_clock(time.time())}  bitcoin: tx {txid} mined in block {mined} ({tx.block.hash})")
+        deposit = await asyncio.to_thread(status.btc_deposit, txid, vout)
+        if deposit is not None and "deposit" not in result:
+            result["deposit"] = deposit
+            if deposit["state"] == "refused":
+                print(f"{_clock(time.time())}  service fold: refused: {printable(deposit['reason'])}; nothing is credited", file=sys.stderr)
+                return 1
+            _say(
+                args,
+                f"{_clock(time.time())}  service fold: seen at depth in block {deposit['block']}: {deposit['amount']} BTC to the deposit address of "
+                f"{deposit['account']}; its DEPOSIT_CREDIT credits {deposit['credit']} BTC (the rest pays the sweep)",
+            )
+        view = await asyncio.to_thread(status.credit_message, txid, vout) if deposit is not None else None
+        if view is not None:
+            result["message"] = view
+            _timeline_news(args, view["timeline"], shown["timeline"], skip=("chain",))
+        credit = await asyncio.to_thread(status.btc_credit, txid, vout)
+        if credit is not None:
+            result["credit"] = credit
+            delivery = (view or {}).get("delivery") or {}
+            where = f" (DEPOSIT_CREDIT delivered in tx {delivery['tx_hash']})" if delivery.get("tx_hash") else ""
+            _say(args, f"{_clock(time.time())}  service replica: credited {credit['amount']} BTC as margin at ledger height {credit['ledger_height']}{where}")
+            margin = [b for b in status.balances(credit["account"]) if b["asset"] == "BTC"]
+            result["margin"] = margin[0] if margin else None
+            if margin:
+                _say(args, f"margin of {credit['account']}: {margin[0]['amount']} BTC ({margin[0]['held']} held for withdrawals)")
+            _say(args, f"credited {time.monotonic() - started:.1f}s after the payment")
+            return 0
+        if deposit is None:
+            fold, tip = status.btc_height(), await adapter.height()
+            where = "in the mempool" if mined is None else f"in block {mined}"
+            why = f"the service's Bitcoin fold has read up to block {fold} (tip {tip}); the payment is {where}"
+            if fold is None:
+                why = "the service replica follows no Bitcoin yet: `bridgectl relayer run deliverer` keeps it (is it running, on this database?)"
+            if args.mine and time.monotonic() - mined_at >= 1.0 and (mined is None or (fold is not None and fold >= tip)):
+                await _mine(args, adapter)
+                mined_at = time.monotonic()
+        elif view is None:
+            why = "no attester has signed its DEPOSIT_CREDIT yet (each signs once its own Bitcoin fold sees the deposit at depth)"
+        else:
+            why = view["waiting"] or "the credit is delivered; the service replica folds it next"
+        elapsed = time.monotonic() - started
+        if elapsed > args.timeout:
+            result["waiting"] = why
+            print(f"not credited after {elapsed:.0f}s: {printable(why)}", file=sys.stderr)
+            return 3
+        if why != shown["waiting"]:
+            shown["waiting"], noted = why, time.monotonic()
+        elif time.monotonic() - noted >= PROGRESS_EVERY:
+            _say(args, f"{_clock(time.time())}  waiting: {printable(why)}")
+            noted = time.monotonic() + PROGRESS_EVERY
+        await asyncio.sleep(POLL)
+
+
+def _timeline_news(args: argparse.Namespace, timeline: list[dict[str, Any]], seen: set, skip: tuple[str, ...] = ()) -> None:
+    for entry in timeline:
+        key = (entry["at"], entry["source"], entry["event"])
+        if key not in seen and entry["source"] not in skip:
+            seen.add(key)
+            _say(args, f"{_clock(entry['at'])}  {entry['source']}: {printable(entry['event'])}")
+
+
+# --- withdraw btc ---------------------------------------------------------------------------
+
+
+def btc_destination(text: str, network: str) -> bytes:
+    """The output script of a Bitcoin address for ``network``; ``InputError`` saying why not (an
+    address of another network named as such; a script no payout may pay)."""
+    from bridge.committee.replica import PAYABLE_SCRIPTS
+    from chains.btc.address import NETWORKS, InvalidAddress, address_to_script
+    from chains.btc.script import classify
+
+    address = text.strip()
+    if not address or len(address) > _MAX_ADDRESS_CHARS or not address.isascii() or not address.isprintable():
+        raise InputError(f"--to: {address[:50]!r} is no Bitcoin address", field="to")
+    try:
+        script = address_to_script(address, network)
+    except InvalidAddress as exc:
+        others = [name for name in ("mainnet", "testnet", "regtest") if name != network and NETWORKS[name].hrp != NETWORKS[network].hrp]
+        for other in others:
+            try:
+                address_to_script(address, other)
+            except InvalidAddress:
+                continue
+            raise InputError(f"--to: {address} is a {other} address; this bridge pays on {network}", field="to") from None
+        raise InputError(f"--to: not a {network} address: {exc.message}", field="to") from None
+    kind = classify(script)
+    if kind not in PAYABLE_SCRIPTS:
+        raise InputError(f"--to: {address} pays a {kind} script, which no payout pays (P2PKH, P2SH, P2WPKH, P2WSH or P2TR)", field="to")
+    return script
+
+
+async def cmd_withdraw_btc(args: argparse.Namespace) -> int:
+    from bridge.swaps.assets import BTC
+
+    settings = _settings(args)
+    config = _config(settings)
+    terms = _btc_terms(config)
+    network = terms.policy.network
+    amount = _amount(args, BTC)
+    script = btc_destination(args.to, network)
+    if amount < terms.min_deposit:
+        raise InputError(
+            f"amount: {BTC.to_whole(amount)} BTC is below this bridge's minimum of {BTC.to_whole(terms.min_deposit)} BTC; the payout's fee comes out of it",
+            field="amount",
+        )
+    if args.mine and network != "regtest":
+        raise InputError(f"--mine mines devnet blocks: regtest only (this bridge's custody is on {network})", field="mine")
+    key = _key(args, settings)
+    address = args.to.strip()
+    bridge = await _connect(settings, config)
+    try:
+        sender = bridge.chain.account(key).address
+        receipt = await bridge.request_btc_withdrawal(key, amount, script)
+        events = [e for e in bridge.events_in(receipt) if e.name == "WithdrawalRequested"]
+        if not events:
+            raise ConfigError(f"tx {receipt.tx_hash} logged no WithdrawalRequested event: is {bridge.address} the bridge of committee.json?")
+        nonce = int(events[0]["requestNonce"])
+    finally:
+        await bridge.chain.close()
+    result: dict[str, Any] = {
+        "request": nonce,
+        "account": sender,
+        "asset": "BTC",
+        "amount": BTC.to_whole(amount),
+        "amount_base": str(amount),
+        "to": address,
+        "destination": script.hex(),
+        "tx": receipt.tx_hash,
+        "block": receipt.block_number,
+    }
+    tx = f"tx {receipt.tx_hash} in block {receipt.block_number}"
+    _say(args, f"withdrawal request {nonce}: {BTC.to_whole(amount)} BTC of the margin of {sender} to {address}, {tx}")
+    if args.no_wait:
+        if args.json:
+            emit(args, result)
+        else:
+            print(f"follow it with `bridgectl withdraw status {nonce}`")
+        return 0
+    _say(args, f"following it until paid on Bitcoin and posted (up to {args.timeout:.0f}s; `bridgectl withdraw status {nonce}` shows it any time)")
+    code = await _follow_btc(args, settings, config, result)
+    if args.json:
+        emit(args, result)
+    return code
+
+
+async def _follow_btc(args: argparse.Namespace, settings: Settings, config, result: dict[str, Any]) -> int:
+    """Print each step of a BTC withdrawal: the replica's hold, the payout (PSBT, signatures,
+    broadcast, depth), the PAYOUT_DONE (signatures, delivery), the posting; exit code."""
+    status = _status(settings, config)
+    adapter = None
+    if args.mine:
+        from chains.bitcoin import BitcoinAdapter
+
+        adapter = BitcoinAdapter.from_settings(settings)
+    nonce, started = result["request"], time.monotonic()
+    shown: dict[str, Any] = {"request": None, "payout": None, "timeline": set(), "waiting": None}
+    noted = mined_at = started
+    try:
+        while True:
+            try:
+                view = await asyncio.to_thread(status.withdrawal, nonce)
+            except NotFound:
+                view, why = None, _replica_wait(status, f"the request is in block {result['block']}")
+            else:
+                result["status"] = view
+                why = view["waiting"]
+                _btc_progress(args, view, shown)
+                end = _btc_ended(view)
+                if end is not None:
+                    code, text = end
+                    if not args.json:
+                        print(text, file=sys.stdout if code == 0 else sys.stderr, flush=True)
+                    result["outcome"] = text
+                    return code
+            if adapter is not None and time.monotonic() - mined_at >= 1.0 and await adapter.rpc.call("getrawmempool"):
+                await _mine(args, adapter)
+                mined_at = time.monotonic()
+            elapsed = time.monotonic() - started
+            if elapsed > args.timeout:
+                result["waiting"] = why
+                print(f"still waiting after {elapsed:.0f}s: {printable(why)}\n`bridgectl withdraw status {nonce}` shows it later", file=sys.stderr)
+                return 3
+            if why != shown["waiting"]:
+                shown["waiting"], noted = why, time.monotonic()
+            elif why and time.monotonic() - noted >= PROGRESS_EVERY:
+                _say(args, f"{_clock(time.time())}  waiting: {printable(why)}")
+                noted = time.monotonic() + PROGRESS_EVERY
+            await asyncio.sleep(POLL)
+    finally:
+        status.close()
+        if adapter is not None:
+            await adapter.close()
+
+
+def _btc_progress(args: argparse.Namespace, view: dict[str, Any], shown: dict[str, Any]) -> None:
+    request, payout = view["request"], view.get("payout")
+    if request is not None and request["state"] != shown["request"]:
+        shown["request"] = request["state"]
+        if request["state"] == "held":
+            to = request.get("destination_address") or request.get("destination") or "its destination"
+            _say(args, f"{_clock(time.time())}  service replica: {request['amount']} BTC held; the committee pays it on Bitcoin to {to}")
+        elif request["state"] == "refused":
+            _say(args, f"{_clock(time.time())}  service replica: refused: {printable(request['reason'])}")
+    _timeline_news(args, view["timeline"], shown["timeline"], skip=("chain",))
+    if payout is not None and (payout["state"], payout["txid"]) != shown["payout"]:
+        shown["payout"] = (payout["state"], payout["txid"])
+        if payout["state"] == "broadcast":
+            fee = f", fee {payout['fee']} BTC" if payout["fee"] is not None else ""
+            _say(args, f"{_clock(time.time())}  bitcoin: payout tx {payout['txid']} broadcast: pays {payout['paid']} BTC{fee} at {payout['feerate']} sat/vB")
+        elif payout["state"] in ("confirmed", "done") and payout["confirmed"]:
+            _say(args, f"{_clock(time.time())}  bitcoin: payout tx {payout['txid']} at depth in block {payout['confirmed']['block']}")
+
+
+def _btc_ended(view: dict[str, Any]) -> tuple[int, str] | None:
+    request, payout, delivery = view["request"], view.get("payout"), view["delivery"]
+    if request is not None and request["state"] == "refused":
+        return 1, f"refused: {printable(request['reason'])}; nothing is held, nothing paid"
+    if request is not None and request["state"] == "released":
+        tx = f" in Bitcoin tx {payout['txid']}" if payout and payout["txid"] else ""
+        block = f" (block {payout['confirmed']['block']})" if payout and payout.get("confirmed") else ""
+        paid = f" ({payout['paid']} BTC after the {payout['fee']} BTC fee)" if payout and payout["paid"] and payout["fee"] else ""
+        done = f"; PAYOUT_DONE delivered in tx {delivery['tx_hash']}" if delivery and delivery["tx_hash"] else ""
+        to = request.get("destination_address") or "its destination"
+        return 0, f"paid: {request['amount']} BTC of margin to {to}{paid}{tx}{block}{done}; the hold is posted"
+    if payout is not None and payout["state"] == "failed":
+        return 1, f"payout failed: {printable(view['outcome'] or payout['history'][-1]['note'])}"
+    if delivery is not None and delivery["state"] in ("expired", "refused"):
+        return 1, f"PAYOUT_DONE {delivery['state']}: {printable(view['outcome'])}"
+    return None
+
+
+# --- withdraw status ------------------------------------------------------------------------
+
+
+def render_withdrawal(view: dict[str, Any]) -> str:
+    request = view["request"] or {}
+    what = f"{request.get('amount', '?')} {request.get('asset', '')}"
+    head = f"withdrawal request {request.get('nonce', '?')}  {what}  request state: {request.get('state', '?')}"
+    return head + "\n" + render_message(view)
+
+
+def _payout_lines(payout: dict[str, Any] | None) -> list[str]:
+    p = printable
+    if payout is None:
+        return ["  payout      none planned yet"]
+    tx = f", tx {payout['txid']}" if payout["txid"] else ""
+    paid = f", pays {payout['paid']} BTC" if payout["paid"] is not None else ""
+    fee = f", fee {payout['fee']} BTC" if payout["fee"] is not None else ""
+    bumps = f", {payout['bumps']} fee bump{'s' if payout['bumps'] != 1 else ''}"
+    depth = f", at depth in block {payout['confirmed']['block']}" if payout.get("confirmed") else ""
+    lines = [f"  payout      {payout['id']} {p(payout['state'])}{tx}{paid}{fee}, {payout['feerate']} sat/vB{bumps}{depth}"]
+    for prop in payout["proposals"]:
+        signed = ", ".join(f"{m['index']} {_short(m['address'])}" for m in prop["signed"] if m["index"] is not None) or "none"
+        missing = ", ".join(f"{m['index']} {_short(m['address'])}" for m in prop["missing"]) or "none"
+        count = len([m for m in prop["signed"] if m["index"] is not None])
+        tally = f"{count} of {prop['size']} signed, {prop['threshold']} needed; signed: {signed}; missing: {missing}"
+        lines.append(f"              PSBT {prop['txid']} (round {prop['round']}): {tally}")
+    if payout["last_error"] and payout["state"] not in ("done", "failed"):
+        lines.append(f"              last: {p(payout['last_error'])}")
+    return lines
+
+
 # --- message list | show --------------------------------------------------------------------
 
 
@@ -459,8 +1097,12 @@ def render_message(view: dict[str, Any]) -> str:
             f"  request     #{request['nonce']} {p(request['state'])}{reason}: {request['amount']} {request['asset']} to {request['account']}, "
             f"block {request['block']} ({_date(request['block_time'])}), source {request['source']}"
         )
+        if request.get("destination"):
+            lines.append(f"              to Bitcoin {request.get('destination_address') or '(no address)'} (output script {request['destination']})")
         if view.get("request_note"):
             lines.append(f"              note: {p(view['request_note'])}")
+    if request is not None and request["asset"] == "BTC" and "payout" in view:  # paid on Bitcoin
+        lines += _payout_lines(view["payout"])
     if m is not None:
         lines.append(f"  message     version {m['version']}, {m['kind']}, source chain {m['source_chain_id']} {m['source']} -> dest chain {m['dest_chain_id']}")
         lines.append(f"              account {m['account']}, nonce {m['nonce']}, expiry {_date(m['expiry'])}, payload {m['payload_hash']}")
@@ -524,6 +1166,24 @@ async def cmd_message_show(args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_withdraw_status(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    status = _status(settings, _config(settings), args.db)
+    try:
+        view = await asyncio.to_thread(status.withdrawal, args.nonce)
+    finally:
+        status.close()
+    emit(args, view, text=render_withdrawal(view))
+    return 0
+
+
+def _nonce(value: str) -> int:
+    text = value.strip()
+    if not (text.isascii() and text.isdigit()) or len(text) > 20 or int(text) >= 1 << 64:
+        raise argparse.ArgumentTypeError(f"a request nonce is a whole number 0..2^64-1, got {value[:40]!r}")
+    return int(text)
+
+
 # --- registration ---------------------------------------------------------------------------
 
 
@@ -549,12 +1209,47 @@ def register(sub: argparse._SubParsersAction) -> None:
     evm = cmds.add_parser("evm", help="deposit ETH or a listed ERC-20 to the bridge contract; waits until the service replica credits it")
     _value_options(evm, "deposit", 60.0)
     evm.set_defaults(func=cmd_deposit_evm)
+    btc = cmds.add_parser(
+        "btc",
+        help="the account's Bitcoin deposit address and script (registering its key first); --verify checks an address; --fund pays it on a devnet",
+    )
+    btc.add_argument("--account", metavar="ACCT", help="the account: an EVM address, or N for devnet test account N (default: the key's account)")
+    btc.add_argument("--key-env", metavar="VAR", help=f"environment variable holding the account's EVM key, to register it (default {DEFAULT_KEY_ENV})")
+    btc.add_argument("--verify", metavar="ADDRESS", help="check that ADDRESS is the account's deposit address (exit 0) or say why not (exit 1)")
+    btc.add_argument("--refund-pubkey", metavar="HEX", help="derive with this compressed key (the account's own) instead of the one it registered")
+    btc.add_argument("--fund", metavar="AMOUNT", help="devnet: pay AMOUNT (whole BTC, e.g. 0.5) to the address from a devnet BTC test key, then follow it")
+    btc.add_argument("--btc-key", type=int, default=1, metavar="N", help="devnet BTC test key that pays --fund (default 1)")
+    btc.add_argument("--base-units", action="store_true", help="--fund is in sats")
+    btc.add_argument("--mine", action="store_true", help="devnet: mine the blocks the deposit needs to reach depth")
+    btc.add_argument("--no-wait", action="store_true", help="do not wait for the service replica (the registration, the credit)")
+    btc.add_argument("--timeout", type=float, default=120.0, help="seconds to wait before giving up (exit 3; default 120)")
+    btc.add_argument("--json", action="store_true", help="print JSON (amounts in base units too)")
+    btc.set_defaults(func=cmd_deposit_btc)
 
     withdraw = sub.add_parser("withdraw", help="withdraw margin from the bridge")
     cmds = withdraw.add_subparsers(dest="withdraw_cmd", metavar="CHAIN", required=True)
     evm = cmds.add_parser("evm", help="request a withdrawal on the bridge contract; follows it until a quorum's release pays it")
     _value_options(evm, "withdraw", 120.0)
     evm.set_defaults(func=cmd_withdraw_evm)
+    btc = cmds.add_parser("btc", help="request BTC margin paid to a Bitcoin address; follows the payout until it is at depth and posted")
+    btc.add_argument("--amount", required=True, help="how much to withdraw, in whole BTC (0.2); sats with --base-units")
+    btc.add_argument("--to", required=True, metavar="BTC_ADDRESS", help="the Bitcoin address to pay (of the bridge's network)")
+    btc.add_argument("--base-units", action="store_true", help="--amount is in sats")
+    keys = btc.add_mutually_exclusive_group()
+    keys.add_argument(
+        "--key-env", default=DEFAULT_KEY_ENV, metavar="VAR", help=f"environment variable holding the EVM key that signs (default {DEFAULT_KEY_ENV})"
+    )
+    keys.add_argument("--account", type=int, default=None, metavar="N", help="sign with devnet test account N (devnet only)")
+    btc.add_argument("--mine", action="store_true", help="devnet: mine a block whenever a transaction waits (the sweep, the payout)")
+    btc.add_argument("--no-wait", action="store_true", help="send and return, without following the payout")
+    btc.add_argument("--timeout", type=float, default=180.0, help="seconds to wait before giving up (exit 3; default 180)")
+    btc.add_argument("--json", action="store_true", help="print JSON (amounts in base units too)")
+    btc.set_defaults(func=cmd_withdraw_btc)
+    st = cmds.add_parser("status", help="a withdrawal request: the replica's hold, its payout on Bitcoin (BTC), its message and delivery, one timeline")
+    st.add_argument("nonce", type=_nonce, help="the request's nonce (printed by `withdraw evm|btc`)")
+    st.add_argument("--db", help="the service database (default: the settings' database_url)")
+    st.add_argument("--json", action="store_true", help="print JSON")
+    st.set_defaults(func=cmd_withdraw_status)
 
     message = sub.add_parser("message", help="committee messages: signatures, deliveries, timelines")
     cmds = message.add_subparsers(dest="message_cmd", metavar="SUBCOMMAND", required=True)

@@ -7,8 +7,11 @@ balances as one replica and the attestation store show them.
     status.credit(tx_hash, log_index)        # a deposit's credit in this replica, or None
     status.deposit_credits(account)          # every deposit credited to an account
     status.balances()
+    status.btc_deposit(txid, vout)           # a Bitcoin deposit as the replica's Bitcoin fold saw it
+    status.btc_credit(txid, vout)            # its credit, and status.credit_message(txid, vout)
+    status.withdrawal(nonce)                 # a request, its payout (BTC) and its message
 
-Shared by the CLI (``bridgectl message``, ``deposit evm``, ``withdraw evm``), the demo and a
+Shared by the CLI (``bridgectl message``, ``deposit evm|btc``, ``withdraw evm|btc|status``), the demo and a
 future HTTP API: every view is a plain dict, ready for JSON (addresses checksummed, hashes
 ``0x`` hex, amounts as decimal strings, in whole units with the asset's symbol and in base
 units beside them).  Nothing here writes a row another process owns: tables a daemon has not
@@ -20,9 +23,13 @@ an attester's own replica database answers the same questions (``CommitteeStatus
 replica_url)``).  Signatures are tallied as a deliverer tallies them: ``AttestationStore.quorum``
 against every committee the replica holds valid now.
 
-Longer than the house's ~400 lines on purpose: one message's view is gathered from three sources
-(the replica, the store, the deliveries) that must tell one story, and the CLI and the HTTP API
-read it from this one place rather than each assembling its own.
+A BTC withdrawal is paid on Bitcoin before any message exists: its view adds the payout (the
+deliverer's ``payout:<nonce>`` operation, its history and each PSBT's attester signatures) and,
+once the payout is at depth, the PAYOUT_DONE message that closes the request on the contract.
+
+Longer than the house's ~400 lines on purpose: one message's view is gathered from up to five
+sources (the replica, its Bitcoin fold, the store, the deliveries, the payouts) that must tell one
+story, and the CLI and the HTTP API read it from this one place rather than each assembling its own.
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ from sqlalchemy.engine import Engine
 from bridge.committee.config import BridgeConfig
 from bridge.committee.delivery import DELIVERIES, STATES, TERMINAL
 from bridge.committee.messages import BTC_ASSET, Committee, Kind, Message
+from bridge.committee.payouts import PAYOUTS
 from bridge.committee.replica import Replica, Request
 from bridge.committee.store import AttestationRefused, AttestationStore, Stored
 from bridge.core.db import make_engine
@@ -47,6 +55,8 @@ from bridge.core.errors import InputError, NotFound
 from bridge.ledger import ids
 from bridge.runtime import OpStore
 from bridge.swaps.assets import BTC, EVM, SwapAsset
+from chains.btc.address import script_to_address
+from chains.btc.primitives import Tx
 
 __all__ = ["MESSAGE_STATES", "CommitteeStatus", "parse_message_ref"]
 
@@ -94,6 +104,7 @@ class CommitteeStatus:
         self._store: AttestationStore | None = None
         self._present: set[tuple[int, str]] = set()
         self._codes = {config.ledger_asset(symbol).code: symbol for symbol in config.assets}
+        self.network = config.bitcoin.policy.network if config.bitcoin is not None else "regtest"
 
     @classmethod
     def open(cls, config: BridgeConfig, db_url: str, store_url: str | None = None, **kw: Any) -> "CommitteeStatus":
@@ -173,19 +184,31 @@ class CommitteeStatus:
 
     def replica_height(self) -> int | None:
         """The last block the replica folded (None before its first step)."""
+        return self._cursor(f"replica-{self.config.bridge.lower()}")
+
+    def btc_height(self) -> int | None:
+        """The last Bitcoin block the replica's Bitcoin fold read (None before its first step,
+        or on a daemon that follows no Bitcoin)."""
+        return self._cursor(f"btc-deposits-{self.config.bridge.lower()}")
+
+    def _cursor(self, name: str) -> int | None:
         engine = self.service
         if not self._has(engine, "indexer_cursor"):
             return None
         with engine.connect() as conn:  # type: ignore[union-attr]
-            return conn.execute(
-                text("SELECT height FROM indexer_cursor WHERE name = :n ORDER BY height DESC LIMIT 1"), {"n": f"replica-{self.config.bridge.lower()}"}
-            ).scalar()
+            return conn.execute(text("SELECT height FROM indexer_cursor WHERE name = :n ORDER BY height DESC LIMIT 1"), {"n": name}).scalar()
 
     def credit(self, tx_hash: str, log_index: int) -> dict[str, Any] | None:
         """The credit of the deposit logged at ``tx_hash:log_index`` in this replica, or None."""
+        return self._credit(ids.evm_log(tx_hash, log_index))
+
+    def btc_credit(self, txid: str, vout: int) -> dict[str, Any] | None:
+        """The credit of the Bitcoin deposit output ``txid:vout`` in this replica, or None."""
+        return self._credit(ids.btc_output(txid, vout))
+
+    def _credit(self, transfer: str) -> dict[str, Any] | None:
         if self.replica is None:
             return None
-        transfer = ids.evm_log(tx_hash, log_index)
         with self.service.connect() as conn:  # type: ignore[union-attr]
             row = (
                 conn.execute(
@@ -209,14 +232,15 @@ class CommitteeStatus:
         }
 
     def deposit_credits(self, account: str) -> list[dict[str, Any]]:
-        """Every deposit credited to ``account``'s margin in this replica, oldest first."""
+        """Every deposit credited to ``account``'s margin in this replica (on the contract, or on
+        Bitcoin by a DEPOSIT_CREDIT), oldest first."""
         if self.replica is None:
             return []
         with self.service.connect() as conn:  # type: ignore[union-attr]
             rows = conn.execute(
                 text(
                     "SELECT t.id, t.height, t.amount, t.asset FROM ledger_transfers t JOIN ledger_accounts a ON a.id = t.credit_account "
-                    "WHERE a.owner = :o AND a.kind = 'user' AND t.cause = 'deposit' ORDER BY t.height, t.idx"
+                    "WHERE a.owner = :o AND a.kind = 'user' AND t.cause IN ('deposit', 'bitcoin deposit') ORDER BY t.height, t.idx"
                 ),
                 {"o": account.lower()},
             ).all()
@@ -256,6 +280,10 @@ class CommitteeStatus:
         if m := _MARGIN_TOO_LOW.fullmatch(reason):  # the replica's amounts are base units: say them in whole units too
             have, want = (self.amount(r.asset, int(x)) for x in m.groups())
             reason += f" (= {have['amount']} {have['asset']} available, {want['amount']} {want['asset']} requested)"
+        destination: dict[str, Any] = {}
+        if r.asset == "0x" + BTC_ASSET.hex():  # paid on Bitcoin, to the output script the request named
+            script = bytes.fromhex(r.destination) if r.destination else None
+            destination = {"destination": r.destination or None, "destination_address": script_to_address(script, self.network) if script else None}
         return {
             "nonce": r.nonce,
             "state": r.state,
@@ -267,6 +295,7 @@ class CommitteeStatus:
             "block_time": r.block_time,
             "expiry": r.expiry or None,
             "message_id": _hex(r.message_id),
+            **destination,
         }
 
     # --- messages ---------------------------------------------------------------------------
@@ -278,10 +307,21 @@ class CommitteeStatus:
         kind, value = parse_message_ref(ref)
         if kind == "request":
             request = self.request(int(value))  # type: ignore[arg-type]
-            if request["message_id"] is None:  # refused: there is no message to sign
-                return self._refused(request)
-            return self._view(bytes.fromhex(request["message_id"][2:]))
+            if request["message_id"] is not None:
+                return self._view(bytes.fromhex(request["message_id"][2:]))
+            if request["asset"] == "BTC" and request["state"] == "held":  # paid on Bitcoin first, then PAYOUT_DONE
+                found = self._slot_message(Kind.PAYOUT_DONE, nonce=request["nonce"])
+                return self._view(found) if found is not None else self._paying(request)
+            return self._refused(request)  # refused: there is no message to sign
         return self._view(value)  # type: ignore[arg-type]
+
+    def withdrawal(self, nonce: int) -> dict[str, Any]:
+        """Withdrawal request ``nonce``: the replica's judgement, its payout on Bitcoin (BTC; None
+        otherwise), the message that closes it (RELEASE, or PAYOUT_DONE once the payout is at depth)
+        with its signatures and delivery, one timeline, and why it waits or how it ended."""
+        view = self.message(f"req:{nonce}")
+        view.setdefault("payout", None)
+        return view
 
     def messages(self, state: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         """The newest ``limit`` messages (of ``state``, see ``MESSAGE_STATES``), oldest first."""
@@ -313,8 +353,8 @@ class CommitteeStatus:
                 found = replica.request(message_id=mid)
             except NotFound:
                 found = None
-                if message is not None and message.kind == Kind.RELEASE:
-                    try:  # the request this message names, though it is not the one the replica fixed
+                if message is not None and message.kind in (Kind.RELEASE, Kind.PAYOUT_DONE):
+                    try:  # the request this message names, though it is not the one the replica fixed (or holds no id yet)
                         found = replica.request(nonce=message.nonce)
                     except NotFound:
                         pass
@@ -326,8 +366,10 @@ class CommitteeStatus:
         view: dict[str, Any] = {"id": _hex(mid), "kind": Kind(delivery["kind"]).name if message is None else message.kind.name}
         view["message"] = None if message is None else self._fields(message)
         view["request"] = request
-        if request is not None and request["message_id"] != _hex(mid):
+        if request is not None and request["message_id"] is not None and request["message_id"] != _hex(mid):
             view["request_note"] = f"the replica fixed another message for request {request['nonce']}: {request['message_id']}"
+        if request is not None and request["asset"] == "BTC":
+            view["payout"] = self.payout(request["nonce"])
         view["signatures"] = self._tallies(mid, stored, now)
         view["signed_by"] = self._signed_at(mid) if stored is not None else []
         view["first_seen"] = None if stored is None else stored.first_seen
@@ -363,32 +405,221 @@ class CommitteeStatus:
             else:
                 what = f"signature of {sig['address']} stored (not a member of a valid committee)"
             out.append({"at": sig["at"], "source": "store", "event": what})
+        out += self._payout_timeline(view.get("payout"))
         for row in (view["delivery"] or {}).get("history", []):
             what = f"{row['from_state'] or '-'} -> {row['to_state']}" + (f": {row['note']}" if row["note"] else "")
             out.append({"at": float(row["at"]), "source": "delivery", "event": what})
         return sorted(out, key=lambda e: e["at"])
 
     def _refused(self, request: dict[str, Any]) -> dict[str, Any]:
-        return {
+        btc = request["asset"] == "BTC"
+        view = self._without_message(request, Kind.PAYOUT_DONE if btc else Kind.RELEASE, None)
+        view["state"] = "refused"
+        what = "pays it on Bitcoin" if btc else "signs a release for it"
+        view["outcome"] = f"refused by the replica: {request['reason'] or 'no reason recorded'} (no attester {what})"
+        return view
+
+    def _paying(self, request: dict[str, Any]) -> dict[str, Any]:
+        """A held BTC request whose PAYOUT_DONE nobody signed yet: its payout tells the story."""
+        payout = self.payout(request["nonce"])
+        view = self._without_message(request, Kind.PAYOUT_DONE, payout)
+        view["state"] = "unsigned"
+        if payout is not None and payout["state"] == "failed":
+            view["outcome"] = f"payout failed: {payout['history'][-1]['note'] if payout['history'] else 'no note'} (the margin stays held)"
+        else:
+            view["waiting"] = _payout_waiting(payout)
+        return view
+
+    def _without_message(self, request: dict[str, Any], kind: Kind, payout: dict[str, Any] | None) -> dict[str, Any]:
+        view: dict[str, Any] = {
             "id": None,
-            "kind": Kind.RELEASE.name,
+            "kind": kind.name,
             "message": None,
             "request": request,
             "signatures": [],
             "signed_by": [],
             "first_seen": None,
             "delivery": None,
-            "timeline": [
-                {
-                    "at": float(request["block_time"]),
-                    "source": "chain",
-                    "event": f"withdrawal request {request['nonce']} of {request['amount']} {request['asset']} mined in block {request['block']}",
-                }
-            ],
-            "state": "refused",
             "waiting": None,
-            "outcome": f"refused by the replica: {request['reason'] or 'no reason recorded'} (no attester signs a release for it)",
+            "outcome": None,
         }
+        if request["asset"] == "BTC":
+            view["payout"] = payout
+        view["timeline"] = self._timeline(view)
+        return view
+
+    # --- Bitcoin: registered keys, the Bitcoin fold, payouts ----------------------------------
+
+    def btc_keys(self, account: str) -> list[bytes]:
+        """The compressed keys ``account`` registered as its deposit refund key, oldest first."""
+        if self.replica is None or not self._has(self.service, "replica_btc_key"):
+            return []
+        return [pubkey for _account, pubkey in self.replica.btc_keys(account)]
+
+    def btc_deposit(self, txid: str, vout: int) -> dict[str, Any] | None:
+        """The output ``txid:vout`` as the replica's Bitcoin fold recorded it (``seen`` at depth, or
+        ``refused`` with the reason), or None before its fold reached it (or when it pays no
+        registered deposit address)."""
+        if not self._has(self.service, "btc_deposit"):
+            return None
+        with self.service.connect() as conn:  # type: ignore[union-attr]
+            row = conn.execute(text("SELECT * FROM btc_deposit WHERE outpoint = :o"), {"o": f"{txid}:{vout}"}).mappings().first()
+        return None if row is None else self._btc_deposit(row)
+
+    def btc_deposits(self, account: str | None = None) -> list[dict[str, Any]]:
+        """Every deposit the replica's Bitcoin fold recorded (of ``account``), oldest first."""
+        if not self._has(self.service, "btc_deposit"):
+            return []
+        sql, params = "SELECT * FROM btc_deposit", {}
+        if account is not None:
+            sql, params = sql + " WHERE account = :a", {"a": account.lower()}
+        with self.service.connect() as conn:  # type: ignore[union-attr]
+            rows = conn.execute(text(sql + " ORDER BY block_height, outpoint"), params).mappings().all()
+        return [self._btc_deposit(r) for r in rows]
+
+    def _btc_deposit(self, row: Any) -> dict[str, Any]:
+        txid, vout = row["outpoint"].split(":")
+        out = {"outpoint": row["outpoint"], "txid": txid, "vout": int(vout), "account": to_checksum_address(row["account"])}
+        out.update(self.amount(BTC_ASSET, int(row["amount"])))
+        out.update(block=int(row["block_height"]), block_hash=row["block_hash"], block_time=int(row["block_time"]), state=row["state"], reason=row["reason"])
+        if row["state"] == "seen" and self.config.bitcoin is not None:  # what its DEPOSIT_CREDIT credits
+            credit = self.amount(BTC_ASSET, int(row["amount"]) - self.config.bitcoin.sweep_allowance)
+            out.update(credit=credit["amount"], credit_base=credit["amount_base"])
+        return out
+
+    def credit_message(self, txid: str, vout: int) -> dict[str, Any] | None:
+        """The DEPOSIT_CREDIT of Bitcoin output ``txid:vout`` (``message`` view), once signed."""
+        mid = self._slot_message(Kind.DEPOSIT_CREDIT, source_tx=txid, source_index=vout)
+        return None if mid is None else self._view(mid)
+
+    def _slot_message(self, kind: Kind, source_tx: str | None = None, source_index: int | None = None, nonce: int | None = None) -> bytes | None:
+        """The stored message of this bridge for a slot: the delivered one if any, else the one
+        with the most signatures, else the first seen (attesters that agree sign one message)."""
+        if self.store is None:
+            return None
+        sql = "SELECT m.id, COUNT(s.signer) AS n FROM committee_message m LEFT JOIN committee_signature s ON s.message_id = m.id WHERE m.kind = :k "
+        sql += "AND m.verifying_contract = :vc AND m.domain_chain_id = :c"
+        params: dict[str, Any] = {"k": int(kind), "vc": self.config.domain.verifying_contract.hex(), "c": str(self.config.chain_id)}
+        if source_tx is not None:
+            sql, params["tx"], params["i"] = sql + " AND m.source_tx = :tx AND m.source_index = :i", source_tx.lower(), source_index
+        if nonce is not None:
+            sql, params["n"] = sql + " AND m.nonce = :n", str(nonce)
+        with self.store.db.transaction() as tx:
+            rows = tx.rows(sql + " GROUP BY m.id, m.first_seen ORDER BY m.first_seen, m.id", params)
+        if not rows:
+            return None
+        ids_ = [bytes.fromhex(r["id"]) for r in rows]
+        delivered = [mid for mid in ids_ if (self._delivery(mid) or {}).get("state") == "delivered"]
+        if delivered:
+            return delivered[0]
+        return bytes.fromhex(max(rows, key=lambda r: int(r["n"]))["id"])
+
+    def payout(self, nonce: int) -> dict[str, Any] | None:
+        """The deliverer's payout of BTC withdrawal ``nonce`` (``payout:<nonce>``): its state, the
+        transaction it broadcast (txid, fee, amount paid), every PSBT proposed for it (fee bumps
+        are later rounds) with the attesters' signatures, and its history; None before one is planned."""
+        op = f"payout:{nonce}"
+        engine = self.service
+        if not self._has(engine, PAYOUTS.table, PAYOUTS.history):
+            return None
+        db = Db(engine)  # type: ignore[arg-type]
+        with db.transaction() as tx:
+            row = tx.one(f"SELECT * FROM {PAYOUTS.table} WHERE id = :id", {"id": op})
+        if row is None:
+            return None
+        fields = ("id", "state", "txid", "feerate", "bumps", "sent_height", "retries", "last_error", "created_at", "updated_at")
+        out: dict[str, Any] = {k: row[k] for k in fields}
+        out["inputs"] = [o for o in (row["inputs"] or "").split(",") if o]
+        out["history"] = [dict(h) for h in OpStore(db, PAYOUTS).history(op)]
+        out["proposals"] = self._proposals(op)
+        out.update(self._paid(row))
+        out["confirmed"] = self._spend_block(row["txid"]) if row["state"] in ("confirmed", "done") and row["txid"] else None
+        return out
+
+    def _paid(self, row: dict[str, Any]) -> dict[str, Any]:
+        """The amount the payout's transaction pays its destination and its fee (from the coins the
+        Bitcoin fold recorded), once it was finalized."""
+        if not row["raw_tx"]:
+            return {"paid": None, "paid_base": None, "fee": None, "fee_base": None}
+        tx = Tx.parse(bytes.fromhex(row["raw_tx"]))
+        custody = self.config.bitcoin.custody_script_pubkey if self.config.bitcoin is not None else b""
+        paid = sum(o.value for o in tx.vout if bytes(o.script_pubkey) != custody)
+        spent = None
+        if self._has(self.service, "custody_coin"):
+            with self.service.connect() as conn:  # type: ignore[union-attr]
+                amounts = dict(conn.execute(text("SELECT outpoint, amount FROM custody_coin")).all())
+            coins = [amounts.get(f"{i.prevout.txid_hex}:{i.prevout.n}") for i in tx.vin]
+            spent = None if None in coins else sum(coins)  # type: ignore[arg-type]
+        fee = None if spent is None else spent - sum(o.value for o in tx.vout)
+        shown = self.amount(BTC_ASSET, paid)
+        return {
+            "paid": shown["amount"],
+            "paid_base": shown["amount_base"],
+            "fee": None if fee is None else self.amount(BTC_ASSET, fee)["amount"],
+            "fee_base": None if fee is None else str(fee),
+        }
+
+    def _spend_block(self, txid: str) -> dict[str, Any] | None:
+        if not self._has(self.service, "custody_spend"):
+            return None
+        with self.service.connect() as conn:  # type: ignore[union-attr]
+            row = conn.execute(text("SELECT block_height, block_time FROM custody_spend WHERE txid = :t"), {"t": txid}).first()
+        return None if row is None else {"block": int(row[0]), "block_time": int(row[1])}
+
+    def _proposals(self, group: str) -> list[dict[str, Any]]:
+        if not self._has(self.store_engine, "custody_proposal", "custody_proposal_sig"):
+            return []
+        db = Db(self.store_engine)  # type: ignore[arg-type]
+        with db.transaction() as tx:
+            rows = tx.rows("SELECT id, round, created_at FROM custody_proposal WHERE grp = :g ORDER BY created_at, id", {"g": group})
+            sigs = tx.rows(
+                "SELECT s.proposal_id, s.signer, s.at FROM custody_proposal_sig s JOIN custody_proposal p ON p.id = s.proposal_id "
+                "WHERE p.grp = :g ORDER BY s.at, s.signer",
+                {"g": group},
+            )
+        committee = self.replica.current_committee() if self.replica is not None else self.config.committee
+        threshold = self.config.bitcoin.policy.threshold if self.config.bitcoin is not None else committee.threshold
+        out = []
+        for r in rows:
+            signed = []
+            for s in sigs:
+                if s["proposal_id"] != r["id"]:
+                    continue
+                try:
+                    signer = bytes.fromhex(s["signer"])
+                except ValueError:
+                    continue
+                index = committee.signers.index(signer) if signer in committee.signers else None
+                signed.append({"index": index, "address": to_checksum_address(signer) if len(signer) == 20 else "0x" + signer.hex(), "at": float(s["at"])})
+            members = {m["address"] for m in signed if m["index"] is not None}
+            missing = [_member(committee, a) for a in committee.signers if to_checksum_address(a) not in members]
+            out.append(
+                {
+                    "txid": r["id"],
+                    "round": int(r["round"]),
+                    "created_at": float(r["created_at"]),
+                    "signed": signed,
+                    "missing": missing,
+                    "threshold": threshold,
+                    "size": len(committee.signers),
+                }
+            )
+        return out
+
+    @staticmethod
+    def _payout_timeline(payout: dict[str, Any] | None) -> list[dict[str, Any]]:
+        if payout is None:
+            return []
+        out = []
+        for row in payout["history"]:
+            what = f"{payout['id']}: {row['from_state'] or '-'} -> {row['to_state']}" + (f": {row['note']}" if row["note"] else "")
+            out.append({"at": float(row["at"]), "source": "payout", "event": what})
+        for p in payout["proposals"]:
+            for count, sig in enumerate(p["signed"], 1):
+                who = f"signer {sig['index']} {sig['address']}" if sig["index"] is not None else f"{sig['address']} (not a member)"
+                of = f"{count} of the {p['threshold']} needed" if count <= p["threshold"] else f"{count}, beyond the {p['threshold']} needed"
+                out.append({"at": sig["at"], "source": "psbt", "event": f"PSBT {p['txid'][:16]}… (round {p['round']}) signed by {who} ({of})"})
+        return out
 
     def _fields(self, m: Message) -> dict[str, Any]:
         fields: dict[str, Any] = {
@@ -503,6 +734,30 @@ class CommitteeStatus:
         if not tallies:
             return None
         return min(tallies, key=lambda t: (not t["quorum"], t["needed"], -t["epoch"]))
+
+
+def _payout_waiting(payout: dict[str, Any] | None) -> str:
+    """Why a held BTC request has no PAYOUT_DONE yet, from its payout."""
+    if payout is None:
+        return "no payout planned yet: the deliverer plans one for every held BTC request (is `bridgectl relayer run deliverer` running, with Bitcoin?)"
+    state, txid, error = payout["state"], payout["txid"], payout["last_error"]
+    if state == "proposing":
+        why = "the deliverer is building the payout's PSBT"
+    elif state == "collecting":
+        p = payout["proposals"][-1] if payout["proposals"] else None
+        if p is None:
+            why = "the payout's PSBT is proposed; no attester signed it yet"
+        else:
+            signed = [m for m in p["signed"] if m["index"] is not None]
+            missing = ", ".join(f"signer {m['index']}" for m in p["missing"]) or "nobody"
+            why = f"PSBT {p['txid'][:16]}… has {len(signed)} of the {p['threshold']} attester signatures it needs (missing: {missing})"
+    elif state == "broadcast":
+        why = f"transaction {txid} broadcast; waiting for it to be mined and reach depth (mine a block on the devnet)"
+    elif state in ("confirmed", "done"):
+        why = f"transaction {txid} is at depth; waiting for the attesters' PAYOUT_DONE"
+    else:
+        why = f"payout {state}"
+    return why + (f" ({error})" if error and state in ("proposing", "collecting") else "")
 
 
 def _tally_text(tally: dict[str, Any] | None) -> str:
