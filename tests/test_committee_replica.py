@@ -153,7 +153,7 @@ async def test_a_deposit_is_credited_once_however_often_its_block_is_delivered_a
     # What keeps the imposter out is the indexer's selector: the bridge's address, in the daemons too.
     settings = Settings(data_dir=str(tmp_path / "daemon"), evm={"url": evm.url}, committee={"config": str(bridge.config_path)})
     follower = ReplicaFollower("replica-check", evm, first.replica, bridge.config, settings)
-    assert follower.indexer.selector == EvmLogFilter(address=bridge.config.bridge)
+    assert follower.indexer.selector == EvmLogFilter(address=[bridge.config.bridge])  # the bridge only (no oracle in this bridge)
     unfiltered = Follower(bridge, tmp_path / "unfiltered.sqlite")
     unfiltered.indexer.selector = None
     await unfiltered.catch_up()

@@ -89,7 +89,8 @@ class BridgeConfig:
         # BTC is never listed on the contract (it is paid on Bitcoin) but is margin all the same.
         assets = {BTC_ASSET: btc(), **{bytes.fromhex(addr[2:]): self.ledger_asset(sym) for sym, (addr, _d) in self.assets.items()}}
         oracle = bytes.fromhex(self.oracle.address[2:]) if self.oracle is not None else None
-        return ReplicaConfig(self.domain, assets, self.committee, self.grace, self.release_ttl, oracle=oracle)
+        minimum = self.bitcoin.min_deposit if self.bitcoin is not None else 0
+        return ReplicaConfig(self.domain, assets, self.committee, self.grace, self.release_ttl, oracle=oracle, min_btc_withdrawal=minimum)
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -178,6 +178,8 @@ class ReplicaConfig:
     release_ttl: int = DEFAULT_RELEASE_TTL
     #: The price oracle whose events the replica folds too (None: no prices).
     oracle: bytes | None = None
+    #: BTC withdrawals below this are refused: a payout must cover its fee and stay above dust.
+    min_btc_withdrawal: int = 0
 
     def __post_init__(self) -> None:
         if not 60 <= self.release_ttl <= 30 * 86_400:
@@ -317,6 +319,8 @@ class Replica:
         accounts = self._accounts(conn, account, asset)
         if accounts is None:
             row["reason"] = "asset not listed on this bridge"
+        elif asset == BTC_ASSET and amount < self.config.min_btc_withdrawal:
+            row["reason"] = f"{amount} sats is below the minimum BTC withdrawal of {self.config.min_btc_withdrawal} sats"
         else:
             user, custody = accounts
             try:
