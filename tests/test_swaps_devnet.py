@@ -421,7 +421,8 @@ async def test_restart_after_an_evm_lock_was_sent_finds_it_instead_of_locking_ag
         async with await Party.open(trader_settings, swap_config(trader_keys, contracts), LpClient()) as second:
             recorded = second.store.get(view.swap.id).leg(INITIATOR)
             assert recorded.lock_ref is None  # sent and mined, but the swap id never recorded
-            assert (await evm.tx_status(recorded.lock_tx)).confirmations >= 1
+            # Sent before the crash; Anvil mines it at once, though its receipt can lag under load.
+            await wait_until(lambda: _mined(evm, recorded.lock_tx), timeout=30, what="the lock sent before the crash mined")
             lock = json.loads(recorded.lock_evm)
             assert (lock["approve"]["fields"]["nonce"], lock["fields"]["nonce"]) == (0, 1)  # recorded together
             done = await run_trader(second, view.swap.id)
@@ -903,3 +904,7 @@ async def test_lp_does_not_lock_on_a_bitcoin_lock_that_a_reorg_removed(tmp_path,
             assert lp_view.swap.state == m.CREATED and lp_view.leg(PARTICIPANT).lock_ref is None  # the LP never locked
             assert await evm.balance(lp_keys.address) == 20 * ONE_ETH
             assert 2 * ONE_BTC - await btc.balance([trader_keys.btc.p2wpkh_script]) < 10_000  # fees only
+
+
+async def _mined(evm, tx_hash: str) -> bool:
+    return (await evm.tx_status(tx_hash)).confirmations >= 1
