@@ -36,7 +36,7 @@ from bridge.committee.proposals import Proposal, ProposalStore
 from bridge.committee.replica import Replica
 from bridge.committee.store import AttestationRefused, AttestationStore
 from bridge.core.db import init_db
-from bridge.core.errors import BridgeError, InputError
+from bridge.core.errors import BridgeError, InputError, NotFound
 from bridge.custody.policy import ExpectedPayout, PayoutRefused, sign_payout
 
 __all__ = ["Attester", "RotationPlan"]
@@ -45,6 +45,8 @@ log = logging.getLogger("bridge.committee.attester")
 
 #: A RELEASE with less validity left than this is not signed: it could not be delivered in time.
 DEFAULT_MIN_VALIDITY = 30
+#: Refusals that may only mean this attester's views are behind: judged again next round.
+_LOOK_AGAIN = frozenset({"unknown input", "not owed", "witness_utxo amount mismatch"})
 #: An UNPAUSE may act this long after the pause it lifts.
 UNPAUSE_VALIDITY = 7 * 86_400
 
@@ -169,6 +171,8 @@ class Attester:
                 self._check_gives_up_exactly(proposal, expected)
             except BridgeError as exc:
                 reason = getattr(exc, "reason", None) or exc.message
+                if isinstance(exc, NotFound):
+                    reason = "not owed"
                 self._judge(proposal, False, str(reason))
                 log.warning("attester %s refuses custody proposal %s: %s", "0x" + self.address.hex()[:8], proposal.id[:16], reason)
                 continue
@@ -253,8 +257,11 @@ class Attester:
         return Message(1, Kind.PAYOUT_DONE, 0, source_tx, source_index, chain, account, BTC_ASSET, request.amount, request.nonce, expiry, payload)
 
     def _judged(self) -> set[str]:
+        """Proposals judged for good: signed, or refused for a reason no later view can change (a
+        refusal that may only mean this view is behind, ``_LOOK_AGAIN``, is judged again)."""
         with self.replica.engine.connect() as conn:
-            return {r[0] for r in conn.execute(text("SELECT proposal_id FROM attester_psbt"))}
+            rows = conn.execute(text("SELECT proposal_id, signed, reason FROM attester_psbt")).all()
+        return {p for p, signed, reason in rows if signed or reason not in _LOOK_AGAIN}
 
     def _signed_inputs(self) -> list[tuple[str, list[str]]]:
         with self.replica.engine.connect() as conn:
@@ -263,6 +270,7 @@ class Attester:
 
     def _judge(self, proposal: Proposal, signed: bool, reason: str) -> None:
         with self.replica.engine.begin() as conn:
+            conn.execute(text("DELETE FROM attester_psbt WHERE proposal_id = :p AND signed = :f"), {"p": proposal.id, "f": False})
             conn.execute(
                 text("INSERT INTO attester_psbt (proposal_id, grp, inputs, signed, reason, at) VALUES (:p, :g, :i, :s, :r, :a) ON CONFLICT DO NOTHING"),
                 {"p": proposal.id, "g": proposal.group, "i": ",".join(proposal.inputs), "s": signed, "r": reason[:500], "a": time.time()},

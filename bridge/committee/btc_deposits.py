@@ -196,7 +196,10 @@ class BtcDepositWatcher:
 
     def coins(self, kind: str | None = None, unspent: bool = True) -> list[CustodyCoin]:
         """The committee's coins this view knows, oldest first."""
-        sql, params = "SELECT * FROM custody_coin WHERE 1 = 1", {}
+        # A deposit refused a credit (below the minimum, too close to its refund) stays the
+        # depositor's: never swept, never spent on a payout.
+        sql = "SELECT * FROM custody_coin WHERE NOT EXISTS (SELECT 1 FROM btc_deposit d WHERE d.outpoint = custody_coin.outpoint AND d.state = 'refused')"
+        params: dict[str, Any] = {}
         if unspent:
             sql += " AND spent_by IS NULL"
         if kind is not None:

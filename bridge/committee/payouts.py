@@ -157,6 +157,14 @@ class Payouts(OpStore):
             self._finish(op_id)
 
     async def _propose(self, op_id: str, row: dict[str, Any]) -> None:
+        earlier = self.proposals.proposals(group=_group(op_id))
+        if earlier:
+            # Proposed before a crash that came before this row recorded it: take it up, as the
+            # attesters that signed it sign only replacements of it from now on.
+            last = earlier[-1]
+            inputs = ",".join(last.inputs)
+            self._move(op_id, "proposing", "collecting", f"took up {last.id}, proposed before a restart", proposal_id=last.id, inputs=inputs)
+            return
         feerate = min(await self.btc.estimate_feerate(), self.max_feerate)
         taken = self.reserved()
         coins = [c for c in self.watcher.coins() if f"{c.txid}:{c.vout}" not in taken]

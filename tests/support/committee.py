@@ -500,3 +500,37 @@ def ledger_totals(engine: Engine) -> dict[tuple[str, str, str], tuple[int, int, 
             )
         ).all()
     return {(o, k, a): (int(cp) - int(dp), int(pd), int(pc)) for o, k, a, cp, dp, pd, pc in rows}
+
+
+# --- Bitcoin custody views of a fleet (the payout crash test) ---------------------------------------
+
+
+def btc_cursor_height(f: Fleet, name: str) -> int | None:
+    """How far daemon ``name``'s Bitcoin fold (deposits, custody coins and spends) got, None before it started."""
+    try:
+        with f.engine(name).connect() as conn:
+            row = conn.execute(text("SELECT height FROM indexer_cursor WHERE name = :n"), {"n": f"btc-deposits-{f.bridge.config.bridge.lower()}"}).first()
+    except Exception:  # noqa: BLE001 - no table yet
+        return None
+    return None if row is None else int(row[0])
+
+
+def custody_coin_rows(engine: Engine) -> list[tuple]:
+    """Every committee coin a replica recorded (``custody_coin``), by outpoint: what two replicas at
+    the same Bitcoin height must agree on."""
+    with engine.connect() as conn:
+        return [
+            tuple(r)
+            for r in conn.execute(
+                text("SELECT outpoint, amount, witness_script, kind, account, block_height, spent_by, spent_height FROM custody_coin ORDER BY outpoint")
+            )
+        ]
+
+
+def custody_ops(engine: Engine) -> dict[str, str]:
+    """``op id -> state`` of the deliverer's custody payouts and sweeps (``custody_payout``); empty before the table exists."""
+    try:
+        with engine.connect() as conn:
+            return {i: s for i, s in conn.execute(text("SELECT id, state FROM custody_payout"))}
+    except Exception:  # noqa: BLE001 - no table yet
+        return {}
