@@ -18,6 +18,7 @@ from sqlalchemy import text
 
 from bridge.committee.crypto import address_of
 from bridge.committee.messages import BTC_ASSET, ETH_ASSET, Domain, digest, sign
+from bridge.core.testing import WaitTimeout, wait_until
 from bridge.committee.oracle import MockAggregator, OraclePrice, PriceOracle, RoundData, decode_oracle_events, feeds_of
 from bridge.committee.prices import (
     Poster,
@@ -311,11 +312,15 @@ async def test_the_scheduled_jobs_report_and_post(world):
     )
     poster.poster.margin = 0
     tasks = [asyncio.create_task(job.run(stop)) for job in (*reporters, poster)]
+
+    async def both_posted() -> bool:
+        return bool((await w.oracle.price(BTC_ASSET)).price and (await w.oracle.price(ETH_ASSET)).price)
+
     try:
-        for _ in range(100):
-            if (await w.oracle.price(BTC_ASSET)).price and (await w.oracle.price(ETH_ASSET)).price:
-                break
-            await asyncio.sleep(0.2)
+        try:
+            await wait_until(both_posted, timeout=20, interval=0.2, what="both prices posted by the scheduled jobs")
+        except WaitTimeout:
+            pass  # the assertions below say what each job did
     finally:
         stop.set()
         await asyncio.wait_for(asyncio.gather(*tasks), 10)
