@@ -452,6 +452,7 @@ def _refusals_in(engines) -> dict[str, int]:
     return dict(out)
 
 
+@pytest.mark.slow  # ~15 s each; `make test-slow` (keeps `make test` under 15 min)
 async def test_a_proposal_orphaned_by_a_crash_does_not_wedge_its_payout(evm, btc, regtest, faucet, tmp_path):
     """The deliverer dies between keeping a payout's PSBT in the proposal store and recording it on
     its operation (``Payouts._propose``: ``proposals.propose`` then ``_move``): the operation is
@@ -553,6 +554,7 @@ async def test_a_deposit_refused_as_too_close_to_its_refund_stays_the_depositors
         assert delivery.deliverer.replica.balances().get((owner_of(user), "BTC"), (0, 0)) == (0, 0)
 
 
+@pytest.mark.slow  # ~15 s each; `make test-slow` (keeps `make test` under 15 min)
 async def test_an_attester_behind_on_bitcoin_does_not_wedge_a_payout(evm, btc, regtest, faucet, tmp_path):
     """An attester judges each custody proposal once (``Attester.sign_proposals``: ``attester_psbt``)
     and a refusal is final, also when its cause is passing: its Bitcoin fold is behind the
