@@ -131,13 +131,39 @@ def decode_events(logs: Iterable[ChainEvent | dict[str, Any]]) -> list[BridgeEve
 # --- the contract ---------------------------------------------------------------------------
 
 
-class CollateralBridge:
-    """One deployed bridge contract, reached through an ``EvmAdapter``."""
+class BoundContract:
+    """One deployed contract of ours reached through an ``EvmAdapter``: reads and transactions by
+    function name, a refusal raised with the custom error's name among ``ERRORS``' errors."""
 
-    def __init__(self, chain: EvmAdapter, address: str) -> None:
+    ARTIFACT = CONTRACT
+    ERRORS: tuple[str, ...] = (CONTRACT, *TOKEN_KINDS)
+    WHAT = "bridge address"
+
+    def __init__(self, chain: EvmAdapter, address: str | bytes) -> None:
         self.chain = chain
-        self.address = _address(address, "bridge address")
-        self.abi = load_artifact(CONTRACT)["abi"]
+        self.address = checksum_address(address, self.WHAT)
+        self.abi = load_artifact(self.ARTIFACT)["abi"]
+
+    async def _read(self, name: str, *args: Any) -> Any:
+        return decode_result(self.abi, name, await self._call(name, *args))[0]
+
+    async def _call(self, name: str, *args: Any) -> bytes:
+        try:
+            return await self.chain.call(self.address, encode_call(self.abi, name, *args))
+        except ContractReverted as exc:
+            raise named_revert(exc, name, self.ERRORS) from None
+
+    async def _transact(self, key: str, name: str, *args: Any, value: int = 0) -> EvmReceipt:
+        """Send and wait for the receipt; a refusal (at estimate or mined) names the custom error."""
+        data = encode_call(self.abi, name, *args)
+        try:
+            return await self.chain.wait_for_receipt(await self.chain.transact(key, self.address, value, data))
+        except ContractReverted as exc:
+            raise named_revert(exc, name, self.ERRORS) from None
+
+
+class CollateralBridge(BoundContract):
+    """One deployed bridge contract, reached through an ``EvmAdapter``."""
 
     @classmethod
     async def deploy(
@@ -278,25 +304,6 @@ class CollateralBridge:
         """This contract's events among a receipt's logs."""
         return decode_events(log for log in receipt.logs if log["address"].lower() == self.address.lower())
 
-    # --- plumbing ---
-
-    async def _read(self, name: str, *args: Any) -> Any:
-        return decode_result(self.abi, name, await self._call(name, *args))[0]
-
-    async def _call(self, name: str, *args: Any) -> bytes:
-        try:
-            return await self.chain.call(self.address, encode_call(self.abi, name, *args))
-        except ContractReverted as exc:
-            raise _named(exc, name) from None
-
-    async def _transact(self, key: str, name: str, *args: Any, value: int = 0) -> EvmReceipt:
-        """Send and wait for the receipt; a refusal (at estimate or mined) names the custom error."""
-        data = encode_call(self.abi, name, *args)
-        try:
-            return await self.chain.wait_for_receipt(await self.chain.transact(key, self.address, value, data))
-        except ContractReverted as exc:
-            raise _named(exc, name) from None
-
 
 def evm_public_key(key: str | bytes) -> bytes:
     """The 64-byte public key (x || y) of an EVM private key, as ``registerBtcKey`` takes it."""
@@ -355,6 +362,7 @@ def _bytes32(value: Any, what: str) -> bytes:
 
 __all__ = [
     "ETH",
+    "BoundContract",
     "BridgeEvent",
     "CollateralBridge",
     "btc_request_commitment",

@@ -26,7 +26,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from eth_utils import is_address, to_checksum_address
 
-from bridge.committee.contract import BridgeEvent, checksum_address, committee_args, message_tuple, named_revert, pack_quorum
+from bridge.committee.contract import BoundContract, BridgeEvent, checksum_address, committee_args, message_tuple, named_revert, pack_quorum
 from bridge.committee.contract import revert_reason as bridge_revert_reason
 from bridge.committee.messages import BTC_ASSET, ETH_ASSET, Committee, Message
 from bridge.core.errors import ConfigError
@@ -67,6 +67,10 @@ DEVNET_FEEDS: dict[str, tuple[bytes, str, int]] = {"BTC": (BTC_ASSET, "BTC / USD
 #: An attester does not sign a price its source last updated longer ago than this (Chainlink's
 #: longest heartbeat for the major feeds is a day).
 DEFAULT_SOURCE_MAX_AGE = 86_400
+
+
+#: The custom errors a refusal of the oracle or a feed is named by.
+_ERRORS = (ORACLE, AGGREGATOR)
 
 
 @dataclass(frozen=True)
@@ -117,13 +121,10 @@ def decode_oracle_events(logs: Iterable[ChainEvent | dict[str, Any]], address: s
 # --- the oracle -----------------------------------------------------------------------------
 
 
-class PriceOracle:
+class PriceOracle(BoundContract):
     """One deployed ``PriceOracle``, reached through an ``EvmAdapter``."""
 
-    def __init__(self, chain: EvmAdapter, address: str | bytes) -> None:
-        self.chain = chain
-        self.address = _address(address, "oracle address")
-        self.abi = load_artifact(ORACLE)["abi"]
+    ARTIFACT, ERRORS, WHAT = ORACLE, _ERRORS, "oracle address"
 
     @classmethod
     async def deploy(cls, chain: EvmAdapter, key: str, bridge: str | bytes, *, max_age: int, max_spread_bps: int, breaker_step_bps: int) -> "PriceOracle":
@@ -196,35 +197,14 @@ class PriceOracle:
         """This contract's events among a receipt's logs."""
         return decode_oracle_events(receipt.logs, self.address)
 
-    # --- plumbing ---
-
-    async def _read(self, name: str, *args: Any) -> Any:
-        return decode_result(self.abi, name, await self._call(name, *args))[0]
-
-    async def _call(self, name: str, *args: Any) -> bytes:
-        try:
-            return await self.chain.call(self.address, encode_call(self.abi, name, *args))
-        except ContractReverted as exc:
-            raise _named(exc, name) from None
-
-    async def _transact(self, key: str, name: str, *args: Any) -> EvmReceipt:
-        data = encode_call(self.abi, name, *args)
-        try:
-            return await self.chain.wait_for_receipt(await self.chain.transact(key, self.address, 0, data))
-        except ContractReverted as exc:
-            raise _named(exc, name) from None
-
 
 # --- the devnet's feeds -----------------------------------------------------------------------
 
 
-class MockAggregator:
+class MockAggregator(BoundContract):
     """One ``MockAggregator`` (a Chainlink-style feed: ``latestRoundData``, 8 decimals)."""
 
-    def __init__(self, chain: EvmAdapter, address: str | bytes) -> None:
-        self.chain = chain
-        self.address = _address(address, "aggregator address")
-        self.abi = load_artifact(AGGREGATOR)["abi"]
+    ARTIFACT, ERRORS, WHAT = AGGREGATOR, _ERRORS, "aggregator address"
 
     @classmethod
     async def deploy(cls, chain: EvmAdapter, key: str, description: str, initial: int = 0) -> "MockAggregator":
@@ -240,11 +220,7 @@ class MockAggregator:
         """A new round with ``answer`` (8 decimals), updated at the block's time."""
         if type(answer) is not int or not -(1 << 255) <= answer < 1 << 255:
             raise InputError(f"an answer is an int256, got {answer!r}", field="answer")
-        data = encode_call(self.abi, "setAnswer", answer)
-        try:
-            return await self.chain.wait_for_receipt(await self.chain.transact(key, self.address, 0, data))
-        except ContractReverted as exc:
-            raise _named(exc, "setAnswer") from None
+        return await self._transact(key, "setAnswer", answer)
 
     async def latest_round_data(self) -> RoundData:
         raw = await self._call("latestRoundData")
@@ -255,12 +231,6 @@ class MockAggregator:
 
     async def description(self) -> str:
         return decode_result(self.abi, "description", await self._call("description"))[0]
-
-    async def _call(self, name: str, *args: Any) -> bytes:
-        try:
-            return await self.chain.call(self.address, encode_call(self.abi, name, *args))
-        except ContractReverted as exc:
-            raise _named(exc, name) from None
 
 
 # --- committee.json's "oracle" ------------------------------------------------------------------
@@ -402,9 +372,6 @@ async def set_devnet_price(chain: EvmAdapter, key: str, config: OracleConfig, sy
 
 
 # --- revert reasons -----------------------------------------------------------------------------
-
-
-_ERRORS = (ORACLE, AGGREGATOR)
 
 
 def revert_reason(data: str | None) -> str | None:
