@@ -307,11 +307,6 @@ class Deliverer(OpStore):
             ids = tx.column(sql + " ORDER BY created_at DESC, id LIMIT :n", params)
         return [self.view(i) for i in ids]
 
-    def counts(self) -> dict[str, int]:
-        with self.db.transaction() as tx:
-            rows = tx.rows("SELECT state, COUNT(*) AS n FROM committee_delivery GROUP BY state")
-        return {r["state"]: int(r["n"]) for r in rows}
-
     # --- plumbing ---------------------------------------------------------------------------
 
     def _row(self, op_id: str) -> dict[str, Any]:

@@ -264,11 +264,6 @@ class Payouts(OpStore):
         row = self._row(op_id)
         return {**row, "history": self.history(op_id)}
 
-    def counts(self) -> dict[str, int]:
-        with self.db.transaction() as tx:
-            rows = tx.rows("SELECT state, COUNT(*) AS n FROM custody_payout GROUP BY state")
-        return {r["state"]: int(r["n"]) for r in rows}
-
     def _row(self, op_id: str) -> dict[str, Any]:
         with self.db.transaction() as tx:
             row = tx.one("SELECT * FROM custody_payout WHERE id = :id", {"id": op_id})

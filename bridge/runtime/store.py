@@ -173,6 +173,12 @@ class OpStore:
             states = tx.column(f"SELECT state FROM {self.t.table} WHERE id IN ({in_list('id', ids, params)})", params)
         return len(states) == len(set(ids)) and all(s in self.t.terminal for s in states)
 
+    def counts(self) -> dict[str, int]:
+        """Operations per state (states without any left out)."""
+        with self.db.transaction() as tx:
+            rows = tx.rows(f"SELECT state, COUNT(*) AS n FROM {self.t.table} GROUP BY state")
+        return {r["state"]: int(r["n"]) for r in rows}
+
     def history(self, op_id: str) -> list[dict[str, Any]]:
         """Every recorded transition of ``op_id``, oldest first: ``seq``, ``at``, ``from_state``,
         ``to_state``, ``note`` and ``attempt`` (None on rows written before attempts were kept)."""
