@@ -25,6 +25,12 @@ BTC_REFUND_DELAY = 20
 TOKEN_SYMBOL = "TUSD"
 TOKEN_DECIMALS = 6
 TOKEN_MINT_PER_ACCOUNT = 1_000_000 * 10**TOKEN_DECIMALS
+#: Margin: collateral value is cut by these (bps) before it counts; an account below 110% health
+#: can be liquidated, a borrow must leave 125%; a price counts for an hour.
+BRIDGE_HAIRCUTS = {"BTC": 2000, "ETH": 1000, TOKEN_SYMBOL: 0}
+BRIDGE_LIQUIDATION_BPS = 11_000
+BRIDGE_INITIAL_BPS = 12_500
+BRIDGE_MAX_PRICE_AGE = 3600
 
 
 async def deploy_contracts(rpc_url: str, accounts: list[dict], recorded: dict | None, data_dir: Path) -> dict:
@@ -56,8 +62,9 @@ async def deploy_bridge(chain, deployer: str, chain_id: int, contracts: dict, da
     from bridge.committee.btc_deposits import BtcTerms
     from bridge.committee.config import ETH_ADDRESS, BridgeConfig
     from bridge.custody.scripts import CustodyPolicy, refund_pubkey_of_evm_key
-    from bridge.committee.contract import CollateralBridge
-    from bridge.committee.oracle import deploy_devnet_oracle
+    from bridge.committee.contract import MarginTerms
+    from bridge.committee.deploy import deploy_bridge as deploy_with_oracle
+    from bridge.committee.oracle import deploy_devnet_feeds
     from bridge.committee.messages import Committee
     from devnets.keys import COMMITTEE_THRESHOLD, committee_test_keys, evm_test_keys
 
@@ -65,12 +72,22 @@ async def deploy_bridge(chain, deployer: str, chain_id: int, contracts: dict, da
     committee = Committee(0, tuple(bytes.fromhex(k.address[2:]) for k in keys), COMMITTEE_THRESHOLD)
     assets = {"ETH": (ETH_ADDRESS, 18), TOKEN_SYMBOL: (contracts["tokens"][TOKEN_SYMBOL]["address"], TOKEN_DECIMALS)}
     guardian = evm_test_keys(1)[0].address
-    bridge = await CollateralBridge.deploy(
-        chain, deployer, committee, guardians=[guardian], caps={addr: BRIDGE_CAPS[sym] for sym, (addr, _d) in assets.items()}, grace=BRIDGE_GRACE
-    )
     policy = CustodyPolicy.of([refund_pubkey_of_evm_key(k.private_key) for k in keys], COMMITTEE_THRESHOLD, BTC_REFUND_DELAY, "regtest")
-    oracle = await deploy_devnet_oracle(chain, deployer, bridge.address)
-    config = BridgeConfig(chain_id, bridge.address, await chain.height(), committee, BRIDGE_GRACE, BRIDGE_RELEASE_TTL, assets, BtcTerms(policy), oracle=oracle)
+    btc_terms = BtcTerms(policy)
+    token = assets[TOKEN_SYMBOL][0]
+    feeds = await deploy_devnet_feeds(chain, deployer, {TOKEN_SYMBOL: (bytes.fromhex(token[2:]), f"{TOKEN_SYMBOL} / USD", 1)})
+    margin = MarginTerms(
+        release_ttl=BRIDGE_RELEASE_TTL,
+        liquidation_bps=BRIDGE_LIQUIDATION_BPS,
+        initial_bps=BRIDGE_INITIAL_BPS,
+        max_price_age=BRIDGE_MAX_PRICE_AGE,
+        min_btc_withdrawal=btc_terms.min_deposit,
+        haircuts=BRIDGE_HAIRCUTS,
+    )
+    bridge, oracle = await deploy_with_oracle(chain, deployer, committee, [guardian], assets, BRIDGE_CAPS, grace=BRIDGE_GRACE, terms=margin, feeds=feeds)
+    config = BridgeConfig(
+        chain_id, bridge.address, await chain.height(), committee, BRIDGE_GRACE, BRIDGE_RELEASE_TTL, assets, btc_terms, oracle=oracle, margin=margin
+    )
     (data_dir / "committee.json").write_text(json.dumps(config.to_json(), indent=2) + "\n")
     keydir = data_dir / "committee"
     keydir.mkdir(exist_ok=True)

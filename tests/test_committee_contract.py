@@ -136,13 +136,38 @@ class Env:
         fields.setdefault("expiry", await self.now() + ttl)
         return forge(Message, **fields) if forged else Message(**fields)
 
-    async def withdrawal(self, amount: int = ONE_ETH, asset: str | bytes = ETH, who: str = "user", **kw) -> Message:
-        """``who`` requests a withdrawal; the RELEASE of that request (its nonce, account, asset and
-        amount; ``kw`` as for ``message``)."""
+    async def withdrawal(self, amount: int = ONE_ETH, asset: str | bytes = ETH, who: str = "user", fund: bool = True, **kw) -> Message:
+        """``who`` deposits ``amount`` (unless not ``fund``) and requests its withdrawal; the RELEASE
+        of that request (its nonce, account, asset and amount; ``kw`` as for ``message``)."""
+        if fund:
+            await self.fund_margin(who, asset, amount)
         (event,) = self.bridge.events_in(await self.bridge.request_withdrawal(self.key(who), asset, amount))
         assert event.name == "WithdrawalRequested"
         kw.setdefault("account", to_canonical_address(self.parties[who].address))
         return await self.message(amount=amount, asset=asset, nonce=event["requestNonce"], **kw)
+
+    async def fund_margin(self, who: str, asset: str | bytes, amount: int) -> None:
+        """Deposit ``amount`` into ``who``'s margin: a request takes from it at once."""
+        if to_canonical_address(asset) == bytes(20):
+            await self.bridge.deposit_eth(self.key(who), amount)
+            return
+        deployer, party = self.key("deployer"), self.parties[who].address
+        await self.evm.wait_for_receipt(await self.token.mint(deployer, party, amount))
+        await self.evm.wait_for_receipt(await self.token.approve(self.key(who), self.bridge.address, amount))
+        await self.bridge.deposit_erc20(self.key(who), self.token.address, amount)
+
+    async def credit_btc(self, who: str, amount: int, vout: int = 0) -> None:
+        """BTC margin for ``who`` the only way there is: a quorum's DEPOSIT_CREDIT."""
+        m = await self.message(
+            kind=Kind.DEPOSIT_CREDIT,
+            asset=BTC_ASSET,
+            amount=amount,
+            nonce=0,
+            account=to_canonical_address(self.parties[who].address),
+            source_tx=keccak(b"btc deposit %d %s" % (vout, who.encode())),
+            source_index=vout,
+        )
+        await self.bridge.credit_deposit(self.key("relayer"), m, self.committee, *self.sign(m))
 
     def sign(self, m: Message, committee: Committee | None = None, count: int | None = None, **kw) -> tuple[list[int], list[bytes]]:
         committee = committee or self.committee
@@ -337,6 +362,7 @@ async def test_one_request_released_once_even_by_two_messages(env):
 async def test_btc_asset_release_refused(env):
     # BTC is requested with a destination on Bitcoin and paid there, never released here.
     await refused("WrongAsset", env.bridge.request_withdrawal(env.key("user"), BTC_ASSET, 10**8))
+    await env.credit_btc("user", 10**8)
     (event, _destination) = env.bridge.events_in(await env.bridge.request_btc_withdrawal(env.key("user"), 10**8, bytes.fromhex("0014" + "11" * 20)))
     m = await env.message(asset=BTC_ASSET, amount=10**8, nonce=event["requestNonce"])
     await refused("AssetNotListed", env.release(m, quorum=env.sign(m, count=4)))
@@ -410,10 +436,11 @@ async def test_rotation_then_old_set_message_lands_within_grace_window_not_after
 
 async def test_release_while_paused_refused_and_unpause_by_quorum(env):
     assert not await env.bridge.paused()
+    await env.fund_margin("user", ETH, ONE_ETH)
     await env.bridge.pause(env.key("guardian"))
     assert await env.bridge.paused()
     assert await env.bridge.pauses() == 1
-    m = await env.withdrawal()
+    m = await env.withdrawal(fund=False)  # requests are still taken while paused
     await refused("IsPaused", env.release(m))
     await refused("IsPaused", env.bridge.deposit_eth(env.key("user"), ONE_ETH))
     unpause = await env.message(kind=Kind.UNPAUSE, amount=0, nonce=1)
@@ -469,6 +496,7 @@ async def test_eth_deposit_credited_and_withdrawal_requested(env):
     assert not await env.bridge.request_open(1) and not await env.bridge.released(1)
     await refused("ZeroAmount", env.bridge.request_withdrawal(env.key("user"), ETH, 0))
     # BTC is requested with its Bitcoin destination, which the request commits to.
+    await env.credit_btc("user", 10**8)
     script = bytes.fromhex("0014" + "22" * 20)
     (event, dest) = env.bridge.events_in(await env.bridge.request_btc_withdrawal(env.key("user"), 10**8, script))
     assert (event["asset"], event["amount"], event["requestNonce"]) == (to_checksum_address(BTC_ASSET), 10**8, 1)
@@ -477,7 +505,13 @@ async def test_eth_deposit_credited_and_withdrawal_requested(env):
     await refused("BadDestination", env.bridge.request_btc_withdrawal(env.key("user"), 10**8, b"\x00"))
     await refused("BadDestination", env.bridge.request_btc_withdrawal(env.key("user"), 10**8, bytes(43)))
     assert await env.bridge.request_nonce() == 2
-    assert [e.name for e in await env.bridge.events()] == ["Deposited", "WithdrawalRequested", "WithdrawalRequested", "BtcDestination"]
+    await refused("BadDestination", env.bridge.request_btc_withdrawal(env.key("user"), 10**8, bytes.fromhex("6a" + "22" * 20)))  # OP_RETURN
+    assert await env.bridge.request_nonce() == 2
+    names = [e.name for e in await env.bridge.events()]
+    assert names == ["Deposited", "WithdrawalRequested", "Credited", "WithdrawalRequested", "BtcDestination"]
+    # What was requested left the margin book at once.
+    assert await env.bridge.balance_of(env.parties["user"].address, ETH) == ONE_ETH // 2
+    assert await env.bridge.balance_of(env.parties["user"].address, BTC_ASSET) == 0
 
 
 async def test_qubit_deposits_of_zero_address_codeless_token_or_zero_refused(env):

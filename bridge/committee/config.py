@@ -12,8 +12,13 @@
       "bitcoin": {"pubkeys": ["02...", ...], "threshold": 3,     # the committee's custody keys
                   "refund_delay": 144, "network": "regtest",     # the depositor's refund path (blocks)
                   "min_deposit": 10000, "credit_ttl": 604800, "start_height": 0,
-                  "sweep_allowance": 1000}                       # kept from each credit to sweep it
+                  "sweep_allowance": 1000},                      # kept from each credit to sweep it
+      "margin": {"liquidation_bps": 11000, "initial_bps": 12500,  # health thresholds (bps)
+                 "max_price_age": 3600,                           # seconds a price counts
+                 "haircuts": {"BTC": 2000, "ETH": 1000}}          # bps off collateral value
     }
+
+The margin terms are the contract's (fixed at deployment): the service checks them against it.
 
 ``bridgectl devnet up`` writes it beside ``devnet.json``; an operator elsewhere writes it once
 for the deployment.  Every replica (every attester, the service) must fold with the same file,
@@ -29,6 +34,7 @@ from typing import Any
 
 from eth_utils import to_checksum_address
 
+from bridge.committee.contract import MarginTerms
 from bridge.committee.oracle import OracleConfig
 from bridge.committee.messages import BTC_ASSET, Committee, CommitteeRefused, Domain
 from bridge.committee.replica import DEFAULT_RELEASE_TTL, ReplicaConfig
@@ -60,6 +66,23 @@ class BridgeConfig:
     bitcoin_start: int = 0
     #: The price oracle and its feeds (None: no prices).
     oracle: OracleConfig | None = None
+    #: Health thresholds, price age and haircuts (its oracle, TTL and BTC minimum are the fields above).
+    margin: MarginTerms = MarginTerms()
+
+    def contract_terms(self) -> MarginTerms:
+        """The margin terms as the contract holds them."""
+        return MarginTerms(
+            oracle=self.oracle.address if self.oracle is not None else None,
+            release_ttl=self.release_ttl,
+            liquidation_bps=self.margin.liquidation_bps,
+            initial_bps=self.margin.initial_bps,
+            max_price_age=self.margin.max_price_age,
+            min_btc_withdrawal=self.bitcoin.min_deposit if self.bitcoin is not None else 0,
+            haircuts=dict(self.margin.haircuts),
+        )
+
+    def haircut(self, symbol: str) -> int:
+        return int(self.margin.haircuts.get(symbol, 0))
 
     @property
     def domain(self) -> Domain:
@@ -67,7 +90,9 @@ class BridgeConfig:
 
     def ledger_asset(self, symbol: str) -> Asset:
         address, decimals = self.assets[symbol]
-        return eth(self.chain_id) if address == ETH_ADDRESS else erc20(self.chain_id, address, decimals, symbol)
+        if address == ETH_ADDRESS:
+            return eth(self.chain_id, haircut_bps=self.haircut(symbol))
+        return erc20(self.chain_id, address, decimals, symbol, haircut_bps=self.haircut(symbol))
 
     def asset_by_symbol(self, symbol: str) -> tuple[str, int]:
         """``(address, decimals)`` of a listed asset, the symbol matched case-insensitively."""
@@ -87,10 +112,12 @@ class BridgeConfig:
 
     def replica_config(self) -> ReplicaConfig:
         # BTC is never listed on the contract (it is paid on Bitcoin) but is margin all the same.
-        assets = {BTC_ASSET: btc(), **{bytes.fromhex(addr[2:]): self.ledger_asset(sym) for sym, (addr, _d) in self.assets.items()}}
+        assets = {BTC_ASSET: btc(self.haircut("BTC")), **{bytes.fromhex(addr[2:]): self.ledger_asset(sym) for sym, (addr, _d) in self.assets.items()}}
         oracle = bytes.fromhex(self.oracle.address[2:]) if self.oracle is not None else None
         minimum = self.bitcoin.min_deposit if self.bitcoin is not None else 0
-        return ReplicaConfig(self.domain, assets, self.committee, self.grace, self.release_ttl, oracle=oracle, min_btc_withdrawal=minimum)
+        return ReplicaConfig(
+            self.domain, assets, self.committee, self.grace, self.release_ttl, oracle=oracle, min_btc_withdrawal=minimum, margin=self.contract_terms()
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -107,6 +134,12 @@ class BridgeConfig:
             "assets": {sym: {"address": addr, "decimals": dec} for sym, (addr, dec) in self.assets.items()},
             **({"bitcoin": _btc_json(self.bitcoin, self.bitcoin_start)} if self.bitcoin is not None else {}),
             **({"oracle": self.oracle.to_json()} if self.oracle is not None else {}),
+            "margin": {
+                "liquidation_bps": self.margin.liquidation_bps,
+                "initial_bps": self.margin.initial_bps,
+                "max_price_age": self.margin.max_price_age,
+                "haircuts": dict(self.margin.haircuts),
+            },
         }
 
     @classmethod
@@ -146,6 +179,18 @@ class BridgeConfig:
                 raise ConfigError(f"{where}: bitcoin custody refused: {getattr(exc, 'message', exc)}", field="bitcoin") from None
             terms = BtcTerms(policy, spec.get("min_deposit", 10_000), spec.get("credit_ttl", DEFAULT_CREDIT_TTL), spec.get("sweep_allowance", 1_000))
             start = spec.get("start_height", 0)
+        margin = MarginTerms()
+        if "margin" in data:
+            spec = need(data, "margin", dict, "margin")
+            haircuts = spec.get("haircuts", {})
+            if not isinstance(haircuts, dict) or any(type(v) is not int or not 0 <= v < 10_000 for v in haircuts.values()):
+                raise ConfigError(f"{where}: margin.haircuts must map symbols to 0..9999 bps", field="margin")
+            margin = MarginTerms(
+                liquidation_bps=spec.get("liquidation_bps", margin.liquidation_bps),
+                initial_bps=spec.get("initial_bps", margin.initial_bps),
+                max_price_age=spec.get("max_price_age", margin.max_price_age),
+                haircuts=haircuts,
+            )
         try:
             return cls(
                 chain_id=need(data, "chain_id", int, "chain_id"),
@@ -158,6 +203,7 @@ class BridgeConfig:
                 bitcoin=terms,
                 bitcoin_start=start,
                 oracle=OracleConfig.from_json(data["oracle"], f"{where}: oracle") if "oracle" in data else None,
+                margin=margin,
             )
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"{where}: {exc}") from None

@@ -44,6 +44,37 @@ DEFAULT_GRACE = 3600
 QUORUM_ENTRY = 66  # index (1) || r (32) || s (32) || v (1)
 
 
+@dataclass(frozen=True)
+class MarginTerms:
+    """The contract's margin terms (``MarginTerms`` in the contract): the same in committee.json,
+    so every replica judges health as the contract does.  Without an oracle nobody borrows and
+    nobody is liquidated; haircuts are per listed asset in the bridge's order, then BTC."""
+
+    oracle: str | None = None
+    release_ttl: int = 3600
+    liquidation_bps: int = 11_000
+    initial_bps: int = 12_500
+    max_price_age: int = 3600
+    min_btc_withdrawal: int = 0
+    #: symbol -> bps (listed symbols and "BTC"); missing ones are 0.
+    haircuts: Mapping[str, int] = field(default_factory=dict)
+
+    def args(self, listed: Sequence[tuple[str, int]]) -> tuple[Any, ...]:
+        """The constructor's tuple for the listed ``(symbol, decimals)`` in cap order."""
+        rows = [*listed, ("BTC", 8)]
+        oracle = checksum_address(self.oracle, "oracle") if self.oracle else "0x" + "00" * 20
+        return (
+            oracle,
+            self.release_ttl,
+            self.liquidation_bps,
+            self.initial_bps,
+            self.max_price_age,
+            self.min_btc_withdrawal,
+            [int(self.haircuts.get(sym, 0)) for sym, _d in rows],
+            [d for _s, d in rows],
+        )
+
+
 def message_tuple(m: Message) -> tuple[Any, ...]:
     """The contract's ``Message`` tuple (ABI values, checksummed addresses) of a ``messages.Message``.
 
@@ -175,13 +206,22 @@ class CollateralBridge(BoundContract):
         caps: Mapping[str, int],
         cap_window: int = 86_400,
         grace: int = DEFAULT_GRACE,
+        terms: MarginTerms = MarginTerms(),
+        listed: Sequence[tuple[str, int]] | None = None,
     ) -> "CollateralBridge":
-        """Deploy with the first committee (its epoch must be 0) and a release cap per listed asset."""
+        """Deploy with the first committee (its epoch must be 0), a release cap per listed asset and
+        the margin terms; ``listed`` names each cap's asset ``(symbol, decimals)`` in order (default:
+        ETH and 6-decimal tokens named by address, no haircuts)."""
         if committee.epoch != 0:
             raise InputError("the first committee's epoch is 0")
         art = load_artifact(CONTRACT)
         assets = [_address(a, "asset") for a in caps]
-        args = (*committee_args(committee), [_address(g, "guardian") for g in guardians], grace, assets, list(caps.values()), cap_window)
+        if listed is None:
+            listed = [("ETH", 18) if int(a, 16) == 0 else (a, 6) for a in assets]
+        if len(listed) != len(assets):
+            raise InputError(f"{len(listed)} listed assets described for {len(assets)} caps", field="listed")
+        guardian_list = [_address(g, "guardian") for g in guardians]
+        args = (*committee_args(committee), guardian_list, grace, assets, list(caps.values()), cap_window, terms.args(listed))
         try:
             address = await chain.deploy(key, art["abi"], art["bytecode"], *args)
         except ContractReverted as exc:
@@ -206,6 +246,14 @@ class CollateralBridge(BoundContract):
 
     async def request_withdrawal(self, key: str, asset: str, amount: int) -> EvmReceipt:
         return await self._transact(key, "requestWithdrawal", _address(asset, "asset"), amount)
+
+    async def cancel_withdrawal(self, key: str, nonce: int, account: str | bytes, asset: str | bytes, amount: int) -> EvmReceipt:
+        """Give an expired EVM request's margin back (anyone may send it)."""
+        return await self._transact(key, "cancelWithdrawal", nonce, _address(account, "account"), _address(asset, "asset"), amount)
+
+    async def liquidate(self, key: str, account: str | bytes) -> EvmReceipt:
+        """Take over every position of ``account`` (below the liquidation threshold) into the sender's."""
+        return await self._transact(key, "liquidate", _address(account, "account"))
 
     async def pause(self, key: str) -> EvmReceipt:
         return await self._transact(key, "pause")
@@ -272,6 +320,28 @@ class CollateralBridge(BoundContract):
     async def released(self, nonce: int) -> bool:
         """Whether withdrawal request ``nonce`` was released on this chain."""
         return await self._read("released", nonce)
+
+    async def balance_of(self, account: str | bytes, asset: str | bytes) -> int:
+        """The margin book's signed position (negative: owed)."""
+        return await self._read("balanceOf", _address(account, "account"), _address(asset, "asset"))
+
+    async def health(self, account: str | bytes) -> tuple[int, int, int | None]:
+        """``(haircut collateral, liabilities, health bps or None when owing nothing)`` as the
+        contract computes them now (USD, 8 decimals); a refusal names the price that does not count."""
+        raw = await self._call("health", _address(account, "account"))
+        collateral, liabilities, bps = decode_result(self.abi, "health", raw)
+        return collateral, liabilities, None if liabilities == 0 else bps
+
+    async def request_expiry(self, nonce: int) -> int:
+        """When an open EVM request becomes cancellable (0: BTC, closed, or never made)."""
+        return await self._read("requestExpiry", nonce)
+
+    async def margin_terms(self) -> dict[str, int]:
+        """The deployed terms, to check committee.json against."""
+        names = ("liquidationBps", "initialBps", "maxPriceAge", "minBtcWithdrawal", "releaseTtl")
+        out = {n: await self._read(n) for n in names}
+        out["oracle"] = await self._read("oracle")
+        return out
 
     async def credited_output(self, txid: bytes, vout: int) -> bool:
         """Whether the Bitcoin output was credited (``txid`` as a message's ``source_tx``)."""
@@ -365,6 +435,7 @@ __all__ = [
     "BoundContract",
     "BridgeEvent",
     "CollateralBridge",
+    "MarginTerms",
     "btc_request_commitment",
     "committee_args",
     "decode_events",

@@ -45,6 +45,8 @@ __all__ = [
     "PriceOracle",
     "RoundData",
     "decode_oracle_events",
+    "create_address",
+    "deploy_devnet_feeds",
     "deploy_devnet_oracle",
     "feeds_of",
     "load_oracle_config",
@@ -328,19 +330,34 @@ def load_oracle_config(path: str | Path) -> OracleConfig | None:
     return OracleConfig.from_json(data["oracle"], f"{path}: oracle")
 
 
-async def deploy_devnet_oracle(chain: EvmAdapter, key: str, bridge: str | bytes) -> OracleConfig:
-    """The devnet's feeds (BTC at 95,000 and ETH at 3,500 USD) and an oracle for ``bridge``
-    (``DEVNET_*`` parameters): what ``devnet up`` records under committee.json's ``"oracle"``."""
+async def deploy_devnet_feeds(chain: EvmAdapter, key: str, extra: Mapping[str, tuple[bytes, str, int]] | None = None) -> dict[str, FeedConfig]:
+    """The devnet's feeds (BTC at 95,000 and ETH at 3,500 USD, and ``extra``: symbol -> (asset,
+    description, whole USD)), each a ``MockAggregator`` the devnet deployer moves."""
     feeds = {}
-    for symbol, (asset, description, usd) in DEVNET_FEEDS.items():
+    for symbol, (asset, description, usd) in {**DEVNET_FEEDS, **(extra or {})}.items():
         aggregator = await MockAggregator.deploy(chain, key, description, usd * 10**PRICE_DECIMALS)
         feeds[symbol] = FeedConfig(asset, aggregator.address)
+    return feeds
+
+
+async def deploy_devnet_oracle(chain: EvmAdapter, key: str, bridge: str | bytes, feeds: Mapping[str, FeedConfig] | None = None) -> OracleConfig:
+    """An oracle for ``bridge`` over ``feeds`` (default: fresh devnet feeds), with the ``DEVNET_*``
+    parameters: what ``devnet up`` records under committee.json's ``"oracle"``."""
+    if feeds is None:
+        feeds = await deploy_devnet_feeds(chain, key)
     oracle = await PriceOracle.deploy(
         chain, key, bridge, max_age=DEVNET_MAX_AGE, max_spread_bps=DEVNET_MAX_SPREAD_BPS, breaker_step_bps=DEVNET_BREAKER_STEP_BPS
     )
-    return OracleConfig(
-        oracle.address, await chain.height(), DEVNET_MAX_AGE, DEVNET_MAX_SPREAD_BPS, DEVNET_BREAKER_STEP_BPS, DEVNET_INTERVAL, DEFAULT_SOURCE_MAX_AGE, feeds
-    )
+    limits = (DEVNET_MAX_AGE, DEVNET_MAX_SPREAD_BPS, DEVNET_BREAKER_STEP_BPS, DEVNET_INTERVAL, DEFAULT_SOURCE_MAX_AGE)
+    return OracleConfig(oracle.address, await chain.height(), *limits, dict(feeds))
+
+
+def create_address(sender: str, nonce: int) -> str:
+    """The address a contract created by ``sender``'s transaction ``nonce`` gets (CREATE)."""
+    import rlp
+    from eth_utils import keccak, to_canonical_address
+
+    return to_checksum_address(keccak(rlp.encode([to_canonical_address(sender), nonce]))[12:])
 
 
 def parse_usd(text: str) -> int:

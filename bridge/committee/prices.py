@@ -665,7 +665,12 @@ class FoldedPrice:
 def replica_prices(engine: Engine) -> dict[str, FoldedPrice]:
     """asset (0x + 40 hex, lowercase) -> the oracle's price as folded, for every asset priced."""
     with engine.connect() as conn:
-        rows = conn.execute(text("SELECT * FROM replica_price ORDER BY asset")).mappings().all()
+        return prices_in(conn)
+
+
+def prices_in(conn: Connection) -> dict[str, FoldedPrice]:
+    """``replica_prices`` inside the caller's transaction (the fold's)."""
+    rows = conn.execute(text("SELECT * FROM replica_price ORDER BY asset")).mappings().all()
     return {
         r["asset"]: FoldedPrice(
             int(r["price"]), int(r["time"]), bool(r["tripped"]), int(r["trips"]), int(r["proposed"]) if r["proposed"] else None, int(r["block_height"])

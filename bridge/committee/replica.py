@@ -8,22 +8,28 @@ hold the same rows, whatever crashed in between: the fold runs inside the indexe
 (``chains.indexer``: the cursor moves with the writes), and reads nothing but the chain and its
 own rows (the block's timestamp is its clock).
 
-The rules, per block, in order:
+The rules, per event in chain order:
 
-1. releases whose message expired (``expiry <= block.timestamp``) and that were not released
-   are voided: the contract refuses such a message from this block on, so the held margin is
-   the account's again (it may request again);
-2. ``Deposited(account, asset, amount)``: ``amount`` credited to the account's margin (``user``
-   account of that asset) from the bridge's ``custody`` account (allowed negative: minus what
-   the contract holds);
-3. ``WithdrawalRequested(account, asset, amount, nonce)``: held (pending transfer to custody)
-   if the account can spend it, else refused with the reason; a held request's RELEASE message
-   is fixed here (expiry = block time + ``release_ttl``), so every replica signs the same bytes;
-4. ``Released(id, ...)``: the hold of the request with that message id is posted; a release
+1. ``Deposited(account, asset, amount)`` and ``Credited`` (BTC): ``amount`` credited to the
+   account's margin (``user`` account of that asset) from the bridge's ``custody`` account
+   (allowed negative: minus what the contract holds), then netted against its debt;
+2. ``WithdrawalRequested(account, asset, amount, nonce)``: held (pending transfer to custody)
+   if the account can spend it (beyond its balance only as a borrow, booked from its ``debt``
+   account, that leaves it ``initial_bps`` healthy: the contract's own rule), else refused with
+   the reason; a held request's RELEASE message is fixed here (expiry = block time +
+   ``release_ttl``), so every replica signs the same bytes;
+3. ``Released(id, ...)``: the hold of the request with that message id is posted; a release
    this replica never held is an anomaly, recorded and booked against ``unexplained`` so the
    books still match the chain (honest replicas never sign one);
-5. ``Rotated``: the new committee becomes current, the previous one valid until the block's
+4. ``WithdrawalCancelled``: an expired request's hold is voided (the contract gave it back);
+5. ``Liquidated`` and its ``Seized`` positions: recorded with the replica's own health figure
+   beside the contract's; each position moves to the liquidator (debt included);
+6. ``Rotated``: the new committee becomes current, the previous one valid until the block's
    time plus the contract's grace window; ``Paused`` / ``Unpaused`` are recorded.
+
+An account's position in an asset (the contract's ``balanceOf``) is its ``user`` account's
+available balance plus its ``debt`` account's (never positive; the two are netted after every
+change, so at most one of them is non-zero).
 
 A reorg deeper than the confirmation depth reached the fold: the replica stops
 (``ReplicaReorg``, not retryable) rather than sign on books the chain no longer backs; choose
@@ -40,9 +46,10 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
 from sqlmodel import Field, Session, SQLModel
 
-from bridge.committee.contract import BridgeEvent, decode_events
+from bridge.committee.contract import BridgeEvent, MarginTerms, decode_events
 from bridge.committee.oracle import decode_oracle_events
-from bridge.committee.prices import PRICE_TABLES, fold_price_event, replica_prices
+from bridge.committee.health import Figure, figure, owes
+from bridge.committee.prices import PRICE_TABLES, fold_price_event, prices_in, replica_prices
 from bridge.committee.messages import (
     BTC_ASSET,
     ZERO32,
@@ -55,7 +62,7 @@ from bridge.committee.messages import (
     evm_source,
 )
 from bridge.core.db import init_db
-from bridge.core.errors import BridgeError, InputError, NotFound, Overdraft
+from bridge.core.errors import BridgeError, InputError, NotFound, Overdraft, PriceRejected
 from bridge.ledger import ids
 from bridge.ledger.assets import Asset
 from bridge.ledger.core import Ledger, Transfer
@@ -137,6 +144,25 @@ class ReplicaEvent(SQLModel, table=True):
     block_height: int
 
 
+class ReplicaLiquidation(SQLModel, table=True):
+    """A liquidation as the contract reported it, beside this replica's own figure."""
+
+    __tablename__ = "replica_liquidation"
+
+    key: str = Field(primary_key=True)  # txhash:logindex of Liquidated
+    account: str = Field(index=True)
+    liquidator: str
+    block_height: int
+    block_time: int
+    chain_health_bps: str
+    chain_collateral: str
+    chain_liabilities: str
+    #: This replica's figures at the same point of the same block ("" if it could not price).
+    health_bps: str = ""
+    collateral: str = ""
+    liabilities: str = ""
+
+
 class ReplicaAnomaly(SQLModel, table=True):
     __tablename__ = "replica_anomaly"
 
@@ -153,6 +179,7 @@ TABLES = [
     ReplicaBtcKey.__table__,
     ReplicaEvent.__table__,
     ReplicaAnomaly.__table__,
+    ReplicaLiquidation.__table__,
     *PRICE_TABLES,
 ]
 
@@ -180,6 +207,8 @@ class ReplicaConfig:
     oracle: bytes | None = None
     #: BTC withdrawals below this are refused: a payout must cover its fee and stay above dust.
     min_btc_withdrawal: int = 0
+    #: The contract's margin terms (health thresholds, price age): health is judged as it judges.
+    margin: MarginTerms = MarginTerms()
 
     def __post_init__(self) -> None:
         if not 60 <= self.release_ttl <= 30 * 86_400:
@@ -259,7 +288,6 @@ class Replica:
 
     def fold(self, conn: Connection, events: Iterable[BridgeEvent], block: BlockRef) -> None:
         """Apply one block's bridge events (in chain order) in ``conn``'s transaction."""
-        self._expire(conn, block)
         for event in events:
             handler = getattr(self, f"_on_{event.name}", None)
             if handler is None:
@@ -269,19 +297,6 @@ class Replica:
             if first.rowcount == 1:  # the same event again (a replay) changes nothing
                 handler(conn, event, block)
 
-    def _expire(self, conn: Connection, block: BlockRef) -> None:
-        # BTC requests carry no expiry (0): their payout may take blocks; a PAYOUT_DONE closes them.
-        sql = "SELECT nonce FROM replica_request WHERE state = 'held' AND expiry > 0 AND expiry <= :t ORDER BY nonce"
-        due = conn.execute(text(sql), {"t": block.timestamp}).all()
-        if not due:
-            return
-        self.ledger.apply_in(conn, [Transfer.void(f"void:req:{n}", f"req:{n}", cause="release expired") for (n,) in due], block.timestamp)
-        for (nonce,) in due:
-            conn.execute(
-                text("UPDATE replica_request SET state = 'expired', reason = 'release message expired unused', closed_height = :h WHERE nonce = :n"),
-                {"h": block.height, "n": nonce},
-            )
-
     def _accounts(self, conn: Connection, account: str, asset: bytes) -> tuple[int, int] | None:
         code = self._asset_codes.get(asset)
         if code is None:
@@ -290,14 +305,72 @@ class Replica:
         custody = self.ledger.open_account_in(conn, CUSTODY_OWNER, "custody", code)
         return user.id, custody.id
 
+    def _debt(self, conn: Connection, account: str, asset: bytes) -> int:
+        return self.ledger.open_account_in(conn, account, "debt", self._asset_codes[asset]).id
+
+    def _positions_in(self, conn: Connection, account: str) -> dict[bytes, tuple[int, int]]:
+        """asset address -> (available in ``user``, balance of ``debt``) of one account."""
+        rows = conn.execute(
+            text(
+                "SELECT a.kind, a.asset, b.credits_posted, b.debits_posted, b.debits_pending "
+                "FROM ledger_accounts a JOIN ledger_balances b ON b.account_id = a.id WHERE a.owner = :o AND a.kind IN ('user', 'debt')"
+            ),
+            {"o": account},
+        ).all()
+        by_code = {code: address for address, code in self._asset_codes.items()}
+        out: dict[bytes, tuple[int, int]] = {}
+        for kind, code, cp, dp, pend in rows:
+            address = by_code.get(code)
+            if address is None:
+                continue
+            available, debt = out.get(address, (0, 0))
+            if kind == "user":
+                available = int(cp) - int(dp) - int(pend)
+            else:
+                debt = int(cp) - int(dp)
+            out[address] = (available, debt)
+        return out
+
+    def _settle(self, conn: Connection, account: str, asset: bytes, tag: str, at: int) -> None:
+        """Net the account's available balance of ``asset`` against its debt of it (a repayment)."""
+        available, debt = self._positions_in(conn, account).get(asset, (0, 0))
+        if available > 0 and debt < 0:
+            user, _custody = self._accounts(conn, account, asset)  # type: ignore[misc]
+            amount = min(available, -debt)
+            self.ledger.apply_in(conn, [Transfer(f"repay:{tag}:{self._asset_codes[asset]}", user, self._debt(conn, account, asset), amount, cause="repay")], at)
+
+    def _figure_in(self, conn: Connection, positions: Mapping[bytes, int], at: int) -> Figure:
+        return figure(positions, self.config.assets, prices_in(conn), at, self.config.margin.max_price_age)
+
+    def _judge(self, conn: Connection, account: str, asset: bytes, amount: int, at: int) -> tuple[str, int]:
+        """Why the contract's rule refuses this withdrawal (else ""), and how much of it is a borrow."""
+        held = self._positions_in(conn, account)
+        available, debt = held.get(asset, (0, 0))
+        after = available + debt - amount
+        if after < 0 and (asset == BTC_ASSET or self.config.oracle is None):
+            return f"margin too low: {max(available + debt, 0)} available, {amount} requested", 0
+        positions = {a: av + d for a, (av, d) in held.items()}
+        positions[asset] = after
+        if not owes(positions):
+            return "", 0
+        try:
+            fig = self._figure_in(conn, positions, at)
+        except PriceRejected as exc:
+            return f"health cannot be judged: {exc.message}", 0
+        if fig.below(self.config.margin.initial_bps):
+            return f"margin too low: health after would be {fig.bps} bps, {self.config.margin.initial_bps} needed", 0
+        return "", max(amount - max(available, 0), 0)
+
     def _on_Deposited(self, conn: Connection, event: BridgeEvent, block: BlockRef) -> None:
         key = _key(event)
-        accounts = self._accounts(conn, owner_of(event["account"]), _raw(event["asset"]))
+        account, asset = owner_of(event["account"]), _raw(event["asset"])
+        accounts = self._accounts(conn, account, asset)
         if accounts is None:  # the contract lists its assets: a deposit of another is its bug
             self._anomaly(conn, key, block, "deposit of an asset this replica does not list", event)
             return
         user, custody = accounts
         self.ledger.apply_in(conn, [Transfer(ids.evm_log(*_where(event)), custody, user, event["amount"], cause="deposit")], block.timestamp)
+        self._settle(conn, account, asset, key, block.timestamp)
 
     def _on_WithdrawalRequested(self, conn: Connection, event: BridgeEvent, block: BlockRef) -> None:
         nonce, amount = event["requestNonce"], event["amount"]
@@ -321,10 +394,14 @@ class Replica:
             row["reason"] = "asset not listed on this bridge"
         elif asset == BTC_ASSET and amount < self.config.min_btc_withdrawal:
             row["reason"] = f"{amount} sats is below the minimum BTC withdrawal of {self.config.min_btc_withdrawal} sats"
+        elif (verdict := self._judge(conn, account, asset, amount, block.timestamp))[0]:
+            row["reason"] = verdict[0]
         else:
             user, custody = accounts
+            borrow = verdict[1]
+            moves = [Transfer(f"borrow:req:{nonce}", self._debt(conn, account, asset), user, borrow, cause="borrow")] if borrow else []
             try:
-                self.ledger.apply_in(conn, [Transfer.hold(f"req:{nonce}", user, custody, amount, cause="withdrawal request")], block.timestamp)
+                self.ledger.apply_in(conn, [*moves, Transfer.hold(f"req:{nonce}", user, custody, amount, cause="withdrawal request")], block.timestamp)
             except Overdraft as exc:
                 row["reason"] = f"margin too low: {exc.details.get('available', 0)} available, {amount} requested"
             else:
@@ -396,13 +473,78 @@ class Replica:
             self.ledger.apply_in(conn, [booked], block.timestamp)
 
     def _on_Credited(self, conn: Connection, event: BridgeEvent, block: BlockRef) -> None:
-        accounts = self._accounts(conn, owner_of(event["account"]), _raw(event["asset"]))
+        account, asset = owner_of(event["account"]), _raw(event["asset"])
+        accounts = self._accounts(conn, account, asset)
         if accounts is None:
             self._anomaly(conn, _key(event), block, "credit of an asset this replica does not list", event)
             return
         user, custody = accounts
         transfer = Transfer(ids.btc_output(_raw(event["sourceTx"]).hex(), event["sourceIndex"]), custody, user, event["amount"], cause="bitcoin deposit")
         self.ledger.apply_in(conn, [transfer], block.timestamp)
+        self._settle(conn, account, asset, _key(event), block.timestamp)
+
+    def _on_WithdrawalCancelled(self, conn: Connection, event: BridgeEvent, block: BlockRef) -> None:
+        nonce = event["requestNonce"]
+        row = conn.execute(text("SELECT state, account FROM replica_request WHERE nonce = :n"), {"n": nonce}).first()
+        if row is None or row.state != "held":
+            # Nothing held here, so nothing to give back: the chain's take and return net out.
+            self._anomaly(conn, _key(event), block, f"cancel of request {nonce} this replica did not hold ({row.state if row else 'unknown'})", event)
+            return
+        self.ledger.apply_in(conn, [Transfer.void(f"void:req:{nonce}", f"req:{nonce}", cause="cancelled after its release expired")], block.timestamp)
+        self._settle(conn, row.account, _raw(event["asset"]), _key(event), block.timestamp)
+        conn.execute(
+            text("UPDATE replica_request SET state = 'expired', reason = 'release expired unused; cancelled', closed_height = :h WHERE nonce = :n"),
+            {"h": block.height, "n": nonce},
+        )
+
+    def _on_Liquidated(self, conn: Connection, event: BridgeEvent, block: BlockRef) -> None:
+        account = owner_of(event["account"])
+        positions = {a: av + d for a, (av, d) in self._positions_in(conn, account).items()}
+        mine = {"health_bps": "", "collateral": "", "liabilities": ""}
+        try:
+            fig = self._figure_in(conn, positions, block.timestamp)
+            mine = {"health_bps": str(fig.bps if fig.bps is not None else ""), "collateral": str(fig.collateral), "liabilities": str(fig.liabilities)}
+        except PriceRejected:
+            fig = None
+        if fig is None or fig.bps != event["healthBps"] or not fig.below(self.config.margin.liquidation_bps):
+            what = f"liquidation of {account} at {event['healthBps']} bps; this replica computes {mine['health_bps'] or 'no figure'}"
+            self._anomaly(conn, _key(event), block, what, event)
+        conn.execute(
+            text(
+                "INSERT INTO replica_liquidation (key, account, liquidator, block_height, block_time, chain_health_bps, chain_collateral, "
+                "chain_liabilities, health_bps, collateral, liabilities) VALUES (:k, :a, :l, :h, :t, :cb, :cc, :cl, :health_bps, :collateral, :liabilities)"
+            ),
+            {
+                "k": _key(event),
+                "a": account,
+                "l": owner_of(event["liquidator"]),
+                "h": block.height,
+                "t": block.timestamp,
+                "cb": str(event["healthBps"]),
+                "cc": str(event["collateralValue"]),
+                "cl": str(event["liabilityValue"]),
+                **mine,
+            },
+        )
+
+    def _on_Seized(self, conn: Connection, event: BridgeEvent, block: BlockRef) -> None:
+        account, liquidator, asset = owner_of(event["account"]), owner_of(event["liquidator"]), _raw(event["asset"])
+        amount, key = event["amount"], _key(event)
+        if self._accounts(conn, account, asset) is None or self._accounts(conn, liquidator, asset) is None:
+            self._anomaly(conn, key, block, "seizure of an asset this replica does not list", event)
+            return
+        if amount > 0:
+            source, dest = self._accounts(conn, account, asset)[0], self._accounts(conn, liquidator, asset)[0]  # type: ignore[index]
+            move = Transfer(f"seize:{key}", source, dest, amount, cause="liquidation")
+        else:
+            source, dest = self._debt(conn, liquidator, asset), self._debt(conn, account, asset)
+            move = Transfer(f"seize:{key}", source, dest, -amount, cause="liquidation: debt taken over")
+        try:
+            self.ledger.apply_in(conn, [move], block.timestamp)
+        except Overdraft:
+            self._anomaly(conn, key, block, f"seizure of {amount} from {account}, which this replica does not hold", event)
+            return
+        self._settle(conn, liquidator, asset, key, block.timestamp)
 
     def _on_BtcKeyRegistered(self, conn: Connection, event: BridgeEvent, block: BlockRef) -> None:
         raw = _raw(event["pubkey"])
@@ -506,6 +648,33 @@ class Replica:
                 )
             ).all()
         return {(o, a): (int(cp) - int(dp), int(pend)) for o, a, cp, dp, pend in rows}
+
+    def positions(self, account: str | None = None) -> dict[tuple[str, bytes], int]:
+        """``(owner, asset address) -> signed position`` (the contract's ``balanceOf``) of every
+        margin account, or of one; zero positions left out."""
+        sql = "SELECT DISTINCT owner FROM ledger_accounts WHERE kind IN ('user', 'debt')"
+        with self.engine.connect() as conn:
+            owners = [account.lower()] if account is not None else [o for (o,) in conn.execute(text(sql + " ORDER BY owner"))]
+            out = {}
+            for owner in owners:
+                for asset, (available, debt) in self._positions_in(conn, owner).items():
+                    if available + debt:
+                        out[(owner, asset)] = available + debt
+        return out
+
+    def health(self, account: str, now: int) -> Figure:
+        """The account's health figure from this replica's book and folded prices, judged at ``now``
+        (a block's time: prices older than the contract's ``max_price_age`` then do not count)."""
+        positions = {asset: p for (_o, asset), p in self.positions(account).items()}
+        with self.engine.connect() as conn:
+            return self._figure_in(conn, positions, now)
+
+    def liquidations(self, account: str | None = None) -> list[dict[str, Any]]:
+        sql, params = "SELECT * FROM replica_liquidation", {}
+        if account is not None:
+            sql, params = sql + " WHERE account = :a", {"a": account.lower()}
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(text(sql + " ORDER BY block_height, key"), params).mappings()]
 
     def btc_keys(self, account: str | None = None) -> list[tuple[str, bytes]]:
         """``(account, compressed pubkey)`` registrations, oldest first."""

@@ -4,10 +4,24 @@ pragma solidity 0.8.37;
 /// @title The margin bridge's EVM end: deposits in, releases out on a committee quorum only.
 /// @notice Design: ../shared/DESIGN.md, "Attested messages and the committee".
 ///
-/// Deposits credit the sender's margin account (off chain, in every attester's replica of the
-/// ledger) from the measured balance change; withdrawals are requested by a transaction from the
-/// account's own key; the contract keeps no per-account balances.  Funds leave only by `release`,
-/// on an EIP-712 message of kind RELEASE signed by a quorum of the committee.
+/// Deposits credit the sender's margin account from the measured balance change; withdrawals are
+/// requested by a transaction from the account's own key.  Funds leave only by `release`, on an
+/// EIP-712 message of kind RELEASE signed by a quorum of the committee.
+///
+/// The margin book: `balanceOf[account][asset]`, a signed integer in the asset's base units, is
+/// the same figure every replica of the ledger folds (its available balance plus its debt).
+/// Deposits and credits add to it; a withdrawal request takes from it at once (the request is
+/// held here, not only in the replicas), so a request beyond the free margin reverts and holds
+/// nothing.  With a price oracle an account may borrow a listed asset (its balance goes negative)
+/// while its health stays at least `initialBps`: health = haircut collateral value * 10,000 /
+/// liabilities value, in USD with the oracle's 8 decimals, each asset's value rounded for the
+/// bridge (collateral down, liabilities up).  Below `liquidationBps` anyone may `liquidate` the
+/// account: every position (collateral and debt) moves to the caller's account, which must be
+/// healthy after.  A price counts while it is at most `maxPriceAge` old and its breaker is not
+/// tripped; without one, nothing that needs it happens (no borrow, no liquidation).  A withdrawal
+/// request of an EVM asset that was not released by its expiry (`releaseTtl` after the request)
+/// can be cancelled by anyone, which gives the margin back; a BTC request cannot (its payout may
+/// be in flight on Bitcoin): a PAYOUT_DONE closes it.
 ///
 /// The committee (epoch, signers sorted ascending, threshold M) is passed PACKED in calldata,
 ///     committee = epoch (8 bytes) || threshold (1) || signer_0 (20) || signer_1 (20) || ...
@@ -41,7 +55,8 @@ pragma solidity 0.8.37;
 /// account's own public key, which the account registers here (`registerBtcKey`: the key must be
 /// the sender's, checked by hashing it to the sender's address).
 ///
-/// Over 400 lines as one contract on purpose: the checks of every entry point share the committee and pause state.
+/// Over 400 lines as one contract on purpose: the checks of every entry point share the committee,
+/// the pause state and the margin book.
 contract CollateralBridge {
     /// The one message struct of every kind (EIP-712 type `Message`).
     struct Message {
@@ -68,6 +83,23 @@ contract CollateralBridge {
         bool paused; // == `paused` for every listed asset
     }
 
+    /// The margin terms fixed at deployment (every replica folds with the same, from committee.json).
+    struct MarginTerms {
+        address oracle; // the PriceOracle (zero: no prices; no borrowing, no liquidation)
+        uint256 releaseTtl; // seconds a RELEASE may act after its request; then it can be cancelled
+        uint256 liquidationBps; // health below this: liquidatable
+        uint256 initialBps; // health a borrow (or a withdrawal while owing) must leave
+        uint256 maxPriceAge; // seconds a price counts
+        uint256 minBtcWithdrawal; // sats
+        uint16[] haircutBps; // per listed asset in the constructor's order, then BTC last
+        uint8[] decimals; // likewise
+    }
+
+    struct Risk {
+        uint16 haircutBps;
+        uint8 decimals;
+    }
+
     uint8 public constant MESSAGE_VERSION = 1;
     uint8 public constant KIND_DEPOSIT_CREDIT = 1;
     uint8 public constant KIND_RELEASE = 2;
@@ -91,11 +123,20 @@ contract CollateralBridge {
     uint256 private constant HALF_N = 0x7FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF5D576E7357A4501DDFE92F46681B20A0;
     uint256 private constant ENTRY = 66; // bytes per packed quorum entry
     uint256 private constant HEAD = 9; // packed committee: epoch (8) || threshold (1), then the signers
+    uint256 private constant BPS = 10_000;
+    /// Margin amounts stay below this, so value arithmetic never overflows with any oracle price.
+    uint256 private constant MAX_POSITION = 2 ** 100;
 
     uint256 private immutable deployChainId;
     bytes32 private immutable cachedDomainSeparator;
     uint256 public immutable graceWindow; // seconds the previous committee stays valid after a rotation
     uint256 public immutable capWindow; // seconds per release-cap window
+    IPriceSource public immutable oracle;
+    uint256 public immutable releaseTtl;
+    uint256 public immutable liquidationBps;
+    uint256 public immutable initialBps;
+    uint256 public immutable maxPriceAge;
+    uint256 public immutable minBtcWithdrawal;
 
     bytes32 public committeeHash;
     bytes32 public previousCommitteeHash;
@@ -116,6 +157,13 @@ contract CollateralBridge {
     mapping(address asset => Cap) private assetCaps;
     address[] private listedAssets;
     mapping(address => bool) public isGuardian;
+    /// The margin book: base units, negative when the account owes the asset.
+    mapping(address account => mapping(address asset => int256)) public balanceOf;
+    /// Open EVM withdrawal requests' expiry (unix seconds): cancellable from then on.
+    mapping(uint64 requestNonce => uint64) public requestExpiry;
+    mapping(address asset => Risk) private risks;
+    /// The listed assets, then BTC: what an account's health sums over.
+    address[] private marginAssets;
 
     bool private transient entered;
 
@@ -129,6 +177,9 @@ contract CollateralBridge {
     event Rotated(bytes32 indexed id, uint64 indexed epoch, bytes32 committeeHash, bytes committee);
     event Paused(address indexed guardian);
     event Unpaused(bytes32 indexed id);
+    event WithdrawalCancelled(uint64 indexed requestNonce, address indexed account, address indexed asset, uint256 amount);
+    event Liquidated(address indexed account, address indexed liquidator, uint256 healthBps, uint256 collateralValue, uint256 liabilityValue);
+    event Seized(address indexed account, address indexed liquidator, address indexed asset, int256 amount);
 
     // Committee and quorum.
     error EmptyCommittee();
@@ -176,6 +227,17 @@ contract CollateralBridge {
     error TransferFailed();
     error Reentrancy();
     error BadConfig();
+    // Margin.
+    error InsufficientMargin();
+    error AmountTooLarge();
+    error BelowMinimum();
+    error NotExpired();
+    error NoOracle();
+    error NoPrice(address asset);
+    error PriceStale(address asset);
+    error PriceHalted(address asset);
+    error NotLiquidatable();
+    error SelfLiquidation();
 
     modifier nonReentrant() {
         if (entered) revert Reentrancy();
@@ -189,13 +251,16 @@ contract CollateralBridge {
     /// @param grace seconds a replaced committee still signs releases (1 h if 0).
     /// @param assets the assets deposits and releases accept (zero: ETH), each with its
     ///        per-window release cap in `limits`; `window` is the cap window in seconds.
+    /// @param terms the margin terms (see `MarginTerms`); the oracle, when set, must be deployed
+    ///        right after (its address is predicted: the oracle reads this bridge's committee).
     constructor(
         bytes memory committee,
         address[] memory guardians,
         uint256 grace,
         address[] memory assets,
         uint256[] memory limits,
-        uint256 window
+        uint256 window,
+        MarginTerms memory terms
     ) {
         if (_checkCommittee(committee) != 0) revert BadConfig(); // the first epoch is 0
         if (guardians.length == 0 || assets.length != limits.length || window == 0 || window > 365 days) {
@@ -212,6 +277,13 @@ contract CollateralBridge {
             assetCaps[assets[i]] = Cap(uint104(limits[i]), 0, 0, false);
             listedAssets.push(assets[i]);
         }
+        _setTerms(assets, terms);
+        oracle = IPriceSource(terms.oracle);
+        releaseTtl = terms.releaseTtl;
+        liquidationBps = terms.liquidationBps;
+        initialBps = terms.initialBps;
+        maxPriceAge = terms.maxPriceAge;
+        minBtcWithdrawal = terms.minBtcWithdrawal;
         graceWindow = grace == 0 ? 1 hours : grace;
         capWindow = window;
         committeeHash = keccak256(committee);
@@ -241,27 +313,74 @@ contract CollateralBridge {
         _deposited(token, received);
     }
 
-    /// @notice Ask the committee to release `amount` of `asset` from the sender's margin account;
-    /// the replicas decide.  The request is recorded: a RELEASE can pay nothing else.  BTC is
-    /// requested with `requestBtcWithdrawal` (it needs a destination on Bitcoin).
+    /// @notice Ask the committee to release `amount` of `asset` from the sender's margin account.
+    /// The amount is taken from the account now (beyond the balance only as a borrow its health
+    /// allows); the replicas sign the RELEASE, which can pay nothing else.  Not released by
+    /// `requestExpiry`, the request can be cancelled.  BTC is requested with
+    /// `requestBtcWithdrawal` (it needs a destination on Bitcoin).
     function requestWithdrawal(address asset, uint256 amount) external {
         if (amount == 0) revert ZeroAmount();
         if (asset == BTC_ASSET) revert WrongAsset();
+        if (assetCaps[asset].limit == 0) revert AssetNotListed();
+        _debit(msg.sender, asset, amount);
         uint64 n = requestNonce++;
         requests[n] = keccak256(abi.encode(msg.sender, asset, amount));
+        requestExpiry[n] = uint64(block.timestamp + releaseTtl);
         emit WithdrawalRequested(msg.sender, asset, amount, n);
     }
 
-    /// @notice Ask the committee to pay `amount` sats of the sender's BTC margin to the Bitcoin
-    /// output script `destination` (2 to 42 bytes; the replicas refuse a non-standard one).  The
-    /// request commits to the destination: the PAYOUT_DONE that closes it names its hash.
+    /// @notice Ask the committee to pay `amount` sats of the sender's BTC margin (never borrowed)
+    /// to the Bitcoin output script `destination`, a standard one (P2PKH, P2SH, P2WPKH, P2WSH or
+    /// P2TR).  The request commits to the destination: the PAYOUT_DONE that closes it names its hash.
     function requestBtcWithdrawal(uint256 amount, bytes calldata destination) external {
         if (amount == 0) revert ZeroAmount();
-        if (destination.length < 2 || destination.length > 42) revert BadDestination();
+        if (amount < minBtcWithdrawal) revert BelowMinimum();
+        if (!_standardScript(destination)) revert BadDestination();
+        _debit(msg.sender, BTC_ASSET, amount);
         uint64 n = requestNonce++;
         requests[n] = keccak256(abi.encode(msg.sender, BTC_ASSET, amount, keccak256(destination)));
         emit WithdrawalRequested(msg.sender, BTC_ASSET, amount, n);
         emit BtcDestination(n, destination);
+    }
+
+    /// @notice Give the margin of EVM withdrawal request `nonce` back to its account once its
+    /// release can no longer act (from `requestExpiry`).  Anyone may call; the request closes.
+    function cancelWithdrawal(uint64 nonce, address account, address asset, uint256 amount) external {
+        bytes32 open = requests[nonce];
+        if (open != keccak256(abi.encode(account, asset, amount))) {
+            if (open != 0) revert RequestMismatch();
+            if (nonce < requestNonce) revert AlreadyConsumed();
+            revert NoSuchRequest();
+        }
+        uint64 expiry = requestExpiry[nonce];
+        if (expiry == 0) revert WrongAsset(); // a BTC request: closed by its PAYOUT_DONE only
+        if (block.timestamp < expiry) revert NotExpired();
+        delete requests[nonce];
+        delete requestExpiry[nonce];
+        balanceOf[account][asset] += int256(amount);
+        emit WithdrawalCancelled(nonce, account, asset, amount);
+    }
+
+    /// @notice Liquidate `account`, whose health is below `liquidationBps`: every position it
+    /// holds (collateral and debt, BTC included) moves to the caller's margin account, which must
+    /// be at least `initialBps` healthy after.  Refused while paused.
+    function liquidate(address account) external nonReentrant {
+        if (paused) revert IsPaused();
+        if (address(oracle) == address(0)) revert NoOracle();
+        if (account == msg.sender) revert SelfLiquidation();
+        (uint256 collateral, uint256 liabilities) = _values(account);
+        if (liabilities == 0 || collateral * BPS >= liquidationBps * liabilities) revert NotLiquidatable();
+        emit Liquidated(account, msg.sender, collateral * BPS / liabilities, collateral, liabilities);
+        uint256 n = marginAssets.length;
+        for (uint256 i; i < n; ++i) {
+            address asset = marginAssets[i];
+            int256 position = balanceOf[account][asset];
+            if (position == 0) continue;
+            balanceOf[account][asset] = 0;
+            balanceOf[msg.sender][asset] += position;
+            emit Seized(account, msg.sender, asset, position);
+        }
+        _requireHealthy(msg.sender);
     }
 
     /// One slot read: the asset's cap slot holds its listing and the pause flag.
@@ -272,6 +391,7 @@ contract CollateralBridge {
     }
 
     function _deposited(address asset, uint256 amount) private {
+        _credit(msg.sender, asset, amount);
         uint64 n = depositNonce++;
         emit Deposited(msg.sender, asset, amount, n);
     }
@@ -299,6 +419,7 @@ contract CollateralBridge {
         if (creditedOutputs[output]) revert AlreadyConsumed();
         _verifyQuorum(id, committee, quorum);
         creditedOutputs[output] = true;
+        _credit(m.account, BTC_ASSET, m.amount);
         emit Credited(id, m.account, BTC_ASSET, m.amount, m.sourceTx, m.sourceIndex);
     }
 
@@ -425,6 +546,26 @@ contract CollateralBridge {
         return nonce < requestNonce && requests[nonce] == 0;
     }
 
+    /// @notice `account`'s haircut collateral and liabilities (USD, 8 decimals) and its health in
+    /// bps (type(uint256).max when it owes nothing); reverts when a price it needs does not count.
+    function health(address account) external view returns (uint256 collateral, uint256 liabilities, uint256 healthBps) {
+        (collateral, liabilities) = _values(account);
+        healthBps = liabilities == 0 ? type(uint256).max : collateral * BPS / liabilities;
+    }
+
+    /// @notice The assets health sums over: the listed ones, then BTC; each with its haircut
+    /// (bps) and decimals.
+    function marginTerms() external view returns (address[] memory assets, uint16[] memory haircutBps, uint8[] memory decimals) {
+        uint256 n = marginAssets.length;
+        assets = marginAssets;
+        haircutBps = new uint16[](n);
+        decimals = new uint8[](n);
+        for (uint256 i; i < n; ++i) {
+            Risk memory r = risks[assets[i]];
+            (haircutBps[i], decimals[i]) = (r.haircutBps, r.decimals);
+        }
+    }
+
     /// @notice Whether the Bitcoin output `txid:vout` was credited.
     function creditedOutput(bytes32 txid, uint32 vout) external view returns (bool) {
         return creditedOutputs[keccak256(abi.encode(txid, vout))];
@@ -477,6 +618,7 @@ contract CollateralBridge {
             revert NoSuchRequest();
         }
         delete requests[n];
+        delete requestExpiry[n];
     }
 
     /// The loop is assembly to keep each extra signature near its floor (ecrecover's 3,000 plus the
@@ -574,6 +716,99 @@ contract CollateralBridge {
         if (3 * threshold < 2 * n) revert ThresholdTooLow();
     }
 
+    function _setTerms(address[] memory assets, MarginTerms memory terms) private {
+        uint256 n = assets.length;
+        if (terms.haircutBps.length != n + 1 || terms.decimals.length != n + 1) revert BadConfig();
+        if (terms.releaseTtl < 60 || terms.releaseTtl > 30 days) revert BadConfig();
+        if (terms.oracle != address(0)) {
+            // Liquidation below the borrowing level: a fresh borrow is never liquidatable at once.
+            if (terms.liquidationBps < BPS || terms.initialBps < terms.liquidationBps || terms.initialBps > 100 * BPS) {
+                revert BadConfig();
+            }
+            if (terms.maxPriceAge == 0 || terms.maxPriceAge > 7 days) revert BadConfig();
+        }
+        for (uint256 i; i <= n; ++i) {
+            if (terms.haircutBps[i] >= BPS || terms.decimals[i] > 36) revert BadConfig();
+            address asset = i < n ? assets[i] : BTC_ASSET;
+            risks[asset] = Risk(terms.haircutBps[i], terms.decimals[i]);
+            marginAssets.push(asset);
+        }
+    }
+
+    function _credit(address account, address asset, uint256 amount) private {
+        if (amount >= MAX_POSITION) revert AmountTooLarge();
+        int256 position = balanceOf[account][asset] + int256(amount);
+        if (position >= int256(MAX_POSITION)) revert AmountTooLarge();
+        balanceOf[account][asset] = position;
+    }
+
+    /// Take `amount` from the account: beyond its balance only as a borrow of a listed asset, and
+    /// only if the account owes nothing after or stays at least `initialBps` healthy.
+    function _debit(address account, address asset, uint256 amount) private {
+        if (amount >= MAX_POSITION) revert AmountTooLarge();
+        int256 position = balanceOf[account][asset] - int256(amount);
+        if (position <= -int256(MAX_POSITION)) revert AmountTooLarge();
+        if (position < 0 && (asset == BTC_ASSET || address(oracle) == address(0))) revert InsufficientMargin();
+        balanceOf[account][asset] = position;
+        _requireHealthy(account);
+    }
+
+    /// Only an account that owes something needs prices: one that owes nothing withdraws what it
+    /// has whatever the oracle says (a stale or halted price never traps margin).
+    function _requireHealthy(address account) private view {
+        if (!_owes(account)) return;
+        (uint256 collateral, uint256 liabilities) = _values(account);
+        if (liabilities != 0 && collateral * BPS < initialBps * liabilities) revert InsufficientMargin();
+    }
+
+    function _owes(address account) private view returns (bool) {
+        uint256 n = marginAssets.length;
+        for (uint256 i; i < n; ++i) {
+            if (balanceOf[account][marginAssets[i]] < 0) return true;
+        }
+        return false;
+    }
+
+    /// Haircut collateral and liabilities of `account` in USD (8 decimals): each position valued
+    /// on its own and rounded for the bridge (collateral down, liabilities up).  Only assets the
+    /// account holds or owes need a price.
+    function _values(address account) private view returns (uint256 collateral, uint256 liabilities) {
+        uint256 n = marginAssets.length;
+        for (uint256 i; i < n; ++i) {
+            address asset = marginAssets[i];
+            int256 position = balanceOf[account][asset];
+            if (position == 0) continue;
+            if (address(oracle) == address(0)) revert NoOracle();
+            Risk memory r = risks[asset];
+            uint256 price = _price(asset);
+            uint256 unit = 10 ** r.decimals;
+            if (position > 0) {
+                collateral += uint256(position) * price * (BPS - r.haircutBps) / (unit * BPS);
+            } else {
+                uint256 owed = uint256(-position) * price;
+                liabilities += (owed + unit - 1) / unit;
+            }
+        }
+    }
+
+    function _price(address asset) private view returns (uint256 price) {
+        (uint256 p, uint64 time, bool tripped) = oracle.price(asset);
+        if (p == 0) revert NoPrice(asset);
+        if (tripped) revert PriceHalted(asset);
+        if (time + maxPriceAge < block.timestamp) revert PriceStale(asset);
+        return p;
+    }
+
+    /// The output scripts Bitcoin Core relays as standard destinations.
+    function _standardScript(bytes calldata d) private pure returns (bool) {
+        uint256 len = d.length;
+        if (len == 25) return d[0] == 0x76 && d[1] == 0xa9 && d[2] == 0x14 && d[23] == 0x88 && d[24] == 0xac; // P2PKH
+        if (len == 23) return d[0] == 0xa9 && d[1] == 0x14 && d[22] == 0x87; // P2SH
+        if (len == 22) return d[0] == 0x00 && d[1] == 0x14; // P2WPKH
+        if (len == 34) return (d[0] == 0x00 || d[0] == 0x51) && d[1] == 0x20; // P2WSH, P2TR
+        return false;
+    }
+
     function _spendCap(address asset, Cap memory cap, uint256 amount) private {
         uint40 window = uint40(block.timestamp / capWindow);
         uint256 used = cap.window == window ? cap.used : 0;
@@ -614,6 +849,10 @@ contract CollateralBridge {
         if (!ok || ret.length < 32) revert TransferFailed();
         return abi.decode(ret, (uint256));
     }
+}
+
+interface IPriceSource {
+    function price(address asset) external view returns (uint256, uint64, bool);
 }
 
 interface IERC20Like {

@@ -20,7 +20,7 @@ import os
 import signal
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import AsyncIterator, Sequence
 
@@ -28,7 +28,10 @@ from eth_account import Account
 
 from bridge.committee.btc_deposits import BtcTerms
 from bridge.committee.config import ETH_ADDRESS, BridgeConfig
-from bridge.committee.contract import CollateralBridge
+from bridge.committee.contract import CollateralBridge, MarginTerms
+from bridge.committee.deploy import deploy_bridge
+from bridge.committee.messages import BTC_ASSET
+from bridge.committee.oracle import PRICE_DECIMALS, FeedConfig, MockAggregator
 from bridge.committee.crypto import address_of
 from bridge.committee.messages import Committee
 from bridge.committee.replica import Replica
@@ -129,8 +132,13 @@ async def own_bridge(
     btc_refund_delay: int = 20,
     min_deposit: int = 10_000,
     btc_start: int = 0,
+    prices: dict[str, int] | None = None,
+    margin: MarginTerms | None = None,
 ) -> TestBridge:
-    """Deploy a bridge with a fresh n-of-m committee, a fresh TUSD token; write its committee.json."""
+    """Deploy a bridge with a fresh n-of-m committee, a fresh TUSD token; write its committee.json.
+    With ``prices`` (symbol -> whole USD, e.g. ``{"BTC": 95_000, "ETH": 3_500, "TUSD": 1}``) an
+    oracle over fresh feeds at those prices, so margin can be borrowed and liquidated (``margin``:
+    the terms, default the devnet's)."""
     where.mkdir(parents=True, exist_ok=True)
     deployer = Account.create()
     deployer_key = deployer.key.to_0x_hex()
@@ -142,12 +150,26 @@ async def own_bridge(
     token = await Erc20.deploy(evm, deployer_key, "TestToken", "Test USD", "TUSD", 6)
     caps = caps or {"ETH": 1_000 * ONE_ETH, "TUSD": 10**9 * TUSD}
     assets = {"ETH": (ETH_ADDRESS, 18), "TUSD": (token.address, 6)}
-    contract = await CollateralBridge.deploy(
-        evm, deployer_key, committee, guardians=[deployer.address], caps={assets[s][0]: c for s, c in caps.items()}, cap_window=cap_window, grace=grace
+    feeds = None
+    if prices is not None:
+        asset_of = {"BTC": BTC_ASSET, "ETH": bytes(20), "TUSD": bytes.fromhex(token.address[2:])}
+        feeds = {}
+        for symbol, usd in prices.items():
+            aggregator = await MockAggregator.deploy(evm, deployer_key, f"{symbol} / USD", usd * 10**PRICE_DECIMALS)
+            feeds[symbol] = FeedConfig(asset_of[symbol], aggregator.address)
+    margin = replace(
+        margin or MarginTerms(liquidation_bps=11_000, initial_bps=12_500, max_price_age=3600, haircuts={"BTC": 2000, "ETH": 1000}),
+        release_ttl=release_ttl,
+        min_btc_withdrawal=min_deposit,
+    )
+    contract, oracle = await deploy_bridge(
+        evm, deployer_key, committee, [deployer.address], assets, caps, grace=grace, terms=margin, cap_window=cap_window, feeds=feeds
     )
     policy = CustodyPolicy.of([refund_pubkey_of_evm_key(k) for k in keys], m, btc_refund_delay, "regtest")
     terms = BtcTerms(policy, min_deposit=min_deposit)
-    config = BridgeConfig(await evm.chain_id_int(), contract.address, await evm.height(), committee, grace, release_ttl, assets, terms, btc_start)
+    config = BridgeConfig(
+        await evm.chain_id_int(), contract.address, await evm.height(), committee, grace, release_ttl, assets, terms, btc_start, oracle=oracle, margin=margin
+    )
     (where / "committee.json").write_text(json.dumps(config.to_json(), indent=2))
     return TestBridge(evm, contract, config, keys, token, deployer_key, where, relayer.key.to_0x_hex())
 
