@@ -284,7 +284,7 @@ class DelivererDaemon:
             deliverer,
             "delivery",
             chains={"evm": evm},
-            observers=[follower.run, self._discover, *([poster.run] if poster is not None else [])],
+            observers=[follower.run, self._discover, self._cancel_expired, *([poster.run] if poster is not None else [])],
             poll_interval=poll_interval,
             max_concurrency=8,
             after_step=lambda _id: self._gauges(),
@@ -362,6 +362,21 @@ class DelivererDaemon:
             if planned and self.custody is not None:
                 self.custody.nudge(planned)
             await wait_unless(halt, asyncio.sleep(self.poll_interval))
+
+    async def _cancel_expired(self, halt: asyncio.Event) -> None:
+        """Expired, unreleased EVM requests go back to their accounts (the contract lets anyone)."""
+        while not halt.is_set():
+            try:
+                head = self.evm.announced_head() or await self.evm.head()
+                cancelled = await self.deliverer.cancel_expired(head.timestamp)
+            except Exception as exc:
+                if not is_retryable(exc):
+                    raise
+                log.warning("cancelling expired requests: %s", exc)
+                cancelled = []
+            if cancelled:
+                self.metrics.inc("requests_cancelled", len(cancelled))
+            await wait_unless(halt, asyncio.sleep(self.poll_interval * 5))
 
     def _plan_sweep(self) -> None:
         """The periodic sweep (an APScheduler job): deposits into custody before their refund path opens."""

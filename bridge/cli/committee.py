@@ -50,7 +50,7 @@ from typing import Any
 
 from bridge.cli import emit, printable
 from bridge.cli.args import devnet_account, positive_int
-from bridge.core.errors import ConfigError, DevnetError, InputError, InsufficientFunds, NotFound
+from bridge.core.errors import ConfigError, ContractReverted, DevnetError, InputError, InsufficientFunds, NotFound
 from bridge.core.settings import Settings, load_settings
 
 #: Where the signing key is read from by default.
@@ -333,7 +333,10 @@ async def cmd_withdraw_evm(args: argparse.Namespace) -> int:
     bridge = await _connect(settings, config)
     try:
         sender = bridge.chain.account(key).address
-        receipt = await bridge.request_withdrawal(key, address, amount)
+        try:
+            receipt = await bridge.request_withdrawal(key, address, amount)
+        except ContractReverted as exc:
+            raise request_refused(exc, config, sender, f"{asset.to_whole(amount)} {symbol}") from None
         events = [e for e in bridge.events_in(receipt) if e.name == "WithdrawalRequested"]
         if not events:
             raise ConfigError(f"tx {receipt.tx_hash} logged no WithdrawalRequested event: is {bridge.address} the bridge of committee.json?")
@@ -361,6 +364,25 @@ async def cmd_withdraw_evm(args: argparse.Namespace) -> int:
     if args.json:
         emit(args, result)
     return code
+
+
+def request_refused(exc: ContractReverted, config, sender: str, what: str) -> ContractReverted:
+    """The bridge's refusal of a withdrawal request, said as the user reads it (nothing was held)."""
+    m = config.margin
+    reasons = {
+        "InsufficientMargin": (
+            f"the free margin of {sender} does not cover {what}: an account may take out what it holds, or borrow a listed asset "
+            f"only while it stays {m.initial_bps / 100:g} % healthy (`bridgectl ledger health {sender}`)"
+        ),
+        "BelowMinimum": f"{what} is below the bridge's minimum BTC withdrawal",
+        "BadDestination": "the destination is not a standard Bitcoin output script",
+        "AssetNotListed": "the asset is not listed on this bridge",
+        "PriceStale": "a price this account's health needs is stale: wait for the next oracle update",
+        "PriceHalted": "a price this account's health needs is halted by the oracle's breaker until a quorum clears it",
+        "NoPrice": "a price this account's health needs was never posted",
+    }
+    text = reasons.get(exc.reason or "", exc.message)
+    return ContractReverted(f"withdrawal refused by the bridge ({exc.reason}): {text}; nothing is held", reason=exc.reason, data=exc.data)
 
 
 async def _follow(args: argparse.Namespace, settings: Settings, config, bridge, result: dict[str, Any]) -> int:
@@ -929,7 +951,10 @@ async def cmd_withdraw_btc(args: argparse.Namespace) -> int:
     bridge = await _connect(settings, config)
     try:
         sender = bridge.chain.account(key).address
-        receipt = await bridge.request_btc_withdrawal(key, amount, script)
+        try:
+            receipt = await bridge.request_btc_withdrawal(key, amount, script)
+        except ContractReverted as exc:
+            raise request_refused(exc, config, sender, f"{BTC.to_whole(amount)} BTC") from None
         events = [e for e in bridge.events_in(receipt) if e.name == "WithdrawalRequested"]
         if not events:
             raise ConfigError(f"tx {receipt.tx_hash} logged no WithdrawalRequested event: is {bridge.address} the bridge of committee.json?")

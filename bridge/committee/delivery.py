@@ -178,6 +178,27 @@ class Deliverer(OpStore):
     def due(self, *, limit: int, among: Collection[str] | None = None) -> list[str]:  # type: ignore[override]
         return OpStore.due(self, limit=limit, among=among, first="submitting")
 
+    async def cancel_expired(self, now: int) -> list[int]:
+        """Give back the margin of every EVM request this replica holds whose release expired
+        unused by ``now`` (chain time): ``cancelWithdrawal``, which anyone may send.  The chain is
+        the record (a request is open or not), read before each send, so a repeat or a race
+        with another sender changes nothing.  The request nonces cancelled."""
+        if self.key is None:
+            return []
+        done = []
+        for request in self.replica.requests(state="held"):
+            if not request.expiry or request.expiry > now or not await self.bridge.request_open(request.nonce):
+                continue
+            try:
+                await self.bridge.cancel_withdrawal(self.key, request.nonce, request.account, request.asset, request.amount)
+            except ContractReverted as exc:
+                if exc.reason not in ("AlreadyConsumed", "NotExpired"):  # else: released or cancelled meanwhile, or too early
+                    log.warning("cancelling request %d refused: %s", request.nonce, exc.reason)
+                continue
+            log.info("request %d expired unreleased: cancelled, %d of %s back to %s", request.nonce, request.amount, request.asset, request.account)
+            done.append(request.nonce)
+        return done
+
     async def step(self, op_id: str) -> None:
         state = self._state(op_id)
         if state in TERMINAL:

@@ -260,6 +260,19 @@ class CommitteeStatus:
             out.append(entry)
         return out
 
+    def positions(self, account: str | None = None) -> list[dict[str, Any]]:
+        """Every margin account's signed position per asset (the contract's ``balanceOf``: what
+        it can use, or minus what it owes), in whole units and base units."""
+        if self.replica is None:
+            return []
+        out = []
+        for (owner, asset), position in self.replica.positions(account).items():
+            entry = {"account": to_checksum_address(owner), **self.amount(asset, abs(position))}
+            if position < 0:
+                entry["amount"], entry["amount_base"] = "-" + entry["amount"], str(position)
+            out.append(entry)
+        return out
+
     def request(self, nonce: int) -> dict[str, Any]:
         """Withdrawal request ``nonce`` as this replica judged it; ``NotFound`` before it folded it."""
         replica = self.replica
