@@ -5,10 +5,12 @@
 Starts its own Anvil (free port, temp dir) and stops it afterwards.  For M = 2..13 it releases
 ETH on an M-of-N committee with the smallest N the quorum rule allows (M >= ceil(2N/3), so
 N = floor(3M/2)), then a 13-of-19 release.  Each release pays a withdrawal request its account
-made first; the release's gas is its own receipt's ``gasUsed`` (the whole transaction: 21,000
+made first, from margin it deposited before (a request is taken from the contract's margin book
+at once); the release's gas is its own receipt's ``gasUsed`` (the whole transaction: 21,000
 base, calldata, verification, closing the request net of its refund, the cap, the payment).  The
 requests' gas, paid by the account, is printed apart: the contract's first request (its counter
-slot written from zero) and a later one, the one released.  The recipient already holds ETH, as
+slot written from zero) and a later one, the one released (each also takes from the account's
+balance and records the request's expiry).  The recipient already holds ETH, as
 a margin account withdrawing does.
 """
 
@@ -81,17 +83,17 @@ def _digest(m: Message, chain_id: int, contract: str) -> bytes:
 
 async def _release_gas(chain: EvmAdapter, m_of: int, n: int) -> tuple[tuple[int, int], int]:
     """``((first request gas, later request gas), release gas)`` of an ETH withdrawal on a fresh
-    M-of-N bridge: the account requests twice and the second request is released."""
+    M-of-N bridge: the account deposits 2 ETH of margin, requests twice and the second request is released."""
     keys = {to_canonical_address(Account.from_key(k).address): k for k in (keccak(f"bench-signer-{i}".encode()) for i in range(n))}
     committee = Committee(0, tuple(sorted(keys)), m_of)
     party = Account.create()
     user = Account.create()
     controls = AnvilControls(chain)
     await controls.set_balance(party.address, 100 * ONE_ETH)
-    await controls.set_balance(user.address, ONE_ETH)
+    await controls.set_balance(user.address, 3 * ONE_ETH)
     key = party.key.to_0x_hex()
     bridge = await CollateralBridge.deploy(chain, key, committee, [party.address], {ETH: 100 * ONE_ETH})
-    await controls.set_balance(bridge.address, 100 * ONE_ETH)
+    await bridge.deposit_eth(user.key.to_0x_hex(), 2 * ONE_ETH)
     first = await bridge.request_withdrawal(user.key.to_0x_hex(), ETH, ONE_ETH)
     request = await bridge.request_withdrawal(user.key.to_0x_hex(), ETH, ONE_ETH)
     (requested,) = bridge.events_in(request)

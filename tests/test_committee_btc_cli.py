@@ -23,7 +23,7 @@ import pytest
 from eth_account import Account
 
 from bridge.cli import main
-from bridge.committee.messages import bitcoin_source
+from bridge.committee.messages import BTC_ASSET, bitcoin_source
 from bridge.committee.replica import owner_of
 from bridge.core.testing import wait_until
 from bridge.custody.scripts import deposit_address, deposit_script, refund_pubkey_of_evm_key
@@ -194,11 +194,14 @@ async def test_deposit_address_verify_fund_and_withdraw_through_the_cli(evm, btc
         paid_twice = await btc.balance([payee.p2wpkh_script])
         nonce += 1
 
-        log.info("act: ask for more than the margin: the replica refuses it, nothing is held or paid, exit 1")
+        log.info("act: ask for more than the margin: the chain refuses it (BTC is never borrowed), nothing is held or paid, exit 1")
+        margin = await bridge.contract.balance_of(user, BTC_ASSET)
+        assert margin == credit - WITHDRAW_SATS - WITHDRAW_SATS // 2
         refused = await cli("withdraw", "btc", "--amount", "5", "--to", payee.p2wpkh_address())
-        assert refused.returncode == 1 and "refused: margin too low" in refused.stderr and "nothing is held, nothing paid" in refused.stderr
-        shown = json.loads((await cli("withdraw", "status", str(nonce + 1), "--json")).stdout)
-        assert shown["state"] == "refused" and shown["payout"] is None and "margin too low" in shown["request"]["reason"]
+        assert refused.returncode == 1 and "withdrawal refused by the bridge (InsufficientMargin)" in refused.stderr, refused.stderr
+        assert "nothing is held" in refused.stderr
+        assert await bridge.contract.request_nonce() == nonce + 1, "the refused request took no nonce"
+        assert await bridge.contract.balance_of(user, BTC_ASSET) == margin
         assert await btc.balance([payee.p2wpkh_script]) == paid_twice
         assert all(r.balances() == want for r in replicas)
 

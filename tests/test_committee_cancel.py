@@ -54,6 +54,7 @@ async def test_an_expired_request_is_cancelled_by_the_deliverer_and_its_margin_c
     assert await bridge.contract.balance_of(user, ETH_ADDRESS) == ONE_ETH
     assert replica.balances() == {(owner_of(user), eth_code): (ONE_ETH, 0)}
     assert not await bridge.contract.request_open(nonce)
+    assert await bridge.contract.cancelled(nonce) and not await bridge.contract.released(nonce)
     cancelled = [e for e in await bridge.contract.events() if e.name == "WithdrawalCancelled"]
     assert [(e["requestNonce"], e["amount"]) for e in cancelled] == [(nonce, 4 * ONE_ETH // 10)]
     with pytest.raises(ContractReverted) as caught:

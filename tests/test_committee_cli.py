@@ -133,12 +133,17 @@ async def test_deposit_withdraw_and_show_through_the_cli(evm, regtest, tmp_path)
         assert [h["to_state"] for h in view["delivery"]["history"]] == ["waiting_quorum", "submitting", "submitted", "delivered"]
         assert view["delivery"]["tx_hash"] == paid and view["waiting"] is None
 
-        log.info("act: ask for more than the margin: the replica refuses it, the command says why and exits 1")
+        log.info("act: ask for more than the margin: the chain refuses it, the command says why and exits 1; nothing is held")
+        margin = await bridge.contract.balance_of(user, "0x" + "00" * 20)
+        assert margin == ONE_ETH
         done = await bridgectl(env, "withdraw", "evm", "--asset", "eth", "--amount", "5")
         assert done.returncode == 1
-        assert "refused" in done.stdout + done.stderr and "margin too low" in done.stdout + done.stderr
-        refused = json.loads((await bridgectl(env, "message", "show", f"req:{nonce + 1}", "--json")).stdout)
-        assert refused["state"] == "refused" and refused["id"] is None and "margin too low" in refused["request"]["reason"]
+        said = done.stdout + done.stderr
+        assert "withdrawal refused by the bridge (InsufficientMargin)" in said and "nothing is held" in said, said
+        assert await bridge.contract.request_nonce() == nonce + 1, "the refused request took no nonce"
+        assert await bridge.contract.balance_of(user, "0x" + "00" * 20) == margin
+        unknown = await bridgectl(env, "message", "show", f"req:{nonce + 1}", "--json")
+        assert unknown.returncode != 0, unknown.stdout
 
         listed = await bridgectl(env, "message", "list", "--json")
         assert [v["id"] for v in json.loads(listed.stdout)] == [mid]

@@ -91,6 +91,7 @@ async def test_replica_folds_credits_and_keys(env, tmp_path):
 
 async def test_a_payout_done_closes_its_btc_request_once_and_only_with_its_destination(env):
     script = bytes.fromhex("0014" + "33" * 20)
+    await env.credit_btc("user", SATS)  # BTC margin first: a request is taken from it at once
     (event, _dest) = env.bridge.events_in(await env.bridge.request_btc_withdrawal(env.key("user"), SATS, script))
     n = event["requestNonce"]
 
@@ -101,6 +102,12 @@ async def test_a_payout_done_closes_its_btc_request_once_and_only_with_its_desti
         indices, sigs = kw.pop("quorum", None) or env.sign(m)
         return await env.bridge.payout_done(env.key("relayer"), m, env.committee, indices, sigs)
 
+    def cancel():
+        return env.bridge.cancel_withdrawal(env.key("relayer"), n, env.parties["user"].address, BTC_ASSET, SATS)
+
+    # A BTC request is never cancelled (its payout may be in flight): it commits to its destination.
+    assert await env.bridge.balance_of(env.parties["user"].address, BTC_ASSET) == 0
+    await refused("RequestMismatch", cancel())
     await refused("RequestMismatch", done(keccak(bytes.fromhex("0014" + "44" * 20))))  # another destination
     await refused("RequestMismatch", done(keccak(script), amount=SATS + 1))
     receipt = await done(keccak(script))
@@ -108,6 +115,9 @@ async def test_a_payout_done_closes_its_btc_request_once_and_only_with_its_desti
     assert (paid.name, paid["requestNonce"], paid["amount"], paid["payoutTx"]) == ("PaidOut", n, SATS, keccak(b"payout"))
     assert not await env.bridge.request_open(n)
     await refused("AlreadyConsumed", done(keccak(script), ttl=900))  # another message for it: closed
+    # Paid on Bitcoin: the margin stays taken, and a closed request cannot be cancelled.
+    assert await env.bridge.balance_of(env.parties["user"].address, BTC_ASSET) == 0
+    await refused("AlreadyConsumed", cancel())
     await refused("NoSuchRequest", env.bridge.payout_done(env.key("relayer"), *(await _payout_for(env, 999, script))))
 
 

@@ -1,5 +1,6 @@
 """The committee end to end on the devnet: deposits credited as margin in every replica,
-withdrawals released by a quorum, what no replica allows never released.
+withdrawals released by a quorum, what the margin does not cover refused by the chain and never
+held or released.
 
 Each test deploys a bridge of its own (``tests/support/committee.py``) on the session Anvil,
 runs three of the four attesters and a deliverer in this process, acts as users would, and
@@ -14,7 +15,7 @@ from bridge.committee.config import ETH_ADDRESS
 from bridge.committee.replica import owner_of
 from bridge.core.testing import wait_until
 from devnets.presets import ONE_ETH
-from support.committee import TUSD, attesters, deliverer, own_bridge
+from support.committee import TUSD, attesters, chain_refuses, deliverer, own_bridge
 
 log = logging.getLogger("test.committee")
 
@@ -49,16 +50,18 @@ async def test_deposits_credit_every_replica_and_a_quorum_releases_a_withdrawal(
         assert [h["to_state"] for h in view.history] == ["waiting_quorum", "submitting", "submitted", "delivered"]
         assert len(view.signers) == 3
 
-        log.info("act: ask for more than the margin: refused by every replica, nothing released")
-        balance = await evm.balance(user)
-        receipt = await bridge.contract.request_withdrawal(key, ETH_ADDRESS, 10 * ONE_ETH)
-        await wait_until(lambda: all(len(r.requests(account=user)) == 2 for r in replicas), timeout=20, what="the request folded everywhere")
-        for r in replicas:
-            refused = r.requests(account=user)[1]
-            assert refused.state == "refused" and "margin too low" in refused.reason and refused.message_id is None
-            assert r.balances() == want
-        assert await evm.balance(user) == balance - receipt.gas_used * receipt.effective_gas_price
-        assert await bridge.contract.request_open(refused.nonce)  # open on chain, but nobody signs it
+        log.info("act: ask for more than the margin: the chain refuses it, so nothing is held anywhere and nothing released")
+        assert await bridge.contract.balance_of(user, ETH_ADDRESS) == 2 * ONE_ETH - ONE_ETH // 2
+        before = [r.requests() for r in replicas]
+        refusal = await chain_refuses(bridge, bridge.contract.request_withdrawal(key, ETH_ADDRESS, 10 * ONE_ETH))
+        assert "InsufficientMargin" in str(refusal)
+        await bridge.contract.deposit_eth(key, ONE_ETH // 10)  # a later block every replica folds
+        want[(owner_of(user), eth_code)] = (2 * ONE_ETH - ONE_ETH // 2 + ONE_ETH // 10, 0)
+        await wait_until(lambda: all(r.balances() == want for r in replicas), timeout=20, what="the later deposit in every replica")
+        for r, requests in zip(replicas, before):
+            assert r.requests() == requests and len(requests) == 1, "no request row for the refused request"
+        assert await bridge.contract.balance_of(user, ETH_ADDRESS) == 2 * ONE_ETH - ONE_ETH // 2 + ONE_ETH // 10
+        assert delivery.deliverer.counts() == {"delivered": 1}
 
 
 async def _paid(evm, address: str, expected: int) -> bool:

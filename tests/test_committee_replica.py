@@ -38,7 +38,7 @@ from devnets.controls import AnvilControls
 from devnets.presets import ONE_ETH
 from htlc.evm import LogRef
 from relayers.committee import ReplicaFollower
-from support.committee import TUSD, own_bridge
+from support.committee import TUSD, chain_refuses, own_bridge
 
 if TYPE_CHECKING:
     from support.committee import TestBridge
@@ -190,16 +190,13 @@ async def test_two_replicas_folding_the_same_chain_hold_the_same_books(evm, tmp_
     eth_code, tusd_code = (bridge.config.ledger_asset(s).code for s in ("ETH", "TUSD"))
     live = Follower(bridge, tmp_path / "a.sqlite", batch_blocks=1)
 
-    log.info("act: deposits, requests the margin covers, requests it does not, one release by a quorum")
+    log.info("act: deposits, requests the margin covers, one release by a quorum")
     steps = [
         bridge.contract.deposit_eth(a_key, 3 * ONE_ETH),
         bridge.contract.deposit_erc20(a_key, token, 1_000 * TUSD),
         bridge.contract.deposit_eth(b_key, ONE_ETH),
         bridge.contract.request_withdrawal(a_key, ETH_ADDRESS, ONE_ETH),  # held
-        bridge.contract.request_withdrawal(b_key, ETH_ADDRESS, 5 * ONE_ETH),  # refused: 1 ETH there
-        bridge.contract.request_withdrawal(a_key, token, 5_000 * TUSD),  # refused: 1,000 TUSD there
         bridge.contract.request_withdrawal(b_key, ETH_ADDRESS, ONE_ETH),  # held: all of it
-        bridge.contract.request_withdrawal(b_key, ETH_ADDRESS, 1),  # refused: all of it is held
         bridge.contract.request_withdrawal(a_key, token, 400 * TUSD),  # held
     ]
     for step in steps:
@@ -207,6 +204,15 @@ async def test_two_replicas_folding_the_same_chain_hold_the_same_books(evm, tmp_
         await live.catch_up()
     held = live.replica.requests(state="held")
     assert [(r.account, r.amount) for r in held] == [(owner_of(a_user), ONE_ETH), (owner_of(b_user), ONE_ETH), (owner_of(a_user), 400 * TUSD)]
+
+    log.info("act: requests the margin does not cover: the chain refuses them, so no replica has anything to fold")
+    books = (live.replica.balances(), live.replica.requests())
+    await chain_refuses(bridge, bridge.contract.request_withdrawal(b_key, ETH_ADDRESS, 5 * ONE_ETH))  # 1 ETH there, all of it taken
+    await chain_refuses(bridge, bridge.contract.request_withdrawal(a_key, token, 5_000 * TUSD))  # 600 TUSD left
+    await chain_refuses(bridge, bridge.contract.request_withdrawal(b_key, ETH_ADDRESS, 1))  # all of it is taken
+    await live.catch_up()
+    assert (live.replica.balances(), live.replica.requests()) == books, "nothing held, no request row"
+
     first = held[0]
     await bridge.contract.release(bridge.relayer_key, first.message, bridge.committee, *quorum_of(bridge, first.message_id, [0, 2, 3]))
     await bridge.contract.deposit_eth(b_key, ONE_ETH // 2)
@@ -222,23 +228,22 @@ async def test_two_replicas_folding_the_same_chain_hold_the_same_books(evm, tmp_
         (owner_of(a_user), tusd_code): (1_000 * TUSD, 400 * TUSD),
         (owner_of(b_user), eth_code): (ONE_ETH + ONE_ETH // 2, ONE_ETH),
     }
-    by_nonce = {r.nonce: r for r in a["requests"]}
-    assert [r.state for r in a["requests"]] == ["released", "refused", "refused", "held", "refused", "held"]
-    assert by_nonce[1].reason == f"margin too low: {ONE_ETH} available, {5 * ONE_ETH} requested"
-    assert by_nonce[2].reason == f"margin too low: {1_000 * TUSD} available, {5_000 * TUSD} requested"
-    assert by_nonce[4].reason == "margin too low: 0 available, 1 requested"
-    assert all(r.message_id is None and r.message is None for r in a["requests"] if r.state == "refused")
+    assert [(r.nonce, r.state) for r in a["requests"]] == [(0, "released"), (1, "held"), (2, "held")]
     # The same RELEASE bytes everywhere: what lets a quorum of independent replicas sign one message.
     assert [r.message_id for r in live.replica.requests(state="held")] == [r.message_id for r in late.replica.requests(state="held")]
     assert a["anomalies"] == []
+    # Every position the replicas fold is the contract's own margin book.
+    eth_token = {eth_code: ETH_ADDRESS, tusd_code: token}
+    for (owner, code), (posted, pending) in a["balances"].items():
+        assert await bridge.contract.balance_of(owner, eth_token[code]) == posted - pending, (owner, code)
     for replica in (live.replica, late.replica):
         assert_books_balance(replica)
 
 
-# --- holds expire by the chain's clock ----------------------------------------------------------------
+# --- an expired hold is given back by a cancel on chain, not by the clock alone --------------------------
 
 
-async def test_an_unreleased_hold_expires_at_its_ttl_and_its_release_is_refused_after(evm, tmp_path):
+async def test_an_unreleased_hold_is_voided_only_by_its_cancel_after_the_ttl_and_its_release_is_refused(evm, tmp_path):
     log.info("declare: a bridge whose releases live 60 s; no attester runs")
     ttl = 60
     bridge = await own_bridge(evm, tmp_path / "bridge", release_ttl=ttl)
@@ -247,39 +252,68 @@ async def test_an_unreleased_hold_expires_at_its_ttl_and_its_release_is_refused_
     eth_code = bridge.config.ledger_asset("ETH").code
     follower = Follower(bridge, tmp_path / "replica.sqlite")
 
-    log.info("act: deposit 1 ETH, request 0.6 ETH: the replica holds it and fixes its RELEASE")
+    log.info("act: deposit 1 ETH, request 0.6 ETH: taken on chain at once; the replica holds it and fixes its RELEASE")
+    amount = 6 * ONE_ETH // 10
     await bridge.contract.deposit_eth(key, ONE_ETH)
-    receipt = await bridge.contract.request_withdrawal(key, ETH_ADDRESS, 6 * ONE_ETH // 10)
+    receipt = await bridge.contract.request_withdrawal(key, ETH_ADDRESS, amount)
     await follower.catch_up()
     (request,) = follower.replica.requests()
     requested_at = (await evm.block_by_height(receipt.block_number)).timestamp
     assert (request.state, request.expiry) == ("held", requested_at + ttl)
-    assert follower.replica.balances() == {(owner_of(user), eth_code): (ONE_ETH, 6 * ONE_ETH // 10)}
+    assert await bridge.contract.request_expiry(request.nonce) == request.expiry  # the chain's expiry is the message's
+    assert follower.replica.balances() == {(owner_of(user), eth_code): (ONE_ETH, amount)}
+    assert await bridge.contract.balance_of(user, ETH_ADDRESS) == ONE_ETH - amount
     quorum = quorum_of(bridge, request.message_id, [0, 1, 2])  # a valid quorum, kept and never sent in time
     assert await bridge.contract.message_id(request.message) == request.message_id
 
-    log.info("act: move the chain's clock past the expiry (an empty block)")
-    await AnvilControls(evm).increase_time(ttl + 1)
-    await follower.catch_up()
-    # The fold runs on blocks that carry bridge events: an empty block moves nothing (every replica alike).
-    assert follower.replica.request(nonce=request.nonce).state == "held"
+    log.info("check: before its expiry nobody can cancel it")
+    with pytest.raises(ContractReverted) as early:
+        await bridge.contract.cancel_withdrawal(other_key, request.nonce, user, ETH_ADDRESS, amount)
+    assert early.value.reason == "NotExpired"
 
-    log.info("act: the next bridge event (someone else's deposit) folds the expiry")
-    nudge = await bridge.contract.deposit_eth(other_key, ONE_ETH // 10)
+    log.info("act: move the chain's clock past the expiry; another bridge event (someone else's deposit) is folded")
+    await AnvilControls(evm).increase_time(ttl + 1)
+    await bridge.contract.deposit_eth(other_key, ONE_ETH // 10)
     await follower.catch_up()
-    expired = follower.replica.request(nonce=request.nonce)
-    assert (expired.state, expired.reason) == ("expired", "release message expired unused")
-    with follower.replica.engine.connect() as conn:
-        closed = conn.execute(text("SELECT closed_height FROM replica_request WHERE nonce = :n"), {"n": request.nonce}).scalar_one()
-    assert closed == nudge.block_number
-    assert follower.replica.balances()[(owner_of(user), eth_code)] == (ONE_ETH, 0), "the held margin is the account's again"
-    assert_books_balance(follower.replica)
+    # The chain still holds the margin in the request: the replica does not give it back on its own.
+    assert follower.replica.request(nonce=request.nonce).state == "held"
+    assert follower.replica.balances()[(owner_of(user), eth_code)] == (ONE_ETH, amount)
+    assert await bridge.contract.balance_of(user, ETH_ADDRESS) == ONE_ETH - amount
 
     log.info("check: the contract refuses the expired message, even with a valid quorum")
     with pytest.raises(ContractReverted) as refused:
         await bridge.contract.release(bridge.relayer_key, request.message, bridge.committee, *quorum)
     assert refused.value.reason == "MessageExpired"
     assert not await bridge.contract.released(request.nonce)
+
+    log.info("check: a cancel naming another amount or account is refused")
+    for wrong in ((user, amount + 1), (other, amount)):
+        with pytest.raises(ContractReverted) as mismatch:
+            await bridge.contract.cancel_withdrawal(other_key, request.nonce, wrong[0], ETH_ADDRESS, wrong[1])
+        assert mismatch.value.reason == "RequestMismatch"
+
+    log.info("act: someone else cancels the expired request: the chain gives the margin back, the replica voids the hold")
+    cancel = await bridge.contract.cancel_withdrawal(other_key, request.nonce, user, ETH_ADDRESS, amount)
+    assert [e.name for e in bridge.contract.events_in(cancel)] == ["WithdrawalCancelled"]
+    await follower.catch_up()
+    expired = follower.replica.request(nonce=request.nonce)
+    assert (expired.state, expired.reason) == ("expired", "release expired unused; cancelled")
+    with follower.replica.engine.connect() as conn:
+        closed = conn.execute(text("SELECT closed_height FROM replica_request WHERE nonce = :n"), {"n": request.nonce}).scalar_one()
+    assert closed == cancel.block_number
+    assert follower.replica.balances()[(owner_of(user), eth_code)] == (ONE_ETH, 0), "the held margin is the account's again"
+    assert await bridge.contract.balance_of(user, ETH_ADDRESS) == ONE_ETH
+    assert await bridge.contract.request_expiry(request.nonce) == 0
+    assert follower.replica.anomalies() == []
+    assert_books_balance(follower.replica)
+
+    log.info("check: cancelled, the request can be neither cancelled again nor released")
+    with pytest.raises(ContractReverted) as twice:
+        await bridge.contract.cancel_withdrawal(other_key, request.nonce, user, ETH_ADDRESS, amount)
+    assert twice.value.reason == "AlreadyConsumed"
+    with pytest.raises(ContractReverted) as late:
+        await bridge.contract.release(bridge.relayer_key, request.message, bridge.committee, *quorum)
+    assert late.value.reason == "MessageExpired"
 
     log.info("check: the account may request again, against all of its margin")
     await bridge.contract.request_withdrawal(key, ETH_ADDRESS, ONE_ETH)
@@ -327,7 +361,7 @@ async def test_a_crash_in_the_middle_of_a_fold_leaves_nothing_half_written(evm, 
         await bridge.contract.deposit_erc20(other_key, token, 300 * TUSD),
         await bridge.contract.request_withdrawal(other_key, token, 100 * TUSD),
         await bridge.contract.deposit_eth(other_key, ONE_ETH),
-        await bridge.contract.request_withdrawal(key, ETH_ADDRESS, 10 * ONE_ETH),
+        await bridge.contract.request_withdrawal(other_key, ETH_ADDRESS, ONE_ETH // 2),
         await bridge.contract.request_withdrawal(key, ETH_ADDRESS, ONE_ETH),
     ]
     crashing.replica.crash_at = receipts[2].block_number
@@ -346,7 +380,7 @@ async def test_a_crash_in_the_middle_of_a_fold_leaves_nothing_half_written(evm, 
     await clean.catch_up()
     assert restarted.height == clean.height >= receipts[-1].block_number
     assert state(restarted.replica) == state(clean.replica)
-    assert [r.state for r in restarted.replica.requests()] == ["held", "held", "refused", "held"]
+    assert [r.state for r in restarted.replica.requests()] == ["held"] * 4
     assert_books_balance(restarted.replica)
 
 

@@ -391,7 +391,7 @@ async def test_the_devnet_oracle_and_its_config(evm, tmp_path):
     env = await make_env(evm)
     deployer = env.key("deployer")
     config = await deploy_devnet_oracle(evm, deployer, env.bridge.address)
-    assert (config.max_age, config.max_spread_bps, config.breaker_step_bps, config.interval) == (300, 200, 2000, 60)
+    assert (config.max_age, config.max_spread_bps, config.breaker_step_bps, config.interval) == (300, 200, 2000, 10)
     assert await PriceOracle(evm, config.address).params() == (300, 200, 2000)
     assert {s: f.asset for s, f in config.feeds.items()} == {"BTC": BTC_ASSET, "ETH": ETH_ASSET}
     for asset, feed in feeds_of(config, evm).items():

@@ -369,11 +369,12 @@ async def cmd_withdraw_evm(args: argparse.Namespace) -> int:
 def request_refused(exc: ContractReverted, config, sender: str, what: str) -> ContractReverted:
     """The bridge's refusal of a withdrawal request, said as the user reads it (nothing was held)."""
     m = config.margin
+    if config.oracle is None or what.endswith(" BTC"):
+        rule = "an account takes out what it holds" + (" (BTC is never borrowed)" if config.oracle is not None else "")
+    else:
+        rule = f"an account takes out what it holds, or borrows a listed asset only while it stays {m.initial_bps / 100:g} % healthy"
     reasons = {
-        "InsufficientMargin": (
-            f"the free margin of {sender} does not cover {what}: an account may take out what it holds, or borrow a listed asset "
-            f"only while it stays {m.initial_bps / 100:g} % healthy (`bridgectl ledger health {sender}`)"
-        ),
+        "InsufficientMargin": f"the free margin of {sender} does not cover {what}: {rule} (`bridgectl ledger health {sender}`)",
         "BelowMinimum": f"{what} is below the bridge's minimum BTC withdrawal",
         "BadDestination": "the destination is not a standard Bitcoin output script",
         "AssetNotListed": "the asset is not listed on this bridge",

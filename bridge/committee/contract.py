@@ -42,6 +42,8 @@ from htlc.evm import ETH, TOKEN_KINDS, LogRef, decode_log, decode_result, encode
 CONTRACT = "CollateralBridge"
 DEFAULT_GRACE = 3600
 QUORUM_ENTRY = 66  # index (1) || r (32) || s (32) || v (1)
+#: ``requests(nonce)`` of a cancelled request.
+CANCELLED = (1).to_bytes(32, "big")
 
 
 @dataclass(frozen=True)
@@ -314,8 +316,12 @@ class CollateralBridge(BoundContract):
         return await self._read("requests", nonce)
 
     async def request_open(self, nonce: int) -> bool:
-        """Whether withdrawal request ``nonce`` was made and is not released yet."""
-        return await self.request_commitment(nonce) != bytes(32)
+        """Whether withdrawal request ``nonce`` was made and is neither released nor cancelled."""
+        return await self.request_commitment(nonce) not in (bytes(32), CANCELLED)
+
+    async def cancelled(self, nonce: int) -> bool:
+        """Whether withdrawal request ``nonce`` was cancelled after its expiry."""
+        return await self._read("cancelled", nonce)
 
     async def released(self, nonce: int) -> bool:
         """Whether withdrawal request ``nonce`` was released on this chain."""

@@ -253,7 +253,7 @@ class OracleConfig:
     """``committee.json``'s ``"oracle"``:
 
         "oracle": {"address": "0x...", "deploy_block": 14, "max_age": 300, "max_spread_bps": 200,
-                   "breaker_step_bps": 2000, "interval": 60, "source_max_age": 86400,
+                   "breaker_step_bps": 2000, "interval": 10, "source_max_age": 86400,
                    "feeds": {"BTC": {"asset": "0x...", "aggregator": "0x..."}, "ETH": {...}}}
 
     ``max_age``, ``max_spread_bps`` and ``breaker_step_bps`` are the contract's (checked against

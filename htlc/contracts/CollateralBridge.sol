@@ -124,6 +124,8 @@ contract CollateralBridge {
     uint256 private constant ENTRY = 66; // bytes per packed quorum entry
     uint256 private constant HEAD = 9; // packed committee: epoch (8) || threshold (1), then the signers
     uint256 private constant BPS = 10_000;
+    /// `requests[n]` of a cancelled request (no keccak256 output is known to be this).
+    bytes32 private constant CANCELLED = bytes32(uint256(1));
     /// Margin amounts stay below this, so value arithmetic never overflows with any oracle price.
     uint256 private constant MAX_POSITION = 2 ** 100;
 
@@ -148,7 +150,7 @@ contract CollateralBridge {
     uint64 public requestNonce;
 
     /// Open withdrawal requests: keccak256(abi.encode(account, asset, amount)) by request nonce,
-    /// deleted when released (zero: never requested, or released).
+    /// deleted when released (zero: never requested, or released; CANCELLED: cancelled).
     mapping(uint64 requestNonce => bytes32 commitment) public requests;
     /// ROTATION and UNPAUSE ids that acted (releases are tracked by `requests` instead).
     mapping(bytes32 id => bool) public consumed;
@@ -348,6 +350,7 @@ contract CollateralBridge {
     function cancelWithdrawal(uint64 nonce, address account, address asset, uint256 amount) external {
         bytes32 open = requests[nonce];
         if (open != keccak256(abi.encode(account, asset, amount))) {
+            if (open == CANCELLED) revert AlreadyConsumed();
             if (open != 0) revert RequestMismatch();
             if (nonce < requestNonce) revert AlreadyConsumed();
             revert NoSuchRequest();
@@ -355,7 +358,7 @@ contract CollateralBridge {
         uint64 expiry = requestExpiry[nonce];
         if (expiry == 0) revert WrongAsset(); // a BTC request: closed by its PAYOUT_DONE only
         if (block.timestamp < expiry) revert NotExpired();
-        delete requests[nonce];
+        requests[nonce] = CANCELLED; // not 0: `released` must not say a cancelled request was paid
         delete requestExpiry[nonce];
         balanceOf[account][asset] += int256(amount);
         emit WithdrawalCancelled(nonce, account, asset, amount);
@@ -456,6 +459,7 @@ contract CollateralBridge {
         uint64 n = m.nonce;
         bytes32 open = requests[n];
         if (open != keccak256(abi.encode(m.account, BTC_ASSET, m.amount, m.payloadHash))) {
+            if (open == CANCELLED) revert AlreadyConsumed();
             if (open != 0) revert RequestMismatch();
             if (n < requestNonce) revert AlreadyConsumed();
             revert NoSuchRequest();
@@ -546,6 +550,11 @@ contract CollateralBridge {
         return nonce < requestNonce && requests[nonce] == 0;
     }
 
+    /// @notice Whether withdrawal request `nonce` was cancelled after its expiry (its margin given back).
+    function cancelled(uint64 nonce) external view returns (bool) {
+        return requests[nonce] == CANCELLED;
+    }
+
     /// @notice `account`'s haircut collateral and liabilities (USD, 8 decimals) and its health in
     /// bps (type(uint256).max when it owes nothing); reverts when a price it needs does not count.
     function health(address account) external view returns (uint256 collateral, uint256 liabilities, uint256 healthBps) {
@@ -613,6 +622,7 @@ contract CollateralBridge {
         uint64 n = m.nonce;
         bytes32 open = requests[n];
         if (open != keccak256(abi.encode(m.account, m.asset, m.amount))) {
+            if (open == CANCELLED) revert AlreadyConsumed();
             if (open != 0) revert RequestMismatch();
             if (n < requestNonce) revert AlreadyConsumed(); // released before
             revert NoSuchRequest();

@@ -1,15 +1,21 @@
 """A Byzantine attester: an attester's own code on a forged replica, plus lies.
 
     python tests/support/committee_proc.py byzantine --key KEYFILE --db URL \\
-        --forge 0xACCOMPLICE:ETH:5000000000000000000 [--legit] [--no-equivocate] [--no-garbage]
+        --forge 0xACCOMPLICE:ETH:5000000000000000000 [--forge-request 0xACCOMPLICE:ETH:4000000000000000000] \\
+        [--legit] [--no-equivocate] [--no-garbage]
 
 It holds a real committee key (so its signatures are valid) and write access to the shared
 attestation store (so it can write past ``put``).  After every step of its replica's fold it
 
 * **forges a balance**: before its replica folds anything it credits each ``--forge`` account
-  margin the chain never deposited, so its replica holds that accomplice's withdrawal requests
-  (which every honest replica refuses) and it signs their RELEASE through the store's ``put``:
-  one valid signature, where a quorum needs M;
+  margin the chain never deposited;
+* **forges requests**: the contract keeps the margin book too, so it refuses the accomplice's
+  withdrawal request (``InsufficientMargin``: no event, nothing any replica could hold).  For each
+  ``--forge-request`` its replica folds a ``WithdrawalRequested`` the chain never emitted, at a
+  request nonce the chain never issued (``FORGED_NONCE`` + its position in the list); the forged
+  balance covers it, so its replica holds it and fixes its RELEASE, which it signs through the
+  store's ``put``: one valid signature, where a quorum needs M (and a quorum would not pay it: the
+  contract has no such request);
 * with ``--legit`` it also signs the RELEASE of every other request its replica holds, the same
   bytes the honest replicas sign (it lies only about the forged accounts); without it, it signs
   the forged accounts' requests only;
@@ -39,14 +45,31 @@ from typing import Sequence
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
+from eth_utils import keccak, to_checksum_address
+
+from bridge.committee.contract import BridgeEvent
 from bridge.committee.crypto import sign
 from bridge.committee.messages import Kind, Message, decode_message, digest
 from bridge.committee.replica import CUSTODY_OWNER, Replica, owner_of
 from bridge.committee.store import AttestationRefused
 from bridge.ledger.core import Transfer
+from chains.base import BlockRef
+from htlc.evm import LogRef
 from relayers.committee import AttesterDaemon
 
-__all__ = ["Behaviour", "ByzantineAttester", "Forgery", "garbage_message", "preempt_signature", "run_byzantine", "write_signature_row"]
+__all__ = [
+    "FORGED_NONCE",
+    "Behaviour",
+    "ByzantineAttester",
+    "Forgery",
+    "garbage_message",
+    "preempt_signature",
+    "run_byzantine",
+    "write_signature_row",
+]
+
+#: The request nonce of the first ``--forge-request`` (the next ones follow): far beyond any the chain issues.
+FORGED_NONCE = 1 << 40
 
 log = logging.getLogger("byzantine")
 
@@ -74,6 +97,8 @@ class Forgery:
 @dataclass(frozen=True)
 class Behaviour:
     forge: tuple[Forgery, ...] = ()
+    #: Withdrawal requests its replica folds that the chain never took (account, symbol, amount).
+    requests: tuple[Forgery, ...] = ()
     legit: bool = False
     equivocate: bool = True
     garbage: bool = True
@@ -143,14 +168,14 @@ class ByzantineAttester(AttesterDaemon):
     async def create(cls, settings, key: bytes, db_url: str, behaviour: Behaviour) -> "ByzantineAttester":
         daemon = await cls.from_settings(settings, key, db_url)
         daemon.behaviour = behaviour
-        daemon._setup()
+        daemon._setup(await daemon.evm.head())
         return daemon
 
     @property
     def replica(self) -> Replica:
         return self.attester.replica
 
-    def _setup(self) -> None:
+    def _setup(self, head: BlockRef) -> None:
         replica = self.replica
         with replica.engine.begin() as conn:
             conn.execute(text(_DONE_TABLE))
@@ -161,7 +186,21 @@ class ByzantineAttester(AttesterDaemon):
                 custody = replica.ledger.open_account_in(conn, CUSTODY_OWNER, "custody", code)
                 forged = Transfer(f"forged:{owner}:{code}", custody.id, user.id, forgery.amount, cause="forged: the chain never deposited it")
                 replica.ledger.apply_in(conn, [forged], int(time.time()))
-        log.warning("byzantine 0x%s: forged %s; legit=%s", self.attester.address.hex(), self.behaviour.forge, self.behaviour.legit)
+        # The requests the chain refused, folded as if it had taken them (at the head's time, so the
+        # RELEASE expiry looks like any other); a restart folds the same events again: no-ops.
+        forged_requests = [self._forged_request(n, r) for n, r in enumerate(self.behaviour.requests)]
+        if forged_requests:
+            with replica.engine.begin() as conn:
+                replica.fold(conn, forged_requests, head)
+        log.warning(
+            "byzantine 0x%s: forged %s, requests %s; legit=%s", self.attester.address.hex(), self.behaviour.forge, self.behaviour.requests, self.behaviour.legit
+        )
+
+    def _forged_request(self, index: int, request: Forgery) -> BridgeEvent:
+        nonce = FORGED_NONCE + index
+        (asset,) = [a for a, spec in self.replica.config.assets.items() if spec.symbol.lower() == request.symbol.lower()]
+        fields = {"account": to_checksum_address(request.account), "asset": to_checksum_address(asset), "amount": request.amount, "requestNonce": nonce}
+        return BridgeEvent("WithdrawalRequested", fields, LogRef(0, "0x" + keccak(b"forged request %d" % nonce).hex(), 0))
 
     def _code(self, symbol: str) -> str:
         for asset in self.replica.config.assets.values():

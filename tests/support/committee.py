@@ -408,6 +408,20 @@ class Fleet:
         args += [] if garbage else ["--no-garbage"]
         return self._start(name, args)
 
+    def start_byzantine_forging(
+        self, index: int, forge: Sequence[tuple[str, str, int]], requests: Sequence[tuple[str, str, int]], legit: bool = False
+    ) -> subprocess.Popen:
+        """``start_byzantine`` whose replica also folds ``requests`` (account, symbol, amount): withdrawal
+        requests the chain refused, forged at nonces ``support.byzantine.FORGED_NONCE`` + their position."""
+        name = f"attester-{index}"
+        args = ["byzantine", "--key", str(self.bridge.key_file(index)), "--db", self.db_url(name)]
+        for account, symbol, amount in forge:
+            args += ["--forge", f"{account}:{symbol}:{amount}"]
+        for account, symbol, amount in requests:
+            args += ["--forge-request", f"{account}:{symbol}:{amount}"]
+        args += ["--legit"] if legit else []
+        return self._start(name, args)
+
     def start_deliverer(self) -> subprocess.Popen:
         return self._start("deliverer", ["deliverer", "--evm-key-env", DELIVERER_KEY_ENV], {DELIVERER_KEY_ENV: self.bridge.relayer_key})
 
@@ -556,3 +570,25 @@ def custody_ops(engine: Engine) -> dict[str, str]:
             return {i: s for i, s in conn.execute(text("SELECT id, state FROM custody_payout"))}
     except Exception:  # noqa: BLE001 - no table yet
         return {}
+
+
+# --- the margin book the contract keeps (requests are taken from it at once) ------------------------
+
+from typing import Awaitable  # noqa: E402
+
+from bridge.core.errors import ContractReverted  # noqa: E402
+
+
+async def chain_refuses(bridge: TestBridge, request: Awaitable, reason: str = "InsufficientMargin") -> ContractReverted:
+    """Await a withdrawal request the contract must refuse: it reverts with ``reason`` and takes no
+    request nonce (no ``WithdrawalRequested``: no replica has anything to hold).  The revert."""
+    nonce = await bridge.contract.request_nonce()
+    try:
+        await request
+    except ContractReverted as exc:
+        assert exc.reason == reason, f"refused with {exc.reason!r}, not {reason!r}: {exc}"
+        refused = exc
+    else:
+        raise AssertionError(f"the contract took a request it should refuse with {reason}")
+    assert await bridge.contract.request_nonce() == nonce, "a refused request took a nonce"
+    return refused

@@ -4,6 +4,7 @@
     python tests/support/committee_proc.py attester --key KEYFILE [--db URL] [--port N]
     python tests/support/committee_proc.py deliverer [--evm-key-env VAR] [--port N]
     python tests/support/committee_proc.py byzantine --key KEYFILE --db URL [--forge ADDR:SYMBOL:AMOUNT ...]
+                                                     [--forge-request ADDR:SYMBOL:AMOUNT ...]
                                                      [--legit] [--no-equivocate] [--no-garbage] [--port N]
 
 ``attester`` and ``deliverer`` are ``relayers.committee.run_attester`` / ``run_deliverer`` (what
@@ -40,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     byzantine.add_argument("--key", required=True)
     byzantine.add_argument("--db", required=True)
     byzantine.add_argument("--forge", action="append", default=[], help="ADDR:SYMBOL:AMOUNT margin the chain never deposited")
+    byzantine.add_argument("--forge-request", action="append", default=[], help="ADDR:SYMBOL:AMOUNT a withdrawal request the chain never took")
     byzantine.add_argument("--legit", action="store_true", help="also sign the other requests' RELEASE correctly")
     byzantine.add_argument("--no-equivocate", dest="equivocate", action="store_false")
     byzantine.add_argument("--no-garbage", dest="garbage", action="store_false")
@@ -58,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(run_deliverer(settings, key, port=args.port))
     from support.byzantine import Behaviour, parse_forgeries, run_byzantine
 
-    behaviour = Behaviour(parse_forgeries(args.forge), legit=args.legit, equivocate=args.equivocate, garbage=args.garbage)
+    behaviour = Behaviour(parse_forgeries(args.forge), parse_forgeries(args.forge_request), legit=args.legit, equivocate=args.equivocate, garbage=args.garbage)
     return asyncio.run(run_byzantine(settings, args.key, args.db, behaviour, port=args.port))
 
 
