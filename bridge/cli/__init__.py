@@ -20,7 +20,7 @@ from bridge.core.errors import BridgeError
 
 #: Command groups, in the order ``--help`` lists them.  A module that is not
 #: there yet is skipped, so groups can land one at a time.
-GROUPS = ("devnet", "htlc", "ledger", "swap", "relayer", "committee")
+GROUPS = ("devnet", "htlc", "ledger", "swap", "relayer", "committee", "margin")
 
 
 def build_parser() -> argparse.ArgumentParser:

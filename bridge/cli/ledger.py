@@ -4,6 +4,14 @@ The database is ``--db URL``, else the settings' ``database_url`` (default: the 
 file in the data dir).  An ACCOUNT is its numeric id or ``OWNER/KIND/ASSET`` (e.g.
 ``alice/user/BTC``).  Amounts are integers in base units (sats, wei, token units);
 prices are USD with 8 decimals per whole unit.
+
+``ledger health`` has two views.  Where a bridge's committee.json is found (as ``bridgectl
+message`` and ``withdraw`` find it: ``[committee] config``, else ``<data dir>/committee.json``),
+it shows the bridge: each account's health on the contract beside the service replica's, with
+its positions (``bridge/cli/margin.py``).  Otherwise, with ``--standalone``, or with any of the
+standalone options (``--quorum``, ``--max-age``, ``--max-spread-bps``, ``--threshold-bps``,
+``--scan``), it shows the margin view of the ledger's own recorded price reports.  ``--bridge``
+asks for the bridge view whatever is given.
 """
 
 from __future__ import annotations
@@ -171,9 +179,14 @@ def cmd_export(args):
         queries.export(ledger.engine, sys.stdout, args.from_, to, args.format)
 
 
+#: The standalone margin view's defaults (``health`` leaves them unset, to tell the two views apart).
+VIEW_DEFAULTS = {"quorum": 2, "max_age": 300, "max_spread_bps": 200, "threshold_bps": 11_000}
+
+
 def _view(args) -> MarginView:
-    policy = PricePolicy(quorum=args.quorum, max_age=args.max_age, max_spread_bps=args.max_spread_bps)
-    return MarginView(_ledger(args).engine, policy, threshold_bps=args.threshold_bps)
+    value = {k: d if getattr(args, k, None) is None else getattr(args, k) for k, d in VIEW_DEFAULTS.items()}
+    policy = PricePolicy(quorum=value["quorum"], max_age=value["max_age"], max_spread_bps=value["max_spread_bps"])
+    return MarginView(_ledger(args).engine, policy, threshold_bps=value["threshold_bps"])
 
 
 def cmd_price(args):
@@ -184,6 +197,10 @@ def cmd_price(args):
 
 
 def cmd_health(args):
+    from bridge.cli.margin import cmd_bridge_health, wants_bridge_view
+
+    if wants_bridge_view(args):
+        return cmd_bridge_health(args)
     view = _view(args)
     healths = view.health(args.owner)
     events = view.scan() if args.scan else []
@@ -230,17 +247,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     exp.add_argument("--output", "-o", help="file (default: stdout)")
 
     for name, help, func in (
-        ("health", "margin health of one owner or every owner with collateral or debt", cmd_health),
+        (
+            "health",
+            "margin health of one account or every account with collateral or debt: on the bridge beside the service replica "
+            "(with a committee.json), else from recorded price reports",
+            cmd_health,
+        ),
         ("price", "record an oracle price report by hand", cmd_price),
     ):
         sp = cmd(name, help, func)
-        sp.add_argument("--quorum", type=_int("quorum"), default=2, help="fresh reporters needed (default 2)")
-        sp.add_argument("--max-age", type=_int("seconds"), default=300, help="seconds a report stays fresh (default 300)")
-        sp.add_argument("--max-spread-bps", type=_int("bps"), default=200, help="largest disagreement (default 200)")
-        sp.add_argument("--threshold-bps", type=_int("bps"), default=11_000, help="liquidation threshold (default 11000)")
+        # ``health`` leaves them unset: given, they ask for the standalone view.
+        dflt = dict(VIEW_DEFAULTS) if name == "price" else dict.fromkeys(VIEW_DEFAULTS)
+        sp.add_argument("--quorum", type=_int("quorum"), default=dflt["quorum"], help="standalone: fresh reporters needed (default 2)")
+        sp.add_argument("--max-age", type=_int("seconds"), default=dflt["max_age"], help="standalone: seconds a report stays fresh (default 300)")
+        sp.add_argument("--max-spread-bps", type=_int("bps"), default=dflt["max_spread_bps"], help="standalone: largest disagreement (default 200)")
+        sp.add_argument("--threshold-bps", type=_int("bps"), default=dflt["threshold_bps"], help="standalone: liquidation threshold (default 11000)")
         if name == "health":
-            sp.add_argument("owner", nargs="?", help="owner (default: all)")
-            sp.add_argument("--scan", action="store_true", help="also record threshold crossings as events")
+            sp.add_argument("owner", nargs="?", help="bridge view: an account address (default: every account); standalone: an owner (default: all)")
+            sp.add_argument("--scan", action="store_true", help="standalone: also record threshold crossings as events")
+            which = sp.add_mutually_exclusive_group()
+            which.add_argument("--bridge", action="store_true", help="the bridge's view (contract and service replica), from committee.json")
+            which.add_argument("--standalone", action="store_true", help="the view of the ledger's own recorded price reports")
         else:
             sp.add_argument("asset")
             sp.add_argument("price", type=_int("price"), help="USD with 8 decimals per whole unit")

@@ -1,13 +1,16 @@
-"""`bridgectl relayer run lp|watcher|attester|deliverer`: the relayer daemons, each on the shared runner.
+"""`bridgectl relayer run lp|watcher|attester|deliverer|liquidator`: the relayer daemons, each on the shared runner.
 
 lp: the liquidity provider (quotes, accepts and settles swaps); watcher: finishes
 swaps for parties that are offline (claims and refunds handed to it with
 `bridgectl swap watch`); attester: one committee key, its own replica of the margin
 ledger, signing what the replica justifies; deliverer: keeps the service's replica
-(the bridge database) and takes every quorum to the bridge contract.
+(the bridge database) and takes every quorum to the bridge contract; liquidator: follows the
+bridge with its own replica and liquidates, from its key, every account below the threshold
+(``relayers/liquidator.py``).
 
     bridgectl relayer run attester --key KEYFILE [--db URL] [--port N] [--rotate-to FILE] [--approve-unpause N]
     bridgectl relayer run deliverer [--evm-key-env VAR] [--port N]
+    bridgectl relayer run liquidator --key KEYFILE [--db URL] [--port N]
 
 Both follow the data dir's devnet (``devnet.json``) unless other nodes are configured.  The
 deliverer pays gas from the key in the environment variable ``--evm-key-env`` (default
@@ -34,6 +37,8 @@ DELIVERER_DEVNET_ACCOUNT = 9
 WATCHER_KEY_ENV = "WATCHER_EVM_KEY"
 #: Options only the attester takes (dest -> flag).
 ATTESTER_ONLY = {"key": "--key", "db": "--db", "rotate_to": "--rotate-to", "approve_unpause": "--approve-unpause"}
+#: Of those, the ones the liquidator takes too.
+LIQUIDATOR_TOO = {"key", "db"}
 
 
 def _port(value: str) -> int:
@@ -57,17 +62,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     run = cmds.add_parser("run", help="run a daemon until SIGTERM/SIGINT")
     run.add_argument(
         "daemon",
-        choices=["lp", "watcher", "attester", "deliverer"],
+        choices=["lp", "watcher", "attester", "deliverer", "liquidator"],
         help="lp: the liquidity provider (quotes, accepts and settles swaps); watcher: finishes swaps for offline parties; "
-        "attester: signs, for one committee key, what its own replica justifies; deliverer: keeps the service replica and delivers quorums",
+        "attester: signs, for one committee key, what its own replica justifies; deliverer: keeps the service replica and delivers quorums; "
+        "liquidator: liquidates, from its key, every account below the bridge's liquidation threshold",
     )
     run.add_argument("--swap-config", help="lp, watcher: swap TOML (default: $BRIDGE_SWAP_CONFIG or <data dir>/swaps.toml)")
     run.add_argument("--host", default=None, help="HTTP bind address (default: lp.host from the swap config for the LP, else 127.0.0.1)")
     run.add_argument(
-        "--port", type=_port, default=None, help="HTTP port (default: lp.port from the swap config for the LP, 8700 watcher, 8710 attester, 8720 deliverer)"
+        "--port",
+        type=_port,
+        default=None,
+        help="HTTP port (default: lp.port from the swap config for the LP, 8700 watcher, 8710 attester, 8720 deliverer, 8730 liquidator)",
     )
-    run.add_argument("--key", metavar="KEYFILE", help="attester: the committee key file (32 bytes as hex)")
-    run.add_argument("--db", metavar="URL", help="attester: its replica's database (default <data dir>/attester-<address>.sqlite)")
+    run.add_argument("--key", metavar="KEYFILE", help="attester: the committee key file; liquidator: its EVM key file (32 bytes as hex)")
+    run.add_argument(
+        "--db",
+        metavar="URL",
+        help="attester, liquidator: its replica's database (default <data dir>/attester-<address>.sqlite, <data dir>/liquidator-<address>.sqlite)",
+    )
     run.add_argument(
         "--rotate-to",
         metavar="FILE",
@@ -87,10 +100,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 async def cmd_run(args: argparse.Namespace) -> int:
     for dest, flag in ATTESTER_ONLY.items():
-        if args.daemon != "attester" and getattr(args, dest) is not None:
+        if args.daemon == "attester" or getattr(args, dest) is None:
+            continue
+        if dest not in LIQUIDATOR_TOO:
             raise InputError(f"{flag} applies to `relayer run attester` only", field=dest)
+        if args.daemon != "liquidator":
+            raise InputError(f"{flag} applies to `relayer run attester` only (and to `relayer run liquidator`)", field=dest)
     if args.daemon == "attester":
         return await _run_attester(args)
+    if args.daemon == "liquidator":
+        return await _run_liquidator(args)
     if args.daemon == "deliverer":
         return await _run_deliverer(args)
     if args.daemon == "watcher":
@@ -115,6 +134,20 @@ async def _run_attester(args: argparse.Namespace) -> int:
     rotation = load_rotation(args.rotate_to) if args.rotate_to else None
     port = args.port if args.port is not None else DEFAULT_ATTESTER_PORT
     return await run_attester(settings, args.key, db_url=args.db, host=args.host, port=port, rotation=rotation, approve_unpause=args.approve_unpause)
+
+
+async def _run_liquidator(args: argparse.Namespace) -> int:
+    from relayers.committee import read_key
+    from relayers.liquidator import DEFAULT_LIQUIDATOR_PORT, run_liquidator
+
+    if not args.key:
+        raise InputError("`relayer run liquidator` needs --key KEYFILE (the liquidator's EVM key, 32 bytes as hex)", field="key")
+    read_key(args.key)  # a missing or malformed key file is refused before anything starts
+    if args.evm_key_env:
+        raise InputError("--evm-key-env does not apply to `relayer run liquidator`: it sends from --key KEYFILE", field="evm_key_env")
+    settings = cli_settings(args)
+    port = args.port if args.port is not None else DEFAULT_LIQUIDATOR_PORT
+    return await run_liquidator(settings, args.key, db_url=args.db, host=args.host, port=port)
 
 
 async def _run_deliverer(args: argparse.Namespace) -> int:
