@@ -1,5 +1,6 @@
 """`make demo`: bring up both devnets, act on each chain, run three atomic swaps, then the committee
-(margin deposits and a withdrawal released by a quorum), print what happened, stop.
+(margin deposits, a withdrawal released by a quorum, BTC margin, a liquidation after a price drop,
+BTC payouts), print what happened, stop.
 
     python -m bridge.demo [--data-dir .devnet/demo] [--keep] [--no-swaps] [--no-committee]
 
@@ -135,6 +136,16 @@ async def run(data_dir: Path, keep: bool, skip_swaps: bool = False, skip_committ
             print(f"  credited as margin (transfer {d['transfer']}) in each replica at: {credited}")
         w = committee["withdrawal"]
         print(f"\nwithdrawal request {w['request']} (bridgectl message show req:{w['request']}):\n{w['show']}")
+        liq = committee.get("liquidation")
+        if liq:
+            q = liq["liquidation"]
+            print(
+                f"\nliquidation: BTC {liq['price']['before']:,} -> {liq['price']['after']:,} USD; account {liq['accounts'][0]} (borrowed "
+                f"{liq['borrow']['amount']} TUSD against {liq['deposit']['amount']} BTC) liquidated in tx {q['tx']} (block {q['block']}) at health "
+                f"{int(q['chain_health_bps']) / 100:.2f} % on chain, {int(q['replica_health_bps']) / 100:.2f} % in the service replica"
+            )
+            p = liq["payout"]
+            print(f"  the liquidator (account {liq['accounts'][1]}) withdrew the seized BTC: request {p['request']}, {p['received']} BTC at {p['to']}")
         print(f"\n{committee['balances']}")
         print(f"  the replicas {'agree' if committee['agree'] else 'DISAGREE'}; their databases and logs: {committee['work']}")
     print(f"\ntook {time.monotonic() - tl.started:.1f}s; nodes {'left running' if keep else 'stopped'}")

@@ -318,47 +318,61 @@ def _printed(lines: list[tuple[float, str]], prefix: str) -> str:
     raise DevnetError(f"the command printed no {prefix.strip()!r}")
 
 
-async def btc_act(c: CommitteeAct, user: str) -> dict:
-    """The Bitcoin act; returns the deposit (as ``deposit`` does) and the withdrawal."""
+class Miner:
+    """The devnet's Bitcoin miner for the act: a block whenever a transaction waits."""
+
+    def __init__(self, c: CommitteeAct) -> None:
+        self.c = c
+        self.btc = _btc_adapter(c.descriptor)
+        self.mined: list[str] = []
+        self.task: asyncio.Task | None = None
+
+    async def __aenter__(self) -> "Miner":
+        self.task = asyncio.create_task(mine_mempool(self.btc, self.c.descriptor["bitcoin"]["keys"][0]["address"], self.mined))
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)
+        await self.btc.close()
+
+
+async def btc_deposit(c: CommitteeAct, miner: Miner, account: int, amount: str) -> dict:
+    """`deposit btc` for devnet account ``account``: its address (registering its key), then a
+    payment of ``amount`` BTC from devnet BTC key ``BTC_FUNDER`` followed until credited everywhere."""
+    say = c.say
+    user = c.descriptor["evm"]["accounts"][account]["address"]
+    say(f"user: bridgectl deposit btc --account {account}   (its deposit address: registers the account's key first)")
+    lines = await run_command(c, "deposit", "btc", "--account", str(account))
+    address = _printed(lines, "deposit address")
+    await wait_until(lambda: all(c.status(n).btc_keys(user) for n in c.replicas), timeout=30, what="the key in every replica")
+    say(f"the key of account {account} is registered in all {len(c.replicas)} replicas: every attester watches {address}")
+    say(f"user: bridgectl deposit btc --account {account} --fund {amount} --btc-key {BTC_FUNDER}")
+    args = ("deposit", "btc", "--account", str(account), "--fund", amount, "--btc-key", str(BTC_FUNDER), "--timeout", "60")
+    return await _credited_everywhere(c, user, "BTC", args, _btc_tx_block)
+
+
+async def btc_withdraw(c: CommitteeAct, miner: Miner, account: int, amount: str) -> dict:
+    """`withdraw btc` of ``amount`` BTC for devnet account ``account`` to a fresh Bitcoin address,
+    followed until paid, confirmed and posted in every replica."""
     from bridge.cli.committee import render_withdrawal
     from chains.bitcoin_wallet import BtcKey
 
-    say = c.say
-    btc = _btc_adapter(c.descriptor)
-    mined: list[str] = []
-    miner = asyncio.create_task(mine_mempool(btc, c.descriptor["bitcoin"]["keys"][0]["address"], mined))
-    try:
-        height = await btc.height()
-        say(f"Bitcoin: the demo mines a block whenever a transaction waits (height {height}); custody {c.config.bitcoin.policy.descriptor[:40]}…")
-        say(f"user: bridgectl deposit btc --account {USER_ACCOUNT}   (its deposit address: registers the account's key first)")
-        lines = await run_command(c, "deposit", "btc", "--account", str(USER_ACCOUNT))
-        address = _printed(lines, "deposit address")
-        await wait_until(lambda: all(c.status(n).btc_keys(user) for n in c.replicas), timeout=30, what="the key in every replica")
-        say(f"the key of account {USER_ACCOUNT} is registered in all {len(c.replicas)} replicas: every attester watches {address}")
-
-        say(f"user: bridgectl deposit btc --account {USER_ACCOUNT} --fund {BTC_DEPOSIT} --btc-key {BTC_FUNDER}")
-        args = ("deposit", "btc", "--account", str(USER_ACCOUNT), "--fund", BTC_DEPOSIT, "--btc-key", str(BTC_FUNDER), "--timeout", "60")
-        credit = await _credited_everywhere(c, user, "BTC", args, _btc_tx_block)
-
-        payee = BtcKey.generate()
-        to = payee.p2wpkh_address("regtest")
-        say(f"user: bridgectl withdraw btc --amount {BTC_WITHDRAWAL} --to {to} --account {USER_ACCOUNT}   (a fresh Bitcoin address)")
-        lines = await run_command(c, "withdraw", "btc", "--amount", BTC_WITHDRAWAL, "--to", to, "--account", str(USER_ACCOUNT), "--timeout", "60")
-        nonce = int(_printed(lines, "withdrawal request ").rstrip(":"))
-        await wait_until(lambda: all(_request_state(c, name, nonce) == "released" for name in c.replicas), timeout=30, what="the payout posted everywhere")
-        view = c.status("service").withdrawal(nonce)
-        received = await btc.balance([payee.p2wpkh_script])
-        payout = view["payout"] or {}
-        say(
-            f"request {nonce}: paid on Bitcoin in {payout.get('txid')} (block {(payout.get('confirmed') or {}).get('block')}); "
-            f"{to} holds {_btc(received)} BTC on chain; every replica posted the hold"
-        )
-        say(f"Bitcoin: the demo mined {len(mined)} blocks in this act (height {await btc.height()})")
-        return {"deposit": credit, "request": nonce, "to": to, "received": _btc(received), "status": render_withdrawal(view)}
-    finally:
-        miner.cancel()
-        await asyncio.gather(miner, return_exceptions=True)
-        await btc.close()
+    payee = BtcKey.generate()
+    to = payee.p2wpkh_address("regtest")
+    c.say(f"user: bridgectl withdraw btc --amount {amount} --to {to} --account {account}   (a fresh Bitcoin address)")
+    lines = await run_command(c, "withdraw", "btc", "--amount", amount, "--to", to, "--account", str(account), "--timeout", "90")
+    nonce = int(_printed(lines, "withdrawal request ").rstrip(":"))
+    await wait_until(lambda: all(_request_state(c, name, nonce) == "released" for name in c.replicas), timeout=30, what="the payout posted everywhere")
+    view = c.status("service").withdrawal(nonce)
+    received = await miner.btc.balance([payee.p2wpkh_script])
+    payout = view["payout"] or {}
+    c.say(
+        f"request {nonce}: paid on Bitcoin in {payout.get('txid')} (block {(payout.get('confirmed') or {}).get('block')}); "
+        f"{to} holds {_btc(received)} BTC on chain; every replica posted the hold"
+    )
+    return {"request": nonce, "to": to, "received": _btc(received), "status": render_withdrawal(view)}
 
 
 def _btc(sats: int) -> str:
@@ -367,17 +381,21 @@ def _btc(sats: int) -> str:
     return BTC.to_whole(sats)
 
 
-def balances(c: CommitteeAct, user: str) -> str:
+def balances(c: CommitteeAct, user: str, account: int = USER_ACCOUNT) -> str:
+    """Each replica's positions of ``user`` (negative: owed), with what its requests hold."""
     rows = []
     for name in c.replicas:
-        entries = c.status(name).balances(user)
-        books = ", ".join(f"{b['amount']} {b['asset']}" + (f" ({b['held']} held)" if b["held_base"] != "0" else "") for b in entries) or "nothing"
+        held = {b["asset"]: b["held"] for b in c.status(name).balances(user) if b["held_base"] != "0"}
+        entries = c.status(name).positions(user)
+        books = ", ".join(f"{b['amount']} {b['asset']}" + (f" ({held[b['asset']]} held)" if b["asset"] in held else "") for b in entries) or "nothing"
         rows.append(f"  {name:10} {books}")
-    return f"margin of {user} (account {USER_ACCOUNT}) in each replica:\n" + "\n".join(rows)
+    return f"margin of {user} (account {account}) in each replica:\n" + "\n".join(rows)
 
 
 async def run_committee(descriptor: dict, data_dir: Path, say) -> dict:
     """The committee act; returns what happened for the summary."""
+    from bridge.demo_liquidation import liquidation_act
+
     c = CommitteeAct(data_dir, descriptor, say)
     user = descriptor["evm"]["accounts"][USER_ACCOUNT]["address"]
     try:
@@ -385,14 +403,23 @@ async def run_committee(descriptor: dict, data_dir: Path, say) -> dict:
         deposits = [await deposit(c, user, asset, amount) for asset, amount in DEPOSITS]
         withdrawal = await withdraw(c, user, *WITHDRAWAL)
         started = time.monotonic()
-        say("Bitcoin collateral: the trader deposits BTC to its own deposit address and withdraws some to a Bitcoin address")
-        btc = await btc_act(c, user)
-        deposits.append(btc["deposit"])
+        async with Miner(c) as miner:
+            height = await miner.btc.height()
+            say(f"Bitcoin: the demo mines a block whenever a transaction waits (height {height}); custody {c.config.bitcoin.policy.descriptor[:40]}…")
+            say(f"Bitcoin collateral: account {USER_ACCOUNT} deposits {BTC_DEPOSIT} BTC to its own deposit address")
+            deposits.append(await btc_deposit(c, miner, USER_ACCOUNT, BTC_DEPOSIT))
+            liquidation = await liquidation_act(c, miner)
+            say(f"the second trader (account {USER_ACCOUNT}) withdraws {BTC_WITHDRAWAL} BTC of its own to a Bitcoin address")
+            btc = await btc_withdraw(c, miner, USER_ACCOUNT, BTC_WITHDRAWAL)
+            say(f"Bitcoin: the demo mined {len(miner.mined)} blocks in these acts (height {await miner.btc.height()})")
         print(f"\nBTC withdrawal request {btc['request']} (bridgectl withdraw status {btc['request']}):\n{btc['status']}\n", flush=True)
-        say(f"the Bitcoin act took {time.monotonic() - started:.1f}s")
-        books = balances(c, user)
-        agree = len({tuple(sorted((b["asset"], b["amount_base"]) for b in c.status(n).balances(user))) for n in c.replicas}) == 1
-        say(f"the {len(c.replicas)} replicas {'agree' if agree else 'DISAGREE'} on the margin of account {USER_ACCOUNT} (BTC included)")
-        return {"deposits": deposits, "withdrawal": withdrawal, "btc": btc, "balances": books, "agree": agree, "work": str(c.work)}
+        say(f"the Bitcoin acts took {time.monotonic() - started:.1f}s")
+        books = "\n".join(balances(c, descriptor["evm"]["accounts"][i]["address"], i) for i in (USER_ACCOUNT, *liquidation["accounts"]))
+        agree = all(
+            len({tuple(sorted((b["asset"], b["amount_base"]) for b in c.status(n).positions(a))) for n in c.replicas}) == 1
+            for a in (user, *liquidation["addresses"])
+        )
+        say(f"the {len(c.replicas)} replicas {'agree' if agree else 'DISAGREE'} on the margin of every account of the demo (BTC included)")
+        return {"deposits": deposits, "withdrawal": withdrawal, "btc": btc, "liquidation": liquidation, "balances": books, "agree": agree, "work": str(c.work)}
     finally:
         c.stop()
