@@ -17,7 +17,7 @@ import time
 from typing import Any
 
 from bridge.cli import emit, printable
-from bridge.core.errors import InputError
+from bridge.core.errors import BridgeError, InputError
 from bridge.core.settings import load_settings
 from bridge.swaps import models as m
 from bridge.swaps.assets import AssetBook
@@ -85,17 +85,19 @@ async def _party(args: argparse.Namespace, with_lp: bool = True, loaded=None):
     return await Party.open(settings, config, LpClient() if with_lp else None)
 
 
-def _amount(leg) -> str:
+def _amount(leg, book: AssetBook | None = None) -> str:
+    """A leg's amount in whole units of its asset (a token by the decimals the swap config gives it);
+    a token the config does not know is shown in base units, and says so."""
     try:
-        return AssetBook().get(leg.asset).to_whole(leg.value) if leg.asset in ("btc", "eth") else str(leg.amount)
-    except (ValueError, TypeError):  # a row another version (or party) wrote: show it as stored
-        return str(leg.amount)
+        return (book or AssetBook()).get(leg.asset).to_whole(leg.value)
+    except (ValueError, TypeError, BridgeError):  # a row another version (or party) wrote, or an unknown token
+        return f"{leg.amount} (base units)"
 
 
-def _line(view) -> str:
+def _line(view, book: AssetBook | None = None) -> str:
     """One swap on one line; everything read from the database is printed with control characters escaped."""
     s = view.swap
-    legs = "  ".join(f"{printable(n)}: {printable(l.asset)} {printable(_amount(l))}" for n, l in view.legs.items())
+    legs = "  ".join(f"{printable(n)}: {printable(l.asset)} {printable(_amount(l, book))}" for n, l in view.legs.items())
     wait = f"  ({printable(s.last_error)})" if s.last_error else ""
     return f"{printable(s.id)}  {printable(s.state):26} {legs}{wait}"
 
@@ -121,7 +123,7 @@ async def _drive(args: argparse.Namespace, party, swap_id: str) -> int:
     def show(view) -> None:
         seen = (view.swap.state, view.swap.last_error)
         if view.swap.id == swap_id and seen != shown[0] and not args.json:
-            print(time.strftime("%H:%M:%S"), _line(view), flush=True)
+            print(time.strftime("%H:%M:%S"), _line(view, party.assets), flush=True)
             shown[0] = seen
 
     party.engine.on_transition = show
@@ -190,7 +192,7 @@ async def cmd_status(args: argparse.Namespace) -> int:
     data = describe(view)
     stalled = stalled_for(view.swap, config.poll_interval)
     data["stalled_for"] = stalled
-    text = _line(view) + "\n" + timeline
+    text = _line(view, config.assets()) + "\n" + timeline
     if stalled is not None:
         text += (
             f"\nnothing is driving this swap (next step was due {stalled:.0f}s ago): run `bridgectl swap status {printable(view.swap.id)} --watch` to resume"
@@ -207,13 +209,14 @@ def _store(settings):
 
 
 async def cmd_list(args: argparse.Namespace) -> int:
-    settings = load_settings(args.config, data_dir=args.data_dir)
+    settings, config = _config(args)
     store = _store(settings)
     try:
         views = store.list()
     finally:
         store.engine.dispose()
-    emit(args, [describe(v) for v in views], text="\n".join(_line(v) for v in views) or "no swaps")
+    book = config.assets()
+    emit(args, [describe(v) for v in views], text="\n".join(_line(v, book) for v in views) or "no swaps")
     return 0
 
 
