@@ -42,6 +42,19 @@ atomically with the delivery log and the cursor move, or not at all.  Hence:
 * Keep ``on_events`` short: on SQLite the transaction holds the write lock while
   the consumer runs.
 
+Backfill
+--------
+A consumer whose watch set grows (a newly registered address) may need the blocks the
+indexer already passed looked at again for the new part only.  It says so with an optional
+``backfill(cursor_height) -> Backfill | None``, asked at the start of every ``step()``: the
+indexer reads ``from_height..cursor`` (clamped to where it began) with the backfill's own
+selector, in batches of ``batch_blocks`` (progress logged every ``log_every`` seconds), then
+hands the blocks that had any event to ``consumer.on_backfill(blocks, token, session=...)``
+in one transaction that first checks the cursor did not move and the events' blocks are the
+ones it recorded (else nothing is written and the next step asks again).  The consumer records
+in that transaction that the backfill is done, so it runs once across crashes; its writes must be
+idempotent all the same.
+
 Reorgs deeper than ``keep_blocks`` cannot be rewound exactly and raise
 ``ReorgBeyondWindow`` (operator action needed); choose ``keep_blocks`` well above
 any plausible reorg depth.  Two live instances with the same name are refused by a
@@ -69,7 +82,7 @@ from chains.base import BlockRef, ChainAdapter, ChainEvent
 from chains.cursor_store import Cursor, CursorStore, OrphanedBlock, create_tables
 from chains.heads import wait_unless
 
-__all__ = ["Indexer", "IndexerConsumer", "OrphanedBlock", "ReorgBeyondWindow", "StepResult"]
+__all__ = ["Backfill", "Indexer", "IndexerConsumer", "OrphanedBlock", "ReorgBeyondWindow", "StepResult"]
 
 log = logging.getLogger("chains.indexer")
 
@@ -89,6 +102,20 @@ class IndexerConsumer(Protocol):
 
     async def on_revert(self, orphaned: list[OrphanedBlock], *, session: Session) -> None:
         """Blocks whose events were delivered and are no longer canonical, newest first."""
+
+
+@dataclass(frozen=True)
+class Backfill:
+    """Blocks already passed that a consumer wants read again for what it newly watches.
+
+    ``selector`` is passed to ``adapter.events`` for each batch of ``from_height..cursor``, or is
+    a function of the events found in the earlier batches returning one (on Bitcoin: to follow
+    the spends of the outputs found).  ``token`` goes back to ``on_backfill`` unchanged.
+    """
+
+    from_height: int
+    selector: Any = None
+    token: Any = None
 
 
 @dataclass(frozen=True)
@@ -217,6 +244,7 @@ class Indexer:
         self._announced = False
         safe = head.height - self.confirmations + 1
         cursor = self._cursor_or_create()
+        await self._backfill(cursor)
         self.stats["head"] = head.height
         self.stats["lag"] = max(safe - cursor.height, 0)
         low = cursor.height + 1
@@ -345,6 +373,53 @@ class Indexer:
         # A callable selector is asked at every batch: what a consumer watches can grow while it runs
         # (a swap relayer learns new HTLC outpoints as swaps are made).
         return self.selector() if callable(self.selector) else self.selector
+
+    # --- backfill ------------------------------------------------------------------------
+
+    async def _backfill(self, cursor: Cursor) -> None:
+        """What the consumer asks to see again of the blocks up to ``cursor`` (module docstring)."""
+        ask = getattr(self.consumer, "backfill", None)
+        todo = ask(cursor.height) if ask is not None else None
+        if todo is None:
+            return
+        low, high = max(todo.from_height, cursor.first_height), cursor.height
+        found: list[ChainEvent] = []
+        started = last_log = time.monotonic()
+        try:
+            for start in range(low, high + 1, self.batch_blocks):
+                stop = min(start + self.batch_blocks - 1, high)
+                selector = todo.selector(found) if callable(todo.selector) else todo.selector
+                found += await self.adapter.events(start, stop, selector)
+                if time.monotonic() - last_log >= self._progress.every and stop < high:
+                    last_log = time.monotonic()
+                    log.info("indexer %s on %s: backfill %d..%d at %d, %d events so far", self.name, self.store.chain_id, low, high, stop, len(found))
+            tip = await self.adapter.block_by_height(high) if high >= low and cursor.hash is not None else None
+        except (ReorgDetected, NotFound) as exc:
+            log.info("indexer %s: chain moved during the backfill of %d..%d (%s); asking again next step", self.name, low, high, exc)
+            return
+        with Session(self.engine) as session:
+            stored = self.store.stored_hashes(session, low, high)
+            moved = self.store.load(session) != cursor or (tip is not None and tip.hash != cursor.hash)
+            if moved or any(stored.get(e.block.height, e.block.hash) != e.block.hash for e in found):
+                log.info("indexer %s: the chain or the cursor moved during the backfill of %d..%d; asking again next step", self.name, low, high)
+                return
+            blocks: dict[str, tuple[BlockRef, list[ChainEvent]]] = {}
+            for ev in found:
+                blocks.setdefault(ev.block.hash, (ev.block, []))[1].append(ev)
+            await self.consumer.on_backfill(list(blocks.values()), todo.token, session=session)  # type: ignore[attr-defined]
+            session.commit()
+        self.stats["backfills"] = self.stats.get("backfills", 0) + 1
+        if high >= low:
+            log.info(
+                "indexer %s on %s: backfilled %d..%d (%d blocks, %d events) in %.2fs",
+                self.name,
+                self.store.chain_id,
+                low,
+                high,
+                high - low + 1,
+                len(found),
+                time.monotonic() - started,
+            )
 
     # --- reorgs ---------------------------------------------------------------------------
 

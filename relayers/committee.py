@@ -56,8 +56,9 @@ DEFAULT_DELIVERER_PORT = 8720
 
 class ReplicaFollower:
     """A replica kept up with the chains by its indexers, stepped in order (the EVM fold first, so
-    a Bitcoin deposit is matched against registrations folded up to now); ``after_step`` runs after
-    every round (and at every idle wake-up), outside the folds' transactions."""
+    a Bitcoin deposit is matched against registrations folded up to now; a registration folded
+    after the Bitcoin fold passed the paying block is rescanned for: ``btc_deposits``); ``after_step``
+    runs after every round (and at every idle wake-up), outside the folds' transactions."""
 
     def __init__(self, name: str, evm: EvmAdapter, replica: Replica, config: BridgeConfig, settings: Settings, after_step=None) -> None:
         self.evm, self.replica = evm, replica

@@ -10,9 +10,19 @@ crediting, ``refused`` (with the reason) when it is dust or below the bridge's m
 depositor can see why nothing was credited.  The attester signs a DEPOSIT_CREDIT for each
 ``seen`` output (``Attester.sign_due``); the contract credits an output once.
 
-Only outputs of accounts registered before the block that pays them are watched: register first
-(``bridgectl deposit btc`` does), then pay.  A reorg below the depth stops the attester, as on
-the EVM side (``replica.ReplicaReorg``).
+Registering first (``bridgectl deposit btc`` does), then paying, is the normal order, but what
+an attester records does not depend on when its EVM fold sees the registration: the Bitcoin fold
+watches a key from the moment it adopts it (``btc_watched_key``), and adopting a key folded late
+rescans the blocks the fold already passed (``chains.indexer`` backfill, in the fold's next step
+and in one transaction with the adoption: once, across crashes) for outputs to its script and
+the spends of those outputs, recorded exactly as the fold records them.  The rescan goes back
+``RESCAN_DELAYS`` refund delays below the cursor (not below ``bitcoin_start``): one delay covers
+every deposit that could still be credited (``creditable``; one close to its refund path is
+recorded, then refused, as in order), the other those whose refund path opened since, so one the
+depositor took back is recorded as taken back.  Two attesters, one that folded the registration
+before the paying block and one after, hold the same rows for those deposits.
+
+A reorg below the depth stops the attester, as on the EVM side (``replica.ReplicaReorg``).
 """
 
 from __future__ import annotations
@@ -33,11 +43,14 @@ from chains.bitcoin import BitcoinTxFilter
 from chains.btc.primitives import Tx
 from chains.btc.script import dust_threshold, p2wsh_script
 from chains.cursor_store import OrphanedBlock
+from chains.indexer import Backfill
 
 __all__ = ["BtcDeposit", "BtcDepositWatcher", "BtcTerms"]
 
 #: Seconds a DEPOSIT_CREDIT stays valid after the block that paid the deposit.
 DEFAULT_CREDIT_TTL = 7 * 86_400
+#: How many refund delays below its cursor the fold rescans for a key it adopts late.
+RESCAN_DELAYS = 2
 
 
 class CustodyCoinRow(SQLModel, table=True):
@@ -65,6 +78,18 @@ class CustodySpendRow(SQLModel, table=True):
     block_height: int
     block_time: int
     raw: str  # hex
+
+
+class BtcWatchedKeyRow(SQLModel, table=True):
+    """A registered key the Bitcoin fold watches: every block from ``scanned_from`` (clamped to
+    where the fold began) was looked at for its deposit script, ``since`` on by the fold itself."""
+
+    __tablename__ = "btc_watched_key"
+
+    account: str = Field(primary_key=True)  # 0x + 40 hex, lowercase
+    pubkey: str = Field(primary_key=True)  # compressed, hex
+    since: int  # the fold's cursor + 1 when it adopted the key
+    scanned_from: int  # the rescan's lower limit
 
 
 class BtcDepositRow(SQLModel, table=True):
@@ -124,7 +149,7 @@ class BtcDepositWatcher:
 
     def __init__(self, replica: Replica, terms: BtcTerms, evm_chain_id: int) -> None:
         self.replica, self.terms, self.evm_chain_id = replica, terms, evm_chain_id
-        init_db(replica.engine, [BtcDepositRow.__table__, CustodyCoinRow.__table__, CustodySpendRow.__table__])
+        init_db(replica.engine, [BtcDepositRow.__table__, CustodyCoinRow.__table__, CustodySpendRow.__table__, BtcWatchedKeyRow.__table__])
         self._scripts: dict[bytes, tuple[str, bytes]] = {}  # script_pubkey -> (account, witness script)
         #: A deposit is credited only while at least this many blocks remain before its refund
         #: path opens (half the delay): the sweep must win the race against the refund.
@@ -132,29 +157,81 @@ class BtcDepositWatcher:
         self._keys_seen = -1
 
     def selector(self) -> BitcoinTxFilter:
-        """Outputs to the deposit scripts of every registered account and to custody, and spends of
-        the committee's unspent coins (refreshed at every batch)."""
-        keys = self.replica.btc_keys()
+        """Outputs to the deposit scripts of every account whose key the fold adopted and to custody,
+        and spends of the committee's unspent coins (refreshed at every batch)."""
+        keys = self.watched()
         if len(keys) != self._keys_seen:
-            scripts = {}
-            for account, pubkey in keys:
-                witness = deposit_script(self.terms.policy, account, pubkey)
-                scripts[p2wsh_script(witness)] = (account, witness)
-            self._scripts = scripts
+            self._scripts = self._scripts_of(keys)
             self._keys_seen = len(keys)
         return BitcoinTxFilter(scripts=[*self._scripts, self.terms.custody_script_pubkey], outpoints=[(c.txid, c.vout) for c in self.coins()])
 
-    async def on_events(self, events: list[ChainEvent], block: BlockRef, *, session: Session) -> None:
+    def _scripts_of(self, keys: list[tuple[str, bytes]]) -> dict[bytes, tuple[str, bytes]]:
+        scripts = {}
+        for account, pubkey in keys:
+            witness = deposit_script(self.terms.policy, account, pubkey)
+            scripts[p2wsh_script(witness)] = (account, witness)
+        return scripts
+
+    def watched(self) -> list[tuple[str, bytes]]:
+        """``(account, compressed pubkey)`` of the keys the fold adopted, oldest first."""
+        with self.replica.engine.connect() as conn:
+            rows = conn.execute(text("SELECT account, pubkey FROM btc_watched_key ORDER BY since, account, pubkey"))
+            return [(a, bytes.fromhex(p)) for a, p in rows]
+
+    def backfill(self, cursor_height: int) -> Backfill | None:
+        """The indexer's question at every step: keys the replica folded that the fold does not
+        watch yet.  They are rescanned up to ``cursor_height`` (from ``RESCAN_DELAYS`` refund delays
+        below it) for outputs to their scripts and the spends of those outputs, then adopted."""
+        sql = (
+            "SELECT k.account, k.pubkey FROM replica_btc_key k LEFT JOIN btc_watched_key w ON w.account = k.account AND w.pubkey = k.pubkey "
+            "WHERE w.account IS NULL ORDER BY k.block_height, k.account, k.pubkey"
+        )
+        with self.replica.engine.connect() as conn:
+            new = [(a, bytes.fromhex(p)) for a, p in conn.execute(text(sql))]
+        if not new:
+            return None
+        scripts = self._scripts_of(new)
+        low = cursor_height - RESCAN_DELAYS * self.terms.policy.refund_delay + 1
+
+        def selector(found: list[ChainEvent]) -> BitcoinTxFilter:
+            outputs = [(e.data["txid"], n) for e in found for n, out in enumerate(Tx.parse(e.data["tx"].raw).vout) if bytes(out.script_pubkey) in scripts]
+            return BitcoinTxFilter(scripts=scripts, outpoints=outputs)
+
+        return Backfill(low, selector, (cursor_height, low, new, scripts))
+
+    async def on_backfill(self, blocks: list[tuple[BlockRef, list[ChainEvent]]], token: Any, *, session: Session) -> None:
+        """The rescan of keys adopted late, in the indexer's transaction: their outputs and the spends
+        of those outputs, recorded as ``on_events`` records them; then the keys are watched."""
+        cursor_height, low, new, scripts = token
         conn = session.connection()
+        mine: set[str] = set()
+        for block, events in blocks:
+            self._fold(conn, events, block, scripts, mine)
+        for account, pubkey in new:
+            conn.execute(
+                text("INSERT INTO btc_watched_key (account, pubkey, since, scanned_from) VALUES (:a, :p, :s, :f) ON CONFLICT DO NOTHING"),
+                {"a": account, "p": pubkey.hex(), "s": cursor_height + 1, "f": low},
+            )
+        self._keys_seen = -1
+
+    async def on_events(self, events: list[ChainEvent], block: BlockRef, *, session: Session) -> None:
+        self._fold(session.connection(), events, block, self._scripts, None)
+
+    def _fold(self, conn: Any, events: list[ChainEvent], block: BlockRef, scripts: dict[bytes, tuple[str, bytes]], rescan: set[str] | None) -> None:
+        """One block's transactions.  ``rescan``: only outputs to ``scripts`` and the spends of those
+        (the outpoints found so far, in the set), custody outputs being the fold's already."""
         custody = self.terms.custody_script_pubkey
         for event in events:
             tx = Tx.parse(event.data["tx"].raw)
             txid = event.data["txid"]
             spent = 0
             for txin in tx.vin:
+                outpoint = f"{txin.prevout.txid_hex}:{txin.prevout.n}"
+                if rescan is not None and outpoint not in rescan:
+                    continue
                 spent += conn.execute(
                     text("UPDATE custody_coin SET spent_by = :t, spent_height = :h WHERE outpoint = :o AND spent_by IS NULL"),
-                    {"t": txid, "h": block.height, "o": f"{txin.prevout.txid_hex}:{txin.prevout.n}"},
+                    {"t": txid, "h": block.height, "o": outpoint},
                 ).rowcount
             if spent:
                 conn.execute(
@@ -164,11 +241,14 @@ class BtcDepositWatcher:
             for vout, out in enumerate(tx.vout):
                 spk = bytes(out.script_pubkey)
                 if spk == custody:
-                    self._add_coin(conn, txid, vout, out.value, self.terms.custody_witness_script, "custody", "", block)
+                    if rescan is None:
+                        self._add_coin(conn, txid, vout, out.value, self.terms.custody_witness_script, "custody", "", block)
                     continue
-                found = self._scripts.get(spk)
+                found = scripts.get(spk)
                 if found is None:
                     continue
+                if rescan is not None:
+                    rescan.add(f"{txid}:{vout}")
                 account, witness = found
                 state, reason = "seen", ""
                 floor = max(self.terms.min_deposit, dust_threshold(out.script_pubkey), self.terms.sweep_allowance + 1)
