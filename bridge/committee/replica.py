@@ -263,6 +263,7 @@ class Replica:
         self.ledger = Ledger(engine, assets=list(config.assets.values()))
         init_db(engine, TABLES)
         self._asset_codes = {address: asset.code for address, asset in config.assets.items()}
+        self._ids: dict[tuple[str, str, str], int] = {}
         with engine.begin() as conn:
             if conn.execute(text("SELECT 1 FROM replica_committee WHERE epoch = 0")).first() is None:
                 self._add_committee(conn, config.committee, 0, 0)
@@ -288,25 +289,36 @@ class Replica:
 
     def fold(self, conn: Connection, events: Iterable[BridgeEvent], block: BlockRef) -> None:
         """Apply one block's bridge events (in chain order) in ``conn``'s transaction."""
-        for event in events:
-            handler = getattr(self, f"_on_{event.name}", None)
-            if handler is None:
-                continue
-            key = _key(event)
-            first = conn.execute(text("INSERT INTO replica_event (key, block_height) VALUES (:k, :h) ON CONFLICT DO NOTHING"), {"k": key, "h": block.height})
-            if first.rowcount == 1:  # the same event again (a replay) changes nothing
-                handler(conn, event, block)
+        # Account ids looked up in this transaction only: one rolled back may not leave ids behind.
+        self._ids = {}
+        try:
+            for event in events:
+                handler = getattr(self, f"_on_{event.name}", None)
+                if handler is None:
+                    continue
+                key = _key(event)
+                sql = "INSERT INTO replica_event (key, block_height) VALUES (:k, :h) ON CONFLICT DO NOTHING"
+                first = conn.execute(text(sql), {"k": key, "h": block.height})
+                if first.rowcount == 1:  # the same event again (a replay) changes nothing
+                    handler(conn, event, block)
+        finally:
+            self._ids = {}
+
+    def _account_id(self, conn: Connection, owner: str, kind: str, code: str) -> int:
+        cached = self._ids
+        key = (owner, kind, code)
+        if key not in cached:
+            cached[key] = self.ledger.open_account_in(conn, owner, kind, code).id
+        return cached[key]
 
     def _accounts(self, conn: Connection, account: str, asset: bytes) -> tuple[int, int] | None:
         code = self._asset_codes.get(asset)
         if code is None:
             return None
-        user = self.ledger.open_account_in(conn, account, "user", code)
-        custody = self.ledger.open_account_in(conn, CUSTODY_OWNER, "custody", code)
-        return user.id, custody.id
+        return self._account_id(conn, account, "user", code), self._account_id(conn, CUSTODY_OWNER, "custody", code)
 
     def _debt(self, conn: Connection, account: str, asset: bytes) -> int:
-        return self.ledger.open_account_in(conn, account, "debt", self._asset_codes[asset]).id
+        return self._account_id(conn, account, "debt", self._asset_codes[asset])
 
     def _positions_in(self, conn: Connection, account: str) -> dict[bytes, tuple[int, int]]:
         """asset address -> (available in ``user``, balance of ``debt``) of one account."""
