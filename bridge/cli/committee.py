@@ -390,44 +390,58 @@ async def _follow(args: argparse.Namespace, settings: Settings, config, bridge, 
     """Print each step of the request's release as the service replica and the store show it."""
     status = _status(settings, config)
     nonce = result["request"]
-    started = time.monotonic()
-    noted, shown = started, {"request": None, "timeline": set(), "waiting": None}  # noted: since when that reason holds
+
+    async def ended(view: dict[str, Any]) -> tuple[int, str] | None:
+        result["message"] = view
+        end = _ended(view)
+        if end is not None and end[0] == 0 and view["delivery"] and view["delivery"]["tx_hash"]:
+            tx = view["delivery"]["tx_hash"]
+            block = (await bridge.chain.receipt(tx)).block_number
+            result["paid_tx"], result["paid_block"] = tx, block
+            return 0, end[1] + f" in tx {tx} (block {block})"
+        return end
+
     try:
-        while True:
-            try:
-                view = await asyncio.to_thread(status.message, f"req:{nonce}")
-            except NotFound:
-                view, why = None, _replica_wait(status, f"the request is in block {result['block']}")
-            else:
-                why = view["waiting"]
-                _progress(args, view, shown)
-                result["message"] = view
-                end = _ended(view)
-                if end is not None:
-                    code, text = end
-                    if code == 0 and view["delivery"] and view["delivery"]["tx_hash"]:
-                        tx = view["delivery"]["tx_hash"]
-                        block = (await bridge.chain.receipt(tx)).block_number
-                        text += f" in tx {tx} (block {block})"
-                        result["paid_tx"], result["paid_block"] = tx, block
-                    if not args.json:
-                        print(text, file=sys.stdout if code == 0 else sys.stderr, flush=True)
-                    result["outcome"] = text
-                    return code
-            elapsed = time.monotonic() - started
-            if elapsed > args.timeout:
-                result["waiting"] = why
-                print(f"still waiting after {elapsed:.0f}s: {printable(why)}\n`bridgectl message show req:{nonce}` shows it later", file=sys.stderr)
-                return 3
-            # Say why it waits once the same reason has held for a while (and again now and then).
-            if why != shown["waiting"]:
-                shown["waiting"], noted = why, time.monotonic()
-            elif why and time.monotonic() - noted >= PROGRESS_EVERY:
-                _say(args, f"{_clock(time.time())}  waiting: {printable(why)}")
-                noted = time.monotonic() + PROGRESS_EVERY
-            await asyncio.sleep(POLL)
+        return await _poll(args, status, result, lambda: status.message(f"req:{nonce}"), _progress, ended, f"`bridgectl message show req:{nonce}`")
     finally:
         status.close()
+
+
+async def _poll(args: argparse.Namespace, status, result: dict[str, Any], load, progress, ended, later: str, tick=None) -> int:
+    """The loop every withdraw follower shares: look (``load``), print what is new (``progress``),
+    end with an exit code and a line (``ended``), or, once the same reason to wait has held a
+    while, say it (and again now and then), until ``--timeout`` (exit 3).  ``tick`` runs at each
+    look (the devnet's ``--mine``)."""
+    started = noted = time.monotonic()
+    shown: dict[str, Any] = {"request": None, "payout": None, "timeline": set(), "waiting": None}
+    while True:
+        try:
+            view = await asyncio.to_thread(load)
+        except NotFound:
+            view, why = None, _replica_wait(status, f"the request is in block {result['block']}")
+        else:
+            why = view["waiting"]
+            progress(args, view, shown)
+            end = await ended(view)
+            if end is not None:
+                code, text = end
+                if not args.json:
+                    print(text, file=sys.stdout if code == 0 else sys.stderr, flush=True)
+                result["outcome"] = text
+                return code
+        if tick is not None:
+            await tick()
+        elapsed = time.monotonic() - started
+        if elapsed > args.timeout:
+            result["waiting"] = why
+            print(f"still waiting after {elapsed:.0f}s: {printable(why)}\n{later} shows it later", file=sys.stderr)
+            return 3
+        if why != shown["waiting"]:
+            shown["waiting"], noted = why, time.monotonic()
+        elif why and time.monotonic() - noted >= PROGRESS_EVERY:
+            _say(args, f"{_clock(time.time())}  waiting: {printable(why)}")
+            noted = time.monotonic() + PROGRESS_EVERY
+        await asyncio.sleep(POLL)
 
 
 def _progress(args: argparse.Namespace, view: dict[str, Any], shown: dict[str, Any]) -> None:
@@ -997,40 +1011,19 @@ async def _follow_btc(args: argparse.Namespace, settings: Settings, config, resu
         from chains.bitcoin import BitcoinAdapter
 
         adapter = BitcoinAdapter.from_settings(settings)
-    nonce, started = result["request"], time.monotonic()
-    shown: dict[str, Any] = {"request": None, "payout": None, "timeline": set(), "waiting": None}
-    noted = mined_at = started
+    nonce, mined_at = result["request"], [time.monotonic()]
+
+    async def ended(view: dict[str, Any]) -> tuple[int, str] | None:
+        result["status"] = view
+        return _btc_ended(view)
+
+    async def mine() -> None:
+        if adapter is not None and time.monotonic() - mined_at[0] >= 1.0 and await adapter.rpc.call("getrawmempool"):
+            await _mine(args, adapter)
+            mined_at[0] = time.monotonic()
+
     try:
-        while True:
-            try:
-                view = await asyncio.to_thread(status.withdrawal, nonce)
-            except NotFound:
-                view, why = None, _replica_wait(status, f"the request is in block {result['block']}")
-            else:
-                result["status"] = view
-                why = view["waiting"]
-                _btc_progress(args, view, shown)
-                end = _btc_ended(view)
-                if end is not None:
-                    code, text = end
-                    if not args.json:
-                        print(text, file=sys.stdout if code == 0 else sys.stderr, flush=True)
-                    result["outcome"] = text
-                    return code
-            if adapter is not None and time.monotonic() - mined_at >= 1.0 and await adapter.rpc.call("getrawmempool"):
-                await _mine(args, adapter)
-                mined_at = time.monotonic()
-            elapsed = time.monotonic() - started
-            if elapsed > args.timeout:
-                result["waiting"] = why
-                print(f"still waiting after {elapsed:.0f}s: {printable(why)}\n`bridgectl withdraw status {nonce}` shows it later", file=sys.stderr)
-                return 3
-            if why != shown["waiting"]:
-                shown["waiting"], noted = why, time.monotonic()
-            elif why and time.monotonic() - noted >= PROGRESS_EVERY:
-                _say(args, f"{_clock(time.time())}  waiting: {printable(why)}")
-                noted = time.monotonic() + PROGRESS_EVERY
-            await asyncio.sleep(POLL)
+        return await _poll(args, status, result, lambda: status.withdrawal(nonce), _btc_progress, ended, f"`bridgectl withdraw status {nonce}`", mine)
     finally:
         status.close()
         if adapter is not None:
