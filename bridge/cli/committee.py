@@ -333,14 +333,7 @@ async def cmd_withdraw_evm(args: argparse.Namespace) -> int:
     bridge = await _connect(settings, config)
     try:
         sender = bridge.chain.account(key).address
-        try:
-            receipt = await bridge.request_withdrawal(key, address, amount)
-        except ContractReverted as exc:
-            raise request_refused(exc, config, sender, f"{asset.to_whole(amount)} {symbol}") from None
-        events = [e for e in bridge.events_in(receipt) if e.name == "WithdrawalRequested"]
-        if not events:
-            raise ConfigError(f"tx {receipt.tx_hash} logged no WithdrawalRequested event: is {bridge.address} the bridge of committee.json?")
-        nonce = int(events[0]["requestNonce"])
+        receipt, nonce = await _request(bridge, config, sender, f"{asset.to_whole(amount)} {symbol}", bridge.request_withdrawal(key, address, amount))
         result: dict[str, Any] = {
             "request": nonce,
             "account": sender,
@@ -364,6 +357,18 @@ async def cmd_withdraw_evm(args: argparse.Namespace) -> int:
     if args.json:
         emit(args, result)
     return code
+
+
+async def _request(bridge, config, sender: str, what: str, sending) -> tuple[Any, int]:
+    """A withdrawal request's receipt and nonce; the bridge's refusal said as the user reads it."""
+    try:
+        receipt = await sending
+    except ContractReverted as exc:
+        raise request_refused(exc, config, sender, what) from None
+    events = [e for e in bridge.events_in(receipt) if e.name == "WithdrawalRequested"]
+    if not events:
+        raise ConfigError(f"tx {receipt.tx_hash} logged no WithdrawalRequested event: is {bridge.address} the bridge of committee.json?")
+    return receipt, int(events[0]["requestNonce"])
 
 
 def request_refused(exc: ContractReverted, config, sender: str, what: str) -> ContractReverted:
@@ -966,14 +971,7 @@ async def cmd_withdraw_btc(args: argparse.Namespace) -> int:
     bridge = await _connect(settings, config)
     try:
         sender = bridge.chain.account(key).address
-        try:
-            receipt = await bridge.request_btc_withdrawal(key, amount, script)
-        except ContractReverted as exc:
-            raise request_refused(exc, config, sender, f"{BTC.to_whole(amount)} BTC") from None
-        events = [e for e in bridge.events_in(receipt) if e.name == "WithdrawalRequested"]
-        if not events:
-            raise ConfigError(f"tx {receipt.tx_hash} logged no WithdrawalRequested event: is {bridge.address} the bridge of committee.json?")
-        nonce = int(events[0]["requestNonce"])
+        receipt, nonce = await _request(bridge, config, sender, f"{BTC.to_whole(amount)} BTC", bridge.request_btc_withdrawal(key, amount, script))
     finally:
         await bridge.chain.close()
     result: dict[str, Any] = {

@@ -143,12 +143,13 @@ class BridgeEvent:
         return self.args[key]
 
 
-def decode_events(logs: Iterable[ChainEvent | dict[str, Any]]) -> list[BridgeEvent]:
-    """The contract's events among logs; others are skipped.  The caller picks the emitting
-    contract (by filter or by address): anyone can emit logs with these topics."""
+def decode_events(logs: Iterable[ChainEvent | dict[str, Any]], contract: str = CONTRACT) -> list[BridgeEvent]:
+    """``contract``'s events among logs (an artifact's name; default the bridge's); others are
+    skipped.  The caller picks the emitting contract (by filter or by address): anyone can emit
+    logs with these topics."""
     out: list[BridgeEvent] = []
     for item in logs:
-        decoded = decode_log(events_by_topic(CONTRACT), item)
+        decoded = decode_log(events_by_topic(contract), item)
         if decoded is None:
             continue
         event, values, where = decoded

@@ -24,9 +24,9 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from eth_utils import is_address, to_checksum_address
+from eth_utils import to_checksum_address
 
-from bridge.committee.contract import BoundContract, BridgeEvent, checksum_address, committee_args, message_tuple, named_revert, pack_quorum
+from bridge.committee.contract import BoundContract, BridgeEvent, checksum_address, committee_args, decode_events, message_tuple, named_revert, pack_quorum
 from bridge.committee.contract import revert_reason as bridge_revert_reason
 from bridge.committee.messages import BTC_ASSET, ETH_ASSET, Committee, Message
 from bridge.core.errors import ConfigError
@@ -34,7 +34,7 @@ from bridge.core.errors import ContractReverted, InputError
 from bridge.core.jsonconfig import Fields
 from chains.base import ChainEvent
 from chains.evm import EvmAdapter, EvmLogFilter, EvmReceipt
-from htlc.evm import decode_log, decode_result, encode_call, events_by_topic, load_artifact
+from htlc.evm import decode_result, encode_call, load_artifact
 
 __all__ = [
     "DEVNET_FEEDS",
@@ -105,20 +105,8 @@ def decode_oracle_events(logs: Iterable[ChainEvent | dict[str, Any]], address: s
     as ``contract.BridgeEvent`` values; with ``address``, only the logs that contract emitted
     (anyone can emit logs with these topics)."""
     want = None if address is None else _address(address, "oracle address").lower()
-    out: list[BridgeEvent] = []
-    for item in logs:
-        log = item.data if isinstance(item, ChainEvent) else item
-        if want is not None and str(log.get("address", "")).lower() != want:
-            continue
-        decoded = decode_log(events_by_topic(ORACLE), item)
-        if decoded is None:
-            continue
-        event, values, where = decoded
-        for name, value in values.items():
-            if isinstance(value, str) and is_address(value):
-                values[name] = to_checksum_address(value)
-        out.append(BridgeEvent(event["name"], values, where))
-    return out
+    mine = (item for item in logs if want is None or str((item.data if isinstance(item, ChainEvent) else item).get("address", "")).lower() == want)
+    return decode_events(mine, ORACLE)
 
 
 # --- the oracle -----------------------------------------------------------------------------

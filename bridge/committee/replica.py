@@ -542,7 +542,7 @@ class Replica:
     def _on_Seized(self, conn: Connection, event: BridgeEvent, block: BlockRef) -> None:
         account, liquidator, asset = owner_of(event["account"]), owner_of(event["liquidator"]), _raw(event["asset"])
         amount, key = event["amount"], _key(event)
-        if self._accounts(conn, account, asset) is None or self._accounts(conn, liquidator, asset) is None:
+        if asset not in self._asset_codes:
             self._anomaly(conn, key, block, "seizure of an asset this replica does not list", event)
             return
         if amount > 0:
